@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod field;
+pub mod method;
+pub mod options;
+pub mod problems;
+pub mod rk;
+pub mod solve;
+pub mod tableau;
+
+pub use error::SolverError;
+pub use field::VectorField;
+pub use method::{Method, UnknownMethod};
+pub use options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
+pub use solve::{odeint, Solution, SolverStats};
+pub use tableau::{ButcherTableau, Interpolant};

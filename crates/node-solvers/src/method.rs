@@ -1,0 +1,121 @@
+//! The named methods, for options and command lines (`--method dopri5`).
+
+use crate::tableau::{self, ButcherTableau};
+use std::fmt;
+use std::str::FromStr;
+
+/// An explicit Runge–Kutta method. `FromStr`/`Display` use the names in [`Method::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Method {
+    /// Forward Euler, order 1, fixed steps.
+    Euler,
+    /// Explicit midpoint, order 2, fixed steps.
+    Midpoint,
+    /// Heun (explicit trapezoid), order 2, fixed steps.
+    Heun2,
+    /// Ralston, order 2, fixed steps.
+    Ralston,
+    /// Heun's third-order method, fixed steps.
+    Heun3,
+    /// Classic RK4, fixed steps.
+    Rk4,
+    /// Kutta's 3/8 rule, order 4, fixed steps (torchdiffeq's `rk4`).
+    Rk38,
+    /// Heun–Euler 2(1), adaptive.
+    AdaptiveHeun,
+    /// Fehlberg 2(1), adaptive.
+    Fehlberg2,
+    /// Bogacki–Shampine 3(2), adaptive, FSAL.
+    Bosh3,
+    /// Dormand–Prince 5(4), adaptive, FSAL. The default.
+    #[default]
+    Dopri5,
+    /// Tsitouras 5(4), adaptive, FSAL.
+    Tsit5,
+    /// Prince–Dormand 8(7), adaptive, FSAL.
+    Dopri8,
+}
+
+impl Method {
+    /// Every method, in order of increasing cost.
+    pub const ALL: [Method; 13] = [
+        Method::Euler,
+        Method::Midpoint,
+        Method::Heun2,
+        Method::Ralston,
+        Method::Heun3,
+        Method::Rk4,
+        Method::Rk38,
+        Method::AdaptiveHeun,
+        Method::Fehlberg2,
+        Method::Bosh3,
+        Method::Dopri5,
+        Method::Tsit5,
+        Method::Dopri8,
+    ];
+
+    /// The method's coefficients.
+    pub fn tableau(self) -> &'static ButcherTableau {
+        match self {
+            Method::Euler => &tableau::EULER,
+            Method::Midpoint => &tableau::MIDPOINT,
+            Method::Heun2 => &tableau::HEUN2,
+            Method::Ralston => &tableau::RALSTON,
+            Method::Heun3 => &tableau::HEUN3,
+            Method::Rk4 => &tableau::RK4,
+            Method::Rk38 => &tableau::RK38,
+            Method::AdaptiveHeun => &tableau::ADAPTIVE_HEUN,
+            Method::Fehlberg2 => &tableau::FEHLBERG2,
+            Method::Bosh3 => &tableau::BOSH3,
+            Method::Dopri5 => &tableau::DOPRI5,
+            Method::Tsit5 => &tableau::TSIT5,
+            Method::Dopri8 => &tableau::DOPRI8,
+        }
+    }
+
+    /// True when the method has an error estimate and can choose its own steps.
+    pub fn is_adaptive(self) -> bool {
+        self.tableau().is_adaptive()
+    }
+
+    /// Order of accuracy of the propagated solution.
+    pub fn order(self) -> usize {
+        self.tableau().order
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.tableau().name)
+    }
+}
+
+/// Error of parsing an unknown method name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownMethod(pub String);
+
+impl fmt::Display for UnknownMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = Method::ALL.iter().map(|m| m.to_string()).collect();
+        write!(f, "unknown method `{}` (expected one of: {})", self.0, names.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownMethod {}
+
+impl FromStr for Method {
+    type Err = UnknownMethod;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let key = s.trim().to_ascii_lowercase().replace('-', "_");
+        let alias = match key.as_str() {
+            "heun" => Some(Method::Heun2),
+            "rk4_38" | "rk4_3/8" | "rk38_rule" => Some(Method::Rk38),
+            "heun_euler" => Some(Method::AdaptiveHeun),
+            _ => None,
+        };
+        alias
+            .or_else(|| Method::ALL.into_iter().find(|m| m.tableau().name == key))
+            .ok_or_else(|| UnknownMethod(s.to_string()))
+    }
+}

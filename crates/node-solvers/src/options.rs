@@ -1,0 +1,262 @@
+//! Typed options of a solve.
+
+use crate::error::SolverError;
+use crate::method::Method;
+use candle_core::{Result, Tensor};
+
+/// Absolute tolerance: one number, or a tensor broadcastable to the state for per-component
+/// tolerances (e.g. a looser one on a component that passes through zero).
+#[derive(Clone, Debug)]
+pub enum Atol {
+    /// The same tolerance for every component.
+    Scalar(f64),
+    /// One tolerance per component; broadcast to the state's shape.
+    PerComponent(Tensor),
+}
+
+impl From<f64> for Atol {
+    fn from(v: f64) -> Self {
+        Atol::Scalar(v)
+    }
+}
+
+impl From<Tensor> for Atol {
+    fn from(t: Tensor) -> Self {
+        Atol::PerComponent(t)
+    }
+}
+
+impl From<&Tensor> for Atol {
+    fn from(t: &Tensor) -> Self {
+        Atol::PerComponent(t.clone())
+    }
+}
+
+/// How steps are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum StepSize {
+    /// Error-controlled steps (adaptive methods only).
+    #[default]
+    Adaptive,
+    /// Fixed steps of this size from `ts[0]`; the last step is shortened to end on `ts[last]`.
+    Fixed(f64),
+    /// This many equal steps over `[ts[0], ts[last]]`.
+    Count(usize),
+}
+
+/// The step-size controller of adaptive solves. With `ε` the error ratio (≤ 1 accepts) and
+/// `k = q + 1` (`q` the embedded order) the next step is
+/// `h · clamp(safety · ε_n^(−β1/k) · ε_(n−1)^(β2/k))`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepController {
+    /// `β1 = 1, β2 = 0`: the classic controller, the one torchdiffeq uses.
+    Integral,
+    /// Proportional–integral control (Gustafsson 1991; Söderlind 2002), smoother step
+    /// sequences and fewer rejections.
+    PI {
+        /// Weight of the current error, `β1`.
+        beta1: f64,
+        /// Weight of the previous accepted error, `β2`.
+        beta2: f64,
+    },
+}
+
+impl StepController {
+    /// PI control with `β1 = 0.7, β2 = 0.4` (diffrax's suggested `pcoeff = 0.4, icoeff = 0.3`).
+    pub const PI_DEFAULT: StepController = StepController::PI { beta1: 0.7, beta2: 0.4 };
+}
+
+impl Default for StepController {
+    fn default() -> Self {
+        StepController::PI_DEFAULT
+    }
+}
+
+/// Which part of the state the error estimate is measured on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ErrorNorm {
+    /// Root-mean-square over every component (torchdiffeq's default).
+    #[default]
+    Rms,
+    /// RMS over the first `len` components of the flattened state only: a seminorm (Kidger et
+    /// al., "Hey, that's not an ODE", ICML 2021). The adjoint uses it to ignore the parameter
+    /// gradient integrals when choosing steps.
+    RmsPrefix(usize),
+}
+
+/// Options of [`crate::odeint`]. Build with `SolveOptions::default()` and the builder methods.
+///
+/// Defaults: `dopri5`, `rtol = 1e-7`, `atol = 1e-9`, adaptive steps with a PI controller,
+/// Hairer's initial step, no minimum or maximum step, at most 100 000 steps.
+#[derive(Clone, Debug)]
+pub struct SolveOptions {
+    /// The Runge–Kutta method.
+    pub method: Method,
+    /// Relative tolerance.
+    pub rtol: f64,
+    /// Absolute tolerance.
+    pub atol: Atol,
+    /// Adaptive or fixed steps.
+    pub step: StepSize,
+    /// First step of an adaptive solve; `None` picks it with Hairer's rule (two evaluations).
+    pub first_step: Option<f64>,
+    /// Smallest allowed adaptive step (absolute value). A rejected step at this size fails.
+    pub min_step: f64,
+    /// Largest allowed adaptive step (absolute value).
+    pub max_step: f64,
+    /// Maximum number of steps, accepted and rejected together.
+    pub max_steps: usize,
+    /// Step-size controller.
+    pub controller: StepController,
+    /// Safety factor of the controller.
+    pub safety: f64,
+    /// Largest growth of the step per step.
+    pub max_factor: f64,
+    /// Smallest shrink factor of the step after a rejection.
+    pub min_factor: f64,
+    /// Norm of the error estimate.
+    pub norm: ErrorNorm,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        Self {
+            method: Method::Dopri5,
+            rtol: 1e-7,
+            atol: Atol::Scalar(1e-9),
+            step: StepSize::Adaptive,
+            first_step: None,
+            min_step: 0.0,
+            max_step: f64::INFINITY,
+            max_steps: 100_000,
+            controller: StepController::default(),
+            safety: 0.9,
+            max_factor: 10.0,
+            min_factor: 0.2,
+            norm: ErrorNorm::Rms,
+        }
+    }
+}
+
+impl SolveOptions {
+    /// Sets the method.
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = method;
+        self
+    }
+    /// Sets the relative tolerance.
+    pub fn rtol(mut self, rtol: f64) -> Self {
+        self.rtol = rtol;
+        self
+    }
+    /// Sets the absolute tolerance (a number or a tensor).
+    pub fn atol(mut self, atol: impl Into<Atol>) -> Self {
+        self.atol = atol.into();
+        self
+    }
+    /// Sets both tolerances to numbers.
+    pub fn tolerances(self, rtol: f64, atol: f64) -> Self {
+        self.rtol(rtol).atol(atol)
+    }
+    /// Fixed steps of size `h`.
+    pub fn step_size(mut self, h: f64) -> Self {
+        self.step = StepSize::Fixed(h);
+        self
+    }
+    /// `n` equal fixed steps over the whole interval.
+    pub fn fixed_steps(mut self, n: usize) -> Self {
+        self.step = StepSize::Count(n);
+        self
+    }
+    /// Error-controlled steps (the default).
+    pub fn adaptive(mut self) -> Self {
+        self.step = StepSize::Adaptive;
+        self
+    }
+    /// First adaptive step.
+    pub fn first_step(mut self, h: f64) -> Self {
+        self.first_step = Some(h);
+        self
+    }
+    /// Smallest adaptive step.
+    pub fn min_step(mut self, h: f64) -> Self {
+        self.min_step = h;
+        self
+    }
+    /// Largest adaptive step.
+    pub fn max_step(mut self, h: f64) -> Self {
+        self.max_step = h;
+        self
+    }
+    /// Maximum number of steps.
+    pub fn max_steps(mut self, n: usize) -> Self {
+        self.max_steps = n;
+        self
+    }
+    /// Step-size controller.
+    pub fn controller(mut self, c: StepController) -> Self {
+        self.controller = c;
+        self
+    }
+    /// Error norm.
+    pub fn norm(mut self, norm: ErrorNorm) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    /// Checks the options on their own; state-dependent checks happen in the solve.
+    ///
+    /// # Errors
+    /// [`SolverError::InvalidTolerance`] or [`SolverError::InvalidOptions`].
+    pub fn validate(&self) -> Result<()> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        match self.step {
+            StepSize::Adaptive => {
+                if !self.method.is_adaptive() {
+                    return Err(SolverError::InvalidOptions(format!(
+                        "method `{}` has no error estimate: set a step size (`step_size`) or a step count (`fixed_steps`), or use an adaptive method such as dopri5",
+                        self.method
+                    ))
+                    .into());
+                }
+                if !positive(self.rtol) {
+                    return Err(SolverError::InvalidTolerance { name: "rtol", value: self.rtol }.into());
+                }
+                if let Atol::Scalar(a) = self.atol {
+                    if !positive(a) {
+                        return Err(SolverError::InvalidTolerance { name: "atol", value: a }.into());
+                    }
+                }
+            }
+            StepSize::Fixed(h) if !positive(h) => {
+                return Err(SolverError::InvalidOptions(format!("step size must be finite and > 0, got {h}")).into());
+            }
+            StepSize::Count(0) => {
+                return Err(SolverError::InvalidOptions("fixed step count must be > 0".into()).into());
+            }
+            _ => {}
+        }
+        if let Some(h) = self.first_step {
+            if !positive(h) {
+                return Err(SolverError::InvalidOptions(format!("first step must be finite and > 0, got {h}")).into());
+            }
+        }
+        if !(self.min_step >= 0.0 && self.max_step > 0.0 && self.min_step <= self.max_step) {
+            return Err(SolverError::InvalidOptions(format!(
+                "need 0 <= min_step <= max_step and max_step > 0, got {} and {}",
+                self.min_step, self.max_step
+            ))
+            .into());
+        }
+        if self.max_steps == 0 {
+            return Err(SolverError::InvalidOptions("max_steps must be > 0".into()).into());
+        }
+        if !(self.safety > 0.0 && self.safety <= 1.0 && self.min_factor > 0.0 && self.min_factor < 1.0 && self.max_factor > 1.0) {
+            return Err(SolverError::InvalidOptions(
+                "need 0 < safety <= 1, 0 < min_factor < 1 < max_factor".into(),
+            )
+            .into());
+        }
+        Ok(())
+    }
+}

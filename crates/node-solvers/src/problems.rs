@@ -1,0 +1,70 @@
+//! Problems with exact solutions, shared by the tests, the benchmarks and users who want to
+//! check a solver setup.
+
+use candle_core::{Result, Tensor};
+
+/// `dy/dt = λ y` on any shape: `y(t) = y0 e^{λ (t − t0)}`.
+#[derive(Clone, Copy, Debug)]
+pub struct Exponential {
+    /// The rate λ.
+    pub rate: f64,
+}
+
+impl Exponential {
+    /// The vector field.
+    pub fn field(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+        move |_t, y| y.affine(self.rate, 0.0)
+    }
+    /// The exact solution at `t` from `y0` at `t0`.
+    pub fn exact(&self, y0: &Tensor, t0: f64, t: f64) -> Result<Tensor> {
+        y0.affine((self.rate * (t - t0)).exp(), 0.0)
+    }
+}
+
+/// A damped rotation `dy/dt = A y`, `A = [[−a, ω], [−ω, −a]]`, on states of shape `[..., 2]`
+/// (a batch of points in the plane): `y(t) = e^{−a τ} R(ωτ) y0` with `τ = t − t0`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rotation {
+    /// Damping `a`.
+    pub decay: f64,
+    /// Angular frequency `ω`.
+    pub freq: f64,
+}
+
+impl Rotation {
+    fn apply(y: &Tensor, m: [[f64; 2]; 2]) -> Result<Tensor> {
+        let last = y.rank() - 1;
+        let u = y.narrow(last, 0, 1)?;
+        let v = y.narrow(last, 1, 1)?;
+        let du = (u.affine(m[0][0], 0.0)? + v.affine(m[0][1], 0.0)?)?;
+        let dv = (u.affine(m[1][0], 0.0)? + v.affine(m[1][1], 0.0)?)?;
+        Tensor::cat(&[du, dv], last)
+    }
+    /// The vector field.
+    pub fn field(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+        move |_t, y| Self::apply(y, [[-self.decay, self.freq], [-self.freq, -self.decay]])
+    }
+    /// The exact solution at `t` from `y0` at `t0`.
+    pub fn exact(&self, y0: &Tensor, t0: f64, t: f64) -> Result<Tensor> {
+        let tau = t - t0;
+        let (s, c) = (self.freq * tau).sin_cos();
+        let e = (-self.decay * tau).exp();
+        Self::apply(y0, [[e * c, e * s], [-e * s, e * c]])
+    }
+}
+
+/// The nonlinear, non-autonomous `dy/dt = −y² cos t`: `1/y(t) = 1/y0 + sin t − sin t0`.
+/// Elementwise on any shape; keep `1/y0 + sin t − sin t0` away from zero.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Riccati;
+
+impl Riccati {
+    /// The vector field.
+    pub fn field(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> {
+        |t, y| y.sqr()?.affine(-t.cos(), 0.0)
+    }
+    /// The exact solution at `t` from `y0` at `t0`.
+    pub fn exact(&self, y0: &Tensor, t0: f64, t: f64) -> Result<Tensor> {
+        y0.recip()?.affine(1.0, t.sin() - t0.sin())?.recip()
+    }
+}

@@ -1,0 +1,130 @@
+//! One generic explicit Runge–Kutta step, for any [`ButcherTableau`].
+//!
+//! `k_i = f(t + c_i h, y + h Σ_{j<i} a_ij k_j)`, `y1 = y + h Σ b_i k_i`,
+//! `err = h Σ (b_i − b̂_i) k_i`. Stages are combined with scalar affine ops on the caller's
+//! tensors (coefficients stay host `f64`), zero coefficients are skipped, and nothing is read
+//! back to the host, so a step never waits on the device.
+
+use crate::error::SolverError;
+use crate::field::VectorField;
+use crate::tableau::ButcherTableau;
+use candle_core::{Result, Tensor};
+use std::cell::Cell;
+
+/// `base + Σ w_i x_i` over the terms with non-zero weight (`Σ w_i x_i` without a base).
+pub fn lincomb<'a>(
+    base: Option<&Tensor>,
+    terms: impl IntoIterator<Item = (f64, &'a Tensor)>,
+) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for (w, x) in terms {
+        if w == 0.0 {
+            continue;
+        }
+        acc = Some(match acc {
+            None => match base {
+                // The first term fuses with the base only when it is a plain copy.
+                Some(b) if w == 1.0 => (b + x)?,
+                Some(b) => (b + x.affine(w, 0.0)?)?,
+                None => x.affine(w, 0.0)?,
+            },
+            Some(a) => (a + x.affine(w, 0.0)?)?,
+        });
+    }
+    match (acc, base) {
+        (Some(a), _) => Ok(a),
+        (None, Some(b)) => Ok(b.clone()),
+        (None, None) => candle_core::bail!("lincomb of no terms"),
+    }
+}
+
+/// A vector field wrapped to count evaluations and check what it returns.
+pub(crate) struct Evaluator<'a, F: ?Sized> {
+    f: &'a F,
+    nfe: Cell<usize>,
+}
+
+impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
+    pub(crate) fn new(f: &'a F) -> Self {
+        Self { f, nfe: Cell::new(0) }
+    }
+
+    pub(crate) fn nfe(&self) -> usize {
+        self.nfe.get()
+    }
+
+    pub(crate) fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        let k = self.f.eval(t, y)?;
+        self.nfe.set(self.nfe.get() + 1);
+        if k.shape() != y.shape() {
+            return Err(SolverError::ShapeMismatch {
+                expected: y.shape().clone(),
+                got: k.shape().clone(),
+                t,
+            }
+            .into());
+        }
+        if k.dtype() != y.dtype() {
+            return Err(SolverError::OutputMismatch(format!(
+                "dtype {:?} but the state is {:?} (at t = {t})",
+                k.dtype(),
+                y.dtype()
+            ))
+            .into());
+        }
+        if !k.device().same_device(y.device()) {
+            return Err(SolverError::OutputMismatch(format!(
+                "device {:?} but the state is on {:?} (at t = {t})",
+                k.device(),
+                y.device()
+            ))
+            .into());
+        }
+        Ok(k)
+    }
+}
+
+/// The result of one step.
+pub(crate) struct Step {
+    /// Stages `k_0 .. k_(s-1)`.
+    pub k: Vec<Tensor>,
+    /// The propagated solution at `t1`.
+    pub y1: Tensor,
+    /// `h Σ b_err_i k_i`, when asked for.
+    pub err: Option<Tensor>,
+}
+
+/// Takes one step from `(t, y)` to `t1 = t + h` given `f0 = f(t, y)`.
+pub(crate) fn rk_step<F: VectorField + ?Sized>(
+    tab: &ButcherTableau,
+    f: &Evaluator<'_, F>,
+    t: f64,
+    t1: f64,
+    y: &Tensor,
+    f0: &Tensor,
+    with_error: bool,
+) -> Result<Step> {
+    let h = t1 - t;
+    let s = tab.stages();
+    let fsal = tab.is_fsal();
+    let mut k: Vec<Tensor> = Vec::with_capacity(s);
+    k.push(f0.clone());
+    let mut y1 = None;
+    for i in 1..s {
+        let yi = lincomb(Some(y), tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj)))?;
+        let ti = if tab.c[i] == 1.0 { t1 } else { t + tab.c[i] * h };
+        k.push(f.eval(ti, &yi)?);
+        if fsal && i == s - 1 {
+            y1 = Some(yi);
+        }
+    }
+    let y1 = match y1 {
+        Some(y1) => y1,
+        None => lincomb(Some(y), tab.b.iter().zip(&k).map(|(b, ki)| (h * b, ki)))?,
+    };
+    let err = match (with_error, tab.b_err) {
+        (true, Some(e)) => Some(lincomb(None, e.iter().zip(&k).map(|(e, ki)| (h * e, ki)))?),
+        _ => None,
+    };
+    Ok(Step { k, y1, err })
+}

@@ -1,0 +1,430 @@
+//! `odeint`: integrate `dy/dt = f(t, y)` from `ts[0]` through every time in `ts`.
+//!
+//! Adaptive solves accept a step when the error ratio
+//! `ε = ‖err / (atol + rtol · max(|y0|, |y1|))‖_rms ≤ 1`, the one value read back to the host
+//! per step. Output times inside a step come from the method's dense output and cost no extra
+//! evaluations; only the final time clips a step.
+
+use crate::error::SolverError;
+use crate::field::VectorField;
+use crate::options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
+use crate::rk::{lincomb, rk_step, Evaluator, Step};
+use crate::tableau::ButcherTableau;
+use candle_core::{DType, Result, Tensor};
+
+/// Counts of a solve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SolverStats {
+    /// Evaluations of the vector field.
+    pub nfe: usize,
+    /// Accepted steps (all steps of a fixed-step solve).
+    pub accepted_steps: usize,
+    /// Rejected steps.
+    pub rejected_steps: usize,
+}
+
+impl std::ops::AddAssign for SolverStats {
+    fn add_assign(&mut self, o: Self) {
+        self.nfe += o.nfe;
+        self.accepted_steps += o.accepted_steps;
+        self.rejected_steps += o.rejected_steps;
+    }
+}
+
+/// The result of [`odeint`].
+#[derive(Clone, Debug)]
+pub struct Solution {
+    /// The output times, as given.
+    pub ts: Vec<f64>,
+    /// The states at `ts`, stacked: shape `[ts.len(), ...y0.shape]`.
+    pub ys: Tensor,
+    /// Evaluation and step counts.
+    pub stats: SolverStats,
+    /// The step size the controller proposed last (absolute value; for fixed steps, the last
+    /// step). Useful as `first_step` of a follow-up solve.
+    pub last_step: f64,
+}
+
+impl Solution {
+    /// The state at the last output time.
+    pub fn last(&self) -> Result<Tensor> {
+        self.ys.get(self.ts.len() - 1)
+    }
+}
+
+/// Solves `dy/dt = f(t, y)`, `y(ts[0]) = y0`, returning the states at every time of `ts`.
+///
+/// `ts` is strictly increasing or strictly decreasing (reverse-time solves). The solve is
+/// built from Candle tensor ops, so gradients flow through it with `backward()` (backprop
+/// through the solver, the paper's RK-Net); step-size decisions are not differentiated.
+///
+/// # Shapes
+/// - `y0`: any shape `S`, float dtype (f32, f64, f16, bf16), any device.
+/// - `f.eval(t, y)`: same shape, dtype and device as `y`.
+/// - result `ys`: `[ts.len(), ...S]`, `ys[0] = y0`.
+///
+/// # Errors
+/// [`SolverError`] (inside `candle_core::Error`, see [`SolverError::find`]) for invalid options
+/// or times, a field output of the wrong shape, dtype or device, a non-finite state,
+/// step-size underflow and too many steps; errors of `f` are passed through.
+///
+/// # Example
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use node_solvers::{odeint, SolveOptions};
+/// # fn main() -> candle_core::Result<()> {
+/// // dy/dt = -y, y(0) = 1  →  y(1) = e^{-1}
+/// let y0 = Tensor::new(&[1.0f64], &Device::Cpu)?;
+/// let f = |_t: f64, y: &Tensor| y.neg();
+/// let sol = odeint(&f, &y0, &[0.0, 1.0], &SolveOptions::default())?;
+/// let y1 = sol.last()?.to_vec1::<f64>()?[0];
+/// assert!((y1 - (-1.0f64).exp()).abs() < 1e-7);
+/// # Ok(()) }
+/// ```
+pub fn odeint<F: VectorField + ?Sized>(
+    f: &F,
+    y0: &Tensor,
+    ts: &[f64],
+    opts: &SolveOptions,
+) -> Result<Solution> {
+    opts.validate()?;
+    let dir = check_times(ts)?;
+    if !y0.dtype().is_float() {
+        return Err(SolverError::InvalidOptions(format!(
+            "the state must have a float dtype, got {:?}",
+            y0.dtype()
+        ))
+        .into());
+    }
+    if let ErrorNorm::RmsPrefix(len) = opts.norm {
+        if len == 0 || len > y0.elem_count() {
+            return Err(SolverError::InvalidOptions(format!(
+                "seminorm length {len} must be in 1..={}",
+                y0.elem_count()
+            ))
+            .into());
+        }
+    }
+    if ts.len() == 1 {
+        return Ok(Solution {
+            ts: ts.to_vec(),
+            ys: y0.unsqueeze(0)?,
+            stats: SolverStats::default(),
+            last_step: 0.0,
+        });
+    }
+    let ev = Evaluator::new(f);
+    let mut out = Vec::with_capacity(ts.len());
+    out.push(y0.clone());
+    let (mut stats, last_step) = match opts.step {
+        StepSize::Adaptive => {
+            let atol = prepare_atol(&opts.atol, y0)?;
+            adaptive(&ev, y0, ts, dir, opts, &atol, &mut out)?
+        }
+        StepSize::Fixed(_) | StepSize::Count(_) => fixed(&ev, y0, ts, dir, opts, &mut out)?,
+    };
+    stats.nfe = ev.nfe();
+    let ys = Tensor::stack(&out, 0)?;
+    if matches!(opts.step, StepSize::Fixed(_) | StepSize::Count(_)) {
+        // Fixed steps read nothing back per step; NaN/inf propagate, so checking the outputs
+        // once catches a blow-up anywhere before them.
+        if let Some(i) = first_non_finite(&ys)? {
+            return Err(SolverError::NonFinite { t: ts[i] }.into());
+        }
+    }
+    Ok(Solution { ts: ts.to_vec(), ys, stats, last_step })
+}
+
+/// Checks `ts` and returns the direction of integration (+1 or -1).
+fn check_times(ts: &[f64]) -> Result<f64> {
+    if ts.is_empty() {
+        return Err(SolverError::InvalidTimes("no output times".into()).into());
+    }
+    if let Some(i) = ts.iter().position(|t| !t.is_finite()) {
+        return Err(SolverError::InvalidTimes(format!("ts[{i}] = {} is not finite", ts[i])).into());
+    }
+    if ts.len() == 1 {
+        return Ok(1.0);
+    }
+    let dir = if ts[1] > ts[0] { 1.0 } else { -1.0 };
+    for i in 1..ts.len() {
+        if (ts[i] - ts[i - 1]) * dir <= 0.0 {
+            return Err(SolverError::TimesNotMonotone { index: i, prev: ts[i - 1], next: ts[i] }.into());
+        }
+    }
+    Ok(dir)
+}
+
+enum PreparedAtol {
+    Scalar(f64),
+    Tensor(Tensor),
+}
+
+fn prepare_atol(atol: &Atol, y0: &Tensor) -> Result<PreparedAtol> {
+    match atol {
+        Atol::Scalar(a) => Ok(PreparedAtol::Scalar(*a)),
+        Atol::PerComponent(t) => {
+            let t = t
+                .to_device(y0.device())?
+                .to_dtype(y0.dtype())?
+                .broadcast_as(y0.shape())
+                .map_err(|_| {
+                    SolverError::InvalidOptions(format!(
+                        "atol of shape {:?} does not broadcast to the state's shape {:?}",
+                        t.shape(),
+                        y0.shape()
+                    ))
+                })?
+                .contiguous()?;
+            let min = t.flatten_all()?.min(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !(min.is_finite() && min > 0.0) {
+                return Err(SolverError::InvalidTolerance { name: "atol", value: min }.into());
+            }
+            Ok(PreparedAtol::Tensor(t))
+        }
+    }
+}
+
+/// `‖x / scale‖` under `norm`, as a device scalar.
+fn scaled_norm_sq(x: &Tensor, scale: &Tensor, norm: ErrorNorm) -> Result<Tensor> {
+    let r = (x / scale)?;
+    match norm {
+        ErrorNorm::Rms => r.sqr()?.mean_all(),
+        ErrorNorm::RmsPrefix(len) => r.flatten_all()?.narrow(0, 0, len)?.sqr()?.mean_all(),
+    }
+}
+
+fn error_scale(y0: &Tensor, y1: Option<&Tensor>, rtol: f64, atol: &PreparedAtol) -> Result<Tensor> {
+    let m = match y1 {
+        Some(y1) => y0.abs()?.maximum(&y1.abs()?)?,
+        None => y0.abs()?,
+    };
+    match atol {
+        PreparedAtol::Scalar(a) => m.affine(rtol, *a),
+        PreparedAtol::Tensor(a) => m.affine(rtol, 0.0)? + a,
+    }
+}
+
+fn read_f64(t: &Tensor) -> Result<f64> {
+    t.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+/// Index of the first entry (along dim 0) holding NaN or inf, with one read.
+fn first_non_finite(ys: &Tensor) -> Result<Option<usize>> {
+    // x - x is 0 for finite x and NaN otherwise; summing cannot overflow.
+    let z = (ys - ys)?.flatten_from(1)?.sum(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    Ok(z.iter().position(|v| !v.is_finite()))
+}
+
+/// Hairer's initial step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), as torchdiffeq.
+fn initial_step<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    tab: &ButcherTableau,
+    t0: f64,
+    y0: &Tensor,
+    f0: &Tensor,
+    dir: f64,
+    opts: &SolveOptions,
+    atol: &PreparedAtol,
+) -> Result<f64> {
+    let scale = error_scale(y0, None, opts.rtol, atol)?;
+    let d01 = Tensor::stack(
+        &[scaled_norm_sq(y0, &scale, opts.norm)?, scaled_norm_sq(f0, &scale, opts.norm)?],
+        0,
+    )?
+    .to_dtype(DType::F64)?
+    .to_vec1::<f64>()?;
+    let (d0, d1) = (d01[0].sqrt(), d01[1].sqrt());
+    if !(d0.is_finite() && d1.is_finite()) {
+        return Err(SolverError::NonFinite { t: t0 }.into());
+    }
+    let h0 = if d0 < 1e-5 || d1 < 1e-5 { 1e-6 } else { 0.01 * d0 / d1 };
+    let y1 = lincomb(Some(y0), [(dir * h0, f0)])?;
+    let f1 = ev.eval(t0 + dir * h0, &y1)?;
+    let d2 = read_f64(&scaled_norm_sq(&(f1 - f0)?, &scale, opts.norm)?)?.sqrt() / h0;
+    let h1 = if !d2.is_finite() {
+        h0
+    } else if d1 <= 1e-15 && d2 <= 1e-15 {
+        (h0 * 1e-3).max(1e-6)
+    } else {
+        (0.01 / d1.max(d2)).powf(1.0 / tab.error_exponent())
+    };
+    Ok((100.0 * h0).min(h1))
+}
+
+/// Pushes the outputs that fall in `(t, t1]` of an accepted step; computes `f(t1, y1)` only if
+/// the dense output needs it, returning it for reuse.
+#[allow(clippy::too_many_arguments)]
+fn emit_outputs<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    tab: &ButcherTableau,
+    t: f64,
+    t1: f64,
+    y: &Tensor,
+    step: &Step,
+    f1: &mut Option<Tensor>,
+    ts: &[f64],
+    dir: f64,
+    next: &mut usize,
+    out: &mut Vec<Tensor>,
+) -> Result<()> {
+    let h = t1 - t;
+    let s = tab.stages();
+    let mut w = vec![0.0; s + 1];
+    while *next < ts.len() && (ts[*next] - t1) * dir <= 0.0 {
+        let tn = ts[*next];
+        if tn == t1 {
+            out.push(step.y1.clone());
+        } else {
+            tab.dense_weights((tn - t) / h, &mut w);
+            if w[s] != 0.0 && f1.is_none() {
+                *f1 = Some(ev.eval(t1, &step.y1)?);
+            }
+            let extra = f1.as_ref().map(|f1| (h * w[s], f1));
+            let terms = w[..s].iter().zip(&step.k).map(|(wi, ki)| (h * wi, ki)).chain(extra);
+            out.push(lincomb(Some(y), terms)?);
+        }
+        *next += 1;
+    }
+    Ok(())
+}
+
+fn adaptive<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    y0: &Tensor,
+    ts: &[f64],
+    dir: f64,
+    opts: &SolveOptions,
+    atol: &PreparedAtol,
+    out: &mut Vec<Tensor>,
+) -> Result<(SolverStats, f64)> {
+    let tab = opts.method.tableau();
+    let fsal = tab.is_fsal();
+    let k_exp = tab.error_exponent();
+    let (beta1, beta2) = match opts.controller {
+        StepController::Integral => (1.0, 0.0),
+        StepController::PI { beta1, beta2 } => (beta1, beta2),
+    };
+    let t_end = ts[ts.len() - 1];
+    let mut t = ts[0];
+    let mut y = y0.clone();
+    let mut f0 = ev.eval(t, &y)?;
+    let mut h_abs = match opts.first_step {
+        Some(h) => {
+            if first_non_finite(&Tensor::stack(&[&y, &f0], 0)?)?.is_some() {
+                return Err(SolverError::NonFinite { t }.into());
+            }
+            h
+        }
+        None => initial_step(ev, tab, t, &y, &f0, dir, opts, atol)?,
+    };
+    h_abs = h_abs.clamp(opts.min_step, opts.max_step);
+    let mut stats = SolverStats::default();
+    let mut prev_ratio = 1.0f64;
+    let mut next = 1;
+    while next < ts.len() {
+        let steps = stats.accepted_steps + stats.rejected_steps;
+        if steps >= opts.max_steps {
+            return Err(SolverError::MaxStepsExceeded { t, steps }.into());
+        }
+        let remaining = (t_end - t) * dir;
+        let hit_end = h_abs >= remaining;
+        let t1 = if hit_end { t_end } else { t + dir * h_abs };
+        let h_try = (t1 - t).abs();
+        let step = rk_step(tab, ev, t, t1, &y, &f0, true)?;
+        let err = step.err.as_ref().expect("adaptive methods have an error estimate");
+        let scale = error_scale(&y, Some(&step.y1), opts.rtol, atol)?;
+        let ratio = read_f64(&scaled_norm_sq(err, &scale, opts.norm)?)?.sqrt();
+        if ratio <= 1.0 {
+            stats.accepted_steps += 1;
+            let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
+            emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
+            t = t1;
+            if next < ts.len() {
+                f0 = match f1 {
+                    Some(f1) => f1,
+                    None => ev.eval(t, &step.y1)?,
+                };
+            }
+            y = step.y1;
+            let factor = if ratio == 0.0 {
+                opts.max_factor
+            } else {
+                opts.safety * ratio.powf(-beta1 / k_exp) * prev_ratio.powf(beta2 / k_exp)
+            };
+            // As torchdiffeq and diffrax: an accepted step never shrinks the next one.
+            h_abs = h_try * factor.clamp(1.0, opts.max_factor);
+            prev_ratio = ratio.max(1e-4);
+        } else {
+            stats.rejected_steps += 1;
+            let non_finite = !ratio.is_finite();
+            let factor = if non_finite {
+                opts.min_factor
+            } else {
+                (opts.safety * ratio.powf(-1.0 / k_exp)).clamp(opts.min_factor, 1.0)
+            };
+            let too_small = h_try <= opts.min_step || t + dir * h_try * factor == t;
+            if too_small || h_try * factor <= 4.0 * f64::EPSILON * t.abs() {
+                return Err(if non_finite {
+                    SolverError::NonFinite { t }
+                } else {
+                    SolverError::StepSizeTooSmall { t, dt: h_try * factor }
+                }
+                .into());
+            }
+            h_abs = (h_try * factor).max(opts.min_step);
+        }
+        h_abs = h_abs.min(opts.max_step);
+    }
+    Ok((stats, h_abs))
+}
+
+fn fixed<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    y0: &Tensor,
+    ts: &[f64],
+    dir: f64,
+    opts: &SolveOptions,
+    out: &mut Vec<Tensor>,
+) -> Result<(SolverStats, f64)> {
+    let tab = opts.method.tableau();
+    let fsal = tab.is_fsal();
+    let (t0, t_end) = (ts[0], ts[ts.len() - 1]);
+    let span = (t_end - t0).abs();
+    let n = match opts.step {
+        StepSize::Count(n) => n,
+        // A relative slack keeps rounding from adding a sliver step (span = 10 h + 1e-16).
+        StepSize::Fixed(h) => ((span / h) * (1.0 - 1e-12)).ceil().max(1.0) as usize,
+        StepSize::Adaptive => unreachable!("fixed() is called for fixed steps"),
+    };
+    if n > opts.max_steps {
+        return Err(SolverError::MaxStepsExceeded { t: t0, steps: n }.into());
+    }
+    let grid = |i: usize| -> f64 {
+        match opts.step {
+            _ if i == n => t_end,
+            StepSize::Fixed(h) => t0 + dir * h * i as f64,
+            _ => t0 + (t_end - t0) * (i as f64 / n as f64),
+        }
+    };
+    let mut t = t0;
+    let mut y = y0.clone();
+    let mut f0 = ev.eval(t, &y)?;
+    let mut next = 1;
+    for i in 1..=n {
+        let t1 = grid(i);
+        let step = rk_step(tab, ev, t, t1, &y, &f0, false)?;
+        let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
+        emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
+        t = t1;
+        if i < n {
+            f0 = match f1 {
+                Some(f1) => f1,
+                None => ev.eval(t, &step.y1)?,
+            };
+        }
+        y = step.y1;
+    }
+    let stats = SolverStats { nfe: 0, accepted_steps: n, rejected_steps: 0 };
+    Ok((stats, span / n as f64))
+}

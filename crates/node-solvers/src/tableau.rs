@@ -1,0 +1,593 @@
+//! Butcher tableaus of explicit Runge–Kutta methods.
+//!
+//! A method is its coefficients, nothing more: one generic stepper ([`crate::rk`]) runs any of
+//! them. For stages `k_i = f(t + c_i h, y + h Σ_{j<i} a_ij k_j)` a step is
+//! `y1 = y + h Σ b_i k_i`, with the embedded error estimate `e = h Σ b_err_i k_i`
+//! (`b_err = b − b̂`, the difference to the lower-order weights).
+//! Whether a method is FSAL ("first same as last") is derived from the coefficients.
+
+/// How a step's output is evaluated between its endpoints (dense output).
+#[derive(Clone, Copy, Debug)]
+pub enum Interpolant {
+    /// Cubic Hermite through `y0`, `y1`, `f(t0, y0)`, `f(t1, y1)` (third order).
+    Hermite,
+    /// Quartic through `y0`, `y1`, `f0`, `f1` and a midpoint `y0 + h Σ mid_i k_i` (fourth order,
+    /// Shampine 1986; torchdiffeq's dopri5 interpolant). Needs an FSAL method.
+    QuarticMid(&'static [f64]),
+    /// Weights `b_i(θ)` of a continuous extension `y(t0 + θh) = y0 + h Σ b_i(θ) k_i`.
+    Weights(fn(f64, &mut [f64])),
+}
+
+/// The coefficients of an explicit Runge–Kutta method.
+#[derive(Clone, Copy, Debug)]
+pub struct ButcherTableau {
+    /// Short name, as accepted by [`crate::Method`]'s `FromStr`.
+    pub name: &'static str,
+    /// Nodes `c_i`, one per stage; `c_0 = 0`.
+    pub c: &'static [f64],
+    /// Lower-triangular coefficients: row `i - 1` holds `a_i0 .. a_i(i-1)` of stage `i ≥ 1`.
+    pub a: &'static [&'static [f64]],
+    /// Weights of the propagated solution.
+    pub b: &'static [f64],
+    /// `b − b̂`: weights of the embedded error estimate, if the method has one.
+    pub b_err: Option<&'static [f64]>,
+    /// Order of the propagated solution.
+    pub order: usize,
+    /// Order of the embedded solution `b̂` (0 when there is none).
+    pub error_order: usize,
+    /// Dense output.
+    pub interpolant: Interpolant,
+}
+
+impl ButcherTableau {
+    /// Number of stages.
+    pub fn stages(&self) -> usize {
+        self.c.len()
+    }
+
+    /// True when the last stage is evaluated at `(t + h, y1)`, so it is the next step's first
+    /// stage: `c_last = 1` and the last row of `a` equals `b` (with `b_last = 0`).
+    pub fn is_fsal(&self) -> bool {
+        let s = self.stages();
+        s > 1
+            && self.c[s - 1] == 1.0
+            && self.b[s - 1] == 0.0
+            && self.a[s - 2].iter().zip(self.b).all(|(a, b)| a == b)
+    }
+
+    /// True when the method has an embedded error estimate (can run adaptively).
+    pub fn is_adaptive(&self) -> bool {
+        self.b_err.is_some()
+    }
+
+    /// Exponent order `q + 1` of the local error estimate, used by step-size control.
+    pub fn error_exponent(&self) -> f64 {
+        (self.order.min(self.error_order) + 1) as f64
+    }
+
+    /// Largest deviation from the consistency conditions (rows of `a` sum to `c`, `Σb = 1`,
+    /// `Σb_err = 0`, dense output equal to `b` at `θ = 1` and to 0 at `θ = 0`). Zero up to
+    /// rounding for a valid tableau; tests check every constant below with it.
+    pub fn consistency_defect(&self) -> f64 {
+        let s = self.stages();
+        let mut worst: f64 = 0.0;
+        if self.a.len() + 1 != s || self.b.len() != s {
+            return f64::INFINITY;
+        }
+        worst = worst.max(self.c[0].abs());
+        for (i, row) in self.a.iter().enumerate() {
+            if row.len() != i + 1 {
+                return f64::INFINITY;
+            }
+            worst = worst.max((row.iter().sum::<f64>() - self.c[i + 1]).abs());
+        }
+        worst = worst.max((self.b.iter().sum::<f64>() - 1.0).abs());
+        if let Some(e) = self.b_err {
+            if e.len() != s {
+                return f64::INFINITY;
+            }
+            worst = worst.max(e.iter().sum::<f64>().abs());
+        }
+        let mut w = vec![0.0; s + 1];
+        self.dense_weights(1.0, &mut w);
+        for i in 0..s {
+            worst = worst.max((w[i] - self.b[i]).abs());
+        }
+        worst = worst.max(w[s].abs());
+        self.dense_weights(0.0, &mut w);
+        worst = worst.max(w.iter().fold(0.0f64, |m, x| m.max(x.abs())));
+        worst
+    }
+
+    /// Weights `w` (length `stages + 1`) with `y(t0 + θh) = y0 + h (Σ_i w_i k_i + w_s f1)`,
+    /// where `f1 = f(t1, y1)`. For FSAL methods `f1` is the last stage and `w_s` is folded
+    /// into it (returned as 0).
+    pub fn dense_weights(&self, theta: f64, w: &mut [f64]) {
+        let s = self.stages();
+        w.iter_mut().for_each(|x| *x = 0.0);
+        match self.interpolant {
+            Interpolant::Hermite => {
+                // h01 y1 + h10 h f0 + h11 h f1 with y1 = y0 + h Σ b_i k_i (h00 + h01 = 1).
+                let t2 = theta * theta;
+                let t3 = t2 * theta;
+                let h01 = -2.0 * t3 + 3.0 * t2;
+                let h10 = t3 - 2.0 * t2 + theta;
+                let h11 = t3 - t2;
+                for i in 0..s {
+                    w[i] = h01 * self.b[i];
+                }
+                w[0] += h10;
+                if self.is_fsal() {
+                    w[s - 1] += h11;
+                } else {
+                    w[s] = h11;
+                }
+            }
+            Interpolant::QuarticMid(mid) => {
+                // p(θ) = y0 + θ d + θ² c + θ³ b + θ⁴ a fitted to y0, y1, y_mid, f0, f1
+                // (torchdiffeq `_interp_fit`), expanded into stage weights.
+                let (t2, t3, t4) = (theta * theta, theta.powi(3), theta.powi(4));
+                let wy1 = -5.0 * t2 + 14.0 * t3 - 8.0 * t4;
+                let wmid = 16.0 * t2 - 32.0 * t3 + 16.0 * t4;
+                let wf0 = theta - 4.0 * t2 + 5.0 * t3 - 2.0 * t4;
+                let wf1 = t2 - 3.0 * t3 + 2.0 * t4;
+                for i in 0..s {
+                    w[i] = wy1 * self.b[i] + wmid * mid[i];
+                }
+                w[0] += wf0;
+                w[s - 1] += wf1;
+            }
+            Interpolant::Weights(f) => f(theta, &mut w[..s]),
+        }
+    }
+}
+
+/// Forward Euler (order 1).
+pub const EULER: ButcherTableau = ButcherTableau {
+    name: "euler",
+    c: &[0.0],
+    a: &[],
+    b: &[1.0],
+    b_err: None,
+    order: 1,
+    error_order: 0,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Explicit midpoint method (order 2).
+pub const MIDPOINT: ButcherTableau = ButcherTableau {
+    name: "midpoint",
+    c: &[0.0, 0.5],
+    a: &[&[0.5]],
+    b: &[0.0, 1.0],
+    b_err: None,
+    order: 2,
+    error_order: 0,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Heun's method, the explicit trapezoidal rule (order 2).
+pub const HEUN2: ButcherTableau = ButcherTableau {
+    name: "heun2",
+    c: &[0.0, 1.0],
+    a: &[&[1.0]],
+    b: &[0.5, 0.5],
+    b_err: None,
+    order: 2,
+    error_order: 0,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Ralston's second-order method (minimum error bound among 2-stage order-2 methods;
+/// A. Ralston, Math. Comp. 16, 1962).
+pub const RALSTON: ButcherTableau = ButcherTableau {
+    name: "ralston",
+    c: &[0.0, 2.0 / 3.0],
+    a: &[&[2.0 / 3.0]],
+    b: &[0.25, 0.75],
+    b_err: None,
+    order: 2,
+    error_order: 0,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Heun's third-order method.
+pub const HEUN3: ButcherTableau = ButcherTableau {
+    name: "heun3",
+    c: &[0.0, 1.0 / 3.0, 2.0 / 3.0],
+    a: &[&[1.0 / 3.0], &[0.0, 2.0 / 3.0]],
+    b: &[0.25, 0.0, 0.75],
+    b_err: None,
+    order: 3,
+    error_order: 0,
+    interpolant: Interpolant::Hermite,
+};
+
+/// The classic fourth-order Runge–Kutta method (Kutta 1901).
+pub const RK4: ButcherTableau = ButcherTableau {
+    name: "rk4",
+    c: &[0.0, 0.5, 0.5, 1.0],
+    a: &[&[0.5], &[0.0, 0.5], &[0.0, 0.0, 1.0]],
+    b: &[1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
+    b_err: None,
+    order: 4,
+    error_order: 0,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Kutta's 3/8-rule fourth-order method (Kutta 1901). This is what torchdiffeq calls `rk4`.
+pub const RK38: ButcherTableau = ButcherTableau {
+    name: "rk38",
+    c: &[0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0],
+    a: &[&[1.0 / 3.0], &[-1.0 / 3.0, 1.0], &[1.0, -1.0, 1.0]],
+    b: &[0.125, 0.375, 0.375, 0.125],
+    b_err: None,
+    order: 4,
+    error_order: 0,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Heun–Euler 2(1): Heun's method with Euler as the embedded first-order estimate
+/// (torchdiffeq's `adaptive_heun`).
+pub const ADAPTIVE_HEUN: ButcherTableau = ButcherTableau {
+    name: "adaptive_heun",
+    c: &[0.0, 1.0],
+    a: &[&[1.0]],
+    b: &[0.5, 0.5],
+    b_err: Some(&[-0.5, 0.5]),
+    order: 2,
+    error_order: 1,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Fehlberg's 2(1) pair, propagating the second-order solution (E. Fehlberg, NASA TR R-315,
+/// 1969; torchdiffeq's `fehlberg2`).
+pub const FEHLBERG2: ButcherTableau = ButcherTableau {
+    name: "fehlberg2",
+    c: &[0.0, 0.5, 1.0],
+    a: &[&[0.5], &[1.0 / 256.0, 255.0 / 256.0]],
+    b: &[1.0 / 512.0, 255.0 / 256.0, 1.0 / 512.0],
+    b_err: Some(&[-1.0 / 512.0, 0.0, 1.0 / 512.0]),
+    order: 2,
+    error_order: 1,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Bogacki–Shampine 3(2) pair, FSAL (P. Bogacki, L. F. Shampine, Appl. Math. Lett. 2(4), 1989).
+pub const BOSH3: ButcherTableau = ButcherTableau {
+    name: "bosh3",
+    c: &[0.0, 0.5, 0.75, 1.0],
+    a: &[&[0.5], &[0.0, 0.75], &[2.0 / 9.0, 1.0 / 3.0, 4.0 / 9.0]],
+    b: &[2.0 / 9.0, 1.0 / 3.0, 4.0 / 9.0, 0.0],
+    b_err: Some(&[
+        2.0 / 9.0 - 7.0 / 24.0,
+        1.0 / 3.0 - 0.25,
+        4.0 / 9.0 - 1.0 / 3.0,
+        -0.125,
+    ]),
+    order: 3,
+    error_order: 2,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Dormand–Prince 5(4) pair, FSAL (J. R. Dormand, P. J. Prince, J. Comput. Appl. Math. 6(1),
+/// 1980), with Shampine's embedded weights and fourth-order dense output (L. F. Shampine,
+/// Math. Comp. 46, 1986), as in torchdiffeq's `dopri5`.
+pub const DOPRI5: ButcherTableau = ButcherTableau {
+    name: "dopri5",
+    c: &[0.0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0],
+    a: &[
+        &[0.2],
+        &[3.0 / 40.0, 9.0 / 40.0],
+        &[44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
+        &[
+            19372.0 / 6561.0,
+            -25360.0 / 2187.0,
+            64448.0 / 6561.0,
+            -212.0 / 729.0,
+        ],
+        &[
+            9017.0 / 3168.0,
+            -355.0 / 33.0,
+            46732.0 / 5247.0,
+            49.0 / 176.0,
+            -5103.0 / 18656.0,
+        ],
+        &[
+            35.0 / 384.0,
+            0.0,
+            500.0 / 1113.0,
+            125.0 / 192.0,
+            -2187.0 / 6784.0,
+            11.0 / 84.0,
+        ],
+    ],
+    b: &[
+        35.0 / 384.0,
+        0.0,
+        500.0 / 1113.0,
+        125.0 / 192.0,
+        -2187.0 / 6784.0,
+        11.0 / 84.0,
+        0.0,
+    ],
+    b_err: Some(&[
+        35.0 / 384.0 - 1951.0 / 21600.0,
+        0.0,
+        500.0 / 1113.0 - 22642.0 / 50085.0,
+        125.0 / 192.0 - 451.0 / 720.0,
+        -2187.0 / 6784.0 + 12231.0 / 42400.0,
+        11.0 / 84.0 - 649.0 / 6300.0,
+        -1.0 / 60.0,
+    ]),
+    order: 5,
+    error_order: 4,
+    interpolant: Interpolant::QuarticMid(&[
+        6025192743.0 / 30085553152.0 / 2.0,
+        0.0,
+        51252292925.0 / 65400821598.0 / 2.0,
+        -2691868925.0 / 45128329728.0 / 2.0,
+        187940372067.0 / 1594534317056.0 / 2.0,
+        -1776094331.0 / 19743644256.0 / 2.0,
+        11237099.0 / 235043384.0 / 2.0,
+    ]),
+};
+
+/// Tsitouras 5(4) pair, FSAL, with its free fourth-order interpolant (Ch. Tsitouras,
+/// Comput. Math. Appl. 62(2), 2011; coefficients as in diffrax's `Tsit5`).
+pub const TSIT5: ButcherTableau = ButcherTableau {
+    name: "tsit5",
+    c: &[
+        0.0,
+        0.161,
+        0.327,
+        0.9,
+        0.980_025_540_904_509_7,
+        1.0,
+        1.0,
+    ],
+    a: &[
+        &[0.161],
+        &[-0.008_480_655_492_356_989, 0.335_480_655_492_357],
+        &[
+            2.897_153_057_105_493,
+            -6.359_448_489_975_075,
+            4.362_295_432_869_581,
+        ],
+        &[
+            5.325_864_828_439_257,
+            -11.748_883_564_062_828,
+            7.495_539_342_889_836,
+            -0.092_495_066_361_755_25,
+        ],
+        &[
+            5.861_455_442_946_42,
+            -12.920_969_317_847_11,
+            8.159_367_898_576_159,
+            -0.071_584_973_281_401,
+            -0.028_269_050_394_068_383,
+        ],
+        &[
+            0.096_460_766_818_065_23,
+            0.01,
+            0.479_889_650_414_499_6,
+            1.379_008_574_103_742,
+            -3.290_069_515_436_081,
+            2.324_710_524_099_774,
+        ],
+    ],
+    b: &[
+        0.096_460_766_818_065_23,
+        0.01,
+        0.479_889_650_414_499_6,
+        1.379_008_574_103_742,
+        -3.290_069_515_436_081,
+        2.324_710_524_099_774,
+        0.0,
+    ],
+    b_err: Some(&[
+        0.096_460_766_818_065_23 - 0.094_680_755_765_839_46,
+        0.01 - 0.009_183_565_540_343_253,
+        0.479_889_650_414_499_6 - 0.487_770_528_424_761_6,
+        1.379_008_574_103_742 - 1.234_297_566_930_479,
+        -3.290_069_515_436_081 + 2.707_712_349_983_525_5,
+        2.324_710_524_099_774 - 1.866_628_418_170_587,
+        -1.0 / 66.0,
+    ]),
+    order: 5,
+    error_order: 4,
+    interpolant: Interpolant::Weights(tsit5_weights),
+};
+
+fn tsit5_weights(t: f64, w: &mut [f64]) {
+    let t2 = t * t;
+    w[0] = -1.053_088_497_729_021_6
+        * t
+        * (t - 1.329_989_018_975_141_2)
+        * (t2 - 1.436_402_854_171_635_1 * t + 0.713_981_691_707_420_9);
+    w[1] = 0.1017 * t2 * (t2 - 2.196_656_833_824_975_4 * t + 1.294_985_250_737_463_1);
+    w[2] = 2.490_627_285_651_252_8 * t2 * (t2 - 2.385_356_454_720_616_5 * t + 1.578_034_682_080_924_8);
+    w[3] = -16.548_102_889_244_902 * (t - 1.217_129_272_955_332_4) * (t - 0.616_204_060_378_000_9) * t2;
+    w[4] = 47.379_521_962_819_28 * (t - 1.203_071_208_372_362_7) * (t - 0.658_047_292_653_547_4) * t2;
+    w[5] = -34.870_657_861_496_61 * (t - 1.2) * (t - 2.0 / 3.0) * t2;
+    w[6] = 2.5 * (t - 1.0) * (t - 0.6) * t2;
+}
+
+/// Prince–Dormand 8(7) pair "RK8(7)13M", FSAL (P. J. Prince, J. R. Dormand, J. Comput. Appl.
+/// Math. 7(1), 1981), with Bogacki–Shampine's dense output (Comput. Math. Appl. 20(3), 1990).
+/// This is the method torchdiffeq and diffrax call `dopri8`.
+pub const DOPRI8: ButcherTableau = ButcherTableau {
+    name: "dopri8",
+    c: &[
+        0.0,
+        1.0 / 18.0,
+        1.0 / 12.0,
+        1.0 / 8.0,
+        5.0 / 16.0,
+        3.0 / 8.0,
+        59.0 / 400.0,
+        93.0 / 200.0,
+        5490023248.0 / 9719169821.0,
+        13.0 / 20.0,
+        1201146811.0 / 1299019798.0,
+        1.0,
+        1.0,
+        1.0,
+    ],
+    a: &[
+        &[1.0 / 18.0],
+        &[1.0 / 48.0, 1.0 / 16.0],
+        &[1.0 / 32.0, 0.0, 3.0 / 32.0],
+        &[5.0 / 16.0, 0.0, -75.0 / 64.0, 75.0 / 64.0],
+        &[3.0 / 80.0, 0.0, 0.0, 3.0 / 16.0, 3.0 / 20.0],
+        &[
+            29443841.0 / 614563906.0,
+            0.0,
+            0.0,
+            77736538.0 / 692538347.0,
+            -28693883.0 / 1125000000.0,
+            23124283.0 / 1800000000.0,
+        ],
+        &[
+            16016141.0 / 946692911.0,
+            0.0,
+            0.0,
+            61564180.0 / 158732637.0,
+            22789713.0 / 633445777.0,
+            545815736.0 / 2771057229.0,
+            -180193667.0 / 1043307555.0,
+        ],
+        &[
+            39632708.0 / 573591083.0,
+            0.0,
+            0.0,
+            -433636366.0 / 683701615.0,
+            -421739975.0 / 2616292301.0,
+            100302831.0 / 723423059.0,
+            790204164.0 / 839813087.0,
+            800635310.0 / 3783071287.0,
+        ],
+        &[
+            246121993.0 / 1340847787.0,
+            0.0,
+            0.0,
+            -37695042795.0 / 15268766246.0,
+            -309121744.0 / 1061227803.0,
+            -12992083.0 / 490766935.0,
+            6005943493.0 / 2108947869.0,
+            393006217.0 / 1396673457.0,
+            123872331.0 / 1001029789.0,
+        ],
+        &[
+            -1028468189.0 / 846180014.0,
+            0.0,
+            0.0,
+            8478235783.0 / 508512852.0,
+            1311729495.0 / 1432422823.0,
+            -10304129995.0 / 1701304382.0,
+            -48777925059.0 / 3047939560.0,
+            15336726248.0 / 1032824649.0,
+            -45442868181.0 / 3398467696.0,
+            3065993473.0 / 597172653.0,
+        ],
+        &[
+            185892177.0 / 718116043.0,
+            0.0,
+            0.0,
+            -3185094517.0 / 667107341.0,
+            -477755414.0 / 1098053517.0,
+            -703635378.0 / 230739211.0,
+            5731566787.0 / 1027545527.0,
+            5232866602.0 / 850066563.0,
+            -4093664535.0 / 808688257.0,
+            3962137247.0 / 1805957418.0,
+            65686358.0 / 487910083.0,
+        ],
+        &[
+            403863854.0 / 491063109.0,
+            0.0,
+            0.0,
+            -5068492393.0 / 434740067.0,
+            -411421997.0 / 543043805.0,
+            652783627.0 / 914296604.0,
+            11173962825.0 / 925320556.0,
+            -13158990841.0 / 6184727034.0,
+            3936647629.0 / 1978049680.0,
+            -160528059.0 / 685178525.0,
+            248638103.0 / 1413531060.0,
+            0.0,
+        ],
+        &DOPRI8_B_HEAD,
+    ],
+    b: &[
+        DOPRI8_B_HEAD[0],
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        DOPRI8_B_HEAD[5],
+        DOPRI8_B_HEAD[6],
+        DOPRI8_B_HEAD[7],
+        DOPRI8_B_HEAD[8],
+        DOPRI8_B_HEAD[9],
+        DOPRI8_B_HEAD[10],
+        DOPRI8_B_HEAD[11],
+        DOPRI8_B_HEAD[12],
+        0.0,
+    ],
+    b_err: Some(&[
+        DOPRI8_B_HEAD[0] - 13451932.0 / 455176623.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        DOPRI8_B_HEAD[5] + 808719846.0 / 976000145.0,
+        DOPRI8_B_HEAD[6] - 1757004468.0 / 5645159321.0,
+        DOPRI8_B_HEAD[7] - 656045339.0 / 265891186.0,
+        DOPRI8_B_HEAD[8] + 3867574721.0 / 1518517206.0,
+        DOPRI8_B_HEAD[9] - 465885868.0 / 322736535.0,
+        DOPRI8_B_HEAD[10] - 53011238.0 / 667516719.0,
+        DOPRI8_B_HEAD[11] - 2.0 / 45.0,
+        DOPRI8_B_HEAD[12],
+        0.0,
+    ]),
+    order: 8,
+    error_order: 7,
+    interpolant: Interpolant::Weights(dopri8_weights),
+};
+
+const DOPRI8_B_HEAD: [f64; 13] = [
+    14005451.0 / 335480064.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    -59238493.0 / 1068277825.0,
+    181606767.0 / 758867731.0,
+    561292985.0 / 797845732.0,
+    -1041891430.0 / 1371343529.0,
+    760417239.0 / 1151165299.0,
+    118820643.0 / 751138087.0,
+    -528747749.0 / 2220607170.0,
+    0.25,
+];
+
+/// Bogacki–Shampine continuous extension: `b_i(θ) = θ · Σ_j p_ij θ^(5-j)`, highest power first.
+const DOPRI8_DENSE: [(usize, [f64; 6]); 10] = [
+    (0, [-6.344_834_939_286_04, 22.139_650_499_809_407, -30.061_056_828_966_645, 19.999_006_933_368_397, -6.691_018_173_783_76, 1.0]),
+    (5, [-39.610_791_985_220_25, 116.442_214_955_034_22, -121.499_962_773_133_46, 52.227_353_279_294_55, -7.614_265_804_587_268, 0.0]),
+    (6, [20.376_121_380_879_144, -67.145_131_882_595_72, 83.172_100_463_984_77, -46.891_916_418_109_36, 10.728_139_263_042_887, 0.0]),
+    (7, [7.334_709_882_679_536, -16.567_224_352_749_652, 9.572_450_755_599_366, -0.189_089_322_501_059_55, 0.552_663_706_375_364_9, 0.0]),
+    (8, [32.880_177_435_245_92, -89.991_601_484_724_5, 87.840_605_767_720_56, -35.707_597_594_622_21, 4.218_656_262_566_515, 0.0]),
+    (9, [-10.158_899_052_642_676, 22.623_748_964_853_285, -17.415_210_777_076_297, 6.273_644_808_324_035, -0.662_720_912_536_159_8, 0.0]),
+    (10, [-12.540_126_809_878_256, 32.236_234_016_735_54, -28.590_328_951_479_098, 10.316_088_127_245_075, -1.263_678_900_113_546_2, 0.0]),
+    (11, [29.555_300_148_451_604, -82.102_031_548_835_98, 81.663_095_058_434_14, -34.765_076_986_661_18, 5.410_603_789_859_042, 0.0]),
+    (12, [-41.792_348_642_439_06, 116.266_218_579_111_95, -114.937_529_137_700_94, 47.745_797_107_822_554, -7.032_137_906_794_574, 0.0]),
+    (13, [20.300_692_582_210_083, -53.902_077_746_638_54, 50.255_836_422_617_6, -19.008_209_934_160_803, 2.353_758_675_971_498_3, 0.0]),
+];
+
+fn dopri8_weights(t: f64, w: &mut [f64]) {
+    for (i, p) in DOPRI8_DENSE.iter() {
+        w[*i] = t * p.iter().fold(0.0, |acc, c| acc * t + c);
+    }
+}
