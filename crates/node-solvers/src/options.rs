@@ -66,9 +66,13 @@ impl StepController {
     pub const PI_DEFAULT: StepController = StepController::PI { beta1: 0.7, beta2: 0.4 };
 }
 
+/// The default is [`StepController::Integral`]: on our test problems (damped rotation and
+/// Riccati, bosh3/dopri5/tsit5/dopri8, tolerances 1e-4..1e-8) PI control needed more
+/// evaluations in most cases (dopri5 at 1e-6 on the rotation: 278 vs 212), while giving
+/// smaller errors and fewer rejections. See the crate README for the table.
 impl Default for StepController {
     fn default() -> Self {
-        StepController::PI_DEFAULT
+        StepController::Integral
     }
 }
 
@@ -86,7 +90,7 @@ pub enum ErrorNorm {
 
 /// Options of [`crate::odeint`]. Build with `SolveOptions::default()` and the builder methods.
 ///
-/// Defaults: `dopri5`, `rtol = 1e-7`, `atol = 1e-9`, adaptive steps with a PI controller,
+/// Defaults: `dopri5`, `rtol = 1e-7`, `atol = 1e-9`, adaptive steps with the integral controller,
 /// Hairer's initial step, no minimum or maximum step, at most 100 000 steps.
 #[derive(Clone, Debug)]
 pub struct SolveOptions {
