@@ -328,6 +328,8 @@ fn adaptive<F: VectorField + ?Sized>(
             return Err(SolverError::MaxStepsExceeded { t, steps }.into());
         }
         let remaining = (t_end - t) * dir;
+        // Decided on the intended step: `(t + h) - t` may round above `min_step`.
+        let at_min_step = h_abs <= opts.min_step;
         let hit_end = h_abs >= remaining;
         let t1 = if hit_end { t_end } else { t + dir * h_abs };
         let h_try = (t1 - t).abs();
@@ -363,7 +365,7 @@ fn adaptive<F: VectorField + ?Sized>(
             } else {
                 (opts.safety * ratio.powf(-1.0 / k_exp)).clamp(opts.min_factor, 1.0)
             };
-            let too_small = h_try <= opts.min_step || t + dir * h_try * factor == t;
+            let too_small = at_min_step || t + dir * h_try * factor == t;
             if too_small || h_try * factor <= 4.0 * f64::EPSILON * t.abs() {
                 return Err(if non_finite {
                     SolverError::NonFinite { t }
