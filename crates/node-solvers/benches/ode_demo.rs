@@ -1,0 +1,92 @@
+//! Time per solve, NFE, time per NFE and solver overhead on torchdiffeq's `ode_demo` dynamics
+//! `f(z) = MLP(z³)`, MLP = Linear(2,50)–tanh–Linear(50,2), batch 1024, t 0 → 1, with the exact
+//! weights and inputs of the peer script `ode_solve.py` (`fixtures/torchdiffeq`).
+//!
+//! `cargo bench -p node-solvers --bench ode_demo [-- --reps N]`
+//!
+//! Overhead = solve time − NFE × (median time of one bare `f` evaluation), i.e. everything
+//! the solver itself adds: stage combinations, error norms, dense output, bookkeeping.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{Linear, Module};
+use node_solvers::{odeint, Method, SolveOptions};
+use std::collections::HashMap;
+use std::time::Instant;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time<T>(reps: usize, warmup: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let s = Instant::now();
+        f()?;
+        ts.push(s.elapsed().as_secs_f64());
+    }
+    let min = ts.iter().cloned().fold(f64::INFINITY, f64::min);
+    Ok((median(&mut ts), min))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let reps = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dev = Device::Cpu;
+    println!(
+        "ode_demo solve, batch 1024, f32, {} threads, {reps} reps (median / min)",
+        candle_core::utils::get_num_threads()
+    );
+    println!(
+        "| variant | NFE | solve ms (median) | solve ms (min) | µs per NFE | bare f µs | overhead | max |Δ| vs torchdiffeq |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, file, opts) in [
+        (
+            "dopri5 rtol 1e-7 atol 1e-9",
+            "ode_solve_dopri5_rtol1e-7_atol1e-9",
+            SolveOptions::default().method(Method::Dopri5).tolerances(1e-7, 1e-9),
+        ),
+        (
+            "rk4 (3/8 rule) 100 steps",
+            "ode_solve_rk4_100steps",
+            SolveOptions::default().method(Method::Rk38).fixed_steps(100),
+        ),
+    ] {
+        let path = format!("{}/../../fixtures/torchdiffeq/{file}.npz", env!("CARGO_MANIFEST_DIR"));
+        let fx: HashMap<String, Tensor> = Tensor::read_npz(path)?.into_iter().collect();
+        let l1 = Linear::new(fx["w1"].to_device(&dev)?, Some(fx["b1"].to_device(&dev)?));
+        let l2 = Linear::new(fx["w2"].to_device(&dev)?, Some(fx["b2"].to_device(&dev)?));
+        let z0 = fx["z0"].to_device(&dev)?;
+        // z³ as z·z² (Candle's powf is a libm call per element), tanh from node-kernels.
+        let f = |_t: f64, z: &Tensor| l2.forward(&node_kernels::tanh(&l1.forward(&(z * z.sqr()?)?)?)?);
+        let sol = odeint(&f, &z0, &[0.0, 1.0], &opts)?;
+        let nfe = sol.stats.nfe;
+        let diff = (sol.last()? - &fx["z1"])?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        let (solve_med, solve_min) = time(reps, 3, || odeint(&f, &z0, &[0.0, 1.0], &opts))?;
+        let (f_med, _) = time(reps * 20, 20, || f(0.0, &z0))?;
+        let overhead = (solve_med - nfe as f64 * f_med) / solve_med;
+        println!(
+            "| {name} | {nfe} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1}% | {diff:.1e} |",
+            solve_med * 1e3,
+            solve_min * 1e3,
+            solve_med / nfe as f64 * 1e6,
+            f_med * 1e6,
+            overhead * 100.0
+        );
+    }
+    Ok(())
+}
