@@ -21,7 +21,13 @@ fn tanh_matches_candle(dev: &Device) -> Result<()> {
             let w = Tensor::randn(0f32, 1.0, shape.as_slice(), dev)?.to_dtype(dtype)?;
             let g = (node_kernels::tanh(v.as_tensor())? * &w)?.sum_all()?.backward()?;
             let g_ref = (v.as_tensor().tanh()? * &w)?.sum_all()?.backward()?;
-            assert!(max_rel_diff(g.get(&v).unwrap(), g_ref.get(&v).unwrap())? < 10.0 * tol);
+            // |Δg| = |w|·|Δ(1 − y²)| ≤ |w|·2|Δy|, and |Δy| ≤ 4e-7 in f32 (round-off in f64):
+            // bound the gradient error by the scale of w, not of g (which can be ~0 when
+            // every x saturates).
+            let dg = (g.get(&v).unwrap() - g_ref.get(&v).unwrap())?.abs()?.flatten_all()?.max(0)?;
+            let wmax = w.abs()?.flatten_all()?.max(0)?;
+            let ratio = (dg / wmax)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            assert!(ratio <= 2.0 * tol, "{dtype:?} {shape:?}: gradient error {ratio:e} of max|w|");
         }
         // Non-contiguous input: a transpose and a narrowed view.
         let x = Tensor::randn(0f32, 2.0, (9, 13), dev)?.to_dtype(dtype)?;
