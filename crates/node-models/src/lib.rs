@@ -1,1 +1,6 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod rng;
+
+pub use rng::Rng;

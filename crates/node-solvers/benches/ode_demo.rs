@@ -53,21 +53,29 @@ fn main() -> Result<()> {
         (
             "dopri5 rtol 1e-7 atol 1e-9",
             "ode_solve_dopri5_rtol1e-7_atol1e-9",
-            SolveOptions::default().method(Method::Dopri5).tolerances(1e-7, 1e-9),
+            SolveOptions::default()
+                .method(Method::Dopri5)
+                .tolerances(1e-7, 1e-9),
         ),
         (
             "rk4 (3/8 rule) 100 steps",
             "ode_solve_rk4_100steps",
-            SolveOptions::default().method(Method::Rk38).fixed_steps(100),
+            SolveOptions::default()
+                .method(Method::Rk38)
+                .fixed_steps(100),
         ),
     ] {
-        let path = format!("{}/../../fixtures/torchdiffeq/{file}.npz", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../../fixtures/torchdiffeq/{file}.npz",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let fx: HashMap<String, Tensor> = Tensor::read_npz(path)?.into_iter().collect();
         let l1 = Linear::new(fx["w1"].to_device(&dev)?, Some(fx["b1"].to_device(&dev)?));
         let l2 = Linear::new(fx["w2"].to_device(&dev)?, Some(fx["b2"].to_device(&dev)?));
         let z0 = fx["z0"].to_device(&dev)?;
         // z³ as z·z² (Candle's powf is a libm call per element), tanh from node-kernels.
-        let f = |_t: f64, z: &Tensor| l2.forward(&node_kernels::tanh(&l1.forward(&(z * z.sqr()?)?)?)?);
+        let f =
+            |_t: f64, z: &Tensor| l2.forward(&node_kernels::tanh(&l1.forward(&(z * z.sqr()?)?)?)?);
         let sol = odeint(&f, &z0, &[0.0, 1.0], &opts)?;
         let nfe = sol.stats.nfe;
         let diff = (sol.last()? - &fx["z1"])?

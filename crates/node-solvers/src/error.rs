@@ -47,7 +47,9 @@ pub enum SolverError {
     #[error("invalid output times: {0}")]
     InvalidTimes(String),
     /// The vector field returned a tensor whose shape differs from the state's.
-    #[error("vector field output has shape {got:?} but the state has shape {expected:?} (at t = {t})")]
+    #[error(
+        "vector field output has shape {got:?} but the state has shape {expected:?} (at t = {t})"
+    )]
     ShapeMismatch {
         /// The state's shape.
         expected: Shape,
@@ -86,9 +88,9 @@ impl SolverError {
         use candle_core::Error as E;
         match err {
             E::WrappedContext { wrapped, .. } => wrapped.downcast_ref::<SolverError>(),
-            E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
-                Self::find(inner)
-            }
+            E::WithBacktrace { inner, .. }
+            | E::Context { inner, .. }
+            | E::WithPath { inner, .. } => Self::find(inner),
             _ => None,
         }
     }

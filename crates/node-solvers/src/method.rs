@@ -97,7 +97,12 @@ pub struct UnknownMethod(pub String);
 impl fmt::Display for UnknownMethod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<String> = Method::ALL.iter().map(|m| m.to_string()).collect();
-        write!(f, "unknown method `{}` (expected one of: {})", self.0, names.join(", "))
+        write!(
+            f,
+            "unknown method `{}` (expected one of: {})",
+            self.0,
+            names.join(", ")
+        )
     }
 }
 

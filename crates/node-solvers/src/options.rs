@@ -63,7 +63,10 @@ pub enum StepController {
 
 impl StepController {
     /// PI control with `β1 = 0.7, β2 = 0.4` (diffrax's suggested `pcoeff = 0.4, icoeff = 0.3`).
-    pub const PI_DEFAULT: StepController = StepController::PI { beta1: 0.7, beta2: 0.4 };
+    pub const PI_DEFAULT: StepController = StepController::PI {
+        beta1: 0.7,
+        beta2: 0.4,
+    };
 }
 
 /// The default is [`StepController::Integral`]: on our test problems (damped rotation and
@@ -224,25 +227,41 @@ impl SolveOptions {
                     .into());
                 }
                 if !positive(self.rtol) {
-                    return Err(SolverError::InvalidTolerance { name: "rtol", value: self.rtol }.into());
+                    return Err(SolverError::InvalidTolerance {
+                        name: "rtol",
+                        value: self.rtol,
+                    }
+                    .into());
                 }
                 if let Atol::Scalar(a) = self.atol {
                     if !positive(a) {
-                        return Err(SolverError::InvalidTolerance { name: "atol", value: a }.into());
+                        return Err(SolverError::InvalidTolerance {
+                            name: "atol",
+                            value: a,
+                        }
+                        .into());
                     }
                 }
             }
             StepSize::Fixed(h) if !positive(h) => {
-                return Err(SolverError::InvalidOptions(format!("step size must be finite and > 0, got {h}")).into());
+                return Err(SolverError::InvalidOptions(format!(
+                    "step size must be finite and > 0, got {h}"
+                ))
+                .into());
             }
             StepSize::Count(0) => {
-                return Err(SolverError::InvalidOptions("fixed step count must be > 0".into()).into());
+                return Err(
+                    SolverError::InvalidOptions("fixed step count must be > 0".into()).into(),
+                );
             }
             _ => {}
         }
         if let Some(h) = self.first_step {
             if !positive(h) {
-                return Err(SolverError::InvalidOptions(format!("first step must be finite and > 0, got {h}")).into());
+                return Err(SolverError::InvalidOptions(format!(
+                    "first step must be finite and > 0, got {h}"
+                ))
+                .into());
             }
         }
         if !(self.min_step >= 0.0 && self.max_step > 0.0 && self.min_step <= self.max_step) {
@@ -255,7 +274,12 @@ impl SolveOptions {
         if self.max_steps == 0 {
             return Err(SolverError::InvalidOptions("max_steps must be > 0".into()).into());
         }
-        if !(self.safety > 0.0 && self.safety <= 1.0 && self.min_factor > 0.0 && self.min_factor < 1.0 && self.max_factor > 1.0) {
+        if !(self.safety > 0.0
+            && self.safety <= 1.0
+            && self.min_factor > 0.0
+            && self.min_factor < 1.0
+            && self.max_factor > 1.0)
+        {
             return Err(SolverError::InvalidOptions(
                 "need 0 < safety <= 1, 0 < min_factor < 1 < max_factor".into(),
             )

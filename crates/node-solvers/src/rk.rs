@@ -46,7 +46,10 @@ pub(crate) struct Evaluator<'a, F: ?Sized> {
 
 impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
     pub(crate) fn new(f: &'a F) -> Self {
-        Self { f, nfe: Cell::new(0) }
+        Self {
+            f,
+            nfe: Cell::new(0),
+        }
     }
 
     pub(crate) fn nfe(&self) -> usize {
@@ -111,8 +114,15 @@ pub(crate) fn rk_step<F: VectorField + ?Sized>(
     k.push(f0.clone());
     let mut y1 = None;
     for i in 1..s {
-        let yi = lincomb(Some(y), tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj)))?;
-        let ti = if tab.c[i] == 1.0 { t1 } else { t + tab.c[i] * h };
+        let yi = lincomb(
+            Some(y),
+            tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj)),
+        )?;
+        let ti = if tab.c[i] == 1.0 {
+            t1
+        } else {
+            t + tab.c[i] * h
+        };
         k.push(f.eval(ti, &yi)?);
         if fsal && i == s - 1 {
             y1 = Some(yi);
@@ -158,12 +168,21 @@ mod tests {
             };
             for h in [h0, h0 / 2.0, h0 / 4.0] {
                 let step = rk_step(tab, &ev, t, t + h, &y, &f0, true)?;
-                let e = step.err.unwrap().abs()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let e = step
+                    .err
+                    .unwrap()
+                    .abs()?
+                    .max(0)?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
                 logs.push(e.log2());
             }
             let slope = (logs[0] - logs[2]) / 2.0;
             let want = (tab.error_order + 1) as f64;
-            assert!((slope - want).abs() < 0.35, "{m}: error estimate order {slope:.2}, expected {want}");
+            assert!(
+                (slope - want).abs() < 0.35,
+                "{m}: error estimate order {slope:.2}, expected {want}"
+            );
         }
         Ok(())
     }

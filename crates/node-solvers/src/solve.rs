@@ -132,7 +132,12 @@ pub fn odeint<F: VectorField + ?Sized>(
             return Err(SolverError::NonFinite { t: ts[i] }.into());
         }
     }
-    Ok(Solution { ts: ts.to_vec(), ys, stats, last_step })
+    Ok(Solution {
+        ts: ts.to_vec(),
+        ys,
+        stats,
+        last_step,
+    })
 }
 
 /// Checks `ts` and returns the direction of integration (+1 or -1).
@@ -149,7 +154,12 @@ fn check_times(ts: &[f64]) -> Result<f64> {
     let dir = if ts[1] > ts[0] { 1.0 } else { -1.0 };
     for i in 1..ts.len() {
         if (ts[i] - ts[i - 1]) * dir <= 0.0 {
-            return Err(SolverError::TimesNotMonotone { index: i, prev: ts[i - 1], next: ts[i] }.into());
+            return Err(SolverError::TimesNotMonotone {
+                index: i,
+                prev: ts[i - 1],
+                next: ts[i],
+            }
+            .into());
         }
     }
     Ok(dir)
@@ -176,9 +186,17 @@ fn prepare_atol(atol: &Atol, y0: &Tensor) -> Result<PreparedAtol> {
                     ))
                 })?
                 .contiguous()?;
-            let min = t.flatten_all()?.min(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let min = t
+                .flatten_all()?
+                .min(0)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
             if !(min.is_finite() && min > 0.0) {
-                return Err(SolverError::InvalidTolerance { name: "atol", value: min }.into());
+                return Err(SolverError::InvalidTolerance {
+                    name: "atol",
+                    value: min,
+                }
+                .into());
             }
             Ok(PreparedAtol::Tensor(t))
         }
@@ -210,16 +228,20 @@ fn read_f64(t: &Tensor) -> Result<f64> {
 }
 
 /// Index of the first entry (along dim 0) holding NaN or inf, with one read.
+#[allow(clippy::eq_op)] // `ys - ys` is the point: 0 where finite, NaN where not.
 fn first_non_finite(ys: &Tensor) -> Result<Option<usize>> {
     // x - x is 0 for finite x and NaN otherwise; summing cannot overflow.
-    let z = (ys - ys)?.flatten_from(1)?.sum(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let z = (ys - ys)?
+        .flatten_from(1)?
+        .sum(1)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
     Ok(z.iter().position(|v| !v.is_finite()))
 }
 
 /// Hairer's initial step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), as torchdiffeq.
 fn initial_step<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
-    tab: &ButcherTableau,
     t0: f64,
     y0: &Tensor,
     f0: &Tensor,
@@ -229,7 +251,10 @@ fn initial_step<F: VectorField + ?Sized>(
 ) -> Result<f64> {
     let scale = error_scale(y0, None, opts.rtol, atol)?;
     let d01 = Tensor::stack(
-        &[scaled_norm_sq(y0, &scale, opts.norm)?, scaled_norm_sq(f0, &scale, opts.norm)?],
+        &[
+            scaled_norm_sq(y0, &scale, opts.norm)?,
+            scaled_norm_sq(f0, &scale, opts.norm)?,
+        ],
         0,
     )?
     .to_dtype(DType::F64)?
@@ -238,16 +263,21 @@ fn initial_step<F: VectorField + ?Sized>(
     if !(d0.is_finite() && d1.is_finite()) {
         return Err(SolverError::NonFinite { t: t0 }.into());
     }
-    let h0 = if d0 < 1e-5 || d1 < 1e-5 { 1e-6 } else { 0.01 * d0 / d1 };
+    let h0 = if d0 < 1e-5 || d1 < 1e-5 {
+        1e-6
+    } else {
+        0.01 * d0 / d1
+    };
     let y1 = lincomb(Some(y0), [(dir * h0, f0)])?;
     let f1 = ev.eval(t0 + dir * h0, &y1)?;
     let d2 = read_f64(&scaled_norm_sq(&(f1 - f0)?, &scale, opts.norm)?)?.sqrt() / h0;
+    let exponent = opts.method.tableau().error_exponent();
     let h1 = if !d2.is_finite() {
         h0
     } else if d1 <= 1e-15 && d2 <= 1e-15 {
         (h0 * 1e-3).max(1e-6)
     } else {
-        (0.01 / d1.max(d2)).powf(1.0 / tab.error_exponent())
+        (0.01 / d1.max(d2)).powf(1.0 / exponent)
     };
     Ok((100.0 * h0).min(h1))
 }
@@ -281,7 +311,11 @@ fn emit_outputs<F: VectorField + ?Sized>(
                 *f1 = Some(ev.eval(t1, &step.y1)?);
             }
             let extra = f1.as_ref().map(|f1| (h * w[s], f1));
-            let terms = w[..s].iter().zip(&step.k).map(|(wi, ki)| (h * wi, ki)).chain(extra);
+            let terms = w[..s]
+                .iter()
+                .zip(&step.k)
+                .map(|(wi, ki)| (h * wi, ki))
+                .chain(extra);
             out.push(lincomb(Some(y), terms)?);
         }
         *next += 1;
@@ -316,7 +350,7 @@ fn adaptive<F: VectorField + ?Sized>(
             }
             h
         }
-        None => initial_step(ev, tab, t, &y, &f0, dir, opts, atol)?,
+        None => initial_step(ev, t, &y, &f0, dir, opts, atol)?,
     };
     h_abs = h_abs.clamp(opts.min_step, opts.max_step);
     let mut stats = SolverStats::default();
@@ -334,7 +368,10 @@ fn adaptive<F: VectorField + ?Sized>(
         let t1 = if hit_end { t_end } else { t + dir * h_abs };
         let h_try = (t1 - t).abs();
         let step = rk_step(tab, ev, t, t1, &y, &f0, true)?;
-        let err = step.err.as_ref().expect("adaptive methods have an error estimate");
+        let err = step
+            .err
+            .as_ref()
+            .expect("adaptive methods have an error estimate");
         let scale = error_scale(&y, Some(&step.y1), opts.rtol, atol)?;
         let ratio = read_f64(&scaled_norm_sq(err, &scale, opts.norm)?)?.sqrt();
         if ratio <= 1.0 {
@@ -370,7 +407,10 @@ fn adaptive<F: VectorField + ?Sized>(
                 return Err(if non_finite {
                     SolverError::NonFinite { t }
                 } else {
-                    SolverError::StepSizeTooSmall { t, dt: h_try * factor }
+                    SolverError::StepSizeTooSmall {
+                        t,
+                        dt: h_try * factor,
+                    }
                 }
                 .into());
             }
@@ -427,6 +467,10 @@ fn fixed<F: VectorField + ?Sized>(
         }
         y = step.y1;
     }
-    let stats = SolverStats { nfe: 0, accepted_steps: n, rejected_steps: 0 };
+    let stats = SolverStats {
+        nfe: 0,
+        accepted_steps: n,
+        rejected_steps: 0,
+    };
     Ok((stats, span / n as f64))
 }

@@ -11,11 +11,17 @@ use node_solvers::{odeint, Method, SolveOptions, StepController};
 
 fn rotation_y0(dev: &Device, dtype: DType) -> Result<Tensor> {
     // A batch of 4 independent initial conditions, shape [4, 2].
-    Ok(Tensor::new(&[[1.0f64, 0.0], [0.0, 2.0], [-1.5, 0.5], [0.3, -0.7]], dev)?.to_dtype(dtype)?)
+    Ok(
+        Tensor::new(&[[1.0f64, 0.0], [0.0, 2.0], [-1.5, 0.5], [0.3, -0.7]], dev)?
+            .to_dtype(dtype)?,
+    )
 }
 
 fn error_tracks_tolerance(dev: &Device) -> Result<()> {
-    let p = Rotation { decay: 0.1, freq: 2.0 };
+    let p = Rotation {
+        decay: 0.1,
+        freq: 2.0,
+    };
     let y0 = rotation_y0(dev, DType::F64)?;
     let ts: Vec<f64> = (0..=20).map(|i| i as f64 * 0.25).collect();
     // The global error of a local-error controller is a problem-dependent multiple of the
@@ -45,8 +51,14 @@ fn error_tracks_tolerance(dev: &Device) -> Result<()> {
             }
             // Local error control gives a global error of a small multiple of the tolerance
             // on this non-stiff problem (5 time units, |y| ≤ 2): measured ≤ 6× for every pair.
-            assert!(err < bound * tol, "{m} tol {tol:e}: global error {err:e} > {bound} tol");
-            assert!(err < prev, "{m}: error did not fall when tightening to {tol:e}");
+            assert!(
+                err < bound * tol,
+                "{m} tol {tol:e}: global error {err:e} > {bound} tol"
+            );
+            assert!(
+                err < prev,
+                "{m}: error did not fall when tightening to {tol:e}"
+            );
             prev = err;
         }
     }
@@ -102,13 +114,26 @@ fn per_component_atol(dev: &Device) -> Result<()> {
     // Component 0 decays to ~1e-9 (atol matters), component 1 stays O(1).
     let y0 = Tensor::new(&[1.0f64, 1.0], dev)?;
     let rates = Tensor::new(&[-20.0f64, -0.1], dev)?;
-    let f = |_t: f64, y: &Tensor| Ok(y.mul(&rates)?);
+    let f = |_t: f64, y: &Tensor| y.mul(&rates);
     let ts = [0.0, 1.0];
     let base = SolveOptions::default().rtol(1e-6);
     let tight = odeint(&f, &y0, &ts, &base.clone().atol(1e-12))?;
-    let same = odeint(&f, &y0, &ts, &base.clone().atol(Tensor::new(&[1e-12f64, 1e-12], dev)?))?;
-    assert_eq!(tight.stats, same.stats, "a constant per-component atol equals the scalar one");
-    let loose = odeint(&f, &y0, &ts, &base.clone().atol(Tensor::new(&[1e-4f64, 1e-12], dev)?))?;
+    let same = odeint(
+        &f,
+        &y0,
+        &ts,
+        &base.clone().atol(Tensor::new(&[1e-12f64, 1e-12], dev)?),
+    )?;
+    assert_eq!(
+        tight.stats, same.stats,
+        "a constant per-component atol equals the scalar one"
+    );
+    let loose = odeint(
+        &f,
+        &y0,
+        &ts,
+        &base.clone().atol(Tensor::new(&[1e-4f64, 1e-12], dev)?),
+    )?;
     assert!(
         loose.stats.nfe < tight.stats.nfe,
         "a loose atol on the vanishing component saves evaluations ({} vs {})",
@@ -117,16 +142,27 @@ fn per_component_atol(dev: &Device) -> Result<()> {
     );
     let exact1 = (-0.1f64).exp();
     let got = loose.last()?.to_vec1::<f64>()?;
-    assert!((got[1] - exact1).abs() < 1e-5, "the tight component stays accurate");
+    assert!(
+        (got[1] - exact1).abs() < 1e-5,
+        "the tight component stays accurate"
+    );
     // A tolerance shaped like the batch dimension broadcasts: [2] against a state [3, 2].
     let yb = Tensor::ones((3, 2), DType::F64, dev)?;
-    let fb = |_t: f64, y: &Tensor| Ok(y.neg()?);
-    odeint(&fb, &yb, &ts, &base.atol(Tensor::new(&[1e-8f64, 1e-6], dev)?))?;
+    let fb = |_t: f64, y: &Tensor| y.neg();
+    odeint(
+        &fb,
+        &yb,
+        &ts,
+        &base.atol(Tensor::new(&[1e-8f64, 1e-6], dev)?),
+    )?;
     Ok(())
 }
 
 fn f32_and_f64(dev: &Device) -> Result<()> {
-    let p = Rotation { decay: 0.2, freq: 1.0 };
+    let p = Rotation {
+        decay: 0.2,
+        freq: 1.0,
+    };
     for (dtype, tol, bound) in [(DType::F64, 1e-8, 1e-6), (DType::F32, 1e-5, 1e-4)] {
         let y0 = rotation_y0(dev, dtype)?;
         let opts = SolveOptions::default().tolerances(tol, tol);
@@ -157,7 +193,10 @@ fn step_counts_snapshot(dev: &Device) -> Result<()> {
     // Snapshots of evaluation and step counts catch controller regressions (values recorded
     // from this implementation; torchdiffeq counts the same way: 2 evaluations for the
     // initial step, then 6 per dopri5 step).
-    let p = Rotation { decay: 0.1, freq: 2.0 };
+    let p = Rotation {
+        decay: 0.1,
+        freq: 2.0,
+    };
     let y0 = rotation_y0(dev, DType::F64)?;
     let ts = [0.0, 10.0];
     let run = |c: StepController| -> Result<_> {
@@ -175,7 +214,11 @@ fn step_counts_snapshot(dev: &Device) -> Result<()> {
         "PI controller counts changed"
     );
     assert_eq!(
-        (integral.nfe, integral.accepted_steps, integral.rejected_steps),
+        (
+            integral.nfe,
+            integral.accepted_steps,
+            integral.rejected_steps
+        ),
         SNAPSHOT_INTEGRAL,
         "integral controller counts changed"
     );
@@ -185,10 +228,35 @@ fn step_counts_snapshot(dev: &Device) -> Result<()> {
 const SNAPSHOT_PI: (usize, usize, usize) = (632, 104, 1);
 const SNAPSHOT_INTEGRAL: (usize, usize, usize) = (650, 91, 17);
 
-candle_core::test_device!(error_tracks_tolerance, error_tracks_tolerance_cpu, error_tracks_tolerance_cuda, error_tracks_tolerance_metal);
-candle_core::test_device!(outputs_cost_no_evaluations, dense_outputs_free_cpu, dense_outputs_free_cuda, dense_outputs_free_metal);
-candle_core::test_device!(reverse_time, reverse_time_cpu, reverse_time_cuda, reverse_time_metal);
-candle_core::test_device!(per_component_atol, per_component_atol_cpu, per_component_atol_cuda, per_component_atol_metal);
+candle_core::test_device!(
+    error_tracks_tolerance,
+    error_tracks_tolerance_cpu,
+    error_tracks_tolerance_cuda,
+    error_tracks_tolerance_metal
+);
+candle_core::test_device!(
+    outputs_cost_no_evaluations,
+    dense_outputs_free_cpu,
+    dense_outputs_free_cuda,
+    dense_outputs_free_metal
+);
+candle_core::test_device!(
+    reverse_time,
+    reverse_time_cpu,
+    reverse_time_cuda,
+    reverse_time_metal
+);
+candle_core::test_device!(
+    per_component_atol,
+    per_component_atol_cpu,
+    per_component_atol_cuda,
+    per_component_atol_metal
+);
 candle_core::test_device!(f32_and_f64, dtypes_cpu, dtypes_cuda, dtypes_metal);
 candle_core::test_device!(batch_matches_single, batch_cpu, batch_cuda, batch_metal);
-candle_core::test_device!(step_counts_snapshot, step_counts_cpu, step_counts_cuda, step_counts_metal);
+candle_core::test_device!(
+    step_counts_snapshot,
+    step_counts_cpu,
+    step_counts_cuda,
+    step_counts_metal
+);

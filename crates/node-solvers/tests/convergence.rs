@@ -47,7 +47,9 @@ fn order_case(dev: &Device) -> Result<()> {
         // faster than h^p before the asymptotic range on this problem (dopri8: 2^8.5 per
         // halving just above round-off), so allow up to p + 1.
         failed |= slope <= p - 0.3 || slope >= p + 1.0;
-        report.push(format!("{m}: observed {slope:.2}, expected {p} (errors {errs:?})"));
+        report.push(format!(
+            "{m}: observed {slope:.2}, expected {p} (errors {errs:?})"
+        ));
     }
     assert!(!failed, "convergence orders:\n{}", report.join("\n"));
     println!("{}", report.join("\n"));
@@ -76,10 +78,23 @@ fn dense_output_case(dev: &Device) -> Result<()> {
         }
         let slope = fitted_slope(&hs, &errs);
         let want = (m.order() as f64).min(3.0);
-        assert!(slope > want - 0.3, "{m}: dense output order {slope:.2} < {want} ({errs:?})");
+        assert!(
+            slope > want - 0.3,
+            "{m}: dense output order {slope:.2} < {want} ({errs:?})"
+        );
     }
     Ok(())
 }
 
-candle_core::test_device!(order_case, fixed_step_order_cpu, fixed_step_order_cuda, fixed_step_order_metal);
-candle_core::test_device!(dense_output_case, dense_output_order_cpu, dense_output_order_cuda, dense_output_order_metal);
+candle_core::test_device!(
+    order_case,
+    fixed_step_order_cpu,
+    fixed_step_order_cuda,
+    fixed_step_order_metal
+);
+candle_core::test_device!(
+    dense_output_case,
+    dense_output_order_cpu,
+    dense_output_order_cuda,
+    dense_output_order_metal
+);

@@ -6,7 +6,9 @@ use node_solvers::{odeint, Method, SolveOptions, SolverError};
 
 fn solver_error<T: std::fmt::Debug>(r: candle_core::Result<T>) -> SolverError {
     let e = r.expect_err("expected an error");
-    SolverError::find(&e).unwrap_or_else(|| panic!("not a SolverError: {e}")).clone()
+    SolverError::find(&e)
+        .unwrap_or_else(|| panic!("not a SolverError: {e}"))
+        .clone()
 }
 
 fn blow_up(_t: f64, y: &Tensor) -> candle_core::Result<Tensor> {
@@ -35,7 +37,7 @@ fn step_size_underflow(dev: &Device) -> Result<()> {
 
 fn max_steps(dev: &Device) -> Result<()> {
     let y0 = Tensor::new(&[1.0f64, 0.0], dev)?;
-    let f = |_t: f64, y: &Tensor| Ok(Tensor::cat(&[y.narrow(0, 1, 1)?, y.narrow(0, 0, 1)?.neg()?], 0)?);
+    let f = |_t: f64, y: &Tensor| Tensor::cat(&[y.narrow(0, 1, 1)?, y.narrow(0, 0, 1)?.neg()?], 0);
     let opts = SolveOptions::default().max_steps(10);
     match solver_error(odeint(&f, &y0, &[0.0, 100.0], &opts)) {
         SolverError::MaxStepsExceeded { steps, t } => {
@@ -45,7 +47,10 @@ fn max_steps(dev: &Device) -> Result<()> {
         e => panic!("expected MaxStepsExceeded, got {e}"),
     }
     // A fixed grid that would exceed the limit is refused before any work.
-    let opts = SolveOptions::default().method(Method::Rk4).step_size(1e-9).max_steps(1000);
+    let opts = SolveOptions::default()
+        .method(Method::Rk4)
+        .step_size(1e-9)
+        .max_steps(1000);
     assert!(matches!(
         solver_error(odeint(&f, &y0, &[0.0, 1.0], &opts)),
         SolverError::MaxStepsExceeded { .. }
@@ -55,7 +60,13 @@ fn max_steps(dev: &Device) -> Result<()> {
 
 fn non_finite(dev: &Device) -> Result<()> {
     // The field turns NaN for t > 0.5.
-    let f = |t: f64, y: &Tensor| if t > 0.5 { y.affine(f64::NAN, 0.0) } else { y.neg() };
+    let f = |t: f64, y: &Tensor| {
+        if t > 0.5 {
+            y.affine(f64::NAN, 0.0)
+        } else {
+            y.neg()
+        }
+    };
     let y0 = Tensor::new(&[1.0f32, 2.0], dev)?;
     match solver_error(odeint(&f, &y0, &[0.0, 1.0], &SolveOptions::default())) {
         SolverError::NonFinite { t } => assert!((0.49..=0.5).contains(&t), "t = {t}"),
@@ -89,7 +100,10 @@ fn bad_times(dev: &Device) -> Result<()> {
         solver_error(odeint(&g, &y0, &[0.0, 1.0, 0.5], &o)),
         SolverError::TimesNotMonotone { index: 2, .. }
     ));
-    assert!(matches!(solver_error(odeint(&g, &y0, &[], &o)), SolverError::InvalidTimes(_)));
+    assert!(matches!(
+        solver_error(odeint(&g, &y0, &[], &o)),
+        SolverError::InvalidTimes(_)
+    ));
     assert!(matches!(
         solver_error(odeint(&g, &y0, &[0.0, f64::NAN], &o)),
         SolverError::InvalidTimes(_)
@@ -104,7 +118,12 @@ fn bad_times(dev: &Device) -> Result<()> {
 fn bad_field_output(dev: &Device) -> Result<()> {
     let y0 = Tensor::new(&[1.0f64, 2.0], dev)?;
     let wrong_shape = |_t: f64, y: &Tensor| y.sum_keepdim(0);
-    match solver_error(odeint(&wrong_shape, &y0, &[0.0, 1.0], &SolveOptions::default())) {
+    match solver_error(odeint(
+        &wrong_shape,
+        &y0,
+        &[0.0, 1.0],
+        &SolveOptions::default(),
+    )) {
         SolverError::ShapeMismatch { expected, got, t } => {
             assert_eq!(expected.dims(), &[2]);
             assert_eq!(got.dims(), &[1]);
@@ -114,11 +133,18 @@ fn bad_field_output(dev: &Device) -> Result<()> {
     }
     let wrong_dtype = |_t: f64, y: &Tensor| y.to_dtype(DType::F32);
     assert!(matches!(
-        solver_error(odeint(&wrong_dtype, &y0, &[0.0, 1.0], &SolveOptions::default())),
+        solver_error(odeint(
+            &wrong_dtype,
+            &y0,
+            &[0.0, 1.0],
+            &SolveOptions::default()
+        )),
         SolverError::OutputMismatch(_)
     ));
     // Errors of the field itself pass through untouched.
-    let failing = |_t: f64, _y: &Tensor| -> candle_core::Result<Tensor> { candle_core::bail!("field exploded") };
+    let failing = |_t: f64, _y: &Tensor| -> candle_core::Result<Tensor> {
+        candle_core::bail!("field exploded")
+    };
     let e = odeint(&failing, &y0, &[0.0, 1.0], &SolveOptions::default()).unwrap_err();
     assert!(e.to_string().contains("field exploded"));
     Ok(())
@@ -129,27 +155,60 @@ fn bad_options(dev: &Device) -> Result<()> {
     let g = |_t: f64, y: &Tensor| y.neg();
     let ts = [0.0, 1.0];
     let check = |o: SolveOptions| solver_error(odeint(&g, &y0, &ts, &o));
-    assert!(matches!(check(SolveOptions::default().rtol(0.0)), SolverError::InvalidTolerance { name: "rtol", .. }));
-    assert!(matches!(check(SolveOptions::default().atol(-1.0)), SolverError::InvalidTolerance { name: "atol", .. }));
-    assert!(matches!(check(SolveOptions::default().rtol(f64::NAN)), SolverError::InvalidTolerance { .. }));
+    assert!(matches!(
+        check(SolveOptions::default().rtol(0.0)),
+        SolverError::InvalidTolerance { name: "rtol", .. }
+    ));
+    assert!(matches!(
+        check(SolveOptions::default().atol(-1.0)),
+        SolverError::InvalidTolerance { name: "atol", .. }
+    ));
+    assert!(matches!(
+        check(SolveOptions::default().rtol(f64::NAN)),
+        SolverError::InvalidTolerance { .. }
+    ));
     let zero_atol = Tensor::new(&[1e-6f64, 0.0], dev)?;
-    assert!(matches!(check(SolveOptions::default().atol(zero_atol)), SolverError::InvalidTolerance { name: "atol", .. }));
+    assert!(matches!(
+        check(SolveOptions::default().atol(zero_atol)),
+        SolverError::InvalidTolerance { name: "atol", .. }
+    ));
     let wrong_atol = Tensor::new(&[1e-6f64, 1e-6, 1e-6], dev)?;
-    assert!(matches!(check(SolveOptions::default().atol(wrong_atol)), SolverError::InvalidOptions(_)));
+    assert!(matches!(
+        check(SolveOptions::default().atol(wrong_atol)),
+        SolverError::InvalidOptions(_)
+    ));
     // A fixed-step method needs a step.
     match check(SolveOptions::default().method(Method::Rk4)) {
         SolverError::InvalidOptions(msg) => assert!(msg.contains("step_size"), "{msg}"),
         e => panic!("expected InvalidOptions, got {e}"),
     }
-    assert!(matches!(check(SolveOptions::default().method(Method::Rk4).step_size(0.0)), SolverError::InvalidOptions(_)));
-    assert!(matches!(check(SolveOptions::default().method(Method::Rk4).fixed_steps(0)), SolverError::InvalidOptions(_)));
-    assert!(matches!(check(SolveOptions::default().first_step(-0.1)), SolverError::InvalidOptions(_)));
-    assert!(matches!(check(SolveOptions::default().max_steps(0)), SolverError::InvalidOptions(_)));
-    assert!(matches!(check(SolveOptions::default().min_step(1.0).max_step(0.5)), SolverError::InvalidOptions(_)));
+    assert!(matches!(
+        check(SolveOptions::default().method(Method::Rk4).step_size(0.0)),
+        SolverError::InvalidOptions(_)
+    ));
+    assert!(matches!(
+        check(SolveOptions::default().method(Method::Rk4).fixed_steps(0)),
+        SolverError::InvalidOptions(_)
+    ));
+    assert!(matches!(
+        check(SolveOptions::default().first_step(-0.1)),
+        SolverError::InvalidOptions(_)
+    ));
+    assert!(matches!(
+        check(SolveOptions::default().max_steps(0)),
+        SolverError::InvalidOptions(_)
+    ));
+    assert!(matches!(
+        check(SolveOptions::default().min_step(1.0).max_step(0.5)),
+        SolverError::InvalidOptions(_)
+    ));
     // Integer states cannot be integrated.
     let yi = Tensor::new(&[1u32, 2], dev)?;
     let gi = |_t: f64, y: &Tensor| Ok(y.clone());
-    assert!(matches!(solver_error(odeint(&gi, &yi, &ts, &SolveOptions::default())), SolverError::InvalidOptions(_)));
+    assert!(matches!(
+        solver_error(odeint(&gi, &yi, &ts, &SolveOptions::default())),
+        SolverError::InvalidOptions(_)
+    ));
     Ok(())
 }
 
@@ -158,14 +217,37 @@ fn errors_display_a_message_and_wrap_as_candle_errors() {
     let e: candle_core::Error = SolverError::StepSizeTooSmall { t: 0.5, dt: 1e-17 }.into();
     let msg = e.to_string();
     assert!(msg.contains("step size too small at t = 0.5"), "{msg}");
-    assert!(matches!(SolverError::find(&e), Some(SolverError::StepSizeTooSmall { .. })));
+    assert!(matches!(
+        SolverError::find(&e),
+        Some(SolverError::StepSizeTooSmall { .. })
+    ));
     let with_context = e.context("while training");
     assert!(SolverError::find(&with_context).is_some());
 }
 
-candle_core::test_device!(step_size_underflow, step_size_underflow_cpu, step_size_underflow_cuda, step_size_underflow_metal);
+candle_core::test_device!(
+    step_size_underflow,
+    step_size_underflow_cpu,
+    step_size_underflow_cuda,
+    step_size_underflow_metal
+);
 candle_core::test_device!(max_steps, max_steps_cpu, max_steps_cuda, max_steps_metal);
-candle_core::test_device!(non_finite, non_finite_cpu, non_finite_cuda, non_finite_metal);
+candle_core::test_device!(
+    non_finite,
+    non_finite_cpu,
+    non_finite_cuda,
+    non_finite_metal
+);
 candle_core::test_device!(bad_times, bad_times_cpu, bad_times_cuda, bad_times_metal);
-candle_core::test_device!(bad_field_output, bad_field_output_cpu, bad_field_output_cuda, bad_field_output_metal);
-candle_core::test_device!(bad_options, bad_options_cpu, bad_options_cuda, bad_options_metal);
+candle_core::test_device!(
+    bad_field_output,
+    bad_field_output_cpu,
+    bad_field_output_cuda,
+    bad_field_output_metal
+);
+candle_core::test_device!(
+    bad_options,
+    bad_options_cpu,
+    bad_options_cuda,
+    bad_options_metal
+);

@@ -17,8 +17,14 @@ fn tableaus_are_consistent() {
 
 #[test]
 fn fsal_is_derived_from_the_coefficients() {
-    let fsal: Vec<Method> = Method::ALL.into_iter().filter(|m| m.tableau().is_fsal()).collect();
-    assert_eq!(fsal, vec![Method::Bosh3, Method::Dopri5, Method::Tsit5, Method::Dopri8]);
+    let fsal: Vec<Method> = Method::ALL
+        .into_iter()
+        .filter(|m| m.tableau().is_fsal())
+        .collect();
+    assert_eq!(
+        fsal,
+        vec![Method::Bosh3, Method::Dopri5, Method::Tsit5, Method::Dopri8]
+    );
 }
 
 #[test]
@@ -28,7 +34,10 @@ fn method_names_round_trip() {
     }
     assert_eq!("RK4".parse::<Method>().unwrap(), Method::Rk4);
     assert_eq!("heun".parse::<Method>().unwrap(), Method::Heun2);
-    assert_eq!("adaptive-heun".parse::<Method>().unwrap(), Method::AdaptiveHeun);
+    assert_eq!(
+        "adaptive-heun".parse::<Method>().unwrap(),
+        Method::AdaptiveHeun
+    );
     let err = "rk45".parse::<Method>().unwrap_err().to_string();
     assert!(err.contains("rk45") && err.contains("dopri5"), "{err}");
 }

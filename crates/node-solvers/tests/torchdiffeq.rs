@@ -12,7 +12,10 @@ use node_solvers::{odeint, Method, SolveOptions};
 use std::collections::HashMap;
 
 fn fixture(name: &str) -> Result<HashMap<String, Tensor>> {
-    let path = format!("{}/../../fixtures/torchdiffeq/{name}.npz", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../fixtures/torchdiffeq/{name}.npz",
+        env!("CARGO_MANIFEST_DIR")
+    );
     Ok(Tensor::read_npz(path)?.into_iter().collect())
 }
 
@@ -28,7 +31,9 @@ fn dopri5_matches_torchdiffeq() -> Result<()> {
     let fx = fixture("ode_solve_dopri5_rtol1e-7_atol1e-9")?;
     let (l1, l2) = mlp(&fx);
     let f = |_t: f64, z: &Tensor| l2.forward(&l1.forward(&z.powf(3.0)?)?.tanh()?);
-    let opts = SolveOptions::default().method(Method::Dopri5).tolerances(1e-7, 1e-9);
+    let opts = SolveOptions::default()
+        .method(Method::Dopri5)
+        .tolerances(1e-7, 1e-9);
     let sol = odeint(&f, &fx["z0"].to_device(&Device::Cpu)?, &[0.0, 1.0], &opts)?;
     // Both are within their tolerance of the true solution; f32 round-off (~1e-7 relative on
     // |z| up to ~4) dominates at these tolerances.
@@ -45,7 +50,9 @@ fn rk4_fixed_matches_torchdiffeq_to_round_off() -> Result<()> {
     let fx = fixture("ode_solve_rk4_100steps")?;
     let (l1, l2) = mlp(&fx);
     let f = |_t: f64, z: &Tensor| l2.forward(&l1.forward(&z.powf(3.0)?)?.tanh()?);
-    let opts = SolveOptions::default().method(Method::Rk38).fixed_steps(100);
+    let opts = SolveOptions::default()
+        .method(Method::Rk38)
+        .fixed_steps(100);
     let sol = odeint(&f, &fx["z0"], &[0.0, 1.0], &opts)?;
     let d = max_abs_diff(&sol.last()?, &fx["z1"])?;
     assert!(d < 1e-5, "max |ours - torchdiffeq| = {d:e}");
