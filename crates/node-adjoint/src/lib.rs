@@ -1,1 +1,10 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod adjoint;
+pub mod field;
+pub mod options;
+
+pub use adjoint::{odeint_adjoint, odeint_adjoint_with_times, AdjointSolution, AdjointStats};
+pub use field::{sorted_vars, with_params, ParamVectorField, WithParams};
+pub use options::{AdjointNorm, AdjointOptions};

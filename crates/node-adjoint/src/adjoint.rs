@@ -1,0 +1,418 @@
+//! `odeint_adjoint`: a solve whose gradient comes from the adjoint method, as one Candle op.
+//!
+//! For `dy/dt = f(t, y; θ)` and a loss `L` of the outputs `y(t_i)`, the adjoint
+//! `a(t) = ∂L/∂y(t)` obeys `da/dt = −aᵀ ∂f/∂y` and `dL/dθ = ∫ aᵀ ∂f/∂θ dt` (Chen et al. 2018,
+//! after Pontryagin). The reverse solve integrates the augmented state `[y, a, g_θ]` from the
+//! last output time back to the first, one interval at a time: at each output time it adds that
+//! output's incoming gradient to `a` and re-anchors `y` to the value stored by the forward
+//! solve. The vector–Jacobian products `aᵀ∂f/∂y` and `aᵀ∂f/∂θ` come from Candle autograd on a
+//! fresh `Var`. Memory is O(number of outputs), not O(number of steps).
+//!
+//! Time gradients need no extra integral: the flow identity `∂y(t_i)/∂t_0 = −∂y(t_i)/∂y_0 ·
+//! f(t_0, y_0)` gives `dL/dt_0 = −a(t_0⁺)ᵀ f(t_0, y_0)` and `dL/dt_i = g_iᵀ f(t_i, y(t_i))`.
+
+use crate::field::ParamVectorField;
+use crate::options::{AdjointNorm, AdjointOptions};
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, MetalStorage, Result, Shape, Storage,
+    Tensor, Var,
+};
+use node_solvers::{odeint, Atol, ErrorNorm, SolveOptions, SolverError, SolverStats, VectorField};
+use std::sync::{Arc, Mutex};
+
+/// Forward and backward statistics of an adjoint solve. A cheap handle: clones share the
+/// counts, and the backward counts appear once `backward()` has run.
+#[derive(Clone, Debug, Default)]
+pub struct AdjointStats {
+    inner: Arc<Mutex<(SolverStats, SolverStats)>>,
+}
+
+impl AdjointStats {
+    /// Counts of the forward solve.
+    pub fn forward(&self) -> SolverStats {
+        self.lock().0
+    }
+    /// Counts of the reverse solve (all intervals, plus the evaluations for time gradients);
+    /// zero before `backward()`.
+    pub fn backward(&self) -> SolverStats {
+        self.lock().1
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, (SolverStats, SolverStats)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The result of [`odeint_adjoint`].
+#[derive(Clone, Debug)]
+pub struct AdjointSolution {
+    /// States at the output times, `[T, ...y0.shape]`; differentiable through the adjoint.
+    pub ys: Tensor,
+    /// Solver statistics, the backward ones filled in by `backward()`.
+    pub stats: AdjointStats,
+}
+
+/// Solves `dy/dt = f(t, y; θ)` from `y(ts[0]) = y0` like [`node_solvers::odeint`], with
+/// gradients by the adjoint method: `loss.backward()` reaches `y0` (and whatever produced it)
+/// and every parameter in `f.params()`, using memory independent of the number of steps.
+///
+/// The gradients are those of the continuous problem, computed by a second solve: they match
+/// backprop through the solver up to the two solves' errors. Prefer backprop through the
+/// solver (`odeint`) for loose tolerances, short solves, or dynamics that are unstable in
+/// reverse time (which the reverse solve of `y` amplifies); prefer the adjoint when memory
+/// limits the number of steps.
+///
+/// # Shapes
+/// `y0`: any shape `S`; result `ys`: `[ts.len(), ...S]`.
+///
+/// # Errors
+/// Those of [`node_solvers::odeint`]; parameters of another dtype than `y0`; and, during
+/// `backward()`, those of the reverse solve.
+pub fn odeint_adjoint<F>(
+    f: &F,
+    y0: &Tensor,
+    ts: &[f64],
+    opts: &SolveOptions,
+    adj: &AdjointOptions,
+) -> Result<AdjointSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+{
+    run(f, y0, Times::Host(ts.to_vec()), opts, adj)
+}
+
+/// Like [`odeint_adjoint`], with the output times as a 1-D tensor that also receives
+/// gradients: `dL/dt_i` for every output time, the initial one included.
+///
+/// # Errors
+/// As [`odeint_adjoint`]; `ts` must be 1-D.
+pub fn odeint_adjoint_with_times<F>(
+    f: &F,
+    y0: &Tensor,
+    ts: &Tensor,
+    opts: &SolveOptions,
+    adj: &AdjointOptions,
+) -> Result<AdjointSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+{
+    if ts.rank() != 1 {
+        return Err(SolverError::InvalidTimes(format!("ts must be 1-D, got shape {:?}", ts.shape())).into());
+    }
+    let host = ts.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    run(f, y0, Times::Tensor(host, ts.clone()), opts, adj)
+}
+
+enum Times {
+    Host(Vec<f64>),
+    Tensor(Vec<f64>, Tensor),
+}
+
+fn run<F>(f: &F, y0: &Tensor, times: Times, opts: &SolveOptions, adj: &AdjointOptions) -> Result<AdjointSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+{
+    let ts = match &times {
+        Times::Host(t) | Times::Tensor(t, _) => t.clone(),
+    };
+    let params = f.params();
+    if let Some(p) = params.iter().find(|p| p.dtype() != y0.dtype()) {
+        return Err(SolverError::InvalidOptions(format!(
+            "adjoint: parameters must share the state's dtype {:?}, found {:?}",
+            y0.dtype(),
+            p.dtype()
+        ))
+        .into());
+    }
+    // The forward solve runs detached: no graph through the steps, O(1) memory in steps.
+    let detached = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
+    let sol = odeint(&detached, &y0.detach(), &ts, opts)?;
+    let stats = AdjointStats::default();
+    stats.lock().0 = sol.stats;
+    let op = AdjointOp {
+        inner: Arc::new(Inner {
+            f: f.clone(),
+            params: params.clone(),
+            ts,
+            ys: sol.ys.contiguous()?,
+            opts: opts.clone(),
+            adj: adj.clone(),
+            stats: stats.clone(),
+        }),
+    };
+    let theta = flat_params(&params)?;
+    let ys = match (times, theta) {
+        (Times::Host(_), None) => y0.apply_op1(op)?,
+        (Times::Host(_), Some(theta)) => y0.apply_op2(&theta, op)?,
+        (Times::Tensor(_, tt), theta) => {
+            // A placeholder for "no parameters" keeps one three-input op for the time case.
+            let theta = match theta {
+                Some(t) => t,
+                None => Tensor::zeros(1, y0.dtype(), y0.device())?,
+            };
+            y0.apply_op3(&theta, &tt, op)?
+        }
+    };
+    Ok(AdjointSolution { ys, stats })
+}
+
+/// `cat` of the flattened parameters; Candle's own `cat`/`reshape` backward routes the flat
+/// gradient back to each `Var`.
+fn flat_params(params: &[Var]) -> Result<Option<Tensor>> {
+    if params.is_empty() {
+        return Ok(None);
+    }
+    let flat: Vec<Tensor> = params.iter().map(|p| p.as_tensor().flatten_all()).collect::<Result<_>>()?;
+    Ok(Some(Tensor::cat(&flat, 0)?))
+}
+
+struct Inner<F> {
+    f: F,
+    params: Vec<Var>,
+    ts: Vec<f64>,
+    ys: Tensor,
+    opts: SolveOptions,
+    adj: AdjointOptions,
+    stats: AdjointStats,
+}
+
+struct AdjointOp<F> {
+    inner: Arc<Inner<F>>,
+}
+
+/// The augmented dynamics `d/dt [y, a, g_θ] = [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ]` on a flat state.
+struct Augmented<'a, F> {
+    f: &'a F,
+    params: &'a [Var],
+    shape: &'a Shape,
+    n: usize,
+}
+
+impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
+    fn eval(&self, t: f64, aug: &Tensor) -> Result<Tensor> {
+        let y = aug.narrow(0, 0, self.n)?.reshape(self.shape)?;
+        let a = aug.narrow(0, self.n, self.n)?.reshape(self.shape)?;
+        let y_var = Var::from_tensor(&y)?;
+        let fy = self.f.eval(t, y_var.as_tensor())?;
+        if fy.shape() != self.shape {
+            return Err(SolverError::ShapeMismatch { expected: self.shape.clone(), got: fy.shape().clone(), t }.into());
+        }
+        let grads = (&fy * &a)?.sum_all()?.backward()?;
+        // Gradients come back with graphs attached: detach, or memory grows with steps.
+        let vjp = |v: &Tensor| -> Result<Tensor> {
+            match grads.get(v) {
+                Some(g) => g.detach().neg()?.flatten_all(),
+                None => v.zeros_like()?.flatten_all(),
+            }
+        };
+        let mut parts = Vec::with_capacity(2 + self.params.len());
+        parts.push(fy.detach().flatten_all()?);
+        parts.push(vjp(y_var.as_tensor())?);
+        for p in self.params {
+            parts.push(vjp(p.as_tensor())?);
+        }
+        Tensor::cat(&parts, 0)
+    }
+}
+
+/// `Σ x·y` as a host number.
+fn dot(x: &Tensor, y: &Tensor) -> Result<f64> {
+    (x * y)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+impl<F: ParamVectorField> Inner<F> {
+    /// The reverse solve: returns `dL/dy0`, `dL/dθ` (flat) and `dL/dts`.
+    fn backward(&self, grad_ys: &Tensor, want_t: bool) -> Result<(Tensor, Option<Tensor>, Option<Vec<f64>>)> {
+        let g = grad_ys.detach();
+        let ts = &self.ts;
+        let last = ts.len() - 1;
+        let shape = self.ys.shape().dims()[1..].to_vec();
+        let shape = Shape::from(shape);
+        let n = shape.elem_count();
+        let p: usize = self.params.iter().map(|v| v.elem_count()).sum();
+        let dev = self.ys.device();
+        let dtype = self.ys.dtype();
+        let span = (ts[last] - ts[0]).abs();
+        let mut ropts = self.adj.reverse_solve_options(&self.opts, span);
+        if let Atol::PerComponent(t) = &ropts.atol {
+            // The augmented state is flat and longer than y: use the tightest tolerance.
+            let min = t.flatten_all()?.min(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            ropts.atol = Atol::Scalar(min);
+        }
+        ropts.norm = match self.adj.norm {
+            AdjointNorm::Seminorm if p > 0 => ErrorNorm::RmsPrefix(2 * n),
+            _ => ErrorNorm::Rms,
+        };
+        let aug_field = Augmented { f: &self.f, params: &self.params, shape: &shape, n };
+        let mut stats = SolverStats::default();
+        let time_nfe = std::cell::Cell::new(0);
+        let eval_f = |t: f64, y: &Tensor| -> Result<Tensor> {
+            time_nfe.set(time_nfe.get() + 1);
+            self.f.eval(t, y).map(|k| k.detach())
+        };
+        let mut grad_t = want_t.then(|| vec![0.0; ts.len()]);
+        let mut a = g.get(last)?;
+        let mut g_theta = Tensor::zeros(p, dtype, dev)?;
+        if let Some(gt) = grad_t.as_mut() {
+            if last > 0 {
+                gt[last] = dot(&a, &eval_f(ts[last], &self.ys.get(last)?)?)?;
+            }
+        }
+        for i in (1..=last).rev() {
+            let mut parts = vec![self.ys.get(i)?.flatten_all()?, a.flatten_all()?];
+            if p > 0 {
+                parts.push(g_theta.clone());
+            }
+            let aug0 = Tensor::cat(&parts, 0)?;
+            let sol = odeint(&aug_field, &aug0, &[ts[i], ts[i - 1]], &ropts)?;
+            stats += sol.stats;
+            let end = sol.last()?;
+            a = end.narrow(0, n, n)?.reshape(&shape)?;
+            if p > 0 {
+                g_theta = end.narrow(0, 2 * n, p)?;
+            }
+            let y_prev = self.ys.get(i - 1)?;
+            if let Some(gt) = grad_t.as_mut() {
+                gt[i - 1] = if i - 1 == 0 {
+                    -dot(&a, &eval_f(ts[0], &y_prev)?)?
+                } else {
+                    dot(&g.get(i - 1)?, &eval_f(ts[i - 1], &y_prev)?)?
+                };
+            }
+            // The output at t_(i-1) adds its own gradient; y is re-anchored to the stored
+            // forward value at the start of the next interval.
+            a = (a + g.get(i - 1)?)?;
+        }
+        stats.nfe += time_nfe.get();
+        self.stats.lock().1 = stats;
+        Ok((a.detach(), (p > 0).then_some(g_theta.detach()), grad_t))
+    }
+
+    fn result_storage<S>(&self, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)>
+    where
+        S: BackendStorage,
+    {
+        let (storage, layout) = self.ys.storage_and_layout();
+        match pick(&storage) {
+            Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            None => candle_core::bail!("adjoint: the solution lives on another device than the op's input"),
+        }
+    }
+}
+
+fn cpu(s: &Storage) -> Option<&CpuStorage> {
+    match s {
+        Storage::Cpu(s) => Some(s),
+        _ => None,
+    }
+}
+fn cuda(s: &Storage) -> Option<&CudaStorage> {
+    match s {
+        Storage::Cuda(s) => Some(s),
+        _ => None,
+    }
+}
+fn metal(s: &Storage) -> Option<&MetalStorage> {
+    match s {
+        Storage::Metal(s) => Some(s),
+        _ => None,
+    }
+}
+
+// The op's forward returns the solution computed beforehand (the storage of a contiguous
+// tensor, copied); all the work of the op is in its backward.
+impl<F: ParamVectorField + Send + Sync + 'static> CustomOp1 for AdjointOp<F> {
+    fn name(&self) -> &'static str {
+        "odeint-adjoint"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.inner.result_storage(cpu)
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.inner.result_storage(cuda)
+    }
+    fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
+        self.inner.result_storage(metal)
+    }
+    fn bwd(&self, _y0: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (gy0, _, _) = self.inner.backward(grad, false)?;
+        Ok(Some(gy0))
+    }
+}
+
+impl<F: ParamVectorField + Send + Sync + 'static> CustomOp2 for AdjointOp<F> {
+    fn name(&self) -> &'static str {
+        "odeint-adjoint"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.inner.result_storage(cpu)
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.inner.result_storage(cuda)
+    }
+    fn metal_fwd(&self, _: &MetalStorage, _: &Layout, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
+        self.inner.result_storage(metal)
+    }
+    fn bwd(&self, _y0: &Tensor, _theta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gy0, gtheta, _) = self.inner.backward(grad, false)?;
+        Ok((Some(gy0), gtheta))
+    }
+}
+
+impl<F: ParamVectorField + Send + Sync + 'static> CustomOp3 for AdjointOp<F> {
+    fn name(&self) -> &'static str {
+        "odeint-adjoint"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.inner.result_storage(cpu)
+    }
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.inner.result_storage(cuda)
+    }
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.inner.result_storage(metal)
+    }
+    fn bwd(
+        &self,
+        _y0: &Tensor,
+        theta: &Tensor,
+        ts: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gy0, gtheta, gt) = self.inner.backward(grad, true)?;
+        let gtheta = match gtheta {
+            Some(g) => g,
+            None => theta.zeros_like()?, // the placeholder of a parameter-free field
+        };
+        let gt = match gt {
+            Some(v) => Some(Tensor::from_vec(v, ts.dims1()?, ts.device())?.to_dtype(ts.dtype())?),
+            None => None,
+        };
+        Ok((Some(gy0), Some(gtheta), gt))
+    }
+}

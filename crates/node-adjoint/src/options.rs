@@ -1,0 +1,81 @@
+//! Options of the reverse (adjoint) solve.
+
+use node_solvers::{Method, SolveOptions, StepSize};
+
+/// The norm the reverse solve's step-size control measures its error in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AdjointNorm {
+    /// Error on the state and the adjoint only, not on the parameter-gradient integrals
+    /// (Kidger, Chen & Lyons, "Hey, that's not an ODE", ICML 2021). Those integrals do not feed
+    /// back into the dynamics, so their error need not limit the step: fewer backward steps.
+    #[default]
+    Seminorm,
+    /// RMS over the whole augmented state `[y, a, g_θ]` (torchdiffeq's default).
+    Full,
+}
+
+/// Options of the reverse solve. Unset fields take the forward solve's values.
+#[derive(Clone, Debug, Default)]
+pub struct AdjointOptions {
+    /// Method of the reverse solve.
+    pub method: Option<Method>,
+    /// Relative tolerance of the reverse solve.
+    pub rtol: Option<f64>,
+    /// Absolute tolerance of the reverse solve.
+    pub atol: Option<f64>,
+    /// Fixed step size of the reverse solve.
+    pub step_size: Option<f64>,
+    /// Maximum number of steps of each reverse interval.
+    pub max_steps: Option<usize>,
+    /// Error norm.
+    pub norm: AdjointNorm,
+}
+
+impl AdjointOptions {
+    /// Sets the reverse method.
+    pub fn method(mut self, m: Method) -> Self {
+        self.method = Some(m);
+        self
+    }
+    /// Sets both reverse tolerances.
+    pub fn tolerances(mut self, rtol: f64, atol: f64) -> Self {
+        self.rtol = Some(rtol);
+        self.atol = Some(atol);
+        self
+    }
+    /// Fixed reverse steps of size `h`.
+    pub fn step_size(mut self, h: f64) -> Self {
+        self.step_size = Some(h);
+        self
+    }
+    /// Sets the norm.
+    pub fn norm(mut self, norm: AdjointNorm) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    /// The options of the reverse solve, given the forward ones and the span `[t0, t1]` of the
+    /// forward solve (a forward step count becomes the equivalent step size).
+    pub(crate) fn reverse_solve_options(&self, fwd: &SolveOptions, span: f64) -> SolveOptions {
+        let mut o = fwd.clone();
+        o.first_step = None;
+        if let Some(m) = self.method {
+            o.method = m;
+        }
+        if let Some(r) = self.rtol {
+            o.rtol = r;
+        }
+        if let Some(a) = self.atol {
+            o.atol = a.into();
+        }
+        if let Some(n) = self.max_steps {
+            o.max_steps = n;
+        }
+        o.step = match (self.step_size, fwd.step) {
+            (Some(h), _) => StepSize::Fixed(h),
+            (None, StepSize::Count(n)) => StepSize::Fixed(span / n as f64),
+            (None, s) => s,
+        };
+        o
+    }
+}

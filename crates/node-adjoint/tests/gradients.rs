@@ -1,0 +1,257 @@
+//! Adjoint gradients against analytic ones, against backprop through the solver, and against
+//! central finite differences.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use node_adjoint::{odeint_adjoint, odeint_adjoint_with_times, with_params, AdjointNorm, AdjointOptions, ParamVectorField};
+use node_solvers::{odeint, Method, SolveOptions, VectorField};
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let d = scalar(&(a - b)?.abs()?.flatten_all()?.max(0)?)?;
+    let m = scalar(&b.abs()?.flatten_all()?.max(0)?)?;
+    Ok(d / m.max(1e-300))
+}
+
+/// `f(t, y) = tanh(y W1ᵀ + b1 + t·c) W2ᵀ + b2`: parameters of several shapes, time-dependent.
+#[derive(Clone)]
+struct Mlp {
+    w1: Var,
+    b1: Var,
+    c: Var,
+    w2: Var,
+    b2: Var,
+}
+
+impl Mlp {
+    fn new(dim: usize, hidden: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let v = |shape: &[usize], s: f64| -> Result<Var> {
+            Ok(Var::from_tensor(&(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)? * s)?)?)
+        };
+        Ok(Self {
+            w1: v(&[hidden, dim], 0.5)?,
+            b1: v(&[hidden], 0.1)?,
+            c: v(&[hidden], 0.3)?,
+            w2: v(&[dim, hidden], 0.5)?,
+            b2: v(&[dim], 0.1)?,
+        })
+    }
+}
+
+impl VectorField for Mlp {
+    fn eval(&self, t: f64, y: &Tensor) -> candle_core::Result<Tensor> {
+        let pre = y.broadcast_matmul(&self.w1.t()?)?.broadcast_add(&self.b1)?.broadcast_add(&self.c.affine(t, 0.0)?)?;
+        node_kernels::tanh(&pre)?.broadcast_matmul(&self.w2.t()?)?.broadcast_add(&self.b2)
+    }
+}
+
+impl ParamVectorField for Mlp {
+    fn params(&self) -> Vec<Var> {
+        vec![self.w1.clone(), self.b1.clone(), self.c.clone(), self.w2.clone(), self.b2.clone()]
+    }
+}
+
+/// L = Σ_i Σ w_i ⊙ y(t_i): every output time contributes.
+fn weighted_loss(ys: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    Ok((ys * weights)?.sum_all()?)
+}
+
+fn analytic_linear(dev: &Device) -> Result<()> {
+    // y' = θ y, L = y(T): dL/dθ = T·y0·e^{θT}, dL/dy0 = e^{θT}, dL/dT = θ·y(T), dL/dt0 = −θ·y(T).
+    let (theta0, y00, t0, t1) = (0.7f64, 1.3f64, 0.2f64, 1.5f64);
+    let theta = Var::from_tensor(&Tensor::new(&[theta0], dev)?)?;
+    let y0 = Var::from_tensor(&Tensor::new(&[y00], dev)?)?;
+    let th = theta.clone();
+    let f = with_params(move |_t, y: &Tensor| y.broadcast_mul(th.as_tensor()), vec![theta.clone()]);
+    let ts = Var::from_tensor(&Tensor::new(&[t0, t1], dev)?)?;
+    let opts = SolveOptions::default().tolerances(1e-10, 1e-12);
+    let sol = odeint_adjoint_with_times(&f, y0.as_tensor(), ts.as_tensor(), &opts, &AdjointOptions::default())?;
+    let loss = sol.ys.get(1)?.sum_all()?;
+    let grads = loss.backward()?;
+    let tau = t1 - t0;
+    let y_t = y00 * (theta0 * tau).exp();
+    let check = |got: f64, want: f64, what: &str| assert!((got - want).abs() < 1e-7 * want.abs().max(1.0), "{what}: {got} vs {want}");
+    check(scalar(&loss)?, y_t, "y(T)");
+    check(scalar(&grads.get(&theta).unwrap().sum_all()?)?, tau * y_t, "dL/dθ");
+    check(scalar(&grads.get(&y0).unwrap().sum_all()?)?, (theta0 * tau).exp(), "dL/dy0");
+    let gt = grads.get(&ts).unwrap().to_vec1::<f64>()?;
+    check(gt[1], theta0 * y_t, "dL/dT");
+    check(gt[0], -theta0 * y_t, "dL/dt0");
+    assert!(sol.stats.backward().nfe > 0, "backward statistics are recorded");
+    Ok(())
+}
+
+fn direct_grads(field: &Mlp, y0: &Var, ts: &[f64], opts: &SolveOptions, w: &Tensor) -> Result<Vec<Tensor>> {
+    let ys = odeint(field, y0.as_tensor(), ts, opts)?.ys;
+    let g = weighted_loss(&ys, w)?.backward()?;
+    let mut out = vec![g.get(y0).unwrap().clone()];
+    for p in field.params() {
+        out.push(g.get(&p).unwrap().clone());
+    }
+    Ok(out)
+}
+
+fn adjoint_grads(field: &Mlp, y0: &Var, ts: &[f64], opts: &SolveOptions, adj: &AdjointOptions, w: &Tensor) -> Result<Vec<Tensor>> {
+    let ys = odeint_adjoint(field, y0.as_tensor(), ts, opts, adj)?.ys;
+    let g = weighted_loss(&ys, w)?.backward()?;
+    let mut out = vec![g.get(y0).unwrap().clone()];
+    for p in field.params() {
+        out.push(g.get(&p).unwrap().clone());
+    }
+    Ok(out)
+}
+
+/// Runs `f` on a thread with a 1 GiB stack: Candle's `backward()` recurses once per graph
+/// level, and backprop through 1000 RK4 steps is ~20 000 levels deep.
+fn with_big_stack<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(f)?
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread panicked"))?
+}
+
+fn adjoint_matches_direct(dev: &Device) -> Result<()> {
+    let dev = dev.clone();
+    with_big_stack(move || adjoint_matches_direct_inner(&dev))
+}
+
+fn adjoint_matches_direct_inner(dev: &Device) -> Result<()> {
+    let field = Mlp::new(3, 16, DType::F64, dev)?;
+    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (5, 3), dev)?)?; // a batch of 5
+    let ts = [0.0, 0.3, 0.7, 1.0];
+    let w = Tensor::randn(0f64, 1.0, (4, 5, 3), dev)?;
+    // Fixed-step RK4 with many steps: both gradients approximate the same continuous one to
+    // O(h⁴) ~ 1e-12, so they agree near round-off.
+    let rk4 = SolveOptions::default().method(Method::Rk4).step_size(1e-3);
+    let d = direct_grads(&field, &y0, &ts, &rk4, &w)?;
+    let a = adjoint_grads(&field, &y0, &ts, &rk4, &AdjointOptions::default(), &w)?;
+    for (i, (x, y)) in a.iter().zip(&d).enumerate() {
+        let r = max_rel(x, y)?;
+        assert!(r < 1e-9, "rk4 gradient {i}: relative difference {r:e}");
+    }
+    // dopri5 at tight tolerances: agreement within the tolerance, with either norm.
+    let dp = SolveOptions::default().tolerances(1e-10, 1e-10);
+    let d = direct_grads(&field, &y0, &ts, &dp, &w)?;
+    for norm in [AdjointNorm::Seminorm, AdjointNorm::Full] {
+        let a = adjoint_grads(&field, &y0, &ts, &dp, &AdjointOptions::default().norm(norm), &w)?;
+        for (i, (x, y)) in a.iter().zip(&d).enumerate() {
+            let r = max_rel(x, y)?;
+            assert!(r < 1e-7, "dopri5 {norm:?} gradient {i}: relative difference {r:e}");
+        }
+    }
+    Ok(())
+}
+
+fn finite_differences(dev: &Device) -> Result<()> {
+    // Central differences in f64 on every parameter entry and on y0 and the times.
+    let field = Mlp::new(2, 4, DType::F64, dev)?;
+    let y0 = Var::from_tensor(&Tensor::new(&[[0.3f64, -0.8]], dev)?)?;
+    let ts_v = [0.0f64, 0.6, 1.1];
+    let w = Tensor::randn(0f64, 1.0, (3, 1, 2), dev)?;
+    let opts = SolveOptions::default().tolerances(1e-12, 1e-12);
+    let loss_at = |y0: &Tensor, ts: &[f64]| -> Result<f64> {
+        let ys = odeint(&field, y0, ts, &opts)?.ys;
+        scalar(&weighted_loss(&ys, &w)?)
+    };
+    let ts = Var::from_tensor(&Tensor::new(&ts_v, dev)?)?;
+    let sol = odeint_adjoint_with_times(&field, y0.as_tensor(), ts.as_tensor(), &opts, &AdjointOptions::default())?;
+    let grads = weighted_loss(&sol.ys, &w)?.backward()?;
+    let eps = 1e-6;
+    let fd_check = |analytic: f64, fd: f64, what: String| {
+        assert!((analytic - fd).abs() < 1e-6 * (1.0 + fd.abs()), "{what}: adjoint {analytic} vs FD {fd}");
+    };
+    for p in field.params().iter().chain(std::iter::once(&y0)) {
+        let base = p.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        let g = grads.get(p).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        for k in 0..base.len() {
+            let mut eval = |delta: f64| -> Result<f64> {
+                let mut v = base.clone();
+                v[k] += delta;
+                p.set(&Tensor::from_vec(v, p.shape(), dev)?)?;
+                let l = loss_at(y0.as_tensor(), &ts_v);
+                p.set(&Tensor::from_vec(base.clone(), p.shape(), dev)?)?;
+                l
+            };
+            let fd = (eval(eps)? - eval(-eps)?) / (2.0 * eps);
+            fd_check(g[k], fd, format!("param {:?} entry {k}", p.shape()));
+        }
+    }
+    let gt = grads.get(&ts).unwrap().to_vec1::<f64>()?;
+    for k in 0..ts_v.len() {
+        let mut plus = ts_v;
+        plus[k] += eps;
+        let mut minus = ts_v;
+        minus[k] -= eps;
+        let fd = (loss_at(y0.as_tensor(), &plus)? - loss_at(y0.as_tensor(), &minus)?) / (2.0 * eps);
+        fd_check(gt[k], fd, format!("t[{k}]"));
+    }
+    Ok(())
+}
+
+fn upstream_and_chained(dev: &Device) -> Result<()> {
+    // An encoder Var feeds y0; two adjoint blocks are chained; gradients match backprop.
+    let enc = Var::from_tensor(&Tensor::randn(0f64, 0.5, (4, 3), dev)?)?;
+    let x = Tensor::randn(0f64, 1.0, (6, 4), dev)?;
+    let f1 = Mlp::new(3, 8, DType::F64, dev)?;
+    let f2 = Mlp::new(3, 8, DType::F64, dev)?;
+    let opts = SolveOptions::default().tolerances(1e-10, 1e-10);
+    let target = Tensor::randn(0f64, 1.0, (6, 3), dev)?;
+    let run = |adjoint: bool| -> Result<Vec<Tensor>> {
+        let y0 = x.matmul(enc.as_tensor())?;
+        let solve = |f: &Mlp, y: &Tensor| -> Result<Tensor> {
+            Ok(if adjoint {
+                odeint_adjoint(f, y, &[0.0, 0.5], &opts, &AdjointOptions::default())?.ys.get(1)?
+            } else {
+                odeint(f, y, &[0.0, 0.5], &opts)?.ys.get(1)?
+            })
+        };
+        let y1 = solve(&f1, &y0)?;
+        let y2 = solve(&f2, &y1.tanh()?)?;
+        let loss = (y2 - &target)?.sqr()?.mean_all()?;
+        let g = loss.backward()?;
+        let mut out = vec![g.get(&enc).unwrap().clone()];
+        for p in f1.params().iter().chain(f2.params().iter()) {
+            out.push(g.get(p).unwrap().clone());
+        }
+        Ok(out)
+    };
+    let (a, d) = (run(true)?, run(false)?);
+    for (i, (x, y)) in a.iter().zip(&d).enumerate() {
+        let r = max_rel(x, y)?;
+        assert!(r < 1e-6, "gradient {i}: relative difference {r:e}");
+    }
+    Ok(())
+}
+
+fn f32_works(dev: &Device) -> Result<()> {
+    let field = Mlp::new(2, 8, DType::F32, dev)?;
+    let y0 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (16, 2), dev)?)?;
+    let w = Tensor::randn(0f32, 1.0, (2, 16, 2), dev)?;
+    let opts = SolveOptions::default().tolerances(1e-6, 1e-6);
+    let d = direct_grads(&field, &y0, &[0.0, 1.0], &opts, &w)?;
+    let a = adjoint_grads(&field, &y0, &[0.0, 1.0], &opts, &AdjointOptions::default(), &w)?;
+    for (i, (x, y)) in a.iter().zip(&d).enumerate() {
+        let r = max_rel(x, y)?;
+        assert!(r < 1e-3, "f32 gradient {i}: relative difference {r:e}");
+    }
+    Ok(())
+}
+
+fn mixed_dtypes_are_refused(dev: &Device) -> Result<()> {
+    let field = Mlp::new(2, 4, DType::F32, dev)?;
+    let y0 = Tensor::zeros((1, 2), DType::F64, dev)?;
+    let e = odeint_adjoint(&field, &y0, &[0.0, 1.0], &SolveOptions::default(), &AdjointOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("dtype"), "{e}");
+    Ok(())
+}
+
+candle_core::test_device!(analytic_linear, analytic_cpu, analytic_cuda, analytic_metal);
+candle_core::test_device!(adjoint_matches_direct, vs_direct_cpu, vs_direct_cuda, vs_direct_metal);
+candle_core::test_device!(finite_differences, finite_differences_cpu, finite_differences_cuda, finite_differences_metal);
+candle_core::test_device!(upstream_and_chained, chained_cpu, chained_cuda, chained_metal);
+candle_core::test_device!(f32_works, f32_cpu, f32_cuda, f32_metal);
+candle_core::test_device!(mixed_dtypes_are_refused, mixed_dtypes_cpu, mixed_dtypes_cuda, mixed_dtypes_metal);
