@@ -15,8 +15,8 @@ use crate::field::ParamVectorField;
 use crate::options::{AdjointNorm, AdjointOptions};
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, MetalStorage, Result, Shape, Storage,
-    Tensor, Var,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, MetalStorage, Result,
+    Shape, Storage, Tensor, Var,
 };
 use node_solvers::{odeint, Atol, ErrorNorm, SolveOptions, SolverError, SolverStats, VectorField};
 use std::sync::{Arc, Mutex};
@@ -97,7 +97,11 @@ where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
     if ts.rank() != 1 {
-        return Err(SolverError::InvalidTimes(format!("ts must be 1-D, got shape {:?}", ts.shape())).into());
+        return Err(SolverError::InvalidTimes(format!(
+            "ts must be 1-D, got shape {:?}",
+            ts.shape()
+        ))
+        .into());
     }
     let host = ts.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     run(f, y0, Times::Tensor(host, ts.clone()), opts, adj)
@@ -108,7 +112,13 @@ enum Times {
     Tensor(Vec<f64>, Tensor),
 }
 
-fn run<F>(f: &F, y0: &Tensor, times: Times, opts: &SolveOptions, adj: &AdjointOptions) -> Result<AdjointSolution>
+fn run<F>(
+    f: &F,
+    y0: &Tensor,
+    times: Times,
+    opts: &SolveOptions,
+    adj: &AdjointOptions,
+) -> Result<AdjointSolution>
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
@@ -162,7 +172,10 @@ fn flat_params(params: &[Var]) -> Result<Option<Tensor>> {
     if params.is_empty() {
         return Ok(None);
     }
-    let flat: Vec<Tensor> = params.iter().map(|p| p.as_tensor().flatten_all()).collect::<Result<_>>()?;
+    let flat: Vec<Tensor> = params
+        .iter()
+        .map(|p| p.as_tensor().flatten_all())
+        .collect::<Result<_>>()?;
     Ok(Some(Tensor::cat(&flat, 0)?))
 }
 
@@ -195,7 +208,12 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
         let y_var = Var::from_tensor(&y)?;
         let fy = self.f.eval(t, y_var.as_tensor())?;
         if fy.shape() != self.shape {
-            return Err(SolverError::ShapeMismatch { expected: self.shape.clone(), got: fy.shape().clone(), t }.into());
+            return Err(SolverError::ShapeMismatch {
+                expected: self.shape.clone(),
+                got: fy.shape().clone(),
+                t,
+            }
+            .into());
         }
         let grads = (&fy * &a)?.sum_all()?.backward()?;
         // Gradients come back with graphs attached: detach, or memory grows with steps.
@@ -222,7 +240,11 @@ fn dot(x: &Tensor, y: &Tensor) -> Result<f64> {
 
 impl<F: ParamVectorField> Inner<F> {
     /// The reverse solve: returns `dL/dy0`, `dL/dθ` (flat) and `dL/dts`.
-    fn backward(&self, grad_ys: &Tensor, want_t: bool) -> Result<(Tensor, Option<Tensor>, Option<Vec<f64>>)> {
+    fn backward(
+        &self,
+        grad_ys: &Tensor,
+        want_t: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Vec<f64>>)> {
         let g = grad_ys.detach();
         let ts = &self.ts;
         let last = ts.len() - 1;
@@ -236,14 +258,23 @@ impl<F: ParamVectorField> Inner<F> {
         let mut ropts = self.adj.reverse_solve_options(&self.opts, span);
         if let Atol::PerComponent(t) = &ropts.atol {
             // The augmented state is flat and longer than y: use the tightest tolerance.
-            let min = t.flatten_all()?.min(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let min = t
+                .flatten_all()?
+                .min(0)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
             ropts.atol = Atol::Scalar(min);
         }
         ropts.norm = match self.adj.norm {
             AdjointNorm::Seminorm if p > 0 => ErrorNorm::RmsPrefix(2 * n),
             _ => ErrorNorm::Rms,
         };
-        let aug_field = Augmented { f: &self.f, params: &self.params, shape: &shape, n };
+        let aug_field = Augmented {
+            f: &self.f,
+            params: &self.params,
+            shape: &shape,
+            n,
+        };
         let mut stats = SolverStats::default();
         let time_nfe = std::cell::Cell::new(0);
         let eval_f = |t: f64, y: &Tensor| -> Result<Tensor> {
@@ -295,7 +326,9 @@ impl<F: ParamVectorField> Inner<F> {
         let (storage, layout) = self.ys.storage_and_layout();
         match pick(&storage) {
             Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            None => candle_core::bail!("adjoint: the solution lives on another device than the op's input"),
+            None => candle_core::bail!(
+                "adjoint: the solution lives on another device than the op's input"
+            ),
         }
     }
 }
@@ -344,16 +377,40 @@ impl<F: ParamVectorField + Send + Sync + 'static> CustomOp2 for AdjointOp<F> {
     fn name(&self) -> &'static str {
         "odeint-adjoint"
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.inner.result_storage(cpu)
     }
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         self.inner.result_storage(cuda)
     }
-    fn metal_fwd(&self, _: &MetalStorage, _: &Layout, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
         self.inner.result_storage(metal)
     }
-    fn bwd(&self, _y0: &Tensor, _theta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _y0: &Tensor,
+        _theta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (gy0, gtheta, _) = self.inner.backward(grad, false)?;
         Ok((Some(gy0), gtheta))
     }

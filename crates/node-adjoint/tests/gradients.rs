@@ -3,7 +3,10 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
-use node_adjoint::{odeint_adjoint, odeint_adjoint_with_times, with_params, AdjointNorm, AdjointOptions, ParamVectorField};
+use node_adjoint::{
+    odeint_adjoint, odeint_adjoint_with_times, with_params, AdjointNorm, AdjointOptions,
+    ParamVectorField,
+};
 use node_solvers::{odeint, Method, SolveOptions, VectorField};
 
 fn scalar(t: &Tensor) -> Result<f64> {
@@ -29,7 +32,9 @@ struct Mlp {
 impl Mlp {
     fn new(dim: usize, hidden: usize, dtype: DType, dev: &Device) -> Result<Self> {
         let v = |shape: &[usize], s: f64| -> Result<Var> {
-            Ok(Var::from_tensor(&(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)? * s)?)?)
+            Ok(Var::from_tensor(
+                &(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)? * s)?,
+            )?)
         };
         Ok(Self {
             w1: v(&[hidden, dim], 0.5)?,
@@ -43,14 +48,25 @@ impl Mlp {
 
 impl VectorField for Mlp {
     fn eval(&self, t: f64, y: &Tensor) -> candle_core::Result<Tensor> {
-        let pre = y.broadcast_matmul(&self.w1.t()?)?.broadcast_add(&self.b1)?.broadcast_add(&self.c.affine(t, 0.0)?)?;
-        node_kernels::tanh(&pre)?.broadcast_matmul(&self.w2.t()?)?.broadcast_add(&self.b2)
+        let pre = y
+            .broadcast_matmul(&self.w1.t()?)?
+            .broadcast_add(&self.b1)?
+            .broadcast_add(&self.c.affine(t, 0.0)?)?;
+        node_kernels::tanh(&pre)?
+            .broadcast_matmul(&self.w2.t()?)?
+            .broadcast_add(&self.b2)
     }
 }
 
 impl ParamVectorField for Mlp {
     fn params(&self) -> Vec<Var> {
-        vec![self.w1.clone(), self.b1.clone(), self.c.clone(), self.w2.clone(), self.b2.clone()]
+        vec![
+            self.w1.clone(),
+            self.b1.clone(),
+            self.c.clone(),
+            self.w2.clone(),
+            self.b2.clone(),
+        ]
     }
 }
 
@@ -65,26 +81,57 @@ fn analytic_linear(dev: &Device) -> Result<()> {
     let theta = Var::from_tensor(&Tensor::new(&[theta0], dev)?)?;
     let y0 = Var::from_tensor(&Tensor::new(&[y00], dev)?)?;
     let th = theta.clone();
-    let f = with_params(move |_t, y: &Tensor| y.broadcast_mul(th.as_tensor()), vec![theta.clone()]);
+    let f = with_params(
+        move |_t, y: &Tensor| y.broadcast_mul(th.as_tensor()),
+        vec![theta.clone()],
+    );
     let ts = Var::from_tensor(&Tensor::new(&[t0, t1], dev)?)?;
     let opts = SolveOptions::default().tolerances(1e-10, 1e-12);
-    let sol = odeint_adjoint_with_times(&f, y0.as_tensor(), ts.as_tensor(), &opts, &AdjointOptions::default())?;
+    let sol = odeint_adjoint_with_times(
+        &f,
+        y0.as_tensor(),
+        ts.as_tensor(),
+        &opts,
+        &AdjointOptions::default(),
+    )?;
     let loss = sol.ys.get(1)?.sum_all()?;
     let grads = loss.backward()?;
     let tau = t1 - t0;
     let y_t = y00 * (theta0 * tau).exp();
-    let check = |got: f64, want: f64, what: &str| assert!((got - want).abs() < 1e-7 * want.abs().max(1.0), "{what}: {got} vs {want}");
+    let check = |got: f64, want: f64, what: &str| {
+        assert!(
+            (got - want).abs() < 1e-7 * want.abs().max(1.0),
+            "{what}: {got} vs {want}"
+        )
+    };
     check(scalar(&loss)?, y_t, "y(T)");
-    check(scalar(&grads.get(&theta).unwrap().sum_all()?)?, tau * y_t, "dL/dθ");
-    check(scalar(&grads.get(&y0).unwrap().sum_all()?)?, (theta0 * tau).exp(), "dL/dy0");
+    check(
+        scalar(&grads.get(&theta).unwrap().sum_all()?)?,
+        tau * y_t,
+        "dL/dθ",
+    );
+    check(
+        scalar(&grads.get(&y0).unwrap().sum_all()?)?,
+        (theta0 * tau).exp(),
+        "dL/dy0",
+    );
     let gt = grads.get(&ts).unwrap().to_vec1::<f64>()?;
     check(gt[1], theta0 * y_t, "dL/dT");
     check(gt[0], -theta0 * y_t, "dL/dt0");
-    assert!(sol.stats.backward().nfe > 0, "backward statistics are recorded");
+    assert!(
+        sol.stats.backward().nfe > 0,
+        "backward statistics are recorded"
+    );
     Ok(())
 }
 
-fn direct_grads(field: &Mlp, y0: &Var, ts: &[f64], opts: &SolveOptions, w: &Tensor) -> Result<Vec<Tensor>> {
+fn direct_grads(
+    field: &Mlp,
+    y0: &Var,
+    ts: &[f64],
+    opts: &SolveOptions,
+    w: &Tensor,
+) -> Result<Vec<Tensor>> {
     let ys = odeint(field, y0.as_tensor(), ts, opts)?.ys;
     let g = weighted_loss(&ys, w)?.backward()?;
     let mut out = vec![g.get(y0).unwrap().clone()];
@@ -94,7 +141,14 @@ fn direct_grads(field: &Mlp, y0: &Var, ts: &[f64], opts: &SolveOptions, w: &Tens
     Ok(out)
 }
 
-fn adjoint_grads(field: &Mlp, y0: &Var, ts: &[f64], opts: &SolveOptions, adj: &AdjointOptions, w: &Tensor) -> Result<Vec<Tensor>> {
+fn adjoint_grads(
+    field: &Mlp,
+    y0: &Var,
+    ts: &[f64],
+    opts: &SolveOptions,
+    adj: &AdjointOptions,
+    w: &Tensor,
+) -> Result<Vec<Tensor>> {
     let ys = odeint_adjoint(field, y0.as_tensor(), ts, opts, adj)?.ys;
     let g = weighted_loss(&ys, w)?.backward()?;
     let mut out = vec![g.get(y0).unwrap().clone()];
@@ -137,10 +191,20 @@ fn adjoint_matches_direct_inner(dev: &Device) -> Result<()> {
     let dp = SolveOptions::default().tolerances(1e-10, 1e-10);
     let d = direct_grads(&field, &y0, &ts, &dp, &w)?;
     for norm in [AdjointNorm::Seminorm, AdjointNorm::Full] {
-        let a = adjoint_grads(&field, &y0, &ts, &dp, &AdjointOptions::default().norm(norm), &w)?;
+        let a = adjoint_grads(
+            &field,
+            &y0,
+            &ts,
+            &dp,
+            &AdjointOptions::default().norm(norm),
+            &w,
+        )?;
         for (i, (x, y)) in a.iter().zip(&d).enumerate() {
             let r = max_rel(x, y)?;
-            assert!(r < 1e-7, "dopri5 {norm:?} gradient {i}: relative difference {r:e}");
+            assert!(
+                r < 1e-7,
+                "dopri5 {norm:?} gradient {i}: relative difference {r:e}"
+            );
         }
     }
     Ok(())
@@ -158,17 +222,26 @@ fn finite_differences(dev: &Device) -> Result<()> {
         scalar(&weighted_loss(&ys, &w)?)
     };
     let ts = Var::from_tensor(&Tensor::new(&ts_v, dev)?)?;
-    let sol = odeint_adjoint_with_times(&field, y0.as_tensor(), ts.as_tensor(), &opts, &AdjointOptions::default())?;
+    let sol = odeint_adjoint_with_times(
+        &field,
+        y0.as_tensor(),
+        ts.as_tensor(),
+        &opts,
+        &AdjointOptions::default(),
+    )?;
     let grads = weighted_loss(&sol.ys, &w)?.backward()?;
     let eps = 1e-6;
     let fd_check = |analytic: f64, fd: f64, what: String| {
-        assert!((analytic - fd).abs() < 1e-6 * (1.0 + fd.abs()), "{what}: adjoint {analytic} vs FD {fd}");
+        assert!(
+            (analytic - fd).abs() < 1e-6 * (1.0 + fd.abs()),
+            "{what}: adjoint {analytic} vs FD {fd}"
+        );
     };
     for p in field.params().iter().chain(std::iter::once(&y0)) {
         let base = p.as_tensor().flatten_all()?.to_vec1::<f64>()?;
         let g = grads.get(p).unwrap().flatten_all()?.to_vec1::<f64>()?;
         for k in 0..base.len() {
-            let mut eval = |delta: f64| -> Result<f64> {
+            let eval = |delta: f64| -> Result<f64> {
                 let mut v = base.clone();
                 v[k] += delta;
                 p.set(&Tensor::from_vec(v, p.shape(), dev)?)?;
@@ -204,7 +277,9 @@ fn upstream_and_chained(dev: &Device) -> Result<()> {
         let y0 = x.matmul(enc.as_tensor())?;
         let solve = |f: &Mlp, y: &Tensor| -> Result<Tensor> {
             Ok(if adjoint {
-                odeint_adjoint(f, y, &[0.0, 0.5], &opts, &AdjointOptions::default())?.ys.get(1)?
+                odeint_adjoint(f, y, &[0.0, 0.5], &opts, &AdjointOptions::default())?
+                    .ys
+                    .get(1)?
             } else {
                 odeint(f, y, &[0.0, 0.5], &opts)?.ys.get(1)?
             })
@@ -233,7 +308,14 @@ fn f32_works(dev: &Device) -> Result<()> {
     let w = Tensor::randn(0f32, 1.0, (2, 16, 2), dev)?;
     let opts = SolveOptions::default().tolerances(1e-6, 1e-6);
     let d = direct_grads(&field, &y0, &[0.0, 1.0], &opts, &w)?;
-    let a = adjoint_grads(&field, &y0, &[0.0, 1.0], &opts, &AdjointOptions::default(), &w)?;
+    let a = adjoint_grads(
+        &field,
+        &y0,
+        &[0.0, 1.0],
+        &opts,
+        &AdjointOptions::default(),
+        &w,
+    )?;
     for (i, (x, y)) in a.iter().zip(&d).enumerate() {
         let r = max_rel(x, y)?;
         assert!(r < 1e-3, "f32 gradient {i}: relative difference {r:e}");
@@ -244,14 +326,41 @@ fn f32_works(dev: &Device) -> Result<()> {
 fn mixed_dtypes_are_refused(dev: &Device) -> Result<()> {
     let field = Mlp::new(2, 4, DType::F32, dev)?;
     let y0 = Tensor::zeros((1, 2), DType::F64, dev)?;
-    let e = odeint_adjoint(&field, &y0, &[0.0, 1.0], &SolveOptions::default(), &AdjointOptions::default()).unwrap_err();
+    let e = odeint_adjoint(
+        &field,
+        &y0,
+        &[0.0, 1.0],
+        &SolveOptions::default(),
+        &AdjointOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("dtype"), "{e}");
     Ok(())
 }
 
 candle_core::test_device!(analytic_linear, analytic_cpu, analytic_cuda, analytic_metal);
-candle_core::test_device!(adjoint_matches_direct, vs_direct_cpu, vs_direct_cuda, vs_direct_metal);
-candle_core::test_device!(finite_differences, finite_differences_cpu, finite_differences_cuda, finite_differences_metal);
-candle_core::test_device!(upstream_and_chained, chained_cpu, chained_cuda, chained_metal);
+candle_core::test_device!(
+    adjoint_matches_direct,
+    vs_direct_cpu,
+    vs_direct_cuda,
+    vs_direct_metal
+);
+candle_core::test_device!(
+    finite_differences,
+    finite_differences_cpu,
+    finite_differences_cuda,
+    finite_differences_metal
+);
+candle_core::test_device!(
+    upstream_and_chained,
+    chained_cpu,
+    chained_cuda,
+    chained_metal
+);
 candle_core::test_device!(f32_works, f32_cpu, f32_cuda, f32_metal);
-candle_core::test_device!(mixed_dtypes_are_refused, mixed_dtypes_cpu, mixed_dtypes_cuda, mixed_dtypes_metal);
+candle_core::test_device!(
+    mixed_dtypes_are_refused,
+    mixed_dtypes_cpu,
+    mixed_dtypes_cuda,
+    mixed_dtypes_metal
+);

@@ -9,7 +9,10 @@ use node_solvers::{odeint, Method, SolveOptions, VectorField};
 use std::collections::HashMap;
 
 fn fixture(name: &str) -> Result<HashMap<String, Tensor>> {
-    let path = format!("{}/../../fixtures/torchdiffeq/{name}.npz", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../fixtures/torchdiffeq/{name}.npz",
+        env!("CARGO_MANIFEST_DIR")
+    );
     Ok(Tensor::read_npz(path)?.into_iter().collect())
 }
 
@@ -24,20 +27,39 @@ struct OdeFunc {
 
 impl VectorField for OdeFunc {
     fn eval(&self, _t: f64, z: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (z * z.sqr()?)?.matmul(&self.w1.t()?)?.broadcast_add(&self.b1)?;
-        node_kernels::tanh(&h)?.matmul(&self.w2.t()?)?.broadcast_add(&self.b2)
+        let h = (z * z.sqr()?)?
+            .matmul(&self.w1.t()?)?
+            .broadcast_add(&self.b1)?;
+        node_kernels::tanh(&h)?
+            .matmul(&self.w2.t()?)?
+            .broadcast_add(&self.b2)
     }
 }
 
 impl ParamVectorField for OdeFunc {
     fn params(&self) -> Vec<Var> {
-        vec![self.w1.clone(), self.b1.clone(), self.w2.clone(), self.b2.clone()]
+        vec![
+            self.w1.clone(),
+            self.b1.clone(),
+            self.w2.clone(),
+            self.b2.clone(),
+        ]
     }
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let d = (a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    let m = b.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let d = (a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
+    let m = b
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
     Ok(d / m)
 }
 
@@ -45,10 +67,22 @@ fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
 fn ours(opts: &SolveOptions, adjoint: bool) -> Result<(f64, Vec<Tensor>)> {
     let w = fixture("ode_solve_dopri5_rtol1e-7_atol1e-9")?;
     let var = |k: &str| Var::from_tensor(&w[k]);
-    let f = OdeFunc { w1: var("w1")?, b1: var("b1")?, w2: var("w2")?, b2: var("b2")? };
+    let f = OdeFunc {
+        w1: var("w1")?,
+        b1: var("b1")?,
+        w2: var("w2")?,
+        b2: var("b2")?,
+    };
     let z0 = Var::from_tensor(&w["z0"])?;
     let ys = if adjoint {
-        odeint_adjoint(&f, z0.as_tensor(), &[0.0, 1.0], opts, &AdjointOptions::default())?.ys
+        odeint_adjoint(
+            &f,
+            z0.as_tensor(),
+            &[0.0, 1.0],
+            opts,
+            &AdjointOptions::default(),
+        )?
+        .ys
     } else {
         odeint(&f, z0.as_tensor(), &[0.0, 1.0], opts)?.ys
     };
@@ -64,10 +98,21 @@ fn ours(opts: &SolveOptions, adjoint: bool) -> Result<(f64, Vec<Tensor>)> {
 fn compare(ours: &(f64, Vec<Tensor>), theirs: &str, bound: f64) -> Result<()> {
     let fx = fixture(theirs)?;
     let want_loss = fx["loss"].to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    assert!((ours.0 - want_loss).abs() < 1e-5 * want_loss, "{theirs}: loss {} vs {want_loss}", ours.0);
-    for (g, k) in ours.1.iter().zip(["grad_z0", "grad_w1", "grad_b1", "grad_w2", "grad_b2"]) {
+    assert!(
+        (ours.0 - want_loss).abs() < 1e-5 * want_loss,
+        "{theirs}: loss {} vs {want_loss}",
+        ours.0
+    );
+    for (g, k) in ours
+        .1
+        .iter()
+        .zip(["grad_z0", "grad_w1", "grad_b1", "grad_w2", "grad_b2"])
+    {
         let r = max_rel(g, &fx[k])?;
-        assert!(r < bound, "{theirs} {k}: relative difference {r:e} (bound {bound:e})");
+        assert!(
+            r < bound,
+            "{theirs} {k}: relative difference {r:e} (bound {bound:e})"
+        );
     }
     Ok(())
 }
@@ -85,12 +130,24 @@ fn dopri5_gradients_are_as_accurate_as_torchdiffeqs() -> Result<()> {
     for (mode, adjoint) in [("direct", false), ("adjoint", true)] {
         let (loss, grads) = ours(&opts, adjoint)?;
         let want_loss = reference["loss"].to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        assert!((loss - want_loss).abs() < 1e-5 * want_loss, "{mode}: loss {loss} vs {want_loss}");
-        for (g, k) in grads.iter().zip(["grad_z0", "grad_w1", "grad_b1", "grad_w2", "grad_b2"]) {
+        assert!(
+            (loss - want_loss).abs() < 1e-5 * want_loss,
+            "{mode}: loss {loss} vs {want_loss}"
+        );
+        for (g, k) in grads
+            .iter()
+            .zip(["grad_z0", "grad_w1", "grad_b1", "grad_w2", "grad_b2"])
+        {
             let ours_err = max_rel(g, &reference[k])?;
             let theirs_err = max_rel(&theirs[k], &reference[k])?;
-            assert!(ours_err < 2e-4, "{mode} {k}: {ours_err:e} from the reference");
-            assert!(ours_err <= theirs_err, "{mode} {k}: ours {ours_err:e}, torchdiffeq {theirs_err:e}");
+            assert!(
+                ours_err < 2e-4,
+                "{mode} {k}: {ours_err:e} from the reference"
+            );
+            assert!(
+                ours_err <= theirs_err,
+                "{mode} {k}: ours {ours_err:e}, torchdiffeq {theirs_err:e}"
+            );
         }
     }
     Ok(())
@@ -100,7 +157,9 @@ fn dopri5_gradients_are_as_accurate_as_torchdiffeqs() -> Result<()> {
 fn rk4_gradients_match_torchdiffeq() -> Result<()> {
     // torchdiffeq's `rk4` is the 3/8 rule; 100 fixed steps over [0, 1]: the same
     // discretization, so f32 round-off apart.
-    let opts = SolveOptions::default().method(Method::Rk38).fixed_steps(100);
+    let opts = SolveOptions::default()
+        .method(Method::Rk38)
+        .fixed_steps(100);
     compare(&ours(&opts, false)?, "adjoint_grad_direct_rk4_100", 1e-4)?;
     compare(&ours(&opts, true)?, "adjoint_grad_adjoint_rk4_100", 1e-4)?;
     Ok(())

@@ -1,0 +1,300 @@
+//! Memory, leak, backward-NFE and time benchmarks of the adjoint, beside backprop through the
+//! solver. `cargo bench -p node-adjoint --bench adjoint [-- memory|leak|norms|time]`.
+//!
+//! - memory: peak resident memory of one gradient (RSS high-water mark above the RSS after
+//!   set-up, each variant in a fresh process) for RK4 with 10/100/1000 fixed steps, batch
+//!   256, state 64, MLP 64-256-64 tanh, L = Σ z(1)² (the peer script `memory_scaling.py`).
+//! - leak: RSS over 300 adjoint training steps (gradient + SGD update) of the same problem.
+//! - norms: backward NFE of the seminorm and the full norm on the `ode_demo` MLP.
+//! - time: one gradient of the `ode_demo` problem (the peer script `adjoint_grad.py`).
+
+use candle_core::{Device, Result, Tensor, Var};
+use node_adjoint::{odeint_adjoint, AdjointNorm, AdjointOptions, ParamVectorField};
+use node_solvers::{odeint, Method, SolveOptions, VectorField};
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[derive(Clone)]
+struct Mlp {
+    w1: Var,
+    b1: Var,
+    w2: Var,
+    b2: Var,
+    cube: bool,
+}
+
+impl Mlp {
+    fn random(dim: usize, hidden: usize, dev: &Device) -> Result<Self> {
+        let v =
+            |s: &[usize], std: f64| Var::from_tensor(&(Tensor::randn(0f32, 1.0, s, dev)? * std)?);
+        Ok(Self {
+            w1: v(&[hidden, dim], 1.0 / (dim as f64).sqrt())?,
+            b1: v(&[hidden], 0.0)?,
+            w2: v(&[dim, hidden], 1.0 / (hidden as f64).sqrt())?,
+            b2: v(&[dim], 0.0)?,
+            cube: false,
+        })
+    }
+    fn ode_demo() -> Result<(Self, Tensor)> {
+        let path = format!(
+            "{}/../../fixtures/torchdiffeq/ode_solve_dopri5_rtol1e-7_atol1e-9.npz",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let fx: HashMap<String, Tensor> = Tensor::read_npz(path)?.into_iter().collect();
+        let v = |k: &str| Var::from_tensor(&fx[k]);
+        Ok((
+            Self {
+                w1: v("w1")?,
+                b1: v("b1")?,
+                w2: v("w2")?,
+                b2: v("b2")?,
+                cube: true,
+            },
+            fx["z0"].clone(),
+        ))
+    }
+}
+
+impl VectorField for Mlp {
+    fn eval(&self, _t: f64, z: &Tensor) -> Result<Tensor> {
+        let x = if self.cube {
+            (z * z.sqr()?)?
+        } else {
+            z.clone()
+        };
+        let h = x.matmul(&self.w1.t()?)?.broadcast_add(&self.b1)?;
+        node_kernels::tanh(&h)?
+            .matmul(&self.w2.t()?)?
+            .broadcast_add(&self.b2)
+    }
+}
+
+impl ParamVectorField for Mlp {
+    fn params(&self) -> Vec<Var> {
+        vec![
+            self.w1.clone(),
+            self.b1.clone(),
+            self.w2.clone(),
+            self.b2.clone(),
+        ]
+    }
+}
+
+fn status_kib(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn gradient(
+    f: &Mlp,
+    z0: &Tensor,
+    opts: &SolveOptions,
+    adj: Option<&AdjointOptions>,
+) -> Result<(Tensor, usize, usize)> {
+    let (ys, nfe_f, stats) = match adj {
+        Some(a) => {
+            let s = odeint_adjoint(f, z0, &[0.0, 1.0], opts, a)?;
+            (s.ys, s.stats.forward().nfe, Some(s.stats))
+        }
+        None => {
+            let s = odeint(f, z0, &[0.0, 1.0], opts)?;
+            (s.ys, s.stats.nfe, None)
+        }
+    };
+    let loss = ys.get(1)?.sqr()?.sum_all()?;
+    let g = loss.backward()?;
+    let nfe_b = stats.map(|s| s.backward().nfe).unwrap_or(0);
+    Ok((g.get(&f.w1).unwrap().clone(), nfe_f, nfe_b))
+}
+
+/// Runs in a child process: one gradient, prints `peak_delta_mib nfe_f nfe_b`.
+fn memory_child(mode: &str, steps: usize) -> Result<()> {
+    let dev = Device::Cpu;
+    let f = Mlp::random(64, 256, &dev)?;
+    let z0 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (256, 64), &dev)?)?;
+    let opts = SolveOptions::default()
+        .method(Method::Rk38)
+        .fixed_steps(steps);
+    let base = status_kib("VmRSS:");
+    let adj = AdjointOptions::default();
+    let (_, nf, nb) = gradient(
+        &f,
+        z0.as_tensor(),
+        &opts,
+        (mode == "adjoint").then_some(&adj),
+    )?;
+    println!("{:.1} {nf} {nb}", (status_kib("VmHWM:") - base) / 1024.0);
+    Ok(())
+}
+
+fn memory() -> Result<()> {
+    println!("\n## Peak memory of one gradient (RK4 3/8, batch 256, state 64, MLP 64-256-64)");
+    println!(
+        "| mode | steps | NFE fwd | NFE bwd | peak RSS above set-up (MiB) | torchdiffeq (MiB) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let torch = HashMap::from([
+        (("direct", 10), 39.3),
+        (("direct", 100), 285.5),
+        (("direct", 1000), 2686.2),
+        (("adjoint", 10), 55.4),
+        (("adjoint", 100), 56.6),
+        (("adjoint", 1000), 58.3),
+    ]);
+    let exe = std::env::current_exe().map_err(candle_core::Error::wrap)?;
+    for mode in ["direct", "adjoint"] {
+        for steps in [10usize, 100, 1000] {
+            let out = std::process::Command::new(&exe)
+                .args(["memory-child", mode, &steps.to_string()])
+                .output()
+                .map_err(candle_core::Error::wrap)?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v: Vec<&str> = text.split_whitespace().collect();
+            if !out.status.success() || v.len() != 3 {
+                println!(
+                    "| {mode} | {steps} | failed: {} |",
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                );
+                continue;
+            }
+            println!(
+                "| {mode} | {steps} | {} | {} | {} | {} |",
+                v[1],
+                v[2],
+                v[0],
+                torch[&(mode, steps)]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn leak() -> Result<()> {
+    println!(
+        "\n## Leak check: RSS during 300 adjoint training steps (RK4 3/8, 20 steps, same problem)"
+    );
+    let dev = Device::Cpu;
+    let f = Mlp::random(64, 256, &dev)?;
+    let z0 = Tensor::randn(0f32, 1.0, (256, 64), &dev)?;
+    let opts = SolveOptions::default().method(Method::Rk38).fixed_steps(20);
+    let adj = AdjointOptions::default();
+    let mut line = String::from("| step |");
+    let mut rss = String::from("| RSS (MiB) |");
+    for step in 1..=300 {
+        let sol = odeint_adjoint(&f, &z0, &[0.0, 1.0], &opts, &adj)?;
+        let loss = sol.ys.get(1)?.sqr()?.mean_all()?;
+        let g = loss.backward()?;
+        for p in f.params() {
+            p.set(&(p.as_tensor() - (g.get(&p).unwrap() * 1e-3)?)?)?;
+        }
+        if [1, 10, 50, 100, 200, 300].contains(&step) {
+            line += &format!(" {step} |");
+            rss += &format!(" {:.1} |", status_kib("VmRSS:") / 1024.0);
+        }
+    }
+    println!("{line}\n|---|---|---|---|---|---|---|\n{rss}");
+    Ok(())
+}
+
+fn norms() -> Result<()> {
+    println!(
+        "\n## Backward NFE: seminorm vs full norm (ode_demo MLP, batch 1024, L = Σ z(1)², t 0 → 1)"
+    );
+    println!("| rtol = atol | NFE fwd | NFE bwd seminorm | NFE bwd full norm |");
+    println!("|---|---:|---:|---:|");
+    let (f, z0) = Mlp::ode_demo()?;
+    for tol in [1e-3, 1e-5, 1e-7] {
+        let opts = SolveOptions::default().tolerances(tol, tol);
+        let (_, nf, semi) = gradient(&f, &z0, &opts, Some(&AdjointOptions::default()))?;
+        let (_, _, full) = gradient(
+            &f,
+            &z0,
+            &opts,
+            Some(&AdjointOptions::default().norm(AdjointNorm::Full)),
+        )?;
+        println!("| {tol:e} | {nf} | {semi} | {full} |");
+    }
+    Ok(())
+}
+
+fn time() -> Result<()> {
+    println!("\n## One gradient of the ode_demo problem (batch 1024, f32), medians of 10 after 2 warm-ups");
+    println!("| variant | NFE fwd | NFE bwd | ms |");
+    println!("|---|---:|---:|---:|");
+    let (f, z0) = Mlp::ode_demo()?;
+    let z0 = Var::from_tensor(&z0)?;
+    let dopri = SolveOptions::default().tolerances(1e-5, 1e-5);
+    let rk4 = SolveOptions::default()
+        .method(Method::Rk38)
+        .fixed_steps(100);
+    let adj = AdjointOptions::default();
+    for (name, opts, a) in [
+        ("direct_dopri5", &dopri, None),
+        ("adjoint_dopri5", &dopri, Some(&adj)),
+        ("direct_rk4_100", &rk4, None),
+        ("adjoint_rk4_100", &rk4, Some(&adj)),
+    ] {
+        let mut times = vec![];
+        let mut nfe = (0, 0);
+        for i in 0..12 {
+            let s = Instant::now();
+            let (_, nf, nb) = gradient(&f, z0.as_tensor(), opts, a)?;
+            if i >= 2 {
+                times.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            nfe = (nf, nb);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "| {name} | {} | {} | {:.2} |",
+            nfe.0,
+            nfe.1,
+            times[times.len() / 2]
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    // Backprop through 1000 steps recurses ~20 000 levels deep in Candle's backward().
+    let child = std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(move || -> Result<()> {
+            match args.first().map(|s| s.as_str()) {
+                Some("memory-child") => {
+                    memory_child(&args[1], args[2].parse().map_err(candle_core::Error::wrap)?)
+                }
+                Some("memory") => memory(),
+                Some("leak") => leak(),
+                Some("norms") => norms(),
+                Some("time") => time(),
+                _ => {
+                    println!(
+                        "threads: {}, dtype f32",
+                        candle_core::utils::get_num_threads()
+                    );
+                    time()?;
+                    norms()?;
+                    memory()?;
+                    leak()
+                }
+            }
+        });
+    child
+        .map_err(candle_core::Error::wrap)?
+        .join()
+        .map_err(|_| candle_core::Error::Msg("bench thread panicked".into()))?
+}
