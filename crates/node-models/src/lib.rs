@@ -1,7 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod init;
+pub mod layers;
 pub mod mnist;
+pub mod mnist_models;
+pub mod optim;
 pub mod rng;
 
+pub use layers::{BlockStats, ConcatConv2d, Gradient, OdeBlock, OdeFunc, ResBlock};
+pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
+pub use optim::{PiecewiseSchedule, SgdConfig, SgdMomentum};
 pub use rng::Rng;

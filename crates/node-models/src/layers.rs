@@ -1,0 +1,205 @@
+//! Building blocks of the paper's MNIST models, reusable in any Candle network: an ODE block
+//! around any parameterised vector field, the time-concatenating convolution, the ODE-Net
+//! vector field, and the residual block it replaces.
+
+use candle_core::{Result, Tensor, Var};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Module, VarBuilder};
+use node_adjoint::{odeint_adjoint, AdjointOptions, AdjointStats, ParamVectorField};
+use node_solvers::{odeint, SolveOptions, VectorField};
+
+/// `GroupNorm(min(32, dim), dim)`, ε = 1e-5, as torchdiffeq's `norm`.
+pub fn norm(dim: usize, vb: VarBuilder) -> Result<GroupNorm> {
+    let w = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?;
+    let b = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?;
+    GroupNorm::new(w, b, dim, dim.min(32), 1e-5)
+}
+
+/// A 2-D convolution with a square kernel.
+pub fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, bias: bool, vb: VarBuilder) -> Result<Conv2d> {
+    let bound = 1.0 / ((cin * k * k) as f64).sqrt();
+    let init = candle_nn::Init::Uniform { lo: -bound, up: bound };
+    let w = vb.get_with_hints((cout, cin, k, k), "weight", init)?;
+    let b = if bias { Some(vb.get_with_hints(cout, "bias", init)?) } else { None };
+    let cfg = Conv2dConfig { padding, stride, ..Default::default() };
+    Ok(Conv2d::new(w, b, cfg))
+}
+
+/// A convolution that sees the time as an extra input channel: `conv([t·1, x])`.
+///
+/// # Shapes
+/// `x: [B, cin, H, W]` → `[B, cout, H', W']`.
+#[derive(Clone, Debug)]
+pub struct ConcatConv2d {
+    conv: Conv2d,
+}
+
+impl ConcatConv2d {
+    /// A `(cin + 1) → cout` convolution with bias.
+    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { conv: conv2d(cin + 1, cout, k, stride, padding, true, vb)? })
+    }
+
+    /// Applies the convolution at time `t`.
+    pub fn forward(&self, t: f64, x: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = x.dims4()?;
+        let tt = Tensor::full(t, (b, 1, h, w), x.device())?.to_dtype(x.dtype())?;
+        self.conv.forward(&Tensor::cat(&[&tt, x], 1)?)
+    }
+
+    /// The weight and bias.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        let mut v = vec![self.conv.weight().clone()];
+        v.extend(self.conv.bias().cloned());
+        v
+    }
+}
+
+/// A pre-activation residual block without bias (torchdiffeq's `ResBlock`):
+/// `x + conv(relu(norm(conv(relu(norm(x))))))`.
+#[derive(Clone, Debug)]
+pub struct ResBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+}
+
+impl ResBlock {
+    /// A `dim`-channel block.
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: norm(dim, vb.pp("norm1"))?,
+            conv1: conv2d(dim, dim, 3, 1, 1, false, vb.pp("conv1"))?,
+            norm2: norm(dim, vb.pp("norm2"))?,
+            conv2: conv2d(dim, dim, 3, 1, 1, false, vb.pp("conv2"))?,
+        })
+    }
+}
+
+impl Module for ResBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.conv1.forward(&self.norm1.forward(x)?.relu()?)?;
+        let out = self.conv2.forward(&self.norm2.forward(&out)?.relu()?)?;
+        out + x
+    }
+}
+
+/// The ODE-Net vector field: `GN – ReLU – ConcatConv – GN – ReLU – ConcatConv – GN`.
+#[derive(Clone, Debug)]
+pub struct OdeFunc {
+    norm1: GroupNorm,
+    conv1: ConcatConv2d,
+    norm2: GroupNorm,
+    conv2: ConcatConv2d,
+    norm3: GroupNorm,
+    params: Vec<Var>,
+}
+
+impl OdeFunc {
+    /// A `dim`-channel field. Train it from a `VarMap`-backed `VarBuilder`: its parameters are
+    /// the map's `Var`s.
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let mut params = vec![];
+        let mut norm_p = |name: &str| -> Result<GroupNorm> {
+            let vb = vb.pp(name);
+            let w = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?;
+            let b = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?;
+            params.push(w.clone());
+            params.push(b.clone());
+            GroupNorm::new(w, b, dim, dim.min(32), 1e-5)
+        };
+        let norm1 = norm_p("norm1")?;
+        let norm2 = norm_p("norm2")?;
+        let norm3 = norm_p("norm3")?;
+        let conv1 = ConcatConv2d::new(dim, dim, 3, 1, 1, vb.pp("conv1"))?;
+        let conv2 = ConcatConv2d::new(dim, dim, 3, 1, 1, vb.pp("conv2"))?;
+        params.extend(conv1.tensors());
+        params.extend(conv2.tensors());
+        let params = params.iter().map(Var::from_tensor).collect::<Result<Vec<_>>>()?;
+        Ok(Self { norm1, conv1, norm2, conv2, norm3, params })
+    }
+}
+
+impl VectorField for OdeFunc {
+    fn eval(&self, t: f64, x: &Tensor) -> Result<Tensor> {
+        let out = self.norm1.forward(x)?.relu()?;
+        let out = self.conv1.forward(t, &out)?;
+        let out = self.norm2.forward(&out)?.relu()?;
+        let out = self.conv2.forward(t, &out)?;
+        self.norm3.forward(&out)
+    }
+}
+
+impl ParamVectorField for OdeFunc {
+    fn params(&self) -> Vec<Var> {
+        self.params.clone()
+    }
+}
+
+/// How an [`OdeBlock`] is differentiated.
+#[derive(Clone, Debug)]
+pub enum Gradient {
+    /// The adjoint method: constant memory in the number of steps.
+    Adjoint(AdjointOptions),
+    /// Backprop through the solver's operations (RK-Net when the solver has fixed steps).
+    Backprop,
+}
+
+/// Evaluation counts of one forward pass of an [`OdeBlock`].
+#[derive(Clone, Debug, Default)]
+pub struct BlockStats {
+    /// Evaluations of the field in the forward solve.
+    pub nfe_forward: usize,
+    /// For the adjoint, a handle whose backward counts fill in after `backward()`.
+    pub adjoint: Option<AdjointStats>,
+}
+
+impl BlockStats {
+    /// Evaluations in the backward pass (the adjoint's reverse solve; 0 for backprop, whose
+    /// backward replays the forward graph instead).
+    pub fn nfe_backward(&self) -> usize {
+        self.adjoint.as_ref().map_or(0, |a| a.backward().nfe)
+    }
+}
+
+/// `x ↦ y(t1)` for `dy/dt = f(t, y)`, `y(0) = x`: an ODE in place of a stack of layers.
+#[derive(Clone, Debug)]
+pub struct OdeBlock<F> {
+    /// The vector field.
+    pub field: F,
+    /// End time (start is 0).
+    pub t1: f64,
+    /// Solver options.
+    pub opts: SolveOptions,
+    /// Gradient mode.
+    pub gradient: Gradient,
+}
+
+impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
+    /// A block integrating `field` over `[0, t1]`.
+    pub fn new(field: F, t1: f64, opts: SolveOptions, gradient: Gradient) -> Self {
+        Self { field, t1, opts, gradient }
+    }
+
+    /// Solves from `x` and returns `y(t1)` with the solve's counts.
+    ///
+    /// # Shapes
+    /// `x`: any shape the field accepts; the result has the same shape.
+    ///
+    /// # Errors
+    /// The solver's typed errors (e.g. too many steps when the dynamics become stiff).
+    pub fn forward_with_stats(&self, x: &Tensor) -> Result<(Tensor, BlockStats)> {
+        let ts = [0.0, self.t1];
+        match &self.gradient {
+            Gradient::Adjoint(a) => {
+                let sol = odeint_adjoint(&self.field, x, &ts, &self.opts, a)?;
+                let stats = BlockStats { nfe_forward: sol.stats.forward().nfe, adjoint: Some(sol.stats) };
+                Ok((sol.ys.get(1)?, stats))
+            }
+            Gradient::Backprop => {
+                let sol = odeint(&self.field, x, &ts, &self.opts)?;
+                Ok((sol.ys.get(1)?, BlockStats { nfe_forward: sol.stats.nfe, adjoint: None }))
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The paper's MNIST models (Table 1), as torchdiffeq's `examples/odenet_mnist.py` builds them:
+//! downsampling `Conv(1→64, 3×3) – GN – ReLU – Conv(64→64, 4×4, s2, p1) – GN – ReLU –
+//! Conv(64→64, 4×4, s2, p1)` to 64×6×6, a feature stage, and the head
+//! `GN – ReLU – global average pool – Linear(64→10)`.
+//!
+//! | model | feature stage | parameters |
+//! |---|---|---:|
+//! | ODE-Net | one [`OdeBlock`] of [`OdeFunc`], t 0→1, adaptive with the adjoint | 208,266 |
+//! | RK-Net | the same block, fixed-step Runge–Kutta, backprop through the solver | 208,266 |
+//! | ResNet | 6 [`ResBlock`]s | 576,778 |
+//! | MLP | no convolutions: Linear(784→300) – ReLU – Linear(300→10) | 238,510 |
+
+use crate::layers::{conv2d, norm, BlockStats, Gradient, OdeBlock, OdeFunc, ResBlock};
+use candle_core::{Result, Tensor, D};
+use candle_nn::{Conv2d, GroupNorm, Linear, Module, VarBuilder};
+use node_adjoint::AdjointOptions;
+use node_solvers::{Method, SolveOptions};
+use std::fmt;
+use std::str::FromStr;
+
+/// Which model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModelKind {
+    /// ODE block, adaptive solver, adjoint gradients.
+    OdeNet,
+    /// ODE block, fixed-step solver, backprop through the solver.
+    RkNet,
+    /// Six residual blocks.
+    ResNet,
+    /// One hidden layer of 300 units (the table's first row).
+    Mlp,
+}
+
+impl ModelKind {
+    /// All kinds, in the order of the paper's table.
+    pub const ALL: [ModelKind; 4] = [ModelKind::Mlp, ModelKind::ResNet, ModelKind::RkNet, ModelKind::OdeNet];
+
+    /// The name used on command lines and in checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::OdeNet => "odenet",
+            ModelKind::RkNet => "rknet",
+            ModelKind::ResNet => "resnet",
+            ModelKind::Mlp => "mlp",
+        }
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ModelKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        ModelKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| format!("unknown model `{s}` (expected odenet, rknet, resnet or mlp)"))
+    }
+}
+
+/// How the ODE block of ODE-Net and RK-Net is solved and differentiated.
+#[derive(Clone, Debug)]
+pub struct OdeConfig {
+    /// Solver options of the block.
+    pub opts: SolveOptions,
+    /// Gradient mode.
+    pub gradient: Gradient,
+}
+
+impl OdeConfig {
+    /// The paper's/torchdiffeq's defaults for a kind: ODE-Net dopri5 at `rtol = atol = 1e-3`
+    /// with the adjoint; RK-Net classic RK4 with 20 fixed steps (80 evaluations) and backprop.
+    pub fn default_for(kind: ModelKind) -> Self {
+        match kind {
+            ModelKind::RkNet => OdeConfig {
+                opts: SolveOptions::default().method(Method::Rk4).fixed_steps(20),
+                gradient: Gradient::Backprop,
+            },
+            _ => OdeConfig {
+                opts: SolveOptions::default().method(Method::Dopri5).tolerances(1e-3, 1e-3),
+                gradient: Gradient::Adjoint(AdjointOptions::default()),
+            },
+        }
+    }
+}
+
+enum Features {
+    Ode(OdeBlock<OdeFunc>),
+    Res(Vec<ResBlock>),
+}
+
+/// A Table 1 model.
+pub struct MnistModel {
+    kind: ModelKind,
+    down: Option<(Conv2d, GroupNorm, Conv2d, GroupNorm, Conv2d)>,
+    features: Option<Features>,
+    head_norm: Option<GroupNorm>,
+    fc: Linear,
+    hidden: Option<Linear>,
+}
+
+/// Counts of one forward pass.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardStats {
+    /// The ODE block's counts (ODE-Net and RK-Net).
+    pub block: Option<BlockStats>,
+}
+
+impl MnistModel {
+    /// Builds `kind` with its variables under `vb` (use a `VarMap`-backed builder to train).
+    /// `ode` configures ODE-Net and RK-Net; it is ignored by the others.
+    pub fn new(kind: ModelKind, ode: &OdeConfig, vb: VarBuilder) -> Result<Self> {
+        if kind == ModelKind::Mlp {
+            return Ok(Self {
+                kind,
+                down: None,
+                features: None,
+                head_norm: None,
+                hidden: Some(candle_nn::linear(784, 300, vb.pp("fc1"))?),
+                fc: candle_nn::linear(300, 10, vb.pp("fc2"))?,
+            });
+        }
+        let d = vb.pp("down");
+        let down = (
+            conv2d(1, 64, 3, 1, 0, true, d.pp("conv1"))?,
+            norm(64, d.pp("norm1"))?,
+            conv2d(64, 64, 4, 2, 1, true, d.pp("conv2"))?,
+            norm(64, d.pp("norm2"))?,
+            conv2d(64, 64, 4, 2, 1, true, d.pp("conv3"))?,
+        );
+        let features = match kind {
+            ModelKind::ResNet => Features::Res((0..6).map(|i| ResBlock::new(64, vb.pp(format!("res{i}")))).collect::<Result<_>>()?),
+            _ => Features::Ode(OdeBlock::new(OdeFunc::new(64, vb.pp("odefunc"))?, 1.0, ode.opts.clone(), ode.gradient.clone())),
+        };
+        Ok(Self {
+            kind,
+            down: Some(down),
+            features: Some(features),
+            head_norm: Some(norm(64, vb.pp("head_norm"))?),
+            fc: candle_nn::linear(64, 10, vb.pp("fc"))?,
+            hidden: None,
+        })
+    }
+
+    /// The model's kind.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// Logits for a batch of images.
+    ///
+    /// # Shapes
+    /// `x: [B, 1, 28, 28]` → `[B, 10]`.
+    ///
+    /// # Errors
+    /// Shape errors, and the ODE block's solver errors.
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, ForwardStats)> {
+        if let Some(hidden) = &self.hidden {
+            let h = hidden.forward(&x.flatten_from(1)?)?.relu()?;
+            return Ok((self.fc.forward(&h)?, ForwardStats::default()));
+        }
+        let (c1, n1, c2, n2, c3) = self.down.as_ref().expect("conv models have downsampling");
+        let h = c1.forward(x)?;
+        let h = c2.forward(&n1.forward(&h)?.relu()?)?;
+        let mut h = c3.forward(&n2.forward(&h)?.relu()?)?;
+        let mut stats = ForwardStats::default();
+        match self.features.as_ref().expect("conv models have features") {
+            Features::Ode(block) => {
+                let (y, s) = block.forward_with_stats(&h)?;
+                h = y;
+                stats.block = Some(s);
+            }
+            Features::Res(blocks) => {
+                for b in blocks {
+                    h = b.forward(&h)?;
+                }
+            }
+        }
+        let h = self.head_norm.as_ref().expect("conv models have a head norm").forward(&h)?.relu()?;
+        let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?;
+        Ok((self.fc.forward(&pooled)?, stats))
+    }
+}
