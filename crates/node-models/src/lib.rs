@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod init;
 pub mod layers;
 pub mod mnist;
