@@ -55,7 +55,10 @@ impl std::fmt::Debug for CheckpointError {
 
 impl From<CheckpointError> for candle_core::Error {
     fn from(e: CheckpointError) -> Self {
-        candle_core::Error::WrappedContext { wrapped: Box::new(e), context: "checkpoint".into() }
+        candle_core::Error::WrappedContext {
+            wrapped: Box::new(e),
+            context: "checkpoint".into(),
+        }
     }
 }
 
@@ -70,7 +73,8 @@ pub struct Resumed {
 
 fn named_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-    let mut v: Vec<(String, candle_core::Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut v: Vec<(String, candle_core::Var)> =
+        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -85,23 +89,43 @@ fn bytes_tensor(s: &str) -> Result<Tensor> {
 ///
 /// # Errors
 /// I/O and Candle errors.
-pub fn save(path: &Path, model: &str, varmap: &VarMap, opt: &SgdMomentum, epoch: usize, rng: &Rng) -> Result<()> {
+pub fn save(
+    path: &Path,
+    model: &str,
+    varmap: &VarMap,
+    opt: &SgdMomentum,
+    epoch: usize,
+    rng: &Rng,
+) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let vars = named_vars(varmap);
     if vars.len() != opt.buffers().len() {
-        candle_core::bail!("optimizer has {} buffers for {} variables", opt.buffers().len(), vars.len());
+        candle_core::bail!(
+            "optimizer has {} buffers for {} variables",
+            opt.buffers().len(),
+            vars.len()
+        );
     }
     for ((name, var), buf) in vars.iter().zip(opt.buffers()) {
-        tensors.insert(format!("model.{name}"), var.as_tensor().to_device(&Device::Cpu)?);
+        tensors.insert(
+            format!("model.{name}"),
+            var.as_tensor().to_device(&Device::Cpu)?,
+        );
         if let Some(b) = buf {
             tensors.insert(format!("optim.{name}"), b.to_device(&Device::Cpu)?);
         }
     }
     tensors.insert("meta.format".into(), bytes_tensor(FORMAT)?);
     tensors.insert("meta.model".into(), bytes_tensor(model)?);
-    tensors.insert("meta.epoch".into(), Tensor::new(&[epoch as u32], &Device::Cpu)?);
+    tensors.insert(
+        "meta.epoch".into(),
+        Tensor::new(&[epoch as u32], &Device::Cpu)?,
+    );
     let s = rng.state();
-    tensors.insert("meta.rng".into(), Tensor::new(&[(s >> 32) as u32, s as u32], &Device::Cpu)?);
+    tensors.insert(
+        "meta.rng".into(),
+        Tensor::new(&[(s >> 32) as u32, s as u32], &Device::Cpu)?,
+    );
     let tmp = path.with_extension("safetensors.tmp");
     candle_core::safetensors::save(&tensors, &tmp)?;
     std::fs::File::open(&tmp)?.sync_all()?;
@@ -120,35 +144,66 @@ fn text(t: &Tensor) -> Result<String> {
 /// [`CheckpointError`] (inside `candle_core::Error`) for a foreign file, another model or
 /// another shape; nothing is modified then.
 pub fn load(path: &Path, model: &str, varmap: &VarMap, opt: &mut SgdMomentum) -> Result<Resumed> {
-    let not_ours = |reason: String| CheckpointError::NotACheckpoint { path: path.to_path_buf(), reason };
-    let file = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| not_ours(e.to_string()))?;
+    let not_ours = |reason: String| CheckpointError::NotACheckpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file =
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| not_ours(e.to_string()))?;
     match file.get("meta.format").map(text).transpose()? {
         Some(f) if f == FORMAT => {}
         Some(f) => return Err(not_ours(format!("format `{f}`")).into()),
         None => return Err(not_ours("no format tag".into()).into()),
     }
-    let found = file.get("meta.model").map(text).transpose()?.unwrap_or_default();
+    let found = file
+        .get("meta.model")
+        .map(text)
+        .transpose()?
+        .unwrap_or_default();
     if found != model {
-        return Err(CheckpointError::WrongModel { path: path.to_path_buf(), found, expected: model.to_string() }.into());
+        return Err(CheckpointError::WrongModel {
+            path: path.to_path_buf(),
+            found,
+            expected: model.to_string(),
+        }
+        .into());
     }
-    let mismatch = |reason: String| CheckpointError::Mismatch { path: path.to_path_buf(), reason };
+    let mismatch = |reason: String| CheckpointError::Mismatch {
+        path: path.to_path_buf(),
+        reason,
+    };
     let vars = named_vars(varmap);
     // Check everything before touching anything.
     for (name, var) in &vars {
         match file.get(&format!("model.{name}")) {
             None => return Err(mismatch(format!("variable `{name}` is missing")).into()),
             Some(t) if t.shape() != var.shape() => {
-                return Err(mismatch(format!("variable `{name}` has shape {:?}, the model {:?}", t.dims(), var.dims())).into())
+                return Err(mismatch(format!(
+                    "variable `{name}` has shape {:?}, the model {:?}",
+                    t.dims(),
+                    var.dims()
+                ))
+                .into())
             }
             Some(_) => {}
         }
     }
     let known: std::collections::HashSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-    if let Some(extra) = file.keys().filter_map(|k| k.strip_prefix("model.")).find(|k| !known.contains(k)) {
+    if let Some(extra) = file
+        .keys()
+        .filter_map(|k| k.strip_prefix("model."))
+        .find(|k| !known.contains(k))
+    {
         return Err(mismatch(format!("variable `{extra}` is not in this model")).into());
     }
-    let epoch = file.get("meta.epoch").ok_or_else(|| not_ours("no epoch".into()))?.to_vec1::<u32>()?[0] as usize;
-    let words = file.get("meta.rng").ok_or_else(|| not_ours("no rng state".into()))?.to_vec1::<u32>()?;
+    let epoch = file
+        .get("meta.epoch")
+        .ok_or_else(|| not_ours("no epoch".into()))?
+        .to_vec1::<u32>()?[0] as usize;
+    let words = file
+        .get("meta.rng")
+        .ok_or_else(|| not_ours("no rng state".into()))?
+        .to_vec1::<u32>()?;
     if words.len() != 2 {
         return Err(not_ours("bad rng state".into()).into());
     }
@@ -162,5 +217,8 @@ pub fn load(path: &Path, model: &str, varmap: &VarMap, opt: &mut SgdMomentum) ->
         });
     }
     opt.set_buffers(buffers)?;
-    Ok(Resumed { epoch, rng: Rng::from_state(((words[0] as u64) << 32) | words[1] as u64) })
+    Ok(Resumed {
+        epoch,
+        rng: Rng::from_state(((words[0] as u64) << 32) | words[1] as u64),
+    })
 }

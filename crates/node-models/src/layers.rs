@@ -15,12 +15,31 @@ pub fn norm(dim: usize, vb: VarBuilder) -> Result<GroupNorm> {
 }
 
 /// A 2-D convolution with a square kernel.
-pub fn conv2d(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, bias: bool, vb: VarBuilder) -> Result<Conv2d> {
+pub fn conv2d(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
     let bound = 1.0 / ((cin * k * k) as f64).sqrt();
-    let init = candle_nn::Init::Uniform { lo: -bound, up: bound };
+    let init = candle_nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
     let w = vb.get_with_hints((cout, cin, k, k), "weight", init)?;
-    let b = if bias { Some(vb.get_with_hints(cout, "bias", init)?) } else { None };
-    let cfg = Conv2dConfig { padding, stride, ..Default::default() };
+    let b = if bias {
+        Some(vb.get_with_hints(cout, "bias", init)?)
+    } else {
+        None
+    };
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
     Ok(Conv2d::new(w, b, cfg))
 }
 
@@ -35,8 +54,17 @@ pub struct ConcatConv2d {
 
 impl ConcatConv2d {
     /// A `(cin + 1) → cout` convolution with bias.
-    pub fn new(cin: usize, cout: usize, k: usize, stride: usize, padding: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { conv: conv2d(cin + 1, cout, k, stride, padding, true, vb)? })
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            conv: conv2d(cin + 1, cout, k, stride, padding, true, vb)?,
+        })
     }
 
     /// Applies the convolution at time `t`.
@@ -115,8 +143,18 @@ impl OdeFunc {
         let conv2 = ConcatConv2d::new(dim, dim, 3, 1, 1, vb.pp("conv2"))?;
         params.extend(conv1.tensors());
         params.extend(conv2.tensors());
-        let params = params.iter().map(Var::from_tensor).collect::<Result<Vec<_>>>()?;
-        Ok(Self { norm1, conv1, norm2, conv2, norm3, params })
+        let params = params
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm1,
+            conv1,
+            norm2,
+            conv2,
+            norm3,
+            params,
+        })
     }
 }
 
@@ -178,7 +216,12 @@ pub struct OdeBlock<F> {
 impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
     /// A block integrating `field` over `[0, t1]`.
     pub fn new(field: F, t1: f64, opts: SolveOptions, gradient: Gradient) -> Self {
-        Self { field, t1, opts, gradient }
+        Self {
+            field,
+            t1,
+            opts,
+            gradient,
+        }
     }
 
     /// Solves from `x` and returns `y(t1)` with the solve's counts.
@@ -193,12 +236,21 @@ impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
         match &self.gradient {
             Gradient::Adjoint(a) => {
                 let sol = odeint_adjoint(&self.field, x, &ts, &self.opts, a)?;
-                let stats = BlockStats { nfe_forward: sol.stats.forward().nfe, adjoint: Some(sol.stats) };
+                let stats = BlockStats {
+                    nfe_forward: sol.stats.forward().nfe,
+                    adjoint: Some(sol.stats),
+                };
                 Ok((sol.ys.get(1)?, stats))
             }
             Gradient::Backprop => {
                 let sol = odeint(&self.field, x, &ts, &self.opts)?;
-                Ok((sol.ys.get(1)?, BlockStats { nfe_forward: sol.stats.nfe, adjoint: None }))
+                Ok((
+                    sol.ys.get(1)?,
+                    BlockStats {
+                        nfe_forward: sol.stats.nfe,
+                        adjoint: None,
+                    },
+                ))
             }
         }
     }

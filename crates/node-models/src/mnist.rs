@@ -74,7 +74,10 @@ impl std::fmt::Debug for DataError {
 
 impl From<DataError> for candle_core::Error {
     fn from(e: DataError) -> Self {
-        candle_core::Error::WrappedContext { wrapped: Box::new(e), context: "loading MNIST".into() }
+        candle_core::Error::WrappedContext {
+            wrapped: Box::new(e),
+            context: "loading MNIST".into(),
+        }
     }
 }
 
@@ -99,7 +102,10 @@ impl Split {
     /// The first `n` examples (or all).
     pub fn take(&self, n: usize) -> Split {
         let n = n.min(self.len());
-        Split { images: self.images[..n * PIXELS].to_vec(), labels: self.labels[..n].to_vec() }
+        Split {
+            images: self.images[..n * PIXELS].to_vec(),
+            labels: self.labels[..n].to_vec(),
+        }
     }
 }
 
@@ -114,8 +120,13 @@ pub struct Mnist {
 
 fn read(path: &Path) -> std::result::Result<Vec<u8>, DataError> {
     std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => DataError::Missing { path: path.to_path_buf() },
-        _ => DataError::Io { path: path.to_path_buf(), source: e },
+        std::io::ErrorKind::NotFound => DataError::Missing {
+            path: path.to_path_buf(),
+        },
+        _ => DataError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
     })
 }
 
@@ -125,42 +136,72 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 
 /// Parses an IDX image file (magic 0x00000803: unsigned bytes, 3 dimensions).
 pub fn parse_images(bytes: &[u8], path: &Path) -> std::result::Result<Vec<u8>, DataError> {
-    let bad = |reason: String| DataError::Invalid { path: path.to_path_buf(), reason };
+    let bad = |reason: String| DataError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
     if bytes.len() < 16 {
-        return Err(bad(format!("{} bytes, shorter than the 16-byte header", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes, shorter than the 16-byte header",
+            bytes.len()
+        )));
     }
     let magic = be_u32(bytes, 0);
     if magic != 0x0803 {
-        return Err(bad(format!("magic number {magic:#010x}, expected 0x00000803 (images)")));
+        return Err(bad(format!(
+            "magic number {magic:#010x}, expected 0x00000803 (images)"
+        )));
     }
-    let (n, rows, cols) = (be_u32(bytes, 4) as usize, be_u32(bytes, 8) as usize, be_u32(bytes, 12) as usize);
+    let (n, rows, cols) = (
+        be_u32(bytes, 4) as usize,
+        be_u32(bytes, 8) as usize,
+        be_u32(bytes, 12) as usize,
+    );
     if rows != SIDE || cols != SIDE {
         return Err(bad(format!("images are {rows}×{cols}, expected 28×28")));
     }
     let want = 16 + n * PIXELS;
     if bytes.len() != want {
-        return Err(bad(format!("{} bytes, expected {want} for {n} images (truncated or padded)", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes, expected {want} for {n} images (truncated or padded)",
+            bytes.len()
+        )));
     }
     Ok(bytes[16..].to_vec())
 }
 
 /// Parses an IDX label file (magic 0x00000801: unsigned bytes, 1 dimension), labels < 10.
 pub fn parse_labels(bytes: &[u8], path: &Path) -> std::result::Result<Vec<u8>, DataError> {
-    let bad = |reason: String| DataError::Invalid { path: path.to_path_buf(), reason };
+    let bad = |reason: String| DataError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
     if bytes.len() < 8 {
-        return Err(bad(format!("{} bytes, shorter than the 8-byte header", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes, shorter than the 8-byte header",
+            bytes.len()
+        )));
     }
     let magic = be_u32(bytes, 0);
     if magic != 0x0801 {
-        return Err(bad(format!("magic number {magic:#010x}, expected 0x00000801 (labels)")));
+        return Err(bad(format!(
+            "magic number {magic:#010x}, expected 0x00000801 (labels)"
+        )));
     }
     let n = be_u32(bytes, 4) as usize;
     if bytes.len() != 8 + n {
-        return Err(bad(format!("{} bytes, expected {} for {n} labels (truncated or padded)", bytes.len(), 8 + n)));
+        return Err(bad(format!(
+            "{} bytes, expected {} for {n} labels (truncated or padded)",
+            bytes.len(),
+            8 + n
+        )));
     }
     let labels = bytes[8..].to_vec();
     if let Some(i) = labels.iter().position(|&l| l >= 10) {
-        return Err(bad(format!("label {} at index {i} is not a digit", labels[i])));
+        return Err(bad(format!(
+            "label {} at index {i} is not a digit",
+            labels[i]
+        )));
     }
     Ok(labels)
 }
@@ -171,7 +212,11 @@ fn load_split(dir: &Path, images: &str, labels: &str) -> std::result::Result<Spl
     let images = parse_images(&read(&ip)?, &ip)?;
     let labels = parse_labels(&read(&lp)?, &lp)?;
     if images.len() / PIXELS != labels.len() {
-        return Err(DataError::CountMismatch { images: images.len() / PIXELS, labels: labels.len(), dir: dir.to_path_buf() });
+        return Err(DataError::CountMismatch {
+            images: images.len() / PIXELS,
+            labels: labels.len(),
+            dir: dir.to_path_buf(),
+        });
     }
     Ok(Split { images, labels })
 }
@@ -182,14 +227,22 @@ fn load_split(dir: &Path, images: &str, labels: &str) -> std::result::Result<Spl
 /// A [`DataError`] (inside `candle_core::Error`) for a missing, unreadable or invalid file.
 pub fn load_dir(dir: impl AsRef<Path>) -> Result<Mnist> {
     let dir = dir.as_ref();
-    Ok(Mnist { train: load_split(dir, FILES[0], FILES[1])?, test: load_split(dir, FILES[2], FILES[3])? })
+    Ok(Mnist {
+        train: load_split(dir, FILES[0], FILES[1])?,
+        test: load_split(dir, FILES[2], FILES[3])?,
+    })
 }
 
 /// Writes a split as a pair of IDX files (for tests and small generated datasets).
 ///
 /// # Errors
 /// I/O errors.
-pub fn write_idx(dir: impl AsRef<Path>, images_name: &str, labels_name: &str, split: &Split) -> std::io::Result<()> {
+pub fn write_idx(
+    dir: impl AsRef<Path>,
+    images_name: &str,
+    labels_name: &str,
+    split: &Split,
+) -> std::io::Result<()> {
     let dir = dir.as_ref();
     let n = split.len() as u32;
     let mut img = Vec::with_capacity(16 + split.images.len());
@@ -207,7 +260,12 @@ pub fn write_idx(dir: impl AsRef<Path>, images_name: &str, labels_name: &str, sp
 }
 
 /// A batch as tensors: images `[B, 1, 28, 28]` f32 in [0, 1], labels `[B]` u32.
-pub fn batch(split: &Split, indices: &[usize], augment: Option<&mut Rng>, dev: &Device) -> Result<(Tensor, Tensor)> {
+pub fn batch(
+    split: &Split,
+    indices: &[usize],
+    augment: Option<&mut Rng>,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
     let mut pixels = vec![0f32; indices.len() * PIXELS];
     let mut rng = augment;
     for (b, &i) in indices.iter().enumerate() {

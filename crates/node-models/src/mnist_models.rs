@@ -33,7 +33,12 @@ pub enum ModelKind {
 
 impl ModelKind {
     /// All kinds, in the order of the paper's table.
-    pub const ALL: [ModelKind; 4] = [ModelKind::Mlp, ModelKind::ResNet, ModelKind::RkNet, ModelKind::OdeNet];
+    pub const ALL: [ModelKind; 4] = [
+        ModelKind::Mlp,
+        ModelKind::ResNet,
+        ModelKind::RkNet,
+        ModelKind::OdeNet,
+    ];
 
     /// The name used on command lines and in checkpoints.
     pub fn name(self) -> &'static str {
@@ -81,7 +86,9 @@ impl OdeConfig {
                 gradient: Gradient::Backprop,
             },
             _ => OdeConfig {
-                opts: SolveOptions::default().method(Method::Dopri5).tolerances(1e-3, 1e-3),
+                opts: SolveOptions::default()
+                    .method(Method::Dopri5)
+                    .tolerances(1e-3, 1e-3),
                 gradient: Gradient::Adjoint(AdjointOptions::default()),
             },
         }
@@ -133,8 +140,17 @@ impl MnistModel {
             conv2d(64, 64, 4, 2, 1, true, d.pp("conv3"))?,
         );
         let features = match kind {
-            ModelKind::ResNet => Features::Res((0..6).map(|i| ResBlock::new(64, vb.pp(format!("res{i}")))).collect::<Result<_>>()?),
-            _ => Features::Ode(OdeBlock::new(OdeFunc::new(64, vb.pp("odefunc"))?, 1.0, ode.opts.clone(), ode.gradient.clone())),
+            ModelKind::ResNet => Features::Res(
+                (0..6)
+                    .map(|i| ResBlock::new(64, vb.pp(format!("res{i}"))))
+                    .collect::<Result<_>>()?,
+            ),
+            _ => Features::Ode(OdeBlock::new(
+                OdeFunc::new(64, vb.pp("odefunc"))?,
+                1.0,
+                ode.opts.clone(),
+                ode.gradient.clone(),
+            )),
         };
         Ok(Self {
             kind,
@@ -180,7 +196,12 @@ impl MnistModel {
                 }
             }
         }
-        let h = self.head_norm.as_ref().expect("conv models have a head norm").forward(&h)?.relu()?;
+        let h = self
+            .head_norm
+            .as_ref()
+            .expect("conv models have a head norm")
+            .forward(&h)?
+            .relu()?;
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?;
         Ok((self.fc.forward(&pooled)?, stats))
     }

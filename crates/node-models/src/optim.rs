@@ -19,7 +19,11 @@ pub struct SgdConfig {
 
 impl Default for SgdConfig {
     fn default() -> Self {
-        Self { lr: 0.1, momentum: 0.9, weight_decay: 0.0 }
+        Self {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -45,12 +49,20 @@ impl SgdMomentum {
     /// When the number or the shapes of the buffers do not match the variables.
     pub fn set_buffers(&mut self, buffers: Vec<Option<Tensor>>) -> Result<()> {
         if buffers.len() != self.vars.len() {
-            candle_core::bail!("optimizer state has {} buffers for {} variables", buffers.len(), self.vars.len());
+            candle_core::bail!(
+                "optimizer state has {} buffers for {} variables",
+                buffers.len(),
+                self.vars.len()
+            );
         }
         for (b, v) in buffers.iter().zip(&self.vars) {
             if let Some(b) = b {
                 if b.shape() != v.shape() {
-                    candle_core::bail!("optimizer buffer of shape {:?} for a variable of shape {:?}", b.shape(), v.shape());
+                    candle_core::bail!(
+                        "optimizer buffer of shape {:?} for a variable of shape {:?}",
+                        b.shape(),
+                        v.shape()
+                    );
                 }
             }
         }
@@ -64,11 +76,19 @@ impl Optimizer for SgdMomentum {
 
     fn new(vars: Vec<Var>, config: SgdConfig) -> Result<Self> {
         let buffers = vec![None; vars.len()];
-        Ok(Self { vars, buffers, config })
+        Ok(Self {
+            vars,
+            buffers,
+            config,
+        })
     }
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let SgdConfig { lr, momentum, weight_decay } = self.config;
+        let SgdConfig {
+            lr,
+            momentum,
+            weight_decay,
+        } = self.config;
         for (var, buf) in self.vars.iter().zip(self.buffers.iter_mut()) {
             let Some(g) = grads.get(var) else { continue };
             let mut g = g.detach();
@@ -109,7 +129,11 @@ pub struct PiecewiseSchedule {
 impl PiecewiseSchedule {
     /// torchdiffeq's MNIST schedule: ×1, ×0.1, ×0.01, ×0.001 with boundaries 60, 100, 140.
     pub fn reference(base: f64) -> Self {
-        Self { base, boundaries: vec![60, 100, 140], rates: vec![1.0, 0.1, 0.01, 0.001] }
+        Self {
+            base,
+            boundaries: vec![60, 100, 140],
+            rates: vec![1.0, 0.1, 0.01, 0.001],
+        }
     }
 
     /// The rate during `epoch` (0-based).
@@ -140,7 +164,10 @@ mod tests {
     #[test]
     fn reference_schedule() {
         let s = PiecewiseSchedule::reference(0.1);
-        let lrs: Vec<f64> = [0, 59, 60, 99, 100, 140, 200].iter().map(|&e| s.lr(e)).collect();
+        let lrs: Vec<f64> = [0, 59, 60, 99, 100, 140, 200]
+            .iter()
+            .map(|&e| s.lr(e))
+            .collect();
         let want = [0.1, 0.1, 0.01, 0.01, 0.001, 0.0001, 0.0001];
         for (a, b) in lrs.iter().zip(want) {
             assert!((a - b).abs() < 1e-15, "{lrs:?}");

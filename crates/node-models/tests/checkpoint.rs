@@ -8,19 +8,28 @@ use node_models::{init, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMom
 
 fn setup(kind: ModelKind, seed: u64) -> Result<(VarMap, MnistModel, SgdMomentum)> {
     let varmap = VarMap::new();
-    let model = MnistModel::new(kind, &OdeConfig::default_for(kind), VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let model = MnistModel::new(
+        kind,
+        &OdeConfig::default_for(kind),
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
     init::pytorch_default(&varmap, &mut Rng::new(seed))?;
     let opt = SgdMomentum::new(node_adjoint::sorted_vars(&varmap), SgdConfig::default())?;
     Ok((varmap, model, opt))
 }
 
 fn snapshot(varmap: &VarMap) -> Result<Vec<Vec<f32>>> {
-    Ok(node_adjoint::sorted_vars(varmap).iter().map(|v| v.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect())
+    Ok(node_adjoint::sorted_vars(varmap)
+        .iter()
+        .map(|v| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect())
 }
 
 fn kind_of(e: &candle_core::Error) -> &CheckpointError {
     match e {
-        candle_core::Error::WrappedContext { wrapped, .. } => wrapped.downcast_ref().expect("a CheckpointError"),
+        candle_core::Error::WrappedContext { wrapped, .. } => {
+            wrapped.downcast_ref().expect("a CheckpointError")
+        }
         _ => panic!("not a CheckpointError: {e}"),
     }
 }
@@ -37,7 +46,10 @@ fn round_trip_restores_everything() -> Result<()> {
     let mut rng = Rng::new(9);
     rng.next_u64();
     checkpoint::save(&path, "mlp", &vm, &opt, 3, &rng)?;
-    assert!(!dir.join("c.safetensors.tmp").exists(), "the temporary file is renamed away");
+    assert!(
+        !dir.join("c.safetensors.tmp").exists(),
+        "the temporary file is renamed away"
+    );
 
     let (vm2, _, mut opt2) = setup(ModelKind::Mlp, 2)?;
     assert_ne!(snapshot(&vm)?, snapshot(&vm2)?);
@@ -47,7 +59,10 @@ fn round_trip_restores_everything() -> Result<()> {
     assert_eq!(snapshot(&vm)?, snapshot(&vm2)?);
     for (a, b) in opt.buffers().iter().zip(opt2.buffers()) {
         let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
-        assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(
+            a.flatten_all()?.to_vec1::<f32>()?,
+            b.flatten_all()?.to_vec1::<f32>()?
+        );
     }
     Ok(())
 }
@@ -64,22 +79,49 @@ fn foreign_and_mismatched_checkpoints_are_refused() -> Result<()> {
     let (vm2, _, mut opt2) = setup(ModelKind::ResNet, 1)?;
     let before = snapshot(&vm2)?;
     let e = checkpoint::load(&path, "resnet", &vm2, &mut opt2).unwrap_err();
-    assert!(matches!(kind_of(&e), CheckpointError::WrongModel { .. }), "{e}");
+    assert!(
+        matches!(kind_of(&e), CheckpointError::WrongModel { .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("`odenet`, not `resnet`"), "{e}");
     // The same name but other shapes (RK-Net and ODE-Net share shapes; MLP does not).
-    let e = checkpoint::load(&path, "odenet", &setup(ModelKind::Mlp, 1)?.0, &mut setup(ModelKind::Mlp, 1)?.2).unwrap_err();
-    assert!(matches!(kind_of(&e), CheckpointError::Mismatch { .. }), "{e}");
-    assert_eq!(snapshot(&vm2)?, before, "nothing is modified by a refused load");
+    let e = checkpoint::load(
+        &path,
+        "odenet",
+        &setup(ModelKind::Mlp, 1)?.0,
+        &mut setup(ModelKind::Mlp, 1)?.2,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::Mismatch { .. }),
+        "{e}"
+    );
+    assert_eq!(
+        snapshot(&vm2)?,
+        before,
+        "nothing is modified by a refused load"
+    );
 
     // Not a checkpoint at all: garbage, and a safetensors file of something else.
     let junk = dir.join("junk.safetensors");
     std::fs::write(&junk, b"definitely not safetensors")?;
-    let e = checkpoint::load(&junk, "odenet", &vm, &mut setup(ModelKind::OdeNet, 1)?.2).unwrap_err();
-    assert!(matches!(kind_of(&e), CheckpointError::NotACheckpoint { .. }), "{e}");
+    let e =
+        checkpoint::load(&junk, "odenet", &vm, &mut setup(ModelKind::OdeNet, 1)?.2).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::NotACheckpoint { .. }),
+        "{e}"
+    );
     let other = dir.join("other.safetensors");
-    let t = std::collections::HashMap::from([("weight".to_string(), Tensor::zeros(3, DType::F32, &Device::Cpu)?)]);
+    let t = std::collections::HashMap::from([(
+        "weight".to_string(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu)?,
+    )]);
     candle_core::safetensors::save(&t, &other)?;
-    let e = checkpoint::load(&other, "odenet", &vm, &mut setup(ModelKind::OdeNet, 1)?.2).unwrap_err();
-    assert!(matches!(kind_of(&e), CheckpointError::NotACheckpoint { .. }), "{e}");
+    let e =
+        checkpoint::load(&other, "odenet", &vm, &mut setup(ModelKind::OdeNet, 1)?.2).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::NotACheckpoint { .. }),
+        "{e}"
+    );
     Ok(())
 }

