@@ -96,7 +96,7 @@ impl OdeConfig {
 }
 
 enum Features {
-    Ode(OdeBlock<OdeFunc>),
+    Ode(Box<OdeBlock<OdeFunc>>),
     Res(Vec<ResBlock>),
 }
 
