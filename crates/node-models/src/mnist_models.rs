@@ -145,12 +145,12 @@ impl MnistModel {
                     .map(|i| ResBlock::new(64, vb.pp(format!("res{i}"))))
                     .collect::<Result<_>>()?,
             ),
-            _ => Features::Ode(OdeBlock::new(
+            _ => Features::Ode(Box::new(OdeBlock::new(
                 OdeFunc::new(64, vb.pp("odefunc"))?,
                 1.0,
                 ode.opts.clone(),
                 ode.gradient.clone(),
-            )),
+            ))),
         };
         Ok(Self {
             kind,
