@@ -1,0 +1,163 @@
+//! Times one training step (forward, backward, SGD update) of each Table 1 model at batch 128
+//! on random images and labels, as the peer script `odenet_mnist_step.py` does, and prints a
+//! Markdown table. Peak memory is the process's resident high-water mark above the state after
+//! set-up (CPU), or the CUDA device's memory in use after the steps as `nvidia-smi` would show
+//! it is not readable from Candle, so it is left out there.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use clap::Parser;
+use node_adjoint::{AdjointNorm, AdjointOptions};
+use node_models::{init, Gradient, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum};
+use std::time::Instant;
+
+/// Time one MNIST training step per model.
+#[derive(Parser, Debug)]
+struct Args {
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Models (and variants) to time: odenet-adjoint, odenet-direct, rknet, resnet, mlp.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "odenet-adjoint,odenet-direct,rknet,resnet"
+    )]
+    variants: Vec<String>,
+    /// Timed steps (after warm-up).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Run one variant in this process and print one table row (used by the driver so that
+    /// each variant's peak memory is its own).
+    #[arg(long)]
+    child: Option<String>,
+}
+
+fn status_kib(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn run_variant(variant: &str, args: &Args) -> Result<String> {
+    let dev = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context("no usable CUDA device")?,
+        d => anyhow::bail!("unknown device {d}"),
+    };
+    let (kind, gradient) = match variant {
+        "odenet-adjoint" => (
+            ModelKind::OdeNet,
+            Gradient::Adjoint(AdjointOptions::default().norm(AdjointNorm::Seminorm)),
+        ),
+        "odenet-direct" => (ModelKind::OdeNet, Gradient::Backprop),
+        "rknet" => (ModelKind::RkNet, Gradient::Backprop),
+        "resnet" => (ModelKind::ResNet, Gradient::Backprop),
+        "mlp" => (ModelKind::Mlp, Gradient::Backprop),
+        v => anyhow::bail!("unknown variant {v}"),
+    };
+    let mut cfg = OdeConfig::default_for(kind);
+    cfg.gradient = gradient;
+    let varmap = VarMap::new();
+    let model = MnistModel::new(
+        kind,
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )?;
+    let mut rng = Rng::new(0);
+    init::pytorch_default(&varmap, &mut rng)?;
+    let mut opt = SgdMomentum::new(node_adjoint::sorted_vars(&varmap), SgdConfig::default())?;
+    let x = rng.uniform_tensor(&[args.batch_size, 1, 28, 28], 0.0, 1.0, DType::F32, &dev)?;
+    let labels: Vec<u32> = (0..args.batch_size).map(|_| rng.below(10) as u32).collect();
+    let y = Tensor::from_vec(labels, args.batch_size, &dev)?;
+    let base = status_kib("VmRSS:");
+    let mut times = vec![];
+    let (mut nfe_f, mut nfe_b) = (0, 0);
+    for i in 0..args.warmup + args.reps {
+        dev.synchronize()?;
+        let start = Instant::now();
+        let (logits, stats) = model.forward(&x)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        opt.backward_step(&loss)?;
+        dev.synchronize()?;
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        if let Some(b) = stats.block {
+            nfe_f = b.nfe_forward;
+            nfe_b = b.nfe_backward();
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let mem = if dev.is_cpu() {
+        format!("{:.1}", (status_kib("VmHWM:") - base) / 1024.0)
+    } else {
+        "–".into()
+    };
+    Ok(format!(
+        "| {variant} | {} | {nfe_f} | {nfe_b} | {:.1} | {:.1} | {mem} |",
+        varmap
+            .all_vars()
+            .iter()
+            .map(|v| v.elem_count())
+            .sum::<usize>(),
+        times[times.len() / 2],
+        times[0]
+    ))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(v) = &args.child {
+        println!("{}", run_variant(v, &args)?);
+        return Ok(());
+    }
+    println!(
+        "MNIST training step, batch {}, f32, device {}, {} threads; median and min of {} steps after {} warm-up",
+        args.batch_size,
+        args.device,
+        candle_core::utils::get_num_threads(),
+        args.reps,
+        args.warmup
+    );
+    println!("| variant | parameters | NFE fwd | NFE bwd | median ms | min ms | peak RSS above set-up (MiB) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let exe = std::env::current_exe()?;
+    for v in &args.variants {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--device",
+                &args.device,
+                "--reps",
+                &args.reps.to_string(),
+                "--warmup",
+                &args.warmup.to_string(),
+            ])
+            .args(["--batch-size", &args.batch_size.to_string(), "--child", v])
+            .output()?;
+        if out.status.success() {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+        } else {
+            println!(
+                "| {v} | failed: {} |",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
