@@ -61,7 +61,8 @@ struct Args {
     /// Evaluation batch size.
     #[arg(long, default_value_t = 1000)]
     test_batch_size: usize,
-    /// Base learning rate (scaled by batch size / 128, decayed ×0.1 at epochs 60, 100, 140).
+    /// Base learning rate, scaled by batch size / 128 and decayed ×0.1 at 60/160, 100/160 and
+    /// 140/160 of --epochs (epochs 60, 100, 140 of the reference's 160).
     #[arg(long, default_value_t = 0.1)]
     lr: f64,
     /// SGD momentum.
@@ -328,7 +329,7 @@ fn main() -> Result<()> {
         start_epoch + 1,
         args.epochs
     );
-    let schedule = PiecewiseSchedule::reference(args.lr * args.batch_size as f64 / 128.0);
+    let schedule = PiecewiseSchedule::scaled(args.lr * args.batch_size as f64 / 128.0, args.epochs);
     let metrics_path = out_dir.join("metrics.jsonl");
     let batches = train.len().div_ceil(args.batch_size);
     for epoch in start_epoch..args.epochs {
@@ -380,9 +381,11 @@ fn main() -> Result<()> {
         let train_time = start.elapsed().as_secs_f64();
         let (test_acc, test_nfe) = evaluate(&model, &test, args.test_batch_size, &dev)?;
         let line = format!(
-            "{{\"epoch\":{},\"model\":\"{}\",\"train_loss\":{:.6},\"train_acc\":{:.6},\"test_acc\":{:.6},\"nfe_f\":{:.2},\"nfe_b\":{:.2},\"test_nfe\":{:.2},\"epoch_time_s\":{:.2},\"time_per_step_s\":{:.4},\"peak_rss_mib\":{:.1},\"lr\":{},\"batch_size\":{},\"seed\":{}}}",
+            "{{\"epoch\":{},\"epochs\":{},\"model\":\"{}\",\"params\":{},\"train_loss\":{:.6},\"train_acc\":{:.6},\"test_acc\":{:.6},\"nfe_f\":{:.2},\"nfe_b\":{:.2},\"test_nfe\":{:.2},\"epoch_time_s\":{:.2},\"time_per_step_s\":{:.4},\"peak_rss_mib\":{:.1},\"lr\":{},\"batch_size\":{},\"seed\":{},\"device\":\"{}\"}}",
             epoch + 1,
+            args.epochs,
             args.model,
+            n_params,
             loss_sum / seen as f64,
             correct as f64 / seen as f64,
             test_acc,
@@ -394,7 +397,8 @@ fn main() -> Result<()> {
             peak_rss_mib(),
             schedule.lr(epoch),
             args.batch_size,
-            args.seed
+            args.seed,
+            if dev.is_cuda() { "cuda" } else if dev.is_metal() { "metal" } else { "cpu" }
         );
         std::fs::OpenOptions::new()
             .create(true)

@@ -136,6 +136,17 @@ impl PiecewiseSchedule {
         }
     }
 
+    /// The reference schedule compressed to a run of `epochs` epochs: boundaries at 60/160,
+    /// 100/160 and 140/160 of the run (rounded; identical to [`Self::reference`] at 160).
+    pub fn scaled(base: f64, epochs: usize) -> Self {
+        let at = |f: usize| ((epochs * f) as f64 / 160.0).round() as usize;
+        Self {
+            base,
+            boundaries: vec![at(60), at(100), at(140)],
+            rates: vec![1.0, 0.1, 0.01, 0.001],
+        }
+    }
+
     /// The rate during `epoch` (0-based).
     pub fn lr(&self, epoch: usize) -> f64 {
         let k = self.boundaries.iter().take_while(|&&b| epoch >= b).count();
@@ -172,5 +183,7 @@ mod tests {
         for (a, b) in lrs.iter().zip(want) {
             assert!((a - b).abs() < 1e-15, "{lrs:?}");
         }
+        assert_eq!(PiecewiseSchedule::scaled(0.1, 160), s);
+        assert_eq!(PiecewiseSchedule::scaled(0.1, 8).boundaries, vec![3, 5, 7]);
     }
 }
