@@ -24,7 +24,7 @@ for m in $models; do
     continue
   fi
   echo "== $m ($epochs epochs)"
-  "${train[@]}" --model "$m" --epochs "$epochs" --resume --out-dir "$out/$m" "$@"
+  "${train[@]}" --model "$m" --epochs "$epochs" --schedule-epochs "$epochs" --resume --out-dir "$out/$m" "$@"
 done
 paper() { case $1 in mlp) echo 1.60;; resnet) echo 0.41;; rknet) echo 0.47;; odenet) echo 0.42;; esac; }
 label() { case $1 in mlp) echo "1-layer MLP";; resnet) echo ResNet;; rknet) echo RK-Net;; odenet) echo ODE-Net;; esac; }
