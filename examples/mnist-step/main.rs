@@ -4,10 +4,14 @@
 //! set-up (CPU), or the CUDA device's memory in use after the steps as `nvidia-smi` would show
 //! it is not readable from Candle, so it is left out there.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
+use common::status_mib;
 use node_adjoint::{AdjointNorm, AdjointOptions};
 use node_models::{init, Gradient, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum};
 use std::time::Instant;
@@ -38,17 +42,6 @@ struct Args {
     /// each variant's peak memory is its own).
     #[arg(long)]
     child: Option<String>,
-}
-
-fn status_kib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(f64::NAN)
 }
 
 fn run_variant(variant: &str, args: &Args) -> Result<String> {
@@ -82,7 +75,7 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
     let x = rng.uniform_tensor(&[args.batch_size, 1, 28, 28], 0.0, 1.0, DType::F32, &dev)?;
     let labels: Vec<u32> = (0..args.batch_size).map(|_| rng.below(10) as u32).collect();
     let y = Tensor::from_vec(labels, args.batch_size, &dev)?;
-    let base = status_kib("VmRSS:");
+    let base = status_mib("VmRSS:");
     let mut times = vec![];
     let (mut nfe_f, mut nfe_b) = (0, 0);
     for i in 0..args.warmup + args.reps {
@@ -102,7 +95,7 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let mem = if dev.is_cpu() {
-        format!("{:.1}", (status_kib("VmHWM:") - base) / 1024.0)
+        format!("{:.1}", status_mib("VmHWM:") - base)
     } else {
         "–".into()
     };

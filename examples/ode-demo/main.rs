@@ -1,25 +1,21 @@
 //! torchdiffeq's `ode_demo`: learn the spiral dynamics `dy/dt = y³ A` from samples of one
 //! trajectory, with an MLP vector field trained by backprop through the solver.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod plot;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW, VarMap};
 use clap::Parser;
+use common::{log, pick_device, DeviceArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use node_models::Rng;
 use node_solvers::{odeint, Method, SolveOptions, SolverError};
 use plot::{bounds, Canvas, Panel, LEARNED_COLOR, TRUE_COLOR};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-    Metal,
-}
 
 /// Learn the spiral dynamics dy/dt = y³A (A = [[-0.1, 2], [-2, -0.1]], y0 = [2, 0],
 /// t in [0, 25]) with an MLP vector field, trained by backprop through the ODE solver.
@@ -65,31 +61,6 @@ struct Args {
     /// Where to write the plot of true vs learned trajectories.
     #[arg(long, default_value = "ode-demo.png")]
     plot: PathBuf,
-}
-
-fn pick_device(arg: Option<DeviceArg>) -> Result<Device> {
-    match arg {
-        Some(DeviceArg::Cpu) => Ok(Device::Cpu),
-        Some(DeviceArg::Cuda) => Device::new_cuda(0).context(
-            "--device cuda: no usable CUDA device (was the binary built with --features cuda?)",
-        ),
-        Some(DeviceArg::Metal) => Device::new_metal(0).context(
-            "--device metal: no usable Metal device (was the binary built with --features metal?)",
-        ),
-        None => {
-            if candle_core::utils::cuda_is_available() {
-                if let Ok(d) = Device::new_cuda(0) {
-                    return Ok(d);
-                }
-            }
-            if candle_core::utils::metal_is_available() {
-                if let Ok(d) = Device::new_metal(0) {
-                    return Ok(d);
-                }
-            }
-            Ok(Device::Cpu)
-        }
-    }
 }
 
 /// The learned field: `f(y) = Linear(50→2)(tanh(Linear(2→50)(y³)))`, weights N(0, 0.1), zero
@@ -225,16 +196,6 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Prints above the progress bar, or plainly when the bar is hidden (output not a terminal),
-/// where indicatif would drop the line.
-fn log(pb: &ProgressBar, msg: String) {
-    if pb.is_hidden() {
-        println!("{msg}");
-    } else {
-        pb.println(msg);
-    }
 }
 
 /// Adds a hint to solver failures during training.

@@ -1,9 +1,13 @@
 //! Trains and evaluates the paper's MNIST models (Table 1): ODE-Net, RK-Net, ResNet, MLP.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
+use common::{log, pick_device, DeviceArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use node_adjoint::{AdjointNorm, AdjointOptions};
 use node_models::checkpoint::{self, Resumed};
@@ -16,13 +20,6 @@ use node_solvers::{Method, SolveOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-    Metal,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 enum GradientArg {
@@ -108,31 +105,6 @@ struct Args {
     eval: Option<PathBuf>,
 }
 
-fn pick_device(arg: Option<DeviceArg>) -> Result<Device> {
-    match arg {
-        Some(DeviceArg::Cpu) => Ok(Device::Cpu),
-        Some(DeviceArg::Cuda) => Device::new_cuda(0).context(
-            "--device cuda: no usable CUDA device (was the binary built with --features cuda?)",
-        ),
-        Some(DeviceArg::Metal) => Device::new_metal(0).context(
-            "--device metal: no usable Metal device (was the binary built with --features metal?)",
-        ),
-        None => {
-            if candle_core::utils::cuda_is_available() {
-                if let Ok(d) = Device::new_cuda(0) {
-                    return Ok(d);
-                }
-            }
-            if candle_core::utils::metal_is_available() {
-                if let Ok(d) = Device::new_metal(0) {
-                    return Ok(d);
-                }
-            }
-            Ok(Device::Cpu)
-        }
-    }
-}
-
 fn ode_config(args: &Args) -> Result<OdeConfig> {
     let mut cfg = OdeConfig::default_for(args.model);
     let method = args.method.unwrap_or(cfg.opts.method);
@@ -203,18 +175,6 @@ fn find_data_error(e: &candle_core::Error) -> Option<&DataError> {
     }
 }
 
-/// Peak resident memory of this process (Linux), MiB.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
 fn evaluate(
     model: &MnistModel,
     split: &Split,
@@ -240,14 +200,6 @@ fn evaluate(
         correct as f64 / split.len().max(1) as f64,
         nfe as f64 / batches.max(1) as f64,
     ))
-}
-
-fn log(pb: &ProgressBar, msg: String) {
-    if pb.is_hidden() {
-        println!("{msg}");
-    } else {
-        pb.println(msg);
-    }
 }
 
 fn main() -> Result<()> {
@@ -406,7 +358,7 @@ fn main() -> Result<()> {
             test_nfe,
             train_time,
             train_time / batches as f64,
-            peak_rss_mib(),
+            common::status_mib("VmHWM:"),
             schedule.lr(epoch),
             args.batch_size,
             args.seed,
