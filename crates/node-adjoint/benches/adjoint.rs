@@ -10,75 +10,13 @@
 
 use candle_core::{Device, Result, Tensor, Var};
 use node_adjoint::{odeint_adjoint, AdjointNorm, AdjointOptions, ParamVectorField};
-use node_solvers::{odeint, Method, SolveOptions, VectorField};
+use node_solvers::{odeint, Method, SolveOptions};
 use std::collections::HashMap;
 use std::time::Instant;
 
-#[derive(Clone)]
-struct Mlp {
-    w1: Var,
-    b1: Var,
-    w2: Var,
-    b2: Var,
-    cube: bool,
-}
-
-impl Mlp {
-    fn random(dim: usize, hidden: usize, dev: &Device) -> Result<Self> {
-        let v =
-            |s: &[usize], std: f64| Var::from_tensor(&(Tensor::randn(0f32, 1.0, s, dev)? * std)?);
-        Ok(Self {
-            w1: v(&[hidden, dim], 1.0 / (dim as f64).sqrt())?,
-            b1: v(&[hidden], 0.0)?,
-            w2: v(&[dim, hidden], 1.0 / (hidden as f64).sqrt())?,
-            b2: v(&[dim], 0.0)?,
-            cube: false,
-        })
-    }
-    fn ode_demo() -> Result<(Self, Tensor)> {
-        let path = format!(
-            "{}/../../fixtures/torchdiffeq/ode_solve_dopri5_rtol1e-7_atol1e-9.npz",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let fx: HashMap<String, Tensor> = Tensor::read_npz(path)?.into_iter().collect();
-        let v = |k: &str| Var::from_tensor(&fx[k]);
-        Ok((
-            Self {
-                w1: v("w1")?,
-                b1: v("b1")?,
-                w2: v("w2")?,
-                b2: v("b2")?,
-                cube: true,
-            },
-            fx["z0"].clone(),
-        ))
-    }
-}
-
-impl VectorField for Mlp {
-    fn eval(&self, _t: f64, z: &Tensor) -> Result<Tensor> {
-        let x = if self.cube {
-            (z * z.sqr()?)?
-        } else {
-            z.clone()
-        };
-        let h = x.matmul(&self.w1.t()?)?.broadcast_add(&self.b1)?;
-        node_kernels::tanh(&h)?
-            .matmul(&self.w2.t()?)?
-            .broadcast_add(&self.b2)
-    }
-}
-
-impl ParamVectorField for Mlp {
-    fn params(&self) -> Vec<Var> {
-        vec![
-            self.w1.clone(),
-            self.b1.clone(),
-            self.w2.clone(),
-            self.b2.clone(),
-        ]
-    }
-}
+#[path = "../tests/common/mlp.rs"]
+mod mlp;
+use mlp::Mlp;
 
 fn status_kib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -5,8 +5,12 @@
 use anyhow::Result;
 use candle_core::{DType, Tensor, Var};
 use node_adjoint::{odeint_adjoint, AdjointOptions, ParamVectorField};
-use node_solvers::{odeint, Method, SolveOptions, VectorField};
+use node_solvers::{odeint, Method, SolveOptions};
 use std::collections::HashMap;
+
+#[path = "common/mlp.rs"]
+mod mlp;
+use mlp::Mlp;
 
 fn fixture(name: &str) -> Result<HashMap<String, Tensor>> {
     let path = format!(
@@ -14,37 +18,6 @@ fn fixture(name: &str) -> Result<HashMap<String, Tensor>> {
         env!("CARGO_MANIFEST_DIR")
     );
     Ok(Tensor::read_npz(path)?.into_iter().collect())
-}
-
-/// torchdiffeq's `ODEFunc`: `Linear(50→2)(tanh(Linear(2→50)(z³)))`.
-#[derive(Clone)]
-struct OdeFunc {
-    w1: Var,
-    b1: Var,
-    w2: Var,
-    b2: Var,
-}
-
-impl VectorField for OdeFunc {
-    fn eval(&self, _t: f64, z: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (z * z.sqr()?)?
-            .matmul(&self.w1.t()?)?
-            .broadcast_add(&self.b1)?;
-        node_kernels::tanh(&h)?
-            .matmul(&self.w2.t()?)?
-            .broadcast_add(&self.b2)
-    }
-}
-
-impl ParamVectorField for OdeFunc {
-    fn params(&self) -> Vec<Var> {
-        vec![
-            self.w1.clone(),
-            self.b1.clone(),
-            self.w2.clone(),
-            self.b2.clone(),
-        ]
-    }
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
@@ -65,15 +38,8 @@ fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
 
 /// Our gradients [z0, w1, b1, w2, b2] and loss, by the adjoint or by backprop.
 fn ours(opts: &SolveOptions, adjoint: bool) -> Result<(f64, Vec<Tensor>)> {
-    let w = fixture("ode_solve_dopri5_rtol1e-7_atol1e-9")?;
-    let var = |k: &str| Var::from_tensor(&w[k]);
-    let f = OdeFunc {
-        w1: var("w1")?,
-        b1: var("b1")?,
-        w2: var("w2")?,
-        b2: var("b2")?,
-    };
-    let z0 = Var::from_tensor(&w["z0"])?;
+    let (f, z0) = Mlp::ode_demo()?;
+    let z0 = Var::from_tensor(&z0)?;
     let ys = if adjoint {
         odeint_adjoint(
             &f,
