@@ -49,37 +49,8 @@ fn map_contiguous<T: Copy + Default>(
     kernel: impl Fn(&[T], &mut [T]),
 ) -> Vec<T> {
     let mut out = vec![T::default(); layout.shape().elem_count()];
-    match layout.contiguous_offsets() {
-        Some((a, b)) => kernel(&v[a..b], &mut out),
-        None => {
-            let gathered: Vec<T> = strided_offsets(layout).map(|i| v[i]).collect();
-            kernel(&gathered, &mut out)
-        }
-    }
+    kernel(&crate::util::contiguous(v, layout), &mut out);
     out
-}
-
-/// Storage offsets of a layout's elements in logical (row-major) order.
-fn strided_offsets(layout: &Layout) -> impl Iterator<Item = usize> + '_ {
-    let dims = layout.dims();
-    let strides = layout.stride();
-    let n = layout.shape().elem_count();
-    let mut index = vec![0usize; dims.len()];
-    let mut offset = layout.start_offset();
-    (0..n).map(move |_| {
-        let current = offset;
-        // Odometer increment from the last dimension.
-        for d in (0..dims.len()).rev() {
-            index[d] += 1;
-            offset += strides[d];
-            if index[d] < dims[d] {
-                break;
-            }
-            offset -= strides[d] * dims[d];
-            index[d] = 0;
-        }
-        current
-    })
 }
 
 /// Clamp where tanh rounds to ±1 in f32.

@@ -2,5 +2,11 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod conv;
+mod gemm;
+pub mod group_norm;
+mod util;
 
 pub use activation::tanh;
+pub use conv::conv2d;
+pub use group_norm::group_norm;

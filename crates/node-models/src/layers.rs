@@ -3,18 +3,102 @@
 //! vector field, and the residual block it replaces.
 
 use candle_core::{Result, Tensor, Var};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 use node_adjoint::{odeint_adjoint, AdjointOptions, AdjointStats, ParamVectorField};
 use node_solvers::{odeint, SolveOptions, VectorField};
+
+/// Group normalization over `[B, C, *]` with per-channel scale and shift, on
+/// [`node_kernels::group_norm`] (one fused kernel forward and backward on the CPU).
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    /// `groups` groups over the channels of `weight` and `bias` (both `[C]`).
+    ///
+    /// # Errors
+    /// `C` not divisible by `groups`, or `weight` and `bias` of different shapes.
+    pub fn new(weight: Tensor, bias: Tensor, groups: usize, eps: f64) -> Result<Self> {
+        let c = weight.elem_count();
+        if groups == 0 || c % groups != 0 || bias.dims() != weight.dims() {
+            candle_core::bail!(
+                "GroupNorm: weight {:?} and bias {:?} do not make {groups} groups",
+                weight.dims(),
+                bias.dims()
+            );
+        }
+        Ok(Self {
+            weight,
+            bias,
+            groups,
+            eps,
+        })
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        node_kernels::group_norm(x, self.groups, &self.weight, &self.bias, self.eps)
+    }
+}
 
 /// `GroupNorm(min(32, dim), dim)`, ε = 1e-5, as torchdiffeq's `norm`.
 pub fn norm(dim: usize, vb: VarBuilder) -> Result<GroupNorm> {
     let w = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?;
     let b = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?;
-    GroupNorm::new(w, b, dim, dim.min(32), 1e-5)
+    GroupNorm::new(w, b, dim.min(32), 1e-5)
 }
 
-/// A 2-D convolution with a square kernel.
+/// A 2-D convolution (square kernel, optional bias) on [`node_kernels::conv2d`]: on the CPU
+/// one matrix product over the whole batch, forward and backward.
+///
+/// # Shapes
+/// `x: [B, cin, H, W]` → `[B, cout, H', W']`.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+    stride: usize,
+}
+
+impl Conv2d {
+    /// A convolution with the given `[cout, cin, k, k]` weight and `[cout]` bias.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, padding: usize, stride: usize) -> Self {
+        Self {
+            weight,
+            bias,
+            padding,
+            stride,
+        }
+    }
+
+    /// The weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = node_kernels::conv2d(x, &self.weight, self.padding, self.stride, 1, 1)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A 2-D convolution with a square kernel, initialised as PyTorch's `Conv2d`.
 pub fn conv2d(
     cin: usize,
     cout: usize,
@@ -35,12 +119,7 @@ pub fn conv2d(
     } else {
         None
     };
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    Ok(Conv2d::new(w, b, cfg))
+    Ok(Conv2d::new(w, b, padding, stride))
 }
 
 /// A convolution that sees the time as an extra input channel: `conv([t·1, x])`.
@@ -134,7 +213,7 @@ impl OdeFunc {
             let b = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?;
             params.push(w.clone());
             params.push(b.clone());
-            GroupNorm::new(w, b, dim, dim.min(32), 1e-5)
+            GroupNorm::new(w, b, dim.min(32), 1e-5)
         };
         let norm1 = norm_p("norm1")?;
         let norm2 = norm_p("norm2")?;

@@ -9,7 +9,9 @@ pub mod mnist_models;
 pub mod optim;
 pub mod rng;
 
-pub use layers::{BlockStats, ConcatConv2d, Gradient, OdeBlock, OdeFunc, ResBlock};
+pub use layers::{
+    BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, OdeBlock, OdeFunc, ResBlock,
+};
 pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
 pub use optim::{PiecewiseSchedule, SgdConfig, SgdMomentum};
 pub use rng::Rng;

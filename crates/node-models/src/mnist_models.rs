@@ -10,9 +10,11 @@
 //! | ResNet | 6 [`ResBlock`]s | 576,778 |
 //! | MLP | no convolutions: Linear(784→300) – ReLU – Linear(300→10) | 238,510 |
 
-use crate::layers::{conv2d, norm, BlockStats, Gradient, OdeBlock, OdeFunc, ResBlock};
+use crate::layers::{
+    conv2d, norm, BlockStats, Conv2d, Gradient, GroupNorm, OdeBlock, OdeFunc, ResBlock,
+};
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Conv2d, GroupNorm, Linear, Module, VarBuilder};
+use candle_nn::{Linear, Module, VarBuilder};
 use node_adjoint::AdjointOptions;
 use node_solvers::{Method, SolveOptions};
 use std::fmt;

@@ -1,0 +1,203 @@
+//! `conv2d` matches Candle's `Tensor::conv2d`, values and gradients (input and kernel), on odd
+//! shapes, batch 1, strides, padding, dilation, non-contiguous inputs, f32 and f64.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+
+/// `max |a − b| / max |b|`.
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a - b)?.abs()?.flatten_all()?.max(0)?;
+    let m = b.abs()?.flatten_all()?.max(0)?;
+    let r = (d / m)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok(if r.is_nan() { 0.0 } else { r })
+}
+
+struct Case {
+    x: (usize, usize, usize, usize),
+    k: (usize, usize, usize, usize),
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+}
+
+const CASES: &[Case] = &[
+    // The ODE-Net block's conv (batch 3 for speed) and its downsampling convs.
+    Case {
+        x: (3, 65, 6, 6),
+        k: (64, 65, 3, 3),
+        padding: 1,
+        stride: 1,
+        dilation: 1,
+    },
+    Case {
+        x: (2, 1, 28, 28),
+        k: (8, 1, 3, 3),
+        padding: 0,
+        stride: 1,
+        dilation: 1,
+    },
+    Case {
+        x: (2, 8, 26, 26),
+        k: (8, 8, 4, 4),
+        padding: 1,
+        stride: 2,
+        dilation: 1,
+    },
+    // Batch 1, odd sizes, non-square kernels, dilation, stride 3, 1×1.
+    Case {
+        x: (1, 3, 7, 5),
+        k: (5, 3, 3, 2),
+        padding: 2,
+        stride: 1,
+        dilation: 1,
+    },
+    Case {
+        x: (1, 2, 9, 11),
+        k: (3, 2, 3, 3),
+        padding: 1,
+        stride: 3,
+        dilation: 2,
+    },
+    Case {
+        x: (4, 5, 5, 5),
+        k: (7, 5, 1, 1),
+        padding: 0,
+        stride: 1,
+        dilation: 1,
+    },
+    Case {
+        x: (2, 3, 4, 4),
+        k: (2, 3, 4, 4),
+        padding: 0,
+        stride: 1,
+        dilation: 1,
+    },
+];
+
+fn check(x: &Tensor, k: &Tensor, c: &Case, tol: f64) -> Result<()> {
+    let ours = node_kernels::conv2d(x, k, c.padding, c.stride, c.dilation, 1)?;
+    let want = x.conv2d(k, c.padding, c.stride, c.dilation, 1)?;
+    let what = format!("x {:?} k {:?} {:?}", c.x, c.k, x.dtype());
+    assert!(max_rel_diff(&ours, &want)? < tol, "{what}: values");
+    // Gradients of Σ r·conv(x, k) for a random r, against Candle's autograd.
+    let (vx, vk) = (Var::from_tensor(x)?, Var::from_tensor(k)?);
+    let r = ours.randn_like(0.0, 1.0)?;
+    let loss = |t: Tensor| -> Result<_> { Ok((t * &r)?.sum_all()?.backward()?) };
+    let g = loss(node_kernels::conv2d(
+        vx.as_tensor(),
+        vk.as_tensor(),
+        c.padding,
+        c.stride,
+        c.dilation,
+        1,
+    )?)?;
+    let g_ref = loss(
+        vx.as_tensor()
+            .conv2d(vk.as_tensor(), c.padding, c.stride, c.dilation, 1)?,
+    );
+    for (name, v) in [("dx", &vx), ("dk", &vk)] {
+        let want = match &g_ref {
+            Ok(g_ref) => g_ref.get(v).unwrap().clone(),
+            // Candle 0.11's own conv2d backward fails when the stride does not divide the
+            // padded input evenly; the loss is linear in x and in k, so a unit finite
+            // difference of Candle's forward is its exact gradient (up to round-off).
+            Err(_) => finite_difference(x, k, c, &r, name == "dx")?,
+        };
+        let err = max_rel_diff(g.get(v).unwrap(), &want)?;
+        assert!(err < tol, "{what}: {name} off by {err:e}");
+    }
+    Ok(())
+}
+
+/// The gradient of `Σ r·conv(x, k)` in `x` (or `k`) by unit steps of Candle's forward, in f64.
+fn finite_difference(x: &Tensor, k: &Tensor, c: &Case, r: &Tensor, in_x: bool) -> Result<Tensor> {
+    let dtype = r.dtype();
+    let (x, k, r) = (
+        x.to_dtype(DType::F64)?,
+        k.to_dtype(DType::F64)?,
+        r.to_dtype(DType::F64)?,
+    );
+    let loss = |x: &Tensor, k: &Tensor| -> Result<f64> {
+        let y = x.conv2d(k, c.padding, c.stride, c.dilation, 1)?;
+        Ok((y * &r)?.sum_all()?.to_scalar::<f64>()?)
+    };
+    let base = loss(&x, &k)?;
+    let t = if in_x { &x } else { &k };
+    let n = t.elem_count();
+    let mut grad = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut e = vec![0.0f64; n];
+        e[i] = 1.0;
+        let step = (t + Tensor::from_vec(e, t.shape(), t.device())?)?;
+        let l = if in_x {
+            loss(&step, &k)?
+        } else {
+            loss(&x, &step)?
+        };
+        grad.push(l - base);
+    }
+    Ok(Tensor::from_vec(grad, t.shape(), t.device())?.to_dtype(dtype)?)
+}
+
+fn conv2d_matches_candle(dev: &Device) -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        // Sums of up to ~600 products: f32 round-off, not an approximation.
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+        for c in CASES {
+            let x = Tensor::randn(0f32, 1.0, c.x, dev)?.to_dtype(dtype)?;
+            let k = Tensor::randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?;
+            check(&x, &k, c, tol)?;
+        }
+        // Non-contiguous input and kernel: transposed spatial axes, a narrowed batch.
+        let c = &CASES[3];
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 5, 7), dev)?
+            .to_dtype(dtype)?
+            .transpose(2, 3)?;
+        let k = Tensor::randn(0f32, 1.0, (5, 3, 2, 3), dev)?
+            .to_dtype(dtype)?
+            .transpose(2, 3)?;
+        assert!(!x.is_contiguous() && !k.is_contiguous());
+        check(&x, &k, c, tol)?;
+        let c = &CASES[0];
+        let x = Tensor::randn(0f32, 1.0, (5, 65, 6, 6), dev)?
+            .to_dtype(dtype)?
+            .narrow(0, 1, 3)?;
+        let k = Tensor::randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?;
+        check(&x, &k, c, tol)?;
+    }
+    Ok(())
+}
+
+candle_core::test_device!(conv2d_matches_candle, conv2d_cpu, conv2d_cuda, conv2d_metal);
+
+#[test]
+fn conv2d_rejects_bad_shapes() -> Result<()> {
+    let dev = &Device::Cpu;
+    let x = Tensor::zeros((2, 3, 5, 5), DType::F32, dev)?;
+    let err = |x: &Tensor, k: &Tensor, padding, stride, dilation| {
+        node_kernels::conv2d(x, k, padding, stride, dilation, 1)
+            .unwrap_err()
+            .to_string()
+    };
+    let k = Tensor::zeros((4, 2, 3, 3), DType::F32, dev)?;
+    assert!(
+        err(&x, &k, 0, 1, 1).contains("channels"),
+        "{}",
+        err(&x, &k, 0, 1, 1)
+    );
+    let k = Tensor::zeros((4, 3, 7, 7), DType::F32, dev)?;
+    assert!(err(&x, &k, 0, 1, 1).contains("does not fit"));
+    assert!(err(&x, &Tensor::zeros((4, 3, 3, 3), DType::F32, dev)?, 0, 0, 1).contains("stride"));
+    let k = Tensor::zeros((4, 3, 3), DType::F32, dev)?;
+    assert!(err(&x, &k, 0, 1, 1).contains("rank 4"));
+    let k = Tensor::zeros((4, 3, 3, 3), DType::F64, dev)?;
+    assert!(err(&x, &k, 0, 1, 1).contains("F64"));
+    // A kernel that just fits with padding gives a 1×1 output.
+    let k = Tensor::zeros((4, 3, 7, 7), DType::F32, dev)?;
+    assert_eq!(
+        node_kernels::conv2d(&x, &k, 1, 1, 1, 1)?.dims(),
+        [2, 4, 1, 1]
+    );
+    Ok(())
+}

@@ -1,0 +1,60 @@
+"""PyTorch's time for the ops of node-kernels' `kernels` bench (same shapes, f32, medians).
+
+Prints `name<TAB>milliseconds` lines; the Rust bench runs it when PEER_PYTHON is set.
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def median_time(f):
+    for _ in range(3):
+        f()
+    samples, start = [], time.perf_counter()
+    while len(samples) < 7 or (time.perf_counter() - start < 1.0 and len(samples) < 500):
+        t = time.perf_counter()
+        f()
+        samples.append(time.perf_counter() - t)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def fwd(op):
+    def f():
+        with torch.no_grad():
+            op().sum().item()
+    return f
+
+
+def fwd_bwd(op, r):
+    def f():
+        (op() * r).sum().backward()
+    return f
+
+
+def main():
+    torch.manual_seed(0)
+    rows = {}
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    rows["sgemm 2048x2048x2048"] = median_time(lambda: a @ b)
+    x = torch.randn(128, 65, 6, 6, requires_grad=True)
+    k = (0.1 * torch.randn(64, 65, 3, 3)).requires_grad_()
+    r = torch.randn(128, 64, 6, 6)
+    conv = lambda: F.conv2d(x, k, padding=1)
+    rows["conv2d 128x65x6x6 -> 64, 3x3 pad 1"] = median_time(fwd(conv))
+    rows["conv2d forward + backward (same)"] = median_time(fwd_bwd(conv, r))
+    x = torch.randn(128, 64, 6, 6, requires_grad=True)
+    w, bias = torch.ones(64, requires_grad=True), torch.zeros(64, requires_grad=True)
+    gn = lambda: F.group_norm(x, 32, w, bias, 1e-5)
+    rows["group_norm 128x64x6x6, 32 groups"] = median_time(fwd(gn))
+    rows["group_norm forward + backward (same)"] = median_time(fwd_bwd(gn, r))
+    x = torch.randn(1024, 50)
+    rows["tanh 1024x50"] = median_time(fwd(lambda: torch.tanh(x)))
+    for name, s in rows.items():
+        print(f"{name}\t{s * 1e3:.6f}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(torch.get_num_threads())
+    main()
