@@ -17,7 +17,9 @@
 //! parallel over rows and over image planes.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 use crate::gemm::{matmul, MatRef};
@@ -66,6 +68,56 @@ pub fn conv2d(
         );
     }
     x.apply_op2(kernel, Conv2d(params))
+}
+
+/// [`conv2d`] plus a per-output-channel `bias` (`[C_out]`), fused into the same kernel on the
+/// CPU: the bias is added while the product is rearranged to `[B, C_out, H', W']`, and its
+/// gradient is a sum over the output gradient's batch and space.
+///
+/// # Errors
+/// Those of [`conv2d`], and a bias that is not `[C_out]` of the input's dtype.
+pub fn conv2d_bias(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let co = kernel.dims().first().copied().unwrap_or(0);
+    if bias.dims() != [co] || bias.dtype() != kernel.dtype() {
+        candle_core::bail!(
+            "conv2d: bias is {:?} {:?}, expected [{co}] {:?}",
+            bias.dims(),
+            bias.dtype(),
+            kernel.dtype()
+        );
+    }
+    let fast = x.device().is_cpu()
+        && kernel.device().is_cpu()
+        && bias.device().is_cpu()
+        && groups == 1
+        && matches!(x.dtype(), DType::F32 | DType::F64);
+    if !fast {
+        return x
+            .conv2d(kernel, padding, stride, dilation, groups)?
+            .broadcast_add(&bias.reshape((1, co, 1, 1))?);
+    }
+    let params = Params {
+        padding,
+        stride,
+        dilation,
+    };
+    Geometry::new(x.dims(), kernel.dims(), params)?;
+    if x.dtype() != kernel.dtype() {
+        candle_core::bail!(
+            "conv2d: input is {:?} but kernel is {:?}",
+            x.dtype(),
+            kernel.dtype()
+        );
+    }
+    x.apply_op3(kernel, bias, Conv2dBias(params))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -261,18 +313,22 @@ fn kernel_taps_last<T: WithDType>(kernel: &[T], g: &Geometry) -> Vec<T> {
     swap_inner(kernel, g.c, g.kh * g.kw)
 }
 
-fn forward<T: WithDType>(x: &[T], kernel: &[T], g: &Geometry) -> Vec<T> {
+fn forward<T: WithDType>(x: &[T], kernel: &[T], bias: Option<&[T]>, g: &Geometry) -> Vec<T> {
     let (k, n) = (g.k(), g.n());
     let cols = im2col(&swap_inner(x, g.c, g.h * g.w), g);
     let kernel = kernel_taps_last(kernel, g);
     // y[b·p][co] = cols[b·p][k] · Wᵀ[k][co]
-    let y = matmul(
+    let mut y = matmul(
         n,
         g.co,
         k,
         MatRef::new(&cols, k, 1),
         MatRef::new(&kernel, 1, k),
     );
+    if let Some(bias) = bias {
+        y.chunks_mut(g.co)
+            .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += *b));
+    }
     swap_inner(&y, g.pixels(), g.co)
 }
 
@@ -363,8 +419,8 @@ impl CustomOp2 for Conv2d {
             l1,
             s2,
             l2,
-            |x, w| forward(x, w, &g),
-            |x, w| forward(x, w, &g),
+            |x, w| forward(x, w, None, &g),
+            |x, w| forward(x, w, None, &g),
         )?;
         Ok((out, (g.b, g.co, g.oh, g.ow).into()))
     }
@@ -376,21 +432,87 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = grad.apply_op2_no_bwd(
-            kernel,
-            &BackwardInput {
-                params: self.0,
-                x_dims: x.dims4()?,
-            },
-        )?;
-        let dk = x.apply_op2_no_bwd(
-            grad,
-            &BackwardKernel {
-                params: self.0,
-                k_dims: kernel.dims4()?,
-            },
-        )?;
+        let (dx, dk) = input_and_kernel_grads(self.0, x, kernel, grad)?;
         Ok((Some(dx), Some(dk)))
+    }
+}
+
+fn input_and_kernel_grads(
+    params: Params,
+    x: &Tensor,
+    kernel: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let dx = grad.apply_op2_no_bwd(
+        kernel,
+        &BackwardInput {
+            params,
+            x_dims: x.dims4()?,
+        },
+    )?;
+    let dk = x.apply_op2_no_bwd(
+        grad,
+        &BackwardKernel {
+            params,
+            k_dims: kernel.dims4()?,
+        },
+    )?;
+    Ok((dx, dk))
+}
+
+/// The differentiable op on `(x, kernel, bias)`.
+struct Conv2dBias(Params);
+
+impl CustomOp3 for Conv2dBias {
+    fn name(&self) -> &'static str {
+        "node-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), l2.dims(), self.0)?;
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(forward(
+                    &contiguous(x, l1),
+                    &contiguous(w, l2),
+                    Some(&contiguous(b, l3)),
+                    &g,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(forward(
+                    &contiguous(x, l1),
+                    &contiguous(w, l2),
+                    Some(&contiguous(b, l3)),
+                    &g,
+                ))
+            }
+            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
+        };
+        Ok((out, (g.b, g.co, g.oh, g.ow).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dk) = input_and_kernel_grads(self.0, x, kernel, grad)?;
+        // Σ over batch and space: the contiguous last axis first (Candle's fast reduction).
+        let (b, co, h, w) = grad.dims4()?;
+        let db = grad.reshape((b, co, h * w))?.sum(2)?.sum(0)?;
+        Ok((Some(dx), Some(dk), Some(db)))
     }
 }
 

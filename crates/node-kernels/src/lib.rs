@@ -8,5 +8,5 @@ pub mod group_norm;
 mod util;
 
 pub use activation::tanh;
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_bias};
 pub use group_norm::group_norm;

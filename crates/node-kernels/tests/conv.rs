@@ -169,6 +169,44 @@ fn conv2d_matches_candle(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// The fused bias against Candle's conv2d + broadcast_add, values and all three gradients.
+fn conv2d_bias_matches_candle(dev: &Device) -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+        for c in [&CASES[0], &CASES[2], &CASES[3], &CASES[5]] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.x, dev)?.to_dtype(dtype)?)?;
+            let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.k.0, dev)?.to_dtype(dtype)?)?;
+            let ours = node_kernels::conv2d_bias(&x, &k, &b, c.padding, c.stride, c.dilation, 1)?;
+            let want = x
+                .conv2d(&k, c.padding, c.stride, c.dilation, 1)?
+                .broadcast_add(&b.reshape((1, c.k.0, 1, 1))?)?;
+            let what = format!("x {:?} k {:?} {dtype:?} with bias", c.x, c.k);
+            assert!(max_rel_diff(&ours, &want)? < tol, "{what}: values");
+            let r = ours.randn_like(0.0, 1.0)?;
+            let g = (ours * &r)?.sum_all()?.backward()?;
+            let g_ref = (want * &r)?.sum_all()?.backward()?;
+            for (name, v) in [("dx", &x), ("dk", &k), ("dbias", &b)] {
+                let err = max_rel_diff(g.get(v).unwrap(), g_ref.get(v).unwrap())?;
+                assert!(err < tol, "{what}: {name} off by {err:e}");
+            }
+        }
+    }
+    let x = Tensor::zeros((1, 3, 5, 5), DType::F32, dev)?;
+    let k = Tensor::zeros((4, 3, 3, 3), DType::F32, dev)?;
+    let bad = Tensor::zeros(3, DType::F32, dev)?;
+    let err = node_kernels::conv2d_bias(&x, &k, &bad, 0, 1, 1, 1).unwrap_err();
+    assert!(err.to_string().contains("bias"), "{err}");
+    Ok(())
+}
+
+candle_core::test_device!(
+    conv2d_bias_matches_candle,
+    conv2d_bias_cpu,
+    conv2d_bias_cuda,
+    conv2d_bias_metal
+);
+
 candle_core::test_device!(conv2d_matches_candle, conv2d_cpu, conv2d_cuda, conv2d_metal);
 
 #[test]

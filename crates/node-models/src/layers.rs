@@ -90,10 +90,11 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = node_kernels::conv2d(x, &self.weight, self.padding, self.stride, 1, 1)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
-            None => Ok(y),
+            Some(b) => {
+                node_kernels::conv2d_bias(x, &self.weight, b, self.padding, self.stride, 1, 1)
+            }
+            None => node_kernels::conv2d(x, &self.weight, self.padding, self.stride, 1, 1),
         }
     }
 }
