@@ -211,12 +211,21 @@ fn transpose<T: Copy>(
     dst: &mut [T],
     dst_rs: usize,
 ) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // Checked once here, so the loops below need no bounds checks.
+    assert!((rows - 1) * src_rs + cols <= src.len());
+    assert!((cols - 1) * dst_rs + rows <= dst.len());
     const TILE: usize = 16;
     for i0 in (0..rows).step_by(TILE) {
         for j0 in (0..cols).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(rows) {
-                for j in j0..(j0 + TILE).min(cols) {
-                    dst[j * dst_rs + i] = src[i * src_rs + j];
+            for j in j0..(j0 + TILE).min(cols) {
+                for i in i0..(i0 + TILE).min(rows) {
+                    // SAFETY: i < rows, j < cols and the asserts above bound both indices.
+                    unsafe {
+                        *dst.get_unchecked_mut(j * dst_rs + i) = *src.get_unchecked(i * src_rs + j);
+                    }
                 }
             }
         }
