@@ -2,7 +2,8 @@
 //! `f(z) = MLP(z³)`, MLP = Linear(2,50)–tanh–Linear(50,2), batch 1024, t 0 → 1, with the exact
 //! weights and inputs of the peer script `ode_solve.py` (`fixtures/torchdiffeq`).
 //!
-//! `cargo bench -p node-solvers --bench ode_demo [-- --reps N]`
+//! `cargo bench -p node-solvers --bench ode_demo [-- --reps N] [--device cpu|cuda]`
+//! (`scripts/bench-ode-solve-torch.py` times torchdiffeq on the same problem on either device).
 //!
 //! Overhead = solve time − NFE × (median time of one bare `f` evaluation), i.e. everything
 //! the solver itself adds: stage combinations, error norms, dense output, bookkeeping.
@@ -18,14 +19,22 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn time<T>(reps: usize, warmup: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, f64)> {
+/// Median and min seconds of `f`, waiting for the device to finish each run.
+fn time<T>(
+    dev: &Device,
+    reps: usize,
+    warmup: usize,
+    mut f: impl FnMut() -> Result<T>,
+) -> Result<(f64, f64)> {
     for _ in 0..warmup {
         f()?;
     }
+    dev.synchronize()?;
     let mut ts = Vec::with_capacity(reps);
     for _ in 0..reps {
         let s = Instant::now();
         f()?;
+        dev.synchronize()?;
         ts.push(s.elapsed().as_secs_f64());
     }
     let min = ts.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -40,9 +49,18 @@ fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let dev = Device::Cpu;
+    let dev = match args
+        .iter()
+        .position(|a| a == "--device")
+        .map(|i| args.get(i + 1))
+    {
+        None => Device::Cpu,
+        Some(Some(d)) if d == "cpu" => Device::Cpu,
+        Some(Some(d)) if d == "cuda" => Device::new_cuda(0)?,
+        Some(d) => candle_core::bail!("--device: expected cpu or cuda, got {d:?}"),
+    };
     println!(
-        "ode_demo solve, batch 1024, f32, {} threads, {reps} reps (median / min)",
+        "ode_demo solve, batch 1024, f32, {dev:?}, {} CPU threads, {reps} reps (median / min)",
         candle_core::utils::get_num_threads()
     );
     println!(
@@ -65,10 +83,14 @@ fn main() -> Result<()> {
                 .fixed_steps(100),
         ),
     ] {
-        let path = format!(
+        // The checkout's fixtures, or (for a binary copied elsewhere) ./fixtures.
+        let mut path = format!(
             "{}/../../fixtures/torchdiffeq/{file}.npz",
             env!("CARGO_MANIFEST_DIR")
         );
+        if !std::path::Path::new(&path).exists() {
+            path = format!("fixtures/torchdiffeq/{file}.npz");
+        }
         let fx: HashMap<String, Tensor> = Tensor::read_npz(path)?.into_iter().collect();
         let l1 = Linear::new(fx["w1"].to_device(&dev)?, Some(fx["b1"].to_device(&dev)?));
         let l2 = Linear::new(fx["w2"].to_device(&dev)?, Some(fx["b2"].to_device(&dev)?));
@@ -78,14 +100,14 @@ fn main() -> Result<()> {
             |_t: f64, z: &Tensor| l2.forward(&node_kernels::tanh(&l1.forward(&(z * z.sqr()?)?)?)?);
         let sol = odeint(&f, &z0, &[0.0, 1.0], &opts)?;
         let nfe = sol.stats.nfe;
-        let diff = (sol.last()? - &fx["z1"])?
+        let diff = (sol.last()? - &fx["z1"].to_device(&dev)?)?
             .abs()?
             .flatten_all()?
             .max(0)?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
-        let (solve_med, solve_min) = time(reps, 3, || odeint(&f, &z0, &[0.0, 1.0], &opts))?;
-        let (f_med, _) = time(reps * 20, 20, || f(0.0, &z0))?;
+        let (solve_med, solve_min) = time(&dev, reps, 3, || odeint(&f, &z0, &[0.0, 1.0], &opts))?;
+        let (f_med, _) = time(&dev, reps * 20, 20, || f(0.0, &z0))?;
         let overhead = (solve_med - nfe as f64 * f_med) / solve_med;
         println!(
             "| {name} | {nfe} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1}% | {diff:.1e} |",
