@@ -13,7 +13,7 @@
 //! (measured on the 2-core development machine, AVX-512: forward ~295 GFLOP/s against ~165
 //! for `W · cols` with pixel-major columns; weight gradient ~138 per thread against ~77).
 //!
-//! The products go to the `gemm` crate through [`crate::gemm`]; unfolding and folding are
+//! The products go to the `gemm` crate (threaded only where threads pay); unfolding and folding are
 //! parallel over rows and over image planes.
 
 use candle_core::backend::BackendStorage;

@@ -8,7 +8,7 @@ use node_adjoint::{odeint_adjoint, AdjointOptions, AdjointStats, ParamVectorFiel
 use node_solvers::{odeint, SolveOptions, VectorField};
 
 /// Group normalization over `[B, C, *]` with per-channel scale and shift, on
-/// [`node_kernels::group_norm`] (one fused kernel forward and backward on the CPU).
+/// [`node_kernels::group_norm()`] (one fused kernel forward and backward on the CPU).
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
     weight: Tensor,
