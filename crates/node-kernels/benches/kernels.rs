@@ -191,7 +191,7 @@ fn main() -> Result<()> {
 
     println!(
         "CPU kernels, f32, {} Rayon threads; median ms (GFLOP/s)",
-        rayon_threads()
+        candle_core::utils::get_num_threads()
     );
     println!("| op | PyTorch | ours | ours / PyTorch | Candle stock | stock / ours |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -214,11 +214,4 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

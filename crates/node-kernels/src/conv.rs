@@ -16,14 +16,13 @@
 //! The products go to the `gemm` crate (threaded only where threads pay); unfolding and folding are
 //! parallel over rows and over image planes.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
 
 use crate::gemm::{matmul, MatRef};
-use crate::util::contiguous;
+use crate::util::{with_slices2, with_slices3};
 
 /// 2-D convolution, differentiable, with Candle's `Tensor::conv2d` arguments and semantics
 /// (cross-correlation, no bias; add one with `broadcast_add`).
@@ -46,28 +45,10 @@ pub fn conv2d(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    let fast = x.device().is_cpu()
-        && kernel.device().is_cpu()
-        && groups == 1
-        && matches!(x.dtype(), DType::F32 | DType::F64);
-    if !fast {
-        return x.conv2d(kernel, padding, stride, dilation, groups);
+    match cpu_params(&[x, kernel], padding, stride, dilation, groups)? {
+        Some(params) => x.apply_op2(kernel, Conv2d(params)),
+        None => x.conv2d(kernel, padding, stride, dilation, groups),
     }
-    let params = Params {
-        padding,
-        stride,
-        dilation,
-    };
-    // Validates shapes and dtypes before any kernel runs.
-    Geometry::new(x.dims(), kernel.dims(), params)?;
-    if x.dtype() != kernel.dtype() {
-        candle_core::bail!(
-            "conv2d: input is {:?} but kernel is {:?}",
-            x.dtype(),
-            kernel.dtype()
-        );
-    }
-    x.apply_op2(kernel, Conv2d(params))
 }
 
 /// [`conv2d`] plus a per-output-channel `bias` (`[C_out]`), fused into the same kernel on the
@@ -94,15 +75,30 @@ pub fn conv2d_bias(
             kernel.dtype()
         );
     }
-    let fast = x.device().is_cpu()
-        && kernel.device().is_cpu()
-        && bias.device().is_cpu()
+    match cpu_params(&[x, kernel, bias], padding, stride, dilation, groups)? {
+        Some(params) => x.apply_op3(kernel, bias, Conv2dBias(params)),
+        None => x
+            .conv2d(kernel, padding, stride, dilation, groups)?
+            .broadcast_add(&bias.reshape((1, co, 1, 1))?),
+    }
+}
+
+/// The kernel parameters when this module's CPU kernels apply to `tensors` (`[x, kernel, ..]`:
+/// all on the CPU, f32 or f64, `groups == 1`), after validating shapes and dtypes so that no
+/// kernel runs on bad input; `None` where Candle's op is to be used.
+fn cpu_params(
+    tensors: &[&Tensor],
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Option<Params>> {
+    let (x, kernel) = (tensors[0], tensors[1]);
+    let fast = tensors.iter().all(|t| t.device().is_cpu())
         && groups == 1
         && matches!(x.dtype(), DType::F32 | DType::F64);
     if !fast {
-        return x
-            .conv2d(kernel, padding, stride, dilation, groups)?
-            .broadcast_add(&bias.reshape((1, co, 1, 1))?);
+        return Ok(None);
     }
     let params = Params {
         padding,
@@ -117,7 +113,7 @@ pub fn conv2d_bias(
             kernel.dtype()
         );
     }
-    x.apply_op3(kernel, bias, Conv2dBias(params))
+    Ok(Some(params))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -381,31 +377,6 @@ fn backward_kernel<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     dw
 }
 
-/// Runs `f` on two CPU storages of the same float dtype, in logical order.
-fn with_slices2(
-    op: &str,
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-    f32_fn: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
-    f64_fn: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
-) -> Result<CpuStorage> {
-    Ok(match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-            CpuStorage::F32(f32_fn(&contiguous(a, l1), &contiguous(b, l2)))
-        }
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-            CpuStorage::F64(f64_fn(&contiguous(a, l1), &contiguous(b, l2)))
-        }
-        _ => candle_core::bail!(
-            "{op}: unsupported dtypes {:?} and {:?}",
-            s1.dtype(),
-            s2.dtype()
-        ),
-    })
-}
-
 /// The differentiable op on `(x, kernel)`.
 struct Conv2d(Params);
 
@@ -487,25 +458,12 @@ impl CustomOp3 for Conv2dBias {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.0)?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(forward(
-                    &contiguous(x, l1),
-                    &contiguous(w, l2),
-                    Some(&contiguous(b, l3)),
-                    &g,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(forward(
-                    &contiguous(x, l1),
-                    &contiguous(w, l2),
-                    Some(&contiguous(b, l3)),
-                    &g,
-                ))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        };
+        let out = with_slices3(
+            self.name(),
+            [(s1, l1), (s2, l2), (s3, l3)],
+            |x, w, b| forward(x, w, Some(b), &g),
+            |x, w, b| forward(x, w, Some(b), &g),
+        )?;
         Ok((out, (g.b, g.co, g.oh, g.ow).into()))
     }
 

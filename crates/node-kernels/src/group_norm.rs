@@ -8,11 +8,10 @@
 //! computes all three gradients together from the saved-nothing formulas
 //! `dx = σ⁻¹ (γ·dy − mean(γ·dy) − x̂ · mean(γ·dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::util::contiguous;
+use crate::util::with_slices3;
 
 /// Slices smaller than this many elements in all are normalized on one thread.
 const PARALLEL_MIN_ELEMS: usize = 1 << 15;
@@ -275,27 +274,12 @@ impl CustomOp3 for GroupNorm {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), self.groups);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(forward(
-                    &contiguous(x, l1),
-                    &contiguous(w, l2),
-                    &contiguous(b, l3),
-                    g,
-                    self.eps,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(forward(
-                    &contiguous(x, l1),
-                    &contiguous(w, l2),
-                    &contiguous(b, l3),
-                    g,
-                    self.eps,
-                ))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        };
+        let out = with_slices3(
+            self.name(),
+            [(s1, l1), (s2, l2), (s3, l3)],
+            |x, w, b| forward(x, w, b, g, self.eps),
+            |x, w, b| forward(x, w, b, g, self.eps),
+        )?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -347,27 +331,12 @@ impl CustomOp3 for Backward {
             candle_core::bail!("{}: gradient shape {:?}", self.name(), l3.dims());
         }
         let g = Geometry::new(l1.dims(), self.groups);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(dy)) => {
-                CpuStorage::F32(backward(
-                    &contiguous(x, l1),
-                    &contiguous(w, l2),
-                    &contiguous(dy, l3),
-                    g,
-                    self.eps,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(dy)) => {
-                CpuStorage::F64(backward(
-                    &contiguous(x, l1),
-                    &contiguous(w, l2),
-                    &contiguous(dy, l3),
-                    g,
-                    self.eps,
-                ))
-            }
-            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s1.dtype()),
-        };
+        let out = with_slices3(
+            self.name(),
+            [(s1, l1), (s2, l2), (s3, l3)],
+            |x, w, dy| backward(x, w, dy, g, self.eps),
+            |x, w, dy| backward(x, w, dy, g, self.eps),
+        )?;
         let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
         Ok((out, n.into()))
     }

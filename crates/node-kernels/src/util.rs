@@ -2,7 +2,8 @@
 
 use std::borrow::Cow;
 
-use candle_core::Layout;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout, Result};
 
 /// The elements of `v` under `layout` in logical (row-major) order: a borrowed slice when the
 /// layout is contiguous, a gathered copy otherwise.
@@ -33,5 +34,58 @@ pub(crate) fn strided_offsets(layout: &Layout) -> impl Iterator<Item = usize> + 
             index[d] = 0;
         }
         current
+    })
+}
+
+/// Runs `f32_fn` or `f64_fn` on two CPU storages of the same float dtype, in logical order.
+/// (Two closures because a closure cannot be generic over the element type.)
+pub(crate) fn with_slices2(
+    op: &str,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    f32_fn: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64_fn: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            CpuStorage::F32(f32_fn(&contiguous(a, l1), &contiguous(b, l2)))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(f64_fn(&contiguous(a, l1), &contiguous(b, l2)))
+        }
+        _ => candle_core::bail!(
+            "{op}: unsupported dtypes {:?} and {:?}",
+            s1.dtype(),
+            s2.dtype()
+        ),
+    })
+}
+
+/// [`with_slices2`] for three storages.
+pub(crate) fn with_slices3(
+    op: &str,
+    [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3],
+    f32_fn: impl FnOnce(&[f32], &[f32], &[f32]) -> Vec<f32>,
+    f64_fn: impl FnOnce(&[f64], &[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2, s3) {
+        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(f32_fn(
+            &contiguous(a, l1),
+            &contiguous(b, l2),
+            &contiguous(c, l3),
+        )),
+        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(f64_fn(
+            &contiguous(a, l1),
+            &contiguous(b, l2),
+            &contiguous(c, l3),
+        )),
+        _ => candle_core::bail!(
+            "{op}: unsupported dtypes {:?}, {:?} and {:?}",
+            s1.dtype(),
+            s2.dtype(),
+            s3.dtype()
+        ),
     })
 }
