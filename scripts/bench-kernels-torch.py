@@ -44,11 +44,24 @@ def main():
     conv = lambda: F.conv2d(x, k, padding=1)
     rows["conv2d 128x65x6x6 -> 64, 3x3 pad 1"] = median_time(fwd(conv))
     rows["conv2d forward + backward (same)"] = median_time(fwd_bwd(conv, r))
+    x1 = torch.rand(128, 1, 28, 28)
+    k1 = (0.3 * torch.randn(64, 1, 3, 3)).requires_grad_()
+    r1 = torch.randn(128, 64, 26, 26)
+    rows["conv2d fwd+bwd 128x1x28x28 -> 64, 3x3 (no input grad)"] = median_time(
+        fwd_bwd(lambda: F.conv2d(x1, k1), r1))
+    x2 = torch.randn(128, 64, 26, 26, requires_grad=True)
+    k2 = (0.03 * torch.randn(64, 64, 4, 4)).requires_grad_()
+    r2 = torch.randn(128, 64, 13, 13)
+    rows["conv2d fwd+bwd 128x64x26x26 -> 64, 4x4 s2 p1"] = median_time(
+        fwd_bwd(lambda: F.conv2d(x2, k2, stride=2, padding=1), r2))
     x = torch.randn(128, 64, 6, 6, requires_grad=True)
     w, bias = torch.ones(64, requires_grad=True), torch.zeros(64, requires_grad=True)
     gn = lambda: F.group_norm(x, 32, w, bias, 1e-5)
     rows["group_norm 128x64x6x6, 32 groups"] = median_time(fwd(gn))
     rows["group_norm forward + backward (same)"] = median_time(fwd_bwd(gn, r))
+    r2 = x2.detach().clone()
+    rows["group_norm fwd+bwd 128x64x26x26, 32 groups"] = median_time(
+        fwd_bwd(lambda: F.group_norm(x2, 32, w, bias, 1e-5), r2))
     x = torch.randn(1024, 50)
     rows["tanh 1024x50"] = median_time(fwd(lambda: torch.tanh(x)))
     for name, s in rows.items():

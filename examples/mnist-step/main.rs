@@ -38,6 +38,10 @@ struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Leave the C allocator's settings as they are (by default it is told to keep freed
+    /// memory, see `node_kernels::keep_freed_memory`), to measure what that setting does.
+    #[arg(long)]
+    system_malloc: bool,
     /// Run one variant in this process and print one table row (used by the driver so that
     /// each variant's peak memory is its own).
     #[arg(long)]
@@ -113,12 +117,13 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let kept = !args.system_malloc && node_kernels::keep_freed_memory();
     if let Some(v) = &args.child {
         println!("{}", run_variant(v, &args)?);
         return Ok(());
     }
     println!(
-        "MNIST training step, batch {}, f32, device {}, {} threads; median and min of {} steps after {} warm-up",
+        "MNIST training step, batch {}, f32, device {}, {} threads, allocator keeps freed memory: {kept}; median and min of {} steps after {} warm-up",
         args.batch_size,
         args.device,
         candle_core::utils::get_num_threads(),
@@ -139,6 +144,7 @@ fn main() -> Result<()> {
                 &args.warmup.to_string(),
             ])
             .args(["--batch-size", &args.batch_size.to_string(), "--child", v])
+            .args(args.system_malloc.then_some("--system-malloc"))
             .output()?;
         if out.status.success() {
             print!("{}", String::from_utf8_lossy(&out.stdout));

@@ -101,6 +101,7 @@ impl OdeFunc {
 }
 
 fn main() -> Result<()> {
+    node_kernels::keep_freed_memory();
     let args = Args::parse();
     if args.batch_time < 2 || args.batch_time > args.data_size {
         bail!("--batch-time must be in 2..=--data-size");

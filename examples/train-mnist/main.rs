@@ -203,6 +203,7 @@ fn evaluate(
 }
 
 fn main() -> Result<()> {
+    node_kernels::keep_freed_memory();
     let mut args = Args::parse();
     if args.quick {
         args.train_subset.get_or_insert(4096);

@@ -2,7 +2,8 @@
 //! names a Python with torch, PyTorch's, measured in the same run (f32, medians).
 //!
 //! `cargo bench -p node-kernels --bench kernels [-- FILTER]` (`PEER_PYTHON=...` for the PyTorch
-//! column, `STOCK=0` to skip Candle's stock ops; `scripts/bench-kernels.sh` sets PEER_PYTHON).
+//! column, `STOCK=0` to skip Candle's stock ops, `SYSTEM_MALLOC=1` to leave
+//! glibc's malloc settings alone; `scripts/bench-kernels.sh` sets PEER_PYTHON).
 //!
 //! Candle's `matmul` row is Candle's own op: this crate turns on the `gemm` crate's AVX-512
 //! kernels (`x86-v4`), and Cargo features unify, so every `matmul` in the build uses them.
@@ -76,6 +77,10 @@ fn selected(name: &str) -> bool {
 type Op = Box<dyn FnMut() -> Result<()>>;
 
 fn main() -> Result<()> {
+    // As the project's binaries do (see `node_kernels::alloc`); `SYSTEM_MALLOC=1` to compare.
+    if std::env::var("SYSTEM_MALLOC").map_or(true, |v| v != "1") {
+        node_kernels::keep_freed_memory();
+    }
     let dev = &Device::Cpu;
     let torch = torch_times();
     // (name, FLOPs, ours, Candle's stock op)
@@ -128,6 +133,39 @@ fn main() -> Result<()> {
         },
     ));
 
+    // The downsampling convs, forward + backward: the first (the images need no gradient) and
+    // the 4×4 stride-2 conv at 26×26.
+    let x1 = Tensor::rand(0f32, 1.0, (128, 1, 28, 28), dev)?;
+    let k1 = Var::from_tensor(&Tensor::randn(0f32, 0.3, (64, 1, 3, 3), dev)?)?;
+    let r1 = Tensor::randn(0f32, 1.0, (128, 64, 26, 26), dev)?;
+    ops.push((
+        "conv2d fwd+bwd 128x1x28x28 -> 64, 3x3 (no input grad)",
+        3.0 * 2.0 * (128 * 26 * 26 * 64 * 9) as f64,
+        {
+            let (x, k, r) = (x1.clone(), k1.clone(), r1.clone());
+            Box::new(move || run(node_kernels::conv2d(&x, &k, 0, 1, 1, 1), Some(&r)))
+        },
+        {
+            let (x, k, r) = (x1.clone(), k1.clone(), r1.clone());
+            Some(Box::new(move || run(x.conv2d(&k, 0, 1, 1, 1), Some(&r))))
+        },
+    ));
+    let x2 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (128, 64, 26, 26), dev)?)?;
+    let k2 = Var::from_tensor(&Tensor::randn(0f32, 0.03, (64, 64, 4, 4), dev)?)?;
+    let r2 = Tensor::randn(0f32, 1.0, (128, 64, 13, 13), dev)?;
+    ops.push((
+        "conv2d fwd+bwd 128x64x26x26 -> 64, 4x4 s2 p1",
+        3.0 * 2.0 * (128 * 13 * 13 * 64 * 64 * 16) as f64,
+        {
+            let (x, k, r) = (x2.clone(), k2.clone(), r2.clone());
+            Box::new(move || run(node_kernels::conv2d(&x, &k, 1, 2, 1, 1), Some(&r)))
+        },
+        {
+            let (x, k, r) = (x2.clone(), k2.clone(), r2.clone());
+            Some(Box::new(move || run(x.conv2d(&k, 1, 2, 1, 1), Some(&r))))
+        },
+    ));
+
     // The block's GroupNorm: 128×64×6×6, 32 groups.
     let xg = Var::from_tensor(&Tensor::randn(0f32, 1.0, (128, 64, 6, 6), dev)?)?;
     let w = Var::from_tensor(&Tensor::ones(64, DType::F32, dev)?)?;
@@ -163,6 +201,17 @@ fn main() -> Result<()> {
             let (x, r) = (xg.clone(), r.clone());
             Some(Box::new(move || run(gn.forward(&x), Some(&r))))
         },
+    ));
+
+    // The downsampling's GroupNorm at 26×26.
+    ops.push((
+        "group_norm fwd+bwd 128x64x26x26, 32 groups",
+        0.0,
+        {
+            let (x, w, b, r) = (x2.clone(), w.clone(), bias.clone(), x2.as_tensor().detach());
+            Box::new(move || run(node_kernels::group_norm(&x, 32, &w, &b, 1e-5), Some(&r)))
+        },
+        None,
     ));
 
     // The ode_demo MLP's hidden activation.

@@ -2,11 +2,13 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod alloc;
 pub mod conv;
 mod gemm;
 pub mod group_norm;
 mod util;
 
 pub use activation::tanh;
+pub use alloc::keep_freed_memory;
 pub use conv::{conv2d, conv2d_bias};
 pub use group_norm::group_norm;
