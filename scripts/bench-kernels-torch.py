@@ -64,6 +64,12 @@ def main():
         fwd_bwd(lambda: F.group_norm(x2, 32, w, bias, 1e-5), r2))
     x = torch.randn(1024, 50)
     rows["tanh 1024x50"] = median_time(fwd(lambda: torch.tanh(x)))
+    rows["relu 1024x50"] = median_time(fwd(lambda: torch.relu(x)))
+    rows["sigmoid 1024x50"] = median_time(fwd(lambda: torch.sigmoid(x)))
+    rows["softplus 1024x50"] = median_time(fwd(lambda: F.softplus(x)))
+    rows["elu 1024x50"] = median_time(fwd(lambda: F.elu(x)))
+    rows["exp 1024x50"] = median_time(fwd(lambda: torch.exp(x)))
+    rows["relu fwd+bwd 128x64x26x26"] = median_time(fwd_bwd(lambda: torch.relu(x2), r1))
     for name, s in rows.items():
         print(f"{name}\t{s * 1e3:.6f}")
 

@@ -223,7 +223,48 @@ fn main() -> Result<()> {
             let x = xt.clone();
             Box::new(move || run(node_kernels::tanh(&x), None))
         },
-        Some(Box::new(move || run(xt.tanh(), None))),
+        {
+            let x = xt.clone();
+            Some(Box::new(move || run(x.tanh(), None)))
+        },
+    ));
+
+    // The other activations on the same shape, and ReLU forward + backward at the size of
+    // the MNIST models' first activation.
+    type Unary = fn(&Tensor) -> Result<Tensor>;
+    let acts: [(&str, Unary, Unary); 5] = [
+        ("relu 1024x50", node_kernels::relu, |x| x.relu()),
+        (
+            "sigmoid 1024x50",
+            node_kernels::sigmoid,
+            candle_nn::ops::sigmoid,
+        ),
+        ("softplus 1024x50", node_kernels::softplus, |x| {
+            x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+        }),
+        ("elu 1024x50", |x| node_kernels::elu(x, 1.0), |x| x.elu(1.0)),
+        ("exp 1024x50", node_kernels::exp, |x| x.exp()),
+    ];
+    for (name, ours, stock) in acts {
+        let (a, b) = (xt.clone(), xt.clone());
+        ops.push((
+            name,
+            0.0,
+            Box::new(move || run(ours(&a), None)),
+            Some(Box::new(move || run(stock(&b), None))),
+        ));
+    }
+    ops.push((
+        "relu fwd+bwd 128x64x26x26",
+        0.0,
+        {
+            let (x, r) = (x2.clone(), r1.clone());
+            Box::new(move || run(node_kernels::relu(&x), Some(&r)))
+        },
+        {
+            let (x, r) = (x2.clone(), r1.clone());
+            Some(Box::new(move || run(x.relu(), Some(&r))))
+        },
     ));
 
     let stock_too = std::env::var("STOCK").map_or(true, |v| v != "0");

@@ -8,7 +8,7 @@ mod gemm;
 pub mod group_norm;
 mod util;
 
-pub use activation::tanh;
+pub use activation::{elu, exp, relu, sigmoid, softplus, tanh};
 pub use alloc::keep_freed_memory;
 pub use conv::{conv2d, conv2d_bias};
 pub use group_norm::group_norm;

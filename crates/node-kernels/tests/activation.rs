@@ -71,3 +71,79 @@ fn tanh_matches_candle(dev: &Device) -> Result<()> {
 }
 
 candle_core::test_device!(tanh_matches_candle, tanh_cpu, tanh_cuda, tanh_metal);
+
+type Unary = fn(&Tensor) -> candle_core::Result<Tensor>;
+
+/// Every other activation against Candle's op (or its formula in Candle ops), values and
+/// gradients, max-normalised. Inputs N(0, 3), so every regime of each function is hit.
+fn activations_match_candle(dev: &Device) -> Result<()> {
+    let cases: [(&str, Unary, Unary); 5] = [
+        ("relu", node_kernels::relu, |x| x.relu()),
+        ("sigmoid", node_kernels::sigmoid, candle_nn::ops::sigmoid),
+        ("softplus", node_kernels::softplus, |x| {
+            x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+        }),
+        ("elu", |x| node_kernels::elu(x, 0.7), |x| x.elu(0.7)),
+        ("exp", node_kernels::exp, |x| x.exp()),
+    ];
+    for (name, ours, reference) in cases {
+        for dtype in [DType::F32, DType::F64] {
+            let tol = if dtype == DType::F32 { 2e-6 } else { 1e-13 };
+            for shape in [vec![1], vec![7], vec![3, 5, 17], vec![128, 64, 6, 6]] {
+                let x = Tensor::randn(0f32, 3.0, shape.as_slice(), dev)?.to_dtype(dtype)?;
+                let d = max_rel_diff(&ours(&x)?, &reference(&x)?)?;
+                assert!(d < tol, "{name} {dtype:?} {shape:?}: {d:e}");
+                let v = Var::from_tensor(&x)?;
+                let w = Tensor::randn(0f32, 1.0, shape.as_slice(), dev)?.to_dtype(dtype)?;
+                let g = (ours(v.as_tensor())? * &w)?.sum_all()?.backward()?;
+                let g_ref = (reference(v.as_tensor())? * &w)?.sum_all()?.backward()?;
+                let d = max_rel_diff(g.get(&v).unwrap(), g_ref.get(&v).unwrap())?;
+                assert!(d < 4.0 * tol, "{name} gradient {dtype:?} {shape:?}: {d:e}");
+            }
+            // Non-contiguous inputs, and a non-contiguous incoming gradient.
+            let x = Tensor::randn(0f32, 3.0, (9, 13), dev)?.to_dtype(dtype)?;
+            for view in [x.t()?, x.narrow(1, 3, 5)?] {
+                assert!(!view.is_contiguous());
+                let d = max_rel_diff(&ours(&view)?, &reference(&view)?)?;
+                assert!(d < tol, "{name} {dtype:?} strided: {d:e}");
+            }
+            let v = Var::from_tensor(&x)?;
+            let w = Tensor::randn(0f32, 1.0, (13, 9), dev)?
+                .to_dtype(dtype)?
+                .t()?;
+            let g = (ours(v.as_tensor())?.broadcast_mul(&w))?
+                .sum_all()?
+                .backward()?;
+            let g_ref = (reference(v.as_tensor())?.broadcast_mul(&w))?
+                .sum_all()?
+                .backward()?;
+            let d = max_rel_diff(g.get(&v).unwrap(), g_ref.get(&v).unwrap())?;
+            assert!(d < 4.0 * tol, "{name} gradient {dtype:?} strided: {d:e}");
+        }
+        // Other dtypes fall back to Candle's ops.
+        let h = Tensor::new(&[0.5f32, -1.0], dev)?.to_dtype(DType::BF16)?;
+        assert_eq!(ours(&h)?.dtype(), DType::BF16, "{name}");
+    }
+    Ok(())
+}
+
+candle_core::test_device!(
+    activations_match_candle,
+    activations_cpu,
+    activations_cuda,
+    activations_metal
+);
+
+/// ReLU keeps NaN (Candle's `relu` turns it into 0) and its gradient is 0 at exactly 0
+/// (PyTorch's convention).
+#[test]
+fn relu_nan_and_zero() -> Result<()> {
+    let x = Var::new(&[f32::NAN, 0.0, -1.0, 2.0], &Device::Cpu)?;
+    let y = node_kernels::relu(x.as_tensor())?.to_vec1::<f32>()?;
+    assert!(y[0].is_nan());
+    assert_eq!(&y[1..], &[0.0, 0.0, 2.0]);
+    let g = node_kernels::relu(x.as_tensor())?.sum_all()?.backward()?;
+    let g = g.get(&x).unwrap().to_vec1::<f32>()?;
+    assert_eq!(&g[1..], &[0.0, 0.0, 1.0]);
+    Ok(())
+}

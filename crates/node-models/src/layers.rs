@@ -5,6 +5,7 @@
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
 use node_adjoint::{odeint_adjoint, AdjointOptions, AdjointStats, ParamVectorField};
+use node_kernels::relu;
 use node_solvers::{odeint, SolveOptions, VectorField};
 
 /// Group normalization over `[B, C, *]` with per-channel scale and shift, on
@@ -186,8 +187,8 @@ impl ResBlock {
 
 impl Module for ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.conv1.forward(&self.norm1.forward(x)?.relu()?)?;
-        let out = self.conv2.forward(&self.norm2.forward(&out)?.relu()?)?;
+        let out = self.conv1.forward(&relu(&self.norm1.forward(x)?)?)?;
+        let out = self.conv2.forward(&relu(&self.norm2.forward(&out)?)?)?;
         out + x
     }
 }
@@ -240,9 +241,9 @@ impl OdeFunc {
 
 impl VectorField for OdeFunc {
     fn eval(&self, t: f64, x: &Tensor) -> Result<Tensor> {
-        let out = self.norm1.forward(x)?.relu()?;
+        let out = relu(&self.norm1.forward(x)?)?;
         let out = self.conv1.forward(t, &out)?;
-        let out = self.norm2.forward(&out)?.relu()?;
+        let out = relu(&self.norm2.forward(&out)?)?;
         let out = self.conv2.forward(t, &out)?;
         self.norm3.forward(&out)
     }

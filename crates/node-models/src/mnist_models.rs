@@ -16,6 +16,7 @@ use crate::layers::{
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Linear, Module, VarBuilder};
 use node_adjoint::AdjointOptions;
+use node_kernels::relu;
 use node_solvers::{Method, SolveOptions};
 use std::fmt;
 use std::str::FromStr;
@@ -178,13 +179,13 @@ impl MnistModel {
     /// Shape errors, and the ODE block's solver errors.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, ForwardStats)> {
         if let Some(hidden) = &self.hidden {
-            let h = hidden.forward(&x.flatten_from(1)?)?.relu()?;
+            let h = relu(&hidden.forward(&x.flatten_from(1)?)?)?;
             return Ok((self.fc.forward(&h)?, ForwardStats::default()));
         }
         let (c1, n1, c2, n2, c3) = self.down.as_ref().expect("conv models have downsampling");
         let h = c1.forward(x)?;
-        let h = c2.forward(&n1.forward(&h)?.relu()?)?;
-        let mut h = c3.forward(&n2.forward(&h)?.relu()?)?;
+        let h = c2.forward(&relu(&n1.forward(&h)?)?)?;
+        let mut h = c3.forward(&relu(&n2.forward(&h)?)?)?;
         let mut stats = ForwardStats::default();
         match self.features.as_ref().expect("conv models have features") {
             Features::Ode(block) => {
@@ -198,12 +199,13 @@ impl MnistModel {
                 }
             }
         }
-        let h = self
-            .head_norm
-            .as_ref()
-            .expect("conv models have a head norm")
-            .forward(&h)?
-            .relu()?;
+        let h = relu(
+            &self
+                .head_norm
+                .as_ref()
+                .expect("conv models have a head norm")
+                .forward(&h)?,
+        )?;
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?;
         Ok((self.fc.forward(&pooled)?, stats))
     }
