@@ -20,6 +20,7 @@ use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::gemm::{matmul, MatRef};
 use crate::util::{with_slices2, with_slices3};
@@ -204,7 +205,7 @@ fn transpose<T: Copy>(
     src_rs: usize,
     rows: usize,
     cols: usize,
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
     dst_rs: usize,
 ) {
     if rows == 0 || cols == 0 {
@@ -220,7 +221,8 @@ fn transpose<T: Copy>(
                 for i in i0..(i0 + TILE).min(rows) {
                     // SAFETY: i < rows, j < cols and the asserts above bound both indices.
                     unsafe {
-                        *dst.get_unchecked_mut(j * dst_rs + i) = *src.get_unchecked(i * src_rs + j);
+                        dst.get_unchecked_mut(j * dst_rs + i)
+                            .write(*src.get_unchecked(i * src_rs + j));
                     }
                 }
             }
@@ -230,12 +232,18 @@ fn transpose<T: Copy>(
 
 /// `[N][A][B]` → `[N][B][A]`, parallel over `N` (NCHW ↔ NHWC with `A, B` = `C, H·W`).
 fn swap_inner<T: WithDType>(v: &[T], a: usize, b: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); v.len()];
+    assert_eq!(v.len() % (a * b).max(1), 0, "swap_inner: ragged input");
+    assert!(a * b > 0 || v.is_empty(), "swap_inner: ragged input");
+    let mut out = Vec::with_capacity(v.len());
     if a * b > 0 {
-        out.par_chunks_mut(a * b)
+        out.spare_capacity_mut()[..v.len()]
+            .par_chunks_mut(a * b)
             .zip(v.par_chunks(a * b))
             .for_each(|(o, v)| transpose(v, b, a, b, o, a));
     }
+    // SAFETY: each chunk of `a·b` elements is written in full by `transpose` (every
+    // `j·a + i`, `i < a`, `j < b`), and `v.len()` is a multiple of `a·b` (or 0 when `a·b = 0`).
+    unsafe { out.set_len(v.len()) };
     out
 }
 

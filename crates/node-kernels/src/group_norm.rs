@@ -170,20 +170,24 @@ fn for_each_slice<A: Sync, B: Send>(
 }
 
 fn forward<T: WithDType>(x: &[T], weight: &[T], bias: &[T], g: Geometry, eps: f64) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = Vec::with_capacity(x.len());
     let len = g.slice_len();
-    for_each_slice(x.len(), len, x, &mut y, |i, xs, ys| {
+    let out = &mut y.spare_capacity_mut()[..x.len()];
+    for_each_slice(x.len(), len, x, out, |i, xs, ys| {
         let (mean, rstd) = stats(xs, eps);
         let c0 = (i % g.groups) * g.cg;
         for ((xc, yc), c) in xs.chunks(g.s).zip(ys.chunks_mut(g.s)).zip(c0..) {
             // y = (x − μ)·(σ⁻¹γ) + β; centring first keeps a large mean from cancelling.
             let a = T::from_f64(rstd * weight[c].to_f64());
             let (m, b) = (T::from_f64(mean), bias[c]);
-            yc.iter_mut()
-                .zip(xc)
-                .for_each(|(y, x)| *y = (*x - m) * a + b);
+            yc.iter_mut().zip(xc).for_each(|(y, x)| {
+                y.write((*x - m) * a + b);
+            });
         }
     });
+    // SAFETY: `x.len()` is a whole number of slices of `len = cg·s` elements (B·groups of
+    // them), and every slice's `cg` channels of `s` elements were written above.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
