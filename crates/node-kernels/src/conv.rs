@@ -434,31 +434,40 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dk) = input_and_kernel_grads(self.0, x, kernel, grad)?;
-        Ok((Some(dx), Some(dk)))
+        input_and_kernel_grads(self.0, x, kernel, grad)
     }
 }
 
+/// The gradients of the inputs that need one (`track_op`): a network's first convolution
+/// needs none for the images, which saves a product and a col2im as large as the forward.
 fn input_and_kernel_grads(
     params: Params,
     x: &Tensor,
     kernel: &Tensor,
     grad: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    let dx = grad.apply_op2_no_bwd(
-        kernel,
-        &BackwardInput {
-            params,
-            x_dims: x.dims4()?,
-        },
-    )?;
-    let dk = x.apply_op2_no_bwd(
-        grad,
-        &BackwardKernel {
-            params,
-            k_dims: kernel.dims4()?,
-        },
-    )?;
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dx = if x.track_op() {
+        Some(grad.apply_op2_no_bwd(
+            kernel,
+            &BackwardInput {
+                params,
+                x_dims: x.dims4()?,
+            },
+        )?)
+    } else {
+        None
+    };
+    let dk = if kernel.track_op() {
+        Some(x.apply_op2_no_bwd(
+            grad,
+            &BackwardKernel {
+                params,
+                k_dims: kernel.dims4()?,
+            },
+        )?)
+    } else {
+        None
+    };
     Ok((dx, dk))
 }
 
@@ -493,15 +502,18 @@ impl CustomOp3 for Conv2dBias {
         &self,
         x: &Tensor,
         kernel: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dk) = input_and_kernel_grads(self.0, x, kernel, grad)?;
+        if !bias.track_op() {
+            return Ok((dx, dk, None));
+        }
         // Σ over batch and space: the contiguous last axis first (Candle's fast reduction).
         let (b, co, h, w) = grad.dims4()?;
         let db = grad.reshape((b, co, h * w))?.sum(2)?.sum(0)?;
-        Ok((Some(dx), Some(dk), Some(db)))
+        Ok((dx, dk, Some(db)))
     }
 }
 

@@ -218,6 +218,37 @@ candle_core::test_device!(
 
 candle_core::test_device!(conv2d_matches_candle, conv2d_cpu, conv2d_cuda, conv2d_metal);
 
+/// Only the inputs that are variables (or computed from them) get a gradient: a network's
+/// first convolution on plain images (the CPU op then skips the input-gradient product), a
+/// frozen kernel or bias. The gradients that are computed are unchanged.
+#[test]
+fn conv2d_grads_only_for_tracked_inputs() -> Result<()> {
+    let dev = &Device::Cpu;
+    let c = &CASES[2];
+    let x = Tensor::randn(0f32, 1.0, c.x, dev)?;
+    let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.k, dev)?)?;
+    let b = Tensor::randn(0f32, 1.0, c.k.0, dev)?;
+    let ours = node_kernels::conv2d_bias(&x, &k, &b, c.padding, c.stride, c.dilation, 1)?;
+    let want = x
+        .conv2d(&k, c.padding, c.stride, c.dilation, 1)?
+        .broadcast_add(&b.reshape((1, c.k.0, 1, 1))?)?;
+    let r = ours.randn_like(0.0, 1.0)?;
+    let g = (ours * &r)?.sum_all()?.backward()?;
+    let g_ref = (want * &r)?.sum_all()?.backward()?;
+    assert!(max_rel_diff(g.get(&k).unwrap(), g_ref.get(&k).unwrap())? < 1e-5);
+    assert!(g.get(&x).is_none() && g.get(&b).is_none());
+    // A frozen kernel: only the input's gradient.
+    let xv = Var::from_tensor(&x)?;
+    let kt = k.as_tensor().detach();
+    let ours = node_kernels::conv2d(&xv, &kt, c.padding, c.stride, c.dilation, 1)?;
+    let want = xv.conv2d(&kt, c.padding, c.stride, c.dilation, 1)?;
+    let g = (ours * &r)?.sum_all()?.backward()?;
+    let g_ref = (want * &r)?.sum_all()?.backward()?;
+    assert!(max_rel_diff(g.get(&xv).unwrap(), g_ref.get(&xv).unwrap())? < 1e-5);
+    assert!(g.get(&kt).is_none());
+    Ok(())
+}
+
 #[test]
 fn conv2d_rejects_bad_shapes() -> Result<()> {
     let dev = &Device::Cpu;
