@@ -3,6 +3,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::util::{contiguous, with_slices3};
 
@@ -108,10 +109,15 @@ const PARALLEL_MIN_ELEMS: usize = 1 << 18;
 /// Runs `kernel(inputs…, out)` over `n` elements, in parallel chunks when `n` is large.
 fn run_chunked<T: Copy + Default + Send + Sync, const N: usize>(
     inputs: [&[T]; N],
-    kernel: impl Fn([&[T]; N], &mut [T]) + Sync,
+    kernel: impl Fn([&[T]; N], &mut [MaybeUninit<T>]) + Sync,
 ) -> Vec<T> {
     let n = inputs.first().map_or(0, |x| x.len());
-    let mut out = vec![T::default(); n];
+    assert!(
+        inputs.iter().all(|x| x.len() == n),
+        "{N} inputs of unequal lengths"
+    );
+    let mut buf = Vec::with_capacity(n);
+    let out = &mut buf.spare_capacity_mut()[..n];
     if n >= PARALLEL_MIN_ELEMS {
         let chunk = n.div_ceil(4 * rayon::current_num_threads()).max(4096);
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
@@ -119,9 +125,12 @@ fn run_chunked<T: Copy + Default + Send + Sync, const N: usize>(
             kernel(inputs.map(|x| &x[start..start + o.len()]), o)
         });
     } else {
-        kernel(inputs, &mut out);
+        kernel(inputs, out);
     }
-    out
+    // SAFETY: every kernel writes each element of its output chunk (they are one `zip` of
+    // the output with the equally long inputs), and the chunks cover all `n`.
+    unsafe { buf.set_len(n) };
+    buf
 }
 
 /// The forward op.
@@ -188,38 +197,51 @@ impl CustomOp3 for Derivative {
     }
 }
 
-fn forward_f64(act: Act, x: &[f64], y: &mut [f64]) {
-    let mut map = |f: fn(f64) -> f64| y.iter_mut().zip(x).for_each(|(y, x)| *y = f(*x));
+fn forward_f64(act: Act, x: &[f64], y: &mut [MaybeUninit<f64>]) {
+    let mut map = |f: fn(f64) -> f64| {
+        y.iter_mut().zip(x).for_each(|(y, x)| {
+            y.write(f(*x));
+        })
+    };
     match act {
         Act::Tanh => map(f64::tanh),
         Act::Relu => map(|x| if x <= 0.0 { 0.0 } else { x }),
         Act::Sigmoid => map(|x| 1.0 / (1.0 + (-x).exp())),
         Act::Softplus => map(|x| x.max(0.0) + (-x.abs()).exp().ln_1p()),
         Act::Exp => map(f64::exp),
-        Act::Elu(alpha) => y
-            .iter_mut()
-            .zip(x)
-            .for_each(|(y, x)| *y = if *x > 0.0 { *x } else { alpha * x.exp_m1() }),
+        Act::Elu(alpha) => y.iter_mut().zip(x).for_each(|(y, x)| {
+            y.write(if *x > 0.0 { *x } else { alpha * x.exp_m1() });
+        }),
     }
 }
 
-fn derivative_f64(act: Act, g: &[f64], x: &[f64], y: &[f64], d: &mut [f64]) {
+fn derivative_f64(act: Act, g: &[f64], x: &[f64], y: &[f64], d: &mut [MaybeUninit<f64>]) {
     let it = d.iter_mut().zip(g).zip(x.iter().zip(y));
     match act {
-        Act::Tanh => it.for_each(|((d, g), (_, y))| *d = g * (1.0 - y * y)),
-        Act::Relu => it.for_each(|((d, g), (_, y))| *d = if *y > 0.0 { *g } else { 0.0 }),
-        Act::Sigmoid => it.for_each(|((d, g), (_, y))| *d = g * y * (1.0 - y)),
-        Act::Softplus => it.for_each(|((d, g), (x, _))| *d = g / (1.0 + (-x).exp())),
-        Act::Exp => it.for_each(|((d, g), (_, y))| *d = g * y),
-        Act::Elu(alpha) => {
-            it.for_each(|((d, g), (x, y))| *d = if *x > 0.0 { *g } else { g * (y + alpha) })
-        }
+        Act::Tanh => it.for_each(|((d, g), (_, y))| {
+            d.write(g * (1.0 - y * y));
+        }),
+        Act::Relu => it.for_each(|((d, g), (_, y))| {
+            d.write(if *y > 0.0 { *g } else { 0.0 });
+        }),
+        Act::Sigmoid => it.for_each(|((d, g), (_, y))| {
+            d.write(g * y * (1.0 - y));
+        }),
+        Act::Softplus => it.for_each(|((d, g), (x, _))| {
+            d.write(g / (1.0 + (-x).exp()));
+        }),
+        Act::Exp => it.for_each(|((d, g), (_, y))| {
+            d.write(g * y);
+        }),
+        Act::Elu(alpha) => it.for_each(|((d, g), (x, y))| {
+            d.write(if *x > 0.0 { *g } else { g * (y + alpha) });
+        }),
     }
 }
 
 /// The f32 kernels, with AVX2+FMA when the CPU has them (runtime dispatch; the plain build
 /// targets baseline x86-64).
-fn forward_f32(act: Act, x: &[f32], y: &mut [f32]) {
+fn forward_f32(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the features the function was compiled for.
@@ -228,7 +250,7 @@ fn forward_f32(act: Act, x: &[f32], y: &mut [f32]) {
     forward_f32_kernel::<false>(act, x, y)
 }
 
-fn derivative_f32(act: Act, g: &[f32], x: &[f32], y: &[f32], d: &mut [f32]) {
+fn derivative_f32(act: Act, g: &[f32], x: &[f32], y: &[f32], d: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: as above.
@@ -244,31 +266,41 @@ fn has_avx2_fma() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn forward_f32_avx2(act: Act, x: &[f32], y: &mut [f32]) {
+fn forward_f32_avx2(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>]) {
     forward_f32_kernel::<true>(act, x, y)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn derivative_f32_avx2(act: Act, g: &[f32], x: &[f32], y: &[f32], d: &mut [f32]) {
+fn derivative_f32_avx2(act: Act, g: &[f32], x: &[f32], y: &[f32], d: &mut [MaybeUninit<f32>]) {
     derivative_f32_kernel::<true>(act, g, x, y, d)
 }
 
 /// One loop per activation, each branch-free so that it vectorizes.
 #[inline(always)]
-fn forward_f32_kernel<const FMA: bool>(act: Act, x: &[f32], y: &mut [f32]) {
+fn forward_f32_kernel<const FMA: bool>(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>]) {
     let it = y.iter_mut().zip(x);
     match act {
-        Act::Tanh => it.for_each(|(y, x)| *y = tanh_rational::<FMA>(*x)),
-        Act::Relu => it.for_each(|(y, x)| *y = if *x <= 0.0 { 0.0 } else { *x }),
-        Act::Sigmoid => it.for_each(|(y, x)| *y = sigmoid_f32::<FMA>(*x)),
-        Act::Softplus => it.for_each(|(y, x)| *y = softplus_f32::<FMA>(*x)),
-        Act::Exp => it.for_each(|(y, x)| *y = exp_f32::<FMA>(*x)),
+        Act::Tanh => it.for_each(|(y, x)| {
+            y.write(tanh_rational::<FMA>(*x));
+        }),
+        Act::Relu => it.for_each(|(y, x)| {
+            y.write(if *x <= 0.0 { 0.0 } else { *x });
+        }),
+        Act::Sigmoid => it.for_each(|(y, x)| {
+            y.write(sigmoid_f32::<FMA>(*x));
+        }),
+        Act::Softplus => it.for_each(|(y, x)| {
+            y.write(softplus_f32::<FMA>(*x));
+        }),
+        Act::Exp => it.for_each(|(y, x)| {
+            y.write(exp_f32::<FMA>(*x));
+        }),
         Act::Elu(alpha) => {
             let alpha = alpha as f32;
             it.for_each(|(y, x)| {
                 let e = alpha * expm1_neg_f32::<FMA>(*x);
-                *y = if *x > 0.0 { *x } else { e }
+                y.write(if *x > 0.0 { *x } else { e });
             })
         }
     }
@@ -280,18 +312,30 @@ fn derivative_f32_kernel<const FMA: bool>(
     g: &[f32],
     x: &[f32],
     y: &[f32],
-    d: &mut [f32],
+    d: &mut [MaybeUninit<f32>],
 ) {
     let it = d.iter_mut().zip(g).zip(x.iter().zip(y));
     match act {
-        Act::Tanh => it.for_each(|((d, g), (_, y))| *d = g * (1.0 - y * y)),
-        Act::Relu => it.for_each(|((d, g), (_, y))| *d = if *y > 0.0 { *g } else { 0.0 }),
-        Act::Sigmoid => it.for_each(|((d, g), (_, y))| *d = g * y * (1.0 - y)),
-        Act::Softplus => it.for_each(|((d, g), (x, _))| *d = g * sigmoid_f32::<FMA>(*x)),
-        Act::Exp => it.for_each(|((d, g), (_, y))| *d = g * y),
+        Act::Tanh => it.for_each(|((d, g), (_, y))| {
+            d.write(g * (1.0 - y * y));
+        }),
+        Act::Relu => it.for_each(|((d, g), (_, y))| {
+            d.write(if *y > 0.0 { *g } else { 0.0 });
+        }),
+        Act::Sigmoid => it.for_each(|((d, g), (_, y))| {
+            d.write(g * y * (1.0 - y));
+        }),
+        Act::Softplus => it.for_each(|((d, g), (x, _))| {
+            d.write(g * sigmoid_f32::<FMA>(*x));
+        }),
+        Act::Exp => it.for_each(|((d, g), (_, y))| {
+            d.write(g * y);
+        }),
         Act::Elu(alpha) => {
             let alpha = alpha as f32;
-            it.for_each(|((d, g), (x, y))| *d = if *x > 0.0 { *g } else { g * (y + alpha) })
+            it.for_each(|((d, g), (x, y))| {
+                d.write(if *x > 0.0 { *g } else { g * (y + alpha) });
+            })
         }
     }
 }
@@ -467,6 +511,17 @@ fn tanh_rational<const FMA: bool>(x0: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// `act` on `xs` through the dispatched kernel, or the plain one (no FMA).
+    fn eval(act: Act, xs: &[f32], plain: bool) -> Vec<f32> {
+        run_chunked([xs], |[x], y| {
+            if plain {
+                forward_f32_kernel::<false>(act, x, y)
+            } else {
+                forward_f32(act, x, y)
+            }
+        })
+    }
+
     #[test]
     fn rational_tanh_is_accurate_everywhere() {
         // Dense sweep of [-12, 12] plus special values, against f64 tanh.
@@ -483,10 +538,8 @@ mod tests {
             f32::INFINITY,
             f32::NEG_INFINITY,
         ]);
-        let mut ys = vec![0.0; xs.len()];
-        forward_f32(Act::Tanh, &xs, &mut ys);
-        let mut ys_plain = vec![0.0; xs.len()];
-        forward_f32_kernel::<false>(Act::Tanh, &xs, &mut ys_plain);
+        let ys = eval(Act::Tanh, &xs, false);
+        let ys_plain = eval(Act::Tanh, &xs, true);
         let ulp_error = |x: f32, y: f32| {
             let want = (x as f64).tanh();
             let w = (want.abs() as f32).max(f32::MIN_POSITIVE);
@@ -516,8 +569,7 @@ mod tests {
                 );
             }
         }
-        let mut nan = [0.0f32];
-        forward_f32(Act::Tanh, &[f32::NAN], &mut nan);
+        let nan = eval(Act::Tanh, &[f32::NAN], false);
         assert!(nan[0].is_nan(), "NaN must stay NaN");
     }
 
@@ -525,10 +577,8 @@ mod tests {
     /// the plain (no FMA) path; results below `floor` in magnitude are compared absolutely
     /// to `floor`'s ulp (subnormal and underflowing results).
     fn worst_ulp(act: Act, xs: &[f32], want: impl Fn(f64) -> f64, floor: f32) -> (f64, f64) {
-        let mut fast = vec![0.0; xs.len()];
-        forward_f32(act, xs, &mut fast);
-        let mut plain = vec![0.0; xs.len()];
-        forward_f32_kernel::<false>(act, xs, &mut plain);
+        let fast = eval(act, xs, false);
+        let plain = eval(act, xs, true);
         let err = |out: &[f32]| {
             xs.iter()
                 .zip(out)
@@ -577,8 +627,7 @@ mod tests {
             Act::Elu(1.0),
             Act::Relu,
         ] {
-            let mut y = [0.0f32; 3];
-            forward_f32(act, &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY], &mut y);
+            let y = eval(act, &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY], false);
             assert!(y[0].is_nan(), "{act:?}(NaN) = {}", y[0]);
             let want = |x: f64| match act {
                 Act::Exp => x.exp(),
