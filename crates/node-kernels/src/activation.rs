@@ -243,6 +243,11 @@ fn derivative_f64(act: Act, g: &[f64], x: &[f64], y: &[f64], d: &mut [MaybeUnini
 /// targets baseline x86-64).
 fn forward_f32(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { forward_f32_avx512(act, x, y) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the features the function was compiled for.
         return unsafe { forward_f32_avx2(act, x, y) };
@@ -251,6 +256,11 @@ fn forward_f32(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>]) {
 }
 
 fn derivative_f32(act: Act, g: &[f32], x: &[f32], y: &[f32], d: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: as above.
+        return unsafe { derivative_f32_avx512(act, g, x, y, d) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: as above.
@@ -262,6 +272,18 @@ fn derivative_f32(act: Act, g: &[f32], x: &[f32], y: &[f32], d: &mut [MaybeUnini
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn forward_f32_avx512(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    forward_f32_kernel::<true>(act, x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn derivative_f32_avx512(act: Act, g: &[f32], x: &[f32], y: &[f32], d: &mut [MaybeUninit<f32>]) {
+    derivative_f32_kernel::<true>(act, g, x, y, d)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -42,7 +42,7 @@ pub fn group_norm(
         candle_core::bail!("group_norm: input {dims:?} must be [B, C, ...]");
     }
     let c = dims[1];
-    if groups == 0 || c % groups != 0 {
+    if groups == 0 || !c.is_multiple_of(groups) {
         candle_core::bail!("group_norm: {c} channels do not split into {groups} groups");
     }
     for (name, t) in [("weight", weight), ("bias", bias)] {

@@ -25,7 +25,7 @@ impl GroupNorm {
     /// `C` not divisible by `groups`, or `weight` and `bias` of different shapes.
     pub fn new(weight: Tensor, bias: Tensor, groups: usize, eps: f64) -> Result<Self> {
         let c = weight.elem_count();
-        if groups == 0 || c % groups != 0 || bias.dims() != weight.dims() {
+        if groups == 0 || !c.is_multiple_of(groups) || bias.dims() != weight.dims() {
             candle_core::bail!(
                 "GroupNorm: weight {:?} and bias {:?} do not make {groups} groups",
                 weight.dims(),
