@@ -18,9 +18,9 @@ pub fn tanh(x: &Tensor) -> Result<Tensor> {
     apply(x, Act::Tanh, |x| x.tanh())
 }
 
-/// `max(x, 0)`, differentiable; NaN stays NaN. The gradient is `g` where the output is
-/// positive and 0 elsewhere (PyTorch's convention: 0 at `x = 0`, where Candle's `relu`
-/// passes `g`). Candle's `relu` off the CPU.
+/// `max(x, 0)`, differentiable; on the CPU NaN stays NaN and the gradient is `g` where the
+/// output is positive, 0 elsewhere (PyTorch's conventions). Off the CPU this is Candle's
+/// `relu`, which maps NaN to 0 and passes `g` at `x = 0`.
 ///
 /// # Errors
 /// Those of the underlying Candle op.
@@ -28,12 +28,12 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     apply(x, Act::Relu, |x| x.relu())
 }
 
-/// `1 / (1 + e^(−x))`, differentiable. Candle-nn's `sigmoid` off the CPU.
+/// `1 / (1 + e^(−x))`, differentiable. The same formula in Candle ops off the CPU.
 ///
 /// # Errors
 /// Those of the underlying Candle op.
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    apply(x, Act::Sigmoid, candle_nn_free_sigmoid)
+    apply(x, Act::Sigmoid, sigmoid_in_candle_ops)
 }
 
 /// `ln(1 + eˣ)`, differentiable, computed as `max(x, 0) + ln(1 + e^(−|x|))` so it neither
@@ -65,8 +65,8 @@ pub fn exp(x: &Tensor) -> Result<Tensor> {
     apply(x, Act::Exp, |x| x.exp())
 }
 
-/// Candle-nn's sigmoid without depending on candle-nn: the same formula in Candle ops.
-fn candle_nn_free_sigmoid(x: &Tensor) -> Result<Tensor> {
+/// The sigmoid in Candle ops (this crate does not depend on candle-nn, whose op it matches).
+fn sigmoid_in_candle_ops(x: &Tensor) -> Result<Tensor> {
     (x.neg()?.exp()? + 1.0)?.recip()
 }
 
