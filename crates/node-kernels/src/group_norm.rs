@@ -37,6 +37,35 @@ pub fn group_norm(
     bias: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    apply(x, groups, weight, bias, eps, false)
+}
+
+/// `relu(group_norm(x, …))` as one op: the pair in every block of the MNIST models. On the
+/// CPU the ReLU costs no pass of its own, forward or backward, and the autograd graph has one
+/// node instead of two (Candle accumulates every node's gradient with a zero-fill and an
+/// add). NaN stays NaN, and the ReLU's gradient is 0 where its input is ≤ 0, as
+/// [`crate::relu`]. Elsewhere [`group_norm`] then Candle's `relu`.
+///
+/// # Errors
+/// As [`group_norm`].
+pub fn group_norm_relu(
+    x: &Tensor,
+    groups: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    apply(x, groups, weight, bias, eps, true)
+}
+
+fn apply(
+    x: &Tensor,
+    groups: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
     let dims = x.dims();
     if dims.len() < 2 {
         candle_core::bail!("group_norm: input {dims:?} must be [B, C, ...]");
@@ -59,7 +88,9 @@ pub fn group_norm(
     }
     let cpu = [x, weight, bias].iter().all(|t| t.device().is_cpu());
     if cpu && matches!(x.dtype(), DType::F32 | DType::F64) {
-        x.apply_op3(weight, bias, GroupNorm { groups, eps })
+        x.apply_op3(weight, bias, GroupNorm { groups, eps, relu })
+    } else if relu {
+        reference(x, groups, weight, bias, eps)?.relu()
     } else {
         reference(x, groups, weight, bias, eps)
     }
@@ -169,7 +200,14 @@ fn for_each_slice<A: Sync, B: Send>(
     }
 }
 
-fn forward<T: WithDType>(x: &[T], weight: &[T], bias: &[T], g: Geometry, eps: f64) -> Vec<T> {
+fn forward<T: WithDType>(
+    x: &[T],
+    weight: &[T],
+    bias: &[T],
+    g: Geometry,
+    eps: f64,
+    relu: bool,
+) -> Vec<T> {
     let mut y = Vec::with_capacity(x.len());
     let len = g.slice_len();
     let out = &mut y.spare_capacity_mut()[..x.len()];
@@ -180,9 +218,15 @@ fn forward<T: WithDType>(x: &[T], weight: &[T], bias: &[T], g: Geometry, eps: f6
             // y = (x − μ)·(σ⁻¹γ) + β; centring first keeps a large mean from cancelling.
             let a = T::from_f64(rstd * weight[c].to_f64());
             let (m, b) = (T::from_f64(mean), bias[c]);
-            yc.iter_mut().zip(xc).for_each(|(y, x)| {
-                y.write((*x - m) * a + b);
-            });
+            if relu {
+                yc.iter_mut().zip(xc).for_each(|(y, x)| {
+                    y.write(relu_of((*x - m) * a + b));
+                });
+            } else {
+                yc.iter_mut().zip(xc).for_each(|(y, x)| {
+                    y.write((*x - m) * a + b);
+                });
+            }
         }
     });
     // SAFETY: `x.len()` is a whole number of slices of `len = cg·s` elements (B·groups of
@@ -192,8 +236,28 @@ fn forward<T: WithDType>(x: &[T], weight: &[T], bias: &[T], g: Geometry, eps: f6
 }
 
 /// `[dx, dweight, dbias]` concatenated.
-fn backward<T: WithDType>(x: &[T], weight: &[T], dy: &[T], g: Geometry, eps: f64) -> Vec<T> {
+/// `max(v, 0)` keeping NaN (`v ≤ 0` is false for NaN).
+#[inline(always)]
+fn relu_of<T: WithDType>(v: T) -> T {
+    if v <= T::zero() {
+        T::zero()
+    } else {
+        v
+    }
+}
+
+/// With `relu`, `dy` is the gradient of the ReLU's output: it is masked where the norm's
+/// output, recomputed with the forward's exact arithmetic, was ≤ 0 (or NaN).
+fn backward<T: WithDType>(
+    x: &[T],
+    weight_bias: &[T],
+    dy: &[T],
+    g: Geometry,
+    eps: f64,
+    relu: bool,
+) -> Vec<T> {
     let c = g.groups * g.cg;
+    let (weight, bias) = weight_bias.split_at(c);
     let len = g.slice_len();
     let slices = x.len().checked_div(len).unwrap_or(0);
     // Per (slice, channel-in-group): Σ dy and Σ dy·x̂, for dβ and dγ.
@@ -202,9 +266,31 @@ fn backward<T: WithDType>(x: &[T], weight: &[T], dy: &[T], g: Geometry, eps: f64
     let (dx_part, _) = dx.split_at_mut(x.len());
     let work = |i: usize, dxs: &mut [T], sums: &mut [(f64, f64)]| {
         let xs = &x[i * len..][..len];
-        let dys = &dy[i * len..][..len];
         let (mean, rstd) = stats(xs, eps);
         let c0 = (i % g.groups) * g.cg;
+        let dys = &dy[i * len..][..len];
+        let masked: Vec<T>;
+        let dys = if relu {
+            let m = T::from_f64(mean);
+            masked = xs
+                .chunks(g.s)
+                .zip(dys.chunks(g.s))
+                .zip(c0..)
+                .flat_map(|((xc, dyc), c)| {
+                    let (a, b) = (T::from_f64(rstd * weight[c].to_f64()), bias[c]);
+                    xc.iter().zip(dyc).map(move |(x, dy)| {
+                        if (*x - m) * a + b > T::zero() {
+                            *dy
+                        } else {
+                            T::zero()
+                        }
+                    })
+                })
+                .collect();
+            &masked[..]
+        } else {
+            dys
+        };
         let (mut m_dxhat, mut m_dxhat_xhat) = (0.0, 0.0);
         for (j, sum) in sums.iter_mut().enumerate() {
             let (xc, dyc) = (&xs[j * g.s..][..g.s], &dys[j * g.s..][..g.s]);
@@ -271,6 +357,8 @@ fn backward<T: WithDType>(x: &[T], weight: &[T], dy: &[T], g: Geometry, eps: f64
 struct GroupNorm {
     groups: usize,
     eps: f64,
+    /// A ReLU fused after the norm.
+    relu: bool,
 }
 
 impl CustomOp3 for GroupNorm {
@@ -291,8 +379,8 @@ impl CustomOp3 for GroupNorm {
         let out = with_slices3(
             self.name(),
             [(s1, l1), (s2, l2), (s3, l3)],
-            |x, w, b| forward(x, w, b, g, self.eps),
-            |x, w, b| forward(x, w, b, g, self.eps),
+            |x, w, b| forward(x, w, b, g, self.eps, self.relu),
+            |x, w, b| forward(x, w, b, g, self.eps, self.relu),
         )?;
         Ok((out, l1.shape().clone()))
     }
@@ -301,16 +389,19 @@ impl CustomOp3 for GroupNorm {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Weight and bias in one input (the backward op has three slots); 2·C values.
+        let weight_bias = Tensor::cat(&[weight, bias], 0)?;
         let all = x.apply_op3_no_bwd(
-            weight,
+            &weight_bias,
             grad,
             &Backward {
                 groups: self.groups,
                 eps: self.eps,
+                relu: self.relu,
             },
         )?;
         let (n, c) = (x.elem_count(), weight.elem_count());
@@ -321,10 +412,11 @@ impl CustomOp3 for GroupNorm {
     }
 }
 
-/// `[dx, dweight, dbias]` (flat) from `(x, weight, dy)`.
+/// `[dx, dweight, dbias]` (flat) from `(x, [weight, bias], dy)`.
 struct Backward {
     groups: usize,
     eps: f64,
+    relu: bool,
 }
 
 impl CustomOp3 for Backward {
@@ -348,10 +440,10 @@ impl CustomOp3 for Backward {
         let out = with_slices3(
             self.name(),
             [(s1, l1), (s2, l2), (s3, l3)],
-            |x, w, dy| backward(x, w, dy, g, self.eps),
-            |x, w, dy| backward(x, w, dy, g, self.eps),
+            |x, wb, dy| backward(x, wb, dy, g, self.eps, self.relu),
+            |x, wb, dy| backward(x, wb, dy, g, self.eps, self.relu),
         )?;
-        let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
+        let n = l1.shape().elem_count() + l2.shape().elem_count();
         Ok((out, n.into()))
     }
 }

@@ -11,4 +11,4 @@ mod util;
 pub use activation::{elu, exp, relu, sigmoid, softplus, tanh};
 pub use alloc::keep_freed_memory;
 pub use conv::{conv2d, conv2d_bias};
-pub use group_norm::group_norm;
+pub use group_norm::{group_norm, group_norm_relu};

@@ -1,5 +1,6 @@
 //! `group_norm` matches `candle_nn::GroupNorm`, values and gradients (input, weight, bias), on
-//! odd shapes, batch 1, non-contiguous inputs, f32 and f64.
+//! odd shapes, batch 1, non-contiguous inputs, f32 and f64; `group_norm_relu` matches the
+//! norm followed by the ReLU.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Module, Tensor, Var};
@@ -29,6 +30,34 @@ fn check(x: &Tensor, groups: usize, tol: f64) -> Result<()> {
     let want = reference.forward(vx.as_tensor())?;
     let what = format!("x {:?} groups {groups} {:?}", x.dims(), x.dtype());
     assert!(max_rel_diff(&ours, &want)? < tol, "{what}: values");
+    check_grads(&ours, &want, [&vx, &w, &b], tol, &what)?;
+    // The fused ReLU against our norm then our ReLU (the same arithmetic, so the same mask;
+    // the norm itself is checked against Candle's above): values exactly, gradients to
+    // round-off.
+    let fused = node_kernels::group_norm_relu(vx.as_tensor(), groups, &w, &b, 1e-5)?;
+    let unfused = node_kernels::relu(&node_kernels::group_norm(
+        vx.as_tensor(),
+        groups,
+        &w,
+        &b,
+        1e-5,
+    )?)?;
+    assert_eq!(
+        max_rel_diff(&fused, &unfused)?,
+        0.0,
+        "{what}: fused relu values"
+    );
+    check_grads(
+        &fused,
+        &unfused,
+        [&vx, &w, &b],
+        tol,
+        &format!("{what} fused relu"),
+    )
+}
+
+fn check_grads(ours: &Tensor, want: &Tensor, vars: [&Var; 3], tol: f64, what: &str) -> Result<()> {
+    let [vx, w, b] = vars;
     let r = ours.randn_like(0.0, 1.0)?;
     let g = (ours * &r)?.sum_all()?.backward()?;
     let g_ref = (want * &r)?.sum_all()?.backward()?;

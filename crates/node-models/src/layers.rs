@@ -5,7 +5,6 @@
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
 use node_adjoint::{odeint_adjoint, AdjointOptions, AdjointStats, ParamVectorField};
-use node_kernels::relu;
 use node_solvers::{odeint, SolveOptions, VectorField};
 
 /// Group normalization over `[B, C, *]` with per-channel scale and shift, on
@@ -38,6 +37,16 @@ impl GroupNorm {
             groups,
             eps,
         })
+    }
+}
+
+impl GroupNorm {
+    /// `relu(self.forward(x))` as one fused op ([`node_kernels::group_norm_relu`]).
+    ///
+    /// # Errors
+    /// As [`Module::forward`]: shape and dtype mismatches.
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        node_kernels::group_norm_relu(x, self.groups, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -187,8 +196,8 @@ impl ResBlock {
 
 impl Module for ResBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.conv1.forward(&relu(&self.norm1.forward(x)?)?)?;
-        let out = self.conv2.forward(&relu(&self.norm2.forward(&out)?)?)?;
+        let out = self.conv1.forward(&self.norm1.forward_relu(x)?)?;
+        let out = self.conv2.forward(&self.norm2.forward_relu(&out)?)?;
         out + x
     }
 }
@@ -241,9 +250,9 @@ impl OdeFunc {
 
 impl VectorField for OdeFunc {
     fn eval(&self, t: f64, x: &Tensor) -> Result<Tensor> {
-        let out = relu(&self.norm1.forward(x)?)?;
+        let out = self.norm1.forward_relu(x)?;
         let out = self.conv1.forward(t, &out)?;
-        let out = relu(&self.norm2.forward(&out)?)?;
+        let out = self.norm2.forward_relu(&out)?;
         let out = self.conv2.forward(t, &out)?;
         self.norm3.forward(&out)
     }

@@ -184,8 +184,8 @@ impl MnistModel {
         }
         let (c1, n1, c2, n2, c3) = self.down.as_ref().expect("conv models have downsampling");
         let h = c1.forward(x)?;
-        let h = c2.forward(&relu(&n1.forward(&h)?)?)?;
-        let mut h = c3.forward(&relu(&n2.forward(&h)?)?)?;
+        let h = c2.forward(&n1.forward_relu(&h)?)?;
+        let mut h = c3.forward(&n2.forward_relu(&h)?)?;
         let mut stats = ForwardStats::default();
         match self.features.as_ref().expect("conv models have features") {
             Features::Ode(block) => {
@@ -199,13 +199,11 @@ impl MnistModel {
                 }
             }
         }
-        let h = relu(
-            &self
-                .head_norm
-                .as_ref()
-                .expect("conv models have a head norm")
-                .forward(&h)?,
-        )?;
+        let h = self
+            .head_norm
+            .as_ref()
+            .expect("conv models have a head norm")
+            .forward_relu(&h)?;
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?;
         Ok((self.fc.forward(&pooled)?, stats))
     }
