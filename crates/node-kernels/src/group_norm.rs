@@ -269,24 +269,20 @@ fn backward<T: WithDType>(
         let (mean, rstd) = stats(xs, eps);
         let c0 = (i % g.groups) * g.cg;
         let dys = &dy[i * len..][..len];
-        let masked: Vec<T>;
+        let mut masked: Vec<T>;
         let dys = if relu {
             let m = T::from_f64(mean);
-            masked = xs
-                .chunks(g.s)
-                .zip(dys.chunks(g.s))
-                .zip(c0..)
-                .flat_map(|((xc, dyc), c)| {
-                    let (a, b) = (T::from_f64(rstd * weight[c].to_f64()), bias[c]);
-                    xc.iter().zip(dyc).map(move |(x, dy)| {
-                        if (*x - m) * a + b > T::zero() {
-                            *dy
-                        } else {
-                            T::zero()
-                        }
-                    })
-                })
-                .collect();
+            masked = Vec::with_capacity(len);
+            for ((xc, dyc), c) in xs.chunks(g.s).zip(dys.chunks(g.s)).zip(c0..) {
+                let (a, b) = (T::from_f64(rstd * weight[c].to_f64()), bias[c]);
+                masked.extend(xc.iter().zip(dyc).map(|(x, dy)| {
+                    if (*x - m) * a + b > T::zero() {
+                        *dy
+                    } else {
+                        T::zero()
+                    }
+                }));
+            }
             &masked[..]
         } else {
             dys
