@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod field;
+mod fused;
 pub mod method;
 pub mod options;
 pub mod problems;

@@ -12,15 +12,22 @@ use candle_core::{Result, Tensor};
 use std::cell::Cell;
 
 /// `base + Σ w_i x_i` over the terms with non-zero weight (`Σ w_i x_i` without a base).
+///
+/// On the CPU, when no input needs a gradient (every adjoint solve, and any solve under no
+/// autograd), f32/f64 contiguous inputs of one shape are combined in one pass over the
+/// output instead of one scaling and one addition per term. The values are those of the Candle
+/// ops (the same operations in the same order; only the sign of a zero can differ, as Candle
+/// scales by `x·w + 0`). Otherwise Candle ops, so gradients flow.
 pub fn lincomb<'a>(
     base: Option<&Tensor>,
     terms: impl IntoIterator<Item = (f64, &'a Tensor)>,
 ) -> Result<Tensor> {
+    let terms: Vec<(f64, &Tensor)> = terms.into_iter().filter(|(w, _)| *w != 0.0).collect();
+    if let Some(out) = crate::fused::lincomb_cpu(base, &terms)? {
+        return Ok(out);
+    }
     let mut acc: Option<Tensor> = None;
     for (w, x) in terms {
-        if w == 0.0 {
-            continue;
-        }
         acc = Some(match acc {
             None => match base {
                 // The first term fuses with the base only when it is a plain copy.
