@@ -70,6 +70,12 @@ def main():
     rows["elu 1024x50"] = median_time(fwd(lambda: F.elu(x)))
     rows["exp 1024x50"] = median_time(fwd(lambda: torch.exp(x)))
     rows["relu fwd+bwd 128x64x26x26"] = median_time(fwd_bwd(lambda: torch.relu(x2), r1))
+    for k, n in [(2, 50), (50, 2)]:
+        x = torch.randn(1024, k, requires_grad=True)
+        w = (0.3 * torch.randn(n, k)).requires_grad_()
+        b = (0.3 * torch.randn(n)).requires_grad_()
+        r = torch.randn(1024, n)
+        rows[f"linear fwd+bwd 1024x{k} -> {n}"] = median_time(fwd_bwd(lambda: F.linear(x, w, b), r))
     for name, s in rows.items():
         print(f"{name}\t{s * 1e3:.6f}")
 

@@ -7,10 +7,11 @@ mod plot;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW, VarMap};
 use clap::Parser;
 use common::{log, pick_device, DeviceArg};
 use indicatif::{ProgressBar, ProgressStyle};
+use node_models::Linear;
 use node_models::Rng;
 use node_solvers::{odeint, Method, SolveOptions, SolverError};
 use plot::{bounds, Canvas, Panel, LEARNED_COLOR, TRUE_COLOR};

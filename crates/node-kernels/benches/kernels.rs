@@ -267,6 +267,27 @@ fn main() -> Result<()> {
         },
     ));
 
+    // ode_demo's two layers, forward + backward (input, weight, bias).
+    for (name, k, n) in [
+        ("linear fwd+bwd 1024x2 -> 50", 2usize, 50usize),
+        ("linear fwd+bwd 1024x50 -> 2", 50, 2),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1024, k), dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (n, k), dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, n, dev)?)?;
+        let r = Tensor::randn(0f32, 1.0, (1024, n), dev)?;
+        let stock = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+        ops.push((
+            name,
+            2.0 * 3.0 * (1024 * k * n) as f64,
+            {
+                let (x, r) = (x.clone(), r.clone());
+                Box::new(move || run(node_kernels::linear(&x, &w, Some(&b)), Some(&r)))
+            },
+            Some(Box::new(move || run(stock.forward(&x), Some(&r)))),
+        ));
+    }
+
     let stock_too = std::env::var("STOCK").map_or(true, |v| v != "0");
     let mut rows = vec![];
     for (name, flops, ours, stock) in ops.iter_mut() {

@@ -6,9 +6,11 @@ pub mod alloc;
 pub mod conv;
 mod gemm;
 pub mod group_norm;
+pub mod linear;
 mod util;
 
 pub use activation::{elu, exp, relu, sigmoid, softplus, tanh};
 pub use alloc::keep_freed_memory;
 pub use conv::{conv2d, conv2d_bias};
 pub use group_norm::{group_norm, group_norm_relu};
+pub use linear::linear;

@@ -109,6 +109,47 @@ impl Module for Conv2d {
     }
 }
 
+/// A fully connected layer, `x · Wᵀ + b`, on [`node_kernels::linear()`] (direct kernels for
+/// small products, forward and backward).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// From a `[out, in]` weight and an optional `[out]` bias.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        node_kernels::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// `in_dim → out_dim` with a bias, the parameters named and initialised as
+/// `candle_nn::linear` does (`weight`, `bias`).
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get_with_hints(
+        (out_dim, in_dim),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    let b = vb.get_with_hints(
+        out_dim,
+        "bias",
+        candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    Ok(Linear::new(w, Some(b)))
+}
+
 /// A 2-D convolution with a square kernel, initialised as PyTorch's `Conv2d`.
 pub fn conv2d(
     cin: usize,

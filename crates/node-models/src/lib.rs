@@ -10,7 +10,7 @@ pub mod optim;
 pub mod rng;
 
 pub use layers::{
-    BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, OdeBlock, OdeFunc, ResBlock,
+    BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc, ResBlock,
 };
 pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
 pub use optim::{PiecewiseSchedule, SgdConfig, SgdMomentum};

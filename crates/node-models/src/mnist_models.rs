@@ -11,10 +11,11 @@
 //! | MLP | no convolutions: Linear(784→300) – ReLU – Linear(300→10) | 238,510 |
 
 use crate::layers::{
-    conv2d, norm, BlockStats, Conv2d, Gradient, GroupNorm, OdeBlock, OdeFunc, ResBlock,
+    conv2d, linear, norm, BlockStats, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc,
+    ResBlock,
 };
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 use node_adjoint::AdjointOptions;
 use node_kernels::relu;
 use node_solvers::{Method, SolveOptions};
@@ -130,8 +131,8 @@ impl MnistModel {
                 down: None,
                 features: None,
                 head_norm: None,
-                hidden: Some(candle_nn::linear(784, 300, vb.pp("fc1"))?),
-                fc: candle_nn::linear(300, 10, vb.pp("fc2"))?,
+                hidden: Some(linear(784, 300, vb.pp("fc1"))?),
+                fc: linear(300, 10, vb.pp("fc2"))?,
             });
         }
         let d = vb.pp("down");
@@ -160,7 +161,7 @@ impl MnistModel {
             down: Some(down),
             features: Some(features),
             head_norm: Some(norm(64, vb.pp("head_norm"))?),
-            fc: candle_nn::linear(64, 10, vb.pp("fc"))?,
+            fc: linear(64, 10, vb.pp("fc"))?,
             hidden: None,
         })
     }

@@ -9,7 +9,6 @@
 //! the solver itself adds: stage combinations, error norms, dense output, bookkeeping.
 
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{Linear, Module};
 use node_solvers::{odeint, Method, SolveOptions};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -42,6 +41,8 @@ fn time<T>(
 }
 
 fn main() -> Result<()> {
+    // As the project's binaries do (see `node_kernels::alloc`).
+    node_kernels::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let reps = args
         .iter()
@@ -92,12 +93,15 @@ fn main() -> Result<()> {
             path = format!("fixtures/torchdiffeq/{file}.npz");
         }
         let fx: HashMap<String, Tensor> = Tensor::read_npz(path)?.into_iter().collect();
-        let l1 = Linear::new(fx["w1"].to_device(&dev)?, Some(fx["b1"].to_device(&dev)?));
-        let l2 = Linear::new(fx["w2"].to_device(&dev)?, Some(fx["b2"].to_device(&dev)?));
+        let (w1, b1) = (fx["w1"].to_device(&dev)?, fx["b1"].to_device(&dev)?);
+        let (w2, b2) = (fx["w2"].to_device(&dev)?, fx["b2"].to_device(&dev)?);
         let z0 = fx["z0"].to_device(&dev)?;
-        // z³ as z·z² (Candle's powf is a libm call per element), tanh from node-kernels.
-        let f =
-            |_t: f64, z: &Tensor| l2.forward(&node_kernels::tanh(&l1.forward(&(z * z.sqr()?)?)?)?);
+        // z³ as z·z² (Candle's powf is a libm call per element); tanh and the layers from
+        // node-kernels.
+        let f = |_t: f64, z: &Tensor| {
+            let h = node_kernels::tanh(&node_kernels::linear(&(z * z.sqr()?)?, &w1, Some(&b1))?)?;
+            node_kernels::linear(&h, &w2, Some(&b2))
+        };
         let sol = odeint(&f, &z0, &[0.0, 1.0], &opts)?;
         let nfe = sol.stats.nfe;
         let diff = (sol.last()? - &fx["z1"].to_device(&dev)?)?
