@@ -1,7 +1,9 @@
 //! Element-wise activations with vectorized CPU kernels and their derivatives.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -216,26 +218,44 @@ fn forward_f64(act: Act, x: &[f64], y: &mut [MaybeUninit<f64>]) {
 }
 
 fn derivative_f64(act: Act, g: &[f64], x: &[f64], y: &[f64], d: &mut [MaybeUninit<f64>]) {
+    derivative_kernel(act, g, x, y, d, |x| 1.0 / (1.0 + (-x).exp()))
+}
+
+/// `g · act′(x)` from `(g, x, y = act(x))`, one loop per activation; `sigmoid` is the
+/// dtype's own (softplus′ = sigmoid).
+#[inline(always)]
+fn derivative_kernel<T: WithDType>(
+    act: Act,
+    g: &[T],
+    x: &[T],
+    y: &[T],
+    d: &mut [MaybeUninit<T>],
+    sigmoid: impl Fn(T) -> T,
+) {
+    let (zero, one) = (T::zero(), T::one());
     let it = d.iter_mut().zip(g).zip(x.iter().zip(y));
     match act {
         Act::Tanh => it.for_each(|((d, g), (_, y))| {
-            d.write(g * (1.0 - y * y));
+            d.write(*g * (one - *y * *y));
         }),
         Act::Relu => it.for_each(|((d, g), (_, y))| {
-            d.write(if *y > 0.0 { *g } else { 0.0 });
+            d.write(if *y > zero { *g } else { zero });
         }),
         Act::Sigmoid => it.for_each(|((d, g), (_, y))| {
-            d.write(g * y * (1.0 - y));
+            d.write(*g * *y * (one - *y));
         }),
         Act::Softplus => it.for_each(|((d, g), (x, _))| {
-            d.write(g / (1.0 + (-x).exp()));
+            d.write(*g * sigmoid(*x));
         }),
         Act::Exp => it.for_each(|((d, g), (_, y))| {
-            d.write(g * y);
+            d.write(*g * *y);
         }),
-        Act::Elu(alpha) => it.for_each(|((d, g), (x, y))| {
-            d.write(if *x > 0.0 { *g } else { g * (y + alpha) });
-        }),
+        Act::Elu(alpha) => {
+            let alpha = T::from_f64(alpha);
+            it.for_each(|((d, g), (x, y))| {
+                d.write(if *x > zero { *g } else { *g * (*y + alpha) });
+            })
+        }
     }
 }
 
@@ -336,30 +356,7 @@ fn derivative_f32_kernel<const FMA: bool>(
     y: &[f32],
     d: &mut [MaybeUninit<f32>],
 ) {
-    let it = d.iter_mut().zip(g).zip(x.iter().zip(y));
-    match act {
-        Act::Tanh => it.for_each(|((d, g), (_, y))| {
-            d.write(g * (1.0 - y * y));
-        }),
-        Act::Relu => it.for_each(|((d, g), (_, y))| {
-            d.write(if *y > 0.0 { *g } else { 0.0 });
-        }),
-        Act::Sigmoid => it.for_each(|((d, g), (_, y))| {
-            d.write(g * y * (1.0 - y));
-        }),
-        Act::Softplus => it.for_each(|((d, g), (x, _))| {
-            d.write(g * sigmoid_f32::<FMA>(*x));
-        }),
-        Act::Exp => it.for_each(|((d, g), (_, y))| {
-            d.write(g * y);
-        }),
-        Act::Elu(alpha) => {
-            let alpha = alpha as f32;
-            it.for_each(|((d, g), (x, y))| {
-                d.write(if *x > 0.0 { *g } else { g * (y + alpha) });
-            })
-        }
-    }
+    derivative_kernel(act, g, x, y, d, sigmoid_f32::<FMA>)
 }
 
 #[inline(always)]
