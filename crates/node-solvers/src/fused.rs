@@ -10,6 +10,7 @@ const PARALLEL_MIN_ELEMS: usize = 1 << 16;
 
 /// `base + Σ w_i x_i` in one pass, or `None` when the inputs do not qualify (a tensor that
 /// tracks a gradient, not on the CPU, another dtype, different shapes, not contiguous).
+/// The caller drops zero weights first, as the Candle chain skips them.
 pub(crate) fn lincomb_cpu(
     base: Option<&Tensor>,
     terms: &[(f64, &Tensor)],
@@ -26,30 +27,27 @@ pub(crate) fn lincomb_cpu(
             && !t.track_op()
             && t.dtype() == first.dtype()
             && t.shape() == first.shape()
-            && t.is_contiguous()
     });
     if !qualifies {
         return Ok(None);
     }
     match first.dtype() {
-        DType::F32 => combine::<f32>(base, terms, first),
-        DType::F64 => combine::<f64>(base, terms, first),
+        DType::F32 => combine::<f32>(&all, base.is_some(), terms),
+        DType::F64 => combine::<f64>(&all, base.is_some(), terms),
         _ => Ok(None),
     }
 }
 
+/// `all` is the base (when `has_base`) then the terms' tensors; `None` for a strided one.
 fn combine<T: WithDType>(
-    base: Option<&Tensor>,
+    all: &[&Tensor],
+    has_base: bool,
     terms: &[(f64, &Tensor)],
-    like: &Tensor,
 ) -> Result<Option<Tensor>> {
+    let like = all[0];
     let n = like.elem_count();
     // Hold every read guard while the slices are in use.
-    let guards: Vec<_> = base
-        .into_iter()
-        .chain(terms.iter().map(|(_, x)| *x))
-        .map(|t| t.storage_and_layout())
-        .collect();
+    let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(guards.len());
     for (storage, layout) in &guards {
         let (Storage::Cpu(cpu), Some((start, end))) = (&**storage, layout.contiguous_offsets())
@@ -58,9 +56,10 @@ fn combine<T: WithDType>(
         };
         slices.push(&T::cpu_storage_as_slice(cpu)?[start..end]);
     }
-    let (base, xs) = match base {
-        Some(_) => (Some(slices[0]), &slices[1..]),
-        None => (None, &slices[..]),
+    let (base, xs) = if has_base {
+        (Some(slices[0]), &slices[1..])
+    } else {
+        (None, &slices[..])
     };
     let ws: Vec<T> = terms.iter().map(|(w, _)| T::from_f64(*w)).collect();
     let mut out = vec![T::zero(); n];
