@@ -215,16 +215,14 @@ fn forward<T: WithDType>(
         let (mean, rstd) = stats(xs, eps);
         let c0 = (i % g.groups) * g.cg;
         for ((xc, yc), c) in xs.chunks(g.s).zip(ys.chunks_mut(g.s)).zip(c0..) {
-            // y = (x − μ)·(σ⁻¹γ) + β; centring first keeps a large mean from cancelling.
-            let a = T::from_f64(rstd * weight[c].to_f64());
-            let (m, b) = (T::from_f64(mean), bias[c]);
+            let norm = Normalize::new(mean, rstd, weight[c], bias[c]);
             if relu {
                 yc.iter_mut().zip(xc).for_each(|(y, x)| {
-                    y.write(relu_of((*x - m) * a + b));
+                    y.write(relu_of(norm.apply(*x)));
                 });
             } else {
                 yc.iter_mut().zip(xc).for_each(|(y, x)| {
-                    y.write((*x - m) * a + b);
+                    y.write(norm.apply(*x));
                 });
             }
         }
@@ -236,6 +234,31 @@ fn forward<T: WithDType>(
 }
 
 /// `[dx, dweight, dbias]` concatenated.
+/// One channel's normalization in the input dtype: `y = (x − μ)·(σ⁻¹γ) + β` (centring first
+/// keeps a large mean from cancelling). The forward pass and the fused ReLU's backward mask
+/// both use it, so the mask sees exactly the forward's values.
+#[derive(Clone, Copy)]
+struct Normalize<T> {
+    mean: T,
+    scale: T,
+    shift: T,
+}
+
+impl<T: WithDType> Normalize<T> {
+    fn new(mean: f64, rstd: f64, weight: T, bias: T) -> Self {
+        Self {
+            mean: T::from_f64(mean),
+            scale: T::from_f64(rstd * weight.to_f64()),
+            shift: bias,
+        }
+    }
+
+    #[inline(always)]
+    fn apply(self, x: T) -> T {
+        (x - self.mean) * self.scale + self.shift
+    }
+}
+
 /// `max(v, 0)` keeping NaN (`v ≤ 0` is false for NaN).
 #[inline(always)]
 fn relu_of<T: WithDType>(v: T) -> T {
@@ -271,12 +294,11 @@ fn backward<T: WithDType>(
         let dys = &dy[i * len..][..len];
         let mut masked: Vec<T>;
         let dys = if relu {
-            let m = T::from_f64(mean);
             masked = Vec::with_capacity(len);
             for ((xc, dyc), c) in xs.chunks(g.s).zip(dys.chunks(g.s)).zip(c0..) {
-                let (a, b) = (T::from_f64(rstd * weight[c].to_f64()), bias[c]);
+                let norm = Normalize::new(mean, rstd, weight[c], bias[c]);
                 masked.extend(xc.iter().zip(dyc).map(|(x, dy)| {
-                    if (*x - m) * a + b > T::zero() {
+                    if norm.apply(*x) > T::zero() {
                         *dy
                     } else {
                         T::zero()
