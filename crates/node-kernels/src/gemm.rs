@@ -66,6 +66,39 @@ pub(crate) fn matmul<T: WithDType>(
     overwrite(m, n, k, lhs, rhs, threads > 1 && work >= PARALLEL_MIN_WORK)
 }
 
+/// `lhs[m×k] · rhs[k×n]` on the calling thread only, row-major `m×n`: for callers that are
+/// themselves parallel over blocks.
+pub(crate) fn matmul_serial<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+) -> Vec<T> {
+    lhs.check(m, k, "lhs");
+    rhs.check(k, n, "rhs");
+    overwrite(m, n, k, lhs, rhs, false)
+}
+
+/// `dst[m×n] += lhs[m×k] · rhs[k×n]` on the calling thread only (`dst` row-major, rows `n`
+/// apart).
+pub(crate) fn matmul_add_serial<T: WithDType>(
+    dst: &mut [T],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+) {
+    lhs.check(m, k, "lhs");
+    rhs.check(k, n, "rhs");
+    assert!(dst.len() >= m * n, "gemm: dst too small");
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    raw(m, n, k, dst.as_mut_ptr(), n, lhs, rhs, true, false);
+}
+
 /// The product into a new buffer, written once by `gemm` (no zero-fill first).
 fn overwrite<T: WithDType>(
     m: usize,
@@ -79,7 +112,7 @@ fn overwrite<T: WithDType>(
         return vec![T::zero(); m * n];
     }
     let mut dst = Vec::<T>::with_capacity(m * n);
-    raw(m, n, k, dst.as_mut_ptr(), n, lhs, rhs, parallel);
+    raw(m, n, k, dst.as_mut_ptr(), n, lhs, rhs, false, parallel);
     // SAFETY: with `read_dst = false` gemm writes every element of the m×n destination
     // (m, n, k > 0), and the views were checked in bounds by `matmul`.
     unsafe { dst.set_len(m * n) };
@@ -95,6 +128,7 @@ fn raw<T: WithDType>(
     dst_rs: usize,
     lhs: MatRef<'_, T>,
     rhs: MatRef<'_, T>,
+    accumulate: bool,
     parallel: bool,
 ) {
     let parallelism = if parallel {
@@ -102,8 +136,9 @@ fn raw<T: WithDType>(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the caller owns `m·dst_rs` writable elements at `dst` that alias nothing;
-    // `matmul` checked that every element the input views address is inside its slice.
+    // SAFETY: the caller owns `m·dst_rs` writable elements at `dst` that alias nothing (and
+    // initialised, when `accumulate` reads them); the callers checked that every element the
+    // input views address is inside its slice.
     unsafe {
         gemm::gemm(
             m,
@@ -112,14 +147,14 @@ fn raw<T: WithDType>(
             dst,
             1,
             dst_rs as isize,
-            false,
+            accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
             lhs.rs as isize,
             rhs.data.as_ptr(),
             rhs.cs as isize,
             rhs.rs as isize,
-            T::zero(),
+            if accumulate { T::one() } else { T::zero() },
             T::one(),
             false,
             false,

@@ -75,6 +75,15 @@ const CASES: &[Case] = &[
         stride: 1,
         dilation: 1,
     },
+    // The CPU kernels cut the batch into blocks of ≤ 512 KB of unfolded input (6 of these
+    // images): 37 images make several blocks per thread and a short last one.
+    Case {
+        x: (37, 65, 6, 6),
+        k: (16, 65, 3, 3),
+        padding: 1,
+        stride: 1,
+        dilation: 1,
+    },
 ];
 
 fn check(x: &Tensor, k: &Tensor, c: &Case, tol: f64) -> Result<()> {
