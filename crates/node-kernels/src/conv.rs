@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::gemm::{matmul_add_serial, matmul_serial, MatRef};
+use crate::transpose::transpose;
 use crate::util::{with_slices2, with_slices3};
 
 /// 2-D convolution, differentiable, with Candle's `Tensor::conv2d` arguments and semantics
@@ -196,37 +197,6 @@ impl Geometry {
         (o * self.p.stride + t * self.p.dilation)
             .checked_sub(self.p.padding)
             .filter(|&i| i < size)
-    }
-}
-
-/// `dst[j·dst_rs + i] = src[i·src_rs + j]` for `i < rows`, `j < cols`, in cache-sized tiles.
-fn transpose<T: Copy>(
-    src: &[T],
-    src_rs: usize,
-    rows: usize,
-    cols: usize,
-    dst: &mut [MaybeUninit<T>],
-    dst_rs: usize,
-) {
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    // Checked once here, so the loops below need no bounds checks.
-    assert!((rows - 1) * src_rs + cols <= src.len());
-    assert!((cols - 1) * dst_rs + rows <= dst.len());
-    const TILE: usize = 16;
-    for i0 in (0..rows).step_by(TILE) {
-        for j0 in (0..cols).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(cols) {
-                for i in i0..(i0 + TILE).min(rows) {
-                    // SAFETY: i < rows, j < cols and the asserts above bound both indices.
-                    unsafe {
-                        dst.get_unchecked_mut(j * dst_rs + i)
-                            .write(*src.get_unchecked(i * src_rs + j));
-                    }
-                }
-            }
-        }
     }
 }
 

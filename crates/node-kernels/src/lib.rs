@@ -7,6 +7,7 @@ pub mod conv;
 mod gemm;
 pub mod group_norm;
 pub mod linear;
+mod transpose;
 mod util;
 
 pub use activation::{elu, exp, relu, sigmoid, softplus, tanh};
