@@ -10,6 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::util::with_slices3;
 
@@ -165,6 +166,27 @@ fn lane_sum<A: Copy, B: Copy>(a: &[A], b: &[B], f: impl Fn(A, B) -> f64) -> f64 
     acc.iter().sum::<f64>() + tail
 }
 
+/// Two sums `Σ f(a[i], b[i])` in one pass, as [`lane_sum`].
+fn lane_sum2<A: Copy, B: Copy>(a: &[A], b: &[B], f: impl Fn(A, B) -> (f64, f64)) -> (f64, f64) {
+    let (mut acc0, mut acc1) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (a, b) in ac.zip(bc) {
+        for (((acc0, acc1), a), b) in acc0.iter_mut().zip(&mut acc1).zip(a).zip(b) {
+            let (u, v) = f(*a, *b);
+            *acc0 += u;
+            *acc1 += v;
+        }
+    }
+    let (mut t0, mut t1) = (0.0, 0.0);
+    for (a, b) in ar.iter().zip(br) {
+        let (u, v) = f(*a, *b);
+        t0 += u;
+        t1 += v;
+    }
+    (acc0.iter().sum::<f64>() + t0, acc1.iter().sum::<f64>() + t1)
+}
+
 /// Mean and `1/σ` of one slice, accumulated in f64 (two passes).
 fn stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len().max(1) as f64;
@@ -285,35 +307,30 @@ fn backward<T: WithDType>(
     let slices = x.len().checked_div(len).unwrap_or(0);
     // Per (slice, channel-in-group): Σ dy and Σ dy·x̂, for dβ and dγ.
     let mut sums = vec![(0.0f64, 0.0f64); slices * g.cg];
-    let mut dx = vec![T::zero(); x.len() + 2 * c];
-    let (dx_part, _) = dx.split_at_mut(x.len());
-    let work = |i: usize, dxs: &mut [T], sums: &mut [(f64, f64)]| {
+    let mut dx = Vec::with_capacity(x.len() + 2 * c);
+    let dx_part = &mut dx.spare_capacity_mut()[..x.len()];
+    let work = |i: usize, dxs: &mut [MaybeUninit<T>], sums: &mut [(f64, f64)]| {
         let xs = &x[i * len..][..len];
         let (mean, rstd) = stats(xs, eps);
         let c0 = (i % g.groups) * g.cg;
         let dys = &dy[i * len..][..len];
-        let mut masked: Vec<T>;
-        let dys = if relu {
-            masked = Vec::with_capacity(len);
-            for ((xc, dyc), c) in xs.chunks(g.s).zip(dys.chunks(g.s)).zip(c0..) {
-                let norm = Normalize::new(mean, rstd, weight[c], bias[c]);
-                masked.extend(xc.iter().zip(dyc).map(|(x, dy)| {
-                    if norm.apply(*x) > T::zero() {
-                        *dy
-                    } else {
-                        T::zero()
-                    }
-                }));
+        // The ReLU's mask is recomputed where it is needed (two passes) rather than stored.
+        let masked = |norm: Normalize<T>, x: T, dy: T| {
+            if !relu || norm.apply(x) > T::zero() {
+                dy
+            } else {
+                T::zero()
             }
-            &masked[..]
-        } else {
-            dys
         };
+        let norm = |j: usize| Normalize::new(mean, rstd, weight[c0 + j], bias[c0 + j]);
         let (mut m_dxhat, mut m_dxhat_xhat) = (0.0, 0.0);
         for (j, sum) in sums.iter_mut().enumerate() {
             let (xc, dyc) = (&xs[j * g.s..][..g.s], &dys[j * g.s..][..g.s]);
-            let s_dy = lane_sum(dyc, dyc, |dy, _| dy.to_f64());
-            let s_dy_xc = lane_sum(xc, dyc, |x, dy| dy.to_f64() * (x.to_f64() - mean));
+            let norm = norm(j);
+            let (s_dy, s_dy_xc) = lane_sum2(xc, dyc, |x, dy| {
+                let dy = masked(norm, x, dy).to_f64();
+                (dy, dy * (x.to_f64() - mean))
+            });
             let s_dy_xhat = rstd * s_dy_xc;
             *sum = (s_dy, s_dy_xhat);
             let w = weight[c0 + j].to_f64();
@@ -323,6 +340,7 @@ fn backward<T: WithDType>(
         let n = len as f64;
         let (m_dxhat, m_dxhat_xhat) = (m_dxhat / n, m_dxhat_xhat / n);
         for j in 0..g.cg {
+            let norm = norm(j);
             // dx = σ⁻¹ (γ dy − m₁ − (x − μ) σ⁻¹ m₂) = dy·a + (x − μ)·b + e
             let w = weight[c0 + j].to_f64();
             let a = T::from_f64(rstd * w);
@@ -335,7 +353,7 @@ fn backward<T: WithDType>(
                 .zip(&xs[range.clone()])
                 .zip(&dys[range])
             {
-                *d = *dy * a + (*x - m) * b + e;
+                d.write(masked(norm, *x, *dy) * a + (*x - m) * b + e);
             }
         }
     };
@@ -364,10 +382,13 @@ fn backward<T: WithDType>(
             dw[c0 + j] += s_dy_xhat;
         }
     }
-    let tail = &mut dx[x.len()..];
+    let tail = &mut dx.spare_capacity_mut()[x.len()..x.len() + 2 * c];
     for (t, v) in tail.iter_mut().zip(dw.iter().chain(&db)) {
-        *t = T::from_f64(*v);
+        t.write(T::from_f64(*v));
     }
+    // SAFETY: `x.len()` is a whole number of slices of `len` elements (or 0), each written in
+    // full by `work` (every channel's `s` elements), and the `2·c` sums just above.
+    unsafe { dx.set_len(x.len() + 2 * c) };
     dx
 }
 
