@@ -70,6 +70,9 @@ def main():
     rows["elu 1024x50"] = median_time(fwd(lambda: F.elu(x)))
     rows["exp 1024x50"] = median_time(fwd(lambda: torch.exp(x)))
     rows["relu fwd+bwd 128x64x26x26"] = median_time(fwd_bwd(lambda: torch.relu(x2), r1))
+    x = torch.randn(128, 64, 6, 6, requires_grad=True)
+    rows["harness: sum(r*x) fwd+bwd 128x64x6x6"] = median_time(fwd_bwd(lambda: x, r))
+    rows["harness: sum(r*x) fwd+bwd 128x64x26x26"] = median_time(fwd_bwd(lambda: x2, r1))
     for k, n in [(2, 50), (50, 2)]:
         x = torch.randn(1024, k, requires_grad=True)
         w = (0.3 * torch.randn(n, k)).requires_grad_()

@@ -267,6 +267,29 @@ fn main() -> Result<()> {
         },
     ));
 
+    // What the "fwd+bwd" rows' harness costs by itself: `Σ r·x` forward and backward with no
+    // op in between (Candle's mul, sum, their backward and gradient accumulation), at the
+    // GroupNorm and ReLU rows' shapes. No stock column: it is Candle on both sides.
+    for (name, x, r) in [
+        (
+            "harness: sum(r*x) fwd+bwd 128x64x6x6",
+            xg.clone(),
+            r.clone(),
+        ),
+        (
+            "harness: sum(r*x) fwd+bwd 128x64x26x26",
+            x2.clone(),
+            r1.clone(),
+        ),
+    ] {
+        ops.push((
+            name,
+            0.0,
+            Box::new(move || run(Ok(x.as_tensor().clone()), Some(&r))),
+            None,
+        ));
+    }
+
     // ode_demo's two layers, forward + backward (input, weight, bias).
     for (name, k, n) in [
         ("linear fwd+bwd 1024x2 -> 50", 2usize, 50usize),

@@ -153,6 +153,11 @@ impl Geometry {
         if c != ck {
             candle_core::bail!("conv2d: input has {c} channels but kernel {k:?} expects {ck}");
         }
+        if c == 0 || co == 0 || h == 0 || w == 0 {
+            candle_core::bail!(
+                "conv2d: input {x:?} and kernel {k:?} must have no empty axis but the batch"
+            );
+        }
         if p.stride == 0 || p.dilation == 0 {
             candle_core::bail!("conv2d: stride and dilation must be positive");
         }
@@ -361,70 +366,73 @@ fn gradient_rows<T: WithDType>(dy: &[T], g: &Geometry) -> Vec<T> {
 // each block's product on its own thread: a block's unfolded input is written and read
 // while in cache, and the NCHW ↔ rows rearrangements happen block by block.
 
+/// A new buffer of `b` images of `out_image` values, filled block by block in parallel:
+/// `f(out, src)` gets one block's images of the output (uninitialised, to be written in full)
+/// and of `src` (`src_image` values per image).
+fn per_block<T: WithDType>(
+    g: &Geometry,
+    out_image: usize,
+    src: &[T],
+    src_image: usize,
+    f: impl Fn(&mut [MaybeUninit<T>], &[T]) + Sync,
+) -> Vec<T> {
+    // `Geometry::new` rejected empty images and channels: only the batch can be empty.
+    assert!(src_image > 0, "conv2d: empty image");
+    let mut out = uninit(g.b * out_image);
+    if !out.is_empty() {
+        let images = block_images::<T>(g);
+        out.par_chunks_mut(images * out_image)
+            .zip(src.par_chunks(images * src_image))
+            .for_each(|(out, src)| f(out, src));
+    }
+    // SAFETY: the blocks cover `out` (or it is empty), and `f` writes each block in full.
+    unsafe { assume_init(out) }
+}
+
 fn forward<T: WithDType>(x: &[T], kernel: &[T], bias: Option<&[T]>, g: &Geometry) -> Vec<T> {
     let (k, pixels) = (g.k(), g.pixels());
-    let (in_image, out_image) = (g.c * g.h * g.w, g.co * pixels);
-    let mut y = uninit(g.b * out_image);
-    if y.is_empty() {
-        // SAFETY: empty.
-        return unsafe { assume_init(y) };
-    }
+    let in_image = g.c * g.h * g.w;
     let kernel = kernel_taps_last(kernel, g);
-    let images = block_images::<T>(g);
-    y.par_chunks_mut(images * out_image)
-        .zip(x.par_chunks(images * in_image))
-        .for_each(|(y, x)| {
-            let rows = (x.len() / in_image) * pixels;
-            let cols = unfold_block(x, g, k);
-            // prod[b·p][co] = cols[b·p][k] · Wᵀ[k][co]
-            let mut prod = matmul_serial(
-                rows,
-                g.co,
-                k,
-                MatRef::new(&cols, k, 1),
-                MatRef::new(&kernel, 1, k),
-            );
-            if let Some(bias) = bias {
-                prod.chunks_mut(g.co)
-                    .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += *b));
-            }
-            swap_inner_into(&prod, pixels, g.co, y, false);
-        });
-    // SAFETY: the blocks cover `y`, and each block's `swap_inner_into` wrote all of it.
-    unsafe { assume_init(y) }
+    per_block(g, g.co * pixels, x, in_image, |y, x| {
+        let rows = (x.len() / in_image) * pixels;
+        let cols = unfold_block(x, g, k);
+        // prod[b·p][co] = cols[b·p][k] · Wᵀ[k][co]
+        let mut prod = matmul_serial(
+            rows,
+            g.co,
+            k,
+            MatRef::new(&cols, k, 1),
+            MatRef::new(&kernel, 1, k),
+        );
+        if let Some(bias) = bias {
+            prod.chunks_mut(g.co)
+                .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += *b));
+        }
+        swap_inner_into(&prod, pixels, g.co, y, false);
+    })
 }
 
 fn backward_input<T: WithDType>(dy: &[T], kernel: &[T], g: &Geometry) -> Vec<T> {
     let (k, pixels) = (g.k(), g.pixels());
-    let (in_image, out_image) = (g.c * g.h * g.w, g.co * pixels);
-    let mut dx = uninit(g.b * in_image);
-    if dx.is_empty() {
-        // SAFETY: empty.
-        return unsafe { assume_init(dx) };
-    }
+    let out_image = g.co * pixels;
     let kernel = kernel_taps_last(kernel, g);
-    let images = block_images::<T>(g);
-    dx.par_chunks_mut(images * in_image)
-        .zip(dy.par_chunks(images * out_image))
-        .for_each(|(dx, dy)| {
-            let rows = (dy.len() / out_image.max(1)) * pixels;
-            let dyr = gradient_rows(dy, g);
-            let mut dxh = vec![T::zero(); dx.len()];
-            if k > 0 && g.co > 0 {
-                // dcols[b·p][k] = dy[b·p][co] · W[co][k]
-                let dcols = matmul_serial(
-                    rows,
-                    k,
-                    g.co,
-                    MatRef::new(&dyr, g.co, 1),
-                    MatRef::new(&kernel, k, 1),
-                );
-                col2im(&dcols, g, &mut dxh);
-            }
-            swap_inner_into(&dxh, g.h * g.w, g.c, dx, false);
-        });
-    // SAFETY: the blocks cover `dx`, and each block's `swap_inner_into` wrote all of it.
-    unsafe { assume_init(dx) }
+    per_block(g, g.c * g.h * g.w, dy, out_image, |dx, dy| {
+        let rows = (dy.len() / out_image) * pixels;
+        let dyr = gradient_rows(dy, g);
+        let mut dxh = vec![T::zero(); dx.len()];
+        if k > 0 && g.co > 0 {
+            // dcols[b·p][k] = dy[b·p][co] · W[co][k]
+            let dcols = matmul_serial(
+                rows,
+                k,
+                g.co,
+                MatRef::new(&dyr, g.co, 1),
+                MatRef::new(&kernel, k, 1),
+            );
+            col2im(&dcols, g, &mut dxh);
+        }
+        swap_inner_into(&dxh, g.h * g.w, g.c, dx, false);
+    })
 }
 
 fn backward_kernel<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {

@@ -280,6 +280,28 @@ fn conv2d_rejects_bad_shapes() -> Result<()> {
     assert!(err(&x, &k, 0, 1, 1).contains("rank 4"));
     let k = Tensor::zeros((4, 3, 3, 3), DType::F64, dev)?;
     assert!(err(&x, &k, 0, 1, 1).contains("F64"));
+    // Empty channels or images (padding alone would give an output): refused. An empty
+    // batch is fine.
+    let k = Tensor::zeros((4, 3, 3, 3), DType::F32, dev)?;
+    for (x, k) in [
+        (
+            Tensor::zeros((2, 0, 5, 5), DType::F32, dev)?,
+            Tensor::zeros((4, 0, 3, 3), DType::F32, dev)?,
+        ),
+        (x.clone(), Tensor::zeros((0, 3, 3, 3), DType::F32, dev)?),
+        (Tensor::zeros((2, 3, 0, 5), DType::F32, dev)?, k.clone()),
+    ] {
+        assert!(
+            err(&x, &k, 1, 1, 1).contains("empty axis"),
+            "{}",
+            err(&x, &k, 1, 1, 1)
+        );
+    }
+    let empty = Tensor::zeros((0, 3, 5, 5), DType::F32, dev)?;
+    assert_eq!(
+        node_kernels::conv2d(&empty, &k, 1, 1, 1, 1)?.dims(),
+        [0, 4, 5, 5]
+    );
     // A kernel that just fits with padding gives a 1×1 output.
     let k = Tensor::zeros((4, 3, 7, 7), DType::F32, dev)?;
     assert_eq!(
