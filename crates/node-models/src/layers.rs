@@ -64,7 +64,7 @@ pub fn norm(dim: usize, vb: VarBuilder) -> Result<GroupNorm> {
 }
 
 /// A 2-D convolution (square kernel, optional bias) on [`node_kernels::conv2d`]: on the CPU
-/// one matrix product over the whole batch, forward and backward.
+/// matrix products over blocks of whole images (hundreds of rows each), forward and backward.
 ///
 /// # Shapes
 /// `x: [B, cin, H, W]` → `[B, cout, H', W']`.
