@@ -235,6 +235,18 @@ struct Params<'a, T> {
     relu: bool,
 }
 
+impl<'a, T> Params<'a, T> {
+    fn new(weight: &'a [T], bias: &'a [T], g: Geometry, eps: f64, relu: bool) -> Self {
+        Self {
+            weight,
+            bias,
+            g,
+            eps,
+            relu,
+        }
+    }
+}
+
 /// Whether the CPU has AVX2 and FMA (the standard library caches the answer).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
@@ -369,13 +381,7 @@ fn forward<T: WithDType>(
     let mut y = Vec::with_capacity(x.len());
     let len = g.slice_len();
     let out = &mut y.spare_capacity_mut()[..x.len()];
-    let p = Params {
-        weight,
-        bias,
-        g,
-        eps,
-        relu,
-    };
+    let p = Params::new(weight, bias, g, eps, relu);
     for_each_slice(x.len(), len, x, out, |i, xs, ys| {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
@@ -444,13 +450,7 @@ fn backward<T: WithDType>(
     let mut sums = vec![(0.0f64, 0.0f64); slices * g.cg];
     let mut dx = Vec::with_capacity(x.len() + 2 * c);
     let dx_part = &mut dx.spare_capacity_mut()[..x.len()];
-    let p = Params {
-        weight,
-        bias,
-        g,
-        eps,
-        relu,
-    };
+    let p = Params::new(weight, bias, g, eps, relu);
     let work = |i: usize, dxs: &mut [MaybeUninit<T>], sums: &mut [(f64, f64)]| {
         let (xs, dys) = (&x[i * len..][..len], &dy[i * len..][..len]);
         #[cfg(target_arch = "x86_64")]
@@ -619,13 +619,7 @@ mod tests {
             let dy: Vec<T> = (0..len).map(|i| value(i, 2)).collect();
             let weight: Vec<T> = (0..6).map(|i| value(i, 3)).collect();
             let bias: Vec<T> = (0..6).map(|i| value(i, 4)).collect();
-            let p = Params {
-                weight: &weight,
-                bias: &bias,
-                g,
-                eps: 1e-5,
-                relu,
-            };
+            let p = Params::new(&weight, &bias, g, 1e-5, relu);
             let bits = |v: &[MaybeUninit<T>]| -> Vec<f64> {
                 // SAFETY: written in full by the kernels.
                 v.iter()
