@@ -452,14 +452,22 @@ fn backward_kernel<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
         k
     };
     let images = block_images::<T>(g);
-    // dWᵀ[k][co] = Σ over blocks of colsᵀ[k][b·p] · dy[b·p][co], one running sum per
-    // Rayon split, added at the end.
-    let dwt = x
-        .par_chunks(images * in_image)
-        .zip(dy.par_chunks(images * out_image))
-        .fold(
-            || vec![T::zero(); k * g.co],
-            |mut acc, (x, dy)| {
+    // dWᵀ[k][co] = Σ over blocks of colsᵀ[k][b·p] · dy[b·p][co]. The blocks are cut into
+    // one fixed run of consecutive blocks per thread, each summed in order, and the runs'
+    // sums are added in order: the same bits every time (for a given thread count), so that
+    // a resumed training run repeats a straight one exactly. (Rayon's `fold` would sum in
+    // whatever order work stealing split the blocks.)
+    let blocks = g.b.div_ceil(images);
+    let run = blocks.div_ceil(rayon::current_num_threads().max(1)) * images;
+    let partials: Vec<Vec<T>> = x
+        .par_chunks(run * in_image)
+        .zip(dy.par_chunks(run * out_image))
+        .map(|(x, dy)| {
+            let mut acc = vec![T::zero(); k * g.co];
+            for (x, dy) in x
+                .chunks(images * in_image)
+                .zip(dy.chunks(images * out_image))
+            {
                 let rows = (x.len() / in_image) * pixels;
                 let cols = unfold_block(x, g, ld);
                 let dyr = gradient_rows(dy, g);
@@ -471,14 +479,14 @@ fn backward_kernel<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
                     MatRef::new(&cols, 1, ld),
                     MatRef::new(&dyr, g.co, 1),
                 );
-                acc
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
-            a
+            }
+            acc
         })
-        .unwrap_or_else(|| vec![T::zero(); k * g.co]);
+        .collect();
+    let mut dwt = vec![T::zero(); k * g.co];
+    for part in &partials {
+        dwt.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
+    }
     // [(i, j, c)][co] → [co][c][(i, j)]
     let taps = g.kh * g.kw;
     for (t, rows) in dwt.chunks(g.c * g.co).enumerate() {
