@@ -5,12 +5,15 @@
 //! autograd runs a backward for each: 14.8 ms forward + backward on the ODE-Net block's
 //! `128×64×6×6` tensor against PyTorch's 0.5 ms. Here each `(image, group)` slice is
 //! normalized by one kernel, with statistics accumulated in f64, and the backward pass
-//! computes all three gradients together from the saved-nothing formulas
-//! `dx = σ⁻¹ (γ·dy − mean(γ·dy) − x̂ · mean(γ·dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
+//! computes all three gradients together from
+//! `dx = σ⁻¹ (γ·dy − mean(γ·dy) − x̂ · mean(γ·dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`, with each
+//! slice's mean and `σ⁻¹` kept from the forward pass (16 bytes per slice; the same bits as
+//! recomputing them, which it does when they are missing).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::{Arc, OnceLock};
 
 use crate::util::with_slices3;
 
@@ -89,7 +92,16 @@ fn apply(
     }
     let cpu = [x, weight, bias].iter().all(|t| t.device().is_cpu());
     if cpu && matches!(x.dtype(), DType::F32 | DType::F64) {
-        x.apply_op3(weight, bias, GroupNorm { groups, eps, relu })
+        x.apply_op3(
+            weight,
+            bias,
+            GroupNorm {
+                groups,
+                eps,
+                relu,
+                saved: OnceLock::new(),
+            },
+        )
     } else if relu {
         reference(x, groups, weight, bias, eps)?.relu()
     } else {
@@ -201,27 +213,30 @@ fn stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// Runs `f(slice_index, chunk...)` over the zipped slices, in parallel when they are large.
-fn for_each_slice<A: Sync, B: Send>(
+/// Runs `f(slice_index, chunk...)` over the zipped slices, in parallel when they are large,
+/// and returns what it returned for each slice, in order.
+fn for_each_slice<A: Sync, B: Send, R: Send>(
     total: usize,
     len: usize,
     src: &[A],
     dst: &mut [B],
-    f: impl Fn(usize, &[A], &mut [B]) + Sync,
-) {
+    f: impl Fn(usize, &[A], &mut [B]) -> R + Sync,
+) -> Vec<R> {
     if len == 0 {
-        return;
+        return vec![];
     }
     if total >= PARALLEL_MIN_ELEMS {
         dst.par_chunks_mut(len)
             .zip(src.par_chunks(len))
             .enumerate()
-            .for_each(|(i, (d, s))| f(i, s, d));
+            .map(|(i, (d, s))| f(i, s, d))
+            .collect()
     } else {
         dst.chunks_mut(len)
             .zip(src.chunks(len))
             .enumerate()
-            .for_each(|(i, (d, s))| f(i, s, d));
+            .map(|(i, (d, s))| f(i, s, d))
+            .collect()
     }
 }
 
@@ -261,7 +276,12 @@ fn has_avx2() -> bool {
 
 /// One `(sample, group)` slice of the forward pass: `xs` normalized into `ys`.
 #[inline(always)]
-fn forward_slice<T: WithDType>(p: Params<T>, i: usize, xs: &[T], ys: &mut [MaybeUninit<T>]) {
+fn forward_slice<T: WithDType>(
+    p: Params<T>,
+    i: usize,
+    xs: &[T],
+    ys: &mut [MaybeUninit<T>],
+) -> (f64, f64) {
     let g = p.g;
     let (mean, rstd) = stats(xs, p.eps);
     let c0 = (i % g.groups) * g.cg;
@@ -277,6 +297,7 @@ fn forward_slice<T: WithDType>(p: Params<T>, i: usize, xs: &[T], ys: &mut [Maybe
             });
         }
     }
+    (mean, rstd)
 }
 
 /// [`forward_slice`] compiled for AVX2 + FMA.
@@ -290,7 +311,7 @@ unsafe fn forward_slice_avx2<T: WithDType>(
     i: usize,
     xs: &[T],
     ys: &mut [MaybeUninit<T>],
-) {
+) -> (f64, f64) {
     forward_slice(p, i, xs, ys)
 }
 
@@ -302,13 +323,13 @@ unsafe fn forward_slice_avx2<T: WithDType>(
 fn backward_slice<T: WithDType>(
     p: Params<T>,
     i: usize,
+    (mean, rstd): (f64, f64),
     xs: &[T],
     dys: &[T],
     dxs: &mut [MaybeUninit<T>],
     sums: &mut [(f64, f64)],
 ) {
     let g = p.g;
-    let (mean, rstd) = stats(xs, p.eps);
     let c0 = (i % g.groups) * g.cg;
     let masked = |norm: Normalize<T>, x: T, dy: T| {
         if !p.relu || norm.apply(x) > T::zero() {
@@ -362,12 +383,13 @@ fn backward_slice<T: WithDType>(
 unsafe fn backward_slice_avx2<T: WithDType>(
     p: Params<T>,
     i: usize,
+    stats: (f64, f64),
     xs: &[T],
     dys: &[T],
     dxs: &mut [MaybeUninit<T>],
     sums: &mut [(f64, f64)],
 ) {
-    backward_slice(p, i, xs, dys, dxs, sums)
+    backward_slice(p, i, stats, xs, dys, dxs, sums)
 }
 
 fn forward<T: WithDType>(
@@ -377,12 +399,12 @@ fn forward<T: WithDType>(
     g: Geometry,
     eps: f64,
     relu: bool,
-) -> Vec<T> {
+) -> (Vec<T>, Vec<(f64, f64)>) {
     let mut y = Vec::with_capacity(x.len());
     let len = g.slice_len();
     let out = &mut y.spare_capacity_mut()[..x.len()];
     let p = Params::new(weight, bias, g, eps, relu);
-    for_each_slice(x.len(), len, x, out, |i, xs, ys| {
+    let stats = for_each_slice(x.len(), len, x, out, |i, xs, ys| {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: AVX2 and FMA were detected.
@@ -393,10 +415,9 @@ fn forward<T: WithDType>(
     // SAFETY: `x.len()` is a whole number of slices of `len = cg·s` elements (B·groups of
     // them), and every slice's `cg` channels of `s` elements were written above.
     unsafe { y.set_len(x.len()) };
-    y
+    (y, stats)
 }
 
-/// `[dx, dweight, dbias]` concatenated.
 /// One channel's normalization in the input dtype: `y = (x − μ)·(σ⁻¹γ) + β` (centring first
 /// keeps a large mean from cancelling). The forward pass and the fused ReLU's backward mask
 /// both use it, so the mask sees exactly the forward's values.
@@ -432,8 +453,10 @@ fn relu_of<T: WithDType>(v: T) -> T {
     }
 }
 
-/// With `relu`, `dy` is the gradient of the ReLU's output: it is masked where the norm's
-/// output, recomputed with the forward's exact arithmetic, was ≤ 0 (or NaN).
+/// `[dx, dweight, dbias]` concatenated. `saved`: each slice's `(mean, 1/σ)` from the forward
+/// pass (recomputed, the same way, when absent). With `relu`, `dy` is the gradient of the
+/// ReLU's output: it is masked where the norm's output, recomputed with the forward's exact
+/// arithmetic, was ≤ 0 (or NaN).
 fn backward<T: WithDType>(
     x: &[T],
     weight_bias: &[T],
@@ -441,6 +464,7 @@ fn backward<T: WithDType>(
     g: Geometry,
     eps: f64,
     relu: bool,
+    saved: Option<&[(f64, f64)]>,
 ) -> Vec<T> {
     let c = g.groups * g.cg;
     let (weight, bias) = weight_bias.split_at(c);
@@ -453,12 +477,16 @@ fn backward<T: WithDType>(
     let p = Params::new(weight, bias, g, eps, relu);
     let work = |i: usize, dxs: &mut [MaybeUninit<T>], sums: &mut [(f64, f64)]| {
         let (xs, dys) = (&x[i * len..][..len], &dy[i * len..][..len]);
+        let st = match saved {
+            Some(saved) => saved[i],
+            None => stats(xs, eps),
+        };
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: AVX2 and FMA were detected.
-            return unsafe { backward_slice_avx2(p, i, xs, dys, dxs, sums) };
+            return unsafe { backward_slice_avx2(p, i, st, xs, dys, dxs, sums) };
         }
-        backward_slice(p, i, xs, dys, dxs, sums)
+        backward_slice(p, i, st, xs, dys, dxs, sums)
     };
     if len > 0 {
         if x.len() >= PARALLEL_MIN_ELEMS {
@@ -501,6 +529,18 @@ struct GroupNorm {
     eps: f64,
     /// A ReLU fused after the norm.
     relu: bool,
+    /// Each slice's `(mean, 1/σ)`, kept by the CPU forward for the backward (16 bytes per
+    /// `(sample, group)`; the backward pass then reads `x` twice instead of four times).
+    saved: OnceLock<Arc<Vec<(f64, f64)>>>,
+}
+
+impl GroupNorm {
+    /// Keeps the forward's statistics (of its first run: Candle runs an op's forward once)
+    /// and returns its output.
+    fn keep<T>(&self, (y, stats): (Vec<T>, Vec<(f64, f64)>)) -> Vec<T> {
+        let _ = self.saved.set(Arc::new(stats));
+        y
+    }
 }
 
 impl CustomOp3 for GroupNorm {
@@ -521,8 +561,8 @@ impl CustomOp3 for GroupNorm {
         let out = with_slices3(
             self.name(),
             [(s1, l1), (s2, l2), (s3, l3)],
-            |x, w, b| forward(x, w, b, g, self.eps, self.relu),
-            |x, w, b| forward(x, w, b, g, self.eps, self.relu),
+            |x, w, b| self.keep(forward(x, w, b, g, self.eps, self.relu)),
+            |x, w, b| self.keep(forward(x, w, b, g, self.eps, self.relu)),
         )?;
         Ok((out, l1.shape().clone()))
     }
@@ -544,6 +584,7 @@ impl CustomOp3 for GroupNorm {
                 groups: self.groups,
                 eps: self.eps,
                 relu: self.relu,
+                saved: self.saved.get().cloned(),
             },
         )?;
         let (n, c) = (x.elem_count(), weight.elem_count());
@@ -559,6 +600,8 @@ struct Backward {
     groups: usize,
     eps: f64,
     relu: bool,
+    /// The forward's statistics, when it ran on the CPU.
+    saved: Option<Arc<Vec<(f64, f64)>>>,
 }
 
 impl CustomOp3 for Backward {
@@ -579,11 +622,17 @@ impl CustomOp3 for Backward {
             candle_core::bail!("{}: gradient shape {:?}", self.name(), l3.dims());
         }
         let g = Geometry::new(l1.dims(), self.groups);
+        let slices = l1.shape().elem_count().checked_div(g.slice_len());
+        let saved = self
+            .saved
+            .as_deref()
+            .filter(|s| Some(s.len()) == slices)
+            .map(Vec::as_slice);
         let out = with_slices3(
             self.name(),
             [(s1, l1), (s2, l2), (s3, l3)],
-            |x, wb, dy| backward(x, wb, dy, g, self.eps, self.relu),
-            |x, wb, dy| backward(x, wb, dy, g, self.eps, self.relu),
+            |x, wb, dy| backward(x, wb, dy, g, self.eps, self.relu, saved),
+            |x, wb, dy| backward(x, wb, dy, g, self.eps, self.relu, saved),
         )?;
         let n = l1.shape().elem_count() + l2.shape().elem_count();
         Ok((out, n.into()))
@@ -628,21 +677,53 @@ mod tests {
             };
             for i in [0, 1] {
                 let (mut y0, mut y1) = (uninit_vec(len), uninit_vec(len));
-                forward_slice(p, i, &x, &mut y0);
+                let st0 = forward_slice(p, i, &x, &mut y0);
                 // SAFETY: AVX2 and FMA were detected.
-                unsafe { forward_slice_avx2(p, i, &x, &mut y1) };
+                let st1 = unsafe { forward_slice_avx2(p, i, &x, &mut y1) };
                 assert_eq!(bits(&y0), bits(&y1), "forward, relu {relu}");
+                assert_eq!(st0, st1, "forward statistics, relu {relu}");
+                assert_eq!(st0, stats(&x, 1e-5), "kept statistics, relu {relu}");
                 let (mut d0, mut d1) = (uninit_vec(len), uninit_vec(len));
                 let (mut s0, mut s1) = (vec![(0.0, 0.0); 3], vec![(0.0, 0.0); 3]);
-                backward_slice(p, i, &x, &dy, &mut d0, &mut s0);
+                backward_slice(p, i, st0, &x, &dy, &mut d0, &mut s0);
                 // SAFETY: AVX2 and FMA were detected.
-                unsafe { backward_slice_avx2(p, i, &x, &dy, &mut d1, &mut s1) };
+                unsafe { backward_slice_avx2(p, i, st0, &x, &dy, &mut d1, &mut s1) };
                 assert_eq!(bits(&d0), bits(&d1), "backward dx, relu {relu}");
                 assert_eq!(s0, s1, "backward sums, relu {relu}");
             }
         }
         fn uninit_vec<T>(len: usize) -> Vec<MaybeUninit<T>> {
             (0..len).map(|_| MaybeUninit::uninit()).collect()
+        }
+        for relu in [false, true] {
+            check::<f32>(relu);
+            check::<f64>(relu);
+        }
+    }
+
+    /// The backward pass from the forward's kept statistics equals the one that recomputes
+    /// them, bit for bit (f32, f64, with and without the fused ReLU, several slices).
+    #[test]
+    fn kept_statistics_change_nothing() {
+        fn check<T: WithDType>(relu: bool) {
+            let g = Geometry {
+                groups: 4,
+                cg: 3,
+                s: 29,
+            };
+            let n = 5 * 4 * g.slice_len();
+            let value = |i: usize, k: usize| {
+                T::from_f64(((i * 7919 + k * 104_729) % 1000) as f64 / 250.0 - 1.7)
+            };
+            let x: Vec<T> = (0..n).map(|i| value(i, 1)).collect();
+            let dy: Vec<T> = (0..n).map(|i| value(i, 2)).collect();
+            let wb: Vec<T> = (0..24).map(|i| value(i, 3)).collect();
+            let (_, kept) = forward(&x, &wb[..12], &wb[12..], g, 1e-5, relu);
+            assert_eq!(kept.len(), 20);
+            let recomputed = backward(&x, &wb, &dy, g, 1e-5, relu, None);
+            let from_kept = backward(&x, &wb, &dy, g, 1e-5, relu, Some(&kept));
+            let bits = |v: &[T]| v.iter().map(|v| v.to_f64()).collect::<Vec<_>>();
+            assert_eq!(bits(&recomputed), bits(&from_kept), "relu {relu}");
         }
         for relu in [false, true] {
             check::<f32>(relu);
