@@ -205,13 +205,13 @@ impl Geometry {
     }
 }
 
-/// `[N][A][B]` → `[N][B][A]`, parallel over `N` (NCHW ↔ NHWC with `A, B` = `C, H·W`).
-fn swap_inner<T: WithDType>(v: &[T], a: usize, b: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(v.len());
-    swap_inner_into(v, a, b, &mut out.spare_capacity_mut()[..v.len()], true);
+/// `[N][A][B]` → `[N][B][A]` (NCHW ↔ NHWC with `A, B` = `C, H·W`), parallel over `N` or on
+/// the calling thread.
+fn swap_inner<T: WithDType>(v: &[T], a: usize, b: usize, parallel: bool) -> Vec<T> {
+    let mut out = uninit(v.len());
+    swap_inner_into(v, a, b, &mut out, parallel);
     // SAFETY: `swap_inner_into` wrote all `v.len()` elements.
-    unsafe { out.set_len(v.len()) };
-    out
+    unsafe { assume_init(out) }
 }
 
 /// [`swap_inner`] into `out` (`v.len()` elements, every one written), on the calling thread
@@ -337,29 +337,18 @@ fn col2im<T: WithDType>(cols: &[T], g: &Geometry, xh: &mut [T]) {
 
 /// The kernel `[co][c][i][j]` as `[co][(i, j, c)]`, the column order of [`im2col`].
 fn kernel_taps_last<T: WithDType>(kernel: &[T], g: &Geometry) -> Vec<T> {
-    swap_inner(kernel, g.c, g.kh * g.kw)
+    swap_inner(kernel, g.c, g.kh * g.kw, true)
 }
 
 /// A block of images unfolded: the images NCHW (`x`) to channels-last, then to rows `ld`
 /// apart. Returns the rows (`images·pixels·ld` values).
 fn unfold_block<T: WithDType>(x: &[T], g: &Geometry, ld: usize) -> Vec<T> {
-    let mut xh = uninit(x.len());
-    swap_inner_into(x, g.c, g.h * g.w, &mut xh, false);
-    // SAFETY: `swap_inner_into` wrote every element.
-    let xh = unsafe { assume_init(xh) };
+    let xh = swap_inner(x, g.c, g.h * g.w, false);
     let images = x.len() / (g.c * g.h * g.w);
     let mut cols = uninit(images * g.pixels() * ld);
     im2col(&xh, g, ld, &mut cols);
     // SAFETY: `im2col` wrote every row in full (values, zeros, padding).
     unsafe { assume_init(cols) }
-}
-
-/// A block's output gradient `[images][co][pixels]` as rows `[images·pixels][co]`.
-fn gradient_rows<T: WithDType>(dy: &[T], g: &Geometry) -> Vec<T> {
-    let mut rows = uninit(dy.len());
-    swap_inner_into(dy, g.co, g.pixels(), &mut rows, false);
-    // SAFETY: `swap_inner_into` wrote every element.
-    unsafe { assume_init(rows) }
 }
 
 // The batch is cut into blocks of whole images (`block_images`), in parallel over blocks,
@@ -418,7 +407,8 @@ fn backward_input<T: WithDType>(dy: &[T], kernel: &[T], g: &Geometry) -> Vec<T> 
     let kernel = kernel_taps_last(kernel, g);
     per_block(g, g.c * g.h * g.w, dy, out_image, |dx, dy| {
         let rows = (dy.len() / out_image) * pixels;
-        let dyr = gradient_rows(dy, g);
+        // The block's output gradient as rows `[images·pixels][co]`.
+        let dyr = swap_inner(dy, g.co, pixels, false);
         let mut dxh = vec![T::zero(); dx.len()];
         if k > 0 && g.co > 0 {
             // dcols[b·p][k] = dy[b·p][co] · W[co][k]
@@ -470,7 +460,8 @@ fn backward_kernel<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
             {
                 let rows = (x.len() / in_image) * pixels;
                 let cols = unfold_block(x, g, ld);
-                let dyr = gradient_rows(dy, g);
+                // The block's output gradient as rows `[images·pixels][co]`.
+                let dyr = swap_inner(dy, g.co, pixels, false);
                 matmul_add_serial(
                     &mut acc,
                     k,
