@@ -324,7 +324,7 @@ fn main() -> Result<()> {
     }
 
     println!(
-        "CPU kernels, f32, {} Rayon threads; median ms (GFLOP/s)",
+        "CPU kernels, f32, {} threads; median ms (GFLOP/s)",
         candle_core::utils::get_num_threads()
     );
     println!("| op | PyTorch | ours | ours / PyTorch | Candle stock | stock / ours |");

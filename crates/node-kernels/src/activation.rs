@@ -1,10 +1,10 @@
 //! Element-wise activations with vectorized CPU kernels and their derivatives.
 
+use crate::pool;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::util::{contiguous, with_slices3};
@@ -121,8 +121,8 @@ fn run_chunked<T: Copy + Default + Send + Sync, const N: usize>(
     let mut buf = Vec::with_capacity(n);
     let out = &mut buf.spare_capacity_mut()[..n];
     if n >= PARALLEL_MIN_ELEMS {
-        let chunk = n.div_ceil(4 * rayon::current_num_threads()).max(4096);
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+        let chunk = n.div_ceil(4 * pool::threads()).max(4096);
+        pool::chunks_mut(out, chunk, true, |i, o| {
             let start = i * chunk;
             kernel(inputs.map(|x| &x[start..start + o.len()]), o)
         });

@@ -24,10 +24,10 @@
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::gemm::{matmul_add_serial, matmul_serial, MatRef};
+use crate::pool;
 use crate::transpose::transpose;
 use crate::util::{with_slices2, with_slices3};
 
@@ -229,14 +229,9 @@ fn swap_inner_into<T: WithDType>(
     if v.is_empty() {
         return;
     }
-    let one = |(o, v): (&mut [MaybeUninit<T>], &[T])| transpose(v, b, a, b, o, a);
-    if parallel {
-        out.par_chunks_mut(a * b)
-            .zip(v.par_chunks(a * b))
-            .for_each(one);
-    } else {
-        out.chunks_mut(a * b).zip(v.chunks(a * b)).for_each(one);
-    }
+    pool::chunks_mut(out, a * b, parallel, |i, o| {
+        transpose(&v[i * a * b..][..a * b], b, a, b, o, a)
+    });
 }
 
 /// An uninitialised buffer of `len` elements, to be written in full by the caller.
@@ -263,7 +258,7 @@ fn block_images<T>(g: &Geometry) -> usize {
     const BLOCK_BYTES: usize = 512 << 10;
     let per_image = (g.pixels() * g.k() * std::mem::size_of::<T>()).max(1);
     let max = (BLOCK_BYTES / per_image).clamp(1, g.b.max(1));
-    let threads = rayon::current_num_threads().max(1);
+    let threads = pool::threads();
     let per_thread = g.b.div_ceil(threads).max(1);
     per_thread.div_ceil(per_thread.div_ceil(max))
 }
@@ -370,9 +365,12 @@ fn per_block<T: WithDType>(
     let mut out = uninit(g.b * out_image);
     if !out.is_empty() {
         let images = block_images::<T>(g);
-        out.par_chunks_mut(images * out_image)
-            .zip(src.par_chunks(images * src_image))
-            .for_each(|(out, src)| f(out, src));
+        pool::chunks_mut(&mut out, images * out_image, true, |i, out| {
+            f(
+                out,
+                &src[i * images * src_image..][..out.len() / out_image * src_image],
+            )
+        });
     }
     // SAFETY: the blocks cover `out` (or it is empty), and `f` writes each block in full.
     unsafe { assume_init(out) }
@@ -443,37 +441,37 @@ fn backward_kernel<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     };
     let images = block_images::<T>(g);
     // dWᵀ[k][co] = Σ over blocks of colsᵀ[k][b·p] · dy[b·p][co]. The blocks are cut into
-    // one fixed run of consecutive blocks per thread, each summed in order, and the runs'
-    // sums are added in order: the same bits every time (for a given thread count), so that
-    // a resumed training run repeats a straight one exactly. (Rayon's `fold` would sum in
-    // whatever order work stealing split the blocks.)
+    // as many fixed runs of consecutive blocks as there are threads, each summed in order
+    // (by whichever thread takes it), and the runs' sums are added in order: the same bits
+    // every time (for a given thread count), so that a resumed training run repeats a
+    // straight one exactly. (Rayon's `fold` would sum in whatever order work stealing split
+    // the blocks.)
     let blocks = g.b.div_ceil(images);
-    let run = blocks.div_ceil(rayon::current_num_threads().max(1)) * images;
-    let partials: Vec<Vec<T>> = x
-        .par_chunks(run * in_image)
-        .zip(dy.par_chunks(run * out_image))
-        .map(|(x, dy)| {
-            let mut acc = vec![T::zero(); k * g.co];
-            for (x, dy) in x
-                .chunks(images * in_image)
-                .zip(dy.chunks(images * out_image))
-            {
-                let rows = (x.len() / in_image) * pixels;
-                let cols = unfold_block(x, g, ld);
-                // The block's output gradient as rows `[images·pixels][co]`.
-                let dyr = swap_inner(dy, g.co, pixels, false);
-                matmul_add_serial(
-                    &mut acc,
-                    k,
-                    g.co,
-                    rows,
-                    MatRef::new(&cols, 1, ld),
-                    MatRef::new(&dyr, g.co, 1),
-                );
-            }
-            acc
-        })
-        .collect();
+    let run = (blocks.div_ceil(pool::threads()) * images).max(1);
+    let partials = pool::map(g.b.div_ceil(run), true, |r| {
+        let images_here = (g.b - r * run).min(run);
+        let x = &x[r * run * in_image..][..images_here * in_image];
+        let dy = &dy[r * run * out_image..][..images_here * out_image];
+        let mut acc = vec![T::zero(); k * g.co];
+        for (x, dy) in x
+            .chunks(images * in_image)
+            .zip(dy.chunks(images * out_image))
+        {
+            let rows = (x.len() / in_image) * pixels;
+            let cols = unfold_block(x, g, ld);
+            // The block's output gradient as rows `[images·pixels][co]`.
+            let dyr = swap_inner(dy, g.co, pixels, false);
+            matmul_add_serial(
+                &mut acc,
+                k,
+                g.co,
+                rows,
+                MatRef::new(&cols, 1, ld),
+                MatRef::new(&dyr, g.co, 1),
+            );
+        }
+        acc
+    });
     let mut dwt = vec![T::zero(); k * g.co];
     for part in &partials {
         dwt.iter_mut().zip(part).for_each(|(a, b)| *a += *b);

@@ -11,10 +11,10 @@
 //! recomputing them, which it does when they are missing).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
+use crate::pool;
 use crate::util::with_slices3;
 
 /// Slices smaller than this many elements in all are normalized on one thread.
@@ -213,33 +213,6 @@ fn stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// Runs `f(slice_index, chunk...)` over the zipped slices, in parallel when they are large,
-/// and returns what it returned for each slice, in order.
-fn for_each_slice<A: Sync, B: Send, R: Send>(
-    total: usize,
-    len: usize,
-    src: &[A],
-    dst: &mut [B],
-    f: impl Fn(usize, &[A], &mut [B]) -> R + Sync,
-) -> Vec<R> {
-    if len == 0 {
-        return vec![];
-    }
-    if total >= PARALLEL_MIN_ELEMS {
-        dst.par_chunks_mut(len)
-            .zip(src.par_chunks(len))
-            .enumerate()
-            .map(|(i, (d, s))| f(i, s, d))
-            .collect()
-    } else {
-        dst.chunks_mut(len)
-            .zip(src.chunks(len))
-            .enumerate()
-            .map(|(i, (d, s))| f(i, s, d))
-            .collect()
-    }
-}
-
 /// What every slice's kernel needs besides its data.
 #[derive(Clone, Copy)]
 struct Params<'a, T> {
@@ -404,14 +377,20 @@ fn forward<T: WithDType>(
     let len = g.slice_len();
     let out = &mut y.spare_capacity_mut()[..x.len()];
     let p = Params::new(weight, bias, g, eps, relu);
-    let stats = for_each_slice(x.len(), len, x, out, |i, xs, ys| {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: AVX2 and FMA were detected.
-            return unsafe { forward_slice_avx2(p, i, xs, ys) };
-        }
-        forward_slice(p, i, xs, ys)
-    });
+    let mut stats = vec![(0.0, 0.0); x.len().checked_div(len).unwrap_or(0)];
+    if len > 0 {
+        let parallel = x.len() >= PARALLEL_MIN_ELEMS;
+        pool::chunks_mut2((out, len), (&mut stats, 1), parallel, |i, ys, st| {
+            let xs = &x[i * len..][..len];
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: AVX2 and FMA were detected.
+                st[0] = unsafe { forward_slice_avx2(p, i, xs, ys) };
+                return;
+            }
+            st[0] = forward_slice(p, i, xs, ys);
+        });
+    }
     // SAFETY: `x.len()` is a whole number of slices of `len = cg·s` elements (B·groups of
     // them), and every slice's `cg` channels of `s` elements were written above.
     unsafe { y.set_len(x.len()) };
@@ -488,20 +467,13 @@ fn backward<T: WithDType>(
         }
         backward_slice(p, i, st, xs, dys, dxs, sums)
     };
-    if len > 0 {
-        if x.len() >= PARALLEL_MIN_ELEMS {
-            dx_part
-                .par_chunks_mut(len)
-                .zip(sums.par_chunks_mut(g.cg))
-                .enumerate()
-                .for_each(|(i, (d, s))| work(i, d, s));
-        } else {
-            dx_part
-                .chunks_mut(len)
-                .zip(sums.chunks_mut(g.cg))
-                .enumerate()
-                .for_each(|(i, (d, s))| work(i, d, s));
-        }
+    if len > 0 && g.cg > 0 {
+        pool::chunks_mut2(
+            (dx_part, len),
+            (&mut sums, g.cg),
+            x.len() >= PARALLEL_MIN_ELEMS,
+            work,
+        );
     }
     // Reduce over the batch: slice i covers channels (i % groups)·cg ...
     let mut dw = vec![0.0f64; c];

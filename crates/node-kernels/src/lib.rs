@@ -7,6 +7,7 @@ pub mod conv;
 mod gemm;
 pub mod group_norm;
 pub mod linear;
+mod pool;
 mod transpose;
 mod util;
 

@@ -1,7 +1,6 @@
 //! The one-pass CPU stage combination behind [`crate::rk::lincomb`].
 
 use candle_core::{DType, Device, Result, Storage, Tensor, WithDType};
-use rayon::prelude::*;
 
 /// Elements per block: each block is combined term by term while it sits in L1.
 const BLOCK: usize = 4096;
@@ -99,7 +98,16 @@ fn combine<T: WithDType>(
         }
     };
     if n >= PARALLEL_MIN_ELEMS {
-        out.par_chunks_mut(BLOCK).enumerate().for_each(block);
+        // On Candle's own CPU pool, as its element-wise ops (Rayon's would add threads that
+        // compete with Candle's spinning ones for the cores). Each block sits behind a lock
+        // that its one visitor takes uncontended: the blocks are handed out as indices.
+        let blocks: Vec<_> = out.chunks_mut(BLOCK).map(std::sync::Mutex::new).collect();
+        candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
+            for i in range {
+                let mut o = blocks[i].lock().unwrap_or_else(|e| e.into_inner());
+                block((i, &mut o));
+            }
+        });
     } else {
         out.chunks_mut(BLOCK).enumerate().for_each(block);
     }

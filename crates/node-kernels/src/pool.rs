@@ -1,0 +1,164 @@
+//! Parallel loops on Candle's own CPU thread pool.
+//!
+//! Candle (0.11) runs its element-wise ops on a pool of its own (`candle_core::utils::
+//! barrier_pool`: the calling thread and `n − 1` workers, which spin for a while after each
+//! op before they sleep). Kernels run on Rayon's global pool had two more threads wake
+//! between two of Candle's ops while Candle's workers were still spinning: on a 2-core
+//! machine three or four busy threads on two cores, and a kernel's static split of the work
+//! then waits on whichever thread the OS set aside. Running the kernels on the same pool keeps
+//! one thread per core and reuses the spinning workers instead of competing with them.
+//!
+//! Each loop hands out indices `0..n` (a shared cursor, so a fast thread takes over a slow
+//! one's share); what a kernel computes for an index never depends on the thread that ran it.
+
+use std::mem::MaybeUninit;
+
+use candle_core::utils::barrier_pool;
+
+/// How many threads the loops below run on (the calling thread included).
+pub(crate) fn threads() -> usize {
+    barrier_pool().n_workers() + 1
+}
+
+/// Calls `f(i)` for every `i` in `0..n`, on all of the pool's threads when `parallel`
+/// (on the calling thread otherwise, and when called from inside the pool).
+pub(crate) fn for_each(n: usize, parallel: bool, f: impl Fn(usize) + Sync) {
+    if parallel && n > 1 {
+        barrier_pool().execute_chunked(n, |range| range.for_each(&f));
+    } else {
+        (0..n).for_each(f);
+    }
+}
+
+/// A base pointer that the pool's threads share, each for its own disjoint part of the buffer.
+pub(crate) struct Shared<T>(*mut T);
+
+// Copied by hand: a derive would ask for `T: Copy`.
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Shared<T> {}
+
+// SAFETY: its users give every part of the buffer to exactly one thread, so no two threads
+// touch the same elements; the pointee type is `Send`.
+unsafe impl<T: Send> Send for Shared<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    pub(crate) fn new(base: *mut T) -> Self {
+        Self(base)
+    }
+
+    /// The element `offset` past the base.
+    ///
+    /// # Safety
+    /// `offset` must be inside the buffer's allocation.
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut T {
+        // SAFETY: the caller's.
+        unsafe { self.0.add(offset) }
+    }
+
+    /// Chunk `i` of `len` elements (the last one shorter) of a buffer of `total`.
+    ///
+    /// # Safety
+    /// The pointer must address `total` elements that live and are not otherwise borrowed for
+    /// `'a`, and no other live reference may cover chunk `i`.
+    unsafe fn chunk<'a>(self, i: usize, len: usize, total: usize) -> &'a mut [T] {
+        let start = i * len;
+        // SAFETY: `start < total` for the chunk indices the callers pass, and the chunk ends
+        // at `total` at most; exclusivity is the caller's.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len.min(total - start)) }
+    }
+}
+
+/// `data.chunks_mut(len).enumerate().for_each(f)`, the chunks in parallel when `parallel`.
+pub(crate) fn chunks_mut<T: Send>(
+    data: &mut [T],
+    len: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if data.is_empty() {
+        return;
+    }
+    assert!(len > 0, "pool::chunks_mut: empty chunks");
+    let (total, base) = (data.len(), Shared(data.as_mut_ptr()));
+    for_each(total.div_ceil(len), parallel, |i| {
+        // SAFETY: `data` is borrowed mutably for the whole loop, and each `i` (one chunk) is
+        // visited once.
+        f(i, unsafe { base.chunk(i, len, total) })
+    });
+}
+
+/// Chunk `i` of `a` (`la` elements each) and chunk `i` of `b` (`lb` each) together, for
+/// `i` in `0..n`, in parallel when `parallel`: two outputs cut alike.
+pub(crate) fn chunks_mut2<A: Send, B: Send>(
+    (a, la): (&mut [A], usize),
+    (b, lb): (&mut [B], usize),
+    parallel: bool,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    let n = a.len().div_ceil(la.max(1));
+    assert!(
+        la > 0 && lb > 0 && b.len().div_ceil(lb) == n || a.is_empty() && b.is_empty(),
+        "pool::chunks_mut2: the buffers are not cut into as many chunks"
+    );
+    let (ta, pa) = (a.len(), Shared(a.as_mut_ptr()));
+    let (tb, pb) = (b.len(), Shared(b.as_mut_ptr()));
+    for_each(n, parallel, |i| {
+        // SAFETY: both buffers are borrowed mutably for the whole loop, and each `i` is
+        // visited once.
+        let (ca, cb) = unsafe { (pa.chunk(i, la, ta), pb.chunk(i, lb, tb)) };
+        f(i, ca, cb)
+    });
+}
+
+/// `(0..n).map(f).collect()`, computed in parallel when `parallel`; the results in order.
+pub(crate) fn map<R: Send>(n: usize, parallel: bool, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let mut out: Vec<MaybeUninit<R>> = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit` needs no initialisation.
+    unsafe { out.set_len(n) };
+    chunks_mut(&mut out, 1, parallel, |i, slot| {
+        slot[0].write(f(i));
+    });
+    // SAFETY: every slot was written above (a panic in `f` propagates before this line, and
+    // leaks the results already written rather than dropping uninitialised ones).
+    out.into_iter()
+        .map(|v| unsafe { v.assume_init() })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_visit_every_index_once_in_place() {
+        for parallel in [false, true] {
+            let mut v = vec![0usize; 1000];
+            chunks_mut(&mut v, 7, parallel, |i, c| {
+                assert_eq!(c.len(), if i == 142 { 6 } else { 7 });
+                c.iter_mut().enumerate().for_each(|(j, x)| *x += i * 7 + j);
+            });
+            assert!(
+                v.iter().enumerate().all(|(i, x)| *x == i),
+                "parallel {parallel}"
+            );
+            let (mut a, mut b) = (vec![0usize; 30], vec![0u8; 10]);
+            chunks_mut2((&mut a, 3), (&mut b, 1), parallel, |i, a, b| {
+                a.iter_mut().for_each(|x| *x = i);
+                b[0] = i as u8;
+            });
+            assert!(a.iter().enumerate().all(|(j, x)| *x == j / 3));
+            assert_eq!(b, (0..10).collect::<Vec<u8>>());
+            let squares = map(100, parallel, |i| vec![i * i]);
+            assert!(squares.iter().enumerate().all(|(i, s)| s == &[i * i]));
+            chunks_mut(&mut Vec::<u8>::new(), 4, parallel, |_, _| unreachable!());
+            assert!(map(0, parallel, |i| i).is_empty());
+        }
+        assert!(threads() >= 1);
+    }
+}
