@@ -11,6 +11,7 @@
 //! Each loop hands out indices `0..n` (a shared cursor, so a fast thread takes over a slow
 //! one's share); what a kernel computes for an index never depends on the thread that ran it.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use candle_core::utils::barrier_pool;
@@ -20,11 +21,37 @@ pub(crate) fn threads() -> usize {
     barrier_pool().n_workers() + 1
 }
 
+thread_local! {
+    /// Whether this thread is running a loop's body (Candle's pool marks its workers only,
+    /// not the calling thread that works beside them).
+    static IN_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as inside a loop's body until dropped (also when `f` panics).
+struct Inside(bool);
+
+impl Inside {
+    fn enter() -> Self {
+        Self(IN_LOOP.replace(true))
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        IN_LOOP.set(self.0);
+    }
+}
+
 /// Calls `f(i)` for every `i` in `0..n`, on all of the pool's threads when `parallel`
-/// (on the calling thread otherwise, and when called from inside the pool).
+/// (on the calling thread otherwise). A loop inside a loop's body runs on its thread: the
+/// pool takes one loop at a time, and the calling thread of the outer one would otherwise
+/// wait on itself.
 pub(crate) fn for_each(n: usize, parallel: bool, f: impl Fn(usize) + Sync) {
-    if parallel && n > 1 {
-        barrier_pool().execute_chunked(n, |range| range.for_each(&f));
+    if parallel && n > 1 && !IN_LOOP.get() {
+        barrier_pool().execute_chunked(n, |range| {
+            let _inside = Inside::enter();
+            range.for_each(&f);
+        });
     } else {
         (0..n).for_each(f);
     }
@@ -160,5 +187,21 @@ mod tests {
             assert!(map(0, parallel, |i| i).is_empty());
         }
         assert!(threads() >= 1);
+    }
+
+    /// A parallel loop inside a parallel loop's body completes (Candle's pool runs one loop
+    /// at a time: without the guard the calling thread would wait on itself).
+    #[test]
+    fn nested_loops_complete() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // On a thread of its own, so that a deadlock fails the test instead of hanging it.
+        std::thread::spawn(move || {
+            let sums = map(8, true, |i| map(50, true, |j| i * j).iter().sum::<usize>());
+            tx.send(sums).ok();
+        });
+        let sums = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("nested parallel loops deadlocked");
+        assert_eq!(sums, (0..8).map(|i| i * 1225).collect::<Vec<_>>());
     }
 }
