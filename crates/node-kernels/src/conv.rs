@@ -17,6 +17,10 @@
 //! was 1.1–1.5× faster on a 2-core Zen 3 (fwd+bwd, 128×64×26×26 → 64, 4×4 stride 2:
 //! 135–166 → 86–115 ms; the timings on that machine vary by ±30% from run to run).
 //!
+//! A convolution with at most 16 values per unfolded row (a first layer on one-channel
+//! images) is bound by memory that way, and runs the direct kernels of `direct` instead (its
+//! forward pass and weight gradient; the input gradient stays a product).
+//!
 //! These orientations are the fast ones for the `gemm` crate on the ODE-Net block's shapes
 //! (measured on a 2-core Sapphire Rapids, AVX-512: forward ~295 GFLOP/s against ~165 for
 //! `W · cols` with pixel-major columns; weight gradient ~138 per thread against ~77).
@@ -30,6 +34,8 @@ use crate::gemm::{matmul_add_serial, matmul_serial, MatRef};
 use crate::pool;
 use crate::transpose::transpose;
 use crate::util::{with_slices2, with_slices3};
+
+mod direct;
 
 /// 2-D convolution, differentiable, with Candle's `Tensor::conv2d` arguments and semantics
 /// (cross-correlation, no bias; add one with `broadcast_add`).
@@ -250,17 +256,42 @@ unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity()) }
 }
 
-/// How many images each block of the batch holds: the block's unfolded input (`pixels·k`
-/// values per image) is sized to stay in the cache while its product reads it (512 KB, one
-/// image at least: the L2 of a Zen 3 core, a quarter of a Sapphire Rapids core's), and the batch is cut into a multiple of the thread count of blocks
-/// of near-equal size, so that no thread waits on a lone last block.
-fn block_images<T>(g: &Geometry) -> usize {
-    const BLOCK_BYTES: usize = 512 << 10;
-    let per_image = (g.pixels() * g.k() * std::mem::size_of::<T>()).max(1);
-    let max = (BLOCK_BYTES / per_image).clamp(1, g.b.max(1));
-    let threads = pool::threads();
-    let per_thread = g.b.div_ceil(threads).max(1);
-    per_thread.div_ceil(per_thread.div_ceil(max))
+/// The batch cut into blocks of whole images, for the products to run block by block: a
+/// block's unfolded input (`pixels·k` values per image) is sized to stay in the cache while
+/// its product reads it (512 KB, one image at least: the L2 of a Zen 3 core, a quarter of a
+/// Sapphire Rapids core's). There are as many blocks per thread for every thread, and the
+/// images are shared out evenly (`b / count` or one more each), so that the threads finish
+/// together (the ResNet's 6×6 convs: 22 blocks of 5 or 6 images on 2 threads, where blocks of
+/// 6 and a last one of 2 gave one thread 66 images and the other 62).
+#[derive(Clone, Copy, Debug)]
+struct Blocks {
+    images: usize,
+    count: usize,
+}
+
+impl Blocks {
+    fn new<T>(g: &Geometry) -> Self {
+        const BLOCK_BYTES: usize = 512 << 10;
+        let per_image = (g.pixels() * g.k() * std::mem::size_of::<T>()).max(1);
+        let max = (BLOCK_BYTES / per_image).max(1);
+        let threads = pool::threads();
+        let per_thread = g.b.div_ceil(threads);
+        Self {
+            images: g.b,
+            count: (threads * per_thread.div_ceil(max)).min(g.b),
+        }
+    }
+
+    /// Where block `i` starts, in images (`i ≤ count`; block `count` starts at the end).
+    fn start(&self, i: usize) -> usize {
+        i * self.images / self.count.max(1)
+    }
+
+    /// The blocks' starts, in `unit`s per image, the end included: the bounds of
+    /// [`pool::split_mut`].
+    fn bounds(&self, unit: usize) -> Vec<usize> {
+        (0..=self.count).map(|i| self.start(i) * unit).collect()
+    }
 }
 
 /// Unfolds `images` channels-last images (`xh`, `[images][H][W][C]`) into `cols`, one row
@@ -346,7 +377,7 @@ fn unfold_block<T: WithDType>(x: &[T], g: &Geometry, ld: usize) -> Vec<T> {
     unsafe { assume_init(cols) }
 }
 
-// The batch is cut into blocks of whole images (`block_images`), in parallel over blocks,
+// The batch is cut into blocks of whole images (`Blocks`), in parallel over blocks,
 // each block's product on its own thread: a block's unfolded input is written and read
 // while in cache, and the NCHW ↔ rows rearrangements happen block by block.
 
@@ -364,11 +395,12 @@ fn per_block<T: WithDType>(
     assert!(src_image > 0, "conv2d: empty image");
     let mut out = uninit(g.b * out_image);
     if !out.is_empty() {
-        let images = block_images::<T>(g);
-        pool::chunks_mut(&mut out, images * out_image, true, |i, out| {
+        let blocks = Blocks::new::<T>(g);
+        pool::split_mut(&mut out, &blocks.bounds(out_image), true, |i, out| {
+            let first = blocks.start(i);
             f(
                 out,
-                &src[i * images * src_image..][..out.len() / out_image * src_image],
+                &src[first * src_image..][..out.len() / out_image * src_image],
             )
         });
     }
@@ -377,6 +409,9 @@ fn per_block<T: WithDType>(
 }
 
 fn forward<T: WithDType>(x: &[T], kernel: &[T], bias: Option<&[T]>, g: &Geometry) -> Vec<T> {
+    if direct::suits(g) {
+        return direct::forward(x, kernel, bias, g);
+    }
     let (k, pixels) = (g.k(), g.pixels());
     let in_image = g.c * g.h * g.w;
     let kernel = kernel_taps_last(kernel, g);
@@ -424,6 +459,9 @@ fn backward_input<T: WithDType>(dy: &[T], kernel: &[T], g: &Geometry) -> Vec<T> 
 }
 
 fn backward_kernel<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
+    if direct::suits(g) {
+        return direct::backward_kernel(x, dy, g);
+    }
     let (k, pixels) = (g.k(), g.pixels());
     let (in_image, out_image) = (g.c * g.h * g.w, g.co * pixels);
     let mut dw = vec![T::zero(); g.co * k];
@@ -439,25 +477,21 @@ fn backward_kernel<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
     } else {
         k
     };
-    let images = block_images::<T>(g);
+    let blocks = Blocks::new::<T>(g);
     // dWᵀ[k][co] = Σ over blocks of colsᵀ[k][b·p] · dy[b·p][co]. The blocks are cut into
     // as many fixed runs of consecutive blocks as there are threads, each summed in order
     // (by whichever thread takes it), and the runs' sums are added in order: the same bits
     // every time (for a given thread count), so that a resumed training run repeats a
     // straight one exactly. (Rayon's `fold` would sum in whatever order work stealing split
     // the blocks.)
-    let blocks = g.b.div_ceil(images);
-    let run = (blocks.div_ceil(pool::threads()) * images).max(1);
-    let partials = pool::map(g.b.div_ceil(run), true, |r| {
-        let images_here = (g.b - r * run).min(run);
-        let x = &x[r * run * in_image..][..images_here * in_image];
-        let dy = &dy[r * run * out_image..][..images_here * out_image];
+    let runs = pool::threads().min(blocks.count);
+    let partials = pool::map(runs, true, |r| {
         let mut acc = vec![T::zero(); k * g.co];
-        for (x, dy) in x
-            .chunks(images * in_image)
-            .zip(dy.chunks(images * out_image))
-        {
-            let rows = (x.len() / in_image) * pixels;
+        for i in r * blocks.count / runs..(r + 1) * blocks.count / runs {
+            let (first, end) = (blocks.start(i), blocks.start(i + 1));
+            let x = &x[first * in_image..end * in_image];
+            let dy = &dy[first * out_image..end * out_image];
+            let rows = (end - first) * pixels;
             let cols = unfold_block(x, g, ld);
             // The block's output gradient as rows `[images·pixels][co]`.
             let dyr = swap_inner(dy, g.co, pixels, false);

@@ -75,6 +75,22 @@ const CASES: &[Case] = &[
         stride: 1,
         dilation: 1,
     },
+    // Rows of at most 16 values take the CPU's direct kernels: a stride and a dilation (the
+    // generic loops), and rows wider than one pass of 32 output columns (AVX2 for f32).
+    Case {
+        x: (3, 1, 11, 9),
+        k: (4, 1, 3, 3),
+        padding: 2,
+        stride: 2,
+        dilation: 2,
+    },
+    Case {
+        x: (2, 2, 7, 45),
+        k: (5, 2, 2, 4),
+        padding: 1,
+        stride: 1,
+        dilation: 1,
+    },
     // The CPU kernels cut the batch into blocks of ≤ 512 KB of unfolded input (6 of these
     // images): 37 images make several blocks per thread and a short last one.
     Case {
@@ -191,7 +207,9 @@ fn conv2d_matches_candle(dev: &Device) -> Result<()> {
 fn conv2d_bias_matches_candle(dev: &Device) -> Result<()> {
     for dtype in [DType::F32, DType::F64] {
         let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
-        for c in [&CASES[0], &CASES[2], &CASES[3], &CASES[5]] {
+        for c in [
+            &CASES[0], &CASES[1], &CASES[2], &CASES[3], &CASES[5], &CASES[7], &CASES[8],
+        ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.x, dev)?.to_dtype(dtype)?)?;
             let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?)?;
             let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.k.0, dev)?.to_dtype(dtype)?)?;
