@@ -17,7 +17,7 @@ use std::mem::MaybeUninit;
 
 use candle_core::WithDType;
 
-use super::Geometry;
+use super::{assume_init, uninit, Geometry};
 use crate::pool;
 
 /// The largest unfolded row (`c·kh·kw`) that takes the direct kernels.
@@ -126,16 +126,11 @@ fn per_image<T: WithDType>(
     g: &Geometry,
     f: impl Fn(&Padded<T>, usize, &mut [MaybeUninit<T>]) + Sync,
 ) -> Vec<T> {
-    let len = g.b * g.co * g.pixels();
     let xp = Padded::new(x, g);
-    let mut y: Vec<T> = Vec::with_capacity(len);
-    let out = &mut y.spare_capacity_mut()[..len];
-    if len > 0 {
-        pool::chunks_mut(out, g.co * g.pixels(), true, |n, yn| f(&xp, n, yn));
-    }
+    let mut y = uninit(g.b * g.co * g.pixels());
+    pool::chunks_mut(&mut y, g.co * g.pixels(), true, |n, yn| f(&xp, n, yn));
     // SAFETY: `f` writes every image's planes in full.
-    unsafe { y.set_len(len) };
-    y
+    unsafe { assume_init(y) }
 }
 
 /// Image `n` of [`forward`]: its `co` output planes into `yn`, written in full.
