@@ -1,7 +1,7 @@
 """One MNIST training step (batch 128, random images and labels, SGD 0.1 momentum 0.9) of the
 Table 1 models in PyTorch + torchdiffeq, on any device: the reference for `mnist-step`.
 Models as in torchdiffeq's examples/odenet_mnist.py (see fixtures/mnist_models_reference.py).
-Usage: python3 bench-mnist-step-torch.py [cuda|cpu] [reps]"""
+Usage: python3 bench-mnist-step-torch.py [cuda|cpu] [reps] [variants, comma-separated]"""
 import os
 import sys
 import time
@@ -17,6 +17,10 @@ from torchdiffeq import odeint, odeint_adjoint  # noqa: E402
 
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 reps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+ALL = ["odenet-adjoint", "odenet-direct", "rknet", "resnet"]
+variants = sys.argv[3].split(",") if len(sys.argv) > 3 else ALL
+if any(v not in ALL for v in variants):
+    sys.exit(f"unknown variant in {variants}; known: {ALL}")
 torch.set_default_dtype(torch.float32)
 torch.manual_seed(0)
 
@@ -57,7 +61,7 @@ def sync():
 print(f"torch {torch.__version__}, device {dev}" + (f" ({torch.cuda.get_device_name()})" if dev == "cuda" else ""))
 print("| variant | NFE fwd | NFE bwd | median ms | min ms |")
 print("|---|---:|---:|---:|---:|")
-for variant in ["odenet-adjoint", "odenet-direct", "rknet", "resnet"]:
+for variant in variants:
     m = make(variant)
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
     x = torch.rand(128, 1, 28, 28, device=dev)
