@@ -5,18 +5,17 @@
 # median ratio over the rounds. On a shared machine whose speed drifts by ±30% within minutes,
 # this is what "measured in one run" can mean.
 #
-# Usage: PEER_PYTHON=/path/to/python scripts/compare-mnist-step.sh \
-#            [variants, comma-separated] [rounds] [reps] [device]
-# defaults: all four variants, 3 rounds, 7 timed steps per run, cpu.
+#   usage: scripts/compare-mnist-step.sh [variants, comma-separated] [rounds] [reps] [device]
+#          (defaults: all four variants, 3 rounds, 7 timed steps per run, cpu)
+#   env:   PEER_PYTHON  a Python with torch + torchdiffeq (default: ../shared/peer/venv/bin/python)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 variants=${1:-odenet-adjoint,odenet-direct,rknet,resnet}
 rounds=${2:-3}
 reps=${3:-7}
 device=${4:-cpu}
-python=${PEER_PYTHON:-python3}
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
+python=${PEER_PYTHON:-../shared/peer/venv/bin/python}
 
 if ! "$python" -c "import torch, torchdiffeq" 2>/dev/null; then
     echo "error: $python cannot import torch and torchdiffeq; set PEER_PYTHON" >&2
@@ -24,8 +23,8 @@ if ! "$python" -c "import torch, torchdiffeq" 2>/dev/null; then
 fi
 features=()
 [ "$device" = cuda ] && features=(--features cuda)
-cargo build --release -q "${features[@]}" --manifest-path "$root/Cargo.toml" --bin mnist-step
-step="$root/target/release/mnist-step"
+cargo build --release -q "${features[@]}" --bin mnist-step
+step=target/release/mnist-step
 
 # The median column of a table row: ours `| v | params | nfe | nfe | median | min | rss |`,
 # PyTorch's `| v | nfe | nfe | median | min |`.
@@ -39,7 +38,7 @@ IFS=, read -ra list <<<"$variants"
 for r in $(seq 1 "$rounds"); do
     for v in "${list[@]}"; do
         ours=$("$step" --device "$device" --variants "$v" --reps "$reps" --child "$v" | median "$v" 6)
-        theirs=$("$python" "$here/bench-mnist-step-torch.py" "$device" "$reps" "$v" | median "$v" 5)
+        theirs=$("$python" scripts/bench-mnist-step-torch.py "$device" "$reps" "$v" | median "$v" 5)
         if [ -z "$ours" ] || [ -z "$theirs" ]; then
             echo "error: no timing for $v (ours '$ours', PyTorch '$theirs')" >&2
             exit 1
