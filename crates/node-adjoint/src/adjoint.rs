@@ -256,7 +256,10 @@ impl<F: ParamVectorField> Inner<F> {
         let dtype = self.ys.dtype();
         let span = (ts[last] - ts[0]).abs();
         let mut ropts = self.adj.reverse_solve_options(&self.opts, span);
+        // Reads back to the host besides the reverse solves' own (counted in their stats).
+        let mut host_reads = 0;
         if let Atol::PerComponent(t) = &ropts.atol {
+            host_reads += 1;
             // The augmented state is flat and longer than y: use the tightest tolerance.
             let min = t
                 .flatten_all()?
@@ -277,6 +280,7 @@ impl<F: ParamVectorField> Inner<F> {
         };
         let mut stats = SolverStats::default();
         let time_nfe = std::cell::Cell::new(0);
+        // `dL/dt_i = ±a(t_i)·f(t_i, y_i)`: one evaluation and one read per output time.
         let eval_f = |t: f64, y: &Tensor| -> Result<Tensor> {
             time_nfe.set(time_nfe.get() + 1);
             self.f.eval(t, y).map(|k| k.detach())
@@ -315,6 +319,7 @@ impl<F: ParamVectorField> Inner<F> {
             a = (a + g.get(i - 1)?)?;
         }
         stats.nfe += time_nfe.get();
+        stats.host_reads += host_reads + time_nfe.get();
         self.stats.lock().1 = stats;
         Ok((a.detach(), (p > 0).then_some(g_theta.detach()), grad_t))
     }

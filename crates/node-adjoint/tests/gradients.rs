@@ -118,9 +118,13 @@ fn analytic_linear(dev: &Device) -> Result<()> {
     let gt = grads.get(&ts).unwrap().to_vec1::<f64>()?;
     check(gt[1], theta0 * y_t, "dL/dT");
     check(gt[0], -theta0 * y_t, "dL/dt0");
-    assert!(
-        sol.stats.backward().nfe > 0,
-        "backward statistics are recorded"
+    let back = sol.stats.backward();
+    assert!(back.nfe > 0, "backward statistics are recorded");
+    // One interval: two reads to pick its first step, one per step, and one per output
+    // time for dL/dt.
+    assert_eq!(
+        back.host_reads,
+        2 + back.accepted_steps + back.rejected_steps + 2
     );
     Ok(())
 }

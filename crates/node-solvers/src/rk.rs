@@ -8,7 +8,7 @@
 use crate::error::SolverError;
 use crate::field::VectorField;
 use crate::tableau::ButcherTableau;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
 
 /// `base + Σ w_i x_i` over the terms with non-zero weight (`Σ w_i x_i` without a base).
@@ -45,10 +45,12 @@ pub fn lincomb<'a>(
     }
 }
 
-/// A vector field wrapped to count evaluations and check what it returns.
+/// A vector field wrapped to count evaluations and check what it returns; it also counts the
+/// solve's reads of device values back to the host (each one waits for the device).
 pub(crate) struct Evaluator<'a, F: ?Sized> {
     f: &'a F,
     nfe: Cell<usize>,
+    host_reads: Cell<usize>,
 }
 
 impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
@@ -56,11 +58,22 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
         Self {
             f,
             nfe: Cell::new(0),
+            host_reads: Cell::new(0),
         }
     }
 
     pub(crate) fn nfe(&self) -> usize {
         self.nfe.get()
+    }
+
+    pub(crate) fn host_reads(&self) -> usize {
+        self.host_reads.get()
+    }
+
+    /// `t`'s values as f64 on the host: the one way the solver reads anything back, counted.
+    pub(crate) fn read(&self, t: &Tensor) -> Result<Vec<f64>> {
+        self.host_reads.set(self.host_reads.get() + 1);
+        t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
     }
 
     pub(crate) fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {

@@ -10,7 +10,7 @@ use crate::field::VectorField;
 use crate::options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
 use crate::rk::{lincomb, rk_step, Evaluator, Step};
 use crate::tableau::ButcherTableau;
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// Counts of a solve.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,6 +21,11 @@ pub struct SolverStats {
     pub accepted_steps: usize,
     /// Rejected steps.
     pub rejected_steps: usize,
+    /// Reads of device values back to the host, each one a wait for the device: one per
+    /// adaptive step (its error ratio), two to choose the first step when none is given, one
+    /// to check a per-component `atol` or a given first step, and one to check a fixed-step
+    /// solve's outputs. Nothing inside a step's stages is read.
+    pub host_reads: usize,
 }
 
 impl std::ops::AddAssign for SolverStats {
@@ -28,6 +33,7 @@ impl std::ops::AddAssign for SolverStats {
         self.nfe += o.nfe;
         self.accepted_steps += o.accepted_steps;
         self.rejected_steps += o.rejected_steps;
+        self.host_reads += o.host_reads;
     }
 }
 
@@ -118,20 +124,21 @@ pub fn odeint<F: VectorField + ?Sized>(
     out.push(y0.clone());
     let (mut stats, last_step) = match opts.step {
         StepSize::Adaptive => {
-            let atol = prepare_atol(&opts.atol, y0)?;
+            let atol = prepare_atol(&ev, &opts.atol, y0)?;
             adaptive(&ev, y0, ts, dir, opts, &atol, &mut out)?
         }
         StepSize::Fixed(_) | StepSize::Count(_) => fixed(&ev, y0, ts, dir, opts, &mut out)?,
     };
-    stats.nfe = ev.nfe();
     let ys = Tensor::stack(&out, 0)?;
     if matches!(opts.step, StepSize::Fixed(_) | StepSize::Count(_)) {
         // Fixed steps read nothing back per step; NaN/inf propagate, so checking the outputs
         // once catches a blow-up anywhere before them.
-        if let Some(i) = first_non_finite(&ys)? {
+        if let Some(i) = first_non_finite(&ev, &ys)? {
             return Err(SolverError::NonFinite { t: ts[i] }.into());
         }
     }
+    stats.nfe = ev.nfe();
+    stats.host_reads = ev.host_reads();
     Ok(Solution {
         ts: ts.to_vec(),
         ys,
@@ -170,7 +177,11 @@ enum PreparedAtol {
     Tensor(Tensor),
 }
 
-fn prepare_atol(atol: &Atol, y0: &Tensor) -> Result<PreparedAtol> {
+fn prepare_atol<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    atol: &Atol,
+    y0: &Tensor,
+) -> Result<PreparedAtol> {
     match atol {
         Atol::Scalar(a) => Ok(PreparedAtol::Scalar(*a)),
         Atol::PerComponent(t) => {
@@ -186,11 +197,7 @@ fn prepare_atol(atol: &Atol, y0: &Tensor) -> Result<PreparedAtol> {
                     ))
                 })?
                 .contiguous()?;
-            let min = t
-                .flatten_all()?
-                .min(0)?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
+            let min = ev.read(&t.flatten_all()?.min(0)?)?[0];
             if !(min.is_finite() && min > 0.0) {
                 return Err(SolverError::InvalidTolerance {
                     name: "atol",
@@ -223,19 +230,14 @@ fn error_scale(y0: &Tensor, y1: Option<&Tensor>, rtol: f64, atol: &PreparedAtol)
     }
 }
 
-fn read_f64(t: &Tensor) -> Result<f64> {
-    t.to_dtype(DType::F64)?.to_scalar::<f64>()
-}
-
 /// Index of the first entry (along dim 0) holding NaN or inf, with one read.
 #[allow(clippy::eq_op)] // `ys - ys` is the point: 0 where finite, NaN where not.
-fn first_non_finite(ys: &Tensor) -> Result<Option<usize>> {
+fn first_non_finite<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    ys: &Tensor,
+) -> Result<Option<usize>> {
     // x - x is 0 for finite x and NaN otherwise; summing cannot overflow.
-    let z = (ys - ys)?
-        .flatten_from(1)?
-        .sum(1)?
-        .to_dtype(DType::F64)?
-        .to_vec1::<f64>()?;
+    let z = ev.read(&(ys - ys)?.flatten_from(1)?.sum(1)?)?;
     Ok(z.iter().position(|v| !v.is_finite()))
 }
 
@@ -250,15 +252,13 @@ fn initial_step<F: VectorField + ?Sized>(
     atol: &PreparedAtol,
 ) -> Result<f64> {
     let scale = error_scale(y0, None, opts.rtol, atol)?;
-    let d01 = Tensor::stack(
+    let d01 = ev.read(&Tensor::stack(
         &[
             scaled_norm_sq(y0, &scale, opts.norm)?,
             scaled_norm_sq(f0, &scale, opts.norm)?,
         ],
         0,
-    )?
-    .to_dtype(DType::F64)?
-    .to_vec1::<f64>()?;
+    )?)?;
     let (d0, d1) = (d01[0].sqrt(), d01[1].sqrt());
     if !(d0.is_finite() && d1.is_finite()) {
         return Err(SolverError::NonFinite { t: t0 }.into());
@@ -270,7 +270,7 @@ fn initial_step<F: VectorField + ?Sized>(
     };
     let y1 = lincomb(Some(y0), [(dir * h0, f0)])?;
     let f1 = ev.eval(t0 + dir * h0, &y1)?;
-    let d2 = read_f64(&scaled_norm_sq(&(f1 - f0)?, &scale, opts.norm)?)?.sqrt() / h0;
+    let d2 = ev.read(&scaled_norm_sq(&(f1 - f0)?, &scale, opts.norm)?)?[0].sqrt() / h0;
     let exponent = opts.method.tableau().error_exponent();
     let h1 = if !d2.is_finite() {
         h0
@@ -345,7 +345,7 @@ fn adaptive<F: VectorField + ?Sized>(
     let mut f0 = ev.eval(t, &y)?;
     let mut h_abs = match opts.first_step {
         Some(h) => {
-            if first_non_finite(&Tensor::stack(&[&y, &f0], 0)?)?.is_some() {
+            if first_non_finite(ev, &Tensor::stack(&[&y, &f0], 0)?)?.is_some() {
                 return Err(SolverError::NonFinite { t }.into());
             }
             h
@@ -373,7 +373,7 @@ fn adaptive<F: VectorField + ?Sized>(
             .as_ref()
             .expect("adaptive methods have an error estimate");
         let scale = error_scale(&y, Some(&step.y1), opts.rtol, atol)?;
-        let ratio = read_f64(&scaled_norm_sq(err, &scale, opts.norm)?)?.sqrt();
+        let ratio = ev.read(&scaled_norm_sq(err, &scale, opts.norm)?)?[0].sqrt();
         if ratio <= 1.0 {
             stats.accepted_steps += 1;
             let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
@@ -470,7 +470,7 @@ fn fixed<F: VectorField + ?Sized>(
     let stats = SolverStats {
         nfe: 0,
         accepted_steps: n,
-        rejected_steps: 0,
+        ..SolverStats::default()
     };
     Ok((stats, span / n as f64))
 }
