@@ -26,7 +26,8 @@ const PARALLEL_MIN_ELEMS: usize = 1 << 15;
 /// zero mean and unit variance (biased variance, `eps` added), then scaled by `weight` and
 /// shifted by `bias` per channel.
 ///
-/// On the CPU, for f32 and f64, one fused kernel forward and one backward; elsewhere the same
+/// On the CPU, for f32 and f64, one fused kernel forward and one backward; on CUDA (with the
+/// `cuda` feature), f32 and f64, one kernel launch forward and two backward; elsewhere the same
 /// computation in Candle ops (as `candle_nn::GroupNorm`).
 ///
 /// # Shapes
@@ -49,7 +50,8 @@ pub fn group_norm(
 /// CPU the ReLU costs no pass of its own, forward or backward, and the autograd graph has one
 /// node instead of two (Candle accumulates every node's gradient with a zero-fill and an
 /// add). NaN stays NaN, and the ReLU's gradient is 0 where its input is ≤ 0, as
-/// [`crate::relu`]. Elsewhere [`group_norm`] then Candle's `relu`.
+/// [`crate::relu`]. On CUDA, as [`group_norm`], with the ReLU in the same kernels; elsewhere
+/// [`group_norm`] then Candle's `relu`.
 ///
 /// # Errors
 /// As [`group_norm`].
@@ -92,7 +94,14 @@ fn apply(
         }
     }
     let cpu = [x, weight, bias].iter().all(|t| t.device().is_cpu());
-    if cpu && matches!(x.dtype(), DType::F32 | DType::F64) {
+    let cuda = cfg!(feature = "cuda") && [x, weight, bias].iter().all(|t| t.device().is_cuda());
+    if (cpu || cuda) && matches!(x.dtype(), DType::F32 | DType::F64) {
+        // The CUDA kernels read contiguous data (a no-op when it already is).
+        let (x, weight, bias) = if cuda {
+            (&x.contiguous()?, &weight.contiguous()?, &bias.contiguous()?)
+        } else {
+            (x, weight, bias)
+        };
         x.apply_op3(
             weight,
             bias,
@@ -554,6 +563,24 @@ impl CustomOp3 for GroupNorm {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let op = crate::cuda::Forward {
+            groups: self.groups,
+            eps: self.eps,
+            relu: self.relu,
+        };
+        crate::cuda::run3(&op, [(s1, l1), (s2, l2), (s3, l3)], l1.shape().clone())
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -564,6 +591,12 @@ impl CustomOp3 for GroupNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Weight and bias in one input (the backward op has three slots); 2·C values.
         let weight_bias = Tensor::cat(&[weight, bias], 0)?;
+        // The CUDA kernels read contiguous data (a no-op when it already is).
+        let grad = &if grad.device().is_cuda() {
+            grad.contiguous()?
+        } else {
+            grad.clone()
+        };
         let all = x.apply_op3_no_bwd(
             &weight_bias,
             grad,
@@ -623,6 +656,25 @@ impl CustomOp3 for Backward {
         )?;
         let n = l1.shape().elem_count() + l2.shape().elem_count();
         Ok((out, n.into()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let op = crate::cuda::Backward {
+            groups: self.groups,
+            eps: self.eps,
+            relu: self.relu,
+        };
+        let n = l1.shape().elem_count() + l2.shape().elem_count();
+        crate::cuda::run3(&op, [(s1, l1), (s2, l2), (s3, l3)], n.into())
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod activation;
 pub mod alloc;
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod gemm;
 pub mod group_norm;
 pub mod linear;

@@ -82,8 +82,11 @@ fn group_norm_matches_candle(dev: &Device) -> Result<()> {
         check(&randn(&[3, 5, 11], 3.0)?, 1, tol)?;
         check(&randn(&[2, 4, 3], 0.0)?, 4, tol)?;
         check(&randn(&[2, 6, 2, 3, 2], 0.0)?, 2, tol)?;
-        // Large enough to take the threaded path.
+        // Large enough to take the threaded path; on CUDA, slices long enough for the
+        // kernels' larger blocks (1352 and 6400 elements).
         check(&randn(&[16, 64, 8, 8], 0.0)?, 32, tol)?;
+        check(&randn(&[2, 64, 26, 26], 0.0)?, 32, tol)?;
+        check(&randn(&[2, 8, 40, 40], 1.0)?, 2, tol)?;
         // Non-contiguous: transposed spatial axes, a narrowed batch.
         let x = randn(&[3, 8, 5, 4], 0.0)?.transpose(2, 3)?;
         assert!(!x.is_contiguous());
