@@ -17,6 +17,8 @@ use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOpt
 use candle_core::cuda_backend::{CudaDevice, Map3, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, WithDType};
 
+use crate::group_norm::Geometry;
+
 const SOURCE: &str = include_str!("cuda/group_norm.cu");
 const MODULE: &str = "node_kernels_group_norm";
 
@@ -65,17 +67,15 @@ fn offsets(l: &Layout, what: &str) -> Result<(usize, usize)> {
     })
 }
 
-/// `[B, C, *]` as (slices, groups, channels per group, positions).
+/// `[B, C, *]` (checked by `group_norm`) as (slices, groups, channels per group, positions),
+/// within the kernels' 32-bit indices.
 fn geometry(dims: &[usize], groups: usize) -> Result<(usize, usize, usize, usize)> {
-    if dims.len() < 2 || groups == 0 || !dims[1].is_multiple_of(groups) {
-        candle_core::bail!("group_norm (CUDA): input {dims:?} with {groups} groups");
-    }
-    let s: usize = dims[2..].iter().product();
-    let as_i32 = |v: usize| i32::try_from(v).is_ok();
-    if !(as_i32(dims[0] * groups) && as_i32(dims[1] / groups * s)) {
+    let g = Geometry::new(dims, groups);
+    let slices = dims[0] * groups;
+    if i32::try_from(slices).is_err() || i32::try_from(g.slice_len()).is_err() {
         candle_core::bail!("group_norm (CUDA): input {dims:?} too large for the kernel");
     }
-    Ok((dims[0] * groups, groups, dims[1] / groups, s))
+    Ok((slices, g.groups, g.cg, g.s))
 }
 
 /// The forward pass on `(x, weight, bias)`.

@@ -149,14 +149,15 @@ fn reference(
 
 /// Sizes: `batch` samples of `groups` contiguous slices of `cg` channels × `s` positions.
 #[derive(Clone, Copy)]
-struct Geometry {
-    groups: usize,
-    cg: usize,
-    s: usize,
+pub(crate) struct Geometry {
+    pub groups: usize,
+    pub cg: usize,
+    pub s: usize,
 }
 
 impl Geometry {
-    fn new(dims: &[usize], groups: usize) -> Self {
+    /// For dims `[B, C, *]` that [`apply`] has checked.
+    pub fn new(dims: &[usize], groups: usize) -> Self {
         let c = dims[1];
         Self {
             groups,
@@ -165,7 +166,7 @@ impl Geometry {
         }
     }
 
-    fn slice_len(&self) -> usize {
+    pub fn slice_len(&self) -> usize {
         self.cg * self.s
     }
 }
