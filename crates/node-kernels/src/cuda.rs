@@ -17,7 +17,7 @@ use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOpt
 use candle_core::cuda_backend::{CudaDevice, Map3, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, WithDType};
 
-use crate::group_norm::Geometry;
+use crate::group_norm::{Geometry, Settings};
 
 const SOURCE: &str = include_str!("cuda/group_norm.cu");
 const MODULE: &str = "node_kernels_group_norm";
@@ -79,11 +79,7 @@ fn geometry(dims: &[usize], groups: usize) -> Result<(usize, usize, usize, usize
 }
 
 /// The forward pass on `(x, weight, bias)`.
-pub(crate) struct Forward {
-    pub groups: usize,
-    pub eps: f64,
-    pub relu: bool,
-}
+pub(crate) struct Forward(pub Settings);
 
 impl Map3 for Forward {
     fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
@@ -96,8 +92,9 @@ impl Map3 for Forward {
         lb: &Layout,
         dev: &CudaDevice,
     ) -> Result<CudaSlice<T>> {
+        let Settings { groups, eps, relu } = self.0;
         let name = format!("node_gn_fwd_{}", dtype_name::<T>()?);
-        let (slices, groups, cg, s) = geometry(lx.dims(), self.groups)?;
+        let (slices, groups, cg, s) = geometry(lx.dims(), groups)?;
         let ((x0, x1), (w0, w1), (b0, b1)) = (
             offsets(lx, "x")?,
             offsets(lw, "weight")?,
@@ -120,9 +117,9 @@ impl Map3 for Forward {
         builder.arg(&w);
         builder.arg(&b);
         builder.arg(&mut y);
-        let eps = T::from_f64(self.eps);
+        let eps = T::from_f64(eps);
         candle_core::builder_arg!(builder, groups as i32, cg as i32, s as i32, eps);
-        candle_core::builder_arg!(builder, i32::from(self.relu));
+        candle_core::builder_arg!(builder, i32::from(relu));
         // SAFETY: the arguments match the kernel's signature; the views cover what it reads.
         unsafe { builder.launch(cfg) }.w()?;
         Ok(y)
@@ -130,11 +127,7 @@ impl Map3 for Forward {
 }
 
 /// The backward pass on `(x, [weight, bias], dy)` → `[dx, dweight, dbias]`, flat.
-pub(crate) struct Backward {
-    pub groups: usize,
-    pub eps: f64,
-    pub relu: bool,
-}
+pub(crate) struct Backward(pub Settings);
 
 impl Map3 for Backward {
     fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
@@ -147,8 +140,9 @@ impl Map3 for Backward {
         ldy: &Layout,
         dev: &CudaDevice,
     ) -> Result<CudaSlice<T>> {
+        let Settings { groups, eps, relu } = self.0;
         let dt = dtype_name::<T>()?;
-        let (slices, groups, cg, s) = geometry(lx.dims(), self.groups)?;
+        let (slices, groups, cg, s) = geometry(lx.dims(), groups)?;
         if ldy.dims() != lx.dims() {
             candle_core::bail!(
                 "group_norm backward (CUDA): gradient shape {:?}",
@@ -190,9 +184,9 @@ impl Map3 for Backward {
             builder.arg(&dy);
             builder.arg(&mut dx);
             builder.arg(&mut part);
-            let eps = T::from_f64(self.eps);
+            let eps = T::from_f64(eps);
             candle_core::builder_arg!(builder, groups as i32, cg as i32, s as i32, eps);
-            candle_core::builder_arg!(builder, i32::from(self.relu));
+            candle_core::builder_arg!(builder, i32::from(relu));
             // SAFETY: the arguments match the kernel's signature.
             unsafe { builder.launch(cfg) }.w()?;
         }

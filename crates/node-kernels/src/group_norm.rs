@@ -106,9 +106,7 @@ fn apply(
             weight,
             bias,
             GroupNorm {
-                groups,
-                eps,
-                relu,
+                settings: Settings { groups, eps, relu },
                 saved: OnceLock::new(),
             },
         )
@@ -520,12 +518,18 @@ fn backward<T: WithDType>(
     dx
 }
 
+/// What the op's forward and backward passes share, on every device.
+#[derive(Clone, Copy)]
+pub(crate) struct Settings {
+    pub groups: usize,
+    pub eps: f64,
+    /// A ReLU fused after the norm.
+    pub relu: bool,
+}
+
 /// The differentiable op on `(x, weight, bias)`.
 struct GroupNorm {
-    groups: usize,
-    eps: f64,
-    /// A ReLU fused after the norm.
-    relu: bool,
+    settings: Settings,
     /// Each slice's `(mean, 1/σ)`, kept by the CPU forward for the backward (16 bytes per
     /// `(sample, group)`; the backward pass then reads `x` twice instead of four times).
     saved: OnceLock<Arc<Vec<(f64, f64)>>>,
@@ -554,12 +558,13 @@ impl CustomOp3 for GroupNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1.dims(), self.groups);
+        let Settings { groups, eps, relu } = self.settings;
+        let g = Geometry::new(l1.dims(), groups);
         let out = with_slices3(
             self.name(),
             [(s1, l1), (s2, l2), (s3, l3)],
-            |x, w, b| self.keep(forward(x, w, b, g, self.eps, self.relu)),
-            |x, w, b| self.keep(forward(x, w, b, g, self.eps, self.relu)),
+            |x, w, b| self.keep(forward(x, w, b, g, eps, relu)),
+            |x, w, b| self.keep(forward(x, w, b, g, eps, relu)),
         )?;
         Ok((out, l1.shape().clone()))
     }
@@ -574,11 +579,7 @@ impl CustomOp3 for GroupNorm {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let op = crate::cuda::Forward {
-            groups: self.groups,
-            eps: self.eps,
-            relu: self.relu,
-        };
+        let op = crate::cuda::Forward(self.settings);
         crate::cuda::run3(&op, [(s1, l1), (s2, l2), (s3, l3)], l1.shape().clone())
     }
 
@@ -602,9 +603,7 @@ impl CustomOp3 for GroupNorm {
             &weight_bias,
             grad,
             &Backward {
-                groups: self.groups,
-                eps: self.eps,
-                relu: self.relu,
+                settings: self.settings,
                 saved: self.saved.get().cloned(),
             },
         )?;
@@ -618,9 +617,7 @@ impl CustomOp3 for GroupNorm {
 
 /// `[dx, dweight, dbias]` (flat) from `(x, [weight, bias], dy)`.
 struct Backward {
-    groups: usize,
-    eps: f64,
-    relu: bool,
+    settings: Settings,
     /// The forward's statistics, when it ran on the CPU.
     saved: Option<Arc<Vec<(f64, f64)>>>,
 }
@@ -642,7 +639,8 @@ impl CustomOp3 for Backward {
         if l1.dims() != l3.dims() {
             candle_core::bail!("{}: gradient shape {:?}", self.name(), l3.dims());
         }
-        let g = Geometry::new(l1.dims(), self.groups);
+        let Settings { groups, eps, relu } = self.settings;
+        let g = Geometry::new(l1.dims(), groups);
         let slices = l1.shape().elem_count().checked_div(g.slice_len());
         let saved = self
             .saved
@@ -652,8 +650,8 @@ impl CustomOp3 for Backward {
         let out = with_slices3(
             self.name(),
             [(s1, l1), (s2, l2), (s3, l3)],
-            |x, wb, dy| backward(x, wb, dy, g, self.eps, self.relu, saved),
-            |x, wb, dy| backward(x, wb, dy, g, self.eps, self.relu, saved),
+            |x, wb, dy| backward(x, wb, dy, g, eps, relu, saved),
+            |x, wb, dy| backward(x, wb, dy, g, eps, relu, saved),
         )?;
         let n = l1.shape().elem_count() + l2.shape().elem_count();
         Ok((out, n.into()))
@@ -669,11 +667,7 @@ impl CustomOp3 for Backward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let op = crate::cuda::Backward {
-            groups: self.groups,
-            eps: self.eps,
-            relu: self.relu,
-        };
+        let op = crate::cuda::Backward(self.settings);
         let n = l1.shape().elem_count() + l2.shape().elem_count();
         crate::cuda::run3(&op, [(s1, l1), (s2, l2), (s3, l3)], n.into())
     }
