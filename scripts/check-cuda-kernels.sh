@@ -11,7 +11,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for check in scripts/cuda-emulator/check_*.cpp; do
   name=$(basename "$check" .cpp)
-  g++ -std=c++20 -O1 -pthread -Wall -Wno-unknown-pragmas -o "$out/$name" "$check"
+  g++ -std=c++20 -O1 -ffp-contract=off -pthread -Wall -Wno-unknown-pragmas -o "$out/$name" "$check"
   echo "== $name"
   "$out/$name"
 done

@@ -7,7 +7,7 @@
 #
 #   usage: scripts/compare-mnist-step.sh [variants, comma-separated] [rounds] [reps] [device]
 #          (defaults: all four variants, 3 rounds, 7 timed steps per run, cpu)
-#   env:   PEER_PYTHON  a Python with torch + torchdiffeq (default: ../shared/peer/venv/bin/python)
+#   env:   PEER_PYTHON  a Python with torch + torchdiffeq (default: python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +15,7 @@ variants=${1:-odenet-adjoint,odenet-direct,rknet,resnet}
 rounds=${2:-3}
 reps=${3:-7}
 device=${4:-cpu}
-python=${PEER_PYTHON:-../shared/peer/venv/bin/python}
+python=${PEER_PYTHON:-python3}
 
 if ! "$python" -c "import torch, torchdiffeq" 2>/dev/null; then
     echo "error: $python cannot import torch and torchdiffeq; set PEER_PYTHON" >&2

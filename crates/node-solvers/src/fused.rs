@@ -1,6 +1,23 @@
-//! The one-pass CPU stage combination behind [`crate::rk::lincomb`].
+//! The one-pass stage combinations behind [`crate::rk::lincomb`]: on the CPU here, on CUDA
+//! in `cuda.rs` (with the `cuda` feature).
 
 use candle_core::{DType, Device, Result, Storage, Tensor, WithDType};
+
+#[cfg(feature = "cuda")]
+mod cuda;
+
+/// `base + Σ w_i x_i` in one pass on the inputs' device, or `None` where the inputs do not
+/// qualify for it (then the caller builds Candle's chain).
+pub(crate) fn lincomb_fused(
+    base: Option<&Tensor>,
+    terms: &[(f64, &Tensor)],
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if let Some(out) = cuda::lincomb_cuda(base, terms)? {
+        return Ok(Some(out));
+    }
+    lincomb_cpu(base, terms)
+}
 
 /// Elements per block: each block is combined term by term while it sits in L1.
 const BLOCK: usize = 4096;
@@ -10,10 +27,7 @@ const PARALLEL_MIN_ELEMS: usize = 1 << 16;
 /// `base + Σ w_i x_i` in one pass, or `None` when the inputs do not qualify (a tensor that
 /// tracks a gradient, not on the CPU, another dtype, different shapes, not contiguous).
 /// The caller drops zero weights first, as the Candle chain skips them.
-pub(crate) fn lincomb_cpu(
-    base: Option<&Tensor>,
-    terms: &[(f64, &Tensor)],
-) -> Result<Option<Tensor>> {
+fn lincomb_cpu(base: Option<&Tensor>, terms: &[(f64, &Tensor)]) -> Result<Option<Tensor>> {
     let Some((_, first)) = terms.first() else {
         return Ok(None);
     };
@@ -119,16 +133,23 @@ fn combine<T: WithDType>(
 #[cfg(test)]
 mod tests {
     use crate::rk::lincomb;
-    use candle_core::{DType, Device, Tensor, Var};
+    use candle_core::{DType, Device, Result, Tensor, Var};
 
     /// The fused path gives the Candle chain's values exactly, with and without a base, with a
-    /// unit first weight, f32 and f64, small and threaded sizes; tracked or strided inputs
+    /// unit first weight, f32 and f64, small and threaded sizes (on CUDA also one larger than
+    /// a launch's grid), and more terms than one CUDA launch takes; tracked or strided inputs
     /// take the chain (and a tracked one gets its gradient).
-    #[test]
-    fn fused_matches_the_candle_chain() -> candle_core::Result<()> {
-        let dev = &Device::Cpu;
+    fn fused_matches_the_candle_chain(dev: &Device) -> Result<()> {
+        let mut sizes = vec![1usize, 7, 4096 * 3 + 5, 1 << 17];
+        if dev.is_cuda() {
+            sizes.push((1 << 22) + 3);
+        }
+        let same = |a: &Tensor, b: &Tensor| -> Result<bool> {
+            let (a, b) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
+            Ok(a.to_vec1::<f64>()? == b.to_vec1::<f64>()?)
+        };
         for dtype in [DType::F32, DType::F64] {
-            for n in [1usize, 7, 4096 * 3 + 5, 1 << 17] {
+            for &n in &sizes {
                 let t = |s: f32| Tensor::randn(0f32, s, n, dev)?.to_dtype(dtype);
                 let (b, x1, x2, x3) = (t(1.0)?, t(2.0)?, t(0.5)?, t(3.0)?);
                 for (base, w0) in [(Some(&b), 1.0), (Some(&b), 0.3), (None, -0.7)] {
@@ -136,7 +157,7 @@ mod tests {
                     let fused = lincomb(base, terms)?;
                     let nonzero = [(w0, &x1), (1e-3, &x2), (-2.5, &x3)];
                     assert!(
-                        super::lincomb_cpu(base, &nonzero)?.is_some(),
+                        super::lincomb_fused(base, &nonzero)?.is_some(),
                         "fused path taken"
                     );
                     // A tracked copy of x3 forces the chain; the values must not change.
@@ -144,27 +165,48 @@ mod tests {
                     let terms = [(w0, &x1), (0.0, &x2), (1e-3, &x2), (-2.5, v.as_tensor())];
                     let chain = lincomb(base, terms)?;
                     assert!(!fused.track_op() && chain.track_op());
-                    let (f, c) = (
-                        fused.to_dtype(DType::F64)?.to_vec1::<f64>()?,
-                        chain.to_dtype(DType::F64)?.to_vec1::<f64>()?,
+                    assert!(
+                        same(&fused, &chain)?,
+                        "{dtype:?} n {n} base {} w0 {w0}",
+                        base.is_some()
                     );
-                    assert!(f == c, "{dtype:?} n {n} base {} w0 {w0}", base.is_some());
                     let g = chain.sum_all()?.backward()?;
                     let g = g.get(&v).expect("gradient through the chain");
-                    let want = (v.ones_like()? * -2.5)?;
-                    assert_eq!(
-                        g.to_dtype(DType::F64)?.to_vec1::<f64>()?,
-                        want.to_dtype(DType::F64)?.to_vec1::<f64>()?
-                    );
+                    assert!(same(g, &(v.ones_like()? * -2.5)?)?);
                 }
             }
+            // 20 terms: on CUDA a launch of 16 and one that goes on from its partial sum.
+            let n = 1000;
+            let xs: Vec<Tensor> = (0..20)
+                .map(|_| Tensor::randn(0f32, 1.0, n, dev)?.to_dtype(dtype))
+                .collect::<Result<_>>()?;
+            let ws: Vec<f64> = (0..20).map(|i| 0.1 * i as f64 - 0.75).collect();
+            let b = Tensor::randn(0f32, 1.0, n, dev)?.to_dtype(dtype)?;
+            let fused = lincomb(Some(&b), ws.iter().copied().zip(&xs))?;
+            let last = Var::from_tensor(&xs[19])?;
+            let chain = lincomb(
+                Some(&b),
+                ws.iter()
+                    .copied()
+                    .zip(xs[..19].iter().chain([last.as_tensor()])),
+            )?;
+            assert!(!fused.track_op() && chain.track_op());
+            assert!(same(&fused, &chain)?, "{dtype:?}, 20 terms");
         }
         // A strided input falls back to the chain, same values.
         let m = Tensor::randn(0f32, 1.0, (5, 3), dev)?;
         let (mt, other) = (m.t()?, Tensor::randn(0f32, 1.0, (3, 5), dev)?);
+        assert!(super::lincomb_fused(Some(&other), &[(0.5, &mt)])?.is_none());
         let out = lincomb(Some(&other), [(0.5, &mt)])?;
         let want = (&other + (mt.affine(0.5, 0.0))?)?;
         assert_eq!(out.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
         Ok(())
     }
+
+    candle_core::test_device!(
+        fused_matches_the_candle_chain,
+        fused_matches_cpu,
+        fused_matches_cuda,
+        fused_matches_metal
+    );
 }

@@ -13,17 +13,18 @@ use std::cell::Cell;
 
 /// `base + Σ w_i x_i` over the terms with non-zero weight (`Σ w_i x_i` without a base).
 ///
-/// On the CPU, when no input needs a gradient (every adjoint solve, and any solve under no
-/// autograd), f32/f64 contiguous inputs of one shape are combined in one pass over the
-/// output instead of one scaling and one addition per term. The values are those of the Candle
-/// ops (the same operations in the same order; only the sign of a zero can differ, as Candle
-/// scales by `x·w + 0`). Otherwise Candle ops, so gradients flow.
+/// When no input needs a gradient (every adjoint solve, and any solve under no autograd),
+/// f32/f64 contiguous inputs of one shape on the CPU, or on one CUDA device with the `cuda`
+/// feature, are combined in one pass over the output (on CUDA one kernel launch) instead of
+/// one scaling and one addition per term. The values are those of the Candle ops (the same
+/// operations in the same order; only the sign of a zero can differ, as Candle scales by
+/// `x·w + 0`). Otherwise Candle ops, so gradients flow.
 pub fn lincomb<'a>(
     base: Option<&Tensor>,
     terms: impl IntoIterator<Item = (f64, &'a Tensor)>,
 ) -> Result<Tensor> {
     let terms: Vec<(f64, &Tensor)> = terms.into_iter().filter(|(w, _)| *w != 0.0).collect();
-    if let Some(out) = crate::fused::lincomb_cpu(base, &terms)? {
+    if let Some(out) = crate::fused::lincomb_fused(base, &terms)? {
         return Ok(out);
     }
     let mut acc: Option<Tensor> = None;

@@ -266,9 +266,24 @@ fn host_reads_one_per_step(dev: &Device) -> Result<()> {
 /// the solver's code (outside its unit tests).
 #[test]
 fn no_host_read_outside_the_counted_one() -> Result<()> {
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-    for entry in std::fs::read_dir(src)? {
-        let path = entry?.path();
+    // Every `.rs` file under `src/`, submodules' folders included.
+    let mut files = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.iter().any(|p| p.ends_with("fused/cuda.rs")));
+    for path in files {
         let text = std::fs::read_to_string(&path)?;
         let code: String = text
             .split("#[cfg(test)]")

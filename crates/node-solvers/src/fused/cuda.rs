@@ -1,0 +1,184 @@
+//! The one-launch CUDA stage combination behind [`crate::rk::lincomb`] (with the `cuda`
+//! feature).
+//!
+//! Candle's chain is two kernel launches per term (`affine`, then `add`) and an allocation
+//! for each intermediate; a dopri5 step combines 27 terms that way, about 60 launches beside
+//! its 6 evaluations. Here each combination is one launch (`lincomb.cu`, compiled at run time
+//! by NVRTC, once per process, loaded once per device) with the same values as the chain.
+
+use std::sync::OnceLock;
+
+use candle_core::cuda_backend::cudarc::driver::{
+    DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaStorage, DType, Result, Storage, Tensor, WithDType};
+
+const SOURCE: &str = include_str!("lincomb.cu");
+const MODULE: &str = "node_solvers_lincomb";
+/// Terms per launch: `NODE_LINCOMB_MAX_TERMS` in the source. Longer combinations (dense
+/// output of high-order tableaus) continue from the partial sum in further launches.
+const MAX_TERMS: usize = 16;
+const THREADS: u32 = 256;
+/// Blocks per launch at most; larger outputs are covered by the kernel's grid-stride loop.
+const MAX_BLOCKS: usize = 16 * 1024;
+
+/// The module's PTX, compiled on first use. `fmad=false`: a term's product is rounded before
+/// it is added, as in Candle's chain, so both give the same values.
+fn ptx() -> Result<&'static str> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        let opts = CompileOptions {
+            fmad: Some(false),
+            name: Some("lincomb.cu".into()),
+            ..Default::default()
+        };
+        compile_ptx_with_opts(SOURCE, opts)
+            .map(|p| p.to_src())
+            .map_err(|e| e.to_string())
+    })
+    .as_deref()
+    .map_err(|e| candle_core::Error::Msg(format!("node-solvers: NVRTC failed on lincomb.cu: {e}")))
+}
+
+/// The kernels' by-value parameter (`NodeLincombF32` / `NodeLincombF64`): device addresses
+/// of the base (0 for none) and the terms, and the terms' weights.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Terms<T> {
+    base: u64,
+    x: [u64; MAX_TERMS],
+    w: [T; MAX_TERMS],
+}
+
+// SAFETY: plain data with the C layout of the kernels' structs (pointers are 8 bytes on every
+// CUDA target); the test below checks its size against the parameter size in the PTX.
+unsafe impl<T: DeviceRepr> DeviceRepr for Terms<T> {}
+
+/// `base + Σ w_i x_i` in one launch, or `None` when the inputs do not qualify (not all on one
+/// CUDA device, a tensor that tracks a gradient, another dtype, different shapes, strided, or
+/// empty). The caller drops zero weights first, as the Candle chain skips them.
+pub(crate) fn lincomb_cuda(
+    base: Option<&Tensor>,
+    terms: &[(f64, &Tensor)],
+) -> Result<Option<Tensor>> {
+    let Some((_, first)) = terms.first() else {
+        return Ok(None);
+    };
+    let all: Vec<&Tensor> = base
+        .into_iter()
+        .chain(terms.iter().map(|(_, x)| *x))
+        .collect();
+    let qualifies = first.device().is_cuda()
+        && first.elem_count() > 0
+        && all.iter().all(|t| {
+            t.device().same_device(first.device())
+                && !t.track_op()
+                && t.dtype() == first.dtype()
+                && t.shape() == first.shape()
+        });
+    if !qualifies {
+        return Ok(None);
+    }
+    match first.dtype() {
+        DType::F32 => combine::<f32>(&all, base.is_some(), terms, "node_lincomb_f32"),
+        DType::F64 => combine::<f64>(&all, base.is_some(), terms, "node_lincomb_f64"),
+        _ => Ok(None),
+    }
+}
+
+/// `all` is the base (when `has_base`) then the terms' tensors; `None` for a strided one.
+fn combine<T: WithDType + DeviceRepr + CudaDType>(
+    all: &[&Tensor],
+    has_base: bool,
+    terms: &[(f64, &Tensor)],
+    kernel: &str,
+) -> Result<Option<Tensor>> {
+    let like = all[0];
+    let n = like.elem_count();
+    // Hold every read guard while the device addresses are in use.
+    let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
+    let mut views = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let (Storage::Cuda(cuda), Some((start, end))) = (&**storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        views.push((cuda.as_cuda_slice::<T>()?.slice(start..end), &cuda.device));
+    }
+    let dev = views[0].1.clone();
+    let stream = dev.cuda_stream();
+    // SAFETY: every element is written by the first launch.
+    let mut out = unsafe { dev.alloc::<T>(n)? };
+    let func = dev.get_or_load_custom_func(kernel, MODULE, ptx()?)?;
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(THREADS as usize).min(MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    {
+        // Each pointer's guard orders the launch after the tensor's last write and records
+        // the read (or, for the output, the write) once the launch is queued.
+        let ptrs: Vec<_> = views.iter().map(|(v, _)| v.device_ptr(&stream)).collect();
+        let (out_ptr, _out_guard) = out.device_ptr_mut(&stream);
+        let (mut base, xs) = if has_base {
+            (ptrs[0].0, &ptrs[1..])
+        } else {
+            (0, &ptrs[..])
+        };
+        for (xs, ws) in xs.chunks(MAX_TERMS).zip(terms.chunks(MAX_TERMS)) {
+            let mut t = Terms {
+                base,
+                x: [0; MAX_TERMS],
+                w: [T::zero(); MAX_TERMS],
+            };
+            for (j, ((x, _), (w, _))) in xs.iter().zip(ws).enumerate() {
+                t.x[j] = *x;
+                t.w[j] = T::from_f64(*w);
+            }
+            let (n_terms, n) = (xs.len() as i32, n as u64);
+            let mut builder = func.builder();
+            builder.arg(&t);
+            builder.arg(&n_terms);
+            builder.arg(&out_ptr);
+            builder.arg(&n);
+            // SAFETY: the arguments match the kernel's signature; every address covers `n`
+            // elements of `T` and stays alive (the guards above) until the launch is queued.
+            unsafe { builder.launch(cfg) }.w()?;
+            // A longer combination goes on from the partial sum, in place (each element is
+            // read and written by the same thread).
+            base = out_ptr;
+        }
+    }
+    drop(views);
+    drop(guards);
+    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev));
+    Ok(Some(Tensor::from_storage(
+        storage,
+        like.shape().clone(),
+        BackpropOp::none(),
+        false,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NVRTC needs no GPU: a CUDA build's unit tests compile the source on any machine with
+    /// CUDA's libraries (`libnvrtc`), and check that both kernels are there and take the
+    /// struct this module passes, byte for byte.
+    #[test]
+    fn source_compiles_with_nvrtc() {
+        let ptx = ptx().unwrap();
+        for (dt, size) in [
+            ("f32", std::mem::size_of::<Terms<f32>>()),
+            ("f64", std::mem::size_of::<Terms<f64>>()),
+        ] {
+            let param = format!(".param .align 8 .b8 node_lincomb_{dt}_param_0[{size}]");
+            assert!(ptx.contains(&param), "{param} not in the PTX:\n{ptx}");
+        }
+    }
+}
