@@ -8,6 +8,7 @@
 #   usage: scripts/compare-mnist-step.sh [variants, comma-separated] [rounds] [reps] [device]
 #          (defaults: all four variants, 3 rounds, 7 timed steps per run, cpu)
 #   env:   PEER_PYTHON  a Python with torch + torchdiffeq (default: python3)
+#          MNIST_STEP   a prebuilt mnist-step (default: built here with cargo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,10 +22,14 @@ if ! "$python" -c "import torch, torchdiffeq" 2>/dev/null; then
     echo "error: $python cannot import torch and torchdiffeq; set PEER_PYTHON" >&2
     exit 2
 fi
-features=()
-[ "$device" = cuda ] && features=(--features cuda)
-cargo build --release -q "${features[@]}" --bin mnist-step
-step=target/release/mnist-step
+if [ -n "${MNIST_STEP:-}" ]; then
+    step=$MNIST_STEP
+else
+    features=()
+    [ "$device" = cuda ] && features=(--features cuda)
+    cargo build --release -q "${features[@]}" --bin mnist-step
+    step=target/release/mnist-step
+fi
 
 # The median column of a table row: ours `| v | params | nfe | nfe | median | min | rss |`,
 # PyTorch's `| v | nfe | nfe | median | min |`.

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Runs the CUDA checks and benchmarks packed by scripts/gpu/pack.sh on a GPU machine that has
+# no Rust toolchain: run it from the repository root of a checkout there.
+#
+#   usage: scripts/gpu/run.sh BUNDLE OUT STEP [STEP...]
+#   steps (each appends to OUT/summary.md and writes its own log under OUT):
+#     env                 the GPU, the driver, the CUDA libraries the executables load
+#     tests               every packed test binary, from its package's folder as `cargo test`
+#                         runs it (CPU and CUDA variants) -> tests.log
+#     bench[=ROUNDS]      the MNIST training step, ours (`mnist-step --device cuda`) and PyTorch
+#                         + torchdiffeq, interleaved (scripts/compare-mnist-step.sh), ROUNDS
+#                         rounds (default 2); the ode_demo solve, ours and torchdiffeq -> bench.log
+#     profile[=VARIANT]   Nsight Compute's time of every kernel of one training step (default
+#                         odenet-adjoint), summed by kernel -> profile.csv (raw) and the summary
+#     table1=EPOCHS[:MIN] scripts/reproduce-table1.sh EPOCHS --device cuda with the packed
+#                         train-mnist for at most MIN minutes (default 8), resumed from
+#                         BUNDLE/table1.tar.xz when there -> table1.log and table1.tar.xz (every
+#                         run's checkpoint and metrics: copy it into BUNDLE to go on next time)
+#   env: CUDA_LIB (default /usr/local/cuda/lib64), PYTHON (default python3: torch, torchdiffeq),
+#        TABLE1_DEVICE (default cuda; cpu for a dry run), MODELS (as reproduce-table1.sh's)
+# Not run here: anything that needs cargo. A step that fails is reported and the next runs.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+bundle=${1:?usage: $0 BUNDLE OUT STEP...}
+out=${2:?usage: $0 BUNDLE OUT STEP...}
+shift 2
+[ $# -gt 0 ] || { echo "error: no step given (env, tests, bench, profile, table1=EPOCHS)" >&2; exit 2; }
+mkdir -p "$out"
+bundle=$(cd "$bundle" && pwd)
+out=$(cd "$out" && pwd)
+summary="$out/summary.md"
+py=${PYTHON:-python3}
+export LD_LIBRARY_PATH="${CUDA_LIB:-/usr/local/cuda/lib64}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+unxz_to() {  # unxz_to ARCHIVE DIR: xz, or python3's lzma where xz is missing
+  mkdir -p "$2"
+  if command -v xz >/dev/null; then xz -dc "$1"; else
+    "$py" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$1"
+  fi | tar -x -C "$2"
+}
+bin=$(mktemp -d)
+trap 'rm -rf "$bin"' EXIT
+unxz_to "$bundle/bin.tar.xz" "$bin" || { echo "error: cannot unpack $bundle/bin.tar.xz" >&2; exit 1; }
+exe() {  # exe KIND NAME: the packed executable's path, or an error
+  local f
+  f=$(awk -F'\t' -v k="$1" -v n="$2" '$2 == k && ($1 == n || $1 ~ "^"n"-") { print $1; exit }' "$bin/manifest")
+  [ -n "$f" ] || { echo "error: no $1 $2 in the bundle" >&2; return 1; }
+  echo "$bin/$f"
+}
+say() { echo "$*" | tee -a "$summary"; }
+elapsed() { echo "$(( $(date +%s) - $1 )) s"; }
+
+step_env() {
+  say "## env ($(date -u +%FT%TZ))"
+  { echo '```'
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+    nproc | sed 's/^/CPU cores: /'
+    "$py" -c 'import torch, torchdiffeq; print("torch", torch.__version__, "torchdiffeq", torchdiffeq.__version__, "cuda", torch.version.cuda)' 2>&1
+    first=$(awk -F'\t' 'NR == 1 { print $1 }' "$bin/manifest")
+    ldd "$bin/$first" | grep -E "cuda|cublas|curand|nvrtc|not found"
+    echo '```'
+  } | tee -a "$summary"
+}
+
+step_tests() {
+  local t0 log="$out/tests.log" fails=0
+  t0=$(date +%s)
+  say "## tests"
+  say "| binary | package | result | CUDA tests passed |"
+  say "|---|---|---|---:|"
+  while IFS=$'\t' read -r file kind pkg; do
+    [ "$kind" = bin ] && continue
+    echo "=== $file ($pkg)" >> "$log"
+    (cd "$pkg" && timeout 600 "$bin/$file" --test-threads=4) >> "$log" 2>&1
+    local rc=$? result cuda
+    result=$(grep "^test result:" "$log" | tail -n1 | sed 's/^test result: //; s/; finished.*//')
+    cuda=$(sed -n "/^=== $file /,\$p" "$log" | grep -c "_cuda \.\.\. ok$")
+    [ $rc -eq 0 ] || { fails=$((fails + 1)); result="**rc $rc** $result"; }
+    say "| $file | $pkg | $result | $cuda |"
+  done < "$bin/manifest"
+  say ""
+  say "tests: $fails binaries failed, $(elapsed "$t0")"
+}
+
+step_bench() {
+  local rounds=${1:-2} t0 log="$out/bench.log" demo
+  t0=$(date +%s)
+  say "## bench"
+  local step
+  step=$(exe bin mnist-step) || { say "no mnist-step in the bundle"; return; }
+  MNIST_STEP="$step" PEER_PYTHON="$py" \
+    scripts/compare-mnist-step.sh odenet-adjoint,odenet-direct,rknet,resnet "$rounds" 10 cuda \
+    2>&1 | tee -a "$log" >> "$summary"
+  if demo=$(exe bench ode_demo); then
+    { echo; "$demo" --device cuda --reps 20; echo
+      "$py" scripts/bench-ode-solve-torch.py cuda 20; } 2>&1 | tee -a "$log" >> "$summary"
+  fi
+  say ""
+  say "bench: $(elapsed "$t0")"
+}
+
+step_profile() {
+  local variant=${1:-odenet-adjoint} t0 csv="$out/profile.csv"
+  t0=$(date +%s)
+  say "## profile: one $variant step (Nsight Compute, gpu__time_duration.sum per kernel)"
+  command -v ncu >/dev/null || { say "ncu not found"; return; }
+  local step
+  step=$(exe bin mnist-step) || { say "no mnist-step in the bundle"; return; }
+  timeout 420 ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file "$csv" \
+    "$step" --device cuda --variants "$variant" --reps 1 --warmup 0 \
+    --child "$variant" > "$out/profile-step.txt" 2>&1 || say "ncu: rc $?"
+  "$py" - "$csv" <<'PY' | tee -a "$summary"
+import csv, re, sys
+rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if l.startswith('"'))
+        if r.get("Metric Name") == "gpu__time_duration.sum"]
+by, n = {}, {}
+for r in rows:
+    name = re.sub(r"[(<].*", "", r["Kernel Name"])
+    v = float(r["Metric Value"].replace(",", "")) * {"ns": 1e-6, "us": 1e-3, "usecond": 1e-3,
+        "nsecond": 1e-6, "ms": 1.0, "msecond": 1.0}.get(r["Metric Unit"], 1e-6)
+    by[name] = by.get(name, 0.0) + v
+    n[name] = n.get(name, 0) + 1
+total = sum(by.values())
+print(f"{len(rows)} kernel launches, {total:.1f} ms of kernel time in all\n")
+print("| kernel | launches | ms | share |\n|---|---:|---:|---:|")
+for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:30]:
+    print(f"| {k} | {n[k]} | {v:.2f} | {100 * v / total:.1f}% |")
+PY
+  say ""
+  say "profile: $(elapsed "$t0") (the step's own wall time without the profiler: see bench)"
+}
+
+step_table1() {
+  local spec=${1:?table1=EPOCHS[:MINUTES]} epochs minutes t0 log="$out/table1.log" train
+  epochs=${spec%%:*}
+  minutes=8
+  [ "$spec" != "$epochs" ] && minutes=${spec#*:}
+  t0=$(date +%s)
+  say "## table1: $epochs epochs, at most $minutes min this call"
+  train=$(exe bin train-mnist) || { say "no train-mnist in the bundle"; return; }
+  unxz_to "$bundle/mnist.tar.xz" data/mnist || { say "no MNIST in the bundle (pack.sh --mnist)"; return; }
+  (cd data/mnist && sha256sum --check --quiet ../../scripts/mnist.sha256) || { say "MNIST checksums differ"; return; }
+  if [ -f "$bundle/table1.tar.xz" ]; then
+    # The bundle's runs replace any here (kept aside, not deleted).
+    [ -e runs/table1 ] && mv runs/table1 "runs/table1.before-$(date +%s)"
+    unxz_to "$bundle/table1.tar.xz" runs/table1
+  fi
+  TRAIN_MNIST="$train" OUT=runs/table1 \
+    timeout --kill-after=30 "${minutes}m" scripts/reproduce-table1.sh "$epochs" \
+    --device "${TABLE1_DEVICE:-cuda}" \
+    >> "$log" 2>&1
+  say "reproduce-table1.sh: rc $? (124: stopped at the time limit; run again to go on)"
+  tar -C runs/table1 -cf - . | xz -6 -T0 > "$out/table1.tar.xz"
+  [ -f runs/table1/table1.md ] && cat runs/table1/table1.md >> "$summary"
+  for m in runs/table1/*/metrics.jsonl; do
+    [ -f "$m" ] && say "$(basename "$(dirname "$m")"): $(tail -n1 "$m")"
+  done
+  say "table1: $(elapsed "$t0")"
+}
+
+for s in "$@"; do
+  name=${s%%=*}
+  arg=""
+  [ "$name" != "$s" ] && arg=${s#*=}
+  case $name in
+    env) step_env ;;
+    tests) step_tests ;;
+    bench) step_bench $arg ;;
+    profile) step_profile $arg ;;
+    table1) step_table1 "$arg" ;;
+    *) say "unknown step: $s" ;;
+  esac
+done
