@@ -46,29 +46,31 @@ def mentions_cuda(kind, src):
     if kind == "lib":
         files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.dirname(src)) for f in fs]
     return any("cuda" in open(f, errors="ignore").read() for f in files)
+chosen = {}  # one executable per target (the last listed: cargo lists fresh ones too)
+for line in open(paths):
+    line = line.strip()
+    if line.startswith("{"):  # a line of cargo's --message-format=json
+        path = json.loads(line).get("executable")
+        if not path:
+            continue
+    elif line:
+        path = line
+    else:
+        continue
+    base = os.path.basename(path)
+    m = re.fullmatch(r"(.+)-[0-9a-f]{16}", base)
+    key = (m.group(1), False) if m else (base.replace("-", "_"), True)
+    found = [t for t in targets.get(key, []) if (t[0] == "bin") == key[1]]
+    if not found:
+        print(f"  skipped {base}: not a test, bench or binary target of this workspace", file=sys.stderr)
+        continue
+    kind, pkg, src = found[0]
+    if kind != "bin" and not mentions_cuda(kind, src):
+        print(f"  skipped {base}: {kind} target without CUDA tests", file=sys.stderr)
+        continue
+    chosen[(kind, pkg, key[0])] = f"{path}\t{base}\t{kind}\t{pkg}\n"
 with open(out, "w") as o:
-    for line in open(paths):
-        line = line.strip()
-        if line.startswith("{"):  # a line of cargo's --message-format=json
-            path = json.loads(line).get("executable")
-            if not path:
-                continue
-        elif line:
-            path = line
-        else:
-            continue
-        base = os.path.basename(path)
-        m = re.fullmatch(r"(.+)-[0-9a-f]{16}", base)
-        key = (m.group(1), False) if m else (base.replace("-", "_"), True)
-        found = [t for t in targets.get(key, []) if (t[0] == "bin") == key[1]]
-        if not found:
-            print(f"  skipped {base}: not a test, bench or binary target of this workspace", file=sys.stderr)
-            continue
-        kind, pkg, src = found[0]
-        if kind != "bin" and not mentions_cuda(kind, src):
-            print(f"  skipped {base}: {kind} target without CUDA tests", file=sys.stderr)
-            continue
-        o.write(f"{path}\t{base}\t{kind}\t{pkg}\n")
+    o.writelines(chosen.values())
 PY
 [ -s "$work/select.tsv" ] || { echo "error: no executable of this workspace on stdin" >&2; exit 1; }
 while IFS=$'\t' read -r path base kind pkg; do

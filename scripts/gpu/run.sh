@@ -69,12 +69,13 @@ step_tests() {
   say "| binary | package | result | CUDA tests passed |"
   say "|---|---|---|---:|"
   while IFS=$'\t' read -r file kind pkg; do
-    [ "$kind" = bin ] && continue
+    case $kind in test | lib) ;; *) continue ;; esac
     echo "=== $file ($pkg)" >> "$log"
     (cd "$pkg" && timeout 600 "$bin/$file" --test-threads=4) >> "$log" 2>&1
-    local rc=$? result cuda
-    result=$(grep "^test result:" "$log" | tail -n1 | sed 's/^test result: //; s/; finished.*//')
-    cuda=$(sed -n "/^=== $file /,\$p" "$log" | grep -c "_cuda \.\.\. ok$")
+    local rc=$? result cuda section
+    section=$(sed -n "/^=== $file /,\$p" "$log")
+    result=$(grep "^test result:" <<<"$section" | tail -n1 | sed 's/^test result: //; s/; finished.*//')
+    cuda=$(grep -c "_cuda \.\.\. ok$" <<<"$section")
     [ $rc -eq 0 ] || { fails=$((fails + 1)); result="**rc $rc** $result"; }
     say "| $file | $pkg | $result | $cuda |"
   done < "$bin/manifest"

@@ -7,36 +7,23 @@ use candle_core::{DType, Device, Result, Storage, Tensor, WithDType};
 mod cuda;
 
 /// `base + Σ w_i x_i` in one pass on the inputs' device, or `None` where the inputs do not
-/// qualify for it (then the caller builds Candle's chain).
+/// qualify for it (then the caller builds Candle's chain): a tensor that tracks a gradient,
+/// several devices, dtypes or shapes, a dtype other than f32/f64, a strided input, a device
+/// without such a pass. The caller drops zero weights first, as the Candle chain skips them.
 pub(crate) fn lincomb_fused(
     base: Option<&Tensor>,
     terms: &[(f64, &Tensor)],
 ) -> Result<Option<Tensor>> {
-    #[cfg(feature = "cuda")]
-    if let Some(out) = cuda::lincomb_cuda(base, terms)? {
-        return Ok(Some(out));
-    }
-    lincomb_cpu(base, terms)
-}
-
-/// Elements per block: each block is combined term by term while it sits in L1.
-const BLOCK: usize = 4096;
-/// Below this many elements one thread does it all.
-const PARALLEL_MIN_ELEMS: usize = 1 << 16;
-
-/// `base + Σ w_i x_i` in one pass, or `None` when the inputs do not qualify (a tensor that
-/// tracks a gradient, not on the CPU, another dtype, different shapes, not contiguous).
-/// The caller drops zero weights first, as the Candle chain skips them.
-fn lincomb_cpu(base: Option<&Tensor>, terms: &[(f64, &Tensor)]) -> Result<Option<Tensor>> {
     let Some((_, first)) = terms.first() else {
         return Ok(None);
     };
+    // The base (when there is one), then the terms' tensors.
     let all: Vec<&Tensor> = base
         .into_iter()
         .chain(terms.iter().map(|(_, x)| *x))
         .collect();
     let qualifies = all.iter().all(|t| {
-        t.device().is_cpu()
+        t.device().same_device(first.device())
             && !t.track_op()
             && t.dtype() == first.dtype()
             && t.shape() == first.shape()
@@ -44,12 +31,22 @@ fn lincomb_cpu(base: Option<&Tensor>, terms: &[(f64, &Tensor)]) -> Result<Option
     if !qualifies {
         return Ok(None);
     }
-    match first.dtype() {
-        DType::F32 => combine::<f32>(&all, base.is_some(), terms),
-        DType::F64 => combine::<f64>(&all, base.is_some(), terms),
+    let has_base = base.is_some();
+    match (first.device(), first.dtype()) {
+        (Device::Cpu, DType::F32) => combine::<f32>(&all, has_base, terms),
+        (Device::Cpu, DType::F64) => combine::<f64>(&all, has_base, terms),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda(_), DType::F32) => cuda::combine::<f32>(&all, has_base, terms),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda(_), DType::F64) => cuda::combine::<f64>(&all, has_base, terms),
         _ => Ok(None),
     }
 }
+
+/// Elements per block: each block is combined term by term while it sits in L1.
+const BLOCK: usize = 4096;
+/// Below this many elements one thread does it all.
+const PARALLEL_MIN_ELEMS: usize = 1 << 16;
 
 /// `all` is the base (when `has_base`) then the terms' tensors; `None` for a strided one.
 fn combine<T: WithDType>(

@@ -14,7 +14,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
-use candle_core::{CudaStorage, DType, Result, Storage, Tensor, WithDType};
+use candle_core::{CudaStorage, Result, Storage, Tensor, WithDType};
 
 const SOURCE: &str = include_str!("lincomb.cu");
 const MODULE: &str = "node_solvers_lincomb";
@@ -57,47 +57,30 @@ struct Terms<T> {
 // CUDA target); the test below checks its size against the parameter size in the PTX.
 unsafe impl<T: DeviceRepr> DeviceRepr for Terms<T> {}
 
-/// `base + Σ w_i x_i` in one launch, or `None` when the inputs do not qualify (not all on one
-/// CUDA device, a tensor that tracks a gradient, another dtype, different shapes, strided, or
-/// empty). The caller drops zero weights first, as the Candle chain skips them.
-pub(crate) fn lincomb_cuda(
-    base: Option<&Tensor>,
-    terms: &[(f64, &Tensor)],
-) -> Result<Option<Tensor>> {
-    let Some((_, first)) = terms.first() else {
-        return Ok(None);
-    };
-    let all: Vec<&Tensor> = base
-        .into_iter()
-        .chain(terms.iter().map(|(_, x)| *x))
-        .collect();
-    let qualifies = first.device().is_cuda()
-        && first.elem_count() > 0
-        && all.iter().all(|t| {
-            t.device().same_device(first.device())
-                && !t.track_op()
-                && t.dtype() == first.dtype()
-                && t.shape() == first.shape()
-        });
-    if !qualifies {
-        return Ok(None);
-    }
-    match first.dtype() {
-        DType::F32 => combine::<f32>(&all, base.is_some(), terms, "node_lincomb_f32"),
-        DType::F64 => combine::<f64>(&all, base.is_some(), terms, "node_lincomb_f64"),
-        _ => Ok(None),
-    }
+/// The kernel of element type `T`.
+pub(super) trait Kernel: WithDType + DeviceRepr + CudaDType {
+    const NAME: &'static str;
+}
+impl Kernel for f32 {
+    const NAME: &'static str = "node_lincomb_f32";
+}
+impl Kernel for f64 {
+    const NAME: &'static str = "node_lincomb_f64";
 }
 
-/// `all` is the base (when `has_base`) then the terms' tensors; `None` for a strided one.
-fn combine<T: WithDType + DeviceRepr + CudaDType>(
+/// `base + Σ w_i x_i` in one launch (more past 16 terms), or `None` for a strided input.
+/// `all` is the base (when `has_base`) then the terms' tensors, all on one CUDA device, of
+/// one shape and of dtype `T`, none tracking a gradient (checked by the caller).
+pub(super) fn combine<T: Kernel>(
     all: &[&Tensor],
     has_base: bool,
     terms: &[(f64, &Tensor)],
-    kernel: &str,
 ) -> Result<Option<Tensor>> {
     let like = all[0];
     let n = like.elem_count();
+    if n == 0 {
+        return Ok(None);
+    }
     // Hold every read guard while the device addresses are in use.
     let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
     let mut views = Vec::with_capacity(guards.len());
@@ -112,7 +95,7 @@ fn combine<T: WithDType + DeviceRepr + CudaDType>(
     let stream = dev.cuda_stream();
     // SAFETY: every element is written by the first launch.
     let mut out = unsafe { dev.alloc::<T>(n)? };
-    let func = dev.get_or_load_custom_func(kernel, MODULE, ptx()?)?;
+    let func = dev.get_or_load_custom_func(T::NAME, MODULE, ptx()?)?;
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(THREADS as usize).min(MAX_BLOCKS) as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
