@@ -112,6 +112,84 @@ fn odenet_trains_writes_metrics_and_checkpoint_and_evaluates() -> Result<()> {
     Ok(())
 }
 
+/// The metrics of each epoch line without its times and memory (which differ between runs).
+fn learning_metrics(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.split(',')
+                .filter(|f| !f.contains("time") && !f.contains("rss"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+#[test]
+fn stopping_inside_epochs_and_resuming_loses_nothing() -> Result<()> {
+    // 256 examples in steps of 32: 8 steps per epoch. Stop at step 3 of epoch 1, then at step
+    // 3 of epoch 2 (5 + 3 steps), then finish: the same run, bit for bit, as one go.
+    let data = tmp("data-steps");
+    dataset(&data)?;
+    let straight = tmp("steps-straight");
+    ok(&train(
+        &data,
+        &straight,
+        &["--model", "mlp", "--epochs", "2"],
+    ));
+    let pieces = tmp("steps-pieces");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--model", "mlp", "--epochs", "2", "--resume"];
+        args.extend_from_slice(extra);
+        let o = train(&data, &pieces, &args);
+        ok(&o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = run(&["--stop-after-steps", "3"]);
+    assert!(
+        out.contains("stopped after step 3 of 8 in epoch 1"),
+        "{out}"
+    );
+    let out = run(&["--stop-after-steps", "8"]);
+    assert!(
+        out.contains("resumed from") && out.contains("at step 3 of epoch 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("stopped after step 3 of 8 in epoch 2"),
+        "{out}"
+    );
+    let out = run(&[]);
+    assert!(out.contains("at step 3 of epoch 2"), "{out}");
+    assert_eq!(
+        tensors(&straight.join("checkpoint.safetensors")),
+        tensors(&pieces.join("checkpoint.safetensors"))
+    );
+    assert_eq!(
+        learning_metrics(&straight.join("metrics.jsonl")),
+        learning_metrics(&pieces.join("metrics.jsonl"))
+    );
+    // A checkpoint from inside an epoch does not fit a run over other examples: a clear error.
+    let other = tmp("steps-other");
+    ok(&train(
+        &data,
+        &other,
+        &["--model", "mlp", "--stop-after-steps", "2"],
+    ));
+    let o = train(
+        &data,
+        &other,
+        &["--model", "mlp", "--resume", "--train-subset", "128"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("unfinished epoch"),
+        "{err}"
+    );
+    Ok(())
+}
+
 #[test]
 fn resume_continues_a_run_exactly() -> Result<()> {
     let data = tmp("data-resume");

@@ -10,7 +10,7 @@ use clap::Parser;
 use common::{log, pick_device, DeviceArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use node_adjoint::{AdjointNorm, AdjointOptions};
-use node_models::checkpoint::{self, Resumed};
+use node_models::checkpoint::{self, PartialEpoch, Resumed};
 use node_models::mnist::{self, DataError, Split};
 use node_models::{
     init, Gradient, MnistModel, ModelKind, OdeConfig, PiecewiseSchedule, Rng, SgdConfig,
@@ -19,7 +19,10 @@ use node_models::{
 use node_solvers::{Method, SolveOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 enum GradientArg {
@@ -103,6 +106,69 @@ struct Args {
     /// Evaluate this checkpoint on the test set and exit.
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// Also write the checkpoint inside an epoch, at most this many minutes apart (0: only
+    /// at the end of each epoch), so that a run killed outright loses at most that much.
+    #[arg(long, default_value_t = 10.0)]
+    checkpoint_minutes: f64,
+    /// Stop after this many training steps of this run, with a checkpoint (`--resume` goes on
+    /// from that step). For runs in pieces; SIGINT/SIGTERM stop the same way after the step in
+    /// progress (a second signal exits at once).
+    #[arg(long)]
+    stop_after_steps: Option<usize>,
+}
+
+/// The running sums of an epoch's metrics (kept in checkpoints written inside the epoch).
+#[derive(Clone, Copy, Debug, Default)]
+struct Sums {
+    loss: f64,
+    correct: usize,
+    seen: usize,
+    nfe_f: usize,
+    nfe_b: usize,
+    /// Training seconds of the epoch spent by earlier runs.
+    secs: f64,
+}
+
+impl Sums {
+    fn to_vec(self) -> Vec<f64> {
+        vec![
+            self.loss,
+            self.correct as f64,
+            self.seen as f64,
+            self.nfe_f as f64,
+            self.nfe_b as f64,
+            self.secs,
+        ]
+    }
+
+    fn from_slice(v: &[f64]) -> Result<Self> {
+        let &[loss, correct, seen, nfe_f, nfe_b, secs] = v else {
+            bail!("the checkpoint's epoch sums have {} values, not 6", v.len());
+        };
+        Ok(Self {
+            loss,
+            correct: correct as usize,
+            seen: seen as usize,
+            nfe_f: nfe_f as usize,
+            nfe_b: nfe_b as usize,
+            secs,
+        })
+    }
+}
+
+/// Set by SIGINT/SIGTERM: stop after the step in progress, with a checkpoint.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            eprintln!("second signal: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("signal: stopping after this step, with a checkpoint");
+    })
+    .context("installing the SIGINT/SIGTERM handler")?;
+    Ok(flag)
 }
 
 fn ode_config(args: &Args) -> Result<OdeConfig> {
@@ -202,7 +268,7 @@ fn evaluate(
     ))
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     node_kernels::keep_freed_memory();
     let mut args = Args::parse();
     if args.quick {
@@ -218,6 +284,12 @@ fn main() -> Result<()> {
         || args.schedule_epochs == 0
     {
         bail!("--batch-size, --test-batch-size, --epochs and --schedule-epochs must be positive");
+    }
+    if !(args.checkpoint_minutes >= 0.0 && args.checkpoint_minutes.is_finite()) {
+        bail!("--checkpoint-minutes must be a number of minutes ≥ 0");
+    }
+    if args.stop_after_steps == Some(0) {
+        bail!("--stop-after-steps must be positive");
     }
     let dev = pick_device(args.device)?;
     let cfg = ode_config(&args)?;
@@ -259,7 +331,7 @@ fn main() -> Result<()> {
             100.0 * (1.0 - acc),
             test.len()
         );
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
 
     let out_dir = args
@@ -269,13 +341,26 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let ckpt_path = out_dir.join("checkpoint.safetensors");
     let mut start_epoch = 0;
+    let mut partial = None;
     if args.resume {
         if ckpt_path.exists() {
-            let Resumed { epoch, rng: r } =
-                checkpoint::load(&ckpt_path, args.model.name(), &varmap, &mut opt)?;
+            let Resumed {
+                epoch,
+                rng: r,
+                partial: p,
+            } = checkpoint::load(&ckpt_path, args.model.name(), &varmap, &mut opt)?;
             start_epoch = epoch;
             rng = r;
-            println!("resumed from {} after epoch {epoch}", ckpt_path.display());
+            match &p {
+                Some(p) => println!(
+                    "resumed from {} at step {} of epoch {}",
+                    ckpt_path.display(),
+                    p.step,
+                    epoch + 1
+                ),
+                None => println!("resumed from {} after epoch {epoch}", ckpt_path.display()),
+            }
+            partial = p;
         } else {
             println!(
                 "no checkpoint in {}: starting from scratch",
@@ -297,19 +382,59 @@ fn main() -> Result<()> {
     );
     let metrics_path = out_dir.join("metrics.jsonl");
     let batches = train.len().div_ceil(args.batch_size);
+    let stop = stop_flag()?;
+    let every = Duration::from_secs_f64(args.checkpoint_minutes * 60.0);
+    let mut steps_run = 0usize;
     for epoch in start_epoch..args.epochs {
         opt.set_learning_rate(schedule.lr(epoch));
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        rng.shuffle(&mut order);
+        // A new epoch's order, or the interrupted one's with its progress.
+        let (order, first_step, mut sums) = match partial.take() {
+            Some(PartialEpoch { step, order, sums }) => {
+                // A permutation of this run's examples.
+                let n = train.len();
+                let mut seen = vec![false; n];
+                let valid = order.len() == n
+                    && order.iter().all(|&i| {
+                        let i = i as usize;
+                        i < n && !std::mem::replace(&mut seen[i], true)
+                    });
+                if !valid || step > batches {
+                    bail!(
+                        "{}: its unfinished epoch is over {} examples in {} steps, this run has {} in {batches} (another --train-subset or --batch-size?)",
+                        ckpt_path.display(),
+                        order.len(),
+                        step,
+                        train.len()
+                    );
+                }
+                let order = order.into_iter().map(|i| i as usize).collect();
+                (order, step, Sums::from_slice(&sums)?)
+            }
+            None => {
+                let mut order: Vec<usize> = (0..train.len()).collect();
+                rng.shuffle(&mut order);
+                (order, 0, Sums::default())
+            }
+        };
+        // Writes a checkpoint inside this epoch, `step` steps done.
+        let save_partial = |step: usize, sums: Sums, rng: &Rng, opt: &SgdMomentum| {
+            let p = PartialEpoch {
+                step,
+                order: order.iter().map(|&i| i as u32).collect(),
+                sums: sums.to_vec(),
+            };
+            let name = args.model.name();
+            checkpoint::save(&ckpt_path, name, &varmap, opt, epoch, rng, Some(&p))
+        };
         let pb = ProgressBar::new(batches as u64);
         pb.set_style(ProgressStyle::with_template(
             "epoch {prefix} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
         )?);
         pb.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
+        pb.set_position(first_step as u64);
         let start = Instant::now();
-        let (mut loss_sum, mut correct, mut seen, mut nfe_f, mut nfe_b) =
-            (0.0, 0usize, 0usize, 0usize, 0usize);
-        for chunk in order.chunks(args.batch_size) {
+        let mut last_save = Instant::now();
+        for (i, chunk) in order.chunks(args.batch_size).enumerate().skip(first_step) {
             let augment = (!args.no_augment).then_some(&mut rng);
             let (x, y) = mnist::batch(&train, chunk, augment, &dev)?;
             let (logits, stats) = model.forward(&x)?;
@@ -319,31 +444,65 @@ fn main() -> Result<()> {
             if !l.is_finite() {
                 bail!("the loss became {l} in epoch {}: lower --lr", epoch + 1);
             }
-            loss_sum += l * chunk.len() as f64;
-            correct += logits
+            sums.loss += l * chunk.len() as f64;
+            sums.correct += logits
                 .argmax(1)?
                 .eq(&y)?
                 .to_dtype(DType::U32)?
                 .sum_all()?
                 .to_scalar::<u32>()? as usize;
-            seen += chunk.len();
+            sums.seen += chunk.len();
             if let Some(b) = &stats.block {
-                nfe_f += b.nfe_forward;
-                nfe_b += b.nfe_backward();
+                sums.nfe_f += b.nfe_forward;
+                sums.nfe_b += b.nfe_backward();
             }
             pb.inc(1);
-            let done = pb.position().max(1) as usize;
+            let done = i + 1;
             pb.set_message(format!(
                 "loss {:.4} acc {:.4} NFE-F {:.1} NFE-B {:.1} {:.0} img/s",
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
-                nfe_f as f64 / done as f64,
-                nfe_b as f64 / done as f64,
-                seen as f64 / start.elapsed().as_secs_f64()
+                sums.loss / sums.seen as f64,
+                sums.correct as f64 / sums.seen as f64,
+                sums.nfe_f as f64 / done as f64,
+                sums.nfe_b as f64 / done as f64,
+                (done - first_step) as f64 * args.batch_size as f64 / start.elapsed().as_secs_f64()
             ));
+            steps_run += 1;
+            let stopping = stop.load(Ordering::SeqCst) || args.stop_after_steps == Some(steps_run);
+            if stopping || (!every.is_zero() && done < batches && last_save.elapsed() >= every) {
+                let so_far = Sums {
+                    secs: sums.secs + start.elapsed().as_secs_f64(),
+                    ..sums
+                };
+                save_partial(done, so_far, &rng, &opt)?;
+                last_save = Instant::now();
+            }
+            if stopping {
+                pb.finish_and_clear();
+                println!(
+                    "stopped after step {done} of {batches} in epoch {}; checkpoint: {} (--resume goes on from there)",
+                    epoch + 1,
+                    ckpt_path.display()
+                );
+                return Ok(stopped(&stop));
+            }
         }
         pb.finish_and_clear();
-        let train_time = start.elapsed().as_secs_f64();
+        let train_time = sums.secs + start.elapsed().as_secs_f64();
+        if stop.load(Ordering::SeqCst) {
+            // A signal after the last step (or a resumed run with no step left): the epoch's
+            // training is kept; its evaluation runs on `--resume`.
+            let so_far = Sums {
+                secs: train_time,
+                ..sums
+            };
+            save_partial(batches, so_far, &rng, &opt)?;
+            println!(
+                "stopped before the evaluation of epoch {}; checkpoint: {}",
+                epoch + 1,
+                ckpt_path.display()
+            );
+            return Ok(stopped(&stop));
+        }
         let (test_acc, test_nfe) = evaluate(&model, &test, args.test_batch_size, &dev)?;
         let line = format!(
             "{{\"epoch\":{},\"epochs\":{},\"model\":\"{}\",\"params\":{},\"train_loss\":{:.6},\"train_acc\":{:.6},\"test_acc\":{:.6},\"nfe_f\":{:.2},\"nfe_b\":{:.2},\"test_nfe\":{:.2},\"epoch_time_s\":{:.2},\"time_per_step_s\":{:.4},\"peak_rss_mib\":{:.1},\"lr\":{},\"batch_size\":{},\"seed\":{},\"device\":\"{}\"}}",
@@ -351,11 +510,11 @@ fn main() -> Result<()> {
             args.epochs,
             args.model,
             n_params,
-            loss_sum / seen as f64,
-            correct as f64 / seen as f64,
+            sums.loss / sums.seen as f64,
+            sums.correct as f64 / sums.seen as f64,
             test_acc,
-            nfe_f as f64 / batches as f64,
-            nfe_b as f64 / batches as f64,
+            sums.nfe_f as f64 / batches as f64,
+            sums.nfe_b as f64 / batches as f64,
             test_nfe,
             train_time,
             train_time / batches as f64,
@@ -378,18 +537,19 @@ fn main() -> Result<()> {
             &opt,
             epoch + 1,
             &rng,
+            None,
         )?;
         log(
             &pb,
             format!(
                 "epoch {:3} | loss {:.4} | train acc {:.4} | test acc {:.4} (error {:.2}%) | NFE-F {:.1} NFE-B {:.1} | {:.1}s",
                 epoch + 1,
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
+                sums.loss / sums.seen as f64,
+                sums.correct as f64 / sums.seen as f64,
                 test_acc,
                 100.0 * (1.0 - test_acc),
-                nfe_f as f64 / batches as f64,
-                nfe_b as f64 / batches as f64,
+                sums.nfe_f as f64 / batches as f64,
+                sums.nfe_b as f64 / batches as f64,
                 train_time
             ),
         );
@@ -399,5 +559,15 @@ fn main() -> Result<()> {
         metrics_path.display(),
         ckpt_path.display()
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The exit status of a run stopped with a checkpoint: 0 when asked to by
+/// `--stop-after-steps`, 130 after a signal.
+fn stopped(signal: &AtomicBool) -> ExitCode {
+    if signal.load(Ordering::SeqCst) {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -1,9 +1,13 @@
 //! Training checkpoints: model variables, optimizer state, epoch and random-generator
-//! position in one safetensors file, written atomically, and checked on load.
+//! position in one safetensors file, written atomically, and checked on load; optionally the
+//! progress inside an unfinished epoch, so that an interrupted run loses no steps.
 //!
 //! Layout: `model.<name>` for each variable of the `VarMap`, `optim.<name>` for each momentum
-//! buffer, and `meta.*` tensors: `format` (bytes of [`FORMAT`]), `model` (bytes of the model
-//! name), `epoch` (u32), `rng` (the generator state as two u32 words).
+//! buffer, and `meta.*` tensors: `format` (bytes of [`FORMAT`], or of [`FORMAT_MID_EPOCH`]
+//! when written inside an epoch), `model` (bytes of the model name), `epoch` (u32, epochs
+//! completed), `rng` (the generator state as two u32 words); inside an epoch also `step` (u32,
+//! its training steps done), `order` (u32, its order of training examples) and `sums` (f64,
+//! the trainer's running sums).
 
 use crate::optim::SgdMomentum;
 use crate::rng::Rng;
@@ -12,8 +16,11 @@ use candle_nn::VarMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The format tag stored in every checkpoint.
+/// The format tag of a checkpoint written at the end of an epoch.
 pub const FORMAT: &str = "neural-odes-candle/checkpoint/v1";
+/// The format tag of a checkpoint written inside an epoch (a [`PartialEpoch`] with it);
+/// builds that know only [`FORMAT`] refuse it instead of skipping the rest of the epoch.
+pub const FORMAT_MID_EPOCH: &str = "neural-odes-candle/checkpoint/v2";
 
 /// What is wrong with a checkpoint.
 #[derive(thiserror::Error)]
@@ -63,12 +70,25 @@ impl From<CheckpointError> for candle_core::Error {
 }
 
 /// What a checkpoint restores besides the variables.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Resumed {
     /// Epochs completed.
     pub epoch: usize,
     /// The generator, at the position it had when the checkpoint was written.
     pub rng: Rng,
+    /// Where the next epoch stood, for a checkpoint written inside it.
+    pub partial: Option<PartialEpoch>,
+}
+
+/// Progress inside an unfinished epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartialEpoch {
+    /// Training steps done in the epoch.
+    pub step: usize,
+    /// The epoch's order of the training examples (their indices).
+    pub order: Vec<u32>,
+    /// The trainer's running sums for the epoch's metrics, stored as given.
+    pub sums: Vec<f64>,
 }
 
 fn named_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
@@ -86,6 +106,8 @@ fn bytes_tensor(s: &str) -> Result<Tensor> {
 /// Writes a checkpoint atomically: to `<path>.tmp`, synced, then renamed over `path`, so a
 /// crash leaves the previous checkpoint intact. `opt` must have been built from
 /// `node_adjoint::sorted_vars(varmap)` (the buffers are matched by position in name order).
+/// `epoch` counts the epochs completed; `partial` is the progress in the next one, for a
+/// checkpoint written inside it.
 ///
 /// # Errors
 /// I/O and Candle errors.
@@ -96,6 +118,7 @@ pub fn save(
     opt: &SgdMomentum,
     epoch: usize,
     rng: &Rng,
+    partial: Option<&PartialEpoch>,
 ) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let vars = named_vars(varmap);
@@ -115,7 +138,27 @@ pub fn save(
             tensors.insert(format!("optim.{name}"), b.to_device(&Device::Cpu)?);
         }
     }
-    tensors.insert("meta.format".into(), bytes_tensor(FORMAT)?);
+    let format = match partial {
+        None => FORMAT,
+        Some(p) => {
+            let step = u32::try_from(p.step).map_err(|_| {
+                candle_core::Error::Msg(format!("checkpoint: step {} too large", p.step))
+            })?;
+            tensors.insert("meta.step".into(), Tensor::new(&[step], &Device::Cpu)?);
+            let n = p.order.len();
+            tensors.insert(
+                "meta.order".into(),
+                Tensor::from_vec(p.order.clone(), n, &Device::Cpu)?,
+            );
+            let k = p.sums.len();
+            tensors.insert(
+                "meta.sums".into(),
+                Tensor::from_vec(p.sums.clone(), k, &Device::Cpu)?,
+            );
+            FORMAT_MID_EPOCH
+        }
+    };
+    tensors.insert("meta.format".into(), bytes_tensor(format)?);
     tensors.insert("meta.model".into(), bytes_tensor(model)?);
     tensors.insert(
         "meta.epoch".into(),
@@ -151,7 +194,7 @@ pub fn load(path: &Path, model: &str, varmap: &VarMap, opt: &mut SgdMomentum) ->
     let file =
         candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| not_ours(e.to_string()))?;
     match file.get("meta.format").map(text).transpose()? {
-        Some(f) if f == FORMAT => {}
+        Some(f) if f == FORMAT || f == FORMAT_MID_EPOCH => {}
         Some(f) => return Err(not_ours(format!("format `{f}`")).into()),
         None => return Err(not_ours("no format tag".into()).into()),
     }
@@ -207,6 +250,19 @@ pub fn load(path: &Path, model: &str, varmap: &VarMap, opt: &mut SgdMomentum) ->
     if words.len() != 2 {
         return Err(not_ours("bad rng state".into()).into());
     }
+    let partial = match (
+        file.get("meta.step"),
+        file.get("meta.order"),
+        file.get("meta.sums"),
+    ) {
+        (None, None, None) => None,
+        (Some(step), Some(order), Some(sums)) => Some(PartialEpoch {
+            step: step.to_vec1::<u32>()?.first().copied().unwrap_or_default() as usize,
+            order: order.to_vec1::<u32>()?,
+            sums: sums.to_vec1::<f64>()?,
+        }),
+        _ => return Err(not_ours("incomplete mid-epoch state".into()).into()),
+    };
     let mut buffers = Vec::with_capacity(vars.len());
     for (name, var) in &vars {
         let t = &file[&format!("model.{name}")];
@@ -220,5 +276,6 @@ pub fn load(path: &Path, model: &str, varmap: &VarMap, opt: &mut SgdMomentum) ->
     Ok(Resumed {
         epoch,
         rng: Rng::from_state(((words[0] as u64) << 32) | words[1] as u64),
+        partial,
     })
 }

@@ -45,7 +45,7 @@ fn round_trip_restores_everything() -> Result<()> {
     opt.backward_step(&candle_nn::loss::cross_entropy(&model.forward(&x)?.0, &y)?)?;
     let mut rng = Rng::new(9);
     rng.next_u64();
-    checkpoint::save(&path, "mlp", &vm, &opt, 3, &rng)?;
+    checkpoint::save(&path, "mlp", &vm, &opt, 3, &rng, None)?;
     assert!(
         !dir.join("c.safetensors.tmp").exists(),
         "the temporary file is renamed away"
@@ -56,6 +56,7 @@ fn round_trip_restores_everything() -> Result<()> {
     let r = checkpoint::load(&path, "mlp", &vm2, &mut opt2)?;
     assert_eq!(r.epoch, 3);
     assert_eq!(r.rng, rng);
+    assert_eq!(r.partial, None);
     assert_eq!(snapshot(&vm)?, snapshot(&vm2)?);
     for (a, b) in opt.buffers().iter().zip(opt2.buffers()) {
         let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
@@ -64,6 +65,19 @@ fn round_trip_restores_everything() -> Result<()> {
             b.flatten_all()?.to_vec1::<f32>()?
         );
     }
+
+    // Written inside an epoch: the progress comes back as it was, under the other format tag.
+    let partial = checkpoint::PartialEpoch {
+        step: 17,
+        order: vec![3, 0, 2, 1, 4],
+        sums: vec![1.5, 12.0, 0.25],
+    };
+    checkpoint::save(&path, "mlp", &vm, &opt, 3, &rng, Some(&partial))?;
+    let r = checkpoint::load(&path, "mlp", &vm2, &mut opt2)?;
+    assert_eq!((r.epoch, r.partial), (3, Some(partial)));
+    let format =
+        candle_core::safetensors::load(&path, &Device::Cpu)?["meta.format"].to_vec1::<u8>()?;
+    assert_eq!(format, checkpoint::FORMAT_MID_EPOCH.as_bytes());
     Ok(())
 }
 
@@ -73,7 +87,7 @@ fn foreign_and_mismatched_checkpoints_are_refused() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("odenet.safetensors");
     let (vm, _, opt) = setup(ModelKind::OdeNet, 1)?;
-    checkpoint::save(&path, "odenet", &vm, &opt, 1, &Rng::new(0))?;
+    checkpoint::save(&path, "odenet", &vm, &opt, 1, &Rng::new(0), None)?;
 
     // Another model.
     let (vm2, _, mut opt2) = setup(ModelKind::ResNet, 1)?;
