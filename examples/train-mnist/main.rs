@@ -6,7 +6,7 @@ mod common;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use common::{log, pick_device, DeviceArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use node_adjoint::{AdjointNorm, AdjointOptions};
@@ -88,7 +88,7 @@ struct Args {
     /// Continue from the checkpoint in the output directory.
     #[arg(long)]
     resume: bool,
-    /// A CPU-sized run: 4096 training and 1000 test images, one epoch.
+    /// A CPU-sized run: 4096 training and 1000 test images, one epoch (unless --epochs).
     #[arg(long)]
     quick: bool,
     /// Train on the first N training images only.
@@ -270,11 +270,13 @@ fn evaluate(
 
 fn main() -> Result<ExitCode> {
     node_kernels::keep_freed_memory();
-    let mut args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches)?;
     if args.quick {
         args.train_subset.get_or_insert(4096);
         args.test_subset.get_or_insert(1000);
-        if !args.resume {
+        // One epoch, also when resumed, unless --epochs says otherwise.
+        if matches.value_source("epochs") != Some(clap::parser::ValueSource::CommandLine) {
             args.epochs = 1;
         }
     }
@@ -367,6 +369,14 @@ fn main() -> Result<ExitCode> {
                 out_dir.display()
             );
         }
+    }
+    if start_epoch >= args.epochs {
+        println!(
+            "nothing to train: {} has {start_epoch} epochs done, --epochs is {}",
+            ckpt_path.display(),
+            args.epochs
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     println!(
         "model {} ({n_params} parameters) on {dev:?}; {} training / {} test images; epochs {}..{}",
