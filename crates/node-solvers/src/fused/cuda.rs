@@ -2,9 +2,10 @@
 //! feature).
 //!
 //! Candle's chain is two kernel launches per term (`affine`, then `add`) and an allocation
-//! for each intermediate; a dopri5 step combines 27 terms that way, about 60 launches beside
-//! its 6 evaluations. Here each combination is one launch (`lincomb.cu`, compiled at run time
-//! by NVRTC, once per process, loaded once per device) with the same values as the chain.
+//! for each intermediate; a dopri5 step combines 26 terms that way, 51 launches beside its 6
+//! evaluations. Here each combination is one launch, 7 per step (`lincomb.cu`, compiled at run
+//! time by NVRTC, once per process, loaded once per device), with the same values as the
+//! chain.
 
 use std::sync::OnceLock;
 
