@@ -126,18 +126,24 @@ fn learning_metrics(path: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn stopping_inside_epochs_and_resuming_loses_nothing() -> Result<()> {
-    // 256 examples in steps of 32: 8 steps per epoch. Stop at step 3 of epoch 1, then at step
-    // 3 of epoch 2 (5 + 3 steps), then finish: the same run, bit for bit, as one go.
-    let data = tmp("data-steps");
+/// A dataset and, beside it, two epochs of the MLP trained in one go: (data, run) folders.
+fn two_mlp_epochs(tag: &str) -> Result<(PathBuf, PathBuf)> {
+    let data = tmp(&format!("data-{tag}"));
     dataset(&data)?;
-    let straight = tmp("steps-straight");
+    let straight = tmp(&format!("{tag}-straight"));
     ok(&train(
         &data,
         &straight,
         &["--model", "mlp", "--epochs", "2"],
     ));
+    Ok((data, straight))
+}
+
+#[test]
+fn stopping_inside_epochs_and_resuming_loses_nothing() -> Result<()> {
+    // 256 examples in steps of 32: 8 steps per epoch. Stop at step 3 of epoch 1, then at step
+    // 3 of epoch 2 (5 + 3 steps), then finish: the same run, bit for bit, as one go.
+    let (data, straight) = two_mlp_epochs("steps")?;
     let pieces = tmp("steps-pieces");
     let run = |extra: &[&str]| {
         let mut args = vec!["--model", "mlp", "--epochs", "2", "--resume"];
@@ -192,14 +198,7 @@ fn stopping_inside_epochs_and_resuming_loses_nothing() -> Result<()> {
 
 #[test]
 fn resume_continues_a_run_exactly() -> Result<()> {
-    let data = tmp("data-resume");
-    dataset(&data)?;
-    let straight = tmp("straight");
-    ok(&train(
-        &data,
-        &straight,
-        &["--model", "mlp", "--epochs", "2"],
-    ));
+    let (data, straight) = two_mlp_epochs("resume")?;
     let pieces = tmp("pieces");
     ok(&train(&data, &pieces, &["--model", "mlp", "--epochs", "1"]));
     ok(&train(
