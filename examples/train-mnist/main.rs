@@ -426,12 +426,18 @@ fn main() -> Result<ExitCode> {
                 (order, 0, Sums::default())
             }
         };
-        // Writes a checkpoint inside this epoch, `step` steps done.
-        let save_partial = |step: usize, sums: Sums, rng: &Rng, opt: &SgdMomentum| {
+        let start = Instant::now();
+        // Writes a checkpoint inside this epoch, `step` steps done, with its sums so far (the
+        // training time of this run added to that of earlier ones).
+        let save_partial = |step: usize, sums: &Sums, rng: &Rng, opt: &SgdMomentum| {
+            let so_far = Sums {
+                secs: sums.secs + start.elapsed().as_secs_f64(),
+                ..*sums
+            };
             let p = PartialEpoch {
                 step,
                 order: order.iter().map(|&i| i as u32).collect(),
-                sums: sums.to_vec(),
+                sums: so_far.to_vec(),
             };
             let name = args.model.name();
             checkpoint::save(&ckpt_path, name, &varmap, opt, epoch, rng, Some(&p))
@@ -442,7 +448,6 @@ fn main() -> Result<ExitCode> {
         )?);
         pb.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
         pb.set_position(first_step as u64);
-        let start = Instant::now();
         let mut last_save = Instant::now();
         for (i, chunk) in order.chunks(args.batch_size).enumerate().skip(first_step) {
             let augment = (!args.no_augment).then_some(&mut rng);
@@ -479,11 +484,7 @@ fn main() -> Result<ExitCode> {
             steps_run += 1;
             let stopping = stop.load(Ordering::SeqCst) || args.stop_after_steps == Some(steps_run);
             if stopping || (!every.is_zero() && done < batches && last_save.elapsed() >= every) {
-                let so_far = Sums {
-                    secs: sums.secs + start.elapsed().as_secs_f64(),
-                    ..sums
-                };
-                save_partial(done, so_far, &rng, &opt)?;
+                save_partial(done, &sums, &rng, &opt)?;
                 last_save = Instant::now();
             }
             if stopping {
@@ -501,11 +502,7 @@ fn main() -> Result<ExitCode> {
         if stop.load(Ordering::SeqCst) {
             // A signal after the last step (or a resumed run with no step left): the epoch's
             // training is kept; its evaluation runs on `--resume`.
-            let so_far = Sums {
-                secs: train_time,
-                ..sums
-            };
-            save_partial(batches, so_far, &rng, &opt)?;
+            save_partial(batches, &sums, &rng, &opt)?;
             println!(
                 "stopped before the evaluation of epoch {}; checkpoint: {}",
                 epoch + 1,
