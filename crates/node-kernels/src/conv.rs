@@ -25,6 +25,8 @@
 //! (measured on a 2-core Sapphire Rapids, AVX-512: forward ~295 GFLOP/s against ~165 for
 //! `W · cols` with pixel-major columns; weight gradient ~138 per thread against ~77).
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
@@ -36,12 +38,18 @@ use crate::transpose::transpose;
 use crate::util::{with_slices2, with_slices3};
 
 mod direct;
+// CUDA's path, run on CPU storage by its tests.
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) mod unfolded;
 
 /// 2-D convolution, differentiable, with Candle's `Tensor::conv2d` arguments and semantics
 /// (cross-correlation, no bias; add one with `broadcast_add`).
 ///
-/// On the CPU, for f32 and f64 with `groups == 1`, this runs the batched im2col kernels of
-/// this module; otherwise it calls Candle's `conv2d`, so it can be used unconditionally.
+/// For f32 and f64 with `groups == 1`, this runs the batched im2col kernels of this module on
+/// the CPU and, with the `cuda` feature, one unfolding and one cuBLAS product over the batch
+/// per pass on CUDA (`unfolded`: its input gradient is a product where Candle's is a direct
+/// `conv_transpose2d` kernel); otherwise it calls Candle's `conv2d`, so it can be used
+/// unconditionally.
 ///
 /// # Shapes
 /// `x: [B, C, H, W]`, `kernel: [C_out, C, kh, kw]` → `[B, C_out, H', W']` with
@@ -58,15 +66,15 @@ pub fn conv2d(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    match cpu_params(&[x, kernel], padding, stride, dilation, groups)? {
+    match own_params(&[x, kernel], padding, stride, dilation, groups)? {
         Some(params) => x.apply_op2(kernel, Conv2d(params)),
         None => x.conv2d(kernel, padding, stride, dilation, groups),
     }
 }
 
-/// [`conv2d`] plus a per-output-channel `bias` (`[C_out]`), fused into the same kernel on the
-/// CPU: the bias is added while the product is rearranged to `[B, C_out, H', W']`, and its
-/// gradient is a sum over the output gradient's batch and space.
+/// [`conv2d`] plus a per-output-channel `bias` (`[C_out]`), fused into the same kernels on the
+/// CPU and on CUDA: the bias is added while the product is rearranged to `[B, C_out, H', W']`,
+/// and its gradient is a sum over the output gradient's batch and space.
 ///
 /// # Errors
 /// Those of [`conv2d`], and a bias that is not `[C_out]` of the input's dtype.
@@ -88,7 +96,7 @@ pub fn conv2d_bias(
             kernel.dtype()
         );
     }
-    match cpu_params(&[x, kernel, bias], padding, stride, dilation, groups)? {
+    match own_params(&[x, kernel, bias], padding, stride, dilation, groups)? {
         Some(params) => x.apply_op3(kernel, bias, Conv2dBias(params)),
         None => x
             .conv2d(kernel, padding, stride, dilation, groups)?
@@ -96,10 +104,11 @@ pub fn conv2d_bias(
     }
 }
 
-/// The kernel parameters when this module's CPU kernels apply to `tensors` (`[x, kernel, ..]`:
-/// all on the CPU, f32 or f64, `groups == 1`), after validating shapes and dtypes so that no
-/// kernel runs on bad input; `None` where Candle's op is to be used.
-fn cpu_params(
+/// The kernel parameters when this module's kernels apply to `tensors` (`[x, kernel, ..]`: all
+/// on the CPU, or all on CUDA with the `cuda` feature; f32 or f64; `groups == 1`), after
+/// validating shapes and dtypes so that no kernel runs on bad input; `None` where Candle's op
+/// is to be used.
+fn own_params(
     tensors: &[&Tensor],
     padding: usize,
     stride: usize,
@@ -107,7 +116,9 @@ fn cpu_params(
     groups: usize,
 ) -> Result<Option<Params>> {
     let (x, kernel) = (tensors[0], tensors[1]);
-    let fast = tensors.iter().all(|t| t.device().is_cpu())
+    let dev = x.device();
+    let fast = (dev.is_cpu() || (cfg!(feature = "cuda") && dev.is_cuda()))
+        && tensors.iter().all(|t| t.device().same_device(dev))
         && groups == 1
         && matches!(x.dtype(), DType::F32 | DType::F64);
     if !fast {
@@ -130,25 +141,25 @@ fn cpu_params(
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Params {
-    padding: usize,
-    stride: usize,
-    dilation: usize,
+pub(crate) struct Params {
+    pub(crate) padding: usize,
+    pub(crate) stride: usize,
+    pub(crate) dilation: usize,
 }
 
 /// Sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
-struct Geometry {
-    b: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    p: Params,
+pub(crate) struct Geometry {
+    pub(crate) b: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) co: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pub(crate) p: Params,
 }
 
 impl Geometry {
@@ -193,12 +204,12 @@ impl Geometry {
     }
 
     /// Rows of the unfolded input: `c·kh·kw`.
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.c * self.kh * self.kw
     }
 
     /// Output pixels per image.
-    fn pixels(&self) -> usize {
+    pub(crate) fn pixels(&self) -> usize {
         self.oh * self.ow
     }
 
@@ -550,6 +561,19 @@ impl CustomOp2 for Conv2d {
         Ok((out, (g.b, g.co, g.oh, g.ow).into()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), l2.dims(), self.0)?;
+        let y = unfolded::forward(s1, l1, s2, l2, None, &g)?;
+        Ok((y, (g.b, g.co, g.oh, g.ow).into()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -621,6 +645,21 @@ impl CustomOp3 for Conv2dBias {
         Ok((out, (g.b, g.co, g.oh, g.ow).into()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), l2.dims(), self.0)?;
+        let y = unfolded::forward(s1, l1, s2, l2, Some((s3, l3)), &g)?;
+        Ok((y, (g.b, g.co, g.oh, g.ow).into()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -674,6 +713,20 @@ impl CustomOp2 for BackwardInput {
         )?;
         Ok((out, self.x_dims.into()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (b, c, h, w) = self.x_dims;
+        let g = Geometry::new(&[b, c, h, w], l2.dims(), self.params)?;
+        let dx = unfolded::backward_input(s1, l1, s2, l2, &g)?;
+        Ok((dx, self.x_dims.into()))
+    }
 }
 
 /// `dkernel` from `(x, dy)`.
@@ -709,5 +762,19 @@ impl CustomOp2 for BackwardKernel {
             |x, dy| backward_kernel(x, dy, &g),
         )?;
         Ok((out, self.k_dims.into()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (co, c, kh, kw) = self.k_dims;
+        let g = Geometry::new(l1.dims(), &[co, c, kh, kw], self.params)?;
+        let dk = unfolded::backward_kernel(s1, l1, s2, l2, &g)?;
+        Ok((dk, self.k_dims.into()))
     }
 }

@@ -1,12 +1,14 @@
-//! CUDA kernels of this crate (with the `cuda` feature): group normalization, optionally
-//! fused with a ReLU, forward and backward, for f32 and f64.
+//! CUDA kernels of this crate (with the `cuda` feature), for f32 and f64: group
+//! normalization, optionally fused with a ReLU, forward and backward (here), and the
+//! convolution's unfolding, its adjoint and its output rearrangement (`conv`, around cuBLAS
+//! products: see `conv/unfolded.rs`).
 //!
 //! Off the CPU, [`crate::group_norm`] would otherwise be Candle's chain of ten broadcast ops
 //! forward and some thirty backward, each a kernel launch: on an H100, broadcast element-wise
 //! kernels were 39% of an ODE-Net training step's GPU time, GroupNorm's chain the largest part.
-//! Here it is one launch forward and two backward. The source (`cuda/group_norm.cu`) is
-//! compiled at run time with NVRTC, once per process, and loaded once per device; no CUDA
-//! compiler is needed to build this crate.
+//! Here it is one launch forward and two backward. The sources (`cuda/*.cu`) are compiled at
+//! run time with NVRTC, once per process, and loaded once per device; no CUDA compiler is
+//! needed to build this crate.
 
 use std::sync::OnceLock;
 
@@ -19,29 +21,59 @@ use candle_core::{CudaStorage, DType, Layout, Result, Shape, WithDType};
 
 use crate::group_norm::{Geometry, Settings};
 
-const SOURCE: &str = include_str!("cuda/group_norm.cu");
-const MODULE: &str = "node_kernels_group_norm";
+mod conv;
 
-/// The module's PTX, compiled on first use. `fmad=false`: no multiply-add is contracted
-/// behind the source's back, so the forward and backward kernels compute a slice's statistics
-/// and normalized values with the same roundings (the fused ReLU's mask depends on it).
-fn ptx() -> Result<&'static str> {
-    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        let opts = CompileOptions {
-            fmad: Some(false),
-            name: Some("group_norm.cu".into()),
-            ..Default::default()
-        };
-        compile_ptx_with_opts(SOURCE, opts)
-            .map(|p| p.to_src())
-            .map_err(|e| e.to_string())
-    })
-    .as_deref()
-    .map_err(|e| {
-        candle_core::Error::Msg(format!("node-kernels: NVRTC failed on group_norm.cu: {e}"))
-    })
+/// A CUDA source of this crate, compiled to PTX by NVRTC on first use (once per process) and
+/// loaded as a module once per device.
+pub(crate) struct Source {
+    code: &'static str,
+    file: &'static str,
+    module: &'static str,
+    ptx: OnceLock<std::result::Result<String, String>>,
 }
+
+impl Source {
+    const fn new(code: &'static str, file: &'static str, module: &'static str) -> Self {
+        Self {
+            code,
+            file,
+            module,
+            ptx: OnceLock::new(),
+        }
+    }
+
+    /// The PTX. `fmad=false`: no multiply-add is contracted behind the source's back, so
+    /// group normalization's forward and backward kernels compute a slice's statistics and
+    /// normalized values with the same roundings (the fused ReLU's mask depends on it).
+    fn ptx(&'static self) -> Result<&'static str> {
+        self.ptx
+            .get_or_init(|| {
+                let opts = CompileOptions {
+                    fmad: Some(false),
+                    name: Some(self.file.into()),
+                    ..Default::default()
+                };
+                compile_ptx_with_opts(self.code, opts)
+                    .map(|p| p.to_src())
+                    .map_err(|e| e.to_string())
+            })
+            .as_deref()
+            .map_err(|e| {
+                candle_core::Error::Msg(format!("node-kernels: NVRTC failed on {}: {e}", self.file))
+            })
+    }
+
+    /// The module's name and PTX, for `CudaDevice::get_or_load_custom_func`.
+    fn module(&'static self) -> Result<(&'static str, &'static str)> {
+        Ok((self.module, self.ptx()?))
+    }
+}
+
+static GROUP_NORM: Source = Source::new(
+    include_str!("cuda/group_norm.cu"),
+    "group_norm.cu",
+    "node_kernels_group_norm",
+);
 
 /// Threads per block for slices of `len` elements; the forward and backward kernels must use
 /// the same (their block sums then add in the same order).
@@ -57,7 +89,7 @@ fn dtype_name<T: WithDType>() -> Result<&'static str> {
     match T::DTYPE {
         DType::F32 => Ok("f32"),
         DType::F64 => Ok("f64"),
-        d => candle_core::bail!("group_norm: no CUDA kernel for {d:?}"),
+        d => candle_core::bail!("node-kernels: no CUDA kernel for {d:?}"),
     }
 }
 
@@ -106,7 +138,8 @@ impl Map3 for Forward {
         let (x, w, b) = (x.slice(x0..x1), w.slice(w0..w1), b.slice(b0..b1));
         // SAFETY: every element is written by the kernel (each block its whole slice).
         let mut y = unsafe { dev.alloc::<T>(x1 - x0)? };
-        let func = dev.get_or_load_custom_func(&name, MODULE, ptx()?)?;
+        let (module, ptx) = GROUP_NORM.module()?;
+        let func = dev.get_or_load_custom_func(&name, module, ptx)?;
         let cfg = LaunchConfig {
             grid_dim: (slices as u32, 1, 1),
             block_dim: (block_size(cg * s), 1, 1),
@@ -168,9 +201,9 @@ impl Map3 for Backward {
         // SAFETY: the first kernel writes all of `dx` and `part`, the second the 2·C tail.
         let mut out = unsafe { dev.alloc::<T>(n + 2 * c)? };
         let mut part = unsafe { dev.alloc::<T>(slices * cg * 2)? };
-        let module = ptx()?;
+        let (module, ptx) = GROUP_NORM.module()?;
         {
-            let func = dev.get_or_load_custom_func(&format!("node_gn_bwd_{dt}"), MODULE, module)?;
+            let func = dev.get_or_load_custom_func(&format!("node_gn_bwd_{dt}"), module, ptx)?;
             let cfg = LaunchConfig {
                 grid_dim: (slices as u32, 1, 1),
                 block_dim: (block_size(cg * s), 1, 1),
@@ -192,7 +225,7 @@ impl Map3 for Backward {
         }
         {
             let func =
-                dev.get_or_load_custom_func(&format!("node_gn_bwd_params_{dt}"), MODULE, module)?;
+                dev.get_or_load_custom_func(&format!("node_gn_bwd_params_{dt}"), module, ptx)?;
             let threads = 128u32;
             let cfg = LaunchConfig {
                 grid_dim: ((c as u32).div_ceil(threads), 1, 1),
@@ -237,7 +270,7 @@ mod tests {
     /// CUDA's libraries (`libnvrtc`) and check that every kernel the launchers name is there.
     #[test]
     fn source_compiles_with_nvrtc() {
-        let ptx = ptx().unwrap();
+        let ptx = GROUP_NORM.ptx().unwrap();
         for dt in ["f32", "f64"] {
             for k in ["node_gn_fwd", "node_gn_bwd", "node_gn_bwd_params"] {
                 assert!(
