@@ -48,8 +48,8 @@ pub(crate) mod unfolded;
 /// For f32 and f64 with `groups == 1`, this runs the batched im2col kernels of this module on
 /// the CPU and, with the `cuda` feature, one unfolding and one cuBLAS product over the batch
 /// per pass on CUDA (`unfolded`: its input gradient is a product where Candle's is a direct
-/// `conv_transpose2d` kernel); otherwise it calls Candle's `conv2d`, so it can be used
-/// unconditionally.
+/// `conv_transpose2d` kernel; `NODE_CUDA_KERNELS_OFF=conv` turns it off); otherwise it calls
+/// Candle's `conv2d`, so it can be used unconditionally.
 ///
 /// # Shapes
 /// `x: [B, C, H, W]`, `kernel: [C_out, C, kh, kw]` → `[B, C_out, H', W']` with
@@ -117,7 +117,8 @@ fn own_params(
 ) -> Result<Option<Params>> {
     let (x, kernel) = (tensors[0], tensors[1]);
     let dev = x.device();
-    let fast = (dev.is_cpu() || (cfg!(feature = "cuda") && dev.is_cuda()))
+    let fast = (dev.is_cpu()
+        || (cfg!(feature = "cuda") && dev.is_cuda() && crate::util::own_cuda_kernel("conv")))
         && tensors.iter().all(|t| t.device().same_device(dev))
         && groups == 1
         && matches!(x.dtype(), DType::F32 | DType::F64);

@@ -27,8 +27,9 @@ const PARALLEL_MIN_ELEMS: usize = 1 << 15;
 /// shifted by `bias` per channel.
 ///
 /// On the CPU, for f32 and f64, one fused kernel forward and one backward; on CUDA (with the
-/// `cuda` feature), f32 and f64, one kernel launch forward and two backward; elsewhere the same
-/// computation in Candle ops (as `candle_nn::GroupNorm`).
+/// `cuda` feature), f32 and f64, one kernel launch forward and two backward (unless
+/// `NODE_CUDA_KERNELS_OFF=group_norm`); elsewhere the same computation in Candle ops (as
+/// `candle_nn::GroupNorm`).
 ///
 /// # Shapes
 /// `x: [B, C, *]` (rank ≥ 2), `weight` and `bias: [C]` → the shape of `x`.
@@ -94,7 +95,9 @@ fn apply(
         }
     }
     let cpu = [x, weight, bias].iter().all(|t| t.device().is_cpu());
-    let cuda = cfg!(feature = "cuda") && [x, weight, bias].iter().all(|t| t.device().is_cuda());
+    let cuda = cfg!(feature = "cuda")
+        && [x, weight, bias].iter().all(|t| t.device().is_cuda())
+        && crate::util::own_cuda_kernel("group_norm");
     if (cpu || cuda) && matches!(x.dtype(), DType::F32 | DType::F64) {
         // The CUDA kernels read contiguous data (a no-op when it already is).
         let (x, weight, bias) = if cuda {

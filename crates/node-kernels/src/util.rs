@@ -89,3 +89,31 @@ pub(crate) fn with_slices3(
         ),
     })
 }
+
+/// Whether a CUDA kernel of this project's own replaces Candle's ops for `op` (`conv`,
+/// `group_norm`, `lincomb`): yes, unless the environment variable `NODE_CUDA_KERNELS_OFF`
+/// (read once per process; comma-separated) names it or says `all`. Off, the op runs on
+/// Candle's CUDA ops, which a GPU benchmark can then compare with in one build.
+pub(crate) fn own_cuda_kernel(op: &str) -> bool {
+    static OFF: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let off = OFF.get_or_init(|| std::env::var("NODE_CUDA_KERNELS_OFF").unwrap_or_default());
+    !turned_off(off, op)
+}
+
+/// Whether the comma-separated list `off` names `op` or says `all`.
+fn turned_off(off: &str, op: &str) -> bool {
+    off.split(',')
+        .any(|o| matches!(o.trim(), "all") || o.trim() == op)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cuda_kernels_turned_off_by_name_or_all() {
+        use super::turned_off;
+        assert!(!turned_off("", "conv"));
+        assert!(turned_off("conv", "conv") && turned_off(" group_norm , conv", "conv"));
+        assert!(turned_off("all", "group_norm"));
+        assert!(!turned_off("convolution,none", "conv"));
+    }
+}

@@ -36,11 +36,28 @@ pub(crate) fn lincomb_fused(
         (Device::Cpu, DType::F32) => combine::<f32>(&all, has_base, terms),
         (Device::Cpu, DType::F64) => combine::<f64>(&all, has_base, terms),
         #[cfg(feature = "cuda")]
-        (Device::Cuda(_), DType::F32) => cuda::combine::<f32>(&all, has_base, terms),
+        (Device::Cuda(_), DType::F32) if own_cuda_kernel() => {
+            cuda::combine::<f32>(&all, has_base, terms)
+        }
         #[cfg(feature = "cuda")]
-        (Device::Cuda(_), DType::F64) => cuda::combine::<f64>(&all, has_base, terms),
+        (Device::Cuda(_), DType::F64) if own_cuda_kernel() => {
+            cuda::combine::<f64>(&all, has_base, terms)
+        }
         _ => Ok(None),
     }
+}
+
+/// Whether the CUDA kernel replaces Candle's chain: yes, unless the environment variable
+/// `NODE_CUDA_KERNELS_OFF` (read once per process; comma-separated, as in `node-kernels`)
+/// names `lincomb` or says `all`, for a GPU benchmark to compare the two in one build.
+#[cfg(feature = "cuda")]
+fn own_cuda_kernel() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var("NODE_CUDA_KERNELS_OFF").unwrap_or_default();
+        !off.split(',')
+            .any(|o| matches!(o.trim(), "lincomb" | "all"))
+    })
 }
 
 /// Elements per block: each block is combined term by term while it sits in L1.
