@@ -209,6 +209,14 @@ impl Geometry {
         self.c * self.kh * self.kw
     }
 
+    /// `self` if `l` has the output's shape, else an error naming `op`.
+    fn check_output(self, l: &Layout, op: &str) -> Result<Self> {
+        if l.dims() != [self.b, self.co, self.oh, self.ow] {
+            candle_core::bail!("{op}: gradient shape {:?}", l.dims());
+        }
+        Ok(self)
+    }
+
     /// Output pixels per image.
     pub(crate) fn pixels(&self) -> usize {
         self.oh * self.ow
@@ -686,6 +694,15 @@ struct BackwardInput {
     x_dims: (usize, usize, usize, usize),
 }
 
+impl BackwardInput {
+    /// The convolution's sizes from `(dy, kernel)`'s layouts, the gradient's shape checked.
+    fn geometry(&self, ldy: &Layout, lk: &Layout) -> Result<Geometry> {
+        let (b, c, h, w) = self.x_dims;
+        let g = Geometry::new(&[b, c, h, w], lk.dims(), self.params)?;
+        g.check_output(ldy, self.name())
+    }
+}
+
 impl CustomOp2 for BackwardInput {
     fn name(&self) -> &'static str {
         "node-conv2d-backward-input"
@@ -698,11 +715,7 @@ impl CustomOp2 for BackwardInput {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, c, h, w) = self.x_dims;
-        let g = Geometry::new(&[b, c, h, w], l2.dims(), self.params)?;
-        if l1.dims() != [g.b, g.co, g.oh, g.ow] {
-            candle_core::bail!("{}: gradient shape {:?}", self.name(), l1.dims());
-        }
+        let g = self.geometry(l1, l2)?;
         let out = with_slices2(
             self.name(),
             s1,
@@ -723,8 +736,7 @@ impl CustomOp2 for BackwardInput {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (b, c, h, w) = self.x_dims;
-        let g = Geometry::new(&[b, c, h, w], l2.dims(), self.params)?;
+        let g = self.geometry(l1, l2)?;
         let dx = unfolded::backward_input(s1, l1, s2, l2, &g)?;
         Ok((dx, self.x_dims.into()))
     }
@@ -734,6 +746,15 @@ impl CustomOp2 for BackwardInput {
 struct BackwardKernel {
     params: Params,
     k_dims: (usize, usize, usize, usize),
+}
+
+impl BackwardKernel {
+    /// The convolution's sizes from `(x, dy)`'s layouts, the gradient's shape checked.
+    fn geometry(&self, lx: &Layout, ldy: &Layout) -> Result<Geometry> {
+        let (co, c, kh, kw) = self.k_dims;
+        let g = Geometry::new(lx.dims(), &[co, c, kh, kw], self.params)?;
+        g.check_output(ldy, self.name())
+    }
 }
 
 impl CustomOp2 for BackwardKernel {
@@ -748,11 +769,7 @@ impl CustomOp2 for BackwardKernel {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (co, c, kh, kw) = self.k_dims;
-        let g = Geometry::new(l1.dims(), &[co, c, kh, kw], self.params)?;
-        if l2.dims() != [g.b, g.co, g.oh, g.ow] {
-            candle_core::bail!("{}: gradient shape {:?}", self.name(), l2.dims());
-        }
+        let g = self.geometry(l1, l2)?;
         let out = with_slices2(
             self.name(),
             s1,
@@ -773,8 +790,7 @@ impl CustomOp2 for BackwardKernel {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (co, c, kh, kw) = self.k_dims;
-        let g = Geometry::new(l1.dims(), &[co, c, kh, kw], self.params)?;
+        let g = self.geometry(l1, l2)?;
         let dk = unfolded::backward_kernel(s1, l1, s2, l2, &g)?;
         Ok((dk, self.k_dims.into()))
     }
