@@ -55,9 +55,7 @@ fn contiguous<'a, S: Unfold>(
 
 /// The output gradient `[B][C_out][oh][ow]` (any strides) as rows `[B·P][C_out]`, contiguous.
 fn rows_of<S: Unfold>(dy: &S, l: &Layout, g: &Geometry) -> Result<S> {
-    if l.dims() != [g.b, g.co, g.oh, g.ow] {
-        candle_core::bail!("conv2d backward: gradient shape {:?}", l.dims());
-    }
+    g.check_output(l, "conv2d backward")?;
     let nhwc = l.permute(&[0, 2, 3, 1])?;
     // SAFETY: `copy_strided_src` writes every element.
     let mut rows = unsafe { dy.device().alloc_uninit(nhwc.shape(), dy.dtype())? };
