@@ -4,8 +4,9 @@
 // memory), col2im against the scatter it is the adjoint of (every unfolded entry added to
 // the pixel it came from, in double), rows_to_nchw against the rearrangement. Geometries:
 // the ODE-Net's 3×3 block and 4×4 stride-2 downsampling, stride 3 with dilation 2, padding
-// larger than the kernel needs, non-square kernels, 1×1; the launch grid of `cuda/conv.rs`
-// and fewer blocks (the grid-stride loop). Run by scripts/check-cuda-kernels.sh.
+// larger than the kernel needs, non-square kernels, 1×1; with a time channel in front of the
+// input's (`conv2d_time`: written by im2col, skipped by col2im); the launch grid of
+// `cuda/conv.rs` and fewer blocks (the grid-stride loop). Run by scripts/check-cuda-kernels.sh.
 #include "cuda_on_cpu.h"
 #include "../../crates/node-kernels/src/cuda/conv.cu"
 
@@ -16,23 +17,26 @@ static int failures = 0;
 
 struct Case {
     unsigned long long b, c, h, w, co, kh, kw, pad, stride, dil;
+    unsigned long long lead = 0;  // 1: a time channel (counted in c)
 };
 
 static NodeConvGeom geometry(const Case &k) {
     NodeConvGeom g{};
     g.b = k.b, g.c = k.c, g.h = k.h, g.w = k.w, g.co = k.co, g.kh = k.kh, g.kw = k.kw;
     g.pad = k.pad, g.stride = k.stride, g.dil = k.dil;
+    g.lead = k.lead, g.time = k.lead ? -0.8125 : 0.0;
     g.oh = (k.h + 2 * k.pad - k.dil * (k.kh - 1) - 1) / k.stride + 1;
     g.ow = (k.w + 2 * k.pad - k.dil * (k.kw - 1) - 1) / k.stride + 1;
-    // The input lies as [b][c][w][h]: strides of (b, c, y, x).
-    g.xs[0] = k.c * k.h * k.w, g.xs[1] = k.h * k.w, g.xs[2] = 1, g.xs[3] = k.h;
+    // The input (c − lead channels) lies as [b][c][w][h]: strides of (b, c, y, x).
+    g.xs[0] = (k.c - k.lead) * k.h * k.w, g.xs[1] = k.h * k.w, g.xs[2] = 1, g.xs[3] = k.h;
     return g;
 }
 
 static void report(const char *what, const Case &k, unsigned grid, size_t bad) {
     failures += bad != 0;
-    std::printf("%s %llux%llux%llux%llu k%llux%llu p%llu s%llu d%llu grid=%u: %s\n", what, k.b,
-                k.c, k.h, k.w, k.kh, k.kw, k.pad, k.stride, k.dil, grid, bad ? "FAILED" : "ok");
+    std::printf("%s %llux%llux%llux%llu k%llux%llu p%llu s%llu d%llu%s grid=%u: %s\n", what, k.b,
+                k.c, k.h, k.w, k.kh, k.kw, k.pad, k.stride, k.dil, k.lead ? " time" : "", grid,
+                bad ? "FAILED" : "ok");
 }
 
 static unsigned blocks(unsigned long long n, bool full) {
@@ -46,10 +50,10 @@ static void check(const Case &k, bool full_grid,
                   void (*rows_k)(const NodeConvGeom, const T *, T *),
                   void (*rows_bias_k)(const NodeConvGeom, const T *, const T *, T *)) {
     const NodeConvGeom g = geometry(k);
-    const unsigned long long kk = g.c * g.kh * g.kw, rows = g.b * g.oh * g.ow;
+    const unsigned long long kk = g.c * g.kh * g.kw, rows = g.b * g.oh * g.ow, xc = g.c - g.lead;
     std::mt19937 rng(unsigned(k.b * 1000 + k.h * 10 + k.stride));
     std::normal_distribution<double> normal(0.0, 1.0);
-    std::vector<T> x(g.b * g.c * g.h * g.w);
+    std::vector<T> x(g.b * xc * g.h * g.w);
     for (auto &v : x) v = T(normal(rng));
     const char *name = sizeof(T) == 4 ? "f32" : "f64";
     char what[64];
@@ -68,7 +72,9 @@ static void check(const Case &k, bool full_grid,
                             const long long iy = (long long)(oy * g.stride + i * g.dil) - (long long)g.pad;
                             const long long ix = (long long)(ox * g.stride + j * g.dil) - (long long)g.pad;
                             const bool in = iy >= 0 && iy < (long long)g.h && ix >= 0 && ix < (long long)g.w;
-                            const T want = in ? x[b * g.xs[0] + c * g.xs[1] + iy * g.xs[2] + ix * g.xs[3]] : T(0);
+                            const T want = !in ? T(0)
+                                           : c < g.lead ? T(g.time)
+                                           : x[b * g.xs[0] + (c - g.lead) * g.xs[1] + iy * g.xs[2] + ix * g.xs[3]];
                             const T got = cols[((b * g.oh + oy) * g.ow + ox) * kk + (c * g.kh + i) * g.kw + j];
                             bad += !(got == want);
                         }
@@ -85,8 +91,8 @@ static void check(const Case &k, bool full_grid,
             const unsigned long long j = t % g.kw, i = t / g.kw % g.kh, c = t / (g.kw * g.kh);
             const long long iy = (long long)(oy * g.stride + i * g.dil) - (long long)g.pad;
             const long long ix = (long long)(ox * g.stride + j * g.dil) - (long long)g.pad;
-            if (iy >= 0 && iy < (long long)g.h && ix >= 0 && ix < (long long)g.w)
-                want[((b * g.c + c) * g.h + iy) * g.w + ix] += double(dcols[r * kk + t]);
+            if (c >= g.lead && iy >= 0 && iy < (long long)g.h && ix >= 0 && ix < (long long)g.w)
+                want[((b * xc + c - g.lead) * g.h + iy) * g.w + ix] += double(dcols[r * kk + t]);
         }
     }
     grid = blocks(dx.size(), full_grid);
@@ -128,6 +134,9 @@ int main() {
         {1, 3, 7, 5, 5, 3, 2, 2, 1, 1},    // padding beyond the kernel's reach, 3×2 kernel
         {3, 5, 5, 5, 7, 1, 1, 0, 1, 1},    // 1×1
         {2, 1, 28, 28, 3, 3, 3, 0, 1, 1},  // a first layer on images
+        {2, 5, 6, 6, 4, 3, 3, 1, 1, 1, 1}, // the ODE-Net's time-dependent 3×3 (4 channels + t)
+        {1, 3, 9, 11, 3, 3, 3, 1, 3, 2, 1}, // stride 3, dilation 2, with a time channel
+        {2, 2, 7, 5, 3, 3, 2, 2, 1, 1, 1},  // padding beyond the kernel, one channel + t
     };
     for (const Case &k : cases)
         for (bool full : {true, false}) {

@@ -66,7 +66,7 @@ pub fn conv2d(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    match own_params(&[x, kernel], padding, stride, dilation, groups)? {
+    match own_params(&[x, kernel], padding, stride, dilation, groups, None)? {
         Some(params) => x.apply_op2(kernel, Conv2d(params)),
         None => x.conv2d(kernel, padding, stride, dilation, groups),
     }
@@ -87,6 +87,63 @@ pub fn conv2d_bias(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
+    check_bias(kernel, bias)?;
+    match own_params(&[x, kernel, bias], padding, stride, dilation, groups, None)? {
+        Some(params) => x.apply_op3(kernel, bias, Conv2dBias(params)),
+        None => add_bias(x.conv2d(kernel, padding, stride, dilation, groups)?, bias),
+    }
+}
+
+/// The convolution of `x` with a constant channel of value `t` put in front of its channels,
+/// `conv2d(cat([t, x], 1), kernel) (+ bias)`, without building the concatenation: the time
+/// channel is written while the input is unfolded, and its gradient is not computed. This is
+/// torchdiffeq's `ConcatConv2d`, the layer through which an ODE-Net's vector field depends on
+/// `t`.
+///
+/// The kernels of [`conv2d`] and [`conv2d_bias`] run it where theirs apply (f32 and f64 on
+/// the CPU and CUDA); elsewhere it builds the concatenation and calls Candle's `conv2d`.
+/// `t` gets no gradient: it is a number, not a tensor.
+///
+/// # Shapes
+/// `x: [B, C, H, W]`, `kernel: [C_out, C + 1, kh, kw]` (input channel 0 the time's),
+/// `bias: [C_out]` → `[B, C_out, H', W']` as [`conv2d`]'s.
+///
+/// # Errors
+/// Those of [`conv2d`] and [`conv2d_bias`]; a kernel without the time channel.
+pub fn conv2d_time(
+    x: &Tensor,
+    t: f64,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Tensor> {
+    if let Some(bias) = bias {
+        check_bias(kernel, bias)?;
+    }
+    let mut tensors = vec![x, kernel];
+    tensors.extend(bias);
+    match (
+        own_params(&tensors, padding, stride, dilation, 1, Some(t))?,
+        bias,
+    ) {
+        (Some(params), None) => x.apply_op2(kernel, Conv2d(params)),
+        (Some(params), Some(bias)) => x.apply_op3(kernel, bias, Conv2dBias(params)),
+        (None, _) => {
+            let (b, _, h, w) = x.dims4()?;
+            let time = Tensor::full(t, (b, 1, h, w), x.device())?.to_dtype(x.dtype())?;
+            let y = Tensor::cat(&[&time, x], 1)?.conv2d(kernel, padding, stride, dilation, 1)?;
+            match bias {
+                Some(bias) => add_bias(y, bias),
+                None => Ok(y),
+            }
+        }
+    }
+}
+
+/// A bias of `[C_out]` and the kernel's dtype, or an error.
+fn check_bias(kernel: &Tensor, bias: &Tensor) -> Result<()> {
     let co = kernel.dims().first().copied().unwrap_or(0);
     if bias.dims() != [co] || bias.dtype() != kernel.dtype() {
         candle_core::bail!(
@@ -96,12 +153,12 @@ pub fn conv2d_bias(
             kernel.dtype()
         );
     }
-    match own_params(&[x, kernel, bias], padding, stride, dilation, groups)? {
-        Some(params) => x.apply_op3(kernel, bias, Conv2dBias(params)),
-        None => x
-            .conv2d(kernel, padding, stride, dilation, groups)?
-            .broadcast_add(&bias.reshape((1, co, 1, 1))?),
-    }
+    Ok(())
+}
+
+/// `y + bias` over the channels of `[B, C_out, H', W']`.
+fn add_bias(y: Tensor, bias: &Tensor) -> Result<Tensor> {
+    y.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)
 }
 
 /// The kernel parameters when this module's kernels apply to `tensors` (`[x, kernel, ..]`: all
@@ -114,6 +171,7 @@ fn own_params(
     stride: usize,
     dilation: usize,
     groups: usize,
+    time: Option<f64>,
 ) -> Result<Option<Params>> {
     let (x, kernel) = (tensors[0], tensors[1]);
     let dev = x.device();
@@ -129,6 +187,7 @@ fn own_params(
         padding,
         stride,
         dilation,
+        time,
     };
     Geometry::new(x.dims(), kernel.dims(), params)?;
     if x.dtype() != kernel.dtype() {
@@ -146,12 +205,16 @@ pub(crate) struct Params {
     pub(crate) padding: usize,
     pub(crate) stride: usize,
     pub(crate) dilation: usize,
+    /// The value of a constant channel put in front of the input's ([`conv2d_time`]), if any:
+    /// the kernel then has one channel more than the input.
+    pub(crate) time: Option<f64>,
 }
 
 /// Sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Geometry {
     pub(crate) b: usize,
+    /// The kernel's input channels: the input's, and the time channel when there is one.
     pub(crate) c: usize,
     pub(crate) h: usize,
     pub(crate) w: usize,
@@ -168,8 +231,16 @@ impl Geometry {
         let (&[b, c, h, w], &[co, ck, kh, kw]) = (x, k) else {
             candle_core::bail!("conv2d: input {x:?} and kernel {k:?} must both have rank 4");
         };
-        if c != ck {
-            candle_core::bail!("conv2d: input has {c} channels but kernel {k:?} expects {ck}");
+        let lead = usize::from(p.time.is_some());
+        if c + lead != ck {
+            let time = if lead == 1 {
+                " and the time channel"
+            } else {
+                ""
+            };
+            candle_core::bail!(
+                "conv2d: input has {c} channels{time} but kernel {k:?} expects {ck}"
+            );
         }
         if c == 0 || co == 0 || h == 0 || w == 0 {
             candle_core::bail!(
@@ -192,7 +263,7 @@ impl Geometry {
         };
         Ok(Self {
             b,
-            c,
+            c: ck,
             h,
             w,
             co,
@@ -207,6 +278,16 @@ impl Geometry {
     /// Rows of the unfolded input: `c·kh·kw`.
     pub(crate) fn k(&self) -> usize {
         self.c * self.kh * self.kw
+    }
+
+    /// The input's channels: the kernel's, less the time channel when there is one.
+    pub(crate) fn xc(&self) -> usize {
+        self.c - usize::from(self.p.time.is_some())
+    }
+
+    /// Values per input image.
+    fn x_image(&self) -> usize {
+        self.xc() * self.h * self.w
     }
 
     /// `self` if `l` has the output's shape, else an error naming `op`.
@@ -386,11 +467,50 @@ fn kernel_taps_last<T: WithDType>(kernel: &[T], g: &Geometry) -> Vec<T> {
     swap_inner(kernel, g.c, g.kh * g.kw, true)
 }
 
+/// Images NCHW (`x`) to channels-last with the kernel's `g.c` channels: with a time channel,
+/// `[images][H·W][t, x…]`.
+fn channels_last<T: WithDType>(x: &[T], g: &Geometry) -> Vec<T> {
+    let hw = g.h * g.w;
+    let Some(t) = g.p.time else {
+        return swap_inner(x, g.c, hw, false);
+    };
+    let (t, xc) = (T::from_f64(t), g.xc());
+    let mut out = uninit(x.len() / xc * g.c);
+    for (src, dst) in x.chunks(xc * hw).zip(out.chunks_mut(hw * g.c)) {
+        // dst[p][1 + c] = src[c][p]
+        transpose(src, hw, xc, hw, &mut dst[1..], g.c);
+        dst.iter_mut().step_by(g.c).for_each(|d| {
+            d.write(t);
+        });
+    }
+    // SAFETY: every pixel's `g.c` values were written: the time, then the transposed channels.
+    unsafe { assume_init(out) }
+}
+
+/// The inverse of [`channels_last`] into `out` (`[images][xc][H·W]`, written in full): the
+/// time channel, when there is one, is dropped.
+fn channels_first_into<T: WithDType>(xh: &[T], g: &Geometry, out: &mut [MaybeUninit<T>]) {
+    let hw = g.h * g.w;
+    if g.p.time.is_none() {
+        return swap_inner_into(xh, hw, g.c, out, false);
+    }
+    let xc = g.xc();
+    assert_eq!(
+        xh.len() / g.c,
+        out.len() / xc,
+        "channels_first_into: lengths"
+    );
+    for (src, dst) in xh.chunks(hw * g.c).zip(out.chunks_mut(xc * hw)) {
+        // dst[c][p] = src[p][1 + c]
+        transpose(&src[1..], g.c, hw, xc, dst, hw);
+    }
+}
+
 /// A block of images unfolded: the images NCHW (`x`) to channels-last, then to rows `ld`
 /// apart. Returns the rows (`images·pixels·ld` values).
 fn unfold_block<T: WithDType>(x: &[T], g: &Geometry, ld: usize) -> Vec<T> {
-    let xh = swap_inner(x, g.c, g.h * g.w, false);
-    let images = x.len() / (g.c * g.h * g.w);
+    let xh = channels_last(x, g);
+    let images = x.len() / g.x_image();
     let mut cols = uninit(images * g.pixels() * ld);
     im2col(&xh, g, ld, &mut cols);
     // SAFETY: `im2col` wrote every row in full (values, zeros, padding).
@@ -433,7 +553,7 @@ fn forward<T: WithDType>(x: &[T], kernel: &[T], bias: Option<&[T]>, g: &Geometry
         return direct::forward(x, kernel, bias, g);
     }
     let (k, pixels) = (g.k(), g.pixels());
-    let in_image = g.c * g.h * g.w;
+    let in_image = g.x_image();
     let kernel = kernel_taps_last(kernel, g);
     per_block(g, g.co * pixels, x, in_image, |y, x| {
         let rows = (x.len() / in_image) * pixels;
@@ -458,11 +578,12 @@ fn backward_input<T: WithDType>(dy: &[T], kernel: &[T], g: &Geometry) -> Vec<T> 
     let (k, pixels) = (g.k(), g.pixels());
     let out_image = g.co * pixels;
     let kernel = kernel_taps_last(kernel, g);
-    per_block(g, g.c * g.h * g.w, dy, out_image, |dx, dy| {
-        let rows = (dy.len() / out_image) * pixels;
+    per_block(g, g.x_image(), dy, out_image, |dx, dy| {
+        let images = dy.len() / out_image;
+        let rows = images * pixels;
         // The block's output gradient as rows `[images·pixels][co]`.
         let dyr = swap_inner(dy, g.co, pixels, false);
-        let mut dxh = vec![T::zero(); dx.len()];
+        let mut dxh = vec![T::zero(); images * g.h * g.w * g.c];
         if k > 0 && g.co > 0 {
             // dcols[b·p][k] = dy[b·p][co] · W[co][k]
             let dcols = matmul_serial(
@@ -474,7 +595,7 @@ fn backward_input<T: WithDType>(dy: &[T], kernel: &[T], g: &Geometry) -> Vec<T> 
             );
             col2im(&dcols, g, &mut dxh);
         }
-        swap_inner_into(&dxh, g.h * g.w, g.c, dx, false);
+        channels_first_into(&dxh, g, dx);
     })
 }
 
@@ -483,7 +604,7 @@ fn backward_kernel<T: WithDType>(x: &[T], dy: &[T], g: &Geometry) -> Vec<T> {
         return direct::backward_kernel(x, dy, g);
     }
     let (k, pixels) = (g.k(), g.pixels());
-    let (in_image, out_image) = (g.c * g.h * g.w, g.co * pixels);
+    let (in_image, out_image) = (g.x_image(), g.co * pixels);
     let mut dw = vec![T::zero(); g.co * k];
     if dw.is_empty() || in_image == 0 || out_image == 0 {
         return dw;

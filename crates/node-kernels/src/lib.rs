@@ -15,6 +15,6 @@ mod util;
 
 pub use activation::{elu, exp, relu, sigmoid, softplus, tanh};
 pub use alloc::keep_freed_memory;
-pub use conv::{conv2d, conv2d_bias};
+pub use conv::{conv2d, conv2d_bias, conv2d_time};
 pub use group_norm::{group_norm, group_norm_relu};
 pub use linear::linear;

@@ -198,11 +198,11 @@ impl ConcatConv2d {
         })
     }
 
-    /// Applies the convolution at time `t`.
+    /// Applies the convolution at time `t`, on [`node_kernels::conv2d_time`]: the time channel
+    /// is written while the input is unfolded, not concatenated to it.
     pub fn forward(&self, t: f64, x: &Tensor) -> Result<Tensor> {
-        let (b, _, h, w) = x.dims4()?;
-        let tt = Tensor::full(t, (b, 1, h, w), x.device())?.to_dtype(x.dtype())?;
-        self.conv.forward(&Tensor::cat(&[&tt, x], 1)?)
+        let c = &self.conv;
+        node_kernels::conv2d_time(x, t, &c.weight, c.bias.as_ref(), c.padding, c.stride, 1)
     }
 
     /// The weight and bias.

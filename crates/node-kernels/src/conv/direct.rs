@@ -23,9 +23,9 @@ use crate::pool;
 /// The largest unfolded row (`c·kh·kw`) that takes the direct kernels.
 pub(super) const MAX_K: usize = 16;
 
-/// Whether `g` takes the direct kernels.
+/// Whether `g` takes the direct kernels (which know no time channel).
 pub(super) fn suits(g: &Geometry) -> bool {
-    g.k() <= MAX_K
+    g.k() <= MAX_K && g.p.time.is_none()
 }
 
 /// Output columns computed per pass (32 f32: four AVX2 registers).

@@ -26,11 +26,13 @@ use super::Geometry;
 /// The data movement around the products, per backend.
 pub(crate) trait Unfold: BackendStorage<Device: BackendDevice<Storage = Self>> {
     /// `cols[(b, oy, ox)][(c, i, j)] = x[b, c, oy·s + i·d − p, ox·s + j·d − p]`, 0 outside the
-    /// image: `[B·P][K]`, contiguous. `self` is `x` under `l` (any strides).
+    /// image: `[B·P][K]`, contiguous. `self` is `x` under `l` (any strides). With a time
+    /// channel, `c = 0` is the time (0 outside the image) and `c > 0` the input's `c − 1`.
     fn im2col(&self, l: &Layout, g: &Geometry) -> Result<Self>;
 
     /// The adjoint of [`Unfold::im2col`]: every entry of `self` (`[B·P][K]`, contiguous)
-    /// summed into the pixel it came from, `[B][C][H][W]`.
+    /// summed into the pixel it came from, `[B][C][H][W]` (the time channel's entries, when
+    /// there is one, dropped).
     fn col2im(&self, g: &Geometry) -> Result<Self>;
 
     /// `y[b][co][p] = self[(b, p)][co] (+ bias[co])`: `self` is `[B·P][C_out]`, contiguous;
@@ -99,7 +101,7 @@ pub(crate) fn backward_input<S: Unfold>(
 ) -> Result<S> {
     let (rows, k) = (g.b * g.pixels(), g.k());
     if rows == 0 {
-        return zeros(dy, (g.b, g.c, g.h, g.w));
+        return zeros(dy, (g.b, g.xc(), g.h, g.w));
     }
     let dyr = rows_of(dy, ldy, g)?;
     let mut copy = None;
@@ -164,11 +166,14 @@ mod tests {
 
     fn im2col<T: WithDType>(x: &[T], l: &Layout, g: &Geometry) -> Vec<T> {
         let s = l.stride();
+        let lead = g.c - g.xc();
         (0..g.b * g.pixels() * g.k())
             .map(|e| {
                 let [b, oy, ox, c, i, j] = geometry(g, e);
-                match (g.source(oy, i, g.h), g.source(ox, j, g.w)) {
-                    (Some(y), Some(x_)) => {
+                match (g.source(oy, i, g.h), g.source(ox, j, g.w), g.p.time) {
+                    (Some(_), Some(_), Some(t)) if c == 0 => T::from_f64(t),
+                    (Some(y), Some(x_), _) => {
+                        let c = c - lead;
                         x[l.start_offset() + b * s[0] + c * s[1] + y * s[2] + x_ * s[3]]
                     }
                     _ => T::zero(),
@@ -178,11 +183,16 @@ mod tests {
     }
 
     fn col2im<T: WithDType>(dcols: &[T], g: &Geometry) -> Vec<T> {
-        let mut dx = vec![T::zero(); g.b * g.c * g.h * g.w];
+        let (xc, lead) = (g.xc(), g.c - g.xc());
+        let mut dx = vec![T::zero(); g.b * xc * g.h * g.w];
         for (e, v) in dcols.iter().enumerate() {
             let [b, oy, ox, c, i, j] = geometry(g, e);
-            if let (Some(y), Some(x)) = (g.source(oy, i, g.h), g.source(ox, j, g.w)) {
-                dx[((b * g.c + c) * g.h + y) * g.w + x] += *v;
+            if let (Some(y), Some(x), Some(c)) = (
+                g.source(oy, i, g.h),
+                g.source(ox, j, g.w),
+                c.checked_sub(lead),
+            ) {
+                dx[((b * xc + c) * g.h + y) * g.w + x] += *v;
             }
         }
         dx
@@ -265,7 +275,8 @@ mod tests {
 
     /// Forward (with and without bias), input and kernel gradients: the composition on the
     /// CPU against the CPU kernels, on the ODE-Net's geometries, strides, dilation, padding
-    /// beyond the kernel, 1×1, an empty batch, and strided input, kernel and gradient.
+    /// beyond the kernel, 1×1, an empty batch, and strided input, kernel and gradient; each
+    /// without and with a time channel (`conv2d_time`).
     #[test]
     fn matches_the_cpu_kernels() {
         // (x, kernel, padding, stride, dilation)
@@ -279,14 +290,19 @@ mod tests {
             ([4, 5, 5, 5], [7, 5, 1, 1], 0, 1, 1),
             ([0, 3, 5, 5], [4, 3, 3, 3], 1, 1, 1),
         ];
-        for dtype in [DType::F32, DType::F64] {
+        let all = [DType::F32, DType::F64]
+            .into_iter()
+            .flat_map(|d| [(d, None), (d, Some(0.625))]);
+        for (dtype, time) in all {
             let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
             for (i, &(xd, kd, padding, stride, dilation)) in cases.iter().enumerate() {
                 let p = Params {
                     padding,
                     stride,
                     dilation,
+                    time,
                 };
+                let kd = [kd[0], kd[1] + usize::from(time.is_some()), kd[2], kd[3]];
                 let g = Geometry::new(&xd, &kd, p).unwrap();
                 let randn = |d: &[usize]| {
                     Tensor::randn(0f32, 1.0, d, &Device::Cpu)
@@ -316,12 +332,19 @@ mod tests {
                 assert_eq!(x.is_contiguous(), !strided);
                 let ((xs, xl), (ws, wl), (bs, bl), (dys, dyl)) =
                     (cpu(&x), cpu(&w), cpu(&bias), cpu(&dy));
-                let what = format!("x {xd:?} k {kd:?} {dtype:?}");
+                let what = format!("x {xd:?} k {kd:?} {dtype:?} time {time:?}");
 
-                let want = crate::conv2d(&x, &w, padding, stride, dilation, 1).unwrap();
+                let conv = |bias| match time {
+                    Some(t) => crate::conv2d_time(&x, t, &w, bias, padding, stride, dilation),
+                    None => match bias {
+                        Some(b) => crate::conv2d_bias(&x, &w, b, padding, stride, dilation, 1),
+                        None => crate::conv2d(&x, &w, padding, stride, dilation, 1),
+                    },
+                };
+                let want = conv(None).unwrap();
                 let got = tensor(forward(&xs, &xl, &ws, &wl, None, &g).unwrap(), &out);
                 assert!(rel(&got, &want) < tol, "{what}: forward");
-                let want = crate::conv2d_bias(&x, &w, &bias, padding, stride, dilation, 1).unwrap();
+                let want = conv(Some(&bias)).unwrap();
                 let got = forward(&xs, &xl, &ws, &wl, Some((&bs, &bl)), &g).unwrap();
                 assert!(
                     rel(&tensor(got, &out), &want) < tol,

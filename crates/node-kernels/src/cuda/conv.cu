@@ -10,12 +10,17 @@
 // The unfolded layout is Candle's: `cols[(b, oy, ox)][(c, i, j)]`, so a kernel
 // `[co][c][i][j]` is its product's other operand as it lies in memory.
 
+// With `lead` = 1, the unfolded input has a constant channel `time` in front of the input's
+// `c − 1` (an ODE-Net's time-dependent convolution, `conv2d_time`): `c` counts the kernel's
+// channels, the time's included.
 struct NodeConvGeom {
-    unsigned long long b, c, h, w;     // input
+    unsigned long long b, c, h, w;     // batch, kernel channels, input height and width
     unsigned long long co, kh, kw;     // kernel
     unsigned long long oh, ow;         // output
     unsigned long long pad, stride, dil;
     unsigned long long xs[4];          // the input's strides (im2col), in elements
+    unsigned long long lead;           // 1 with a time channel, else 0
+    double time;                       // its value
 };
 
 #define NODE_GRID_STRIDE(i, n)                                                               \
@@ -23,7 +28,8 @@ struct NodeConvGeom {
          i < (n); i += (unsigned long long)blockDim.x * gridDim.x)
 
 // cols[(b, oy, ox)][(c, i, j)] = x[b, c, oy·s + i·d − p, ox·s + j·d − p], 0 outside the image;
-// `x` with the strides `g.xs`.
+// `x` with the strides `g.xs`. With a time channel, channel 0 is `g.time` inside the image and
+// channel c > 0 is the input's c − 1.
 template <typename T>
 __device__ void im2col(const NodeConvGeom g, const T *x, T *cols) {
     const unsigned long long k = g.c * g.kh * g.kw;
@@ -40,26 +46,29 @@ __device__ void im2col(const NodeConvGeom g, const T *x, T *cols) {
         const long long ix = (long long)(ox * g.stride + j * g.dil) - (long long)g.pad;
         T v = T(0);
         if (iy >= 0 && iy < (long long)g.h && ix >= 0 && ix < (long long)g.w)
-            v = x[b * g.xs[0] + c * g.xs[1] + (unsigned long long)iy * g.xs[2] +
-                  (unsigned long long)ix * g.xs[3]];
+            v = c < g.lead ? T(g.time)
+                           : x[b * g.xs[0] + (c - g.lead) * g.xs[1] +
+                               (unsigned long long)iy * g.xs[2] +
+                               (unsigned long long)ix * g.xs[3]];
         cols[e] = v;
     }
 }
 
 // The adjoint of im2col: dx[b, c, y, x] = Σ over the taps (i, j) and output pixels (oy, ox)
-// with oy·s + i·d − p = y and ox·s + j·d − p = x of dcols[(b, oy, ox)][(c, i, j)], summed
-// in the order i, then j. `dcols` and `dx` contiguous.
+// with oy·s + i·d − p = y and ox·s + j·d − p = x of dcols[(b, oy, ox)][(c + lead, i, j)],
+// summed in the order i, then j (the time channel's entries are skipped: it has no
+// gradient). `dcols` and `dx` contiguous.
 template <typename T>
 __device__ void col2im(const NodeConvGeom g, const T *dcols, T *dx) {
-    const unsigned long long k = g.c * g.kh * g.kw;
-    const unsigned long long n = g.b * g.c * g.h * g.w;
+    const unsigned long long k = g.c * g.kh * g.kw, xc = g.c - g.lead;
+    const unsigned long long n = g.b * xc * g.h * g.w;
     NODE_GRID_STRIDE(e, n) {
         unsigned long long t = e;
         const long long x = (long long)(t % g.w);
         t /= g.w;
         const long long y = (long long)(t % g.h);
         t /= g.h;
-        const unsigned long long c = t % g.c, b = t / g.c;
+        const unsigned long long c = t % xc + g.lead, b = t / xc;
         T acc = T(0);
         for (unsigned long long i = 0; i < g.kh; ++i) {
             const long long ty = y + (long long)g.pad - (long long)(i * g.dil);

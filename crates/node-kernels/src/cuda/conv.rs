@@ -17,8 +17,8 @@ const THREADS: u32 = 256;
 /// Blocks per launch at most; larger outputs are covered by the kernels' grid-stride loops.
 const MAX_BLOCKS: usize = 16 * 1024;
 
-/// The kernels' by-value parameter `NodeConvGeom`: sizes, padding, stride, dilation, and the
-/// input's strides (for `im2col`).
+/// The kernels' by-value parameter `NodeConvGeom`: sizes, padding, stride, dilation, the
+/// input's strides (for `im2col`), and the time channel (`conv2d_time`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct Geom {
@@ -35,10 +35,12 @@ struct Geom {
     stride: u64,
     dil: u64,
     xs: [u64; 4],
+    lead: u64,
+    time: f64,
 }
 
-// SAFETY: plain data with the C layout of `NodeConvGeom` (16 unsigned 64-bit integers); the
-// test below checks its size against the parameter size in the PTX.
+// SAFETY: plain data with the C layout of `NodeConvGeom` (17 unsigned 64-bit integers and a
+// double); the test below checks its size against the parameter size in the PTX.
 unsafe impl DeviceRepr for Geom {}
 
 impl Geom {
@@ -58,6 +60,8 @@ impl Geom {
             stride: u(g.p.stride),
             dil: u(g.p.dilation),
             xs: xs.map(u),
+            lead: u(usize::from(g.p.time.is_some())),
+            time: g.p.time.unwrap_or(0.0),
         }
     }
 }
@@ -119,7 +123,7 @@ impl Map1 for Im2Col<'_> {
         l: &Layout,
     ) -> Result<CudaSlice<T>> {
         let g = self.0;
-        let (&[s0, s1, s2, s3], true) = (l.stride(), l.dims() == [g.b, g.c, g.h, g.w]) else {
+        let (&[s0, s1, s2, s3], true) = (l.stride(), l.dims() == [g.b, g.xc(), g.h, g.w]) else {
             candle_core::bail!("conv2d (CUDA): input {:?} for {g:?}", l.dims());
         };
         let x = x.slice(l.start_offset()..);
@@ -140,7 +144,7 @@ impl Map1 for Col2Im<'_> {
         let g = self.0;
         let a = contiguous_start(l, g.b * g.pixels() * g.k(), "unfolded gradient")?;
         let dcols = dcols.slice(a..);
-        let n = g.b * g.c * g.h * g.w;
+        let n = g.b * g.xc() * g.h * g.w;
         launch("node_col2im", dev, Geom::new(g, [0; 4]), &[&dcols], n)
     }
 }
@@ -224,11 +228,11 @@ mod tests {
     use super::*;
 
     /// NVRTC needs no GPU: the source compiles, every kernel the launchers name is there, and
-    /// the by-value geometry has the size the PTX expects (16 × 8 bytes).
+    /// the by-value geometry has the size the PTX expects (18 × 8 bytes).
     #[test]
     fn source_compiles_with_nvrtc() {
         let ptx = CONV.ptx().unwrap();
-        assert_eq!(std::mem::size_of::<Geom>(), 128);
+        assert_eq!(std::mem::size_of::<Geom>(), 144);
         for dt in ["f32", "f64"] {
             for k in [
                 "node_im2col",
@@ -240,10 +244,10 @@ mod tests {
                 let at = ptx
                     .find(&entry)
                     .unwrap_or_else(|| panic!("{k}_{dt} missing"));
-                // The first parameter: `.param .align 8 .b8 {k}_{dt}_param_0[128]`.
+                // The first parameter: `.param .align 8 .b8 {k}_{dt}_param_0[144]`.
                 let head = &ptx[at..at + 400];
                 assert!(
-                    head.contains(&format!("{k}_{dt}_param_0[128]")),
+                    head.contains(&format!("{k}_{dt}_param_0[144]")),
                     "{k}_{dt}: {head}"
                 );
             }
