@@ -19,7 +19,8 @@
 #                         BUNDLE/table1.tar.xz when there -> table1.log and table1.tar.xz (every
 #                         run's checkpoint and metrics: copy it into BUNDLE to go on next time)
 #   env: CUDA_LIB (default /usr/local/cuda/lib64), PYTHON (default python3: torch, torchdiffeq),
-#        TABLE1_DEVICE (default cuda; cpu for a dry run), MODELS (as reproduce-table1.sh's)
+#        TABLE1_DEVICE (default cuda; cpu for a dry run), MODELS and JOBS (as
+#        reproduce-table1.sh's: JOBS=4 trains the four models at once, on the one GPU)
 # Not run here: anything that needs cargo. A step that fails is reported and the next runs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
