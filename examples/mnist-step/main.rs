@@ -3,6 +3,11 @@
 //! Markdown table. Peak memory is the process's resident high-water mark above the state after
 //! set-up (CPU), or the CUDA device's memory in use after the steps as `nvidia-smi` would show
 //! it is not readable from Candle, so it is left out there.
+//!
+//! The last column counts the tensors one step creates, in the forward pass, the backward pass
+//! and the update (one more, untimed step): nearly every one is an op's output, so on a GPU a
+//! kernel launch (views — reshapes, narrows, transposes — are the exception). It is a
+//! measure of launch overhead that needs no GPU.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -97,6 +102,23 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
             nfe_b = b.nfe_backward();
         }
     }
+    // One more step, untimed, counting the tensors created between its phases.
+    let mark = || tensor_count(&dev);
+    let m0 = mark()?;
+    let (logits, _) = model.forward(&x)?;
+    let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+    let m1 = mark()?;
+    let grads = loss.backward()?;
+    let m2 = mark()?;
+    opt.step(&grads)?;
+    let m3 = mark()?;
+    // Each mark creates one tensor itself.
+    let tensors = match (m0, m1, m2, m3) {
+        (Some(a), Some(b), Some(c), Some(d)) => {
+            format!("{} / {} / {}", b - a - 1, c - b - 1, d - c - 1)
+        }
+        _ => "–".into(),
+    };
     times.sort_by(|a, b| a.total_cmp(b));
     let mem = if dev.is_cpu() {
         format!("{:.1}", status_mib("VmHWM:") - base)
@@ -104,7 +126,7 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
         "–".into()
     };
     Ok(format!(
-        "| {variant} | {} | {nfe_f} | {nfe_b} | {:.1} | {:.1} | {mem} |",
+        "| {variant} | {} | {nfe_f} | {nfe_b} | {:.1} | {:.1} | {mem} | {tensors} |",
         varmap
             .all_vars()
             .iter()
@@ -113,6 +135,17 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
         times[times.len() / 2],
         times[0]
     ))
+}
+
+/// How many tensors this process has created so far, read from the id of a new one (Candle
+/// numbers tensors from one counter; the id is read from its `Debug` form, `TensorId(n)`, and
+/// `None` if that form changes).
+fn tensor_count(dev: &Device) -> Result<Option<usize>> {
+    let id = format!("{:?}", Tensor::zeros((), DType::F32, dev)?.id());
+    Ok(id
+        .strip_prefix("TensorId(")
+        .and_then(|s| s.strip_suffix(')'))
+        .and_then(|s| s.parse().ok()))
 }
 
 fn main() -> Result<()> {
@@ -130,8 +163,8 @@ fn main() -> Result<()> {
         args.reps,
         args.warmup
     );
-    println!("| variant | parameters | NFE fwd | NFE bwd | median ms | min ms | peak RSS above set-up (MiB) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| variant | parameters | NFE fwd | NFE bwd | median ms | min ms | peak RSS above set-up (MiB) | tensors per step: fwd / bwd / update |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let exe = std::env::current_exe()?;
     for v in &args.variants {
         let out = std::process::Command::new(&exe)

@@ -11,7 +11,7 @@
 #                         + torchdiffeq, interleaved (scripts/compare-mnist-step.sh), ROUNDS
 #                         rounds (default 2); ours again with the project's CUDA kernels off,
 #                         all and one by one (NODE_CUDA_KERNELS_OFF=all, conv, group_norm,
-#                         lincomb, none); the ode_demo solve, ours and torchdiffeq -> bench.log
+#                         lincomb, optim, none); the ode_demo solve, ours and torchdiffeq -> bench.log
 #     profile[=VARIANT]   Nsight Compute's time of every kernel of one training step (default
 #                         odenet-adjoint), summed by kernel -> profile.csv (raw) and the summary
 #     table1=EPOCHS[:MIN] scripts/reproduce-table1.sh EPOCHS --device cuda with the packed
@@ -96,8 +96,8 @@ step_bench() {
     scripts/compare-mnist-step.sh odenet-adjoint,odenet-direct,rknet,resnet "$rounds" 10 cuda \
     2>&1 | tee -a "$log" >> "$summary"
   # The same build with Candle's CUDA ops in place of the project's own kernels (conv,
-  # group_norm, lincomb), one after the other: what each set of kernels is worth.
-  for off in all conv group_norm lincomb none; do
+  # group_norm, lincomb, optim), one after the other: what each set of kernels is worth.
+  for off in all conv group_norm lincomb optim none; do
     { echo; echo "### ours with NODE_CUDA_KERNELS_OFF=$off"
       NODE_CUDA_KERNELS_OFF=$off "$step" --device cuda --reps 10 --warmup 2; } 2>&1 | tee -a "$log" >> "$summary"
   done

@@ -1,7 +1,7 @@
 //! CUDA kernels of this crate (with the `cuda` feature), for f32 and f64: group
-//! normalization, optionally fused with a ReLU, forward and backward (here), and the
+//! normalization, optionally fused with a ReLU, forward and backward (here), the
 //! convolution's unfolding, its adjoint and its output rearrangement (`conv`, around cuBLAS
-//! products: see `conv/unfolded.rs`).
+//! products: see `conv/unfolded.rs`), and SGD's in-place updates (`optim`).
 //!
 //! Off the CPU, [`crate::group_norm`] would otherwise be Candle's chain of ten broadcast ops
 //! forward and some thirty backward, each a kernel launch: on an H100, broadcast element-wise
@@ -22,6 +22,7 @@ use candle_core::{CudaStorage, DType, Layout, Result, Shape, WithDType};
 use crate::group_norm::{Geometry, Settings};
 
 mod conv;
+pub(crate) mod optim;
 
 /// A CUDA source of this crate, compiled to PTX by NVRTC on first use (once per process) and
 /// loaded as a module once per device.

@@ -91,7 +91,7 @@ pub(crate) fn with_slices3(
 }
 
 /// Whether a CUDA kernel of this project's own replaces Candle's ops for `op` (`conv`,
-/// `group_norm`, `lincomb`): yes, unless the environment variable `NODE_CUDA_KERNELS_OFF`
+/// `group_norm`, `lincomb`, `optim`): yes, unless the environment variable `NODE_CUDA_KERNELS_OFF`
 /// (read once per process; comma-separated) names it or says `all`. Off, the op runs on
 /// Candle's CUDA ops, which a GPU benchmark can then compare with in one build.
 pub(crate) fn own_cuda_kernel(op: &str) -> bool {

@@ -38,7 +38,8 @@ pub struct SgdMomentum {
 
 impl SgdMomentum {
     /// The momentum buffers, one per variable in the order given to `new` (`None` before a
-    /// variable's first gradient): to save in a checkpoint.
+    /// variable's first gradient): to save in a checkpoint. [`Optimizer::step`] updates them in
+    /// place: copy one (`Tensor::copy`) to keep its value across steps.
     pub fn buffers(&self) -> &[Option<Tensor>] {
         &self.buffers
     }
@@ -89,18 +90,22 @@ impl Optimizer for SgdMomentum {
             momentum,
             weight_decay,
         } = self.config;
+        // In place, two passes per variable with momentum (node-kernels' fused updates on the
+        // CPU and CUDA): no new tensor but a buffer's zeros on its first step, where `b = ∇`
+        // then `b ← μ b + ∇` (PyTorch's first step).
         for (var, buf) in self.vars.iter().zip(self.buffers.iter_mut()) {
             let Some(g) = grads.get(var) else { continue };
-            let mut g = g.detach();
-            if weight_decay != 0.0 {
-                g = (g + var.as_tensor().affine(weight_decay, 0.0)?)?;
+            let p = var.as_tensor();
+            if momentum == 0.0 {
+                node_kernels::sgd_descend(p, g, lr, weight_decay)?;
+                continue;
             }
-            let b = match buf.take() {
-                Some(b) if momentum != 0.0 => (b.affine(momentum, 0.0)? + g)?,
-                _ => g,
+            let b = match buf {
+                Some(b) => b,
+                None => buf.insert(p.zeros_like()?.detach()),
             };
-            var.set(&(var.as_tensor() - b.affine(lr, 0.0)?)?)?;
-            *buf = Some(b.detach());
+            node_kernels::sgd_momentum_update(b, g, p, momentum, weight_decay)?;
+            node_kernels::sgd_descend(p, b, lr, 0.0)?;
         }
         Ok(())
     }
