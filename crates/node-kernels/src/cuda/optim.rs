@@ -1,6 +1,7 @@
 //! Launchers of `optim.cu`: SGD's in-place updates on CUDA (see `crate::optim`).
 
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, WithDType};
 
