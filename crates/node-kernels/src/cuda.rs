@@ -70,6 +70,25 @@ impl Source {
     }
 }
 
+/// Threads per block of the grid-stride kernels (`conv.cu`, `optim.cu`).
+const THREADS: u32 = 256;
+/// Blocks per launch at most; larger outputs are covered by the kernels' grid-stride loops.
+const MAX_BLOCKS: usize = 16 * 1024;
+
+/// The launch of a grid-stride kernel over `n` elements: one thread per element up to
+/// [`MAX_BLOCKS`] blocks of [`THREADS`].
+fn grid_stride(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 static GROUP_NORM: Source = Source::new(
     include_str!("cuda/group_norm.cu"),
     "group_norm.cu",

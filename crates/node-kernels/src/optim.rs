@@ -152,11 +152,11 @@ impl Descend {
     }
 }
 
-/// The contiguous elements of `s` under `l`.
-fn span<T>(s: &[T], l: &Layout) -> Result<std::ops::Range<usize>> {
+/// Where the elements under `l` lie in its storage: contiguous, or an error.
+pub(crate) fn span(l: &Layout) -> Result<std::ops::Range<usize>> {
     match l.contiguous_offsets() {
-        Some((a, b)) if b <= s.len() => Ok(a..b),
-        _ => candle_core::bail!("node-kernels optim: a strided operand"),
+        Some((a, b)) => Ok(a..b),
+        None => candle_core::bail!("node-kernels optim: a strided operand"),
     }
 }
 
@@ -176,11 +176,11 @@ impl InplaceOp3 for Update {
     ) -> Result<()> {
         match (b, g, p) {
             (CpuStorage::F32(b), CpuStorage::F32(g), CpuStorage::F32(p)) => {
-                let (rb, rg, rp) = (span(b, lb)?, span(g, lg)?, span(p, lp)?);
+                let (rb, rg, rp) = (span(lb)?, span(lg)?, span(lp)?);
                 self.apply(&mut b[rb], &g[rg], &p[rp]);
             }
             (CpuStorage::F64(b), CpuStorage::F64(g), CpuStorage::F64(p)) => {
-                let (rb, rg, rp) = (span(b, lb)?, span(g, lg)?, span(p, lp)?);
+                let (rb, rg, rp) = (span(lb)?, span(lg)?, span(lp)?);
                 self.apply(&mut b[rb], &g[rg], &p[rp]);
             }
             _ => candle_core::bail!("{}: f32 or f64 of one dtype", self.name()),
@@ -210,11 +210,11 @@ impl InplaceOp2 for Descend {
     fn cpu_fwd(&self, p: &mut CpuStorage, lp: &Layout, d: &CpuStorage, ld: &Layout) -> Result<()> {
         match (p, d) {
             (CpuStorage::F32(p), CpuStorage::F32(d)) => {
-                let (rp, rd) = (span(p, lp)?, span(d, ld)?);
+                let (rp, rd) = (span(lp)?, span(ld)?);
                 self.apply(&mut p[rp], &d[rd]);
             }
             (CpuStorage::F64(p), CpuStorage::F64(d)) => {
-                let (rp, rd) = (span(p, lp)?, span(d, ld)?);
+                let (rp, rd) = (span(lp)?, span(ld)?);
                 self.apply(&mut p[rp], &d[rd]);
             }
             _ => candle_core::bail!("{}: f32 or f64 of one dtype", self.name()),

@@ -2,20 +2,16 @@
 //! (`conv/unfolded.rs`; the products between them are Candle's cuBLAS `matmul`).
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaView, DeviceRepr, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDevice, Map1, Map2, WrapErr};
 use candle_core::{CudaStorage, Layout, Result, WithDType};
 
-use super::{dtype_name, Source};
+use super::{dtype_name, grid_stride, Source};
 use crate::conv::unfolded::Unfold;
 use crate::conv::Geometry;
 
 static CONV: Source = Source::new(include_str!("conv.cu"), "conv.cu", "node_kernels_conv");
-
-const THREADS: u32 = 256;
-/// Blocks per launch at most; larger outputs are covered by the kernels' grid-stride loops.
-const MAX_BLOCKS: usize = 16 * 1024;
 
 /// The kernels' by-value parameter `NodeConvGeom`: sizes, padding, stride, dilation, the
 /// input's strides (for `im2col`), and the time channel (`conv2d_time`).
@@ -66,18 +62,6 @@ impl Geom {
     }
 }
 
-fn config(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (
-            n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
-            1,
-            1,
-        ),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// Launches `{kernel}_{dtype}(geom, inputs.., out)` over `n` output elements.
 fn launch<T: DeviceRepr + WithDType + ValidAsZeroBits>(
     kernel: &str,
@@ -101,7 +85,7 @@ fn launch<T: DeviceRepr + WithDType + ValidAsZeroBits>(
     }
     builder.arg(&mut out);
     // SAFETY: the arguments match the kernel's signature; the views cover what it reads.
-    unsafe { builder.launch(config(n)) }.w()?;
+    unsafe { builder.launch(grid_stride(n)) }.w()?;
     Ok(out)
 }
 
