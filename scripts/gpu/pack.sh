@@ -81,6 +81,9 @@ done < "$work/select.tsv"
 echo "compressing $(wc -l < "$work/bin/manifest") executables (xz -9, a few minutes)..." >&2
 tar -C "$work/bin" -cf - . | xz -9 -T2 > "$bundle/bin.tar.xz.part"
 mv -f "$bundle/bin.tar.xz.part" "$bundle/bin.tar.xz"
+# Which source the executables were built from (run.sh's `env` step prints it).
+{ git -C "$root" rev-parse HEAD; git -C "$root" status --porcelain --untracked-files=no | sed 's/^/modified: /'; } \
+  > "$bundle/commit" 2>/dev/null || true
 
 if [ -n "$mnist" ]; then
   "$root/scripts/fetch-mnist.sh" "$mnist" >&2

@@ -58,6 +58,7 @@ step_env() {
   { echo '```'
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
     nproc | sed 's/^/CPU cores: /'
+    [ -f "$bundle/commit" ] && sed 's/^/bundle built from: /' "$bundle/commit"
     "$py" -c 'import torch, torchdiffeq; print("torch", torch.__version__, "torchdiffeq", torchdiffeq.__version__, "cuda", torch.version.cuda)' 2>&1
     first=$(awk -F'\t' 'NR == 1 { print $1 }' "$bin/manifest")
     ldd "$bin/$first" | grep -E "cuda|cublas|curand|nvrtc|not found"
