@@ -22,8 +22,8 @@ use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Ten
 /// `weight_decay` is 0). A buffer of zeros gives PyTorch's first step (`buf = grad + λ·param`).
 ///
 /// # Errors
-/// Tensors of different shapes, dtypes or devices; `buf` not contiguous, or sharing storage
-/// with `grad` or `param`.
+/// Tensors of different shapes, dtypes or devices; `buf` not contiguous, or (where the fused
+/// kernels run) sharing storage with `grad` or `param`.
 pub fn sgd_momentum_update(
     buf: &Tensor,
     grad: &Tensor,
@@ -39,10 +39,7 @@ pub fn sgd_momentum_update(
     if fused(&[buf, grad, param]) {
         return buf.inplace_op3(grad, param, &op);
     }
-    let mut d = grad.clone();
-    if weight_decay != 0.0 {
-        d = (d + param.affine(weight_decay, 0.0)?)?;
-    }
+    let d = decayed(grad, param, weight_decay)?;
     write_into(buf, &(buf.affine(momentum, 0.0)? + d)?)
 }
 
@@ -59,11 +56,16 @@ pub fn sgd_descend(param: &Tensor, dir: &Tensor, lr: f64, weight_decay: f64) -> 
     if fused(&[param, dir]) {
         return param.inplace_op2(dir, &op);
     }
-    let mut d = dir.clone();
-    if weight_decay != 0.0 {
-        d = (d + param.affine(weight_decay, 0.0)?)?;
-    }
+    let d = decayed(dir, param, weight_decay)?;
     write_into(param, &(param - d.affine(lr, 0.0)?)?)
+}
+
+/// `dir + weight_decay·param` in Candle ops, or `dir` itself when `weight_decay` is 0.
+fn decayed(dir: &Tensor, param: &Tensor, weight_decay: f64) -> Result<Tensor> {
+    if weight_decay == 0.0 {
+        return Ok(dir.clone());
+    }
+    dir + param.affine(weight_decay, 0.0)?
 }
 
 /// Copies `src` into the storage of `dst` (contiguous, of the same shape).
@@ -106,9 +108,9 @@ fn fused(ts: &[&Tensor]) -> bool {
 
 /// `[buf, grad, param]` in place on the buffer.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Update {
-    pub(crate) momentum: f64,
-    pub(crate) weight_decay: f64,
+struct Update {
+    momentum: f64,
+    weight_decay: f64,
 }
 
 impl Update {
@@ -130,9 +132,9 @@ impl Update {
 
 /// `[param, dir]` in place on the parameter.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Descend {
-    pub(crate) lr: f64,
-    pub(crate) weight_decay: f64,
+struct Descend {
+    lr: f64,
+    weight_decay: f64,
 }
 
 impl Descend {
@@ -198,7 +200,8 @@ impl InplaceOp3 for Update {
         p: &CudaStorage,
         lp: &Layout,
     ) -> Result<()> {
-        crate::cuda::optim::update(self, b, lb, g, lg, p, lp)
+        let scalars = [self.momentum, self.weight_decay];
+        crate::cuda::optim::launch("node_sgd_update", scalars, (b, lb), &[(g, lg), (p, lp)])
     }
 }
 
@@ -230,6 +233,7 @@ impl InplaceOp2 for Descend {
         d: &CudaStorage,
         ld: &Layout,
     ) -> Result<()> {
-        crate::cuda::optim::descend(self, p, lp, d, ld)
+        let scalars = [self.lr, self.weight_decay];
+        crate::cuda::optim::launch("node_sgd_descend", scalars, (p, lp), &[(d, ld)])
     }
 }

@@ -6,43 +6,15 @@ use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, WithDType};
 
 use super::{dtype_name, grid_stride, Source};
-use crate::optim::{span, Descend, Update};
+use crate::optim::span;
 
 static OPTIM: Source = Source::new(include_str!("optim.cu"), "optim.cu", "node_kernels_optim");
 
-/// `b ← b·μ + (g + p·λ)` in place.
-pub(crate) fn update(
-    op: &Update,
-    b: &mut CudaStorage,
-    lb: &Layout,
-    g: &CudaStorage,
-    lg: &Layout,
-    p: &CudaStorage,
-    lp: &Layout,
-) -> Result<()> {
-    let scalars = [op.momentum, op.weight_decay];
-    launch("node_sgd_update", scalars, (b, lb), &[(g, lg), (p, lp)])
-}
-
-/// `p ← p − (d + p·λ)·lr` in place.
-pub(crate) fn descend(
-    op: &Descend,
-    p: &mut CudaStorage,
-    lp: &Layout,
-    d: &CudaStorage,
-    ld: &Layout,
-) -> Result<()> {
-    launch(
-        "node_sgd_descend",
-        [op.lr, op.weight_decay],
-        (p, lp),
-        &[(d, ld)],
-    )
-}
-
 /// Launches `{kernel}_{dtype}(n, s0, s1, decay, dst, srcs..)` over the `n` contiguous
-/// elements of `dst`; `decay` says whether the weight decay `s1` is not 0.
-fn launch(
+/// elements of `dst`; `decay` says whether the weight decay `s1` is not 0. The kernels:
+/// `node_sgd_update` (`b ← b·μ + (g + p·λ)`, on `[μ, λ]`, `b` and `[g, p]`) and
+/// `node_sgd_descend` (`p ← p − (d + p·λ)·lr`, on `[lr, λ]`, `p` and `[d]`).
+pub(crate) fn launch(
     kernel: &str,
     scalars: [f64; 2],
     dst: (&mut CudaStorage, &Layout),
