@@ -3,14 +3,24 @@
 use anyhow::Result;
 use node_models::mnist::{self, FILES};
 use node_models::Rng;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("train-mnist-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A new empty folder, removed with everything in it when dropped; it derefs to its path.
+struct Tmp(tempfile::TempDir);
+
+impl std::ops::Deref for Tmp {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+fn tmp(name: &str) -> Tmp {
+    Tmp(tempfile::Builder::new()
+        .prefix(&format!("train-mnist-cli-{name}-"))
+        .tempdir()
+        .expect("a temporary folder"))
 }
 
 fn dataset(dir: &Path) -> Result<()> {
@@ -127,7 +137,7 @@ fn learning_metrics(path: &Path) -> Vec<String> {
 }
 
 /// A dataset and, beside it, two epochs of the MLP trained in one go: (data, run) folders.
-fn two_mlp_epochs(tag: &str) -> Result<(PathBuf, PathBuf)> {
+fn two_mlp_epochs(tag: &str) -> Result<(Tmp, Tmp)> {
     let data = tmp(&format!("data-{tag}"));
     dataset(&data)?;
     let straight = tmp(&format!("{tag}-straight"));

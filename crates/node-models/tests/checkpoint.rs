@@ -36,8 +36,8 @@ fn kind_of(e: &candle_core::Error) -> &CheckpointError {
 
 #[test]
 fn round_trip_restores_everything() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("ckpt-rt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
     let path = dir.join("c.safetensors");
     let (vm, model, mut opt) = setup(ModelKind::Mlp, 1)?;
     let x = Tensor::rand(0f32, 1.0, (4, 1, 28, 28), &Device::Cpu)?;
@@ -83,8 +83,8 @@ fn round_trip_restores_everything() -> Result<()> {
 
 #[test]
 fn foreign_and_mismatched_checkpoints_are_refused() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("ckpt-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
     let path = dir.join("odenet.safetensors");
     let (vm, _, opt) = setup(ModelKind::OdeNet, 1)?;
     checkpoint::save(&path, "odenet", &vm, &opt, 1, &Rng::new(0), None)?;

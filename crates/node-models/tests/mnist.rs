@@ -6,11 +6,11 @@ use node_models::mnist::{self, DataError, Split, FILES, PIXELS};
 use node_models::Rng;
 use std::path::Path;
 
-fn tmpdir(name: &str) -> Result<std::path::PathBuf> {
-    let d = std::env::temp_dir().join(format!("node-models-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
+/// A new empty folder, removed with everything in it when the test ends.
+fn tmpdir(name: &str) -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("node-models-test-{name}-"))
+        .tempdir()?)
 }
 
 fn write_all(dir: &Path, train: &Split, test: &Split) -> Result<()> {
@@ -35,14 +35,15 @@ fn data_error(r: candle_core::Result<mnist::Mnist>) -> String {
 
 #[test]
 fn round_trip_of_generated_files() -> Result<()> {
-    let dir = tmpdir("roundtrip")?;
+    let tmp = tmpdir("roundtrip")?;
+    let dir = tmp.path();
     let mut rng = Rng::new(1);
     let (train, test) = (
         mnist::synthetic(50, &mut rng),
         mnist::synthetic(20, &mut rng),
     );
-    write_all(&dir, &train, &test)?;
-    let m = mnist::load_dir(&dir)?;
+    write_all(dir, &train, &test)?;
+    let m = mnist::load_dir(dir)?;
     assert_eq!(m.train.images, train.images);
     assert_eq!(m.train.labels, train.labels);
     assert_eq!(m.test.len(), 20);
@@ -51,19 +52,20 @@ fn round_trip_of_generated_files() -> Result<()> {
 
 #[test]
 fn corrupt_files_are_refused_with_a_clear_error() -> Result<()> {
-    let dir = tmpdir("corrupt")?;
+    let tmp = tmpdir("corrupt")?;
+    let dir = tmp.path();
     let mut rng = Rng::new(2);
     let (train, test) = (
         mnist::synthetic(30, &mut rng),
         mnist::synthetic(10, &mut rng),
     );
-    let reset = || write_all(&dir, &train, &test);
+    let reset = || write_all(dir, &train, &test);
     let path = |i: usize| dir.join(FILES[i]);
 
     // Missing file: says what to run.
     reset()?;
     std::fs::remove_file(path(2))?;
-    let msg = data_error(mnist::load_dir(&dir));
+    let msg = data_error(mnist::load_dir(dir));
     assert!(
         msg.contains("not found") && msg.contains("fetch-mnist.sh"),
         "{msg}"
@@ -73,36 +75,36 @@ fn corrupt_files_are_refused_with_a_clear_error() -> Result<()> {
     reset()?;
     let b = std::fs::read(path(0))?;
     std::fs::write(path(0), &b[..b.len() - 100])?;
-    assert!(data_error(mnist::load_dir(&dir)).contains("truncated"));
+    assert!(data_error(mnist::load_dir(dir)).contains("truncated"));
 
     // Shorter than a header.
     std::fs::write(path(0), [0u8; 5])?;
-    assert!(data_error(mnist::load_dir(&dir)).contains("header"));
+    assert!(data_error(mnist::load_dir(dir)).contains("header"));
 
     // Swapped files: labels where images belong (wrong magic).
     reset()?;
     std::fs::copy(path(1), path(0))?;
-    assert!(data_error(mnist::load_dir(&dir)).contains("magic"));
+    assert!(data_error(mnist::load_dir(dir)).contains("magic"));
 
     // Wrong image size in the header.
     reset()?;
     let mut b = std::fs::read(path(0))?;
     b[8..12].copy_from_slice(&32u32.to_be_bytes());
     std::fs::write(path(0), &b)?;
-    assert!(data_error(mnist::load_dir(&dir)).contains("28×28"));
+    assert!(data_error(mnist::load_dir(dir)).contains("28×28"));
 
     // A label that is not a digit.
     reset()?;
     let mut b = std::fs::read(path(3))?;
     b[8 + 4] = 12;
     std::fs::write(path(3), &b)?;
-    assert!(data_error(mnist::load_dir(&dir)).contains("not a digit"));
+    assert!(data_error(mnist::load_dir(dir)).contains("not a digit"));
 
     // Images and labels of different lengths.
     reset()?;
-    mnist::write_idx(&dir, FILES[2], "other", &test)?;
-    mnist::write_idx(&dir, "other", FILES[3], &test.take(7))?;
-    assert!(data_error(mnist::load_dir(&dir)).contains("10 images but 7 labels"));
+    mnist::write_idx(dir, FILES[2], "other", &test)?;
+    mnist::write_idx(dir, "other", FILES[3], &test.take(7))?;
+    assert!(data_error(mnist::load_dir(dir)).contains("10 images but 7 labels"));
     Ok(())
 }
 
