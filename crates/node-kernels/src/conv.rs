@@ -802,9 +802,15 @@ impl CustomOp3 for Conv2dBias {
         if !bias.track_op() {
             return Ok((dx, dk, None));
         }
-        // Σ over batch and space: the contiguous last axis first (Candle's fast reduction).
+        // Σ over batch and space. On the CPU the contiguous last axis first (Candle's fast
+        // path there); on CUDA both axes in one reduction (one launch instead of two).
         let (b, co, h, w) = grad.dims4()?;
-        let db = grad.reshape((b, co, h * w))?.sum(2)?.sum(0)?;
+        let g = grad.reshape((b, co, h * w))?;
+        let db = if grad.device().is_cuda() {
+            g.sum((0, 2))?
+        } else {
+            g.sum(2)?.sum(0)?
+        };
         Ok((dx, dk, Some(db)))
     }
 }

@@ -12,11 +12,12 @@
 
 use std::sync::OnceLock;
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
-use candle_core::cuda_backend::{CudaDevice, Map3, WrapErr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, Map3, WrapErr};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, WithDType};
 
 use crate::group_norm::{Geometry, Settings};
@@ -179,21 +180,16 @@ impl Map3 for Forward {
     }
 }
 
-/// The backward pass on `(x, [weight, bias], dy)` → `[dx, dweight, dbias]`, flat.
-pub(crate) struct Backward(pub Settings);
-
-impl Map3 for Backward {
-    fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
-        &self,
-        x: &CudaSlice<T>,
-        lx: &Layout,
-        wb: &CudaSlice<T>,
-        lwb: &Layout,
-        dy: &CudaSlice<T>,
-        ldy: &Layout,
-        dev: &CudaDevice,
-    ) -> Result<CudaSlice<T>> {
-        let Settings { groups, eps, relu } = self.0;
+/// The backward pass on `x`, `weight`, `bias` and `dy` → `[dx, dweight, dbias]`, flat.
+pub(crate) fn backward(
+    settings: Settings,
+    inputs: [(&CudaStorage, &Layout); 4],
+) -> Result<CudaStorage> {
+    fn go<T: CudaDType + DeviceRepr + WithDType + ValidAsZeroBits>(
+        Settings { groups, eps, relu }: Settings,
+        [(x, lx), (w, lw), (b, lb), (dy, ldy)]: [(&CudaStorage, &Layout); 4],
+    ) -> Result<CudaStorage> {
+        let dev = &x.device;
         let dt = dtype_name::<T>()?;
         let (slices, groups, cg, s) = geometry(lx.dims(), groups)?;
         if ldy.dims() != lx.dims() {
@@ -203,21 +199,29 @@ impl Map3 for Backward {
             );
         }
         let c = groups * cg;
-        let ((x0, x1), (wb0, wb1), (dy0, dy1)) = (
+        let ((x0, x1), (w0, w1), (b0, b1), (dy0, dy1)) = (
             offsets(lx, "x")?,
-            offsets(lwb, "weight and bias")?,
+            offsets(lw, "weight")?,
+            offsets(lb, "bias")?,
             offsets(ldy, "gradient")?,
         );
-        if wb1 - wb0 != 2 * c {
-            candle_core::bail!("group_norm backward (CUDA): {} parameters", wb1 - wb0);
+        if w1 - w0 != c || b1 - b0 != c {
+            candle_core::bail!(
+                "group_norm backward (CUDA): {} and {} parameters for {c} channels",
+                w1 - w0,
+                b1 - b0
+            );
         }
         let n = x1 - x0;
+        let wrap = |slice| T::wrap_cuda_slice(slice, dev.clone());
         if slices == 0 || cg * s == 0 {
             // No data: no input gradient, and the parameters' gradients are zero.
-            return dev.alloc_zeros::<T>(n + 2 * c);
+            return Ok(wrap(dev.alloc_zeros::<T>(n + 2 * c)?));
         }
-        let (x, dy) = (x.slice(x0..x1), dy.slice(dy0..dy1));
-        let (w, b) = (wb.slice(wb0..wb0 + c), wb.slice(wb0 + c..wb1));
+        let x = x.as_cuda_slice::<T>()?.slice(x0..x1);
+        let dy = dy.as_cuda_slice::<T>()?.slice(dy0..dy1);
+        let w = w.as_cuda_slice::<T>()?.slice(w0..w1);
+        let b = b.as_cuda_slice::<T>()?.slice(b0..b1);
         // SAFETY: the first kernel writes all of `dx` and `part`, the second the 2·C tail.
         let mut out = unsafe { dev.alloc::<T>(n + 2 * c)? };
         let mut part = unsafe { dev.alloc::<T>(slices * cg * 2)? };
@@ -261,7 +265,12 @@ impl Map3 for Backward {
             // SAFETY: as above.
             unsafe { builder.launch(cfg) }.w()?;
         }
-        Ok(out)
+        Ok(wrap(out))
+    }
+    match inputs[0].0.dtype() {
+        DType::F32 => go::<f32>(settings, inputs),
+        DType::F64 => go::<f64>(settings, inputs),
+        d => candle_core::bail!("group_norm backward (CUDA): no kernel for {d:?}"),
     }
 }
 
