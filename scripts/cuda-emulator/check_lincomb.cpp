@@ -1,11 +1,11 @@
-// Checks crates/node-solvers/src/fused/lincomb.cu on a CPU (see cuda_on_cpu.h): `base + Σ w_j x_j`
+// Checks crates/node-solvers/src/fused/fused.cu on a CPU (see cuda_on_cpu.h): `base + Σ w_j x_j`
 // must equal, bit for bit, the sum taken term by term in the terms' order (what Candle's chain
 // of `affine` and `add` computes), with and without a base, 1 to 16 terms, f32 and f64, with
 // the grid `fused/cuda.rs` launches and with fewer blocks than elements need (the grid-stride
 // loop), and a second launch going on in place from the first one's partial sum, as the Rust
 // side does past 16 terms. Run by scripts/check-cuda-kernels.sh.
 #include "cuda_on_cpu.h"
-#include "../../crates/node-solvers/src/fused/lincomb.cu"
+#include "../../crates/node-solvers/src/fused/fused.cu"
 
 #include <cstdio>
 #include <random>

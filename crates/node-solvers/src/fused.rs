@@ -1,5 +1,6 @@
 //! The one-pass stage combinations behind [`crate::rk::lincomb`]: on the CPU here, on CUDA
-//! in `cuda.rs` (with the `cuda` feature).
+//! in `cuda.rs` (with the `cuda` feature); and the one-launch concatenation behind
+//! [`crate::rk::concat_flat`] on CUDA.
 
 use candle_core::{DType, Device, Result, Storage, Tensor, WithDType};
 
@@ -36,28 +37,53 @@ pub(crate) fn lincomb_fused(
         (Device::Cpu, DType::F32) => combine::<f32>(&all, has_base, terms),
         (Device::Cpu, DType::F64) => combine::<f64>(&all, has_base, terms),
         #[cfg(feature = "cuda")]
-        (Device::Cuda(_), DType::F32) if own_cuda_kernel() => {
+        (Device::Cuda(_), DType::F32) if own_cuda_kernel("lincomb") => {
             cuda::combine::<f32>(&all, has_base, terms)
         }
         #[cfg(feature = "cuda")]
-        (Device::Cuda(_), DType::F64) if own_cuda_kernel() => {
+        (Device::Cuda(_), DType::F64) if own_cuda_kernel("lincomb") => {
             cuda::combine::<f64>(&all, has_base, terms)
         }
         _ => Ok(None),
     }
 }
 
-/// Whether the CUDA kernel replaces Candle's chain: yes, unless the environment variable
-/// `NODE_CUDA_KERNELS_OFF` (read once per process; comma-separated, as in `node-kernels`)
-/// names `lincomb` or says `all`, for a GPU benchmark to compare the two in one build.
+/// The parts, each flattened, end to end, in one pass, or `None` where they do not qualify
+/// (then the caller uses Candle's `cat`): a part that tracks a gradient, several devices or
+/// dtypes, a dtype other than f32/f64, a strided part, a device other than CUDA (on the CPU
+/// Candle's `cat` is already one copy per part), no elements at all.
+pub(crate) fn concat_fused(parts: &[Tensor]) -> Result<Option<Tensor>> {
+    let Some(first) = parts.first() else {
+        return Ok(None);
+    };
+    let qualifies = parts.iter().all(|t| {
+        t.device().same_device(first.device()) && !t.track_op() && t.dtype() == first.dtype()
+    });
+    if !qualifies {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    if first.device().is_cuda() && own_cuda_kernel("concat") {
+        let parts: Vec<&Tensor> = parts.iter().collect();
+        return match first.dtype() {
+            DType::F32 => cuda::concat::<f32>(&parts),
+            DType::F64 => cuda::concat::<f64>(&parts),
+            _ => Ok(None),
+        };
+    }
+    Ok(None)
+}
+
+/// Whether the CUDA kernel `op` (`lincomb`, `concat`) replaces Candle's ops: yes, unless the
+/// environment variable `NODE_CUDA_KERNELS_OFF` (read once per process; comma-separated, as
+/// in `node-kernels`) names it or says `all`, for a GPU benchmark to compare the two in one
+/// build.
 #[cfg(feature = "cuda")]
-fn own_cuda_kernel() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        let off = std::env::var("NODE_CUDA_KERNELS_OFF").unwrap_or_default();
-        !off.split(',')
-            .any(|o| matches!(o.trim(), "lincomb" | "all"))
-    })
+fn own_cuda_kernel(op: &str) -> bool {
+    static OFF: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let off = OFF.get_or_init(|| std::env::var("NODE_CUDA_KERNELS_OFF").unwrap_or_default());
+    !off.split(',')
+        .any(|o| matches!(o.trim(), "all") || o.trim() == op)
 }
 
 /// Elements per block: each block is combined term by term while it sits in L1.
@@ -216,6 +242,65 @@ mod tests {
         assert_eq!(out.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
         Ok(())
     }
+
+    /// `concat_flat` equals Candle's `cat` of the flattened parts: parts of several shapes,
+    /// empty ones among them, more than one CUDA launch takes, f32 and f64; on CUDA the fused
+    /// path is taken. A tracked part takes `cat` and gets its gradient; a strided part takes
+    /// `cat` too; an empty list and mixed dtypes are errors.
+    fn concat_matches_cat(dev: &Device) -> Result<()> {
+        use crate::rk::concat_flat;
+        let flat = |v: &Tensor| v.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>();
+        for dtype in [DType::F32, DType::F64] {
+            let shapes: [&[usize]; 6] = [&[2, 3, 4], &[0], &[64], &[5, 0, 2], &[3, 3, 3, 3], &[1]];
+            for count in [1, 6, 23] {
+                let parts: Vec<Tensor> = (0..count)
+                    .map(|i| Tensor::randn(0f32, 1.0, shapes[i % 6], dev)?.to_dtype(dtype))
+                    .collect::<Result<_>>()?;
+                let want = Tensor::cat(
+                    &parts
+                        .iter()
+                        .map(Tensor::flatten_all)
+                        .collect::<Result<Vec<_>>>()?,
+                    0,
+                )?;
+                let got = concat_flat(&parts)?;
+                assert_eq!(got.dims(), want.dims());
+                assert_eq!(flat(&got)?, flat(&want)?, "{dtype:?}, {count} parts");
+                let fused = super::concat_fused(&parts)?;
+                assert_eq!(fused.is_some(), dev.is_cuda() && want.elem_count() > 0);
+            }
+        }
+        // A part that tracks a gradient: Candle's cat, and the gradient reaches it.
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 2), dev)?)?;
+        let other = Tensor::randn(0f32, 1.0, 3, dev)?;
+        let parts = [other.clone(), v.as_tensor().clone()];
+        assert!(super::concat_fused(&parts)?.is_none());
+        let got = concat_flat(&parts)?;
+        assert!(got.track_op());
+        let w = Tensor::arange(0f32, 7.0, dev)?;
+        let g = (got * &w)?.sum_all()?.backward()?;
+        let g = g
+            .get(v.as_tensor())
+            .expect("a gradient for the tracked part");
+        assert_eq!(g.flatten_all()?.to_vec1::<f32>()?, [3.0, 4.0, 5.0, 6.0]);
+        // A strided part: Candle's cat, in logical order.
+        let m = Tensor::arange(0f32, 6.0, dev)?.reshape((2, 3))?;
+        let got = concat_flat(&[m.t()?, other.clone()])?;
+        assert_eq!(
+            got.narrow(0, 0, 6)?.to_vec1::<f32>()?,
+            [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+        );
+        assert!(concat_flat(&[]).is_err());
+        assert!(concat_flat(&[other.clone(), other.to_dtype(DType::F64)?]).is_err());
+        Ok(())
+    }
+
+    candle_core::test_device!(
+        concat_matches_cat,
+        concat_matches_cpu,
+        concat_matches_cuda,
+        concat_matches_metal
+    );
 
     candle_core::test_device!(
         fused_matches_the_candle_chain,
