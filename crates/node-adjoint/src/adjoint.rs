@@ -215,9 +215,10 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
             }
             .into());
         }
-        // The product with −a gives the minus signs of `−aᵀ∂f` in one op (on a GPU one launch
-        // instead of one per parameter); negation is exact, so the values are the same.
-        let grads = (&fy * &a.neg()?)?.sum_all()?.backward()?;
+        // Backward from a root whose gradient with respect to `fy` is −a: the minus signs of
+        // `−aᵀ∂f` in one op (on a GPU one launch instead of one per parameter; negation is
+        // exact, so the values are the same).
+        let grads = fy.apply_op2(&a, VjpSeed)?.backward()?;
         // Gradients come back with graphs attached: detach, or memory grows with steps.
         let vjp = |v: &Tensor| -> Result<Tensor> {
             match grads.get(v) {
@@ -233,6 +234,67 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
         }
         // One launch on CUDA instead of a copy per part.
         node_solvers::rk::concat_flat(&parts)
+    }
+}
+
+/// The root of the vector–Jacobian products: a scalar whose gradient with respect to its
+/// first input `fy` is `−a`, its second input, times the incoming gradient. Its value is a
+/// placeholder 0, not `−Σ a·fy`: only its backward pass is used. Candle's way to the same
+/// gradient, `(fy·(−a)).sum_all()`, costs a negation, a product and a sum forward and a
+/// broadcast and two products backward, each a launch on a GPU; this is one forward (a
+/// zero fill) and two backward (negating the scalar gradient, and a broadcast product).
+struct VjpSeed;
+
+impl VjpSeed {
+    fn zero<S>(s: &S) -> Result<(S, Shape)>
+    where
+        S: BackendStorage<Device: candle_core::backend::BackendDevice<Storage = S>>,
+    {
+        use candle_core::backend::BackendDevice;
+        let shape = Shape::from(());
+        Ok((s.device().zeros_impl(&shape, s.dtype())?, shape))
+    }
+}
+
+impl CustomOp2 for VjpSeed {
+    fn name(&self) -> &'static str {
+        "adjoint-vjp-seed"
+    }
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Self::zero(s)
+    }
+    fn cuda_fwd(
+        &self,
+        s: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Self::zero(s)
+    }
+    fn metal_fwd(
+        &self,
+        s: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        Self::zero(s)
+    }
+    fn bwd(
+        &self,
+        _fy: &Tensor,
+        a: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(a.broadcast_mul(&grad.neg()?)?), None))
     }
 }
 
