@@ -2,7 +2,12 @@
 //! in `cuda.rs` (with the `cuda` feature); and the one-launch concatenation behind
 //! [`crate::rk::concat_flat`] on CUDA.
 
-use candle_core::{DType, Device, Result, Storage, Tensor, WithDType};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
+use candle_core::{
+    CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
+    WithDType,
+};
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -45,6 +50,225 @@ pub(crate) fn lincomb_fused(
             cuda::combine::<f64>(&all, has_base, terms)
         }
         _ => Ok(None),
+    }
+}
+
+/// `base + Σ w_i x_i` as a chain of differentiable ops of up to three inputs each (the base
+/// or the partial sum, then two terms; three terms without a base), each one pass on the CPU
+/// or one launch on CUDA, or `None` where the inputs do not qualify (then the caller builds
+/// Candle's chain): several devices, dtypes or shapes, a dtype other than f32/f64, a strided
+/// input, a device without the pass. For inputs that need gradients (a solve differentiated
+/// straight through): Candle's chain is two ops per term forward. The values are the chain's
+/// (the same operations in the same order) and so are the gradients: each term gets the
+/// output's gradient times its weight, the base the output's gradient.
+pub(crate) fn lincomb_tracked(
+    base: Option<&Tensor>,
+    terms: &[(f64, &Tensor)],
+) -> Result<Option<Tensor>> {
+    let Some((_, first)) = terms.first() else {
+        return Ok(None);
+    };
+    let qualifies = base
+        .into_iter()
+        .chain(terms.iter().map(|(_, x)| *x))
+        .all(|t| {
+            t.device().same_device(first.device())
+                && t.dtype() == first.dtype()
+                && t.shape() == first.shape()
+                && t.is_contiguous()
+        })
+        && matches!(first.dtype(), DType::F32 | DType::F64)
+        && match first.device() {
+            Device::Cpu => true,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => own_cuda_kernel("lincomb"),
+            _ => false,
+        };
+    if !qualifies {
+        return Ok(None);
+    }
+    let mut acc = base.cloned();
+    let mut rest = terms;
+    while !rest.is_empty() {
+        let take = rest.len().min(if acc.is_some() { 2 } else { 3 });
+        let (now, later) = rest.split_at(take);
+        let op = Combination {
+            has_base: acc.is_some(),
+            ws: now.iter().map(|(w, _)| *w).collect(),
+        };
+        let inputs: Vec<&Tensor> = acc.iter().chain(now.iter().map(|(_, x)| *x)).collect();
+        acc = Some(match inputs[..] {
+            [a] => a.apply_op1(op)?,
+            [a, b] => a.apply_op2(b, op)?,
+            [a, b, c] => a.apply_op3(b, c, op)?,
+            _ => unreachable!("one to three inputs"),
+        });
+        rest = later;
+    }
+    Ok(acc)
+}
+
+/// One link of [`lincomb_tracked`]: `base + Σ w_j x_j` over its one to three inputs (the
+/// base first when `has_base`), contiguous, of one shape, f32 or f64.
+struct Combination {
+    has_base: bool,
+    ws: Vec<f64>,
+}
+
+impl Combination {
+    fn cpu(
+        &self,
+        inputs: &[(&candle_core::CpuStorage, &Layout)],
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        fn go<T: WithDType>(
+            op: &Combination,
+            inputs: &[(&candle_core::CpuStorage, &Layout)],
+        ) -> Result<Vec<T>> {
+            let slices = inputs
+                .iter()
+                .map(|(s, l)| match l.contiguous_offsets() {
+                    Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
+                    None => candle_core::bail!("lincomb: a strided input"),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(combine_slices(&slices, op.has_base, &op.ws))
+        }
+        let shape = inputs[0].1.shape().clone();
+        let out = match inputs[0].0 {
+            candle_core::CpuStorage::F32(_) => candle_core::CpuStorage::F32(go(self, inputs)?),
+            candle_core::CpuStorage::F64(_) => candle_core::CpuStorage::F64(go(self, inputs)?),
+            _ => candle_core::bail!("lincomb: no fused pass for this dtype"),
+        };
+        Ok((out, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self, inputs: &[(&CudaStorage, &Layout)]) -> Result<(CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let shape = inputs[0].1.shape().clone();
+        let out = match inputs[0].0.dtype() {
+            DType::F32 => cuda::combine_storages::<f32>(inputs, self.has_base, &self.ws)?,
+            DType::F64 => cuda::combine_storages::<f64>(inputs, self.has_base, &self.ws)?,
+            d => candle_core::bail!("lincomb: no CUDA kernel for {d:?}"),
+        };
+        Ok((out, shape))
+    }
+
+    /// Each input's gradient: the base gets `grad`, a term `grad·w` (`grad` itself for a unit
+    /// weight); none for an input that tracks no gradient.
+    fn grads(&self, inputs: &[&Tensor], grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let weights = self
+            .has_base
+            .then_some(1.0)
+            .into_iter()
+            .chain(self.ws.iter().copied());
+        inputs
+            .iter()
+            .zip(weights)
+            .map(|(x, w)| {
+                Ok(match (x.track_op(), w == 1.0) {
+                    (false, _) => None,
+                    (true, true) => Some(grad.clone()),
+                    (true, false) => Some(grad.affine(w, 0.0)?),
+                })
+            })
+            .collect()
+    }
+}
+
+impl CustomOp1 for Combination {
+    fn name(&self) -> &'static str {
+        "lincomb"
+    }
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        self.cpu(&[(s, l)])
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.cuda(&[(s, l)])
+    }
+    fn bwd(&self, a: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(self.grads(&[a], grad)?.pop().flatten())
+    }
+}
+
+impl CustomOp2 for Combination {
+    fn name(&self) -> &'static str {
+        "lincomb"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        self.cpu(&[(s1, l1), (s2, l2)])
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.cuda(&[(s1, l1), (s2, l2)])
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.grads(&[a, b], grad)?.into_iter();
+        Ok((g.next().flatten(), g.next().flatten()))
+    }
+}
+
+impl CustomOp3 for Combination {
+    fn name(&self) -> &'static str {
+        "lincomb"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        self.cpu(&[(s1, l1), (s2, l2), (s3, l3)])
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.cuda(&[(s1, l1), (s2, l2), (s3, l3)])
+    }
+    #[allow(clippy::type_complexity)]
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.grads(&[a, b, c], grad)?.into_iter();
+        Ok((g.next().flatten(), g.next().flatten(), g.next().flatten()))
     }
 }
 
@@ -98,7 +322,6 @@ fn combine<T: WithDType>(
     terms: &[(f64, &Tensor)],
 ) -> Result<Option<Tensor>> {
     let like = all[0];
-    let n = like.elem_count();
     // Hold every read guard while the slices are in use.
     let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(guards.len());
@@ -109,12 +332,23 @@ fn combine<T: WithDType>(
         };
         slices.push(&T::cpu_storage_as_slice(cpu)?[start..end]);
     }
+    let ws: Vec<f64> = terms.iter().map(|(w, _)| *w).collect();
+    let out = combine_slices(&slices, has_base, &ws);
+    drop(slices);
+    drop(guards);
+    Tensor::from_vec(out, like.shape(), &Device::Cpu).map(Some)
+}
+
+/// `base + Σ w_j x_j` over slices of one length: `all` is the base (when `has_base`) then the
+/// terms, one weight per term, at least one term.
+fn combine_slices<T: WithDType>(all: &[&[T]], has_base: bool, ws: &[f64]) -> Vec<T> {
+    let n = all[0].len();
     let (base, xs) = if has_base {
-        (Some(slices[0]), &slices[1..])
+        (Some(all[0]), &all[1..])
     } else {
-        (None, &slices[..])
+        (None, all)
     };
-    let ws: Vec<T> = terms.iter().map(|(w, _)| T::from_f64(*w)).collect();
+    let ws: Vec<T> = ws.iter().map(|w| T::from_f64(*w)).collect();
     let mut out = vec![T::zero(); n];
     let block = |(i, o): (usize, &mut [T])| {
         let at = i * BLOCK;
@@ -165,29 +399,29 @@ fn combine<T: WithDType>(
     } else {
         out.chunks_mut(BLOCK).enumerate().for_each(block);
     }
-    drop(slices);
-    drop(guards);
-    Tensor::from_vec(out, like.shape(), &Device::Cpu).map(Some)
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::rk::lincomb;
+    use crate::rk::{lincomb, lincomb_chain};
     use candle_core::{DType, Device, Result, Tensor, Var};
+
+    /// Equal values, bit for bit (but for the sign of zero).
+    fn same(a: &Tensor, b: &Tensor) -> Result<bool> {
+        let (a, b) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
+        Ok(a.flatten_all()?.to_vec1::<f64>()? == b.flatten_all()?.to_vec1::<f64>()?)
+    }
 
     /// The fused path gives the Candle chain's values exactly, with and without a base, with a
     /// unit first weight, f32 and f64, small and threaded sizes (on CUDA also one larger than
-    /// a launch's grid), and more terms than one CUDA launch takes; tracked or strided inputs
-    /// take the chain (and a tracked one gets its gradient).
+    /// a launch's grid), and more terms than one CUDA launch takes; strided inputs take the
+    /// chain.
     fn fused_matches_the_candle_chain(dev: &Device) -> Result<()> {
         let mut sizes = vec![1usize, 7, 4096 * 3 + 5, 1 << 17];
         if dev.is_cuda() {
             sizes.push((1 << 22) + 3);
         }
-        let same = |a: &Tensor, b: &Tensor| -> Result<bool> {
-            let (a, b) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
-            Ok(a.to_vec1::<f64>()? == b.to_vec1::<f64>()?)
-        };
         for dtype in [DType::F32, DType::F64] {
             for &n in &sizes {
                 let t = |s: f32| Tensor::randn(0f32, s, n, dev)?.to_dtype(dtype);
@@ -200,19 +434,12 @@ mod tests {
                         super::lincomb_fused(base, &nonzero)?.is_some(),
                         "fused path taken"
                     );
-                    // A tracked copy of x3 forces the chain; the values must not change.
-                    let v = Var::from_tensor(&x3)?;
-                    let terms = [(w0, &x1), (0.0, &x2), (1e-3, &x2), (-2.5, v.as_tensor())];
-                    let chain = lincomb(base, terms)?;
-                    assert!(!fused.track_op() && chain.track_op());
+                    let chain = lincomb_chain(base, &nonzero)?;
                     assert!(
                         same(&fused, &chain)?,
                         "{dtype:?} n {n} base {} w0 {w0}",
                         base.is_some()
                     );
-                    let g = chain.sum_all()?.backward()?;
-                    let g = g.get(&v).expect("gradient through the chain");
-                    assert!(same(g, &(v.ones_like()? * -2.5)?)?);
                 }
             }
             // 20 terms: on CUDA a launch of 16 and one that goes on from its partial sum.
@@ -221,27 +448,79 @@ mod tests {
                 .map(|_| Tensor::randn(0f32, 1.0, n, dev)?.to_dtype(dtype))
                 .collect::<Result<_>>()?;
             let ws: Vec<f64> = (0..20).map(|i| 0.1 * i as f64 - 0.75).collect();
+            let terms: Vec<(f64, &Tensor)> = ws.iter().copied().zip(&xs).collect();
             let b = Tensor::randn(0f32, 1.0, n, dev)?.to_dtype(dtype)?;
-            let fused = lincomb(Some(&b), ws.iter().copied().zip(&xs))?;
-            let last = Var::from_tensor(&xs[19])?;
-            let chain = lincomb(
-                Some(&b),
-                ws.iter()
-                    .copied()
-                    .zip(xs[..19].iter().chain([last.as_tensor()])),
-            )?;
-            assert!(!fused.track_op() && chain.track_op());
-            assert!(same(&fused, &chain)?, "{dtype:?}, 20 terms");
+            let fused = lincomb(Some(&b), terms.iter().copied())?;
+            assert!(same(&fused, &lincomb_chain(Some(&b), &terms)?)?);
         }
         // A strided input falls back to the chain, same values.
         let m = Tensor::randn(0f32, 1.0, (5, 3), dev)?;
         let (mt, other) = (m.t()?, Tensor::randn(0f32, 1.0, (3, 5), dev)?);
         assert!(super::lincomb_fused(Some(&other), &[(0.5, &mt)])?.is_none());
+        assert!(super::lincomb_tracked(Some(&other), &[(0.5, &mt)])?.is_none());
         let out = lincomb(Some(&other), [(0.5, &mt)])?;
         let want = (&other + (mt.affine(0.5, 0.0))?)?;
         assert_eq!(out.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
         Ok(())
     }
+
+    /// With inputs that track gradients, the combination is a chain of differentiable ops of
+    /// up to three inputs (1 to 20 terms, with and without a base, unit and other first
+    /// weights, some inputs untracked), and both its values and every input's gradient equal
+    /// those through Candle's chain, exactly, f32 and f64.
+    fn tracked_matches_the_candle_chain(dev: &Device) -> Result<()> {
+        for dtype in [DType::F32, DType::F64] {
+            let n = 4096 * 3 + 5;
+            let t = || Tensor::randn(0f32, 1.0, n, dev)?.to_dtype(dtype);
+            let weight = t()?;
+            for count in [1usize, 2, 3, 4, 5, 7, 20] {
+                for (has_base, w0) in [(true, 1.0), (true, -0.3), (false, 0.6)] {
+                    // Every third input untracked.
+                    let inputs: Vec<Var> = (0..=count)
+                        .map(|_| Var::from_tensor(&t()?))
+                        .collect::<Result<_>>()?;
+                    let plain: Vec<Tensor> = (0..=count).map(|_| t()).collect::<Result<_>>()?;
+                    let pick = |i: usize| {
+                        if i % 3 == 2 {
+                            &plain[i]
+                        } else {
+                            inputs[i].as_tensor()
+                        }
+                    };
+                    let base = has_base.then(|| pick(0));
+                    let terms: Vec<(f64, &Tensor)> = (1..=count)
+                        .map(|i| (if i == 1 { w0 } else { 0.37 * i as f64 - 1.1 }, pick(i)))
+                        .collect();
+                    let ours = lincomb(base, terms.iter().copied())?;
+                    assert!(
+                        super::lincomb_tracked(base, &terms)?.is_some(),
+                        "the differentiable ops are taken"
+                    );
+                    let chain = lincomb_chain(base, &terms)?;
+                    let what = format!("{dtype:?}, {count} terms, base {has_base}, w0 {w0}");
+                    assert!(same(&ours, &chain)?, "values, {what}");
+                    let g1 = (&ours * &weight)?.sum_all()?.backward()?;
+                    let g2 = (&chain * &weight)?.sum_all()?.backward()?;
+                    for (i, v) in inputs.iter().enumerate() {
+                        let used = (i > 0 || has_base) && i % 3 != 2;
+                        match (g1.get(v.as_tensor()), g2.get(v.as_tensor())) {
+                            (Some(a), Some(b)) => assert!(same(a, b)?, "gradient {i}, {what}"),
+                            (None, None) => assert!(!used, "no gradient for input {i}, {what}"),
+                            _ => panic!("gradient {i} on one side only, {what}"),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    candle_core::test_device!(
+        tracked_matches_the_candle_chain,
+        tracked_matches_cpu,
+        tracked_matches_cuda,
+        tracked_matches_metal
+    );
 
     /// `concat_flat` equals Candle's `cat` of the flattened parts: parts of several shapes,
     /// empty ones among them, more than one CUDA launch takes, f32 and f64; on CUDA the fused

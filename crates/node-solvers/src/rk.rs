@@ -16,9 +16,11 @@ use std::cell::Cell;
 /// When no input needs a gradient (every adjoint solve, and any solve under no autograd),
 /// f32/f64 contiguous inputs of one shape on the CPU, or on one CUDA device with the `cuda`
 /// feature, are combined in one pass over the output (on CUDA one kernel launch) instead of
-/// one scaling and one addition per term. The values are those of the Candle ops (the same
-/// operations in the same order; only the sign of a zero can differ, as Candle scales by
-/// `x·w + 0`). Otherwise Candle ops, so gradients flow.
+/// one scaling and one addition per term. When some input needs a gradient (a solve
+/// differentiated straight through), such inputs are combined by differentiable ops of up to
+/// three inputs each, one pass (one launch) apiece. The values are those of the Candle ops
+/// (the same operations in the same order; only the sign of a zero can differ, as Candle
+/// scales by `x·w + 0`), and so are the gradients. Otherwise Candle ops.
 pub fn lincomb<'a>(
     base: Option<&Tensor>,
     terms: impl IntoIterator<Item = (f64, &'a Tensor)>,
@@ -27,8 +29,16 @@ pub fn lincomb<'a>(
     if let Some(out) = crate::fused::lincomb_fused(base, &terms)? {
         return Ok(out);
     }
+    if let Some(out) = crate::fused::lincomb_tracked(base, &terms)? {
+        return Ok(out);
+    }
+    lincomb_chain(base, &terms)
+}
+
+/// [`lincomb`] in Candle ops: a scaling and an addition per term.
+pub(crate) fn lincomb_chain(base: Option<&Tensor>, terms: &[(f64, &Tensor)]) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
-    for (w, x) in terms {
+    for &(w, x) in terms {
         acc = Some(match acc {
             None => match base {
                 // The first term fuses with the base only when it is a plain copy.

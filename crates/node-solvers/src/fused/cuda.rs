@@ -16,7 +16,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
-use candle_core::{CudaStorage, Result, Storage, Tensor, WithDType};
+use candle_core::{CudaStorage, Layout, Result, Storage, Tensor, WithDType};
 
 const SOURCE: &str = include_str!("fused.cu");
 const MODULE: &str = "node_solvers_lincomb";
@@ -174,43 +174,74 @@ pub(super) fn combine<T: Kernel>(
     terms: &[(f64, &Tensor)],
 ) -> Result<Option<Tensor>> {
     let like = all[0];
-    let n = like.elem_count();
-    if n == 0 {
+    if like.elem_count() == 0 {
         return Ok(None);
     }
     // Hold every read guard while the device addresses are in use.
     let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
-    let mut views = Vec::with_capacity(guards.len());
+    let mut storages = Vec::with_capacity(guards.len());
     for (storage, layout) in &guards {
-        let (Storage::Cuda(cuda), Some((start, end))) = (&**storage, layout.contiguous_offsets())
-        else {
+        let Storage::Cuda(cuda) = &**storage else {
             return Ok(None);
         };
-        views.push((cuda.as_cuda_slice::<T>()?.slice(start..end), &cuda.device));
+        if !layout.is_contiguous() {
+            return Ok(None);
+        }
+        storages.push((cuda, *layout));
     }
-    let dev = views[0].1.clone();
+    let ws: Vec<f64> = terms.iter().map(|(w, _)| *w).collect();
+    let out = combine_storages::<T>(&storages, has_base, &ws)?;
+    drop(storages);
+    drop(guards);
+    Ok(Some(Tensor::from_storage(
+        Storage::Cuda(out),
+        like.shape().clone(),
+        BackpropOp::none(),
+        false,
+    )))
+}
+
+/// `base + Σ w_i x_i` over contiguous storages of one length on one device: `all` is the
+/// base (when `has_base`) then the terms, one weight per term, at least one term.
+pub(super) fn combine_storages<T: Kernel>(
+    all: &[(&CudaStorage, &Layout)],
+    has_base: bool,
+    ws: &[f64],
+) -> Result<CudaStorage> {
+    let n = all[0].1.shape().elem_count();
+    let mut views = Vec::with_capacity(all.len());
+    for (cuda, layout) in all {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("lincomb (CUDA): a strided input");
+        };
+        views.push(cuda.as_cuda_slice::<T>()?.slice(start..end));
+    }
+    let dev = all[0].0.device.clone();
     let stream = dev.cuda_stream();
-    // SAFETY: every element is written by the first launch.
+    // SAFETY: every element is written by the first launch (none for no elements).
     let mut out = unsafe { dev.alloc::<T>(n)? };
+    if n == 0 {
+        return Ok(T::wrap_cuda_slice(out, dev));
+    }
     let func = dev.get_or_load_custom_func(T::NAME, MODULE, ptx()?)?;
     let cfg = grid(n);
     {
         // Each pointer's guard orders the launch after the tensor's last write and records
         // the read (or, for the output, the write) once the launch is queued.
-        let ptrs: Vec<_> = views.iter().map(|(v, _)| v.device_ptr(&stream)).collect();
+        let ptrs: Vec<_> = views.iter().map(|v| v.device_ptr(&stream)).collect();
         let (out_ptr, _out_guard) = out.device_ptr_mut(&stream);
         let (mut base, xs) = if has_base {
             (ptrs[0].0, &ptrs[1..])
         } else {
             (0, &ptrs[..])
         };
-        for (xs, ws) in xs.chunks(MAX_TERMS).zip(terms.chunks(MAX_TERMS)) {
+        for (xs, ws) in xs.chunks(MAX_TERMS).zip(ws.chunks(MAX_TERMS)) {
             let mut t = Terms {
                 base,
                 x: [0; MAX_TERMS],
                 w: [T::zero(); MAX_TERMS],
             };
-            for (j, ((x, _), (w, _))) in xs.iter().zip(ws).enumerate() {
+            for (j, ((x, _), w)) in xs.iter().zip(ws).enumerate() {
                 t.x[j] = *x;
                 t.w[j] = T::from_f64(*w);
             }
@@ -229,14 +260,7 @@ pub(super) fn combine<T: Kernel>(
         }
     }
     drop(views);
-    drop(guards);
-    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev));
-    Ok(Some(Tensor::from_storage(
-        storage,
-        like.shape().clone(),
-        BackpropOp::none(),
-        false,
-    )))
+    Ok(T::wrap_cuda_slice(out, dev))
 }
 
 #[cfg(test)]
