@@ -288,10 +288,9 @@ pub(crate) fn concat_fused(parts: &[Tensor]) -> Result<Option<Tensor>> {
     }
     #[cfg(feature = "cuda")]
     if first.device().is_cuda() && own_cuda_kernel("concat") {
-        let parts: Vec<&Tensor> = parts.iter().collect();
         return match first.dtype() {
-            DType::F32 => cuda::concat::<f32>(&parts),
-            DType::F64 => cuda::concat::<f64>(&parts),
+            DType::F32 => cuda::concat::<f32>(parts),
+            DType::F64 => cuda::concat::<f64>(parts),
             _ => Ok(None),
         };
     }

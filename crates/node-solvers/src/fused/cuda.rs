@@ -101,7 +101,7 @@ fn grid(n: usize) -> LaunchConfig {
 /// The parts, each flattened, end to end in one vector: one launch per [`MAX_PARTS`] parts,
 /// or `None` for a strided part. All on one CUDA device, of dtype `T`, none tracking a
 /// gradient (checked by the caller).
-pub(super) fn concat<T: Kernel>(parts: &[&Tensor]) -> Result<Option<Tensor>> {
+pub(super) fn concat<T: Kernel>(parts: &[Tensor]) -> Result<Option<Tensor>> {
     let n: usize = parts.iter().map(|t| t.elem_count()).sum();
     // Hold every read guard while the device addresses are in use.
     let guards: Vec<_> = parts.iter().map(|t| t.storage_and_layout()).collect();
