@@ -6,12 +6,16 @@
 #   steps (each appends to OUT/summary.md and writes its own log under OUT):
 #     env                 the GPU, the driver, the CUDA libraries the executables load
 #     tests               every packed test binary, from its package's folder as `cargo test`
-#                         runs it (CPU and CUDA variants) -> tests.log
+#                         runs it (CPU and CUDA variants) -> tests.log; a CUDA test that fails
+#                         is run again with each of the project's CUDA kernels off in turn, and
+#                         the kernels whose removal mends it stay off for the later steps
+#                         (NODE_CUDA_KERNELS_OFF, also written to OUT/kernels-off)
 #     bench[=ROUNDS]      the MNIST training step, ours (`mnist-step --device cuda`) and PyTorch
 #                         + torchdiffeq, interleaved (scripts/compare-mnist-step.sh), ROUNDS
 #                         rounds (default 2); ours again with the project's CUDA kernels off,
 #                         all and one by one (NODE_CUDA_KERNELS_OFF=all, conv, group_norm,
-#                         lincomb, optim, none); the ode_demo solve, ours and torchdiffeq -> bench.log
+#                         lincomb, concat, optim, none); the ode_demo solve, ours and
+#                         torchdiffeq -> bench.log
 #     profile[=VARIANT]   Nsight Compute's time of every kernel of one training step (default
 #                         odenet-adjoint), summed by kernel -> profile.csv (raw) and the summary
 #     table1=EPOCHS[:MIN] scripts/reproduce-table1.sh EPOCHS --device cuda with the packed
@@ -22,6 +26,8 @@
 #        TABLE1_DEVICE (default cuda; cpu for a dry run), MODELS and JOBS (as
 #        reproduce-table1.sh's: JOBS=4 trains the four models at once, on the one GPU)
 # Not run here: anything that needs cargo. A step that fails is reported and the next runs.
+# NODE_CUDA_KERNELS_OFF set by the caller applies to every step (and is not bisected); unset,
+# it is read from BUNDLE/kernels-off when there (an earlier call's OUT/kernels-off).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 bundle=${1:?usage: $0 BUNDLE OUT STEP...}
@@ -32,6 +38,10 @@ mkdir -p "$out"
 bundle=$(cd "$bundle" && pwd)
 out=$(cd "$out" && pwd)
 summary="$out/summary.md"
+if [ -z "${NODE_CUDA_KERNELS_OFF:-}" ] && [ -s "$bundle/kernels-off" ]; then
+  export NODE_CUDA_KERNELS_OFF=$(cat "$bundle/kernels-off")
+  echo "NODE_CUDA_KERNELS_OFF=$NODE_CUDA_KERNELS_OFF (from $bundle/kernels-off)" | tee -a "$summary"
+fi
 py=${PYTHON:-python3}
 export LD_LIBRARY_PATH="${CUDA_LIB:-/usr/local/cuda/lib64}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
@@ -51,6 +61,8 @@ exe() {  # exe KIND NAME: the packed executable's path, or an error
   echo "$bin/$f"
 }
 say() { echo "$*" | tee -a "$summary"; }
+# The project's own CUDA kernels, by the names NODE_CUDA_KERNELS_OFF takes.
+kernels="conv group_norm lincomb concat optim"
 elapsed() { echo "$(( $(date +%s) - $1 )) s"; }
 
 step_env() {
@@ -67,24 +79,79 @@ step_env() {
 }
 
 step_tests() {
-  local t0 log="$out/tests.log" fails=0
+  local t0 log="$out/tests.log" fails=0 failed="$out/cuda-failures.tsv"
   t0=$(date +%s)
+  : > "$failed"
   say "## tests"
   say "| binary | package | result | CUDA tests passed |"
   say "|---|---|---|---:|"
   while IFS=$'\t' read -r file kind pkg; do
     case $kind in test | lib) ;; *) continue ;; esac
     echo "=== $file ($pkg)" >> "$log"
-    (cd "$pkg" && timeout 600 "$bin/$file" --test-threads=4) >> "$log" 2>&1
-    local rc=$? result cuda section
+    (cd "$pkg" && timeout 600 "$bin/$file" --test-threads=4) < /dev/null >> "$log" 2>&1
+    local rc=$? result cuda section names
     section=$(sed -n "/^=== $file /,\$p" "$log")
     result=$(grep "^test result:" <<<"$section" | tail -n1 | sed 's/^test result: //; s/; finished.*//')
     cuda=$(grep -c "_cuda \.\.\. ok$" <<<"$section")
     [ $rc -eq 0 ] || { fails=$((fails + 1)); result="**rc $rc** $result"; }
     say "| $file | $pkg | $result | $cuda |"
+    if [ $rc -ne 0 ]; then
+      # The failed CUDA tests by name; none named (a crash, a time-out): all of the binary's.
+      names=$(grep -oE "^test [^ ]+_cuda \.\.\. FAILED$" <<<"$section" | awk '{ print $2 }')
+      [ -n "$names" ] || names="(its CUDA tests)"
+      while read -r n; do printf '%s\t%s\t%s\n' "$file" "$pkg" "$n" >> "$failed"; done <<<"$names"
+    fi
   done < "$bin/manifest"
   say ""
   say "tests: $fails binaries failed, $(elapsed "$t0")"
+  [ -s "$failed" ] && bisect_kernels "$failed"
+}
+
+# bisect_kernels FAILURES: runs each failed CUDA test again with NODE_CUDA_KERNELS_OFF=all,
+# then with each kernel off alone, and keeps off (exported for the later steps) the kernels
+# whose removal alone mends a test, or all of them where only `all` does.
+bisect_kernels() {
+  local log="$out/tests.log" off_set="" n=0 file pkg name
+  say ""
+  if [ -n "${NODE_CUDA_KERNELS_OFF:-}" ]; then
+    say "CUDA tests failed with NODE_CUDA_KERNELS_OFF=$NODE_CUDA_KERNELS_OFF set by the caller: not bisected"
+    return
+  fi
+  say "### failed CUDA tests, again with the project's kernels off (pass: that removal mends it)"
+  say "| test | all | ${kernels// / | } |"
+  say "|---|---|$(for _ in $kernels; do printf -- '---|'; done)"
+  while IFS=$'\t' read -r file pkg name; do
+    n=$((n + 1))
+    [ $n -le 8 ] || { say "(further failures not bisected)"; break; }
+    local row="| $file $name |" mends="" all_mends=0 off filter
+    filter=(--exact "$name")
+    [ "$name" = "(its CUDA tests)" ] && filter=(_cuda)
+    for off in all $kernels; do
+      echo "=== bisect: $file $name with NODE_CUDA_KERNELS_OFF=$off" >> "$log"
+      if (cd "$pkg" && NODE_CUDA_KERNELS_OFF=$off timeout 300 "$bin/$file" "${filter[@]}" \
+        --test-threads=4) < /dev/null >> "$log" 2>&1; then
+        row+=" pass |"
+        if [ "$off" = all ]; then all_mends=1; else mends+=" $off"; fi
+      else
+        row+=" fail |"
+      fi
+    done
+    say "$row"
+    if [ -n "$mends" ]; then
+      off_set+="$mends"
+    elif [ $all_mends -eq 1 ]; then
+      off_set+=" all"
+    fi
+  done < "$1"
+  off_set=$(tr ' ' '\n' <<<"$off_set" | awk 'NF && !seen[$0]++' | paste -sd, -)
+  [[ ",$off_set," == *,all,* ]] && off_set=all
+  if [ -z "$off_set" ]; then
+    say "No kernel of the project's own is to blame: the failures stay with Candle's ops."
+    return
+  fi
+  export NODE_CUDA_KERNELS_OFF=$off_set
+  echo "$off_set" > "$out/kernels-off"
+  say "The later steps run with NODE_CUDA_KERNELS_OFF=$off_set (copy OUT/kernels-off into the bundle to keep them off in later calls)."
 }
 
 step_bench() {
@@ -97,8 +164,11 @@ step_bench() {
     scripts/compare-mnist-step.sh odenet-adjoint,odenet-direct,rknet,resnet "$rounds" 10 cuda \
     2>&1 | tee -a "$log" >> "$summary"
   # The same build with Candle's CUDA ops in place of the project's own kernels (conv,
-  # group_norm, lincomb, optim), one after the other: what each set of kernels is worth.
-  for off in all conv group_norm lincomb optim none; do
+  # group_norm, lincomb, concat, optim), one after the other: what each set is worth.
+  # Kernels already off (by the caller, or by the tests' bisection) stay off throughout.
+  local keep=${NODE_CUDA_KERNELS_OFF:-} off
+  for off in all $kernels none; do
+    off="$off${keep:+,$keep}"
     { echo; echo "### ours with NODE_CUDA_KERNELS_OFF=$off"
       NODE_CUDA_KERNELS_OFF=$off "$step" --device cuda --reps 10 --warmup 2; } 2>&1 | tee -a "$log" >> "$summary"
   done
