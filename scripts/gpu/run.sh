@@ -104,7 +104,7 @@ step_tests() {
   done < "$bin/manifest"
   say ""
   say "tests: $fails binaries failed, $(elapsed "$t0")"
-  [ -s "$failed" ] && bisect_kernels "$failed"
+  if [ -s "$failed" ]; then bisect_kernels "$failed"; fi
 }
 
 # bisect_kernels FAILURES: runs each failed CUDA test again with NODE_CUDA_KERNELS_OFF=all,
