@@ -529,7 +529,7 @@ fn main() -> Result<ExitCode> {
             schedule.lr(epoch),
             args.batch_size,
             args.seed,
-            if dev.is_cuda() { "cuda" } else if dev.is_metal() { "metal" } else { "cpu" }
+            device_label(&dev)
         );
         std::fs::OpenOptions::new()
             .create(true)
@@ -576,5 +576,55 @@ fn stopped(signal: &AtomicBool) -> ExitCode {
         ExitCode::from(130)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// The device as the metrics name it: `cpu`, `metal`, or on CUDA [`cuda_label`] of
+/// `NODE_CUDA_KERNELS_OFF`.
+fn device_label(dev: &Device) -> String {
+    if dev.is_cuda() {
+        cuda_label(&std::env::var("NODE_CUDA_KERNELS_OFF").unwrap_or_default())
+    } else if dev.is_metal() {
+        "metal".into()
+    } else {
+        "cpu".into()
+    }
+}
+
+/// `cuda`, or with some of the project's own CUDA kernels turned off (`off`, as
+/// `NODE_CUDA_KERNELS_OFF` lists them), `cuda (own kernels off: conv lincomb)`: a table made
+/// from the metrics then says which kernels trained the model. Names only, space-separated:
+/// the label goes into JSON unescaped, and scripts split its fields at commas.
+fn cuda_label(off: &str) -> String {
+    let names: Vec<String> = off
+        .split(',')
+        .map(|n| {
+            n.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        "cuda".into()
+    } else {
+        format!("cuda (own kernels off: {})", names.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cuda_label;
+
+    #[test]
+    fn cuda_label_names_the_kernels_off() {
+        assert_eq!(cuda_label(""), "cuda");
+        assert_eq!(cuda_label(" , "), "cuda");
+        assert_eq!(
+            cuda_label("lincomb,conv"),
+            "cuda (own kernels off: lincomb conv)"
+        );
+        assert_eq!(cuda_label("all"), "cuda (own kernels off: all)");
+        assert_eq!(cuda_label("a\"b,c}d"), "cuda (own kernels off: ab cd)");
     }
 }
