@@ -47,6 +47,10 @@ struct Args {
     /// memory, see `node_kernels::keep_freed_memory`), to measure what that setting does.
     #[arg(long)]
     system_malloc: bool,
+    /// On CUDA, keep cudarc's two events per buffer (by default they are skipped, see
+    /// `node_kernels::skip_unused_cuda_events`), to measure what skipping them does.
+    #[arg(long)]
+    cuda_events: bool,
     /// Run one variant in this process and print one table row (used by the driver so that
     /// each variant's peak memory is its own).
     #[arg(long)]
@@ -59,6 +63,9 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
         "cuda" => Device::new_cuda(0).context("no usable CUDA device")?,
         d => anyhow::bail!("unknown device {d}"),
     };
+    if !args.cuda_events {
+        node_kernels::skip_unused_cuda_events(&dev);
+    }
     let (kind, gradient) = match variant {
         "odenet-adjoint" => (
             ModelKind::OdeNet,
@@ -155,8 +162,13 @@ fn main() -> Result<()> {
         println!("{}", run_variant(v, &args)?);
         return Ok(());
     }
+    let events = if args.device == "cuda" {
+        format!(", CUDA events per buffer: {}", args.cuda_events)
+    } else {
+        String::new()
+    };
     println!(
-        "MNIST training step, batch {}, f32, device {}, {} threads, allocator keeps freed memory: {kept}; median and min of {} steps after {} warm-up",
+        "MNIST training step, batch {}, f32, device {}, {} threads, allocator keeps freed memory: {kept}{events}; median and min of {} steps after {} warm-up",
         args.batch_size,
         args.device,
         candle_core::utils::get_num_threads(),
@@ -178,6 +190,7 @@ fn main() -> Result<()> {
             ])
             .args(["--batch-size", &args.batch_size.to_string(), "--child", v])
             .args(args.system_malloc.then_some("--system-malloc"))
+            .args(args.cuda_events.then_some("--cuda-events"))
             .output()?;
         if out.status.success() {
             print!("{}", String::from_utf8_lossy(&out.stdout));

@@ -108,6 +108,7 @@ fn main() -> Result<()> {
         bail!("--batch-time must be in 2..=--data-size");
     }
     let dev = pick_device(args.device)?;
+    node_kernels::skip_unused_cuda_events(&dev);
     let mut opts = SolveOptions::default()
         .method(args.method)
         .tolerances(args.rtol, args.atol);

@@ -294,6 +294,7 @@ fn main() -> Result<ExitCode> {
         bail!("--stop-after-steps must be positive");
     }
     let dev = pick_device(args.device)?;
+    node_kernels::skip_unused_cuda_events(&dev);
     let cfg = ode_config(&args)?;
     let varmap = VarMap::new();
     let model = MnistModel::new(

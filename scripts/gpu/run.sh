@@ -14,7 +14,8 @@
 #                         + torchdiffeq, interleaved (scripts/compare-mnist-step.sh), ROUNDS
 #                         rounds (default 2); ours again with the project's CUDA kernels off,
 #                         all and one by one (NODE_CUDA_KERNELS_OFF=all, conv, group_norm,
-#                         lincomb, concat, optim, none); the ode_demo solve, ours and
+#                         lincomb, concat, optim, none); ours with cudarc's events per
+#                         buffer kept (--cuda-events); the ode_demo solve, ours and
 #                         torchdiffeq -> bench.log
 #     profile[=VARIANT]   Nsight Compute's time of every kernel of one training step (default
 #                         odenet-adjoint), summed by kernel -> profile.csv (raw) and the summary
@@ -172,6 +173,9 @@ step_bench() {
     { echo; echo "### ours with NODE_CUDA_KERNELS_OFF=$off"
       NODE_CUDA_KERNELS_OFF=$off "$step" --device cuda --reps 10 --warmup 2; } 2>&1 | tee -a "$log" >> "$summary"
   done
+  # cudarc's two events per buffer kept (node_kernels::skip_unused_cuda_events not called).
+  { echo; echo "### ours with cudarc's events per buffer (--cuda-events)"
+    "$step" --device cuda --reps 10 --warmup 2 --cuda-events; } 2>&1 | tee -a "$log" >> "$summary"
   if demo=$(exe bench ode_demo); then
     { echo; "$demo" --device cuda --reps 20; echo
       "$py" scripts/bench-ode-solve-torch.py cuda 20; } 2>&1 | tee -a "$log" >> "$summary"

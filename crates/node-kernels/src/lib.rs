@@ -15,7 +15,7 @@ mod transpose;
 mod util;
 
 pub use activation::{elu, exp, relu, sigmoid, softplus, tanh};
-pub use alloc::keep_freed_memory;
+pub use alloc::{keep_freed_memory, skip_unused_cuda_events};
 pub use conv::{conv2d, conv2d_bias, conv2d_time};
 pub use group_norm::{group_norm, group_norm_relu};
 pub use linear::linear;

@@ -60,6 +60,7 @@ fn main() -> Result<()> {
         Some(Some(d)) if d == "cuda" => Device::new_cuda(0)?,
         Some(d) => candle_core::bail!("--device: expected cpu or cuda, got {d:?}"),
     };
+    node_kernels::skip_unused_cuda_events(&dev);
     println!(
         "ode_demo solve, batch 1024, f32, {dev:?}, {} CPU threads, {reps} reps (median / min)",
         candle_core::utils::get_num_threads()
