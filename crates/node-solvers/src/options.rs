@@ -123,6 +123,10 @@ pub struct SolveOptions {
     pub min_factor: f64,
     /// Norm of the error estimate.
     pub norm: ErrorNorm,
+    /// Whether a fixed-step solve checks its outputs for NaN and infinity at the end (one
+    /// read back to the host, [`SolverError::NonFinite`] on failure). Adaptive solves always
+    /// check: their step control reads the error anyway.
+    pub check_finite: bool,
 }
 
 impl Default for SolveOptions {
@@ -141,6 +145,7 @@ impl Default for SolveOptions {
             max_factor: 10.0,
             min_factor: 0.2,
             norm: ErrorNorm::Rms,
+            check_finite: true,
         }
     }
 }
@@ -208,6 +213,13 @@ impl SolveOptions {
     /// Error norm.
     pub fn norm(mut self, norm: ErrorNorm) -> Self {
         self.norm = norm;
+        self
+    }
+    /// Whether a fixed-step solve checks its outputs for NaN and infinity (the default).
+    /// `false` makes it read nothing back from the device, as recording it into a CUDA graph
+    /// requires; a non-finite state then reaches the caller unchecked.
+    pub fn check_finite(mut self, check: bool) -> Self {
+        self.check_finite = check;
         self
     }
 

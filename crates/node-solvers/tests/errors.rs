@@ -78,6 +78,10 @@ fn non_finite(dev: &Device) -> Result<()> {
         SolverError::NonFinite { t } => assert_eq!(t, 0.75),
         e => panic!("expected NonFinite, got {e}"),
     }
+    // Unchecked (`check_finite(false)`), the NaN reaches the caller.
+    let ys = odeint(&f, &y0, &[0.0, 0.25, 0.75], &opts.check_finite(false))?.ys;
+    let ys = ys.to_vec2::<f32>()?;
+    assert!(ys[1].iter().all(|v| v.is_finite()) && ys[2].iter().all(|v| v.is_nan()));
     // A non-finite initial state.
     let bad = Tensor::new(&[1.0f32, f32::INFINITY], dev)?;
     let g = |_t: f64, y: &Tensor| y.neg();
