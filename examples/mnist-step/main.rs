@@ -51,6 +51,10 @@ struct Args {
     /// `node_kernels::skip_unused_cuda_events`), to measure what skipping them does.
     #[arg(long)]
     cuda_events: bool,
+    /// Time the step recorded once as a CUDA graph and replayed (`node_kernels::GraphStep`):
+    /// fixed-step variants (rknet, resnet, mlp) on CUDA only.
+    #[arg(long)]
+    cuda_graph: bool,
     /// Run one variant in this process and print one table row (used by the driver so that
     /// each variant's peak memory is its own).
     #[arg(long)]
@@ -77,8 +81,13 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
         "mlp" => (ModelKind::Mlp, Gradient::Backprop),
         v => anyhow::bail!("unknown variant {v}"),
     };
+    if args.cuda_graph && (kind == ModelKind::OdeNet || args.device != "cuda") {
+        anyhow::bail!("--cuda-graph: fixed-step variants (rknet, resnet, mlp) on CUDA only");
+    }
     let mut cfg = OdeConfig::default_for(kind);
     cfg.gradient = gradient;
+    // A recorded step reads nothing back: no final check of the fixed-step solve.
+    cfg.opts = cfg.opts.check_finite(!args.cuda_graph);
     let varmap = VarMap::new();
     let model = MnistModel::new(
         kind,
@@ -94,21 +103,39 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
     let base = status_mib("VmRSS:");
     let mut times = vec![];
     let (mut nfe_f, mut nfe_b) = (0, 0);
-    for i in 0..args.warmup + args.reps {
-        dev.synchronize()?;
-        let start = Instant::now();
-        let (logits, stats) = model.forward(&x)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+    let mut step = |xy: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
+        let (logits, stats) = model.forward(&xy[0])?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &xy[1])?;
         opt.backward_step(&loss)?;
-        dev.synchronize()?;
-        if i >= args.warmup {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
         if let Some(b) = stats.block {
             nfe_f = b.nfe_forward;
             nfe_b = b.nfe_backward();
         }
+        Ok(vec![loss])
+    };
+    let xy = [x.clone(), y.clone()];
+    // With --cuda-graph, the first warm-up step records the graph (and runs once eagerly).
+    let mut graph = None;
+    for i in 0..args.warmup.max(usize::from(args.cuda_graph)) + args.reps {
+        dev.synchronize()?;
+        let start = Instant::now();
+        match &mut graph {
+            Some(g) => {
+                node_kernels::GraphStep::run(g, &xy)?;
+            }
+            None if args.cuda_graph => {
+                graph = Some(node_kernels::GraphStep::capture(&xy, &mut step)?.0)
+            }
+            None => {
+                step(&xy)?;
+            }
+        }
+        dev.synchronize()?;
+        if i >= args.warmup.max(usize::from(args.cuda_graph)) {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
+    drop(graph);
     // One more step, untimed, counting the tensors created between its phases.
     let mark = || tensor_count(&dev);
     let m0 = mark()?;
@@ -163,7 +190,10 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let events = if args.device == "cuda" {
-        format!(", CUDA events per buffer: {}", args.cuda_events)
+        format!(
+            ", CUDA events per buffer: {}, step recorded as a CUDA graph: {}",
+            args.cuda_events, args.cuda_graph
+        )
     } else {
         String::new()
     };
@@ -191,6 +221,7 @@ fn main() -> Result<()> {
             .args(["--batch-size", &args.batch_size.to_string(), "--child", v])
             .args(args.system_malloc.then_some("--system-malloc"))
             .args(args.cuda_events.then_some("--cuda-events"))
+            .args(args.cuda_graph.then_some("--cuda-graph"))
             .output()?;
         if out.status.success() {
             print!("{}", String::from_utf8_lossy(&out.stdout));

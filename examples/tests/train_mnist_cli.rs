@@ -258,3 +258,29 @@ fn missing_or_corrupt_data_gives_a_clear_error() -> Result<()> {
     assert!(String::from_utf8_lossy(&o.stderr).contains("truncated"));
     Ok(())
 }
+
+/// `--cuda-graph` needs a CUDA device, and a fixed-step, backprop ODE block: clear errors.
+#[test]
+fn cuda_graph_is_refused_where_it_cannot_record() -> Result<()> {
+    let data = tmp("data-graph");
+    dataset(&data)?;
+    for (extra, want) in [
+        (&["--model", "mlp"][..], "needs a CUDA device"),
+        (&["--model", "rknet"][..], "needs a CUDA device"),
+        (&["--model", "odenet"][..], "fixed steps and backprop"),
+        (
+            &["--model", "rknet", "--method", "dopri5"][..],
+            "fixed steps and backprop",
+        ),
+    ] {
+        let o = train(
+            &data,
+            &tmp("out-graph"),
+            &[extra, &["--cuda-graph"]].concat(),
+        );
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{err}");
+    }
+    Ok(())
+}

@@ -4,19 +4,20 @@
 mod common;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use common::{log, pick_device, DeviceArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use node_adjoint::{AdjointNorm, AdjointOptions};
+use node_kernels::GraphStep;
 use node_models::checkpoint::{self, PartialEpoch, Resumed};
 use node_models::mnist::{self, DataError, Split};
 use node_models::{
     init, Gradient, MnistModel, ModelKind, OdeConfig, PiecewiseSchedule, Rng, SgdConfig,
     SgdMomentum,
 };
-use node_solvers::{Method, SolveOptions};
+use node_solvers::{Method, SolveOptions, StepSize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -115,6 +116,12 @@ struct Args {
     /// progress (a second signal exits at once).
     #[arg(long)]
     stop_after_steps: Option<usize>,
+    /// Record the training step once as a CUDA graph and replay it (one launch per step
+    /// instead of thousands): CUDA, and fixed-step models only (rknet, resnet, mlp; an
+    /// adaptive solver decides its steps from values on the device). Recorded again when the
+    /// learning rate changes; a batch of another size runs without it. Experimental.
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 /// The running sums of an epoch's metrics (kept in checkpoints written inside the epoch).
@@ -241,6 +248,29 @@ fn find_data_error(e: &candle_core::Error) -> Option<&DataError> {
     }
 }
 
+/// One training step on `[x, y]`: forward, backward and update. Returns the loss and the
+/// number of correct predictions (device scalars: nothing is read back, so that the step can
+/// be recorded as a CUDA graph), and leaves the ODE block's evaluation counts in `nfe`.
+fn train_step(
+    model: &MnistModel,
+    opt: &mut SgdMomentum,
+    xy: &[Tensor],
+    nfe: &mut (usize, usize),
+) -> candle_core::Result<Vec<Tensor>> {
+    let (logits, stats) = model.forward(&xy[0])?;
+    let loss = candle_nn::loss::cross_entropy(&logits, &xy[1])?;
+    let correct = logits
+        .argmax(1)?
+        .eq(&xy[1])?
+        .to_dtype(DType::U32)?
+        .sum_all()?;
+    opt.backward_step(&loss)?;
+    if let Some(b) = &stats.block {
+        *nfe = (b.nfe_forward, b.nfe_backward());
+    }
+    Ok(vec![loss.detach(), correct])
+}
+
 fn evaluate(
     model: &MnistModel,
     split: &Split,
@@ -295,7 +325,19 @@ fn main() -> Result<ExitCode> {
     }
     let dev = pick_device(args.device)?;
     node_kernels::skip_unused_cuda_events(&dev);
-    let cfg = ode_config(&args)?;
+    let mut cfg = ode_config(&args)?;
+    if args.cuda_graph {
+        let block = matches!(args.model, ModelKind::OdeNet | ModelKind::RkNet);
+        let fixed = !matches!(cfg.opts.step, StepSize::Adaptive);
+        if block && !(fixed && matches!(cfg.gradient, Gradient::Backprop)) {
+            bail!("--cuda-graph: the ODE block must take fixed steps and backprop (an adaptive solver, and the adjoint's reverse solve, decide from values on the device)");
+        }
+        if !dev.is_cuda() {
+            bail!("--cuda-graph needs a CUDA device");
+        }
+        // A recorded step reads nothing back; the loss is checked after each step instead.
+        cfg.opts = cfg.opts.check_finite(false);
+    }
     let varmap = VarMap::new();
     let model = MnistModel::new(
         args.model,
@@ -396,6 +438,10 @@ fn main() -> Result<ExitCode> {
     let stop = stop_flag()?;
     let every = Duration::from_secs_f64(args.checkpoint_minutes * 60.0);
     let mut steps_run = 0usize;
+    // With --cuda-graph: the recorded step and the learning rate it was recorded with.
+    let mut graph: Option<(f64, GraphStep)> = None;
+    // The ODE block's evaluations in the last step (fixed for a replayed one).
+    let mut nfe = (0usize, 0usize);
     for epoch in start_epoch..args.epochs {
         opt.set_learning_rate(schedule.lr(epoch));
         // A new epoch's order, or the interrupted one's with its progress.
@@ -453,25 +499,35 @@ fn main() -> Result<ExitCode> {
         for (i, chunk) in order.chunks(args.batch_size).enumerate().skip(first_step) {
             let augment = (!args.no_augment).then_some(&mut rng);
             let (x, y) = mnist::batch(&train, chunk, augment, &dev)?;
-            let (logits, stats) = model.forward(&x)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-            opt.backward_step(&loss)?;
-            let l = loss.to_scalar::<f32>()? as f64;
+            let xy = [x, y];
+            let mut step = |xy: &[Tensor]| train_step(&model, &mut opt, xy, &mut nfe);
+            let out = if !args.cuda_graph || chunk.len() != args.batch_size {
+                step(&xy)?
+            } else {
+                // The learning rate is recorded in the graph: a new one needs a new graph.
+                let lr = schedule.lr(epoch);
+                if graph.as_ref().is_some_and(|(at, _)| *at != lr) {
+                    graph = None;
+                }
+                match &mut graph {
+                    Some((_, g)) => g.run(&xy)?.to_vec(),
+                    None => {
+                        let (g, first) = GraphStep::capture(&xy, step)
+                            .context("--cuda-graph: recording the training step")?;
+                        graph = Some((lr, g));
+                        first
+                    }
+                }
+            };
+            let l = out[0].to_scalar::<f32>()? as f64;
             if !l.is_finite() {
                 bail!("the loss became {l} in epoch {}: lower --lr", epoch + 1);
             }
             sums.loss += l * chunk.len() as f64;
-            sums.correct += logits
-                .argmax(1)?
-                .eq(&y)?
-                .to_dtype(DType::U32)?
-                .sum_all()?
-                .to_scalar::<u32>()? as usize;
+            sums.correct += out[1].to_scalar::<u32>()? as usize;
             sums.seen += chunk.len();
-            if let Some(b) = &stats.block {
-                sums.nfe_f += b.nfe_forward;
-                sums.nfe_b += b.nfe_backward();
-            }
+            sums.nfe_f += nfe.0;
+            sums.nfe_b += nfe.1;
             pb.inc(1);
             let done = i + 1;
             pb.set_message(format!(

@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod cuda_graph;
 mod gemm;
 pub mod group_norm;
 pub mod linear;
@@ -17,6 +18,7 @@ mod util;
 pub use activation::{elu, exp, relu, sigmoid, softplus, tanh};
 pub use alloc::{keep_freed_memory, skip_unused_cuda_events};
 pub use conv::{conv2d, conv2d_bias, conv2d_time};
+pub use cuda_graph::GraphStep;
 pub use group_norm::{group_norm, group_norm_relu};
 pub use linear::linear;
 pub use optim::{sgd_descend, sgd_momentum_update};
