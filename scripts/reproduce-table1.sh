@@ -6,7 +6,8 @@
 #          MODELS (default "mlp resnet rknet odenet"), TABLE (default $OUT/table1.md),
 #          JOBS (default 1): models trained at the same time, each logging to $OUT/<model>.log
 #          (on a GPU that one small-batch run leaves idle between its kernels, several runs
-#          can share it; their step times then include the sharing)
+#          can share it; their step times then include the sharing),
+#          GRAPH=1: the fixed-step models (mlp, resnet, rknet) train with --cuda-graph
 # Each model trains with --resume into $OUT/<model>: run the script again to continue after an
 # interruption (or in pieces under a time limit); finished models are not retrained. The
 # learning-rate schedule is the reference's (×0.1 at epochs 60, 100, 140 of 160), scaled to EPOCHS.
@@ -24,7 +25,10 @@ jobs=${JOBS:-1}
 mkdir -p "$out"
 field() { grep -o "\"$1\":[^,}]*" <<<"$2" | head -n1 | cut -d: -f2 | tr -d '"'; }
 # The arguments of model $1's run, in the array `margs`.
-args_for() { margs=(--model "$1" --epochs "$epochs" --schedule-epochs "$epochs" --resume --out-dir "$out/$1"); }
+args_for() {
+  margs=(--model "$1" --epochs "$epochs" --schedule-epochs "$epochs" --resume --out-dir "$out/$1")
+  if [ "${GRAPH:-0}" = 1 ] && [ "$1" != odenet ]; then margs+=(--cuda-graph); fi
+}
 pending=()
 for m in $models; do
   last=$(tail -n1 "$out/$m/metrics.jsonl" 2>/dev/null || true)

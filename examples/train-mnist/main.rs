@@ -586,7 +586,7 @@ fn main() -> Result<ExitCode> {
             schedule.lr(epoch),
             args.batch_size,
             args.seed,
-            device_label(&dev)
+            device_label(&dev, args.cuda_graph)
         );
         std::fs::OpenOptions::new()
             .create(true)
@@ -637,10 +637,13 @@ fn stopped(signal: &AtomicBool) -> ExitCode {
 }
 
 /// The device as the metrics name it: `cpu`, `metal`, or on CUDA [`cuda_label`] of
-/// `NODE_CUDA_KERNELS_OFF`.
-fn device_label(dev: &Device) -> String {
+/// `NODE_CUDA_KERNELS_OFF` and `--cuda-graph`.
+fn device_label(dev: &Device, graph: bool) -> String {
     if dev.is_cuda() {
-        cuda_label(&std::env::var("NODE_CUDA_KERNELS_OFF").unwrap_or_default())
+        cuda_label(
+            &std::env::var("NODE_CUDA_KERNELS_OFF").unwrap_or_default(),
+            graph,
+        )
     } else if dev.is_metal() {
         "metal".into()
     } else {
@@ -648,11 +651,12 @@ fn device_label(dev: &Device) -> String {
     }
 }
 
-/// `cuda`, or with some of the project's own CUDA kernels turned off (`off`, as
-/// `NODE_CUDA_KERNELS_OFF` lists them), `cuda (own kernels off: conv lincomb)`: a table made
-/// from the metrics then says which kernels trained the model. Names only, space-separated:
-/// the label goes into JSON unescaped, and scripts split its fields at commas.
-fn cuda_label(off: &str) -> String {
+/// `cuda`, with ` (CUDA graph)` when the step was recorded as one, and ` (own kernels off:
+/// conv lincomb)` when some of the project's own CUDA kernels were turned off (`off`, as
+/// `NODE_CUDA_KERNELS_OFF` lists them): a table made from the metrics then says how each
+/// model was trained. Names only, space-separated: the label goes into JSON unescaped, and
+/// scripts split its fields at commas.
+fn cuda_label(off: &str, graph: bool) -> String {
     let names: Vec<String> = off
         .split(',')
         .map(|n| {
@@ -662,11 +666,14 @@ fn cuda_label(off: &str) -> String {
         })
         .filter(|n| !n.is_empty())
         .collect();
-    if names.is_empty() {
-        "cuda".into()
-    } else {
-        format!("cuda (own kernels off: {})", names.join(" "))
+    let mut label = String::from("cuda");
+    if graph {
+        label.push_str(" (CUDA graph)");
     }
+    if !names.is_empty() {
+        label.push_str(&format!(" (own kernels off: {})", names.join(" ")));
+    }
+    label
 }
 
 #[cfg(test)]
@@ -675,13 +682,20 @@ mod tests {
 
     #[test]
     fn cuda_label_names_the_kernels_off() {
-        assert_eq!(cuda_label(""), "cuda");
-        assert_eq!(cuda_label(" , "), "cuda");
+        assert_eq!(cuda_label("", false), "cuda");
+        assert_eq!(cuda_label(" , ", false), "cuda");
         assert_eq!(
-            cuda_label("lincomb,conv"),
+            cuda_label("lincomb,conv", false),
             "cuda (own kernels off: lincomb conv)"
         );
-        assert_eq!(cuda_label("all"), "cuda (own kernels off: all)");
-        assert_eq!(cuda_label("a\"b,c}d"), "cuda (own kernels off: ab cd)");
+        assert_eq!(
+            cuda_label("all", true),
+            "cuda (CUDA graph) (own kernels off: all)"
+        );
+        assert_eq!(
+            cuda_label("a\"b,c}d", false),
+            "cuda (own kernels off: ab cd)"
+        );
+        assert_eq!(cuda_label("", true), "cuda (CUDA graph)");
     }
 }

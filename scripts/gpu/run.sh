@@ -15,8 +15,9 @@
 #                         rounds (default 2); ours again with the project's CUDA kernels off,
 #                         all and one by one (NODE_CUDA_KERNELS_OFF=all, conv, group_norm,
 #                         lincomb, concat, optim, none); ours with cudarc's events per
-#                         buffer kept (--cuda-events); the ode_demo solve, ours and
-#                         torchdiffeq -> bench.log
+#                         buffer kept (--cuda-events); rknet, resnet and mlp with the step
+#                         recorded as a CUDA graph (--cuda-graph); the ode_demo solve, ours
+#                         and torchdiffeq -> bench.log
 #     profile[=VARIANT]   Nsight Compute's time of every kernel of one training step (default
 #                         odenet-adjoint), summed by kernel -> profile.csv (raw) and the summary
 #     table1=EPOCHS[:MIN] scripts/reproduce-table1.sh EPOCHS --device cuda with the packed
@@ -24,8 +25,9 @@
 #                         BUNDLE/table1.tar.xz when there -> table1.log and table1.tar.xz (every
 #                         run's checkpoint and metrics: copy it into BUNDLE to go on next time)
 #   env: CUDA_LIB (default /usr/local/cuda/lib64), PYTHON (default python3: torch, torchdiffeq),
-#        TABLE1_DEVICE (default cuda; cpu for a dry run), MODELS and JOBS (as
-#        reproduce-table1.sh's: JOBS=4 trains the four models at once, on the one GPU)
+#        TABLE1_DEVICE (default cuda; cpu for a dry run), MODELS, JOBS and GRAPH (as
+#        reproduce-table1.sh's: JOBS=4 trains the four models at once, on the one GPU;
+#        GRAPH=1 records the fixed-step models' step as a CUDA graph)
 # Not run here: anything that needs cargo. A step that fails is reported and the next runs.
 # NODE_CUDA_KERNELS_OFF set by the caller applies to every step (and is not bisected); unset,
 # it is read from BUNDLE/kernels-off when there (an earlier call's OUT/kernels-off).
@@ -176,6 +178,9 @@ step_bench() {
   # cudarc's two events per buffer kept (node_kernels::skip_unused_cuda_events not called).
   { echo; echo "### ours with cudarc's events per buffer (--cuda-events)"
     "$step" --device cuda --reps 10 --warmup 2 --cuda-events; } 2>&1 | tee -a "$log" >> "$summary"
+  # The fixed-step models' step recorded once as a CUDA graph and replayed.
+  { echo; echo "### ours, the step recorded as a CUDA graph (--cuda-graph)"
+    "$step" --device cuda --reps 10 --warmup 2 --variants rknet,resnet,mlp --cuda-graph; } 2>&1 | tee -a "$log" >> "$summary"
   if demo=$(exe bench ode_demo); then
     { echo; "$demo" --device cuda --reps 20; echo
       "$py" scripts/bench-ode-solve-torch.py cuda 20; } 2>&1 | tee -a "$log" >> "$summary"
