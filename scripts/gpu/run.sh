@@ -27,7 +27,8 @@
 #   env: CUDA_LIB (default /usr/local/cuda/lib64), PYTHON (default python3: torch, torchdiffeq),
 #        TABLE1_DEVICE (default cuda; cpu for a dry run), MODELS, JOBS and GRAPH (as
 #        reproduce-table1.sh's: JOBS=4 trains the four models at once, on the one GPU;
-#        GRAPH=1 records the fixed-step models' step as a CUDA graph)
+#        GRAPH=1 records the fixed-step models' step as a CUDA graph), BISECT_SECONDS
+#        (default 600: the most the tests step spends re-running failed CUDA tests)
 # Not run here: anything that needs cargo. A step that fails is reported and the next runs.
 # NODE_CUDA_KERNELS_OFF set by the caller applies to every step (and is not bisected); unset,
 # it is read from BUNDLE/kernels-off when there (an earlier call's OUT/kernels-off).
@@ -91,7 +92,7 @@ step_tests() {
   while IFS=$'\t' read -r file kind pkg; do
     case $kind in test | lib) ;; *) continue ;; esac
     echo "=== $file ($pkg)" >> "$log"
-    (cd "$pkg" && timeout 600 "$bin/$file" --test-threads=4) < /dev/null >> "$log" 2>&1
+    (cd "$pkg" && timeout 300 "$bin/$file" --test-threads=4) < /dev/null >> "$log" 2>&1
     local rc=$? result cuda section names
     section=$(sed -n "/^=== $file /,\$p" "$log")
     result=$(grep "^test result:" <<<"$section" | tail -n1 | sed 's/^test result: //; s/; finished.*//')
@@ -111,16 +112,19 @@ step_tests() {
 }
 
 # bisect_kernels FAILURES: runs each failed CUDA test again with NODE_CUDA_KERNELS_OFF=all,
-# then with each kernel off alone, and keeps off (exported for the later steps) the kernels
-# whose removal alone mends a test, or all of them where only `all` does.
+# then (where that mends it) with each kernel off alone, and keeps off (exported for the
+# later steps) the kernels whose removal alone mends a test, or all of them where only `all`
+# does. A test that fails with them all off is not the kernels' doing and is not run again.
+# At most BISECT_SECONDS (default 600) in all, so that a hanging test cannot eat the call.
 bisect_kernels() {
-  local log="$out/tests.log" off_set="" n=0 file pkg name
+  local log="$out/tests.log" off_set="" n=0 file pkg name t0 budget=${BISECT_SECONDS:-600} late=0
+  t0=$(date +%s)
   say ""
   if [ -n "${NODE_CUDA_KERNELS_OFF:-}" ]; then
-    say "CUDA tests failed with NODE_CUDA_KERNELS_OFF=$NODE_CUDA_KERNELS_OFF set by the caller: not bisected"
+    say "CUDA tests failed with NODE_CUDA_KERNELS_OFF=$NODE_CUDA_KERNELS_OFF already set (by the caller, or the bundle's kernels-off): not bisected"
     return
   fi
-  say "### failed CUDA tests, again with the project's kernels off (pass: that removal mends it)"
+  say "### failed CUDA tests, again with the project's kernels off (pass: that removal mends it; –: not run, as it fails with all off)"
   say "| test | all | ${kernels// / | } |"
   say "|---|---|$(for _ in $kernels; do printf -- '---|'; done)"
   while IFS=$'\t' read -r file pkg name; do
@@ -130,8 +134,17 @@ bisect_kernels() {
     filter=(--exact "$name")
     [ "$name" = "(its CUDA tests)" ] && filter=(_cuda)
     for off in all $kernels; do
+      if [ "$off" != all ] && [ $all_mends -eq 0 ]; then
+        row+=" – |"
+        continue
+      fi
+      if [ $(($(date +%s) - t0)) -ge "$budget" ]; then
+        row+=" (time) |"
+        late=1
+        continue
+      fi
       echo "=== bisect: $file $name with NODE_CUDA_KERNELS_OFF=$off" >> "$log"
-      if (cd "$pkg" && NODE_CUDA_KERNELS_OFF=$off timeout 300 "$bin/$file" "${filter[@]}" \
+      if (cd "$pkg" && NODE_CUDA_KERNELS_OFF=$off timeout 240 "$bin/$file" "${filter[@]}" \
         --test-threads=4) < /dev/null >> "$log" 2>&1; then
         row+=" pass |"
         if [ "$off" = all ]; then all_mends=1; else mends+=" $off"; fi
@@ -148,8 +161,9 @@ bisect_kernels() {
   done < "$1"
   off_set=$(tr ' ' '\n' <<<"$off_set" | awk 'NF && !seen[$0]++' | paste -sd, -)
   [[ ",$off_set," == *,all,* ]] && off_set=all
+  [ $late -eq 0 ] || say "(the bisection stopped at its time limit, BISECT_SECONDS=$budget: \"(time)\" was not run)"
   if [ -z "$off_set" ]; then
-    say "No kernel of the project's own is to blame: the failures stay with Candle's ops."
+    [ $late -eq 1 ] || say "No kernel of the project's own is to blame: the failures stay with Candle's ops."
     return
   fi
   export NODE_CUDA_KERNELS_OFF=$off_set
