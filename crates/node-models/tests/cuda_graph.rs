@@ -1,5 +1,11 @@
 //! Training steps recorded as a CUDA graph (`node_kernels::GraphStep`) against the same steps
 //! run op by op: the same losses and parameters. On the CPU, recording is refused clearly.
+//!
+//! The replay runs the recorded kernels on the same data, so it should give the eager
+//! numbers bit for bit; a different cuBLAS algorithm inside the capture would change the
+//! rounding only. f64 is the precise check (1e-9). In f32 these networks amplify rounding
+//! to percents after an update (see `same_training_as_cpu` in `models.rs`), so f32 is
+//! checked for gross errors only.
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
@@ -14,16 +20,12 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(kind: ModelKind, dev: &Device) -> Result<Self> {
+    fn new(kind: ModelKind, dtype: DType, dev: &Device) -> Result<Self> {
         let mut ode = OdeConfig::default_for(kind);
         // A graph cannot hold the fixed-step solve's final check (a read back to the host).
         ode.opts = ode.opts.check_finite(false);
         let varmap = VarMap::new();
-        let model = MnistModel::new(
-            kind,
-            &ode,
-            VarBuilder::from_varmap(&varmap, DType::F32, dev),
-        )?;
+        let model = MnistModel::new(kind, &ode, VarBuilder::from_varmap(&varmap, dtype, dev))?;
         init::pytorch_default(&varmap, &mut Rng::new(3))?;
         let opt = SgdMomentum::new(
             node_adjoint::sorted_vars(&varmap),
@@ -43,82 +45,96 @@ impl Trainer {
         let correct = logits
             .argmax(1)?
             .eq(&xy[1])?
-            .to_dtype(DType::F32)?
+            .to_dtype(DType::F64)?
             .sum_all()?;
         let grads = loss.backward()?;
         self.opt.step(&grads)?;
         Ok(vec![loss, correct])
     }
 
-    fn params(&self) -> Result<Vec<f32>> {
+    fn params(&self) -> Result<Vec<f64>> {
         let mut all = vec![];
         for v in node_adjoint::sorted_vars(&self.varmap) {
-            all.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+            let v = v.as_tensor().to_dtype(DType::F64)?;
+            all.extend(v.flatten_all()?.to_vec1::<f64>()?);
         }
         Ok(all)
     }
 }
 
-fn batches(dev: &Device, n: usize, size: usize) -> Result<Vec<[Tensor; 2]>> {
+fn batches(dev: &Device, dtype: DType, n: usize, size: usize) -> Result<Vec<[Tensor; 2]>> {
     let split = mnist::synthetic(n * size, &mut Rng::new(11));
     (0..n)
         .map(|b| {
             let idx: Vec<usize> = (b * size..(b + 1) * size).collect();
             let (x, y) = mnist::batch(&split, &idx, None, dev)?;
-            Ok([x, y])
+            Ok([x.to_dtype(dtype)?, y])
         })
         .collect()
 }
 
-fn scalar(t: &Tensor) -> Result<f32> {
-    Ok(t.to_scalar::<f32>()?)
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
 fn graph_steps_match_eager_steps(dev: &Device) -> Result<()> {
-    let data = batches(dev, 4, 16)?;
     if !dev.is_cuda() {
-        let mut t = Trainer::new(ModelKind::Mlp, dev)?;
+        let data = batches(dev, DType::F32, 1, 16)?;
+        let mut t = Trainer::new(ModelKind::Mlp, DType::F32, dev)?;
         let err = GraphStep::capture(&data[0], |xy| t.step(xy))
             .err()
             .expect("recording needs CUDA");
         ensure!(err.to_string().contains("CUDA"), "{err}");
         return Ok(());
     }
-    for kind in [ModelKind::Mlp, ModelKind::ResNet, ModelKind::RkNet] {
-        let mut eager = Trainer::new(kind, dev)?;
-        let mut want = vec![];
-        for xy in &data {
-            let out = eager.step(xy)?;
-            want.push((scalar(&out[0])?, scalar(&out[1])?));
-        }
-        let mut recorded = Trainer::new(kind, dev)?;
-        let (mut graph, first) = GraphStep::capture(&data[0], |xy| recorded.step(xy))?;
-        let mut got = vec![(scalar(&first[0])?, scalar(&first[1])?)];
-        for xy in &data[1..] {
-            let out = graph.run(xy)?;
-            got.push((scalar(&out[0])?, scalar(&out[1])?));
-        }
-        // The same kernels on the same data: equal up to the order of a reduction.
-        for (step, (w, g)) in want.iter().zip(&got).enumerate() {
+    // (dtype, bound on the losses' relative gap, bound on the parameters' gap relative to
+    // the largest, whether the correct counts must be equal)
+    for (dtype, loss_bound, param_bound, exact) in [
+        (DType::F64, 1e-9, 1e-9, true),
+        (DType::F32, 1e-2, 0.25, false),
+    ] {
+        let data = batches(dev, dtype, 4, 16)?;
+        for kind in [ModelKind::Mlp, ModelKind::ResNet, ModelKind::RkNet] {
+            let what = format!("{kind}, {dtype:?}");
+            let mut eager = Trainer::new(kind, dtype, dev)?;
+            let mut want = vec![];
+            for xy in &data {
+                let out = eager.step(xy)?;
+                want.push((scalar(&out[0])?, scalar(&out[1])?));
+            }
+            let mut recorded = Trainer::new(kind, dtype, dev)?;
+            let (mut graph, first) = GraphStep::capture(&data[0], |xy| recorded.step(xy))?;
+            let mut got = vec![(scalar(&first[0])?, scalar(&first[1])?)];
+            for xy in &data[1..] {
+                let out = graph.run(xy)?;
+                got.push((scalar(&out[0])?, scalar(&out[1])?));
+            }
+            for (step, (w, g)) in want.iter().zip(&got).enumerate() {
+                let loss_ok = (w.0 - g.0).abs() <= loss_bound * w.0.abs();
+                ensure!(
+                    loss_ok && (!exact || w.1 == g.1),
+                    "{what}, step {step}: loss and correct {g:?} with the graph, {w:?} without"
+                );
+            }
+            let (pw, pg) = (eager.params()?, recorded.params()?);
+            let scale = pw.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let gap = pw
+                .iter()
+                .zip(&pg)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
             ensure!(
-                (w.0 - g.0).abs() <= 1e-5 * w.0.abs() && w.1 == g.1,
-                "{kind}, step {step}: loss and correct {g:?} with the graph, {w:?} without"
+                gap <= param_bound * scale,
+                "{what}: parameters differ by {gap:.2e} (largest {scale:.2e})"
             );
-        }
-        let (pw, pg) = (eager.params()?, recorded.params()?);
-        let scale = pw.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let gap = pw
-            .iter()
-            .zip(&pg)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        ensure!(gap <= 1e-5 * scale, "{kind}: parameters differ by {gap}");
 
-        // A batch of another size cannot be replayed: an error, not a wrong step.
-        let short = batches(dev, 1, 8)?;
-        ensure!(graph.run(&short[0]).is_err(), "{kind}: a short batch ran");
+            // A batch of another size cannot be replayed: an error, not a wrong step.
+            let short = batches(dev, dtype, 1, 8)?;
+            ensure!(graph.run(&short[0]).is_err(), "{what}: a short batch ran");
+        }
     }
     // A step that reads back to the host cannot be recorded; the device works on after it.
-    let mut t = Trainer::new(ModelKind::Mlp, dev)?;
+    let data = batches(dev, DType::F32, 2, 16)?;
+    let mut t = Trainer::new(ModelKind::Mlp, DType::F32, dev)?;
     let err = GraphStep::capture(&data[0], |xy| {
         let out = t.step(xy)?;
         let _ = out[0].to_scalar::<f32>()?;

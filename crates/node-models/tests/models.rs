@@ -138,8 +138,24 @@ fn two_steps(
     Ok(trace)
 }
 
-/// `max |a - b| / max |a|` (on the host, in f64).
-fn relative_gap(a: &Tensor, b: &Tensor) -> Result<f64> {
+/// Every tensor of a trace, named, with the group whose largest entry scales its f32 gap
+/// (0: the losses; 1 + step: that step's gradients; 3: the parameters after the updates).
+fn tensors(t: &Trace) -> Vec<(String, usize, &Tensor)> {
+    let mut all = vec![];
+    for step in 0..2 {
+        all.push((format!("loss, step {step}"), 0, &t.losses[step]));
+        for (name, g) in &t.grads[step] {
+            all.push((format!("d loss / d {name}, step {step}"), 1 + step, g));
+        }
+    }
+    for (name, p) in &t.params {
+        all.push((format!("{name} after two updates"), 3, p));
+    }
+    all
+}
+
+/// `max |a - b|` and `max |a|` (on the host, in f64).
+fn gap_and_scale(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
     let host = |t: &Tensor| -> Result<Vec<f64>> {
         Ok(t.to_device(&Device::Cpu)?
             .to_dtype(DType::F64)?
@@ -148,31 +164,38 @@ fn relative_gap(a: &Tensor, b: &Tensor) -> Result<f64> {
     };
     let (a, b) = (host(a)?, host(b)?);
     ensure!(a.len() == b.len(), "{} vs {} elements", a.len(), b.len());
-    let scale = a
-        .iter()
-        .fold(0f64, |m, v| m.max(v.abs()))
-        .max(f64::MIN_POSITIVE);
+    let scale = a.iter().fold(0f64, |m, v| m.max(v.abs()));
     let gap = a
         .iter()
         .zip(&b)
         .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
     Ok(if gap.is_nan() || b.iter().any(|v| !v.is_finite()) {
-        f64::INFINITY
+        (f64::INFINITY, scale)
     } else {
-        gap / scale
+        (gap, scale)
     })
 }
 
-/// Two training steps of every model, and of ODE-Net with both gradient modes, on `dev` against
-/// the same steps on the CPU, in f64 and f32: losses, every gradient, the evaluation counts and
-/// the parameters after the updates. On CUDA this runs each of the project's own kernels
-/// (convolution, group norm, the solver's stage combinations, the adjoint's concatenation, the
-/// SGD update) inside the models they serve; on the CPU it checks that a run repeats itself
-/// (in f32 only).
+/// Two training steps of every model, and of ODE-Net with both gradient modes, on `dev`
+/// against the same steps on the CPU: losses, every gradient, the evaluation counts and the
+/// parameters after the updates. On CUDA this runs each of the project's own kernels
+/// (convolution, group norm, the solver's stage combinations, the adjoint's concatenation,
+/// the SGD update) inside the models they serve, in f64 and f32; on the CPU it checks that
+/// a run repeats itself, number for number (in f32).
 ///
-/// The bounds are relative to each tensor's largest entry. The two devices run the same
-/// arithmetic in different orders (reductions, matrix products), so they differ by rounding,
-/// amplified by two training steps: a few hundred ulps. A wrong kernel is off by far more.
+/// f64 is the precise check: every tensor within 1e-10 of its largest entry. The devices
+/// differ by rounding only, and on the CPU runs from parameters one rounding apart (1e-15)
+/// differ by 5e-14 at most, so the bound leaves three orders of magnitude; a learning rate
+/// 0.1% off fails it.
+///
+/// f32 is a check for gross errors only, because these networks amplify single-precision
+/// rounding: rounding flips ReLU masks of values near zero, and some gradients are sums that
+/// nearly cancel (a convolution's bias just before a group norm). On the CPU, runs from
+/// parameters 1e-7 apart (about one rounding) differ by up to 0.6% of the largest gradient
+/// of the first step, and 6% after an update. The first loss moves by 1e-7 only. So in
+/// f32: the evaluation counts equal, the first loss within 1e-5 (relative), and every
+/// tensor finite and within 0.25 of the largest entry of its group (a step's gradients,
+/// or the parameters).
 fn same_training_as_cpu(dev: &Device) -> Result<()> {
     let direct = OdeConfig {
         gradient: Gradient::Backprop,
@@ -201,40 +224,47 @@ fn same_training_as_cpu(dev: &Device) -> Result<()> {
         ),
         (ModelKind::OdeNet, direct, "odenet direct"),
     ];
-    // On the CPU (a repeat of the same run) f32 alone, to keep the suite short.
-    let dtypes = match dev {
-        Device::Cpu => &[(DType::F32, 1e-4)][..],
-        _ => &[(DType::F64, 1e-10), (DType::F32, 1e-4)],
+    let cpu = &Device::Cpu;
+    // On the CPU, f32 alone (a repeat of the same run), to keep the suite short.
+    let dtypes: &[DType] = if dev.is_cpu() {
+        &[DType::F32]
+    } else {
+        &[DType::F64, DType::F32]
     };
-    for &(dtype, bound) in dtypes {
-        for (kind, ode, label) in &variants {
-            let (init_from, _) = build(*kind, &Device::Cpu)?;
-            let want = two_steps(*kind, ode, dtype, &Device::Cpu, &init_from)?;
-            let got = two_steps(*kind, ode, dtype, dev, &init_from)?;
+    for (kind, ode, label) in &variants {
+        let (init_from, _) = build(*kind, cpu)?;
+        for &dtype in dtypes {
             let what = format!("{label}, {dtype:?}, {dev:?}");
+            let want = two_steps(*kind, ode, dtype, cpu, &init_from)?;
+            let got = two_steps(*kind, ode, dtype, dev, &init_from)?;
             ensure!(
                 got.nfe == want.nfe,
                 "{what}: NFE {:?}, CPU {:?}",
                 got.nfe,
                 want.nfe
             );
-            let mut pairs = vec![];
-            for step in 0..2 {
-                pairs.push((
-                    format!("loss, step {step}"),
-                    &want.losses[step],
-                    &got.losses[step],
-                ));
-                for ((name, w), (_, g)) in want.grads[step].iter().zip(&got.grads[step]) {
-                    pairs.push((format!("d loss / d {name}, step {step}"), w, g));
-                }
+            let pairs: Vec<_> = tensors(&want).into_iter().zip(tensors(&got)).collect();
+            let mut group_scale = [0f64; 4];
+            for ((_, group, w), _) in &pairs {
+                let (_, scale) = gap_and_scale(w, w)?;
+                group_scale[*group] = group_scale[*group].max(scale);
             }
-            for ((name, w), (_, g)) in want.params.iter().zip(&got.params) {
-                pairs.push((format!("{name} after two updates"), w, g));
-            }
-            for (name, w, g) in pairs {
-                let gap = relative_gap(w, g)?;
-                ensure!(gap <= bound, "{what}: {name} differs from the CPU's by {gap:.2e} (relative to its largest entry; bound {bound:.0e})");
+            for ((name, group, w), (_, _, g)) in &pairs {
+                let (gap, scale) = gap_and_scale(w, g)?;
+                let (rel, bound, of) = match (dtype, group) {
+                    _ if dev.is_cpu() => (gap, 0.0, "exactly"),
+                    (DType::F64, _) => (gap / scale, 1e-10, "of its largest entry"),
+                    (_, 0) if name.ends_with("step 0") => (gap / scale, 1e-5, "relative"),
+                    _ => (
+                        gap / group_scale[*group],
+                        0.25,
+                        "of its group's largest entry",
+                    ),
+                };
+                ensure!(
+                    rel <= bound,
+                    "{what}: {name} differs from the CPU's by {rel:.2e} {of} (bound {bound:.0e})"
+                );
             }
         }
     }
