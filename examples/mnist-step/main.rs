@@ -115,13 +115,14 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
     };
     let xy = [x.clone(), y.clone()];
     // With --cuda-graph, the first warm-up step records the graph (and runs once eagerly).
-    let mut graph = None;
-    for i in 0..args.warmup.max(usize::from(args.cuda_graph)) + args.reps {
+    let mut graph: Option<node_kernels::GraphStep> = None;
+    let warmup = args.warmup.max(usize::from(args.cuda_graph));
+    for i in 0..warmup + args.reps {
         dev.synchronize()?;
         let start = Instant::now();
         match &mut graph {
             Some(g) => {
-                node_kernels::GraphStep::run(g, &xy)?;
+                g.run(&xy)?;
             }
             None if args.cuda_graph => {
                 graph = Some(node_kernels::GraphStep::capture(&xy, &mut step)?.0)
@@ -131,7 +132,7 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
             }
         }
         dev.synchronize()?;
-        if i >= args.warmup.max(usize::from(args.cuda_graph)) {
+        if i >= warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
