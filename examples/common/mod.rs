@@ -4,6 +4,9 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::ProgressBar;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// `--device` choices.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -62,4 +65,28 @@ pub fn status_mib(key: &str) -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Set by SIGINT/SIGTERM: stop after the step in progress, with a checkpoint.
+pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            eprintln!("second signal: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("signal: stopping after this step, with a checkpoint");
+    })
+    .context("installing the SIGINT/SIGTERM handler")?;
+    Ok(flag)
+}
+/// The exit status of a run stopped with a checkpoint: 0 when asked to by
+/// `--stop-after-steps`, 130 after a signal.
+pub fn stopped(signal: &AtomicBool) -> ExitCode {
+    if signal.load(Ordering::SeqCst) {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

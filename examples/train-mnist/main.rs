@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use common::{log, pick_device, DeviceArg};
+use common::{log, pick_device, stop_flag, stopped, DeviceArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use node_adjoint::{AdjointNorm, AdjointOptions};
 use node_kernels::GraphStep;
@@ -21,8 +21,7 @@ use node_solvers::{Method, SolveOptions, StepSize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -161,21 +160,6 @@ impl Sums {
             secs,
         })
     }
-}
-
-/// Set by SIGINT/SIGTERM: stop after the step in progress, with a checkpoint.
-fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
-            eprintln!("second signal: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("signal: stopping after this step, with a checkpoint");
-    })
-    .context("installing the SIGINT/SIGTERM handler")?;
-    Ok(flag)
 }
 
 fn ode_config(args: &Args) -> Result<OdeConfig> {
@@ -624,16 +608,6 @@ fn main() -> Result<ExitCode> {
         ckpt_path.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// The exit status of a run stopped with a checkpoint: 0 when asked to by
-/// `--stop-after-steps`, 130 after a signal.
-fn stopped(signal: &AtomicBool) -> ExitCode {
-    if signal.load(Ordering::SeqCst) {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    }
 }
 
 /// The device as the metrics name it: `cpu`, `metal`, or on CUDA [`cuda_label`] of

@@ -2,14 +2,17 @@
 //! position in one safetensors file, written atomically, and checked on load; optionally the
 //! progress inside an unfinished epoch, so that an interrupted run loses no steps.
 //!
-//! Layout: `model.<name>` for each variable of the `VarMap`, `optim.<name>` for each momentum
-//! buffer, and `meta.*` tensors: `format` (bytes of [`FORMAT`], or of [`FORMAT_MID_EPOCH`]
-//! when written inside an epoch), `model` (bytes of the model name), `epoch` (u32, epochs
-//! completed), `rng` (the generator state as two u32 words); inside an epoch also `step` (u32,
-//! its training steps done), `order` (u32, its order of training examples) and `sums` (f64,
-//! the trainer's running sums).
+//! Layout: `model.<name>` for each variable of the `VarMap`; the optimizer's buffers,
+//! `optim.<name>` for the first of each variable (SGD's momentum, Adam's first moment) and
+//! `optim2.<name>` for a second (Adam's second moment); and `meta.*` tensors: `format` (bytes
+//! of [`FORMAT`], or of [`FORMAT_MID_EPOCH`] when written inside an epoch), `model` (bytes of
+//! the model name), `epoch` (u32, epochs completed), `rng` (the generator state as two u32
+//! words), `optimizer` (bytes of [`OptimizerState::name`]; absent means SGD with momentum,
+//! which older files hold) and `optim_steps` (two u32 words, when the optimizer counts steps);
+//! inside an epoch also `step` (u32, its training steps done), `order` (u32, its order of
+//! training examples) and `sums` (f64, the trainer's running sums).
 
-use crate::optim::SgdMomentum;
+use crate::optim::{Adam, SgdMomentum};
 use crate::rng::Rng;
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarMap;
@@ -91,6 +94,68 @@ pub struct PartialEpoch {
     pub sums: Vec<f64>,
 }
 
+/// An optimizer whose state a checkpoint can hold: one or two buffers per variable (slots),
+/// and a step count.
+pub trait OptimizerState {
+    /// The optimizer's name, stored in the checkpoint: another optimizer's file is refused.
+    fn name(&self) -> &'static str;
+    /// The buffers, slot by slot (at most two), each with one entry per variable in the order
+    /// the optimizer was built with (`None` where a variable has none yet).
+    fn slots(&self) -> Vec<&[Option<Tensor>]>;
+    /// Steps taken, for optimizers whose update depends on it (0 otherwise).
+    fn steps(&self) -> u64 {
+        0
+    }
+    /// Restores what [`OptimizerState::slots`] and [`OptimizerState::steps`] gave.
+    ///
+    /// # Errors
+    /// When the slots do not fit the variables.
+    fn restore(&mut self, slots: Vec<Vec<Option<Tensor>>>, steps: u64) -> Result<()>;
+}
+
+/// The optimizer name of checkpoints written before `meta.optimizer` existed.
+const SGD_MOMENTUM: &str = "sgd-momentum";
+
+impl OptimizerState for SgdMomentum {
+    fn name(&self) -> &'static str {
+        SGD_MOMENTUM
+    }
+    fn slots(&self) -> Vec<&[Option<Tensor>]> {
+        vec![self.buffers()]
+    }
+    fn restore(&mut self, slots: Vec<Vec<Option<Tensor>>>, _steps: u64) -> Result<()> {
+        match <[_; 1]>::try_from(slots) {
+            Ok([b]) => self.set_buffers(b),
+            Err(s) => candle_core::bail!("SGD has one slot of buffers, got {}", s.len()),
+        }
+    }
+}
+
+impl OptimizerState for Adam {
+    fn name(&self) -> &'static str {
+        "adam"
+    }
+    fn slots(&self) -> Vec<&[Option<Tensor>]> {
+        self.moments().iter().map(Vec::as_slice).collect()
+    }
+    fn steps(&self) -> u64 {
+        Adam::steps(self)
+    }
+    fn restore(&mut self, slots: Vec<Vec<Option<Tensor>>>, steps: u64) -> Result<()> {
+        match <[_; 2]>::try_from(slots) {
+            Ok(m) => self.set_state(m, steps),
+            Err(s) => candle_core::bail!("Adam has two slots of buffers, got {}", s.len()),
+        }
+    }
+}
+
+fn slot_key(slot: usize, name: &str) -> String {
+    match slot {
+        0 => format!("optim.{name}"),
+        k => format!("optim{}.{name}", k + 1),
+    }
+}
+
 fn named_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let mut v: Vec<(String, candle_core::Var)> =
@@ -104,7 +169,8 @@ fn bytes_tensor(s: &str) -> Result<Tensor> {
 }
 
 /// Writes a checkpoint atomically: to `<path>.tmp`, synced, then renamed over `path`, so a
-/// crash leaves the previous checkpoint intact. `opt` must have been built from
+/// crash leaves the previous checkpoint intact. `opt` (an [`OptimizerState`]: [`SgdMomentum`]
+/// or [`Adam`]) must have been built from
 /// `node_adjoint::sorted_vars(varmap)` (the buffers are matched by position in name order).
 /// `epoch` counts the epochs completed; `partial` is the progress in the next one, for a
 /// checkpoint written inside it.
@@ -115,28 +181,41 @@ pub fn save(
     path: &Path,
     model: &str,
     varmap: &VarMap,
-    opt: &SgdMomentum,
+    opt: &impl OptimizerState,
     epoch: usize,
     rng: &Rng,
     partial: Option<&PartialEpoch>,
 ) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let vars = named_vars(varmap);
-    if vars.len() != opt.buffers().len() {
-        candle_core::bail!(
-            "optimizer has {} buffers for {} variables",
-            opt.buffers().len(),
-            vars.len()
-        );
+    let slots = opt.slots();
+    for slot in &slots {
+        if slot.len() != vars.len() {
+            candle_core::bail!(
+                "optimizer has {} buffers for {} variables",
+                slot.len(),
+                vars.len()
+            );
+        }
     }
-    for ((name, var), buf) in vars.iter().zip(opt.buffers()) {
+    for (i, (name, var)) in vars.iter().enumerate() {
         tensors.insert(
             format!("model.{name}"),
             var.as_tensor().to_device(&Device::Cpu)?,
         );
-        if let Some(b) = buf {
-            tensors.insert(format!("optim.{name}"), b.to_device(&Device::Cpu)?);
+        for (k, slot) in slots.iter().enumerate() {
+            if let Some(b) = &slot[i] {
+                tensors.insert(slot_key(k, name), b.to_device(&Device::Cpu)?);
+            }
         }
+    }
+    tensors.insert("meta.optimizer".into(), bytes_tensor(opt.name())?);
+    if opt.steps() > 0 {
+        let s = opt.steps();
+        tensors.insert(
+            "meta.optim_steps".into(),
+            Tensor::new(&[(s >> 32) as u32, s as u32], &Device::Cpu)?,
+        );
     }
     let format = match partial {
         None => FORMAT,
@@ -181,12 +260,17 @@ fn text(t: &Tensor) -> Result<String> {
 }
 
 /// Loads a checkpoint into `varmap` and `opt`, after checking that it is one of ours, of
-/// `model`, with exactly the same variable names and shapes.
+/// `model` and `opt`'s optimizer, with exactly the same variable names and shapes.
 ///
 /// # Errors
 /// [`CheckpointError`] (inside `candle_core::Error`) for a foreign file, another model or
 /// another shape; nothing is modified then.
-pub fn load(path: &Path, model: &str, varmap: &VarMap, opt: &mut SgdMomentum) -> Result<Resumed> {
+pub fn load(
+    path: &Path,
+    model: &str,
+    varmap: &VarMap,
+    opt: &mut impl OptimizerState,
+) -> Result<Resumed> {
     let not_ours = |reason: String| CheckpointError::NotACheckpoint {
         path: path.to_path_buf(),
         reason,
@@ -215,6 +299,18 @@ pub fn load(path: &Path, model: &str, varmap: &VarMap, opt: &mut SgdMomentum) ->
         path: path.to_path_buf(),
         reason,
     };
+    let optimizer = file
+        .get("meta.optimizer")
+        .map(text)
+        .transpose()?
+        .unwrap_or_else(|| SGD_MOMENTUM.to_string());
+    if optimizer != opt.name() {
+        return Err(mismatch(format!(
+            "written by optimizer `{optimizer}`, not `{}`",
+            opt.name()
+        ))
+        .into());
+    }
     let vars = named_vars(varmap);
     // Check everything before touching anything.
     for (name, var) in &vars {
@@ -263,16 +359,36 @@ pub fn load(path: &Path, model: &str, varmap: &VarMap, opt: &mut SgdMomentum) ->
         }),
         _ => return Err(not_ours("incomplete mid-epoch state".into()).into()),
     };
-    let mut buffers = Vec::with_capacity(vars.len());
+    let steps = match file.get("meta.optim_steps") {
+        None => 0,
+        Some(t) => match t.to_vec1::<u32>()?.as_slice() {
+            &[hi, lo] => ((hi as u64) << 32) | lo as u64,
+            _ => return Err(not_ours("bad optimizer step count".into()).into()),
+        },
+    };
+    let n_slots = opt.slots().len();
+    let mut slots = vec![Vec::with_capacity(vars.len()); n_slots];
+    for (name, var) in &vars {
+        for (k, slot) in slots.iter_mut().enumerate() {
+            slot.push(match file.get(&slot_key(k, name)) {
+                Some(b) if b.shape() != var.shape() => {
+                    return Err(mismatch(format!(
+                        "optimizer buffer of `{name}` has shape {:?}, the model {:?}",
+                        b.dims(),
+                        var.dims()
+                    ))
+                    .into())
+                }
+                Some(b) => Some(b.to_device(var.device())?.to_dtype(var.dtype())?),
+                None => None,
+            });
+        }
+    }
     for (name, var) in &vars {
         let t = &file[&format!("model.{name}")];
         var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
-        buffers.push(match file.get(&format!("optim.{name}")) {
-            Some(b) => Some(b.to_device(var.device())?.to_dtype(var.dtype())?),
-            None => None,
-        });
     }
-    opt.set_buffers(buffers)?;
+    opt.restore(slots, steps)?;
     Ok(Resumed {
         epoch,
         rng: Rng::from_state(((words[0] as u64) << 32) | words[1] as u64),

@@ -122,6 +122,13 @@ impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
+
+    /// The weight and, if there is one, the bias.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        let mut v = vec![self.weight.clone()];
+        v.extend(self.bias.clone());
+        v
+    }
 }
 
 impl Module for Linear {
@@ -363,7 +370,24 @@ impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
     /// # Errors
     /// The solver's typed errors (e.g. too many steps when the dynamics become stiff).
     pub fn forward_with_stats(&self, x: &Tensor) -> Result<(Tensor, BlockStats)> {
-        let ts = [0.0, self.t1];
+        self.solve_between(x, 0.0, self.t1)
+    }
+
+    /// Solves from `y(t_from) = x` to `t_to` (either direction) and returns `y(t_to)` with the
+    /// solve's counts, differentiated as the block's [`Gradient`] says.
+    ///
+    /// # Shapes
+    /// `x`: any shape the field accepts; the result has the same shape.
+    ///
+    /// # Errors
+    /// The solver's typed errors, and `t_from == t_to`.
+    pub fn solve_between(
+        &self,
+        x: &Tensor,
+        t_from: f64,
+        t_to: f64,
+    ) -> Result<(Tensor, BlockStats)> {
+        let ts = [t_from, t_to];
         match &self.gradient {
             Gradient::Adjoint(a) => {
                 let sol = odeint_adjoint(&self.field, x, &ts, &self.opts, a)?;

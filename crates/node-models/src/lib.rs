@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod cnf;
 pub mod init;
 pub mod layers;
 pub mod mnist;
@@ -9,9 +10,10 @@ pub mod mnist_models;
 pub mod optim;
 pub mod rng;
 
+pub use cnf::{Cnf, CnfConfig, CnfField};
 pub use layers::{
     BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc, ResBlock,
 };
 pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
-pub use optim::{PiecewiseSchedule, SgdConfig, SgdMomentum};
+pub use optim::{Adam, AdamConfig, PiecewiseSchedule, SgdConfig, SgdMomentum};
 pub use rng::Rng;

@@ -1,6 +1,7 @@
 //! SGD with momentum and a piecewise-constant learning-rate schedule (candle-nn has neither):
 //! the reference trains ODE-Net with `SGD(lr 0.1, momentum 0.9)`, decayed ×0.1 at epochs 60,
-//! 100 and 140.
+//! 100 and 140. Adam (torchdiffeq's CNF example trains with it), whose state, unlike
+//! candle-nn's `AdamW`'s, can be saved in a checkpoint.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
@@ -49,24 +50,7 @@ impl SgdMomentum {
     /// # Errors
     /// When the number or the shapes of the buffers do not match the variables.
     pub fn set_buffers(&mut self, buffers: Vec<Option<Tensor>>) -> Result<()> {
-        if buffers.len() != self.vars.len() {
-            candle_core::bail!(
-                "optimizer state has {} buffers for {} variables",
-                buffers.len(),
-                self.vars.len()
-            );
-        }
-        for (b, v) in buffers.iter().zip(&self.vars) {
-            if let Some(b) = b {
-                if b.shape() != v.shape() {
-                    candle_core::bail!(
-                        "optimizer buffer of shape {:?} for a variable of shape {:?}",
-                        b.shape(),
-                        v.shape()
-                    );
-                }
-            }
-        }
+        check_buffers(&buffers, &self.vars)?;
         self.buffers = buffers;
         Ok(())
     }
@@ -106,6 +90,153 @@ impl Optimizer for SgdMomentum {
             };
             node_kernels::sgd_momentum_update(b, g, p, momentum, weight_decay)?;
             node_kernels::sgd_descend(p, b, lr, 0.0)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+}
+
+/// Settings of [`Adam`]; the defaults are PyTorch's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay β₁ of the first moment.
+    pub beta1: f64,
+    /// Decay β₂ of the second moment.
+    pub beta2: f64,
+    /// ε added to the root of the second moment.
+    pub eps: f64,
+    /// L2 weight decay λ (added to the gradient, as PyTorch's `Adam`, not decoupled).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// Adam (Kingma & Ba 2015) with PyTorch's update: `g ← ∇ + λθ`, `m ← β₁m + (1−β₁)g`,
+/// `v ← β₂v + (1−β₂)g²`, `θ ← θ − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)`. `t` counts the calls
+/// to [`Optimizer::step`] (one count for all variables).
+#[derive(Debug)]
+pub struct Adam {
+    vars: Vec<Var>,
+    moments: [Vec<Option<Tensor>>; 2],
+    steps: u64,
+    config: AdamConfig,
+}
+
+impl Adam {
+    /// The first and second moments, one per variable in the order given to `new` (`None`
+    /// before a variable's first gradient): to save in a checkpoint.
+    pub fn moments(&self) -> &[Vec<Option<Tensor>>; 2] {
+        &self.moments
+    }
+
+    /// The number of steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Restores moments and a step count saved with [`Adam::moments`] and [`Adam::steps`].
+    ///
+    /// # Errors
+    /// When the number or the shapes of the moments do not match the variables.
+    pub fn set_state(&mut self, moments: [Vec<Option<Tensor>>; 2], steps: u64) -> Result<()> {
+        for m in &moments {
+            check_buffers(m, &self.vars)?;
+        }
+        self.moments = moments;
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+fn check_buffers(buffers: &[Option<Tensor>], vars: &[Var]) -> Result<()> {
+    if buffers.len() != vars.len() {
+        candle_core::bail!(
+            "optimizer state has {} buffers for {} variables",
+            buffers.len(),
+            vars.len()
+        );
+    }
+    for (b, v) in buffers.iter().zip(vars) {
+        if let Some(b) = b {
+            if b.shape() != v.shape() {
+                candle_core::bail!(
+                    "optimizer buffer of shape {:?} for a variable of shape {:?}",
+                    b.shape(),
+                    v.shape()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Optimizer for Adam {
+    type Config = AdamConfig;
+
+    fn new(vars: Vec<Var>, config: AdamConfig) -> Result<Self> {
+        let n = vars.len();
+        Ok(Self {
+            vars,
+            moments: [vec![None; n], vec![None; n]],
+            steps: 0,
+            config,
+        })
+    }
+
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
+        self.steps += 1;
+        let t = self.steps as f64;
+        let step_size = lr / (1.0 - beta1.powf(t));
+        let root_bc2 = (1.0 - beta2.powf(t)).sqrt();
+        let [ms, vs] = &mut self.moments;
+        for ((var, m), v) in self.vars.iter().zip(ms.iter_mut()).zip(vs.iter_mut()) {
+            let Some(g) = grads.get(var) else { continue };
+            let p = var.as_tensor();
+            let g = if weight_decay == 0.0 {
+                g.clone()
+            } else {
+                (g + (p * weight_decay)?)?
+            };
+            // Zero moments before the first step: β·0 + (1 − β)·g.
+            let new_m = match m.as_ref() {
+                Some(m) => ((m * beta1)? + (&g * (1.0 - beta1))?)?,
+                None => (&g * (1.0 - beta1))?,
+            };
+            let g2 = g.sqr()?;
+            let new_v = match v.as_ref() {
+                Some(v) => ((v * beta2)? + (g2 * (1.0 - beta2))?)?,
+                None => (g2 * (1.0 - beta2))?,
+            };
+            let denom = (new_v.sqrt()? / root_bc2)?.affine(1.0, eps)?;
+            var.set(&(p - ((&new_m / denom)? * step_size)?)?)?;
+            *m = Some(new_m.detach());
+            *v = Some(new_v.detach());
         }
         Ok(())
     }
@@ -174,6 +305,32 @@ mod tests {
             opt.backward_step(&v.as_tensor().sqr()?.sum_all()?)?;
             assert!((v.to_vec1::<f64>()?[0] - want).abs() < 1e-12);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn adam_matches_the_pytorch_update() -> Result<()> {
+        // θ0 = 1, ∇ = 2θ, lr 0.1. Step 1: m = 0.2, v = 0.004, m̂ = 2, v̂ = 4, θ1 = 1 − 0.1·2/(2 + ε)
+        // = 0.9 (Adam's first step moves every weight by lr). Step 2, g = 1.8: m = 0.36,
+        // v = 0.0072396, m̂ = 0.36/0.19, v̂ = 0.0072396/0.001999, θ2 = 0.9 − 0.1·m̂/√v̂ (with θ1's
+        // ε kept, 5e-10 off 0.9).
+        let v = Var::new(&[1.0f64], &Device::Cpu)?;
+        let cfg = AdamConfig {
+            lr: 0.1,
+            ..Default::default()
+        };
+        let mut opt = Adam::new(vec![v.clone()], cfg)?;
+        let theta1 = 1.0 - 0.1 * 2.0 / (2.0 + 1e-8);
+        let g = 2.0 * theta1;
+        let m2: f64 = 0.9 * 0.2 + 0.1 * g;
+        let v2: f64 = 0.999 * 0.004 + 0.001 * g * g;
+        let theta2 = theta1 - 0.1 * (m2 / 0.19) / ((v2 / (1.0 - 0.999f64.powi(2))).sqrt() + 1e-8);
+        for want in [theta1, theta2] {
+            opt.backward_step(&v.as_tensor().sqr()?.sum_all()?)?;
+            let got = v.to_vec1::<f64>()?[0];
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        assert_eq!(opt.steps(), 2);
         Ok(())
     }
 

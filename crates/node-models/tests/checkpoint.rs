@@ -4,7 +4,9 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use node_models::checkpoint::{self, CheckpointError};
-use node_models::{init, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum};
+use node_models::{
+    init, Adam, AdamConfig, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum,
+};
 
 fn setup(kind: ModelKind, seed: u64) -> Result<(VarMap, MnistModel, SgdMomentum)> {
     let varmap = VarMap::new();
@@ -137,5 +139,54 @@ fn foreign_and_mismatched_checkpoints_are_refused() -> Result<()> {
         matches!(kind_of(&e), CheckpointError::NotACheckpoint { .. }),
         "{e}"
     );
+    Ok(())
+}
+
+#[test]
+fn adam_resumes_exactly_and_optimizers_are_not_mixed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let path = tmp.path().join("adam.safetensors");
+    let x = Tensor::rand(0f32, 1.0, (4, 1, 28, 28), &Device::Cpu)?;
+    let y = Tensor::new(&[1u32, 2, 3, 4], &Device::Cpu)?;
+    let adam = |vm: &VarMap| Adam::new(node_adjoint::sorted_vars(vm), AdamConfig::default());
+    let (vm, model, _) = setup(ModelKind::Mlp, 1)?;
+    let mut opt = adam(&vm)?;
+    let loss = |m: &MnistModel| -> Result<Tensor> {
+        Ok(candle_nn::loss::cross_entropy(&m.forward(&x)?.0, &y)?)
+    };
+    for _ in 0..2 {
+        opt.backward_step(&loss(&model)?)?;
+    }
+    checkpoint::save(&path, "mlp", &vm, &opt, 1, &Rng::new(0), None)?;
+
+    // Resumed from the file, the next step is the one the uninterrupted run takes, bit for
+    // bit: both moments and the step count (Adam's bias correction) came back.
+    let (vm2, model2, _) = setup(ModelKind::Mlp, 2)?;
+    let mut opt2 = adam(&vm2)?;
+    checkpoint::load(&path, "mlp", &vm2, &mut opt2)?;
+    assert_eq!(opt2.steps(), 2);
+    opt.backward_step(&loss(&model)?)?;
+    opt2.backward_step(&loss(&model2)?)?;
+    assert_eq!(snapshot(&vm)?, snapshot(&vm2)?);
+
+    // An Adam checkpoint is refused by SGD, and an SGD one by Adam, before anything changes.
+    let (vm3, _, mut sgd) = setup(ModelKind::Mlp, 3)?;
+    let before = snapshot(&vm3)?;
+    let e = checkpoint::load(&path, "mlp", &vm3, &mut sgd).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::Mismatch { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("`adam`, not `sgd-momentum`"), "{e}");
+    assert_eq!(snapshot(&vm3)?, before);
+    // A file from before `meta.optimizer` existed is SGD's: still read by SGD, refused by Adam.
+    let sgd_path = tmp.path().join("sgd.safetensors");
+    checkpoint::save(&sgd_path, "mlp", &vm3, &sgd, 1, &Rng::new(0), None)?;
+    let mut old = candle_core::safetensors::load(&sgd_path, &Device::Cpu)?;
+    assert!(old.remove("meta.optimizer").is_some());
+    candle_core::safetensors::save(&old, &sgd_path)?;
+    checkpoint::load(&sgd_path, "mlp", &vm3, &mut sgd)?;
+    let e = checkpoint::load(&sgd_path, "mlp", &vm3, &mut adam(&vm3)?).unwrap_err();
+    assert!(e.to_string().contains("`sgd-momentum`, not `adam`"), "{e}");
     Ok(())
 }

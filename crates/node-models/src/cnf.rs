@@ -1,0 +1,322 @@
+//! A continuous normalizing flow (Chen et al. 2018, §4): a density `p(x)` defined by pushing a
+//! base density through an ODE, with the log-density change given by the instantaneous change
+//! of variables
+//!
+//! `dz/dt = f(z, t)`,  `d log p(z(t))/dt = −tr(∂f/∂z)`  (eq. 8),
+//!
+//! so `log p(x) = log p₀(z(t₀)) − ∫_{t₀}^{t₁} tr(∂f/∂z) dt` for `z(t₁) = x`.
+//!
+//! The field is the paper's (eq. 10) with time-dependent weights from a hypernetwork, as in
+//! torchdiffeq's `examples/cnf.py`: `f(z, t) = (1/M) Σₘ uₘ tanh(wₘᵀz + bₘ)` with
+//! `(W, U, b) = hyper(t)` and the gate `U ← U ⊙ σ(G)`. Its trace has a closed form,
+//! `tr(∂f/∂z) = (1/M) Σₘ (1 − tanh²(wₘᵀz + bₘ)) uₘᵀwₘ`, exact and one pass over the width: no
+//! Jacobian, no second-order autograd (which Candle does not have). The state the solver sees
+//! is `[z, Δ]` of shape `[B, D + 1]`, the last column integrating `−tr`.
+
+use crate::layers::{linear, BlockStats, Gradient, Linear, OdeBlock};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+use node_adjoint::ParamVectorField;
+use node_solvers::{SolveOptions, VectorField};
+
+/// Sizes and times of a [`Cnf`]. The defaults are those of torchdiffeq's `examples/cnf.py`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CnfConfig {
+    /// Dimension `D` of the data.
+    pub dim: usize,
+    /// Number `M` of hidden units of the field (its width).
+    pub width: usize,
+    /// Hidden size of the hypernetwork `t ↦ (W, U, G, b)`.
+    pub hidden: usize,
+    /// End time `t₁` of the flow (it starts at 0): data live at `t₁`, the base density at 0.
+    pub t1: f64,
+    /// Standard deviation σ of the base density `N(0, σ²I)`.
+    pub base_std: f64,
+}
+
+impl Default for CnfConfig {
+    fn default() -> Self {
+        Self {
+            dim: 2,
+            width: 64,
+            hidden: 32,
+            t1: 10.0,
+            base_std: 0.1f64.sqrt(),
+        }
+    }
+}
+
+impl CnfConfig {
+    /// Checks that every size is positive and the times and σ are finite and positive.
+    ///
+    /// # Errors
+    /// A message naming the bad setting.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("dim", self.dim),
+            ("width", self.width),
+            ("hidden", self.hidden),
+        ] {
+            if v == 0 {
+                candle_core::bail!("CNF: {name} must be at least 1");
+            }
+        }
+        if !(self.t1.is_finite() && self.t1 > 0.0) {
+            candle_core::bail!("CNF: t1 must be finite and positive, got {}", self.t1);
+        }
+        if !(self.base_std.is_finite() && self.base_std > 0.0) {
+            candle_core::bail!(
+                "CNF: base_std must be finite and positive, got {}",
+                self.base_std
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The CNF's vector field on the augmented state `[z, Δ]`: `[f(z, t), −tr(∂f/∂z)]`.
+#[derive(Clone, Debug)]
+pub struct CnfField {
+    fc1: Linear,
+    fc2: Linear,
+    fc3: Linear,
+    dim: usize,
+    width: usize,
+    params: Vec<Var>,
+}
+
+impl CnfField {
+    /// A field for `dim`-dimensional data with `width` hidden units and a hypernetwork of
+    /// `hidden` units (`fc1`, `fc2`, `fc3` under `vb`). Its parameters are `vb`'s `Var`s: build
+    /// it from a `VarMap`-backed `VarBuilder` to train it.
+    ///
+    /// # Errors
+    /// Those of `vb`.
+    pub fn new(dim: usize, width: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let fc1 = linear(1, hidden, vb.pp("fc1"))?;
+        let fc2 = linear(hidden, hidden, vb.pp("fc2"))?;
+        let fc3 = linear(hidden, 3 * width * dim + width, vb.pp("fc3"))?;
+        let params = [&fc1, &fc2, &fc3]
+            .iter()
+            .flat_map(|l| l.tensors())
+            .map(|t| Var::from_tensor(&t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            fc1,
+            fc2,
+            fc3,
+            dim,
+            width,
+            params,
+        })
+    }
+
+    /// The field's weights at time `t`: `W` `[M, D]`, the gated `U` `[M, D]` and `b` `[M]`.
+    ///
+    /// # Errors
+    /// Candle's.
+    pub fn weights(&self, t: f64, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+        let (m, d) = (self.width, self.dim);
+        let t = Tensor::new(&[[t]], dev)?.to_dtype(dtype)?;
+        let h = node_kernels::tanh(&self.fc1.forward(&t)?)?;
+        let h = node_kernels::tanh(&self.fc2.forward(&h)?)?;
+        let p = self.fc3.forward(&h)?.flatten_all()?;
+        let w = p.narrow(0, 0, m * d)?.reshape((m, d))?;
+        let u = p.narrow(0, m * d, m * d)?.reshape((m, d))?;
+        let g = p.narrow(0, 2 * m * d, m * d)?.reshape((m, d))?;
+        let b = p.narrow(0, 3 * m * d, m)?;
+        let u = (u * node_kernels::sigmoid(&g)?)?;
+        Ok((w, u, b))
+    }
+
+    /// `f(z, t)` and `tr(∂f/∂z)` for a batch of points.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `([B, D], [B])`.
+    ///
+    /// # Errors
+    /// `z` of another shape; Candle's.
+    pub fn dynamics(&self, t: f64, z: &Tensor) -> Result<(Tensor, Tensor)> {
+        if z.rank() != 2 || z.dim(1)? != self.dim {
+            candle_core::bail!(
+                "CNF: points must be [batch, {}], got {:?}",
+                self.dim,
+                z.dims()
+            );
+        }
+        let (w, u, b) = self.weights(t, z.dtype(), z.device())?;
+        let inv_m = 1.0 / self.width as f64;
+        // h = tanh(z Wᵀ + b): [B, M].
+        let h = node_kernels::tanh(&node_kernels::linear(z, &w, Some(&b))?)?;
+        let dz = (h.matmul(&u)? * inv_m)?;
+        // ∂f_i/∂z_j = (1/M) Σₘ u_{m,i} (1 − h_m²) w_{m,j}, so the trace is
+        // (1/M) Σₘ (1 − h_m²) (uₘ · wₘ).
+        let uw = (&u * &w)?.sum(1)?.unsqueeze(1)?;
+        let slope = h.sqr()?.affine(-1.0, 1.0)?;
+        let tr = (slope.matmul(&uw)?.squeeze(1)? * inv_m)?;
+        Ok((dz, tr))
+    }
+
+    /// The data dimension `D`.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+}
+
+impl VectorField for CnfField {
+    /// `[z, Δ] ↦ [f(z, t), −tr(∂f/∂z)]`; the state is `[B, D + 1]`.
+    fn eval(&self, t: f64, s: &Tensor) -> Result<Tensor> {
+        if s.rank() != 2 || s.dim(1)? != self.dim + 1 {
+            candle_core::bail!(
+                "CNF: the augmented state must be [batch, {}], got {:?}",
+                self.dim + 1,
+                s.dims()
+            );
+        }
+        let (dz, tr) = self.dynamics(t, &s.narrow(1, 0, self.dim)?)?;
+        Tensor::cat(&[dz, tr.neg()?.unsqueeze(1)?], 1)
+    }
+}
+
+impl ParamVectorField for CnfField {
+    fn params(&self) -> Vec<Var> {
+        self.params.clone()
+    }
+}
+
+/// A continuous normalizing flow from `N(0, σ²I)` at `t = 0` to the data at `t = t₁`.
+#[derive(Clone, Debug)]
+pub struct Cnf {
+    block: OdeBlock<CnfField>,
+    config: CnfConfig,
+}
+
+impl Cnf {
+    /// A flow of the given sizes, solved with `opts` (torchdiffeq's example uses dopri5 at
+    /// `rtol = atol = 1e-5`) and differentiated by `gradient`.
+    ///
+    /// # Errors
+    /// An invalid `config` ([`CnfConfig::validate`]) or invalid `opts`; those of `vb`.
+    pub fn new(
+        config: &CnfConfig,
+        opts: SolveOptions,
+        gradient: Gradient,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        config.validate()?;
+        opts.validate()?;
+        let field = CnfField::new(config.dim, config.width, config.hidden, vb)?;
+        Ok(Self {
+            block: OdeBlock::new(field, config.t1, opts, gradient),
+            config: config.clone(),
+        })
+    }
+
+    /// The sizes and times.
+    pub fn config(&self) -> &CnfConfig {
+        &self.config
+    }
+
+    /// The vector field.
+    pub fn field(&self) -> &CnfField {
+        &self.block.field
+    }
+
+    /// `log N(z; 0, σ²I)` per point.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `[B]`.
+    ///
+    /// # Errors
+    /// Candle's.
+    pub fn base_log_prob(&self, z: &Tensor) -> Result<Tensor> {
+        let s = self.config.base_std;
+        let d = z.dim(1)? as f64;
+        let norm = -0.5 * d * (2.0 * std::f64::consts::PI * s * s).ln();
+        z.sqr()?.sum(1)?.affine(-0.5 / (s * s), norm)
+    }
+
+    /// `log p(x)` per point, by solving the flow backwards from `x` at `t₁` to 0.
+    ///
+    /// # Shapes
+    /// `x: [B, D]` → `[B]`.
+    ///
+    /// # Errors
+    /// `x` of another shape; the solver's typed errors.
+    pub fn log_prob(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.log_prob_with_stats(x)?.0)
+    }
+
+    /// [`Cnf::log_prob`] with the solve's counts.
+    ///
+    /// # Errors
+    /// As [`Cnf::log_prob`].
+    pub fn log_prob_with_stats(&self, x: &Tensor) -> Result<(Tensor, BlockStats)> {
+        let (s0, stats) = self.solve(x, self.config.t1, 0.0)?;
+        let d = self.config.dim;
+        // Δ(0) = ∫_{t₁}^{0} −tr dt = ∫_0^{t₁} tr dt.
+        let delta = s0.narrow(1, d, 1)?.squeeze(1)?;
+        let lp = (self.base_log_prob(&s0.narrow(1, 0, d)?)? - delta)?;
+        Ok((lp, stats))
+    }
+
+    /// Pushes base points `z` (at `t = 0`) through the flow: the samples `x = z(t₁)` and their
+    /// `log p(x)`. With `z` drawn from `N(0, σ²I)` this samples the model.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `([B, D], [B])`.
+    ///
+    /// # Errors
+    /// `z` of another shape; the solver's typed errors.
+    pub fn sample_from(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (s1, _) = self.solve(z, 0.0, self.config.t1)?;
+        let d = self.config.dim;
+        // Δ(t₁) = −∫_0^{t₁} tr dt.
+        let lp = (self.base_log_prob(z)? + s1.narrow(1, d, 1)?.squeeze(1)?)?;
+        Ok((s1.narrow(1, 0, d)?, lp))
+    }
+
+    fn solve(&self, x: &Tensor, from: f64, to: f64) -> Result<(Tensor, BlockStats)> {
+        let d = self.config.dim;
+        if x.rank() != 2 || x.dim(1)? != d || x.dim(0)? == 0 {
+            candle_core::bail!("CNF: points must be [batch ≥ 1, {d}], got {:?}", x.dims());
+        }
+        let s = Tensor::cat(&[x, &x.narrow(1, 0, 1)?.zeros_like()?], 1)?;
+        self.block.solve_between(&s, from, to)
+    }
+}
+
+/// `n` points of scikit-learn's `make_circles(noise, factor = 0.5)`, the target of torchdiffeq's
+/// CNF example: half on the unit circle, half on the circle of radius 0.5, at evenly spaced
+/// angles, each with `N(0, noise²)` added to both coordinates; in random order.
+///
+/// # Shapes
+/// Result `[n, 2]`.
+///
+/// # Errors
+/// Candle's.
+pub fn two_circles(
+    n: usize,
+    noise: f64,
+    rng: &mut Rng,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
+    let outer = n / 2;
+    let inner = n - outer;
+    let mut pts = Vec::with_capacity(2 * n);
+    for (count, radius) in [(outer, 1.0), (inner, 0.5)] {
+        for k in 0..count {
+            let a = 2.0 * std::f64::consts::PI * k as f64 / count as f64;
+            pts.push([radius * a.cos(), radius * a.sin()]);
+        }
+    }
+    rng.shuffle(&mut pts);
+    let mut flat = Vec::with_capacity(2 * n);
+    for [x, y] in pts {
+        flat.push(x + noise * rng.normal());
+        flat.push(y + noise * rng.normal());
+    }
+    Tensor::from_vec(flat, (n, 2), dev)?.to_dtype(dtype)
+}

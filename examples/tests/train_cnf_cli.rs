@@ -1,0 +1,154 @@
+//! The flow's training binary end to end: it learns, it resumes exactly, it refuses what is
+//! not its checkpoint and bad options.
+
+use anyhow::Result;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("train-cnf-cli-{name}-"))
+        .tempdir()
+        .expect("a temporary folder")
+}
+
+/// A small, fast flow (width 8, batch 64, loose tolerances, 256 test points, no picture), each
+/// setting replaced where `extra` gives its flag.
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let defaults = [
+        ["--device", "cpu"],
+        ["--width", "8"],
+        ["--hidden", "8"],
+        ["--batch-size", "64"],
+        ["--tol", "1e-3"],
+        ["--lr", "1e-2"],
+        ["--test-points", "256"],
+        ["--image-size", "0"],
+    ];
+    Command::new(env!("CARGO_BIN_EXE_train-cnf"))
+        .arg("--out-dir")
+        .arg(out)
+        .args(extra)
+        .args(
+            defaults
+                .into_iter()
+                .filter(|[flag, _]| !extra.contains(flag))
+                .flatten(),
+        )
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<f64>)> {
+    let mut v: Vec<(String, Vec<f64>)> =
+        candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                let t = t.flatten_all().unwrap();
+                (
+                    k,
+                    t.to_dtype(candle_core::DType::F64)
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap(),
+                )
+            })
+            .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn nll_column(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v = l.split("\"nll\":").nth(1).unwrap();
+            v.split(',').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn learns_and_resumes_bit_for_bit() -> Result<()> {
+    // One run of 30 iterations, and one stopped at 10 and at 20 and resumed each time.
+    let whole = tmp("whole");
+    let o = train(
+        whole.path(),
+        &[
+            "--iters",
+            "30",
+            "--checkpoint-every",
+            "10",
+            "--image-size",
+            "16",
+        ],
+    );
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("test NLL on 256 held-out points"),
+        "{stdout}"
+    );
+    assert!(whole.path().join("density.png").exists());
+    let nll = nll_column(whole.path());
+    assert_eq!(nll.len(), 3);
+    assert!(nll[2] < nll[0] - 0.05, "the NLL falls: {nll:?}");
+
+    let pieces = tmp("pieces");
+    let args = ["--iters", "30", "--checkpoint-every", "10"];
+    let o = train(
+        pieces.path(),
+        &[&args[..], &["--stop-after-steps", "10"]].concat(),
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("stopped after iteration 10"));
+    let o = train(
+        pieces.path(),
+        &[&args[..], &["--resume", "--stop-after-steps", "10"]].concat(),
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resumed from"));
+    ok(&train(pieces.path(), &[&args[..], &["--resume"]].concat()));
+    assert_eq!(
+        tensors(&whole.path().join("checkpoint.safetensors")),
+        tensors(&pieces.path().join("checkpoint.safetensors")),
+        "weights, Adam's moments and step count, RNG: the same as one run"
+    );
+    assert_eq!(nll_column(whole.path()), nll_column(pieces.path()));
+    Ok(())
+}
+
+#[test]
+fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
+    let out = tmp("refuse");
+    ok(&train(out.path(), &["--iters", "2", "--test-points", "0"]));
+    // Another width: the checkpoint's shapes do not fit.
+    let o = train(out.path(), &["--iters", "4", "--resume", "--width", "9"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not fit this model"), "{err}");
+    // Not a checkpoint at all.
+    std::fs::write(out.path().join("checkpoint.safetensors"), b"junk")?;
+    let o = train(out.path(), &["--iters", "4", "--resume"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not a training checkpoint"), "{err}");
+    for bad in [["--iters", "0"], ["--tol", "-1"], ["--width", "0"]] {
+        let o = train(out.path(), &bad);
+        assert!(!o.status.success(), "{bad:?} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    Ok(())
+}

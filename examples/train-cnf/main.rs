@@ -1,0 +1,354 @@
+//! Trains a continuous normalizing flow on two concentric circles by maximum likelihood, as
+//! torchdiffeq's `examples/cnf.py` does, and draws the learned density and samples.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use clap::Parser;
+use common::{log, pick_device, stop_flag, stopped, DeviceArg};
+use indicatif::{ProgressBar, ProgressStyle};
+use node_adjoint::AdjointOptions;
+use node_models::checkpoint::{self, Resumed};
+use node_models::cnf::{two_circles, Cnf, CnfConfig};
+use node_models::{init, Adam, AdamConfig, Gradient, Rng};
+use node_solvers::{Method, SolveOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// The checkpoint's model name: a flow's checkpoint is refused by the MNIST trainer and back.
+const MODEL: &str = "cnf";
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum GradientArg {
+    Adjoint,
+    Backprop,
+}
+
+/// Train a continuous normalizing flow (Chen et al. 2018, §4) on two circles.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Training iterations (in total, counting resumed ones).
+    #[arg(long, default_value_t = 1000)]
+    iters: usize,
+    /// Points per iteration, drawn afresh from the target each time.
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Hidden units M of the flow's field.
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    /// Hidden units of the hypernetwork t ↦ weights.
+    #[arg(long, default_value_t = 32)]
+    hidden: usize,
+    /// End time t₁ of the flow.
+    #[arg(long, default_value_t = 10.0)]
+    t1: f64,
+    /// rtol = atol of dopri5, forward and reverse.
+    #[arg(long, default_value_t = 1e-5)]
+    tol: f64,
+    /// How the solve is differentiated.
+    #[arg(long, value_enum, default_value = "adjoint")]
+    gradient: GradientArg,
+    /// Standard deviation of the noise added to the circles.
+    #[arg(long, default_value_t = 0.06)]
+    noise: f64,
+    /// Random seed (initialisation and data).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device; the default is CUDA or Metal when compiled in and present, else the CPU.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// Output directory (checkpoint, metrics, picture).
+    #[arg(long, default_value = "runs/cnf")]
+    out_dir: PathBuf,
+    /// Continue from the checkpoint in the output directory.
+    #[arg(long)]
+    resume: bool,
+    /// Write the checkpoint and a metrics line every this many iterations.
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Stop after this many iterations of this run, with a checkpoint (`--resume` goes on
+    /// from there); SIGINT/SIGTERM stop the same way after the iteration in progress.
+    #[arg(long)]
+    stop_after_steps: Option<usize>,
+    /// Held-out points for the final negative log-likelihood (0: skip it).
+    #[arg(long, default_value_t = 4096)]
+    test_points: usize,
+    /// Side in pixels of each panel of `density.png` (0: no picture).
+    #[arg(long, default_value_t = 200)]
+    image_size: usize,
+}
+
+fn main() -> Result<ExitCode> {
+    node_kernels::keep_freed_memory();
+    let args = Args::parse();
+    if args.iters == 0 || args.batch_size == 0 || args.checkpoint_every == 0 {
+        bail!("--iters, --batch-size and --checkpoint-every must be positive");
+    }
+    if args.stop_after_steps == Some(0) {
+        bail!("--stop-after-steps must be positive");
+    }
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !(positive(args.tol) && positive(args.lr)) {
+        bail!("--tol and --lr must be positive numbers");
+    }
+    let dev = pick_device(args.device)?;
+    node_kernels::skip_unused_cuda_events(&dev);
+    let cfg = CnfConfig {
+        width: args.width,
+        hidden: args.hidden,
+        t1: args.t1,
+        ..CnfConfig::default()
+    };
+    let opts = SolveOptions::default()
+        .method(Method::Dopri5)
+        .tolerances(args.tol, args.tol);
+    let gradient = match args.gradient {
+        GradientArg::Adjoint => {
+            Gradient::Adjoint(AdjointOptions::default().tolerances(args.tol, args.tol))
+        }
+        GradientArg::Backprop => Gradient::Backprop,
+    };
+    let varmap = VarMap::new();
+    let cnf = Cnf::new(
+        &cfg,
+        opts,
+        gradient,
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )?;
+    let mut rng = Rng::new(args.seed);
+    init::pytorch_default(&varmap, &mut rng)?;
+    let n_params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut opt = Adam::new(
+        node_adjoint::sorted_vars(&varmap),
+        AdamConfig {
+            lr: args.lr,
+            ..Default::default()
+        },
+    )?;
+
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    let ckpt_path = args.out_dir.join("checkpoint.safetensors");
+    let metrics_path = args.out_dir.join("metrics.jsonl");
+    let mut start = 0;
+    if args.resume {
+        if ckpt_path.exists() {
+            // The checkpoint's "epochs" are this trainer's iterations.
+            let Resumed { epoch, rng: r, .. } =
+                checkpoint::load(&ckpt_path, MODEL, &varmap, &mut opt)?;
+            start = epoch;
+            rng = r;
+            println!(
+                "resumed from {} after iteration {epoch}",
+                ckpt_path.display()
+            );
+        } else {
+            println!(
+                "no checkpoint in {}: starting from scratch",
+                args.out_dir.display()
+            );
+        }
+    }
+    println!(
+        "CNF ({n_params} parameters, width {}, t1 {}) on {dev:?}; iterations {}..{}",
+        args.width,
+        args.t1,
+        start + 1,
+        args.iters
+    );
+    let stop = stop_flag()?;
+    let pb = ProgressBar::new(args.iters as u64);
+    pb.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    )?);
+    pb.set_position(start as u64);
+    // Sums since the last metrics line: loss, NFE forward, NFE backward, iterations.
+    let mut window = (0.0, 0usize, 0usize, 0usize);
+    let mut since = Instant::now();
+    let mut steps_run = 0;
+    for it in start..args.iters {
+        let x = two_circles(args.batch_size, args.noise, &mut rng, DType::F32, &dev)?;
+        let (lp, stats) = cnf.log_prob_with_stats(&x)?;
+        let loss = lp.mean_all()?.neg()?;
+        opt.backward_step(&loss)?;
+        let l = loss.to_scalar::<f32>()? as f64;
+        if !l.is_finite() {
+            bail!("the loss became {l} at iteration {}: lower --lr", it + 1);
+        }
+        window.0 += l;
+        window.1 += stats.nfe_forward;
+        window.2 += stats.nfe_backward();
+        window.3 += 1;
+        steps_run += 1;
+        pb.inc(1);
+        pb.set_message(format!(
+            "NLL {l:.4} NFE-F {} NFE-B {}",
+            stats.nfe_forward,
+            stats.nfe_backward()
+        ));
+        let done = it + 1;
+        let stopping = stop.load(Ordering::SeqCst) || args.stop_after_steps == Some(steps_run);
+        if done % args.checkpoint_every == 0 || done == args.iters || stopping {
+            let n = window.3 as f64;
+            let line = format!(
+                "{{\"iter\":{done},\"nll\":{:.6},\"nfe_f\":{:.1},\"nfe_b\":{:.1},\"secs_per_iter\":{:.4},\"batch_size\":{},\"lr\":{},\"seed\":{},\"device\":\"{}\"}}",
+                window.0 / n,
+                window.1 as f64 / n,
+                window.2 as f64 / n,
+                since.elapsed().as_secs_f64() / n,
+                args.batch_size,
+                args.lr,
+                args.seed,
+                if dev.is_cpu() { "cpu" } else if dev.is_cuda() { "cuda" } else { "metal" }
+            );
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .and_then(|mut f| writeln!(f, "{line}"))
+                .with_context(|| format!("writing {}", metrics_path.display()))?;
+            checkpoint::save(&ckpt_path, MODEL, &varmap, &opt, done, &rng, None)?;
+            log(
+                &pb,
+                format!(
+                    "iter {done:5} | NLL {:.4} | NFE-F {:.1} NFE-B {:.1} | {:.3} s/iter",
+                    window.0 / n,
+                    window.1 as f64 / n,
+                    window.2 as f64 / n,
+                    since.elapsed().as_secs_f64() / n
+                ),
+            );
+            window = (0.0, 0, 0, 0);
+            since = Instant::now();
+        }
+        if stopping && done < args.iters {
+            pb.finish_and_clear();
+            println!(
+                "stopped after iteration {done}; checkpoint: {} (--resume goes on from there)",
+                ckpt_path.display()
+            );
+            return Ok(stopped(&stop));
+        }
+    }
+    pb.finish_and_clear();
+
+    if args.test_points > 0 {
+        // Held-out points from a generator of their own, so that the figure does not depend
+        // on where a run was resumed.
+        let mut test_rng = Rng::new(args.seed ^ 0x7e57);
+        let x = two_circles(
+            args.test_points,
+            args.noise,
+            &mut test_rng,
+            DType::F32,
+            &dev,
+        )?;
+        let nll = log_prob_chunked(&cnf, &x)?
+            .mean_all()?
+            .neg()?
+            .to_scalar::<f32>()?;
+        println!("test NLL on {} held-out points: {nll:.4}", args.test_points);
+    }
+    if args.image_size > 0 {
+        let path = args.out_dir.join("density.png");
+        draw(&cnf, args.image_size, args.seed, &dev, &path)?;
+        println!("density and samples: {}", path.display());
+    }
+    println!(
+        "metrics: {}, checkpoint: {}",
+        metrics_path.display(),
+        ckpt_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `log p(x)` in chunks (the solver takes the steps the hardest point needs, so large batches
+/// cost more than their size).
+fn log_prob_chunked(cnf: &Cnf, x: &Tensor) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let mut parts = vec![];
+    for start in (0..n).step_by(4096) {
+        let len = 4096.min(n - start);
+        parts.push(cnf.log_prob(&x.narrow(0, start, len)?)?.detach());
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Two panels over `[-1.5, 1.5]²`: the learned density `p(x)`, and a histogram of samples
+/// pushed through the flow from the base density.
+fn draw(cnf: &Cnf, size: usize, seed: u64, dev: &Device, path: &Path) -> Result<()> {
+    let (lo, hi) = (-1.5f64, 1.5f64);
+    let step = (hi - lo) / size as f64;
+    let mut grid = Vec::with_capacity(2 * size * size);
+    for row in 0..size {
+        let y = hi - (row as f64 + 0.5) * step;
+        for col in 0..size {
+            grid.extend([(lo + (col as f64 + 0.5) * step) as f32, y as f32]);
+        }
+    }
+    let x = Tensor::from_vec(grid, (size * size, 2), dev)?;
+    let density = log_prob_chunked(cnf, &x)?.exp()?.to_vec1::<f32>()?;
+
+    let n = 20 * size * size / 100;
+    let z = Rng::new(seed ^ 0x5a5a).normal_tensor(
+        &[n, 2],
+        0.0,
+        cnf.config().base_std,
+        DType::F32,
+        dev,
+    )?;
+    let mut hist = vec![0f32; size * size];
+    for start in (0..n).step_by(4096) {
+        let len = 4096.min(n - start);
+        let (s, _) = cnf.sample_from(&z.narrow(0, start, len)?)?;
+        for p in s.to_vec2::<f32>()? {
+            let col = ((p[0] as f64 - lo) / step).floor();
+            let row = ((hi - p[1] as f64) / step).floor();
+            if (0.0..size as f64).contains(&col) && (0.0..size as f64).contains(&row) {
+                hist[row as usize * size + col as usize] += 1.0;
+            }
+        }
+    }
+
+    let width = 2 * size + 10;
+    let mut rgb = vec![255u8; width * size * 3];
+    for (panel, values) in [&density, &hist].into_iter().enumerate() {
+        let max = values
+            .iter()
+            .cloned()
+            .fold(0f32, f32::max)
+            .max(f32::MIN_POSITIVE);
+        for row in 0..size {
+            for col in 0..size {
+                let v = (values[row * size + col] / max).clamp(0.0, 1.0);
+                let at = 3 * (row * width + panel * (size + 10) + col);
+                rgb[at..at + 3].copy_from_slice(&heat(v));
+            }
+        }
+    }
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, size as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header()?;
+    w.write_image_data(&rgb)?;
+    w.finish()?;
+    Ok(())
+}
+
+/// Black → red → yellow → white.
+fn heat(v: f32) -> [u8; 3] {
+    let c = |x: f32| (x.clamp(0.0, 1.0) * 255.0) as u8;
+    [c(3.0 * v), c(3.0 * v - 1.0), c(3.0 * v - 2.0)]
+}
