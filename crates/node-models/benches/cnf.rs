@@ -1,0 +1,84 @@
+//! One training step of the two-circles CNF as torchdiffeq's `examples/cnf.py` takes it: width
+//! 64, hypernetwork 32, 512 fresh points of `make_circles(noise 0.06, factor 0.5)` per step,
+//! `log p(x)` by dopri5 (rtol = atol = 1e-5) from t = 10 to 0, mean NLL, Adam (lr 1e-3);
+//! by the adjoint and by backprop through the solver. From the seed-0 initialisation, one
+//! warm-up step, then `--reps` timed steps in a row (the NFE grows as the flow trains).
+//!
+//! `cargo bench -p node-models --bench cnf [-- --reps N] [--device cpu|cuda]`;
+//! `scripts/bench-cnf.sh` runs it beside torchdiffeq (`scripts/bench-cnf-torch.py`).
+
+use candle_core::{DType, Device, Result};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use node_adjoint::AdjointOptions;
+use node_models::cnf::{two_circles, Cnf, CnfConfig};
+use node_models::{init, Adam, AdamConfig, Gradient, Rng};
+use node_solvers::{Method, SolveOptions};
+use std::time::Instant;
+
+fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+fn main() -> Result<()> {
+    node_kernels::keep_freed_memory();
+    let args: Vec<String> = std::env::args().collect();
+    let reps: usize = arg(&args, "--reps")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dev = match arg(&args, "--device") {
+        None | Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::new_cuda(0)?,
+        Some(d) => candle_core::bail!("--device {d}: cpu or cuda"),
+    };
+    node_kernels::skip_unused_cuda_events(&dev);
+    println!(
+        "CNF training step, batch 512, width 64, dopri5 1e-5, on {dev:?}; 1 warm-up + {reps} steps"
+    );
+    println!("| gradient | median ms | min ms | NFE fwd / bwd (last step) | NLL after |");
+    println!("|---|---:|---:|---|---:|");
+    for (name, gradient) in [
+        (
+            "adjoint",
+            Gradient::Adjoint(AdjointOptions::default().tolerances(1e-5, 1e-5)),
+        ),
+        ("backprop", Gradient::Backprop),
+    ] {
+        let varmap = VarMap::new();
+        let opts = SolveOptions::default()
+            .method(Method::Dopri5)
+            .tolerances(1e-5, 1e-5);
+        let cnf = Cnf::new(
+            &CnfConfig::default(),
+            opts,
+            gradient,
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        )?;
+        let mut rng = Rng::new(0);
+        init::pytorch_default(&varmap, &mut rng)?;
+        let mut opt = Adam::new(node_adjoint::sorted_vars(&varmap), AdamConfig::default())?;
+        let mut times = vec![];
+        let mut last = (0, 0, 0.0);
+        for i in 0..=reps {
+            let start = Instant::now();
+            let x = two_circles(512, 0.06, &mut rng, DType::F32, &dev)?;
+            let (lp, stats) = cnf.log_prob_with_stats(&x)?;
+            let loss = lp.mean_all()?.neg()?;
+            opt.backward_step(&loss)?;
+            let l = loss.to_scalar::<f32>()?;
+            dev.synchronize()?;
+            if i > 0 {
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            last = (stats.nfe_forward, stats.nfe_backward(), l);
+        }
+        let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = times[times.len() / 2];
+        println!(
+            "| {name} | {median:.1} | {min:.1} | {} / {} | {:.4} |",
+            last.0, last.1, last.2
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the CNF training-step benchmark and torchdiffeq's (scripts/bench-cnf-torch.py: the same
+# model, data and settings from its own initialisation) alternately on this machine's CPU.
+#   usage: scripts/bench-cnf.sh [ROUNDS]   (default 2)
+#   env:   PEER_PYTHON a Python with torch + torchdiffeq (default: python3; without one the
+#                      torchdiffeq tables are left out)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PEER_PYTHON:-python3}
+rounds=${1:-2}
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)  (compare only on an idle machine)"
+cargo bench -q -p node-models --bench cnf --no-run 2>/dev/null
+peer=0
+if "$py" -c "import torch, torchdiffeq" 2>/dev/null; then
+  peer=1
+else
+  echo "torchdiffeq not run: set PEER_PYTHON to a Python with torch and torchdiffeq" >&2
+fi
+for r in $(seq "$rounds"); do
+  echo; echo "== round $r: ours"
+  cargo bench -q -p node-models --bench cnf 2>/dev/null
+  if [ "$peer" = 1 ]; then
+    echo; echo "== round $r: torchdiffeq"
+    "$py" scripts/bench-cnf-torch.py cpu 5
+  fi
+done
