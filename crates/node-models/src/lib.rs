@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod cnf;
 pub mod init;
+pub mod latent_ode;
 pub mod layers;
 pub mod mnist;
 pub mod mnist_models;
@@ -11,6 +12,7 @@ pub mod optim;
 pub mod rng;
 
 pub use cnf::{Cnf, CnfConfig, CnfField};
+pub use latent_ode::{LatentOde, LatentOdeConfig};
 pub use layers::{
     BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc, ResBlock,
 };
