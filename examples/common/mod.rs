@@ -44,6 +44,15 @@ pub fn pick_device(arg: Option<DeviceArg>) -> Result<Device> {
     }
 }
 
+/// `cpu`, `cuda` or `metal`, for metrics files.
+pub fn device_name(dev: &Device) -> &'static str {
+    match dev {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+    }
+}
+
 /// Prints above the progress bar, or plainly when the bar is hidden (output not a terminal),
 /// where indicatif would drop the line.
 pub fn log(pb: &ProgressBar, msg: String) {

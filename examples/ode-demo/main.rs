@@ -3,6 +3,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/plot.rs"]
 mod plot;
 
 use anyhow::{bail, Context, Result};

@@ -209,7 +209,7 @@ fn main() -> Result<ExitCode> {
                 args.batch_size,
                 args.lr,
                 args.seed,
-                if dev.is_cpu() { "cpu" } else if dev.is_cuda() { "cuda" } else { "metal" }
+                common::device_name(&dev)
             );
             std::fs::OpenOptions::new()
                 .create(true)

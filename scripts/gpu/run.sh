@@ -16,8 +16,8 @@
 #                         all and one by one (NODE_CUDA_KERNELS_OFF=all, conv, group_norm,
 #                         lincomb, concat, optim, none); ours with cudarc's events per
 #                         buffer kept (--cuda-events); rknet, resnet and mlp with the step
-#                         recorded as a CUDA graph (--cuda-graph); the ode_demo solve and
-#                         the CNF training step, ours and torchdiffeq -> bench.log
+#                         recorded as a CUDA graph (--cuda-graph); the ode_demo solve, the
+#                         CNF and latent-ODE training steps, ours and torchdiffeq -> bench.log
 #     profile[=VARIANT]   Nsight Compute's time of every kernel of one training step (default
 #                         odenet-adjoint), summed by kernel -> profile.csv (raw) and the summary
 #     table1=EPOCHS[:MIN] scripts/reproduce-table1.sh EPOCHS --device cuda with the packed
@@ -172,7 +172,7 @@ bisect_kernels() {
 }
 
 step_bench() {
-  local rounds=${1:-2} t0 log="$out/bench.log" demo cnf
+  local rounds=${1:-2} t0 log="$out/bench.log" demo cnf latent
   t0=$(date +%s)
   say "## bench"
   local step
@@ -202,6 +202,10 @@ step_bench() {
   if cnf=$(exe bench cnf); then
     { echo; "$cnf" --device cuda --reps 5; echo
       "$py" scripts/bench-cnf-torch.py cuda 5; } 2>&1 | tee -a "$log" >> "$summary"
+  fi
+  if latent=$(exe bench latent_ode); then
+    { echo; "$latent" --device cuda --reps 5; echo
+      "$py" scripts/bench-latent-ode-torch.py cuda 5; } 2>&1 | tee -a "$log" >> "$summary"
   fi
   say ""
   say "bench: $(elapsed "$t0")"

@@ -5,7 +5,7 @@
 //! warm-up step, then `--reps` timed steps in a row (the NFE grows as the flow trains).
 //!
 //! `cargo bench -p node-models --bench cnf [-- --reps N] [--device cpu|cuda]`;
-//! `scripts/bench-cnf.sh` runs it beside torchdiffeq (`scripts/bench-cnf-torch.py`).
+//! `scripts/bench-small-models.sh` runs it beside torchdiffeq (`scripts/bench-cnf-torch.py`).
 
 use candle_core::{DType, Device, Result};
 use candle_nn::{Optimizer, VarBuilder, VarMap};

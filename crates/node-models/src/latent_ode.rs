@@ -285,7 +285,7 @@ impl LatentOde {
 /// sets 1000 but does not pass it on), `nsample = 100`, noise 0.3.
 ///
 /// # Shapes
-/// Result `([n, nsample, 2], nsample times)`.
+/// `observed` and `clean`: `[n, nsample, 2]`; `ts`: `nsample` times.
 ///
 /// # Errors
 /// `ntotal < 2 · nsample + 1`; Candle's.
@@ -297,7 +297,7 @@ pub fn spirals(
     rng: &mut Rng,
     dtype: DType,
     dev: &Device,
-) -> Result<(Tensor, Vec<f64>)> {
+) -> Result<Spirals> {
     if nsample == 0 || ntotal < 2 * nsample + 1 {
         candle_core::bail!(
             "spirals: need 0 < nsample and ntotal > 2·nsample, got ntotal {ntotal}, nsample {nsample}"
@@ -316,16 +316,33 @@ pub fn spirals(
         let r = a + b * t;
         [r * t.cos() + 5.0, r * t.sin()]
     };
-    let mut flat = Vec::with_capacity(n * nsample * 2);
+    let mut observed = Vec::with_capacity(n * nsample * 2);
+    let mut clean = Vec::with_capacity(n * nsample * 2);
     for _ in 0..n {
         let start = nsample + rng.below(ntotal - 2 * nsample);
         let counter_clockwise = rng.uniform() > 0.5;
         for &t in &grid[start..start + nsample] {
             let [x, y] = if counter_clockwise { cc(t) } else { cw(t) };
-            flat.push(x + noise * rng.normal());
-            flat.push(y + noise * rng.normal());
+            clean.extend([x, y]);
+            observed.push(x + noise * rng.normal());
+            observed.push(y + noise * rng.normal());
         }
     }
-    let x = Tensor::from_vec(flat, (n, nsample, 2), dev)?.to_dtype(dtype)?;
-    Ok((x, grid[..nsample].to_vec()))
+    let tensor = |v: Vec<f64>| Tensor::from_vec(v, (n, nsample, 2), dev)?.to_dtype(dtype);
+    Ok(Spirals {
+        observed: tensor(observed)?,
+        clean: tensor(clean)?,
+        ts: grid[..nsample].to_vec(),
+    })
+}
+
+/// Sequences from [`spirals`].
+#[derive(Clone, Debug)]
+pub struct Spirals {
+    /// The noisy observations, `[n, nsample, 2]`.
+    pub observed: Tensor,
+    /// The same points without noise, `[n, nsample, 2]`.
+    pub clean: Tensor,
+    /// The observation times (the same for every sequence).
+    pub ts: Vec<f64>,
 }

@@ -41,7 +41,8 @@ fn var(varmap: &VarMap, name: &str) -> Tensor {
 }
 
 fn data(dtype: DType, dev: &Device) -> Result<(Tensor, Vec<f64>)> {
-    Ok(spirals(6, 40, 8, 0.1, &mut Rng::new(2), dtype, dev)?)
+    let s = spirals(6, 40, 8, 0.1, &mut Rng::new(2), dtype, dev)?;
+    Ok((s.observed, s.ts))
 }
 
 #[test]
@@ -227,7 +228,8 @@ fn adam_steps_lower_the_loss_on_spirals() -> Result<()> {
         DType::F32,
         &dev,
     )?;
-    let (x, ts) = spirals(64, 100, 30, 0.3, &mut Rng::new(5), DType::F32, &dev)?;
+    let s = spirals(64, 100, 30, 0.3, &mut Rng::new(5), DType::F32, &dev)?;
+    let (x, ts) = (s.observed, s.ts);
     let cfg = AdamConfig {
         lr: 0.01,
         ..Default::default()
@@ -250,12 +252,17 @@ fn adam_steps_lower_the_loss_on_spirals() -> Result<()> {
 #[test]
 fn spirals_follow_the_example() -> Result<()> {
     let dev = Device::Cpu;
-    let (x, ts) = spirals(50, 500, 100, 0.0, &mut Rng::new(8), DType::F64, &dev)?;
+    let s = spirals(50, 500, 100, 0.1, &mut Rng::new(8), DType::F64, &dev)?;
+    let (x, ts) = (s.clean, s.ts);
+    // The observations are the clean points plus the noise.
+    let noise = (&s.observed - &x)?.flatten_all()?.to_vec1::<f64>()?;
+    let sd = (noise.iter().map(|v| v * v).sum::<f64>() / noise.len() as f64).sqrt();
+    ensure!((sd - 0.1).abs() < 0.005, "noise sd {sd}");
     ensure!(x.dims() == [50, 100, 2]);
     ensure!(ts.len() == 100 && ts[0] == 0.0);
     // The example's grid: linspace(0, 6π, 500), of which the first 100 times.
     ensure!((ts[99] - 6.0 * std::f64::consts::PI * 99.0 / 499.0).abs() < 1e-12);
-    // Without noise every point lies on one of the two spirals: |p − (5, 0)| = 0.3 t for the
+    // Every clean point lies on one of the two spirals: |p − (5, 0)| = 0.3 t for the
     // counter-clockwise one at some grid time t, |p − (−5, 0)| = 15 / (6π + 1 − t) for the other.
     let grid: Vec<f64> = (0..500)
         .map(|i| 6.0 * std::f64::consts::PI * i as f64 / 499.0)

@@ -1,5 +1,6 @@
-//! A minimal line plotter writing PNG: two panels (time series and phase portrait), no text.
-//! Enough to look at a trajectory without pulling a plotting stack into the build.
+//! A minimal line plotter writing PNG: panels of lines and dots, no text. Enough to look at a
+//! trajectory without pulling a plotting stack into the build (included with `#[path]`).
+#![allow(dead_code)]
 
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -107,6 +108,16 @@ impl Canvas {
                 .all(|v| v.is_finite())
             {
                 self.line(p.to_px(xs[i - 1], ys[i - 1]), p.to_px(xs[i], ys[i]), c);
+            }
+        }
+    }
+
+    /// A 3×3 dot at `(x, y)`.
+    pub fn dot(&mut self, p: &Panel, x: f64, y: f64, c: Rgb) {
+        let (px, py) = p.to_px(x, y);
+        for dx in -1..=1 {
+            for dy in -1..=1 {
+                self.put(px as i64 + dx, py as i64 + dy, c);
             }
         }
     }

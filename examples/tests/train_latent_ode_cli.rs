@@ -1,0 +1,161 @@
+//! The latent ODE's training binary end to end: it learns, it resumes exactly, it refuses
+//! what is not its checkpoint and bad options.
+
+use anyhow::Result;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("train-latent-ode-cli-{name}-"))
+        .tempdir()
+        .expect("a temporary folder")
+}
+
+/// A small, fast model (64 spirals of 20 points, loose tolerances), each setting replaced
+/// where `extra` gives its flag; no picture unless `extra` holds `--plot` (not passed on).
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let defaults = [
+        ["--device", "cpu"],
+        ["--nspiral", "64"],
+        ["--ntotal", "100"],
+        ["--nsample", "20"],
+        ["--hidden", "8"],
+        ["--rnn-hidden", "8"],
+        ["--rtol", "1e-4"],
+        ["--atol", "1e-5"],
+    ];
+    Command::new(env!("CARGO_BIN_EXE_train-latent-ode"))
+        .arg("--out-dir")
+        .arg(out)
+        .args(extra.iter().filter(|a| **a != "--plot"))
+        .args(
+            defaults
+                .into_iter()
+                .filter(|[flag, _]| !extra.contains(flag))
+                .flatten(),
+        )
+        .args(if extra.contains(&"--plot") {
+            &[][..]
+        } else {
+            &["--no-plot"][..]
+        })
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<f64>)> {
+    let mut v: Vec<(String, Vec<f64>)> =
+        candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                let t = t.flatten_all().unwrap();
+                (
+                    k,
+                    t.to_dtype(candle_core::DType::F64)
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap(),
+                )
+            })
+            .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn loss_column(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v = l.split("\"loss\":").nth(1).unwrap();
+            v.split(',').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn learns_and_resumes_bit_for_bit() -> Result<()> {
+    // One run of 30 iterations, and one stopped at 10 and at 20 and resumed each time.
+    let whole = tmp("whole");
+    let args = ["--iters", "30", "--checkpoint-every", "10"];
+    ok(&train(whole.path(), &args));
+    let loss = loss_column(whole.path());
+    assert_eq!(loss.len(), 3);
+    assert!(loss[2] < 0.8 * loss[0], "the loss falls: {loss:?}");
+
+    let pieces = tmp("pieces");
+    let o = train(
+        pieces.path(),
+        &[&args[..], &["--stop-after-steps", "10"]].concat(),
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("stopped after iteration 10"));
+    ok(&train(
+        pieces.path(),
+        &[&args[..], &["--resume", "--stop-after-steps", "10"]].concat(),
+    ));
+    let o = train(pieces.path(), &[&args[..], &["--resume"]].concat());
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resumed from"));
+    assert_eq!(
+        tensors(&whole.path().join("checkpoint.safetensors")),
+        tensors(&pieces.path().join("checkpoint.safetensors")),
+        "weights, Adam's moments and step count, RNG: the same as one run"
+    );
+    assert_eq!(loss_column(whole.path()), loss_column(pieces.path()));
+    Ok(())
+}
+
+#[test]
+fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
+    let out = tmp("refuse");
+    ok(&train(out.path(), &["--iters", "2"]));
+    let o = train(out.path(), &["--iters", "4", "--resume", "--latent", "5"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not fit this model"), "{err}");
+    // The flow's trainer refuses this checkpoint by its model name.
+    let o = Command::new(env!("CARGO_BIN_EXE_train-cnf"))
+        .args(["--device", "cpu", "--resume", "--iters", "4", "--out-dir"])
+        .arg(out.path())
+        .output()?;
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("checkpoint of model `latent-ode`, not `cnf`"),
+        "{err}"
+    );
+    for bad in [
+        &["--iters", "0"][..],
+        &["--noise", "0"],
+        &["--nsample", "60"],
+        &["--latent", "0"],
+    ] {
+        let o = train(out.path(), bad);
+        assert!(!o.status.success(), "{bad:?} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn draws_the_spiral() -> Result<()> {
+    let out = tmp("plot");
+    let o = train(out.path(), &["--iters", "3", "--plot"]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("mean distance to the clean spiral"));
+    assert!(out.path().join("spiral.png").exists());
+    Ok(())
+}
