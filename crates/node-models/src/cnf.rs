@@ -186,6 +186,34 @@ impl ParamVectorField for CnfField {
 }
 
 /// A continuous normalizing flow from `N(0, σ²I)` at `t = 0` to the data at `t = t₁`.
+///
+/// # Example
+/// One maximum-likelihood step by the adjoint, then samples:
+/// ```
+/// use candle_core::{DType, Device};
+/// use candle_nn::{Optimizer, VarBuilder, VarMap};
+/// use node_adjoint::AdjointOptions;
+/// use node_models::cnf::{two_circles, Cnf, CnfConfig};
+/// use node_models::{Adam, AdamConfig, Gradient, Rng};
+/// use node_solvers::SolveOptions;
+/// # fn main() -> candle_core::Result<()> {
+/// let (dev, varmap) = (Device::Cpu, VarMap::new());
+/// let cfg = CnfConfig { width: 16, ..CnfConfig::default() };
+/// let opts = SolveOptions::default().tolerances(1e-4, 1e-4);
+/// let gradient = Gradient::Adjoint(AdjointOptions::default().tolerances(1e-4, 1e-4));
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+/// let cnf = Cnf::new(&cfg, opts, gradient, vb)?;
+/// let mut opt = Adam::new(node_adjoint::sorted_vars(&varmap), AdamConfig::default())?;
+///
+/// let x = two_circles(64, 0.06, &mut Rng::new(0), DType::F32, &dev)?;
+/// let nll = cnf.log_prob(&x)?.mean_all()?.neg()?; // −mean log p(x)
+/// opt.backward_step(&nll)?;
+///
+/// let z = Rng::new(1).normal_tensor(&[8, 2], 0.0, cfg.base_std, DType::F32, &dev)?;
+/// let (samples, log_p) = cnf.sample_from(&z)?;
+/// assert_eq!((samples.dims(), log_p.dims()), (&[8, 2][..], &[8][..]));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Cnf {
     block: OdeBlock<CnfField>,

@@ -99,6 +99,33 @@ pub struct ElboParts {
 }
 
 /// Encoder, latent dynamics and decoder of a latent ODE.
+///
+/// # Example
+/// One training step on a few spirals, then a forecast past the observed times:
+/// ```
+/// use candle_core::{DType, Device};
+/// use candle_nn::{Optimizer, VarBuilder, VarMap};
+/// use node_models::latent_ode::{spirals, LatentOde, LatentOdeConfig};
+/// use node_models::{Adam, AdamConfig, Gradient, Rng};
+/// use node_solvers::SolveOptions;
+/// # fn main() -> candle_core::Result<()> {
+/// let (dev, varmap) = (Device::Cpu, VarMap::new());
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+/// let opts = SolveOptions::default().tolerances(1e-5, 1e-6);
+/// let model = LatentOde::new(&LatentOdeConfig::default(), opts, Gradient::Backprop, vb)?;
+/// let mut opt = Adam::new(node_adjoint::sorted_vars(&varmap), AdamConfig::default())?;
+///
+/// let mut rng = Rng::new(0);
+/// let data = spirals(16, 100, 20, 0.3, &mut rng, DType::F32, &dev)?;
+/// let eps = rng.normal_tensor(&[16, 4], 0.0, 1.0, DType::F32, &dev)?;
+/// let parts = model.elbo(&data.observed, &data.ts, &eps, 0.3)?;
+/// opt.backward_step(&parts.loss)?;
+///
+/// let (mean, _) = model.encode(&data.observed)?;
+/// let (forecast, _, _) = model.decode(&mean, &[0.0, 1.0, 2.0, 3.0])?;
+/// assert_eq!(forecast.dims(), &[16, 4, 2]);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct LatentOde {
     i2h: Linear,
