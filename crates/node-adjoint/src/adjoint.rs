@@ -366,6 +366,12 @@ impl<F: ParamVectorField> Inner<F> {
             let aug0 = node_solvers::rk::concat_flat(&parts)?;
             let sol = odeint(&aug_field, &aug0, &[ts[i], ts[i - 1]], &ropts)?;
             stats += sol.stats;
+            // The next interval starts where this one's controller left off: the adjoint's
+            // jump at the output time changes the state, rarely the scale of its dynamics (a
+            // step too large for it is rejected and shrunk as any other).
+            if !self.adj.reselect_first_step && sol.last_step.is_finite() && sol.last_step > 0.0 {
+                ropts.first_step = Some(sol.last_step);
+            }
             let end = sol.last()?;
             a = end.narrow(0, n, n)?.reshape(&shape)?;
             if p > 0 {

@@ -29,6 +29,12 @@ pub struct AdjointOptions {
     pub max_steps: Option<usize>,
     /// Error norm.
     pub norm: AdjointNorm,
+    /// With several output times the reverse solve runs one interval after the other (the
+    /// adjoint jumps at each output time). By default an adaptive interval starts with the
+    /// step its predecessor's controller proposed last; `true` picks each first step afresh
+    /// with Hairer's rule instead, as torchdiffeq does (one more evaluation per interval, and
+    /// usually a smaller first step).
+    pub reselect_first_step: bool,
 }
 
 impl AdjointOptions {
@@ -51,6 +57,12 @@ impl AdjointOptions {
     /// Sets the norm.
     pub fn norm(mut self, norm: AdjointNorm) -> Self {
         self.norm = norm;
+        self
+    }
+    /// Picks the first step of every reverse interval afresh (see
+    /// [`AdjointOptions::reselect_first_step`]).
+    pub fn reselect_first_step(mut self, yes: bool) -> Self {
+        self.reselect_first_step = yes;
         self
     }
 
