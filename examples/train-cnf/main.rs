@@ -3,23 +3,21 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/iterations.rs"]
+mod iterations;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{log, pick_device, stop_flag, stopped, DeviceArg};
-use indicatif::{ProgressBar, ProgressStyle};
+use common::{pick_device, DeviceArg};
+use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
-use node_models::checkpoint::{self, Resumed};
 use node_models::cnf::{two_circles, Cnf, CnfConfig};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 /// The checkpoint's model name: a flow's checkpoint is refused by the MNIST trainer and back.
 const MODEL: &str = "cnf";
@@ -128,7 +126,7 @@ fn main() -> Result<ExitCode> {
     let mut rng = Rng::new(args.seed);
     init::pytorch_default(&varmap, &mut rng)?;
     let n_params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let mut opt = Adam::new(
+    let opt = Adam::new(
         node_adjoint::sorted_vars(&varmap),
         AdamConfig {
             lr: args.lr,
@@ -136,111 +134,48 @@ fn main() -> Result<ExitCode> {
         },
     )?;
 
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("creating {}", args.out_dir.display()))?;
-    let ckpt_path = args.out_dir.join("checkpoint.safetensors");
-    let metrics_path = args.out_dir.join("metrics.jsonl");
-    let mut start = 0;
-    if args.resume {
-        if ckpt_path.exists() {
-            // The checkpoint's "epochs" are this trainer's iterations.
-            let Resumed { epoch, rng: r, .. } =
-                checkpoint::load(&ckpt_path, MODEL, &varmap, &mut opt)?;
-            start = epoch;
-            rng = r;
-            println!(
-                "resumed from {} after iteration {epoch}",
-                ckpt_path.display()
-            );
-        } else {
-            println!(
-                "no checkpoint in {}: starting from scratch",
-                args.out_dir.display()
-            );
-        }
-    }
+    let plan = Plan {
+        model: MODEL,
+        out_dir: &args.out_dir,
+        iters: args.iters,
+        every: args.checkpoint_every,
+        stop_after: args.stop_after_steps,
+        resume: args.resume,
+        extra_json: format!(
+            "\"batch_size\":{},\"lr\":{},\"seed\":{},\"device\":\"{}\"",
+            args.batch_size,
+            args.lr,
+            args.seed,
+            common::device_name(&dev)
+        ),
+    };
+    let mut run = Iterations::open(plan, &varmap, opt, rng)?;
     println!(
         "CNF ({n_params} parameters, width {}, t1 {}) on {dev:?}; iterations {}..{}",
         args.width,
         args.t1,
-        start + 1,
+        run.start + 1,
         args.iters
     );
-    let stop = stop_flag()?;
-    let pb = ProgressBar::new(args.iters as u64);
-    pb.set_style(ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-    )?);
-    pb.set_position(start as u64);
-    // Sums since the last metrics line: loss, NFE forward, NFE backward, iterations.
-    let mut window = (0.0, 0usize, 0usize, 0usize);
-    let mut since = Instant::now();
-    let mut steps_run = 0;
-    for it in start..args.iters {
-        let x = two_circles(args.batch_size, args.noise, &mut rng, DType::F32, &dev)?;
+    for it in run.remaining() {
+        let x = two_circles(args.batch_size, args.noise, &mut run.rng, DType::F32, &dev)?;
         let (lp, stats) = cnf.log_prob_with_stats(&x)?;
         let loss = lp.mean_all()?.neg()?;
-        opt.backward_step(&loss)?;
+        run.opt.backward_step(&loss)?;
         let l = loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
             bail!("the loss became {l} at iteration {}: lower --lr", it + 1);
         }
-        window.0 += l;
-        window.1 += stats.nfe_forward;
-        window.2 += stats.nfe_backward();
-        window.3 += 1;
-        steps_run += 1;
-        pb.inc(1);
-        pb.set_message(format!(
-            "NLL {l:.4} NFE-F {} NFE-B {}",
-            stats.nfe_forward,
-            stats.nfe_backward()
-        ));
-        let done = it + 1;
-        let stopping = stop.load(Ordering::SeqCst) || args.stop_after_steps == Some(steps_run);
-        if done % args.checkpoint_every == 0 || done == args.iters || stopping {
-            let n = window.3 as f64;
-            let line = format!(
-                "{{\"iter\":{done},\"nll\":{:.6},\"nfe_f\":{:.1},\"nfe_b\":{:.1},\"secs_per_iter\":{:.4},\"batch_size\":{},\"lr\":{},\"seed\":{},\"device\":\"{}\"}}",
-                window.0 / n,
-                window.1 as f64 / n,
-                window.2 as f64 / n,
-                since.elapsed().as_secs_f64() / n,
-                args.batch_size,
-                args.lr,
-                args.seed,
-                common::device_name(&dev)
-            );
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&metrics_path)
-                .and_then(|mut f| writeln!(f, "{line}"))
-                .with_context(|| format!("writing {}", metrics_path.display()))?;
-            checkpoint::save(&ckpt_path, MODEL, &varmap, &opt, done, &rng, None)?;
-            log(
-                &pb,
-                format!(
-                    "iter {done:5} | NLL {:.4} | NFE-F {:.1} NFE-B {:.1} | {:.3} s/iter",
-                    window.0 / n,
-                    window.1 as f64 / n,
-                    window.2 as f64 / n,
-                    since.elapsed().as_secs_f64() / n
-                ),
-            );
-            window = (0.0, 0, 0, 0);
-            since = Instant::now();
-        }
-        if stopping && done < args.iters {
-            pb.finish_and_clear();
-            println!(
-                "stopped after iteration {done}; checkpoint: {} (--resume goes on from there)",
-                ckpt_path.display()
-            );
-            return Ok(stopped(&stop));
+        let values = [
+            ("nll", l),
+            ("nfe_f", stats.nfe_forward as f64),
+            ("nfe_b", stats.nfe_backward() as f64),
+        ];
+        if let Some(code) = run.record(it, &values, &varmap)? {
+            return Ok(code);
         }
     }
-    pb.finish_and_clear();
+    let (metrics_path, ckpt_path) = run.finish();
 
     if args.test_points > 0 {
         // Held-out points from a generator of their own, so that the figure does not depend

@@ -3,26 +3,24 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/iterations.rs"]
+mod iterations;
 #[path = "../common/plot.rs"]
 mod plot;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{log, pick_device, stop_flag, stopped, DeviceArg};
-use indicatif::{ProgressBar, ProgressStyle};
+use common::{pick_device, DeviceArg};
+use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
-use node_models::checkpoint::{self, Resumed};
 use node_models::latent_ode::{spirals, LatentOde, LatentOdeConfig, Spirals};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::{Method, SolveOptions, SolverError};
 use plot::{bounds, Canvas, Panel, LEARNED_COLOR, TRUE_COLOR};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 /// The checkpoint's model name.
 const MODEL: &str = "latent-ode";
@@ -151,7 +149,7 @@ fn main() -> Result<ExitCode> {
     let mut rng = Rng::new(args.seed);
     init::pytorch_default(&varmap, &mut rng)?;
     let n_params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let mut opt = Adam::new(
+    let opt = Adam::new(
         node_adjoint::sorted_vars(&varmap),
         AdamConfig {
             lr: args.lr,
@@ -159,118 +157,57 @@ fn main() -> Result<ExitCode> {
         },
     )?;
 
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("creating {}", args.out_dir.display()))?;
-    let ckpt_path = args.out_dir.join("checkpoint.safetensors");
-    let metrics_path = args.out_dir.join("metrics.jsonl");
-    let mut start = 0;
-    if args.resume {
-        if ckpt_path.exists() {
-            // The checkpoint's "epochs" are this trainer's iterations.
-            let Resumed { epoch, rng: r, .. } =
-                checkpoint::load(&ckpt_path, MODEL, &varmap, &mut opt)?;
-            start = epoch;
-            rng = r;
-            println!(
-                "resumed from {} after iteration {epoch}",
-                ckpt_path.display()
-            );
-        } else {
-            println!(
-                "no checkpoint in {}: starting from scratch",
-                args.out_dir.display()
-            );
-        }
-    }
+    let plan = Plan {
+        model: MODEL,
+        out_dir: &args.out_dir,
+        iters: args.iters,
+        every: args.checkpoint_every,
+        stop_after: args.stop_after_steps,
+        resume: args.resume,
+        extra_json: format!(
+            "\"lr\":{},\"seed\":{},\"device\":\"{}\"",
+            args.lr,
+            args.seed,
+            common::device_name(&dev)
+        ),
+    };
+    let mut run = Iterations::open(plan, &varmap, opt, rng)?;
     println!(
         "latent ODE ({n_params} parameters) on {dev:?}; {} spirals of {} points over t in [0, {:.2}]; iterations {}..{}",
         args.nspiral,
         args.nsample,
         data.ts[data.ts.len() - 1],
-        start + 1,
+        run.start + 1,
         args.iters
     );
-    let stop = stop_flag()?;
-    let pb = ProgressBar::new(args.iters as u64);
-    pb.set_style(ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-    )?);
-    pb.set_position(start as u64);
-    // Sums since the last metrics line: loss, −log p(x|z0), KL, NFE forward, backward, count.
-    let mut window = (0.0, 0.0, 0.0, 0usize, 0usize, 0usize);
-    let mut since = Instant::now();
-    let mut steps_run = 0;
-    for it in start..args.iters {
-        let eps = rng.normal_tensor(&[args.nspiral, args.latent], 0.0, 1.0, DType::F32, &dev)?;
+    for it in run.remaining() {
+        let eps =
+            run.rng
+                .normal_tensor(&[args.nspiral, args.latent], 0.0, 1.0, DType::F32, &dev)?;
         let parts = model
             .elbo(&data.observed, &data.ts, &eps, args.noise)
             .map_err(explain)?;
-        opt.backward_step(&parts.loss).map_err(explain)?;
+        run.opt.backward_step(&parts.loss).map_err(explain)?;
         let l = parts.loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
             bail!("the loss became {l} at iteration {}: lower --lr", it + 1);
         }
-        let nfe_b = parts.adjoint.as_ref().map_or(0, |a| a.backward().nfe);
-        window.0 += l;
-        window.1 -= parts.log_px.mean_all()?.to_scalar::<f32>()? as f64;
-        window.2 += parts.kl.mean_all()?.to_scalar::<f32>()? as f64;
-        window.3 += parts.nfe_forward;
-        window.4 += nfe_b;
-        window.5 += 1;
-        steps_run += 1;
-        pb.inc(1);
-        pb.set_message(format!(
-            "loss {l:.2} NFE-F {} NFE-B {nfe_b}",
-            parts.nfe_forward
-        ));
-        let done = it + 1;
-        let stopping = stop.load(Ordering::SeqCst) || args.stop_after_steps == Some(steps_run);
-        if done % args.checkpoint_every == 0 || done == args.iters || stopping {
-            let n = window.5 as f64;
-            let line = format!(
-                "{{\"iter\":{done},\"loss\":{:.4},\"neg_log_px\":{:.4},\"kl\":{:.4},\"nfe_f\":{:.1},\"nfe_b\":{:.1},\"secs_per_iter\":{:.4},\"lr\":{},\"seed\":{},\"device\":\"{}\"}}",
-                window.0 / n,
-                window.1 / n,
-                window.2 / n,
-                window.3 as f64 / n,
-                window.4 as f64 / n,
-                since.elapsed().as_secs_f64() / n,
-                args.lr,
-                args.seed,
-                common::device_name(&dev)
-            );
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&metrics_path)
-                .and_then(|mut f| writeln!(f, "{line}"))
-                .with_context(|| format!("writing {}", metrics_path.display()))?;
-            checkpoint::save(&ckpt_path, MODEL, &varmap, &opt, done, &rng, None)?;
-            log(
-                &pb,
-                format!(
-                    "iter {done:5} | loss {:.2} (−log p(x|z0) {:.2}, KL {:.3}) | NFE-F {:.1} NFE-B {:.1} | {:.3} s/iter",
-                    window.0 / n,
-                    window.1 / n,
-                    window.2 / n,
-                    window.3 as f64 / n,
-                    window.4 as f64 / n,
-                    since.elapsed().as_secs_f64() / n
-                ),
-            );
-            window = (0.0, 0.0, 0.0, 0, 0, 0);
-            since = Instant::now();
-        }
-        if stopping && done < args.iters {
-            pb.finish_and_clear();
-            println!(
-                "stopped after iteration {done}; checkpoint: {} (--resume goes on from there)",
-                ckpt_path.display()
-            );
-            return Ok(stopped(&stop));
+        let mean = |t: &Tensor| -> Result<f64> { Ok(t.mean_all()?.to_scalar::<f32>()? as f64) };
+        let values = [
+            ("loss", l),
+            ("neg_log_px", -mean(&parts.log_px)?),
+            ("kl", mean(&parts.kl)?),
+            ("nfe_f", parts.nfe_forward as f64),
+            (
+                "nfe_b",
+                parts.adjoint.as_ref().map_or(0, |a| a.backward().nfe) as f64,
+            ),
+        ];
+        if let Some(code) = run.record(it, &values, &varmap)? {
+            return Ok(code);
         }
     }
-    pb.finish_and_clear();
+    let (metrics_path, ckpt_path) = run.finish();
     if !args.no_plot {
         let path = args.out_dir.join("spiral.png");
         let err = draw(&model, &data, args.seed, &path)?;
