@@ -16,6 +16,15 @@ pub enum DeviceArg {
     Metal,
 }
 
+/// `--gradient` choices: how an ODE solve is differentiated.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum GradientArg {
+    /// The adjoint method (constant memory in the number of steps).
+    Adjoint,
+    /// Backprop through the solver's operations.
+    Backprop,
+}
+
 /// The requested device, or the best available: CUDA or Metal when compiled in and present,
 /// else the CPU. (`Device::cuda_if_available` errors instead of falling back when the library
 /// loads without a GPU, so the fallback is explicit here.)

@@ -1,7 +1,10 @@
 //! The latent ODE's training binary end to end: it learns, it resumes exactly, it refuses
 //! what is not its checkpoint and bad options.
 
+mod common;
+
 use anyhow::Result;
+use common::{metric, ok, tensors};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -44,53 +47,13 @@ fn train(out: &Path, extra: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<f64>)> {
-    let mut v: Vec<(String, Vec<f64>)> =
-        candle_core::safetensors::load(path, &candle_core::Device::Cpu)
-            .unwrap()
-            .into_iter()
-            .map(|(k, t)| {
-                let t = t.flatten_all().unwrap();
-                (
-                    k,
-                    t.to_dtype(candle_core::DType::F64)
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap(),
-                )
-            })
-            .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn loss_column(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v = l.split("\"loss\":").nth(1).unwrap();
-            v.split(',').next().unwrap().parse().unwrap()
-        })
-        .collect()
-}
-
 #[test]
 fn learns_and_resumes_bit_for_bit() -> Result<()> {
     // One run of 30 iterations, and one stopped at 10 and at 20 and resumed each time.
     let whole = tmp("whole");
     let args = ["--iters", "30", "--checkpoint-every", "10"];
     ok(&train(whole.path(), &args));
-    let loss = loss_column(whole.path());
+    let loss = metric(whole.path(), "loss");
     assert_eq!(loss.len(), 3);
     assert!(loss[2] < 0.8 * loss[0], "the loss falls: {loss:?}");
 
@@ -113,7 +76,7 @@ fn learns_and_resumes_bit_for_bit() -> Result<()> {
         tensors(&pieces.path().join("checkpoint.safetensors")),
         "weights, Adam's moments and step count, RNG: the same as one run"
     );
-    assert_eq!(loss_column(whole.path()), loss_column(pieces.path()));
+    assert_eq!(metric(whole.path(), "loss"), metric(pieces.path(), "loss"));
     Ok(())
 }
 

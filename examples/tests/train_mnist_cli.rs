@@ -1,6 +1,9 @@
 //! The training binary end to end on a tiny generated dataset (no network).
 
+mod common;
+
 use anyhow::Result;
+use common::{ok, tensors};
 use node_models::mnist::{self, FILES};
 use node_models::Rng;
 use std::path::Path;
@@ -48,35 +51,6 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
         .args(extra)
         .output()
         .expect("the binary runs")
-}
-
-fn ok(o: &std::process::Output) {
-    assert!(
-        o.status.success(),
-        "failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> =
-        candle_core::safetensors::load(path, &candle_core::Device::Cpu)
-            .unwrap()
-            .into_iter()
-            .map(|(k, t)| {
-                let bytes = t
-                    .flatten_all()
-                    .unwrap()
-                    .to_dtype(candle_core::DType::F64)
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap();
-                (k, bytes.iter().flat_map(|x| x.to_le_bytes()).collect())
-            })
-            .collect();
-    v.sort();
-    v
 }
 
 #[test]

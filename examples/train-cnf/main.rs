@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{pick_device, DeviceArg};
+use common::{pick_device, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
 use node_models::cnf::{two_circles, Cnf, CnfConfig};
@@ -21,12 +21,6 @@ use std::process::ExitCode;
 
 /// The checkpoint's model name: a flow's checkpoint is refused by the MNIST trainer and back.
 const MODEL: &str = "cnf";
-
-#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
-enum GradientArg {
-    Adjoint,
-    Backprop,
-}
 
 /// Train a continuous normalizing flow (Chen et al. 2018, §4) on two circles.
 #[derive(Parser, Debug)]

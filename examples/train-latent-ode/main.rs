@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{pick_device, DeviceArg};
+use common::{pick_device, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
 use node_models::latent_ode::{spirals, LatentOde, LatentOdeConfig, Spirals};
@@ -24,12 +24,6 @@ use std::process::ExitCode;
 
 /// The checkpoint's model name.
 const MODEL: &str = "latent-ode";
-
-#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
-enum GradientArg {
-    Adjoint,
-    Backprop,
-}
 
 /// Train a latent ODE (Chen et al. 2018, §5) on noisy spirals.
 #[derive(Parser, Debug)]

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use common::{log, pick_device, stop_flag, stopped, DeviceArg};
+use common::{log, pick_device, stop_flag, stopped, DeviceArg, GradientArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use node_adjoint::{AdjointNorm, AdjointOptions};
 use node_kernels::GraphStep;
@@ -23,12 +23,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
-enum GradientArg {
-    Adjoint,
-    Backprop,
-}
 
 /// Train ODE-Net, RK-Net, ResNet or the MLP baseline on MNIST (the paper's Table 1).
 #[derive(Parser, Debug)]

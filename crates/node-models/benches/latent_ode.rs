@@ -9,7 +9,9 @@
 //! `scripts/bench-small-models.sh` runs it beside torchdiffeq
 //! (`scripts/bench-latent-ode-torch.py`).
 
-use candle_core::{DType, Device, Result};
+mod common;
+
+use candle_core::{DType, Result};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use node_adjoint::AdjointOptions;
 use node_models::latent_ode::{spirals, LatentOde, LatentOdeConfig};
@@ -17,23 +19,9 @@ use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
 use std::time::Instant;
 
-fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    let i = args.iter().position(|a| a == flag)?;
-    args.get(i + 1).map(String::as_str)
-}
-
 fn main() -> Result<()> {
     node_kernels::keep_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
-    let reps: usize = arg(&args, "--reps")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let dev = match arg(&args, "--device") {
-        None | Some("cpu") => Device::Cpu,
-        Some("cuda") => Device::new_cuda(0)?,
-        Some(d) => candle_core::bail!("--device {d}: cpu or cuda"),
-    };
-    node_kernels::skip_unused_cuda_events(&dev);
+    let (reps, dev) = common::reps_and_device(5)?;
     let data = spirals(1000, 500, 100, 0.3, &mut Rng::new(0xda7a), DType::F32, &dev)?;
     println!(
         "latent ODE training iteration, 1000 spirals x 100 points, dopri5 1e-7/1e-9, on {dev:?}; 1 warm-up + {reps} iterations"
@@ -79,9 +67,7 @@ fn main() -> Result<()> {
             let nfe_b = parts.adjoint.as_ref().map_or(0, |a| a.backward().nfe);
             last = (parts.nfe_forward, nfe_b, l);
         }
-        let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
-        times.sort_by(|a, b| a.total_cmp(b));
-        let median = times[times.len() / 2];
+        let (median, min) = common::median_min(times);
         println!(
             "| {name} | {median:.1} | {min:.1} | {} / {} | {:.1} |",
             last.0, last.1, last.2

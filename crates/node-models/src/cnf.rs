@@ -13,7 +13,7 @@
 //! Jacobian, no second-order autograd (which Candle does not have). The state the solver sees
 //! is `[z, Δ]` of shape `[B, D + 1]`, the last column integrating `−tr`.
 
-use crate::layers::{linear, BlockStats, Gradient, Linear, OdeBlock};
+use crate::layers::{linear, vars_of, BlockStats, Gradient, Linear, OdeBlock};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -97,11 +97,7 @@ impl CnfField {
         let fc1 = linear(1, hidden, vb.pp("fc1"))?;
         let fc2 = linear(hidden, hidden, vb.pp("fc2"))?;
         let fc3 = linear(hidden, 3 * width * dim + width, vb.pp("fc3"))?;
-        let params = [&fc1, &fc2, &fc3]
-            .iter()
-            .flat_map(|l| l.tensors())
-            .map(|t| Var::from_tensor(&t))
-            .collect::<Result<Vec<_>>>()?;
+        let params = vars_of(&[&fc1, &fc2, &fc3])?;
         Ok(Self {
             fc1,
             fc2,

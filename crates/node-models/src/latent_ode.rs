@@ -6,7 +6,7 @@
 //!
 //! `−Σᵢ log N(xᵢ; dec(z(tᵢ)), s²) + KL(q(z₀ | x) ‖ N(0, I))`, averaged over the batch.
 
-use crate::layers::{linear, Gradient, Linear};
+use crate::layers::{linear, vars_of, Gradient, Linear};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -55,11 +55,7 @@ impl LatentOdeFunc {
         let fc1 = linear(latent, hidden, vb.pp("fc1"))?;
         let fc2 = linear(hidden, hidden, vb.pp("fc2"))?;
         let fc3 = linear(hidden, latent, vb.pp("fc3"))?;
-        let params = [&fc1, &fc2, &fc3]
-            .iter()
-            .flat_map(|l| l.tensors())
-            .map(|t| Var::from_tensor(&t))
-            .collect::<Result<Vec<_>>>()?;
+        let params = vars_of(&[&fc1, &fc2, &fc3])?;
         Ok(Self {
             fc1,
             fc2,

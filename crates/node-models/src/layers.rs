@@ -137,6 +137,17 @@ impl Module for Linear {
     }
 }
 
+/// The `Var`s of `layers`' weights and biases, in order: the parameter list of a
+/// [`ParamVectorField`] built from them (Candle `Var`s built from `VarMap` tensors share their
+/// storage).
+pub(crate) fn vars_of(layers: &[&Linear]) -> Result<Vec<Var>> {
+    layers
+        .iter()
+        .flat_map(|l| l.tensors())
+        .map(|t| Var::from_tensor(&t))
+        .collect()
+}
+
 /// `in_dim → out_dim` with a bias, the parameters named and initialised as
 /// `candle_nn::linear` does (`weight`, `bias`).
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {

@@ -1,0 +1,49 @@
+//! Helpers of the binaries' end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Output;
+
+/// Fails with the binary's output unless it succeeded.
+pub fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Every tensor of a safetensors file, by name, as the bytes of its values in f64: equal
+/// only when bit for bit equal.
+pub fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> =
+        candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| {
+                let values = t
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap();
+                (k, values.iter().flat_map(|x| x.to_le_bytes()).collect())
+            })
+            .collect();
+    v.sort();
+    v
+}
+
+/// The values of `key` in every line of `out/metrics.jsonl`.
+pub fn metric(out: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v = l.split(&format!("\"{key}\":")).nth(1).unwrap();
+            v.split([',', '}']).next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
