@@ -118,7 +118,43 @@ fn draws_the_spiral() -> Result<()> {
     let out = tmp("plot");
     let o = train(out.path(), &["--iters", "3", "--plot"]);
     ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("mean distance to the clean spiral"));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("mean distance to the clean spiral"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("RMSE to the clean spirals"), "{stdout}");
     assert!(out.path().join("spiral.png").exists());
+    Ok(())
+}
+
+#[test]
+fn trains_on_irregular_observations() -> Result<()> {
+    // 8 random points of 20 observed, their gaps read by the encoder; the held-out points are
+    // scored at the end.
+    let out = tmp("irregular");
+    let o = train(
+        out.path(),
+        &[
+            "--iters",
+            "20",
+            "--checkpoint-every",
+            "5",
+            "--observed",
+            "8",
+            "--time-input",
+            "--plot",
+        ],
+    );
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("at the held-out ones"), "{stdout}");
+    let loss = metric(out.path(), "loss");
+    assert!(loss[loss.len() - 1] < 0.8 * loss[0], "{loss:?}");
+    for bad in ["0", "21"] {
+        let o = train(out.path(), &["--iters", "2", "--observed", bad]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--observed must be in 1..=20"));
+    }
     Ok(())
 }

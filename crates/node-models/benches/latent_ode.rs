@@ -57,7 +57,7 @@ fn main() -> Result<()> {
         for i in 0..=reps {
             let start = Instant::now();
             let eps = rng.normal_tensor(&[1000, 4], 0.0, 1.0, DType::F32, &dev)?;
-            let parts = model.elbo(&data.observed, &data.ts, &eps, 0.3)?;
+            let parts = model.elbo(&data.observed, &data.ts, None, &eps, 0.3)?;
             opt.backward_step(&parts.loss)?;
             let l = parts.loss.to_scalar::<f32>()?;
             dev.synchronize()?;

@@ -24,6 +24,12 @@ pub struct LatentOdeConfig {
     pub hidden: usize,
     /// Hidden units of the recognition RNN.
     pub rnn_hidden: usize,
+    /// Whether the recognition RNN also reads, with each observation, the time to the next
+    /// observed point of its sequence (for the last observed point, to the grid's last
+    /// time). The example's RNN reads observations
+    /// only (`false`), which is enough when every sequence is observed on the same grid; with
+    /// irregular observations (a mask) it cannot tell a gap from a neighbour otherwise.
+    pub time_input: bool,
 }
 
 impl Default for LatentOdeConfig {
@@ -33,6 +39,7 @@ impl Default for LatentOdeConfig {
             latent: 4,
             hidden: 20,
             rnn_hidden: 25,
+            time_input: false,
         }
     }
 }
@@ -114,10 +121,10 @@ pub struct ElboParts {
 /// let mut rng = Rng::new(0);
 /// let data = spirals(16, 100, 20, 0.3, &mut rng, DType::F32, &dev)?;
 /// let eps = rng.normal_tensor(&[16, 4], 0.0, 1.0, DType::F32, &dev)?;
-/// let parts = model.elbo(&data.observed, &data.ts, &eps, 0.3)?;
+/// let parts = model.elbo(&data.observed, &data.ts, None, &eps, 0.3)?;
 /// opt.backward_step(&parts.loss)?;
 ///
-/// let (mean, _) = model.encode(&data.observed)?;
+/// let (mean, _) = model.encode(&data.observed, &data.ts, None)?;
 /// let (forecast, _, _) = model.decode(&mean, &[0.0, 1.0, 2.0, 3.0])?;
 /// assert_eq!(forecast.dims(), &[16, 4, 2]);
 /// # Ok(()) }
@@ -156,7 +163,11 @@ impl LatentOde {
         let rec = vb.pp("rec");
         let dec = vb.pp("dec");
         Ok(Self {
-            i2h: linear(c.obs + c.rnn_hidden, c.rnn_hidden, rec.pp("i2h"))?,
+            i2h: linear(
+                c.obs + usize::from(c.time_input) + c.rnn_hidden,
+                c.rnn_hidden,
+                rec.pp("i2h"),
+            )?,
             h2o: linear(c.rnn_hidden, 2 * c.latent, rec.pp("h2o"))?,
             func: LatentOdeFunc::new(c.latent, c.hidden, vb.pp("func"))?,
             dec1: linear(c.latent, c.hidden, dec.pp("fc1"))?,
@@ -177,30 +188,83 @@ impl LatentOde {
         &self.func
     }
 
-    fn check_obs(&self, x: &Tensor) -> Result<(usize, usize)> {
-        match x.dims() {
-            &[b, t, d] if d == self.config.obs && b > 0 && t > 0 => Ok((b, t)),
+    /// Checks `x: [B, T, obs]`, `T` times and a `[B, T]` mask of `x`'s dtype; returns `(B, T)`.
+    fn check_obs(&self, x: &Tensor, ts: &[f64], mask: Option<&Tensor>) -> Result<(usize, usize)> {
+        let (b, t) = match x.dims() {
+            &[b, t, d] if d == self.config.obs && b > 0 && t > 0 => (b, t),
             dims => candle_core::bail!(
                 "latent ODE: observations must be [batch ≥ 1, time ≥ 1, {}], got {dims:?}",
                 self.config.obs
             ),
+        };
+        if ts.len() != t {
+            candle_core::bail!(
+                "latent ODE: {} times for {t} observations per sequence",
+                ts.len()
+            );
         }
+        if let Some(m) = mask {
+            if m.dims() != [b, t] || m.dtype() != x.dtype() {
+                candle_core::bail!(
+                    "latent ODE: the mask must be [{b}, {t}] of {:?}, got {:?} of {:?}",
+                    x.dtype(),
+                    m.dims(),
+                    m.dtype()
+                );
+            }
+        }
+        Ok((b, t))
     }
 
     /// The posterior `q(z₀ | x)`: its mean and log-variance, from the RNN
     /// `h ← tanh(i2h([xᵢ, h]))` run from the last observation to the first, then `h2o(h)`.
+    /// With a `mask` (1 observed, 0 not), the RNN skips the points that are not observed:
+    /// `h` passes them unchanged, so sequences observed at different times share one grid
+    /// `ts`. With [`LatentOdeConfig::time_input`], the RNN reads `[xᵢ, Δᵢ, h]`, `Δᵢ` the time
+    /// from `tᵢ` to the sequence's next observed time.
     ///
     /// # Shapes
-    /// `x: [B, T, obs]` → `([B, latent], [B, latent])`.
+    /// `x: [B, T, obs]`, `ts`: `T` times, `mask: [B, T]` → `([B, latent], [B, latent])`.
     ///
     /// # Errors
-    /// `x` of another shape; Candle's.
-    pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, t) = self.check_obs(x)?;
-        let mut h = Tensor::zeros((b, self.config.rnn_hidden), x.dtype(), x.device())?;
+    /// Shapes that do not match; Candle's.
+    pub fn encode(
+        &self,
+        x: &Tensor,
+        ts: &[f64],
+        mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, t) = self.check_obs(x, ts, mask)?;
+        let (dtype, dev) = (x.dtype(), x.device());
+        let mut h = Tensor::zeros((b, self.config.rnn_hidden), dtype, dev)?;
+        // The time of each sequence's next observed point, for the gap input.
+        let mut t_next = Tensor::full(ts[t - 1], (b, 1), dev)?.to_dtype(dtype)?;
         for i in (0..t).rev() {
             let xi = x.narrow(1, i, 1)?.squeeze(1)?;
-            h = node_kernels::tanh(&self.i2h.forward(&Tensor::cat(&[&xi, &h], 1)?)?)?;
+            let input = if self.config.time_input {
+                let gap = t_next.affine(1.0, -ts[i])?;
+                Tensor::cat(&[&xi, &gap, &h], 1)?
+            } else {
+                Tensor::cat(&[&xi, &h], 1)?
+            };
+            let h_new = node_kernels::tanh(&self.i2h.forward(&input)?)?;
+            match mask {
+                None => {
+                    h = h_new;
+                    if self.config.time_input {
+                        t_next = t_next.ones_like()?.affine(ts[i], 0.0)?;
+                    }
+                }
+                Some(m) => {
+                    // m·new + (1 − m)·old, per sequence.
+                    let mi = m.narrow(1, i, 1)?;
+                    let keep = mi.affine(-1.0, 1.0)?;
+                    h = (h_new.broadcast_mul(&mi)? + h.broadcast_mul(&keep)?)?;
+                    if self.config.time_input {
+                        t_next = ((&mi * ts[i])? + (&keep * &t_next)?)?;
+                    }
+                }
+            }
         }
         let out = self.h2o.forward(&h)?;
         let l = self.config.latent;
@@ -249,20 +313,23 @@ impl LatentOde {
 
     /// The negative ELBO of observations `x` at times `ts`, with the reparameterisation noise
     /// `eps ~ N(0, I)` given (so that a step is reproducible) and observation noise `noise_std`.
+    /// With a `mask` (1 observed, 0 not), only the observed points are encoded and enter the
+    /// likelihood: irregularly observed sequences on one time grid.
     ///
     /// # Shapes
-    /// `x: [B, T, obs]`, `ts`: `T` times, `eps: [B, latent]`.
+    /// `x: [B, T, obs]`, `ts`: `T` times, `mask: [B, T]`, `eps: [B, latent]`.
     ///
     /// # Errors
     /// Shapes that do not match; `noise_std` not positive; the solver's typed errors.
-    pub fn elbo(&self, x: &Tensor, ts: &[f64], eps: &Tensor, noise_std: f64) -> Result<ElboParts> {
-        let (b, t) = self.check_obs(x)?;
-        if ts.len() != t {
-            candle_core::bail!(
-                "latent ODE: {} times for {t} observations per sequence",
-                ts.len()
-            );
-        }
+    pub fn elbo(
+        &self,
+        x: &Tensor,
+        ts: &[f64],
+        mask: Option<&Tensor>,
+        eps: &Tensor,
+        noise_std: f64,
+    ) -> Result<ElboParts> {
+        let (b, _) = self.check_obs(x, ts, mask)?;
         if eps.dims() != [b, self.config.latent] {
             candle_core::bail!(
                 "latent ODE: eps must be [{b}, {}], got {:?}",
@@ -273,17 +340,18 @@ impl LatentOde {
         if !(noise_std.is_finite() && noise_std > 0.0) {
             candle_core::bail!("latent ODE: noise_std must be positive, got {noise_std}");
         }
-        let (mean, logvar) = self.encode(x)?;
+        let (mean, logvar) = self.encode(x, ts, mask)?;
         let z0 = (&mean + (eps * (&logvar * 0.5)?.exp()?)?)?;
         let (pred, nfe_forward, adjoint) = self.decode(&z0, ts)?;
-        // log N(x; pred, s²) = −½ (log 2π + 2 log s + (x − pred)² / s²), summed over T and obs.
+        // log N(x; pred, s²) = −½ (log 2π + 2 log s + (x − pred)² / s²), summed over the
+        // observed times and the coordinates.
         let var = noise_std * noise_std;
         let norm = -0.5 * (2.0 * std::f64::consts::PI * var).ln();
-        let log_px = (x - &pred)?
-            .sqr()?
-            .affine(-0.5 / var, norm)?
-            .sum(2)?
-            .sum(1)?;
+        let per_point = (x - &pred)?.sqr()?.affine(-0.5 / var, norm)?.sum(2)?;
+        let log_px = match mask {
+            None => per_point.sum(1)?,
+            Some(m) => (per_point * m)?.sum(1)?,
+        };
         // KL(N(μ, σ²) ‖ N(0, 1)) = ½ (σ² + μ² − 1 − log σ²), summed over the latent.
         let kl = ((logvar.exp()? + mean.sqr()?)? - &logvar)?
             .affine(0.5, -0.5)?

@@ -15,6 +15,7 @@ fn small() -> LatentOdeConfig {
         latent: 3,
         hidden: 5,
         rnn_hidden: 4,
+        time_input: false,
     }
 }
 
@@ -55,8 +56,8 @@ fn encoder_reads_the_sequence_backwards() -> Result<()> {
         DType::F64,
         &dev,
     )?;
-    let (x, _) = data(DType::F64, &dev)?;
-    let (mean, logvar) = m.encode(&x)?;
+    let (x, ts) = data(DType::F64, &dev)?;
+    let (mean, logvar) = m.encode(&x, &ts, None)?;
     // h ← tanh(W [xᵢ, h] + b) from the last observation to the first, then h2o.
     let (w, b) = (var(&vm, "rec.i2h.weight"), var(&vm, "rec.i2h.bias"));
     let step = |xi: &Tensor, h: &Tensor| -> Result<Tensor> {
@@ -104,8 +105,8 @@ fn elbo_terms_are_the_closed_forms() -> Result<()> {
     )?;
     let (x, ts) = data(DType::F64, &dev)?;
     let s = 0.3;
-    let parts = m.elbo(&x, &ts, &Tensor::zeros((6, 3), DType::F64, &dev)?, s)?;
-    let (mean, logvar) = m.encode(&x)?;
+    let parts = m.elbo(&x, &ts, None, &Tensor::zeros((6, 3), DType::F64, &dev)?, s)?;
+    let (mean, logvar) = m.encode(&x, &ts, None)?;
     let (pred, _, _) = m.decode(&mean, &ts)?;
     let (xs, ps) = (x.to_vec3::<f64>()?, pred.to_vec3::<f64>()?);
     let (mu, lv) = (mean.to_vec2::<f64>()?, logvar.to_vec2::<f64>()?);
@@ -135,8 +136,15 @@ fn elbo_terms_are_the_closed_forms() -> Result<()> {
     Ok(())
 }
 
-fn gradients(m: &LatentOde, vm: &VarMap, x: &Tensor, ts: &[f64], eps: &Tensor) -> Result<Vec<f64>> {
-    let grads = m.elbo(x, ts, eps, 0.3)?.loss.backward()?;
+fn gradients(
+    m: &LatentOde,
+    vm: &VarMap,
+    x: &Tensor,
+    ts: &[f64],
+    mask: Option<&Tensor>,
+    eps: &Tensor,
+) -> Result<Vec<f64>> {
+    let grads = m.elbo(x, ts, mask, eps, 0.3)?.loss.backward()?;
     let mut flat = vec![];
     for v in node_adjoint::sorted_vars(vm) {
         let g = grads.get(&v).expect("every parameter gets a gradient");
@@ -145,22 +153,105 @@ fn gradients(m: &LatentOde, vm: &VarMap, x: &Tensor, ts: &[f64], eps: &Tensor) -
     Ok(flat)
 }
 
+/// A `[6, 8]` mask observing about half the points, the first of every sequence always.
+fn half_mask(dtype: DType, dev: &Device) -> Result<Tensor> {
+    let mut rng = Rng::new(10);
+    let v: Vec<f64> = (0..48)
+        .map(|k| {
+            if k % 8 == 0 || rng.uniform() < 0.5 {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (6, 8), dev)?.to_dtype(dtype)?)
+}
+
 fn adjoint_matches_backprop(dev: &Device) -> Result<()> {
     let (x, ts) = data(DType::F64, dev)?;
     let eps = Rng::new(3).normal_tensor(&[6, 3], 0.0, 1.0, DType::F64, dev)?;
     let opts = SolveOptions::default().tolerances(1e-10, 1e-10);
-    let mut all = vec![];
-    for gradient in [
-        Gradient::Adjoint(AdjointOptions::default().tolerances(1e-10, 1e-10)),
-        Gradient::Backprop,
+    // The example's model on the full grid, and irregular observations read with their gaps.
+    let irregular = LatentOdeConfig {
+        time_input: true,
+        ..small()
+    };
+    for (cfg, mask) in [
+        (small(), None),
+        (irregular, Some(half_mask(DType::F64, dev)?)),
     ] {
-        let (vm, m) = build(&small(), gradient, opts.clone(), DType::F64, dev)?;
-        all.push(gradients(&m, &vm, &x, &ts, &eps)?);
+        let mut all = vec![];
+        for gradient in [
+            Gradient::Adjoint(AdjointOptions::default().tolerances(1e-10, 1e-10)),
+            Gradient::Backprop,
+        ] {
+            let (vm, m) = build(&cfg, gradient, opts.clone(), DType::F64, dev)?;
+            all.push(gradients(&m, &vm, &x, &ts, mask.as_ref(), &eps)?);
+        }
+        let scale = all[1].iter().fold(0.0f64, |m, g| m.max(g.abs()));
+        ensure!(scale > 1e-3);
+        for (a, b) in all[0].iter().zip(&all[1]) {
+            ensure!((a - b).abs() <= 1e-6 * scale, "{a} vs {b} (scale {scale})");
+        }
     }
-    let scale = all[1].iter().fold(0.0f64, |m, g| m.max(g.abs()));
-    ensure!(scale > 1e-3);
-    for (a, b) in all[0].iter().zip(&all[1]) {
-        ensure!((a - b).abs() <= 1e-6 * scale, "{a} vs {b} (scale {scale})");
+    Ok(())
+}
+
+#[test]
+fn a_mask_hides_what_it_hides() -> Result<()> {
+    // An all-ones mask is no mask; the values at masked-out points change nothing, bit for
+    // bit; a mask that hides points changes the loss.
+    let dev = Device::Cpu;
+    let (x, ts) = data(DType::F64, &dev)?;
+    let eps = Rng::new(9).normal_tensor(&[6, 3], 0.0, 1.0, DType::F64, &dev)?;
+    let mask = half_mask(DType::F64, &dev)?;
+    let hidden = mask.affine(-1.0, 1.0)?.unsqueeze(2)?;
+    let garbage = Rng::new(11).normal_tensor(&[6, 8, 2], 0.0, 100.0, DType::F64, &dev)?;
+    let x2 = (&x + garbage.broadcast_mul(&hidden)?)?;
+    for time_input in [false, true] {
+        let cfg = LatentOdeConfig {
+            time_input,
+            ..small()
+        };
+        let opts = SolveOptions::default().tolerances(1e-8, 1e-8);
+        let (_, m) = build(&cfg, Gradient::Backprop, opts, DType::F64, &dev)?;
+        let loss = |x: &Tensor, mask: Option<&Tensor>| -> Result<f64> {
+            Ok(m.elbo(x, &ts, mask, &eps, 0.3)?.loss.to_scalar::<f64>()?)
+        };
+        let ones = Tensor::ones((6, 8), DType::F64, &dev)?;
+        ensure!(loss(&x, None)? == loss(&x, Some(&ones))?);
+        let masked = loss(&x, Some(&mask))?;
+        ensure!(masked == loss(&x2, Some(&mask))?, "time input {time_input}");
+        ensure!(masked != loss(&x, None)?);
+        ensure!(loss(&x2, None)? != loss(&x, None)?);
+    }
+    Ok(())
+}
+
+#[test]
+fn the_time_input_reads_the_gaps() -> Result<()> {
+    // The same observations on a grid twice as coarse: encoded alike without the time
+    // input, differently with it.
+    let dev = Device::Cpu;
+    let (x, ts) = data(DType::F64, &dev)?;
+    let coarse: Vec<f64> = ts.iter().map(|t| 2.0 * t).collect();
+    for time_input in [false, true] {
+        let cfg = LatentOdeConfig {
+            time_input,
+            ..small()
+        };
+        let (_, m) = build(
+            &cfg,
+            Gradient::Backprop,
+            SolveOptions::default(),
+            DType::F64,
+            &dev,
+        )?;
+        let a = m.encode(&x, &ts, None)?.0;
+        let b = m.encode(&x, &coarse, None)?.0;
+        let gap = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        ensure!((gap > 1e-6) == time_input, "time input {time_input}: {gap}");
     }
     Ok(())
 }
@@ -186,8 +277,8 @@ fn adjoint_matches_finite_differences() -> Result<()> {
     let adjoint = Gradient::Adjoint(AdjointOptions::default().method(rk4).step_size(0.005));
     let opts = SolveOptions::default().method(rk4).step_size(0.005);
     let (vm, m) = build(&small(), adjoint, opts, DType::F64, &dev)?;
-    let g = gradients(&m, &vm, &x, &ts, &eps)?;
-    let loss = || -> Result<f64> { Ok(m.elbo(&x, &ts, &eps, 0.3)?.loss.to_scalar::<f64>()?) };
+    let g = gradients(&m, &vm, &x, &ts, None, &eps)?;
+    let loss = || -> Result<f64> { Ok(m.elbo(&x, &ts, None, &eps, 0.3)?.loss.to_scalar::<f64>()?) };
     let (h, mut offset, mut checked) = (1e-4, 0, 0);
     for v in node_adjoint::sorted_vars(&vm) {
         let base = v.flatten_all()?.to_vec1::<f64>()?;
@@ -237,12 +328,13 @@ fn adam_steps_lower_the_loss_on_spirals() -> Result<()> {
     let mut opt = Adam::new(node_adjoint::sorted_vars(&vm), cfg)?;
     let mut rng = Rng::new(6);
     let eps = Rng::new(7).normal_tensor(&[64, 4], 0.0, 1.0, DType::F32, &dev)?;
-    let loss =
-        |m: &LatentOde| -> Result<f32> { Ok(m.elbo(&x, &ts, &eps, 0.3)?.loss.to_scalar::<f32>()?) };
+    let loss = |m: &LatentOde| -> Result<f32> {
+        Ok(m.elbo(&x, &ts, None, &eps, 0.3)?.loss.to_scalar::<f32>()?)
+    };
     let first = loss(&m)?;
     for _ in 0..20 {
         let e = rng.normal_tensor(&[64, 4], 0.0, 1.0, DType::F32, &dev)?;
-        opt.backward_step(&m.elbo(&x, &ts, &e, 0.3)?.loss)?;
+        opt.backward_step(&m.elbo(&x, &ts, None, &e, 0.3)?.loss)?;
     }
     let last = loss(&m)?;
     ensure!(last < 0.8 * first, "loss {first} → {last}");
@@ -305,13 +397,17 @@ fn bad_input_is_an_error() -> Result<()> {
     let err = |r: candle_core::Result<node_models::latent_ode::ElboParts>| {
         r.map(|_| ()).unwrap_err().to_string()
     };
-    ensure!(err(m.elbo(&x.narrow(2, 0, 1)?, &ts, &eps, 0.3)).contains("observations must be"));
-    ensure!(err(m.elbo(&x, &ts[1..], &eps, 0.3)).contains("times for"));
-    ensure!(err(m.elbo(&x, &ts, &eps.narrow(1, 0, 2)?, 0.3)).contains("eps must be"));
-    ensure!(err(m.elbo(&x, &ts, &eps, 0.0)).contains("noise_std"));
+    ensure!(err(m.elbo(&x.narrow(2, 0, 1)?, &ts, None, &eps, 0.3)).contains("observations must be"));
+    ensure!(err(m.elbo(&x, &ts[1..], None, &eps, 0.3)).contains("times for"));
+    ensure!(err(m.elbo(&x, &ts, None, &eps.narrow(1, 0, 2)?, 0.3)).contains("eps must be"));
+    ensure!(err(m.elbo(&x, &ts, None, &eps, 0.0)).contains("noise_std"));
+    let short_mask = Tensor::ones((6, 7), DType::F32, &dev)?;
+    ensure!(err(m.elbo(&x, &ts, Some(&short_mask), &eps, 0.3)).contains("the mask must be"));
+    let f64_mask = Tensor::ones((6, 8), DType::F64, &dev)?;
+    ensure!(err(m.elbo(&x, &ts, Some(&f64_mask), &eps, 0.3)).contains("the mask must be"));
     let mut bad_ts = ts.clone();
     bad_ts.swap(2, 3);
-    let e = err(m.elbo(&x, &bad_ts, &eps, 0.3));
+    let e = err(m.elbo(&x, &bad_ts, None, &eps, 0.3));
     ensure!(e.contains("not strictly monotone"), "unordered times: {e}");
     ensure!(m
         .decode(&Tensor::zeros((2, 5), DType::F32, &dev)?, &ts)
