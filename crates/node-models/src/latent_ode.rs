@@ -235,6 +235,18 @@ impl LatentOde {
         mask: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let (b, t) = self.check_obs(x, ts, mask)?;
+        self.encode_checked(x, ts, mask, b, t)
+    }
+
+    /// [`LatentOde::encode`] of inputs already checked, `(b, t)` from [`Self::check_obs`].
+    fn encode_checked(
+        &self,
+        x: &Tensor,
+        ts: &[f64],
+        mask: Option<&Tensor>,
+        b: usize,
+        t: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let (dtype, dev) = (x.dtype(), x.device());
         let mut h = Tensor::zeros((b, self.config.rnn_hidden), dtype, dev)?;
         // The time of each sequence's next observed point, for the gap input.
@@ -329,7 +341,7 @@ impl LatentOde {
         eps: &Tensor,
         noise_std: f64,
     ) -> Result<ElboParts> {
-        let (b, _) = self.check_obs(x, ts, mask)?;
+        let (b, t) = self.check_obs(x, ts, mask)?;
         if eps.dims() != [b, self.config.latent] {
             candle_core::bail!(
                 "latent ODE: eps must be [{b}, {}], got {:?}",
@@ -340,7 +352,7 @@ impl LatentOde {
         if !(noise_std.is_finite() && noise_std > 0.0) {
             candle_core::bail!("latent ODE: noise_std must be positive, got {noise_std}");
         }
-        let (mean, logvar) = self.encode(x, ts, mask)?;
+        let (mean, logvar) = self.encode_checked(x, ts, mask, b, t)?;
         let z0 = (&mean + (eps * (&logvar * 0.5)?.exp()?)?)?;
         let (pred, nfe_forward, adjoint) = self.decode(&z0, ts)?;
         // log N(x; pred, s²) = −½ (log 2π + 2 log s + (x − pred)² / s²), summed over the
