@@ -140,7 +140,7 @@ fn main() -> Result<ExitCode> {
             args.batch_size,
             args.lr,
             args.seed,
-            common::device_name(&dev)
+            common::device_label(&dev, false)
         ),
     };
     let mut run = Iterations::open(plan, &varmap, opt, rng)?;

@@ -185,7 +185,7 @@ fn main() -> Result<ExitCode> {
             "\"lr\":{},\"seed\":{},\"device\":\"{}\"",
             args.lr,
             args.seed,
-            common::device_name(&dev)
+            common::device_label(&dev, false)
         ),
     };
     let mut run = Iterations::open(plan, &varmap, opt, rng)?;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use common::{log, pick_device, stop_flag, stopped, DeviceArg, GradientArg};
+use common::{device_label, log, pick_device, stop_flag, stopped, DeviceArg, GradientArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use node_adjoint::{AdjointNorm, AdjointOptions};
 use node_kernels::GraphStep;
@@ -602,68 +602,4 @@ fn main() -> Result<ExitCode> {
         ckpt_path.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// The device as the metrics name it: `cpu`, `metal`, or on CUDA [`cuda_label`] of
-/// `NODE_CUDA_KERNELS_OFF` and `--cuda-graph`.
-fn device_label(dev: &Device, graph: bool) -> String {
-    if dev.is_cuda() {
-        cuda_label(
-            &std::env::var("NODE_CUDA_KERNELS_OFF").unwrap_or_default(),
-            graph,
-        )
-    } else if dev.is_metal() {
-        "metal".into()
-    } else {
-        "cpu".into()
-    }
-}
-
-/// `cuda`, with ` (CUDA graph)` when the step was recorded as one, and ` (own kernels off:
-/// conv lincomb)` when some of the project's own CUDA kernels were turned off (`off`, as
-/// `NODE_CUDA_KERNELS_OFF` lists them): a table made from the metrics then says how each
-/// model was trained. Names only, space-separated: the label goes into JSON unescaped, and
-/// scripts split its fields at commas.
-fn cuda_label(off: &str, graph: bool) -> String {
-    let names: Vec<String> = off
-        .split(',')
-        .map(|n| {
-            n.chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect::<String>()
-        })
-        .filter(|n| !n.is_empty())
-        .collect();
-    let mut label = String::from("cuda");
-    if graph {
-        label.push_str(" (CUDA graph)");
-    }
-    if !names.is_empty() {
-        label.push_str(&format!(" (own kernels off: {})", names.join(" ")));
-    }
-    label
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cuda_label;
-
-    #[test]
-    fn cuda_label_names_the_kernels_off() {
-        assert_eq!(cuda_label("", false), "cuda");
-        assert_eq!(cuda_label(" , ", false), "cuda");
-        assert_eq!(
-            cuda_label("lincomb,conv", false),
-            "cuda (own kernels off: lincomb conv)"
-        );
-        assert_eq!(
-            cuda_label("all", true),
-            "cuda (CUDA graph) (own kernels off: all)"
-        );
-        assert_eq!(
-            cuda_label("a\"b,c}d", false),
-            "cuda (own kernels off: ab cd)"
-        );
-        assert_eq!(cuda_label("", true), "cuda (CUDA graph)");
-    }
 }
