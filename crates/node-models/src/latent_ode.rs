@@ -323,6 +323,36 @@ impl LatentOde {
         Ok((x, nfe, adjoint))
     }
 
+    /// The forecast at `future` times: the observations' posterior mean of `z₀` decoded at
+    /// them (without the reparameterisation noise; with it, [`Self::encode`] and
+    /// [`Self::decode`] do the same). The future is solved from `ts[0]`, so it must lie on
+    /// one side of it, in order (times between the observations are interpolation).
+    ///
+    /// # Shapes
+    /// `x: [B, T, obs]`, `ts`: `T` times, `mask: [B, T]`, `future`: `F ≥ 1` times →
+    /// `[B, F, obs]`.
+    ///
+    /// # Errors
+    /// Shapes that do not match; `future` empty or not monotone away from `ts[0]`; the
+    /// solver's typed errors.
+    pub fn forecast(
+        &self,
+        x: &Tensor,
+        ts: &[f64],
+        mask: Option<&Tensor>,
+        future: &[f64],
+    ) -> Result<Tensor> {
+        if future.is_empty() {
+            candle_core::bail!("latent ODE: no forecast times");
+        }
+        let (mean, _) = self.encode(x, ts, mask)?;
+        let times: Vec<f64> = std::iter::once(ts[0])
+            .chain(future.iter().copied())
+            .collect();
+        let (pred, _, _) = self.decode(&mean, &times)?;
+        pred.narrow(1, 1, future.len())
+    }
+
     /// The negative ELBO of observations `x` at times `ts`, with the reparameterisation noise
     /// `eps ~ N(0, I)` given (so that a step is reproducible) and observation noise `noise_std`.
     /// With a `mask` (1 observed, 0 not), only the observed points are encoded and enter the

@@ -10,6 +10,7 @@ pub mod mnist;
 pub mod mnist_models;
 pub mod optim;
 pub mod rng;
+pub mod rnn;
 
 pub use cnf::{Cnf, CnfConfig, CnfField};
 pub use latent_ode::{LatentOde, LatentOdeConfig};
@@ -19,3 +20,4 @@ pub use layers::{
 pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
 pub use optim::{Adam, AdamConfig, PiecewiseSchedule, SgdConfig, SgdMomentum};
 pub use rng::Rng;
+pub use rnn::{Rnn, RnnConfig};

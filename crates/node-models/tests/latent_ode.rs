@@ -256,6 +256,28 @@ fn the_time_input_reads_the_gaps() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn forecast_decodes_the_posterior_mean() -> Result<()> {
+    // forecast(x, ts, mask, future) = decode(μ(x), [ts₀, future…]) without its first point;
+    // past the observations or before them, not both.
+    let dev = Device::Cpu;
+    let opts = SolveOptions::default().tolerances(1e-8, 1e-8);
+    let (_, m) = build(&small(), Gradient::Backprop, opts, DType::F64, &dev)?;
+    let (x, ts) = data(DType::F64, &dev)?;
+    let mask = half_mask(DType::F64, &dev)?;
+    let later: Vec<f64> = (1..=5).map(|k| ts[7] + 0.1 * k as f64).collect();
+    let got = m.forecast(&x, &ts, Some(&mask), &later)?;
+    let (mean, _) = m.encode(&x, &ts, Some(&mask))?;
+    let times: Vec<f64> = [&[ts[0]][..], &later].concat();
+    let want = m.decode(&mean, &times)?.0.narrow(1, 1, 5)?;
+    ensure!(got.dims() == [6, 5, 2]);
+    ensure!(got.to_vec3::<f64>()? == want.to_vec3::<f64>()?);
+    ensure!(m.forecast(&x, &ts, None, &[-0.5, -1.0])?.dims() == [6, 2, 2]);
+    ensure!(m.forecast(&x, &ts, None, &[]).is_err());
+    ensure!(m.forecast(&x, &ts, None, &[1.0, -1.0]).is_err());
+    Ok(())
+}
+
 candle_core::test_device!(
     adjoint_matches_backprop,
     adjoint_cpu,
