@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, tensors};
+use common::{metric, ok, summary_field, tensors};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -123,7 +123,10 @@ fn draws_the_spiral() -> Result<()> {
         stdout.contains("mean distance to the clean spiral"),
         "{stdout}"
     );
-    assert!(stdout.contains("RMSE to the clean spirals"), "{stdout}");
+    assert!(
+        stdout.contains("RMSE to the clean training spirals"),
+        "{stdout}"
+    );
     assert!(out.path().join("spiral.png").exists());
     Ok(())
 }
@@ -156,5 +159,36 @@ fn trains_on_irregular_observations() -> Result<()> {
         assert!(!o.status.success());
         assert!(String::from_utf8_lossy(&o.stderr).contains("--observed must be in 1..=20"));
     }
+    Ok(())
+}
+
+#[test]
+fn scores_the_forecast_on_test_spirals() -> Result<()> {
+    // 8 of 20 points observed, 10 grid points forecast on 16 fresh spirals; observing every
+    // point holds none out.
+    let out = tmp("forecast");
+    let args = ["--iters", "5", "--forecast", "10", "--test-spirals", "16"];
+    let o = train(out.path(), &[&args[..], &["--observed", "8"]].concat());
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("RMSE to the clean test spirals")
+            && stdout.contains("at the held-out ones")
+            && stdout.contains("over the 10 points after the window"),
+        "{stdout}"
+    );
+    for key in ["rmse_observed", "rmse_held_out", "rmse_forecast"] {
+        let v: f64 = summary_field(out.path(), key).parse()?;
+        assert!(v.is_finite() && v > 0.0, "{key} {v}");
+    }
+    let all = tmp("all");
+    ok(&train(
+        all.path(),
+        &[&args[..], &["--observed", "20"]].concat(),
+    ));
+    assert_eq!(summary_field(all.path(), "rmse_held_out"), "null");
+    assert_eq!(summary_field(all.path(), "observed"), "20");
+    let o = train(out.path(), &["--iters", "2", "--forecast", "40"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--ntotal (100) must exceed"));
     Ok(())
 }

@@ -7,6 +7,8 @@ mod common;
 mod iterations;
 #[path = "../common/plot.rs"]
 mod plot;
+#[path = "../common/spirals.rs"]
+mod spirals;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -15,10 +17,11 @@ use clap::Parser;
 use common::{pick_device, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
-use node_models::latent_ode::{spirals, LatentOde, LatentOdeConfig, Spirals};
+use node_models::latent_ode::{LatentOde, LatentOdeConfig, Spirals};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::{Method, SolveOptions, SolverError};
 use plot::{bounds, Canvas, Panel, LEARNED_COLOR, TRUE_COLOR};
+use spirals::{json_number, rmse, write_summary, Observed, SpiralArgs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -32,28 +35,12 @@ struct Args {
     /// Training iterations (in total, counting resumed ones); each uses every spiral.
     #[arg(long, default_value_t = 2000)]
     iters: usize,
-    /// Number of spirals.
-    #[arg(long, default_value_t = 1000)]
-    nspiral: usize,
-    /// Points on the time grid the spirals are cut from. The example's `__main__` sets 1000
-    /// but does not pass it on, so its data use 500: its default is ours.
-    #[arg(long, default_value_t = 500)]
-    ntotal: usize,
-    /// Observed points per spiral.
-    #[arg(long, default_value_t = 100)]
-    nsample: usize,
-    /// Observe only this many points of each spiral, chosen at random (the paper's
-    /// irregular sampling; the default observes all `--nsample`). The others are held out:
-    /// the run ends with the error there.
-    #[arg(long)]
-    observed: Option<usize>,
+    #[command(flatten)]
+    data: SpiralArgs,
     /// The recognition RNN also reads the time to each sequence's next observed point
     /// (`LatentOdeConfig::time_input`): for irregular observations.
     #[arg(long)]
     time_input: bool,
-    /// Standard deviation of the observation noise (data and likelihood).
-    #[arg(long, default_value_t = 0.3)]
-    noise: f64,
     /// Adam's learning rate.
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
@@ -102,44 +89,20 @@ struct Args {
 fn main() -> Result<ExitCode> {
     node_kernels::keep_freed_memory();
     let args = Args::parse();
-    if args.iters == 0 || args.nspiral == 0 || args.checkpoint_every == 0 {
-        bail!("--iters, --nspiral and --checkpoint-every must be positive");
+    if args.iters == 0 || args.checkpoint_every == 0 {
+        bail!("--iters and --checkpoint-every must be positive");
     }
     if args.stop_after_steps == Some(0) {
         bail!("--stop-after-steps must be positive");
     }
     let positive = |v: f64| v.is_finite() && v > 0.0;
-    if ![args.noise, args.lr, args.rtol, args.atol]
-        .into_iter()
-        .all(positive)
-    {
-        bail!("--noise, --lr, --rtol and --atol must be positive numbers");
+    if ![args.lr, args.rtol, args.atol].into_iter().all(positive) {
+        bail!("--lr, --rtol and --atol must be positive numbers");
     }
     let dev = pick_device(args.device)?;
     node_kernels::skip_unused_cuda_events(&dev);
-    // The data depend on the seed only, not on where a run was resumed.
-    let data = spirals(
-        args.nspiral,
-        args.ntotal,
-        args.nsample,
-        args.noise,
-        &mut Rng::new(args.seed ^ 0xda7a),
-        DType::F32,
-        &dev,
-    )?;
-    let mask = match args.observed {
-        None => None,
-        Some(n) if n == 0 || n > args.nsample => {
-            bail!("--observed must be in 1..={} (--nsample)", args.nsample)
-        }
-        Some(n) => Some(observation_mask(
-            args.nspiral,
-            args.nsample,
-            n,
-            args.seed,
-            &dev,
-        )?),
-    };
+    let task = args.data.task(args.seed, &dev)?;
+    let (data, mask) = (&task.train.window, task.train.mask.as_ref());
     let cfg = LatentOdeConfig {
         obs: 2,
         latent: args.latent,
@@ -191,18 +154,22 @@ fn main() -> Result<ExitCode> {
     let mut run = Iterations::open(plan, &varmap, opt, rng)?;
     println!(
         "latent ODE ({n_params} parameters) on {dev:?}; {} spirals of {} points over t in [0, {:.2}]; iterations {}..{}",
-        args.nspiral,
-        args.nsample,
+        args.data.nspiral,
+        args.data.nsample,
         data.ts[data.ts.len() - 1],
         run.start + 1,
         args.iters
     );
     for it in run.remaining() {
-        let eps =
-            run.rng
-                .normal_tensor(&[args.nspiral, args.latent], 0.0, 1.0, DType::F32, &dev)?;
+        let eps = run.rng.normal_tensor(
+            &[args.data.nspiral, args.latent],
+            0.0,
+            1.0,
+            DType::F32,
+            &dev,
+        )?;
         let parts = model
-            .elbo(&data.observed, &data.ts, mask.as_ref(), &eps, args.noise)
+            .elbo(&data.observed, &data.ts, mask, &eps, args.data.noise)
             .map_err(explain)?;
         run.opt.backward_step(&parts.loss).map_err(explain)?;
         let l = parts.loss.to_scalar::<f32>()? as f64;
@@ -225,18 +192,43 @@ fn main() -> Result<ExitCode> {
         }
     }
     let (metrics_path, ckpt_path) = run.finish();
-    let (at_observed, held_out) = errors(&model, &data, mask.as_ref())?;
-    match held_out {
-        Some(h) => println!(
-            "RMSE to the clean spirals, decoded from the posterior means: {at_observed:.4} at the observed points, {h:.4} at the held-out ones"
-        ),
-        None => println!(
-            "RMSE to the clean spirals, decoded from the posterior means: {at_observed:.4}"
-        ),
+    let scores = score(&model, task.scored())?;
+    let which = task.scored_name();
+    let mut line = format!(
+        "RMSE to the clean {which} spirals, decoded from the posterior means: {:.4} at the observed points",
+        scores.observed
+    );
+    if let Some(h) = scores.held_out {
+        line.push_str(&format!(", {h:.4} at the held-out ones"));
     }
+    if let Some(f) = scores.forecast {
+        line.push_str(&format!(
+            ", {f:.4} over the {} points after the window",
+            args.data.forecast
+        ));
+    }
+    println!("{line}");
+    let opt = |v: Option<f64>| v.map_or("null".into(), json_number);
+    write_summary(
+        &args.out_dir,
+        &[
+            ("model", format!("\"{MODEL}\"")),
+            ("time_input", args.time_input.to_string()),
+            (
+                "observed",
+                args.data.observed.unwrap_or(args.data.nsample).to_string(),
+            ),
+            ("iters", args.iters.to_string()),
+            ("seed", args.seed.to_string()),
+            ("scored", format!("\"{which}\"")),
+            ("rmse_observed", json_number(scores.observed)),
+            ("rmse_held_out", opt(scores.held_out)),
+            ("rmse_forecast", opt(scores.forecast)),
+        ],
+    )?;
     if !args.no_plot {
         let path = args.out_dir.join("spiral.png");
-        let err = draw(&model, &data, mask.as_ref(), args.seed, &path)?;
+        let err = draw(&model, data, mask, args.seed, &path)?;
         println!(
             "spiral 0 reconstructed from its observations, mean distance to the clean spiral {err:.3}: {}",
             path.display()
@@ -250,44 +242,37 @@ fn main() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A `[n, nsample]` mask observing `observed` random points of each sequence (its own
-/// generator: the same for a seed, resumed or not).
-fn observation_mask(
-    n: usize,
-    nsample: usize,
-    observed: usize,
-    seed: u64,
-    dev: &candle_core::Device,
-) -> Result<Tensor> {
-    let mut rng = Rng::new(seed ^ 0x0b5e);
-    let mut v = vec![0f32; n * nsample];
-    let mut idx: Vec<usize> = (0..nsample).collect();
-    for row in v.chunks_mut(nsample) {
-        rng.shuffle(&mut idx);
-        for &i in &idx[..observed] {
-            row[i] = 1.0;
-        }
-    }
-    Ok(Tensor::from_vec(v, (n, nsample), dev)?)
+/// RMSEs to the clean spirals of their reconstructions from the posterior means.
+struct Scores {
+    /// At the observed points.
+    observed: f64,
+    /// At the window's points not observed (with a mask).
+    held_out: Option<f64>,
+    /// After the window (with `--forecast`).
+    forecast: Option<f64>,
 }
 
-/// The RMSE (over coordinates) between the clean spirals and their reconstructions from the
-/// posterior means, at the observed points and (with a mask) at the held-out ones.
-fn errors(model: &LatentOde, data: &Spirals, mask: Option<&Tensor>) -> Result<(f64, Option<f64>)> {
-    let (mean, _) = model.encode(&data.observed, &data.ts, mask)?;
-    let (pred, _, _) = model.decode(&mean.detach(), &data.ts)?;
-    // Squared errors summed over the coordinates, [n, T]; the RMSE is over coordinates.
-    let sq = (pred - &data.clean)?.sqr()?.sum(2)?;
-    let obs = data.clean.dim(2)? as f64;
-    let rmse = |w: &Tensor| -> Result<f64> {
-        let total = (&sq * w)?.sum_all()?.to_scalar::<f32>()? as f64;
-        let count = w.sum_all()?.to_scalar::<f32>()? as f64 * obs;
-        Ok((total / count.max(1.0)).sqrt())
-    };
-    match mask {
-        None => Ok((rmse(&sq.ones_like()?)?, None)),
-        Some(m) => Ok((rmse(m)?, Some(rmse(&m.affine(-1.0, 1.0)?)?))),
+fn score(model: &LatentOde, s: &Observed) -> Result<Scores> {
+    let w = &s.window;
+    let mut times = w.ts.clone();
+    if let Some((future, _)) = &s.future {
+        times.extend(future);
     }
+    let (mean, _) = model.encode(&w.observed, &w.ts, s.mask.as_ref())?;
+    let (pred, _, _) = model.decode(&mean.detach(), &times)?;
+    let k = w.ts.len();
+    let in_window = pred.narrow(1, 0, k)?;
+    Ok(Scores {
+        observed: rmse(&in_window, &w.clean, s.mask.as_ref())?,
+        held_out: match &s.mask {
+            Some(m) => Some(rmse(&in_window, &w.clean, Some(&m.affine(-1.0, 1.0)?))?),
+            None => None,
+        },
+        forecast: match &s.future {
+            Some((future, clean)) => Some(rmse(&pred.narrow(1, k, future.len())?, clean, None)?),
+            None => None,
+        },
+    })
 }
 
 /// A solver failure with what to do about it.

@@ -47,3 +47,13 @@ pub fn metric(out: &Path, key: &str) -> Vec<f64> {
         })
         .collect()
 }
+
+/// The value of `key` in `out/summary.json`, as written (strings keep their quotes).
+pub fn summary_field(out: &Path, key: &str) -> String {
+    let s = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    let v = s
+        .split(&format!("\"{key}\":"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {key} in {s}"));
+    v.split([',', '}']).next().unwrap().trim().to_string()
+}
