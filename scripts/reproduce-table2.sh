@@ -43,7 +43,7 @@ for n in $observed; do
     case $m in
       rnn) run train-spiral-rnn "${args[@]}" "$@" ;;
       rnn-gaps) run train-spiral-rnn "${args[@]}" --time-input "$@" ;;
-      latent-ode) run train-latent-ode "${args[@]}" --time-input --no-plot "$@" ;;
+      latent-ode) run train-latent-ode "${args[@]}" --time-input "$@" ;;
       *) echo "error: unknown model '$m' (rnn, rnn-gaps, latent-ode)" >&2; exit 2 ;;
     esac
   done

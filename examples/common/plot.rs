@@ -50,6 +50,29 @@ pub fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// A square panel at `(x0, y0)`, `size` pixels wide, with equal scales on both axes, holding
+/// every point of `xs` and `ys`.
+pub fn square_panel(
+    x0: usize,
+    y0: usize,
+    size: usize,
+    xs: impl Iterator<Item = f64>,
+    ys: impl Iterator<Item = f64>,
+) -> Panel {
+    let (xlo, xhi) = bounds(xs);
+    let (ylo, yhi) = bounds(ys);
+    let half = (xhi - xlo).max(yhi - ylo) / 2.0;
+    let (xm, ym) = ((xlo + xhi) / 2.0, (ylo + yhi) / 2.0);
+    Panel {
+        x0,
+        y0,
+        w: size,
+        h: size,
+        xlim: (xm - half, xm + half),
+        ylim: (ym - half, ym + half),
+    }
+}
+
 impl Canvas {
     pub fn new(width: usize, height: usize) -> Self {
         Self {

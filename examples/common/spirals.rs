@@ -3,6 +3,7 @@
 //! observed window. Included with `#[path]`.
 #![allow(dead_code)]
 
+use crate::plot::{square_panel, Canvas, LEARNED_COLOR, TRUE_COLOR};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use node_models::latent_ode::{spirals, Spirals};
@@ -189,4 +190,44 @@ pub fn json_number(v: f64) -> String {
     } else {
         "null".into()
     }
+}
+
+/// Draws the first four (at most) scored spirals in a 2×2 grid, each with its clean curve over
+/// the window and after it (blue), its observed points (grey) and `curve`, the model's points
+/// `[n, K, 2]` at any times (orange).
+pub fn draw_forecasts(s: &Observed, curve: &Tensor, path: &Path) -> Result<()> {
+    let xy = |t: &Tensor| -> Result<(Vec<f64>, Vec<f64>)> {
+        let v = t.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        Ok(v.iter().map(|p| (p[0], p[1])).unzip())
+    };
+    let clean = match &s.future {
+        Some((_, f)) => Tensor::cat(&[&s.window.clean, f], 1)?,
+        None => s.window.clean.clone(),
+    };
+    let mut c = Canvas::new(640, 640);
+    for i in 0..s.window.observed.dim(0)?.min(4) {
+        let (cx, cy) = xy(&clean.get(i)?)?;
+        let (mx, my) = xy(&curve.get(i)?)?;
+        let (ox, oy) = xy(&s.window.observed.get(i)?)?;
+        let seen = match &s.mask {
+            Some(m) => m.get(i)?.to_vec1::<f32>()?,
+            None => vec![1.0; ox.len()],
+        };
+        let panel = square_panel(
+            10 + 315 * (i % 2),
+            10 + 315 * (i / 2),
+            305,
+            cx.iter().chain(&mx).cloned(),
+            cy.iter().chain(&my).cloned(),
+        );
+        c.frame(&panel);
+        for ((x, y), m) in ox.iter().zip(&oy).zip(&seen) {
+            if *m > 0.5 {
+                c.dot(&panel, *x, *y, [170, 170, 170]);
+            }
+        }
+        c.series(&panel, &cx, &cy, TRUE_COLOR);
+        c.series(&panel, &mx, &my, LEARNED_COLOR);
+    }
+    c.save_png(path)
 }

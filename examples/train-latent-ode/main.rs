@@ -20,8 +20,8 @@ use node_adjoint::AdjointOptions;
 use node_models::latent_ode::{LatentOde, LatentOdeConfig, Spirals};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::{Method, SolveOptions, SolverError};
-use plot::{bounds, Canvas, Panel, LEARNED_COLOR, TRUE_COLOR};
-use spirals::{json_number, rmse, write_summary, Observed, SpiralArgs};
+use plot::{square_panel, Canvas, LEARNED_COLOR, TRUE_COLOR};
+use spirals::{draw_forecasts, json_number, rmse, write_summary, Observed, SpiralArgs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -192,7 +192,7 @@ fn main() -> Result<ExitCode> {
         }
     }
     let (metrics_path, ckpt_path) = run.finish();
-    let scores = score(&model, task.scored())?;
+    let (scores, decoded) = score(&model, task.scored())?;
     let which = task.scored_name();
     let mut line = format!(
         "RMSE to the clean {which} spirals, decoded from the posterior means: {:.4} at the observed points",
@@ -226,6 +226,14 @@ fn main() -> Result<ExitCode> {
             ("rmse_forecast", opt(scores.forecast)),
         ],
     )?;
+    if !args.no_plot && task.scored().future.is_some() {
+        let path = args.out_dir.join("forecast.png");
+        draw_forecasts(task.scored(), &decoded, &path)?;
+        println!(
+            "the first {which} spirals decoded over the window and after it: {}",
+            path.display()
+        );
+    }
     if !args.no_plot {
         let path = args.out_dir.join("spiral.png");
         let err = draw(&model, data, mask, args.seed, &path)?;
@@ -252,7 +260,8 @@ struct Scores {
     forecast: Option<f64>,
 }
 
-fn score(model: &LatentOde, s: &Observed) -> Result<Scores> {
+/// With the decoded spirals, at the window's times and after.
+fn score(model: &LatentOde, s: &Observed) -> Result<(Scores, Tensor)> {
     let w = &s.window;
     let mut times = w.ts.clone();
     if let Some((future, _)) = &s.future {
@@ -262,7 +271,7 @@ fn score(model: &LatentOde, s: &Observed) -> Result<Scores> {
     let (pred, _, _) = model.decode(&mean.detach(), &times)?;
     let k = w.ts.len();
     let in_window = pred.narrow(1, 0, k)?;
-    Ok(Scores {
+    let scores = Scores {
         observed: rmse(&in_window, &w.clean, s.mask.as_ref())?,
         held_out: match &s.mask {
             Some(m) => Some(rmse(&in_window, &w.clean, Some(&m.affine(-1.0, 1.0)?))?),
@@ -272,7 +281,8 @@ fn score(model: &LatentOde, s: &Observed) -> Result<Scores> {
             Some((future, clean)) => Some(rmse(&pred.narrow(1, k, future.len())?, clean, None)?),
             None => None,
         },
-    })
+    };
+    Ok((scores, pred))
 }
 
 /// A solver failure with what to do about it.
@@ -336,20 +346,13 @@ fn draw(
         .to_scalar::<f32>()? as f64;
 
     let mut c = Canvas::new(640, 640);
-    let all = || fx.iter().chain(&bx).chain(&cx).chain(&ox).cloned();
-    let (xlo, xhi) = bounds(all());
-    let (ylo, yhi) = bounds(fy.iter().chain(&by).chain(&cy).chain(&oy).cloned());
-    // Equal scales on both axes.
-    let half = (xhi - xlo).max(yhi - ylo) / 2.0;
-    let (xm, ym) = ((xlo + xhi) / 2.0, (ylo + yhi) / 2.0);
-    let panel = Panel {
-        x0: 20,
-        y0: 20,
-        w: 600,
-        h: 600,
-        xlim: (xm - half, xm + half),
-        ylim: (ym - half, ym + half),
-    };
+    let panel = square_panel(
+        20,
+        20,
+        600,
+        fx.iter().chain(&bx).chain(&cx).chain(&ox).cloned(),
+        fy.iter().chain(&by).chain(&cy).chain(&oy).cloned(),
+    );
     c.frame(&panel);
     for (x, y) in ox.iter().zip(&oy) {
         c.dot(&panel, *x, *y, [170, 170, 170]);

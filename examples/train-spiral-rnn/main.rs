@@ -6,6 +6,8 @@
 mod common;
 #[path = "../common/iterations.rs"]
 mod iterations;
+#[path = "../common/plot.rs"]
+mod plot;
 #[path = "../common/spirals.rs"]
 mod spirals;
 
@@ -17,7 +19,7 @@ use common::{pick_device, DeviceArg};
 use iterations::{Iterations, Plan};
 use node_models::rnn::{Rnn, RnnConfig};
 use node_models::{init, Adam, AdamConfig, Rng};
-use spirals::{json_number, rmse, write_summary, SpiralArgs};
+use spirals::{draw_forecasts, json_number, rmse, write_summary, SpiralArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,7 +51,7 @@ struct Args {
     /// Device; the default is CUDA or Metal when compiled in and present, else the CPU.
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
-    /// Output directory (checkpoint, metrics, summary).
+    /// Output directory (checkpoint, metrics, summary, picture).
     #[arg(long, default_value = "runs/spiral-rnn")]
     out_dir: PathBuf,
     /// Continue from the checkpoint in the output directory.
@@ -62,6 +64,9 @@ struct Args {
     /// from there); SIGINT/SIGTERM stop the same way after the iteration in progress.
     #[arg(long)]
     stop_after_steps: Option<usize>,
+    /// Skip `forecast.png`.
+    #[arg(long)]
+    no_plot: bool,
 }
 
 fn main() -> Result<ExitCode> {
@@ -146,6 +151,11 @@ fn main() -> Result<ExitCode> {
                 "RMSE to the clean {which} spirals of the forecast over the {} points after the window: {e:.4}",
                 future.len()
             );
+            if !args.no_plot {
+                let path = args.out_dir.join("forecast.png");
+                draw_forecasts(scored, &pred, &path)?;
+                println!("the first {which} spirals forecast: {}", path.display());
+            }
             Some(e)
         }
         None => {
