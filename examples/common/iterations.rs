@@ -1,15 +1,16 @@
-//! What the iteration-based trainers (`train-cnf`, `train-latent-ode`) share: Adam and the
-//! data generator restored from a checkpoint, a progress bar, a metrics line and an atomic
+//! What the iteration-based trainers (`train-cnf`, `train-latent-ode`, `train-spiral-rnn`)
+//! share: initial weights, Adam and the run's generator, restored from a checkpoint, a progress bar, a metrics line and an atomic
 //! checkpoint every so many iterations, and a clean stop (signal or `--stop-after-steps`)
 //! from which `--resume` goes on bit for bit. Included with `#[path]`.
 #![allow(dead_code)]
 
-use crate::common::{log, stop_flag, stopped};
+use crate::common::{device_label, log, stop_flag, stopped};
 use anyhow::{Context, Result};
-use candle_nn::VarMap;
+use candle_core::Device;
+use candle_nn::{Optimizer, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use node_models::checkpoint::{self, Resumed};
-use node_models::{Adam, Rng};
+use node_models::{init, Adam, AdamConfig, Rng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,7 +32,12 @@ pub struct Plan<'a> {
     pub stop_after: Option<usize>,
     /// Continue from the checkpoint in `out_dir`.
     pub resume: bool,
-    /// Fields added to every metrics line (`"key":value` pairs, comma-separated).
+    /// Seed of the initial weights and of the run's generator.
+    pub seed: u64,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// Fields put into every metrics line before `lr`, `seed` and `device` (`"key":value,`
+    /// each, comma included), or nothing.
     pub extra_json: String,
 }
 
@@ -43,6 +49,8 @@ pub struct Iterations {
     pub rng: Rng,
     /// The first iteration this run takes (0-based).
     pub start: usize,
+    /// Number of trained values.
+    pub n_params: usize,
     plan: PlanOwned,
     ckpt: PathBuf,
     metrics: PathBuf,
@@ -63,9 +71,19 @@ struct PlanOwned {
 }
 
 impl Iterations {
-    /// Creates the output folder and, with `plan.resume` and a checkpoint there, restores
-    /// the variables, `opt` and `rng` from it.
-    pub fn open(plan: Plan, varmap: &VarMap, mut opt: Adam, mut rng: Rng) -> Result<Self> {
+    /// Initialises `varmap` as PyTorch does from `plan.seed` and makes Adam at `plan.lr` over
+    /// it; creates the output folder and, with `plan.resume` and a checkpoint there, restores
+    /// the variables, Adam and the run's generator from it.
+    pub fn start(plan: Plan, varmap: &VarMap, dev: &Device) -> Result<Self> {
+        let mut rng = Rng::new(plan.seed);
+        init::pytorch_default(varmap, &mut rng)?;
+        let mut opt = Adam::new(
+            node_adjoint::sorted_vars(varmap),
+            AdamConfig {
+                lr: plan.lr,
+                ..Default::default()
+            },
+        )?;
         std::fs::create_dir_all(plan.out_dir)
             .with_context(|| format!("creating {}", plan.out_dir.display()))?;
         let ckpt = plan.out_dir.join("checkpoint.safetensors");
@@ -96,12 +114,19 @@ impl Iterations {
             start,
             ckpt,
             metrics: plan.out_dir.join("metrics.jsonl"),
+            n_params: varmap.all_vars().iter().map(|v| v.elem_count()).sum(),
             plan: PlanOwned {
                 model: plan.model,
                 iters: plan.iters,
                 every: plan.every,
                 stop_after: plan.stop_after,
-                extra_json: plan.extra_json,
+                extra_json: format!(
+                    "{}\"lr\":{},\"seed\":{},\"device\":\"{}\"",
+                    plan.extra_json,
+                    plan.lr,
+                    plan.seed,
+                    device_label(dev, false)
+                ),
             },
             stop: stop_flag()?,
             pb,

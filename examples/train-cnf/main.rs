@@ -14,7 +14,7 @@ use common::{pick_device, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
 use node_models::cnf::{two_circles, Cnf, CnfConfig};
-use node_models::{init, Adam, AdamConfig, Gradient, Rng};
+use node_models::{Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -117,17 +117,6 @@ fn main() -> Result<ExitCode> {
         gradient,
         VarBuilder::from_varmap(&varmap, DType::F32, &dev),
     )?;
-    let mut rng = Rng::new(args.seed);
-    init::pytorch_default(&varmap, &mut rng)?;
-    let n_params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let opt = Adam::new(
-        node_adjoint::sorted_vars(&varmap),
-        AdamConfig {
-            lr: args.lr,
-            ..Default::default()
-        },
-    )?;
-
     let plan = Plan {
         model: MODEL,
         out_dir: &args.out_dir,
@@ -135,15 +124,12 @@ fn main() -> Result<ExitCode> {
         every: args.checkpoint_every,
         stop_after: args.stop_after_steps,
         resume: args.resume,
-        extra_json: format!(
-            "\"batch_size\":{},\"lr\":{},\"seed\":{},\"device\":\"{}\"",
-            args.batch_size,
-            args.lr,
-            args.seed,
-            common::device_label(&dev, false)
-        ),
+        seed: args.seed,
+        lr: args.lr,
+        extra_json: format!("\"batch_size\":{},", args.batch_size),
     };
-    let mut run = Iterations::open(plan, &varmap, opt, rng)?;
+    let mut run = Iterations::start(plan, &varmap, &dev)?;
+    let n_params = run.n_params;
     println!(
         "CNF ({n_params} parameters, width {}, t1 {}) on {dev:?}; iterations {}..{}",
         args.width,

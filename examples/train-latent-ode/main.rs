@@ -18,7 +18,7 @@ use common::{pick_device, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
 use node_models::latent_ode::{LatentOde, LatentOdeConfig, Spirals};
-use node_models::{init, Adam, AdamConfig, Gradient, Rng};
+use node_models::{Gradient, Rng};
 use node_solvers::{Method, SolveOptions, SolverError};
 use plot::{square_panel, Canvas, LEARNED_COLOR, TRUE_COLOR};
 use spirals::{draw_forecasts, json_number, rmse, write_summary, Observed, SpiralArgs};
@@ -126,17 +126,6 @@ fn main() -> Result<ExitCode> {
         gradient,
         VarBuilder::from_varmap(&varmap, DType::F32, &dev),
     )?;
-    let mut rng = Rng::new(args.seed);
-    init::pytorch_default(&varmap, &mut rng)?;
-    let n_params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let opt = Adam::new(
-        node_adjoint::sorted_vars(&varmap),
-        AdamConfig {
-            lr: args.lr,
-            ..Default::default()
-        },
-    )?;
-
     let plan = Plan {
         model: MODEL,
         out_dir: &args.out_dir,
@@ -144,14 +133,12 @@ fn main() -> Result<ExitCode> {
         every: args.checkpoint_every,
         stop_after: args.stop_after_steps,
         resume: args.resume,
-        extra_json: format!(
-            "\"lr\":{},\"seed\":{},\"device\":\"{}\"",
-            args.lr,
-            args.seed,
-            common::device_label(&dev, false)
-        ),
+        seed: args.seed,
+        lr: args.lr,
+        extra_json: String::new(),
     };
-    let mut run = Iterations::open(plan, &varmap, opt, rng)?;
+    let mut run = Iterations::start(plan, &varmap, &dev)?;
+    let n_params = run.n_params;
     println!(
         "latent ODE ({n_params} parameters) on {dev:?}; {} spirals of {} points over t in [0, {:.2}]; iterations {}..{}",
         args.data.nspiral,

@@ -18,7 +18,6 @@ use clap::Parser;
 use common::{pick_device, DeviceArg};
 use iterations::{Iterations, Plan};
 use node_models::rnn::{Rnn, RnnConfig};
-use node_models::{init, Adam, AdamConfig, Rng};
 use spirals::{draw_forecasts, json_number, rmse, write_summary, SpiralArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,16 +93,6 @@ fn main() -> Result<ExitCode> {
         },
         VarBuilder::from_varmap(&varmap, DType::F32, &dev),
     )?;
-    let mut rng = Rng::new(args.seed);
-    init::pytorch_default(&varmap, &mut rng)?;
-    let n_params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let opt = Adam::new(
-        node_adjoint::sorted_vars(&varmap),
-        AdamConfig {
-            lr: args.lr,
-            ..Default::default()
-        },
-    )?;
     let plan = Plan {
         model: MODEL,
         out_dir: &args.out_dir,
@@ -111,14 +100,12 @@ fn main() -> Result<ExitCode> {
         every: args.checkpoint_every,
         stop_after: args.stop_after_steps,
         resume: args.resume,
-        extra_json: format!(
-            "\"lr\":{},\"seed\":{},\"device\":\"{}\"",
-            args.lr,
-            args.seed,
-            common::device_label(&dev, false)
-        ),
+        seed: args.seed,
+        lr: args.lr,
+        extra_json: String::new(),
     };
-    let mut run = Iterations::open(plan, &varmap, opt, rng)?;
+    let mut run = Iterations::start(plan, &varmap, &dev)?;
+    let n_params = run.n_params;
     println!(
         "RNN ({n_params} parameters) on {dev:?}; {} spirals of {} points over t in [0, {:.2}]; iterations {}..{}",
         args.data.nspiral,
