@@ -139,6 +139,29 @@ impl SpiralArgs {
     }
 }
 
+/// The fields that start a spiral trainer's `summary.json`: the run's settings and which
+/// spirals were scored.
+pub fn summary_head(
+    model: &str,
+    args: &SpiralArgs,
+    time_input: bool,
+    iters: usize,
+    seed: u64,
+    task: &Task,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("model", format!("\"{model}\"")),
+        ("time_input", time_input.to_string()),
+        (
+            "observed",
+            args.observed.unwrap_or(args.nsample).to_string(),
+        ),
+        ("iters", iters.to_string()),
+        ("seed", seed.to_string()),
+        ("scored", format!("\"{}\"", task.scored_name())),
+    ]
+}
+
 /// A `[n, nsample]` mask observing `observed` random points of each sequence (its own
 /// generator: the same for a seed, resumed or not).
 fn observation_mask(

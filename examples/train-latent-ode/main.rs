@@ -21,7 +21,9 @@ use node_models::latent_ode::{LatentOde, LatentOdeConfig, Spirals};
 use node_models::{Gradient, Rng};
 use node_solvers::{Method, SolveOptions, SolverError};
 use plot::{square_panel, Canvas, LEARNED_COLOR, TRUE_COLOR};
-use spirals::{draw_forecasts, json_number, rmse, write_summary, Observed, SpiralArgs};
+use spirals::{
+    draw_forecasts, json_number, rmse, summary_head, write_summary, Observed, SpiralArgs,
+};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -196,23 +198,20 @@ fn main() -> Result<ExitCode> {
     }
     println!("{line}");
     let opt = |v: Option<f64>| v.map_or("null".into(), json_number);
-    write_summary(
-        &args.out_dir,
-        &[
-            ("model", format!("\"{MODEL}\"")),
-            ("time_input", args.time_input.to_string()),
-            (
-                "observed",
-                args.data.observed.unwrap_or(args.data.nsample).to_string(),
-            ),
-            ("iters", args.iters.to_string()),
-            ("seed", args.seed.to_string()),
-            ("scored", format!("\"{which}\"")),
-            ("rmse_observed", json_number(scores.observed)),
-            ("rmse_held_out", opt(scores.held_out)),
-            ("rmse_forecast", opt(scores.forecast)),
-        ],
-    )?;
+    let mut fields = summary_head(
+        MODEL,
+        &args.data,
+        args.time_input,
+        args.iters,
+        args.seed,
+        &task,
+    );
+    fields.extend([
+        ("rmse_observed", json_number(scores.observed)),
+        ("rmse_held_out", opt(scores.held_out)),
+        ("rmse_forecast", opt(scores.forecast)),
+    ]);
+    write_summary(&args.out_dir, &fields)?;
     if !args.no_plot && task.scored().future.is_some() {
         let path = args.out_dir.join("forecast.png");
         draw_forecasts(task.scored(), &decoded, &path)?;

@@ -18,7 +18,7 @@ use clap::Parser;
 use common::{pick_device, DeviceArg};
 use iterations::{Iterations, Plan};
 use node_models::rnn::{Rnn, RnnConfig};
-use spirals::{draw_forecasts, json_number, rmse, write_summary, SpiralArgs};
+use spirals::{draw_forecasts, json_number, rmse, summary_head, write_summary, SpiralArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -150,21 +150,16 @@ fn main() -> Result<ExitCode> {
             None
         }
     };
-    write_summary(
-        &args.out_dir,
-        &[
-            ("model", format!("\"{MODEL}\"")),
-            ("time_input", args.time_input.to_string()),
-            (
-                "observed",
-                args.data.observed.unwrap_or(args.data.nsample).to_string(),
-            ),
-            ("iters", args.iters.to_string()),
-            ("seed", args.seed.to_string()),
-            ("scored", format!("\"{which}\"")),
-            ("rmse_forecast", forecast.map_or("null".into(), json_number)),
-        ],
-    )?;
+    let mut fields = summary_head(
+        MODEL,
+        &args.data,
+        args.time_input,
+        args.iters,
+        args.seed,
+        &task,
+    );
+    fields.extend([("rmse_forecast", forecast.map_or("null".into(), json_number))]);
+    write_summary(&args.out_dir, &fields)?;
     println!(
         "metrics: {}, checkpoint: {}",
         metrics_path.display(),
