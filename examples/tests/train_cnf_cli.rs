@@ -4,15 +4,12 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, tensors};
+use common::{metric, ok, run_with_defaults, tensors};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tmp(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("train-cnf-cli-{name}-"))
-        .tempdir()
-        .expect("a temporary folder")
+    common::tmp("train-cnf-cli", name)
 }
 
 /// A small, fast flow (width 8, batch 64, loose tolerances, 256 test points, no picture), each
@@ -28,18 +25,7 @@ fn train(out: &Path, extra: &[&str]) -> Output {
         ["--test-points", "256"],
         ["--image-size", "0"],
     ];
-    Command::new(env!("CARGO_BIN_EXE_train-cnf"))
-        .arg("--out-dir")
-        .arg(out)
-        .args(extra)
-        .args(
-            defaults
-                .into_iter()
-                .filter(|[flag, _]| !extra.contains(flag))
-                .flatten(),
-        )
-        .output()
-        .expect("the binary runs")
+    run_with_defaults(env!("CARGO_BIN_EXE_train-cnf"), out, &defaults, extra)
 }
 
 #[test]

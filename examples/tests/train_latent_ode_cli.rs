@@ -4,15 +4,12 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, summary_field, tensors};
+use common::{metric, ok, run_with_defaults, summary_field, tensors};
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn tmp(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("train-latent-ode-cli-{name}-"))
-        .tempdir()
-        .expect("a temporary folder")
+    common::tmp("train-latent-ode-cli", name)
 }
 
 /// A small, fast model (64 spirals of 20 points, loose tolerances), each setting replaced
@@ -28,23 +25,16 @@ fn train(out: &Path, extra: &[&str]) -> Output {
         ["--rtol", "1e-4"],
         ["--atol", "1e-5"],
     ];
-    Command::new(env!("CARGO_BIN_EXE_train-latent-ode"))
-        .arg("--out-dir")
-        .arg(out)
-        .args(extra.iter().filter(|a| **a != "--plot"))
-        .args(
-            defaults
-                .into_iter()
-                .filter(|[flag, _]| !extra.contains(flag))
-                .flatten(),
-        )
-        .args(if extra.contains(&"--plot") {
-            &[][..]
-        } else {
-            &["--no-plot"][..]
-        })
-        .output()
-        .expect("the binary runs")
+    let mut args: Vec<&str> = extra.iter().copied().filter(|a| *a != "--plot").collect();
+    if !extra.contains(&"--plot") {
+        args.push("--no-plot");
+    }
+    run_with_defaults(
+        env!("CARGO_BIN_EXE_train-latent-ode"),
+        out,
+        &defaults,
+        &args,
+    )
 }
 
 #[test]

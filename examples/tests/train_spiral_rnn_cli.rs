@@ -4,15 +4,12 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, summary_field, tensors};
+use common::{metric, ok, run_with_defaults, summary_field, tensors};
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn tmp(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("train-spiral-rnn-cli-{name}-"))
-        .tempdir()
-        .expect("a temporary folder")
+    common::tmp("train-spiral-rnn-cli", name)
 }
 
 /// A small, fast model (64 spirals of 20 points), each setting replaced where `extra` gives
@@ -25,18 +22,12 @@ fn train(out: &Path, extra: &[&str]) -> Output {
         ["--nsample", "20"],
         ["--hidden", "8"],
     ];
-    Command::new(env!("CARGO_BIN_EXE_train-spiral-rnn"))
-        .arg("--out-dir")
-        .arg(out)
-        .args(extra)
-        .args(
-            defaults
-                .into_iter()
-                .filter(|[flag, _]| !extra.contains(flag))
-                .flatten(),
-        )
-        .output()
-        .expect("the binary runs")
+    run_with_defaults(
+        env!("CARGO_BIN_EXE_train-spiral-rnn"),
+        out,
+        &defaults,
+        extra,
+    )
 }
 
 fn summary(out: &Path) -> String {

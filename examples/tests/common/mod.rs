@@ -57,3 +57,28 @@ pub fn summary_field(out: &Path, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key} in {s}"));
     v.split([',', '}']).next().unwrap().trim().to_string()
 }
+
+/// A temporary folder `<prefix>-<name>-…`.
+pub fn tmp(prefix: &str, name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}-{name}-"))
+        .tempdir()
+        .expect("a temporary folder")
+}
+
+/// Runs the binary `bin` with `--out-dir out`, then `extra`, then each of `defaults` whose flag
+/// `extra` does not give.
+pub fn run_with_defaults(bin: &str, out: &Path, defaults: &[[&str; 2]], extra: &[&str]) -> Output {
+    std::process::Command::new(bin)
+        .arg("--out-dir")
+        .arg(out)
+        .args(extra)
+        .args(
+            defaults
+                .iter()
+                .filter(|[flag, _]| !extra.contains(flag))
+                .flatten(),
+        )
+        .output()
+        .expect("the binary runs")
+}
