@@ -18,7 +18,10 @@ use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, MetalStorage, Result,
     Shape, Storage, Tensor, Var,
 };
-use node_solvers::{odeint, Atol, ErrorNorm, SolveOptions, SolverError, SolverStats, VectorField};
+use node_solvers::{
+    event_gradients, locate_event, odeint, Atol, ErrorNorm, EventFunction, EventOptions,
+    SolveOptions, SolverError, SolverStats, VectorField,
+};
 use std::sync::{Arc, Mutex};
 
 /// Forward and backward statistics of an adjoint solve. A cheap handle: clones share the
@@ -78,7 +81,7 @@ pub fn odeint_adjoint<F>(
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
-    run(f, y0, Times::Host(ts.to_vec()), opts, adj)
+    run(f, y0, Times::Host(ts.to_vec()), opts, adj, None)
 }
 
 /// Like [`odeint_adjoint`], with the output times as a 1-D tensor that also receives
@@ -104,7 +107,97 @@ where
         .into());
     }
     let host = ts.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    run(f, y0, Times::Tensor(host, ts.clone()), opts, adj)
+    run(f, y0, Times::Tensor(host, ts.clone()), opts, adj, None)
+}
+
+/// The result of [`odeint_event_adjoint`].
+#[derive(Clone, Debug)]
+pub struct AdjointEventSolution {
+    /// The event time, or `t_max` if no event happened before it.
+    pub t: f64,
+    /// `t` as a 0-d tensor that carries the event time's gradient (see
+    /// [`node_solvers::EventSolution::time`]).
+    pub time: Tensor,
+    /// The state at `t`; its gradient reaches `y0` and the field's parameters through the
+    /// adjoint, and includes the event time's dependence.
+    pub y: Tensor,
+    /// Which element of the event function crossed zero; `None` at `t_max`.
+    pub event: Option<usize>,
+    /// Counts of the solve that located the event, then of the reverse solve.
+    pub stats: AdjointStats,
+}
+
+/// [`node_solvers::odeint_event`] with gradients by the adjoint method: solves
+/// `dy/dt = f(t, y; θ)` from `y(t0) = y0` until an element of `g(t, y)` crosses zero (or
+/// `t_max`), and returns the event time and state, both differentiable, using memory
+/// independent of the number of steps.
+///
+/// The forward solve runs once, detached, and locates the event; the adjoint op is then
+/// anchored on its states at `t0` and `t*`, and the event time gets its gradient by the
+/// implicit function theorem ([`node_solvers::event_gradients`]): `dt*/dθ =
+/// −(∂g/∂y · dy*/dθ + ∂g/∂θ_g) / (∂g/∂t + ∂g/∂y · f)`. Gradients reach `y0`, the field's
+/// parameters and the event function's own parameters.
+///
+/// # Shapes
+/// `y0`: any shape `S`; `g(t, y)`: any shape with at least one element; result `time` 0-d,
+/// `y` shape `S`.
+///
+/// # Errors
+/// Those of [`node_solvers::odeint_event`] and [`odeint_adjoint`].
+#[allow(clippy::too_many_arguments)]
+pub fn odeint_event_adjoint<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    adj: &AdjointOptions,
+) -> Result<AdjointEventSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+    G: EventFunction,
+{
+    let detached_f = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
+    let detached_g = |t: f64, y: &Tensor| g.eval(t, y).map(|c| c.detach());
+    let found = locate_event(
+        &detached_f,
+        &y0.detach(),
+        t0,
+        t_max,
+        &detached_g,
+        opts,
+        ev_opts,
+    )?;
+    let (y, stats) = if found.t == t0 {
+        // A crossing within the time tolerance of t0 leaves no interval to solve back over.
+        let stats = AdjointStats::default();
+        stats.lock().0 = found.stats;
+        (y0.clone(), stats)
+    } else {
+        let ys = Tensor::stack(&[y0.detach(), found.y.detach()], 0)?;
+        let sol = run(
+            f,
+            y0,
+            Times::Host(vec![t0, found.t]),
+            opts,
+            adj,
+            Some((ys, found.stats)),
+        )?;
+        (sol.ys.get(1)?, sol.stats)
+    };
+    let (time, y) = match found.event {
+        Some(which) => event_gradients(f, g, found.t, which, &y)?,
+        None => (Tensor::new(found.t, y.device())?.to_dtype(y.dtype())?, y),
+    };
+    Ok(AdjointEventSolution {
+        t: found.t,
+        time,
+        y,
+        event: found.event,
+        stats,
+    })
 }
 
 enum Times {
@@ -112,12 +205,15 @@ enum Times {
     Tensor(Vec<f64>, Tensor),
 }
 
+/// The adjoint op on `(y0, θ[, ts])`; `forward` is the detached forward solution at the
+/// output times and its counts, when the caller has it already.
 fn run<F>(
     f: &F,
     y0: &Tensor,
     times: Times,
     opts: &SolveOptions,
     adj: &AdjointOptions,
+    forward: Option<(Tensor, SolverStats)>,
 ) -> Result<AdjointSolution>
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
@@ -134,17 +230,24 @@ where
         ))
         .into());
     }
-    // The forward solve runs detached: no graph through the steps, O(1) memory in steps.
-    let detached = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
-    let sol = odeint(&detached, &y0.detach(), &ts, opts)?;
+    let (ys, forward_stats) = match forward {
+        Some(done) => done,
+        None => {
+            // The forward solve runs detached: no graph through the steps, O(1) memory in
+            // steps.
+            let detached = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
+            let sol = odeint(&detached, &y0.detach(), &ts, opts)?;
+            (sol.ys, sol.stats)
+        }
+    };
     let stats = AdjointStats::default();
-    stats.lock().0 = sol.stats;
+    stats.lock().0 = forward_stats;
     let op = AdjointOp {
         inner: Arc::new(Inner {
             f: f.clone(),
             params: params.clone(),
             ts,
-            ys: sol.ys.contiguous()?,
+            ys: ys.contiguous()?,
             opts: opts.clone(),
             adj: adj.clone(),
             stats: stats.clone(),

@@ -5,6 +5,9 @@ pub mod adjoint;
 pub mod field;
 pub mod options;
 
-pub use adjoint::{odeint_adjoint, odeint_adjoint_with_times, AdjointSolution, AdjointStats};
+pub use adjoint::{
+    odeint_adjoint, odeint_adjoint_with_times, odeint_event_adjoint, AdjointEventSolution,
+    AdjointSolution, AdjointStats,
+};
 pub use field::{sorted_vars, with_params, ParamVectorField, WithParams};
 pub use options::{AdjointNorm, AdjointOptions};

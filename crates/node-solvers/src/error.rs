@@ -69,6 +69,15 @@ pub enum SolverError {
         /// The value given (the smallest, for a tensor).
         value: f64,
     },
+    /// An event was found where the event function does not change along the solution
+    /// (`D = ∂g/∂t + ∂g/∂y · f = 0`, or not finite), so its time has no derivative.
+    #[error("the event at t = {t} is not transversal (dg/dt along the solution = {rate}): the event time has no gradient")]
+    EventNotTransversal {
+        /// The event time.
+        t: f64,
+        /// The rate `D` found.
+        rate: f64,
+    },
     /// Options that cannot work together or are out of range.
     #[error("invalid solver options: {0}")]
     InvalidOptions(String),

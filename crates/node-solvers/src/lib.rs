@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod event;
 pub mod field;
 mod fused;
 pub mod method;
@@ -12,6 +13,10 @@ pub mod solve;
 pub mod tableau;
 
 pub use error::SolverError;
+pub use event::{
+    event_gradients, locate_event, odeint_event, Crossing, EventFunction, EventOptions,
+    EventSolution, LocatedEvent,
+};
 pub use field::VectorField;
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};

@@ -6,11 +6,12 @@
 //! evaluations; only the final time clips a step.
 
 use crate::error::SolverError;
+use crate::event::EventWatch;
 use crate::field::VectorField;
 use crate::options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
 use crate::rk::{lincomb, rk_step, Evaluator, Step};
 use crate::tableau::ButcherTableau;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Counts of a solve.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,22 +96,7 @@ pub fn odeint<F: VectorField + ?Sized>(
 ) -> Result<Solution> {
     opts.validate()?;
     let dir = check_times(ts)?;
-    if !y0.dtype().is_float() {
-        return Err(SolverError::InvalidOptions(format!(
-            "the state must have a float dtype, got {:?}",
-            y0.dtype()
-        ))
-        .into());
-    }
-    if let ErrorNorm::RmsPrefix(len) = opts.norm {
-        if len == 0 || len > y0.elem_count() {
-            return Err(SolverError::InvalidOptions(format!(
-                "seminorm length {len} must be in 1..={}",
-                y0.elem_count()
-            ))
-            .into());
-        }
-    }
+    check_state(y0, opts)?;
     if ts.len() == 1 {
         return Ok(Solution {
             ts: ts.to_vec(),
@@ -122,13 +108,7 @@ pub fn odeint<F: VectorField + ?Sized>(
     let ev = Evaluator::new(f);
     let mut out = Vec::with_capacity(ts.len());
     out.push(y0.clone());
-    let (mut stats, last_step) = match opts.step {
-        StepSize::Adaptive => {
-            let atol = prepare_atol(&ev, &opts.atol, y0)?;
-            adaptive(&ev, y0, ts, dir, opts, &atol, &mut out)?
-        }
-        StepSize::Fixed(_) | StepSize::Count(_) => fixed(&ev, y0, ts, dir, opts, &mut out)?,
-    };
+    let (mut stats, last_step) = run_steps(&ev, y0, ts, dir, opts, &mut out, None)?;
     let ys = Tensor::stack(&out, 0)?;
     if opts.check_finite && matches!(opts.step, StepSize::Fixed(_) | StepSize::Count(_)) {
         // Fixed steps read nothing back per step; NaN/inf propagate, so checking the outputs
@@ -147,8 +127,49 @@ pub fn odeint<F: VectorField + ?Sized>(
     })
 }
 
+/// Checks that the state can be solved with these options.
+pub(crate) fn check_state(y0: &Tensor, opts: &SolveOptions) -> Result<()> {
+    if !y0.dtype().is_float() {
+        return Err(SolverError::InvalidOptions(format!(
+            "the state must have a float dtype, got {:?}",
+            y0.dtype()
+        ))
+        .into());
+    }
+    if let ErrorNorm::RmsPrefix(len) = opts.norm {
+        if len == 0 || len > y0.elem_count() {
+            return Err(SolverError::InvalidOptions(format!(
+                "seminorm length {len} must be in 1..={}",
+                y0.elem_count()
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the steps from `ts[0]` to the last time, pushing the outputs after `y0` to `out`;
+/// with a `watch`, stops at the first event it finds (its outputs then stop short).
+pub(crate) fn run_steps<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    y0: &Tensor,
+    ts: &[f64],
+    dir: f64,
+    opts: &SolveOptions,
+    out: &mut Vec<Tensor>,
+    watch: Option<&mut EventWatch<'_>>,
+) -> Result<(SolverStats, f64)> {
+    match opts.step {
+        StepSize::Adaptive => {
+            let atol = prepare_atol(ev, &opts.atol, y0)?;
+            adaptive(ev, y0, ts, dir, opts, &atol, out, watch)
+        }
+        StepSize::Fixed(_) | StepSize::Count(_) => fixed(ev, y0, ts, dir, opts, out, watch),
+    }
+}
+
 /// Checks `ts` and returns the direction of integration (+1 or -1).
-fn check_times(ts: &[f64]) -> Result<f64> {
+pub(crate) fn check_times(ts: &[f64]) -> Result<f64> {
     if ts.is_empty() {
         return Err(SolverError::InvalidTimes("no output times".into()).into());
     }
@@ -282,6 +303,41 @@ fn initial_step<F: VectorField + ?Sized>(
     Ok((100.0 * h0).min(h1))
 }
 
+/// The dense output of an accepted step `t → t1` at `tn` (`y1` itself at `t1`); computes
+/// `f(t1, y1)` only if the interpolant needs it, keeping it in `f1` for reuse.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dense_at<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    tab: &ButcherTableau,
+    t: f64,
+    t1: f64,
+    y: &Tensor,
+    step: &Step,
+    f1: &mut Option<Tensor>,
+    tn: f64,
+) -> Result<Tensor> {
+    if tn == t1 {
+        return Ok(step.y1.clone());
+    }
+    if tn == t {
+        return Ok(y.clone());
+    }
+    let h = t1 - t;
+    let s = tab.stages();
+    let mut w = vec![0.0; s + 1];
+    tab.dense_weights((tn - t) / h, &mut w);
+    if w[s] != 0.0 && f1.is_none() {
+        *f1 = Some(ev.eval(t1, &step.y1)?);
+    }
+    let extra = f1.as_ref().map(|f1| (h * w[s], f1));
+    let terms = w[..s]
+        .iter()
+        .zip(&step.k)
+        .map(|(wi, ki)| (h * wi, ki))
+        .chain(extra);
+    lincomb(Some(y), terms)
+}
+
 /// Pushes the outputs that fall in `(t, t1]` of an accepted step; computes `f(t1, y1)` only if
 /// the dense output needs it, returning it for reuse.
 #[allow(clippy::too_many_arguments)]
@@ -298,31 +354,14 @@ fn emit_outputs<F: VectorField + ?Sized>(
     next: &mut usize,
     out: &mut Vec<Tensor>,
 ) -> Result<()> {
-    let h = t1 - t;
-    let s = tab.stages();
-    let mut w = vec![0.0; s + 1];
     while *next < ts.len() && (ts[*next] - t1) * dir <= 0.0 {
-        let tn = ts[*next];
-        if tn == t1 {
-            out.push(step.y1.clone());
-        } else {
-            tab.dense_weights((tn - t) / h, &mut w);
-            if w[s] != 0.0 && f1.is_none() {
-                *f1 = Some(ev.eval(t1, &step.y1)?);
-            }
-            let extra = f1.as_ref().map(|f1| (h * w[s], f1));
-            let terms = w[..s]
-                .iter()
-                .zip(&step.k)
-                .map(|(wi, ki)| (h * wi, ki))
-                .chain(extra);
-            out.push(lincomb(Some(y), terms)?);
-        }
+        out.push(dense_at(ev, tab, t, t1, y, step, f1, ts[*next])?);
         *next += 1;
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn adaptive<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     y0: &Tensor,
@@ -331,6 +370,7 @@ fn adaptive<F: VectorField + ?Sized>(
     opts: &SolveOptions,
     atol: &PreparedAtol,
     out: &mut Vec<Tensor>,
+    mut watch: Option<&mut EventWatch<'_>>,
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
     let fsal = tab.is_fsal();
@@ -373,10 +413,32 @@ fn adaptive<F: VectorField + ?Sized>(
             .as_ref()
             .expect("adaptive methods have an error estimate");
         let scale = error_scale(&y, Some(&step.y1), opts.rtol, atol)?;
-        let ratio = ev.read(&scaled_norm_sq(err, &scale, opts.norm)?)?[0].sqrt();
+        let ratio_sq = scaled_norm_sq(err, &scale, opts.norm)?;
+        // With events, g(t1, y1) travels in the same read as the error ratio.
+        let (ratio, g1) = match watch.as_deref() {
+            Some(w) => {
+                let both = Tensor::cat(
+                    &[
+                        ratio_sq.to_dtype(DType::F64)?.reshape(1)?,
+                        w.values(t1, &step.y1)?,
+                    ],
+                    0,
+                )?;
+                let mut v = ev.read(&both)?;
+                let g1 = v.split_off(1);
+                (v[0].sqrt(), g1)
+            }
+            None => (ev.read(&ratio_sq)?[0].sqrt(), vec![]),
+        };
         if ratio <= 1.0 {
             stats.accepted_steps += 1;
             let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
+            if let Some(w) = watch.as_deref_mut() {
+                let mut dense = |tn| dense_at(ev, tab, t, t1, &y, &step, &mut f1, tn);
+                if w.accepted(t, t1, &y, &g1, &mut dense, &|x| ev.read(x))? {
+                    return Ok((stats, h_try));
+                }
+            }
             emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
             t = t1;
             if next < ts.len() {
@@ -428,6 +490,7 @@ fn fixed<F: VectorField + ?Sized>(
     dir: f64,
     opts: &SolveOptions,
     out: &mut Vec<Tensor>,
+    mut watch: Option<&mut EventWatch<'_>>,
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
     let fsal = tab.is_fsal();
@@ -457,6 +520,17 @@ fn fixed<F: VectorField + ?Sized>(
         let t1 = grid(i);
         let step = rk_step(tab, ev, t, t1, &y, &f0, false)?;
         let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
+        if let Some(w) = watch.as_deref_mut() {
+            let g1 = ev.read(&w.values(t1, &step.y1)?)?;
+            let mut dense = |tn| dense_at(ev, tab, t, t1, &y, &step, &mut f1, tn);
+            if w.accepted(t, t1, &y, &g1, &mut dense, &|x| ev.read(x))? {
+                let stats = SolverStats {
+                    accepted_steps: i,
+                    ..SolverStats::default()
+                };
+                return Ok((stats, (t1 - t).abs()));
+            }
+        }
         emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
         t = t1;
         if i < n {

@@ -1,0 +1,537 @@
+//! `odeint_event`: integrate `dy/dt = f(t, y)` until an event function `g(t, y)` crosses zero.
+//!
+//! After every accepted step the solver compares the sign of each element of `g(t1, y1)` with
+//! its sign before the step. When one has changed, the crossing is located on the step's dense
+//! output by the Illinois method (regula falsi that halves the stale end's value, superlinear
+//! and always bracketed), and the solve stops there. `g(t1, y1)` is read back together with the
+//! step's error ratio, so an adaptive step still waits on the device once; locating a crossing
+//! reads once per iteration.
+//!
+//! The event time is differentiable by the implicit function theorem. With `y*(θ)` the state at
+//! a fixed time `t*` and `g(t*, y*) = 0`,
+//! `dt*/dθ = −(∂g/∂y · dy*/dθ + ∂g/∂θ) / D`, where `D = ∂g/∂t + ∂g/∂y · f(t*, y*)` is the rate
+//! of change of `g` along the solution, and the state at the event moves with it:
+//! `dy(t*)/dθ = dy*/dθ + f(t*, y*) · dt*/dθ`. [`event_gradients`] builds tensors with exactly
+//! these gradients (their values unchanged) from any differentiable `y*`, whether it comes
+//! from backprop through the solver or from the adjoint.
+
+use crate::error::SolverError;
+use crate::field::VectorField;
+use crate::options::SolveOptions;
+use crate::rk::Evaluator;
+use crate::solve::{check_state, check_times, run_steps, SolverStats};
+use candle_core::{DType, Result, Tensor, Var};
+
+/// An event function `g(t, y)`: the solve stops where an element of it crosses zero.
+///
+/// Any closure `Fn(f64, &Tensor) -> Result<Tensor>` is one. It returns a tensor of any shape
+/// with at least one element (each element is a separate condition: the solve stops at the
+/// first crossing of any), of a float dtype, on the state's device; the number of elements must
+/// not change during a solve. To be differentiated, it must be built from Candle ops on `y`
+/// (and its own parameters, which then receive gradients too).
+pub trait EventFunction {
+    /// Evaluates `g(t, y)`.
+    fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor>;
+}
+
+impl<G> EventFunction for G
+where
+    G: Fn(f64, &Tensor) -> Result<Tensor>,
+{
+    fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        self(t, y)
+    }
+}
+
+/// Which sign changes of `g` count as events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Crossing {
+    /// Any sign change.
+    #[default]
+    Either,
+    /// From negative to positive (or zero) only.
+    Rising,
+    /// From positive to negative (or zero) only.
+    Falling,
+}
+
+/// Options of the event search, beside the solve's own [`SolveOptions`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EventOptions {
+    /// Which sign changes stop the solve. Default: [`Crossing::Either`].
+    pub crossing: Crossing,
+    /// How closely the crossing time is located. Default `0.0`: to the precision of `t`
+    /// (a few ulps).
+    pub time_tol: f64,
+}
+
+impl EventOptions {
+    /// Sets [`EventOptions::crossing`].
+    pub fn crossing(mut self, c: Crossing) -> Self {
+        self.crossing = c;
+        self
+    }
+    /// Sets [`EventOptions::time_tol`].
+    pub fn time_tol(mut self, tol: f64) -> Self {
+        self.time_tol = tol;
+        self
+    }
+}
+
+/// The result of [`odeint_event`].
+#[derive(Clone, Debug)]
+pub struct EventSolution {
+    /// The event time, or `t_max` if no event happened before it.
+    pub t: f64,
+    /// `t` as a 0-d tensor of the state's dtype and device that carries the event time's
+    /// gradient (to `y0`, the field's parameters and the event function's parameters); a
+    /// constant when no event happened.
+    pub time: Tensor,
+    /// The state at `t`, differentiable, its gradient including the event time's dependence.
+    pub y: Tensor,
+    /// Which element of `g` (in flattened order) crossed zero; `None` if the solve reached
+    /// `t_max` first.
+    pub event: Option<usize>,
+    /// Counts of the solve. `host_reads` includes one read of `g(t0, y0)`, one per
+    /// fixed step, and one per iteration that locates the crossing (an adaptive step reads
+    /// `g` with its error ratio), plus one for the gradient's rate `D` when it is needed.
+    pub stats: SolverStats,
+}
+
+/// Solves `dy/dt = f(t, y)`, `y(t0) = y0` from `t0` towards `t_max` until an element of
+/// `g(t, y)` crosses zero, and returns the time and state of the crossing (as torchdiffeq's
+/// `odeint_event`, with a bound on time and typed errors).
+///
+/// Each element of `g` must keep its sign through the solve until its event: elements that
+/// are exactly zero at `t0` start watching once they become non-zero, so a solve restarted
+/// at an event does not stop again at once. The returned time is the last one located on the
+/// side the crossing starts from (where `g` still has its sign from before, or is zero), within
+/// `ev_opts.time_tol` of the crossing: the state is not past the surface, which is what a
+/// restart after a jump (a bounce) needs. Two crossings of one element within one step cancel
+/// and are not seen; `max_step` bounds what can be missed.
+///
+/// Gradients flow into [`EventSolution::time`] and [`EventSolution::y`] by backprop through
+/// the solver, and through the event time by the implicit function theorem (see the module
+/// docs). For constant-memory gradients, `node_adjoint::odeint_event_adjoint` solves the same
+/// problem with the adjoint.
+///
+/// # Shapes
+/// - `y0`: any shape `S`; `f(t, y)`: shape `S`; `g(t, y)`: any shape with at least one
+///   element.
+/// - result: `time` 0-d, `y` shape `S`.
+///
+/// # Errors
+/// Those of [`crate::odeint`] (invalid options or times, `t0 == t_max`, a non-finite state,
+/// step-size underflow, too many steps); [`SolverError::OutputMismatch`] for an event function
+/// that returns no elements, a changing number of them, another device or an integer dtype;
+/// [`SolverError::NonFinite`] if `g` is NaN or infinite on an accepted step; and
+/// [`SolverError::EventNotTransversal`] when gradients are needed but `g` does not change
+/// along the solution at the event (`D = 0`).
+///
+/// # Example
+/// ```
+/// use candle_core::{Device, Tensor, D};
+/// use node_solvers::{odeint_event, EventOptions, SolveOptions};
+/// # fn main() -> candle_core::Result<()> {
+/// // A ball dropped from 2 m: y = [height, velocity], dy/dt = [v, −9.81]; hits the ground
+/// // at t = √(2·2/9.81).
+/// let dev = Device::Cpu;
+/// let field = |_t: f64, y: &Tensor| {
+///     let v = y.narrow(0, 1, 1)?;
+///     Tensor::cat(&[v.clone(), (v.zeros_like()? - 9.81)?], 0)
+/// };
+/// let height = |_t: f64, y: &Tensor| y.narrow(0, 0, 1);
+/// let y0 = Tensor::new(&[2.0f64, 0.0], &dev)?;
+/// let opts = SolveOptions::default();
+/// let sol = odeint_event(&field, &y0, 0.0, 10.0, &height, &opts, &EventOptions::default())?;
+/// assert_eq!(sol.event, Some(0));
+/// assert!((sol.t - (4.0f64 / 9.81).sqrt()).abs() < 1e-10);
+/// # Ok(()) }
+/// ```
+pub fn odeint_event<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+) -> Result<EventSolution>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
+    let found = locate_event(f, y0, t0, t_max, g, opts, ev_opts)?;
+    let mut stats = found.stats;
+    let (time, y) = match found.event {
+        Some(which) => {
+            let (time, y, reads) = reroute(f, g, found.t, which, &found.y)?;
+            stats.host_reads += reads;
+            stats.nfe += usize::from(reads > 0);
+            (time, y)
+        }
+        None => (constant_time(found.t, &found.y)?, found.y),
+    };
+    Ok(EventSolution {
+        t: found.t,
+        time,
+        y,
+        event: found.event,
+        stats,
+    })
+}
+
+/// Where an event solve stopped, before the event time is made differentiable.
+#[derive(Clone, Debug)]
+pub struct LocatedEvent {
+    /// The event time, or `t_max`.
+    pub t: f64,
+    /// The state at `t`, as the solve computed it (differentiable by backprop through the
+    /// solver, with `t` held fixed).
+    pub y: Tensor,
+    /// The element of `g` that crossed zero; `None` at `t_max`.
+    pub event: Option<usize>,
+    /// Counts of the solve.
+    pub stats: SolverStats,
+}
+
+/// [`odeint_event`] without the event time's gradient: the located time and state, `y`
+/// differentiable only with the time held fixed. For callers that differentiate by other
+/// means (the adjoint) and then call [`event_gradients`].
+///
+/// # Errors
+/// As [`odeint_event`], except [`SolverError::EventNotTransversal`].
+pub fn locate_event<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+) -> Result<LocatedEvent>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
+    opts.validate()?;
+    let ts = [t0, t_max];
+    let dir = check_times(&ts)?;
+    check_state(y0, opts)?;
+    if !(ev_opts.time_tol.is_finite() && ev_opts.time_tol >= 0.0) {
+        return Err(SolverError::InvalidOptions(format!(
+            "event time_tol must be finite and >= 0, got {}",
+            ev_opts.time_tol
+        ))
+        .into());
+    }
+    let ev = Evaluator::new(f);
+    let mut watch = EventWatch::new(g, ev_opts, y0);
+    let g0 = ev.read(&watch.values(t0, y0)?)?;
+    watch.start(t0, &g0)?;
+    let mut out = vec![y0.clone()];
+    let (mut stats, _) = run_steps(&ev, y0, &ts, dir, opts, &mut out, Some(&mut watch))?;
+    stats.nfe = ev.nfe();
+    stats.host_reads = ev.host_reads();
+    Ok(match watch.found {
+        Some((t, y, which)) => LocatedEvent {
+            t,
+            y,
+            event: Some(which),
+            stats,
+        },
+        None => LocatedEvent {
+            t: t_max,
+            y: out.pop().expect("a solve to t_max outputs its state there"),
+            event: None,
+            stats,
+        },
+    })
+}
+
+/// Makes the located event differentiable: returns `(time, y)` with the values `t` and `y`
+/// and the gradients of the implicit function theorem (module docs), given `y`, the state at
+/// the event with `t` held fixed (from backprop through the solver or from the adjoint).
+/// `which` is the element of `g` that crossed zero.
+///
+/// Computes `D = ∂g/∂t + ∂g/∂y · f(t, y)`: `∂g/∂y` by Candle autograd, `∂g/∂t` by a central
+/// difference in `t` (exactly zero when `g` does not depend on time), with one evaluation of
+/// `f` and one host read. When neither `y` nor `g`'s output needs a gradient nothing is
+/// computed and the outputs are constants.
+///
+/// # Shapes
+/// `y`: the state's shape; `time`: 0-d, of `y`'s dtype and device.
+///
+/// # Errors
+/// [`SolverError::EventNotTransversal`] when `D` is zero or not finite (the event time has no
+/// derivative there); `which` out of range; errors of `f` and `g`.
+pub fn event_gradients<F, G>(
+    f: &F,
+    g: &G,
+    t: f64,
+    which: usize,
+    y: &Tensor,
+) -> Result<(Tensor, Tensor)>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
+    reroute(f, g, t, which, y).map(|(time, y, _)| (time, y))
+}
+
+fn constant_time(t: f64, y: &Tensor) -> Result<Tensor> {
+    Tensor::new(t, y.device())?.to_dtype(y.dtype())
+}
+
+fn element(g_out: &Tensor, which: usize) -> Result<Tensor> {
+    let flat = g_out.flatten_all()?;
+    if which >= flat.elem_count() {
+        return Err(SolverError::InvalidOptions(format!(
+            "event element {which} out of range: the event function has {} elements",
+            flat.elem_count()
+        ))
+        .into());
+    }
+    flat.get(which)
+}
+
+/// [`event_gradients`], also returning its host reads (0 or 1).
+fn reroute<F, G>(f: &F, g: &G, t: f64, which: usize, y: &Tensor) -> Result<(Tensor, Tensor, usize)>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
+    let c = element(&g.eval(t, y)?, which)?;
+    if !(y.track_op() || c.track_op()) {
+        return Ok((constant_time(t, y)?, y.clone(), 0));
+    }
+    let yd = y.detach();
+    let fy = f.eval(t, &yd)?.detach();
+    // ∂g/∂y · f by autograd on a fresh leaf (the returned store is dropped; no Var changes).
+    let leaf = Var::from_tensor(&yd)?;
+    let cy = element(&g.eval(t, leaf.as_tensor())?, which)?;
+    let along_f = match cy.backward()?.get(leaf.as_tensor()) {
+        Some(dy) => (dy.to_dtype(DType::F64)? * fy.to_dtype(DType::F64)?)?.sum_all()?,
+        None => Tensor::new(0.0f64, y.device())?,
+    };
+    // ∂g/∂t by a central difference; the step balances truncation (δ²) and rounding (ε/δ).
+    let eps = match y.dtype() {
+        DType::F64 => f64::EPSILON,
+        DType::F32 => f32::EPSILON as f64,
+        _ => 2f64.powi(-8),
+    };
+    let delta = eps.cbrt() * t.abs().max(1.0);
+    let up = element(&g.eval(t + delta, &yd)?, which)?.detach();
+    let down = element(&g.eval(t - delta, &yd)?, which)?.detach();
+    let parts = Tensor::stack(
+        &[
+            along_f,
+            up.to_dtype(DType::F64)?,
+            down.to_dtype(DType::F64)?,
+        ],
+        0,
+    )?
+    .to_vec1::<f64>()?;
+    let rate = parts[0] + (parts[1] - parts[2]) / (2.0 * delta);
+    if !(rate.is_finite() && rate != 0.0) {
+        return Err(SolverError::EventNotTransversal { t, rate }.into());
+    }
+    // Values t and y exactly (c − c.detach() is 0), gradients −∂c/∂θ / D and f · dt/dθ.
+    let time = (&c - c.detach())?
+        .affine(-1.0 / rate, t)?
+        .to_dtype(y.dtype())?;
+    let moved = fy.broadcast_mul(&(&time - time.detach())?)?;
+    let y_event = (y + moved)?;
+    Ok((time, y_event, 1))
+}
+
+/// Watches the sign of `g` across accepted steps and locates crossings; used by the solve
+/// loops.
+pub(crate) struct EventWatch<'a> {
+    g: &'a dyn EventFunction,
+    opts: EventOptions,
+    device: candle_core::Device,
+    len: usize,
+    /// `g` at the start of the current step.
+    last: Vec<f64>,
+    /// The sign (±1) of each element's last non-zero value; 0 while it has been zero.
+    sign: Vec<f64>,
+    /// Time, state and element of the crossing, once found.
+    pub(crate) found: Option<(f64, Tensor, usize)>,
+}
+
+impl<'a> EventWatch<'a> {
+    fn new(g: &'a dyn EventFunction, opts: &EventOptions, y0: &Tensor) -> EventWatch<'a> {
+        Self {
+            g,
+            opts: *opts,
+            device: y0.device().clone(),
+            len: 0,
+            last: vec![],
+            sign: vec![],
+            found: None,
+        }
+    }
+
+    /// `g(t, y)` flattened to f64, checked, for reading with the step's error ratio.
+    pub(crate) fn values(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        let v = self.g.eval(t, y)?;
+        if !v.dtype().is_float() || !v.device().same_device(&self.device) {
+            return Err(SolverError::OutputMismatch(format!(
+                "the event function returned dtype {:?} on {:?}; it must be a float tensor on \
+                 the state's device (at t = {t})",
+                v.dtype(),
+                v.device()
+            ))
+            .into());
+        }
+        let n = v.elem_count();
+        if n == 0 || (self.len != 0 && n != self.len) {
+            return Err(SolverError::OutputMismatch(format!(
+                "the event function returned {n} elements (at t = {t}){}",
+                if n == 0 {
+                    String::new()
+                } else {
+                    format!(", {} before", self.len)
+                }
+            ))
+            .into());
+        }
+        v.flatten_all()?.detach().to_dtype(DType::F64)
+    }
+
+    fn start(&mut self, t0: f64, g0: &[f64]) -> Result<()> {
+        if g0.iter().any(|v| !v.is_finite()) {
+            return Err(non_finite_event(t0));
+        }
+        self.len = g0.len();
+        self.last = g0.to_vec();
+        self.sign = g0.iter().map(|v| sign(*v)).collect();
+        Ok(())
+    }
+
+    /// Called with each accepted step `t → t1` and `g(t1, y1)`; `dense(τ)` is the step's dense
+    /// output and `read` the solve's counted host read. Returns whether the solve stops.
+    pub(crate) fn accepted(
+        &mut self,
+        t: f64,
+        t1: f64,
+        y: &Tensor,
+        g1: &[f64],
+        dense: &mut dyn FnMut(f64) -> Result<Tensor>,
+        read: &dyn Fn(&Tensor) -> Result<Vec<f64>>,
+    ) -> Result<bool> {
+        if g1.iter().any(|v| !v.is_finite()) {
+            return Err(non_finite_event(t1));
+        }
+        let dir = if t1 > t { 1.0 } else { -1.0 };
+        let mut best: Option<(f64, Tensor, usize)> = None;
+        for (i, &v1) in g1.iter().enumerate() {
+            let s0 = self.sign[i];
+            let crossed = s0 != 0.0 && sign(v1) != s0;
+            let wanted = match self.opts.crossing {
+                Crossing::Either => true,
+                Crossing::Rising => s0 < 0.0,
+                Crossing::Falling => s0 > 0.0,
+            };
+            if !(crossed && wanted) {
+                continue;
+            }
+            let (tc, yc) = self.locate(i, t, t1, y, v1, dense, read)?;
+            if best.as_ref().is_none_or(|(tb, _, _)| (tc - tb) * dir < 0.0) {
+                best = Some((tc, yc, i));
+            }
+        }
+        if let Some(b) = best {
+            self.found = Some(b);
+            return Ok(true);
+        }
+        for (i, v) in g1.iter().enumerate() {
+            self.last[i] = *v;
+            if *v != 0.0 {
+                self.sign[i] = sign(*v);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The Illinois method on `[t, t1]` for element `i`, which has `last[i]` (its old sign or
+    /// zero) at `t` and `v1` (the other sign or zero) at `t1`. Returns the last time found on
+    /// the old side and the state there.
+    #[allow(clippy::too_many_arguments)]
+    fn locate(
+        &self,
+        i: usize,
+        t: f64,
+        t1: f64,
+        y: &Tensor,
+        v1: f64,
+        dense: &mut dyn FnMut(f64) -> Result<Tensor>,
+        read: &dyn Fn(&Tensor) -> Result<Vec<f64>>,
+    ) -> Result<(f64, Tensor)> {
+        if v1 == 0.0 {
+            return Ok((t1, dense(t1)?));
+        }
+        let old = self.sign[i];
+        let (mut a, mut ga, mut ya) = (t, self.last[i], y.clone());
+        let (mut b, mut gb) = (t1, v1);
+        // Which end moved last: +1 for a, −1 for b; two moves of one end halve the other's
+        // value (Illinois), so the stale end cannot hold the iteration to a linear rate.
+        let mut side = 0;
+        for _ in 0..200 {
+            let tol = self
+                .opts
+                .time_tol
+                .max(4.0 * f64::EPSILON * a.abs().max(b.abs()));
+            if (b - a).abs() <= tol {
+                break;
+            }
+            let mid = 0.5 * (a + b);
+            let secant = b - gb * (b - a) / (gb - ga);
+            let inside = |x: f64| (x - a) * (x - b) < 0.0;
+            let tm = if secant.is_finite() && inside(secant) {
+                secant
+            } else if inside(mid) {
+                mid
+            } else {
+                break;
+            };
+            let ym = dense(tm)?;
+            let gm = read(&self.values(tm, &ym)?)?[i];
+            if !gm.is_finite() {
+                return Err(non_finite_event(tm));
+            }
+            if gm == 0.0 {
+                return Ok((tm, ym));
+            }
+            if sign(gm) == old {
+                (a, ga, ya) = (tm, gm, ym);
+                if side == 1 {
+                    gb *= 0.5;
+                }
+                side = 1;
+            } else {
+                (b, gb) = (tm, gm);
+                if side == -1 {
+                    ga *= 0.5;
+                }
+                side = -1;
+            }
+        }
+        Ok((a, ya))
+    }
+}
+
+fn sign(v: f64) -> f64 {
+    if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+fn non_finite_event(t: f64) -> candle_core::Error {
+    SolverError::NonFinite { t }.into()
+}
