@@ -1,0 +1,344 @@
+//! torchdiffeq's bouncing ball (`examples/bouncing_ball.py`): differentiable event handling.
+//!
+//! A ball of radius `r` falls under gravity `G` (and, with `--drag k`, linear air drag
+//! `−k·v`) from height `h0` with velocity `v0`, from time `t0`; when it touches the ground
+//! (`pos = r`, found by `odeint_event`) its velocity reverses and loses the fraction
+//! `absorption`, and the solve restarts from there. Without drag the bounce times are checked
+//! against their closed form; the last one's gradient with respect to all seven parameters
+//! (by backprop through the solver or by the adjoint, through every event) against central
+//! differences.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../common/plot.rs"]
+mod plot;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use clap::Parser;
+use common::{pick_device, DeviceArg, GradientArg};
+use node_adjoint::{odeint_event_adjoint, with_params, AdjointOptions};
+use node_solvers::{odeint, odeint_event, Crossing, EventOptions, SolveOptions};
+use plot::{bounds, Canvas, Panel, LEARNED_COLOR, TRUE_COLOR};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Bounce a ball with differentiable event times; check the times against their closed form
+/// and their gradients against central differences.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Number of bounces.
+    #[arg(default_value_t = 10)]
+    bounces: usize,
+    /// How the bounce times are differentiated.
+    #[arg(long, value_enum, default_value = "backprop")]
+    gradient: GradientArg,
+    /// Initial height of the ball's centre.
+    #[arg(long, default_value_t = 10.0)]
+    height: f64,
+    /// Initial (upward) velocity.
+    #[arg(long, default_value_t = 0.0)]
+    velocity: f64,
+    /// Gravity.
+    #[arg(long, default_value_t = 9.8)]
+    gravity: f64,
+    /// The ball's radius.
+    #[arg(long, default_value_t = 0.2)]
+    radius: f64,
+    /// Fraction of the speed lost at each bounce.
+    #[arg(long, default_value_t = 0.2)]
+    absorption: f64,
+    /// Start time.
+    #[arg(long, default_value_t = 0.0)]
+    t0: f64,
+    /// Linear air drag `k` (the acceleration is `−G − k·v`); 0 keeps the closed form.
+    #[arg(long, default_value_t = 0.0)]
+    drag: f64,
+    /// Relative and absolute tolerance of the solves.
+    #[arg(long, default_value_t = 1e-10)]
+    tol: f64,
+    /// Device; the default is CUDA or Metal when compiled in and present, else the CPU.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// Where to write the plot of height and velocity against time.
+    #[arg(long, default_value = "bouncing-ball.png")]
+    plot: PathBuf,
+    /// Write no plot.
+    #[arg(long)]
+    no_plot: bool,
+}
+
+const NAMES: [&str; 7] = [
+    "height",
+    "velocity",
+    "gravity",
+    "radius",
+    "absorption",
+    "t0",
+    "drag",
+];
+
+/// The ball's parameters, each a `Var` of shape `[1]` (f64), in the order of `NAMES`
+/// (the radius as its logarithm, as torchdiffeq).
+struct Ball {
+    vars: Vec<Var>,
+}
+
+impl Ball {
+    fn new(p: [f64; 7], dev: &Device) -> Result<Self> {
+        let mut p = p;
+        p[3] = p[3].ln();
+        let vars = p
+            .iter()
+            .map(|v| Var::new(&[*v], dev))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self { vars })
+    }
+
+    fn var(&self, i: usize) -> &Tensor {
+        self.vars[i].as_tensor()
+    }
+
+    /// The bounces' times as host numbers and as tensors that carry their gradients.
+    fn bounces(&self, n: usize, mode: GradientArg, tol: f64) -> Result<Vec<(f64, Tensor)>> {
+        let (gravity, drag) = (self.vars[2].clone(), self.vars[6].clone());
+        let (g, k) = (gravity.clone(), drag.clone());
+        // y = [pos, vel], dy/dt = [vel, −G − k·vel].
+        let field = with_params(
+            move |_t, y: &Tensor| {
+                let v = y.narrow(0, 1, 1)?;
+                let acc = (v.broadcast_mul(&k)? + g.as_tensor())?.neg()?;
+                Tensor::cat(&[v, acc], 0)
+            },
+            vec![gravity, drag],
+        );
+        // Positive in the air, zero when the ball touches the ground.
+        let log_radius = self.var(3).clone();
+        let ground = move |_t: f64, y: &Tensor| y.narrow(0, 0, 1)? - log_radius.exp()?;
+        let opts = SolveOptions::default().tolerances(tol, tol);
+        let ev = EventOptions::default().crossing(Crossing::Falling);
+        let keep = (self.var(4).affine(-1.0, 1.0))?;
+        let mut t = self.var(5).to_vec1::<f64>()?[0];
+        let mut time = self.var(5).reshape(())?;
+        let mut y = Tensor::cat(&[self.var(0), self.var(1)], 0)?;
+        let mut out = Vec::with_capacity(n);
+        for k in 0..n {
+            // A start time that carries a gradient: the trajectory from (t + δ, y) is the one
+            // from (t, y − δ·f(t, y)), so shifting the state carries dt to everything after.
+            let f0 = node_solvers::VectorField::eval(&field, t, &y)?.detach();
+            let y0 = (&y - f0.broadcast_mul(&(&time - time.detach())?)?)?;
+            let t_max = t + 1e3;
+            let (te, time_e, ye, event) = match mode {
+                GradientArg::Backprop => {
+                    let s = odeint_event(&field, &y0, t, t_max, &ground, &opts, &ev)?;
+                    (s.t, s.time, s.y, s.event)
+                }
+                GradientArg::Adjoint => {
+                    let adj = AdjointOptions::default();
+                    let s = odeint_event_adjoint(&field, &y0, t, t_max, &ground, &opts, &ev, &adj)?;
+                    (s.t, s.time, s.y, s.event)
+                }
+            };
+            if event.is_none() {
+                bail!(
+                    "bounce {}: the ball did not reach the ground before t = {t_max}",
+                    k + 1
+                );
+            }
+            out.push((te, time_e.clone()));
+            // The bounce: the velocity reverses and loses the fraction `absorption`.
+            let vel = ye.narrow(0, 1, 1)?.neg()?.broadcast_mul(&keep)?;
+            y = Tensor::cat(&[ye.narrow(0, 0, 1)?, vel], 0)?;
+            (t, time) = (te, time_e);
+        }
+        Ok(out)
+    }
+}
+
+/// The bounce times in closed form: the fall to `pos = r` takes `(v0 + s)/G` with
+/// `s = √(v0² + 2G(h0 − r))`, and each flight after a bounce at speed `u` takes `2u/G`.
+fn exact_bounces(p: [f64; 7], n: usize) -> Vec<f64> {
+    let [h0, v0, g, r, a, t0, _] = p;
+    let s = (v0 * v0 + 2.0 * g * (h0 - r)).sqrt();
+    let mut t = t0 + (v0 + s) / g;
+    let mut u = s * (1.0 - a);
+    let mut out = vec![t];
+    for _ in 1..n {
+        t += 2.0 * u / g;
+        u *= 1.0 - a;
+        out.push(t);
+    }
+    out
+}
+
+fn main() -> Result<()> {
+    node_kernels::keep_freed_memory();
+    let args = Args::parse();
+    if args.bounces == 0 {
+        bail!("--bounces must be at least 1");
+    }
+    let p = [
+        args.height,
+        args.velocity,
+        args.gravity,
+        args.radius,
+        args.absorption,
+        args.t0,
+        args.drag,
+    ];
+    if !(args.gravity > 0.0 && args.radius > 0.0 && args.height > args.radius) {
+        bail!("need gravity > 0, radius > 0 and height > radius (the ball starts in the air)");
+    }
+    if !(args.drag >= 0.0 && args.drag.is_finite()) {
+        bail!("--drag must be a finite number >= 0");
+    }
+    if !(0.0..1.0).contains(&args.absorption) {
+        bail!("--absorption must be in [0, 1)");
+    }
+    if !(args.tol > 0.0 && args.tol.is_finite()) {
+        bail!("--tol must be a positive number");
+    }
+    let dev = pick_device(args.device)?;
+    println!(
+        "bouncing ball: {} bounces, {:?} gradients, tolerance {:e}, device {:?}",
+        args.bounces, args.gradient, args.tol, dev
+    );
+
+    let ball = Ball::new(p, &dev)?;
+    let start = Instant::now();
+    let bounces = ball.bounces(args.bounces, args.gradient, args.tol)?;
+    let solve_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut worst: f64 = 0.0;
+    if args.drag == 0.0 {
+        let exact = exact_bounces(p, args.bounces);
+        println!("\n bounce |       time |      exact | difference");
+        for (k, ((t, _), e)) in bounces.iter().zip(&exact).enumerate() {
+            worst = worst.max((t - e).abs());
+            println!(
+                "{:>7} | {t:>10.6} | {e:>10.6} | {:>10.1e}",
+                k + 1,
+                (t - e).abs()
+            );
+        }
+    } else {
+        println!("\n bounce |       time");
+        for (k, (t, _)) in bounces.iter().enumerate() {
+            println!("{:>7} | {t:>10.6}", k + 1);
+        }
+    }
+
+    let (last, last_time) = bounces.last().expect("at least one bounce");
+    let start = Instant::now();
+    let grads = last_time.backward()?;
+    let backward_ms = start.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "\nsolves {solve_ms:.1} ms, backward {backward_ms:.1} ms; gradient of the last bounce \
+         time ({last:.6}):"
+    );
+    println!("\n parameter  |    autograd | central diff. | difference");
+    // Central differences of the whole simulation, each parameter in turn (the radius as
+    // log r, as it is a parameter).
+    let eps = 1e-5;
+    let mut failed = false;
+    for (i, name) in NAMES.iter().enumerate() {
+        let got = match grads.get(ball.var(i)) {
+            Some(g) => g.to_dtype(DType::F64)?.to_vec1::<f64>()?[0],
+            None => 0.0,
+        };
+        let at = |d: f64| -> Result<f64> {
+            let mut q = p;
+            if i == 3 {
+                q[3] = (q[3].ln() + d).exp();
+            } else {
+                q[i] += d;
+            }
+            let b = Ball::new(q, &dev)?;
+            Ok(b.bounces(args.bounces, GradientArg::Backprop, args.tol)?
+                .last()
+                .expect("at least one bounce")
+                .0)
+        };
+        let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
+        let diff = (got - fd).abs();
+        // Solver errors ~tol over a difference step of 1e-5: 1e-5·|fd| leaves room for that.
+        let ok = diff <= 1e-5 * fd.abs().max(1.0);
+        failed |= !ok;
+        let label = if i == 3 { "log radius" } else { name };
+        println!(
+            " {label:<10} | {got:>11.6} | {fd:>13.6} | {diff:>10.1e}{}",
+            if ok { "" } else { "  MISMATCH" }
+        );
+    }
+
+    if !args.no_plot {
+        draw(&ball, &bounces, p, args.tol, &dev, &args.plot)?;
+        println!("\nplot: {}", args.plot.display());
+    }
+    if worst > 1e-6 {
+        bail!("a bounce time is {worst:e} away from its closed form");
+    }
+    if failed {
+        bail!("gradient check failed");
+    }
+    if args.drag == 0.0 {
+        println!("\nbounce times match their closed form (worst {worst:.1e})");
+    }
+    println!("gradient check passed");
+    Ok(())
+}
+
+/// Height (blue) and velocity (orange) against time, with the bounces as dots on the ground.
+fn draw(
+    ball: &Ball,
+    bounces: &[(f64, Tensor)],
+    p: [f64; 7],
+    tol: f64,
+    dev: &Device,
+    path: &std::path::Path,
+) -> Result<()> {
+    let (g, k) = (p[2], p[6]);
+    let field = |_t: f64, y: &Tensor| {
+        let v = y.narrow(0, 1, 1)?;
+        let acc = v.affine(-k, -g)?;
+        Tensor::cat(&[v, acc], 0)
+    };
+    let opts = SolveOptions::default().tolerances(tol, tol);
+    let (mut ts, mut pos, mut vel) = (vec![], vec![], vec![]);
+    let mut t = p[5];
+    let mut y = Tensor::cat(&[ball.var(0), ball.var(1)], 0)?.detach();
+    for (te, _) in bounces {
+        let n = (((te - t) * 50.0).ceil() as usize).max(2);
+        let grid: Vec<f64> = (0..=n)
+            .map(|i| t + (te - t) * i as f64 / n as f64)
+            .collect();
+        let sol = odeint(&field, &y, &grid, &opts)?;
+        let ys = sol.ys.to_vec2::<f64>()?;
+        for (ti, yi) in grid.iter().zip(&ys) {
+            ts.push(*ti);
+            pos.push(yi[0]);
+            vel.push(yi[1]);
+        }
+        let end = &ys[ys.len() - 1];
+        let bounced = [end[0], -end[1] * (1.0 - p[4])];
+        y = Tensor::new(&bounced, dev)?;
+        t = *te;
+    }
+    let mut c = Canvas::new(1000, 420);
+    let panel = Panel {
+        x0: 40,
+        y0: 30,
+        w: 920,
+        h: 360,
+        xlim: (ts[0], ts[ts.len() - 1]),
+        ylim: bounds(pos.iter().chain(&vel).cloned()),
+    };
+    c.frame(&panel);
+    c.series(&panel, &ts, &vec![0.0; ts.len()], [160, 160, 160]);
+    c.series(&panel, &ts, &vel, LEARNED_COLOR);
+    c.series(&panel, &ts, &pos, TRUE_COLOR);
+    for (te, _) in bounces {
+        c.dot(&panel, *te, p[3], TRUE_COLOR);
+    }
+    c.save_png(path)
+}
