@@ -130,7 +130,7 @@ pub struct EventSolution {
 ///
 /// # Example
 /// ```
-/// use candle_core::{Device, Tensor, D};
+/// use candle_core::{Device, Tensor};
 /// use node_solvers::{odeint_event, EventOptions, SolveOptions};
 /// # fn main() -> candle_core::Result<()> {
 /// // A ball dropped from 2 m: y = [height, velocity], dy/dt = [v, −9.81]; hits the ground
@@ -165,9 +165,8 @@ where
     let mut stats = found.stats;
     let (time, y) = match found.event {
         Some(which) => {
-            let (time, y, reads) = reroute(f, g, found.t, which, &found.y)?;
-            stats.host_reads += reads;
-            stats.nfe += usize::from(reads > 0);
+            let (time, y, more) = reroute(f, g, found.t, which, &found.y)?;
+            stats += more;
             (time, y)
         }
         None => (constant_time(found.t, &found.y)?, found.y),
@@ -295,18 +294,25 @@ fn element(g_out: &Tensor, which: usize) -> Result<Tensor> {
     flat.get(which)
 }
 
-/// [`event_gradients`], also returning its host reads (0 or 1).
-fn reroute<F, G>(f: &F, g: &G, t: f64, which: usize, y: &Tensor) -> Result<(Tensor, Tensor, usize)>
+/// [`event_gradients`], also returning its evaluations of `f` and host reads (0 or 1 each).
+fn reroute<F, G>(
+    f: &F,
+    g: &G,
+    t: f64,
+    which: usize,
+    y: &Tensor,
+) -> Result<(Tensor, Tensor, SolverStats)>
 where
     F: VectorField + ?Sized,
     G: EventFunction,
 {
     let c = element(&g.eval(t, y)?, which)?;
     if !(y.track_op() || c.track_op()) {
-        return Ok((constant_time(t, y)?, y.clone(), 0));
+        return Ok((constant_time(t, y)?, y.clone(), SolverStats::default()));
     }
+    let ev = Evaluator::new(f);
     let yd = y.detach();
-    let fy = f.eval(t, &yd)?.detach();
+    let fy = ev.eval(t, &yd)?.detach();
     // ∂g/∂y · f by autograd on a fresh leaf (the returned store is dropped; no Var changes).
     let leaf = Var::from_tensor(&yd)?;
     let cy = element(&g.eval(t, leaf.as_tensor())?, which)?;
@@ -323,15 +329,14 @@ where
     let delta = eps.cbrt() * t.abs().max(1.0);
     let up = element(&g.eval(t + delta, &yd)?, which)?.detach();
     let down = element(&g.eval(t - delta, &yd)?, which)?.detach();
-    let parts = Tensor::stack(
+    let parts = ev.read(&Tensor::stack(
         &[
             along_f,
             up.to_dtype(DType::F64)?,
             down.to_dtype(DType::F64)?,
         ],
         0,
-    )?
-    .to_vec1::<f64>()?;
+    )?)?;
     let rate = parts[0] + (parts[1] - parts[2]) / (2.0 * delta);
     if !(rate.is_finite() && rate != 0.0) {
         return Err(SolverError::EventNotTransversal { t, rate }.into());
@@ -342,7 +347,12 @@ where
         .to_dtype(y.dtype())?;
     let moved = fy.broadcast_mul(&(&time - time.detach())?)?;
     let y_event = (y + moved)?;
-    Ok((time, y_event, 1))
+    let stats = SolverStats {
+        nfe: ev.nfe(),
+        host_reads: ev.host_reads(),
+        ..SolverStats::default()
+    };
+    Ok((time, y_event, stats))
 }
 
 /// Watches the sign of `g` across accepted steps and locates crossings; used by the solve

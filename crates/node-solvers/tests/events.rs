@@ -158,6 +158,17 @@ fn fixed_steps(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// `[dL/dh0, dL/dv0, dL/dG]` of a scalar `L` of the free fall.
+fn free_fall_grads(l: &Tensor, y0: &Var, gravity: &Var) -> Result<[f64; 3]> {
+    let grads = l.backward()?;
+    let dy = grads.get(y0).expect("y0 has a gradient").to_vec1::<f64>()?;
+    let dg = grads
+        .get(gravity)
+        .expect("G has a gradient")
+        .to_vec1::<f64>()?;
+    Ok([dy[0], dy[1], dg[0]])
+}
+
 /// Free fall `y = [h, v]`, `y' = [v, −G]` with the gravity `G` a parameter, stopping at the
 /// ground (`h = 0`). Exactly: with `s = √(v0² + 2 G h0)`, `t* = (v0 + s)/G` and `v(t*) = −s`.
 fn free_fall_gradients(dev: &Device) -> Result<()> {
@@ -170,37 +181,21 @@ fn free_fall_gradients(dev: &Device) -> Result<()> {
     let s = (v0 * v0 + 2.0 * gr * h0).sqrt();
     assert!((sol.t - (v0 + s) / gr).abs() < 1e-12, "t = {}", sol.t);
     assert!((sol.y.to_vec1::<f64>()?[1] + s).abs() < 1e-11);
-    let grads = sol.time.backward()?;
-    let dh = grads
-        .get(&y0)
-        .expect("y0 has a gradient")
-        .to_vec1::<f64>()?;
-    let dg = grads
-        .get(&gravity)
-        .expect("G has a gradient")
-        .to_vec1::<f64>()?;
+    let got = free_fall_grads(&sol.time, &y0, &gravity)?;
     // dt*/dh0 = 1/s; dt*/dv0 = (1 + v0/s)/G; dt*/dG = h0/(s G) − (v0 + s)/G².
     let want = [
         1.0 / s,
         (1.0 + v0 / s) / gr,
         h0 / (s * gr) - (v0 + s) / (gr * gr),
     ];
-    for (got, want) in [dh[0], dh[1], dg[0]].iter().zip(want) {
+    for (got, want) in got.iter().zip(want) {
         assert!((got - want).abs() < 1e-9, "dt*: {got} vs {want}");
     }
     // v(t*) = −s: dv/dh0 = −G/s, dv/dv0 = −v0/s, dv/dG = −h0/s. The state's gradient carries
     // the event time's (v0 − G t held at fixed t would give 0, 1, −t*).
-    let grads = sol.y.narrow(0, 1, 1)?.sum_all()?.backward()?;
-    let dh = grads
-        .get(&y0)
-        .expect("y0 has a gradient")
-        .to_vec1::<f64>()?;
-    let dg = grads
-        .get(&gravity)
-        .expect("G has a gradient")
-        .to_vec1::<f64>()?;
+    let got = free_fall_grads(&sol.y.narrow(0, 1, 1)?.sum_all()?, &y0, &gravity)?;
     let want = [-gr / s, -v0 / s, -h0 / s];
-    for (got, want) in [dh[0], dh[1], dg[0]].iter().zip(want) {
+    for (got, want) in got.iter().zip(want) {
         assert!((got - want).abs() < 1e-9, "dv*: {got} vs {want}");
     }
     Ok(())
