@@ -306,7 +306,7 @@ fn initial_step<F: VectorField + ?Sized>(
 /// The dense output of an accepted step `t → t1` at `tn` (`y1` itself at `t1`); computes
 /// `f(t1, y1)` only if the interpolant needs it, keeping it in `f1` for reuse.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn dense_at<F: VectorField + ?Sized>(
+fn dense_at<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     tab: &ButcherTableau,
     t: f64,
