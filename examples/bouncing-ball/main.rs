@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
 use common::{pick_device, DeviceArg, GradientArg};
-use node_adjoint::{odeint_event_adjoint, with_params, AdjointOptions};
+use node_adjoint::{odeint_event_adjoint, with_params, AdjointOptions, WithParams};
 use node_solvers::{odeint, odeint_event, Crossing, EventOptions, SolveOptions};
 use plot::{bounds, Canvas, Panel, LEARNED_COLOR, TRUE_COLOR};
 use std::path::PathBuf;
@@ -100,25 +100,38 @@ impl Ball {
         self.vars[i].as_tensor()
     }
 
-    /// The bounces' times as host numbers and as tensors that carry their gradients.
-    fn bounces(&self, n: usize, mode: GradientArg, tol: f64) -> Result<Vec<(f64, Tensor)>> {
+    /// The flight: `y = [pos, vel]`, `dy/dt = [vel, −G − k·vel]`.
+    fn field(
+        &self,
+    ) -> WithParams<impl Fn(f64, &Tensor) -> candle_core::Result<Tensor> + Clone + Send + Sync>
+    {
         let (gravity, drag) = (self.vars[2].clone(), self.vars[6].clone());
         let (g, k) = (gravity.clone(), drag.clone());
-        // y = [pos, vel], dy/dt = [vel, −G − k·vel].
-        let field = with_params(
+        with_params(
             move |_t, y: &Tensor| {
                 let v = y.narrow(0, 1, 1)?;
                 let acc = (v.broadcast_mul(&k)? + g.as_tensor())?.neg()?;
                 Tensor::cat(&[v, acc], 0)
             },
             vec![gravity, drag],
-        );
+        )
+    }
+
+    /// The bounce: the velocity reverses and loses the fraction `absorption`.
+    fn bounce(&self, y: &Tensor) -> Result<Tensor> {
+        let keep = self.var(4).affine(-1.0, 1.0)?;
+        let vel = y.narrow(0, 1, 1)?.neg()?.broadcast_mul(&keep)?;
+        Ok(Tensor::cat(&[y.narrow(0, 0, 1)?, vel], 0)?)
+    }
+
+    /// The bounces' times as host numbers and as tensors that carry their gradients.
+    fn bounces(&self, n: usize, mode: GradientArg, tol: f64) -> Result<Vec<(f64, Tensor)>> {
+        let field = self.field();
         // Positive in the air, zero when the ball touches the ground.
         let log_radius = self.var(3).clone();
         let ground = move |_t: f64, y: &Tensor| y.narrow(0, 0, 1)? - log_radius.exp()?;
         let opts = SolveOptions::default().tolerances(tol, tol);
         let ev = EventOptions::default().crossing(Crossing::Falling);
-        let keep = (self.var(4).affine(-1.0, 1.0))?;
         let mut t = self.var(5).to_vec1::<f64>()?[0];
         let mut time = self.var(5).reshape(())?;
         let mut y = Tensor::cat(&[self.var(0), self.var(1)], 0)?;
@@ -147,9 +160,7 @@ impl Ball {
                 );
             }
             out.push((te, time_e.clone()));
-            // The bounce: the velocity reverses and loses the fraction `absorption`.
-            let vel = ye.narrow(0, 1, 1)?.neg()?.broadcast_mul(&keep)?;
-            y = Tensor::cat(&[ye.narrow(0, 0, 1)?, vel], 0)?;
+            y = self.bounce(&ye)?;
             (t, time) = (te, time_e);
         }
         Ok(out)
@@ -272,7 +283,7 @@ fn main() -> Result<()> {
     }
 
     if !args.no_plot {
-        draw(&ball, &bounces, p, args.tol, &dev, &args.plot)?;
+        draw(&ball, &bounces, p, args.tol, &args.plot)?;
         println!("\nplot: {}", args.plot.display());
     }
     if worst > 1e-6 {
@@ -294,15 +305,9 @@ fn draw(
     bounces: &[(f64, Tensor)],
     p: [f64; 7],
     tol: f64,
-    dev: &Device,
     path: &std::path::Path,
 ) -> Result<()> {
-    let (g, k) = (p[2], p[6]);
-    let field = |_t: f64, y: &Tensor| {
-        let v = y.narrow(0, 1, 1)?;
-        let acc = v.affine(-k, -g)?;
-        Tensor::cat(&[v, acc], 0)
-    };
+    let field = ball.field();
     let opts = SolveOptions::default().tolerances(tol, tol);
     let (mut ts, mut pos, mut vel) = (vec![], vec![], vec![]);
     let mut t = p[5];
@@ -313,15 +318,12 @@ fn draw(
             .map(|i| t + (te - t) * i as f64 / n as f64)
             .collect();
         let sol = odeint(&field, &y, &grid, &opts)?;
-        let ys = sol.ys.to_vec2::<f64>()?;
-        for (ti, yi) in grid.iter().zip(&ys) {
+        for (ti, yi) in grid.iter().zip(sol.ys.detach().to_vec2::<f64>()?) {
             ts.push(*ti);
             pos.push(yi[0]);
             vel.push(yi[1]);
         }
-        let end = &ys[ys.len() - 1];
-        let bounced = [end[0], -end[1] * (1.0 - p[4])];
-        y = Tensor::new(&bounced, dev)?;
+        y = ball.bounce(&sol.last()?)?.detach();
         t = *te;
     }
     let mut c = Canvas::new(1000, 420);

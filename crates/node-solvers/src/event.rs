@@ -412,7 +412,7 @@ impl<'a> EventWatch<'a> {
 
     fn start(&mut self, t0: f64, g0: &[f64]) -> Result<()> {
         if g0.iter().any(|v| !v.is_finite()) {
-            return Err(non_finite_event(t0));
+            return Err(SolverError::NonFinite { t: t0 }.into());
         }
         self.len = g0.len();
         self.last = g0.to_vec();
@@ -432,7 +432,7 @@ impl<'a> EventWatch<'a> {
         read: &dyn Fn(&Tensor) -> Result<Vec<f64>>,
     ) -> Result<bool> {
         if g1.iter().any(|v| !v.is_finite()) {
-            return Err(non_finite_event(t1));
+            return Err(SolverError::NonFinite { t: t1 }.into());
         }
         let dir = if t1 > t { 1.0 } else { -1.0 };
         let mut best: Option<(f64, Tensor, usize)> = None;
@@ -509,7 +509,7 @@ impl<'a> EventWatch<'a> {
             let ym = dense(tm)?;
             let gm = read(&self.values(tm, &ym)?)?[i];
             if !gm.is_finite() {
-                return Err(non_finite_event(tm));
+                return Err(SolverError::NonFinite { t: tm }.into());
             }
             if gm == 0.0 {
                 return Ok((tm, ym));
@@ -540,8 +540,4 @@ fn sign(v: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-fn non_finite_event(t: f64) -> candle_core::Error {
-    SolverError::NonFinite { t }.into()
 }
