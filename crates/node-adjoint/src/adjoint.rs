@@ -20,7 +20,7 @@ use candle_core::{
 };
 use node_solvers::{
     event_gradients, locate_event, odeint, Atol, ErrorNorm, EventFunction, EventOptions,
-    SolveOptions, SolverError, SolverStats, VectorField,
+    SolveOptions, SolverError, SolverStats, StepSize, VectorField,
 };
 use std::sync::{Arc, Mutex};
 
@@ -401,6 +401,21 @@ impl CustomOp2 for VjpSeed {
     }
 }
 
+/// The part of a step grid strictly between `from` and `to`, in the direction `from → to`,
+/// with the two ends added: the grid of a reverse interval.
+fn sub_grid(grid: &[f64], from: f64, to: f64) -> Vec<f64> {
+    let (lo, hi) = (from.min(to), from.max(to));
+    let mut inner: Vec<f64> = grid.iter().copied().filter(|&t| t > lo && t < hi).collect();
+    if (grid[grid.len() - 1] - grid[0]) * (to - from) < 0.0 {
+        inner.reverse();
+    }
+    let mut out = Vec::with_capacity(inner.len() + 2);
+    out.push(from);
+    out.extend(inner);
+    out.push(to);
+    out
+}
+
 /// `Σ x·y` as a host number.
 fn dot(x: &Tensor, y: &Tensor) -> Result<f64> {
     (x * y)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
@@ -467,7 +482,14 @@ impl<F: ParamVectorField> Inner<F> {
                 parts.push(g_theta.clone());
             }
             let aug0 = node_solvers::rk::concat_flat(&parts)?;
-            let sol = odeint(&aug_field, &aug0, &[ts[i], ts[i - 1]], &ropts)?;
+            let interval = [ts[i], ts[i - 1]];
+            let sol = match &ropts.step {
+                StepSize::Grid(grid) => {
+                    let back = ropts.clone().step_grid(sub_grid(grid, ts[i], ts[i - 1]));
+                    odeint(&aug_field, &aug0, &interval, &back)?
+                }
+                _ => odeint(&aug_field, &aug0, &interval, &ropts)?,
+            };
             stats += sol.stats;
             // The next interval starts where this one's controller left off: the adjoint's
             // jump at the output time changes the state, rarely the scale of its dynamics (a

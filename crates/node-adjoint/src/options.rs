@@ -83,10 +83,11 @@ impl AdjointOptions {
         if let Some(n) = self.max_steps {
             o.max_steps = n;
         }
-        o.step = match (self.step_size, fwd.step) {
+        // A forward step grid stays: each reverse interval steps back over its part of it.
+        o.step = match (self.step_size, &fwd.step) {
             (Some(h), _) => StepSize::Fixed(h),
-            (None, StepSize::Count(n)) => StepSize::Fixed(span / n as f64),
-            (None, s) => s,
+            (None, StepSize::Count(n)) => StepSize::Fixed(span / *n as f64),
+            (None, s) => s.clone(),
         };
         o
     }

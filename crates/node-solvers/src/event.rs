@@ -229,7 +229,7 @@ where
     let g0 = ev.read(&watch.values(t0, y0)?)?;
     watch.start(t0, &g0)?;
     let mut out = vec![y0.clone()];
-    let (mut stats, _) = run_steps(&ev, y0, &ts, dir, opts, &mut out, Some(&mut watch))?;
+    let (mut stats, _) = run_steps(&ev, y0, &ts, dir, opts, &mut out, Some(&mut watch), None)?;
     stats.nfe = ev.nfe();
     stats.host_reads = ev.host_reads();
     Ok(match watch.found {

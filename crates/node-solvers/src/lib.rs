@@ -11,6 +11,7 @@ pub mod problems;
 pub mod rk;
 pub mod solve;
 pub mod tableau;
+pub mod trace;
 
 pub use error::SolverError;
 pub use event::{
@@ -22,3 +23,4 @@ pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
 pub use solve::{odeint, Solution, SolverStats};
 pub use tableau::{ButcherTableau, Interpolant};
+pub use trace::{odeint_traced, StepTrace};

@@ -3,6 +3,7 @@
 use crate::error::SolverError;
 use crate::method::Method;
 use candle_core::{Result, Tensor};
+use std::sync::Arc;
 
 /// Absolute tolerance: one number, or a tensor broadcastable to the state for per-component
 /// tolerances (e.g. a looser one on a component that passes through zero).
@@ -33,7 +34,7 @@ impl From<&Tensor> for Atol {
 }
 
 /// How steps are chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub enum StepSize {
     /// Error-controlled steps (adaptive methods only).
     #[default]
@@ -42,6 +43,10 @@ pub enum StepSize {
     Fixed(f64),
     /// This many equal steps over `[ts[0], ts[last]]`.
     Count(usize),
+    /// Steps between consecutive times of this grid, which runs from `ts[0]` to `ts[last]`
+    /// exactly, strictly monotone (diffrax's `StepTo`, torchdiffeq's `grid_constructor`).
+    /// Output times between grid points come from dense output.
+    Grid(Arc<[f64]>),
 }
 
 /// The step-size controller of adaptive solves. With `ε` the error ratio (≤ 1 accepts) and
@@ -180,6 +185,13 @@ impl SolveOptions {
         self.step = StepSize::Count(n);
         self
     }
+    /// Fixed steps between consecutive times of `grid`, which must run from the first output
+    /// time to the last, strictly monotone ([`StepSize::Grid`]). A solve's accepted steps
+    /// replayed this way take the same steps and give the same values.
+    pub fn step_grid(mut self, grid: impl Into<Arc<[f64]>>) -> Self {
+        self.step = StepSize::Grid(grid.into());
+        self
+    }
     /// Error-controlled steps (the default).
     pub fn adaptive(mut self) -> Self {
         self.step = StepSize::Adaptive;
@@ -229,7 +241,7 @@ impl SolveOptions {
     /// [`SolverError::InvalidTolerance`] or [`SolverError::InvalidOptions`].
     pub fn validate(&self) -> Result<()> {
         let positive = |v: f64| v.is_finite() && v > 0.0;
-        match self.step {
+        match &self.step {
             StepSize::Adaptive => {
                 if !self.method.is_adaptive() {
                     return Err(SolverError::InvalidOptions(format!(
@@ -255,7 +267,7 @@ impl SolveOptions {
                     }
                 }
             }
-            StepSize::Fixed(h) if !positive(h) => {
+            StepSize::Fixed(h) if !positive(*h) => {
                 return Err(SolverError::InvalidOptions(format!(
                     "step size must be finite and > 0, got {h}"
                 ))
@@ -266,6 +278,7 @@ impl SolveOptions {
                     SolverError::InvalidOptions("fixed step count must be > 0".into()).into(),
                 );
             }
+            StepSize::Grid(g) => check_grid(g)?,
             _ => {}
         }
         if let Some(h) = self.first_step {
@@ -299,4 +312,27 @@ impl SolveOptions {
         }
         Ok(())
     }
+}
+
+/// A step grid has two times or more, all finite, strictly monotone.
+fn check_grid(g: &[f64]) -> Result<()> {
+    let bad = |msg: String| -> Result<()> { Err(SolverError::InvalidOptions(msg).into()) };
+    if g.len() < 2 {
+        return bad(format!(
+            "a step grid needs 2 times or more, got {}",
+            g.len()
+        ));
+    }
+    if let Some(i) = g.iter().position(|t| !t.is_finite()) {
+        return bad(format!("step grid time {i} is {}", g[i]));
+    }
+    let dir = (g[1] - g[0]).signum();
+    if let Some(i) = (1..g.len()).find(|&i| (g[i] - g[i - 1]) * dir <= 0.0) {
+        return bad(format!(
+            "step grid is not strictly monotone at {i}: {} then {}",
+            g[i - 1],
+            g[i]
+        ));
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use crate::field::VectorField;
 use crate::options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
 use crate::rk::{lincomb, rk_step, Evaluator, Step};
 use crate::tableau::ButcherTableau;
+use crate::trace::StepTrace;
 use candle_core::{DType, Result, Tensor};
 
 /// Counts of a solve.
@@ -108,12 +109,25 @@ pub fn odeint<F: VectorField + ?Sized>(
     let ev = Evaluator::new(f);
     let mut out = Vec::with_capacity(ts.len());
     out.push(y0.clone());
-    let (mut stats, last_step) = run_steps(&ev, y0, ts, dir, opts, &mut out, None)?;
+    let (stats, last_step) = run_steps(&ev, y0, ts, dir, opts, &mut out, None, None)?;
+    finish(&ev, ts, out, stats, last_step, opts)
+}
+
+/// The solution from a solve's outputs: stacks them, checks a fixed-step solve's for NaN and
+/// infinity, and fills in the counts.
+pub(crate) fn finish<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    ts: &[f64],
+    out: Vec<Tensor>,
+    mut stats: SolverStats,
+    last_step: f64,
+    opts: &SolveOptions,
+) -> Result<Solution> {
     let ys = Tensor::stack(&out, 0)?;
-    if opts.check_finite && matches!(opts.step, StepSize::Fixed(_) | StepSize::Count(_)) {
+    if opts.check_finite && !matches!(opts.step, StepSize::Adaptive) {
         // Fixed steps read nothing back per step; NaN/inf propagate, so checking the outputs
         // once catches a blow-up anywhere before them.
-        if let Some(i) = first_non_finite(&ev, &ys)? {
+        if let Some(i) = first_non_finite(ev, &ys)? {
             return Err(SolverError::NonFinite { t: ts[i] }.into());
         }
     }
@@ -149,7 +163,9 @@ pub(crate) fn check_state(y0: &Tensor, opts: &SolveOptions) -> Result<()> {
 }
 
 /// Runs the steps from `ts[0]` to the last time, pushing the outputs after `y0` to `out`;
-/// with a `watch`, stops at the first event it finds (its outputs then stop short).
+/// with a `watch`, stops at the first event it finds (its outputs then stop short); with a
+/// `trace`, records every accepted step in it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_steps<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     y0: &Tensor,
@@ -158,13 +174,14 @@ pub(crate) fn run_steps<F: VectorField + ?Sized>(
     opts: &SolveOptions,
     out: &mut Vec<Tensor>,
     watch: Option<&mut EventWatch<'_>>,
+    trace: Option<&mut StepTrace>,
 ) -> Result<(SolverStats, f64)> {
     match opts.step {
         StepSize::Adaptive => {
             let atol = prepare_atol(ev, &opts.atol, y0)?;
-            adaptive(ev, y0, ts, dir, opts, &atol, out, watch)
+            adaptive(ev, y0, ts, dir, opts, &atol, out, watch, trace)
         }
-        StepSize::Fixed(_) | StepSize::Count(_) => fixed(ev, y0, ts, dir, opts, out, watch),
+        _ => fixed(ev, y0, ts, dir, opts, out, watch, trace),
     }
 }
 
@@ -371,6 +388,7 @@ fn adaptive<F: VectorField + ?Sized>(
     atol: &PreparedAtol,
     out: &mut Vec<Tensor>,
     mut watch: Option<&mut EventWatch<'_>>,
+    mut trace: Option<&mut StepTrace>,
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
     let fsal = tab.is_fsal();
@@ -440,6 +458,9 @@ fn adaptive<F: VectorField + ?Sized>(
                 }
             }
             emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.record(t1, &step.y1);
+            }
             t = t1;
             if next < ts.len() {
                 f0 = match f1 {
@@ -483,6 +504,7 @@ fn adaptive<F: VectorField + ?Sized>(
     Ok((stats, h_abs))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fixed<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     y0: &Tensor,
@@ -491,24 +513,37 @@ fn fixed<F: VectorField + ?Sized>(
     opts: &SolveOptions,
     out: &mut Vec<Tensor>,
     mut watch: Option<&mut EventWatch<'_>>,
+    mut trace: Option<&mut StepTrace>,
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
     let fsal = tab.is_fsal();
     let (t0, t_end) = (ts[0], ts[ts.len() - 1]);
     let span = (t_end - t0).abs();
-    let n = match opts.step {
-        StepSize::Count(n) => n,
+    let n = match &opts.step {
+        StepSize::Count(n) => *n,
         // A relative slack keeps rounding from adding a sliver step (span = 10 h + 1e-16).
         StepSize::Fixed(h) => ((span / h) * (1.0 - 1e-12)).ceil().max(1.0) as usize,
+        StepSize::Grid(g) => {
+            if g[0] != t0 || g[g.len() - 1] != t_end {
+                return Err(SolverError::InvalidOptions(format!(
+                    "the step grid runs from {} to {}, the solve from {t0} to {t_end}",
+                    g[0],
+                    g[g.len() - 1]
+                ))
+                .into());
+            }
+            g.len() - 1
+        }
         StepSize::Adaptive => unreachable!("fixed() is called for fixed steps"),
     };
     if n > opts.max_steps {
         return Err(SolverError::MaxStepsExceeded { t: t0, steps: n }.into());
     }
     let grid = |i: usize| -> f64 {
-        match opts.step {
+        match &opts.step {
             _ if i == n => t_end,
             StepSize::Fixed(h) => t0 + dir * h * i as f64,
+            StepSize::Grid(g) => g[i],
             _ => t0 + (t_end - t0) * (i as f64 / n as f64),
         }
     };
@@ -532,6 +567,9 @@ fn fixed<F: VectorField + ?Sized>(
             }
         }
         emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.record(t1, &step.y1);
+        }
         t = t1;
         if i < n {
             f0 = match f1 {
@@ -546,5 +584,9 @@ fn fixed<F: VectorField + ?Sized>(
         accepted_steps: n,
         ..SolverStats::default()
     };
-    Ok((stats, span / n as f64))
+    let last_step = match &opts.step {
+        StepSize::Grid(_) => (grid(n) - grid(n - 1)).abs(),
+        _ => span / n as f64,
+    };
+    Ok((stats, last_step))
 }

@@ -1,0 +1,126 @@
+//! `odeint_traced`: a solve that also records its accepted steps and the states at some of
+//! them, so that any stretch of it can be replayed later, step for step (with
+//! [`SolveOptions::step_grid`]), from the nearest stored state.
+//!
+//! This is what checkpointed backprop needs (`node_adjoint::odeint_checkpointed`): the gradient
+//! of the discrete solve, exactly, with memory bounded by the stored states plus one replayed
+//! stretch instead of the graph of every step. The stored states are thinned as the solve goes:
+//! when there would be more than `max_states`, every other one is dropped and the spacing
+//! doubles, so a solve of `n` steps keeps at most `max_states` states, spaced by the smallest
+//! power of two `s` with `⌈n / s⌉ ≤ max_states` (binary thinning; Griewank's binomial schedule
+//! reaches fewer recomputations with the same memory, at the price of a schedule that must
+//! know `n` in advance).
+
+use crate::error::SolverError;
+use crate::field::VectorField;
+use crate::options::SolveOptions;
+use crate::rk::Evaluator;
+use crate::solve::{check_state, check_times, finish, run_steps, Solution};
+use candle_core::{Result, Tensor};
+
+/// The accepted steps of a solve, with states stored every `stride` steps.
+#[derive(Clone, Debug)]
+pub struct StepTrace {
+    /// The accepted steps' ends, from `ts[0]` to `ts[last]`: step `i` runs from `times[i]` to
+    /// `times[i + 1]`.
+    pub times: Vec<f64>,
+    /// The states at `times[k · stride]`, `k = 0, 1, …`: `states[0] = y0`. The state at the last
+    /// time is not kept (the solve's last output is it).
+    pub states: Vec<Tensor>,
+    /// Steps between stored states: a power of two.
+    pub stride: usize,
+    max_states: usize,
+}
+
+impl StepTrace {
+    fn new(t0: f64, y0: &Tensor, max_states: usize) -> Self {
+        Self {
+            times: vec![t0],
+            states: vec![y0.clone()],
+            stride: 1,
+            max_states,
+        }
+    }
+
+    /// Number of accepted steps.
+    pub fn steps(&self) -> usize {
+        self.times.len() - 1
+    }
+
+    /// The stretches that start at a stored state, as ranges of step indices: stretch `k` is
+    /// the steps `k · stride .. min((k + 1) · stride, steps)`, starting from `states[k]`.
+    pub fn segments(&self) -> impl DoubleEndedIterator<Item = std::ops::Range<usize>> + '_ {
+        let n = self.steps();
+        (0..n.div_ceil(self.stride)).map(move |k| k * self.stride..((k + 1) * self.stride).min(n))
+    }
+
+    /// Records an accepted step ending at `t1` in `y1`.
+    pub(crate) fn record(&mut self, t1: f64, y1: &Tensor) {
+        self.times.push(t1);
+        if !self.steps().is_multiple_of(self.stride) {
+            return;
+        }
+        self.states.push(y1.clone());
+        if self.states.len() > self.max_states {
+            // Keep the states at even multiples of the stride: those at multiples of twice it.
+            let mut k = 0;
+            self.states.retain(|_| {
+                k += 1;
+                (k - 1) % 2 == 0
+            });
+            self.stride *= 2;
+        }
+    }
+
+    /// Drops the state stored at the last time, which no stretch starts from.
+    fn finish(&mut self) {
+        if self.steps() > 0 && self.steps().is_multiple_of(self.stride) {
+            self.states.pop();
+        }
+    }
+}
+
+/// Solves like [`crate::odeint`] and also returns the [`StepTrace`]: every accepted step's
+/// times, and the state every `stride` steps, at most `max_states` of them.
+///
+/// Replaying the steps of segment `k` from `trace.states[k]` with
+/// `opts.clone().step_grid(&trace.times[range.start..=range.end])` takes the same steps as the
+/// solve did and gives the same values (the steps of a fixed grid are computed as the solve
+/// computed them; only a non-deterministic field could differ).
+///
+/// # Shapes
+/// As [`crate::odeint`]; every stored state has the shape of `y0`.
+///
+/// # Errors
+/// Those of [`crate::odeint`], and [`SolverError::InvalidOptions`] when `max_states` is 0.
+pub fn odeint_traced<F: VectorField + ?Sized>(
+    f: &F,
+    y0: &Tensor,
+    ts: &[f64],
+    opts: &SolveOptions,
+    max_states: usize,
+) -> Result<(Solution, StepTrace)> {
+    if max_states == 0 {
+        return Err(SolverError::InvalidOptions("max_states must be > 0".into()).into());
+    }
+    opts.validate()?;
+    let dir = check_times(ts)?;
+    check_state(y0, opts)?;
+    let mut trace = StepTrace::new(ts[0], y0, max_states);
+    if ts.len() == 1 {
+        let sol = Solution {
+            ts: ts.to_vec(),
+            ys: y0.unsqueeze(0)?,
+            stats: Default::default(),
+            last_step: 0.0,
+        };
+        return Ok((sol, trace));
+    }
+    let ev = Evaluator::new(f);
+    let mut out = Vec::with_capacity(ts.len());
+    out.push(y0.clone());
+    let (stats, last_step) = run_steps(&ev, y0, ts, dir, opts, &mut out, None, Some(&mut trace))?;
+    trace.finish();
+    let sol = finish(&ev, ts, out, stats, last_step, opts)?;
+    Ok((sol, trace))
+}
