@@ -20,7 +20,7 @@ use candle_core::{
 };
 use node_solvers::{
     event_gradients, locate_event, odeint, Atol, ErrorNorm, EventFunction, EventOptions,
-    SolveOptions, SolverError, SolverStats, StepSize, VectorField,
+    SolveOptions, SolverError, SolverStats, StepSize, StepTrace, VectorField,
 };
 use std::sync::{Arc, Mutex};
 
@@ -41,7 +41,7 @@ impl AdjointStats {
     pub fn backward(&self) -> SolverStats {
         self.lock().1
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, (SolverStats, SolverStats)> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, (SolverStats, SolverStats)> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -200,7 +200,8 @@ where
     })
 }
 
-enum Times {
+/// The output times: host numbers, or a tensor that receives gradients too.
+pub(crate) enum Times {
     Host(Vec<f64>),
     Tensor(Vec<f64>, Tensor),
 }
@@ -218,11 +219,34 @@ fn run<F>(
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
-    let ts = match &times {
-        Times::Host(t) | Times::Tensor(t, _) => t.clone(),
+    check_param_dtypes(f, y0)?;
+    let (ys, forward_stats) = match forward {
+        Some(done) => done,
+        None => {
+            // The forward solve runs detached: no graph through the steps, O(1) memory in
+            // steps.
+            let ts = match &times {
+                Times::Host(t) | Times::Tensor(t, _) => t,
+            };
+            let detached = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
+            let sol = odeint(&detached, &y0.detach(), ts, opts)?;
+            (sol.ys, sol.stats)
+        }
     };
-    let params = f.params();
-    if let Some(p) = params.iter().find(|p| p.dtype() != y0.dtype()) {
+    apply_op(
+        f,
+        y0,
+        times,
+        opts,
+        ys,
+        forward_stats,
+        Backward::Adjoint(adj.clone()),
+    )
+}
+
+/// Parameters must share the state's dtype: their gradients are integrated with it.
+pub(crate) fn check_param_dtypes<F: ParamVectorField>(f: &F, y0: &Tensor) -> Result<()> {
+    if let Some(p) = f.params().iter().find(|p| p.dtype() != y0.dtype()) {
         return Err(SolverError::InvalidOptions(format!(
             "adjoint: parameters must share the state's dtype {:?}, found {:?}",
             y0.dtype(),
@@ -230,16 +254,27 @@ where
         ))
         .into());
     }
-    let (ys, forward_stats) = match forward {
-        Some(done) => done,
-        None => {
-            // The forward solve runs detached: no graph through the steps, O(1) memory in
-            // steps.
-            let detached = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
-            let sol = odeint(&detached, &y0.detach(), &ts, opts)?;
-            (sol.ys, sol.stats)
-        }
+    Ok(())
+}
+
+/// The op on `(y0, θ[, ts])` whose value is `ys`, the detached forward solution at the output
+/// times, and whose backward computes the gradients as `backward` says.
+pub(crate) fn apply_op<F>(
+    f: &F,
+    y0: &Tensor,
+    times: Times,
+    opts: &SolveOptions,
+    ys: Tensor,
+    forward_stats: SolverStats,
+    backward: Backward,
+) -> Result<AdjointSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+{
+    let ts = match &times {
+        Times::Host(t) | Times::Tensor(t, _) => t.clone(),
     };
+    let params = f.params();
     let stats = AdjointStats::default();
     stats.lock().0 = forward_stats;
     let op = AdjointOp {
@@ -249,7 +284,7 @@ where
             ts,
             ys: ys.contiguous()?,
             opts: opts.clone(),
-            adj: adj.clone(),
+            backward,
             stats: stats.clone(),
         }),
     };
@@ -271,7 +306,7 @@ where
 
 /// `cat` of the flattened parameters; Candle's own `cat`/`reshape` backward routes the flat
 /// gradient back to each `Var`.
-fn flat_params(params: &[Var]) -> Result<Option<Tensor>> {
+pub(crate) fn flat_params(params: &[Var]) -> Result<Option<Tensor>> {
     if params.is_empty() {
         return Ok(None);
     }
@@ -282,14 +317,23 @@ fn flat_params(params: &[Var]) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::cat(&flat, 0)?))
 }
 
-struct Inner<F> {
-    f: F,
-    params: Vec<Var>,
-    ts: Vec<f64>,
-    ys: Tensor,
-    opts: SolveOptions,
-    adj: AdjointOptions,
-    stats: AdjointStats,
+/// How the op's backward computes the gradients.
+pub(crate) enum Backward {
+    /// The adjoint method: the reverse-time augmented solve.
+    Adjoint(AdjointOptions),
+    /// Checkpointed backprop: the forward steps replayed from the stored states, one stretch
+    /// at a time, each differentiated by Candle autograd (host times only).
+    Replay(StepTrace),
+}
+
+pub(crate) struct Inner<F> {
+    pub(crate) f: F,
+    pub(crate) params: Vec<Var>,
+    pub(crate) ts: Vec<f64>,
+    pub(crate) ys: Tensor,
+    pub(crate) opts: SolveOptions,
+    backward: Backward,
+    pub(crate) stats: AdjointStats,
 }
 
 struct AdjointOp<F> {
@@ -422,9 +466,25 @@ fn dot(x: &Tensor, y: &Tensor) -> Result<f64> {
 }
 
 impl<F: ParamVectorField> Inner<F> {
-    /// The reverse solve: returns `dL/dy0`, `dL/dθ` (flat) and `dL/dts`.
+    /// Returns `dL/dy0`, `dL/dθ` (flat) and, when asked for, `dL/dts`.
     fn backward(
         &self,
+        grad_ys: &Tensor,
+        want_t: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Vec<f64>>)> {
+        match &self.backward {
+            Backward::Adjoint(adj) => self.adjoint_backward(adj, grad_ys, want_t),
+            Backward::Replay(trace) => {
+                let (gy0, gtheta) = self.replay_backward(trace, grad_ys)?;
+                Ok((gy0, gtheta, None))
+            }
+        }
+    }
+
+    /// The reverse solve: returns `dL/dy0`, `dL/dθ` (flat) and `dL/dts`.
+    fn adjoint_backward(
+        &self,
+        adj: &AdjointOptions,
         grad_ys: &Tensor,
         want_t: bool,
     ) -> Result<(Tensor, Option<Tensor>, Option<Vec<f64>>)> {
@@ -438,7 +498,7 @@ impl<F: ParamVectorField> Inner<F> {
         let dev = self.ys.device();
         let dtype = self.ys.dtype();
         let span = (ts[last] - ts[0]).abs();
-        let mut ropts = self.adj.reverse_solve_options(&self.opts, span);
+        let mut ropts = adj.reverse_solve_options(&self.opts, span);
         // Reads back to the host besides the reverse solves' own (counted in their stats).
         let mut host_reads = 0;
         if let Atol::PerComponent(t) = &ropts.atol {
@@ -451,7 +511,7 @@ impl<F: ParamVectorField> Inner<F> {
                 .to_scalar::<f64>()?;
             ropts.atol = Atol::Scalar(min);
         }
-        ropts.norm = match self.adj.norm {
+        ropts.norm = match adj.norm {
             AdjointNorm::Seminorm if p > 0 => ErrorNorm::RmsPrefix(2 * n),
             _ => ErrorNorm::Rms,
         };
@@ -494,7 +554,7 @@ impl<F: ParamVectorField> Inner<F> {
             // The next interval starts where this one's controller left off: the adjoint's
             // jump at the output time changes the state, rarely the scale of its dynamics (a
             // step too large for it is rejected and shrunk as any other).
-            if !self.adj.reselect_first_step && sol.last_step.is_finite() && sol.last_step > 0.0 {
+            if !adj.reselect_first_step && sol.last_step.is_finite() && sol.last_step > 0.0 {
                 ropts.first_step = Some(sol.last_step);
             }
             let end = sol.last()?;

@@ -92,3 +92,28 @@ impl AdjointOptions {
         o
     }
 }
+
+/// Options of checkpointed backprop ([`crate::odeint_checkpointed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    /// At most this many states are stored by the forward solve (`y0` among them). Up to this
+    /// many steps, every step's start is stored and the backward pass replays one step at a
+    /// time; beyond, the spacing doubles as often as needed (see
+    /// [`node_solvers::StepTrace`]) and each replayed stretch holds the graph of that many
+    /// steps. Default 64.
+    pub checkpoints: usize,
+}
+
+impl Default for CheckpointOptions {
+    fn default() -> Self {
+        Self { checkpoints: 64 }
+    }
+}
+
+impl CheckpointOptions {
+    /// Sets the largest number of stored states.
+    pub fn checkpoints(mut self, n: usize) -> Self {
+        self.checkpoints = n;
+        self
+    }
+}

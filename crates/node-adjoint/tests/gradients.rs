@@ -7,68 +7,11 @@ use node_adjoint::{
     odeint_adjoint, odeint_adjoint_with_times, with_params, AdjointNorm, AdjointOptions,
     ParamVectorField,
 };
-use node_solvers::{odeint, Method, SolveOptions, VectorField};
+use node_solvers::{odeint, Method, SolveOptions};
+use time_mlp::{max_rel, scalar, Mlp};
 
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-}
-
-fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let d = scalar(&(a - b)?.abs()?.flatten_all()?.max(0)?)?;
-    let m = scalar(&b.abs()?.flatten_all()?.max(0)?)?;
-    Ok(d / m.max(1e-300))
-}
-
-/// `f(t, y) = tanh(y W1ᵀ + b1 + t·c) W2ᵀ + b2`: parameters of several shapes, time-dependent.
-#[derive(Clone)]
-struct Mlp {
-    w1: Var,
-    b1: Var,
-    c: Var,
-    w2: Var,
-    b2: Var,
-}
-
-impl Mlp {
-    fn new(dim: usize, hidden: usize, dtype: DType, dev: &Device) -> Result<Self> {
-        let v = |shape: &[usize], s: f64| -> Result<Var> {
-            Ok(Var::from_tensor(
-                &(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)? * s)?,
-            )?)
-        };
-        Ok(Self {
-            w1: v(&[hidden, dim], 0.5)?,
-            b1: v(&[hidden], 0.1)?,
-            c: v(&[hidden], 0.3)?,
-            w2: v(&[dim, hidden], 0.5)?,
-            b2: v(&[dim], 0.1)?,
-        })
-    }
-}
-
-impl VectorField for Mlp {
-    fn eval(&self, t: f64, y: &Tensor) -> candle_core::Result<Tensor> {
-        let pre = y
-            .broadcast_matmul(&self.w1.t()?)?
-            .broadcast_add(&self.b1)?
-            .broadcast_add(&self.c.affine(t, 0.0)?)?;
-        node_kernels::tanh(&pre)?
-            .broadcast_matmul(&self.w2.t()?)?
-            .broadcast_add(&self.b2)
-    }
-}
-
-impl ParamVectorField for Mlp {
-    fn params(&self) -> Vec<Var> {
-        vec![
-            self.w1.clone(),
-            self.b1.clone(),
-            self.c.clone(),
-            self.w2.clone(),
-            self.b2.clone(),
-        ]
-    }
-}
+#[path = "common/time_mlp.rs"]
+mod time_mlp;
 
 /// L = Σ_i Σ w_i ⊙ y(t_i): every output time contributes.
 fn weighted_loss(ys: &Tensor, weights: &Tensor) -> Result<Tensor> {
@@ -185,11 +128,19 @@ fn adjoint_matches_direct_inner(dev: &Device) -> Result<()> {
     // Fixed-step RK4 with many steps: both gradients approximate the same continuous one to
     // O(h⁴) ~ 1e-12, so they agree near round-off.
     let rk4 = SolveOptions::default().method(Method::Rk4).step_size(1e-3);
-    let d = direct_grads(&field, &y0, &ts, &rk4, &w)?;
-    let a = adjoint_grads(&field, &y0, &ts, &rk4, &AdjointOptions::default(), &w)?;
-    for (i, (x, y)) in a.iter().zip(&d).enumerate() {
-        let r = max_rel(x, y)?;
-        assert!(r < 1e-9, "rk4 gradient {i}: relative difference {r:e}");
+    // The same on a graded step grid (steps from 1e-6 to 2e-3): each reverse interval steps
+    // back over its part of the grid.
+    let graded: Vec<f64> = (0..=1000).map(|i| (i as f64 / 1000.0).powi(2)).collect();
+    let grid = SolveOptions::default()
+        .method(Method::Rk4)
+        .step_grid(graded);
+    for (opts, what) in [(rk4, "rk4"), (grid, "rk4 on a grid")] {
+        let d = direct_grads(&field, &y0, &ts, &opts, &w)?;
+        let a = adjoint_grads(&field, &y0, &ts, &opts, &AdjointOptions::default(), &w)?;
+        for (i, (x, y)) in a.iter().zip(&d).enumerate() {
+            let r = max_rel(x, y)?;
+            assert!(r < 1e-9, "{what} gradient {i}: relative difference {r:e}");
+        }
     }
     // dopri5 at tight tolerances: agreement within the tolerance, with either norm.
     let dp = SolveOptions::default().tolerances(1e-10, 1e-10);

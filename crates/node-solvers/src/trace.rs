@@ -49,9 +49,11 @@ impl StepTrace {
 
     /// The stretches that start at a stored state, as ranges of step indices: stretch `k` is
     /// the steps `k · stride .. min((k + 1) · stride, steps)`, starting from `states[k]`.
-    pub fn segments(&self) -> impl DoubleEndedIterator<Item = std::ops::Range<usize>> + '_ {
-        let n = self.steps();
-        (0..n.div_ceil(self.stride)).map(move |k| k * self.stride..((k + 1) * self.stride).min(n))
+    pub fn segments(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = std::ops::Range<usize>> + ExactSizeIterator {
+        let (n, stride) = (self.steps(), self.stride);
+        (0..n.div_ceil(stride)).map(move |k| k * stride..((k + 1) * stride).min(n))
     }
 
     /// Records an accepted step ending at `t1` in `y1`.

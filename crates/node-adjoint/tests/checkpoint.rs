@@ -1,0 +1,193 @@
+//! Checkpointed backprop (`odeint_checkpointed`): the gradients of backprop through the
+//! solver, exactly, whatever the number of stored states; the replay's costs; the errors.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use node_adjoint::{odeint_checkpointed, AdjointSolution, CheckpointOptions, ParamVectorField};
+use node_solvers::{odeint, Method, SolveOptions, SolverError};
+use time_mlp::{max_rel, Mlp};
+
+#[path = "common/time_mlp.rs"]
+mod time_mlp;
+
+/// `[dL/dy0, dL/dθ...]` of `L = Σ w ⊙ ys`.
+fn grads_of(ys: &Tensor, w: &Tensor, y0: &Var, field: &Mlp) -> Result<Vec<Tensor>> {
+    let g = (ys * w)?.sum_all()?.backward()?;
+    let mut out = vec![g.get(y0).expect("y0 has a gradient").clone()];
+    for p in field.params() {
+        out.push(g.get(&p).expect("every parameter has a gradient").clone());
+    }
+    Ok(out)
+}
+
+fn checkpointed(
+    field: &Mlp,
+    y0: &Var,
+    ts: &[f64],
+    opts: &SolveOptions,
+    n: usize,
+) -> Result<AdjointSolution> {
+    let ck = CheckpointOptions::default().checkpoints(n);
+    Ok(odeint_checkpointed(field, y0.as_tensor(), ts, opts, &ck)?)
+}
+
+fn matches_backprop(dev: &Device) -> Result<()> {
+    let field = Mlp::new(3, 16, DType::F64, dev)?;
+    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (5, 3), dev)?)?; // a batch of 5
+                                                                         // Outputs inside steps (dense output) and on the last step's end; reverse time too.
+    let forward = [0.0, 0.3, 0.7, 1.0, 2.5];
+    let reverse = [2.5, 1.2, 0.0];
+    let cases = [
+        (SolveOptions::default().tolerances(1e-8, 1e-8), &forward[..]),
+        (
+            SolveOptions::default()
+                .method(Method::Bosh3)
+                .tolerances(1e-5, 1e-5),
+            &forward[..],
+        ),
+        (
+            SolveOptions::default().method(Method::Rk4).fixed_steps(25),
+            &forward[..],
+        ),
+        (
+            SolveOptions::default()
+                .method(Method::Tsit5)
+                .tolerances(1e-9, 1e-9),
+            &reverse[..],
+        ),
+    ];
+    for (opts, ts) in cases {
+        let m = opts.method;
+        let w = Tensor::randn(0f64, 1.0, (ts.len(), 5, 3), dev)?;
+        let direct = odeint(&field, y0.as_tensor(), ts, &opts)?;
+        let want = grads_of(&direct.ys, &w, &y0, &field)?;
+        let steps = direct.stats.accepted_steps;
+        assert!(
+            steps >= 10,
+            "{m}: {steps} steps are too few to thin the states"
+        );
+        for n in [1, 2, 5, 1000] {
+            let sol = checkpointed(&field, &y0, ts, &opts, n)?;
+            // The forward values are odeint's.
+            assert_eq!(max_rel(&sol.ys, &direct.ys)?, 0.0, "{m}, {n} states");
+            let got = grads_of(&sol.ys, &w, &y0, &field)?;
+            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                // Backprop's gradients, up to the order of the floating-point sums.
+                let r = max_rel(x, y)?;
+                assert!(
+                    r < 1e-12,
+                    "{m}, {n} states, gradient {i}: relative difference {r:e}"
+                );
+            }
+            let (fwd, bwd) = (sol.stats.forward(), sol.stats.backward());
+            assert_eq!(fwd, direct.stats, "{m}: the forward solve is odeint's");
+            // The replay takes the accepted steps again, with no rejections and no reads back.
+            assert_eq!(bwd.accepted_steps, steps);
+            assert_eq!((bwd.rejected_steps, bwd.host_reads), (0, 0));
+            if m == Method::Dopri5 {
+                // 6 evaluations a step (FSAL), plus f at each stretch's start: one stretch for
+                // 1 state, one per step when every step's start is stored.
+                let stretches = if n == 1 {
+                    1
+                } else if n >= steps {
+                    steps
+                } else {
+                    bwd.nfe - 6 * steps
+                };
+                assert_eq!(bwd.nfe, 6 * steps + stretches, "{n} states");
+                assert!(stretches <= n);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn upstream_and_chained(dev: &Device) -> Result<()> {
+    // y0 = 2x feeds a checkpointed solve whose end feeds another: the gradient reaches x
+    // through both, as backprop through two odeint calls does.
+    let field = Mlp::new(2, 8, DType::F64, dev)?;
+    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 2), dev)?)?;
+    let opts = SolveOptions::default().tolerances(1e-7, 1e-7);
+    let ck = CheckpointOptions::default().checkpoints(3);
+    let y0 = x.as_tensor().affine(2.0, 0.0)?;
+    let y1 = odeint_checkpointed(&field, &y0, &[0.0, 1.0], &opts, &ck)?
+        .ys
+        .get(1)?;
+    let y2 = odeint_checkpointed(&field, &y1, &[1.0, 2.0], &opts, &ck)?
+        .ys
+        .get(1)?;
+    let got = y2.sqr()?.sum_all()?.backward()?;
+    let d1 = odeint(&field, &y0, &[0.0, 1.0], &opts)?.ys.get(1)?;
+    let d2 = odeint(&field, &d1, &[1.0, 2.0], &opts)?.ys.get(1)?;
+    let want = d2.sqr()?.sum_all()?.backward()?;
+    let r = max_rel(got.get(&x).expect("x"), want.get(&x).expect("x"))?;
+    assert!(r < 1e-12, "dL/dx: relative difference {r:e}");
+    for p in field.params() {
+        let r = max_rel(got.get(&p).expect("θ"), want.get(&p).expect("θ"))?;
+        assert!(r < 1e-12, "dL/dθ: relative difference {r:e}");
+    }
+    Ok(())
+}
+
+fn f32_works(dev: &Device) -> Result<()> {
+    let field = Mlp::new(3, 8, DType::F32, dev)?;
+    let y0 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3), dev)?)?;
+    let ts = [0.0, 0.5, 1.0];
+    let w = Tensor::randn(0f32, 1.0, (3, 4, 3), dev)?;
+    let opts = SolveOptions::default().tolerances(1e-5, 1e-5);
+    let want = grads_of(
+        &odeint(&field, y0.as_tensor(), &ts, &opts)?.ys,
+        &w,
+        &y0,
+        &field,
+    )?;
+    let got = grads_of(
+        &checkpointed(&field, &y0, &ts, &opts, 2)?.ys,
+        &w,
+        &y0,
+        &field,
+    )?;
+    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+        let r = max_rel(x, y)?;
+        assert!(r < 1e-5, "f32 gradient {i}: relative difference {r:e}");
+    }
+    Ok(())
+}
+
+fn errors(dev: &Device) -> Result<()> {
+    let field = Mlp::new(2, 4, DType::F32, dev)?;
+    let y0 = Tensor::zeros((1, 2), DType::F64, dev)?;
+    let opts = SolveOptions::default();
+    let e = odeint_checkpointed(
+        &field,
+        &y0,
+        &[0.0, 1.0],
+        &opts,
+        &CheckpointOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("dtype"), "{e}");
+    let y0 = y0.to_dtype(DType::F32)?;
+    let ck = CheckpointOptions::default().checkpoints(0);
+    let e = odeint_checkpointed(&field, &y0, &[0.0, 1.0], &opts, &ck).unwrap_err();
+    assert!(
+        matches!(SolverError::find(&e), Some(SolverError::InvalidOptions(_))),
+        "{e}"
+    );
+    Ok(())
+}
+
+candle_core::test_device!(
+    matches_backprop,
+    matches_backprop_cpu,
+    matches_backprop_cuda,
+    matches_backprop_metal
+);
+candle_core::test_device!(
+    upstream_and_chained,
+    upstream_and_chained_cpu,
+    upstream_and_chained_cuda,
+    upstream_and_chained_metal
+);
+candle_core::test_device!(f32_works, f32_works_cpu, f32_works_cuda, f32_works_metal);
+candle_core::test_device!(errors, errors_cpu, errors_cuda, errors_metal);

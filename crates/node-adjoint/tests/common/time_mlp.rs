@@ -1,0 +1,69 @@
+//! A small time-dependent MLP field with parameters of several shapes, and gradient
+//! comparison helpers: shared by the gradient tests of the adjoint and of checkpointing.
+#![allow(dead_code)]
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use node_adjoint::ParamVectorField;
+use node_solvers::VectorField;
+
+pub fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+pub fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let d = scalar(&(a - b)?.abs()?.flatten_all()?.max(0)?)?;
+    let m = scalar(&b.abs()?.flatten_all()?.max(0)?)?;
+    Ok(d / m.max(1e-300))
+}
+
+/// `f(t, y) = tanh(y W1ᵀ + b1 + t·c) W2ᵀ + b2`: parameters of several shapes, time-dependent.
+#[derive(Clone)]
+pub struct Mlp {
+    pub w1: Var,
+    pub b1: Var,
+    pub c: Var,
+    pub w2: Var,
+    pub b2: Var,
+}
+
+impl Mlp {
+    pub fn new(dim: usize, hidden: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let v = |shape: &[usize], s: f64| -> Result<Var> {
+            Ok(Var::from_tensor(
+                &(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)? * s)?,
+            )?)
+        };
+        Ok(Self {
+            w1: v(&[hidden, dim], 0.5)?,
+            b1: v(&[hidden], 0.1)?,
+            c: v(&[hidden], 0.3)?,
+            w2: v(&[dim, hidden], 0.5)?,
+            b2: v(&[dim], 0.1)?,
+        })
+    }
+}
+
+impl VectorField for Mlp {
+    fn eval(&self, t: f64, y: &Tensor) -> candle_core::Result<Tensor> {
+        let pre = y
+            .broadcast_matmul(&self.w1.t()?)?
+            .broadcast_add(&self.b1)?
+            .broadcast_add(&self.c.affine(t, 0.0)?)?;
+        node_kernels::tanh(&pre)?
+            .broadcast_matmul(&self.w2.t()?)?
+            .broadcast_add(&self.b2)
+    }
+}
+
+impl ParamVectorField for Mlp {
+    fn params(&self) -> Vec<Var> {
+        vec![
+            self.w1.clone(),
+            self.b1.clone(),
+            self.c.clone(),
+            self.w2.clone(),
+            self.b2.clone(),
+        ]
+    }
+}
