@@ -147,6 +147,7 @@ impl Ball {
                     let s = odeint_event(&field, &y0, t, t_max, &ground, &opts, &ev)?;
                     (s.t, s.time, s.y, s.event)
                 }
+                GradientArg::Checkpoint => bail!("events have no checkpointed gradient"),
                 GradientArg::Adjoint => {
                     let adj = AdjointOptions::default();
                     let s = odeint_event_adjoint(&field, &y0, t, t_max, &ground, &opts, &ev, &adj)?;
@@ -188,6 +189,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if args.bounces == 0 {
         bail!("--bounces must be at least 1");
+    }
+    if args.gradient == GradientArg::Checkpoint {
+        bail!("--gradient checkpoint: events are differentiated by backprop or the adjoint only");
     }
     let p = [
         args.height,

@@ -23,6 +23,9 @@ pub enum GradientArg {
     Adjoint,
     /// Backprop through the solver's operations.
     Backprop,
+    /// Checkpointed backprop: backprop's gradients from steps replayed from stored states
+    /// (less memory than backprop, about one more forward pass).
+    Checkpoint,
 }
 
 /// The requested device, or the best available: CUDA or Metal when compiled in and present,

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::status_mib;
-use node_adjoint::{AdjointNorm, AdjointOptions};
+use node_adjoint::{AdjointNorm, AdjointOptions, CheckpointOptions};
 use node_models::{init, Gradient, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum};
 use std::time::Instant;
 
@@ -27,7 +27,8 @@ struct Args {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Models (and variants) to time: odenet-adjoint, odenet-direct, rknet, resnet, mlp.
+    /// Models (and variants) to time: odenet-adjoint, odenet-direct, odenet-checkpoint, rknet,
+    /// resnet, mlp.
     #[arg(
         long,
         value_delimiter = ',',
@@ -76,6 +77,10 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
             Gradient::Adjoint(AdjointOptions::default().norm(AdjointNorm::Seminorm)),
         ),
         "odenet-direct" => (ModelKind::OdeNet, Gradient::Backprop),
+        "odenet-checkpoint" => (
+            ModelKind::OdeNet,
+            Gradient::Checkpoint(CheckpointOptions::default()),
+        ),
         "rknet" => (ModelKind::RkNet, Gradient::Backprop),
         "resnet" => (ModelKind::ResNet, Gradient::Backprop),
         "mlp" => (ModelKind::Mlp, Gradient::Backprop),

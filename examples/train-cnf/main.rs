@@ -12,7 +12,7 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
-use node_adjoint::AdjointOptions;
+use node_adjoint::{AdjointOptions, CheckpointOptions};
 use node_models::cnf::{two_circles, Cnf, CnfConfig};
 use node_models::{Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
@@ -109,6 +109,7 @@ fn main() -> Result<ExitCode> {
             Gradient::Adjoint(AdjointOptions::default().tolerances(args.tol, args.tol))
         }
         GradientArg::Backprop => Gradient::Backprop,
+        GradientArg::Checkpoint => Gradient::Checkpoint(CheckpointOptions::default()),
     };
     let varmap = VarMap::new();
     let cnf = Cnf::new(

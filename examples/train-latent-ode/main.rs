@@ -16,7 +16,7 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
-use node_adjoint::AdjointOptions;
+use node_adjoint::{AdjointOptions, CheckpointOptions};
 use node_models::latent_ode::{LatentOde, LatentOdeConfig, Spirals};
 use node_models::{Gradient, Rng};
 use node_solvers::{Method, SolveOptions, SolverError};
@@ -120,6 +120,7 @@ fn main() -> Result<ExitCode> {
             Gradient::Adjoint(AdjointOptions::default().tolerances(args.rtol, args.atol))
         }
         GradientArg::Backprop => Gradient::Backprop,
+        GradientArg::Checkpoint => Gradient::Checkpoint(CheckpointOptions::default()),
     };
     let varmap = VarMap::new();
     let model = LatentOde::new(

@@ -9,7 +9,7 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use common::{device_label, log, pick_device, stop_flag, stopped, DeviceArg, GradientArg};
 use indicatif::{ProgressBar, ProgressStyle};
-use node_adjoint::{AdjointNorm, AdjointOptions};
+use node_adjoint::{AdjointNorm, AdjointOptions, CheckpointOptions};
 use node_kernels::GraphStep;
 use node_models::checkpoint::{self, PartialEpoch, Resumed};
 use node_models::mnist::{self, DataError, Split};
@@ -173,6 +173,7 @@ fn ode_config(args: &Args) -> Result<OdeConfig> {
     cfg.gradient = match args.gradient {
         Some(GradientArg::Adjoint) => Gradient::Adjoint(AdjointOptions::default().norm(norm)),
         Some(GradientArg::Backprop) => Gradient::Backprop,
+        Some(GradientArg::Checkpoint) => Gradient::Checkpoint(CheckpointOptions::default()),
         None => match cfg.gradient {
             Gradient::Adjoint(_) => Gradient::Adjoint(AdjointOptions::default().norm(norm)),
             g => g,

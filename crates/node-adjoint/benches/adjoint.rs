@@ -1,5 +1,5 @@
 //! Memory, leak, backward-NFE and time benchmarks of the adjoint, beside backprop through the
-//! solver. `cargo bench -p node-adjoint --bench adjoint [-- memory|leak|norms|time]`.
+//! solver and checkpointed backprop (64 stored states). `cargo bench -p node-adjoint --bench adjoint [-- memory|leak|norms|time]`.
 //!
 //! - memory: peak resident memory of one gradient (RSS high-water mark above the RSS after
 //!   set-up, each variant in a fresh process) for RK4 with 10/100/1000 fixed steps, batch
@@ -9,7 +9,10 @@
 //! - time: one gradient of the `ode_demo` problem (the peer script `adjoint_grad.py`).
 
 use candle_core::{Device, Result, Tensor, Var};
-use node_adjoint::{odeint_adjoint, AdjointNorm, AdjointOptions, ParamVectorField};
+use node_adjoint::{
+    odeint_adjoint, odeint_checkpointed, AdjointNorm, AdjointOptions, CheckpointOptions,
+    ParamVectorField,
+};
 use node_solvers::{odeint, Method, SolveOptions};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -29,18 +32,43 @@ fn status_kib(key: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// How a gradient is computed.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    Direct,
+    Adjoint(&'a AdjointOptions),
+    Checkpoint(&'a CheckpointOptions),
+}
+
+impl Mode<'_> {
+    fn parse(name: &str) -> Option<Mode<'static>> {
+        static ADJ: std::sync::OnceLock<AdjointOptions> = std::sync::OnceLock::new();
+        static CK: CheckpointOptions = CheckpointOptions { checkpoints: 64 };
+        match name {
+            "direct" => Some(Mode::Direct),
+            "adjoint" => Some(Mode::Adjoint(ADJ.get_or_init(AdjointOptions::default))),
+            "checkpoint" => Some(Mode::Checkpoint(&CK)),
+            _ => None,
+        }
+    }
+}
+
 fn gradient(
     f: &Mlp,
     z0: &Tensor,
     opts: &SolveOptions,
-    adj: Option<&AdjointOptions>,
+    mode: Mode,
 ) -> Result<(Tensor, usize, usize)> {
-    let (ys, nfe_f, stats) = match adj {
-        Some(a) => {
+    let (ys, nfe_f, stats) = match mode {
+        Mode::Adjoint(a) => {
             let s = odeint_adjoint(f, z0, &[0.0, 1.0], opts, a)?;
             (s.ys, s.stats.forward().nfe, Some(s.stats))
         }
-        None => {
+        Mode::Checkpoint(c) => {
+            let s = odeint_checkpointed(f, z0, &[0.0, 1.0], opts, c)?;
+            (s.ys, s.stats.forward().nfe, Some(s.stats))
+        }
+        Mode::Direct => {
             let s = odeint(f, z0, &[0.0, 1.0], opts)?;
             (s.ys, s.stats.nfe, None)
         }
@@ -60,13 +88,9 @@ fn memory_child(mode: &str, steps: usize) -> Result<()> {
         .method(Method::Rk38)
         .fixed_steps(steps);
     let base = status_kib("VmRSS:");
-    let adj = AdjointOptions::default();
-    let (_, nf, nb) = gradient(
-        &f,
-        z0.as_tensor(),
-        &opts,
-        (mode == "adjoint").then_some(&adj),
-    )?;
+    let mode =
+        Mode::parse(mode).ok_or_else(|| candle_core::Error::Msg(format!("unknown mode {mode}")))?;
+    let (_, nf, nb) = gradient(&f, z0.as_tensor(), &opts, mode)?;
     println!("{:.1} {nf} {nb}", (status_kib("VmHWM:") - base) / 1024.0);
     Ok(())
 }
@@ -86,7 +110,7 @@ fn memory() -> Result<()> {
         (("adjoint", 1000), 58.3),
     ]);
     let exe = std::env::current_exe().map_err(candle_core::Error::wrap)?;
-    for mode in ["direct", "adjoint"] {
+    for mode in ["direct", "adjoint", "checkpoint"] {
         for steps in [10usize, 100, 1000] {
             let out = std::process::Command::new(&exe)
                 .args(["memory-child", mode, &steps.to_string()])
@@ -104,12 +128,13 @@ fn memory() -> Result<()> {
                 );
                 continue;
             }
+            // torchdiffeq has no checkpointed mode.
+            let theirs = torch
+                .get(&(mode, steps))
+                .map_or("–".to_string(), |m| m.to_string());
             println!(
-                "| {mode} | {steps} | {} | {} | {} | {} |",
-                v[1],
-                v[2],
-                v[0],
-                torch[&(mode, steps)]
+                "| {mode} | {steps} | {} | {} | {} | {theirs} |",
+                v[1], v[2], v[0]
             );
         }
     }
@@ -152,13 +177,10 @@ fn norms() -> Result<()> {
     let (f, z0) = Mlp::ode_demo()?;
     for tol in [1e-3, 1e-5, 1e-7] {
         let opts = SolveOptions::default().tolerances(tol, tol);
-        let (_, nf, semi) = gradient(&f, &z0, &opts, Some(&AdjointOptions::default()))?;
-        let (_, _, full) = gradient(
-            &f,
-            &z0,
-            &opts,
-            Some(&AdjointOptions::default().norm(AdjointNorm::Full)),
-        )?;
+        let semi = AdjointOptions::default();
+        let (_, nf, semi) = gradient(&f, &z0, &opts, Mode::Adjoint(&semi))?;
+        let full = AdjointOptions::default().norm(AdjointNorm::Full);
+        let (_, _, full) = gradient(&f, &z0, &opts, Mode::Adjoint(&full))?;
         println!("| {tol:e} | {nf} | {semi} | {full} |");
     }
     Ok(())
@@ -175,11 +197,14 @@ fn time() -> Result<()> {
         .method(Method::Rk38)
         .fixed_steps(100);
     let adj = AdjointOptions::default();
+    let ck = CheckpointOptions::default();
     for (name, opts, a) in [
-        ("direct_dopri5", &dopri, None),
-        ("adjoint_dopri5", &dopri, Some(&adj)),
-        ("direct_rk4_100", &rk4, None),
-        ("adjoint_rk4_100", &rk4, Some(&adj)),
+        ("direct_dopri5", &dopri, Mode::Direct),
+        ("adjoint_dopri5", &dopri, Mode::Adjoint(&adj)),
+        ("checkpoint_dopri5", &dopri, Mode::Checkpoint(&ck)),
+        ("direct_rk4_100", &rk4, Mode::Direct),
+        ("adjoint_rk4_100", &rk4, Mode::Adjoint(&adj)),
+        ("checkpoint_rk4_100", &rk4, Mode::Checkpoint(&ck)),
     ] {
         let mut times = vec![];
         let mut nfe = (0, 0);

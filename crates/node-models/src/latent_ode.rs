@@ -10,8 +10,8 @@ use crate::layers::{linear, vars_of, Gradient, Linear};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
-use node_adjoint::{odeint_adjoint, ParamVectorField};
-use node_solvers::{odeint, SolveOptions, VectorField};
+use node_adjoint::ParamVectorField;
+use node_solvers::{SolveOptions, VectorField};
 
 /// Sizes of a [`LatentOde`]; the defaults are those of torchdiffeq's example.
 #[derive(Clone, Debug, PartialEq)]
@@ -304,17 +304,8 @@ impl LatentOde {
                 z0.dims()
             );
         }
-        let (zs, nfe, adjoint) = match &self.gradient {
-            Gradient::Adjoint(a) => {
-                let sol = odeint_adjoint(&self.func, z0, ts, &self.opts, a)?;
-                let nfe = sol.stats.forward().nfe;
-                (sol.ys, nfe, Some(sol.stats))
-            }
-            Gradient::Backprop => {
-                let sol = odeint(&self.func, z0, ts, &self.opts)?;
-                (sol.ys, sol.stats.nfe, None)
-            }
-        };
+        let (zs, stats) = self.gradient.solve(&self.func, z0, ts, &self.opts)?;
+        let (nfe, adjoint) = (stats.nfe_forward, stats.adjoint);
         // [T, B, latent] → [B, T, latent] → the decoder on every state.
         let zs = zs.transpose(0, 1)?.contiguous()?;
         let (b, t, l) = zs.dims3()?;

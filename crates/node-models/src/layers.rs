@@ -4,7 +4,10 @@
 
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
-use node_adjoint::{odeint_adjoint, AdjointOptions, AdjointStats, ParamVectorField};
+use node_adjoint::{
+    odeint_adjoint, odeint_checkpointed, AdjointOptions, AdjointStats, CheckpointOptions,
+    ParamVectorField,
+};
 use node_solvers::{odeint, SolveOptions, VectorField};
 
 /// Group normalization over `[B, C, *]` with per-channel scale and shift, on
@@ -323,13 +326,55 @@ impl ParamVectorField for OdeFunc {
     }
 }
 
-/// How an [`OdeBlock`] is differentiated.
+/// How an ODE solve in a model ([`OdeBlock`], the latent ODE, the CNF) is differentiated.
 #[derive(Clone, Debug)]
 pub enum Gradient {
-    /// The adjoint method: constant memory in the number of steps.
+    /// The adjoint method: constant memory in the number of steps; the gradient of the
+    /// continuous problem, from a reverse-time solve.
     Adjoint(AdjointOptions),
-    /// Backprop through the solver's operations (RK-Net when the solver has fixed steps).
+    /// Backprop through the solver's operations (RK-Net when the solver has fixed steps):
+    /// the exact gradient of the discrete solve, holding the graph of every step.
     Backprop,
+    /// Checkpointed backprop ([`node_adjoint::odeint_checkpointed`]): backprop's exact
+    /// gradient with memory bounded by the stored states and one replayed stretch of steps,
+    /// for about one more forward pass.
+    Checkpoint(CheckpointOptions),
+}
+
+impl Gradient {
+    /// Solves `dy/dt = f(t, y)` from `y(ts[0]) = y0` with `opts`, differentiated as `self`
+    /// says; returns the states at `ts` (`[ts.len(), ...y0.shape]`) and the solve's counts.
+    ///
+    /// # Errors
+    /// The solver's typed errors.
+    pub fn solve<F>(
+        &self,
+        f: &F,
+        y0: &Tensor,
+        ts: &[f64],
+        opts: &SolveOptions,
+    ) -> Result<(Tensor, BlockStats)>
+    where
+        F: ParamVectorField + Clone + Send + Sync + 'static,
+    {
+        let sol = match self {
+            Gradient::Backprop => {
+                let sol = odeint(f, y0, ts, opts)?;
+                let stats = BlockStats {
+                    nfe_forward: sol.stats.nfe,
+                    adjoint: None,
+                };
+                return Ok((sol.ys, stats));
+            }
+            Gradient::Adjoint(a) => odeint_adjoint(f, y0, ts, opts, a)?,
+            Gradient::Checkpoint(c) => odeint_checkpointed(f, y0, ts, opts, c)?,
+        };
+        let stats = BlockStats {
+            nfe_forward: sol.stats.forward().nfe,
+            adjoint: Some(sol.stats),
+        };
+        Ok((sol.ys, stats))
+    }
 }
 
 /// Evaluation counts of one forward pass of an [`OdeBlock`].
@@ -337,13 +382,14 @@ pub enum Gradient {
 pub struct BlockStats {
     /// Evaluations of the field in the forward solve.
     pub nfe_forward: usize,
-    /// For the adjoint, a handle whose backward counts fill in after `backward()`.
+    /// For the adjoint and checkpointing, a handle whose backward counts fill in after
+    /// `backward()`.
     pub adjoint: Option<AdjointStats>,
 }
 
 impl BlockStats {
-    /// Evaluations in the backward pass (the adjoint's reverse solve; 0 for backprop, whose
-    /// backward replays the forward graph instead).
+    /// Evaluations in the backward pass: the adjoint's reverse solve, or checkpointing's
+    /// replayed steps (0 for backprop, whose backward runs through the forward graph instead).
     pub fn nfe_backward(&self) -> usize {
         self.adjoint.as_ref().map_or(0, |a| a.backward().nfe)
     }
@@ -398,26 +444,9 @@ impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
         t_from: f64,
         t_to: f64,
     ) -> Result<(Tensor, BlockStats)> {
-        let ts = [t_from, t_to];
-        match &self.gradient {
-            Gradient::Adjoint(a) => {
-                let sol = odeint_adjoint(&self.field, x, &ts, &self.opts, a)?;
-                let stats = BlockStats {
-                    nfe_forward: sol.stats.forward().nfe,
-                    adjoint: Some(sol.stats),
-                };
-                Ok((sol.ys.get(1)?, stats))
-            }
-            Gradient::Backprop => {
-                let sol = odeint(&self.field, x, &ts, &self.opts)?;
-                Ok((
-                    sol.ys.get(1)?,
-                    BlockStats {
-                        nfe_forward: sol.stats.nfe,
-                        adjoint: None,
-                    },
-                ))
-            }
-        }
+        let (ys, stats) = self
+            .gradient
+            .solve(&self.field, x, &[t_from, t_to], &self.opts)?;
+        Ok((ys.get(1)?, stats))
     }
 }
