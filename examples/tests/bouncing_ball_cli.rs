@@ -46,6 +46,7 @@ fn bad_options_are_refused() {
         (&["--drag=-1"][..], "--drag"),
         (&["0"][..], "--bounces"),
         (&["--tol", "0"][..], "--tol"),
+        (&["--gradient", "checkpoint"][..], "--gradient checkpoint"),
     ] {
         let o = run(args);
         assert!(!o.status.success(), "{args:?} was accepted");
