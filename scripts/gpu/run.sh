@@ -16,8 +16,9 @@
 #                         all and one by one (NODE_CUDA_KERNELS_OFF=all, conv, group_norm,
 #                         lincomb, concat, optim, none); ours with cudarc's events per
 #                         buffer kept (--cuda-events); rknet, resnet and mlp with the step
-#                         recorded as a CUDA graph (--cuda-graph); the ode_demo solve, the
-#                         CNF and latent-ODE training steps, ours and torchdiffeq -> bench.log
+#                         recorded as a CUDA graph (--cuda-graph); ODE-Net with the adjoint,
+#                         backprop and checkpointed backprop; the ode_demo solve, the CNF and
+#                         latent-ODE training steps, ours and torchdiffeq -> bench.log
 #     profile[=VARIANT]   Nsight Compute's time of every kernel of one training step (default
 #                         odenet-adjoint), summed by kernel -> profile.csv (raw) and the summary
 #     table1=EPOCHS[:MIN] scripts/reproduce-table1.sh EPOCHS --device cuda with the packed
@@ -195,6 +196,9 @@ step_bench() {
   # The fixed-step models' step recorded once as a CUDA graph and replayed.
   { echo; echo "### ours, the step recorded as a CUDA graph (--cuda-graph)"
     "$step" --device cuda --reps 10 --warmup 2 --variants rknet,resnet,mlp --cuda-graph; } 2>&1 | tee -a "$log" >> "$summary"
+  # ODE-Net's three gradient modes side by side (torchdiffeq has no checkpointed mode).
+  { echo; echo "### ODE-Net: adjoint, backprop and checkpointed backprop"
+    "$step" --device cuda --reps 10 --warmup 2 --variants odenet-adjoint,odenet-direct,odenet-checkpoint; } 2>&1 | tee -a "$log" >> "$summary"
   if demo=$(exe bench ode_demo); then
     { echo; "$demo" --device cuda --reps 20; echo
       "$py" scripts/bench-ode-solve-torch.py cuda 20; } 2>&1 | tee -a "$log" >> "$summary"
