@@ -17,7 +17,10 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
 use common::{pick_device, DeviceArg, GradientArg};
-use node_adjoint::{odeint_event_adjoint, with_params, AdjointOptions, WithParams};
+use node_adjoint::{
+    odeint_event_adjoint, odeint_event_checkpointed, with_params, AdjointOptions,
+    CheckpointOptions, WithParams,
+};
 use node_solvers::{odeint, odeint_event, Crossing, EventOptions, SolveOptions};
 use plot::{bounds, Canvas, Panel, LEARNED_COLOR, TRUE_COLOR};
 use std::path::PathBuf;
@@ -147,7 +150,12 @@ impl Ball {
                     let s = odeint_event(&field, &y0, t, t_max, &ground, &opts, &ev)?;
                     (s.t, s.time, s.y, s.event)
                 }
-                GradientArg::Checkpoint => bail!("events have no checkpointed gradient"),
+                GradientArg::Checkpoint => {
+                    let ck = CheckpointOptions::default();
+                    let s =
+                        odeint_event_checkpointed(&field, &y0, t, t_max, &ground, &opts, &ev, &ck)?;
+                    (s.t, s.time, s.y, s.event)
+                }
                 GradientArg::Adjoint => {
                     let adj = AdjointOptions::default();
                     let s = odeint_event_adjoint(&field, &y0, t, t_max, &ground, &opts, &ev, &adj)?;
@@ -189,9 +197,6 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if args.bounces == 0 {
         bail!("--bounces must be at least 1");
-    }
-    if args.gradient == GradientArg::Checkpoint {
-        bail!("--gradient checkpoint: events are differentiated by backprop or the adjoint only");
     }
     let p = [
         args.height,

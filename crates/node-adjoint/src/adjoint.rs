@@ -20,7 +20,7 @@ use candle_core::{
 };
 use node_solvers::{
     event_gradients, locate_event, odeint, Atol, ErrorNorm, EventFunction, EventOptions,
-    SolveOptions, SolverError, SolverStats, StepSize, StepTrace, VectorField,
+    LocatedEvent, SolveOptions, SolverError, SolverStats, StepSize, StepTrace, VectorField,
 };
 use std::sync::{Arc, Mutex};
 
@@ -170,21 +170,41 @@ where
         opts,
         ev_opts,
     )?;
+    event_solution(f, g, y0, t0, found, |ys, stats| {
+        run(
+            f,
+            y0,
+            Times::Host(vec![t0, ys.1]),
+            opts,
+            adj,
+            Some((ys.0, stats)),
+        )
+    })
+}
+
+/// The event solution from a located event: the op that `make_op` builds on the detached
+/// states at `t0` and the event (`(stack, event time)`, and the locating solve's counts)
+/// carries the state's gradient, and [`event_gradients`] the event time's.
+pub(crate) fn event_solution<F, G>(
+    f: &F,
+    g: &G,
+    y0: &Tensor,
+    t0: f64,
+    found: LocatedEvent,
+    make_op: impl FnOnce((Tensor, f64), SolverStats) -> Result<AdjointSolution>,
+) -> Result<AdjointEventSolution>
+where
+    F: ParamVectorField,
+    G: EventFunction,
+{
     let (y, stats) = if found.t == t0 {
-        // A crossing within the time tolerance of t0 leaves no interval to solve back over.
+        // A crossing within the time tolerance of t0 leaves no interval to differentiate.
         let stats = AdjointStats::default();
         stats.lock().0 = found.stats;
         (y0.clone(), stats)
     } else {
         let ys = Tensor::stack(&[y0.detach(), found.y.detach()], 0)?;
-        let sol = run(
-            f,
-            y0,
-            Times::Host(vec![t0, found.t]),
-            opts,
-            adj,
-            Some((ys, found.stats)),
-        )?;
+        let sol = make_op((ys, found.t), found.stats)?;
         (sol.ys.get(1)?, sol.stats)
     };
     let (time, y) = match found.event {

@@ -11,12 +11,15 @@
 //! the one backprop through `odeint` gives, at the price of one more forward pass; the memory
 //! is the stored states plus one stretch's graph instead of the graph of every step.
 
-use crate::adjoint::{apply_op, check_param_dtypes, Backward, Inner, Times};
+use crate::adjoint::{apply_op, check_param_dtypes, event_solution, Backward, Inner, Times};
 use crate::field::ParamVectorField;
 use crate::options::CheckpointOptions;
-use crate::AdjointSolution;
+use crate::{AdjointEventSolution, AdjointSolution};
 use candle_core::{Result, Tensor, Var};
-use node_solvers::{odeint, odeint_traced, SolveOptions, SolverStats, StepTrace};
+use node_solvers::{
+    locate_event_traced, odeint, odeint_traced, EventFunction, EventOptions, SolveOptions,
+    SolverStats, StepTrace,
+};
 
 /// Solves `dy/dt = f(t, y; θ)` from `y(ts[0]) = y0` like [`node_solvers::odeint`], with the
 /// gradients backprop through the solver gives (the same steps, differentiated exactly), but
@@ -80,6 +83,60 @@ where
         sol.stats,
         Backward::Replay(trace),
     )
+}
+
+/// [`node_solvers::odeint_event`] with checkpointed backprop: solves `dy/dt = f(t, y; θ)` from
+/// `y(t0) = y0` until an element of `g(t, y)` crosses zero (or `t_max`), and returns the event
+/// time and state, both differentiable, with the gradients backprop through `odeint_event`
+/// gives and memory bounded by the stored states.
+///
+/// The forward solve runs once, detached, locates the event and records its steps
+/// ([`node_solvers::locate_event_traced`]); the backward pass replays them, the step that
+/// holds the event included (its dense output gives the state at the event), and the event
+/// time gets its gradient by the implicit function theorem
+/// ([`node_solvers::event_gradients`]), to `y0`, the field's parameters and the event
+/// function's own parameters.
+///
+/// # Shapes
+/// `y0`: any shape `S`; `g(t, y)`: any shape with at least one element; result `time` 0-d,
+/// `y` shape `S`.
+///
+/// # Errors
+/// Those of [`node_solvers::odeint_event`] and [`odeint_checkpointed`].
+#[allow(clippy::too_many_arguments)]
+pub fn odeint_event_checkpointed<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    ck: &CheckpointOptions,
+) -> Result<AdjointEventSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+    G: EventFunction,
+{
+    check_param_dtypes(f, y0)?;
+    let detached_f = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
+    let detached_g = |t: f64, y: &Tensor| g.eval(t, y).map(|c| c.detach());
+    let (found, trace) = locate_event_traced(
+        &detached_f,
+        &y0.detach(),
+        t0,
+        t_max,
+        &detached_g,
+        opts,
+        ev_opts,
+        ck.checkpoints,
+    )?;
+    // The trace may run past the event (to the end of its step): the replay's last stretch
+    // then outputs the event state from dense output, as the locating solve did.
+    event_solution(f, g, y0, t0, found, |(ys, t), stats| {
+        let times = Times::Host(vec![t0, t]);
+        apply_op(f, y0, times, opts, ys, stats, Backward::Replay(trace))
+    })
 }
 
 impl<F: ParamVectorField> Inner<F> {

@@ -1,9 +1,12 @@
-//! `odeint_event_adjoint`: the event time's and state's gradients by the adjoint, against
-//! analytic derivatives and against backprop through the solver (`odeint_event`).
+//! `odeint_event_adjoint` and `odeint_event_checkpointed`: the event time's and state's
+//! gradients by the adjoint and by checkpointed backprop, against analytic derivatives and
+//! against backprop through the solver (`odeint_event`).
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
-use node_adjoint::{odeint_event_adjoint, with_params, AdjointOptions};
+use node_adjoint::{
+    odeint_event_adjoint, odeint_event_checkpointed, with_params, AdjointOptions, CheckpointOptions,
+};
 use node_solvers::{odeint_event, Crossing, EventOptions, SolveOptions};
 
 fn tight() -> SolveOptions {
@@ -48,6 +51,19 @@ fn free_fall(dev: &Device) -> Result<()> {
     // One forward solve: the adjoint op is anchored on the located state.
     assert!(sol.stats.forward().accepted_steps > 0);
     assert!(sol.stats.backward().nfe > 0);
+    // Checkpointed backprop: the same analytic gradients, from 2 stored states.
+    let ck = CheckpointOptions::default().checkpoints(2);
+    let sol = odeint_event_checkpointed(&field, &y0, 0.0, 10.0, &height, &tight(), &ev, &ck)?;
+    assert!((sol.t - (v0 + s) / gr).abs() < 1e-12, "t = {}", sol.t);
+    let grads = (sol.time.reshape(1)? + sol.y.narrow(0, 1, 1)?)?.backward()?;
+    let dy = grads.get(&y0).expect("y0 gradient").to_vec1::<f64>()?;
+    let dg = grads.get(&gravity).expect("G gradient").to_vec1::<f64>()?;
+    for (got, want) in [dy[0], dy[1], dg[0]].iter().zip(want) {
+        assert!((got - want).abs() < 1e-8, "checkpointed: {got} vs {want}");
+    }
+    // The replay takes the forward's accepted steps again, the event's step included.
+    let (fwd, bwd) = (sol.stats.forward(), sol.stats.backward());
+    assert_eq!(bwd.accepted_steps, fwd.accepted_steps);
     Ok(())
 }
 
@@ -90,6 +106,35 @@ fn matches_backprop(dev: &Device) -> Result<()> {
     assert_eq!(adj.stats.forward().accepted_steps, bp.stats.accepted_steps);
     let gb = loss(&bp.time, &bp.y)?.backward()?;
     let ga = loss(&adj.time, &adj.y)?.backward()?;
+    // Checkpointed backprop, from 3 stored states: backprop's gradients up to the order of
+    // the floating-point sums.
+    let ck = CheckpointOptions::default().checkpoints(3);
+    let cp = odeint_event_checkpointed(&field, &y0, 0.0, 20.0, &g, &tight(), &ev, &ck)?;
+    assert_eq!(cp.t, bp.t);
+    assert_eq!((&cp.y - &bp.y)?.abs()?.max(0)?.to_scalar::<f64>()?, 0.0);
+    assert!(
+        bp.stats.accepted_steps > 6,
+        "too few steps to thin the states"
+    );
+    let gc = loss(&cp.time, &cp.y)?.backward()?;
+    for (name, v) in [("W", &w), ("b", &b), ("c", &c), ("y0", &y0)] {
+        let x = gb
+            .get(v)
+            .expect("backprop")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let y = gc
+            .get(v)
+            .expect("checkpointed")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        for (p, q) in x.iter().zip(&y) {
+            assert!(
+                (p - q).abs() < 1e-12 * p.abs().max(1.0),
+                "checkpointed {name}: {p} vs {q}"
+            );
+        }
+    }
     for (name, v) in [("W", &w), ("b", &b), ("c", &c), ("y0", &y0)] {
         let x = gb
             .get(v)

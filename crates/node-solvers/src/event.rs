@@ -20,6 +20,7 @@ use crate::field::VectorField;
 use crate::options::SolveOptions;
 use crate::rk::Evaluator;
 use crate::solve::{check_state, check_times, run_steps, SolverStats};
+use crate::trace::StepTrace;
 use candle_core::{DType, Result, Tensor, Var};
 
 /// An event function `g(t, y)`: the solve stops where an element of it crosses zero.
@@ -213,6 +214,53 @@ where
     F: VectorField + ?Sized,
     G: EventFunction,
 {
+    locate(f, y0, t0, t_max, g, opts, ev_opts, None)
+}
+
+/// [`locate_event`] that also records its steps ([`crate::odeint_traced`]): the trace runs
+/// from `t0` to the end of the step in which the event was found (past the event time, which
+/// that step's dense output gave), or to `t_max`. Replaying it with the event time as an
+/// output time gives the located state again, as checkpointed backprop
+/// (`node_adjoint::odeint_event_checkpointed`) does.
+///
+/// # Errors
+/// As [`locate_event`], and [`SolverError::InvalidOptions`] when `max_states` is 0.
+#[allow(clippy::too_many_arguments)]
+pub fn locate_event_traced<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    max_states: usize,
+) -> Result<(LocatedEvent, StepTrace)>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
+    let mut trace = StepTrace::new(t0, y0, max_states)?;
+    let found = locate(f, y0, t0, t_max, g, opts, ev_opts, Some(&mut trace))?;
+    trace.finish();
+    Ok((found, trace))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn locate<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    trace: Option<&mut StepTrace>,
+) -> Result<LocatedEvent>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
     opts.validate()?;
     let ts = [t0, t_max];
     let dir = check_times(&ts)?;
@@ -229,7 +277,7 @@ where
     let g0 = ev.read(&watch.values(t0, y0)?)?;
     watch.start(t0, &g0)?;
     let mut out = vec![y0.clone()];
-    let (mut stats, _) = run_steps(&ev, y0, &ts, dir, opts, &mut out, Some(&mut watch), None)?;
+    let (mut stats, _) = run_steps(&ev, y0, &ts, dir, opts, &mut out, Some(&mut watch), trace)?;
     stats.nfe = ev.nfe();
     stats.host_reads = ev.host_reads();
     Ok(match watch.found {

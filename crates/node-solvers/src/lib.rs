@@ -15,8 +15,8 @@ pub mod trace;
 
 pub use error::SolverError;
 pub use event::{
-    event_gradients, locate_event, odeint_event, Crossing, EventFunction, EventOptions,
-    EventSolution, LocatedEvent,
+    event_gradients, locate_event, locate_event_traced, odeint_event, Crossing, EventFunction,
+    EventOptions, EventSolution, LocatedEvent,
 };
 pub use field::VectorField;
 pub use method::{Method, UnknownMethod};

@@ -451,6 +451,10 @@ fn adaptive<F: VectorField + ?Sized>(
         if ratio <= 1.0 {
             stats.accepted_steps += 1;
             let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
+            // Before the event check: the step in which an event is found is traced too.
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.record(t1, &step.y1);
+            }
             if let Some(w) = watch.as_deref_mut() {
                 let mut dense = |tn| dense_at(ev, tab, t, t1, &y, &step, &mut f1, tn);
                 if w.accepted(t, t1, &y, &g1, &mut dense, &|x| ev.read(x))? {
@@ -458,9 +462,6 @@ fn adaptive<F: VectorField + ?Sized>(
                 }
             }
             emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.record(t1, &step.y1);
-            }
             t = t1;
             if next < ts.len() {
                 f0 = match f1 {
@@ -555,6 +556,9 @@ fn fixed<F: VectorField + ?Sized>(
         let t1 = grid(i);
         let step = rk_step(tab, ev, t, t1, &y, &f0, false)?;
         let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.record(t1, &step.y1);
+        }
         if let Some(w) = watch.as_deref_mut() {
             let g1 = ev.read(&w.values(t1, &step.y1)?)?;
             let mut dense = |tn| dense_at(ev, tab, t, t1, &y, &step, &mut f1, tn);
@@ -567,9 +571,6 @@ fn fixed<F: VectorField + ?Sized>(
             }
         }
         emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
-        if let Some(tr) = trace.as_deref_mut() {
-            tr.record(t1, &step.y1);
-        }
         t = t1;
         if i < n {
             f0 = match f1 {

@@ -33,13 +33,17 @@ pub struct StepTrace {
 }
 
 impl StepTrace {
-    fn new(t0: f64, y0: &Tensor, max_states: usize) -> Self {
-        Self {
+    /// An empty trace from `(t0, y0)`.
+    pub(crate) fn new(t0: f64, y0: &Tensor, max_states: usize) -> Result<Self> {
+        if max_states == 0 {
+            return Err(SolverError::InvalidOptions("max_states must be > 0".into()).into());
+        }
+        Ok(Self {
             times: vec![t0],
             states: vec![y0.clone()],
             stride: 1,
             max_states,
-        }
+        })
     }
 
     /// Number of accepted steps.
@@ -75,7 +79,7 @@ impl StepTrace {
     }
 
     /// Drops the state stored at the last time, which no stretch starts from.
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if self.steps() > 0 && self.steps().is_multiple_of(self.stride) {
             self.states.pop();
         }
@@ -102,13 +106,10 @@ pub fn odeint_traced<F: VectorField + ?Sized>(
     opts: &SolveOptions,
     max_states: usize,
 ) -> Result<(Solution, StepTrace)> {
-    if max_states == 0 {
-        return Err(SolverError::InvalidOptions("max_states must be > 0".into()).into());
-    }
+    let mut trace = StepTrace::new(ts.first().copied().unwrap_or(0.0), y0, max_states)?;
     opts.validate()?;
     let dir = check_times(ts)?;
     check_state(y0, opts)?;
-    let mut trace = StepTrace::new(ts[0], y0, max_states);
     if ts.len() == 1 {
         let sol = Solution {
             ts: ts.to_vec(),

@@ -1,5 +1,6 @@
-//! Step grids (`SolveOptions::step_grid`) and traced solves (`odeint_traced`): a grid takes
-//! exactly the steps it lists, and a traced solve replays bit for bit from its stored states.
+//! Step grids (`SolveOptions::step_grid`) and traced solves (`odeint_traced`,
+//! `locate_event_traced`): a grid takes exactly the steps it lists, and a traced solve replays
+//! bit for bit from its stored states.
 
 mod common;
 
@@ -7,7 +8,10 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use common::{fitted_slope, max_abs_diff};
 use node_solvers::problems::{Riccati, Rotation};
-use node_solvers::{odeint, odeint_traced, Method, SolveOptions, SolverError, StepTrace};
+use node_solvers::{
+    locate_event_traced, odeint, odeint_traced, EventOptions, Method, SolveOptions, SolverError,
+    StepTrace,
+};
 
 fn rotation_y0(dev: &Device) -> Result<Tensor> {
     Ok(Tensor::new(&[[1.0f64, 0.0], [0.0, 2.0], [-1.5, 0.5]], dev)?)
@@ -210,6 +214,45 @@ fn traced_f32(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+fn traced_event_replays_to_the_event(dev: &Device) -> Result<()> {
+    // A damped rotation until its first component, e^{−0.1 t} cos t, falls through zero at
+    // t* = π/2: the trace runs to the end of the event's step, and
+    // replaying the last stretch with t* as an output gives the located state exactly.
+    let p = Rotation {
+        decay: 0.1,
+        freq: 1.0,
+    };
+    let y0 = Tensor::new(&[1.0f64, 0.0], dev)?;
+    let g = |_t: f64, y: &Tensor| y.narrow(0, 0, 1);
+    let opts = SolveOptions::default().tolerances(1e-9, 1e-9);
+    let ev = EventOptions::default();
+    let (found, trace) = locate_event_traced(&p.field(), &y0, 0.0, 10.0, &g, &opts, &ev, 2)?;
+    assert_eq!(found.event, Some(0));
+    assert!((found.t - std::f64::consts::FRAC_PI_2).abs() < 1e-9);
+    assert_eq!(trace.steps(), found.stats.accepted_steps);
+    let last = trace.times[trace.steps()];
+    assert!(
+        last > found.t,
+        "the trace ends at {last}, before the event at {}",
+        found.t
+    );
+    let range = trace.segments().last().expect("a stretch");
+    let t_s = trace.times[range.start];
+    let grid = &trace.times[range.start..=range.end];
+    let k = trace.states.len() - 1;
+    let replay = odeint(
+        &p.field(),
+        &trace.states[k],
+        &[t_s, found.t, last],
+        &opts.clone().step_grid(grid),
+    )?;
+    assert_eq!(max_abs_diff(&replay.ys.get(1)?, &found.y)?, 0.0);
+    // Without an event before t_max the trace ends at t_max.
+    let (found, trace) = locate_event_traced(&p.field(), &y0, 0.0, 1.0, &g, &opts, &ev, 2)?;
+    assert_eq!((found.event, trace.times[trace.steps()]), (None, 1.0));
+    Ok(())
+}
+
 fn grid_errors(dev: &Device) -> Result<()> {
     let y0 = Tensor::new(&[1.0f64], dev)?;
     let f = |_t: f64, y: &Tensor| y.neg();
@@ -300,4 +343,10 @@ candle_core::test_device!(
     grid_errors_cpu,
     grid_errors_cuda,
     grid_errors_metal
+);
+candle_core::test_device!(
+    traced_event_replays_to_the_event,
+    traced_event_replays_to_the_event_cpu,
+    traced_event_replays_to_the_event_cuda,
+    traced_event_replays_to_the_event_metal
 );
