@@ -21,7 +21,8 @@ use candle_core::{Result, Tensor};
 /// The accepted steps of a solve, with states stored every `stride` steps.
 #[derive(Clone, Debug)]
 pub struct StepTrace {
-    /// The accepted steps' ends, from `ts[0]` to `ts[last]`: step `i` runs from `times[i]` to
+    /// The accepted steps' ends, from `ts[0]` to `ts[last]` (for [`crate::locate_event_traced`],
+    /// to the end of the step that holds the event): step `i` runs from `times[i]` to
     /// `times[i + 1]`.
     pub times: Vec<f64>,
     /// The states at `times[k · stride]`, `k = 0, 1, …`: `states[0] = y0`. The state at the last
@@ -69,10 +70,10 @@ impl StepTrace {
         self.states.push(y1.clone());
         if self.states.len() > self.max_states {
             // Keep the states at even multiples of the stride: those at multiples of twice it.
-            let mut k = 0;
+            let mut keep = false;
             self.states.retain(|_| {
-                k += 1;
-                (k - 1) % 2 == 0
+                keep = !keep;
+                keep
             });
             self.stride *= 2;
         }
