@@ -11,7 +11,7 @@ mod common;
 
 use candle_core::{DType, Result};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
-use node_adjoint::AdjointOptions;
+use node_adjoint::{AdjointOptions, CheckpointOptions};
 use node_models::cnf::{two_circles, Cnf, CnfConfig};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
@@ -31,6 +31,10 @@ fn main() -> Result<()> {
             Gradient::Adjoint(AdjointOptions::default().tolerances(1e-5, 1e-5)),
         ),
         ("backprop", Gradient::Backprop),
+        (
+            "checkpoint",
+            Gradient::Checkpoint(CheckpointOptions::default()),
+        ),
     ] {
         let varmap = VarMap::new();
         let opts = SolveOptions::default()

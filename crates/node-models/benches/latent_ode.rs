@@ -13,7 +13,7 @@ mod common;
 
 use candle_core::{DType, Result};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
-use node_adjoint::AdjointOptions;
+use node_adjoint::{AdjointOptions, CheckpointOptions};
 use node_models::latent_ode::{spirals, LatentOde, LatentOdeConfig};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
@@ -33,6 +33,10 @@ fn main() -> Result<()> {
         (
             "adjoint",
             Gradient::Adjoint(AdjointOptions::default().tolerances(1e-7, 1e-9)),
+        ),
+        (
+            "checkpoint",
+            Gradient::Checkpoint(CheckpointOptions::default()),
         ),
     ] {
         let varmap = VarMap::new();
