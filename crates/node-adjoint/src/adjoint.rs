@@ -170,20 +170,20 @@ where
         opts,
         ev_opts,
     )?;
-    event_solution(f, g, y0, t0, found, |ys, stats| {
+    event_solution(f, g, y0, t0, found, |ys, t, stats| {
         run(
             f,
             y0,
-            Times::Host(vec![t0, ys.1]),
+            Times::Host(vec![t0, t]),
             opts,
             adj,
-            Some((ys.0, stats)),
+            Some((ys, stats)),
         )
     })
 }
 
 /// The event solution from a located event: the op that `make_op` builds on the detached
-/// states at `t0` and the event (`(stack, event time)`, and the locating solve's counts)
+/// states at `t0` and the event (stacked), the event time and the locating solve's counts
 /// carries the state's gradient, and [`event_gradients`] the event time's.
 pub(crate) fn event_solution<F, G>(
     f: &F,
@@ -191,7 +191,7 @@ pub(crate) fn event_solution<F, G>(
     y0: &Tensor,
     t0: f64,
     found: LocatedEvent,
-    make_op: impl FnOnce((Tensor, f64), SolverStats) -> Result<AdjointSolution>,
+    make_op: impl FnOnce(Tensor, f64, SolverStats) -> Result<AdjointSolution>,
 ) -> Result<AdjointEventSolution>
 where
     F: ParamVectorField,
@@ -204,7 +204,7 @@ where
         (y0.clone(), stats)
     } else {
         let ys = Tensor::stack(&[y0.detach(), found.y.detach()], 0)?;
-        let sol = make_op((ys, found.t), found.stats)?;
+        let sol = make_op(ys, found.t, found.stats)?;
         (sol.ys.get(1)?, sol.stats)
     };
     let (time, y) = match found.event {
@@ -268,7 +268,7 @@ where
 pub(crate) fn check_param_dtypes<F: ParamVectorField>(f: &F, y0: &Tensor) -> Result<()> {
     if let Some(p) = f.params().iter().find(|p| p.dtype() != y0.dtype()) {
         return Err(SolverError::InvalidOptions(format!(
-            "adjoint: parameters must share the state's dtype {:?}, found {:?}",
+            "the field's parameters must share the state's dtype {:?}, found {:?}",
             y0.dtype(),
             p.dtype()
         ))

@@ -133,7 +133,7 @@ where
     )?;
     // The trace may run past the event (to the end of its step): the replay's last stretch
     // then outputs the event state from dense output, as the locating solve did.
-    event_solution(f, g, y0, t0, found, |(ys, t), stats| {
+    event_solution(f, g, y0, t0, found, |ys, t, stats| {
         let times = Times::Host(vec![t0, t]);
         apply_op(f, y0, times, opts, ys, stats, Backward::Replay(trace))
     })
