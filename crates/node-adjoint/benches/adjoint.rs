@@ -4,7 +4,8 @@
 //! - memory: peak resident memory of one gradient (RSS high-water mark above the RSS after
 //!   set-up, each variant in a fresh process) for RK4 with 10/100/1000 fixed steps, batch
 //!   256, state 64, MLP 64-256-64 tanh, L = Σ z(1)² (the peer script `memory_scaling.py`).
-//! - leak: RSS over 300 adjoint training steps (gradient + SGD update) of the same problem.
+//! - leak: RSS over 300 training steps (gradient + SGD update) of the same problem, with the
+//!   adjoint and with checkpointing.
 //! - norms: backward NFE of the seminorm and the full norm on the `ode_demo` MLP.
 //! - time: one gradient of the `ode_demo` problem (the peer script `adjoint_grad.py`).
 
@@ -142,29 +143,41 @@ fn memory() -> Result<()> {
 }
 
 fn leak() -> Result<()> {
-    println!(
-        "\n## Leak check: RSS during 300 adjoint training steps (RK4 3/8, 20 steps, same problem)"
-    );
+    println!("\n## Leak check: RSS during 300 training steps (RK4 3/8, 20 steps, same problem)");
     let dev = Device::Cpu;
-    let f = Mlp::random(64, 256, &dev)?;
-    let z0 = Tensor::randn(0f32, 1.0, (256, 64), &dev)?;
     let opts = SolveOptions::default().method(Method::Rk38).fixed_steps(20);
     let adj = AdjointOptions::default();
-    let mut line = String::from("| step |");
-    let mut rss = String::from("| RSS (MiB) |");
-    for step in 1..=300 {
-        let sol = odeint_adjoint(&f, &z0, &[0.0, 1.0], &opts, &adj)?;
-        let loss = sol.ys.get(1)?.sqr()?.mean_all()?;
-        let g = loss.backward()?;
-        for p in f.params() {
-            p.set(&(p.as_tensor() - (g.get(&p).unwrap() * 1e-3)?)?)?;
+    let ck = CheckpointOptions::default().checkpoints(4);
+    let marks = [1, 10, 50, 100, 200, 300];
+    println!(
+        "| mode | RSS (MiB) at step {} |",
+        marks.map(|m| m.to_string()).join(" | ")
+    );
+    println!("|---|{}", "---:|".repeat(marks.len()));
+    for mode in [Mode::Adjoint(&adj), Mode::Checkpoint(&ck)] {
+        let f = Mlp::random(64, 256, &dev)?;
+        let z0 = Tensor::randn(0f32, 1.0, (256, 64), &dev)?;
+        let mut rss = String::new();
+        for step in 1..=300 {
+            let ys = match mode {
+                Mode::Adjoint(a) => odeint_adjoint(&f, &z0, &[0.0, 1.0], &opts, a)?.ys,
+                Mode::Checkpoint(c) => odeint_checkpointed(&f, &z0, &[0.0, 1.0], &opts, c)?.ys,
+                Mode::Direct => unreachable!("backprop keeps no state between steps"),
+            };
+            let g = ys.get(1)?.sqr()?.mean_all()?.backward()?;
+            for p in f.params() {
+                p.set(&(p.as_tensor() - (g.get(&p).unwrap() * 1e-3)?)?)?;
+            }
+            if marks.contains(&step) {
+                rss += &format!(" {:.1} |", status_kib("VmRSS:") / 1024.0);
+            }
         }
-        if [1, 10, 50, 100, 200, 300].contains(&step) {
-            line += &format!(" {step} |");
-            rss += &format!(" {:.1} |", status_kib("VmRSS:") / 1024.0);
-        }
+        let name = match mode {
+            Mode::Adjoint(_) => "adjoint",
+            _ => "checkpoint (4 states)",
+        };
+        println!("| {name} |{rss}");
     }
-    println!("{line}\n|---|---|---|---|---|---|---|\n{rss}");
     Ok(())
 }
 
