@@ -16,7 +16,7 @@ mod plot;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
-use common::{pick_device, DeviceArg, GradientArg};
+use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
 use node_adjoint::{
     odeint_event_adjoint, odeint_event_checkpointed, with_params, AdjointOptions,
     CheckpointOptions, WithParams,
@@ -37,6 +37,8 @@ struct Args {
     /// How the bounce times are differentiated.
     #[arg(long, value_enum, default_value = "backprop")]
     gradient: GradientArg,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
     /// Initial height of the ball's centre.
     #[arg(long, default_value_t = 10.0)]
     height: f64,
@@ -128,7 +130,13 @@ impl Ball {
     }
 
     /// The bounces' times as host numbers and as tensors that carry their gradients.
-    fn bounces(&self, n: usize, mode: GradientArg, tol: f64) -> Result<Vec<(f64, Tensor)>> {
+    fn bounces(
+        &self,
+        n: usize,
+        mode: GradientArg,
+        ck: CheckpointOptions,
+        tol: f64,
+    ) -> Result<Vec<(f64, Tensor)>> {
         let field = self.field();
         // Positive in the air, zero when the ball touches the ground.
         let log_radius = self.var(3).clone();
@@ -151,7 +159,6 @@ impl Ball {
                     (s.t, s.time, s.y, s.event)
                 }
                 GradientArg::Checkpoint => {
-                    let ck = CheckpointOptions::default();
                     let s =
                         odeint_event_checkpointed(&field, &y0, t, t_max, &ground, &opts, &ev, &ck)?;
                     (s.t, s.time, s.y, s.event)
@@ -227,7 +234,12 @@ fn main() -> Result<()> {
 
     let ball = Ball::new(p, &dev)?;
     let start = Instant::now();
-    let bounces = ball.bounces(args.bounces, args.gradient, args.tol)?;
+    let bounces = ball.bounces(
+        args.bounces,
+        args.gradient,
+        args.checkpoint.options(),
+        args.tol,
+    )?;
     let solve_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut worst: f64 = 0.0;
     if args.drag == 0.0 {
@@ -274,10 +286,15 @@ fn main() -> Result<()> {
                 q[i] += d;
             }
             let b = Ball::new(q, &dev)?;
-            Ok(b.bounces(args.bounces, GradientArg::Backprop, args.tol)?
-                .last()
-                .expect("at least one bounce")
-                .0)
+            Ok(b.bounces(
+                args.bounces,
+                GradientArg::Backprop,
+                args.checkpoint.options(),
+                args.tol,
+            )?
+            .last()
+            .expect("at least one bounce")
+            .0)
         };
         let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
         let diff = (got - fd).abs();

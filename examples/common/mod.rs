@@ -28,6 +28,22 @@ pub enum GradientArg {
     Checkpoint,
 }
 
+/// `--checkpoints`, for `--gradient checkpoint`.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct CheckpointArgs {
+    /// With `--gradient checkpoint`: the most states the forward solve stores; the backward
+    /// pass replays the steps between them (fewer states, less memory, longer stretches).
+    #[arg(long, default_value_t = std::num::NonZeroUsize::new(64).expect("64 > 0"))]
+    pub checkpoints: std::num::NonZeroUsize,
+}
+
+impl CheckpointArgs {
+    /// The library's options.
+    pub fn options(&self) -> node_adjoint::CheckpointOptions {
+        node_adjoint::CheckpointOptions::default().checkpoints(self.checkpoints.get())
+    }
+}
+
 /// The requested device, or the best available: CUDA or Metal when compiled in and present,
 /// else the CPU. (`Device::cuda_if_available` errors instead of falling back when the library
 /// loads without a GPU, so the fallback is explicit here.)

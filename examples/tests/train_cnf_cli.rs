@@ -85,6 +85,7 @@ fn checkpointing_trains_as_backprop() -> Result<()> {
     let mut nll = vec![];
     for gradient in ["backprop", "checkpoint"] {
         let out = tmp(gradient);
+        // At most 2 stored states: the replay's stretches hold several steps each.
         let args = [
             "--iters",
             "10",
@@ -92,6 +93,8 @@ fn checkpointing_trains_as_backprop() -> Result<()> {
             "5",
             "--gradient",
             gradient,
+            "--checkpoints",
+            "2",
         ];
         ok(&train(out.path(), &args));
         let nfe_b = metric(out.path(), "nfe_b");
@@ -126,7 +129,12 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("not a training checkpoint"), "{err}");
-    for bad in [["--iters", "0"], ["--tol", "-1"], ["--width", "0"]] {
+    for bad in [
+        ["--iters", "0"],
+        ["--tol", "-1"],
+        ["--width", "0"],
+        ["--checkpoints", "0"],
+    ] {
         let o = train(out.path(), &bad);
         assert!(!o.status.success(), "{bad:?} accepted");
         let err = String::from_utf8_lossy(&o.stderr);

@@ -10,9 +10,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{pick_device, DeviceArg, GradientArg};
+use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
-use node_adjoint::{AdjointOptions, CheckpointOptions};
+use node_adjoint::AdjointOptions;
 use node_models::cnf::{two_circles, Cnf, CnfConfig};
 use node_models::{Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
@@ -50,6 +50,8 @@ struct Args {
     /// How the solve is differentiated.
     #[arg(long, value_enum, default_value = "adjoint")]
     gradient: GradientArg,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
     /// Standard deviation of the noise added to the circles.
     #[arg(long, default_value_t = 0.06)]
     noise: f64,
@@ -109,7 +111,7 @@ fn main() -> Result<ExitCode> {
             Gradient::Adjoint(AdjointOptions::default().tolerances(args.tol, args.tol))
         }
         GradientArg::Backprop => Gradient::Backprop,
-        GradientArg::Checkpoint => Gradient::Checkpoint(CheckpointOptions::default()),
+        GradientArg::Checkpoint => Gradient::Checkpoint(args.checkpoint.options()),
     };
     let varmap = VarMap::new();
     let cnf = Cnf::new(

@@ -14,9 +14,9 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{pick_device, DeviceArg, GradientArg};
+use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
-use node_adjoint::{AdjointOptions, CheckpointOptions};
+use node_adjoint::AdjointOptions;
 use node_models::latent_ode::{LatentOde, LatentOdeConfig, Spirals};
 use node_models::{Gradient, Rng};
 use node_solvers::{Method, SolveOptions, SolverError};
@@ -64,6 +64,8 @@ struct Args {
     /// How the solve is differentiated (the example's default: backprop).
     #[arg(long, value_enum, default_value = "backprop")]
     gradient: GradientArg,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
     /// Random seed (data, initialisation, sampling).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -120,7 +122,7 @@ fn main() -> Result<ExitCode> {
             Gradient::Adjoint(AdjointOptions::default().tolerances(args.rtol, args.atol))
         }
         GradientArg::Backprop => Gradient::Backprop,
-        GradientArg::Checkpoint => Gradient::Checkpoint(CheckpointOptions::default()),
+        GradientArg::Checkpoint => Gradient::Checkpoint(args.checkpoint.options()),
     };
     let varmap = VarMap::new();
     let model = LatentOde::new(

@@ -7,9 +7,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use common::{device_label, log, pick_device, stop_flag, stopped, DeviceArg, GradientArg};
+use common::{
+    device_label, log, pick_device, stop_flag, stopped, CheckpointArgs, DeviceArg, GradientArg,
+};
 use indicatif::{ProgressBar, ProgressStyle};
-use node_adjoint::{AdjointNorm, AdjointOptions, CheckpointOptions};
+use node_adjoint::{AdjointNorm, AdjointOptions};
 use node_kernels::GraphStep;
 use node_models::checkpoint::{self, PartialEpoch, Resumed};
 use node_models::mnist::{self, DataError, Split};
@@ -43,6 +45,8 @@ struct Args {
     /// Gradient of the ODE block (default: adjoint for odenet, backprop for rknet).
     #[arg(long, value_enum)]
     gradient: Option<GradientArg>,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
     /// Error norm of the adjoint's reverse solve.
     #[arg(long, default_value = "seminorm", value_parser = ["seminorm", "full"])]
     adjoint_norm: String,
@@ -173,7 +177,7 @@ fn ode_config(args: &Args) -> Result<OdeConfig> {
     cfg.gradient = match args.gradient {
         Some(GradientArg::Adjoint) => Gradient::Adjoint(AdjointOptions::default().norm(norm)),
         Some(GradientArg::Backprop) => Gradient::Backprop,
-        Some(GradientArg::Checkpoint) => Gradient::Checkpoint(CheckpointOptions::default()),
+        Some(GradientArg::Checkpoint) => Gradient::Checkpoint(args.checkpoint.options()),
         None => match cfg.gradient {
             Gradient::Adjoint(_) => Gradient::Adjoint(AdjointOptions::default().norm(norm)),
             g => g,
