@@ -159,14 +159,12 @@ where
     F: ParamVectorField + Clone + Send + Sync + 'static,
     G: EventFunction,
 {
-    let detached_f = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
-    let detached_g = |t: f64, y: &Tensor| g.eval(t, y).map(|c| c.detach());
     let found = locate_event(
-        &detached_f,
+        &detached(f),
         &y0.detach(),
         t0,
         t_max,
-        &detached_g,
+        &detached_event(g),
         opts,
         ev_opts,
     )?;
@@ -243,13 +241,10 @@ where
     let (ys, forward_stats) = match forward {
         Some(done) => done,
         None => {
-            // The forward solve runs detached: no graph through the steps, O(1) memory in
-            // steps.
             let ts = match &times {
                 Times::Host(t) | Times::Tensor(t, _) => t,
             };
-            let detached = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
-            let sol = odeint(&detached, &y0.detach(), ts, opts)?;
+            let sol = odeint(&detached(f), &y0.detach(), ts, opts)?;
             (sol.ys, sol.stats)
         }
     };
@@ -262,6 +257,21 @@ where
         forward_stats,
         Backward::Adjoint(adj.clone()),
     )
+}
+
+/// `f` with its outputs detached: a forward solve of it builds no graph through its steps, so
+/// its memory does not grow with them (O(1) in steps for the adjoint).
+pub(crate) fn detached<F: VectorField + ?Sized>(
+    f: &F,
+) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+    move |t, y| f.eval(t, y).map(|k| k.detach())
+}
+
+/// `g` with its outputs detached, for locating an event with no graph.
+pub(crate) fn detached_event<G: EventFunction + ?Sized>(
+    g: &G,
+) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+    move |t, y| g.eval(t, y).map(|c| c.detach())
 }
 
 /// Parameters must share the state's dtype: their gradients are integrated with it.
@@ -326,7 +336,7 @@ where
 
 /// `cat` of the flattened parameters; Candle's own `cat`/`reshape` backward routes the flat
 /// gradient back to each `Var`.
-pub(crate) fn flat_params(params: &[Var]) -> Result<Option<Tensor>> {
+fn flat_params(params: &[Var]) -> Result<Option<Tensor>> {
     if params.is_empty() {
         return Ok(None);
     }
@@ -350,7 +360,7 @@ pub(crate) struct Inner<F> {
     pub(crate) f: F,
     pub(crate) params: Vec<Var>,
     pub(crate) ts: Vec<f64>,
-    pub(crate) ys: Tensor,
+    ys: Tensor,
     pub(crate) opts: SolveOptions,
     backward: Backward,
     pub(crate) stats: AdjointStats,

@@ -11,7 +11,9 @@
 //! the one backprop through `odeint` gives, at the price of one more forward pass; the memory
 //! is the stored states plus one stretch's graph instead of the graph of every step.
 
-use crate::adjoint::{apply_op, check_param_dtypes, event_solution, Backward, Inner, Times};
+use crate::adjoint::{
+    apply_op, check_param_dtypes, detached, detached_event, event_solution, Backward, Inner, Times,
+};
 use crate::field::ParamVectorField;
 use crate::options::CheckpointOptions;
 use crate::{AdjointEventSolution, AdjointSolution};
@@ -72,8 +74,7 @@ where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
     check_param_dtypes(f, y0)?;
-    let detached = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
-    let (sol, trace) = odeint_traced(&detached, &y0.detach(), ts, opts, ck.checkpoints)?;
+    let (sol, trace) = odeint_traced(&detached(f), &y0.detach(), ts, opts, ck.checkpoints)?;
     apply_op(
         f,
         y0,
@@ -119,14 +120,12 @@ where
     G: EventFunction,
 {
     check_param_dtypes(f, y0)?;
-    let detached_f = |t: f64, y: &Tensor| f.eval(t, y).map(|k| k.detach());
-    let detached_g = |t: f64, y: &Tensor| g.eval(t, y).map(|c| c.detach());
     let (found, trace) = locate_event_traced(
-        &detached_f,
+        &detached(f),
         &y0.detach(),
         t0,
         t_max,
-        &detached_g,
+        &detached_event(g),
         opts,
         ev_opts,
         ck.checkpoints,

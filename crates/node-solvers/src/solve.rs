@@ -95,6 +95,17 @@ pub fn odeint<F: VectorField + ?Sized>(
     ts: &[f64],
     opts: &SolveOptions,
 ) -> Result<Solution> {
+    solve(f, y0, ts, opts, None)
+}
+
+/// [`odeint`], recording every accepted step in `trace` when there is one.
+pub(crate) fn solve<F: VectorField + ?Sized>(
+    f: &F,
+    y0: &Tensor,
+    ts: &[f64],
+    opts: &SolveOptions,
+    trace: Option<&mut StepTrace>,
+) -> Result<Solution> {
     opts.validate()?;
     let dir = check_times(ts)?;
     check_state(y0, opts)?;
@@ -109,25 +120,12 @@ pub fn odeint<F: VectorField + ?Sized>(
     let ev = Evaluator::new(f);
     let mut out = Vec::with_capacity(ts.len());
     out.push(y0.clone());
-    let (stats, last_step) = run_steps(&ev, y0, ts, dir, opts, &mut out, None, None)?;
-    finish(&ev, ts, out, stats, last_step, opts)
-}
-
-/// The solution from a solve's outputs: stacks them, checks a fixed-step solve's for NaN and
-/// infinity, and fills in the counts.
-pub(crate) fn finish<F: VectorField + ?Sized>(
-    ev: &Evaluator<'_, F>,
-    ts: &[f64],
-    out: Vec<Tensor>,
-    mut stats: SolverStats,
-    last_step: f64,
-    opts: &SolveOptions,
-) -> Result<Solution> {
+    let (mut stats, last_step) = run_steps(&ev, y0, ts, dir, opts, &mut out, None, trace)?;
     let ys = Tensor::stack(&out, 0)?;
     if opts.check_finite && !matches!(opts.step, StepSize::Adaptive) {
         // Fixed steps read nothing back per step; NaN/inf propagate, so checking the outputs
         // once catches a blow-up anywhere before them.
-        if let Some(i) = first_non_finite(ev, &ys)? {
+        if let Some(i) = first_non_finite(&ev, &ys)? {
             return Err(SolverError::NonFinite { t: ts[i] }.into());
         }
     }

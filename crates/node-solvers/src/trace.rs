@@ -14,8 +14,7 @@
 use crate::error::SolverError;
 use crate::field::VectorField;
 use crate::options::SolveOptions;
-use crate::rk::Evaluator;
-use crate::solve::{check_state, check_times, finish, run_steps, Solution};
+use crate::solve::{solve, Solution};
 use candle_core::{Result, Tensor};
 
 /// The accepted steps of a solve, with states stored every `stride` steps.
@@ -108,23 +107,7 @@ pub fn odeint_traced<F: VectorField + ?Sized>(
     max_states: usize,
 ) -> Result<(Solution, StepTrace)> {
     let mut trace = StepTrace::new(ts.first().copied().unwrap_or(0.0), y0, max_states)?;
-    opts.validate()?;
-    let dir = check_times(ts)?;
-    check_state(y0, opts)?;
-    if ts.len() == 1 {
-        let sol = Solution {
-            ts: ts.to_vec(),
-            ys: y0.unsqueeze(0)?,
-            stats: Default::default(),
-            last_step: 0.0,
-        };
-        return Ok((sol, trace));
-    }
-    let ev = Evaluator::new(f);
-    let mut out = Vec::with_capacity(ts.len());
-    out.push(y0.clone());
-    let (stats, last_step) = run_steps(&ev, y0, ts, dir, opts, &mut out, None, Some(&mut trace))?;
+    let sol = solve(f, y0, ts, opts, Some(&mut trace))?;
     trace.finish();
-    let sol = finish(&ev, ts, out, stats, last_step, opts)?;
     Ok((sol, trace))
 }
