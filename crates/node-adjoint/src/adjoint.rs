@@ -99,15 +99,7 @@ pub fn odeint_adjoint_with_times<F>(
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
-    if ts.rank() != 1 {
-        return Err(SolverError::InvalidTimes(format!(
-            "ts must be 1-D, got shape {:?}",
-            ts.shape()
-        ))
-        .into());
-    }
-    let host = ts.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    run(f, y0, Times::Tensor(host, ts.clone()), opts, adj, None)
+    run(f, y0, Times::from_tensor(ts)?, opts, adj, None)
 }
 
 /// The result of [`odeint_event_adjoint`].
@@ -224,6 +216,28 @@ pub(crate) enum Times {
     Tensor(Vec<f64>, Tensor),
 }
 
+impl Times {
+    /// Times given as a 1-D tensor: read back once, and kept to receive gradients.
+    pub(crate) fn from_tensor(ts: &Tensor) -> Result<Self> {
+        if ts.rank() != 1 {
+            return Err(SolverError::InvalidTimes(format!(
+                "ts must be 1-D, got shape {:?}",
+                ts.shape()
+            ))
+            .into());
+        }
+        let host = ts.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        Ok(Self::Tensor(host, ts.clone()))
+    }
+
+    /// The times as host numbers.
+    pub(crate) fn host(&self) -> &[f64] {
+        match self {
+            Self::Host(t) | Self::Tensor(t, _) => t,
+        }
+    }
+}
+
 /// The adjoint op on `(y0, θ[, ts])`; `forward` is the detached forward solution at the
 /// output times and its counts, when the caller has it already.
 fn run<F>(
@@ -241,10 +255,7 @@ where
     let (ys, forward_stats) = match forward {
         Some(done) => done,
         None => {
-            let ts = match &times {
-                Times::Host(t) | Times::Tensor(t, _) => t,
-            };
-            let sol = odeint(&detached(f), &y0.detach(), ts, opts)?;
+            let sol = odeint(&detached(f), &y0.detach(), times.host(), opts)?;
             (sol.ys, sol.stats)
         }
     };
@@ -301,9 +312,7 @@ pub(crate) fn apply_op<F>(
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
-    let ts = match &times {
-        Times::Host(t) | Times::Tensor(t, _) => t.clone(),
-    };
+    let ts = times.host().to_vec();
     let params = f.params();
     let stats = AdjointStats::default();
     stats.lock().0 = forward_stats;
@@ -352,7 +361,7 @@ pub(crate) enum Backward {
     /// The adjoint method: the reverse-time augmented solve.
     Adjoint(AdjointOptions),
     /// Checkpointed backprop: the forward steps replayed from the stored states, one stretch
-    /// at a time, each differentiated by Candle autograd (host times only).
+    /// at a time, each differentiated by Candle autograd.
     Replay(StepTrace),
 }
 
@@ -490,35 +499,58 @@ fn sub_grid(grid: &[f64], from: f64, to: f64) -> Vec<f64> {
     out
 }
 
-/// `Σ x·y` as a host number.
-fn dot(x: &Tensor, y: &Tensor) -> Result<f64> {
-    (x * y)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
-}
-
 impl<F: ParamVectorField> Inner<F> {
     /// Returns `dL/dy0`, `dL/dθ` (flat) and, when asked for, `dL/dts`.
     fn backward(
         &self,
         grad_ys: &Tensor,
         want_t: bool,
-    ) -> Result<(Tensor, Option<Tensor>, Option<Vec<f64>>)> {
-        match &self.backward {
-            Backward::Adjoint(adj) => self.adjoint_backward(adj, grad_ys, want_t),
-            Backward::Replay(trace) => {
-                let (gy0, gtheta) = self.replay_backward(trace, grad_ys)?;
-                Ok((gy0, gtheta, None))
-            }
-        }
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        let g = grad_ys.detach();
+        // `dL/dy(t_0)` through the outputs after `t_0` (the adjoint at `t_0⁺`), and `dL/dθ`.
+        let (a0, g_theta, mut stats) = match &self.backward {
+            Backward::Adjoint(adj) => self.adjoint_backward(adj, &g)?,
+            Backward::Replay(trace) => self.replay_backward(trace, &g)?,
+        };
+        let g_t = if want_t {
+            let (g_t, nfe) = self.time_grads(&g, &a0)?;
+            stats.nfe += nfe;
+            Some(g_t)
+        } else {
+            None
+        };
+        self.stats.lock().1 = stats;
+        Ok(((a0 + g.get(0)?)?, g_theta, g_t))
     }
 
-    /// The reverse solve: returns `dL/dy0`, `dL/dθ` (flat) and `dL/dts`.
+    /// `dL/dt_i` by the flow identity: `g_iᵀ f(t_i, y_i)` for the later output times and
+    /// `−a(t_0⁺)ᵀ f(t_0, y_0)` for the first. One evaluation per output time, and no read
+    /// back: the result is a tensor of the state's dtype and device. The same for every
+    /// gradient mode: these are the continuous problem's time gradients, which backprop
+    /// through the solver matches up to the solve's error.
+    fn time_grads(&self, g: &Tensor, a0: &Tensor) -> Result<(Tensor, usize)> {
+        let n_t = self.ts.len();
+        if n_t == 1 {
+            // `y(t_0) = y0` does not depend on `t_0`.
+            return Ok((Tensor::zeros(1, g.dtype(), g.device())?, 0));
+        }
+        let mut fs = Vec::with_capacity(n_t);
+        let mut ws = Vec::with_capacity(n_t);
+        for (i, &t) in self.ts.iter().enumerate() {
+            fs.push(self.f.eval(t, &self.ys.get(i)?)?.detach());
+            ws.push(if i == 0 { a0.neg()? } else { g.get(i)? });
+        }
+        let prod = (Tensor::stack(&fs, 0)? * Tensor::stack(&ws, 0)?)?;
+        Ok((prod.reshape((n_t, ()))?.sum(1)?, n_t))
+    }
+
+    /// The reverse solve: returns the adjoint at `t_0⁺`, `dL/dθ` (flat) and the reverse
+    /// solves' counts.
     fn adjoint_backward(
         &self,
         adj: &AdjointOptions,
-        grad_ys: &Tensor,
-        want_t: bool,
-    ) -> Result<(Tensor, Option<Tensor>, Option<Vec<f64>>)> {
-        let g = grad_ys.detach();
+        g: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>, SolverStats)> {
         let ts = &self.ts;
         let last = ts.len() - 1;
         let shape = self.ys.shape().dims()[1..].to_vec();
@@ -529,10 +561,9 @@ impl<F: ParamVectorField> Inner<F> {
         let dtype = self.ys.dtype();
         let span = (ts[last] - ts[0]).abs();
         let mut ropts = adj.reverse_solve_options(&self.opts, span);
-        // Reads back to the host besides the reverse solves' own (counted in their stats).
-        let mut host_reads = 0;
+        let mut stats = SolverStats::default();
         if let Atol::PerComponent(t) = &ropts.atol {
-            host_reads += 1;
+            stats.host_reads += 1;
             // The augmented state is flat and longer than y: use the tightest tolerance.
             let min = t
                 .flatten_all()?
@@ -551,21 +582,12 @@ impl<F: ParamVectorField> Inner<F> {
             shape: &shape,
             n,
         };
-        let mut stats = SolverStats::default();
-        let time_nfe = std::cell::Cell::new(0);
-        // `dL/dt_i = ±a(t_i)·f(t_i, y_i)`: one evaluation and one read per output time.
-        let eval_f = |t: f64, y: &Tensor| -> Result<Tensor> {
-            time_nfe.set(time_nfe.get() + 1);
-            self.f.eval(t, y).map(|k| k.detach())
+        let mut a = if last > 0 {
+            g.get(last)?
+        } else {
+            g.get(0)?.zeros_like()?
         };
-        let mut grad_t = want_t.then(|| vec![0.0; ts.len()]);
-        let mut a = g.get(last)?;
         let mut g_theta = Tensor::zeros(p, dtype, dev)?;
-        if let Some(gt) = grad_t.as_mut() {
-            if last > 0 {
-                gt[last] = dot(&a, &eval_f(ts[last], &self.ys.get(last)?)?)?;
-            }
-        }
         for i in (1..=last).rev() {
             let mut parts = vec![self.ys.get(i)?.flatten_all()?, a.flatten_all()?];
             if p > 0 {
@@ -592,22 +614,14 @@ impl<F: ParamVectorField> Inner<F> {
             if p > 0 {
                 g_theta = end.narrow(0, 2 * n, p)?;
             }
-            let y_prev = self.ys.get(i - 1)?;
-            if let Some(gt) = grad_t.as_mut() {
-                gt[i - 1] = if i - 1 == 0 {
-                    -dot(&a, &eval_f(ts[0], &y_prev)?)?
-                } else {
-                    dot(&g.get(i - 1)?, &eval_f(ts[i - 1], &y_prev)?)?
-                };
+            // The output at t_(i-1) adds its own gradient (the first one's is added by the
+            // caller); y is re-anchored to the stored forward value at the start of the next
+            // interval.
+            if i > 1 {
+                a = (a + g.get(i - 1)?)?;
             }
-            // The output at t_(i-1) adds its own gradient; y is re-anchored to the stored
-            // forward value at the start of the next interval.
-            a = (a + g.get(i - 1)?)?;
         }
-        stats.nfe += time_nfe.get();
-        stats.host_reads += host_reads + time_nfe.get();
-        self.stats.lock().1 = stats;
-        Ok((a.detach(), (p > 0).then_some(g_theta.detach()), grad_t))
+        Ok((a.detach(), (p > 0).then_some(g_theta.detach()), stats))
     }
 
     fn result_storage<S>(&self, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)>
@@ -758,7 +772,7 @@ impl<F: ParamVectorField + Send + Sync + 'static> CustomOp3 for AdjointOp<F> {
             None => theta.zeros_like()?, // the placeholder of a parameter-free field
         };
         let gt = match gt {
-            Some(v) => Some(Tensor::from_vec(v, ts.dims1()?, ts.device())?.to_dtype(ts.dtype())?),
+            Some(g) => Some(g.to_device(ts.device())?.to_dtype(ts.dtype())?),
             None => None,
         };
         Ok((Some(gy0), Some(gtheta), gt))

@@ -73,12 +73,56 @@ pub fn odeint_checkpointed<F>(
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
+    checkpointed(f, y0, Times::Host(ts.to_vec()), opts, ck)
+}
+
+/// Like [`odeint_checkpointed`], with the output times as a 1-D tensor that also receives
+/// gradients: `dL/dt_i` for every output time, the initial one included.
+///
+/// The time gradients are the continuous problem's, by the flow identity (`dL/dt_i =
+/// g_iᵀ f(t_i, y_i)` for an output's incoming gradient `g_i`, and `dL/dt_0 = −a(t_0⁺)ᵀ
+/// f(t_0, y_0)` with `a(t_0⁺)` the gradient reaching `y0` from the later outputs), as
+/// [`crate::odeint_adjoint_with_times`] computes them: they match the derivative of the
+/// discrete solve up to the solve's error. One more evaluation of `f` per output time, and no
+/// read back.
+///
+/// # Errors
+/// As [`odeint_checkpointed`]; `ts` must be 1-D.
+pub fn odeint_checkpointed_with_times<F>(
+    f: &F,
+    y0: &Tensor,
+    ts: &Tensor,
+    opts: &SolveOptions,
+    ck: &CheckpointOptions,
+) -> Result<AdjointSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+{
+    checkpointed(f, y0, Times::from_tensor(ts)?, opts, ck)
+}
+
+fn checkpointed<F>(
+    f: &F,
+    y0: &Tensor,
+    times: Times,
+    opts: &SolveOptions,
+    ck: &CheckpointOptions,
+) -> Result<AdjointSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+{
     check_param_dtypes(f, y0)?;
-    let (sol, trace) = odeint_traced(&detached(f), &y0.detach(), ts, opts, ck.checkpoints)?;
+    let (sol, trace) = odeint_traced(
+        &detached(f),
+        &y0.detach(),
+        times.host(),
+        opts,
+        ck.checkpoints,
+    )?;
     apply_op(
         f,
         y0,
-        Times::Host(ts.to_vec()),
+        times,
         opts,
         sol.ys,
         sol.stats,
@@ -139,13 +183,13 @@ where
 }
 
 impl<F: ParamVectorField> Inner<F> {
-    /// Replays the stretches of `trace` backwards: returns `dL/dy0` and `dL/dθ` (flat).
+    /// Replays the stretches of `trace` backwards: returns `dL/dy(t_0)` through the outputs
+    /// after `t_0`, `dL/dθ` (flat) and the replay's counts.
     pub(crate) fn replay_backward(
         &self,
         trace: &StepTrace,
-        grad_ys: &Tensor,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let g = grad_ys.detach();
+        g: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>, SolverStats)> {
         let ts = &self.ts;
         let last = ts.len() - 1;
         let dir = if ts[last] >= ts[0] { 1.0 } else { -1.0 };
@@ -203,11 +247,10 @@ impl<F: ParamVectorField> Inner<F> {
                 }
             }
         }
-        let gy0 = match a {
-            Some(a) => (a + g.get(0)?)?,
-            None => g.get(0)?,
+        let a0 = match a {
+            Some(a) => a,
+            None => g.get(0)?.zeros_like()?,
         };
-        self.stats.lock().1 = stats;
         let g_theta = if self.params.is_empty() {
             None
         } else {
@@ -221,6 +264,6 @@ impl<F: ParamVectorField> Inner<F> {
                 .collect::<Result<Vec<_>>>()?;
             Some(node_solvers::rk::concat_flat(&flat)?)
         };
-        Ok((gy0, g_theta))
+        Ok((a0, g_theta, stats))
     }
 }

@@ -10,6 +10,8 @@ pub use adjoint::{
     odeint_adjoint, odeint_adjoint_with_times, odeint_event_adjoint, AdjointEventSolution,
     AdjointSolution, AdjointStats,
 };
-pub use checkpoint::{odeint_checkpointed, odeint_event_checkpointed};
+pub use checkpoint::{
+    odeint_checkpointed, odeint_checkpointed_with_times, odeint_event_checkpointed,
+};
 pub use field::{sorted_vars, with_params, ParamVectorField, WithParams};
 pub use options::{AdjointNorm, AdjointOptions, CheckpointOptions};

@@ -3,9 +3,12 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
-use node_adjoint::{odeint_checkpointed, AdjointSolution, CheckpointOptions, ParamVectorField};
+use node_adjoint::{
+    odeint_adjoint_with_times, odeint_checkpointed, odeint_checkpointed_with_times, AdjointOptions,
+    AdjointSolution, CheckpointOptions, ParamVectorField,
+};
 use node_solvers::{odeint, Method, SolveOptions, SolverError};
-use time_mlp::{max_rel, Mlp};
+use time_mlp::{max_rel, scalar, Mlp};
 
 #[path = "common/time_mlp.rs"]
 mod time_mlp;
@@ -154,6 +157,84 @@ fn f32_works(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+fn time_gradients(dev: &Device) -> Result<()> {
+    // Output times as a tensor: y0 and θ still get backprop's gradients, and dL/dt_i matches
+    // central differences of the solve (forward and reverse time) and the adjoint's.
+    let field = Mlp::new(2, 6, DType::F64, dev)?;
+    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 2), dev)?)?;
+    let opts = SolveOptions::default().tolerances(1e-12, 1e-12);
+    let ck = CheckpointOptions::default().checkpoints(3);
+    for ts_v in [[0.2f64, 0.7, 1.4, 2.0], [2.0, 1.1, 0.4, 0.0]] {
+        let w = Tensor::randn(0f64, 1.0, (4, 3, 2), dev)?;
+        let loss_at = |ts: &[f64]| -> Result<f64> {
+            let ys = odeint(&field, y0.as_tensor(), ts, &opts)?.ys;
+            scalar(&(ys * &w)?.sum_all()?)
+        };
+        let ts = Var::from_tensor(&Tensor::new(&ts_v, dev)?)?;
+        let sol = odeint_checkpointed_with_times(&field, y0.as_tensor(), &ts, &opts, &ck)?;
+        let grads = (&sol.ys * &w)?.sum_all()?.backward()?;
+        let direct = odeint(&field, y0.as_tensor(), &ts_v, &opts)?;
+        let want = grads_of(&direct.ys, &w, &y0, &field)?;
+        let mut got = vec![grads.get(&y0).expect("y0").clone()];
+        for p in field.params() {
+            got.push(grads.get(&p).expect("θ").clone());
+        }
+        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+            let r = max_rel(x, y)?;
+            assert!(
+                r < 1e-12,
+                "{ts_v:?}, gradient {i}: relative difference {r:e}"
+            );
+        }
+        let gt = grads.get(&ts).expect("ts").to_vec1::<f64>()?;
+        let eps = 1e-6;
+        for k in 0..ts_v.len() {
+            let (mut plus, mut minus) = (ts_v, ts_v);
+            plus[k] += eps;
+            minus[k] -= eps;
+            let fd = (loss_at(&plus)? - loss_at(&minus)?) / (2.0 * eps);
+            assert!(
+                (gt[k] - fd).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{ts_v:?}, t[{k}]: checkpointed {} vs FD {fd}",
+                gt[k]
+            );
+        }
+        let adj = odeint_adjoint_with_times(
+            &field,
+            y0.as_tensor(),
+            &ts,
+            &opts,
+            &AdjointOptions::default(),
+        )?;
+        let ga = (&adj.ys * &w)?.sum_all()?.backward()?;
+        let ga = ga.get(&ts).expect("ts");
+        let r = max_rel(grads.get(&ts).expect("ts"), ga)?;
+        assert!(r < 1e-8, "{ts_v:?}: dL/dts against the adjoint's: {r:e}");
+        // One more evaluation per output time, and still no read back.
+        let (fwd, bwd) = (sol.stats.forward(), sol.stats.backward());
+        assert_eq!(bwd.host_reads, 0);
+        let plain = checkpointed(&field, &y0, &ts_v, &opts, 3)?;
+        (&plain.ys * &w)?.sum_all()?.backward()?;
+        assert_eq!(fwd, plain.stats.forward());
+        assert_eq!(bwd.nfe, plain.stats.backward().nfe + ts_v.len());
+    }
+    // A single output time: y(t_0) = y0, whatever t_0.
+    let ts = Var::from_tensor(&Tensor::new(&[0.5f64], dev)?)?;
+    let sol = odeint_checkpointed_with_times(&field, y0.as_tensor(), &ts, &opts, &ck)?;
+    let w = Tensor::randn(0f64, 1.0, (1, 3, 2), dev)?;
+    let grads = (&sol.ys * &w)?.sum_all()?.backward()?;
+    assert_eq!(grads.get(&ts).expect("ts").to_vec1::<f64>()?, [0.0]);
+    assert_eq!(max_rel(grads.get(&y0).expect("y0"), &w.get(0)?)?, 0.0);
+    // Times must be 1-D.
+    let ts = Tensor::new(&[[0.0f64, 1.0]], dev)?;
+    let e = odeint_checkpointed_with_times(&field, y0.as_tensor(), &ts, &opts, &ck).unwrap_err();
+    assert!(
+        matches!(SolverError::find(&e), Some(SolverError::InvalidTimes(_))),
+        "{e}"
+    );
+    Ok(())
+}
+
 fn errors(dev: &Device) -> Result<()> {
     let field = Mlp::new(2, 4, DType::F32, dev)?;
     let y0 = Tensor::zeros((1, 2), DType::F64, dev)?;
@@ -190,4 +271,10 @@ candle_core::test_device!(
     upstream_and_chained_metal
 );
 candle_core::test_device!(f32_works, f32_works_cpu, f32_works_cuda, f32_works_metal);
+candle_core::test_device!(
+    time_gradients,
+    time_gradients_cpu,
+    time_gradients_cuda,
+    time_gradients_metal
+);
 candle_core::test_device!(errors, errors_cpu, errors_cuda, errors_metal);
