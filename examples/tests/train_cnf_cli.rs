@@ -115,6 +115,32 @@ fn checkpointing_trains_as_backprop() -> Result<()> {
 }
 
 #[test]
+fn trains_with_rnode_regularizers() -> Result<()> {
+    // --kinetic and --jacobian add RNODE's terms to the loss; the metrics record them beside
+    // the NLL, which still falls.
+    let out = tmp("rnode");
+    let args = [
+        "--iters",
+        "30",
+        "--checkpoint-every",
+        "10",
+        "--kinetic",
+        "0.1",
+        "--jacobian",
+        "0.1",
+    ];
+    ok(&train(out.path(), &args));
+    let nll = metric(out.path(), "nll");
+    assert!(nll[2] < nll[0] - 0.05, "the NLL falls: {nll:?}");
+    for name in ["kinetic", "jacobian"] {
+        let v = metric(out.path(), name);
+        assert_eq!(v.len(), 3, "{name}: {v:?}");
+        assert!(v.iter().all(|x| x.is_finite() && *x > 0.0), "{name}: {v:?}");
+    }
+    Ok(())
+}
+
+#[test]
 fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     let out = tmp("refuse");
     ok(&train(out.path(), &["--iters", "2", "--test-points", "0"]));
@@ -134,6 +160,8 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         ["--tol", "-1"],
         ["--width", "0"],
         ["--checkpoints", "0"],
+        ["--kinetic", "-1"],
+        ["--jacobian", "nan"],
     ] {
         let o = train(out.path(), &bad);
         assert!(!o.status.success(), "{bad:?} accepted");

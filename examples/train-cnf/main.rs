@@ -52,6 +52,14 @@ struct Args {
     gradient: GradientArg,
     #[command(flatten)]
     checkpoint: CheckpointArgs,
+    /// Weight λ_K of the kinetic-energy regularizer ∫‖f‖² dt (RNODE, Finlay et al. 2020):
+    /// straighter trajectories, fewer solver steps. 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    kinetic: f64,
+    /// Weight λ_J of the Jacobian regularizer ∫‖∂f/∂z‖²_F dt (RNODE; exact for this field).
+    /// 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    jacobian: f64,
     /// Standard deviation of the noise added to the circles.
     #[arg(long, default_value_t = 0.06)]
     noise: f64,
@@ -95,6 +103,11 @@ fn main() -> Result<ExitCode> {
     if !(positive(args.tol) && positive(args.lr)) {
         bail!("--tol and --lr must be positive numbers");
     }
+    let weight = |v: f64| v.is_finite() && v >= 0.0;
+    if !(weight(args.kinetic) && weight(args.jacobian)) {
+        bail!("--kinetic and --jacobian must be numbers ≥ 0");
+    }
+    let regularize = args.kinetic > 0.0 || args.jacobian > 0.0;
     let dev = pick_device(args.device)?;
     node_kernels::skip_unused_cuda_events(&dev);
     let cfg = CnfConfig {
@@ -129,7 +142,10 @@ fn main() -> Result<ExitCode> {
         resume: args.resume,
         seed: args.seed,
         lr: args.lr,
-        extra_json: format!("\"batch_size\":{},", args.batch_size),
+        extra_json: format!(
+            "\"batch_size\":{},\"kinetic_weight\":{},\"jacobian_weight\":{},",
+            args.batch_size, args.kinetic, args.jacobian
+        ),
     };
     let mut run = Iterations::start(plan, &varmap, &dev)?;
     let n_params = run.n_params;
@@ -142,18 +158,34 @@ fn main() -> Result<ExitCode> {
     );
     for it in run.remaining() {
         let x = two_circles(args.batch_size, args.noise, &mut run.rng, DType::F32, &dev)?;
-        let (lp, stats) = cnf.log_prob_with_stats(&x)?;
-        let loss = lp.mean_all()?.neg()?;
-        run.opt.backward_step(&loss)?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            bail!("the loss became {l} at iteration {}: lower --lr", it + 1);
+        let mut values = vec![];
+        let stats = if regularize {
+            let r = cnf.log_prob_regularized(&x)?;
+            let nll = r.log_p.mean_all()?.neg()?;
+            let (kinetic, jacobian) = (r.kinetic.mean_all()?, r.jacobian.mean_all()?);
+            let loss = ((&nll + kinetic.affine(args.kinetic, 0.0)?)?
+                + jacobian.affine(args.jacobian, 0.0)?)?;
+            run.opt.backward_step(&loss)?;
+            for (name, v) in [
+                ("nll", &nll),
+                ("kinetic", &kinetic),
+                ("jacobian", &jacobian),
+            ] {
+                values.push((name, v.to_scalar::<f32>()? as f64));
+            }
+            r.stats
+        } else {
+            let (lp, stats) = cnf.log_prob_with_stats(&x)?;
+            let nll = lp.mean_all()?.neg()?;
+            run.opt.backward_step(&nll)?;
+            values.push(("nll", nll.to_scalar::<f32>()? as f64));
+            stats
+        };
+        if let Some((name, v)) = values.iter().find(|(_, v)| !v.is_finite()) {
+            bail!("the {name} became {v} at iteration {}: lower --lr", it + 1);
         }
-        let values = [
-            ("nll", l),
-            ("nfe_f", stats.nfe_forward as f64),
-            ("nfe_b", stats.nfe_backward() as f64),
-        ];
+        values.push(("nfe_f", stats.nfe_forward as f64));
+        values.push(("nfe_b", stats.nfe_backward() as f64));
         if let Some(code) = run.record(it, &values, &varmap)? {
             return Ok(code);
         }

@@ -46,19 +46,29 @@ fn build(
 }
 
 fn trace_matches_jacobian(dev: &Device) -> Result<()> {
-    let cfg = CnfConfig {
-        dim: 3,
-        width: 5,
-        hidden: 4,
-        ..small()
-    };
-    let (_, cnf) = build(&cfg, Gradient::Backprop, tight(), 1, DType::F64, dev)?;
+    // D² > M and D² ≤ M: the two closed forms of the Frobenius norm.
+    for (dim, width) in [(3, 5), (3, 9)] {
+        let cfg = CnfConfig {
+            dim,
+            width,
+            hidden: 4,
+            ..small()
+        };
+        trace_matches_jacobian_of(&cfg, dev)?;
+    }
+    Ok(())
+}
+
+fn trace_matches_jacobian_of(cfg: &CnfConfig, dev: &Device) -> Result<()> {
+    let (_, cnf) = build(cfg, Gradient::Backprop, tight(), 1, DType::F64, dev)?;
     let z = Rng::new(2).normal_tensor(&[4, 3], 0.0, 1.0, DType::F64, dev)?;
     for t in [0.0, 0.7, 2.0] {
-        let (_, tr) = cnf.field().dynamics(t, &z)?;
-        // Points are independent, so ∂(Σ_b f_i(z_b))/∂z_{b,i} = ∂f_i/∂z_i at point b: the
-        // Jacobian's diagonal from one backward pass per coordinate.
+        let (dz0, tr) = cnf.field().dynamics(t, &z)?;
+        // Points are independent, so ∂(Σ_b f_i(z_b))/∂z_b is row i of the Jacobian at point
+        // b: the Jacobian from one backward pass per coordinate, its trace and its squared
+        // Frobenius norm.
         let mut want = vec![0.0; 4];
+        let mut want_frob = vec![0.0; 4];
         for i in 0..3 {
             let zv = Var::from_tensor(&z)?;
             let (dz, _) = cnf.field().dynamics(t, zv.as_tensor())?;
@@ -69,6 +79,7 @@ fn trace_matches_jacobian(dev: &Device) -> Result<()> {
                 .to_vec2::<f64>()?;
             for (b, row) in g.iter().enumerate() {
                 want[b] += row[i];
+                want_frob[b] += row.iter().map(|x| x * x).sum::<f64>();
             }
         }
         let got = tr.to_vec1::<f64>()?;
@@ -78,6 +89,27 @@ fn trace_matches_jacobian(dev: &Device) -> Result<()> {
                 "t {t}: {got:?} vs {want:?}"
             );
         }
+        // The regularizers' integrands: ‖f‖² and ‖∂f/∂z‖²_F, with the same f and trace.
+        let (dz, tr2, kinetic, frob) = cnf.field().dynamics_regularized(t, &z)?;
+        ensure!(dz.to_vec2::<f64>()? == dz0.to_vec2::<f64>()?);
+        ensure!(tr2.to_vec1::<f64>()? == got);
+        let want_kin: Vec<f64> = dz0
+            .to_vec2::<f64>()?
+            .iter()
+            .map(|r| r.iter().map(|x| x * x).sum())
+            .collect();
+        for (what, got, want) in [
+            ("‖f‖²", kinetic.to_vec1::<f64>()?, want_kin),
+            ("‖∂f/∂z‖²_F", frob.to_vec1::<f64>()?, want_frob.clone()),
+        ] {
+            for (g, w) in got.iter().zip(&want) {
+                ensure!(
+                    (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+                    "t {t}, {what}: {got:?} vs {want:?}"
+                );
+            }
+        }
+        ensure!(want_frob.iter().all(|&f| f > 1e-4), "a norm worth testing");
         ensure!(want.iter().any(|w| w.abs() > 1e-3), "a trace worth testing");
     }
     Ok(())
@@ -144,7 +176,113 @@ fn adjoint_matches_backprop(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+fn regularizers_integrate(dev: &Device) -> Result<()> {
+    // The regularized solve gives the plain log p(x) and, per point, ∫₀^{t₁} ‖f‖² dt and
+    // ∫₀^{t₁} ‖∂f/∂z‖²_F dt: checked against Simpson's rule on the integrands along the
+    // trajectory (tight solves, 400 intervals).
+    let (varmap, cnf) = build(&small(), Gradient::Backprop, tight(), 13, DType::F64, dev)?;
+    // Freshly initialised, the field barely moves (kinetic energies down to 2e-5): triple
+    // every parameter for integrals of order one.
+    for v in node_adjoint::sorted_vars(&varmap) {
+        v.set(&v.affine(3.0, 0.0)?)?;
+    }
+    let x = Rng::new(14).normal_tensor(&[5, 2], 0.0, 0.7, DType::F64, dev)?;
+    let reg = cnf.log_prob_regularized(&x)?;
+    let plain = cnf.log_prob(&x)?;
+    let lp_gap = (&reg.log_p - &plain)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?;
+    ensure!(lp_gap < 1e-8, "log p moved by {lp_gap}");
+    let t1 = small().t1;
+    let n = 400;
+    let ts: Vec<f64> = (0..=n).map(|i| t1 * (1.0 - i as f64 / n as f64)).collect();
+    let s = Tensor::cat(&[&x, &Tensor::zeros((5, 1), DType::F64, dev)?], 1)?;
+    let traj = node_solvers::odeint(cnf.field(), &s, &ts, &tight())?.ys;
+    let (mut kin, mut frob) = (vec![0.0; 5], vec![0.0; 5]);
+    let h = t1 / n as f64;
+    for (i, &t) in ts.iter().enumerate() {
+        let z = traj.get(i)?.narrow(1, 0, 2)?;
+        let (_, _, k, j) = cnf.field().dynamics_regularized(t, &z)?;
+        let w = if i == 0 || i == n {
+            1.0
+        } else if i % 2 == 1 {
+            4.0
+        } else {
+            2.0
+        } * h
+            / 3.0;
+        for (acc, v) in kin.iter_mut().zip(k.to_vec1::<f64>()?) {
+            *acc += w * v;
+        }
+        for (acc, v) in frob.iter_mut().zip(j.to_vec1::<f64>()?) {
+            *acc += w * v;
+        }
+    }
+    for (what, got, want) in [
+        ("kinetic", reg.kinetic.to_vec1::<f64>()?, kin),
+        ("jacobian", reg.jacobian.to_vec1::<f64>()?, frob),
+    ] {
+        let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+        ensure!(scale > 0.1, "{what}: integrals worth testing ({want:?})");
+        for (g, w) in got.iter().zip(&want) {
+            ensure!(
+                (g - w).abs() <= 1e-8 * scale,
+                "{what}: {got:?} vs Simpson {want:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn regularized_gradient_modes_agree(dev: &Device) -> Result<()> {
+    // The gradient of NLL + mean kinetic + mean Jacobian term, to every parameter: checkpointed
+    // backprop equals backprop, the adjoint matches both to the solves' tolerance.
+    let x = Rng::new(15).normal_tensor(&[6, 2], 0.0, 0.7, DType::F64, dev)?;
+    let mut all = vec![];
+    for gradient in [
+        Gradient::Backprop,
+        Gradient::Checkpoint(node_adjoint::CheckpointOptions::default().checkpoints(4)),
+        Gradient::Adjoint(AdjointOptions::default().tolerances(1e-10, 1e-10)),
+    ] {
+        let (varmap, cnf) = build(&small(), gradient, tight(), 16, DType::F64, dev)?;
+        let r = cnf.log_prob_regularized(&x)?;
+        let loss = ((r.log_p.mean_all()?.neg()? + r.kinetic.mean_all()?)?
+            + r.jacobian.mean_all()?.affine(0.5, 0.0)?)?;
+        let grads = loss.backward()?;
+        let mut flat = vec![];
+        for v in node_adjoint::sorted_vars(&varmap) {
+            let g = grads.get(&v).expect("every parameter gets a gradient");
+            flat.extend(g.flatten_all()?.to_vec1::<f64>()?);
+        }
+        all.push(flat);
+    }
+    let scale = all[0].iter().fold(0.0f64, |m, g| m.max(g.abs()));
+    ensure!(scale > 1e-3);
+    for (k, tol) in [(1, 1e-12), (2, 1e-6)] {
+        for (a, b) in all[k].iter().zip(&all[0]) {
+            ensure!(
+                (a - b).abs() <= tol * scale,
+                "mode {k}: {a} vs backprop {b} (scale {scale})"
+            );
+        }
+    }
+    Ok(())
+}
+
 candle_core::test_device!(trace_matches_jacobian, trace_cpu, trace_cuda, trace_metal);
+candle_core::test_device!(
+    regularizers_integrate,
+    regularizers_cpu,
+    regularizers_cuda,
+    regularizers_metal
+);
+candle_core::test_device!(
+    regularized_gradient_modes_agree,
+    regularized_modes_cpu,
+    regularized_modes_cuda,
+    regularized_modes_metal
+);
 candle_core::test_device!(
     sampling_and_density_agree,
     sampling_cpu,
@@ -314,7 +452,7 @@ fn bad_input_is_an_error() -> Result<()> {
         .to_string();
         ensure!(e.contains(what), "{e}");
     }
-    // The field refuses a state without the log-density column.
+    // The field refuses a state without the log-density column (or the regularizers').
     let e = node_solvers::VectorField::eval(
         cnf.field(),
         0.0,
