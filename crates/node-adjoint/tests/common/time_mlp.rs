@@ -27,12 +27,57 @@ pub struct Mlp {
     pub b2: Var,
 }
 
+/// Standard normal numbers from `seed`, the same on every run (Candle's CPU generator cannot
+/// be seeded): SplitMix64 and Box–Muller.
+pub fn seeded_normal(shape: &[usize], seed: u64, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let mut state = seed;
+    let mut uniform = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            let (u1, u2) = (1.0 - uniform(), uniform());
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, shape, dev)?.to_dtype(dtype)?)
+}
+
 impl Mlp {
     pub fn new(dim: usize, hidden: usize, dtype: DType, dev: &Device) -> Result<Self> {
-        let v = |shape: &[usize], s: f64| -> Result<Var> {
-            Ok(Var::from_tensor(
-                &(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)? * s)?,
-            )?)
+        Self::with(dim, hidden, |shape| {
+            Ok(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)?)
+        })
+    }
+
+    /// The same field on every run.
+    pub fn seeded(
+        dim: usize,
+        hidden: usize,
+        dtype: DType,
+        dev: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let mut k = 0;
+        Self::with(dim, hidden, |shape| {
+            k += 1;
+            seeded_normal(shape, seed.wrapping_mul(1000).wrapping_add(k), dtype, dev)
+        })
+    }
+
+    /// Weights `N(0, 1)` from `normal`, scaled.
+    fn with(
+        dim: usize,
+        hidden: usize,
+        mut normal: impl FnMut(&[usize]) -> Result<Tensor>,
+    ) -> Result<Self> {
+        let mut v = |shape: &[usize], s: f64| -> Result<Var> {
+            Ok(Var::from_tensor(&(normal(shape)? * s)?)?)
         };
         Ok(Self {
             w1: v(&[hidden, dim], 0.5)?,
