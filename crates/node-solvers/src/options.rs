@@ -132,6 +132,17 @@ pub struct SolveOptions {
     /// read back to the host, [`SolverError::NonFinite`] on failure). Adaptive solves always
     /// check: their step control reads the error anyway.
     pub check_finite: bool,
+    /// Times an adaptive solve steps to exactly, clipping the step that would cross one
+    /// (diffrax's `step_ts`, torchdiffeq's `step_t`); any order, only those strictly between
+    /// the first and last output time matter.
+    pub step_ts: Arc<[f64]>,
+    /// Times where the field jumps (diffrax's `jump_ts`, torchdiffeq's `jump_t`). An adaptive
+    /// solve steps to each, as to a `step_ts`, and evaluates the field on the side each
+    /// evaluation belongs to: a step ending at a jump at the float just before it, a step
+    /// starting there just after it (no first-same-as-last reuse across the jump). Fixed
+    /// steps do not step to them, but any of their grid points that is a jump is evaluated
+    /// on both sides the same way: give a [`StepSize::Grid`] that holds the jumps.
+    pub jump_ts: Arc<[f64]>,
 }
 
 impl Default for SolveOptions {
@@ -151,6 +162,8 @@ impl Default for SolveOptions {
             min_factor: 0.2,
             norm: ErrorNorm::Rms,
             check_finite: true,
+            step_ts: Arc::from([]),
+            jump_ts: Arc::from([]),
         }
     }
 }
@@ -235,6 +248,22 @@ impl SolveOptions {
         self
     }
 
+    /// Times an adaptive solve must step to ([`SolveOptions::step_ts`]): where the user wants
+    /// a step boundary, e.g. to keep the dense output of a step from reaching across a time
+    /// where the dynamics change character.
+    pub fn step_ts(mut self, times: impl Into<Arc<[f64]>>) -> Self {
+        self.step_ts = times.into();
+        self
+    }
+    /// Times where the field is discontinuous in `t` ([`SolveOptions::jump_ts`]): a forcing
+    /// that switches on, a piecewise-constant control. Stepping to them saves the rejected
+    /// steps with which the controller would otherwise find each jump, and the evaluations on
+    /// the right side of each keep the method's order.
+    pub fn jump_ts(mut self, times: impl Into<Arc<[f64]>>) -> Self {
+        self.jump_ts = times.into();
+        self
+    }
+
     /// Checks the options on their own; state-dependent checks happen in the solve.
     ///
     /// # Errors
@@ -298,6 +327,15 @@ impl SolveOptions {
         }
         if self.max_steps == 0 {
             return Err(SolverError::InvalidOptions("max_steps must be > 0".into()).into());
+        }
+        for (name, times) in [("step_ts", &self.step_ts), ("jump_ts", &self.jump_ts)] {
+            if let Some(i) = times.iter().position(|t| !t.is_finite()) {
+                return Err(SolverError::InvalidOptions(format!(
+                    "{name}[{i}] = {} is not finite",
+                    times[i]
+                ))
+                .into());
+            }
         }
         if !(self.safety > 0.0
             && self.safety <= 1.0

@@ -148,12 +148,15 @@ pub(crate) struct Step {
     pub err: Option<Tensor>,
 }
 
-/// Takes one step from `(t, y)` to `t1 = t + h` given `f0 = f(t, y)`.
+/// Takes one step from `(t, y)` to `t1 = t + h` given `f0 = f(t, y)`; the stages at `t1`
+/// (`c_i = 1`) evaluate the field at `t1_eval`: `t1`, or the float before a jump there.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rk_step<F: VectorField + ?Sized>(
     tab: &ButcherTableau,
     f: &Evaluator<'_, F>,
     t: f64,
     t1: f64,
+    t1_eval: f64,
     y: &Tensor,
     f0: &Tensor,
     with_error: bool,
@@ -170,7 +173,7 @@ pub(crate) fn rk_step<F: VectorField + ?Sized>(
             tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj)),
         )?;
         let ti = if tab.c[i] == 1.0 {
-            t1
+            t1_eval
         } else {
             t + tab.c[i] * h
         };
@@ -218,7 +221,7 @@ mod tests {
                 _ => 0.05,
             };
             for h in [h0, h0 / 2.0, h0 / 4.0] {
-                let step = rk_step(tab, &ev, t, t + h, &y, &f0, true)?;
+                let step = rk_step(tab, &ev, t, t + h, t + h, &y, &f0, true)?;
                 let e = step
                     .err
                     .unwrap()

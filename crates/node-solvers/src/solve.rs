@@ -208,6 +208,69 @@ pub(crate) fn check_times(ts: &[f64]) -> Result<f64> {
     Ok(dir)
 }
 
+/// The times a solve steps to ([`SolveOptions::step_ts`] and [`SolveOptions::jump_ts`]) and
+/// the sides on which it evaluates the field at a jump.
+pub(crate) struct Stops {
+    /// The stops strictly between the first and last output time, in the direction of
+    /// integration (adaptive solves only).
+    inner: Vec<f64>,
+    /// Every jump, ascending.
+    jumps: Vec<f64>,
+    dir: f64,
+}
+
+impl Stops {
+    pub(crate) fn new(opts: &SolveOptions, ts: &[f64], dir: f64) -> Self {
+        let (t0, t_end) = (ts[0], ts[ts.len() - 1]);
+        let mut inner: Vec<f64> = match opts.step {
+            StepSize::Adaptive => opts
+                .step_ts
+                .iter()
+                .chain(opts.jump_ts.iter())
+                .copied()
+                .filter(|&s| (s - t0) * dir > 0.0 && (t_end - s) * dir > 0.0)
+                .collect(),
+            _ => vec![],
+        };
+        inner.sort_by(|a, b| (a * dir).total_cmp(&(b * dir)));
+        inner.dedup();
+        let mut jumps = opts.jump_ts.to_vec();
+        jumps.sort_by(f64::total_cmp);
+        Self { inner, jumps, dir }
+    }
+
+    fn is_jump(&self, t: f64) -> bool {
+        !self.jumps.is_empty() && self.jumps.binary_search_by(|x| x.total_cmp(&t)).is_ok()
+    }
+
+    /// Where a step that starts at `t` evaluates the field there: just past a jump.
+    pub(crate) fn start(&self, t: f64) -> f64 {
+        if self.is_jump(t) {
+            step_float(t, self.dir)
+        } else {
+            t
+        }
+    }
+
+    /// Where a step that ends at `t1` evaluates the field there: just before a jump.
+    pub(crate) fn end(&self, t1: f64) -> f64 {
+        if self.is_jump(t1) {
+            step_float(t1, -self.dir)
+        } else {
+            t1
+        }
+    }
+}
+
+/// The float next to `t` in direction `dir`.
+fn step_float(t: f64, dir: f64) -> f64 {
+    if dir > 0.0 {
+        t.next_up()
+    } else {
+        t.next_down()
+    }
+}
+
 enum PreparedAtol {
     Scalar(f64),
     Tensor(Tensor),
@@ -396,9 +459,11 @@ fn adaptive<F: VectorField + ?Sized>(
         StepController::PI { beta1, beta2 } => (beta1, beta2),
     };
     let t_end = ts[ts.len() - 1];
+    let stops = Stops::new(opts, ts, dir);
+    let mut next_stop = 0;
     let mut t = ts[0];
     let mut y = y0.clone();
-    let mut f0 = ev.eval(t, &y)?;
+    let mut f0 = ev.eval(stops.start(t), &y)?;
     let mut h_abs = match opts.first_step {
         Some(h) => {
             if first_non_finite(ev, &Tensor::stack(&[&y, &f0], 0)?)?.is_some() {
@@ -417,13 +482,17 @@ fn adaptive<F: VectorField + ?Sized>(
         if steps >= opts.max_steps {
             return Err(SolverError::MaxStepsExceeded { t, steps }.into());
         }
-        let remaining = (t_end - t) * dir;
+        // The step ends at the next stop or the end if it would reach them.
+        let (target, is_stop) = match stops.inner.get(next_stop) {
+            Some(&s) => (s, true),
+            None => (t_end, false),
+        };
         // Decided on the intended step: `(t + h) - t` may round above `min_step`.
         let at_min_step = h_abs <= opts.min_step;
-        let hit_end = h_abs >= remaining;
-        let t1 = if hit_end { t_end } else { t + dir * h_abs };
+        let clipped = h_abs >= (target - t) * dir;
+        let t1 = if clipped { target } else { t + dir * h_abs };
         let h_try = (t1 - t).abs();
-        let step = rk_step(tab, ev, t, t1, &y, &f0, true)?;
+        let step = rk_step(tab, ev, t, t1, stops.end(t1), &y, &f0, true)?;
         let err = step
             .err
             .as_ref()
@@ -449,6 +518,14 @@ fn adaptive<F: VectorField + ?Sized>(
         if ratio <= 1.0 {
             stats.accepted_steps += 1;
             let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
+            let at_jump = stops.is_jump(t1);
+            if at_jump && f1.is_none() {
+                // The dense output of a step that ends at a jump wants f from before it.
+                f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
+            }
+            if clipped && is_stop {
+                next_stop += 1;
+            }
             // Before the event check: the step in which an event is found is traced too.
             if let Some(tr) = trace.as_deref_mut() {
                 tr.record(t1, &step.y1);
@@ -463,8 +540,8 @@ fn adaptive<F: VectorField + ?Sized>(
             t = t1;
             if next < ts.len() {
                 f0 = match f1 {
-                    Some(f1) => f1,
-                    None => ev.eval(t, &step.y1)?,
+                    Some(f1) if !at_jump => f1,
+                    _ => ev.eval(stops.start(t), &step.y1)?,
                 };
             }
             y = step.y1;
@@ -546,14 +623,19 @@ fn fixed<F: VectorField + ?Sized>(
             _ => t0 + (t_end - t0) * (i as f64 / n as f64),
         }
     };
+    let stops = Stops::new(opts, ts, dir);
     let mut t = t0;
     let mut y = y0.clone();
-    let mut f0 = ev.eval(t, &y)?;
+    let mut f0 = ev.eval(stops.start(t), &y)?;
     let mut next = 1;
     for i in 1..=n {
         let t1 = grid(i);
-        let step = rk_step(tab, ev, t, t1, &y, &f0, false)?;
+        let step = rk_step(tab, ev, t, t1, stops.end(t1), &y, &f0, false)?;
         let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
+        let at_jump = stops.is_jump(t1);
+        if at_jump && f1.is_none() {
+            f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
+        }
         if let Some(tr) = trace.as_deref_mut() {
             tr.record(t1, &step.y1);
         }
@@ -572,8 +654,8 @@ fn fixed<F: VectorField + ?Sized>(
         t = t1;
         if i < n {
             f0 = match f1 {
-                Some(f1) => f1,
-                None => ev.eval(t, &step.y1)?,
+                Some(f1) if !at_jump => f1,
+                _ => ev.eval(stops.start(t), &step.y1)?,
             };
         }
         y = step.y1;
