@@ -255,7 +255,7 @@ fn locate<F, G>(
     g: &G,
     opts: &SolveOptions,
     ev_opts: &EventOptions,
-    trace: Option<&mut StepTrace>,
+    trace: Option<&mut dyn crate::trace::Recorder>,
 ) -> Result<LocatedEvent>
 where
     F: VectorField + ?Sized,

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod dense;
 pub mod error;
 pub mod event;
 pub mod field;
@@ -13,6 +14,7 @@ pub mod solve;
 pub mod tableau;
 pub mod trace;
 
+pub use dense::{odeint_dense, DenseSolution};
 pub use error::SolverError;
 pub use event::{
     event_gradients, locate_event, locate_event_traced, odeint_event, Crossing, EventFunction,

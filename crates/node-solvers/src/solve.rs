@@ -10,8 +10,8 @@ use crate::event::EventWatch;
 use crate::field::VectorField;
 use crate::options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
 use crate::rk::{lincomb, rk_step, Evaluator, Step};
-use crate::tableau::ButcherTableau;
-use crate::trace::StepTrace;
+use crate::tableau::{ButcherTableau, Interpolant};
+use crate::trace::Recorder;
 use candle_core::{DType, Result, Tensor};
 
 /// Counts of a solve.
@@ -104,7 +104,7 @@ pub(crate) fn solve<F: VectorField + ?Sized>(
     y0: &Tensor,
     ts: &[f64],
     opts: &SolveOptions,
-    trace: Option<&mut StepTrace>,
+    trace: Option<&mut dyn Recorder>,
 ) -> Result<Solution> {
     opts.validate()?;
     let dir = check_times(ts)?;
@@ -172,7 +172,7 @@ pub(crate) fn run_steps<F: VectorField + ?Sized>(
     opts: &SolveOptions,
     out: &mut Vec<Tensor>,
     watch: Option<&mut EventWatch<'_>>,
-    trace: Option<&mut StepTrace>,
+    trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
     match opts.step {
         StepSize::Adaptive => {
@@ -394,8 +394,32 @@ fn dense_at<F: VectorField + ?Sized>(
     f1: &mut Option<Tensor>,
     tn: f64,
 ) -> Result<Tensor> {
+    if tn != t && tn != t1 && needs_f1(tab) && f1.is_none() {
+        *f1 = Some(ev.eval(t1, &step.y1)?);
+    }
+    interpolate(tab, t, t1, y, &step.k, &step.y1, f1.as_ref(), tn)
+}
+
+/// Whether the method's dense output uses `f(t1, y1)` besides the stages.
+pub(crate) fn needs_f1(tab: &ButcherTableau) -> bool {
+    matches!(tab.interpolant, Interpolant::Hermite) && !tab.is_fsal()
+}
+
+/// The dense output at `tn` of a step `t → t1` from `y` with stages `k`, ending in `y1`;
+/// `f1 = f(t1, y1)` where the method needs it ([`needs_f1`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn interpolate(
+    tab: &ButcherTableau,
+    t: f64,
+    t1: f64,
+    y: &Tensor,
+    k: &[Tensor],
+    y1: &Tensor,
+    f1: Option<&Tensor>,
+    tn: f64,
+) -> Result<Tensor> {
     if tn == t1 {
-        return Ok(step.y1.clone());
+        return Ok(y1.clone());
     }
     if tn == t {
         return Ok(y.clone());
@@ -404,13 +428,14 @@ fn dense_at<F: VectorField + ?Sized>(
     let s = tab.stages();
     let mut w = vec![0.0; s + 1];
     tab.dense_weights((tn - t) / h, &mut w);
-    if w[s] != 0.0 && f1.is_none() {
-        *f1 = Some(ev.eval(t1, &step.y1)?);
-    }
-    let extra = f1.as_ref().map(|f1| (h * w[s], f1));
+    let extra = match (w[s] != 0.0, f1) {
+        (false, _) => None,
+        (true, Some(f1)) => Some((h * w[s], f1)),
+        (true, None) => candle_core::bail!("dense output: f(t1, y1) is needed and missing"),
+    };
     let terms = w[..s]
         .iter()
-        .zip(&step.k)
+        .zip(k)
         .map(|(wi, ki)| (h * wi, ki))
         .chain(extra);
     lincomb(Some(y), terms)
@@ -449,7 +474,7 @@ fn adaptive<F: VectorField + ?Sized>(
     atol: &PreparedAtol,
     out: &mut Vec<Tensor>,
     mut watch: Option<&mut EventWatch<'_>>,
-    mut trace: Option<&mut StepTrace>,
+    mut trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
     let fsal = tab.is_fsal();
@@ -528,7 +553,10 @@ fn adaptive<F: VectorField + ?Sized>(
             }
             // Before the event check: the step in which an event is found is traced too.
             if let Some(tr) = trace.as_deref_mut() {
-                tr.record(t1, &step.y1);
+                if tr.needs_f1() && f1.is_none() {
+                    f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
+                }
+                tr.accepted(t, t1, &y, &step, f1.as_ref());
             }
             if let Some(w) = watch.as_deref_mut() {
                 let mut dense = |tn| dense_at(ev, tab, t, t1, &y, &step, &mut f1, tn);
@@ -589,7 +617,7 @@ fn fixed<F: VectorField + ?Sized>(
     opts: &SolveOptions,
     out: &mut Vec<Tensor>,
     mut watch: Option<&mut EventWatch<'_>>,
-    mut trace: Option<&mut StepTrace>,
+    mut trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
     let fsal = tab.is_fsal();
@@ -637,7 +665,10 @@ fn fixed<F: VectorField + ?Sized>(
             f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
         }
         if let Some(tr) = trace.as_deref_mut() {
-            tr.record(t1, &step.y1);
+            if tr.needs_f1() && f1.is_none() {
+                f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
+            }
+            tr.accepted(t, t1, &y, &step, f1.as_ref());
         }
         if let Some(w) = watch.as_deref_mut() {
             let g1 = ev.read(&w.values(t1, &step.y1)?)?;

@@ -14,8 +14,28 @@
 use crate::error::SolverError;
 use crate::field::VectorField;
 use crate::options::SolveOptions;
+use crate::rk::Step;
 use crate::solve::{solve, Solution};
 use candle_core::{Result, Tensor};
+
+/// What a solve reports of each accepted step, before its outputs and the event check: a
+/// [`StepTrace`] keeps its end and some states, a [`crate::DenseSolution`] all of it.
+pub(crate) trait Recorder {
+    /// Whether the step's `f1 = f(t1, y1)` must be known when it is recorded (the solve
+    /// computes it then if the method does not have it; it is the next step's `f0` anyway,
+    /// except at a jump and after the last step).
+    fn needs_f1(&self) -> bool {
+        false
+    }
+    /// An accepted step from `(t, y)` to `t1`; `f1` when known.
+    fn accepted(&mut self, t: f64, t1: f64, y: &Tensor, step: &Step, f1: Option<&Tensor>);
+}
+
+impl Recorder for StepTrace {
+    fn accepted(&mut self, _t: f64, t1: f64, _y: &Tensor, step: &Step, _f1: Option<&Tensor>) {
+        self.record(t1, &step.y1);
+    }
+}
 
 /// The accepted steps of a solve, with states stored every `stride` steps.
 #[derive(Clone, Debug)]
