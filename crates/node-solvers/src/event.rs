@@ -261,6 +261,50 @@ where
     F: VectorField + ?Sized,
     G: EventFunction,
 {
+    let w = watched_solve(f, y0, t0, t_max, g, opts, ev_opts, true, trace)?;
+    Ok(match w.found {
+        Some((t, y, which)) => LocatedEvent {
+            t,
+            y,
+            event: Some(which),
+            stats: w.stats,
+        },
+        None => LocatedEvent {
+            t: t_max,
+            y: w.y_end,
+            event: None,
+            stats: w.stats,
+        },
+    })
+}
+
+/// What a solve watched by an [`EventWatch`] found.
+struct Watched {
+    /// The first crossing (terminal watch).
+    found: Option<(f64, Tensor, usize)>,
+    /// Every crossing, in time order (non-terminal watch).
+    all: Vec<(f64, Tensor, usize)>,
+    /// The last state the solve output: at `t_max` unless it stopped at an event.
+    y_end: Tensor,
+    stats: SolverStats,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn watched_solve<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    terminal: bool,
+    trace: Option<&mut dyn crate::trace::Recorder>,
+) -> Result<Watched>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
     opts.validate()?;
     let ts = [t0, t_max];
     let dir = check_times(&ts)?;
@@ -273,26 +317,118 @@ where
         .into());
     }
     let ev = Evaluator::new(f);
-    let mut watch = EventWatch::new(g, ev_opts, y0);
+    let mut watch = EventWatch::new(g, ev_opts, y0, terminal);
     let g0 = ev.read(&watch.values(t0, y0)?)?;
     watch.start(t0, &g0)?;
     let mut out = vec![y0.clone()];
     let (mut stats, _) = run_steps(&ev, y0, &ts, dir, opts, &mut out, Some(&mut watch), trace)?;
     stats.nfe = ev.nfe();
     stats.host_reads = ev.host_reads();
-    Ok(match watch.found {
-        Some((t, y, which)) => LocatedEvent {
+    Ok(Watched {
+        found: watch.found,
+        all: watch.all,
+        y_end: out.pop().expect("the solve outputs y0 at least"),
+        stats,
+    })
+}
+
+/// One crossing recorded by [`odeint_events`].
+#[derive(Clone, Debug)]
+pub struct RecordedEvent {
+    /// The crossing time (the last time located on the side the crossing starts from).
+    pub t: f64,
+    /// `t` as a 0-d tensor carrying the crossing time's gradient, as
+    /// [`EventSolution::time`].
+    pub time: Tensor,
+    /// The state at `t`, differentiable as [`EventSolution::y`].
+    pub y: Tensor,
+    /// Which element of `g` (in flattened order) crossed zero.
+    pub event: usize,
+}
+
+/// The result of [`odeint_events`].
+#[derive(Clone, Debug)]
+pub struct EventsSolution {
+    /// Every crossing from `t0` to `t_max`, in time order.
+    pub events: Vec<RecordedEvent>,
+    /// The state at `t_max`.
+    pub y: Tensor,
+    /// Counts of the solve, the locating iterations and the gradients' rates included.
+    pub stats: SolverStats,
+}
+
+/// Solves `dy/dt = f(t, y)`, `y(t0) = y0` from `t0` to `t_max` and records every time an
+/// element of `g(t, y)` crosses zero on the way, without stopping (SciPy's `solve_ivp` events
+/// with `terminal=False`; torchdiffeq's and diffrax's events are terminal only).
+///
+/// Each crossing is located as [`odeint_event`] locates its one, on the dense output of the
+/// step that holds it, with [`EventOptions`] choosing the directions that count and the time
+/// tolerance; crossings of several elements in one step are each located and recorded in time
+/// order. The solve takes the steps [`crate::odeint`] takes to `t_max`: watching adds reads,
+/// not steps. Two crossings of one element within one step cancel and are not seen;
+/// `max_step` bounds what can be missed. An element exactly zero at a step's end counts as
+/// crossing there.
+///
+/// Gradients: each event's `time` and `y` get the event time's gradient by the implicit
+/// function theorem ([`event_gradients`]), from backprop through the solver.
+///
+/// # Shapes
+/// As [`odeint_event`]; each event's `time` is 0-d and `y` has the state's shape.
+///
+/// # Errors
+/// As [`odeint_event`].
+///
+/// # Example
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use node_solvers::{odeint_events, EventOptions, SolveOptions};
+/// # fn main() -> candle_core::Result<()> {
+/// // y = (cos t, −sin t): cos t crosses zero at π/2, 3π/2 and 5π/2 before t = 10.
+/// let field = |_t: f64, y: &Tensor| {
+///     Tensor::cat(&[y.narrow(0, 1, 1)?, y.narrow(0, 0, 1)?.neg()?], 0)
+/// };
+/// let g = |_t: f64, y: &Tensor| y.narrow(0, 0, 1);
+/// let y0 = Tensor::new(&[1.0f64, 0.0], &Device::Cpu)?;
+/// let opts = SolveOptions::default().tolerances(1e-10, 1e-10);
+/// let sol = odeint_events(&field, &y0, 0.0, 10.0, &g, &opts, &EventOptions::default())?;
+/// let times: Vec<f64> = sol.events.iter().map(|e| e.t).collect();
+/// assert_eq!(times.len(), 3);
+/// for (k, t) in times.iter().enumerate() {
+///     let want = (k as f64 + 0.5) * std::f64::consts::PI;
+///     assert!((t - want).abs() < 1e-8);
+/// }
+/// # Ok(()) }
+/// ```
+pub fn odeint_events<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+) -> Result<EventsSolution>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
+    let w = watched_solve(f, y0, t0, t_max, g, opts, ev_opts, false, None)?;
+    let mut stats = w.stats;
+    let mut events = Vec::with_capacity(w.all.len());
+    for (t, y, which) in w.all {
+        let (time, y, more) = reroute(f, g, t, which, &y)?;
+        stats += more;
+        events.push(RecordedEvent {
             t,
+            time,
             y,
-            event: Some(which),
-            stats,
-        },
-        None => LocatedEvent {
-            t: t_max,
-            y: out.pop().expect("a solve to t_max outputs its state there"),
-            event: None,
-            stats,
-        },
+            event: which,
+        });
+    }
+    Ok(EventsSolution {
+        events,
+        y: w.y_end,
+        stats,
     })
 }
 
@@ -416,10 +552,19 @@ pub(crate) struct EventWatch<'a> {
     sign: Vec<f64>,
     /// Time, state and element of the crossing, once found.
     pub(crate) found: Option<(f64, Tensor, usize)>,
+    /// Whether the first crossing stops the solve; otherwise every crossing is recorded in
+    /// `all`, in time order, and the solve goes on.
+    terminal: bool,
+    pub(crate) all: Vec<(f64, Tensor, usize)>,
 }
 
 impl<'a> EventWatch<'a> {
-    fn new(g: &'a dyn EventFunction, opts: &EventOptions, y0: &Tensor) -> EventWatch<'a> {
+    fn new(
+        g: &'a dyn EventFunction,
+        opts: &EventOptions,
+        y0: &Tensor,
+        terminal: bool,
+    ) -> EventWatch<'a> {
         Self {
             g,
             opts: *opts,
@@ -428,6 +573,8 @@ impl<'a> EventWatch<'a> {
             last: vec![],
             sign: vec![],
             found: None,
+            terminal,
+            all: vec![],
         }
     }
 
@@ -483,7 +630,7 @@ impl<'a> EventWatch<'a> {
             return Err(SolverError::NonFinite { t: t1 }.into());
         }
         let dir = if t1 > t { 1.0 } else { -1.0 };
-        let mut best: Option<(f64, Tensor, usize)> = None;
+        let mut hits: Vec<(f64, Tensor, usize)> = vec![];
         for (i, &v1) in g1.iter().enumerate() {
             let s0 = self.sign[i];
             let crossed = s0 != 0.0 && sign(v1) != s0;
@@ -496,20 +643,24 @@ impl<'a> EventWatch<'a> {
                 continue;
             }
             let (tc, yc) = self.locate(i, t, t1, y, v1, dense, read)?;
-            if best.as_ref().is_none_or(|(tb, _, _)| (tc - tb) * dir < 0.0) {
-                best = Some((tc, yc, i));
-            }
+            hits.push((tc, yc, i));
         }
-        if let Some(b) = best {
-            self.found = Some(b);
+        // In time order; crossings at the same time by element.
+        hits.sort_by(|a, b| ((a.0 - b.0) * dir).total_cmp(&0.0).then(a.2.cmp(&b.2)));
+        if self.terminal && !hits.is_empty() {
+            self.found = Some(hits.swap_remove(0));
             return Ok(true);
         }
         for (i, v) in g1.iter().enumerate() {
             self.last[i] = *v;
             if *v != 0.0 {
                 self.sign[i] = sign(*v);
+            } else if hits.iter().any(|h| h.2 == i) {
+                // Recorded at t1, where it is exactly zero: its next crossing is back.
+                self.sign[i] = -self.sign[i];
             }
         }
+        self.all.extend(hits);
         Ok(false)
     }
 

@@ -17,8 +17,8 @@ pub mod trace;
 pub use dense::{odeint_dense, DenseSolution};
 pub use error::SolverError;
 pub use event::{
-    event_gradients, locate_event, locate_event_traced, odeint_event, Crossing, EventFunction,
-    EventOptions, EventSolution, LocatedEvent,
+    event_gradients, locate_event, locate_event_traced, odeint_event, odeint_events, Crossing,
+    EventFunction, EventOptions, EventSolution, EventsSolution, LocatedEvent, RecordedEvent,
 };
 pub use field::VectorField;
 pub use method::{Method, UnknownMethod};

@@ -1,4 +1,4 @@
-//! `odeint_event`: event times against exact solutions, their gradients against analytic
+//! `odeint_event` and `odeint_events`: event times against exact solutions, their gradients against analytic
 //! derivatives and central differences, what an event costs, and the typed errors.
 
 mod common;
@@ -7,8 +7,8 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use common::max_abs_diff;
 use node_solvers::{
-    event_gradients, odeint, odeint_event, Crossing, EventOptions, Method, SolveOptions,
-    SolverError,
+    event_gradients, odeint, odeint_event, odeint_events, Crossing, EventOptions, Method,
+    SolveOptions, SolverError,
 };
 use std::f64::consts::PI;
 
@@ -443,4 +443,156 @@ candle_core::test_device!(
     central_differences_cuda,
     central_differences_metal
 );
+fn recording_every_crossing(dev: &Device) -> Result<()> {
+    // x = cos t, v = −sin t on [0, 10]: x crosses at (k + ½)π, v at kπ (k ≥ 1). All of them,
+    // in time order, each where it is; the solve takes odeint's steps to t = 10.
+    let y0 = Tensor::new(&[1.0f64, 0.0], dev)?;
+    let both = |_t: f64, y: &Tensor| Ok(y.clone());
+    let sol = odeint_events(
+        &oscillator,
+        &y0,
+        0.0,
+        10.0,
+        &both,
+        &tight(),
+        &EventOptions::default(),
+    )?;
+    let mut want: Vec<(f64, usize)> = (0..3).map(|k| ((k as f64 + 0.5) * PI, 0)).collect();
+    want.extend((1..=3).map(|k| (k as f64 * PI, 1)));
+    want.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let got: Vec<(f64, usize)> = sol.events.iter().map(|e| (e.t, e.event)).collect();
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for ((t, i), (tw, iw)) in got.iter().zip(&want) {
+        assert_eq!(i, iw, "{got:?}");
+        assert!((t - tw).abs() < 1e-9, "{t} vs {tw}");
+    }
+    for e in &sol.events {
+        let v = e.y.to_vec1::<f64>()?[e.event];
+        assert!(v.abs() < 1e-9, "g = {v} at the crossing at {}", e.t);
+        assert_eq!(scalar(&e.time)?, e.t);
+    }
+    let plain = odeint(&oscillator, &y0, &[0.0, 10.0], &tight())?;
+    assert_eq!(max_abs_diff(&sol.y, &plain.ys.get(1)?)?, 0.0);
+    assert_eq!(sol.stats.accepted_steps, plain.stats.accepted_steps);
+    assert_eq!(sol.stats.rejected_steps, plain.stats.rejected_steps);
+
+    // Two elements crossing within one step (loose tolerance, crossings 0.01 apart): both
+    // are located, in time order.
+    let close = |_t: f64, y: &Tensor| {
+        let x = y.narrow(0, 0, 1)?;
+        Tensor::cat(&[x.clone(), x.affine(1.0, -0.01)?], 0)
+    };
+    let loose = SolveOptions::default().tolerances(1e-5, 1e-5);
+    let sol = odeint_events(
+        &oscillator,
+        &y0,
+        0.0,
+        3.0,
+        &close,
+        &loose,
+        &EventOptions::default(),
+    )?;
+    let got: Vec<(f64, usize)> = sol.events.iter().map(|e| (e.t, e.event)).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].1, got[1].1), (1, 0), "{got:?}");
+    assert!((got[0].0 - 0.01f64.acos()).abs() < 1e-4 && (got[1].0 - 0.5 * PI).abs() < 1e-4);
+
+    // Directions: cos t rises through zero at 3π/2, falls at π/2 and 5π/2.
+    for (crossing, want) in [
+        (Crossing::Rising, vec![1.5 * PI]),
+        (Crossing::Falling, vec![0.5 * PI, 2.5 * PI]),
+    ] {
+        let opts = EventOptions::default().crossing(crossing);
+        let sol = odeint_events(&oscillator, &y0, 0.0, 10.0, &position, &tight(), &opts)?;
+        let got: Vec<f64> = sol.events.iter().map(|e| e.t).collect();
+        assert_eq!(got.len(), want.len(), "{crossing:?}: {got:?}");
+        for (t, tw) in got.iter().zip(&want) {
+            assert!((t - tw).abs() < 1e-9, "{crossing:?}: {t} vs {tw}");
+        }
+    }
+    // Reverse time: from t = 10 back to 0, latest first.
+    let y10 = plain.ys.get(1)?;
+    let sol = odeint_events(
+        &oscillator,
+        &y10,
+        10.0,
+        0.0,
+        &position,
+        &tight(),
+        &EventOptions::default(),
+    )?;
+    let got: Vec<f64> = sol.events.iter().map(|e| e.t).collect();
+    let want = [2.5 * PI, 1.5 * PI, 0.5 * PI];
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (t, tw) in got.iter().zip(want) {
+        assert!((t - tw).abs() < 1e-8, "{t} vs {tw}");
+    }
+    // None on the way: no events, and the state at t_max.
+    let far = |_t: f64, y: &Tensor| y.narrow(0, 0, 1)?.affine(1.0, 5.0);
+    let sol = odeint_events(
+        &oscillator,
+        &y0,
+        0.0,
+        10.0,
+        &far,
+        &tight(),
+        &EventOptions::default(),
+    )?;
+    assert!(sol.events.is_empty());
+    assert_eq!(max_abs_diff(&sol.y, &plain.ys.get(1)?)?, 0.0);
+    Ok(())
+}
+
+fn recorded_event_gradients(dev: &Device) -> Result<()> {
+    // x'' = −ω² x from (1, 0): x = cos ωt crosses zero at t_k = (k + ½)π/ω, so
+    // dt_k/dω = −t_k/ω, for every recorded crossing (backprop through the solver).
+    let omega = Var::new(&[1.3f64], dev)?;
+    let om = omega.clone();
+    let field = move |_t: f64, y: &Tensor| {
+        let w2 = om.as_tensor().sqr()?;
+        Tensor::cat(
+            &[
+                y.narrow(0, 1, 1)?,
+                y.narrow(0, 0, 1)?.broadcast_mul(&w2)?.neg()?,
+            ],
+            0,
+        )
+    };
+    let y0 = Tensor::new(&[1.0f64, 0.0], dev)?;
+    let sol = odeint_events(
+        &field,
+        &y0,
+        0.0,
+        7.0,
+        &position,
+        &tight(),
+        &EventOptions::default(),
+    )?;
+    assert_eq!(sol.events.len(), 3);
+    for (k, e) in sol.events.iter().enumerate() {
+        let tk = (k as f64 + 0.5) * PI / 1.3;
+        assert!((e.t - tk).abs() < 1e-9);
+        let g = e.time.backward()?;
+        let d = g.get(&omega).expect("dt/dω").to_vec1::<f64>()?[0];
+        assert!(
+            (d + tk / 1.3).abs() < 1e-6,
+            "crossing {k}: dt/dω = {d} vs {}",
+            -tk / 1.3
+        );
+    }
+    Ok(())
+}
+
 candle_core::test_device!(errors, errors_cpu, errors_cuda, errors_metal);
+candle_core::test_device!(
+    recording_every_crossing,
+    recording_cpu,
+    recording_cuda,
+    recording_metal
+);
+candle_core::test_device!(
+    recorded_event_gradients,
+    recorded_gradients_cpu,
+    recorded_gradients_cuda,
+    recorded_gradients_metal
+);
