@@ -19,8 +19,9 @@ use candle_core::{
     Shape, Storage, Tensor, Var,
 };
 use node_solvers::{
-    event_gradients, locate_event, odeint, Atol, ErrorNorm, EventFunction, EventOptions,
-    LocatedEvent, SolveOptions, SolverError, SolverStats, StepSize, StepTrace, VectorField,
+    event_gradients, locate_event, locate_events, odeint, Atol, ErrorNorm, EventFunction,
+    EventOptions, LocatedEvent, LocatedEvents, RecordedEvent, SolveOptions, SolverError,
+    SolverStats, StepSize, StepTrace, VectorField,
 };
 use std::sync::{Arc, Mutex};
 
@@ -169,6 +170,122 @@ where
             adj,
             Some((ys, stats)),
         )
+    })
+}
+
+/// The result of [`odeint_events_adjoint`] and [`crate::odeint_events_checkpointed`].
+#[derive(Clone, Debug)]
+pub struct AdjointEventsSolution {
+    /// Every crossing from `t0` to `t_max`, in time order; each `time` and `y` carries its
+    /// gradient (see [`node_solvers::odeint_events`]).
+    pub events: Vec<RecordedEvent>,
+    /// The state at `t_max`, differentiable.
+    pub y: Tensor,
+    /// Counts of the solve that located the crossings, then of the backward pass.
+    pub stats: AdjointStats,
+}
+
+/// [`node_solvers::odeint_events`] with gradients by the adjoint method: every crossing of
+/// zero by an element of `g(t, y)` from `t0` to `t_max`, recorded without stopping, each
+/// crossing's time and state differentiable, and the state at `t_max`, with memory
+/// independent of the number of steps.
+///
+/// The forward solve runs once, detached, and locates the crossings; the adjoint op is then
+/// anchored on the states at `t0`, at each crossing and at `t_max` as its output times (the
+/// reverse solve re-anchors at each), and each crossing time gets its gradient by the
+/// implicit function theorem ([`node_solvers::event_gradients`]).
+///
+/// # Shapes
+/// As [`odeint_event_adjoint`]; each event's `time` 0-d and `y` the state's shape.
+///
+/// # Errors
+/// Those of [`node_solvers::odeint_events`] and [`odeint_adjoint`].
+#[allow(clippy::too_many_arguments)]
+pub fn odeint_events_adjoint<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    adj: &AdjointOptions,
+) -> Result<AdjointEventsSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+    G: EventFunction,
+{
+    let found = locate_events(
+        &detached(f),
+        &y0.detach(),
+        t0,
+        t_max,
+        &detached_event(g),
+        opts,
+        ev_opts,
+    )?;
+    events_solution(f, g, y0, t0, t_max, found, |ys, times, stats| {
+        run(f, y0, Times::Host(times), opts, adj, Some((ys, stats)))
+    })
+}
+
+/// The solution from located crossings: the op that `make_op` builds on the detached states
+/// at `t0`, at each distinct crossing time and at `t_max` (its output times) carries the
+/// states' gradients, and [`event_gradients`] each crossing time's.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn events_solution<F, G>(
+    f: &F,
+    g: &G,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    found: LocatedEvents,
+    make_op: impl FnOnce(Tensor, Vec<f64>, SolverStats) -> Result<AdjointSolution>,
+) -> Result<AdjointEventsSolution>
+where
+    F: ParamVectorField,
+    G: EventFunction,
+{
+    // Output times strictly monotone: crossings at the same time (or at t0 or t_max, within
+    // the time tolerance) share one.
+    let mut times = vec![t0];
+    let mut states = vec![y0.detach()];
+    let mut index = Vec::with_capacity(found.events.len());
+    for (t, y, _) in &found.events {
+        if *t != times[times.len() - 1] {
+            times.push(*t);
+            states.push(y.detach());
+        }
+        index.push(times.len() - 1);
+    }
+    if t_max != times[times.len() - 1] {
+        times.push(t_max);
+        states.push(found.y.detach());
+    }
+    let last = times.len() - 1;
+    let (ys, stats) = if last == 0 {
+        // Nothing to differentiate over (t_max within the time tolerance of t0).
+        let stats = AdjointStats::default();
+        stats.lock().0 = found.stats;
+        (y0.unsqueeze(0)?, stats)
+    } else {
+        let sol = make_op(Tensor::stack(&states, 0)?, times, found.stats)?;
+        (sol.ys, sol.stats)
+    };
+    let mut events = Vec::with_capacity(found.events.len());
+    for ((t, _, which), i) in found.events.into_iter().zip(index) {
+        let (time, y) = event_gradients(f, g, t, which, &ys.get(i)?)?;
+        events.push(RecordedEvent {
+            t,
+            time,
+            y,
+            event: which,
+        });
+    }
+    Ok(AdjointEventsSolution {
+        events,
+        y: ys.get(last)?,
+        stats,
     })
 }
 

@@ -12,15 +12,16 @@
 //! is the stored states plus one stretch's graph instead of the graph of every step.
 
 use crate::adjoint::{
-    apply_op, check_param_dtypes, detached, detached_event, event_solution, Backward, Inner, Times,
+    apply_op, check_param_dtypes, detached, detached_event, event_solution, events_solution,
+    AdjointEventsSolution, Backward, Inner, Times,
 };
 use crate::field::ParamVectorField;
 use crate::options::CheckpointOptions;
 use crate::{AdjointEventSolution, AdjointSolution};
 use candle_core::{Result, Tensor, Var};
 use node_solvers::{
-    locate_event_traced, odeint, odeint_traced, EventFunction, EventOptions, SolveOptions,
-    SolverStats, StepTrace,
+    locate_event_traced, locate_events_traced, odeint, odeint_traced, EventFunction, EventOptions,
+    SolveOptions, SolverStats, StepTrace,
 };
 
 /// Solves `dy/dt = f(t, y; θ)` from `y(ts[0]) = y0` like [`node_solvers::odeint`], with the
@@ -179,6 +180,60 @@ where
     event_solution(f, g, y0, t0, found, |ys, t, stats| {
         let times = Times::Host(vec![t0, t]);
         apply_op(f, y0, times, opts, ys, stats, Backward::Replay(trace))
+    })
+}
+
+/// [`node_solvers::odeint_events`] with checkpointed backprop: every crossing of zero by an
+/// element of `g(t, y)` from `t0` to `t_max`, recorded without stopping, each crossing's time
+/// and state differentiable, and the state at `t_max`, with the gradients backprop through
+/// `odeint_events` gives and memory bounded by the stored states.
+///
+/// The forward solve runs once, detached, locates the crossings and records its steps
+/// ([`node_solvers::locate_events_traced`]); the backward pass replays them with the crossing
+/// times as output times (the dense output of their steps gives the states again), and each
+/// crossing time gets its gradient by the implicit function theorem.
+///
+/// # Shapes
+/// As [`crate::odeint_events_adjoint`].
+///
+/// # Errors
+/// Those of [`node_solvers::odeint_events`] and [`odeint_checkpointed`].
+#[allow(clippy::too_many_arguments)]
+pub fn odeint_events_checkpointed<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    ck: &CheckpointOptions,
+) -> Result<AdjointEventsSolution>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+    G: EventFunction,
+{
+    check_param_dtypes(f, y0)?;
+    let (found, trace) = locate_events_traced(
+        &detached(f),
+        &y0.detach(),
+        t0,
+        t_max,
+        &detached_event(g),
+        opts,
+        ev_opts,
+        ck.checkpoints,
+    )?;
+    events_solution(f, g, y0, t0, t_max, found, |ys, times, stats| {
+        apply_op(
+            f,
+            y0,
+            Times::Host(times),
+            opts,
+            ys,
+            stats,
+            Backward::Replay(trace),
+        )
     })
 }
 

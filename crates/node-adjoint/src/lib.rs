@@ -7,11 +7,12 @@ pub mod field;
 pub mod options;
 
 pub use adjoint::{
-    odeint_adjoint, odeint_adjoint_with_times, odeint_event_adjoint, AdjointEventSolution,
-    AdjointSolution, AdjointStats,
+    odeint_adjoint, odeint_adjoint_with_times, odeint_event_adjoint, odeint_events_adjoint,
+    AdjointEventSolution, AdjointEventsSolution, AdjointSolution, AdjointStats,
 };
 pub use checkpoint::{
     odeint_checkpointed, odeint_checkpointed_with_times, odeint_event_checkpointed,
+    odeint_events_checkpointed,
 };
 pub use field::{sorted_vars, with_params, ParamVectorField, WithParams};
 pub use options::{AdjointNorm, AdjointOptions, CheckpointOptions};

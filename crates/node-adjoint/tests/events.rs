@@ -1,13 +1,17 @@
 //! `odeint_event_adjoint` and `odeint_event_checkpointed`: the event time's and state's
 //! gradients by the adjoint and by checkpointed backprop, against analytic derivatives and
-//! against backprop through the solver (`odeint_event`).
+//! against backprop through the solver (`odeint_event`); and the same for every crossing of
+//! a solve (`odeint_events_adjoint`, `odeint_events_checkpointed` against `odeint_events`).
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use node_adjoint::{
-    odeint_event_adjoint, odeint_event_checkpointed, with_params, AdjointOptions, CheckpointOptions,
+    odeint_event_adjoint, odeint_event_checkpointed, odeint_events_adjoint,
+    odeint_events_checkpointed, with_params, AdjointOptions, CheckpointOptions,
 };
-use node_solvers::{odeint_event, Crossing, EventOptions, SolveOptions};
+use node_solvers::{
+    odeint_event, odeint_events, Crossing, EventOptions, RecordedEvent, SolveOptions,
+};
 
 fn tight() -> SolveOptions {
     SolveOptions::default().tolerances(1e-11, 1e-12)
@@ -137,7 +141,86 @@ fn matches_backprop(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+fn all_crossings_match_backprop(dev: &Device) -> Result<()> {
+    // A damped oscillator x'' = −ω² x − c x' from y0, its position crossing the level a (a
+    // parameter of the event function) several times before t = 8. The loss reads every
+    // crossing's time and state and the end state.
+    let omega = Var::new(&[2.1f64], dev)?;
+    let damp = Var::new(&[0.15f64], dev)?;
+    let level = Var::new(&[0.05f64], dev)?;
+    let y0 = Var::new(&[1.0f64, 0.3], dev)?;
+    let (om, dm) = (omega.clone(), damp.clone());
+    let field = with_params(
+        move |_t, y: &Tensor| {
+            let (x, v) = (y.narrow(0, 0, 1)?, y.narrow(0, 1, 1)?);
+            let acc = (x.broadcast_mul(&om.as_tensor().sqr()?)? + v.broadcast_mul(&dm)?)?.neg()?;
+            Tensor::cat(&[v, acc], 0)
+        },
+        vec![omega.clone(), damp.clone()],
+    );
+    let g = |_t: f64, y: &Tensor| y.narrow(0, 0, 1)?.broadcast_sub(&level);
+    let loss = |events: &[RecordedEvent], y_end: &Tensor| -> candle_core::Result<Tensor> {
+        let mut l = (y_end * Tensor::new(&[0.4f64, -0.2], dev)?)?.sum_all()?;
+        for (k, e) in events.iter().enumerate() {
+            let w = 0.3 + 0.1 * k as f64;
+            l = (l + e.time.affine(w, 0.0)?)?;
+            l = (l + e.y.narrow(0, 1, 1)?.sum_all()?.affine(-w, 0.0)?)?;
+        }
+        Ok(l)
+    };
+    let ev = EventOptions::default();
+    let bp = odeint_events(&field, &y0, 0.0, 8.0, &g, &tight(), &ev)?;
+    assert!(bp.events.len() >= 4, "{} crossings", bp.events.len());
+    let adj = odeint_events_adjoint(
+        &field,
+        &y0,
+        0.0,
+        8.0,
+        &g,
+        &tight(),
+        &ev,
+        &AdjointOptions::default(),
+    )?;
+    let ck = CheckpointOptions::default().checkpoints(3);
+    let cp = odeint_events_checkpointed(&field, &y0, 0.0, 8.0, &g, &tight(), &ev, &ck)?;
+    for other in [&adj.events, &cp.events] {
+        let same: Vec<bool> = other
+            .iter()
+            .zip(&bp.events)
+            .map(|(a, b)| a.t == b.t)
+            .collect();
+        assert_eq!(same, vec![true; bp.events.len()], "the same crossings");
+    }
+    assert_eq!((&cp.y - &bp.y)?.abs()?.max(0)?.to_scalar::<f64>()?, 0.0);
+    let gb = loss(&bp.events, &bp.y)?.backward()?;
+    let ga = loss(&adj.events, &adj.y)?.backward()?;
+    let gc = loss(&cp.events, &cp.y)?.backward()?;
+    for (other, what, bound) in [(&ga, "adjoint", 1e-7), (&gc, "checkpointed", 1e-11)] {
+        for (name, v) in [("ω", &omega), ("c", &damp), ("a", &level), ("y0", &y0)] {
+            let x = gb
+                .get(v)
+                .expect("backprop")
+                .flatten_all()?
+                .to_vec1::<f64>()?;
+            let y = other.get(v).expect(what).flatten_all()?.to_vec1::<f64>()?;
+            for (p, q) in x.iter().zip(&y) {
+                assert!(
+                    (p - q).abs() < bound * p.abs().max(1.0),
+                    "{what} {name}: {p} vs {q}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 candle_core::test_device!(free_fall, free_fall_cpu, free_fall_cuda, free_fall_metal);
+candle_core::test_device!(
+    all_crossings_match_backprop,
+    all_crossings_cpu,
+    all_crossings_cuda,
+    all_crossings_metal
+);
 candle_core::test_device!(
     matches_backprop,
     matches_backprop_cpu,

@@ -412,10 +412,10 @@ where
     F: VectorField + ?Sized,
     G: EventFunction,
 {
-    let w = watched_solve(f, y0, t0, t_max, g, opts, ev_opts, false, None)?;
-    let mut stats = w.stats;
-    let mut events = Vec::with_capacity(w.all.len());
-    for (t, y, which) in w.all {
+    let found = locate_events(f, y0, t0, t_max, g, opts, ev_opts)?;
+    let mut stats = found.stats;
+    let mut events = Vec::with_capacity(found.events.len());
+    for (t, y, which) in found.events {
         let (time, y, more) = reroute(f, g, t, which, &y)?;
         stats += more;
         events.push(RecordedEvent {
@@ -427,9 +427,79 @@ where
     }
     Ok(EventsSolution {
         events,
-        y: w.y_end,
+        y: found.y,
         stats,
     })
+}
+
+/// Where the crossings of an [`odeint_events`] solve are, before their times are made
+/// differentiable.
+#[derive(Clone, Debug)]
+pub struct LocatedEvents {
+    /// Each crossing's time, state (differentiable with the time held fixed) and element, in
+    /// time order.
+    pub events: Vec<(f64, Tensor, usize)>,
+    /// The state at `t_max`.
+    pub y: Tensor,
+    /// Counts of the solve.
+    pub stats: SolverStats,
+}
+
+/// [`odeint_events`] without the crossing times' gradients, for callers that differentiate
+/// by other means (the adjoint, checkpointing) and then call [`event_gradients`].
+///
+/// # Errors
+/// As [`odeint_events`], except [`SolverError::EventNotTransversal`].
+pub fn locate_events<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+) -> Result<LocatedEvents>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
+    let w = watched_solve(f, y0, t0, t_max, g, opts, ev_opts, false, None)?;
+    Ok(LocatedEvents {
+        events: w.all,
+        y: w.y_end,
+        stats: w.stats,
+    })
+}
+
+/// [`locate_events`] that also records its steps, from `t0` to `t_max`
+/// ([`crate::odeint_traced`]).
+///
+/// # Errors
+/// As [`locate_events`], and [`SolverError::InvalidOptions`] when `max_states` is 0.
+#[allow(clippy::too_many_arguments)]
+pub fn locate_events_traced<F, G>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    t_max: f64,
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    max_states: usize,
+) -> Result<(LocatedEvents, StepTrace)>
+where
+    F: VectorField + ?Sized,
+    G: EventFunction,
+{
+    let mut trace = StepTrace::new(t0, y0, max_states)?;
+    let w = watched_solve(f, y0, t0, t_max, g, opts, ev_opts, false, Some(&mut trace))?;
+    trace.finish();
+    let found = LocatedEvents {
+        events: w.all,
+        y: w.y_end,
+        stats: w.stats,
+    };
+    Ok((found, trace))
 }
 
 /// Makes the located event differentiable: returns `(time, y)` with the values `t` and `y`
