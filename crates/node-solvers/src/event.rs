@@ -463,12 +463,17 @@ where
     F: VectorField + ?Sized,
     G: EventFunction,
 {
-    let w = watched_solve(f, y0, t0, t_max, g, opts, ev_opts, false, None)?;
-    Ok(LocatedEvents {
-        events: w.all,
-        y: w.y_end,
-        stats: w.stats,
-    })
+    watched_solve(f, y0, t0, t_max, g, opts, ev_opts, false, None).map(LocatedEvents::from)
+}
+
+impl From<Watched> for LocatedEvents {
+    fn from(w: Watched) -> Self {
+        Self {
+            events: w.all,
+            y: w.y_end,
+            stats: w.stats,
+        }
+    }
 }
 
 /// [`locate_events`] that also records its steps, from `t0` to `t_max`
@@ -494,12 +499,7 @@ where
     let mut trace = StepTrace::new(t0, y0, max_states)?;
     let w = watched_solve(f, y0, t0, t_max, g, opts, ev_opts, false, Some(&mut trace))?;
     trace.finish();
-    let found = LocatedEvents {
-        events: w.all,
-        y: w.y_end,
-        stats: w.stats,
-    };
-    Ok((found, trace))
+    Ok((w.into(), trace))
 }
 
 /// Makes the located event differentiable: returns `(time, y)` with the values `t` and `y`
