@@ -4,6 +4,7 @@
 //! a solve (`odeint_events_adjoint`, `odeint_events_checkpointed` against `odeint_events`).
 
 use anyhow::Result;
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use node_adjoint::{
     odeint_event_adjoint, odeint_event_checkpointed, odeint_events_adjoint,
@@ -122,8 +123,22 @@ fn matches_backprop(dev: &Device) -> Result<()> {
     );
     let gc = loss(&cp.time, &cp.y)?.backward()?;
     // Both solves at 1e-11: the adjoint's gradients agree with backprop's far below 1e-7.
-    for (other, what, bound) in [(&ga, "adjoint", 1e-7), (&gc, "checkpointed", 1e-12)] {
-        for (name, v) in [("W", &w), ("b", &b), ("c", &c), ("y0", &y0)] {
+    let vars = [("W", &w), ("b", &b), ("c", &c), ("y0", &y0)];
+    assert_grads_match(
+        &gb,
+        &[(&ga, "adjoint", 1e-7), (&gc, "checkpointed", 1e-12)],
+        &vars,
+    )
+}
+
+/// Each of `others`' gradients of `vars` is backprop's `gb`, within its relative bound.
+fn assert_grads_match(
+    gb: &GradStore,
+    others: &[(&GradStore, &str, f64)],
+    vars: &[(&str, &Var)],
+) -> Result<()> {
+    for &(other, what, bound) in others {
+        for &(name, v) in vars {
             let x = gb
                 .get(v)
                 .expect("backprop")
@@ -195,23 +210,12 @@ fn all_crossings_match_backprop(dev: &Device) -> Result<()> {
     let gb = loss(&bp.events, &bp.y)?.backward()?;
     let ga = loss(&adj.events, &adj.y)?.backward()?;
     let gc = loss(&cp.events, &cp.y)?.backward()?;
-    for (other, what, bound) in [(&ga, "adjoint", 1e-7), (&gc, "checkpointed", 1e-11)] {
-        for (name, v) in [("ω", &omega), ("c", &damp), ("a", &level), ("y0", &y0)] {
-            let x = gb
-                .get(v)
-                .expect("backprop")
-                .flatten_all()?
-                .to_vec1::<f64>()?;
-            let y = other.get(v).expect(what).flatten_all()?.to_vec1::<f64>()?;
-            for (p, q) in x.iter().zip(&y) {
-                assert!(
-                    (p - q).abs() < bound * p.abs().max(1.0),
-                    "{what} {name}: {p} vs {q}"
-                );
-            }
-        }
-    }
-    Ok(())
+    let vars = [("ω", &omega), ("c", &damp), ("a", &level), ("y0", &y0)];
+    assert_grads_match(
+        &gb,
+        &[(&ga, "adjoint", 1e-7), (&gc, "checkpointed", 1e-11)],
+        &vars,
+    )
 }
 
 candle_core::test_device!(free_fall, free_fall_cpu, free_fall_cuda, free_fall_metal);

@@ -240,10 +240,9 @@ where
     F: VectorField + ?Sized,
     G: EventFunction,
 {
-    let mut trace = StepTrace::new(t0, y0, max_states)?;
-    let found = locate(f, y0, t0, t_max, g, opts, ev_opts, Some(&mut trace))?;
-    trace.finish();
-    Ok((found, trace))
+    StepTrace::around(t0, y0, max_states, |tr| {
+        locate(f, y0, t0, t_max, g, opts, ev_opts, Some(tr))
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -496,9 +495,9 @@ where
     F: VectorField + ?Sized,
     G: EventFunction,
 {
-    let mut trace = StepTrace::new(t0, y0, max_states)?;
-    let w = watched_solve(f, y0, t0, t_max, g, opts, ev_opts, false, Some(&mut trace))?;
-    trace.finish();
+    let (w, trace) = StepTrace::around(t0, y0, max_states, |tr| {
+        watched_solve(f, y0, t0, t_max, g, opts, ev_opts, false, Some(tr))
+    })?;
     Ok((w.into(), trace))
 }
 

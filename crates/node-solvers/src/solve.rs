@@ -464,6 +464,31 @@ fn emit_outputs<F: VectorField + ?Sized>(
     Ok(())
 }
 
+/// An accepted step's `f1 = f(t1, y1)` where it is known or needed now: the last stage of
+/// an FSAL method; otherwise evaluated when the step ends at a jump (its dense output wants f
+/// from before the jump) or the recorder asks for it. Reports the step to the recorder.
+#[allow(clippy::too_many_arguments)]
+fn accept<'r, F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    tab: &ButcherTableau,
+    stops: &Stops,
+    t: f64,
+    t1: f64,
+    y: &Tensor,
+    step: &Step,
+    trace: Option<&mut (dyn Recorder + 'r)>,
+) -> Result<Option<Tensor>> {
+    let mut f1 = tab.is_fsal().then(|| step.k[tab.stages() - 1].clone());
+    let wanted = stops.is_jump(t1) || trace.as_ref().is_some_and(|tr| tr.needs_f1());
+    if wanted && f1.is_none() {
+        f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
+    }
+    if let Some(tr) = trace {
+        tr.accepted(t, t1, y, step, f1.as_ref());
+    }
+    Ok(f1)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn adaptive<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
@@ -477,7 +502,6 @@ fn adaptive<F: VectorField + ?Sized>(
     mut trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
-    let fsal = tab.is_fsal();
     let k_exp = tab.error_exponent();
     let (beta1, beta2) = match opts.controller {
         StepController::Integral => (1.0, 0.0),
@@ -542,22 +566,12 @@ fn adaptive<F: VectorField + ?Sized>(
         };
         if ratio <= 1.0 {
             stats.accepted_steps += 1;
-            let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
-            let at_jump = stops.is_jump(t1);
-            if at_jump && f1.is_none() {
-                // The dense output of a step that ends at a jump wants f from before it.
-                f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
-            }
             if clipped && is_stop {
                 next_stop += 1;
             }
             // Before the event check: the step in which an event is found is traced too.
-            if let Some(tr) = trace.as_deref_mut() {
-                if tr.needs_f1() && f1.is_none() {
-                    f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
-                }
-                tr.accepted(t, t1, &y, &step, f1.as_ref());
-            }
+            let at_jump = stops.is_jump(t1);
+            let mut f1 = accept(ev, tab, &stops, t, t1, &y, &step, trace.as_deref_mut())?;
             if let Some(w) = watch.as_deref_mut() {
                 let mut dense = |tn| dense_at(ev, tab, t, t1, &y, &step, &mut f1, tn);
                 if w.accepted(t, t1, &y, &g1, &mut dense, &|x| ev.read(x))? {
@@ -620,7 +634,6 @@ fn fixed<F: VectorField + ?Sized>(
     mut trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
-    let fsal = tab.is_fsal();
     let (t0, t_end) = (ts[0], ts[ts.len() - 1]);
     let span = (t_end - t0).abs();
     let n = match &opts.step {
@@ -659,17 +672,8 @@ fn fixed<F: VectorField + ?Sized>(
     for i in 1..=n {
         let t1 = grid(i);
         let step = rk_step(tab, ev, t, t1, stops.end(t1), &y, &f0, false)?;
-        let mut f1 = fsal.then(|| step.k[tab.stages() - 1].clone());
         let at_jump = stops.is_jump(t1);
-        if at_jump && f1.is_none() {
-            f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
-        }
-        if let Some(tr) = trace.as_deref_mut() {
-            if tr.needs_f1() && f1.is_none() {
-                f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
-            }
-            tr.accepted(t, t1, &y, &step, f1.as_ref());
-        }
+        let mut f1 = accept(ev, tab, &stops, t, t1, &y, &step, trace.as_deref_mut())?;
         if let Some(w) = watch.as_deref_mut() {
             let g1 = ev.read(&w.values(t1, &step.y1)?)?;
             let mut dense = |tn| dense_at(ev, tab, t, t1, &y, &step, &mut f1, tn);

@@ -99,10 +99,24 @@ impl StepTrace {
     }
 
     /// Drops the state stored at the last time, which no stretch starts from.
-    pub(crate) fn finish(&mut self) {
+    fn finish(&mut self) {
         if self.steps() > 0 && self.steps().is_multiple_of(self.stride) {
             self.states.pop();
         }
+    }
+
+    /// Runs `solve` with a fresh trace from `(t0, y0)` to record into, and returns its result
+    /// with the finished trace.
+    pub(crate) fn around<T>(
+        t0: f64,
+        y0: &Tensor,
+        max_states: usize,
+        solve: impl FnOnce(&mut dyn Recorder) -> Result<T>,
+    ) -> Result<(T, Self)> {
+        let mut trace = Self::new(t0, y0, max_states)?;
+        let out = solve(&mut trace)?;
+        trace.finish();
+        Ok((out, trace))
     }
 }
 
@@ -126,8 +140,6 @@ pub fn odeint_traced<F: VectorField + ?Sized>(
     opts: &SolveOptions,
     max_states: usize,
 ) -> Result<(Solution, StepTrace)> {
-    let mut trace = StepTrace::new(ts.first().copied().unwrap_or(0.0), y0, max_states)?;
-    let sol = solve(f, y0, ts, opts, Some(&mut trace))?;
-    trace.finish();
-    Ok((sol, trace))
+    let t0 = ts.first().copied().unwrap_or(0.0);
+    StepTrace::around(t0, y0, max_states, |tr| solve(f, y0, ts, opts, Some(tr)))
 }
