@@ -81,6 +81,21 @@ pub enum SolverError {
     /// Options that cannot work together or are out of range.
     #[error("invalid solver options: {0}")]
     InvalidOptions(String),
+    /// An implicit method's Newton iterations did not converge in a fixed step, even with a
+    /// fresh Jacobian (an adaptive solve shrinks the step instead).
+    #[error("Newton's method did not converge in the implicit step from t = {t} with h = {h:e}: take smaller steps")]
+    NewtonFailed {
+        /// Start of the step.
+        t: f64,
+        /// The step.
+        h: f64,
+    },
+    /// An implicit method was asked to be differentiated by backprop through its steps.
+    #[error("implicit method `{method}` cannot be differentiated through by backprop (its Newton iterations run on the host): detach the inputs, or use the adjoint (node_adjoint::odeint_adjoint)")]
+    NotDifferentiable {
+        /// The method.
+        method: &'static str,
+    },
 }
 
 // `candle_core::Error::WrappedContext` formats the wrapped error with `Debug`: make that the

@@ -6,6 +6,7 @@ pub mod error;
 pub mod event;
 pub mod field;
 mod fused;
+mod implicit;
 pub mod method;
 pub mod options;
 pub mod problems;
@@ -23,7 +24,7 @@ pub use event::{
 };
 pub use field::VectorField;
 pub use method::{Method, UnknownMethod};
-pub use options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
+pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};
 pub use solve::{odeint, Solution, SolverStats};
-pub use tableau::{ButcherTableau, Interpolant};
+pub use tableau::{ButcherTableau, Implicit, Interpolant};
 pub use trace::{odeint_traced, StepTrace};

@@ -4,7 +4,8 @@ use crate::tableau::{self, ButcherTableau};
 use std::fmt;
 use std::str::FromStr;
 
-/// An explicit Runge–Kutta method. `FromStr`/`Display` use the names in [`Method::ALL`].
+/// A Runge–Kutta method: explicit, or diagonally implicit for stiff problems.
+/// `FromStr`/`Display` use the names in [`Method::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Method {
     /// Forward Euler, order 1, fixed steps.
@@ -34,11 +35,18 @@ pub enum Method {
     Tsit5,
     /// Prince–Dormand 8(7), adaptive, FSAL.
     Dopri8,
+    /// Backward Euler, order 1, L-stable, implicit; adaptive with forward Euler as the
+    /// embedded estimate, or fixed steps.
+    ImplicitEuler,
+    /// Kværnø 3(2), L-stable ESDIRK, implicit, adaptive, FSAL.
+    Kvaerno3,
+    /// Kværnø 5(4), L-stable ESDIRK, implicit, adaptive, FSAL.
+    Kvaerno5,
 }
 
 impl Method {
-    /// Every method, in order of increasing cost.
-    pub const ALL: [Method; 13] = [
+    /// Every method: the explicit ones in order of increasing cost, then the implicit ones.
+    pub const ALL: [Method; 16] = [
         Method::Euler,
         Method::Midpoint,
         Method::Heun2,
@@ -52,6 +60,9 @@ impl Method {
         Method::Dopri5,
         Method::Tsit5,
         Method::Dopri8,
+        Method::ImplicitEuler,
+        Method::Kvaerno3,
+        Method::Kvaerno5,
     ];
 
     /// The method's coefficients.
@@ -70,12 +81,21 @@ impl Method {
             Method::Dopri5 => &tableau::DOPRI5,
             Method::Tsit5 => &tableau::TSIT5,
             Method::Dopri8 => &tableau::DOPRI8,
+            Method::ImplicitEuler => &tableau::IMPLICIT_EULER,
+            Method::Kvaerno3 => &tableau::KVAERNO3,
+            Method::Kvaerno5 => &tableau::KVAERNO5,
         }
     }
 
     /// True when the method has an error estimate and can choose its own steps.
     pub fn is_adaptive(self) -> bool {
         self.tableau().is_adaptive()
+    }
+
+    /// True for the implicit methods (for stiff problems): their stages solve equations in
+    /// the state by Newton's method, see [`crate::SolveOptions::jacobian`].
+    pub fn is_implicit(self) -> bool {
+        self.tableau().is_implicit()
     }
 
     /// Order of accuracy of the propagated solution.
@@ -117,6 +137,7 @@ impl FromStr for Method {
             "heun" => Some(Method::Heun2),
             "rk4_38" | "rk4_3/8" | "rk38_rule" => Some(Method::Rk38),
             "heun_euler" => Some(Method::AdaptiveHeun),
+            "backward_euler" => Some(Method::ImplicitEuler),
             _ => None,
         };
         alias

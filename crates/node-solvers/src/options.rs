@@ -96,6 +96,27 @@ pub enum ErrorNorm {
     RmsPrefix(usize),
 }
 
+/// How the implicit methods ([`Method::is_implicit`]) get the Jacobian `∂f/∂y` their Newton
+/// iterations solve with. It is a finite-difference approximation, made at the start of a
+/// step and kept for later steps while Newton's method converges well; only the speed of
+/// convergence depends on it, not the accuracy of the solution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Jacobian {
+    /// The full Jacobian of the flattened state, `n × n`: `n` evaluations of `f` to build
+    /// it. For small systems (a few hundred components).
+    #[default]
+    Dense,
+    /// The rows of the state's leading dimension are independent systems (a batch of
+    /// samples, each with its own state): one `D × D` block per row, with `D` the size of
+    /// a row, built with `D` evaluations whatever the batch size. Wrong (slow or failing
+    /// Newton iterations) when the rows are coupled.
+    Batched,
+    /// Only the first `len` components of the flattened state enter the field; the others
+    /// are integrals that the field accumulates (the adjoint's parameter gradients, a CNF's
+    /// log-density). `len × len` dense, `len` evaluations.
+    DensePrefix(usize),
+}
+
 /// Options of [`crate::odeint`]. Build with `SolveOptions::default()` and the builder methods.
 ///
 /// Defaults: `dopri5`, `rtol = 1e-7`, `atol = 1e-9`, adaptive steps with the integral controller,
@@ -143,6 +164,8 @@ pub struct SolveOptions {
     /// steps do not step to them, but any of their grid points that is a jump is evaluated
     /// on both sides the same way: give a [`StepSize::Grid`] that holds the jumps.
     pub jump_ts: Arc<[f64]>,
+    /// The Jacobian of the implicit methods' Newton iterations (ignored by explicit methods).
+    pub jacobian: Jacobian,
 }
 
 impl Default for SolveOptions {
@@ -164,6 +187,7 @@ impl Default for SolveOptions {
             check_finite: true,
             step_ts: Arc::from([]),
             jump_ts: Arc::from([]),
+            jacobian: Jacobian::Dense,
         }
     }
 }
@@ -261,6 +285,12 @@ impl SolveOptions {
     /// the right side of each keep the method's order.
     pub fn jump_ts(mut self, times: impl Into<Arc<[f64]>>) -> Self {
         self.jump_ts = times.into();
+        self
+    }
+
+    /// The Jacobian the implicit methods use ([`Jacobian`]; dense by default).
+    pub fn jacobian(mut self, jacobian: Jacobian) -> Self {
+        self.jacobian = jacobian;
         self
     }
 

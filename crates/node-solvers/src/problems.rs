@@ -1,5 +1,5 @@
-//! Problems with exact solutions, shared by the tests, the benchmarks and users who want to
-//! check a solver setup.
+//! Problems with exact solutions (and one stiff problem with reference values), shared by
+//! the tests, the benchmarks and users who want to check a solver setup.
 
 use candle_core::{Result, Tensor};
 
@@ -66,5 +66,65 @@ impl Riccati {
     /// The exact solution at `t` from `y0` at `t0`.
     pub fn exact(&self, y0: &Tensor, t0: f64, t: f64) -> Result<Tensor> {
         y0.recip()?.affine(1.0, t.sin() - t0.sin())?.recip()
+    }
+}
+
+/// Robertson's chemical kinetics (H. H. Robertson 1966; Hairer & Wanner II, IV.1), the
+/// classic stiff test: `y1' = −k1 y1 + k3 y2 y3`, `y2' = k1 y1 − k3 y2 y3 − k2 y2²`,
+/// `y3' = k2 y2²`, with rates `k1 = 0.04`, `k2 = 3·10⁷`, `k3 = 10⁴` by default, on states
+/// of shape `[..., 3]` (a batch of reactions). No closed form: [`Robertson::REFERENCE`] holds
+/// reference values from `y0 = (1, 0, 0)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Robertson {
+    /// `k1`, `k2`, `k3`.
+    pub rates: [f64; 3],
+}
+
+impl Default for Robertson {
+    fn default() -> Self {
+        Self {
+            rates: [0.04, 3e7, 1e4],
+        }
+    }
+}
+
+impl Robertson {
+    /// `(t, y(t))` from `y(0) = (1, 0, 0)` with the default rates: SciPy's Radau, BDF and
+    /// LSODA at `rtol = 1e-12`, `atol = 1e-16` agree on them to 1e-10 relative, and the
+    /// values at `t = 40` are Hairer & Wanner's.
+    pub const REFERENCE: [(f64, [f64; 3]); 2] = [
+        (
+            40.0,
+            [
+                0.7158270687194165,
+                9.185534764558227e-06,
+                0.2841637457458203,
+            ],
+        ),
+        (
+            1e5,
+            [
+                0.017865921142322477,
+                7.274751468528753e-08,
+                0.9821340061101634,
+            ],
+        ),
+    ];
+
+    /// The vector field.
+    pub fn field(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+        move |_t, y| {
+            let [k1, k2, k3] = self.rates;
+            let last = y.rank() - 1;
+            let y1 = y.narrow(last, 0, 1)?;
+            let y2 = y.narrow(last, 1, 1)?;
+            let y3 = y.narrow(last, 2, 1)?;
+            let slow = y1.affine(k1, 0.0)?;
+            let fast = (&y2 * &y3)?.affine(k3, 0.0)?;
+            let sq = y2.sqr()?.affine(k2, 0.0)?;
+            let d1 = (&fast - &slow)?;
+            let d2 = ((&slow - &fast)? - &sq)?;
+            Tensor::cat(&[d1, d2, sq], last)
+        }
     }
 }

@@ -1,12 +1,15 @@
-//! One generic explicit Runge–Kutta step, for any [`ButcherTableau`].
+//! One generic Runge–Kutta step, for any [`ButcherTableau`].
 //!
 //! `k_i = f(t + c_i h, y + h Σ_{j<i} a_ij k_j)`, `y1 = y + h Σ b_i k_i`,
 //! `err = h Σ (b_i − b̂_i) k_i`. Stages are combined with scalar affine ops on the caller's
 //! tensors (coefficients stay host `f64`), zero coefficients are skipped, and nothing is read
-//! back to the host, so a step never waits on the device.
+//! back to the host, so an explicit step never waits on the device. An implicit method's
+//! stages solve `Y_i = y + h Σ_{j<i} a_ij k_j + hγ f(t_i, Y_i)` by Newton's method
+//! ([`crate::implicit`]), which reads back once per iteration.
 
 use crate::error::SolverError;
 use crate::field::VectorField;
+use crate::implicit::Newton;
 use crate::tableau::ButcherTableau;
 use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
@@ -148,20 +151,75 @@ pub(crate) struct Step {
     pub err: Option<Tensor>,
 }
 
-/// Takes one step from `(t, y)` to `t1 = t + h` given `f0 = f(t, y)`; the stages at `t1`
-/// (`c_i = 1`) evaluate the field at `t1_eval`: `t1`, or the float before a jump there.
+/// Takes one step from `(t, y)` to `t1 = t + h` given `f0 = f(t0_eval, y)`; the stages at
+/// `t1` (`c_i = 1`) evaluate the field at `t1_eval`: `t1`, or the float before a jump there
+/// (`t0_eval` is `t`, or the float after a jump there). An implicit method needs `newton`
+/// and gives `None` when its iterations fail even with a fresh Jacobian (the caller shrinks
+/// the step); an explicit step is always `Some`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rk_step<F: VectorField + ?Sized>(
     tab: &ButcherTableau,
     f: &Evaluator<'_, F>,
     t: f64,
     t1: f64,
+    t0_eval: f64,
     t1_eval: f64,
     y: &Tensor,
     f0: &Tensor,
     with_error: bool,
-) -> Result<Step> {
+    newton: Option<&mut Newton>,
+) -> Result<Option<Step>> {
     let h = t1 - t;
+    let stage_time = |i: usize| {
+        if tab.c[i] == 1.0 {
+            t1_eval
+        } else {
+            t + tab.c[i] * h
+        }
+    };
+    let (k, y1) = if tab.is_implicit() {
+        let Some(newton) = newton else {
+            candle_core::bail!(
+                "implicit method `{}` stepped without Newton state",
+                tab.name
+            )
+        };
+        if y.track_op() || f0.track_op() {
+            return Err(SolverError::NotDifferentiable { method: tab.name }.into());
+        }
+        newton.begin_step(f, t, t0_eval, y)?;
+        loop {
+            if let Some(done) = implicit_stages(tab, f, h, &stage_time, y, f0, newton)? {
+                break done;
+            }
+            if newton.is_fresh(t) {
+                return Ok(None);
+            }
+            newton.build_jacobian(f, t, t0_eval, y)?;
+        }
+    } else {
+        explicit_stages(tab, f, h, &stage_time, y, f0)?
+    };
+    let y1 = match y1 {
+        Some(y1) => y1,
+        None => lincomb(Some(y), tab.b.iter().zip(&k).map(|(b, ki)| (h * b, ki)))?,
+    };
+    let err = match (with_error, tab.b_err) {
+        (true, Some(e)) => Some(lincomb(None, e.iter().zip(&k).map(|(e, ki)| (h * e, ki)))?),
+        _ => None,
+    };
+    Ok(Some(Step { k, y1, err }))
+}
+
+/// The stages of an explicit step, and `y1` when the method is FSAL (the last stage's state).
+fn explicit_stages<F: VectorField + ?Sized>(
+    tab: &ButcherTableau,
+    f: &Evaluator<'_, F>,
+    h: f64,
+    stage_time: &dyn Fn(usize) -> f64,
+    y: &Tensor,
+    f0: &Tensor,
+) -> Result<(Vec<Tensor>, Option<Tensor>)> {
     let s = tab.stages();
     let fsal = tab.is_fsal();
     let mut k: Vec<Tensor> = Vec::with_capacity(s);
@@ -172,25 +230,56 @@ pub(crate) fn rk_step<F: VectorField + ?Sized>(
             Some(y),
             tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj)),
         )?;
-        let ti = if tab.c[i] == 1.0 {
-            t1_eval
-        } else {
-            t + tab.c[i] * h
-        };
-        k.push(f.eval(ti, &yi)?);
+        k.push(f.eval(stage_time(i), &yi)?);
         if fsal && i == s - 1 {
             y1 = Some(yi);
         }
     }
-    let y1 = match y1 {
-        Some(y1) => y1,
-        None => lincomb(Some(y), tab.b.iter().zip(&k).map(|(b, ki)| (h * b, ki)))?,
-    };
-    let err = match (with_error, tab.b_err) {
-        (true, Some(e)) => Some(lincomb(None, e.iter().zip(&k).map(|(e, ki)| (h * e, ki)))?),
-        _ => None,
-    };
-    Ok(Step { k, y1, err })
+    Ok((k, y1))
+}
+
+/// The stages of an implicit step, `None` when Newton's iterations fail. Each stage's
+/// derivative is recovered from its solution, `k_i = (Y_i − base_i) / hγ`, with no further
+/// evaluation (Hairer & Wanner's advice: it does not amplify the iteration's error by the
+/// stiffness); the first guess of `Y_i` is `base_i + hγ Σ_j α_ij k_j` with the method's
+/// predictor `α`.
+#[allow(clippy::too_many_arguments)]
+fn implicit_stages<F: VectorField + ?Sized>(
+    tab: &ButcherTableau,
+    f: &Evaluator<'_, F>,
+    h: f64,
+    stage_time: &dyn Fn(usize) -> f64,
+    y: &Tensor,
+    f0: &Tensor,
+    newton: &mut Newton,
+) -> Result<Option<(Vec<Tensor>, Option<Tensor>)>> {
+    let s = tab.stages();
+    let imp = tab.implicit.expect("an implicit method");
+    let hg = h * imp.gamma;
+    let mut k: Vec<Tensor> = Vec::with_capacity(s);
+    k.push(f0.clone());
+    let mut y1 = None;
+    for i in 1..s {
+        let base = lincomb(
+            Some(y),
+            tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj)),
+        )?;
+        let guess = lincomb(
+            Some(&base),
+            imp.predictor[i - 1]
+                .iter()
+                .zip(&k)
+                .map(|(a, kj)| (hg * a, kj)),
+        )?;
+        let Some(yi) = newton.solve_stage(f, stage_time(i), &base, hg, guess)? else {
+            return Ok(None);
+        };
+        k.push(lincomb(None, [(1.0 / hg, &yi), (-1.0 / hg, &base)])?);
+        if tab.is_fsal() && i == s - 1 {
+            y1 = Some(yi);
+        }
+    }
+    Ok(Some((k, y1)))
 }
 
 #[cfg(test)]
@@ -221,7 +310,13 @@ mod tests {
                 _ => 0.05,
             };
             for h in [h0, h0 / 2.0, h0 / 4.0] {
-                let step = rk_step(tab, &ev, t, t + h, t + h, &y, &f0, true)?;
+                let opts = crate::SolveOptions::default().tolerances(1e-13, 1e-15);
+                let mut newton = tab
+                    .is_implicit()
+                    .then(|| Newton::new(&ev, &opts, &y))
+                    .transpose()?;
+                let step = rk_step(tab, &ev, t, t + h, t, t + h, &y, &f0, true, newton.as_mut())?
+                    .expect("Newton converges on a smooth problem");
                 let e = step
                     .err
                     .unwrap()

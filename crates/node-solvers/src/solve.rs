@@ -8,6 +8,7 @@
 use crate::error::SolverError;
 use crate::event::EventWatch;
 use crate::field::VectorField;
+use crate::implicit::Newton;
 use crate::options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
 use crate::rk::{lincomb, rk_step, Evaluator, Step};
 use crate::tableau::{ButcherTableau, Interpolant};
@@ -523,6 +524,10 @@ fn adaptive<F: VectorField + ?Sized>(
         None => initial_step(ev, t, &y, &f0, dir, opts, atol)?,
     };
     h_abs = h_abs.clamp(opts.min_step, opts.max_step);
+    let mut newton = tab
+        .is_implicit()
+        .then(|| Newton::new(ev, opts, y0))
+        .transpose()?;
     let mut stats = SolverStats::default();
     let mut prev_ratio = 1.0f64;
     let mut next = 1;
@@ -541,7 +546,26 @@ fn adaptive<F: VectorField + ?Sized>(
         let clipped = h_abs >= (target - t) * dir;
         let t1 = if clipped { target } else { t + dir * h_abs };
         let h_try = (t1 - t).abs();
-        let step = rk_step(tab, ev, t, t1, stops.end(t1), &y, &f0, true)?;
+        let t0_eval = stops.start(t);
+        let t1_eval = stops.end(t1);
+        let Some(step) = rk_step(
+            tab,
+            ev,
+            t,
+            t1,
+            t0_eval,
+            t1_eval,
+            &y,
+            &f0,
+            true,
+            newton.as_mut(),
+        )?
+        else {
+            // Newton's iterations failed even with a fresh Jacobian: halve the step.
+            stats.rejected_steps += 1;
+            h_abs = shrink(t, dir, h_try, NEWTON_FACTOR, at_min_step, false, opts)?;
+            continue;
+        };
         let err = step
             .err
             .as_ref()
@@ -603,23 +627,40 @@ fn adaptive<F: VectorField + ?Sized>(
             } else {
                 (opts.safety * ratio.powf(-1.0 / k_exp)).clamp(opts.min_factor, 1.0)
             };
-            let too_small = at_min_step || t + dir * h_try * factor == t;
-            if too_small || h_try * factor <= 4.0 * f64::EPSILON * t.abs() {
-                return Err(if non_finite {
-                    SolverError::NonFinite { t }
-                } else {
-                    SolverError::StepSizeTooSmall {
-                        t,
-                        dt: h_try * factor,
-                    }
-                }
-                .into());
-            }
-            h_abs = (h_try * factor).max(opts.min_step);
+            h_abs = shrink(t, dir, h_try, factor, at_min_step, non_finite, opts)?;
         }
         h_abs = h_abs.min(opts.max_step);
     }
     Ok((stats, h_abs))
+}
+
+/// How much an implicit step shrinks when its Newton iterations fail (RADAU5's choice).
+const NEWTON_FACTOR: f64 = 0.5;
+
+/// The step after a rejected one of `h_try` at `t`, scaled by `factor`; an error when that is
+/// below `min_step` or what `t` can resolve (a non-finite error ratio reports as such).
+fn shrink(
+    t: f64,
+    dir: f64,
+    h_try: f64,
+    factor: f64,
+    at_min_step: bool,
+    non_finite: bool,
+    opts: &SolveOptions,
+) -> Result<f64> {
+    let too_small = at_min_step || t + dir * h_try * factor == t;
+    if too_small || h_try * factor <= 4.0 * f64::EPSILON * t.abs() {
+        return Err(if non_finite {
+            SolverError::NonFinite { t }
+        } else {
+            SolverError::StepSizeTooSmall {
+                t,
+                dt: h_try * factor,
+            }
+        }
+        .into());
+    }
+    Ok((h_try * factor).max(opts.min_step))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -668,10 +709,29 @@ fn fixed<F: VectorField + ?Sized>(
     let mut t = t0;
     let mut y = y0.clone();
     let mut f0 = ev.eval(stops.start(t), &y)?;
+    let mut newton = tab
+        .is_implicit()
+        .then(|| Newton::new(ev, opts, y0))
+        .transpose()?;
     let mut next = 1;
     for i in 1..=n {
         let t1 = grid(i);
-        let step = rk_step(tab, ev, t, t1, stops.end(t1), &y, &f0, false)?;
+        let (t0_eval, t1_eval) = (stops.start(t), stops.end(t1));
+        let Some(step) = rk_step(
+            tab,
+            ev,
+            t,
+            t1,
+            t0_eval,
+            t1_eval,
+            &y,
+            &f0,
+            false,
+            newton.as_mut(),
+        )?
+        else {
+            return Err(SolverError::NewtonFailed { t, h: t1 - t }.into());
+        };
         let at_jump = stops.is_jump(t1);
         let mut f1 = accept(ev, tab, &stops, t, t1, &y, &step, trace.as_deref_mut())?;
         if let Some(w) = watch.as_deref_mut() {

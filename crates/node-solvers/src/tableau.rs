@@ -1,9 +1,11 @@
-//! Butcher tableaus of explicit Runge–Kutta methods.
+//! Butcher tableaus of explicit and singly diagonally implicit Runge–Kutta methods.
 //!
 //! A method is its coefficients, nothing more: one generic stepper ([`crate::rk`]) runs any of
-//! them. For stages `k_i = f(t + c_i h, y + h Σ_{j<i} a_ij k_j)` a step is
+//! them. For stages `k_i = f(t + c_i h, y + h Σ_{j<i} a_ij k_j + h γ k_i)` a step is
 //! `y1 = y + h Σ b_i k_i`, with the embedded error estimate `e = h Σ b_err_i k_i`
-//! (`b_err = b − b̂`, the difference to the lower-order weights).
+//! (`b_err = b − b̂`, the difference to the lower-order weights). Explicit methods have
+//! `γ = 0`; the implicit ones here are ESDIRK methods (an explicit first stage, then stages
+//! that each solve one implicit equation with the same `γ`, by Newton's method).
 //! Whether a method is FSAL ("first same as last") is derived from the coefficients.
 
 /// How a step's output is evaluated between its endpoints (dense output).
@@ -18,7 +20,19 @@ pub enum Interpolant {
     Weights(fn(f64, &mut [f64])),
 }
 
-/// The coefficients of an explicit Runge–Kutta method.
+/// What an ESDIRK method adds to its tableau.
+#[derive(Clone, Copy, Debug)]
+pub struct Implicit {
+    /// The diagonal coefficient `γ = a_ii` of every stage `i ≥ 1`: each such stage solves
+    /// `Y_i = y + h Σ_{j<i} a_ij k_j + h γ f(t + c_i h, Y_i)`.
+    pub gamma: f64,
+    /// Row `i − 1` holds `α_i0 .. α_i(i−1)`: the first guess of stage `i`'s derivative is
+    /// `Σ_j α_ij k_j` (rows sum to 1; diffrax's `a_predictor`, see its notes on DIRK
+    /// predictors).
+    pub predictor: &'static [&'static [f64]],
+}
+
+/// The coefficients of an explicit or singly diagonally implicit Runge–Kutta method.
 #[derive(Clone, Copy, Debug)]
 pub struct ButcherTableau {
     /// Short name, as accepted by [`crate::Method`]'s `FromStr`.
@@ -27,6 +41,8 @@ pub struct ButcherTableau {
     pub c: &'static [f64],
     /// Lower-triangular coefficients: row `i - 1` holds `a_i0 .. a_i(i-1)` of stage `i ≥ 1`.
     pub a: &'static [&'static [f64]],
+    /// `None` for an explicit method; for an ESDIRK method its diagonal and stage predictors.
+    pub implicit: Option<Implicit>,
     /// Weights of the propagated solution.
     pub b: &'static [f64],
     /// `b − b̂`: weights of the embedded error estimate, if the method has one.
@@ -46,13 +62,24 @@ impl ButcherTableau {
     }
 
     /// True when the last stage is evaluated at `(t + h, y1)`, so it is the next step's first
-    /// stage: `c_last = 1` and the last row of `a` equals `b` (with `b_last = 0`).
+    /// stage: `c_last = 1` and the last row of `a` equals `b` (with `b_last = γ`, 0 for an
+    /// explicit method: a stiffly accurate implicit method is FSAL too).
     pub fn is_fsal(&self) -> bool {
         let s = self.stages();
         s > 1
             && self.c[s - 1] == 1.0
-            && self.b[s - 1] == 0.0
+            && self.b[s - 1] == self.gamma()
             && self.a[s - 2].iter().zip(self.b).all(|(a, b)| a == b)
+    }
+
+    /// True for an implicit method, whose stages solve equations in the state.
+    pub fn is_implicit(&self) -> bool {
+        self.implicit.is_some()
+    }
+
+    /// The diagonal `γ` of an implicit method; 0 for an explicit one.
+    pub fn gamma(&self) -> f64 {
+        self.implicit.map_or(0.0, |i| i.gamma)
     }
 
     /// True when the method has an embedded error estimate (can run adaptively).
@@ -65,7 +92,7 @@ impl ButcherTableau {
         (self.order.min(self.error_order) + 1) as f64
     }
 
-    /// Largest deviation from the consistency conditions (rows of `a` sum to `c`, `Σb = 1`,
+    /// Largest deviation from the consistency conditions (rows of `a` and `γ` sum to `c`, `Σb = 1`,
     /// `Σb_err = 0`, dense output equal to `b` at `θ = 1` and to 0 at `θ = 0`). Zero up to
     /// rounding for a valid tableau; tests check every constant below with it.
     pub fn consistency_defect(&self) -> f64 {
@@ -79,7 +106,19 @@ impl ButcherTableau {
             if row.len() != i + 1 {
                 return f64::INFINITY;
             }
-            worst = worst.max((row.iter().sum::<f64>() - self.c[i + 1]).abs());
+            let sum = row.iter().sum::<f64>() + self.gamma();
+            worst = worst.max((sum - self.c[i + 1]).abs());
+        }
+        if let Some(imp) = self.implicit {
+            if imp.predictor.len() + 1 != s {
+                return f64::INFINITY;
+            }
+            for (i, row) in imp.predictor.iter().enumerate() {
+                if row.len() != i + 1 {
+                    return f64::INFINITY;
+                }
+                worst = worst.max((row.iter().sum::<f64>() - 1.0).abs());
+            }
         }
         worst = worst.max((self.b.iter().sum::<f64>() - 1.0).abs());
         if let Some(e) = self.b_err {
@@ -148,6 +187,7 @@ pub const EULER: ButcherTableau = ButcherTableau {
     c: &[0.0],
     a: &[],
     b: &[1.0],
+    implicit: None,
     b_err: None,
     order: 1,
     error_order: 0,
@@ -160,6 +200,7 @@ pub const MIDPOINT: ButcherTableau = ButcherTableau {
     c: &[0.0, 0.5],
     a: &[&[0.5]],
     b: &[0.0, 1.0],
+    implicit: None,
     b_err: None,
     order: 2,
     error_order: 0,
@@ -172,6 +213,7 @@ pub const HEUN2: ButcherTableau = ButcherTableau {
     c: &[0.0, 1.0],
     a: &[&[1.0]],
     b: &[0.5, 0.5],
+    implicit: None,
     b_err: None,
     order: 2,
     error_order: 0,
@@ -185,6 +227,7 @@ pub const RALSTON: ButcherTableau = ButcherTableau {
     c: &[0.0, 2.0 / 3.0],
     a: &[&[2.0 / 3.0]],
     b: &[0.25, 0.75],
+    implicit: None,
     b_err: None,
     order: 2,
     error_order: 0,
@@ -197,6 +240,7 @@ pub const HEUN3: ButcherTableau = ButcherTableau {
     c: &[0.0, 1.0 / 3.0, 2.0 / 3.0],
     a: &[&[1.0 / 3.0], &[0.0, 2.0 / 3.0]],
     b: &[0.25, 0.0, 0.75],
+    implicit: None,
     b_err: None,
     order: 3,
     error_order: 0,
@@ -209,6 +253,7 @@ pub const RK4: ButcherTableau = ButcherTableau {
     c: &[0.0, 0.5, 0.5, 1.0],
     a: &[&[0.5], &[0.0, 0.5], &[0.0, 0.0, 1.0]],
     b: &[1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
+    implicit: None,
     b_err: None,
     order: 4,
     error_order: 0,
@@ -221,6 +266,7 @@ pub const RK38: ButcherTableau = ButcherTableau {
     c: &[0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0],
     a: &[&[1.0 / 3.0], &[-1.0 / 3.0, 1.0], &[1.0, -1.0, 1.0]],
     b: &[0.125, 0.375, 0.375, 0.125],
+    implicit: None,
     b_err: None,
     order: 4,
     error_order: 0,
@@ -234,6 +280,7 @@ pub const ADAPTIVE_HEUN: ButcherTableau = ButcherTableau {
     c: &[0.0, 1.0],
     a: &[&[1.0]],
     b: &[0.5, 0.5],
+    implicit: None,
     b_err: Some(&[-0.5, 0.5]),
     order: 2,
     error_order: 1,
@@ -247,6 +294,7 @@ pub const FEHLBERG2: ButcherTableau = ButcherTableau {
     c: &[0.0, 0.5, 1.0],
     a: &[&[0.5], &[1.0 / 256.0, 255.0 / 256.0]],
     b: &[1.0 / 512.0, 255.0 / 256.0, 1.0 / 512.0],
+    implicit: None,
     b_err: Some(&[-1.0 / 512.0, 0.0, 1.0 / 512.0]),
     order: 2,
     error_order: 1,
@@ -259,6 +307,7 @@ pub const BOSH3: ButcherTableau = ButcherTableau {
     c: &[0.0, 0.5, 0.75, 1.0],
     a: &[&[0.5], &[0.0, 0.75], &[2.0 / 9.0, 1.0 / 3.0, 4.0 / 9.0]],
     b: &[2.0 / 9.0, 1.0 / 3.0, 4.0 / 9.0, 0.0],
+    implicit: None,
     b_err: Some(&[
         2.0 / 9.0 - 7.0 / 24.0,
         1.0 / 3.0 - 0.25,
@@ -311,6 +360,7 @@ pub const DOPRI5: ButcherTableau = ButcherTableau {
         11.0 / 84.0,
         0.0,
     ],
+    implicit: None,
     b_err: Some(&[
         35.0 / 384.0 - 1951.0 / 21600.0,
         0.0,
@@ -377,6 +427,7 @@ pub const TSIT5: ButcherTableau = ButcherTableau {
         2.324_710_524_099_774,
         0.0,
     ],
+    implicit: None,
     b_err: Some(&[
         0.096_460_766_818_065_23 - 0.094_680_755_765_839_46,
         0.01 - 0.009_183_565_540_343_253,
@@ -532,6 +583,7 @@ pub const DOPRI8: ButcherTableau = ButcherTableau {
         DOPRI8_B_HEAD[12],
         0.0,
     ],
+    implicit: None,
     b_err: Some(&[
         DOPRI8_B_HEAD[0] - 13451932.0 / 455176623.0,
         0.0,
@@ -688,3 +740,170 @@ fn dopri8_weights(t: f64, w: &mut [f64]) {
         w[*i] = t * p.iter().fold(0.0, |acc, c| acc * t + c);
     }
 }
+
+/// Backward (implicit) Euler, order 1, L-stable, as an ESDIRK of two stages: the explicit
+/// first stage is `f(t, y)` (reused from the previous step), the second solves
+/// `y1 = y + h f(t + h, y1)`. Its error estimate is the difference to forward Euler, as
+/// diffrax's `ImplicitEuler`.
+pub const IMPLICIT_EULER: ButcherTableau = ButcherTableau {
+    name: "implicit_euler",
+    c: &[0.0, 1.0],
+    a: &[&[0.0]],
+    implicit: Some(Implicit {
+        gamma: 1.0,
+        predictor: &[&[1.0]],
+    }),
+    b: &[0.0, 1.0],
+    b_err: Some(&[-1.0, 1.0]),
+    order: 1,
+    error_order: 1,
+    interpolant: Interpolant::Hermite,
+};
+
+/// `γ` of Kværnø's 3(2) method: the root in (0, 1/2) of `6γ³ − 18γ² + 9γ − 1`.
+const KV3_G: f64 = 0.435866521508459;
+
+/// Kværnø's 3(2) ESDIRK method: four stages, stiffly accurate (so FSAL), L-stable, with an
+/// embedded second-order estimate (A. Kværnø, "Singly diagonally implicit Runge–Kutta
+/// methods with an explicit first stage", BIT 44, 2004; diffrax's `Kvaerno3`). The
+/// coefficients are Kværnø's closed forms in `γ`, evaluated to double precision:
+/// `a31 = (−4γ² + 6γ − 1)/(4γ)`, `a32 = (1 − 2γ)/(4γ)`, `a41 = (6γ − 1)/(12γ)`,
+/// `a42 = −1/((24γ − 12)γ)`, `a43 = (−6γ² + 6γ − 1)/(6γ − 3)`.
+pub const KVAERNO3: ButcherTableau = ButcherTableau {
+    name: "kvaerno3",
+    c: &[0.0, 2.0 * KV3_G, 1.0, 1.0],
+    a: &[
+        &[KV3_G],
+        &[0.49056338842178057, 0.07357009006976043],
+        &[0.30880996997674652, 1.4905633884217806, -1.2352398799069861],
+    ],
+    implicit: Some(Implicit {
+        gamma: KV3_G,
+        // Linear extrapolation of the derivatives to the third stage (θ = 1/(2γ)), then the
+        // second-last row of `a`: diffrax's.
+        predictor: &[
+            &[1.0],
+            &[1.0 - 0.5 / KV3_G, 0.5 / KV3_G],
+            &[0.49056338842178057, 0.07357009006976043, KV3_G],
+        ],
+    }),
+    b: &[
+        0.30880996997674652,
+        1.4905633884217806,
+        -1.2352398799069861,
+        KV3_G,
+    ],
+    b_err: Some(&[
+        0.30880996997674652 - 0.49056338842178057,
+        1.4905633884217806 - 0.07357009006976043,
+        -1.2352398799069861 - KV3_G,
+        KV3_G,
+    ]),
+    order: 3,
+    error_order: 2,
+    interpolant: Interpolant::Hermite,
+};
+
+/// Kværnø's 5(4) ESDIRK method: seven stages, stiffly accurate (so FSAL), L-stable, with an
+/// embedded fourth-order estimate (Kværnø 2004, as [`KVAERNO3`]; the coefficients are
+/// diffrax's `Kvaerno5`). One stage is evaluated past the end of the step (`c = 1.23`), so a
+/// step that ends at a jump of the field ([`crate::SolveOptions::jump_ts`]) evaluates it on
+/// the far side: prefer [`KVAERNO3`] there.
+#[allow(clippy::excessive_precision)] // the published decimals, as printed
+pub const KVAERNO5: ButcherTableau = ButcherTableau {
+    name: "kvaerno5",
+    c: &[
+        0.0,
+        0.52,
+        1.230333209967908,
+        0.8957659843500759,
+        0.43639360985864756,
+        1.0,
+        1.0,
+    ],
+    a: &[
+        &[0.26],
+        &[0.13, 0.84033320996790809],
+        &[
+            0.22371961478320505,
+            0.47675532319799699,
+            -0.06470895363112615,
+        ],
+        &[
+            0.16648564323248321,
+            0.10450018841591720,
+            0.03631482272098715,
+            -0.13090704451073998,
+        ],
+        &[
+            0.13855640231268224,
+            0.0,
+            -0.04245337201752043,
+            0.02446657898003141,
+            0.61943039072480676,
+        ],
+        &[
+            0.13659751177640291,
+            0.0,
+            -0.05496908796538376,
+            -0.04118626728321046,
+            0.62993304899016403,
+            0.06962479448202728,
+        ],
+    ],
+    implicit: Some(Implicit {
+        gamma: 0.26,
+        // diffrax's (from OrdinaryDiffEq.jl, with α21 = 1).
+        predictor: &[
+            &[1.0],
+            &[-1.366025403784441, 2.3660254037844357],
+            &[
+                -0.19650552613122207,
+                0.8113579546496623,
+                0.38514757148155954,
+            ],
+            &[
+                0.10375304369958693,
+                0.937994698066431,
+                -0.04174774176601781,
+                0.0,
+            ],
+            &[
+                -0.17281112873898072,
+                0.6235784481025847,
+                0.5492326806363959,
+                0.0,
+                0.0,
+            ],
+            &[
+                0.13855640231268224,
+                0.0,
+                -0.04245337201752043,
+                0.02446657898003141,
+                0.61943039072480676,
+                0.26,
+            ],
+        ],
+    }),
+    b: &[
+        0.13659751177640291,
+        0.0,
+        -0.05496908796538376,
+        -0.04118626728321046,
+        0.62993304899016403,
+        0.06962479448202728,
+        0.26,
+    ],
+    b_err: Some(&[
+        0.13659751177640291 - 0.13855640231268224,
+        0.0,
+        -0.05496908796538376 + 0.04245337201752043,
+        -0.04118626728321046 - 0.02446657898003141,
+        0.62993304899016403 - 0.61943039072480676,
+        0.06962479448202728 - 0.26,
+        0.26,
+    ]),
+    order: 5,
+    error_order: 4,
+    interpolant: Interpolant::Hermite,
+};

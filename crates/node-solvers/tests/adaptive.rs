@@ -78,8 +78,16 @@ fn outputs_cost_no_evaluations(dev: &Device) -> Result<()> {
         assert_eq!(few.stats, dense.stats, "{m}");
         for (i, &t) in many.iter().enumerate() {
             let e = max_abs_diff(&dense.ys.get(i)?, &p.exact(&y0, 0.0, t)?)?;
-            // fehlberg2's global error is ~1000× its tolerance (see error_tracks_tolerance).
-            let bound = if m == Method::Fehlberg2 { 1e-3 } else { 1e-5 };
+            // fehlberg2's global error is ~1000× its tolerance (see error_tracks_tolerance);
+            // so is implicit Euler's, a first-order method whose estimate (the difference
+            // to forward Euler) is of second order (3.4e-5 measured). kvaerno5's dense output
+            // is the cubic Hermite (as diffrax's): third order inside the long steps of a
+            // fifth-order method (2.5e-5 measured, against 1e-6 at the steps' ends).
+            let bound = match m {
+                Method::Fehlberg2 | Method::ImplicitEuler => 1e-3,
+                Method::Kvaerno5 => 1e-4,
+                _ => 1e-5,
+            };
             assert!(e < bound, "{m}: dense output error {e:e} at t = {t}");
         }
     }

@@ -1,0 +1,334 @@
+//! Newton's method for the stages of the implicit (ESDIRK) methods.
+//!
+//! Each implicit stage solves `z = base + hγ f(t_i, z)`. The iteration is simplified Newton
+//! (as Hairer & Wanner's RADAU5 and diffrax's `VeryChord`):
+//! `(I − hγJ) δ = −(z − base − hγ f(t_i, z))`, `z ← z + δ`, with a finite-difference Jacobian
+//! `J ≈ ∂f/∂y` built at the start of a step and kept for the following steps while the
+//! iterations converge well, and the LU factors of `I − hγJ` kept while `hγ` is unchanged.
+//! The iteration stops when `η ‖δ‖ ≤ κ`, with `η = θ / (1 − θ)` from the rate `θ` of
+//! successive corrections and `‖·‖` the solve's error norm (Hairer & Wanner, *Solving
+//! Ordinary Differential Equations II*, IV.8), and fails when it diverges (`θ ≥ 1`), stays
+//! slow past ten iterations or meets a non-finite value: the step is then retried with a
+//! fresh Jacobian, or shrunk.
+//!
+//! The linear algebra runs on the host in f64: each iteration reads the residual back (one
+//! host read, counted in [`crate::SolverStats::host_reads`]) and uploads the correction.
+//! That suits what implicit methods are for, stiff systems of modest size; the state itself
+//! stays on its device.
+
+use crate::error::SolverError;
+use crate::field::VectorField;
+use crate::options::{Atol, Jacobian, SolveOptions};
+use crate::rk::{lincomb, Evaluator};
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Most Newton iterations per stage.
+const MAX_ITERS: usize = 10;
+/// The iteration stops when the estimated remaining error is below `κ` in the error norm.
+const KAPPA: f64 = 0.03;
+/// A contraction rate above this makes the next step rebuild the Jacobian.
+const SLOW: f64 = 0.1;
+
+/// The state of the Newton iterations of one solve: the Jacobian and its factors.
+pub(crate) struct Newton {
+    rtol: f64,
+    /// One value, or one per component of the flattened state.
+    atol: Vec<f64>,
+    /// Blocks of the Jacobian and their size: the flattened state's first `blocks · size`
+    /// components; the rest (a [`Jacobian::DensePrefix`]) do not enter the field.
+    blocks: usize,
+    size: usize,
+    /// `blocks` row-major `size × size` blocks.
+    jac: Vec<f64>,
+    /// The step start where `jac` was built.
+    jac_t: Option<f64>,
+    /// LU factors of `I − hγJ` with their row pivots, for `lu_hg`.
+    lu: Vec<f64>,
+    piv: Vec<usize>,
+    lu_hg: f64,
+    /// The step start `y_host` and `inv_scale` belong to.
+    at: Option<f64>,
+    y_host: Vec<f64>,
+    /// `1 / (atol + rtol |y|)` at the step start.
+    inv_scale: Vec<f64>,
+    /// `η` carried from stage to stage.
+    eta: f64,
+    /// The last iterations converged slowly: rebuild the Jacobian at the next step.
+    slow: bool,
+    /// Machine epsilon of the state's dtype.
+    eps: f64,
+}
+
+impl Newton {
+    /// Checks the Jacobian option against the state and reads a per-component `atol`.
+    pub(crate) fn new<F: VectorField + ?Sized>(
+        ev: &Evaluator<'_, F>,
+        opts: &SolveOptions,
+        y0: &Tensor,
+    ) -> Result<Self> {
+        let n = y0.elem_count();
+        let bad = |msg: String| -> Result<Self> { Err(SolverError::InvalidOptions(msg).into()) };
+        let (blocks, size) = match opts.jacobian {
+            Jacobian::Dense => (1, n),
+            Jacobian::Batched => match y0.dims().first() {
+                Some(&b) if b > 0 => (b, n / b),
+                _ => {
+                    return bad(format!(
+                        "a batched Jacobian needs a state with a leading batch dimension, got shape {:?}",
+                        y0.shape()
+                    ))
+                }
+            },
+            Jacobian::DensePrefix(len) if len == 0 || len > n => {
+                return bad(format!(
+                    "Jacobian prefix length {len} must be in 1..={n} (the state's size)"
+                ))
+            }
+            Jacobian::DensePrefix(len) => (1, len),
+        };
+        let atol = match &opts.atol {
+            Atol::Scalar(a) => vec![*a],
+            Atol::PerComponent(t) => {
+                let t = t.broadcast_as(y0.shape()).map_err(|_| {
+                    SolverError::InvalidOptions(format!(
+                        "atol of shape {:?} does not broadcast to the state's shape {:?}",
+                        t.shape(),
+                        y0.shape()
+                    ))
+                })?;
+                ev.read(&t.contiguous()?)?
+            }
+        };
+        let eps = match y0.dtype() {
+            DType::F64 => f64::EPSILON,
+            DType::F32 => f32::EPSILON as f64,
+            DType::F16 => 9.765625e-4,
+            _ => 7.8125e-3,
+        };
+        Ok(Self {
+            rtol: opts.rtol,
+            atol,
+            blocks,
+            size,
+            jac: vec![],
+            jac_t: None,
+            lu: vec![],
+            piv: vec![],
+            lu_hg: f64::NAN,
+            at: None,
+            y_host: vec![],
+            inv_scale: vec![],
+            eta: 1.0,
+            slow: false,
+            eps,
+        })
+    }
+
+    /// Whether the Jacobian was built at the step start `t` (a failure cannot be blamed on
+    /// its age).
+    pub(crate) fn is_fresh(&self, t: f64) -> bool {
+        self.jac_t == Some(t)
+    }
+
+    /// Prepares a step from `(t, y)`, the field evaluated at `t0_eval`: reads `y` (once per step start)
+    /// and builds the Jacobian if there is none or the last iterations were slow.
+    pub(crate) fn begin_step<F: VectorField + ?Sized>(
+        &mut self,
+        ev: &Evaluator<'_, F>,
+        t: f64,
+        t0_eval: f64,
+        y: &Tensor,
+    ) -> Result<()> {
+        if self.at != Some(t) {
+            self.y_host = ev.read(y)?;
+            self.inv_scale = self
+                .y_host
+                .iter()
+                .enumerate()
+                .map(|(i, v)| 1.0 / (self.atol[i.min(self.atol.len() - 1)] + self.rtol * v.abs()))
+                .collect();
+            self.at = Some(t);
+        }
+        if self.jac.is_empty() || (self.slow && !self.is_fresh(t)) {
+            self.build_jacobian(ev, t, t0_eval, y)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the Jacobian at the step start by forward differences, one evaluation per
+    /// column (per column of a block, for [`Jacobian::Batched`]) and one at `y`.
+    pub(crate) fn build_jacobian<F: VectorField + ?Sized>(
+        &mut self,
+        ev: &Evaluator<'_, F>,
+        t: f64,
+        t0_eval: f64,
+        y: &Tensor,
+    ) -> Result<()> {
+        // Differences against `f(y)` itself: the `f0` of a step after an implicit one is its
+        // last stage's derivative recovered from Newton's solution, off `f(y)` by the
+        // residual over `hγ`, which divided by the perturbation would swamp the Jacobian.
+        let f0h = ev.read(&ev.eval(t0_eval, y)?)?;
+        let (blocks, size) = (self.blocks, self.size);
+        let mut jac = vec![0.0; blocks * size * size];
+        for j in 0..size {
+            let mut p = self.y_host.clone();
+            for b in 0..blocks {
+                let e = b * size + j;
+                p[e] += (self.eps * p[e].abs().max(1e-5)).sqrt();
+            }
+            let yp = Tensor::from_vec(p, y.shape(), &Device::Cpu)?
+                .to_dtype(y.dtype())?
+                .to_device(y.device())?;
+            let fp = ev.eval(t0_eval, &yp)?;
+            // One read: f at the perturbed state, and that state as its dtype holds it (the
+            // step really taken).
+            let mut fp = ev.read(&Tensor::cat(&[fp.flatten_all()?, yp.flatten_all()?], 0)?)?;
+            let p = fp.split_off(self.y_host.len());
+            for b in 0..blocks {
+                let e = b * size + j;
+                let d = p[e] - self.y_host[e];
+                if d == 0.0 {
+                    continue;
+                }
+                for r in 0..size {
+                    let row = b * size + r;
+                    jac[(b * size + r) * size + j] = (fp[row] - f0h[row]) / d;
+                }
+            }
+        }
+        if jac.iter().any(|v| !v.is_finite()) {
+            return Err(SolverError::NonFinite { t }.into());
+        }
+        self.jac = jac;
+        self.jac_t = Some(t);
+        self.lu_hg = f64::NAN;
+        self.slow = false;
+        Ok(())
+    }
+
+    /// LU-factors `I − hγJ` block by block, unless already done for this `hγ`; false when a
+    /// block is singular.
+    fn factor(&mut self, hg: f64) -> bool {
+        if self.lu_hg == hg {
+            return true;
+        }
+        let n = self.size;
+        self.lu = self.jac.iter().map(|j| -hg * j).collect();
+        self.piv = vec![0; self.blocks * n];
+        for b in 0..self.blocks {
+            let m = &mut self.lu[b * n * n..(b + 1) * n * n];
+            let piv = &mut self.piv[b * n..(b + 1) * n];
+            for i in 0..n {
+                m[i * n + i] += 1.0;
+            }
+            for k in 0..n {
+                let p = (k..n)
+                    .max_by(|&x, &y| m[x * n + k].abs().total_cmp(&m[y * n + k].abs()))
+                    .expect("k < n");
+                let pivot = m[p * n + k];
+                if pivot == 0.0 || !pivot.is_finite() {
+                    self.lu_hg = f64::NAN;
+                    return false;
+                }
+                piv[k] = p;
+                if p != k {
+                    for c in 0..n {
+                        m.swap(k * n + c, p * n + c);
+                    }
+                }
+                for r in k + 1..n {
+                    let l = m[r * n + k] / pivot;
+                    m[r * n + k] = l;
+                    if l != 0.0 {
+                        for c in k + 1..n {
+                            m[r * n + c] -= l * m[k * n + c];
+                        }
+                    }
+                }
+            }
+        }
+        self.lu_hg = hg;
+        true
+    }
+
+    /// `x ← −(I − hγJ)⁻¹ x` with the current factors; identity on components outside the
+    /// blocks.
+    fn solve_negated(&self, x: &mut [f64]) {
+        let n = self.size;
+        for b in 0..self.blocks {
+            let m = &self.lu[b * n * n..(b + 1) * n * n];
+            let piv = &self.piv[b * n..(b + 1) * n];
+            let v = &mut x[b * n..(b + 1) * n];
+            for (k, &p) in piv.iter().enumerate() {
+                v.swap(k, p);
+            }
+            for r in 0..n {
+                let s: f64 = (0..r).map(|c| m[r * n + c] * v[c]).sum();
+                v[r] -= s;
+            }
+            for r in (0..n).rev() {
+                let s: f64 = (r + 1..n).map(|c| m[r * n + c] * v[c]).sum();
+                v[r] = (v[r] - s) / m[r * n + r];
+            }
+        }
+        x.iter_mut().for_each(|v| *v = -*v);
+    }
+
+    /// Solves `z = base + hγ f(ti, z)` from `guess`; `None` when the iterations fail.
+    pub(crate) fn solve_stage<F: VectorField + ?Sized>(
+        &mut self,
+        ev: &Evaluator<'_, F>,
+        ti: f64,
+        base: &Tensor,
+        hg: f64,
+        guess: Tensor,
+    ) -> Result<Option<Tensor>> {
+        if !self.factor(hg) {
+            return Ok(None);
+        }
+        let mut z = guess;
+        let mut eta = self.eta.max(self.eps).powf(0.8);
+        let mut prev: Option<f64> = None;
+        for _ in 0..MAX_ITERS {
+            let fz = ev.eval(ti, &z)?;
+            let r = lincomb(Some(&z), [(-1.0, base), (-hg, &fz)])?;
+            let mut d = ev.read(&r)?;
+            if d.iter().any(|v| !v.is_finite()) {
+                return Ok(None);
+            }
+            self.solve_negated(&mut d);
+            let norm = (d
+                .iter()
+                .zip(&self.inv_scale)
+                .map(|(v, s)| (v * s) * (v * s))
+                .sum::<f64>()
+                / d.len() as f64)
+                .sqrt();
+            if !norm.is_finite() {
+                return Ok(None);
+            }
+            let delta = Tensor::from_vec(d, z.shape(), &Device::Cpu)?
+                .to_dtype(z.dtype())?
+                .to_device(z.device())?;
+            z = (z + delta)?;
+            if let Some(p) = prev {
+                let theta = norm / p;
+                if theta >= 1.0 {
+                    self.slow = true;
+                    return Ok(None);
+                }
+                if theta > SLOW {
+                    self.slow = true;
+                }
+                eta = theta / (1.0 - theta);
+            }
+            if eta * norm <= KAPPA || norm == 0.0 {
+                self.eta = eta;
+                return Ok(Some(z));
+            }
+            prev = Some(norm);
+        }
+        self.slow = true;
+        Ok(None)
+    }
+}
