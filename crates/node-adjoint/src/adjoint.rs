@@ -20,7 +20,7 @@ use candle_core::{
 };
 use node_solvers::{
     event_gradients, locate_event, locate_events, odeint, Atol, ErrorNorm, EventFunction,
-    EventOptions, LocatedEvent, LocatedEvents, RecordedEvent, SolveOptions, SolverError,
+    EventOptions, Jacobian, LocatedEvent, LocatedEvents, RecordedEvent, SolveOptions, SolverError,
     SolverStats, StepSize, StepTrace, VectorField,
 };
 use std::sync::{Arc, Mutex};
@@ -693,6 +693,9 @@ impl<F: ParamVectorField> Inner<F> {
             AdjointNorm::Seminorm if p > 0 => ErrorNorm::RmsPrefix(2 * n),
             _ => ErrorNorm::Rms,
         };
+        // An implicit method's Newton iterations: only `[y, a]` enter the augmented field,
+        // the parameter gradients are its integrals.
+        ropts.jacobian = Jacobian::DensePrefix(2 * n);
         let aug_field = Augmented {
             f: &self.f,
             params: &self.params,

@@ -21,7 +21,7 @@ use crate::{AdjointEventSolution, AdjointSolution};
 use candle_core::{Result, Tensor, Var};
 use node_solvers::{
     locate_event_traced, locate_events_traced, odeint, odeint_traced, EventFunction, EventOptions,
-    SolveOptions, SolverStats, StepTrace,
+    SolveOptions, SolverError, SolverStats, StepTrace,
 };
 
 /// Solves `dy/dt = f(t, y; θ)` from `y(ts[0]) = y0` like [`node_solvers::odeint`], with the
@@ -102,6 +102,18 @@ where
     checkpointed(f, y0, Times::from_tensor(ts)?, opts, ck)
 }
 
+/// Checkpointing replays steps under backprop, which an implicit method's Newton iterations
+/// (on the host) cannot be: refuse it before the forward solve rather than in the backward.
+fn check_replayable(opts: &SolveOptions) -> Result<()> {
+    if opts.method.is_implicit() {
+        return Err(SolverError::NotDifferentiable {
+            method: opts.method.tableau().name,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn checkpointed<F>(
     f: &F,
     y0: &Tensor,
@@ -113,6 +125,7 @@ where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
     check_param_dtypes(f, y0)?;
+    check_replayable(opts)?;
     let (sol, trace) = odeint_traced(
         &detached(f),
         &y0.detach(),
@@ -165,6 +178,7 @@ where
     G: EventFunction,
 {
     check_param_dtypes(f, y0)?;
+    check_replayable(opts)?;
     let (found, trace) = locate_event_traced(
         &detached(f),
         &y0.detach(),
@@ -214,6 +228,7 @@ where
     G: EventFunction,
 {
     check_param_dtypes(f, y0)?;
+    check_replayable(opts)?;
     let (found, trace) = locate_events_traced(
         &detached(f),
         &y0.detach(),
