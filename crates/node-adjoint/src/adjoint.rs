@@ -12,16 +12,16 @@
 //! f(t_0, y_0)` gives `dL/dt_0 = −a(t_0⁺)ᵀ f(t_0, y_0)` and `dL/dt_i = g_iᵀ f(t_i, y(t_i))`.
 
 use crate::field::ParamVectorField;
-use crate::options::{AdjointNorm, AdjointOptions};
+use crate::options::{AdjointNorm, AdjointOptions, AdjointState};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, MetalStorage, Result,
     Shape, Storage, Tensor, Var,
 };
 use node_solvers::{
-    event_gradients, locate_event, locate_events, odeint, Atol, ErrorNorm, EventFunction,
-    EventOptions, Jacobian, LocatedEvent, LocatedEvents, RecordedEvent, SolveOptions, SolverError,
-    SolverStats, StepSize, StepTrace, VectorField,
+    event_gradients, locate_event, locate_events, odeint, odeint_dense, Atol, DenseSolution,
+    ErrorNorm, EventFunction, EventOptions, Jacobian, LocatedEvent, LocatedEvents, RecordedEvent,
+    SolveOptions, SolverError, SolverStats, StepSize, StepTrace, VectorField,
 };
 use std::sync::{Arc, Mutex};
 
@@ -369,22 +369,33 @@ where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
     check_param_dtypes(f, y0)?;
-    let (ys, forward_stats) = match forward {
-        Some(done) => done,
-        None => {
-            let sol = odeint(&detached(f), &y0.detach(), times.host(), opts)?;
-            (sol.ys, sol.stats)
+    let (ys, forward_stats, backward) = match adj.state {
+        AdjointState::Backsolve => {
+            let (ys, stats) = match forward {
+                Some(done) => done,
+                None => {
+                    let sol = odeint(&detached(f), &y0.detach(), times.host(), opts)?;
+                    (sol.ys, sol.stats)
+                }
+            };
+            (ys, stats, Backward::Adjoint(adj.clone()))
+        }
+        AdjointState::Interpolated => {
+            // The reverse solve reads the forward state from a dense solution. Located event
+            // states, where given, stay the outputs: this solve steps to the same times and
+            // agrees with them to its tolerance.
+            let (sol, dense) = odeint_dense(&detached(f), &y0.detach(), times.host(), opts)?;
+            let backward = Backward::Interpolated(adj.clone(), dense);
+            match forward {
+                Some((ys, mut stats)) => {
+                    stats += sol.stats;
+                    (ys, stats, backward)
+                }
+                None => (sol.ys, sol.stats, backward),
+            }
         }
     };
-    apply_op(
-        f,
-        y0,
-        times,
-        opts,
-        ys,
-        forward_stats,
-        Backward::Adjoint(adj.clone()),
-    )
+    apply_op(f, y0, times, opts, ys, forward_stats, backward)
 }
 
 /// `f` with its outputs detached: a forward solve of it builds no graph through its steps, so
@@ -475,8 +486,10 @@ fn flat_params(params: &[Var]) -> Result<Option<Tensor>> {
 
 /// How the op's backward computes the gradients.
 pub(crate) enum Backward {
-    /// The adjoint method: the reverse-time augmented solve.
+    /// The adjoint method: the reverse-time augmented solve, `y` integrated backwards.
     Adjoint(AdjointOptions),
+    /// The adjoint method with `y` read from the forward solve's dense solution.
+    Interpolated(AdjointOptions, DenseSolution),
     /// Checkpointed backprop: the forward steps replayed from the stored states, one stretch
     /// at a time, each differentiated by Candle autograd.
     Replay(StepTrace),
@@ -496,18 +509,23 @@ struct AdjointOp<F> {
     inner: Arc<Inner<F>>,
 }
 
-/// The augmented dynamics `d/dt [y, a, g_θ] = [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ]` on a flat state.
+/// The augmented dynamics `d/dt [y, a, g_θ] = [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ]` on a flat state; with
+/// a dense forward solution, `d/dt [a, g_θ]` with `y(t)` read from it.
 struct Augmented<'a, F> {
     f: &'a F,
     params: &'a [Var],
     shape: &'a Shape,
     n: usize,
+    dense: Option<&'a DenseSolution>,
 }
 
 impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
     fn eval(&self, t: f64, aug: &Tensor) -> Result<Tensor> {
-        let y = aug.narrow(0, 0, self.n)?.reshape(self.shape)?;
-        let a = aug.narrow(0, self.n, self.n)?.reshape(self.shape)?;
+        let (y, a_at) = match self.dense {
+            Some(d) => (d.evaluate_extended(t)?, 0),
+            None => (aug.narrow(0, 0, self.n)?.reshape(self.shape)?, self.n),
+        };
+        let a = aug.narrow(0, a_at, self.n)?.reshape(self.shape)?;
         let y_var = Var::from_tensor(&y)?;
         let fy = self.f.eval(t, y_var.as_tensor())?;
         if fy.shape() != self.shape {
@@ -530,7 +548,9 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
             }
         };
         let mut parts = Vec::with_capacity(2 + self.params.len());
-        parts.push(fy.detach().flatten_all()?);
+        if self.dense.is_none() {
+            parts.push(fy.detach().flatten_all()?);
+        }
         parts.push(vjp(y_var.as_tensor())?);
         for p in self.params {
             parts.push(vjp(p.as_tensor())?);
@@ -626,7 +646,8 @@ impl<F: ParamVectorField> Inner<F> {
         let g = grad_ys.detach();
         // `dL/dy(t_0)` through the outputs after `t_0` (the adjoint at `t_0⁺`), and `dL/dθ`.
         let (a0, g_theta, mut stats) = match &self.backward {
-            Backward::Adjoint(adj) => self.adjoint_backward(adj, &g)?,
+            Backward::Adjoint(adj) => self.adjoint_backward(adj, None, &g)?,
+            Backward::Interpolated(adj, dense) => self.adjoint_backward(adj, Some(dense), &g)?,
             Backward::Replay(trace) => self.replay_backward(trace, &g)?,
         };
         let g_t = if want_t {
@@ -662,10 +683,11 @@ impl<F: ParamVectorField> Inner<F> {
     }
 
     /// The reverse solve: returns the adjoint at `t_0⁺`, `dL/dθ` (flat) and the reverse
-    /// solves' counts.
+    /// solves' counts. Its state is `[y, a, g_θ]`, or `[a, g_θ]` with `dense`.
     fn adjoint_backward(
         &self,
         adj: &AdjointOptions,
+        dense: Option<&DenseSolution>,
         g: &Tensor,
     ) -> Result<(Tensor, Option<Tensor>, SolverStats)> {
         let ts = &self.ts;
@@ -689,18 +711,22 @@ impl<F: ParamVectorField> Inner<F> {
                 .to_scalar::<f64>()?;
             ropts.atol = Atol::Scalar(min);
         }
+        // Where `a` sits in the state, and the length of the part that enters the field.
+        let a_at = if dense.is_some() { 0 } else { n };
+        let dynamic = a_at + n;
         ropts.norm = match adj.norm {
-            AdjointNorm::Seminorm if p > 0 => ErrorNorm::RmsPrefix(2 * n),
+            AdjointNorm::Seminorm if p > 0 => ErrorNorm::RmsPrefix(dynamic),
             _ => ErrorNorm::Rms,
         };
-        // An implicit method's Newton iterations: only `[y, a]` enter the augmented field,
-        // the parameter gradients are its integrals.
-        ropts.jacobian = Jacobian::DensePrefix(2 * n);
+        // An implicit method's Newton iterations: only `[y, a]` (or `a`) enter the
+        // augmented field, the parameter gradients are its integrals.
+        ropts.jacobian = Jacobian::DensePrefix(dynamic);
         let aug_field = Augmented {
             f: &self.f,
             params: &self.params,
             shape: &shape,
             n,
+            dense,
         };
         let mut a = if last > 0 {
             g.get(last)?
@@ -709,7 +735,11 @@ impl<F: ParamVectorField> Inner<F> {
         };
         let mut g_theta = Tensor::zeros(p, dtype, dev)?;
         for i in (1..=last).rev() {
-            let mut parts = vec![self.ys.get(i)?.flatten_all()?, a.flatten_all()?];
+            let mut parts = Vec::with_capacity(3);
+            if dense.is_none() {
+                parts.push(self.ys.get(i)?.flatten_all()?);
+            }
+            parts.push(a.flatten_all()?);
             if p > 0 {
                 parts.push(g_theta.clone());
             }
@@ -730,9 +760,9 @@ impl<F: ParamVectorField> Inner<F> {
                 ropts.first_step = Some(sol.last_step);
             }
             let end = sol.last()?;
-            a = end.narrow(0, n, n)?.reshape(&shape)?;
+            a = end.narrow(0, a_at, n)?.reshape(&shape)?;
             if p > 0 {
-                g_theta = end.narrow(0, 2 * n, p)?;
+                g_theta = end.narrow(0, dynamic, p)?;
             }
             // The output at t_(i-1) adds its own gradient (the first one's is added by the
             // caller); y is re-anchored to the stored forward value at the start of the next

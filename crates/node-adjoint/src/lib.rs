@@ -15,4 +15,4 @@ pub use checkpoint::{
     odeint_events_checkpointed,
 };
 pub use field::{sorted_vars, with_params, ParamVectorField, WithParams};
-pub use options::{AdjointNorm, AdjointOptions, CheckpointOptions};
+pub use options::{AdjointNorm, AdjointOptions, AdjointState, CheckpointOptions};

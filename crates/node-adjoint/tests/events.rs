@@ -8,7 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use node_adjoint::{
     odeint_event_adjoint, odeint_event_checkpointed, odeint_events_adjoint,
-    odeint_events_checkpointed, with_params, AdjointOptions, CheckpointOptions,
+    odeint_events_checkpointed, with_params, AdjointOptions, AdjointState, CheckpointOptions,
 };
 use node_solvers::{
     odeint_event, odeint_events, Crossing, EventOptions, RecordedEvent, SolveOptions,
@@ -196,9 +196,12 @@ fn all_crossings_match_backprop(dev: &Device) -> Result<()> {
         &ev,
         &AdjointOptions::default(),
     )?;
+    // The interpolated adjoint reads y from a second, dense solve to the located times.
+    let interpolated = AdjointOptions::default().state(AdjointState::Interpolated);
+    let ai = odeint_events_adjoint(&field, &y0, 0.0, 8.0, &g, &tight(), &ev, &interpolated)?;
     let ck = CheckpointOptions::default().checkpoints(3);
     let cp = odeint_events_checkpointed(&field, &y0, 0.0, 8.0, &g, &tight(), &ev, &ck)?;
-    for other in [&adj.events, &cp.events] {
+    for other in [&adj.events, &ai.events, &cp.events] {
         let same: Vec<bool> = other
             .iter()
             .zip(&bp.events)
@@ -209,11 +212,16 @@ fn all_crossings_match_backprop(dev: &Device) -> Result<()> {
     assert_eq!((&cp.y - &bp.y)?.abs()?.max(0)?.to_scalar::<f64>()?, 0.0);
     let gb = loss(&bp.events, &bp.y)?.backward()?;
     let ga = loss(&adj.events, &adj.y)?.backward()?;
+    let gi = loss(&ai.events, &ai.y)?.backward()?;
     let gc = loss(&cp.events, &cp.y)?.backward()?;
     let vars = [("ω", &omega), ("c", &damp), ("a", &level), ("y0", &y0)];
     assert_grads_match(
         &gb,
-        &[(&ga, "adjoint", 1e-7), (&gc, "checkpointed", 1e-11)],
+        &[
+            (&ga, "adjoint", 1e-7),
+            (&gi, "interpolated adjoint", 1e-7),
+            (&gc, "checkpointed", 1e-11),
+        ],
         &vars,
     )
 }

@@ -1,18 +1,22 @@
-//! Gradients through a solve with an implicit method: the adjoint (whose reverse solve is
-//! implicit too) against central differences, and checkpointing's refusal.
+//! Gradients through stiff solves and solves with an implicit method: the adjoint (whose
+//! reverse solve is implicit too), with `y` integrated backwards or interpolated from the
+//! forward solve, against central differences; Robertson's kinetics, where only the
+//! interpolated adjoint works; checkpointing's refusal of implicit methods.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use node_adjoint::{
-    odeint_adjoint, odeint_checkpointed, with_params, AdjointOptions, CheckpointOptions,
+    odeint_adjoint, odeint_checkpointed, with_params, AdjointOptions, AdjointState,
+    CheckpointOptions,
 };
 use node_solvers::{odeint, Method, SolveOptions, SolverError};
 
 /// `dy/dt = A y`, `A = [[−1, θ0], [0, −40 θ1]]` (eigenvalues −1 and −40θ1; y0 = (1, 1)), a
 /// mildly stiff system, over `[0, 0.2]`. The adjoint integrates `y` backwards too, where
 /// the fast mode grows as `e^{40 t}`: that is why this horizon is short (`e^8` turns the
-/// 1e-11 tolerance into a 3e-8 error). On a truly stiff problem (Robertson's) the
-/// backward solve of `y` blows up, whatever the method: see the crate README.
+/// 1e-11 tolerance into a 3e-8 error). On a truly stiff problem (Robertson's, below) the
+/// backward solve of `y` blows up, whatever the method, and only the interpolated adjoint
+/// works.
 fn field(theta: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     let (y1, y2) = (y.narrow(0, 0, 1)?, y.narrow(0, 1, 1)?);
     let d1 = ((&y2 * theta.narrow(0, 0, 1)?)? - &y1)?;
@@ -20,15 +24,17 @@ fn field(theta: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::cat(&[d1, d2], 0)
 }
 
-/// `L = y1(T) + 2 y2(T)`.
-fn loss(y_t: &Tensor) -> candle_core::Result<Tensor> {
-    (y_t * Tensor::new(&[1.0f64, 2.0], y_t.device())?)?.sum_all()
+/// `L = y1(0.05) + 2 y2(0.2) − y1(0.2)`: two output times, so the reverse solve restarts
+/// once.
+fn loss(ys: &Tensor) -> candle_core::Result<Tensor> {
+    let w = Tensor::new(&[[0.0f64, 0.0], [1.0, 0.0], [-1.0, 2.0]], ys.device())?;
+    (ys * w)?.sum_all()
 }
 
 fn adjoint_case(dev: &Device) -> Result<()> {
     let th0 = [0.5f64, 1.0];
     let y00 = [1.0f64, 1.0];
-    let ts = [0.0, 0.2];
+    let ts = [0.0, 0.05, 0.2];
     let theta = Var::new(&th0, dev)?;
     let tv = theta.clone();
     let f = with_params(
@@ -36,10 +42,17 @@ fn adjoint_case(dev: &Device) -> Result<()> {
         vec![theta.clone()],
     );
     let y0 = Var::new(&y00, dev)?;
-    for m in [Method::Kvaerno3, Method::Kvaerno5] {
+    let cases = [
+        (Method::Kvaerno3, AdjointState::Backsolve),
+        (Method::Kvaerno5, AdjointState::Backsolve),
+        (Method::Kvaerno5, AdjointState::Interpolated),
+        (Method::Dopri5, AdjointState::Interpolated),
+    ];
+    for (m, state) in cases {
         let opts = SolveOptions::default().method(m).tolerances(1e-11, 1e-13);
-        let sol = odeint_adjoint(&f, y0.as_tensor(), &ts, &opts, &AdjointOptions::default())?;
-        let l = loss(&sol.ys.get(1)?)?;
+        let adj = AdjointOptions::default().state(state);
+        let sol = odeint_adjoint(&f, y0.as_tensor(), &ts, &opts, &adj)?;
+        let l = loss(&sol.ys)?;
         let grads = l.backward()?;
         let g_th = grads.get(&theta).expect("θ").to_vec1::<f64>()?;
         let g_y0 = grads.get(&y0).expect("y0").to_vec1::<f64>()?;
@@ -49,7 +62,7 @@ fn adjoint_case(dev: &Device) -> Result<()> {
             let tt = Tensor::new(th, dev)?;
             let g = move |_t: f64, y: &Tensor| field(&tt, y);
             let sol = odeint(&g, &Tensor::new(y0, dev)?, &ts, &opts)?;
-            Ok(loss(&sol.ys.get(1)?)?.to_scalar::<f64>()?)
+            Ok(loss(&sol.ys)?.to_scalar::<f64>()?)
         };
         let h = 1e-5;
         for i in 0..2 {
@@ -68,7 +81,7 @@ fn adjoint_case(dev: &Device) -> Result<()> {
                 let fd = (value(&th_up, &y_up)? - value(&th_down, &y_down)?) / (2.0 * h);
                 assert!(
                     (got - fd).abs() < 1e-6 * fd.abs().max(1.0),
-                    "{m}: dL/d{name}[{i}]: adjoint {got} against {fd}"
+                    "{m} {state:?}: dL/d{name}[{i}]: adjoint {got} against {fd}"
                 );
             }
         }
@@ -94,4 +107,96 @@ fn adjoint_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Robertson's kinetics with the rates as parameters, scaled: `k = s ⊙ (0.04, 3e7, 1e4)`,
+/// so that the three get gradients of comparable size.
+fn robertson(s: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    let k = (s * Tensor::new(&[0.04f64, 3e7, 1e4], s.device())?)?;
+    let (y1, y2, y3) = (y.narrow(0, 0, 1)?, y.narrow(0, 1, 1)?, y.narrow(0, 2, 1)?);
+    let slow = (&y1 * k.narrow(0, 0, 1)?)?;
+    let fast = ((&y2 * &y3)? * k.narrow(0, 2, 1)?)?;
+    let sq = (y2.sqr()? * k.narrow(0, 1, 1)?)?;
+    let d1 = (&fast - &slow)?;
+    let d2 = ((&slow - &fast)? - &sq)?;
+    Tensor::cat(&[d1, d2, sq], 0)
+}
+
+/// `L = y1(40) + 10⁴ y2(40) + y3(40)` (y2 is ~10⁻⁵).
+fn robertson_loss(ys: &Tensor) -> candle_core::Result<Tensor> {
+    let w = Tensor::new(&[1.0f64, 1e4, 1.0], ys.device())?;
+    (ys.get(1)? * w)?.sum_all()
+}
+
+fn robertson_case(dev: &Device) -> Result<()> {
+    let s0 = [1.0f64, 1.0, 1.0];
+    // Some y2 to start with, so that central differences keep it positive (below zero the
+    // kinetics blow up).
+    let y00 = [1.0f64, 2e-4, 0.0];
+    let ts = [0.0, 40.0];
+    let s = Var::new(&s0, dev)?;
+    let sv = s.clone();
+    let f = with_params(
+        move |_t: f64, y: &Tensor| robertson(sv.as_tensor(), y),
+        vec![s.clone()],
+    );
+    let y0 = Var::new(&y00, dev)?;
+    let opts = SolveOptions::default()
+        .method(Method::Kvaerno5)
+        .tolerances(1e-9, 1e-14);
+    // Backwards, y's fast modes grow like e^{10⁴ t}: the reconstructed state leaves the
+    // trajectory and the reverse solve fails.
+    let backsolve = AdjointOptions {
+        max_steps: Some(20_000),
+        ..AdjointOptions::default()
+    };
+    let sol = odeint_adjoint(&f, y0.as_tensor(), &ts, &opts, &backsolve)?;
+    let err = robertson_loss(&sol.ys)?.backward().unwrap_err();
+    assert!(SolverError::find(&err).is_some(), "{err}");
+
+    let interpolated = AdjointOptions::default().state(AdjointState::Interpolated);
+    let sol = odeint_adjoint(&f, y0.as_tensor(), &ts, &opts, &interpolated)?;
+    let grads = robertson_loss(&sol.ys)?.backward()?;
+    let g_s = grads.get(&s).expect("s").to_vec1::<f64>()?;
+    let g_y0 = grads.get(&y0).expect("y0").to_vec1::<f64>()?;
+    println!(
+        "interpolated: forward {:?}, backward {:?}",
+        sol.stats.forward(),
+        sol.stats.backward()
+    );
+
+    // Central differences of the forward solve, at tighter tolerances.
+    let fd_opts = opts.clone().tolerances(1e-11, 1e-16);
+    let value = |s: &[f64], y0: &[f64]| -> Result<f64> {
+        let st = Tensor::new(s, dev)?;
+        let g = move |_t: f64, y: &Tensor| robertson(&st, y);
+        let sol = odeint(&g, &Tensor::new(y0, dev)?, &ts, &fd_opts)?;
+        Ok(robertson_loss(&sol.ys)?.to_scalar::<f64>()?)
+    };
+    for i in 0..3 {
+        for (name, got, wrt_s) in [("s", g_s[i], true), ("y0", g_y0[i], false)] {
+            let h = if !wrt_s && i == 1 { 1e-5 } else { 1e-4 };
+            let (mut s_up, mut s_down, mut y_up, mut y_down) = (s0, s0, y00, y00);
+            if wrt_s {
+                s_up[i] += h;
+                s_down[i] -= h;
+            } else {
+                y_up[i] += h;
+                y_down[i] -= h;
+            }
+            let fd = (value(&s_up, &y_up)? - value(&s_down, &y_down)?) / (2.0 * h);
+            println!("dL/d{name}[{i}]: {got} against {fd}");
+            assert!(
+                (got - fd).abs() < 1e-4 * fd.abs().max(1e-2),
+                "dL/d{name}[{i}]: interpolated adjoint {got} against {fd}"
+            );
+        }
+    }
+    Ok(())
+}
+
 candle_core::test_device!(adjoint_case, adjoint_cpu, adjoint_cuda, adjoint_metal);
+candle_core::test_device!(
+    robertson_case,
+    robertson_cpu,
+    robertson_cuda,
+    robertson_metal
+);

@@ -68,6 +68,26 @@ impl DenseSolution {
             ))
             .into());
         }
+        self.at(t, dir)
+    }
+
+    /// As [`DenseSolution::evaluate`], and a time outside the span is evaluated by the first
+    /// or last step's interpolant continued past its end: for a method that evaluates a
+    /// stage beyond its step (kvaerno5's `c = 1.23`) in a solve that reads this solution,
+    /// as the interpolated adjoint's reverse solve does.
+    ///
+    /// # Errors
+    /// [`SolverError::InvalidTimes`] for a `t` that is not finite.
+    pub fn evaluate_extended(&self, t: f64) -> Result<Tensor> {
+        if !t.is_finite() {
+            return Err(SolverError::InvalidTimes(format!("t = {t} is not finite")).into());
+        }
+        let (t0, t_end) = self.span();
+        self.at(t, if t_end >= t0 { 1.0 } else { -1.0 })
+    }
+
+    /// The nearest step's interpolant at `t`.
+    fn at(&self, t: f64, dir: f64) -> Result<Tensor> {
         let n = self.stages.len();
         if n == 0 {
             return Ok(self.states[0].clone());
