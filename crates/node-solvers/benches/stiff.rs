@@ -1,0 +1,132 @@
+//! The implicit methods on stiff problems: steps, evaluations, host reads, time and error.
+//!
+//! `cargo bench -p node-solvers --bench stiff [-- --reps N]` (CPU).
+//!
+//! 1. Robertson's kinetics from `(1, 0, 0)` to `t = 10⁵` (outputs at 40 and 10⁵), against
+//!    the reference values in `node_solvers::problems::Robertson::REFERENCE`.
+//! 2. A batch of `B` Robertson reactions, the dense Jacobian against the batched one.
+//! 3. `y' = −λ (y − cos t)` on `[0, 2]` for growing λ: an explicit method's steps grow with λ,
+//!    an implicit method's do not.
+
+use candle_core::{DType, Device, Result, Tensor};
+use node_solvers::problems::Robertson;
+use node_solvers::{odeint, Jacobian, Method, Solution, SolveOptions, SolverError};
+use std::time::Instant;
+
+/// Median seconds of `f` over `reps` runs, and its last result.
+fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
+    let mut ts = Vec::with_capacity(reps);
+    let mut last = None;
+    for _ in 0..reps {
+        let s = Instant::now();
+        last = Some(f()?);
+        ts.push(s.elapsed().as_secs_f64());
+    }
+    ts.sort_by(f64::total_cmp);
+    Ok((ts[ts.len() / 2], last.expect("reps > 0")))
+}
+
+/// Largest relative error of the outputs after the first against the reference.
+fn robertson_error(sol: &Solution) -> Result<f64> {
+    let mut worst: f64 = 0.0;
+    for (i, (_, want)) in Robertson::REFERENCE.iter().enumerate() {
+        let y = sol
+            .ys
+            .get(i + 1)?
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        for (k, v) in y.iter().enumerate() {
+            worst = worst.max((v - want[k % 3]).abs() / want[k % 3]);
+        }
+    }
+    Ok(worst)
+}
+
+fn main() -> Result<()> {
+    node_kernels::keep_freed_memory();
+    let args: Vec<String> = std::env::args().collect();
+    let reps = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dev = Device::Cpu;
+    let p = Robertson::default();
+    let ts = [0.0, Robertson::REFERENCE[0].0, Robertson::REFERENCE[1].0];
+
+    println!("## Robertson's kinetics, t 0 → 1e5 (median of {reps})");
+    println!("| method | rtol | atol | steps (rejected) | NFE | host reads | time | worst relative error |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let y0 = Tensor::new(&[1.0f64, 0.0, 0.0], &dev)?;
+    for m in [Method::Kvaerno3, Method::Kvaerno5] {
+        for rtol in [1e-4, 1e-6, 1e-8] {
+            let atol = rtol * 1e-6;
+            let opts = SolveOptions::default().method(m).tolerances(rtol, atol);
+            let (secs, sol) = time(reps, || odeint(&p.field(), &y0, &ts, &opts))?;
+            let s = sol.stats;
+            println!(
+                "| {m} | {rtol:e} | {atol:e} | {} ({}) | {} | {} | {:.1} ms | {:.1e} |",
+                s.accepted_steps,
+                s.rejected_steps,
+                s.nfe,
+                s.host_reads,
+                secs * 1e3,
+                robertson_error(&sol)?
+            );
+        }
+    }
+
+    println!("\n## A batch of B Robertson reactions, kvaerno3, rtol 1e-6, atol 1e-12, t 0 → 1e5");
+    println!("| B | Jacobian | steps | NFE | time | time per reaction |");
+    println!("|---|---|---|---|---|---|");
+    for b in [1usize, 16, 256, 4096] {
+        let yb = y0.unsqueeze(0)?.repeat((b, 1))?;
+        for jac in [Jacobian::Dense, Jacobian::Batched] {
+            // A dense 3B × 3B Jacobian is refactored every step: past B = 16 it dominates.
+            if jac == Jacobian::Dense && b > 16 {
+                continue;
+            }
+            let opts = SolveOptions::default()
+                .method(Method::Kvaerno3)
+                .tolerances(1e-6, 1e-12)
+                .jacobian(jac);
+            let (secs, sol) = time(reps, || odeint(&p.field(), &yb, &ts, &opts))?;
+            println!(
+                "| {b} | {jac:?} | {} | {} | {:.1} ms | {:.3} ms |",
+                sol.stats.accepted_steps,
+                sol.stats.nfe,
+                secs * 1e3,
+                secs * 1e3 / b as f64
+            );
+        }
+    }
+
+    println!("\n## y' = −λ (y − cos t), y(0) = 1, t 0 → 2, rtol 1e-6, atol 1e-8");
+    println!("| λ | method | steps | NFE | time |");
+    println!("|---|---|---|---|---|");
+    let y0 = Tensor::new(&[1.0f64], &dev)?;
+    for lambda in [1e1, 1e3, 1e5] {
+        let f = move |t: f64, y: &Tensor| y.affine(-lambda, lambda * t.cos());
+        for m in [Method::Dopri5, Method::Kvaerno3, Method::Kvaerno5] {
+            let opts = SolveOptions::default()
+                .method(m)
+                .tolerances(1e-6, 1e-8)
+                .max_steps(100_000);
+            match time(reps.min(3), || odeint(&f, &y0, &[0.0, 2.0], &opts)) {
+                Ok((secs, sol)) => println!(
+                    "| {lambda:e} | {m} | {} | {} | {:.1} ms |",
+                    sol.stats.accepted_steps,
+                    sol.stats.nfe,
+                    secs * 1e3
+                ),
+                Err(e) if SolverError::find(&e).is_some() => {
+                    println!("| {lambda:e} | {m} | {e} | | |")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
