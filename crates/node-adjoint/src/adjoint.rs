@@ -721,6 +721,14 @@ impl<F: ParamVectorField> Inner<F> {
         // An implicit method's Newton iterations: only `[y, a]` (or `a`) enter the
         // augmented field, the parameter gradients are its integrals.
         ropts.jacobian = Jacobian::DensePrefix(dynamic);
+        if let Some(d) = dense {
+            // The interpolated y is smooth inside each forward step only: stepping to the
+            // forward steps' ends keeps the reverse steps from straddling a kink (as Julia's
+            // InterpolatingAdjoint does with its tstops).
+            let mut stops = ropts.step_ts.to_vec();
+            stops.extend_from_slice(d.step_times());
+            ropts.step_ts = stops.into();
+        }
         let aug_field = Augmented {
             f: &self.f,
             params: &self.params,
