@@ -84,14 +84,7 @@ struct Args {
 
 /// Robertson's field with rates `k = k_ref ⊙ exp(u)`, `u` the trained log-factors.
 fn field(u: &Tensor, k_ref: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
-    let k = (k_ref * u.exp()?)?;
-    let (y1, y2, y3) = (y.narrow(0, 0, 1)?, y.narrow(0, 1, 1)?, y.narrow(0, 2, 1)?);
-    let slow = (&y1 * k.narrow(0, 0, 1)?)?;
-    let fast = ((&y2 * &y3)? * k.narrow(0, 2, 1)?)?;
-    let sq = (y2.sqr()? * k.narrow(0, 1, 1)?)?;
-    let d1 = (&fast - &slow)?;
-    let d2 = ((&slow - &fast)? - &sq)?;
-    Tensor::cat(&[d1, d2, sq], 0)
+    Robertson::field_with_rates(&(k_ref * u.exp()?)?, y)
 }
 
 fn main() -> Result<ExitCode> {

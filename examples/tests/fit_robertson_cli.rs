@@ -61,7 +61,10 @@ fn backsolve_fails_clearly_and_bad_options_are_refused() -> Result<()> {
     let o = fit(out.path(), &["--adjoint", "backsolve", "--iters", "1"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("ODE solve failed") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("ODE solve failed") && !err.contains("panicked"),
+        "{err}"
+    );
     for bad in [
         ["--iters", "0"],
         ["--rtol", "0"],

@@ -9,6 +9,7 @@ use node_adjoint::{
     odeint_adjoint, odeint_checkpointed, with_params, AdjointOptions, AdjointState,
     CheckpointOptions,
 };
+use node_solvers::problems::Robertson;
 use node_solvers::{odeint, Method, SolveOptions, SolverError};
 
 /// `dy/dt = A y`, `A = [[−1, θ0], [0, −40 θ1]]` (eigenvalues −1 and −40θ1; y0 = (1, 1)), a
@@ -111,13 +112,7 @@ fn adjoint_case(dev: &Device) -> Result<()> {
 /// so that the three get gradients of comparable size.
 fn robertson(s: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     let k = (s * Tensor::new(&[0.04f64, 3e7, 1e4], s.device())?)?;
-    let (y1, y2, y3) = (y.narrow(0, 0, 1)?, y.narrow(0, 1, 1)?, y.narrow(0, 2, 1)?);
-    let slow = (&y1 * k.narrow(0, 0, 1)?)?;
-    let fast = ((&y2 * &y3)? * k.narrow(0, 2, 1)?)?;
-    let sq = (y2.sqr()? * k.narrow(0, 1, 1)?)?;
-    let d1 = (&fast - &slow)?;
-    let d2 = ((&slow - &fast)? - &sq)?;
-    Tensor::cat(&[d1, d2, sq], 0)
+    Robertson::field_with_rates(&k, y)
 }
 
 /// `L = y1(40) + 10⁴ y2(40) + y3(40)` (y2 is ~10⁻⁵).

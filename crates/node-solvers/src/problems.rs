@@ -113,18 +113,26 @@ impl Robertson {
 
     /// The vector field.
     pub fn field(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
-        move |_t, y| {
-            let [k1, k2, k3] = self.rates;
-            let last = y.rank() - 1;
-            let y1 = y.narrow(last, 0, 1)?;
-            let y2 = y.narrow(last, 1, 1)?;
-            let y3 = y.narrow(last, 2, 1)?;
-            let slow = y1.affine(k1, 0.0)?;
-            let fast = (&y2 * &y3)?.affine(k3, 0.0)?;
-            let sq = y2.sqr()?.affine(k2, 0.0)?;
-            let d1 = (&fast - &slow)?;
-            let d2 = ((&slow - &fast)? - &sq)?;
-            Tensor::cat(&[d1, d2, sq], last)
-        }
+        move |_t, y| Self::kinetics(y, |x, i| x.affine(self.rates[i], 0.0))
+    }
+
+    /// The field with the rates as a tensor of shape `[3]`, so that they can be trained
+    /// (gradients reach `k` as any Candle op's input).
+    pub fn field_with_rates(k: &Tensor, y: &Tensor) -> Result<Tensor> {
+        Self::kinetics(y, |x, i| x.broadcast_mul(&k.narrow(0, i, 1)?))
+    }
+
+    /// The kinetics with `rate(x, i)` = `x · k_(i+1)`.
+    fn kinetics(y: &Tensor, rate: impl Fn(&Tensor, usize) -> Result<Tensor>) -> Result<Tensor> {
+        let last = y.rank() - 1;
+        let y1 = y.narrow(last, 0, 1)?;
+        let y2 = y.narrow(last, 1, 1)?;
+        let y3 = y.narrow(last, 2, 1)?;
+        let slow = rate(&y1, 0)?;
+        let fast = rate(&(&y2 * &y3)?, 2)?;
+        let sq = rate(&y2.sqr()?, 1)?;
+        let d1 = (&fast - &slow)?;
+        let d2 = ((&slow - &fast)? - &sq)?;
+        Tensor::cat(&[d1, d2, sq], last)
     }
 }
