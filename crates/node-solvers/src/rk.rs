@@ -5,7 +5,8 @@
 //! tensors (coefficients stay host `f64`), zero coefficients are skipped, and nothing is read
 //! back to the host, so an explicit step never waits on the device. An implicit method's
 //! stages solve `Y_i = y + h Σ_{j<i} a_ij k_j + hγ f(t_i, Y_i)` by Newton's method
-//! ([`crate::implicit`]), which reads back once per iteration.
+//! (the private `implicit` module; see [`crate::SolveOptions::jacobian`]), which reads back
+//! once per iteration.
 
 use crate::error::SolverError;
 use crate::field::VectorField;
