@@ -60,8 +60,21 @@ pub(crate) struct Newton {
 }
 
 impl Newton {
+    /// The Newton state of a solve with `opts`, when its method is implicit.
+    pub(crate) fn for_method<F: VectorField + ?Sized>(
+        ev: &Evaluator<'_, F>,
+        opts: &SolveOptions,
+        y0: &Tensor,
+    ) -> Result<Option<Self>> {
+        if opts.method.is_implicit() {
+            Self::new(ev, opts, y0).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Checks the Jacobian option against the state and reads a per-component `atol`.
-    pub(crate) fn new<F: VectorField + ?Sized>(
+    fn new<F: VectorField + ?Sized>(
         ev: &Evaluator<'_, F>,
         opts: &SolveOptions,
         y0: &Tensor,

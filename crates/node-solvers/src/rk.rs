@@ -311,11 +311,10 @@ mod tests {
                 _ => 0.05,
             };
             for h in [h0, h0 / 2.0, h0 / 4.0] {
-                let opts = crate::SolveOptions::default().tolerances(1e-13, 1e-15);
-                let mut newton = tab
-                    .is_implicit()
-                    .then(|| Newton::new(&ev, &opts, &y))
-                    .transpose()?;
+                let opts = crate::SolveOptions::default()
+                    .method(m)
+                    .tolerances(1e-13, 1e-15);
+                let mut newton = Newton::for_method(&ev, &opts, &y)?;
                 let step = rk_step(tab, &ev, t, t + h, t, t + h, &y, &f0, true, newton.as_mut())?
                     .expect("Newton converges on a smooth problem");
                 let e = step

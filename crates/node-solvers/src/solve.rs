@@ -524,10 +524,7 @@ fn adaptive<F: VectorField + ?Sized>(
         None => initial_step(ev, t, &y, &f0, dir, opts, atol)?,
     };
     h_abs = h_abs.clamp(opts.min_step, opts.max_step);
-    let mut newton = tab
-        .is_implicit()
-        .then(|| Newton::new(ev, opts, y0))
-        .transpose()?;
+    let mut newton = Newton::for_method(ev, opts, y0)?;
     let mut stats = SolverStats::default();
     let mut prev_ratio = 1.0f64;
     let mut next = 1;
@@ -709,10 +706,7 @@ fn fixed<F: VectorField + ?Sized>(
     let mut t = t0;
     let mut y = y0.clone();
     let mut f0 = ev.eval(stops.start(t), &y)?;
-    let mut newton = tab
-        .is_implicit()
-        .then(|| Newton::new(ev, opts, y0))
-        .transpose()?;
+    let mut newton = Newton::for_method(ev, opts, y0)?;
     let mut next = 1;
     for i in 1..=n {
         let t1 = grid(i);
