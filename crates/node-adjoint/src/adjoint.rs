@@ -399,11 +399,22 @@ where
 }
 
 /// `f` with its outputs detached: a forward solve of it builds no graph through its steps, so
-/// its memory does not grow with them (O(1) in steps for the adjoint).
-pub(crate) fn detached<F: VectorField + ?Sized>(
-    f: &F,
-) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
-    move |t, y| f.eval(t, y).map(|k| k.detach())
+/// its memory does not grow with them (O(1) in steps for the adjoint). It keeps the field's
+/// own Jacobian.
+pub(crate) fn detached<F: VectorField + ?Sized>(f: &F) -> Detached<'_, F> {
+    Detached(f)
+}
+
+pub(crate) struct Detached<'a, F: ?Sized>(&'a F);
+
+impl<F: VectorField + ?Sized> VectorField for Detached<'_, F> {
+    fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        self.0.eval(t, y).map(|k| k.detach())
+    }
+
+    fn jacobian(&self, t: f64, y: &Tensor, structure: Jacobian) -> Result<Option<Tensor>> {
+        Ok(self.0.jacobian(t, y, structure)?.map(|j| j.detach()))
+    }
 }
 
 /// `g` with its outputs detached, for locating an event with no graph.
@@ -557,6 +568,29 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
         }
         // One launch on CUDA instead of a copy per part.
         node_solvers::rk::concat_flat(&parts)
+    }
+
+    /// With a dense forward solution, the reverse dynamics of `a` are linear, `−(∂f/∂y)ᵀ a`
+    /// with `y(t)` read from it: their Jacobian is `−Jᵀ`, from the field's own `J` when it
+    /// has one (its dense `[n, n]` form). The backsolve dynamics couple `y` and `a` through
+    /// second derivatives, so they keep the finite-difference Jacobian.
+    fn jacobian(&self, t: f64, _aug: &Tensor, _structure: Jacobian) -> Result<Option<Tensor>> {
+        let Some(d) = self.dense else {
+            return Ok(None);
+        };
+        let y = d.evaluate_extended(t)?;
+        let Some(jac) = self.f.jacobian(t, &y, Jacobian::Dense)? else {
+            return Ok(None);
+        };
+        if jac.dims() != [self.n, self.n] {
+            return Err(SolverError::OutputMismatch(format!(
+                "its Jacobian has shape {:?}, but the interpolated adjoint needs the dense [{n}, {n}] (at t = {t})",
+                jac.dims(),
+                n = self.n
+            ))
+            .into());
+        }
+        Ok(Some(jac.t()?.neg()?))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
-use node_solvers::VectorField;
+use node_solvers::{VectorField, WithJacobian};
 
 /// A [`VectorField`] `f(t, y; θ)` whose parameters θ are Candle `Var`s.
 ///
@@ -38,6 +38,20 @@ impl<F: Fn(f64, &Tensor) -> Result<Tensor>> VectorField for WithParams<F> {
 impl<F: Fn(f64, &Tensor) -> Result<Tensor>> ParamVectorField for WithParams<F> {
     fn params(&self) -> Vec<Var> {
         self.params.clone()
+    }
+}
+
+/// A field with its Jacobian in closed form keeps the field's parameters:
+/// `WithJacobian::new(with_params(f, vars), jacobian)`. The adjoint's forward solve uses the
+/// Jacobian, and so does the reverse solve of the interpolated adjoint
+/// ([`crate::AdjointState::Interpolated`]: `−Jᵀ`).
+impl<F, J> ParamVectorField for WithJacobian<F, J>
+where
+    F: ParamVectorField,
+    J: Fn(f64, &Tensor) -> Result<Tensor>,
+{
+    fn params(&self) -> Vec<Var> {
+        self.field().params()
     }
 }
 

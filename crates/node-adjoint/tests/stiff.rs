@@ -10,7 +10,9 @@ use node_adjoint::{
     CheckpointOptions,
 };
 use node_solvers::problems::Robertson;
-use node_solvers::{odeint, Method, SolveOptions, SolverError};
+use node_solvers::{odeint, Method, SolveOptions, SolverError, WithJacobian};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// `dy/dt = A y`, `A = [[−1, θ0], [0, −40 θ1]]` (eigenvalues −1 and −40θ1; y0 = (1, 1)), a
 /// mildly stiff system, over `[0, 0.2]`. The adjoint integrates `y` backwards too, where
@@ -158,6 +160,36 @@ fn robertson_case(dev: &Device) -> Result<()> {
         sol.stats.backward()
     );
 
+    // The Jacobian in closed form (at the current rates; it is not differentiated): the
+    // forward solve and the reverse solve (its `−Jᵀ`) take it instead of differences.
+    let sj = s.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let exact = WithJacobian::new(f.clone(), move |t: f64, y: &Tensor| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let k = (sj.as_tensor() * Tensor::new(&[0.04f64, 3e7, 1e4], y.device())?)?;
+        let k = k.to_vec1::<f64>()?;
+        Robertson {
+            rates: [k[0], k[1], k[2]],
+        }
+        .jacobian()(t, y)
+    });
+    let sol_j = odeint_adjoint(&exact, y0.as_tensor(), &ts, &opts, &interpolated)?;
+    let grads_j = robertson_loss(&sol_j.ys)?.backward()?;
+    let (fwd, bwd) = (sol_j.stats.forward(), sol_j.stats.backward());
+    println!("closed-form Jacobian: forward {fwd:?}, backward {bwd:?}");
+    // Every build, forward and backward, was the closed form's (none by differences, which
+    // cost 4 evaluations each).
+    assert!(fwd.jacobians > 0 && bwd.jacobians > 0);
+    assert_eq!(calls.load(Ordering::Relaxed), fwd.jacobians + bwd.jacobians);
+    // A wrong Jacobian still gives the gradients (only Newton's speed depends on it) but
+    // costs: `J` given untransposed in the reverse solve took 356 370 evaluations and
+    // 25 496 rejected steps. The right one costs no more than the differences.
+    let bwd_fd = sol.stats.backward();
+    assert!(bwd.nfe * 10 < bwd_fd.nfe * 11, "{bwd:?} against {bwd_fd:?}");
+    let g_s_j = grads_j.get(&s).expect("s").to_vec1::<f64>()?;
+    let g_y0_j = grads_j.get(&y0).expect("y0").to_vec1::<f64>()?;
+
     // Central differences of the forward solve, at tighter tolerances.
     let fd_opts = opts.clone().tolerances(1e-11, 1e-16);
     let value = |s: &[f64], y0: &[f64]| -> Result<f64> {
@@ -167,7 +199,10 @@ fn robertson_case(dev: &Device) -> Result<()> {
         Ok(robertson_loss(&sol.ys)?.to_scalar::<f64>()?)
     };
     for i in 0..3 {
-        for (name, got, wrt_s) in [("s", g_s[i], true), ("y0", g_y0[i], false)] {
+        for (name, got, got_j, wrt_s) in [
+            ("s", g_s[i], g_s_j[i], true),
+            ("y0", g_y0[i], g_y0_j[i], false),
+        ] {
             let h = if !wrt_s && i == 1 { 1e-5 } else { 1e-4 };
             let (mut s_up, mut s_down, mut y_up, mut y_down) = (s0, s0, y00, y00);
             if wrt_s {
@@ -178,13 +213,16 @@ fn robertson_case(dev: &Device) -> Result<()> {
                 y_down[i] -= h;
             }
             let fd = (value(&s_up, &y_up)? - value(&s_down, &y_down)?) / (2.0 * h);
-            println!("dL/d{name}[{i}]: {got} against {fd}");
-            assert!(
-                (got - fd).abs() < 1e-4 * fd.abs().max(1e-2),
-                "dL/d{name}[{i}]: interpolated adjoint {got} against {fd}"
-            );
+            println!("dL/d{name}[{i}]: {got} (closed-form Jacobian {got_j}) against {fd}");
+            for (jac, got) in [("differences", got), ("closed form", got_j)] {
+                assert!(
+                    (got - fd).abs() < 1e-4 * fd.abs().max(1e-2),
+                    "dL/d{name}[{i}]: interpolated adjoint ({jac}) {got} against {fd}"
+                );
+            }
         }
     }
+
     Ok(())
 }
 

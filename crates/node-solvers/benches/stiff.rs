@@ -7,10 +7,14 @@
 //! 2. A batch of `B` Robertson reactions, the dense Jacobian against the batched one.
 //! 3. `y' = −λ (y − cos t)` on `[0, 2]` for growing λ: an explicit method's steps grow with λ,
 //!    an implicit method's do not.
+//! 4. The Brusselator with diffusion on `N` points (`2N` components) over `[0, 10]`: the
+//!    finite-difference Jacobian against the closed-form one (`WithJacobian`), and dopri5.
 
 use candle_core::{DType, Device, Result, Tensor};
-use node_solvers::problems::Robertson;
-use node_solvers::{odeint, Jacobian, Method, Solution, SolveOptions, SolverError};
+use node_solvers::problems::{Brusselator, Robertson};
+use node_solvers::{
+    odeint, Jacobian, Method, Solution, SolveOptions, SolverError, VectorField, WithJacobian,
+};
 use std::time::Instant;
 
 /// Median seconds of `f` over `reps` runs, and its last result.
@@ -57,24 +61,32 @@ fn main() -> Result<()> {
     let ts = [0.0, Robertson::REFERENCE[0].0, Robertson::REFERENCE[1].0];
 
     println!("## Robertson's kinetics, t 0 → 1e5 (median of {reps})");
-    println!("| method | rtol | atol | steps (rejected) | NFE | host reads | time | worst relative error |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| method | Jacobian | rtol | atol | steps (rejected) | NFE (Jacobians) | host reads | time | worst relative error |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let y0 = Tensor::new(&[1.0f64, 0.0, 0.0], &dev)?;
+    let field = p.field();
+    let exact = WithJacobian::new(p.field(), p.jacobian());
     for m in [Method::Kvaerno3, Method::Kvaerno5] {
-        for rtol in [1e-4, 1e-6, 1e-8] {
-            let atol = rtol * 1e-6;
-            let opts = SolveOptions::default().method(m).tolerances(rtol, atol);
-            let (secs, sol) = time(reps, || odeint(&p.field(), &y0, &ts, &opts))?;
-            let s = sol.stats;
-            println!(
-                "| {m} | {rtol:e} | {atol:e} | {} ({}) | {} | {} | {:.1} ms | {:.1e} |",
-                s.accepted_steps,
-                s.rejected_steps,
-                s.nfe,
-                s.host_reads,
-                secs * 1e3,
-                robertson_error(&sol)?
-            );
+        for (jac, f) in [
+            ("differences", &field as &dyn VectorField),
+            ("closed form", &exact),
+        ] {
+            for rtol in [1e-4, 1e-6, 1e-8] {
+                let atol = rtol * 1e-6;
+                let opts = SolveOptions::default().method(m).tolerances(rtol, atol);
+                let (secs, sol) = time(reps, || odeint(f, &y0, &ts, &opts))?;
+                let s = sol.stats;
+                println!(
+                    "| {m} | {jac} | {rtol:e} | {atol:e} | {} ({}) | {} ({}) | {} | {:.1} ms | {:.1e} |",
+                    s.accepted_steps,
+                    s.rejected_steps,
+                    s.nfe,
+                    s.jacobians,
+                    s.host_reads,
+                    secs * 1e3,
+                    robertson_error(&sol)?
+                );
+            }
         }
     }
 
@@ -126,6 +138,43 @@ fn main() -> Result<()> {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    println!("\n## The Brusselator on N points, t 0 → 10, rtol = atol = 1e-6 (error: max abs against dopri5 at 1e-10)");
+    println!("| N | method | Jacobian | steps (rejected) | NFE (Jacobians) | time | error |");
+    println!("|---|---|---|---|---|---|---|");
+    for n in [32usize, 128] {
+        let b = Brusselator::new(n);
+        let y0 = b.initial(DType::F64, &dev)?;
+        let ts = [0.0, 10.0];
+        let tight = SolveOptions::default().tolerances(1e-10, 1e-10);
+        let reference = odeint(&b.field(), &y0, &ts, &tight)?.last()?;
+        let field = b.field();
+        let exact = WithJacobian::new(b.field(), b.jacobian());
+        let runs: [(Method, &str, &dyn VectorField); 4] = [
+            (Method::Kvaerno5, "differences", &field),
+            (Method::Kvaerno5, "closed form", &exact),
+            (Method::Kvaerno3, "closed form", &exact),
+            (Method::Dopri5, "–", &field),
+        ];
+        for (m, jac, f) in runs {
+            let opts = SolveOptions::default().method(m).tolerances(1e-6, 1e-6);
+            let (secs, sol) = time(reps.min(3), || odeint(f, &y0, &ts, &opts))?;
+            let s = sol.stats;
+            let err = (sol.last()? - &reference)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f64>()?;
+            println!(
+                "| {n} | {m} | {jac} | {} ({}) | {} ({}) | {:.1} ms | {err:.1e} |",
+                s.accepted_steps,
+                s.rejected_steps,
+                s.nfe,
+                s.jacobians,
+                secs * 1e3
+            );
         }
     }
     Ok(())

@@ -321,8 +321,7 @@ where
     watch.start(t0, &g0)?;
     let mut out = vec![y0.clone()];
     let (mut stats, _) = run_steps(&ev, y0, &ts, dir, opts, &mut out, Some(&mut watch), trace)?;
-    stats.nfe = ev.nfe();
-    stats.host_reads = ev.host_reads();
+    ev.count_into(&mut stats);
     Ok(Watched {
         found: watch.found,
         all: watch.all,

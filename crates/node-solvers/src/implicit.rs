@@ -2,8 +2,8 @@
 //!
 //! Each implicit stage solves `z = base + hγ f(t_i, z)`. The iteration is simplified Newton
 //! (as Hairer & Wanner's RADAU5 and diffrax's `VeryChord`):
-//! `(I − hγJ) δ = −(z − base − hγ f(t_i, z))`, `z ← z + δ`, with a finite-difference Jacobian
-//! `J ≈ ∂f/∂y` built at the start of a step and kept for the following steps while the
+//! `(I − hγJ) δ = −(z − base − hγ f(t_i, z))`, `z ← z + δ`, with the field's Jacobian
+//! ([`VectorField::jacobian`]) or else a finite-difference one `J ≈ ∂f/∂y`, built at the start of a step and kept for the following steps while the
 //! iterations converge well, and the LU factors of `I − hγJ` kept while `hγ` is unchanged.
 //! The iteration stops when `η ‖δ‖ ≤ κ`, with `η = θ / (1 − θ)` from the rate `θ` of
 //! successive corrections and `‖·‖` the solve's error norm (Hairer & Wanner, *Solving
@@ -38,6 +38,8 @@ pub(crate) struct Newton {
     /// components; the rest (a [`Jacobian::DensePrefix`]) do not enter the field.
     blocks: usize,
     size: usize,
+    /// The solve's Jacobian option, passed to [`VectorField::jacobian`].
+    structure: Jacobian,
     /// `blocks` row-major `size × size` blocks.
     jac: Vec<f64>,
     /// The step start where `jac` was built.
@@ -123,6 +125,7 @@ impl Newton {
             atol,
             blocks,
             size,
+            structure: opts.jacobian,
             jac: vec![],
             jac_t: None,
             lu: vec![],
@@ -168,8 +171,8 @@ impl Newton {
         Ok(())
     }
 
-    /// Builds the Jacobian at the step start by forward differences, one evaluation per
-    /// column (per column of a block, for [`Jacobian::Batched`]) and one at `y`.
+    /// Builds the Jacobian at the step start: the field's own ([`VectorField::jacobian`]),
+    /// or else by forward differences.
     pub(crate) fn build_jacobian<F: VectorField + ?Sized>(
         &mut self,
         ev: &Evaluator<'_, F>,
@@ -177,6 +180,33 @@ impl Newton {
         t0_eval: f64,
         y: &Tensor,
     ) -> Result<()> {
+        let dims = match self.structure {
+            Jacobian::Batched => vec![self.blocks, self.size, self.size],
+            Jacobian::Dense | Jacobian::DensePrefix(_) => vec![self.size, self.size],
+        };
+        let jac = match ev.jacobian(t0_eval, y, self.structure, &dims)? {
+            Some(jac) => jac,
+            None => self.differences(ev, t0_eval, y)?,
+        };
+        if jac.iter().any(|v| !v.is_finite()) {
+            return Err(SolverError::NonFinite { t }.into());
+        }
+        self.jac = jac;
+        self.jac_t = Some(t);
+        self.lu_hg = f64::NAN;
+        self.slow = false;
+        Ok(())
+    }
+
+    /// The Jacobian at `y` by forward differences: one evaluation per column (per column
+    /// of a block, for [`Jacobian::Batched`]) and one at `y`.
+    fn differences<F: VectorField + ?Sized>(
+        &self,
+        ev: &Evaluator<'_, F>,
+        t0_eval: f64,
+        y: &Tensor,
+    ) -> Result<Vec<f64>> {
+        ev.count_jacobian();
         // Differences against `f(y)` itself: the `f0` of a step after an implicit one is its
         // last stage's derivative recovered from Newton's solution, off `f(y)` by the
         // residual over `hγ`, which divided by the perturbation would swamp the Jacobian.
@@ -209,14 +239,7 @@ impl Newton {
                 }
             }
         }
-        if jac.iter().any(|v| !v.is_finite()) {
-            return Err(SolverError::NonFinite { t }.into());
-        }
-        self.jac = jac;
-        self.jac_t = Some(t);
-        self.lu_hg = f64::NAN;
-        self.slow = false;
-        Ok(())
+        Ok(jac)
     }
 
     /// LU-factors `I − hγJ` block by block, unless already done for this `hγ`; false when a

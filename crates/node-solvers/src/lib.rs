@@ -22,7 +22,7 @@ pub use event::{
     odeint_event, odeint_events, Crossing, EventFunction, EventOptions, EventSolution,
     EventsSolution, LocatedEvent, LocatedEvents, RecordedEvent,
 };
-pub use field::VectorField;
+pub use field::{VectorField, WithJacobian};
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};
 pub use solve::{odeint, Solution, SolverStats};

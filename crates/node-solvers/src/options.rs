@@ -96,10 +96,12 @@ pub enum ErrorNorm {
     RmsPrefix(usize),
 }
 
-/// How the implicit methods ([`Method::is_implicit`]) get the Jacobian `∂f/∂y` their Newton
-/// iterations solve with. It is a finite-difference approximation, made at the start of a
-/// step and kept for later steps while Newton's method converges well; only the speed of
-/// convergence depends on it, not the accuracy of the solution.
+/// The structure of the Jacobian `∂f/∂y` that the implicit methods ([`Method::is_implicit`])
+/// solve their Newton iterations with. It is the field's own
+/// ([`crate::VectorField::jacobian`], e.g. [`crate::WithJacobian`]) when it has one, and
+/// otherwise a finite-difference approximation (the evaluation counts below). It is made at
+/// the start of a step and kept for later steps while Newton's method converges well; only
+/// the speed of convergence depends on it, not the accuracy of the solution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Jacobian {
     /// The full Jacobian of the flattened state, `n × n`: `n` evaluations of `f` to build

@@ -1,7 +1,7 @@
-//! Problems with exact solutions (and one stiff problem with reference values), shared by
-//! the tests, the benchmarks and users who want to check a solver setup.
+//! Problems with exact solutions (and two stiff problems, one with reference values), shared
+//! by the tests, the benchmarks and users who want to check a solver setup.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 /// `dy/dt = λ y` on any shape: `y(t) = y0 e^{λ (t − t0)}`.
 #[derive(Clone, Copy, Debug)]
@@ -122,6 +122,34 @@ impl Robertson {
         Self::kinetics(y, |x, i| x.broadcast_mul(&k.narrow(0, i, 1)?))
     }
 
+    /// The Jacobian `∂f/∂y` in closed form, for [`crate::WithJacobian`]: shape `[3, 3]` for
+    /// a state of shape `[3]` (for [`crate::Jacobian::Dense`]), `[B, 3, 3]` for a batch of
+    /// shape `[B, 3]` (for [`crate::Jacobian::Batched`]).
+    pub fn jacobian(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+        move |_t, y| {
+            let [k1, k2, k3] = self.rates;
+            let last = y.rank() - 1;
+            let y2 = y.narrow(last, 1, 1)?;
+            let y3 = y.narrow(last, 2, 1)?;
+            let zero = y2.zeros_like()?;
+            let c = |v: f64| zero.affine(1.0, v);
+            let rows = [
+                [c(-k1)?, y3.affine(k3, 0.0)?, y2.affine(k3, 0.0)?],
+                [
+                    c(k1)?,
+                    (y3.affine(-k3, 0.0)? - y2.affine(2.0 * k2, 0.0)?)?,
+                    y2.affine(-k3, 0.0)?,
+                ],
+                [zero.clone(), y2.affine(2.0 * k2, 0.0)?, zero.clone()],
+            ];
+            let rows = rows
+                .iter()
+                .map(|r| Tensor::cat(r, last))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::stack(&rows, last)
+        }
+    }
+
     /// The kinetics with `rate(x, i)` = `x · k_(i+1)`.
     fn kinetics(y: &Tensor, rate: impl Fn(&Tensor, usize) -> Result<Tensor>) -> Result<Tensor> {
         let last = y.rank() - 1;
@@ -134,5 +162,102 @@ impl Robertson {
         let d1 = (&fast - &slow)?;
         let d2 = ((&slow - &fast)? - &sq)?;
         Tensor::cat(&[d1, d2, sq], last)
+    }
+}
+
+/// The one-dimensional Brusselator with diffusion (Hairer & Wanner II, IV.1, `BRUSS`), a
+/// stiff reaction–diffusion system discretized on `N` interior points `x_i = i/(N+1)`:
+/// `u_i' = 1 + u_i² v_i − 4 u_i + α (N+1)² (u_(i−1) − 2u_i + u_(i+1))`,
+/// `v_i' = 3 u_i − u_i² v_i + α (N+1)² (v_(i−1) − 2v_i + v_(i+1))`, with `u = 1`, `v = 3` at
+/// the ends, `u_i(0) = 1 + sin 2πx_i`, `v_i(0) = 3`, usually on `[0, 10]`. The state has
+/// shape `[2, N]` (`u` then `v`); the diffusion's eigenvalues reach `−4α(N+1)²`, so the
+/// stiffness grows with `N`. No closed form. Its `2N × 2N` Jacobian is what a
+/// finite-difference build pays `2N` evaluations for.
+#[derive(Clone, Copy, Debug)]
+pub struct Brusselator {
+    /// `N`, the interior points.
+    pub points: usize,
+    /// The diffusion coefficient `α` (1/50 in Hairer & Wanner).
+    pub alpha: f64,
+}
+
+impl Brusselator {
+    /// `N` points with Hairer & Wanner's `α = 1/50`.
+    pub fn new(points: usize) -> Self {
+        Self {
+            points,
+            alpha: 0.02,
+        }
+    }
+
+    /// `α (N+1)²`.
+    fn diffusion(&self) -> f64 {
+        self.alpha * ((self.points + 1) as f64).powi(2)
+    }
+
+    /// The initial state, shape `[2, N]`.
+    pub fn initial(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        let n = self.points;
+        let h = 1.0 / (n + 1) as f64;
+        let u = (1..=n).map(|i| 1.0 + (2.0 * std::f64::consts::PI * i as f64 * h).sin());
+        let v = std::iter::repeat_n(3.0, n);
+        Tensor::from_vec(u.chain(v).collect::<Vec<f64>>(), (2, n), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)
+    }
+
+    /// The vector field, on states of shape `[2, N]`.
+    pub fn field(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+        move |_t, y| {
+            let n = self.points;
+            let c = self.diffusion();
+            let u = y.narrow(0, 0, 1)?;
+            let v = y.narrow(0, 1, 1)?;
+            let ends = Tensor::ones((1, 1), y.dtype(), y.device())?;
+            let laplacian = |w: &Tensor, end: f64| -> Result<Tensor> {
+                let end = ends.affine(end, 0.0)?;
+                let padded = Tensor::cat(&[&end, w, &end], 1)?;
+                let sides = (padded.narrow(1, 0, n)? + padded.narrow(1, 2, n)?)?;
+                (sides - w.affine(2.0, 0.0)?)?.affine(c, 0.0)
+            };
+            let u2v = (u.sqr()? * &v)?;
+            let du = ((u2v.affine(1.0, 1.0)? - u.affine(4.0, 0.0)?)? + laplacian(&u, 1.0)?)?;
+            let dv = ((u.affine(3.0, 0.0)? - &u2v)? + laplacian(&v, 3.0)?)?;
+            Tensor::cat(&[du, dv], 0)
+        }
+    }
+
+    /// The Jacobian `∂f/∂y` in closed form, shape `[2N, 2N]` (for [`crate::Jacobian::Dense`]
+    /// and [`crate::WithJacobian`]), built on `y`'s device.
+    pub fn jacobian(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+        move |_t, y| {
+            let n = self.points;
+            let c = self.diffusion();
+            let (dtype, dev) = (y.dtype(), y.device());
+            // Row vectors `[1, N]`; `eye ⊙ row` is the diagonal matrix of `row`.
+            let u = y.narrow(0, 0, 1)?;
+            let v = y.narrow(0, 1, 1)?;
+            let eye = Tensor::eye(n, dtype, dev)?;
+            let diag = |row: &Tensor| eye.broadcast_mul(row);
+            let neighbours: Vec<f64> = (0..n * n)
+                .map(|e| if (e / n).abs_diff(e % n) == 1 { c } else { 0.0 })
+                .collect();
+            let coupling = Tensor::from_vec(neighbours, (n, n), &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(dev)?;
+            let uu = u.sqr()?;
+            let uv2 = (&u * &v)?.affine(2.0, 0.0)?;
+            let du_du = (diag(&uv2.affine(1.0, -4.0 - 2.0 * c)?)? + &coupling)?;
+            let du_dv = diag(&uu)?;
+            let dv_du = diag(&uv2.affine(-1.0, 3.0)?)?;
+            let dv_dv = (diag(&uu.affine(-1.0, -2.0 * c)?)? + &coupling)?;
+            Tensor::cat(
+                &[
+                    Tensor::cat(&[du_du, du_dv], 1)?,
+                    Tensor::cat(&[dv_du, dv_dv], 1)?,
+                ],
+                0,
+            )
+        }
     }
 }

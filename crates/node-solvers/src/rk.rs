@@ -11,6 +11,8 @@
 use crate::error::SolverError;
 use crate::field::VectorField;
 use crate::implicit::Newton;
+use crate::options::Jacobian;
+use crate::solve::SolverStats;
 use crate::tableau::ButcherTableau;
 use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
@@ -86,6 +88,7 @@ pub(crate) struct Evaluator<'a, F: ?Sized> {
     f: &'a F,
     nfe: Cell<usize>,
     host_reads: Cell<usize>,
+    jacobians: Cell<usize>,
 }
 
 impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
@@ -94,7 +97,51 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
             f,
             nfe: Cell::new(0),
             host_reads: Cell::new(0),
+            jacobians: Cell::new(0),
         }
+    }
+
+    /// Writes the evaluation, read and Jacobian counts into `stats`.
+    pub(crate) fn count_into(&self, stats: &mut SolverStats) {
+        stats.nfe = self.nfe.get();
+        stats.host_reads = self.host_reads.get();
+        stats.jacobians = self.jacobians.get();
+    }
+
+    /// Counts a Jacobian built by finite differences.
+    pub(crate) fn count_jacobian(&self) {
+        self.jacobians.set(self.jacobians.get() + 1);
+    }
+
+    /// The field's own Jacobian at `(t, y)` for `structure`, read to the host, or `None`
+    /// when the field has none; it must have shape `dims`.
+    pub(crate) fn jacobian(
+        &self,
+        t: f64,
+        y: &Tensor,
+        structure: Jacobian,
+        dims: &[usize],
+    ) -> Result<Option<Vec<f64>>> {
+        let Some(jac) = self.f.jacobian(t, y, structure)? else {
+            return Ok(None);
+        };
+        self.count_jacobian();
+        if jac.dims() != dims {
+            return Err(SolverError::OutputMismatch(format!(
+                "its Jacobian has shape {:?}, but `{structure:?}` on a state of shape {:?} needs {dims:?} (at t = {t})",
+                jac.dims(),
+                y.dims()
+            ))
+            .into());
+        }
+        if !jac.dtype().is_float() {
+            return Err(SolverError::OutputMismatch(format!(
+                "its Jacobian has dtype {:?}, not a float (at t = {t})",
+                jac.dtype()
+            ))
+            .into());
+        }
+        self.read(&jac).map(Some)
     }
 
     pub(crate) fn nfe(&self) -> usize {

@@ -29,6 +29,10 @@ pub struct SolverStats {
     /// to check a per-component `atol` or a given first step, and one to check a fixed-step
     /// solve's outputs. Nothing inside a step's stages is read.
     pub host_reads: usize,
+    /// Jacobians built for the Newton iterations of an implicit method: each one either a
+    /// call of [`crate::VectorField::jacobian`] or `n` finite-difference evaluations
+    /// (counted in `nfe` too).
+    pub jacobians: usize,
 }
 
 impl std::ops::AddAssign for SolverStats {
@@ -37,6 +41,7 @@ impl std::ops::AddAssign for SolverStats {
         self.accepted_steps += o.accepted_steps;
         self.rejected_steps += o.rejected_steps;
         self.host_reads += o.host_reads;
+        self.jacobians += o.jacobians;
     }
 }
 
@@ -130,8 +135,7 @@ pub(crate) fn solve<F: VectorField + ?Sized>(
             return Err(SolverError::NonFinite { t: ts[i] }.into());
         }
     }
-    stats.nfe = ev.nfe();
-    stats.host_reads = ev.host_reads();
+    ev.count_into(&mut stats);
     Ok(Solution {
         ts: ts.to_vec(),
         ys,

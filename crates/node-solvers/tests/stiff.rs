@@ -1,13 +1,16 @@
 //! The implicit methods on stiff problems: Robertson's kinetics against reference values,
-//! L-stability, the Jacobian options, reverse time, f32, and their errors.
+//! L-stability, the Jacobian options, Jacobians in closed form, reverse time, f32, and their
+//! errors.
 
 mod common;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use common::max_abs_diff;
-use node_solvers::problems::{Exponential, Robertson};
-use node_solvers::{odeint, Jacobian, Method, SolveOptions, SolverError, StepSize};
+use node_solvers::problems::{Brusselator, Exponential, Robertson};
+use node_solvers::{
+    odeint, Jacobian, Method, SolveOptions, SolverError, StepSize, VectorField, WithJacobian,
+};
 
 /// Largest relative error of each component of `y` (a `[3]` or `[B, 3]` state) against
 /// `want`.
@@ -140,6 +143,172 @@ fn jacobian_options_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// `∂f/∂y` by central differences, `[n, n]` over the flattened state (f64).
+fn central_jacobian(f: &dyn VectorField, y: &Tensor) -> Result<Vec<f64>> {
+    let yh = y.flatten_all()?.to_vec1::<f64>()?;
+    let n = yh.len();
+    let mut jac = vec![0.0; n * n];
+    for c in 0..n {
+        let d = 1e-6 * yh[c].abs().max(1e-3);
+        let at = |s: f64| -> Result<Vec<f64>> {
+            let mut p = yh.clone();
+            p[c] += s * d;
+            let p = Tensor::from_vec(p, y.shape(), y.device())?;
+            Ok(f.eval(0.0, &p)?.flatten_all()?.to_vec1::<f64>()?)
+        };
+        let (up, down) = (at(1.0)?, at(-1.0)?);
+        for r in 0..n {
+            jac[r * n + c] = (up[r] - down[r]) / (2.0 * d);
+        }
+    }
+    Ok(jac)
+}
+
+/// Largest entry-wise difference relative to the largest entry.
+fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// The closed-form Jacobians of the reference problems match central differences, and
+/// Robertson's batched blocks are its single ones.
+fn closed_form_jacobians_case(dev: &Device) -> Result<()> {
+    let p = Robertson::default();
+    let states = [[0.9f64, 2e-5, 0.1], [0.3, 1e-6, 0.7]];
+    for s in &states {
+        let y = Tensor::new(s, dev)?;
+        let want = central_jacobian(&p.field(), &y)?;
+        let got = p.jacobian()(0.0, &y)?;
+        assert_eq!(got.dims(), [3, 3]);
+        let got = got.flatten_all()?.to_vec1::<f64>()?;
+        let d = rel_diff(&got, &want);
+        assert!(d < 1e-6, "Robertson at {s:?}: {got:?} against {want:?}");
+    }
+    let batch = Tensor::new(&states, dev)?;
+    let blocks = p.jacobian()(0.0, &batch)?;
+    assert_eq!(blocks.dims(), [2, 3, 3]);
+    for (i, s) in states.iter().enumerate() {
+        let single = p.jacobian()(0.0, &Tensor::new(s, dev)?)?;
+        assert_eq!(max_abs_diff(&blocks.get(i)?, &single)?, 0.0);
+    }
+    let b = Brusselator::new(6);
+    let y0 = b.initial(DType::F64, dev)?;
+    // Away from the initial state too (v = 3 there everywhere).
+    let y = (&y0 + y0.sin()?.affine(0.3, 0.0)?)?;
+    for y in [&y0, &y] {
+        let want = central_jacobian(&b.field(), y)?;
+        let got = b.jacobian()(0.0, y)?;
+        assert_eq!(got.dims(), [12, 12]);
+        let d = rel_diff(&got.flatten_all()?.to_vec1::<f64>()?, &want);
+        assert!(d < 1e-7, "Brusselator: {d:e}");
+    }
+    Ok(())
+}
+
+/// A field's own Jacobian replaces the finite-difference one: the same solution, one
+/// Jacobian call instead of `n` evaluations per build.
+fn field_jacobian_case(dev: &Device) -> Result<()> {
+    let p = Robertson::default();
+    let [(t40, at40), _] = Robertson::REFERENCE;
+    let opts = SolveOptions::default()
+        .method(Method::Kvaerno5)
+        .tolerances(1e-8, 1e-14);
+    let exact = WithJacobian::new(p.field(), p.jacobian());
+    // One reaction (dense `[3, 3]`), and four with the batched `[4, 3, 3]` blocks.
+    let one = Tensor::new(&[1.0f64, 0.0, 0.0], dev)?;
+    let four = one.unsqueeze(0)?.repeat((4, 1))?;
+    for (y0, jac) in [(&one, Jacobian::Dense), (&four, Jacobian::Batched)] {
+        let opts = opts.clone().jacobian(jac);
+        let fd = odeint(&p.field(), y0, &[0.0, t40], &opts)?;
+        let own = odeint(&exact, y0, &[0.0, t40], &opts)?;
+        println!("{jac:?}: differences {:?}, own {:?}", fd.stats, own.stats);
+        for sol in [&fd, &own] {
+            let worst = rel_errors(&sol.last()?, &at40)?
+                .into_iter()
+                .fold(0.0f64, f64::max);
+            assert!(worst < 1e-5, "{jac:?}: relative error {worst:e}");
+        }
+        assert!(own.stats.jacobians > 0, "{:?}", own.stats);
+        // Each finite-difference build costs 3 evaluations (one per column of a block)
+        // and one at y; the field's own costs none.
+        assert!(
+            own.stats.nfe + 2 * own.stats.jacobians < fd.stats.nfe,
+            "own {:?} against differences {:?}",
+            own.stats,
+            fd.stats
+        );
+    }
+    // The Brusselator on 16 points: 33 evaluations per finite-difference build. Both
+    // Jacobians follow dopri5's solution at a tight tolerance.
+    let b = Brusselator::new(16);
+    let y0 = b.initial(DType::F64, dev)?;
+    let ts = [0.0, 10.0];
+    let tight = odeint(
+        &b.field(),
+        &y0,
+        &ts,
+        &SolveOptions::default().tolerances(1e-11, 1e-11),
+    )?;
+    let opts = SolveOptions::default()
+        .method(Method::Kvaerno5)
+        .tolerances(1e-7, 1e-7);
+    let fd = odeint(&b.field(), &y0, &ts, &opts)?;
+    let own = odeint(&WithJacobian::new(b.field(), b.jacobian()), &y0, &ts, &opts)?;
+    println!(
+        "Brusselator: differences {:?}, own {:?}",
+        fd.stats, own.stats
+    );
+    for sol in [&fd, &own] {
+        let e = max_abs_diff(&sol.last()?, &tight.last()?)?;
+        assert!(e < 1e-5, "Brusselator error {e:e} ({:?})", sol.stats);
+    }
+    assert!(own.stats.nfe + 30 * own.stats.jacobians < fd.stats.nfe);
+    // A Jacobian half the true one still converges (more slowly, with rebuilds): only the
+    // speed depends on it.
+    let halved = WithJacobian::new(b.field(), |t: f64, y: &Tensor| {
+        b.jacobian()(t, y)?.affine(0.5, 0.0)
+    });
+    let off = odeint(&halved, &y0, &ts, &opts)?;
+    println!("Brusselator, half the Jacobian: {:?}", off.stats);
+    let e = max_abs_diff(&off.last()?, &tight.last()?)?;
+    assert!(e < 1e-5, "halved Jacobian: error {e:e} ({:?})", off.stats);
+    assert!(off.stats.nfe > own.stats.nfe);
+    Ok(())
+}
+
+/// A Jacobian of the wrong shape or with a NaN is a typed error; explicit methods never
+/// ask for it.
+fn field_jacobian_errors_case(dev: &Device) -> Result<()> {
+    let p = Robertson::default();
+    let y0 = Tensor::new(&[1.0f64, 0.0, 0.0], dev)?;
+    let four = y0.unsqueeze(0)?.repeat((4, 1))?;
+    let opts = SolveOptions::default().method(Method::Kvaerno3);
+    let find = |e: &candle_core::Error| SolverError::find(e).cloned();
+    // Blocks given where the dense `[12, 12]` is asked for.
+    let exact = WithJacobian::new(p.field(), p.jacobian());
+    let err = odeint(&exact, &four, &[0.0, 1.0], &opts).unwrap_err();
+    assert!(
+        matches!(find(&err), Some(SolverError::OutputMismatch(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("[4, 3, 3]"), "{err}");
+    assert!(err.to_string().contains("[12, 12]"), "{err}");
+    let nan = WithJacobian::new(p.field(), |t: f64, y: &Tensor| {
+        p.jacobian()(t, y)?.affine(f64::NAN, 0.0)
+    });
+    let err = odeint(&nan, &y0, &[0.0, 1.0], &opts).unwrap_err();
+    assert!(
+        matches!(find(&err), Some(SolverError::NonFinite { .. })),
+        "{err}"
+    );
+    let sol = odeint(&nan, &y0, &[0.0, 1.0], &SolveOptions::default())?;
+    assert_eq!(sol.stats.jacobians, 0);
+    Ok(())
+}
+
 /// Reverse time, and f32 states.
 fn reverse_and_f32_case(dev: &Device) -> Result<()> {
     let p = Exponential { rate: -50.0 };
@@ -244,3 +413,21 @@ candle_core::test_device!(
     reverse_and_f32_metal
 );
 candle_core::test_device!(errors_case, errors_cpu, errors_cuda, errors_metal);
+candle_core::test_device!(
+    closed_form_jacobians_case,
+    closed_form_jacobians_cpu,
+    closed_form_jacobians_cuda,
+    closed_form_jacobians_metal
+);
+candle_core::test_device!(
+    field_jacobian_case,
+    field_jacobian_cpu,
+    field_jacobian_cuda,
+    field_jacobian_metal
+);
+candle_core::test_device!(
+    field_jacobian_errors_case,
+    field_jacobian_errors_cpu,
+    field_jacobian_errors_cuda,
+    field_jacobian_errors_metal
+);
