@@ -77,7 +77,7 @@ print()
 print("Brusselator, t 0 -> 10, rtol = atol = 1e-6 (error: max abs against Radau at 1e-10)")
 print("| N | method | Jacobian | NFE (Jacobians) | LU factorizations | time | error |")
 print("|---|---|---|---|---|---|---|")
-for n in [32, 128]:
+for n in [32, 64, 128]:
     f, jac, y0 = bruss(n)
     ref = solve_ivp(f, (0, 10), y0, method="Radau", rtol=1e-10, atol=1e-10, jac=jac).y[:, -1]
     for method in ["Radau", "BDF"]:

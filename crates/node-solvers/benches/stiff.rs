@@ -142,9 +142,9 @@ fn main() -> Result<()> {
     }
 
     println!("\n## The Brusselator on N points, t 0 → 10, rtol = atol = 1e-6 (error: max abs against dopri5 at 1e-10)");
-    println!("| N | method | Jacobian | steps (rejected) | NFE (Jacobians) | time | error |");
-    println!("|---|---|---|---|---|---|---|");
-    for n in [32usize, 128] {
+    println!("| N | method | Jacobian | steps (rejected) | NFE (Jacobians) | LU factorizations | time | error |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for n in [32usize, 64, 128] {
         let b = Brusselator::new(n);
         let y0 = b.initial(DType::F64, &dev)?;
         let ts = [0.0, 10.0];
@@ -168,11 +168,12 @@ fn main() -> Result<()> {
                 .max(0)?
                 .to_scalar::<f64>()?;
             println!(
-                "| {n} | {m} | {jac} | {} ({}) | {} ({}) | {:.1} ms | {err:.1e} |",
+                "| {n} | {m} | {jac} | {} ({}) | {} ({}) | {} | {:.1} ms | {err:.1e} |",
                 s.accepted_steps,
                 s.rejected_steps,
                 s.nfe,
                 s.jacobians,
+                s.factorizations,
                 secs * 1e3
             );
         }

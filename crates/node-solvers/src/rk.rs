@@ -89,6 +89,7 @@ pub(crate) struct Evaluator<'a, F: ?Sized> {
     nfe: Cell<usize>,
     host_reads: Cell<usize>,
     jacobians: Cell<usize>,
+    factorizations: Cell<usize>,
 }
 
 impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
@@ -98,6 +99,7 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
             nfe: Cell::new(0),
             host_reads: Cell::new(0),
             jacobians: Cell::new(0),
+            factorizations: Cell::new(0),
         }
     }
 
@@ -106,6 +108,12 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
         stats.nfe = self.nfe.get();
         stats.host_reads = self.host_reads.get();
         stats.jacobians = self.jacobians.get();
+        stats.factorizations = self.factorizations.get();
+    }
+
+    /// Counts an LU factorization of the Newton matrix.
+    pub(crate) fn count_factorization(&self) {
+        self.factorizations.set(self.factorizations.get() + 1);
     }
 
     /// Counts a Jacobian built by finite differences.

@@ -33,6 +33,9 @@ pub struct SolverStats {
     /// call of [`crate::VectorField::jacobian`] or `n` finite-difference evaluations
     /// (counted in `nfe` too).
     pub jacobians: usize,
+    /// LU factorizations of the Newton matrix `I − hγJ` of an implicit method (block by
+    /// block for [`crate::Jacobian::Batched`]): one per new Jacobian or new step size.
+    pub factorizations: usize,
 }
 
 impl std::ops::AddAssign for SolverStats {
@@ -42,6 +45,7 @@ impl std::ops::AddAssign for SolverStats {
         self.rejected_steps += o.rejected_steps;
         self.host_reads += o.host_reads;
         self.jacobians += o.jacobians;
+        self.factorizations += o.factorizations;
     }
 }
 
@@ -618,7 +622,13 @@ fn adaptive<F: VectorField + ?Sized>(
                 opts.safety * ratio.powf(-beta1 / k_exp) * prev_ratio.powf(beta2 / k_exp)
             };
             // As torchdiffeq and diffrax: an accepted step never shrinks the next one.
-            h_abs = h_try * factor.clamp(1.0, opts.max_factor);
+            let mut factor = factor.clamp(1.0, opts.max_factor);
+            // As RADAU5: an implicit method with a large Newton matrix keeps its step, and so
+            // the matrix's LU factors, unless the step can grow by a fifth.
+            if factor < KEEP_STEP_BELOW && newton.as_ref().is_some_and(Newton::keeps_steps) {
+                factor = 1.0;
+            }
+            h_abs = h_try * factor;
             prev_ratio = ratio.max(1e-4);
         } else {
             stats.rejected_steps += 1;
@@ -637,6 +647,11 @@ fn adaptive<F: VectorField + ?Sized>(
 
 /// How much an implicit step shrinks when its Newton iterations fail (RADAU5's choice).
 const NEWTON_FACTOR: f64 = 0.5;
+
+/// An implicit method's accepted step grows only by this factor or more (RADAU5's `quot2`)
+/// when its Newton matrix is large ([`Newton::keeps_steps`]): a step kept unchanged keeps
+/// the LU factors of `I − hγJ`.
+const KEEP_STEP_BELOW: f64 = 1.2;
 
 /// The step after a rejected one of `h_try` at `t`, scaled by `factor`; an error when that is
 /// below `min_step` or what `t` can resolve (a non-finite error ratio reports as such).
