@@ -528,6 +528,8 @@ struct Augmented<'a, F> {
     shape: &'a Shape,
     n: usize,
     dense: Option<&'a DenseSolution>,
+    /// The forward solve's Jacobian option.
+    structure: Jacobian,
 }
 
 impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
@@ -572,25 +574,37 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
 
     /// With a dense forward solution, the reverse dynamics of `a` are linear, `−(∂f/∂y)ᵀ a`
     /// with `y(t)` read from it: their Jacobian is `−Jᵀ`, from the field's own `J` when it
-    /// has one (its dense `[n, n]` form). The backsolve dynamics couple `y` and `a` through
-    /// second derivatives, so they keep the finite-difference Jacobian.
+    /// has one, in the forward solve's structure (dense `[n, n]`, or `[count, size, size]`
+    /// blocks, each transposed). A forward [`Jacobian::DensePrefix`] gives no `J` for the
+    /// integrals' adjoints, and the backsolve dynamics couple `y` and `a` through second
+    /// derivatives: both keep finite differences.
     fn jacobian(&self, t: f64, _aug: &Tensor, _structure: Jacobian) -> Result<Option<Tensor>> {
         let Some(d) = self.dense else {
             return Ok(None);
         };
+        let dims = match self.structure {
+            Jacobian::Dense => vec![self.n, self.n],
+            Jacobian::Batched => {
+                let count = self.shape.dims().first().copied().unwrap_or(1).max(1);
+                vec![count, self.n / count, self.n / count]
+            }
+            Jacobian::Blocks { count, size } => vec![count, size, size],
+            Jacobian::DensePrefix(_) => return Ok(None),
+        };
         let y = d.evaluate_extended(t)?;
-        let Some(jac) = self.f.jacobian(t, &y, Jacobian::Dense)? else {
+        let Some(jac) = self.f.jacobian(t, &y, self.structure)? else {
             return Ok(None);
         };
-        if jac.dims() != [self.n, self.n] {
+        if jac.dims() != dims {
             return Err(SolverError::OutputMismatch(format!(
-                "its Jacobian has shape {:?}, but the interpolated adjoint needs the dense [{n}, {n}] (at t = {t})",
+                "its Jacobian has shape {:?}, but the interpolated adjoint of a solve with `{:?}` needs {dims:?} (at t = {t})",
                 jac.dims(),
-                n = self.n
+                self.structure
             ))
             .into());
         }
-        Ok(Some(jac.t()?.neg()?))
+        let last = jac.rank() - 1;
+        Ok(Some(jac.transpose(last - 1, last)?.neg()?))
     }
 }
 
@@ -753,8 +767,21 @@ impl<F: ParamVectorField> Inner<F> {
             _ => ErrorNorm::Rms,
         };
         // An implicit method's Newton iterations: only `[y, a]` (or `a`) enter the
-        // augmented field, the parameter gradients are its integrals.
-        ropts.jacobian = Jacobian::DensePrefix(dynamic);
+        // augmented field, the parameter gradients are its integrals. With `y` interpolated,
+        // `a` has the layout of `y`, so a batched forward solve's independent systems stay
+        // independent blocks backwards (`y` and `a` of one system are not contiguous in
+        // `[y, a]`, so the backsolve reverse Jacobian stays dense).
+        ropts.jacobian = match (dense, self.opts.jacobian) {
+            (Some(_), Jacobian::Batched) => {
+                let count = shape.dims().first().copied().unwrap_or(1).max(1);
+                Jacobian::Blocks {
+                    count,
+                    size: n / count,
+                }
+            }
+            (Some(_), blocks @ Jacobian::Blocks { .. }) => blocks,
+            _ => Jacobian::DensePrefix(dynamic),
+        };
         if let Some(d) = dense {
             // The interpolated y is smooth inside each forward step only: stepping to the
             // forward steps' ends keeps the reverse steps from straddling a kink (as Julia's
@@ -769,6 +796,7 @@ impl<F: ParamVectorField> Inner<F> {
             shape: &shape,
             n,
             dense,
+            structure: self.opts.jacobian,
         };
         let mut a = if last > 0 {
             g.get(last)?

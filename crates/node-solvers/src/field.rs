@@ -27,7 +27,8 @@ pub trait VectorField {
     /// - [`Jacobian::Dense`]: `[n, n]`;
     /// - [`Jacobian::Batched`]: `[B, D, D]`, one block per row of the leading dimension
     ///   (`B` rows of `D = n / B` components);
-    /// - [`Jacobian::DensePrefix`]`(len)`: `[len, len]`, the first `len` components.
+    /// - [`Jacobian::DensePrefix`]`(len)`: `[len, len]`, the first `len` components;
+    /// - [`Jacobian::Blocks`]` { count, size }`: `[count, size, size]`.
     ///
     /// Any float dtype and device; the solver reads it back once per build (the linear
     /// algebra runs on the host). Return `None` for a structure the implementation does not

@@ -64,7 +64,8 @@ pub(crate) struct Newton {
     /// One value, or one per component of the flattened state.
     atol: Vec<f64>,
     /// Blocks of the Jacobian and their size: the flattened state's first `blocks · size`
-    /// components; the rest (a [`Jacobian::DensePrefix`]) do not enter the field.
+    /// components; the rest (with [`Jacobian::DensePrefix`] or [`Jacobian::Blocks`]) do not
+    /// enter the field.
     blocks: usize,
     size: usize,
     /// The solve's Jacobian option, passed to [`VectorField::jacobian`].
@@ -129,6 +130,14 @@ impl Newton {
                 ))
             }
             Jacobian::DensePrefix(len) => (1, len),
+            Jacobian::Blocks { count, size }
+                if count == 0 || size == 0 || count.checked_mul(size).is_none_or(|m| m > n) =>
+            {
+                return bad(format!(
+                    "Jacobian blocks: {count} blocks of {size} components must be non-empty and fit the state's {n}"
+                ))
+            }
+            Jacobian::Blocks { count, size } => (count, size),
         };
         let atol = match &opts.atol {
             Atol::Scalar(a) => vec![*a],
@@ -216,7 +225,9 @@ impl Newton {
         y: &Tensor,
     ) -> Result<()> {
         let dims = match self.structure {
-            Jacobian::Batched => vec![self.blocks, self.size, self.size],
+            Jacobian::Batched | Jacobian::Blocks { .. } => {
+                vec![self.blocks, self.size, self.size]
+            }
             Jacobian::Dense | Jacobian::DensePrefix(_) => vec![self.size, self.size],
         };
         let jac = match ev.jacobian(t0_eval, y, self.structure, &dims)? {
@@ -234,7 +245,7 @@ impl Newton {
     }
 
     /// The Jacobian at `y` by forward differences: one evaluation per column (per column
-    /// of a block, for [`Jacobian::Batched`]) and one at `y`.
+    /// of a block, for [`Jacobian::Batched`] and [`Jacobian::Blocks`]) and one at `y`.
     fn differences<F: VectorField + ?Sized>(
         &self,
         ev: &Evaluator<'_, F>,

@@ -117,6 +117,18 @@ pub enum Jacobian {
     /// are integrals that the field accumulates (the adjoint's parameter gradients, a CNF's
     /// log-density). `len × len` dense, `len` evaluations.
     DensePrefix(usize),
+    /// Both at once: the first `count · size` components of the flattened state are `count`
+    /// independent systems of `size` components each (one `size × size` block apiece, built
+    /// with `size` evaluations), and the rest are integrals the field accumulates.
+    /// `Batched` on a `[B, D]` state is `Blocks { count: B, size: D }`, and `DensePrefix(len)`
+    /// is `Blocks { count: 1, size: len }`. The interpolated adjoint's reverse solve of a
+    /// batched forward solve uses it.
+    Blocks {
+        /// The number of independent systems.
+        count: usize,
+        /// The components of each.
+        size: usize,
+    },
 }
 
 /// Options of [`crate::odeint`]. Build with `SolveOptions::default()` and the builder methods.

@@ -123,6 +123,11 @@ fn jacobian_options_case(dev: &Device) -> Result<()> {
         sols[1].stats,
         sols[0].stats
     );
+    // `Blocks` spelled out is `Batched`: the same solve.
+    let blocks = Jacobian::Blocks { count: b, size: 3 };
+    let sol = odeint(&p.field(), &y0, &[0.0, t40], &base.clone().jacobian(blocks))?;
+    assert_eq!(sol.stats, sols[1].stats);
+    assert_eq!(max_abs_diff(&sol.ys, &sols[1].ys)?, 0.0);
     // An integral the field accumulates, `∫ y2 dt`, as a fourth component: a prefix of 3.
     let f = p.field();
     let g = move |t: f64, y: &Tensor| -> candle_core::Result<Tensor> {
@@ -140,6 +145,10 @@ fn jacobian_options_case(dev: &Device) -> Result<()> {
         .into_iter()
         .fold(0.0f64, f64::max);
     assert!(worst < 1e-4, "prefix: relative error {worst:e}");
+    // One block of 3 and the integral: the prefix again.
+    let one_block = Jacobian::Blocks { count: 1, size: 3 };
+    let sol = odeint(&g, &y0, &[0.0, t40], &base.clone().jacobian(one_block))?;
+    assert_eq!(sol.stats, with_integral.stats);
     Ok(())
 }
 
@@ -367,6 +376,16 @@ fn errors_case(dev: &Device) -> Result<()> {
         (&scalar, Jacobian::Batched),
         (&y0, Jacobian::DensePrefix(0)),
         (&y0, Jacobian::DensePrefix(3)),
+        (&y0, Jacobian::Blocks { count: 0, size: 1 }),
+        (&y0, Jacobian::Blocks { count: 2, size: 0 }),
+        (&y0, Jacobian::Blocks { count: 1, size: 3 }),
+        (
+            &y0,
+            Jacobian::Blocks {
+                count: usize::MAX,
+                size: 2,
+            },
+        ),
     ] {
         let err = odeint(&p.field(), y, &[0.0, 1.0], &opts.clone().jacobian(jac)).unwrap_err();
         assert!(
