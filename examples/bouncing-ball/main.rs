@@ -163,8 +163,8 @@ impl Ball {
                         odeint_event_checkpointed(&field, &y0, t, t_max, &ground, &opts, &ev, &ck)?;
                     (s.t, s.time, s.y, s.event)
                 }
-                GradientArg::Adjoint => {
-                    let adj = AdjointOptions::default();
+                GradientArg::Adjoint | GradientArg::Interpolated => {
+                    let adj = AdjointOptions::default().state(mode.adjoint_state());
                     let s = odeint_event_adjoint(&field, &y0, t, t_max, &ground, &opts, &ev, &adj)?;
                     (s.t, s.time, s.y, s.event)
                 }

@@ -26,6 +26,21 @@ pub enum GradientArg {
     /// Checkpointed backprop: backprop's gradients from steps replayed from stored states
     /// (less memory than backprop, about one more forward pass).
     Checkpoint,
+    /// The adjoint method with `y(t)` read from the forward solve's dense output instead of
+    /// solved backwards: no drift from the backward solve and works on stiff problems;
+    /// memory grows with the forward steps.
+    Interpolated,
+}
+
+impl GradientArg {
+    /// The adjoint's state for `--gradient adjoint` (solved backwards) and `interpolated`.
+    pub fn adjoint_state(self) -> node_adjoint::AdjointState {
+        if self == GradientArg::Interpolated {
+            node_adjoint::AdjointState::Interpolated
+        } else {
+            node_adjoint::AdjointState::Backsolve
+        }
+    }
 }
 
 /// `--checkpoints`, for `--gradient checkpoint`.

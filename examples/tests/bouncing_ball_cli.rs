@@ -25,6 +25,14 @@ fn bounces_and_gradients_check_out_in_every_mode() {
         &["--gradient", "adjoint", "--no-plot", "--drag", "0.5", "4"][..],
         &[
             "--gradient",
+            "interpolated",
+            "--no-plot",
+            "--drag",
+            "0.5",
+            "4",
+        ][..],
+        &[
+            "--gradient",
             "checkpoint",
             "--no-plot",
             "--drag",

@@ -120,9 +120,11 @@ fn main() -> Result<ExitCode> {
         .method(Method::Dopri5)
         .tolerances(args.tol, args.tol);
     let gradient = match args.gradient {
-        GradientArg::Adjoint => {
-            Gradient::Adjoint(AdjointOptions::default().tolerances(args.tol, args.tol))
-        }
+        GradientArg::Adjoint | GradientArg::Interpolated => Gradient::Adjoint(
+            AdjointOptions::default()
+                .tolerances(args.tol, args.tol)
+                .state(args.gradient.adjoint_state()),
+        ),
         GradientArg::Backprop => Gradient::Backprop,
         GradientArg::Checkpoint => Gradient::Checkpoint(args.checkpoint.options()),
     };

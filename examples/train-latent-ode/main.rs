@@ -118,9 +118,11 @@ fn main() -> Result<ExitCode> {
         .method(Method::Dopri5)
         .tolerances(args.rtol, args.atol);
     let gradient = match args.gradient {
-        GradientArg::Adjoint => {
-            Gradient::Adjoint(AdjointOptions::default().tolerances(args.rtol, args.atol))
-        }
+        GradientArg::Adjoint | GradientArg::Interpolated => Gradient::Adjoint(
+            AdjointOptions::default()
+                .tolerances(args.rtol, args.atol)
+                .state(args.gradient.adjoint_state()),
+        ),
         GradientArg::Backprop => Gradient::Backprop,
         GradientArg::Checkpoint => Gradient::Checkpoint(args.checkpoint.options()),
     };

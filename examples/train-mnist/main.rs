@@ -175,7 +175,11 @@ fn ode_config(args: &Args) -> Result<OdeConfig> {
         AdjointNorm::Seminorm
     };
     cfg.gradient = match args.gradient {
-        Some(GradientArg::Adjoint) => Gradient::Adjoint(AdjointOptions::default().norm(norm)),
+        Some(g @ (GradientArg::Adjoint | GradientArg::Interpolated)) => Gradient::Adjoint(
+            AdjointOptions::default()
+                .norm(norm)
+                .state(g.adjoint_state()),
+        ),
         Some(GradientArg::Backprop) => Gradient::Backprop,
         Some(GradientArg::Checkpoint) => Gradient::Checkpoint(args.checkpoint.options()),
         None => match cfg.gradient {
