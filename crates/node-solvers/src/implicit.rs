@@ -58,6 +58,11 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// 262 to 43 and its time by 58%, for 7% more steps.
 const KEEP_STEPS_FROM: usize = 64;
 
+/// The most entries the Jacobian's blocks may have together (2²⁷: with their LU factors,
+/// 2 GiB of f64 on the host). A larger state is refused with a typed error before anything
+/// is allocated, rather than aborting on the allocation.
+const MAX_JACOBIAN_ENTRIES: usize = 1 << 27;
+
 /// The state of the Newton iterations of one solve: the Jacobian and its factors.
 pub(crate) struct Newton {
     rtol: f64,
@@ -139,6 +144,20 @@ impl Newton {
             }
             Jacobian::Blocks { count, size } => (count, size),
         };
+        // The blocks live on the host in f64, twice (the Jacobian and its LU factors).
+        let entries = (size as u128) * (size as u128) * (blocks as u128);
+        if entries > MAX_JACOBIAN_ENTRIES as u128 {
+            let gib = entries as f64 * 16.0 / (1u64 << 30) as f64;
+            let hint = if blocks == 1 {
+                "use Jacobian::Batched or Jacobian::Blocks if the state holds independent systems, or an explicit method"
+            } else {
+                "use an explicit method, or smaller independent systems"
+            };
+            return bad(format!(
+                "the implicit method `{}` would hold {blocks} Jacobian block(s) of {size} × {size} on the host ({gib:.1} GiB): {hint}",
+                opts.method
+            ));
+        }
         let atol = match &opts.atol {
             Atol::Scalar(a) => vec![*a],
             Atol::PerComponent(t) => {

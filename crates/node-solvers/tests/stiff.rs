@@ -393,6 +393,17 @@ fn errors_case(dev: &Device) -> Result<()> {
             "{jac:?}: {err}"
         );
     }
+    // A Jacobian too large for the host is refused before it is allocated: an MNIST
+    // ODE-Net state (batch 128 of 64 × 7 × 7) dense, or in blocks of 3136.
+    let big = Tensor::zeros((128, 64, 7, 7), DType::F32, dev)?;
+    for jac in [Jacobian::Dense, Jacobian::Batched] {
+        let err = odeint(&p.field(), &big, &[0.0, 1.0], &opts.clone().jacobian(jac)).unwrap_err();
+        assert!(
+            matches!(find(&err), Some(SolverError::InvalidOptions(_))),
+            "{jac:?}: {err}"
+        );
+        assert!(err.to_string().contains("GiB"), "{err}");
+    }
     // y' = y² from 1 with h = 2: `z = 1 + 2z²` has no real root, Newton cannot converge.
     let sq = |_t: f64, y: &Tensor| y.sqr();
     let one = Tensor::new(&[1.0f64], dev)?;
