@@ -150,8 +150,7 @@ impl Ball {
         for k in 0..n {
             // A start time that carries a gradient: the trajectory from (t + δ, y) is the one
             // from (t, y − δ·f(t, y)), so shifting the state carries dt to everything after.
-            let f0 = node_solvers::VectorField::eval(&field, t, &y)?.detach();
-            let y0 = (&y - f0.broadcast_mul(&(&time - time.detach())?)?)?;
+            let (_, y0) = node_solvers::differentiable_start(&field, &time, &y)?;
             let t_max = t + 1e3;
             let (te, time_e, ye, event) = match mode {
                 GradientArg::Backprop => {

@@ -99,6 +99,61 @@ pub struct EventSolution {
     pub stats: SolverStats,
 }
 
+/// A start time given as a tensor, for a solve that takes a host `t0`: returns `t0`'s value
+/// and a start state equal to `y0` whose gradient carries `t0`'s. The trajectory from
+/// `(t0 + δ, y0)` is, to first order, the one from `(t0, y0 − δ·f(t0, y0))`, so
+/// `y0 − f(t0, y0)·(t0 − t0.detach())` has `y0`'s value and the gradient `dL/dt0 =
+/// −(dL/dy0)·f(t0, y0)`: every output of a solve from it (states at fixed times, event times
+/// and states) gets its gradient to `t0`, in every gradient mode. For chains of events (a
+/// bouncing ball: each flight starts where the last one's event time, a tensor, ended) and
+/// for a learned start time.
+///
+/// # Shapes
+/// `t0`: one element (any shape); `y0` any shape → `y0`'s shape.
+///
+/// # Errors
+/// A `t0` of more than one element, or not finite; the field's.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use node_solvers::{differentiable_start, odeint, SolveOptions};
+///
+/// // y' = −y from y0 = 1 at t0 to T = 1: y(1) = e^{−(1 − t0)}, dy(1)/dt0 = y(1).
+/// let f = |_t: f64, y: &Tensor| y.neg();
+/// let t0 = Var::new(0.25f64, &Device::Cpu)?;
+/// let y0 = Tensor::new(&[1.0f64], &Device::Cpu)?;
+/// let (t, y0) = differentiable_start(&f, t0.as_tensor(), &y0)?;
+/// let y1 = odeint(&f, &y0, &[t, 1.0], &SolveOptions::default())?.last()?;
+/// let grad = y1.sum_all()?.backward()?.get(&t0).unwrap().to_scalar::<f64>()?;
+/// assert!((grad - (-0.75f64).exp()).abs() < 1e-7);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn differentiable_start<F: VectorField + ?Sized>(
+    f: &F,
+    t0: &Tensor,
+    y0: &Tensor,
+) -> Result<(f64, Tensor)> {
+    if t0.elem_count() != 1 {
+        return Err(SolverError::InvalidTimes(format!(
+            "a start time must be one number, got shape {:?}",
+            t0.dims()
+        ))
+        .into());
+    }
+    // The evaluator checks the field's output against the state, and counts the one read.
+    let ev = Evaluator::new(f);
+    let t = ev.read(t0)?[0];
+    if !t.is_finite() {
+        return Err(SolverError::InvalidTimes(format!("start time {t} is not finite")).into());
+    }
+    // f is detached: it is multiplied by a tensor whose value is zero, so its own gradient
+    // would be multiplied by zero too.
+    let f0 = ev.eval(t, y0)?.detach();
+    let shift = (t0 - t0.detach())?.reshape(())?.to_dtype(y0.dtype())?;
+    let y = (y0 - f0.broadcast_mul(&shift)?)?;
+    Ok((t, y))
+}
+
 /// Solves `dy/dt = f(t, y)`, `y(t0) = y0` from `t0` towards `t_max` until an element of
 /// `g(t, y)` crosses zero, and returns the time and state of the crossing (as torchdiffeq's
 /// `odeint_event`, with a bound on time and typed errors).

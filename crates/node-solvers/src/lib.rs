@@ -18,9 +18,9 @@ pub mod trace;
 pub use dense::{odeint_dense, DenseSolution};
 pub use error::SolverError;
 pub use event::{
-    event_gradients, locate_event, locate_event_traced, locate_events, locate_events_traced,
-    odeint_event, odeint_events, Crossing, EventFunction, EventOptions, EventSolution,
-    EventsSolution, LocatedEvent, LocatedEvents, RecordedEvent,
+    differentiable_start, event_gradients, locate_event, locate_event_traced, locate_events,
+    locate_events_traced, odeint_event, odeint_events, Crossing, EventFunction, EventOptions,
+    EventSolution, EventsSolution, LocatedEvent, LocatedEvents, RecordedEvent,
 };
 pub use field::{VectorField, WithJacobian};
 pub use method::{Method, UnknownMethod};
