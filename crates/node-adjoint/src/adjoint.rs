@@ -582,14 +582,10 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
         let Some(d) = self.dense else {
             return Ok(None);
         };
-        let dims = match self.structure {
-            Jacobian::Dense => vec![self.n, self.n],
-            Jacobian::Batched => {
-                let count = self.shape.dims().first().copied().unwrap_or(1).max(1);
-                vec![count, self.n / count, self.n / count]
-            }
-            Jacobian::Blocks { count, size } => vec![count, size, size],
-            Jacobian::DensePrefix(_) => return Ok(None),
+        let dims = match (self.structure, system_blocks(self.structure, self.shape)) {
+            (Jacobian::Dense, _) => vec![self.n, self.n],
+            (_, Some((count, size))) => vec![count, size, size],
+            _ => return Ok(None),
         };
         let y = d.evaluate_extended(t)?;
         let Some(jac) = self.f.jacobian(t, &y, self.structure)? else {
@@ -605,6 +601,20 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
         }
         let last = jac.rank() - 1;
         Ok(Some(jac.transpose(last - 1, last)?.neg()?))
+    }
+}
+
+/// The independent systems of a forward solve's Jacobian option on a state of `shape`, as
+/// `(count, size)`: one per row for [`Jacobian::Batched`], the given ones for
+/// [`Jacobian::Blocks`]; `None` for the dense options.
+fn system_blocks(structure: Jacobian, shape: &Shape) -> Option<(usize, usize)> {
+    match structure {
+        Jacobian::Batched => {
+            let count = shape.dims().first().copied().unwrap_or(1).max(1);
+            Some((count, shape.elem_count() / count))
+        }
+        Jacobian::Blocks { count, size } => Some((count, size)),
+        Jacobian::Dense | Jacobian::DensePrefix(_) => None,
     }
 }
 
@@ -771,15 +781,8 @@ impl<F: ParamVectorField> Inner<F> {
         // `a` has the layout of `y`, so a batched forward solve's independent systems stay
         // independent blocks backwards (`y` and `a` of one system are not contiguous in
         // `[y, a]`, so the backsolve reverse Jacobian stays dense).
-        ropts.jacobian = match (dense, self.opts.jacobian) {
-            (Some(_), Jacobian::Batched) => {
-                let count = shape.dims().first().copied().unwrap_or(1).max(1);
-                Jacobian::Blocks {
-                    count,
-                    size: n / count,
-                }
-            }
-            (Some(_), blocks @ Jacobian::Blocks { .. }) => blocks,
+        ropts.jacobian = match (dense, system_blocks(self.opts.jacobian, &shape)) {
+            (Some(_), Some((count, size))) => Jacobian::Blocks { count, size },
             _ => Jacobian::DensePrefix(dynamic),
         };
         if let Some(d) = dense {

@@ -3,8 +3,9 @@
 //! Each implicit stage solves `z = base + hγ f(t_i, z)`. The iteration is simplified Newton
 //! (as Hairer & Wanner's RADAU5 and diffrax's `VeryChord`):
 //! `(I − hγJ) δ = −(z − base − hγ f(t_i, z))`, `z ← z + δ`, with the field's Jacobian
-//! ([`VectorField::jacobian`]) or else a finite-difference one `J ≈ ∂f/∂y`, built at the start of a step and kept for the following steps while the
-//! iterations converge well, and the LU factors of `I − hγJ` kept while `hγ` is unchanged.
+//! ([`VectorField::jacobian`]) or else a finite-difference one `J ≈ ∂f/∂y`, built at the
+//! start of a step and kept for the following steps while the iterations converge well, and
+//! the LU factors of `I − hγJ` kept while `hγ` is unchanged.
 //! The iteration stops when `η ‖δ‖ ≤ κ`, with `η = θ / (1 − θ)` from the rate `θ` of
 //! successive corrections and `‖·‖` the solve's error norm (Hairer & Wanner, *Solving
 //! Ordinary Differential Equations II*, IV.8), and fails when it diverges (`θ ≥ 1`), stays
@@ -52,7 +53,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// less than a fifth, to keep the LU factors (as RADAU5 always does). Below it a
 /// factorization costs less than the steps that keeping them adds. Measured on the CPU
 /// (Robertson and the Brusselator, rtol 1e-6): on Robertson's blocks of 3 keeping steps took
-/// 5–35% more steps for nothing; on the Brusselator with 16 or 32 components it made no
+/// up to 36% more steps for nothing; on the Brusselator with 16 or 32 components it made no
 /// difference in time, with 64 it was mixed (kvaerno5 25% faster, kvaerno3 14% slower), with
 /// 128 both were faster (by 26% and 13%), and with 256 it cut kvaerno3's factorizations from
 /// 262 to 43 and its time by 58%, for 7% more steps.
