@@ -61,7 +61,7 @@ const KEEP_STEPS_FROM: usize = 64;
 
 /// The most entries the Jacobian's blocks may have together (2²⁷: with their LU factors,
 /// 2 GiB of f64 on the host). A larger state is refused with a typed error before anything
-/// is allocated, rather than aborting on the allocation.
+/// is allocated.
 const MAX_JACOBIAN_ENTRIES: usize = 1 << 27;
 
 /// The state of the Newton iterations of one solve: the Jacobian and its factors.
