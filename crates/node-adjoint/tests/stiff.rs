@@ -114,8 +114,32 @@ fn adjoint_case(dev: &Device) -> Result<()> {
 /// Robertson's kinetics with the rates as parameters, scaled: `k = s ⊙ (0.04, 3e7, 1e4)`,
 /// so that the three get gradients of comparable size.
 fn robertson(s: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
-    let k = (s * Tensor::new(&[0.04f64, 3e7, 1e4], s.device())?)?;
+    let k = (s * Tensor::new(&RATES, s.device())?)?;
     Robertson::field_with_rates(&k, y)
+}
+
+/// The textbook rates that the parameters `s` scale.
+const RATES: [f64; 3] = [0.04, 3e7, 1e4];
+
+/// Robertson's Jacobian in closed form at the rates `s ⊙ RATES` (read when it is called; it
+/// is not differentiated), for states `[3]` or `[B, 3]`, and the count of its calls.
+fn robertson_jacobian(
+    s: &Var,
+) -> (
+    impl Fn(f64, &Tensor) -> candle_core::Result<Tensor> + Clone + Send + Sync + 'static,
+    Arc<AtomicUsize>,
+) {
+    let (s, calls) = (s.clone(), Arc::new(AtomicUsize::new(0)));
+    let counter = calls.clone();
+    let jacobian = move |t: f64, y: &Tensor| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let k = (s.as_tensor() * Tensor::new(&RATES, y.device())?)?.to_vec1::<f64>()?;
+        Robertson {
+            rates: [k[0], k[1], k[2]],
+        }
+        .jacobian()(t, y)
+    };
+    (jacobian, calls)
 }
 
 /// `L = y1(40) + 10⁴ y2(40) + y3(40)` (y2 is ~10⁻⁵), summed over a batch.
@@ -163,18 +187,8 @@ fn robertson_case(dev: &Device) -> Result<()> {
 
     // The Jacobian in closed form (at the current rates; it is not differentiated): the
     // forward solve and the reverse solve (its `−Jᵀ`) take it instead of differences.
-    let sj = s.clone();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let exact = WithJacobian::new(f.clone(), move |t: f64, y: &Tensor| {
-        counter.fetch_add(1, Ordering::Relaxed);
-        let k = (sj.as_tensor() * Tensor::new(&[0.04f64, 3e7, 1e4], y.device())?)?;
-        let k = k.to_vec1::<f64>()?;
-        Robertson {
-            rates: [k[0], k[1], k[2]],
-        }
-        .jacobian()(t, y)
-    });
+    let (jacobian, calls) = robertson_jacobian(&s);
+    let exact = WithJacobian::new(f.clone(), jacobian);
     let sol_j = odeint_adjoint(&exact, y0.as_tensor(), &ts, &opts, &interpolated)?;
     let grads_j = robertson_loss(&sol_j.ys)?.backward()?;
     let (fwd, bwd) = (sol_j.stats.forward(), sol_j.stats.backward());
@@ -245,19 +259,9 @@ fn robertson_batch_case(dev: &Device) -> Result<()> {
         move |_t: f64, y: &Tensor| robertson(sv.as_tensor(), y),
         vec![s.clone()],
     );
-    let sj = s.clone();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    // Blocks `[B, 3, 3]` for a `[B, 3]` state, at the current rates.
-    let exact = WithJacobian::new(f.clone(), move |t: f64, y: &Tensor| {
-        counter.fetch_add(1, Ordering::Relaxed);
-        let k = (sj.as_tensor() * Tensor::new(&[0.04f64, 3e7, 1e4], y.device())?)?;
-        let k = k.to_vec1::<f64>()?;
-        Robertson {
-            rates: [k[0], k[1], k[2]],
-        }
-        .jacobian()(t, y)
-    });
+    // Blocks `[B, 3, 3]` for a `[B, 3]` state.
+    let (jacobian, calls) = robertson_jacobian(&s);
+    let exact = WithJacobian::new(f.clone(), jacobian);
     let flat: Vec<f64> = starts.iter().flatten().copied().collect();
     let y0 = Var::from_tensor(&Tensor::from_vec(flat, (b, 3), dev)?)?;
     let ts = [0.0, 40.0];
