@@ -103,7 +103,7 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
         }
     }
 
-    /// Writes the evaluation, read and Jacobian counts into `stats`.
+    /// Writes the evaluation, read, Jacobian and factorization counts into `stats`.
     pub(crate) fn count_into(&self, stats: &mut SolverStats) {
         stats.nfe = self.nfe.get();
         stats.host_reads = self.host_reads.get();
