@@ -333,10 +333,7 @@ impl Cnf {
     /// # Errors
     /// Candle's.
     pub fn base_log_prob(&self, z: &Tensor) -> Result<Tensor> {
-        let s = self.config.base_std;
-        let d = z.dim(1)? as f64;
-        let norm = -0.5 * d * (2.0 * std::f64::consts::PI * s * s).ln();
-        z.sqr()?.sum(1)?.affine(-0.5 / (s * s), norm)
+        gaussian_log_prob(z, self.config.base_std)
     }
 
     /// `log p(x)` per point, by solving the flow backwards from `x` at `t₁` to 0.
@@ -412,14 +409,29 @@ impl Cnf {
 
     /// Solves from `x` at `from` to `to` with `extra` integrals (starting at 0) beside it.
     fn solve(&self, x: &Tensor, from: f64, to: f64, extra: usize) -> Result<(Tensor, BlockStats)> {
-        let d = self.config.dim;
-        if x.rank() != 2 || x.dim(1)? != d || x.dim(0)? == 0 {
-            candle_core::bail!("CNF: points must be [batch ≥ 1, {d}], got {:?}", x.dims());
-        }
-        let zeros = Tensor::zeros((x.dim(0)?, extra), x.dtype(), x.device())?;
-        let s = Tensor::cat(&[x, &zeros], 1)?;
+        let s = augment(x, self.config.dim, extra, "CNF")?;
         self.block.solve_between(&s, from, to)
     }
+}
+
+/// `log N(z; 0, σ²I)` per point: `z: [B, D]` → `[B]`.
+pub(crate) fn gaussian_log_prob(z: &Tensor, std: f64) -> Result<Tensor> {
+    let d = z.dim(1)? as f64;
+    let norm = -0.5 * d * (2.0 * std::f64::consts::PI * std * std).ln();
+    z.sqr()?.sum(1)?.affine(-0.5 / (std * std), norm)
+}
+
+/// The points `x: [B, D]` with `extra` columns of zeros beside them (the integrals a flow's
+/// solve carries); `model` names the flow in the error for points of another shape.
+pub(crate) fn augment(x: &Tensor, dim: usize, extra: usize, model: &str) -> Result<Tensor> {
+    if x.rank() != 2 || x.dim(1)? != dim || x.dim(0)? == 0 {
+        candle_core::bail!(
+            "{model}: points must be [batch ≥ 1, {dim}], got {:?}",
+            x.dims()
+        );
+    }
+    let zeros = Tensor::zeros((x.dim(0)?, extra), x.dtype(), x.device())?;
+    Tensor::cat(&[x, &zeros], 1)
 }
 
 /// `n` points of scikit-learn's `make_circles(noise, factor = 0.5)`, the target of torchdiffeq's

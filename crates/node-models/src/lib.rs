@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod cnf;
+pub mod ffjord;
 pub mod init;
 pub mod latent_ode;
 pub mod layers;
@@ -13,6 +14,7 @@ pub mod rng;
 pub mod rnn;
 
 pub use cnf::{Cnf, CnfConfig, CnfField};
+pub use ffjord::{Ffjord, FfjordConfig, FfjordField};
 pub use latent_ode::{LatentOde, LatentOdeConfig};
 pub use layers::{
     BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc, ResBlock,

@@ -1,0 +1,623 @@
+//! FFJORD (Grathwohl et al. 2019): a continuous normalizing flow whose field is any MLP, with
+//! the trace of its Jacobian computed by forward-mode Jacobian–vector products.
+//!
+//! The paper's flow ([`crate::cnf`]) has a field whose trace has a closed form. A free-form
+//! field has none, and FFJORD takes it from Jacobian–vector products instead:
+//!
+//! - exactly, as `Σᵢ eᵢᵀ (∂f/∂z) eᵢ`, from `D` products (cheap for the 2-D toy densities);
+//! - or by Hutchinson's estimator `εᵀ (∂f/∂z) ε` with one noise vector `ε` per point
+//!   (Rademacher or Gaussian, `E[εεᵀ] = I`), held fixed along the solve: one product whatever
+//!   `D`, unbiased, so the log-likelihood is unbiased too.
+//!
+//! FFJORD's code takes `εᵀ ∂f/∂z` by reverse-mode autograd inside the field, so that its
+//! adjoint differentiates an autograd graph: second-order autograd, which Candle does not have.
+//! Here the products are carried forward through the layers beside the values (`(∂f/∂z) v` is
+//! the layers' linear maps applied to `v`, scaled by the activations' slopes), in ordinary
+//! tensor operations. The adjoint's vector–Jacobian products then need first-order autograd
+//! only, and every [`Gradient`] mode works.
+//!
+//! The layers are FFJORD's `ConcatSquashLinear`: `(x Wᵀ + b) ⊙ σ(t w_g + b_g) + t w_b`.
+
+use crate::cnf::{augment, gaussian_log_prob, RegularizedLogProb};
+use crate::layers::{linear, BlockStats, Gradient};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+use node_adjoint::ParamVectorField;
+use node_solvers::{SolveOptions, VectorField};
+
+/// The activation between the layers of an [`FfjordField`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `tanh`, slope `1 − tanh²`.
+    Tanh,
+    /// `ln(1 + eˣ)`, slope `σ(x)`.
+    Softplus,
+}
+
+impl Activation {
+    /// The activation and its slope at `a`.
+    fn value_and_slope(self, a: &Tensor) -> Result<(Tensor, Tensor)> {
+        match self {
+            Activation::Tanh => {
+                let h = node_kernels::tanh(a)?;
+                let slope = h.sqr()?.affine(-1.0, 1.0)?;
+                Ok((h, slope))
+            }
+            Activation::Softplus => Ok((node_kernels::softplus(a)?, node_kernels::sigmoid(a)?)),
+        }
+    }
+}
+
+/// Sizes and times of an [`Ffjord`] flow. The defaults are FFJORD's for its 2-D toy densities:
+/// three hidden layers of 64, `tanh`, `t₁ = 0.5`, a standard normal base.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FfjordConfig {
+    /// Dimension `D` of the data.
+    pub dim: usize,
+    /// Widths of the hidden layers (at least one).
+    pub hidden: Vec<usize>,
+    /// The activation between layers.
+    pub activation: Activation,
+    /// End time `t₁` of the flow (it starts at 0): data live at `t₁`, the base density at 0.
+    pub t1: f64,
+    /// Standard deviation σ of the base density `N(0, σ²I)`.
+    pub base_std: f64,
+}
+
+impl Default for FfjordConfig {
+    fn default() -> Self {
+        Self {
+            dim: 2,
+            hidden: vec![64, 64, 64],
+            activation: Activation::Tanh,
+            t1: 0.5,
+            base_std: 1.0,
+        }
+    }
+}
+
+impl FfjordConfig {
+    /// Checks that there is a hidden layer, every size is positive, and the time and σ are
+    /// finite and positive.
+    ///
+    /// # Errors
+    /// A message naming the bad setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.dim == 0 {
+            candle_core::bail!("FFJORD: dim must be at least 1");
+        }
+        if self.hidden.is_empty() || self.hidden.contains(&0) {
+            candle_core::bail!(
+                "FFJORD: hidden must list at least one layer, each of at least 1 unit, got {:?}",
+                self.hidden
+            );
+        }
+        if !(self.t1.is_finite() && self.t1 > 0.0) {
+            candle_core::bail!("FFJORD: t1 must be finite and positive, got {}", self.t1);
+        }
+        if !(self.base_std.is_finite() && self.base_std > 0.0) {
+            candle_core::bail!(
+                "FFJORD: base_std must be finite and positive, got {}",
+                self.base_std
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The noise of Hutchinson's trace estimator: any distribution with `E[εεᵀ] = I` gives an
+/// unbiased estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Noise {
+    /// `±1` with equal probability: the smallest variance among such distributions
+    /// (`2 Σ_{i≠j} J_ij²` per point, no diagonal term).
+    Rademacher,
+    /// `N(0, I)`.
+    Gaussian,
+}
+
+impl Noise {
+    /// One noise vector per point: `[batch, dim]`.
+    ///
+    /// # Errors
+    /// Candle's.
+    pub fn sample(
+        self,
+        batch: usize,
+        dim: usize,
+        rng: &mut Rng,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let n = batch * dim;
+        let v: Vec<f64> = match self {
+            Noise::Rademacher => (0..n)
+                .map(|_| if rng.next_u64() >> 63 == 0 { -1.0 } else { 1.0 })
+                .collect(),
+            Noise::Gaussian => (0..n).map(|_| rng.normal()).collect(),
+        };
+        Tensor::from_vec(v, (batch, dim), dev)?.to_dtype(dtype)
+    }
+}
+
+/// How the trace `tr(∂f/∂z)` is taken along a solve.
+#[derive(Clone, Debug)]
+pub enum Trace {
+    /// Exactly, from `D` Jacobian–vector products.
+    Exact,
+    /// Hutchinson's estimate `εᵀ (∂f/∂z) ε` with this noise, `[B, D]` (one row per point, the
+    /// same for the whole solve; draw it with [`Noise::sample`]).
+    Hutchinson(Tensor),
+}
+
+/// One `ConcatSquashLinear` layer: `(x Wᵀ + b) ⊙ σ(t w_g + b_g) + t w_b`.
+#[derive(Clone, Debug)]
+struct ConcatSquash {
+    weight: Tensor,
+    bias: Tensor,
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    shift: Tensor,
+}
+
+impl ConcatSquash {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let [weight, bias] = two(linear(in_dim, out_dim, vb.pp("linear"))?.tensors())?;
+        let [gate_weight, gate_bias] = two(linear(1, out_dim, vb.pp("hyper_gate"))?.tensors())?;
+        let shift = vb.pp("hyper_bias").get_with_hints(
+            (out_dim, 1),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        Ok(Self {
+            weight,
+            bias,
+            gate_weight,
+            gate_bias,
+            shift,
+        })
+    }
+
+    /// The layer at time `t` as an affine map: the gated weight `[out, in]` and bias `[out]`.
+    fn at(&self, t: f64) -> Result<(Tensor, Tensor)> {
+        let gate = node_kernels::sigmoid(
+            &(self.gate_weight.squeeze(1)?.affine(t, 0.0)? + &self.gate_bias)?,
+        )?;
+        let weight = self.weight.broadcast_mul(&gate.unsqueeze(1)?)?;
+        let bias = ((&self.bias * &gate)? + self.shift.squeeze(1)?.affine(t, 0.0)?)?;
+        Ok((weight, bias))
+    }
+
+    fn tensors(&self) -> [&Tensor; 5] {
+        [
+            &self.weight,
+            &self.bias,
+            &self.gate_weight,
+            &self.gate_bias,
+            &self.shift,
+        ]
+    }
+}
+
+/// The weight and the bias of a layer built with a bias.
+fn two(v: Vec<Tensor>) -> Result<[Tensor; 2]> {
+    v.try_into()
+        .map_err(|_| candle_core::Error::Msg("a linear layer without a bias".into()))
+}
+
+/// FFJORD's free-form field `f(z, t)`: `ConcatSquash` layers `D → hidden… → D` with an
+/// activation between them, and its Jacobian–vector products.
+#[derive(Clone, Debug)]
+pub struct FfjordField {
+    layers: Vec<ConcatSquash>,
+    activation: Activation,
+    dim: usize,
+    params: Vec<Var>,
+}
+
+impl FfjordField {
+    /// A field for `config.dim`-dimensional data with `config.hidden` layers (`layer{i}`
+    /// under `vb`, each with `linear`, `hyper_gate` and `hyper_bias`, as FFJORD names them).
+    /// Its parameters are `vb`'s `Var`s: build it from a `VarMap`-backed `VarBuilder` to
+    /// train it.
+    ///
+    /// # Errors
+    /// An invalid `config`; those of `vb`.
+    pub fn new(config: &FfjordConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let mut sizes = vec![config.dim];
+        sizes.extend(&config.hidden);
+        sizes.push(config.dim);
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| ConcatSquash::new(w[0], w[1], vb.pp(format!("layer{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let params = layers
+            .iter()
+            .flat_map(|l| l.tensors())
+            .map(Var::from_tensor)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            activation: config.activation,
+            dim: config.dim,
+            params,
+        })
+    }
+
+    /// The data dimension `D`.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// `f(z, t)` for a batch of points.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `[B, D]`.
+    ///
+    /// # Errors
+    /// `z` of another shape; Candle's.
+    pub fn forward(&self, t: f64, z: &Tensor) -> Result<Tensor> {
+        self.check(z)?;
+        let last = self.layers.len() - 1;
+        let mut x = z.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (w, b) = layer.at(t)?;
+            x = node_kernels::linear(&x, &w, Some(&b))?;
+            if i < last {
+                x = self.activation.value_and_slope(&x)?.0;
+            }
+        }
+        Ok(x)
+    }
+
+    /// `f(z, t)` and the Jacobian–vector products `(∂f/∂z) vₖ` of `K` tangents per point, in
+    /// one forward pass (forward-mode differentiation: each layer maps the tangents by its
+    /// linear part and scales them by its activation's slope). Differentiable in `z`, `v` and
+    /// the parameters by ordinary (first-order) autograd.
+    ///
+    /// # Shapes
+    /// `z: [B, D]`, `v: [K, B, D]` → `([B, D], [K, B, D])`.
+    ///
+    /// # Errors
+    /// `z` or `v` of another shape; Candle's.
+    pub fn jvp(&self, t: f64, z: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.check(z)?;
+        let b = z.dim(0)?;
+        let k = match v.dims() {
+            &[k, vb, vd] if vb == b && vd == self.dim && k > 0 => k,
+            other => candle_core::bail!(
+                "FFJORD: tangents must be [K ≥ 1, {b}, {}] for points {:?}, got {other:?}",
+                self.dim,
+                z.dims()
+            ),
+        };
+        let last = self.layers.len() - 1;
+        let (mut x, mut dx) = (z.clone(), v.reshape((k * b, self.dim))?);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (w, bias) = layer.at(t)?;
+            let a = node_kernels::linear(&x, &w, Some(&bias))?;
+            let da = node_kernels::linear(&dx, &w, None)?;
+            if i == last {
+                (x, dx) = (a, da);
+            } else {
+                let out = a.dim(1)?;
+                let (h, slope) = self.activation.value_and_slope(&a)?;
+                dx = da
+                    .reshape((k, b, out))?
+                    .broadcast_mul(&slope)?
+                    .reshape((k * b, out))?;
+                x = h;
+            }
+        }
+        Ok((x, dx.reshape((k, b, self.dim))?))
+    }
+
+    /// `f(z, t)` and `tr(∂f/∂z)`, exact or estimated as `trace` says.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `([B, D], [B])`.
+    ///
+    /// # Errors
+    /// `z` or the noise of another shape; Candle's.
+    pub fn dynamics(&self, t: f64, z: &Tensor, trace: &Trace) -> Result<(Tensor, Tensor)> {
+        let (f, tr, _) = self.parts(t, z, trace, false)?;
+        Ok((f, tr))
+    }
+
+    /// `f(z, t)`, `tr(∂f/∂z)`, and the integrands of RNODE's regularizers (Finlay et al. 2020):
+    /// `‖f‖²` and `‖∂f/∂z‖²_F`. With [`Trace::Exact`] the Frobenius norm is exact (the sum of
+    /// the `D` products' squares); with [`Trace::Hutchinson`] it is the unbiased `‖(∂f/∂z)ε‖²`
+    /// from the same product as the trace, as in RNODE's code.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `([B, D], [B], [B], [B])`.
+    ///
+    /// # Errors
+    /// As [`FfjordField::dynamics`].
+    pub fn dynamics_regularized(
+        &self,
+        t: f64,
+        z: &Tensor,
+        trace: &Trace,
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let (f, tr, frob) = self.parts(t, z, trace, true)?;
+        let kinetic = f.sqr()?.sum(1)?;
+        Ok((f, tr, kinetic, frob.expect("asked for")))
+    }
+
+    fn parts(
+        &self,
+        t: f64,
+        z: &Tensor,
+        trace: &Trace,
+        frobenius: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        self.check(z)?;
+        let (b, d) = (z.dim(0)?, self.dim);
+        let (f, jv, tr) = match trace {
+            Trace::Exact => {
+                // The basis vectors as D tangents per point; tr = Σᵢ ((∂f/∂z) eᵢ)ᵢ.
+                let eye = Tensor::eye(d, z.dtype(), z.device())?.unsqueeze(1)?;
+                let (f, jv) = self.jvp(t, z, &eye.broadcast_as((d, b, d))?)?;
+                let tr = jv.broadcast_mul(&eye)?.sum(2)?.sum(0)?;
+                (f, jv, tr)
+            }
+            Trace::Hutchinson(eps) => {
+                if eps.dims() != [b, d] {
+                    candle_core::bail!(
+                        "FFJORD: the Hutchinson noise must be [{b}, {d}] for points {:?}, got {:?}",
+                        z.dims(),
+                        eps.dims()
+                    );
+                }
+                let eps = eps.to_dtype(z.dtype())?;
+                let (f, jv) = self.jvp(t, z, &eps.unsqueeze(0)?)?;
+                let tr = (jv.squeeze(0)? * eps)?.sum(1)?;
+                (f, jv, tr)
+            }
+        };
+        let frob = if frobenius {
+            Some(jv.sqr()?.sum(2)?.sum(0)?)
+        } else {
+            None
+        };
+        Ok((f, tr, frob))
+    }
+
+    fn check(&self, z: &Tensor) -> Result<()> {
+        if z.rank() != 2 || z.dim(1)? != self.dim {
+            candle_core::bail!(
+                "FFJORD: points must be [batch, {}], got {:?}",
+                self.dim,
+                z.dims()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The field the solver sees for one solve: `[z, Δ] ↦ [f, −tr]`, or with the regularizers
+/// `[z, Δ, E, J] ↦ [f, −tr, ‖f‖², ‖∂f/∂z‖²_F]`. The Hutchinson noise is part of it, so that
+/// the forward solve and the adjoint's reverse solve use the same `ε`.
+#[derive(Clone, Debug)]
+struct Augmented {
+    field: FfjordField,
+    trace: Trace,
+    regularized: bool,
+}
+
+impl VectorField for Augmented {
+    fn eval(&self, t: f64, s: &Tensor) -> Result<Tensor> {
+        let d = self.field.dim;
+        let cols = d + if self.regularized { 3 } else { 1 };
+        if s.rank() != 2 || s.dim(1)? != cols {
+            candle_core::bail!(
+                "FFJORD: the augmented state must be [batch, {cols}], got {:?}",
+                s.dims()
+            );
+        }
+        let z = s.narrow(1, 0, d)?;
+        if self.regularized {
+            let (f, tr, kinetic, frob) = self.field.dynamics_regularized(t, &z, &self.trace)?;
+            let rates = Tensor::stack(&[tr.neg()?, kinetic, frob], 1)?;
+            Tensor::cat(&[f, rates], 1)
+        } else {
+            let (f, tr) = self.field.dynamics(t, &z, &self.trace)?;
+            Tensor::cat(&[f, tr.neg()?.unsqueeze(1)?], 1)
+        }
+    }
+}
+
+impl ParamVectorField for Augmented {
+    fn params(&self) -> Vec<Var> {
+        self.field.params.clone()
+    }
+}
+
+/// An FFJORD flow from `N(0, σ²I)` at `t = 0` to the data at `t = t₁`.
+///
+/// # Example
+/// One maximum-likelihood step with Hutchinson's estimator, by the adjoint, then samples:
+/// ```
+/// use candle_core::{DType, Device};
+/// use candle_nn::{Optimizer, VarBuilder, VarMap};
+/// use node_adjoint::AdjointOptions;
+/// use node_models::cnf::two_circles;
+/// use node_models::ffjord::{Ffjord, FfjordConfig, Noise, Trace};
+/// use node_models::{init, Adam, AdamConfig, Gradient, Rng};
+/// use node_solvers::SolveOptions;
+/// # fn main() -> candle_core::Result<()> {
+/// let (dev, varmap) = (Device::Cpu, VarMap::new());
+/// let cfg = FfjordConfig { hidden: vec![16, 16], ..FfjordConfig::default() };
+/// let opts = SolveOptions::default().tolerances(1e-4, 1e-4);
+/// let gradient = Gradient::Adjoint(AdjointOptions::default().tolerances(1e-4, 1e-4));
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+/// let flow = Ffjord::new(&cfg, opts, gradient, vb)?;
+/// let mut rng = Rng::new(0);
+/// init::pytorch_default(&varmap, &mut rng)?;
+/// let mut opt = Adam::new(node_adjoint::sorted_vars(&varmap), AdamConfig::default())?;
+///
+/// let x = two_circles(64, 0.06, &mut rng, DType::F32, &dev)?;
+/// let eps = Noise::Rademacher.sample(64, 2, &mut rng, DType::F32, &dev)?;
+/// let (log_p, _stats) = flow.log_prob_with(&x, &Trace::Hutchinson(eps))?;
+/// opt.backward_step(&log_p.mean_all()?.neg()?)?;
+///
+/// let z = rng.normal_tensor(&[8, 2], 0.0, cfg.base_std, DType::F32, &dev)?;
+/// let (samples, log_p) = flow.sample_from(&z)?; // exact log p
+/// assert_eq!((samples.dims(), log_p.dims()), (&[8, 2][..], &[8][..]));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Ffjord {
+    field: FfjordField,
+    config: FfjordConfig,
+    opts: SolveOptions,
+    gradient: Gradient,
+}
+
+impl Ffjord {
+    /// A flow of the given sizes, solved with `opts` (FFJORD uses dopri5 at `rtol = atol =
+    /// 1e-5`) and differentiated by `gradient`.
+    ///
+    /// # Errors
+    /// An invalid `config` ([`FfjordConfig::validate`]) or invalid `opts`; those of `vb`.
+    pub fn new(
+        config: &FfjordConfig,
+        opts: SolveOptions,
+        gradient: Gradient,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        opts.validate()?;
+        Ok(Self {
+            field: FfjordField::new(config, vb)?,
+            config: config.clone(),
+            opts,
+            gradient,
+        })
+    }
+
+    /// The sizes and times.
+    pub fn config(&self) -> &FfjordConfig {
+        &self.config
+    }
+
+    /// The vector field.
+    pub fn field(&self) -> &FfjordField {
+        &self.field
+    }
+
+    /// `log N(z; 0, σ²I)` per point.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `[B]`.
+    ///
+    /// # Errors
+    /// Candle's.
+    pub fn base_log_prob(&self, z: &Tensor) -> Result<Tensor> {
+        gaussian_log_prob(z, self.config.base_std)
+    }
+
+    /// `log p(x)` per point with the exact trace, by solving the flow backwards from `x` at
+    /// `t₁` to 0.
+    ///
+    /// # Shapes
+    /// `x: [B, D]` → `[B]`.
+    ///
+    /// # Errors
+    /// `x` of another shape; the solver's typed errors.
+    pub fn log_prob(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.log_prob_with(x, &Trace::Exact)?.0)
+    }
+
+    /// `log p(x)` per point with the trace taken as `trace` says (with Hutchinson's estimator
+    /// an unbiased estimate of it), and the solve's counts.
+    ///
+    /// # Shapes
+    /// `x: [B, D]`, the noise `[B, D]` → `[B]`.
+    ///
+    /// # Errors
+    /// As [`Ffjord::log_prob`], and a noise of another shape.
+    pub fn log_prob_with(&self, x: &Tensor, trace: &Trace) -> Result<(Tensor, BlockStats)> {
+        let (s0, stats) = self.solve(x, trace, false, self.config.t1, 0.0)?;
+        let d = self.config.dim;
+        let delta = s0.narrow(1, d, 1)?.squeeze(1)?;
+        let log_p = (self.base_log_prob(&s0.narrow(1, 0, d)?)? - delta)?;
+        Ok((log_p, stats))
+    }
+
+    /// `log p(x)` per point with RNODE's regularizers integrated along the same solve, as
+    /// [`crate::cnf::Cnf::log_prob_regularized`]; the Frobenius norm is exact with
+    /// [`Trace::Exact`] and estimated from the same product as the trace with
+    /// [`Trace::Hutchinson`].
+    ///
+    /// # Shapes
+    /// `x: [B, D]` → each of `log_p`, `kinetic`, `jacobian`: `[B]`.
+    ///
+    /// # Errors
+    /// As [`Ffjord::log_prob_with`].
+    pub fn log_prob_regularized(&self, x: &Tensor, trace: &Trace) -> Result<RegularizedLogProb> {
+        let (s0, stats) = self.solve(x, trace, true, self.config.t1, 0.0)?;
+        let d = self.config.dim;
+        let delta = s0.narrow(1, d, 1)?.squeeze(1)?;
+        let log_p = (self.base_log_prob(&s0.narrow(1, 0, d)?)? - delta)?;
+        // The solve runs from t₁ down to 0: its integrals are ∫_{t₁}^{0} = −∫₀^{t₁}.
+        let kinetic = s0.narrow(1, d + 1, 1)?.squeeze(1)?.neg()?;
+        let jacobian = s0.narrow(1, d + 2, 1)?.squeeze(1)?.neg()?;
+        Ok(RegularizedLogProb {
+            log_p,
+            kinetic,
+            jacobian,
+            stats,
+        })
+    }
+
+    /// Pushes base points `z` (at `t = 0`) through the flow: the samples `x = z(t₁)` and their
+    /// exact `log p(x)`.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `([B, D], [B])`.
+    ///
+    /// # Errors
+    /// `z` of another shape; the solver's typed errors.
+    pub fn sample_from(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (s1, _) = self.solve(z, &Trace::Exact, false, 0.0, self.config.t1)?;
+        let d = self.config.dim;
+        let log_p = (self.base_log_prob(z)? + s1.narrow(1, d, 1)?.squeeze(1)?)?;
+        Ok((s1.narrow(1, 0, d)?, log_p))
+    }
+
+    fn solve(
+        &self,
+        x: &Tensor,
+        trace: &Trace,
+        regularized: bool,
+        from: f64,
+        to: f64,
+    ) -> Result<(Tensor, BlockStats)> {
+        let s = augment(
+            x,
+            self.config.dim,
+            if regularized { 3 } else { 1 },
+            "FFJORD",
+        )?;
+        if let Trace::Hutchinson(eps) = trace {
+            if eps.dims() != x.dims() {
+                candle_core::bail!(
+                    "FFJORD: the Hutchinson noise must have the points' shape {:?}, got {:?}",
+                    x.dims(),
+                    eps.dims()
+                );
+            }
+        }
+        let field = Augmented {
+            field: self.field.clone(),
+            trace: trace.clone(),
+            regularized,
+        };
+        let (ys, stats) = self.gradient.solve(&field, &s, &[from, to], &self.opts)?;
+        Ok((ys.get(1)?, stats))
+    }
+}

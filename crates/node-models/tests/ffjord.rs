@@ -1,0 +1,514 @@
+//! FFJORD: its Jacobian–vector products against autograd's Jacobian, the exact trace and
+//! Hutchinson's estimate (an identity and unbiasedness), a density that integrates to one,
+//! sampling and density agreeing, gradients by every mode and by finite differences,
+//! training, and its errors.
+
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use node_adjoint::{AdjointOptions, CheckpointOptions};
+use node_models::cnf::two_circles;
+use node_models::ffjord::{Activation, Ffjord, FfjordConfig, Noise, Trace};
+use node_models::{init, Adam, AdamConfig, Gradient, Rng};
+use node_solvers::{Method, SolveOptions};
+
+fn small() -> FfjordConfig {
+    FfjordConfig {
+        dim: 2,
+        hidden: vec![8, 8],
+        activation: Activation::Tanh,
+        t1: 1.0,
+        base_std: 1.0,
+    }
+}
+
+fn tight() -> SolveOptions {
+    SolveOptions::default()
+        .method(Method::Dopri5)
+        .tolerances(1e-10, 1e-10)
+}
+
+fn build(
+    cfg: &FfjordConfig,
+    gradient: Gradient,
+    opts: SolveOptions,
+    seed: u64,
+    dtype: DType,
+    dev: &Device,
+) -> Result<(VarMap, Ffjord)> {
+    let varmap = VarMap::new();
+    let flow = Ffjord::new(
+        cfg,
+        opts,
+        gradient,
+        VarBuilder::from_varmap(&varmap, dtype, dev),
+    )?;
+    init::pytorch_default(&varmap, &mut Rng::new(seed))?;
+    Ok((varmap, flow))
+}
+
+/// The Jacobian `∂f/∂z` at each point by autograd, one backward pass per output coordinate
+/// (points are independent, so `∂(Σ_b f_i(z_b))/∂z_b` is row `i` at point `b`): `[B][D][D]`.
+fn jacobian(flow: &Ffjord, t: f64, z: &Tensor) -> Result<Vec<Vec<Vec<f64>>>> {
+    let (b, d) = z.dims2()?;
+    let mut jac = vec![vec![vec![0.0; d]; d]; b];
+    for i in 0..d {
+        let zv = Var::from_tensor(z)?;
+        let f = flow.field().forward(t, zv.as_tensor())?;
+        let grads = f.narrow(1, i, 1)?.sum_all()?.backward()?;
+        let g = grads.get(zv.as_tensor()).expect("a gradient");
+        for (p, row) in g.to_vec2::<f64>()?.into_iter().enumerate() {
+            jac[p][i] = row;
+        }
+    }
+    Ok(jac)
+}
+
+fn close(got: &[f64], want: &[f64], tol: f64, what: &str) -> Result<()> {
+    ensure!(got.len() == want.len(), "{what}: lengths");
+    for (g, w) in got.iter().zip(want) {
+        ensure!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: {got:?} vs {want:?}"
+        );
+    }
+    Ok(())
+}
+
+fn products_match_autograd(dev: &Device) -> Result<()> {
+    for activation in [Activation::Tanh, Activation::Softplus] {
+        let cfg = FfjordConfig {
+            dim: 3,
+            hidden: vec![5, 4],
+            activation,
+            ..small()
+        };
+        let (_, flow) = build(&cfg, Gradient::Backprop, tight(), 1, DType::F64, dev)?;
+        let mut rng = Rng::new(2);
+        let z = rng.normal_tensor(&[4, 3], 0.0, 1.0, DType::F64, dev)?;
+        let v = rng.normal_tensor(&[2, 4, 3], 0.0, 1.0, DType::F64, dev)?;
+        for t in [0.0, 0.3, 1.0] {
+            let jac = jacobian(&flow, t, &z)?;
+            let (f, jv) = flow.field().jvp(t, &z, &v)?;
+            let plain = flow.field().forward(t, &z)?;
+            ensure!(f.to_vec2::<f64>()? == plain.to_vec2::<f64>()?);
+            let (jv, v) = (jv.to_vec3::<f64>()?, v.to_vec3::<f64>()?);
+            for k in 0..2 {
+                for (b, jac) in jac.iter().enumerate() {
+                    let want: Vec<f64> = jac
+                        .iter()
+                        .map(|row| row.iter().zip(&v[k][b]).map(|(j, x)| j * x).sum())
+                        .collect();
+                    close(&jv[k][b], &want, 1e-12, &format!("{activation:?} t {t}"))?;
+                }
+            }
+            // The exact trace and Frobenius norm, and ‖f‖², against the same Jacobian.
+            let (f, tr, kinetic, frob) = flow.field().dynamics_regularized(t, &z, &Trace::Exact)?;
+            let want_tr: Vec<f64> = jac.iter().map(|j| (0..3).map(|i| j[i][i]).sum()).collect();
+            let want_frob: Vec<f64> = jac
+                .iter()
+                .map(|j| j.iter().flatten().map(|x| x * x).sum())
+                .collect();
+            let want_kin: Vec<f64> = f
+                .to_vec2::<f64>()?
+                .iter()
+                .map(|r| r.iter().map(|x| x * x).sum())
+                .collect();
+            close(&tr.to_vec1::<f64>()?, &want_tr, 1e-12, "trace")?;
+            close(&frob.to_vec1::<f64>()?, &want_frob, 1e-12, "‖∂f/∂z‖²_F")?;
+            close(&kinetic.to_vec1::<f64>()?, &want_kin, 1e-12, "‖f‖²")?;
+            ensure!(
+                want_tr.iter().any(|w| w.abs() > 1e-3),
+                "a trace worth testing"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn hutchinson_over_the_basis_is_exact(dev: &Device) -> Result<()> {
+    // Σᵢ eᵢᵀ J eᵢ = tr J and Σᵢ ‖J eᵢ‖² = ‖J‖²_F: the estimator's code path with the basis
+    // vectors as noise (each point repeated D times) must give the exact values.
+    let cfg = FfjordConfig {
+        dim: 3,
+        hidden: vec![6],
+        ..small()
+    };
+    let (_, flow) = build(&cfg, Gradient::Backprop, tight(), 3, DType::F64, dev)?;
+    let z = Rng::new(4).normal_tensor(&[5, 3], 0.0, 1.0, DType::F64, dev)?;
+    let reps = Tensor::cat(&[&z, &z, &z], 0)?;
+    let eye = Tensor::eye(3, DType::F64, dev)?;
+    let eps = eye
+        .unsqueeze(1)?
+        .broadcast_as((3, 5, 3))?
+        .reshape((15, 3))?;
+    let t = 0.4;
+    let (_, tr, _, frob) = flow
+        .field()
+        .dynamics_regularized(t, &reps, &Trace::Hutchinson(eps))?;
+    let (_, want_tr, _, want_frob) = flow.field().dynamics_regularized(t, &z, &Trace::Exact)?;
+    let per_point = |x: Tensor| -> Result<Vec<f64>> { Ok(x.reshape((3, 5))?.sum(0)?.to_vec1()?) };
+    close(&per_point(tr)?, &want_tr.to_vec1()?, 1e-12, "trace")?;
+    close(&per_point(frob)?, &want_frob.to_vec1()?, 1e-12, "Frobenius")?;
+    Ok(())
+}
+
+fn gradient_modes_agree(dev: &Device) -> Result<()> {
+    // The mean NLL's gradient (plain, and with the regularizers) by the adjoint, the
+    // interpolated adjoint and checkpointing against backprop through the same tight solve,
+    // with the exact trace and with one fixed Hutchinson noise.
+    let x = Rng::new(6).normal_tensor(&[8, 2], 0.0, 0.7, DType::F64, dev)?;
+    let eps = Noise::Rademacher.sample(8, 2, &mut Rng::new(7), DType::F64, dev)?;
+    let adjoint = AdjointOptions::default().tolerances(1e-10, 1e-10);
+    for (trace, regularized) in [
+        (Trace::Exact, false),
+        (Trace::Hutchinson(eps.clone()), false),
+        (Trace::Hutchinson(eps), true),
+    ] {
+        let mut all = vec![];
+        for gradient in [
+            Gradient::Backprop,
+            Gradient::Adjoint(adjoint.clone()),
+            Gradient::Adjoint(
+                adjoint
+                    .clone()
+                    .state(node_adjoint::AdjointState::Interpolated),
+            ),
+            Gradient::Checkpoint(CheckpointOptions::default()),
+        ] {
+            let (varmap, flow) = build(&small(), gradient, tight(), 5, DType::F64, dev)?;
+            let xv = Var::from_tensor(&x)?;
+            let loss = if regularized {
+                let r = flow.log_prob_regularized(xv.as_tensor(), &trace)?;
+                ((r.log_p.mean_all()?.neg()? + r.kinetic.mean_all()?.affine(0.3, 0.0)?)?
+                    + r.jacobian.mean_all()?.affine(0.2, 0.0)?)?
+            } else {
+                flow.log_prob_with(xv.as_tensor(), &trace)?
+                    .0
+                    .mean_all()?
+                    .neg()?
+            };
+            let grads = loss.backward()?;
+            let mut flat = vec![];
+            for v in node_adjoint::sorted_vars(&varmap) {
+                let g = grads.get(&v).expect("every parameter gets a gradient");
+                flat.extend(g.flatten_all()?.to_vec1::<f64>()?);
+            }
+            let gx = grads.get(&xv).expect("x's gradient");
+            flat.extend(gx.flatten_all()?.to_vec1::<f64>()?);
+            all.push((loss.to_scalar::<f64>()?, flat));
+        }
+        let bp = &all[0];
+        let scale = bp.1.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+        ensure!(scale > 1e-3);
+        for (mode, other) in all.iter().enumerate().skip(1) {
+            ensure!(
+                (other.0 - bp.0).abs() < 1e-9,
+                "losses {} vs {}",
+                other.0,
+                bp.0
+            );
+            for (a, b) in other.1.iter().zip(&bp.1) {
+                ensure!(
+                    (a - b).abs() <= 1e-6 * scale,
+                    "{trace:?} regularized {regularized}, mode {mode}: {a} vs {b} (scale {scale})"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+candle_core::test_device!(
+    products_match_autograd,
+    products_cpu,
+    products_cuda,
+    products_metal
+);
+candle_core::test_device!(
+    hutchinson_over_the_basis_is_exact,
+    basis_cpu,
+    basis_cuda,
+    basis_metal
+);
+candle_core::test_device!(
+    gradient_modes_agree,
+    gradients_cpu,
+    gradients_cuda,
+    gradients_metal
+);
+
+#[test]
+fn hutchinson_is_unbiased() -> Result<()> {
+    // Over many noise draws the estimates' mean is the exact trace (and ‖J‖²_F), within four
+    // standard errors, for both noises; Rademacher's variance is the smaller (no diagonal
+    // term), and neither estimate is exact draw by draw.
+    let dev = Device::Cpu;
+    let cfg = FfjordConfig {
+        dim: 4,
+        hidden: vec![16],
+        ..small()
+    };
+    let (_, flow) = build(&cfg, Gradient::Backprop, tight(), 8, DType::F64, &dev)?;
+    let z = Rng::new(9).normal_tensor(&[1, 4], 0.0, 1.0, DType::F64, &dev)?;
+    let (_, exact_tr, _, exact_frob) = flow.field().dynamics_regularized(0.2, &z, &Trace::Exact)?;
+    let (exact_tr, exact_frob) = (
+        exact_tr.to_vec1::<f64>()?[0],
+        exact_frob.to_vec1::<f64>()?[0],
+    );
+    let n = 4000;
+    let zs = z.broadcast_as((n, 4))?.contiguous()?;
+    let mut variances = vec![];
+    for noise in [Noise::Rademacher, Noise::Gaussian] {
+        let eps = noise.sample(n, 4, &mut Rng::new(10), DType::F64, &dev)?;
+        let (_, tr, _, frob) =
+            flow.field()
+                .dynamics_regularized(0.2, &zs, &Trace::Hutchinson(eps))?;
+        for (what, samples, exact) in [
+            ("trace", tr.to_vec1::<f64>()?, exact_tr),
+            ("Frobenius", frob.to_vec1::<f64>()?, exact_frob),
+        ] {
+            let mean = samples.iter().sum::<f64>() / n as f64;
+            let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            let se = (var / n as f64).sqrt();
+            ensure!(
+                var > 1e-6,
+                "{noise:?} {what}: an estimate, not exact ({var})"
+            );
+            ensure!(
+                (mean - exact).abs() <= 4.0 * se,
+                "{noise:?} {what}: mean {mean} vs exact {exact} (standard error {se})"
+            );
+            if what == "trace" {
+                variances.push(var);
+            }
+        }
+    }
+    ensure!(
+        variances[0] < variances[1],
+        "Rademacher's variance {} below Gaussian's {}",
+        variances[0],
+        variances[1]
+    );
+    Ok(())
+}
+
+#[test]
+fn hutchinson_log_prob_is_unbiased() -> Result<()> {
+    // One point repeated with 2000 noise draws in one solve: the trajectory does not depend on
+    // ε, so the estimated log p(x) averages to the exact one.
+    let dev = Device::Cpu;
+    let opts = SolveOptions::default().tolerances(1e-8, 1e-8);
+    let (_, flow) = build(&small(), Gradient::Backprop, opts, 11, DType::F64, &dev)?;
+    let x = Tensor::new(&[[0.3f64, -0.8]], &dev)?;
+    let exact = flow.log_prob(&x)?.to_vec1::<f64>()?[0];
+    let n = 2000;
+    let eps = Noise::Rademacher.sample(n, 2, &mut Rng::new(12), DType::F64, &dev)?;
+    let xs = x.broadcast_as((n, 2))?.contiguous()?;
+    let (lp, _) = flow.log_prob_with(&xs, &Trace::Hutchinson(eps))?;
+    let lp = lp.to_vec1::<f64>()?;
+    let mean = lp.iter().sum::<f64>() / n as f64;
+    let var = lp.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let se = (var / n as f64).sqrt();
+    ensure!(var > 1e-8, "an estimate, not exact ({var})");
+    ensure!(
+        (mean - exact).abs() <= 4.0 * se,
+        "mean {mean} vs exact {exact} (standard error {se})"
+    );
+    Ok(())
+}
+
+#[test]
+fn density_integrates_to_one() -> Result<()> {
+    // Σ p(x) h² over a grid that holds the mass is 1 for a density, whatever the flow did to
+    // the base: a trace with the wrong sign, scale or time direction fails this.
+    let dev = Device::Cpu;
+    let (_, flow) = build(&small(), Gradient::Backprop, tight(), 13, DType::F64, &dev)?;
+    let (n, half) = (161usize, 8.0f64);
+    let h = 2.0 * half / (n - 1) as f64;
+    let mut pts = Vec::with_capacity(2 * n * n);
+    for i in 0..n {
+        for j in 0..n {
+            pts.extend([-half + i as f64 * h, -half + j as f64 * h]);
+        }
+    }
+    let x = Tensor::from_vec(pts, (n * n, 2), &dev)?;
+    let lp = flow.log_prob(&x)?;
+    let base = flow.base_log_prob(&x)?;
+    let mass = lp.exp()?.sum_all()?.to_scalar::<f64>()? * h * h;
+    let base_mass = base.exp()?.sum_all()?.to_scalar::<f64>()? * h * h;
+    let gap = (&lp - &base)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    ensure!(gap > 0.1, "the flow must reshape the density ({gap})");
+    ensure!(
+        (base_mass - 1.0).abs() < 1e-6,
+        "the grid holds the base ({base_mass})"
+    );
+    ensure!((mass - 1.0).abs() < 1e-6, "∫ p = {mass}");
+    Ok(())
+}
+
+#[test]
+fn sampling_and_density_agree() -> Result<()> {
+    // Pushing z through the flow gives x and log p(x); solving back from x gives the same.
+    let dev = Device::Cpu;
+    let (_, flow) = build(&small(), Gradient::Backprop, tight(), 14, DType::F64, &dev)?;
+    let z = Rng::new(15).normal_tensor(&[16, 2], 0.0, 1.0, DType::F64, &dev)?;
+    let (x, lp_forward) = flow.sample_from(&z)?;
+    let lp_back = flow.log_prob(&x)?.to_vec1::<f64>()?;
+    let moved = (&x - &z)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    ensure!(moved > 1e-2, "the flow must move the points ({moved})");
+    let base = flow.base_log_prob(&z)?.to_vec1::<f64>()?;
+    let mut changed = 0.0f64;
+    for ((a, b), base) in lp_forward.to_vec1::<f64>()?.iter().zip(&lp_back).zip(&base) {
+        ensure!((a - b).abs() < 1e-7, "{a} vs {b}");
+        changed = changed.max((a - base).abs());
+    }
+    ensure!(changed > 1e-2, "the density must change ({changed})");
+    Ok(())
+}
+
+#[test]
+fn adjoint_matches_finite_differences() -> Result<()> {
+    // dNLL/dθ for entries of every parameter tensor by central differences (f64, tight
+    // solves, step 1e-5), with a fixed Hutchinson noise: the estimate is a smooth function of
+    // θ too.
+    let dev = Device::Cpu;
+    let x = Rng::new(16).normal_tensor(&[6, 2], 0.0, 0.7, DType::F64, &dev)?;
+    let eps = Noise::Gaussian.sample(6, 2, &mut Rng::new(17), DType::F64, &dev)?;
+    let trace = Trace::Hutchinson(eps);
+    let adjoint = Gradient::Adjoint(AdjointOptions::default().tolerances(1e-11, 1e-11));
+    let opts = SolveOptions::default().tolerances(1e-11, 1e-11);
+    let cfg = FfjordConfig {
+        activation: Activation::Softplus,
+        ..small()
+    };
+    let (varmap, flow) = build(&cfg, adjoint, opts, 18, DType::F64, &dev)?;
+    let nll =
+        |f: &Ffjord| -> Result<Tensor> { Ok(f.log_prob_with(&x, &trace)?.0.mean_all()?.neg()?) };
+    let grads = nll(&flow)?.backward()?;
+    let step = 1e-5;
+    let mut checked = 0;
+    for v in node_adjoint::sorted_vars(&varmap) {
+        let g = grads.get(&v).expect("a gradient").flatten_all()?;
+        let g = g.to_vec1::<f64>()?;
+        let base = v.flatten_all()?.to_vec1::<f64>()?;
+        for k in [0, base.len() - 1] {
+            let at = |delta: f64| -> Result<f64> {
+                let mut w = base.clone();
+                w[k] += delta;
+                v.set(&Tensor::from_vec(w, v.shape(), &dev)?)?;
+                Ok(nll(&flow)?.to_scalar::<f64>()?)
+            };
+            let fd = (at(step)? - at(-step)?) / (2.0 * step);
+            v.set(&Tensor::from_vec(base.clone(), v.shape(), &dev)?)?;
+            ensure!(
+                (fd - g[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "entry {k} of {:?}: adjoint {} vs finite differences {fd}",
+                v.shape(),
+                g[k]
+            );
+            checked += 1;
+        }
+    }
+    ensure!(
+        checked == 30,
+        "two entries of each of 3 × 5 tensors ({checked})"
+    );
+    Ok(())
+}
+
+#[test]
+fn adam_steps_lower_the_nll_of_two_circles() -> Result<()> {
+    // Trained with Hutchinson's estimate (fresh noise each step), judged by the exact NLL.
+    let dev = Device::Cpu;
+    let cfg = FfjordConfig {
+        hidden: vec![16, 16],
+        ..FfjordConfig::default()
+    };
+    let opts = SolveOptions::default().tolerances(1e-4, 1e-4);
+    let gradient = Gradient::Adjoint(AdjointOptions::default().tolerances(1e-4, 1e-4));
+    let (varmap, flow) = build(&cfg, gradient, opts, 19, DType::F32, &dev)?;
+    let mut rng = Rng::new(20);
+    let x = two_circles(128, 0.06, &mut rng, DType::F32, &dev)?;
+    let adam = AdamConfig {
+        lr: 1e-2,
+        ..Default::default()
+    };
+    let mut opt = Adam::new(node_adjoint::sorted_vars(&varmap), adam)?;
+    let exact =
+        |f: &Ffjord| -> Result<f32> { Ok(f.log_prob(&x)?.mean_all()?.neg()?.to_scalar::<f32>()?) };
+    let first = exact(&flow)?;
+    for _ in 0..20 {
+        let eps = Noise::Rademacher.sample(128, 2, &mut rng, DType::F32, &dev)?;
+        let (lp, _) = flow.log_prob_with(&x, &Trace::Hutchinson(eps))?;
+        opt.backward_step(&lp.mean_all()?.neg()?)?;
+    }
+    let last = exact(&flow)?;
+    ensure!(last < first - 0.1, "NLL {first} → {last}");
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_an_error() -> Result<()> {
+    let dev = Device::Cpu;
+    let (_, flow) = build(&small(), Gradient::Backprop, tight(), 1, DType::F32, &dev)?;
+    for bad in [
+        Tensor::zeros((4, 3), DType::F32, &dev)?,
+        Tensor::zeros(4, DType::F32, &dev)?,
+        Tensor::zeros((0, 2), DType::F32, &dev)?,
+    ] {
+        let e = flow.log_prob(&bad).unwrap_err().to_string();
+        ensure!(e.contains("[batch ≥ 1, 2]"), "{e}");
+        ensure!(flow.sample_from(&bad).is_err());
+    }
+    let x = Tensor::zeros((4, 2), DType::F32, &dev)?;
+    let eps = Tensor::ones((3, 2), DType::F32, &dev)?;
+    let e = flow
+        .log_prob_with(&x, &Trace::Hutchinson(eps))
+        .unwrap_err()
+        .to_string();
+    ensure!(e.contains("Hutchinson noise"), "{e}");
+    let e = flow
+        .field()
+        .jvp(0.0, &x, &Tensor::zeros((1, 4, 3), DType::F32, &dev)?)
+        .unwrap_err()
+        .to_string();
+    ensure!(e.contains("tangents must be [K ≥ 1, 4, 2]"), "{e}");
+    for (cfg, what) in [
+        (
+            FfjordConfig {
+                hidden: vec![],
+                ..small()
+            },
+            "hidden",
+        ),
+        (
+            FfjordConfig {
+                hidden: vec![4, 0],
+                ..small()
+            },
+            "hidden",
+        ),
+        (FfjordConfig { dim: 0, ..small() }, "dim"),
+        (FfjordConfig { t1: 0.0, ..small() }, "t1"),
+        (
+            FfjordConfig {
+                base_std: -1.0,
+                ..small()
+            },
+            "base_std",
+        ),
+    ] {
+        let vm = VarMap::new();
+        let e = Ffjord::new(
+            &cfg,
+            tight(),
+            Gradient::Backprop,
+            VarBuilder::from_varmap(&vm, DType::F32, &dev),
+        )
+        .unwrap_err()
+        .to_string();
+        ensure!(e.contains(what), "{e}");
+    }
+    Ok(())
+}
