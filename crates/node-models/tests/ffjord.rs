@@ -51,17 +51,18 @@ fn build(
 /// (points are independent, so `∂(Σ_b f_i(z_b))/∂z_b` is row `i` at point `b`): `[B][D][D]`.
 fn jacobian(flow: &Ffjord, t: f64, z: &Tensor) -> Result<Vec<Vec<Vec<f64>>>> {
     let (b, d) = z.dims2()?;
-    let mut jac = vec![vec![vec![0.0; d]; d]; b];
-    for i in 0..d {
-        let zv = Var::from_tensor(z)?;
-        let f = flow.field().forward(t, zv.as_tensor())?;
-        let grads = f.narrow(1, i, 1)?.sum_all()?.backward()?;
-        let g = grads.get(zv.as_tensor()).expect("a gradient");
-        for (p, row) in g.to_vec2::<f64>()?.into_iter().enumerate() {
-            jac[p][i] = row;
-        }
-    }
-    Ok(jac)
+    // rows[i][b]: row i of the Jacobian at point b.
+    let rows = (0..d)
+        .map(|i| -> Result<Vec<Vec<f64>>> {
+            let zv = Var::from_tensor(z)?;
+            let f = flow.field().forward(t, zv.as_tensor())?;
+            let grads = f.narrow(1, i, 1)?.sum_all()?.backward()?;
+            Ok(grads.get(zv.as_tensor()).expect("a gradient").to_vec2()?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((0..b)
+        .map(|p| rows.iter().map(|r| r[p].clone()).collect())
+        .collect())
 }
 
 fn close(got: &[f64], want: &[f64], tol: f64, what: &str) -> Result<()> {
