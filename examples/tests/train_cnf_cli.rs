@@ -1,5 +1,5 @@
-//! The flow's training binary end to end: it learns, it resumes exactly, it refuses what is
-//! not its checkpoint and bad options.
+//! The flows' training binary end to end: it learns, it resumes exactly, it refuses what is
+//! not its checkpoint and bad options; the paper's flow and FFJORD.
 
 mod common;
 
@@ -168,5 +168,123 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!err.contains("panicked"), "{err}");
     }
+    Ok(())
+}
+
+/// A small FFJORD (two hidden layers of 16, batch 64, loose tolerances, Hutchinson's
+/// estimator), each setting replaced where `extra` gives its flag.
+fn train_ffjord(out: &Path, extra: &[&str]) -> Output {
+    let defaults = [
+        ["--model", "ffjord"],
+        ["--device", "cpu"],
+        ["--hidden-dims", "16,16"],
+        ["--trace", "rademacher"],
+        ["--batch-size", "64"],
+        ["--tol", "1e-3"],
+        ["--lr", "1e-2"],
+        ["--test-points", "256"],
+        ["--image-size", "0"],
+    ];
+    run_with_defaults(env!("CARGO_BIN_EXE_train-cnf"), out, &defaults, extra)
+}
+
+#[test]
+fn ffjord_learns_resumes_and_refuses_the_other_flow() -> Result<()> {
+    // 20 iterations in one run and in two pieces: the Hutchinson noise comes from the
+    // checkpointed generator, so the pieces give the same weights.
+    let whole = tmp("ffjord-whole");
+    let args = ["--iters", "20", "--checkpoint-every", "10"];
+    let o = train_ffjord(whole.path(), &args);
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("FFJORD (hidden [16, 16]"), "{stdout}");
+    assert!(stdout.contains("trace Rademacher"), "{stdout}");
+    let nll = metric(whole.path(), "nll");
+    assert!(nll[1] < nll[0] - 0.05, "the NLL falls: {nll:?}");
+
+    let pieces = tmp("ffjord-pieces");
+    ok(&train_ffjord(
+        pieces.path(),
+        &[&args[..], &["--stop-after-steps", "10"]].concat(),
+    ));
+    ok(&train_ffjord(
+        pieces.path(),
+        &[&args[..], &["--resume"]].concat(),
+    ));
+    assert_eq!(
+        tensors(&whole.path().join("checkpoint.safetensors")),
+        tensors(&pieces.path().join("checkpoint.safetensors")),
+        "the same weights, moments and generator as one run"
+    );
+
+    // The paper's flow refuses FFJORD's checkpoint, and FFJORD the paper's flow's.
+    let o = train(whole.path(), &["--iters", "30", "--resume"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("checkpoint of model `ffjord`, not `cnf`"),
+        "{err}"
+    );
+    let planar = tmp("ffjord-planar");
+    ok(&train(
+        planar.path(),
+        &["--iters", "2", "--test-points", "0"],
+    ));
+    let o = train_ffjord(planar.path(), &["--iters", "4", "--resume"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("checkpoint of model `cnf`, not `ffjord`"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ffjord_options_are_checked() -> Result<()> {
+    let out = tmp("ffjord-options");
+    // The exact trace, softplus, and RNODE's regularizers estimated from the same product.
+    let args = [
+        "--iters",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--trace",
+        "exact",
+        "--activation",
+        "softplus",
+        "--kinetic",
+        "0.1",
+        "--jacobian",
+        "0.1",
+        "--test-points",
+        "0",
+    ];
+    ok(&train_ffjord(out.path(), &args));
+    for name in ["nll", "kinetic", "jacobian"] {
+        let v = metric(out.path(), name);
+        assert!(v.iter().all(|x| x.is_finite() && *x > 0.0), "{name}: {v:?}");
+    }
+    // Options of the other flow, and bad sizes.
+    for (bad, why) in [
+        (
+            &["--width", "8"][..],
+            "--width is not an option of --model ffjord",
+        ),
+        (&["--hidden-dims", "16,0"][..], "hidden must list"),
+        (&["--t1", "0"][..], "t1 must be finite and positive"),
+    ] {
+        let o = train_ffjord(out.path(), bad);
+        assert!(!o.status.success(), "{bad:?} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(why), "{bad:?}: {err}");
+    }
+    let o = train(out.path(), &["--trace", "exact"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--trace is not an option of --model planar"),
+        "{err}"
+    );
     Ok(())
 }

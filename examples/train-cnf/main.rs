@@ -1,5 +1,7 @@
 //! Trains a continuous normalizing flow on two concentric circles by maximum likelihood, as
-//! torchdiffeq's `examples/cnf.py` does, and draws the learned density and samples.
+//! torchdiffeq's `examples/cnf.py` does (`--model planar`, the paper's field) or as FFJORD's
+//! `train_toy.py` does (`--model ffjord`, a free-form MLP field), and draws the learned density
+//! and samples.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -13,19 +15,59 @@ use clap::Parser;
 use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
-use node_models::cnf::{two_circles, Cnf, CnfConfig};
-use node_models::{Gradient, Rng};
+use node_models::cnf::{two_circles, Cnf, CnfConfig, RegularizedLogProb};
+use node_models::ffjord::{Activation, Ffjord, FfjordConfig, Noise, Trace};
+use node_models::{BlockStats, Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// The checkpoint's model name: a flow's checkpoint is refused by the MNIST trainer and back.
-const MODEL: &str = "cnf";
+/// `--model` choices.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum ModelArg {
+    /// The paper's field (§4, eq. 10): weights from a hypernetwork of t, trace in closed form.
+    Planar,
+    /// FFJORD's free-form field (Grathwohl et al. 2019): ConcatSquash MLP layers, trace from
+    /// Jacobian–vector products.
+    Ffjord,
+}
 
-/// Train a continuous normalizing flow (Chen et al. 2018, §4) on two circles.
+impl ModelArg {
+    /// The checkpoint's model name: a flow's checkpoint is refused by the other flow, by the
+    /// MNIST trainer and back.
+    fn name(self) -> &'static str {
+        match self {
+            ModelArg::Planar => "cnf",
+            ModelArg::Ffjord => "ffjord",
+        }
+    }
+}
+
+/// `--trace` choices (FFJORD).
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum TraceArg {
+    /// The exact trace, from D Jacobian–vector products (D = 2 here).
+    Exact,
+    /// Hutchinson's estimate with ±1 noise, one product, drawn afresh each iteration.
+    Rademacher,
+    /// Hutchinson's estimate with N(0, 1) noise.
+    Gaussian,
+}
+
+/// `--activation` choices (FFJORD).
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum ActivationArg {
+    Tanh,
+    Softplus,
+}
+
+/// Train a continuous normalizing flow (Chen et al. 2018, §4; or FFJORD) on two circles.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// The flow's field.
+    #[arg(long, value_enum, default_value = "planar")]
+    model: ModelArg,
     /// Training iterations (in total, counting resumed ones).
     #[arg(long, default_value_t = 1000)]
     iters: usize,
@@ -35,15 +77,24 @@ struct Args {
     /// Adam's learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    /// Hidden units M of the flow's field.
-    #[arg(long, default_value_t = 64)]
-    width: usize,
-    /// Hidden units of the hypernetwork t ↦ weights.
-    #[arg(long, default_value_t = 32)]
-    hidden: usize,
-    /// End time t₁ of the flow.
-    #[arg(long, default_value_t = 10.0)]
-    t1: f64,
+    /// Hidden units M of the planar field [default: 64].
+    #[arg(long)]
+    width: Option<usize>,
+    /// Hidden units of the planar field's hypernetwork t ↦ weights [default: 32].
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Widths of the FFJORD field's hidden layers, comma-separated [default: 64,64,64].
+    #[arg(long, value_delimiter = ',')]
+    hidden_dims: Option<Vec<usize>>,
+    /// The FFJORD field's activation [default: tanh].
+    #[arg(long, value_enum)]
+    activation: Option<ActivationArg>,
+    /// How FFJORD takes the trace: exactly or by Hutchinson's estimator [default: exact].
+    #[arg(long, value_enum)]
+    trace: Option<TraceArg>,
+    /// End time t₁ of the flow [default: 10 (planar), 0.5 (ffjord)].
+    #[arg(long)]
+    t1: Option<f64>,
     /// rtol = atol of dopri5, forward and reverse.
     #[arg(long, default_value_t = 1e-5)]
     tol: f64,
@@ -69,9 +120,9 @@ struct Args {
     /// Device; the default is CUDA or Metal when compiled in and present, else the CPU.
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
-    /// Output directory (checkpoint, metrics, picture).
-    #[arg(long, default_value = "runs/cnf")]
-    out_dir: PathBuf,
+    /// Output directory (checkpoint, metrics, picture) [default: runs/cnf or runs/ffjord].
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
     /// Continue from the checkpoint in the output directory.
     #[arg(long)]
     resume: bool,
@@ -108,14 +159,30 @@ fn main() -> Result<ExitCode> {
         bail!("--kinetic and --jacobian must be numbers ≥ 0");
     }
     let regularize = args.kinetic > 0.0 || args.jacobian > 0.0;
+    let wrong_model = match args.model {
+        ModelArg::Planar => vec![
+            ("--hidden-dims", args.hidden_dims.is_some()),
+            ("--activation", args.activation.is_some()),
+            ("--trace", args.trace.is_some()),
+        ],
+        ModelArg::Ffjord => vec![
+            ("--width", args.width.is_some()),
+            ("--hidden", args.hidden.is_some()),
+        ],
+    };
+    if let Some((flag, _)) = wrong_model.iter().find(|(_, given)| *given) {
+        let model = match args.model {
+            ModelArg::Planar => "planar",
+            ModelArg::Ffjord => "ffjord",
+        };
+        bail!("{flag} is not an option of --model {model}");
+    }
+    let out_dir = args
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(args.model.name()));
     let dev = pick_device(args.device)?;
     node_kernels::skip_unused_cuda_events(&dev);
-    let cfg = CnfConfig {
-        width: args.width,
-        hidden: args.hidden,
-        t1: args.t1,
-        ..CnfConfig::default()
-    };
     let opts = SolveOptions::default()
         .method(Method::Dopri5)
         .tolerances(args.tol, args.tol);
@@ -129,15 +196,37 @@ fn main() -> Result<ExitCode> {
         GradientArg::Checkpoint => Gradient::Checkpoint(args.checkpoint.options()),
     };
     let varmap = VarMap::new();
-    let cnf = Cnf::new(
-        &cfg,
-        opts,
-        gradient,
-        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
-    )?;
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let flow = match args.model {
+        ModelArg::Planar => {
+            let cfg = CnfConfig::default();
+            let cfg = CnfConfig {
+                width: args.width.unwrap_or(cfg.width),
+                hidden: args.hidden.unwrap_or(cfg.hidden),
+                t1: args.t1.unwrap_or(cfg.t1),
+                ..cfg
+            };
+            Flow::Planar(Cnf::new(&cfg, opts, gradient, vb)?)
+        }
+        ModelArg::Ffjord => {
+            let cfg = FfjordConfig::default();
+            let cfg = FfjordConfig {
+                hidden: args.hidden_dims.clone().unwrap_or(cfg.hidden),
+                activation: match args.activation {
+                    Some(ActivationArg::Softplus) => Activation::Softplus,
+                    Some(ActivationArg::Tanh) => Activation::Tanh,
+                    None => cfg.activation,
+                },
+                t1: args.t1.unwrap_or(cfg.t1),
+                ..cfg
+            };
+            let trace = args.trace.unwrap_or(TraceArg::Exact);
+            Flow::Ffjord(Ffjord::new(&cfg, opts, gradient, vb)?, trace)
+        }
+    };
     let plan = Plan {
-        model: MODEL,
-        out_dir: &args.out_dir,
+        model: args.model.name(),
+        out_dir: &out_dir,
         iters: args.iters,
         every: args.checkpoint_every,
         stop_after: args.stop_after_steps,
@@ -152,9 +241,8 @@ fn main() -> Result<ExitCode> {
     let mut run = Iterations::start(plan, &varmap, &dev)?;
     let n_params = run.n_params;
     println!(
-        "CNF ({n_params} parameters, width {}, t1 {}) on {dev:?}; iterations {}..{}",
-        args.width,
-        args.t1,
+        "{} ({n_params} parameters) on {dev:?}; iterations {}..{}",
+        flow.describe(),
         run.start + 1,
         args.iters
     );
@@ -162,7 +250,7 @@ fn main() -> Result<ExitCode> {
         let x = two_circles(args.batch_size, args.noise, &mut run.rng, DType::F32, &dev)?;
         let mut values = vec![];
         let stats = if regularize {
-            let r = cnf.log_prob_regularized(&x)?;
+            let r = flow.log_prob_regularized(&x, &mut run.rng)?;
             let nll = r.log_p.mean_all()?.neg()?;
             let (kinetic, jacobian) = (r.kinetic.mean_all()?, r.jacobian.mean_all()?);
             let loss = ((&nll + kinetic.affine(args.kinetic, 0.0)?)?
@@ -177,7 +265,7 @@ fn main() -> Result<ExitCode> {
             }
             r.stats
         } else {
-            let (lp, stats) = cnf.log_prob_with_stats(&x)?;
+            let (lp, stats) = flow.log_prob_with_stats(&x, &mut run.rng)?;
             let nll = lp.mean_all()?.neg()?;
             run.opt.backward_step(&nll)?;
             values.push(("nll", nll.to_scalar::<f32>()? as f64));
@@ -205,15 +293,15 @@ fn main() -> Result<ExitCode> {
             DType::F32,
             &dev,
         )?;
-        let nll = log_prob_chunked(&cnf, &x)?
+        let nll = log_prob_chunked(&flow, &x)?
             .mean_all()?
             .neg()?
             .to_scalar::<f32>()?;
         println!("test NLL on {} held-out points: {nll:.4}", args.test_points);
     }
     if args.image_size > 0 {
-        let path = args.out_dir.join("density.png");
-        draw(&cnf, args.image_size, args.seed, &dev, &path)?;
+        let path = out_dir.join("density.png");
+        draw(&flow, args.image_size, args.seed, &dev, &path)?;
         println!("density and samples: {}", path.display());
     }
     println!(
@@ -224,21 +312,104 @@ fn main() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The flow being trained.
+enum Flow {
+    Planar(Cnf),
+    /// With how its trace is taken in training (evaluation and sampling take it exactly).
+    Ffjord(Ffjord, TraceArg),
+}
+
+impl Flow {
+    fn describe(&self) -> String {
+        match self {
+            Flow::Planar(c) => {
+                let c = c.config();
+                format!("CNF (width {}, t1 {})", c.width, c.t1)
+            }
+            Flow::Ffjord(f, trace) => {
+                let c = f.config();
+                format!(
+                    "FFJORD (hidden {:?}, {:?}, trace {trace:?}, t1 {})",
+                    c.hidden, c.activation, c.t1
+                )
+            }
+        }
+    }
+
+    fn base_std(&self) -> f64 {
+        match self {
+            Flow::Planar(c) => c.config().base_std,
+            Flow::Ffjord(f, _) => f.config().base_std,
+        }
+    }
+
+    /// The trace for one training batch: Hutchinson's noise is drawn from `rng` (so a resumed
+    /// run draws what the whole run would have).
+    fn training_trace(&self, x: &Tensor, rng: &mut Rng) -> Result<Trace> {
+        let noise = match self {
+            Flow::Ffjord(_, TraceArg::Rademacher) => Noise::Rademacher,
+            Flow::Ffjord(_, TraceArg::Gaussian) => Noise::Gaussian,
+            _ => return Ok(Trace::Exact),
+        };
+        let (b, d) = x.dims2()?;
+        Ok(Trace::Hutchinson(noise.sample(
+            b,
+            d,
+            rng,
+            x.dtype(),
+            x.device(),
+        )?))
+    }
+
+    /// The training log-likelihood (with FFJORD's training trace).
+    fn log_prob_with_stats(&self, x: &Tensor, rng: &mut Rng) -> Result<(Tensor, BlockStats)> {
+        let trace = self.training_trace(x, rng)?;
+        Ok(match self {
+            Flow::Planar(c) => c.log_prob_with_stats(x)?,
+            Flow::Ffjord(f, _) => f.log_prob_with(x, &trace)?,
+        })
+    }
+
+    /// The training log-likelihood with RNODE's regularizers.
+    fn log_prob_regularized(&self, x: &Tensor, rng: &mut Rng) -> Result<RegularizedLogProb> {
+        let trace = self.training_trace(x, rng)?;
+        Ok(match self {
+            Flow::Planar(c) => c.log_prob_regularized(x)?,
+            Flow::Ffjord(f, _) => f.log_prob_regularized(x, &trace)?,
+        })
+    }
+
+    /// The exact `log p(x)`.
+    fn log_prob(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Flow::Planar(c) => c.log_prob(x)?,
+            Flow::Ffjord(f, _) => f.log_prob(x)?,
+        })
+    }
+
+    fn sample_from(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(match self {
+            Flow::Planar(c) => c.sample_from(z)?,
+            Flow::Ffjord(f, _) => f.sample_from(z)?,
+        })
+    }
+}
+
 /// `log p(x)` in chunks (the solver takes the steps the hardest point needs, so large batches
 /// cost more than their size).
-fn log_prob_chunked(cnf: &Cnf, x: &Tensor) -> Result<Tensor> {
+fn log_prob_chunked(flow: &Flow, x: &Tensor) -> Result<Tensor> {
     let n = x.dim(0)?;
     let mut parts = vec![];
     for start in (0..n).step_by(4096) {
         let len = 4096.min(n - start);
-        parts.push(cnf.log_prob(&x.narrow(0, start, len)?)?.detach());
+        parts.push(flow.log_prob(&x.narrow(0, start, len)?)?.detach());
     }
     Ok(Tensor::cat(&parts, 0)?)
 }
 
 /// Two panels over `[-1.5, 1.5]²`: the learned density `p(x)`, and a histogram of samples
 /// pushed through the flow from the base density.
-fn draw(cnf: &Cnf, size: usize, seed: u64, dev: &Device, path: &Path) -> Result<()> {
+fn draw(flow: &Flow, size: usize, seed: u64, dev: &Device, path: &Path) -> Result<()> {
     let (lo, hi) = (-1.5f64, 1.5f64);
     let step = (hi - lo) / size as f64;
     let mut grid = Vec::with_capacity(2 * size * size);
@@ -249,20 +420,15 @@ fn draw(cnf: &Cnf, size: usize, seed: u64, dev: &Device, path: &Path) -> Result<
         }
     }
     let x = Tensor::from_vec(grid, (size * size, 2), dev)?;
-    let density = log_prob_chunked(cnf, &x)?.exp()?.to_vec1::<f32>()?;
+    let density = log_prob_chunked(flow, &x)?.exp()?.to_vec1::<f32>()?;
 
     let n = 20 * size * size / 100;
-    let z = Rng::new(seed ^ 0x5a5a).normal_tensor(
-        &[n, 2],
-        0.0,
-        cnf.config().base_std,
-        DType::F32,
-        dev,
-    )?;
+    let z =
+        Rng::new(seed ^ 0x5a5a).normal_tensor(&[n, 2], 0.0, flow.base_std(), DType::F32, dev)?;
     let mut hist = vec![0f32; size * size];
     for start in (0..n).step_by(4096) {
         let len = 4096.min(n - start);
-        let (s, _) = cnf.sample_from(&z.narrow(0, start, len)?)?;
+        let (s, _) = flow.sample_from(&z.narrow(0, start, len)?)?;
         for p in s.to_vec2::<f32>()? {
             let col = ((p[0] as f64 - lo) / step).floor();
             let row = ((hi - p[1] as f64) / step).floor();
