@@ -1,7 +1,7 @@
-//! Trains a continuous normalizing flow on two concentric circles by maximum likelihood, as
-//! torchdiffeq's `examples/cnf.py` does (`--model planar`, the paper's field) or as FFJORD's
-//! `train_toy.py` does (`--model ffjord`, a free-form MLP field), and draws the learned density
-//! and samples.
+//! Trains a continuous normalizing flow by maximum likelihood on two concentric circles, as
+//! torchdiffeq's `examples/cnf.py` does (`--model planar`, the paper's field), or as FFJORD's
+//! `train_toy.py` does (`--model ffjord`, a free-form MLP field; `--data` picks one of its toy
+//! densities), and draws the learned density and samples.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -17,6 +17,7 @@ use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
 use node_models::cnf::{two_circles, Cnf, CnfConfig, RegularizedLogProb};
 use node_models::ffjord::{Activation, Ffjord, FfjordConfig, Noise, Trace};
+use node_models::toy::Toy;
 use node_models::{BlockStats, Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,46 @@ enum TraceArg {
     Rademacher,
     /// Hutchinson's estimate with N(0, 1) noise.
     Gaussian,
+}
+
+/// `--data` choices.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum DataArg {
+    /// torchdiffeq's example: circles of radius 1 and 0.5, `--noise` added.
+    TwoCircles,
+    /// FFJORD's toy densities (`lib/toy_data.py`), in [-4, 4]².
+    Circles,
+    Moons,
+    #[value(name = "8gaussians")]
+    EightGaussians,
+    Pinwheel,
+    #[value(name = "2spirals")]
+    TwoSpirals,
+    Checkerboard,
+}
+
+impl DataArg {
+    fn sample(self, n: usize, noise: f64, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
+        let toy = match self {
+            DataArg::TwoCircles => return Ok(two_circles(n, noise, rng, DType::F32, dev)?),
+            DataArg::Circles => Toy::Circles,
+            DataArg::Moons => Toy::Moons,
+            DataArg::EightGaussians => Toy::EightGaussians,
+            DataArg::Pinwheel => Toy::Pinwheel,
+            DataArg::TwoSpirals => Toy::TwoSpirals,
+            DataArg::Checkerboard => Toy::Checkerboard,
+        };
+        Ok(toy.sample(n, rng, DType::F32, dev)?)
+    }
+
+    /// The half-width of the square the picture shows.
+    fn half_width(self) -> f64 {
+        if self == DataArg::TwoCircles {
+            1.5
+        } else {
+            4.0
+        }
+    }
 }
 
 /// `--activation` choices (FFJORD).
@@ -111,7 +152,10 @@ struct Args {
     /// 0: off.
     #[arg(long, default_value_t = 0.0)]
     jacobian: f64,
-    /// Standard deviation of the noise added to the circles.
+    /// The data: torchdiffeq's two circles, or one of FFJORD's toy densities.
+    #[arg(long, value_enum, default_value = "two-circles")]
+    data: DataArg,
+    /// Standard deviation of the noise added to the two circles (`--data two-circles`).
     #[arg(long, default_value_t = 0.06)]
     noise: f64,
     /// Random seed (initialisation and data).
@@ -234,8 +278,8 @@ fn main() -> Result<ExitCode> {
         seed: args.seed,
         lr: args.lr,
         extra_json: format!(
-            "\"batch_size\":{},\"kinetic_weight\":{},\"jacobian_weight\":{},",
-            args.batch_size, args.kinetic, args.jacobian
+            "\"batch_size\":{},\"kinetic_weight\":{},\"jacobian_weight\":{},\"data\":\"{:?}\",",
+            args.batch_size, args.kinetic, args.jacobian, args.data
         ),
     };
     let mut run = Iterations::start(plan, &varmap, &dev)?;
@@ -247,7 +291,9 @@ fn main() -> Result<ExitCode> {
         args.iters
     );
     for it in run.remaining() {
-        let x = two_circles(args.batch_size, args.noise, &mut run.rng, DType::F32, &dev)?;
+        let x = args
+            .data
+            .sample(args.batch_size, args.noise, &mut run.rng, &dev)?;
         let mut values = vec![];
         let stats = if regularize {
             let r = flow.log_prob_regularized(&x, &mut run.rng)?;
@@ -286,13 +332,9 @@ fn main() -> Result<ExitCode> {
         // Held-out points from a generator of their own, so that the figure does not depend
         // on where a run was resumed.
         let mut test_rng = Rng::new(args.seed ^ 0x7e57);
-        let x = two_circles(
-            args.test_points,
-            args.noise,
-            &mut test_rng,
-            DType::F32,
-            &dev,
-        )?;
+        let x = args
+            .data
+            .sample(args.test_points, args.noise, &mut test_rng, &dev)?;
         let nll = log_prob_chunked(&flow, &x)?
             .mean_all()?
             .neg()?
@@ -301,7 +343,14 @@ fn main() -> Result<ExitCode> {
     }
     if args.image_size > 0 {
         let path = out_dir.join("density.png");
-        draw(&flow, args.image_size, args.seed, &dev, &path)?;
+        draw(
+            &flow,
+            args.data.half_width(),
+            args.image_size,
+            args.seed,
+            &dev,
+            &path,
+        )?;
         println!("density and samples: {}", path.display());
     }
     println!(
@@ -407,10 +456,10 @@ fn log_prob_chunked(flow: &Flow, x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// Two panels over `[-1.5, 1.5]²`: the learned density `p(x)`, and a histogram of samples
+/// Two panels over `[-half, half]²`: the learned density `p(x)`, and a histogram of samples
 /// pushed through the flow from the base density.
-fn draw(flow: &Flow, size: usize, seed: u64, dev: &Device, path: &Path) -> Result<()> {
-    let (lo, hi) = (-1.5f64, 1.5f64);
+fn draw(flow: &Flow, half: f64, size: usize, seed: u64, dev: &Device, path: &Path) -> Result<()> {
+    let (lo, hi) = (-half, half);
     let step = (hi - lo) / size as f64;
     let mut grid = Vec::with_capacity(2 * size * size);
     for row in 0..size {

@@ -12,6 +12,7 @@ pub mod mnist_models;
 pub mod optim;
 pub mod rng;
 pub mod rnn;
+pub mod toy;
 
 pub use cnf::{Cnf, CnfConfig, CnfField};
 pub use ffjord::{Ffjord, FfjordConfig, FfjordField};
