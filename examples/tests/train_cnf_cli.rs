@@ -243,8 +243,12 @@ fn ffjord_learns_resumes_and_refuses_the_other_flow() -> Result<()> {
 #[test]
 fn ffjord_options_are_checked() -> Result<()> {
     let out = tmp("ffjord-options");
-    // The exact trace, softplus, and RNODE's regularizers estimated from the same product.
+    // The exact trace, softplus, RNODE's regularizers, on one of FFJORD's toy densities.
     let args = [
+        "--data",
+        "8gaussians",
+        "--image-size",
+        "16",
         "--iters",
         "4",
         "--checkpoint-every",
@@ -261,6 +265,9 @@ fn ffjord_options_are_checked() -> Result<()> {
         "0",
     ];
     ok(&train_ffjord(out.path(), &args));
+    assert!(out.path().join("density.png").exists());
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl"))?;
+    assert!(metrics.contains("\"data\":\"EightGaussians\""), "{metrics}");
     for name in ["nll", "kinetic", "jacobian"] {
         let v = metric(out.path(), name);
         assert!(v.iter().all(|x| x.is_finite() && *x > 0.0), "{name}: {v:?}");
@@ -273,6 +280,7 @@ fn ffjord_options_are_checked() -> Result<()> {
         ),
         (&["--hidden-dims", "16,0"][..], "hidden must list"),
         (&["--t1", "0"][..], "t1 must be finite and positive"),
+        (&["--data", "spirals"][..], "invalid value 'spirals'"),
     ] {
         let o = train_ffjord(out.path(), bad);
         assert!(!o.status.success(), "{bad:?} accepted");
