@@ -290,19 +290,25 @@ fn main() -> Result<()> {
         ));
     }
 
-    // ode_demo's two layers, forward + backward (input, weight, bias).
-    for (name, k, n) in [
-        ("linear fwd+bwd 1024x2 -> 50", 2usize, 50usize),
-        ("linear fwd+bwd 1024x50 -> 2", 50, 2),
+    // ode_demo's two layers, the first and last of an FFJORD field on 8-D data, MNIST's head,
+    // and small square products, forward + backward (input, weight, bias).
+    for (name, m, k, n) in [
+        ("linear fwd+bwd 1024x2 -> 50", 1024, 2usize, 50usize),
+        ("linear fwd+bwd 1024x50 -> 2", 1024, 50, 2),
+        ("linear fwd+bwd 512x8 -> 64", 512, 8, 64),
+        ("linear fwd+bwd 512x64 -> 8", 512, 64, 8),
+        ("linear fwd+bwd 128x64 -> 10", 128, 64, 10),
+        ("linear fwd+bwd 128x16 -> 16", 128, 16, 16),
+        ("linear fwd+bwd 32x32 -> 32", 32, 32, 32),
     ] {
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1024, k), dev)?)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (m, k), dev)?)?;
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (n, k), dev)?)?;
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, n, dev)?)?;
-        let r = Tensor::randn(0f32, 1.0, (1024, n), dev)?;
+        let r = Tensor::randn(0f32, 1.0, (m, n), dev)?;
         let stock = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
         ops.push((
             name,
-            2.0 * 3.0 * (1024 * k * n) as f64,
+            2.0 * 3.0 * (m * k * n) as f64,
             {
                 let (x, r) = (x.clone(), r.clone());
                 Box::new(move || run(node_kernels::linear(&x, &w, Some(&b)), Some(&r)))
