@@ -173,7 +173,7 @@ bisect_kernels() {
 }
 
 step_bench() {
-  local rounds=${1:-2} t0 log="$out/bench.log" demo cnf latent
+  local rounds=${1:-2} t0 log="$out/bench.log" demo cnf ffjord latent
   t0=$(date +%s)
   say "## bench"
   local step
@@ -206,6 +206,10 @@ step_bench() {
   if cnf=$(exe bench cnf); then
     { echo; "$cnf" --device cuda --reps 5; echo
       "$py" scripts/bench-cnf-torch.py cuda 5; } 2>&1 | tee -a "$log" >> "$summary"
+  fi
+  if ffjord=$(exe bench ffjord); then
+    { echo; "$ffjord" --device cuda --reps 5; echo
+      "$py" scripts/bench-ffjord-torch.py cuda 5; } 2>&1 | tee -a "$log" >> "$summary"
   fi
   if latent=$(exe bench latent_ode); then
     { echo; "$latent" --device cuda --reps 5; echo
