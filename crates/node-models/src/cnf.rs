@@ -259,6 +259,29 @@ pub struct RegularizedLogProb {
     pub stats: BlockStats,
 }
 
+impl RegularizedLogProb {
+    /// From a flow's state `[z, Δ, E, J]` at the base (`t = 0`, solved down from `t₁`).
+    pub(crate) fn at_base(s0: &Tensor, dim: usize, std: f64, stats: BlockStats) -> Result<Self> {
+        let log_p = log_prob_at_base(s0, dim, std)?;
+        // The solve runs from t₁ down to 0: its integrals are ∫_{t₁}^{0} = −∫₀^{t₁}.
+        let kinetic = s0.narrow(1, dim + 1, 1)?.squeeze(1)?.neg()?;
+        let jacobian = s0.narrow(1, dim + 2, 1)?.squeeze(1)?.neg()?;
+        Ok(Self {
+            log_p,
+            kinetic,
+            jacobian,
+            stats,
+        })
+    }
+}
+
+/// `log p(x)` from a flow's state `[z, Δ, …]` at the base (`t = 0`, solved down from `t₁`):
+/// `log N(z; 0, σ²I) − Δ`, since `Δ(0) = ∫_{t₁}^{0} −tr dt = ∫₀^{t₁} tr dt`.
+pub(crate) fn log_prob_at_base(s0: &Tensor, dim: usize, std: f64) -> Result<Tensor> {
+    let delta = s0.narrow(1, dim, 1)?.squeeze(1)?;
+    gaussian_log_prob(&s0.narrow(1, 0, dim)?, std)? - delta
+}
+
 /// A continuous normalizing flow from `N(0, σ²I)` at `t = 0` to the data at `t = t₁`.
 ///
 /// # Example
@@ -353,11 +376,10 @@ impl Cnf {
     /// As [`Cnf::log_prob`].
     pub fn log_prob_with_stats(&self, x: &Tensor) -> Result<(Tensor, BlockStats)> {
         let (s0, stats) = self.solve(x, self.config.t1, 0.0, 1)?;
-        let d = self.config.dim;
-        // Δ(0) = ∫_{t₁}^{0} −tr dt = ∫_0^{t₁} tr dt.
-        let delta = s0.narrow(1, d, 1)?.squeeze(1)?;
-        let lp = (self.base_log_prob(&s0.narrow(1, 0, d)?)? - delta)?;
-        Ok((lp, stats))
+        Ok((
+            log_prob_at_base(&s0, self.config.dim, self.config.base_std)?,
+            stats,
+        ))
     }
 
     /// `log p(x)` per point, with the regularizers of RNODE (Finlay et al. 2020, "How to
@@ -377,18 +399,7 @@ impl Cnf {
     /// As [`Cnf::log_prob`].
     pub fn log_prob_regularized(&self, x: &Tensor) -> Result<RegularizedLogProb> {
         let (s0, stats) = self.solve(x, self.config.t1, 0.0, 3)?;
-        let d = self.config.dim;
-        let delta = s0.narrow(1, d, 1)?.squeeze(1)?;
-        let log_p = (self.base_log_prob(&s0.narrow(1, 0, d)?)? - delta)?;
-        // The solve runs from t₁ down to 0: its integrals are ∫_{t₁}^{0} = −∫₀^{t₁}.
-        let kinetic = s0.narrow(1, d + 1, 1)?.squeeze(1)?.neg()?;
-        let jacobian = s0.narrow(1, d + 2, 1)?.squeeze(1)?.neg()?;
-        Ok(RegularizedLogProb {
-            log_p,
-            kinetic,
-            jacobian,
-            stats,
-        })
+        RegularizedLogProb::at_base(&s0, self.config.dim, self.config.base_std, stats)
     }
 
     /// Pushes base points `z` (at `t = 0`) through the flow: the samples `x = z(t₁)` and their

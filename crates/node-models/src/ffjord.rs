@@ -18,7 +18,7 @@
 //!
 //! The layers are FFJORD's `ConcatSquashLinear`: `(x Wᵀ + b) ⊙ σ(t w_g + b_g) + t w_b`.
 
-use crate::cnf::{augment, gaussian_log_prob, RegularizedLogProb};
+use crate::cnf::{augment, gaussian_log_prob, log_prob_at_base, RegularizedLogProb};
 use crate::layers::{linear, BlockStats, Gradient};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -542,10 +542,10 @@ impl Ffjord {
     /// As [`Ffjord::log_prob`], and a noise of another shape.
     pub fn log_prob_with(&self, x: &Tensor, trace: &Trace) -> Result<(Tensor, BlockStats)> {
         let (s0, stats) = self.solve(x, trace, false, self.config.t1, 0.0)?;
-        let d = self.config.dim;
-        let delta = s0.narrow(1, d, 1)?.squeeze(1)?;
-        let log_p = (self.base_log_prob(&s0.narrow(1, 0, d)?)? - delta)?;
-        Ok((log_p, stats))
+        Ok((
+            log_prob_at_base(&s0, self.config.dim, self.config.base_std)?,
+            stats,
+        ))
     }
 
     /// `log p(x)` per point with RNODE's regularizers integrated along the same solve, as
@@ -560,18 +560,7 @@ impl Ffjord {
     /// As [`Ffjord::log_prob_with`].
     pub fn log_prob_regularized(&self, x: &Tensor, trace: &Trace) -> Result<RegularizedLogProb> {
         let (s0, stats) = self.solve(x, trace, true, self.config.t1, 0.0)?;
-        let d = self.config.dim;
-        let delta = s0.narrow(1, d, 1)?.squeeze(1)?;
-        let log_p = (self.base_log_prob(&s0.narrow(1, 0, d)?)? - delta)?;
-        // The solve runs from t₁ down to 0: its integrals are ∫_{t₁}^{0} = −∫₀^{t₁}.
-        let kinetic = s0.narrow(1, d + 1, 1)?.squeeze(1)?.neg()?;
-        let jacobian = s0.narrow(1, d + 2, 1)?.squeeze(1)?.neg()?;
-        Ok(RegularizedLogProb {
-            log_p,
-            kinetic,
-            jacobian,
-            stats,
-        })
+        RegularizedLogProb::at_base(&s0, self.config.dim, self.config.base_std, stats)
     }
 
     /// Pushes base points `z` (at `t = 0`) through the flow: the samples `x = z(t₁)` and their

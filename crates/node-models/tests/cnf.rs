@@ -2,6 +2,8 @@
 //! density that integrates to one, sampling and density agreeing, adjoint gradients against
 //! backprop and finite differences, training, and its errors.
 
+mod common;
+
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
@@ -342,35 +344,9 @@ fn adjoint_matches_finite_differences() -> Result<()> {
     let adjoint = Gradient::Adjoint(AdjointOptions::default().tolerances(1e-11, 1e-11));
     let opts = SolveOptions::default().tolerances(1e-11, 1e-11);
     let (varmap, cnf) = build(&small(), adjoint, opts, 9, DType::F64, &dev)?;
-    let nll = |c: &Cnf| -> Result<Tensor> { Ok(c.log_prob(&x)?.mean_all()?.neg()?) };
-    let grads = nll(&cnf)?.backward()?;
-    let eps = 1e-5;
-    let mut checked = 0;
-    for v in node_adjoint::sorted_vars(&varmap) {
-        let g = grads
-            .get(&v)
-            .expect("a gradient")
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        let base = v.flatten_all()?.to_vec1::<f64>()?;
-        for k in [0, base.len() / 2, base.len() - 1] {
-            let at = |delta: f64| -> Result<f64> {
-                let mut w = base.clone();
-                w[k] += delta;
-                v.set(&Tensor::from_vec(w, v.shape(), &dev)?)?;
-                Ok(nll(&cnf)?.to_scalar::<f64>()?)
-            };
-            let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
-            v.set(&Tensor::from_vec(base.clone(), v.shape(), &dev)?)?;
-            ensure!(
-                (fd - g[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                "param {k} of {:?}: adjoint {} vs finite differences {fd}",
-                v.shape(),
-                g[k]
-            );
-            checked += 1;
-        }
-    }
+    let nll = || cnf.log_prob(&x)?.mean_all()?.neg();
+    let entries = |len: usize| vec![0, len / 2, len - 1];
+    let checked = common::check_finite_differences(&varmap, nll, entries, 1e-5, 1e-6)?;
     ensure!(
         checked == 18,
         "three entries of each of the six tensors ({checked})"

@@ -3,6 +3,8 @@
 //! sampling and density agreeing, gradients by every mode and by finite differences,
 //! training, and its errors.
 
+mod common;
+
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
@@ -384,33 +386,9 @@ fn adjoint_matches_finite_differences() -> Result<()> {
         ..small()
     };
     let (varmap, flow) = build(&cfg, adjoint, opts, 18, DType::F64, &dev)?;
-    let nll =
-        |f: &Ffjord| -> Result<Tensor> { Ok(f.log_prob_with(&x, &trace)?.0.mean_all()?.neg()?) };
-    let grads = nll(&flow)?.backward()?;
-    let step = 1e-5;
-    let mut checked = 0;
-    for v in node_adjoint::sorted_vars(&varmap) {
-        let g = grads.get(&v).expect("a gradient").flatten_all()?;
-        let g = g.to_vec1::<f64>()?;
-        let base = v.flatten_all()?.to_vec1::<f64>()?;
-        for k in [0, base.len() - 1] {
-            let at = |delta: f64| -> Result<f64> {
-                let mut w = base.clone();
-                w[k] += delta;
-                v.set(&Tensor::from_vec(w, v.shape(), &dev)?)?;
-                Ok(nll(&flow)?.to_scalar::<f64>()?)
-            };
-            let fd = (at(step)? - at(-step)?) / (2.0 * step);
-            v.set(&Tensor::from_vec(base.clone(), v.shape(), &dev)?)?;
-            ensure!(
-                (fd - g[k]).abs() <= 1e-6 * (1.0 + fd.abs()),
-                "entry {k} of {:?}: adjoint {} vs finite differences {fd}",
-                v.shape(),
-                g[k]
-            );
-            checked += 1;
-        }
-    }
+    let nll = || flow.log_prob_with(&x, &trace)?.0.mean_all()?.neg();
+    let entries = |len: usize| vec![0, len - 1];
+    let checked = common::check_finite_differences(&varmap, nll, entries, 1e-5, 1e-6)?;
     ensure!(
         checked == 30,
         "two entries of each of 3 × 5 tensors ({checked})"
