@@ -15,7 +15,7 @@ use candle_core::{DType, Result};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use node_adjoint::AdjointOptions;
 use node_models::cnf::two_circles;
-use node_models::ffjord::{Ffjord, FfjordConfig, Noise, Trace};
+use node_models::ffjord::{Ffjord, FfjordConfig, JvpField, Noise, Trace};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
 use std::time::Instant;

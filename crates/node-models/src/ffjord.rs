@@ -151,6 +151,120 @@ pub enum Trace {
     Hutchinson(Tensor),
 }
 
+/// A vector field `f(z, t)` on points `[B, D]` that gives its Jacobian–vector products:
+/// what an [`Ffjord`] flow needs of its field. [`FfjordField`] is FFJORD's; implement this for
+/// your own architecture (any layers whose tangents you can carry forward: a linear map sends
+/// `v` to `Wv`, an element-wise activation scales it by its slope) and build the flow with
+/// [`Ffjord::with_field`]. The trace, Hutchinson's estimator, the regularizers and every
+/// gradient mode come with it.
+pub trait JvpField: Clone + Send + Sync + 'static {
+    /// The data dimension `D`.
+    fn dim(&self) -> usize;
+
+    /// `f(z, t)` and the products `(∂f/∂z) vₖ` of `K` tangents per point, differentiable in
+    /// `z`, `v` and the parameters by ordinary (first-order) autograd.
+    ///
+    /// # Shapes
+    /// `z: [B, D]`, `v: [K, B, D]` → `([B, D], [K, B, D])`.
+    ///
+    /// # Errors
+    /// The implementation's.
+    fn jvp(&self, t: f64, z: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)>;
+
+    /// The trainable parameters, for the adjoint's parameter gradients.
+    fn params(&self) -> Vec<Var>;
+
+    /// `f(z, t)` and `tr(∂f/∂z)`, exact or estimated as `trace` says.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `([B, D], [B])`.
+    ///
+    /// # Errors
+    /// `z` or the noise of another shape; Candle's.
+    fn dynamics(&self, t: f64, z: &Tensor, trace: &Trace) -> Result<(Tensor, Tensor)> {
+        let (f, tr, _) = parts(self, t, z, trace, false)?;
+        Ok((f, tr))
+    }
+
+    /// `f(z, t)`, `tr(∂f/∂z)`, and the integrands of RNODE's regularizers (Finlay et al. 2020):
+    /// `‖f‖²` and `‖∂f/∂z‖²_F`. With [`Trace::Exact`] the Frobenius norm is exact (the sum of
+    /// the `D` products' squares); with [`Trace::Hutchinson`] it is the unbiased `‖(∂f/∂z)ε‖²`
+    /// from the same product as the trace, as in RNODE's code.
+    ///
+    /// # Shapes
+    /// `z: [B, D]` → `([B, D], [B], [B], [B])`.
+    ///
+    /// # Errors
+    /// As [`JvpField::dynamics`].
+    fn dynamics_regularized(
+        &self,
+        t: f64,
+        z: &Tensor,
+        trace: &Trace,
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let (f, tr, frob) = parts(self, t, z, trace, true)?;
+        let kinetic = f.sqr()?.sum(1)?;
+        Ok((f, tr, kinetic, frob.expect("asked for")))
+    }
+}
+
+/// `f`, the trace and, when asked for, the squared Frobenius norm of the Jacobian.
+fn parts<F: JvpField>(
+    field: &F,
+    t: f64,
+    z: &Tensor,
+    trace: &Trace,
+    frobenius: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let d = field.dim();
+    if z.rank() != 2 || z.dim(1)? != d {
+        candle_core::bail!("FFJORD: points must be [batch, {d}], got {:?}", z.dims());
+    }
+    let b = z.dim(0)?;
+    let jvp = |v: &Tensor| -> Result<(Tensor, Tensor)> {
+        let (f, jv) = field.jvp(t, z, v)?;
+        let k = v.dim(0)?;
+        if f.dims() != [b, d] || jv.dims() != [k, b, d] {
+            candle_core::bail!(
+                "FFJORD: the field's jvp must give [{b}, {d}] and [{k}, {b}, {d}] for \
+                 points {:?}, got {:?} and {:?}",
+                z.dims(),
+                f.dims(),
+                jv.dims()
+            );
+        }
+        Ok((f, jv))
+    };
+    let (f, jv, tr) = match trace {
+        Trace::Exact => {
+            // The basis vectors as D tangents per point; tr = Σᵢ ((∂f/∂z) eᵢ)ᵢ.
+            let eye = Tensor::eye(d, z.dtype(), z.device())?.unsqueeze(1)?;
+            let (f, jv) = jvp(&eye.broadcast_as((d, b, d))?)?;
+            let tr = jv.broadcast_mul(&eye)?.sum(2)?.sum(0)?;
+            (f, jv, tr)
+        }
+        Trace::Hutchinson(eps) => {
+            if eps.dims() != [b, d] {
+                candle_core::bail!(
+                    "FFJORD: the Hutchinson noise must be [{b}, {d}] for points {:?}, got {:?}",
+                    z.dims(),
+                    eps.dims()
+                );
+            }
+            let eps = eps.to_dtype(z.dtype())?;
+            let (f, jv) = jvp(&eps.unsqueeze(0)?)?;
+            let tr = (jv.squeeze(0)? * eps)?.sum(1)?;
+            (f, jv, tr)
+        }
+    };
+    let frob = if frobenius {
+        Some(jv.sqr()?.sum(2)?.sum(0)?)
+    } else {
+        None
+    };
+    Ok((f, tr, frob))
+}
+
 /// One `ConcatSquashLinear` layer: `(x Wᵀ + b) ⊙ σ(t w_g + b_g) + t w_b`.
 #[derive(Clone, Debug)]
 struct ConcatSquash {
@@ -211,7 +325,7 @@ fn two(v: Vec<Tensor>) -> Result<[Tensor; 2]> {
 #[derive(Clone, Debug)]
 pub struct FfjordField {
     layers: Vec<ConcatSquash>,
-    activation: Activation,
+    config: FfjordConfig,
     dim: usize,
     params: Vec<Var>,
 }
@@ -241,15 +355,15 @@ impl FfjordField {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layers,
-            activation: config.activation,
+            config: config.clone(),
             dim: config.dim,
             params,
         })
     }
 
-    /// The data dimension `D`.
-    pub fn dim(&self) -> usize {
-        self.dim
+    /// The sizes and times it was built with.
+    pub fn config(&self) -> &FfjordConfig {
+        &self.config
     }
 
     /// `f(z, t)` for a batch of points.
@@ -267,23 +381,24 @@ impl FfjordField {
             let (w, b) = layer.at(t)?;
             x = node_kernels::linear(&x, &w, Some(&b))?;
             if i < last {
-                x = self.activation.value_and_slope(&x)?.0;
+                x = self.config.activation.value_and_slope(&x)?.0;
             }
         }
         Ok(x)
     }
+}
 
-    /// `f(z, t)` and the Jacobian–vector products `(∂f/∂z) vₖ` of `K` tangents per point, in
-    /// one forward pass (forward-mode differentiation: each layer maps the tangents by its
-    /// linear part and scales them by its activation's slope). Differentiable in `z`, `v` and
-    /// the parameters by ordinary (first-order) autograd.
-    ///
-    /// # Shapes
-    /// `z: [B, D]`, `v: [K, B, D]` → `([B, D], [K, B, D])`.
+impl JvpField for FfjordField {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// `f(z, t)` and the products in one forward pass (forward-mode differentiation: each
+    /// layer maps the tangents by its linear part and scales them by its activation's slope).
     ///
     /// # Errors
     /// `z` or `v` of another shape; Candle's.
-    pub fn jvp(&self, t: f64, z: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn jvp(&self, t: f64, z: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         self.check(z)?;
         let b = z.dim(0)?;
         let k = match v.dims() {
@@ -304,7 +419,7 @@ impl FfjordField {
                 (x, dx) = (a, da);
             } else {
                 let out = a.dim(1)?;
-                let (h, slope) = self.activation.value_and_slope(&a)?;
+                let (h, slope) = self.config.activation.value_and_slope(&a)?;
                 dx = da
                     .reshape((k, b, out))?
                     .broadcast_mul(&slope)?
@@ -315,78 +430,12 @@ impl FfjordField {
         Ok((x, dx.reshape((k, b, self.dim))?))
     }
 
-    /// `f(z, t)` and `tr(∂f/∂z)`, exact or estimated as `trace` says.
-    ///
-    /// # Shapes
-    /// `z: [B, D]` → `([B, D], [B])`.
-    ///
-    /// # Errors
-    /// `z` or the noise of another shape; Candle's.
-    pub fn dynamics(&self, t: f64, z: &Tensor, trace: &Trace) -> Result<(Tensor, Tensor)> {
-        let (f, tr, _) = self.parts(t, z, trace, false)?;
-        Ok((f, tr))
+    fn params(&self) -> Vec<Var> {
+        self.params.clone()
     }
+}
 
-    /// `f(z, t)`, `tr(∂f/∂z)`, and the integrands of RNODE's regularizers (Finlay et al. 2020):
-    /// `‖f‖²` and `‖∂f/∂z‖²_F`. With [`Trace::Exact`] the Frobenius norm is exact (the sum of
-    /// the `D` products' squares); with [`Trace::Hutchinson`] it is the unbiased `‖(∂f/∂z)ε‖²`
-    /// from the same product as the trace, as in RNODE's code.
-    ///
-    /// # Shapes
-    /// `z: [B, D]` → `([B, D], [B], [B], [B])`.
-    ///
-    /// # Errors
-    /// As [`FfjordField::dynamics`].
-    pub fn dynamics_regularized(
-        &self,
-        t: f64,
-        z: &Tensor,
-        trace: &Trace,
-    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-        let (f, tr, frob) = self.parts(t, z, trace, true)?;
-        let kinetic = f.sqr()?.sum(1)?;
-        Ok((f, tr, kinetic, frob.expect("asked for")))
-    }
-
-    fn parts(
-        &self,
-        t: f64,
-        z: &Tensor,
-        trace: &Trace,
-        frobenius: bool,
-    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        self.check(z)?;
-        let (b, d) = (z.dim(0)?, self.dim);
-        let (f, jv, tr) = match trace {
-            Trace::Exact => {
-                // The basis vectors as D tangents per point; tr = Σᵢ ((∂f/∂z) eᵢ)ᵢ.
-                let eye = Tensor::eye(d, z.dtype(), z.device())?.unsqueeze(1)?;
-                let (f, jv) = self.jvp(t, z, &eye.broadcast_as((d, b, d))?)?;
-                let tr = jv.broadcast_mul(&eye)?.sum(2)?.sum(0)?;
-                (f, jv, tr)
-            }
-            Trace::Hutchinson(eps) => {
-                if eps.dims() != [b, d] {
-                    candle_core::bail!(
-                        "FFJORD: the Hutchinson noise must be [{b}, {d}] for points {:?}, got {:?}",
-                        z.dims(),
-                        eps.dims()
-                    );
-                }
-                let eps = eps.to_dtype(z.dtype())?;
-                let (f, jv) = self.jvp(t, z, &eps.unsqueeze(0)?)?;
-                let tr = (jv.squeeze(0)? * eps)?.sum(1)?;
-                (f, jv, tr)
-            }
-        };
-        let frob = if frobenius {
-            Some(jv.sqr()?.sum(2)?.sum(0)?)
-        } else {
-            None
-        };
-        Ok((f, tr, frob))
-    }
-
+impl FfjordField {
     fn check(&self, z: &Tensor) -> Result<()> {
         if z.rank() != 2 || z.dim(1)? != self.dim {
             candle_core::bail!(
@@ -402,16 +451,16 @@ impl FfjordField {
 /// The field the solver sees for one solve: `[z, Δ] ↦ [f, −tr]`, or with the regularizers
 /// `[z, Δ, E, J] ↦ [f, −tr, ‖f‖², ‖∂f/∂z‖²_F]`. The Hutchinson noise is part of it, so that
 /// the forward solve and the adjoint's reverse solve use the same `ε`.
-#[derive(Clone, Debug)]
-struct Augmented {
-    field: FfjordField,
+#[derive(Clone)]
+struct Augmented<F> {
+    field: F,
     trace: Trace,
     regularized: bool,
 }
 
-impl VectorField for Augmented {
+impl<F: JvpField> VectorField for Augmented<F> {
     fn eval(&self, t: f64, s: &Tensor) -> Result<Tensor> {
-        let d = self.field.dim;
+        let d = self.field.dim();
         let cols = d + if self.regularized { 3 } else { 1 };
         if s.rank() != 2 || s.dim(1)? != cols {
             candle_core::bail!(
@@ -431,9 +480,9 @@ impl VectorField for Augmented {
     }
 }
 
-impl ParamVectorField for Augmented {
+impl<F: JvpField> ParamVectorField for Augmented<F> {
     fn params(&self) -> Vec<Var> {
-        self.field.params.clone()
+        self.field.params()
     }
 }
 
@@ -471,14 +520,15 @@ impl ParamVectorField for Augmented {
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
-pub struct Ffjord {
-    field: FfjordField,
-    config: FfjordConfig,
+pub struct Ffjord<F = FfjordField> {
+    field: F,
+    t1: f64,
+    base_std: f64,
     opts: SolveOptions,
     gradient: Gradient,
 }
 
-impl Ffjord {
+impl Ffjord<FfjordField> {
     /// A flow of the given sizes, solved with `opts` (FFJORD uses dopri5 at `rtol = atol =
     /// 1e-5`) and differentiated by `gradient`.
     ///
@@ -490,23 +540,57 @@ impl Ffjord {
         gradient: Gradient,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let field = FfjordField::new(config, vb)?;
+        Self::with_field(field, config.t1, config.base_std, opts, gradient)
+    }
+
+    /// The sizes and times.
+    pub fn config(&self) -> &FfjordConfig {
+        self.field.config()
+    }
+}
+
+impl<F: JvpField> Ffjord<F> {
+    /// A flow with your own field from `N(0, base_std² I)` at 0 to the data at `t1`.
+    ///
+    /// # Errors
+    /// `t1` or `base_std` not finite and positive; invalid `opts`.
+    pub fn with_field(
+        field: F,
+        t1: f64,
+        base_std: f64,
+        opts: SolveOptions,
+        gradient: Gradient,
+    ) -> Result<Self> {
         opts.validate()?;
+        if !(t1.is_finite() && t1 > 0.0) {
+            candle_core::bail!("FFJORD: t1 must be finite and positive, got {t1}");
+        }
+        if !(base_std.is_finite() && base_std > 0.0) {
+            candle_core::bail!("FFJORD: base_std must be finite and positive, got {base_std}");
+        }
         Ok(Self {
-            field: FfjordField::new(config, vb)?,
-            config: config.clone(),
+            field,
+            t1,
+            base_std,
             opts,
             gradient,
         })
     }
 
-    /// The sizes and times.
-    pub fn config(&self) -> &FfjordConfig {
-        &self.config
+    /// The vector field.
+    pub fn field(&self) -> &F {
+        &self.field
     }
 
-    /// The vector field.
-    pub fn field(&self) -> &FfjordField {
-        &self.field
+    /// The end time `t₁`.
+    pub fn t1(&self) -> f64 {
+        self.t1
+    }
+
+    /// The base density's standard deviation σ.
+    pub fn base_std(&self) -> f64 {
+        self.base_std
     }
 
     /// `log N(z; 0, σ²I)` per point.
@@ -517,7 +601,7 @@ impl Ffjord {
     /// # Errors
     /// Candle's.
     pub fn base_log_prob(&self, z: &Tensor) -> Result<Tensor> {
-        gaussian_log_prob(z, self.config.base_std)
+        gaussian_log_prob(z, self.base_std)
     }
 
     /// `log p(x)` per point with the exact trace, by solving the flow backwards from `x` at
@@ -541,9 +625,9 @@ impl Ffjord {
     /// # Errors
     /// As [`Ffjord::log_prob`], and a noise of another shape.
     pub fn log_prob_with(&self, x: &Tensor, trace: &Trace) -> Result<(Tensor, BlockStats)> {
-        let (s0, stats) = self.solve(x, trace, false, self.config.t1, 0.0)?;
+        let (s0, stats) = self.solve(x, trace, false, self.t1, 0.0)?;
         Ok((
-            log_prob_at_base(&s0, self.config.dim, self.config.base_std)?,
+            log_prob_at_base(&s0, self.field.dim(), self.base_std)?,
             stats,
         ))
     }
@@ -559,8 +643,8 @@ impl Ffjord {
     /// # Errors
     /// As [`Ffjord::log_prob_with`].
     pub fn log_prob_regularized(&self, x: &Tensor, trace: &Trace) -> Result<RegularizedLogProb> {
-        let (s0, stats) = self.solve(x, trace, true, self.config.t1, 0.0)?;
-        RegularizedLogProb::at_base(&s0, self.config.dim, self.config.base_std, stats)
+        let (s0, stats) = self.solve(x, trace, true, self.t1, 0.0)?;
+        RegularizedLogProb::at_base(&s0, self.field.dim(), self.base_std, stats)
     }
 
     /// Pushes base points `z` (at `t = 0`) through the flow: the samples `x = z(t₁)` and their
@@ -572,8 +656,8 @@ impl Ffjord {
     /// # Errors
     /// `z` of another shape; the solver's typed errors.
     pub fn sample_from(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (s1, _) = self.solve(z, &Trace::Exact, false, 0.0, self.config.t1)?;
-        let d = self.config.dim;
+        let (s1, _) = self.solve(z, &Trace::Exact, false, 0.0, self.t1)?;
+        let d = self.field.dim();
         let log_p = (self.base_log_prob(z)? + s1.narrow(1, d, 1)?.squeeze(1)?)?;
         Ok((s1.narrow(1, 0, d)?, log_p))
     }
@@ -588,7 +672,7 @@ impl Ffjord {
     ) -> Result<(Tensor, BlockStats)> {
         let s = augment(
             x,
-            self.config.dim,
+            self.field.dim(),
             if regularized { 3 } else { 1 },
             "FFJORD",
         )?;
