@@ -148,7 +148,8 @@ struct Args {
     /// straighter trajectories, fewer solver steps. 0: off.
     #[arg(long, default_value_t = 0.0)]
     kinetic: f64,
-    /// Weight λ_J of the Jacobian regularizer ∫‖∂f/∂z‖²_F dt (RNODE; exact for this field).
+    /// Weight λ_J of the Jacobian regularizer ∫‖∂f/∂z‖²_F dt (RNODE; exact for the planar
+    /// field and for FFJORD's exact trace, Hutchinson's estimate ‖(∂f/∂z)ε‖² with its noise).
     /// 0: off.
     #[arg(long, default_value_t = 0.0)]
     jacobian: f64,
