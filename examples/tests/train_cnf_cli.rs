@@ -261,10 +261,16 @@ fn ffjord_options_are_checked() -> Result<()> {
         "0.1",
         "--jacobian",
         "0.1",
+        "--train-t1",
         "--test-points",
         "0",
     ];
     ok(&train_ffjord(out.path(), &args));
+    let t1 = metric(out.path(), "t1");
+    assert!(
+        t1.iter().all(|t| *t > 0.4 && *t < 0.6 && *t != 0.5),
+        "the learned t1: {t1:?}"
+    );
     assert!(out.path().join("density.png").exists());
     let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl"))?;
     assert!(metrics.contains("\"data\":\"EightGaussians\""), "{metrics}");
@@ -287,12 +293,12 @@ fn ffjord_options_are_checked() -> Result<()> {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(why), "{bad:?}: {err}");
     }
-    let o = train(out.path(), &["--trace", "exact"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("--trace is not an option of --model planar"),
-        "{err}"
-    );
+    for flag in [&["--trace", "exact"][..], &["--train-t1"]] {
+        let o = train(out.path(), flag);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        let want = format!("{} is not an option of --model planar", flag[0]);
+        assert!(err.contains(&want), "{err}");
+    }
     Ok(())
 }

@@ -136,6 +136,10 @@ struct Args {
     /// End time t₁ of the flow [default: 10 (planar), 0.5 (ffjord)].
     #[arg(long)]
     t1: Option<f64>,
+    /// Learn FFJORD's end time (its `train_T`): t₁ · exp(s), starting at --t1; the metrics
+    /// record it.
+    #[arg(long)]
+    train_t1: bool,
     /// rtol = atol of dopri5, forward and reverse.
     #[arg(long, default_value_t = 1e-5)]
     tol: f64,
@@ -209,6 +213,7 @@ fn main() -> Result<ExitCode> {
             ("--hidden-dims", args.hidden_dims.is_some()),
             ("--activation", args.activation.is_some()),
             ("--trace", args.trace.is_some()),
+            ("--train-t1", args.train_t1),
         ],
         ModelArg::Ffjord => vec![
             ("--width", args.width.is_some()),
@@ -263,6 +268,7 @@ fn main() -> Result<ExitCode> {
                     None => cfg.activation,
                 },
                 t1: args.t1.unwrap_or(cfg.t1),
+                train_t1: args.train_t1,
                 ..cfg
             };
             let trace = args.trace.unwrap_or(TraceArg::Exact);
@@ -320,6 +326,9 @@ fn main() -> Result<ExitCode> {
         };
         if let Some((name, v)) = values.iter().find(|(_, v)| !v.is_finite()) {
             bail!("the {name} became {v} at iteration {}: lower --lr", it + 1);
+        }
+        if let Some(t1) = flow.learned_t1()? {
+            values.push(("t1", t1));
         }
         values.push(("nfe_f", stats.nfe_forward as f64));
         values.push(("nfe_b", stats.nfe_backward() as f64));
@@ -384,6 +393,14 @@ impl Flow {
                 )
             }
         }
+    }
+
+    /// FFJORD's learned end time, when it is learned.
+    fn learned_t1(&self) -> Result<Option<f64>> {
+        Ok(match self {
+            Flow::Ffjord(f, _) if f.config().train_t1 => Some(f.t1()?),
+            _ => None,
+        })
     }
 
     fn base_std(&self) -> f64 {

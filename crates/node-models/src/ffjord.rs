@@ -24,7 +24,7 @@ use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use node_adjoint::ParamVectorField;
-use node_solvers::{SolveOptions, VectorField};
+use node_solvers::{differentiable_start, SolveOptions, VectorField};
 
 /// The activation between the layers of an [`FfjordField`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,9 @@ pub struct FfjordConfig {
     pub activation: Activation,
     /// End time `t₁` of the flow (it starts at 0): data live at `t₁`, the base density at 0.
     pub t1: f64,
+    /// Learn the end time (FFJORD's `train_T`): `t₁ · exp(s)` with a parameter `s` named
+    /// `log_t1_scale`, 0 at the start (see [`Ffjord::learn_t1`]).
+    pub train_t1: bool,
     /// Standard deviation σ of the base density `N(0, σ²I)`.
     pub base_std: f64,
 }
@@ -72,6 +75,7 @@ impl Default for FfjordConfig {
             hidden: vec![64, 64, 64],
             activation: Activation::Tanh,
             t1: 0.5,
+            train_t1: false,
             base_std: 1.0,
         }
     }
@@ -523,6 +527,8 @@ impl<F: JvpField> ParamVectorField for Augmented<F> {
 pub struct Ffjord<F = FfjordField> {
     field: F,
     t1: f64,
+    /// `s` of a learned end time `t₁ · exp(s)`.
+    log_t1_scale: Option<Var>,
     base_std: f64,
     opts: SolveOptions,
     gradient: Gradient,
@@ -540,8 +546,13 @@ impl Ffjord<FfjordField> {
         gradient: Gradient,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let field = FfjordField::new(config, vb)?;
-        Self::with_field(field, config.t1, config.base_std, opts, gradient)
+        let field = FfjordField::new(config, vb.clone())?;
+        let flow = Self::with_field(field, config.t1, config.base_std, opts, gradient)?;
+        if config.train_t1 {
+            flow.learn_t1(vb)
+        } else {
+            Ok(flow)
+        }
     }
 
     /// The sizes and times.
@@ -572,10 +583,25 @@ impl<F: JvpField> Ffjord<F> {
         Ok(Self {
             field,
             t1,
+            log_t1_scale: None,
             base_std,
             opts,
             gradient,
         })
+    }
+
+    /// Learns the end time, as FFJORD's `train_T`: it becomes `t₁ · exp(s)` with a scalar
+    /// parameter `s` named `log_t1_scale` under `vb` (0 when created, and 0 after
+    /// [`crate::init::pytorch_default`], so the flow starts at `t₁`). `log p(x)` gets its
+    /// gradient to `s`, in every gradient mode, through [`node_solvers::differentiable_start`]:
+    /// the solve toward the base starts at the learned time. Sampling uses its current value.
+    ///
+    /// # Errors
+    /// Those of `vb`.
+    pub fn learn_t1(mut self, vb: VarBuilder) -> Result<Self> {
+        let s = vb.get_with_hints((), "log_t1_scale", candle_nn::Init::Const(0.0))?;
+        self.log_t1_scale = Some(Var::from_tensor(&s)?);
+        Ok(self)
     }
 
     /// The vector field.
@@ -583,9 +609,23 @@ impl<F: JvpField> Ffjord<F> {
         &self.field
     }
 
-    /// The end time `t₁`.
-    pub fn t1(&self) -> f64 {
-        self.t1
+    /// The end time `t₁`: its current value when it is learned.
+    ///
+    /// # Errors
+    /// Candle's, reading a learned time.
+    pub fn t1(&self) -> Result<f64> {
+        match self.end_time()? {
+            Some(t) => t.to_dtype(DType::F64)?.to_scalar::<f64>(),
+            None => Ok(self.t1),
+        }
+    }
+
+    /// A learned end time `t₁ · exp(s)` as a tensor `[]`, differentiable in `s`.
+    fn end_time(&self) -> Result<Option<Tensor>> {
+        self.log_t1_scale
+            .as_ref()
+            .map(|s| s.as_tensor().exp()?.affine(self.t1, 0.0))
+            .transpose()
     }
 
     /// The base density's standard deviation σ.
@@ -625,7 +665,7 @@ impl<F: JvpField> Ffjord<F> {
     /// # Errors
     /// As [`Ffjord::log_prob`], and a noise of another shape.
     pub fn log_prob_with(&self, x: &Tensor, trace: &Trace) -> Result<(Tensor, BlockStats)> {
-        let (s0, stats) = self.solve(x, trace, false, self.t1, 0.0)?;
+        let (s0, stats) = self.solve(x, trace, false, true)?;
         Ok((
             log_prob_at_base(&s0, self.field.dim(), self.base_std)?,
             stats,
@@ -643,7 +683,7 @@ impl<F: JvpField> Ffjord<F> {
     /// # Errors
     /// As [`Ffjord::log_prob_with`].
     pub fn log_prob_regularized(&self, x: &Tensor, trace: &Trace) -> Result<RegularizedLogProb> {
-        let (s0, stats) = self.solve(x, trace, true, self.t1, 0.0)?;
+        let (s0, stats) = self.solve(x, trace, true, true)?;
         RegularizedLogProb::at_base(&s0, self.field.dim(), self.base_std, stats)
     }
 
@@ -656,19 +696,20 @@ impl<F: JvpField> Ffjord<F> {
     /// # Errors
     /// `z` of another shape; the solver's typed errors.
     pub fn sample_from(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (s1, _) = self.solve(z, &Trace::Exact, false, 0.0, self.t1)?;
+        let (s1, _) = self.solve(z, &Trace::Exact, false, false)?;
         let d = self.field.dim();
         let log_p = (self.base_log_prob(z)? + s1.narrow(1, d, 1)?.squeeze(1)?)?;
         Ok((s1.narrow(1, 0, d)?, log_p))
     }
 
+    /// Solves from `x` at `t₁` down to 0 (`toward_base`) or from 0 up to `t₁`, with the
+    /// integrals beside it.
     fn solve(
         &self,
         x: &Tensor,
         trace: &Trace,
         regularized: bool,
-        from: f64,
-        to: f64,
+        toward_base: bool,
     ) -> Result<(Tensor, BlockStats)> {
         let s = augment(
             x,
@@ -690,7 +731,16 @@ impl<F: JvpField> Ffjord<F> {
             trace: trace.clone(),
             regularized,
         };
-        let (ys, stats) = self.gradient.solve(&field, &s, &[from, to], &self.opts)?;
+        let (s, ts) = match (self.end_time()?, toward_base) {
+            (None, true) => (s, [self.t1, 0.0]),
+            (None, false) => (s, [0.0, self.t1]),
+            (Some(t1), true) => {
+                let (t1, s) = differentiable_start(&field, &t1.to_dtype(DType::F64)?, &s)?;
+                (s, [t1, 0.0])
+            }
+            (Some(t1), false) => (s, [0.0, t1.to_dtype(DType::F64)?.to_scalar::<f64>()?]),
+        };
+        let (ys, stats) = self.gradient.solve(&field, &s, &ts, &self.opts)?;
         Ok((ys.get(1)?, stats))
     }
 }

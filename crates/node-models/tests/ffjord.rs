@@ -21,6 +21,7 @@ fn small() -> FfjordConfig {
         hidden: vec![8, 8],
         activation: Activation::Tanh,
         t1: 1.0,
+        train_t1: false,
         base_std: 1.0,
     }
 }
@@ -598,5 +599,49 @@ fn a_users_linear_field_has_the_closed_form_density() -> Result<()> {
         .unwrap_err()
         .to_string();
     ensure!(e.contains("t1 must be finite and positive"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn a_learned_end_time_gets_its_gradient() -> Result<()> {
+    // FFJORD's train_T: t₁ · exp(s). At s = 0 the flow is the fixed-time one; the NLL's
+    // gradient to s (and to every other parameter) matches central differences with the
+    // adjoint, and backprop's.
+    let dev = Device::Cpu;
+    let cfg = FfjordConfig {
+        train_t1: true,
+        ..small()
+    };
+    let x = Rng::new(23).normal_tensor(&[6, 2], 0.0, 0.7, DType::F64, &dev)?;
+    let (_, fixed) = build(&small(), Gradient::Backprop, tight(), 24, DType::F64, &dev)?;
+    let (_, learned) = build(&cfg, Gradient::Backprop, tight(), 24, DType::F64, &dev)?;
+    ensure!(learned.t1()? == 1.0);
+    let (a, b) = (fixed.log_prob(&x)?, learned.log_prob(&x)?);
+    close(&a.to_vec1()?, &b.to_vec1()?, 1e-14, "s = 0")?;
+
+    let adjoint = Gradient::Adjoint(AdjointOptions::default().tolerances(1e-11, 1e-11));
+    let opts = SolveOptions::default().tolerances(1e-11, 1e-11);
+    let mut grads_of_s = vec![];
+    for gradient in [adjoint, Gradient::Backprop] {
+        let (varmap, flow) = build(&cfg, gradient, opts.clone(), 25, DType::F64, &dev)?;
+        let s = varmap.data().lock().unwrap()["log_t1_scale"].clone();
+        s.set(&Tensor::new(0.2f64, &dev)?)?;
+        ensure!((flow.t1()? - 0.2f64.exp()).abs() < 1e-15);
+        let nll = || flow.log_prob(&x)?.mean_all()?.neg();
+        let grads = nll()?.backward()?;
+        let g = grads.get(&s).expect("s gets a gradient");
+        grads_of_s.push(g.to_scalar::<f64>()?);
+        // Two entries of each of the 15 layer tensors, and the one of s.
+        let entries = |len: usize| if len == 1 { vec![0] } else { vec![0, len - 1] };
+        let checked = common::check_finite_differences(&varmap, nll, entries, 1e-5, 1e-6)?;
+        ensure!(checked == 31, "{checked}");
+    }
+    ensure!(grads_of_s[0].abs() > 1e-3, "a gradient worth testing");
+    ensure!(
+        (grads_of_s[0] - grads_of_s[1]).abs() <= 1e-6 * grads_of_s[1].abs(),
+        "adjoint {} vs backprop {}",
+        grads_of_s[0],
+        grads_of_s[1]
+    );
     Ok(())
 }
