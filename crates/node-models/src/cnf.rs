@@ -62,17 +62,20 @@ impl CnfConfig {
                 candle_core::bail!("CNF: {name} must be at least 1");
             }
         }
-        if !(self.t1.is_finite() && self.t1 > 0.0) {
-            candle_core::bail!("CNF: t1 must be finite and positive, got {}", self.t1);
-        }
-        if !(self.base_std.is_finite() && self.base_std > 0.0) {
-            candle_core::bail!(
-                "CNF: base_std must be finite and positive, got {}",
-                self.base_std
-            );
-        }
-        Ok(())
+        check_time_and_base("CNF", self.t1, self.base_std)
     }
+}
+
+/// A flow's end time `t1` and base σ must be finite and positive; `model` names the flow in
+/// the error.
+pub(crate) fn check_time_and_base(model: &str, t1: f64, base_std: f64) -> Result<()> {
+    if !(t1.is_finite() && t1 > 0.0) {
+        candle_core::bail!("{model}: t1 must be finite and positive, got {t1}");
+    }
+    if !(base_std.is_finite() && base_std > 0.0) {
+        candle_core::bail!("{model}: base_std must be finite and positive, got {base_std}");
+    }
+    Ok(())
 }
 
 /// The CNF's vector field on the augmented state `[z, Δ]`: `[f(z, t), −tr(∂f/∂z)]`.

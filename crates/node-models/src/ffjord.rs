@@ -18,7 +18,9 @@
 //!
 //! The layers are FFJORD's `ConcatSquashLinear`: `(x Wᵀ + b) ⊙ σ(t w_g + b_g) + t w_b`.
 
-use crate::cnf::{augment, gaussian_log_prob, log_prob_at_base, RegularizedLogProb};
+use crate::cnf::{
+    augment, check_time_and_base, gaussian_log_prob, log_prob_at_base, RegularizedLogProb,
+};
 use crate::layers::{linear, BlockStats, Gradient};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -97,16 +99,7 @@ impl FfjordConfig {
                 self.hidden
             );
         }
-        if !(self.t1.is_finite() && self.t1 > 0.0) {
-            candle_core::bail!("FFJORD: t1 must be finite and positive, got {}", self.t1);
-        }
-        if !(self.base_std.is_finite() && self.base_std > 0.0) {
-            candle_core::bail!(
-                "FFJORD: base_std must be finite and positive, got {}",
-                self.base_std
-            );
-        }
-        Ok(())
+        check_time_and_base("FFJORD", self.t1, self.base_std)
     }
 }
 
@@ -574,12 +567,7 @@ impl<F: JvpField> Ffjord<F> {
         gradient: Gradient,
     ) -> Result<Self> {
         opts.validate()?;
-        if !(t1.is_finite() && t1 > 0.0) {
-            candle_core::bail!("FFJORD: t1 must be finite and positive, got {t1}");
-        }
-        if !(base_std.is_finite() && base_std > 0.0) {
-            candle_core::bail!("FFJORD: base_std must be finite and positive, got {base_std}");
-        }
+        check_time_and_base("FFJORD", t1, base_std)?;
         Ok(Self {
             field,
             t1,
@@ -717,15 +705,6 @@ impl<F: JvpField> Ffjord<F> {
             if regularized { 3 } else { 1 },
             "FFJORD",
         )?;
-        if let Trace::Hutchinson(eps) = trace {
-            if eps.dims() != x.dims() {
-                candle_core::bail!(
-                    "FFJORD: the Hutchinson noise must have the points' shape {:?}, got {:?}",
-                    x.dims(),
-                    eps.dims()
-                );
-            }
-        }
         let field = Augmented {
             field: self.field.clone(),
             trace: trace.clone(),
