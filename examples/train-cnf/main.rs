@@ -11,7 +11,7 @@ mod iterations;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::AdjointOptions;
@@ -102,7 +102,8 @@ enum ActivationArg {
     Softplus,
 }
 
-/// Train a continuous normalizing flow (Chen et al. 2018, §4; or FFJORD) on two circles.
+/// Train a continuous normalizing flow (Chen et al. 2018, §4; or FFJORD) on two circles or
+/// one of FFJORD's toy densities.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -221,11 +222,8 @@ fn main() -> Result<ExitCode> {
         ],
     };
     if let Some((flag, _)) = wrong_model.iter().find(|(_, given)| *given) {
-        let model = match args.model {
-            ModelArg::Planar => "planar",
-            ModelArg::Ffjord => "ffjord",
-        };
-        bail!("{flag} is not an option of --model {model}");
+        let model = args.model.to_possible_value().expect("no skipped variants");
+        bail!("{flag} is not an option of --model {}", model.get_name());
     }
     let out_dir = args
         .out_dir
