@@ -323,7 +323,6 @@ fn two(v: Vec<Tensor>) -> Result<[Tensor; 2]> {
 pub struct FfjordField {
     layers: Vec<ConcatSquash>,
     config: FfjordConfig,
-    dim: usize,
     params: Vec<Var>,
 }
 
@@ -353,7 +352,6 @@ impl FfjordField {
         Ok(Self {
             layers,
             config: config.clone(),
-            dim: config.dim,
             params,
         })
     }
@@ -387,7 +385,7 @@ impl FfjordField {
 
 impl JvpField for FfjordField {
     fn dim(&self) -> usize {
-        self.dim
+        self.config.dim
     }
 
     /// `f(z, t)` and the products in one forward pass (forward-mode differentiation: each
@@ -399,15 +397,15 @@ impl JvpField for FfjordField {
         self.check(z)?;
         let b = z.dim(0)?;
         let k = match v.dims() {
-            &[k, vb, vd] if vb == b && vd == self.dim && k > 0 => k,
+            &[k, vb, vd] if vb == b && vd == self.config.dim && k > 0 => k,
             other => candle_core::bail!(
                 "FFJORD: tangents must be [K ≥ 1, {b}, {}] for points {:?}, got {other:?}",
-                self.dim,
+                self.config.dim,
                 z.dims()
             ),
         };
         let last = self.layers.len() - 1;
-        let (mut x, mut dx) = (z.clone(), v.reshape((k * b, self.dim))?);
+        let (mut x, mut dx) = (z.clone(), v.reshape((k * b, self.config.dim))?);
         for (i, layer) in self.layers.iter().enumerate() {
             let (w, bias) = layer.at(t)?;
             let a = node_kernels::linear(&x, &w, Some(&bias))?;
@@ -424,7 +422,7 @@ impl JvpField for FfjordField {
                 x = h;
             }
         }
-        Ok((x, dx.reshape((k, b, self.dim))?))
+        Ok((x, dx.reshape((k, b, self.config.dim))?))
     }
 
     fn params(&self) -> Vec<Var> {
@@ -434,10 +432,10 @@ impl JvpField for FfjordField {
 
 impl FfjordField {
     fn check(&self, z: &Tensor) -> Result<()> {
-        if z.rank() != 2 || z.dim(1)? != self.dim {
+        if z.rank() != 2 || z.dim(1)? != self.config.dim {
             candle_core::bail!(
                 "FFJORD: points must be [batch, {}], got {:?}",
-                self.dim,
+                self.config.dim,
                 z.dims()
             );
         }
