@@ -28,28 +28,7 @@ use candle_nn::VarBuilder;
 use node_adjoint::ParamVectorField;
 use node_solvers::{differentiable_start, SolveOptions, VectorField};
 
-/// The activation between the layers of an [`FfjordField`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// `tanh`, slope `1 − tanh²`.
-    Tanh,
-    /// `ln(1 + eˣ)`, slope `σ(x)`.
-    Softplus,
-}
-
-impl Activation {
-    /// The activation and its slope at `a`.
-    fn value_and_slope(self, a: &Tensor) -> Result<(Tensor, Tensor)> {
-        match self {
-            Activation::Tanh => {
-                let h = node_kernels::tanh(a)?;
-                let slope = h.sqr()?.affine(-1.0, 1.0)?;
-                Ok((h, slope))
-            }
-            Activation::Softplus => Ok((node_kernels::softplus(a)?, node_kernels::sigmoid(a)?)),
-        }
-    }
-}
+pub use crate::layers::Activation;
 
 /// Sizes and times of an [`Ffjord`] flow. The defaults are FFJORD's for its 2-D toy densities:
 /// three hidden layers of 64, `tanh`, `t₁ = 0.5`, a standard normal base.

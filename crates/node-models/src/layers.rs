@@ -112,6 +112,47 @@ impl Module for Conv2d {
     }
 }
 
+/// The activation between the layers of an MLP ([`crate::FfjordField`],
+/// [`crate::cde::CdeMlp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `tanh`, slope `1 − tanh²`.
+    Tanh,
+    /// `ln(1 + eˣ)`, slope `σ(x)`.
+    Softplus,
+    /// `max(x, 0)`, slope 1 above 0 and 0 below. Not differentiable at 0: a field built
+    /// with it is only Lipschitz, which slows an adaptive solver's convergence and that of
+    /// gradient checks by finite differences.
+    Relu,
+}
+
+impl Activation {
+    /// The activation of `a`.
+    ///
+    /// # Errors
+    /// Candle's.
+    pub fn apply(self, a: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Tanh => node_kernels::tanh(a),
+            Activation::Softplus => node_kernels::softplus(a),
+            Activation::Relu => node_kernels::relu(a),
+        }
+    }
+
+    /// The activation and its slope at `a`.
+    pub(crate) fn value_and_slope(self, a: &Tensor) -> Result<(Tensor, Tensor)> {
+        match self {
+            Activation::Tanh => {
+                let h = node_kernels::tanh(a)?;
+                let slope = h.sqr()?.affine(-1.0, 1.0)?;
+                Ok((h, slope))
+            }
+            Activation::Softplus => Ok((node_kernels::softplus(a)?, node_kernels::sigmoid(a)?)),
+            Activation::Relu => Ok((node_kernels::relu(a)?, a.gt(0.0)?.to_dtype(a.dtype())?)),
+        }
+    }
+}
+
 /// A fully connected layer, `x · Wᵀ + b`, on [`node_kernels::linear()`] (direct kernels for
 /// small products, forward and backward).
 #[derive(Clone, Debug)]

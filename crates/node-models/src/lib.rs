@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod cde;
 pub mod checkpoint;
 pub mod cnf;
 pub mod ffjord;
@@ -14,11 +15,13 @@ pub mod rng;
 pub mod rnn;
 pub mod toy;
 
+pub use cde::{ControlPath, Interpolation, NeuralCde, NeuralCdeConfig};
 pub use cnf::{Cnf, CnfConfig, CnfField};
 pub use ffjord::{Ffjord, FfjordConfig, FfjordField};
 pub use latent_ode::{LatentOde, LatentOdeConfig};
 pub use layers::{
-    BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc, ResBlock,
+    Activation, BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc,
+    ResBlock,
 };
 pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
 pub use optim::{Adam, AdamConfig, PiecewiseSchedule, SgdConfig, SgdMomentum};
