@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Runs the training-step benchmarks of the CNF, FFJORD and the latent ODE, and torchdiffeq's
-# (scripts/bench-cnf-torch.py, bench-ffjord-torch.py, bench-latent-ode-torch.py: the same models, data
-# and settings from their own initialisation), alternately on this machine's CPU.
+# Runs the training-step benchmarks of the CNF, FFJORD, the latent ODE and the neural CDE, and
+# torchdiffeq's and torchcde's (scripts/bench-cnf-torch.py, bench-ffjord-torch.py,
+# bench-latent-ode-torch.py, bench-cde-torch.py: the same models, data and settings from their
+# own initialisation), alternately on this machine's CPU.
 #   usage: scripts/bench-small-models.sh [ROUNDS]   (default 2)
 #   env:   PEER_PYTHON a Python with torch + torchdiffeq (default: python3; without one the
-#                      torchdiffeq tables are left out)
+#                      torchdiffeq tables are left out; without torchcde, its table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PEER_PYTHON:-python3}
 rounds=${1:-2}
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)  (compare only on an idle machine)"
-cargo bench -q -p node-models --bench cnf --bench ffjord --bench latent_ode --no-run 2>/dev/null
+cargo bench -q -p node-models --bench cnf --bench ffjord --bench latent_ode --bench cde --no-run 2>/dev/null
 peer=0
 if "$py" -c "import torch, torchdiffeq" 2>/dev/null; then
   peer=1
@@ -22,10 +23,16 @@ for r in $(seq "$rounds"); do
   cargo bench -q -p node-models --bench cnf 2>/dev/null
   cargo bench -q -p node-models --bench ffjord 2>/dev/null
   cargo bench -q -p node-models --bench latent_ode 2>/dev/null
+  cargo bench -q -p node-models --bench cde 2>/dev/null
   if [ "$peer" = 1 ]; then
     echo; echo "== round $r: torchdiffeq"
     "$py" scripts/bench-cnf-torch.py cpu 5
     "$py" scripts/bench-ffjord-torch.py cpu 5
     "$py" scripts/bench-latent-ode-torch.py cpu 5
+    if "$py" -c "import torchcde" 2>/dev/null; then
+      "$py" scripts/bench-cde-torch.py cpu 10
+    else
+      echo "torchcde is not installed: its table is left out"
+    fi
   fi
 done

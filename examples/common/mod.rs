@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::ProgressBar;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -172,6 +173,25 @@ pub fn cuda_label(off: &str, graph: bool) -> String {
         label.push_str(&format!(" (own kernels off: {})", names.join(" ")));
     }
     label
+}
+
+/// Writes `out_dir/summary.json`, one object of `fields` (values already JSON), atomically.
+pub fn write_summary(out_dir: &Path, fields: &[(&str, String)]) -> Result<()> {
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    let path = out_dir.join("summary.json");
+    let tmp = out_dir.join("summary.json.tmp");
+    std::fs::write(&tmp, format!("{{{}}}\n", body.join(",")))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A number as JSON (`null` when not finite).
+pub fn json_number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.6}")
+    } else {
+        "null".into()
+    }
 }
 
 #[cfg(test)]

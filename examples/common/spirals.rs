@@ -3,8 +3,9 @@
 //! observed window. Included with `#[path]`.
 #![allow(dead_code)]
 
+pub use crate::common::{json_number, write_summary};
 use crate::plot::{square_panel, Canvas, LEARNED_COLOR, TRUE_COLOR};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use node_models::latent_ode::{spirals, Spirals};
 use node_models::Rng;
@@ -194,25 +195,6 @@ pub fn rmse(pred: &Tensor, truth: &Tensor, weight: Option<&Tensor>) -> Result<f6
     let total = (&sq * &w)?.sum_all()?.to_scalar::<f32>()? as f64;
     let count = w.sum_all()?.to_scalar::<f32>()? as f64 * truth.dim(2)? as f64;
     Ok((total / count.max(1.0)).sqrt())
-}
-
-/// Writes `out_dir/summary.json`, one object of `fields` (values already JSON), atomically.
-pub fn write_summary(out_dir: &Path, fields: &[(&str, String)]) -> Result<()> {
-    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-    let path = out_dir.join("summary.json");
-    let tmp = out_dir.join("summary.json.tmp");
-    std::fs::write(&tmp, format!("{{{}}}\n", body.join(",")))
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// A number as JSON (`null` when not finite).
-pub fn json_number(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.6}")
-    } else {
-        "null".into()
-    }
 }
 
 /// Draws the first four (at most) scored spirals in a 2×2 grid, each with its clean curve over

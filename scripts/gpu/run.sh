@@ -173,7 +173,7 @@ bisect_kernels() {
 }
 
 step_bench() {
-  local rounds=${1:-2} t0 log="$out/bench.log" demo cnf ffjord latent
+  local rounds=${1:-2} t0 log="$out/bench.log" demo cnf ffjord latent cde
   t0=$(date +%s)
   say "## bench"
   local step
@@ -214,6 +214,14 @@ step_bench() {
   if latent=$(exe bench latent_ode); then
     { echo; "$latent" --device cuda --reps 5; echo
       "$py" scripts/bench-latent-ode-torch.py cuda 5; } 2>&1 | tee -a "$log" >> "$summary"
+  fi
+  if cde=$(exe bench cde); then
+    { echo; "$cde" --device cuda --reps 10; echo
+      if "$py" -c "import torchcde" 2>/dev/null; then
+        "$py" scripts/bench-cde-torch.py cuda 10
+      else
+        echo "torchcde is not installed: its table is left out"
+      fi; } 2>&1 | tee -a "$log" >> "$summary"
   fi
   say ""
   say "bench: $(elapsed "$t0")"
