@@ -33,37 +33,29 @@ impl Tensor {
     /// argument.
     /// This assumes that the op graph is a DAG.
     pub fn sorted_nodes(&self) -> Vec<&Tensor> {
-        // The vec of sorted nodes is passed as an owned value rather than a mutable reference
-        // to get around some lifetime limitations.
-        fn walk<'a>(
-            node: &'a Tensor,
-            nodes: Vec<&'a Tensor>,
-            already_seen: &mut HashMap<TensorId, bool>,
-        ) -> (bool, Vec<&'a Tensor>) {
-            if let Some(&tg) = already_seen.get(&node.id()) {
-                return (tg, nodes);
+        // Patched: a depth-first search from an explicit stack, in the order the recursive one
+        // took (inputs in order, each node after its inputs), so that graphs deeper than the
+        // thread's stack allows (backprop through tens of thousands of solver ops) sort too.
+        /// The inputs the search goes into: a variable is a leaf; integer tensors and the ops
+        /// without a gradient stop it.
+        fn inputs(node: &Tensor) -> (bool, Vec<&Tensor>) {
+            if node.is_variable() {
+                return (true, vec![]);
             }
-            let mut track_grad = false;
-            let mut nodes = if node.is_variable() {
-                // Do not call recursively on the "leaf" nodes.
-                track_grad = true;
-                nodes
-            } else if node.dtype().is_int() {
-                nodes
-            } else if let Some(op) = node.op() {
+            if node.dtype().is_int() {
+                return (false, vec![]);
+            }
+            let Some(op) = node.op() else {
+                return (false, vec![]);
+            };
+            let inputs = {
                 match op {
                     Op::IndexAdd(t1, t2, t3, _)
                     | Op::Scatter(t1, t2, t3, _)
                     | Op::ScatterAdd(t1, t2, t3, _)
                     | Op::CustomOp3(t1, t2, t3, _)
                     | Op::WhereCond(t1, t2, t3) => {
-                        let (tg, nodes) = walk(t1, nodes, already_seen);
-                        track_grad |= tg;
-                        let (tg, nodes) = walk(t2, nodes, already_seen);
-                        track_grad |= tg;
-                        let (tg, nodes) = walk(t3, nodes, already_seen);
-                        track_grad |= tg;
-                        nodes
+                        vec![t1, t2, t3]
                     }
                     Op::Conv1D {
                         arg: lhs,
@@ -91,30 +83,20 @@ impl Tensor {
                     | Op::IndexSelect(lhs, rhs, _)
                     | Op::Matmul(lhs, rhs)
                     | Op::SliceScatter0(lhs, rhs, _) => {
-                        let (tg, nodes) = walk(lhs, nodes, already_seen);
-                        track_grad |= tg;
-                        let (tg, nodes) = walk(rhs, nodes, already_seen);
-                        track_grad |= tg;
-                        nodes
+                        vec![lhs, rhs]
                     }
-                    Op::Cat(args, _) => args.iter().fold(nodes, |nodes, arg| {
-                        let (tg, nodes) = walk(arg, nodes, already_seen);
-                        track_grad |= tg;
-                        nodes
-                    }),
+                    Op::Cat(args, _) => args.iter().collect(),
                     Op::Affine { arg, mul, .. } => {
                         if *mul == 0. {
-                            nodes
+                            vec![]
                         } else {
-                            let (tg, nodes) = walk(arg, nodes, already_seen);
-                            track_grad |= tg;
-                            nodes
+                            vec![arg]
                         }
                     }
                     Op::Unary(_node, UnaryOp::Ceil)
                     | Op::Unary(_node, UnaryOp::Floor)
                     | Op::Unary(_node, UnaryOp::Round)
-                    | Op::Unary(_node, UnaryOp::Sign) => nodes,
+                    | Op::Unary(_node, UnaryOp::Sign) => vec![],
                     Op::Reshape(node)
                     | Op::UpsampleNearest1D { arg: node, .. }
                     | Op::UpsampleNearest2D { arg: node, .. }
@@ -132,32 +114,44 @@ impl Tensor {
                     | Op::Unary(node, _)
                     | Op::Elu(node, _)
                     | Op::Powf(node, _)
-                    | Op::CustomOp1(node, _) => {
-                        let (tg, nodes) = walk(node, nodes, already_seen);
-                        track_grad |= tg;
-                        nodes
-                    }
+                    | Op::CustomOp1(node, _) => vec![node],
                     Op::ToDType(node) => {
                         if node.dtype().is_float() {
-                            let (tg, nodes) = walk(node, nodes, already_seen);
-                            track_grad |= tg;
-                            nodes
+                            vec![node]
                         } else {
-                            nodes
+                            vec![]
                         }
                     }
-                    Op::Reduce(_, ReduceOp::ArgMin | ReduceOp::ArgMax, _) => nodes,
+                    Op::Reduce(_, ReduceOp::ArgMin | ReduceOp::ArgMax, _) => vec![],
                 }
-            } else {
-                nodes
             };
+            (false, inputs)
+        }
+        let mut already_seen: HashMap<TensorId, bool> = HashMap::new();
+        let mut nodes = vec![];
+        // (node, its inputs, the next input to visit, whether it leads to a variable)
+        let (tg, children) = inputs(self);
+        let mut stack = vec![(self, children, 0usize, tg)];
+        while let Some(top) = stack.last_mut() {
+            if let Some(&child) = top.1.get(top.2) {
+                top.2 += 1;
+                if let Some(&tg) = already_seen.get(&child.id()) {
+                    top.3 |= tg;
+                } else {
+                    let (tg, children) = inputs(child);
+                    stack.push((child, children, 0, tg));
+                }
+                continue;
+            }
+            let (node, _, _, track_grad) = stack.pop().expect("the stack is not empty");
             already_seen.insert(node.id(), track_grad);
             if track_grad {
                 nodes.push(node);
             }
-            (track_grad, nodes)
+            if let Some(parent) = stack.last_mut() {
+                parent.3 |= track_grad;
+            }
         }
-        let (_tg, mut nodes) = walk(self, vec![], &mut HashMap::new());
         nodes.reverse();
         nodes
     }

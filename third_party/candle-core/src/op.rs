@@ -189,6 +189,59 @@ pub enum Op {
     ),
 }
 
+impl Op {
+    /// The tensors this op reads, cloned. (Patched in: `Tensor_`'s drop unlinks deep graphs
+    /// with it one op at a time, instead of recursing once per op.)
+    pub(crate) fn inputs(&self) -> Vec<Tensor> {
+        match self {
+            Op::Binary(a, b, _)
+            | Op::Matmul(a, b)
+            | Op::Gather(a, b, _)
+            | Op::IndexSelect(a, b, _)
+            | Op::SliceScatter0(a, b, _)
+            | Op::CustomOp2(a, b, _)
+            | Op::Conv1D {
+                arg: a, kernel: b, ..
+            }
+            | Op::ConvTranspose1D {
+                arg: a, kernel: b, ..
+            }
+            | Op::Conv2D {
+                arg: a, kernel: b, ..
+            }
+            | Op::ConvTranspose2D {
+                arg: a, kernel: b, ..
+            } => vec![a.clone(), b.clone()],
+            Op::Scatter(a, b, c, _)
+            | Op::ScatterAdd(a, b, c, _)
+            | Op::IndexAdd(a, b, c, _)
+            | Op::WhereCond(a, b, c)
+            | Op::CustomOp3(a, b, c, _) => vec![a.clone(), b.clone(), c.clone()],
+            Op::Cat(args, _) => args.clone(),
+            Op::Unary(a, _)
+            | Op::Cmp(a, _)
+            | Op::Reduce(a, _, _)
+            | Op::AvgPool2D { arg: a, .. }
+            | Op::MaxPool2D { arg: a, .. }
+            | Op::UpsampleNearest1D { arg: a, .. }
+            | Op::UpsampleNearest2D { arg: a, .. }
+            | Op::UpsampleBilinear2D { arg: a, .. }
+            | Op::Affine { arg: a, .. }
+            | Op::ToDType(a)
+            | Op::Copy(a)
+            | Op::Broadcast(a)
+            | Op::Narrow(a, _, _, _)
+            | Op::Reshape(a)
+            | Op::ToDevice(a)
+            | Op::Transpose(a, _, _)
+            | Op::Permute(a, _)
+            | Op::Elu(a, _)
+            | Op::Powf(a, _)
+            | Op::CustomOp1(a, _) => vec![a.clone()],
+        }
+    }
+}
+
 pub trait UnaryOpT {
     const NAME: &'static str;
     const KERNEL: &'static str;
@@ -1095,6 +1148,11 @@ pub struct BackpropOp(Option<Op>);
 impl BackpropOp {
     pub fn none() -> Self {
         BackpropOp(None)
+    }
+
+    /// Takes the op out, leaving none. (Patched in, for `Tensor_`'s drop.)
+    pub(crate) fn take(&mut self) -> Option<Op> {
+        self.0.take()
     }
 
     pub(crate) fn new1(arg: &Tensor, f: impl Fn(Tensor) -> Op) -> Self {

@@ -44,6 +44,28 @@ pub struct Tensor_ {
     device: Device,
 }
 
+// Patched in: dropping the last handle on a graph drops its ops, each of which drops its
+// inputs, by recursion one level per op; the graph of backprop through a long solve is tens of
+// thousands of ops deep and overflowed the stack. The inputs are unlinked here from an explicit
+// stack instead: a tensor whose last handle this is gives up its op's inputs to the stack, and
+// its own drop then has nothing left to recurse into.
+impl Drop for Tensor_ {
+    fn drop(&mut self) {
+        let Some(op) = self.op.take() else {
+            return;
+        };
+        let mut stack = op.inputs();
+        drop(op);
+        while let Some(t) = stack.pop() {
+            if let Ok(mut inner) = Arc::try_unwrap(t.0) {
+                if let Some(op) = inner.op.take() {
+                    stack.extend(op.inputs());
+                }
+            }
+        }
+    }
+}
+
 impl AsRef<Tensor> for Tensor {
     fn as_ref(&self) -> &Tensor {
         self
