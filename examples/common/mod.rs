@@ -34,6 +34,25 @@ pub enum GradientArg {
 }
 
 impl GradientArg {
+    /// The library's gradient mode: the adjoint's reverse solve at `rtol` and `atol` (solved
+    /// backwards, or interpolated), backprop, or checkpointing with `checkpoint`'s states.
+    pub fn gradient(
+        self,
+        rtol: f64,
+        atol: f64,
+        checkpoint: &CheckpointArgs,
+    ) -> node_models::Gradient {
+        match self {
+            GradientArg::Adjoint | GradientArg::Interpolated => node_models::Gradient::Adjoint(
+                node_adjoint::AdjointOptions::default()
+                    .tolerances(rtol, atol)
+                    .state(self.adjoint_state()),
+            ),
+            GradientArg::Backprop => node_models::Gradient::Backprop,
+            GradientArg::Checkpoint => node_models::Gradient::Checkpoint(checkpoint.options()),
+        }
+    }
+
     /// The adjoint's state for `--gradient adjoint` (solved backwards) and `interpolated`.
     pub fn adjoint_state(self) -> node_adjoint::AdjointState {
         if self == GradientArg::Interpolated {

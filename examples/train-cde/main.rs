@@ -13,12 +13,11 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{json_number, pick_device, write_summary, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
-use node_adjoint::AdjointOptions;
 use node_models::cde::{
     binary_cross_entropy_with_logits, fill_missing, spiral_directions, ControlPath, Interpolation,
     NeuralCde, NeuralCdeConfig, SpiralDirections,
 };
-use node_models::{Activation, Gradient, Rng};
+use node_models::{Activation, Rng};
 use node_solvers::{Method, SolveOptions, SolverError};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -200,15 +199,9 @@ fn main() -> Result<ExitCode> {
         // One step per interval between observations.
         opts = opts.step_grid(train.knots.clone());
     }
-    let gradient = match args.gradient {
-        GradientArg::Adjoint | GradientArg::Interpolated => Gradient::Adjoint(
-            AdjointOptions::default()
-                .tolerances(args.rtol, args.atol)
-                .state(args.gradient.adjoint_state()),
-        ),
-        GradientArg::Backprop => Gradient::Backprop,
-        GradientArg::Checkpoint => Gradient::Checkpoint(args.checkpoint.options()),
-    };
+    let gradient = args
+        .gradient
+        .gradient(args.rtol, args.atol, &args.checkpoint);
     let varmap = VarMap::new();
     let model = NeuralCde::new(
         &cfg,

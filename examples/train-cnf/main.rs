@@ -14,11 +14,10 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::{Parser, ValueEnum};
 use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
-use node_adjoint::AdjointOptions;
 use node_models::cnf::{two_circles, Cnf, CnfConfig, RegularizedLogProb};
 use node_models::ffjord::{Activation, Ffjord, FfjordConfig, Noise, Trace};
 use node_models::toy::Toy;
-use node_models::{BlockStats, Gradient, Rng};
+use node_models::{BlockStats, Rng};
 use node_solvers::{Method, SolveOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -234,15 +233,7 @@ fn main() -> Result<ExitCode> {
     let opts = SolveOptions::default()
         .method(Method::Dopri5)
         .tolerances(args.tol, args.tol);
-    let gradient = match args.gradient {
-        GradientArg::Adjoint | GradientArg::Interpolated => Gradient::Adjoint(
-            AdjointOptions::default()
-                .tolerances(args.tol, args.tol)
-                .state(args.gradient.adjoint_state()),
-        ),
-        GradientArg::Backprop => Gradient::Backprop,
-        GradientArg::Checkpoint => Gradient::Checkpoint(args.checkpoint.options()),
-    };
+    let gradient = args.gradient.gradient(args.tol, args.tol, &args.checkpoint);
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let flow = match args.model {

@@ -16,9 +16,8 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
-use node_adjoint::AdjointOptions;
 use node_models::latent_ode::{LatentOde, LatentOdeConfig, Spirals};
-use node_models::{Gradient, Rng};
+use node_models::Rng;
 use node_solvers::{Method, SolveOptions, SolverError};
 use plot::{square_panel, Canvas, LEARNED_COLOR, TRUE_COLOR};
 use spirals::{
@@ -117,15 +116,9 @@ fn main() -> Result<ExitCode> {
     let opts = SolveOptions::default()
         .method(Method::Dopri5)
         .tolerances(args.rtol, args.atol);
-    let gradient = match args.gradient {
-        GradientArg::Adjoint | GradientArg::Interpolated => Gradient::Adjoint(
-            AdjointOptions::default()
-                .tolerances(args.rtol, args.atol)
-                .state(args.gradient.adjoint_state()),
-        ),
-        GradientArg::Backprop => Gradient::Backprop,
-        GradientArg::Checkpoint => Gradient::Checkpoint(args.checkpoint.options()),
-    };
+    let gradient = args
+        .gradient
+        .gradient(args.rtol, args.atol, &args.checkpoint);
     let varmap = VarMap::new();
     let model = LatentOde::new(
         &cfg,
