@@ -777,7 +777,7 @@ impl NeuralCde {
     /// A path of batch `B` → `[times.len(), B, outputs]`.
     ///
     /// # Errors
-    /// A path of another number of channels; fewer than two times; the solver's typed errors.
+    /// A path of another number of channels; no times; the solver's typed errors.
     pub fn forward_at(&self, path: &ControlPath, times: &[f64]) -> Result<(Tensor, BlockStats)> {
         self.check_path(path)?;
         let Some(&t0) = times.first() else {
