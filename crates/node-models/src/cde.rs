@@ -206,16 +206,25 @@ impl ControlPath {
         self.a.dims()[2]
     }
 
+    /// The same path with `f` applied to each coefficient tensor.
+    fn map_coefficients(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        Ok(Self {
+            knots: self.knots.clone(),
+            kind: self.kind,
+            a: f(&self.a)?,
+            b: f(&self.b)?,
+            cubic: match &self.cubic {
+                Some((c, d)) => Some((f(c)?, f(d)?)),
+                None => None,
+            },
+        })
+    }
+
     /// The same path with its coefficients cut from the graph (no gradient to the
     /// observations).
     pub fn detach(&self) -> Self {
-        Self {
-            knots: self.knots.clone(),
-            kind: self.kind,
-            a: self.a.detach(),
-            b: self.b.detach(),
-            cubic: self.cubic.as_ref().map(|(c, d)| (c.detach(), d.detach())),
-        }
+        self.map_coefficients(|t| Ok(t.detach()))
+            .expect("detaching cannot fail")
     }
 
     /// The paths of the sequences `indices` (a `u32` or `i64` tensor `[K]`), in that order: a
@@ -224,17 +233,7 @@ impl ControlPath {
     /// # Errors
     /// Candle's (indices out of range, another dtype or rank).
     pub fn select(&self, indices: &Tensor) -> Result<Self> {
-        let pick = |t: &Tensor| t.index_select(indices, 1);
-        Ok(Self {
-            knots: self.knots.clone(),
-            kind: self.kind,
-            a: pick(&self.a)?,
-            b: pick(&self.b)?,
-            cubic: match &self.cubic {
-                Some((c, d)) => Some((pick(c)?, pick(d)?)),
-                None => None,
-            },
-        })
+        self.map_coefficients(|t| t.index_select(indices, 1))
     }
 
     /// The interval holding `t` (the right one at a knot; the end ones outside) and `t`'s
