@@ -10,6 +10,7 @@ mod implicit;
 pub mod method;
 pub mod options;
 pub mod problems;
+pub mod reversible;
 pub mod rk;
 pub mod solve;
 pub mod tableau;
@@ -25,6 +26,7 @@ pub use event::{
 pub use field::{VectorField, WithJacobian};
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};
+pub use reversible::{odeint_reversible, ReversibleTrace, DEFAULT_COUPLING};
 pub use solve::{odeint, Solution, SolverStats};
 pub use tableau::{ButcherTableau, Implicit, Interpolant};
 pub use trace::{odeint_traced, StepTrace};

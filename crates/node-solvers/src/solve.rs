@@ -219,10 +219,11 @@ pub(crate) fn check_times(ts: &[f64]) -> Result<f64> {
 
 /// The times a solve steps to ([`SolveOptions::step_ts`] and [`SolveOptions::jump_ts`]) and
 /// the sides on which it evaluates the field at a jump.
+#[derive(Clone, Debug)]
 pub(crate) struct Stops {
     /// The stops strictly between the first and last output time, in the direction of
     /// integration (adaptive solves only).
-    inner: Vec<f64>,
+    pub(crate) inner: Vec<f64>,
     /// Every jump, ascending.
     jumps: Vec<f64>,
     dir: f64,
@@ -248,7 +249,7 @@ impl Stops {
         Self { inner, jumps, dir }
     }
 
-    fn is_jump(&self, t: f64) -> bool {
+    pub(crate) fn is_jump(&self, t: f64) -> bool {
         !self.jumps.is_empty() && self.jumps.binary_search_by(|x| x.total_cmp(&t)).is_ok()
     }
 
@@ -280,12 +281,12 @@ fn step_float(t: f64, dir: f64) -> f64 {
     }
 }
 
-enum PreparedAtol {
+pub(crate) enum PreparedAtol {
     Scalar(f64),
     Tensor(Tensor),
 }
 
-fn prepare_atol<F: VectorField + ?Sized>(
+pub(crate) fn prepare_atol<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     atol: &Atol,
     y0: &Tensor,
@@ -319,7 +320,7 @@ fn prepare_atol<F: VectorField + ?Sized>(
 }
 
 /// `‖x / scale‖` under `norm`, as a device scalar.
-fn scaled_norm_sq(x: &Tensor, scale: &Tensor, norm: ErrorNorm) -> Result<Tensor> {
+pub(crate) fn scaled_norm_sq(x: &Tensor, scale: &Tensor, norm: ErrorNorm) -> Result<Tensor> {
     let r = (x / scale)?;
     match norm {
         ErrorNorm::Rms => r.sqr()?.mean_all(),
@@ -327,7 +328,12 @@ fn scaled_norm_sq(x: &Tensor, scale: &Tensor, norm: ErrorNorm) -> Result<Tensor>
     }
 }
 
-fn error_scale(y0: &Tensor, y1: Option<&Tensor>, rtol: f64, atol: &PreparedAtol) -> Result<Tensor> {
+pub(crate) fn error_scale(
+    y0: &Tensor,
+    y1: Option<&Tensor>,
+    rtol: f64,
+    atol: &PreparedAtol,
+) -> Result<Tensor> {
     let m = match y1 {
         Some(y1) => y0.abs()?.maximum(&y1.abs()?)?,
         None => y0.abs()?,
@@ -340,7 +346,7 @@ fn error_scale(y0: &Tensor, y1: Option<&Tensor>, rtol: f64, atol: &PreparedAtol)
 
 /// Index of the first entry (along dim 0) holding NaN or inf, with one read.
 #[allow(clippy::eq_op)] // `ys - ys` is the point: 0 where finite, NaN where not.
-fn first_non_finite<F: VectorField + ?Sized>(
+pub(crate) fn first_non_finite<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     ys: &Tensor,
 ) -> Result<Option<usize>> {
@@ -350,7 +356,7 @@ fn first_non_finite<F: VectorField + ?Sized>(
 }
 
 /// Hairer's initial step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), as torchdiffeq.
-fn initial_step<F: VectorField + ?Sized>(
+pub(crate) fn initial_step<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     t0: f64,
     y0: &Tensor,
@@ -511,11 +517,7 @@ fn adaptive<F: VectorField + ?Sized>(
     mut trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
-    let k_exp = tab.error_exponent();
-    let (beta1, beta2) = match opts.controller {
-        StepController::Integral => (1.0, 0.0),
-        StepController::PI { beta1, beta2 } => (beta1, beta2),
-    };
+    let control = Controller::new(opts);
     let t_end = ts[ts.len() - 1];
     let stops = Stops::new(opts, ts, dir);
     let mut next_stop = 0;
@@ -616,13 +618,7 @@ fn adaptive<F: VectorField + ?Sized>(
                 };
             }
             y = step.y1;
-            let factor = if ratio == 0.0 {
-                opts.max_factor
-            } else {
-                opts.safety * ratio.powf(-beta1 / k_exp) * prev_ratio.powf(beta2 / k_exp)
-            };
-            // As torchdiffeq and diffrax: an accepted step never shrinks the next one.
-            let mut factor = factor.clamp(1.0, opts.max_factor);
+            let mut factor = control.grow(ratio, prev_ratio);
             // As RADAU5: an implicit method with a large Newton matrix keeps its step, and so
             // the matrix's LU factors, unless the step can grow by a fifth.
             if factor < KEEP_STEP_BELOW && newton.as_ref().is_some_and(Newton::keeps_steps) {
@@ -633,16 +629,64 @@ fn adaptive<F: VectorField + ?Sized>(
         } else {
             stats.rejected_steps += 1;
             let non_finite = !ratio.is_finite();
-            let factor = if non_finite {
-                opts.min_factor
-            } else {
-                (opts.safety * ratio.powf(-1.0 / k_exp)).clamp(opts.min_factor, 1.0)
-            };
+            let factor = control.cut(ratio);
             h_abs = shrink(t, dir, h_try, factor, at_min_step, non_finite, opts)?;
         }
         h_abs = h_abs.min(opts.max_step);
     }
     Ok((stats, h_abs))
+}
+
+/// The step-size controller: the factor by which the next step grows after an accepted step
+/// and shrinks after a rejected one.
+pub(crate) struct Controller {
+    k_exp: f64,
+    beta1: f64,
+    beta2: f64,
+    safety: f64,
+    min_factor: f64,
+    max_factor: f64,
+}
+
+impl Controller {
+    pub(crate) fn new(opts: &SolveOptions) -> Self {
+        let (beta1, beta2) = match opts.controller {
+            StepController::Integral => (1.0, 0.0),
+            StepController::PI { beta1, beta2 } => (beta1, beta2),
+        };
+        Self {
+            k_exp: opts.method.tableau().error_exponent(),
+            beta1,
+            beta2,
+            safety: opts.safety,
+            min_factor: opts.min_factor,
+            max_factor: opts.max_factor,
+        }
+    }
+
+    /// The factor after a step accepted with error ratio `ratio`, the one before it having
+    /// had `prev_ratio`.
+    pub(crate) fn grow(&self, ratio: f64, prev_ratio: f64) -> f64 {
+        let factor = if ratio == 0.0 {
+            self.max_factor
+        } else {
+            self.safety
+                * ratio.powf(-self.beta1 / self.k_exp)
+                * prev_ratio.powf(self.beta2 / self.k_exp)
+        };
+        // As torchdiffeq and diffrax: an accepted step never shrinks the next one.
+        factor.clamp(1.0, self.max_factor)
+    }
+
+    /// The factor after a step rejected with error ratio `ratio` (the smallest one for a
+    /// non-finite ratio).
+    pub(crate) fn cut(&self, ratio: f64) -> f64 {
+        if ratio.is_finite() {
+            (self.safety * ratio.powf(-1.0 / self.k_exp)).clamp(self.min_factor, 1.0)
+        } else {
+            self.min_factor
+        }
+    }
 }
 
 /// How much an implicit step shrinks when its Newton iterations fail (RADAU5's choice).
@@ -655,7 +699,7 @@ const KEEP_STEP_BELOW: f64 = 1.2;
 
 /// The step after a rejected one of `h_try` at `t`, scaled by `factor`; an error when that is
 /// below `min_step` or what `t` can resolve (a non-finite error ratio reports as such).
-fn shrink(
+pub(crate) fn shrink(
     t: f64,
     dir: f64,
     h_try: f64,
@@ -692,35 +736,8 @@ fn fixed<F: VectorField + ?Sized>(
 ) -> Result<(SolverStats, f64)> {
     let tab = opts.method.tableau();
     let (t0, t_end) = (ts[0], ts[ts.len() - 1]);
-    let span = (t_end - t0).abs();
-    let n = match &opts.step {
-        StepSize::Count(n) => *n,
-        // A relative slack keeps rounding from adding a sliver step (span = 10 h + 1e-16).
-        StepSize::Fixed(h) => ((span / h) * (1.0 - 1e-12)).ceil().max(1.0) as usize,
-        StepSize::Grid(g) => {
-            if g[0] != t0 || g[g.len() - 1] != t_end {
-                return Err(SolverError::InvalidOptions(format!(
-                    "the step grid runs from {} to {}, the solve from {t0} to {t_end}",
-                    g[0],
-                    g[g.len() - 1]
-                ))
-                .into());
-            }
-            g.len() - 1
-        }
-        StepSize::Adaptive => unreachable!("fixed() is called for fixed steps"),
-    };
-    if n > opts.max_steps {
-        return Err(SolverError::MaxStepsExceeded { t: t0, steps: n }.into());
-    }
-    let grid = |i: usize| -> f64 {
-        match &opts.step {
-            _ if i == n => t_end,
-            StepSize::Fixed(h) => t0 + dir * h * i as f64,
-            StepSize::Grid(g) => g[i],
-            _ => t0 + (t_end - t0) * (i as f64 / n as f64),
-        }
-    };
+    let grid = fixed_grid(opts, t0, t_end, dir)?;
+    let n = grid.len() - 1;
     let stops = Stops::new(opts, ts, dir);
     let mut t = t0;
     let mut y = y0.clone();
@@ -728,7 +745,7 @@ fn fixed<F: VectorField + ?Sized>(
     let mut newton = Newton::for_method(ev, opts, y0)?;
     let mut next = 1;
     for i in 1..=n {
-        let t1 = grid(i);
+        let t1 = grid[i];
         let (t0_eval, t1_eval) = (stops.start(t), stops.end(t1));
         let Some(step) = rk_step(
             tab,
@@ -774,8 +791,42 @@ fn fixed<F: VectorField + ?Sized>(
         ..SolverStats::default()
     };
     let last_step = match &opts.step {
-        StepSize::Grid(_) => (grid(n) - grid(n - 1)).abs(),
-        _ => span / n as f64,
+        StepSize::Grid(_) => (grid[n] - grid[n - 1]).abs(),
+        _ => (t_end - t0).abs() / n as f64,
     };
     Ok((stats, last_step))
+}
+
+/// The step ends of a fixed-step solve from `t0` to `t_end`: `grid[0] = t0`, the last
+/// `t_end`, one step between neighbours.
+pub(crate) fn fixed_grid(opts: &SolveOptions, t0: f64, t_end: f64, dir: f64) -> Result<Vec<f64>> {
+    let span = (t_end - t0).abs();
+    let n = match &opts.step {
+        StepSize::Count(n) => *n,
+        // A relative slack keeps rounding from adding a sliver step (span = 10 h + 1e-16).
+        StepSize::Fixed(h) => ((span / h) * (1.0 - 1e-12)).ceil().max(1.0) as usize,
+        StepSize::Grid(g) => {
+            if g[0] != t0 || g[g.len() - 1] != t_end {
+                return Err(SolverError::InvalidOptions(format!(
+                    "the step grid runs from {} to {}, the solve from {t0} to {t_end}",
+                    g[0],
+                    g[g.len() - 1]
+                ))
+                .into());
+            }
+            g.len() - 1
+        }
+        StepSize::Adaptive => unreachable!("fixed_grid() is called for fixed steps"),
+    };
+    if n > opts.max_steps {
+        return Err(SolverError::MaxStepsExceeded { t: t0, steps: n }.into());
+    }
+    Ok((0..=n)
+        .map(|i| match &opts.step {
+            _ if i == n => t_end,
+            StepSize::Fixed(h) => t0 + dir * h * i as f64,
+            StepSize::Grid(g) => g[i],
+            _ => t0 + (t_end - t0) * (i as f64 / n as f64),
+        })
+        .collect())
 }

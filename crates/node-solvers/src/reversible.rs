@@ -1,0 +1,440 @@
+//! `odeint_reversible`: any explicit Runge–Kutta method made algebraically reversible
+//! (McCallum & Foster, "Efficient, accurate and stable gradients for neural ODEs", 2024;
+//! diffrax's `Reversible`; after Kidger et al.'s reversible Heun, 2021, and Zhuang et al.'s
+//! MALI, 2021).
+//!
+//! With `Ψ_h(t, y)` the increment of one step of the base method (`y1 − y`), the solver
+//! carries a pair `(y, z)`, both starting at `y0`, and steps
+//!
+//! ```text
+//! y_(n+1) = λ y_n + (1 − λ) z_n + Ψ_h(t_n, z_n)
+//! z_(n+1) = z_n − Ψ_(−h)(t_(n+1), y_(n+1))
+//! ```
+//!
+//! with a coupling `λ ∈ (0, 1]`. The step inverts in closed form,
+//!
+//! ```text
+//! z_n = z_(n+1) + Ψ_(−h)(t_(n+1), y_(n+1))
+//! y_n = (y_(n+1) − (1 − λ) z_n − Ψ_h(t_n, z_n)) / λ
+//! ```
+//!
+//! so a backward pass can walk the steps back from the last pair alone, recomputing each
+//! step's increments to differentiate them: the gradient of the discrete solve, exactly (up to
+//! round-off), with memory that does not grow with the steps beyond their times
+//! (`node_adjoint::odeint_reversible`). The solution `y` has the base method's order; each
+//! step costs two increments, about twice the base method's evaluations. `λ < 1` keeps the
+//! pair from drifting apart (with `λ = 1` the scheme is only weakly stable); the reverse
+//! walk divides by `λ` each step, so round-off grows like `λ^(−n)` (`e` after 1000 steps at
+//! the default `λ = 0.999`).
+//!
+//! Output times are steps' ends (the solve steps to each one), so outputs need no
+//! interpolation and the backward pass meets each one at a step's end.
+
+use crate::error::SolverError;
+use crate::field::VectorField;
+use crate::method::Method;
+use crate::options::{SolveOptions, StepSize};
+use crate::rk::{lincomb, Evaluator};
+use crate::solve::{
+    check_state, check_times, error_scale, first_non_finite, fixed_grid, initial_step,
+    prepare_atol, scaled_norm_sq, shrink, Controller, Solution, SolverStats, Stops,
+};
+use crate::tableau::ButcherTableau;
+use candle_core::{Result, Tensor};
+
+/// The default coupling `λ` of [`odeint_reversible`] (diffrax's).
+pub const DEFAULT_COUPLING: f64 = 0.999;
+
+/// What the backward pass of a reversible solve needs: the steps' times and the last pair
+/// `(y, z)`. Nothing else is kept, whatever the number of steps.
+#[derive(Clone, Debug)]
+pub struct ReversibleTrace {
+    /// The accepted steps' ends, from `ts[0]` to the last output time: step `i` runs from
+    /// `times[i]` to `times[i + 1]`. Every output time is one of them.
+    pub times: Vec<f64>,
+    /// `y` at the last time (the last output).
+    pub y: Tensor,
+    /// `z` at the last time.
+    pub z: Tensor,
+    coupling: f64,
+    method: Method,
+    stops: Stops,
+}
+
+impl ReversibleTrace {
+    /// The number of steps.
+    pub fn steps(&self) -> usize {
+        self.times.len() - 1
+    }
+
+    /// The coupling `λ`.
+    pub fn coupling(&self) -> f64 {
+        self.coupling
+    }
+
+    /// The base method.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    /// Evaluations of the field in one call of [`ReversibleTrace::increment`].
+    pub fn increment_nfe(&self) -> usize {
+        increment_stages(self.method.tableau(), false)
+    }
+
+    /// The base method's increment over step `step`: `Ψ_h(t_i, y)` forwards (from `times[i]`
+    /// to `times[i + 1]`), or `Ψ_(−h)(t_(i+1), y)` with `backwards`. Plain tensor ops: with
+    /// `y` or the field's parameters tracked, autograd differentiates it.
+    ///
+    /// # Errors
+    /// `step` out of range; errors of the field.
+    pub fn increment<F: VectorField + ?Sized>(
+        &self,
+        f: &F,
+        step: usize,
+        backwards: bool,
+        y: &Tensor,
+    ) -> Result<Tensor> {
+        if step >= self.steps() {
+            return Err(SolverError::InvalidOptions(format!(
+                "step {step} of a reversible solve of {} steps",
+                self.steps()
+            ))
+            .into());
+        }
+        let (t, t1) = (self.times[step], self.times[step + 1]);
+        let ev = Evaluator::new(f);
+        let (from, to, from_eval, to_eval) = if backwards {
+            (t1, t, self.stops.end(t1), self.stops.start(t))
+        } else {
+            (t, t1, self.stops.start(t), self.stops.end(t1))
+        };
+        let f0 = ev.eval(from_eval, y)?;
+        let tab = self.method.tableau();
+        Ok(increment(tab, &ev, from, to, to_eval, y, &f0, false)?.0)
+    }
+
+    /// `y_n` from `y_(n+1)`, `z_n` and the forward increment `a = Ψ_h(t_n, z_n)`:
+    /// `(y_(n+1) − (1 − λ) z_n − a) / λ`.
+    ///
+    /// # Errors
+    /// Tensors of different shapes.
+    pub fn previous_y(&self, y1: &Tensor, z0: &Tensor, a: &Tensor) -> Result<Tensor> {
+        let l = self.coupling;
+        lincomb(None, [(1.0 / l, y1), ((l - 1.0) / l, z0), (-1.0 / l, a)])
+    }
+
+    /// Walks step `step` back: `(y_n, z_n)` from `(y_(n+1), z_(n+1))`, with no graph kept
+    /// beyond what the inputs carry. Two increments.
+    ///
+    /// # Errors
+    /// As [`ReversibleTrace::increment`].
+    pub fn step_back<F: VectorField + ?Sized>(
+        &self,
+        f: &F,
+        step: usize,
+        y1: &Tensor,
+        z1: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let b = self.increment(f, step, true, y1)?;
+        let z0 = (z1 + b)?;
+        let a = self.increment(f, step, false, &z0)?;
+        Ok((self.previous_y(y1, &z0, &a)?, z0))
+    }
+}
+
+/// Evaluations of one increment: every stage, but the last stage of an FSAL method only when
+/// the error estimate needs it (its state is `y1`, its weight in `b` zero).
+fn increment_stages(tab: &ButcherTableau, with_error: bool) -> usize {
+    if tab.is_fsal() && !with_error {
+        tab.stages() - 1
+    } else {
+        tab.stages()
+    }
+}
+
+/// One explicit step's increment `Σ h b_i k_i` from `(t, y)` to `t1` given `f0`, and with
+/// `with_error` its error estimate `Σ h e_i k_i`. Stages at `t1` evaluate at `t1_eval` (the
+/// inside of a jump there).
+#[allow(clippy::too_many_arguments)]
+fn increment<F: VectorField + ?Sized>(
+    tab: &ButcherTableau,
+    ev: &Evaluator<'_, F>,
+    t: f64,
+    t1: f64,
+    t1_eval: f64,
+    y: &Tensor,
+    f0: &Tensor,
+    with_error: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let h = t1 - t;
+    let n = increment_stages(tab, with_error);
+    let mut k: Vec<Tensor> = Vec::with_capacity(n);
+    k.push(f0.clone());
+    for i in 1..n {
+        let yi = lincomb(
+            Some(y),
+            tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj)),
+        )?;
+        let ti = if tab.c[i] == 1.0 {
+            t1_eval
+        } else {
+            t + tab.c[i] * h
+        };
+        k.push(ev.eval(ti, &yi)?);
+    }
+    debug_assert!(tab.b[n..].iter().all(|&b| b == 0.0));
+    let psi = lincomb(None, tab.b.iter().zip(&k).map(|(b, ki)| (h * b, ki)))?;
+    let err = match (with_error, tab.b_err) {
+        (true, Some(e)) => Some(lincomb(None, e.iter().zip(&k).map(|(e, ki)| (h * e, ki)))?),
+        _ => None,
+    };
+    Ok((psi, err))
+}
+
+/// Solves `dy/dt = f(t, y)`, `y(ts[0]) = y0`, with `opts.method` made algebraically
+/// reversible (module docs), and returns the states at `ts` and what walking the solve back
+/// needs.
+///
+/// Adaptive solves control the error of the forward increment `Ψ_h(t_n, z_n)` (the base
+/// method's embedded estimate, scaled by `y_n` and `y_(n+1)`), so a rejected step costs one
+/// increment; they step to every output time, and to `step_ts` and `jump_ts`. A fixed-step
+/// solve adds the output times to its grid. The solve is plain Candle ops: backprop through
+/// it works as for [`crate::odeint`], and `node_adjoint::odeint_reversible` gives the same
+/// gradients with memory that does not grow with the steps.
+///
+/// # Shapes
+/// As [`crate::odeint`]: `y0` any shape `S`, `ys` `[ts.len(), ...S]`.
+///
+/// # Errors
+/// Those of [`crate::odeint`]; an implicit method; a coupling outside `(0, 1]`.
+///
+/// # Example
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use node_solvers::{odeint_reversible, SolveOptions, DEFAULT_COUPLING};
+/// # fn main() -> candle_core::Result<()> {
+/// // dy/dt = -y, y(0) = 1  →  y(1) = e^{-1}; walking the steps back gives y(0) again.
+/// let f = |_t: f64, y: &Tensor| y.neg();
+/// let y0 = Tensor::new(&[1.0f64], &Device::Cpu)?;
+/// let opts = SolveOptions::default().tolerances(1e-8, 1e-10);
+/// let (sol, trace) = odeint_reversible(&f, &y0, &[0.0, 1.0], &opts, DEFAULT_COUPLING)?;
+/// assert!((sol.last()?.to_vec1::<f64>()?[0] - (-1.0f64).exp()).abs() < 1e-7);
+/// let (mut y, mut z) = (trace.y.clone(), trace.z.clone());
+/// for i in (0..trace.steps()).rev() {
+///     (y, z) = trace.step_back(&f, i, &y, &z)?;
+/// }
+/// assert!((y.to_vec1::<f64>()?[0] - 1.0).abs() < 1e-12);
+/// # Ok(()) }
+/// ```
+pub fn odeint_reversible<F: VectorField + ?Sized>(
+    f: &F,
+    y0: &Tensor,
+    ts: &[f64],
+    opts: &SolveOptions,
+    coupling: f64,
+) -> Result<(Solution, ReversibleTrace)> {
+    opts.validate()?;
+    let dir = check_times(ts)?;
+    check_state(y0, opts)?;
+    if !(coupling > 0.0 && coupling <= 1.0) {
+        return Err(SolverError::InvalidOptions(format!(
+            "the reversible solver's coupling must be in (0, 1], got {coupling}"
+        ))
+        .into());
+    }
+    if opts.method.is_implicit() {
+        return Err(SolverError::InvalidOptions(format!(
+            "the reversible solver needs an explicit method, and `{}` is implicit",
+            opts.method
+        ))
+        .into());
+    }
+    let mut run = Run {
+        ev: Evaluator::new(f),
+        tab: opts.method.tableau(),
+        stops: Stops::new(opts, ts, dir),
+        coupling,
+        times: vec![ts[0]],
+        out: vec![y0.clone()],
+        stats: SolverStats::default(),
+    };
+    let (y, z, last_step) = if ts.len() == 1 {
+        (y0.clone(), y0.clone(), 0.0)
+    } else if matches!(opts.step, StepSize::Adaptive) {
+        run.adaptive(y0, ts, dir, opts)?
+    } else {
+        run.fixed(y0, ts, dir, opts)?
+    };
+    let Run {
+        ev,
+        stops,
+        times,
+        out,
+        mut stats,
+        ..
+    } = run;
+    let ys = Tensor::stack(&out, 0)?;
+    ev.count_into(&mut stats);
+    let trace = ReversibleTrace {
+        times,
+        y,
+        z,
+        coupling,
+        method: opts.method,
+        stops,
+    };
+    let sol = Solution {
+        ts: ts.to_vec(),
+        ys,
+        stats,
+        last_step,
+    };
+    Ok((sol, trace))
+}
+
+struct Run<'a, F: ?Sized> {
+    ev: Evaluator<'a, F>,
+    tab: &'static ButcherTableau,
+    stops: Stops,
+    coupling: f64,
+    times: Vec<f64>,
+    out: Vec<Tensor>,
+    stats: SolverStats,
+}
+
+impl<F: VectorField + ?Sized> Run<'_, F> {
+    /// The forward increment from `(t, z)` with `fz = f(t, z)`, and the new `y` it makes.
+    fn forward(
+        &self,
+        t: f64,
+        t1: f64,
+        y: &Tensor,
+        z: &Tensor,
+        fz: &Tensor,
+        with_error: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (t1_eval, l) = (self.stops.end(t1), self.coupling);
+        let (psi, err) = increment(self.tab, &self.ev, t, t1, t1_eval, z, fz, with_error)?;
+        let y1 = lincomb(Some(&psi), [(l, y), (1.0 - l, z)])?;
+        Ok((y1, err))
+    }
+
+    /// Completes an accepted step to `t1` from `(t, z)`: the new `z` from the backward
+    /// increment at `(t1, y1)`; records the step and an output at `t1` if there is one.
+    fn finish(&mut self, t: f64, t1: f64, y1: &Tensor, z: &Tensor, ts: &[f64]) -> Result<Tensor> {
+        let from_eval = self.stops.end(t1);
+        let fy = self.ev.eval(from_eval, y1)?;
+        let t_eval = self.stops.start(t);
+        let (psi, _) = increment(self.tab, &self.ev, t1, t, t_eval, y1, &fy, false)?;
+        self.stats.accepted_steps += 1;
+        self.times.push(t1);
+        if ts.get(self.out.len()) == Some(&t1) {
+            self.out.push(y1.clone());
+        }
+        z - psi
+    }
+
+    fn adaptive(
+        &mut self,
+        y0: &Tensor,
+        ts: &[f64],
+        dir: f64,
+        opts: &SolveOptions,
+    ) -> Result<(Tensor, Tensor, f64)> {
+        let atol = prepare_atol(&self.ev, &opts.atol, y0)?;
+        let control = Controller::new(opts);
+        let t_end = ts[ts.len() - 1];
+        // Every output time and stop is a step's end.
+        let mut targets: Vec<f64> = self.stops.inner.iter().chain(&ts[1..]).copied().collect();
+        targets.sort_by(|a, b| (a * dir).total_cmp(&(b * dir)));
+        targets.dedup();
+        let mut next = 0;
+        let (mut t, mut y, mut z) = (ts[0], y0.clone(), y0.clone());
+        let mut fz = self.ev.eval(self.stops.start(t), &z)?;
+        let mut h_abs = match opts.first_step {
+            Some(h) => {
+                if first_non_finite(&self.ev, &Tensor::stack(&[&z, &fz], 0)?)?.is_some() {
+                    return Err(SolverError::NonFinite { t }.into());
+                }
+                h
+            }
+            None => initial_step(&self.ev, t, &z, &fz, dir, opts, &atol)?,
+        };
+        h_abs = h_abs.clamp(opts.min_step, opts.max_step);
+        let mut prev_ratio = 1.0f64;
+        loop {
+            let steps = self.stats.accepted_steps + self.stats.rejected_steps;
+            if steps >= opts.max_steps {
+                return Err(SolverError::MaxStepsExceeded { t, steps }.into());
+            }
+            let target = targets[next];
+            let at_min_step = h_abs <= opts.min_step;
+            let clipped = h_abs >= (target - t) * dir;
+            let t1 = if clipped { target } else { t + dir * h_abs };
+            let h_try = (t1 - t).abs();
+            let (y1, err) = self.forward(t, t1, &y, &z, &fz, true)?;
+            let err = err.expect("adaptive methods have an error estimate");
+            let scale = error_scale(&y, Some(&y1), opts.rtol, &atol)?;
+            let ratio = self.ev.read(&scaled_norm_sq(&err, &scale, opts.norm)?)?[0].sqrt();
+            if ratio <= 1.0 {
+                z = self.finish(t, t1, &y1, &z, ts)?;
+                (t, y) = (t1, y1);
+                if clipped {
+                    next += 1;
+                }
+                let factor = control.grow(ratio, prev_ratio);
+                h_abs = (h_try * factor).min(opts.max_step);
+                prev_ratio = ratio.max(1e-4);
+                if t == t_end {
+                    break;
+                }
+                fz = self.ev.eval(self.stops.start(t), &z)?;
+            } else {
+                self.stats.rejected_steps += 1;
+                let non_finite = !ratio.is_finite();
+                let factor = control.cut(ratio);
+                h_abs = shrink(t, dir, h_try, factor, at_min_step, non_finite, opts)?
+                    .min(opts.max_step);
+            }
+        }
+        // `z` is checked by the next step's error ratio, except after the last one.
+        if first_non_finite(&self.ev, &z.unsqueeze(0)?)?.is_some() {
+            return Err(SolverError::NonFinite { t }.into());
+        }
+        Ok((y, z, h_abs))
+    }
+
+    fn fixed(
+        &mut self,
+        y0: &Tensor,
+        ts: &[f64],
+        dir: f64,
+        opts: &SolveOptions,
+    ) -> Result<(Tensor, Tensor, f64)> {
+        let (t0, t_end) = (ts[0], ts[ts.len() - 1]);
+        let mut grid = fixed_grid(opts, t0, t_end, dir)?;
+        grid.extend_from_slice(&ts[1..ts.len() - 1]);
+        grid.sort_by(|a, b| (a * dir).total_cmp(&(b * dir)));
+        grid.dedup();
+        let (mut y, mut z) = (y0.clone(), y0.clone());
+        for w in grid.windows(2) {
+            let (t, t1) = (w[0], w[1]);
+            let fz = self.ev.eval(self.stops.start(t), &z)?;
+            let (y1, _) = self.forward(t, t1, &y, &z, &fz, false)?;
+            z = self.finish(t, t1, &y1, &z, ts)?;
+            y = y1;
+        }
+        // Fixed steps read nothing back per step: NaN/inf propagate to the outputs and `z`.
+        let mut check = self.out.clone();
+        check.push(z.clone());
+        if let Some(i) = first_non_finite(&self.ev, &Tensor::stack(&check, 0)?)? {
+            return Err(SolverError::NonFinite {
+                t: ts[i.min(ts.len() - 1)],
+            }
+            .into());
+        }
+        let n = grid.len() - 1;
+        Ok((y, z, (grid[n] - grid[n - 1]).abs()))
+    }
+}

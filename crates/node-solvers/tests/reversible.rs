@@ -1,0 +1,253 @@
+//! The reversible solver (`odeint_reversible`): its order, its accuracy and counts when
+//! adaptive, walking its steps back, reverse time, jumps, f32, and its errors.
+
+mod common;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use common::{fitted_slope, max_abs_diff};
+use node_solvers::problems::Riccati;
+use node_solvers::{odeint_reversible, Method, SolveOptions, SolverError, DEFAULT_COUPLING};
+
+fn solver_error<T: std::fmt::Debug>(r: candle_core::Result<T>) -> SolverError {
+    let e = r.expect_err("expected an error");
+    SolverError::find(&e)
+        .unwrap_or_else(|| panic!("not a SolverError: {e}"))
+        .clone()
+}
+
+/// Fixed steps: the reversible form of every explicit method converges at the base method's
+/// order (McCallum & Foster's theorem), on the nonlinear, non-autonomous Riccati problem.
+fn order_case(dev: &Device) -> Result<()> {
+    let p = Riccati;
+    let y0 = Tensor::new(&[1.0f64, 0.5], dev)?;
+    let (t0, t1) = (0.0, 2.0);
+    let exact = p.exact(&y0, t0, t1)?;
+    let mut report = vec![];
+    let mut failed = false;
+    for m in Method::ALL.into_iter().filter(|m| !m.is_implicit()) {
+        // As tests/convergence.rs (errors between ~1e-3 and ~1e-13 on the three grids), but
+        // finer for order 4: rk38's error ratios are 10.7, 14.5, 15.4, 15.5 from 64 steps on
+        // (measured), so its asymptotic range starts at 128.
+        let n0 = match m.order() {
+            1 => 64,
+            2 => 32,
+            3 => 16,
+            4 => 128,
+            5 => 32,
+            _ => 4,
+        };
+        let (mut hs, mut errs) = (vec![], vec![]);
+        for n in [n0, 2 * n0, 4 * n0] {
+            let opts = SolveOptions::default().method(m).fixed_steps(n);
+            let (sol, trace) = odeint_reversible(&p.field(), &y0, &[t0, t1], &opts, 0.9)?;
+            assert_eq!(sol.stats.accepted_steps, n);
+            assert_eq!(trace.steps(), n);
+            hs.push((t1 - t0) / n as f64);
+            errs.push(max_abs_diff(&sol.last()?, &exact)?);
+        }
+        let slope = fitted_slope(&hs, &errs);
+        let p = m.order() as f64;
+        // Below p means a wrong step. Above: besides the base method's error, `y` carries a
+        // parasitic part that decays like λ^n (the pair's difference), so on coarse grids the
+        // error can fall faster than h^p (measured: dopri8 2^10 per halving down to
+        // round-off; the plain method 2^8.6).
+        failed |= slope <= p - 0.3 || slope >= p + 2.1;
+        report.push(format!(
+            "{m}: observed {slope:.2}, expected {p} (errors {errs:?})"
+        ));
+    }
+    assert!(!failed, "convergence orders:\n{}", report.join("\n"));
+    println!("{}", report.join("\n"));
+    Ok(())
+}
+
+/// Adaptive: every output time is met (and is a step's end), the error follows the
+/// tolerance, and the counts are those of the scheme: per attempted step the forward
+/// increment's stages after the first, per accepted step `f(z)` and the backward increment.
+fn adaptive_case(dev: &Device) -> Result<()> {
+    let p = Riccati;
+    let y0 = Tensor::new(&[1.0f64, 0.5], dev)?;
+    let ts = [0.0, 0.3, 0.7, 1.1, 1.6, 2.0];
+    let exact = Tensor::stack(
+        &ts.iter()
+            .map(|&t| p.exact(&y0, 0.0, t))
+            .collect::<candle_core::Result<Vec<_>>>()?,
+        0,
+    )?;
+    let mut prev = f64::INFINITY;
+    for (rtol, bound) in [(1e-5, 1e-4), (1e-8, 1e-7), (1e-11, 1e-10)] {
+        let opts = SolveOptions::default().tolerances(rtol, rtol * 1e-2);
+        let (sol, trace) = odeint_reversible(&p.field(), &y0, &ts, &opts, DEFAULT_COUPLING)?;
+        let err = max_abs_diff(&sol.ys, &exact)?;
+        assert!(err < bound && err < prev, "rtol {rtol}: error {err:e}");
+        prev = err;
+        for t in ts {
+            assert!(trace.times.contains(&t), "{t} is not a step's end");
+        }
+        let s = sol.stats;
+        assert_eq!(trace.steps(), s.accepted_steps);
+        // dopri5: 6 forward stages per attempt (f(z) counted apart); f(z) after each
+        // accepted step but the last, and 1 + 5 backward evaluations per accepted step (the
+        // FSAL stage only serves the error estimate); f(z0) and Hairer's initial step.
+        let (acc, rej) = (s.accepted_steps, s.rejected_steps);
+        assert_eq!(s.nfe, 6 * (acc + rej) + (acc - 1) + 6 * acc + 2, "{s:?}");
+        // One read per attempted step, two to choose the first step, one to check `z`.
+        assert_eq!(s.host_reads, acc + rej + 3, "{s:?}");
+        println!("rtol {rtol:e}: error {err:.2e}, {s:?}");
+    }
+    Ok(())
+}
+
+/// Walking the steps back from the last pair gives every output and `y0` again, to
+/// round-off, for several couplings, methods, and in reverse time.
+fn step_back_case(dev: &Device) -> Result<()> {
+    let p = Riccati;
+    let f = p.field();
+    let y0 = Tensor::new(&[1.0f64, 0.5], dev)?;
+    for (ts, method, coupling) in [
+        (vec![0.0, 0.5, 2.0], Method::Dopri5, DEFAULT_COUPLING),
+        (vec![0.0, 0.5, 2.0], Method::Tsit5, 0.5),
+        (vec![0.0, 1.0, 2.0], Method::Bosh3, 1.0),
+        (vec![2.0, 1.2, 0.0], Method::Dopri8, DEFAULT_COUPLING),
+    ] {
+        let opts = SolveOptions::default()
+            .method(method)
+            .tolerances(1e-9, 1e-11);
+        let (sol, trace) = odeint_reversible(&f, &y0, &ts, &opts, coupling)?;
+        assert!(trace.steps() > 10);
+        let (mut y, mut z) = (trace.y.clone(), trace.z.clone());
+        let mut out = ts.len() - 1;
+        let mut worst = 0.0f64;
+        for i in (0..trace.steps()).rev() {
+            if trace.times[i + 1] == ts[out] {
+                worst = worst.max(max_abs_diff(&y, &sol.ys.get(out)?)?);
+                out -= 1;
+            }
+            (y, z) = trace.step_back(&f, i, &y, &z)?;
+        }
+        assert_eq!(out, 0);
+        worst = worst.max(max_abs_diff(&y, &y0)?);
+        // The pair meets again at the start: z0 = y0 too.
+        worst = worst.max(max_abs_diff(&z, &y0)?);
+        // Each step back divides by λ: round-off grows like λ^(−n), which is why λ stays
+        // near 1 (measured: 1e-15 after 26 steps at λ = 0.999, 3e-9 after 28 at λ = 0.5;
+        // dopri8, whose stages have large coefficients, 2e-13).
+        let bound = 1e-12 * coupling.powi(-(trace.steps() as i32));
+        assert!(
+            worst < bound,
+            "{method} λ = {coupling}: walked back with error {worst:e} (bound {bound:e})"
+        );
+        println!(
+            "{method} λ = {coupling}, {} steps: walked back to {worst:.1e}",
+            trace.steps()
+        );
+    }
+    Ok(())
+}
+
+/// `dy/dt = a(t) y` with `a` jumping from 1 to 3 at `t = 1`: with the jump given, the
+/// increments on either side see the field of their own interval, and the solve is accurate.
+fn jump_case(dev: &Device) -> Result<()> {
+    let f = |t: f64, y: &Tensor| y.affine(if t < 1.0 { 1.0 } else { 3.0 }, 0.0);
+    let y0 = Tensor::new(&[1.0f64], dev)?;
+    let exact = (1.0f64 + 3.0 * 0.5).exp(); // y(1.5) = e^1 · e^(3 · 0.5)
+    let opts = SolveOptions::default().tolerances(1e-8, 1e-8);
+    let with = opts.clone().jump_ts(vec![1.0]);
+    let (sol_j, trace_j) = odeint_reversible(&f, &y0, &[0.0, 1.5], &with, DEFAULT_COUPLING)?;
+    let (sol, _) = odeint_reversible(&f, &y0, &[0.0, 1.5], &opts, DEFAULT_COUPLING)?;
+    let err_j = (sol_j.last()?.to_vec1::<f64>()?[0] - exact).abs() / exact;
+    assert!(trace_j.times.contains(&1.0));
+    assert!(err_j < 1e-7, "relative error with the jump {err_j:e}");
+    assert!(
+        sol_j.stats.rejected_steps < sol.stats.rejected_steps,
+        "{:?} against {:?}",
+        sol_j.stats,
+        sol.stats
+    );
+    // Walking back crosses the jump too.
+    let (mut y, mut z) = (trace_j.y.clone(), trace_j.z.clone());
+    for i in (0..trace_j.steps()).rev() {
+        (y, z) = trace_j.step_back(&f, i, &y, &z)?;
+    }
+    assert!(max_abs_diff(&y, &y0)? < 1e-12);
+    Ok(())
+}
+
+/// f32 state: the solve keeps the dtype and reaches f32 accuracy.
+fn f32_case(dev: &Device) -> Result<()> {
+    let p = Riccati;
+    let y0 = Tensor::new(&[1.0f32, 0.5], dev)?;
+    let opts = SolveOptions::default().tolerances(1e-5, 1e-6);
+    let (sol, trace) = odeint_reversible(&p.field(), &y0, &[0.0, 2.0], &opts, DEFAULT_COUPLING)?;
+    assert_eq!(sol.ys.dtype(), DType::F32);
+    assert_eq!(trace.z.dtype(), DType::F32);
+    let exact = p.exact(&y0.to_dtype(DType::F64)?, 0.0, 2.0)?;
+    let err = max_abs_diff(&sol.last()?.to_dtype(DType::F64)?, &exact)?;
+    assert!(err < 1e-4, "f32 error {err:e}");
+    Ok(())
+}
+
+fn errors_case(dev: &Device) -> Result<()> {
+    let f = |_t: f64, y: &Tensor| y.neg();
+    let y0 = Tensor::new(&[1.0f64], dev)?;
+    let opts = SolveOptions::default();
+    for bad in [0.0, -0.5, 1.5, f64::NAN] {
+        match solver_error(odeint_reversible(&f, &y0, &[0.0, 1.0], &opts, bad)) {
+            SolverError::InvalidOptions(m) => assert!(m.contains("coupling"), "{m}"),
+            e => panic!("coupling {bad}: expected InvalidOptions, got {e}"),
+        }
+    }
+    let implicit = opts.clone().method(Method::Kvaerno5);
+    match solver_error(odeint_reversible(&f, &y0, &[0.0, 1.0], &implicit, 0.9)) {
+        SolverError::InvalidOptions(m) => assert!(m.contains("explicit"), "{m}"),
+        e => panic!("expected InvalidOptions, got {e}"),
+    }
+    match solver_error(odeint_reversible(&f, &y0, &[0.0, 0.0], &opts, 0.9)) {
+        SolverError::TimesNotMonotone { .. } => {}
+        e => panic!("expected TimesNotMonotone, got {e}"),
+    }
+    // y' = y², y(0) = 1 blows up at t = 1: a typed error, adaptive or fixed.
+    let blow_up = |_t: f64, y: &Tensor| y.sqr();
+    let e = solver_error(odeint_reversible(&blow_up, &y0, &[0.0, 2.0], &opts, 0.9));
+    assert!(
+        matches!(
+            e,
+            SolverError::StepSizeTooSmall { .. } | SolverError::NonFinite { .. }
+        ),
+        "{e}"
+    );
+    let fixed = opts.clone().method(Method::Rk4).fixed_steps(40);
+    match solver_error(odeint_reversible(&blow_up, &y0, &[0.0, 2.0], &fixed, 0.9)) {
+        SolverError::NonFinite { .. } => {}
+        e => panic!("expected NonFinite, got {e}"),
+    }
+    let few = opts.clone().max_steps(5);
+    match solver_error(odeint_reversible(&f, &y0, &[0.0, 100.0], &few, 0.9)) {
+        SolverError::MaxStepsExceeded { steps: 5, .. } => {}
+        e => panic!("expected MaxStepsExceeded, got {e}"),
+    }
+    let (_, trace) = odeint_reversible(&f, &y0, &[0.0, 1.0], &opts, 0.9)?;
+    let past = trace.steps();
+    match solver_error(trace.increment(&f, past, false, &y0)) {
+        SolverError::InvalidOptions(m) => assert!(m.contains("step"), "{m}"),
+        e => panic!("expected InvalidOptions, got {e}"),
+    }
+    // One output time: no step, the state itself.
+    let (sol, trace) = odeint_reversible(&f, &y0, &[0.5], &opts, 0.9)?;
+    assert_eq!(sol.ys.dims(), &[1, 1]);
+    assert_eq!(trace.steps(), 0);
+    Ok(())
+}
+
+candle_core::test_device!(order_case, order_cpu, order_cuda, order_metal);
+candle_core::test_device!(adaptive_case, adaptive_cpu, adaptive_cuda, adaptive_metal);
+candle_core::test_device!(
+    step_back_case,
+    step_back_cpu,
+    step_back_cuda,
+    step_back_metal
+);
+candle_core::test_device!(jump_case, jump_cpu, jump_cuda, jump_metal);
+candle_core::test_device!(f32_case, f32_cpu, f32_cuda, f32_metal);
+candle_core::test_device!(errors_case, errors_cpu, errors_cuda, errors_metal);
