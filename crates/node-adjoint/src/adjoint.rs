@@ -21,7 +21,7 @@ use candle_core::{
 use node_solvers::{
     event_gradients, locate_event, locate_events, odeint, odeint_dense, Atol, DenseSolution,
     ErrorNorm, EventFunction, EventOptions, Jacobian, LocatedEvent, LocatedEvents, RecordedEvent,
-    SolveOptions, SolverError, SolverStats, StepSize, StepTrace, VectorField,
+    ReversibleTrace, SolveOptions, SolverError, SolverStats, StepSize, StepTrace, VectorField,
 };
 use std::sync::{Arc, Mutex};
 
@@ -504,13 +504,16 @@ pub(crate) enum Backward {
     /// Checkpointed backprop: the forward steps replayed from the stored states, one stretch
     /// at a time, each differentiated by Candle autograd.
     Replay(StepTrace),
+    /// Reversible backprop: the steps of a reversible solve walked back from its last pair,
+    /// each step's increments differentiated by Candle autograd.
+    Reversible(ReversibleTrace),
 }
 
 pub(crate) struct Inner<F> {
     pub(crate) f: F,
     pub(crate) params: Vec<Var>,
     pub(crate) ts: Vec<f64>,
-    ys: Tensor,
+    pub(crate) ys: Tensor,
     pub(crate) opts: SolveOptions,
     backward: Backward,
     pub(crate) stats: AdjointStats,
@@ -707,6 +710,7 @@ impl<F: ParamVectorField> Inner<F> {
             Backward::Adjoint(adj) => self.adjoint_backward(adj, None, &g)?,
             Backward::Interpolated(adj, dense) => self.adjoint_backward(adj, Some(dense), &g)?,
             Backward::Replay(trace) => self.replay_backward(trace, &g)?,
+            Backward::Reversible(trace) => self.reversible_backward(trace, &g)?,
         };
         let g_t = if want_t {
             let (g_t, nfe) = self.time_grads(&g, &a0)?;

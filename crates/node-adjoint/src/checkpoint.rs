@@ -18,6 +18,7 @@ use crate::adjoint::{
 use crate::field::ParamVectorField;
 use crate::options::CheckpointOptions;
 use crate::{AdjointEventSolution, AdjointSolution};
+use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use node_solvers::{
     locate_event_traced, locate_events_traced, odeint, odeint_traced, EventFunction, EventOptions,
@@ -268,7 +269,7 @@ impl<F: ParamVectorField> Inner<F> {
         let mut stats = SolverStats::default();
         // dL/dy at the end of the stretch being replayed, from the stretches after it.
         let mut a: Option<Tensor> = None;
-        let mut g_params: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        let mut g_params = ParamGrads::new(&self.params);
         for (k, range) in trace.segments().enumerate().rev() {
             let (t_s, t_e) = (trace.times[range.start], trace.times[range.end]);
             // The outputs this stretch computes: those in (t_s, t_e].
@@ -307,33 +308,61 @@ impl<F: ParamVectorField> Inner<F> {
                 Some(ga) => ga.detach(),
                 None => y_s.as_tensor().zeros_like()?,
             });
-            for (acc, p) in g_params.iter_mut().zip(&self.params) {
-                if let Some(gp) = grads.get(p.as_tensor()) {
-                    let gp = gp.detach();
-                    *acc = Some(match acc.take() {
-                        Some(s) => (s + gp)?,
-                        None => gp,
-                    });
-                }
-            }
+            g_params.add(&grads)?;
         }
         let a0 = match a {
             Some(a) => a,
             None => g.get(0)?.zeros_like()?,
         };
-        let g_theta = if self.params.is_empty() {
-            None
-        } else {
-            let flat = g_params
-                .into_iter()
-                .zip(&self.params)
-                .map(|(gp, p)| match gp {
-                    Some(gp) => gp.flatten_all(),
-                    None => p.as_tensor().zeros_like()?.flatten_all(),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Some(node_solvers::rk::concat_flat(&flat)?)
-        };
-        Ok((a0, g_theta, stats))
+        Ok((a0, g_params.flat()?, stats))
+    }
+}
+
+/// The parameters' gradients summed over backward passes (of replayed stretches, of
+/// reversible steps).
+pub(crate) struct ParamGrads<'a> {
+    params: &'a [Var],
+    sums: Vec<Option<Tensor>>,
+}
+
+impl<'a> ParamGrads<'a> {
+    pub(crate) fn new(params: &'a [Var]) -> Self {
+        Self {
+            params,
+            sums: vec![None; params.len()],
+        }
+    }
+
+    /// Adds the parameters' gradients of one `backward()`, detached (a gradient keeps its
+    /// graph otherwise, and memory would grow with the passes).
+    pub(crate) fn add(&mut self, grads: &GradStore) -> Result<()> {
+        for (acc, p) in self.sums.iter_mut().zip(self.params) {
+            if let Some(gp) = grads.get(p.as_tensor()) {
+                let gp = gp.detach();
+                *acc = Some(match acc.take() {
+                    Some(s) => (s + gp)?,
+                    None => gp,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The sums flattened and concatenated in the parameters' order (zeros for a parameter
+    /// no pass reached), or `None` without parameters.
+    pub(crate) fn flat(self) -> Result<Option<Tensor>> {
+        if self.params.is_empty() {
+            return Ok(None);
+        }
+        let flat = self
+            .sums
+            .into_iter()
+            .zip(self.params)
+            .map(|(gp, p)| match gp {
+                Some(gp) => gp.flatten_all(),
+                None => p.as_tensor().zeros_like()?.flatten_all(),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(node_solvers::rk::concat_flat(&flat)?))
     }
 }

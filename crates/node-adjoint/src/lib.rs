@@ -5,6 +5,7 @@ pub mod adjoint;
 pub mod checkpoint;
 pub mod field;
 pub mod options;
+pub mod reversible;
 
 pub use adjoint::{
     odeint_adjoint, odeint_adjoint_with_times, odeint_event_adjoint, odeint_events_adjoint,
@@ -15,4 +16,7 @@ pub use checkpoint::{
     odeint_events_checkpointed,
 };
 pub use field::{sorted_vars, with_params, ParamVectorField, WithParams};
-pub use options::{AdjointNorm, AdjointOptions, AdjointState, CheckpointOptions};
+pub use options::{
+    AdjointNorm, AdjointOptions, AdjointState, CheckpointOptions, ReversibleOptions,
+};
+pub use reversible::{odeint_reversible_adjoint, odeint_reversible_adjoint_with_times};

@@ -143,3 +143,29 @@ impl CheckpointOptions {
         self
     }
 }
+
+/// Options of reversible backprop ([`crate::odeint_reversible_adjoint`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReversibleOptions {
+    /// The coupling `λ ∈ (0, 1]` of the reversible scheme ([`node_solvers::reversible`]).
+    /// Below 1 the pair `(y, z)` stays together (at 1 the scheme is only weakly stable); the
+    /// backward pass divides by `λ` every step, so round-off in the reconstructed states
+    /// grows like `λ^(−n)` over `n` steps: keep it near 1. Default 0.999 (diffrax's).
+    pub coupling: f64,
+}
+
+impl Default for ReversibleOptions {
+    fn default() -> Self {
+        Self {
+            coupling: node_solvers::DEFAULT_COUPLING,
+        }
+    }
+}
+
+impl ReversibleOptions {
+    /// Sets the coupling `λ`.
+    pub fn coupling(mut self, coupling: f64) -> Self {
+        self.coupling = coupling;
+        self
+    }
+}

@@ -413,10 +413,7 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
         opts: &SolveOptions,
     ) -> Result<(Tensor, Tensor, f64)> {
         let (t0, t_end) = (ts[0], ts[ts.len() - 1]);
-        let mut grid = fixed_grid(opts, t0, t_end, dir)?;
-        grid.extend_from_slice(&ts[1..ts.len() - 1]);
-        grid.sort_by(|a, b| (a * dir).total_cmp(&(b * dir)));
-        grid.dedup();
+        let grid = with_outputs(fixed_grid(opts, t0, t_end, dir)?, ts, dir);
         let (mut y, mut z) = (y0.clone(), y0.clone());
         for w in grid.windows(2) {
             let (t, t1) = (w[0], w[1]);
@@ -437,4 +434,28 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
         let n = grid.len() - 1;
         Ok((y, z, (grid[n] - grid[n - 1]).abs()))
     }
+}
+
+/// A fixed-step grid with the output times added as step ends: a grid point within rounding
+/// of an output time (`t0 + 3h` against `0.3`) becomes that time instead of leaving a sliver
+/// step beside it.
+fn with_outputs(mut grid: Vec<f64>, ts: &[f64], dir: f64) -> Vec<f64> {
+    let span = (ts[ts.len() - 1] - ts[0]).abs();
+    let mut extra = vec![];
+    for &t in &ts[1..ts.len() - 1] {
+        let i = grid.partition_point(|&g| (g - t) * dir < 0.0);
+        let near = [i.checked_sub(1), Some(i)]
+            .into_iter()
+            .flatten()
+            .filter(|&j| j > 0 && j < grid.len() - 1)
+            .find(|&j| (grid[j] - t).abs() <= 1e-12 * span);
+        match near {
+            Some(j) => grid[j] = t,
+            None => extra.push(t),
+        }
+    }
+    grid.extend(extra);
+    grid.sort_by(|a, b| (a * dir).total_cmp(&(b * dir)));
+    grid.dedup();
+    grid
 }

@@ -99,6 +99,27 @@ fn adaptive_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Fixed steps: output times become step ends. One within rounding of a grid point replaces
+/// it (no sliver step); one between grid points adds a step.
+fn fixed_outputs_case(dev: &Device) -> Result<()> {
+    let p = Riccati;
+    let y0 = Tensor::new(&[1.0f64, 0.5], dev)?;
+    let opts = SolveOptions::default().method(Method::Rk4).fixed_steps(25);
+    // The grid point 2.5 · 7/25 is 0.7000000000000001: 0.7 takes its place.
+    let on_grid = [0.0, 0.3, 0.7, 1.0, 2.5];
+    let (_, trace) = odeint_reversible(&p.field(), &y0, &on_grid, &opts, DEFAULT_COUPLING)?;
+    assert_eq!(trace.steps(), 25);
+    let off_grid = [0.0, 0.33, 0.7, 2.5];
+    let (sol, trace) = odeint_reversible(&p.field(), &y0, &off_grid, &opts, DEFAULT_COUPLING)?;
+    assert_eq!(trace.steps(), 26);
+    for t in off_grid {
+        assert!(trace.times.contains(&t));
+    }
+    let exact = p.exact(&y0, 0.0, 0.33)?;
+    assert!(max_abs_diff(&sol.ys.get(1)?, &exact)? < 1e-6);
+    Ok(())
+}
+
 /// Walking the steps back from the last pair gives every output and `y0` again, to
 /// round-off, for several couplings, methods, and in reverse time.
 fn step_back_case(dev: &Device) -> Result<()> {
@@ -247,6 +268,12 @@ candle_core::test_device!(
     step_back_cpu,
     step_back_cuda,
     step_back_metal
+);
+candle_core::test_device!(
+    fixed_outputs_case,
+    fixed_outputs_cpu,
+    fixed_outputs_cuda,
+    fixed_outputs_metal
 );
 candle_core::test_device!(jump_case, jump_cpu, jump_cuda, jump_metal);
 candle_core::test_device!(f32_case, f32_cpu, f32_cuda, f32_metal);

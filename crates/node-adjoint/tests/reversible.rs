@@ -1,0 +1,325 @@
+//! Reversible backprop (`odeint_reversible_adjoint`): the gradients of backprop through the
+//! reversible solve, exactly, from walking its steps back; against central differences and
+//! the adjoint's; the backward pass's costs; the errors.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use node_adjoint::{
+    odeint_adjoint, odeint_adjoint_with_times, odeint_reversible_adjoint,
+    odeint_reversible_adjoint_with_times, AdjointOptions, ParamVectorField, ReversibleOptions,
+};
+use node_solvers::{odeint_reversible, Method, SolveOptions, SolverError};
+use time_mlp::{max_rel, scalar, Mlp};
+
+#[path = "common/time_mlp.rs"]
+mod time_mlp;
+
+/// `[dL/dy0, dL/dθ...]` of `L = Σ w ⊙ ys`.
+fn grads_of(ys: &Tensor, w: &Tensor, y0: &Var, field: &Mlp) -> Result<Vec<Tensor>> {
+    let g = (ys * w)?.sum_all()?.backward()?;
+    let mut out = vec![g.get(y0).expect("y0 has a gradient").clone()];
+    for p in field.params() {
+        out.push(g.get(&p).expect("every parameter has a gradient").clone());
+    }
+    Ok(out)
+}
+
+fn rev(coupling: f64) -> ReversibleOptions {
+    ReversibleOptions::default().coupling(coupling)
+}
+
+fn matches_backprop(dev: &Device) -> Result<()> {
+    let field = Mlp::new(3, 16, DType::F64, dev)?;
+    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (5, 3), dev)?)?; // a batch of 5
+    let forward = [0.0, 0.3, 0.7, 1.0, 2.5];
+    let reverse = [2.5, 1.2, 0.0];
+    let cases = [
+        (
+            SolveOptions::default().tolerances(1e-8, 1e-8),
+            &forward[..],
+            0.999,
+        ),
+        (
+            SolveOptions::default()
+                .method(Method::Bosh3)
+                .tolerances(1e-5, 1e-5),
+            &forward[..],
+            0.9,
+        ),
+        // Output times off the fixed grid (0.3 and 0.7 with steps of 0.125) join it.
+        (
+            SolveOptions::default().method(Method::Rk4).fixed_steps(20),
+            &forward[..],
+            0.999,
+        ),
+        (
+            SolveOptions::default()
+                .method(Method::Tsit5)
+                .tolerances(1e-9, 1e-9),
+            &reverse[..],
+            1.0,
+        ),
+    ];
+    for (opts, ts, coupling) in cases {
+        let m = opts.method;
+        let w = Tensor::randn(0f64, 1.0, (ts.len(), 5, 3), dev)?;
+        // Backprop through the same solve, every step's graph kept.
+        let (direct, trace) = odeint_reversible(&field, y0.as_tensor(), ts, &opts, coupling)?;
+        let want = grads_of(&direct.ys, &w, &y0, &field)?;
+        let steps = trace.steps();
+        assert!(steps >= 10, "{m}: {steps} steps");
+        let sol = odeint_reversible_adjoint(&field, y0.as_tensor(), ts, &opts, &rev(coupling))?;
+        assert_eq!(max_rel(&sol.ys, &direct.ys)?, 0.0, "{m}: forward values");
+        let got = grads_of(&sol.ys, &w, &y0, &field)?;
+        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+            // Backprop's gradients, up to the round-off of the walked-back states.
+            let r = max_rel(x, y)?;
+            assert!(r < 1e-10, "{m} λ = {coupling}, gradient {i}: {r:e}");
+        }
+        let (fwd, bwd) = (sol.stats.forward(), sol.stats.backward());
+        assert_eq!(
+            fwd, direct.stats,
+            "{m}: the forward solve is odeint_reversible's"
+        );
+        // Two increments per step, no rejections, no reads back.
+        assert_eq!(bwd.nfe, 2 * steps * trace.increment_nfe());
+        assert_eq!(bwd.accepted_steps, steps);
+        assert_eq!((bwd.rejected_steps, bwd.host_reads), (0, 0));
+        println!("{m} λ = {coupling}: {steps} steps, forward {fwd:?}, backward {bwd:?}");
+    }
+    Ok(())
+}
+
+/// Central differences of the fixed-step reversible solve, for every entry of `y0` and of the
+/// first layer's bias: the gradient of the discrete solve, which a wrong sign or a missing
+/// `(1 − λ)` term in the walk back would break.
+fn finite_differences(dev: &Device) -> Result<()> {
+    let field = Mlp::new(2, 6, DType::F64, dev)?;
+    let y0v = Tensor::randn(0f64, 1.0, (2, 2), dev)?;
+    let y0 = Var::from_tensor(&y0v)?;
+    let ts = [0.0, 0.6, 1.5];
+    let w = Tensor::randn(0f64, 1.0, (3, 2, 2), dev)?;
+    let opts = SolveOptions::default().method(Method::Rk4).fixed_steps(12);
+    let coupling = 0.8; // far from 1: the λ terms weigh
+    let sol = odeint_reversible_adjoint(&field, y0.as_tensor(), &ts, &opts, &rev(coupling))?;
+    let grads = (&sol.ys * &w)?.sum_all()?.backward()?;
+    let loss = |y0: &Tensor| -> Result<f64> {
+        let (s, _) = odeint_reversible(&field, y0, &ts, &opts, coupling)?;
+        scalar(&(s.ys * &w)?.sum_all()?)
+    };
+    let g = grads
+        .get(&y0)
+        .expect("y0")
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let eps = 1e-6;
+    let flat = y0v.flatten_all()?.to_vec1::<f64>()?;
+    for k in 0..flat.len() {
+        let bump = |d: f64| -> Result<Tensor> {
+            let mut v = flat.clone();
+            v[k] += d;
+            Ok(Tensor::new(v, dev)?.reshape((2, 2))?)
+        };
+        let fd = (loss(&bump(eps)?)? - loss(&bump(-eps)?)?) / (2.0 * eps);
+        assert!(
+            (g[k] - fd).abs() < 1e-7 * (1.0 + fd.abs()),
+            "dL/dy0[{k}]: {} vs central difference {fd}",
+            g[k]
+        );
+    }
+    // One parameter, every entry: perturb it in place and solve again.
+    let p = &field.params()[1];
+    let gp = grads.get(p).expect("θ").flatten_all()?.to_vec1::<f64>()?;
+    let pv = p.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+    for k in 0..pv.len() {
+        let mut fd = 0.0;
+        for (d, s) in [(eps, 1.0), (-eps, -1.0)] {
+            let mut v = pv.clone();
+            v[k] += d;
+            p.set(&Tensor::new(v, dev)?.reshape(p.shape())?)?;
+            fd += s * loss(y0.as_tensor())? / (2.0 * eps);
+        }
+        p.set(&Tensor::new(pv.clone(), dev)?.reshape(p.shape())?)?;
+        assert!(
+            (gp[k] - fd).abs() < 1e-7 * (1.0 + fd.abs()),
+            "dL/dθ[{k}]: {} vs central difference {fd}",
+            gp[k]
+        );
+    }
+    Ok(())
+}
+
+/// At tight tolerances the discrete gradient approaches the continuous one: the adjoint's.
+fn approaches_the_adjoint(dev: &Device) -> Result<()> {
+    let field = Mlp::new(3, 8, DType::F64, dev)?;
+    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3), dev)?)?;
+    let ts = [0.0, 1.0, 2.0];
+    let w = Tensor::randn(0f64, 1.0, (3, 4, 3), dev)?;
+    let opts = SolveOptions::default().tolerances(1e-11, 1e-11);
+    let adj = odeint_adjoint(
+        &field,
+        y0.as_tensor(),
+        &ts,
+        &opts,
+        &AdjointOptions::default(),
+    )?;
+    let want = grads_of(&adj.ys, &w, &y0, &field)?;
+    let sol = odeint_reversible_adjoint(
+        &field,
+        y0.as_tensor(),
+        &ts,
+        &opts,
+        &ReversibleOptions::default(),
+    )?;
+    let got = grads_of(&sol.ys, &w, &y0, &field)?;
+    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+        let r = max_rel(x, y)?;
+        assert!(r < 1e-7, "gradient {i}: reversible against adjoint {r:e}");
+    }
+    Ok(())
+}
+
+fn upstream_and_chained(dev: &Device) -> Result<()> {
+    // y0 = 2x feeds a reversible solve whose end feeds another: the gradient reaches x
+    // through both, as backprop through two reversible solves does.
+    let field = Mlp::new(2, 8, DType::F64, dev)?;
+    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 2), dev)?)?;
+    let opts = SolveOptions::default().tolerances(1e-7, 1e-7);
+    let r = ReversibleOptions::default();
+    let y0 = x.as_tensor().affine(2.0, 0.0)?;
+    let y1 = odeint_reversible_adjoint(&field, &y0, &[0.0, 1.0], &opts, &r)?
+        .ys
+        .get(1)?;
+    let y2 = odeint_reversible_adjoint(&field, &y1, &[1.0, 2.0], &opts, &r)?
+        .ys
+        .get(1)?;
+    let got = y2.sqr()?.sum_all()?.backward()?;
+    let d1 = odeint_reversible(&field, &y0, &[0.0, 1.0], &opts, r.coupling)?
+        .0
+        .ys
+        .get(1)?;
+    let d2 = odeint_reversible(&field, &d1, &[1.0, 2.0], &opts, r.coupling)?
+        .0
+        .ys
+        .get(1)?;
+    let want = d2.sqr()?.sum_all()?.backward()?;
+    let rel = max_rel(got.get(&x).expect("x"), want.get(&x).expect("x"))?;
+    assert!(rel < 1e-10, "dL/dx: relative difference {rel:e}");
+    for p in field.params() {
+        let rel = max_rel(got.get(&p).expect("θ"), want.get(&p).expect("θ"))?;
+        assert!(rel < 1e-10, "dL/dθ: relative difference {rel:e}");
+    }
+    Ok(())
+}
+
+fn f32_works(dev: &Device) -> Result<()> {
+    let field = Mlp::new(3, 8, DType::F32, dev)?;
+    let y0 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3), dev)?)?;
+    let ts = [0.0, 0.5, 1.0];
+    let w = Tensor::randn(0f32, 1.0, (3, 4, 3), dev)?;
+    let opts = SolveOptions::default().tolerances(1e-5, 1e-5);
+    let r = ReversibleOptions::default();
+    let (direct, _) = odeint_reversible(&field, y0.as_tensor(), &ts, &opts, r.coupling)?;
+    let want = grads_of(&direct.ys, &w, &y0, &field)?;
+    let sol = odeint_reversible_adjoint(&field, y0.as_tensor(), &ts, &opts, &r)?;
+    let got = grads_of(&sol.ys, &w, &y0, &field)?;
+    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+        let rel = max_rel(x, y)?;
+        assert!(rel < 1e-5, "f32 gradient {i}: relative difference {rel:e}");
+    }
+    Ok(())
+}
+
+fn time_gradients(dev: &Device) -> Result<()> {
+    // Output times as a tensor: the flow identity's dL/dt_i, as the adjoint's; y0 and θ get
+    // the same gradients as without.
+    let field = Mlp::new(2, 6, DType::F64, dev)?;
+    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 2), dev)?)?;
+    let opts = SolveOptions::default().tolerances(1e-11, 1e-11);
+    let r = ReversibleOptions::default();
+    for ts_v in [[0.2f64, 0.7, 1.4, 2.0], [2.0, 1.1, 0.4, 0.0]] {
+        let w = Tensor::randn(0f64, 1.0, (4, 3, 2), dev)?;
+        let ts = Var::from_tensor(&Tensor::new(&ts_v, dev)?)?;
+        let sol = odeint_reversible_adjoint_with_times(&field, y0.as_tensor(), &ts, &opts, &r)?;
+        let grads = (&sol.ys * &w)?.sum_all()?.backward()?;
+        let plain = odeint_reversible_adjoint(&field, y0.as_tensor(), &ts_v, &opts, &r)?;
+        let want = grads_of(&plain.ys, &w, &y0, &field)?;
+        let rel = max_rel(grads.get(&y0).expect("y0"), &want[0])?;
+        assert!(rel < 1e-13, "{ts_v:?}: dL/dy0 {rel:e}");
+        let adj = odeint_adjoint_with_times(
+            &field,
+            y0.as_tensor(),
+            &ts,
+            &opts,
+            &AdjointOptions::default(),
+        )?;
+        let ga = (&adj.ys * &w)?.sum_all()?.backward()?;
+        let rel = max_rel(grads.get(&ts).expect("ts"), ga.get(&ts).expect("ts"))?;
+        assert!(
+            rel < 1e-7,
+            "{ts_v:?}: dL/dts against the adjoint's: {rel:e}"
+        );
+    }
+    // A single output time: y(t_0) = y0, whatever t_0.
+    let ts = Var::from_tensor(&Tensor::new(&[0.5f64], dev)?)?;
+    let sol = odeint_reversible_adjoint_with_times(&field, y0.as_tensor(), &ts, &opts, &r)?;
+    let w = Tensor::randn(0f64, 1.0, (1, 3, 2), dev)?;
+    let grads = (&sol.ys * &w)?.sum_all()?.backward()?;
+    assert_eq!(grads.get(&ts).expect("ts").to_vec1::<f64>()?, [0.0]);
+    assert_eq!(max_rel(grads.get(&y0).expect("y0"), &w.get(0)?)?, 0.0);
+    Ok(())
+}
+
+fn errors(dev: &Device) -> Result<()> {
+    let field = Mlp::new(2, 4, DType::F32, dev)?;
+    let y0 = Tensor::zeros((1, 2), DType::F64, dev)?;
+    let opts = SolveOptions::default();
+    let r = ReversibleOptions::default();
+    let e = odeint_reversible_adjoint(&field, &y0, &[0.0, 1.0], &opts, &r).unwrap_err();
+    assert!(e.to_string().contains("dtype"), "{e}");
+    let y0 = y0.to_dtype(DType::F32)?;
+    for (opts, r) in [
+        (opts.clone(), r.coupling(0.0)),
+        (opts.clone().method(Method::Kvaerno3), r),
+    ] {
+        let e = odeint_reversible_adjoint(&field, &y0, &[0.0, 1.0], &opts, &r).unwrap_err();
+        assert!(
+            matches!(SolverError::find(&e), Some(SolverError::InvalidOptions(_))),
+            "{e}"
+        );
+    }
+    Ok(())
+}
+
+candle_core::test_device!(
+    matches_backprop,
+    matches_backprop_cpu,
+    matches_backprop_cuda,
+    matches_backprop_metal
+);
+candle_core::test_device!(
+    finite_differences,
+    finite_differences_cpu,
+    finite_differences_cuda,
+    finite_differences_metal
+);
+candle_core::test_device!(
+    approaches_the_adjoint,
+    approaches_the_adjoint_cpu,
+    approaches_the_adjoint_cuda,
+    approaches_the_adjoint_metal
+);
+candle_core::test_device!(
+    upstream_and_chained,
+    upstream_and_chained_cpu,
+    upstream_and_chained_cuda,
+    upstream_and_chained_metal
+);
+candle_core::test_device!(f32_works, f32_works_cpu, f32_works_cuda, f32_works_metal);
+candle_core::test_device!(
+    time_gradients,
+    time_gradients_cpu,
+    time_gradients_cuda,
+    time_gradients_metal
+);
+candle_core::test_device!(errors, errors_cpu, errors_cuda, errors_metal);
