@@ -744,8 +744,7 @@ fn fixed<F: VectorField + ?Sized>(
     let mut f0 = ev.eval(stops.start(t), &y)?;
     let mut newton = Newton::for_method(ev, opts, y0)?;
     let mut next = 1;
-    for i in 1..=n {
-        let t1 = grid[i];
+    for (i, &t1) in grid.iter().enumerate().skip(1) {
         let (t0_eval, t1_eval) = (stops.start(t), stops.end(t1));
         let Some(step) = rk_step(
             tab,
