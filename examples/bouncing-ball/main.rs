@@ -162,6 +162,9 @@ impl Ball {
                         odeint_event_checkpointed(&field, &y0, t, t_max, &ground, &opts, &ev, &ck)?;
                     (s.t, s.time, s.y, s.event)
                 }
+                GradientArg::Reversible => bail!(
+                    "--gradient reversible: the reversible solver does not locate events; use backprop, checkpoint, adjoint or interpolated"
+                ),
                 GradientArg::Adjoint | GradientArg::Interpolated => {
                     let adj = AdjointOptions::default().state(mode.adjoint_state());
                     let s = odeint_event_adjoint(&field, &y0, t, t_max, &ground, &opts, &ev, &adj)?;

@@ -31,11 +31,16 @@ pub enum GradientArg {
     /// solved backwards: no drift from the backward solve and works on stiff problems;
     /// memory grows with the forward steps.
     Interpolated,
+    /// Reversible backprop: the method made algebraically reversible and its steps walked
+    /// back; backprop's exact gradients with memory independent of the steps, for about
+    /// twice the forward evaluations (explicit methods only).
+    Reversible,
 }
 
 impl GradientArg {
     /// The library's gradient mode: the adjoint's reverse solve at `rtol` and `atol` (solved
-    /// backwards, or interpolated), backprop, or checkpointing with `checkpoint`'s states.
+    /// backwards, or interpolated), backprop, checkpointing with `checkpoint`'s states, or
+    /// reversible backprop.
     pub fn gradient(
         self,
         rtol: f64,
@@ -50,6 +55,9 @@ impl GradientArg {
             ),
             GradientArg::Backprop => node_models::Gradient::Backprop,
             GradientArg::Checkpoint => node_models::Gradient::Checkpoint(checkpoint.options()),
+            GradientArg::Reversible => {
+                node_models::Gradient::Reversible(node_adjoint::ReversibleOptions::default())
+            }
         }
     }
 

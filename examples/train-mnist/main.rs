@@ -11,7 +11,7 @@ use common::{
     device_label, log, pick_device, stop_flag, stopped, CheckpointArgs, DeviceArg, GradientArg,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use node_adjoint::{AdjointNorm, AdjointOptions};
+use node_adjoint::{AdjointNorm, AdjointOptions, ReversibleOptions};
 use node_kernels::GraphStep;
 use node_models::checkpoint::{self, PartialEpoch, Resumed};
 use node_models::mnist::{self, DataError, Split};
@@ -182,6 +182,7 @@ fn ode_config(args: &Args) -> Result<OdeConfig> {
         ),
         Some(GradientArg::Backprop) => Gradient::Backprop,
         Some(GradientArg::Checkpoint) => Gradient::Checkpoint(args.checkpoint.options()),
+        Some(GradientArg::Reversible) => Gradient::Reversible(ReversibleOptions::default()),
         None => match cfg.gradient {
             Gradient::Adjoint(_) => Gradient::Adjoint(AdjointOptions::default().norm(norm)),
             g => g,

@@ -501,8 +501,9 @@ impl<G: CdeVectorField> ParamVectorField for Controlled<G> {
 /// same spirals at rtol 1e-3: 602 instead of 386): there, solve [`Controlled::new`]`(field,
 /// path)` with [`Gradient::solve`] yourself.
 ///
-/// With [`Gradient::Adjoint`] or [`Gradient::Checkpoint`] the path is data (detached: no
-/// gradient reaches the observations); with [`Gradient::Backprop`] gradients flow into it.
+/// With [`Gradient::Adjoint`], [`Gradient::Checkpoint`] or [`Gradient::Reversible`] the path
+/// is data (detached: no gradient reaches the observations); with [`Gradient::Backprop`]
+/// gradients flow into it.
 ///
 /// # Shapes
 /// `z0: [B, H]`, the path's batch `B` → `[ts.len(), B, H]`.

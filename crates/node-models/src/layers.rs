@@ -5,8 +5,8 @@
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
 use node_adjoint::{
-    odeint_adjoint, odeint_checkpointed, AdjointOptions, AdjointStats, CheckpointOptions,
-    ParamVectorField,
+    odeint_adjoint, odeint_checkpointed, odeint_reversible_adjoint, AdjointOptions, AdjointStats,
+    CheckpointOptions, ParamVectorField, ReversibleOptions,
 };
 use node_solvers::{odeint, SolveOptions, VectorField};
 
@@ -380,6 +380,11 @@ pub enum Gradient {
     /// gradient with memory bounded by the stored states and one replayed stretch of steps,
     /// for about one more forward pass.
     Checkpoint(CheckpointOptions),
+    /// Reversible backprop ([`node_adjoint::odeint_reversible_adjoint`]): the solver's
+    /// method made algebraically reversible, its steps walked back for backprop's exact
+    /// gradient (of that reversible solve) with memory that does not grow with the steps;
+    /// about twice the forward evaluations. Explicit methods only.
+    Reversible(ReversibleOptions),
 }
 
 impl Gradient {
@@ -409,6 +414,7 @@ impl Gradient {
             }
             Gradient::Adjoint(a) => odeint_adjoint(f, y0, ts, opts, a)?,
             Gradient::Checkpoint(c) => odeint_checkpointed(f, y0, ts, opts, c)?,
+            Gradient::Reversible(r) => odeint_reversible_adjoint(f, y0, ts, opts, r)?,
         };
         let stats = BlockStats {
             nfe_forward: sol.stats.forward().nfe,
@@ -423,7 +429,8 @@ impl Gradient {
 pub struct BlockStats {
     /// Evaluations of the field in the forward solve.
     pub nfe_forward: usize,
-    /// For the adjoint and checkpointing, a handle whose backward counts fill in after
+    /// For the adjoint, checkpointing and reversible backprop, a handle whose backward counts
+    /// fill in after
     /// `backward()`.
     pub adjoint: Option<AdjointStats>,
 }

@@ -8,7 +8,7 @@ mod common;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
-use node_adjoint::{with_params, AdjointOptions, CheckpointOptions};
+use node_adjoint::{with_params, AdjointOptions, CheckpointOptions, ReversibleOptions};
 use node_models::cde::{
     binary_cross_entropy_with_logits, cdeint, fill_missing, spiral_directions, ControlPath,
     Controlled, Interpolation, NeuralCde, NeuralCdeConfig,
@@ -476,8 +476,8 @@ fn build(
     Ok((varmap, model))
 }
 
-/// The loss's gradients by the adjoint and by checkpointing agree with backprop's, for every
-/// kind of path.
+/// The loss's gradients by the adjoint, by checkpointing and by reversible backprop (another
+/// discretization, at the same tight tolerance) agree with backprop's, for every kind of path.
 fn gradient_modes_agree(dev: &Device) -> Result<()> {
     let data = spiral_directions(6, 20, 0.05, 0.0, &mut Rng::new(8), DType::F64, dev)?;
     for kind in Interpolation::ALL {
@@ -485,6 +485,7 @@ fn gradient_modes_agree(dev: &Device) -> Result<()> {
             Gradient::Backprop,
             Gradient::Adjoint(AdjointOptions::default().tolerances(1e-10, 1e-12)),
             Gradient::Checkpoint(CheckpointOptions::default().checkpoints(4)),
+            Gradient::Reversible(ReversibleOptions::default()),
         ];
         let mut grads: Vec<Vec<f64>> = Vec::new();
         for gradient in modes {
@@ -504,7 +505,11 @@ fn gradient_modes_agree(dev: &Device) -> Result<()> {
             }
             grads.push(flat);
         }
-        for (name, g) in [("adjoint", &grads[1]), ("checkpoint", &grads[2])] {
+        for (name, g) in [
+            ("adjoint", &grads[1]),
+            ("checkpoint", &grads[2]),
+            ("reversible", &grads[3]),
+        ] {
             let scale = grads[0].iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let err = g
                 .iter()

@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
-use node_adjoint::{AdjointOptions, CheckpointOptions};
+use node_adjoint::{AdjointOptions, CheckpointOptions, ReversibleOptions};
 use node_models::latent_ode::{spirals, LatentOde, LatentOdeConfig};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::SolveOptions;
@@ -186,6 +186,7 @@ fn gradient_modes_agree(dev: &Device) -> Result<()> {
             Gradient::Adjoint(AdjointOptions::default().tolerances(1e-10, 1e-10)),
             Gradient::Backprop,
             Gradient::Checkpoint(CheckpointOptions::default().checkpoints(4)),
+            Gradient::Reversible(ReversibleOptions::default()),
         ] {
             let (vm, m) = build(&cfg, gradient, opts.clone(), DType::F64, dev)?;
             all.push(gradients(&m, &vm, &x, &ts, mask.as_ref(), &eps)?);
@@ -194,6 +195,14 @@ fn gradient_modes_agree(dev: &Device) -> Result<()> {
         ensure!(scale > 1e-3);
         for (a, b) in all[0].iter().zip(&all[1]) {
             ensure!((a - b).abs() <= 1e-6 * scale, "{a} vs {b} (scale {scale})");
+        }
+        // Reversible backprop differentiates another discretization of the same ODE: the
+        // continuous gradient, up to the solves' tolerance.
+        for (r, b) in all[3].iter().zip(&all[1]) {
+            ensure!(
+                (r - b).abs() <= 1e-6 * scale,
+                "reversible {r} vs {b} (scale {scale})"
+            );
         }
         // Checkpointed backprop, 4 stored states for the 8 output times: backprop's
         // gradients up to the order of the floating-point sums.
