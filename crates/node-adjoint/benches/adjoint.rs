@@ -1,18 +1,18 @@
 //! Memory, leak, backward-NFE and time benchmarks of the adjoint, beside backprop through the
-//! solver and checkpointed backprop (64 stored states). `cargo bench -p node-adjoint --bench adjoint [-- memory|leak|norms|time]`.
+//! solver, checkpointed backprop (64 stored states) and reversible backprop (λ = 0.999). `cargo bench -p node-adjoint --bench adjoint [-- memory|leak|norms|time]`.
 //!
 //! - memory: peak resident memory of one gradient (RSS high-water mark above the RSS after
 //!   set-up, each variant in a fresh process) for RK4 with 10/100/1000 fixed steps, batch
 //!   256, state 64, MLP 64-256-64 tanh, L = Σ z(1)² (the peer script `memory_scaling.py`).
 //! - leak: RSS over 300 training steps (gradient + SGD update) of the same problem, with the
-//!   adjoint and with checkpointing.
+//!   adjoint, checkpointing and reversible backprop.
 //! - norms: backward NFE of the seminorm and the full norm on the `ode_demo` MLP.
 //! - time: one gradient of the `ode_demo` problem (the peer script `adjoint_grad.py`).
 
 use candle_core::{Device, Result, Tensor, Var};
 use node_adjoint::{
-    odeint_adjoint, odeint_checkpointed, AdjointNorm, AdjointOptions, CheckpointOptions,
-    ParamVectorField,
+    odeint_adjoint, odeint_checkpointed, odeint_reversible_adjoint, AdjointNorm, AdjointOptions,
+    CheckpointOptions, ParamVectorField, ReversibleOptions,
 };
 use node_solvers::{odeint, Method, SolveOptions};
 use std::collections::HashMap;
@@ -39,16 +39,21 @@ enum Mode<'a> {
     Direct,
     Adjoint(&'a AdjointOptions),
     Checkpoint(&'a CheckpointOptions),
+    Reversible(&'a ReversibleOptions),
 }
 
 impl Mode<'_> {
     fn parse(name: &str) -> Option<Mode<'static>> {
         static ADJ: std::sync::OnceLock<AdjointOptions> = std::sync::OnceLock::new();
         static CK: CheckpointOptions = CheckpointOptions { checkpoints: 64 };
+        static REV: ReversibleOptions = ReversibleOptions {
+            coupling: node_solvers::DEFAULT_COUPLING,
+        };
         match name {
             "direct" => Some(Mode::Direct),
             "adjoint" => Some(Mode::Adjoint(ADJ.get_or_init(AdjointOptions::default))),
             "checkpoint" => Some(Mode::Checkpoint(&CK)),
+            "reversible" => Some(Mode::Reversible(&REV)),
             _ => None,
         }
     }
@@ -67,6 +72,10 @@ fn gradient(
         }
         Mode::Checkpoint(c) => {
             let s = odeint_checkpointed(f, z0, &[0.0, 1.0], opts, c)?;
+            (s.ys, s.stats.forward().nfe, Some(s.stats))
+        }
+        Mode::Reversible(r) => {
+            let s = odeint_reversible_adjoint(f, z0, &[0.0, 1.0], opts, r)?;
             (s.ys, s.stats.forward().nfe, Some(s.stats))
         }
         Mode::Direct => {
@@ -111,7 +120,7 @@ fn memory() -> Result<()> {
         (("adjoint", 1000), 58.3),
     ]);
     let exe = std::env::current_exe().map_err(candle_core::Error::wrap)?;
-    for mode in ["direct", "adjoint", "checkpoint"] {
+    for mode in ["direct", "adjoint", "checkpoint", "reversible"] {
         for steps in [10usize, 100, 1000] {
             let out = std::process::Command::new(&exe)
                 .args(["memory-child", mode, &steps.to_string()])
@@ -129,7 +138,7 @@ fn memory() -> Result<()> {
                 );
                 continue;
             }
-            // torchdiffeq has no checkpointed mode.
+            // torchdiffeq has no checkpointed or reversible mode.
             let theirs = torch
                 .get(&(mode, steps))
                 .map_or("–".to_string(), |m| m.to_string());
@@ -148,13 +157,18 @@ fn leak() -> Result<()> {
     let opts = SolveOptions::default().method(Method::Rk38).fixed_steps(20);
     let adj = AdjointOptions::default();
     let ck = CheckpointOptions::default().checkpoints(4);
+    let rev = ReversibleOptions::default();
     let marks = [1, 10, 50, 100, 200, 300];
     println!(
         "| mode | RSS (MiB) at step {} |",
         marks.map(|m| m.to_string()).join(" | ")
     );
     println!("|---|{}", "---:|".repeat(marks.len()));
-    for mode in [Mode::Adjoint(&adj), Mode::Checkpoint(&ck)] {
+    for mode in [
+        Mode::Adjoint(&adj),
+        Mode::Checkpoint(&ck),
+        Mode::Reversible(&rev),
+    ] {
         let f = Mlp::random(64, 256, &dev)?;
         let z0 = Tensor::randn(0f32, 1.0, (256, 64), &dev)?;
         let mut rss = String::new();
@@ -162,6 +176,9 @@ fn leak() -> Result<()> {
             let ys = match mode {
                 Mode::Adjoint(a) => odeint_adjoint(&f, &z0, &[0.0, 1.0], &opts, a)?.ys,
                 Mode::Checkpoint(c) => odeint_checkpointed(&f, &z0, &[0.0, 1.0], &opts, c)?.ys,
+                Mode::Reversible(r) => {
+                    odeint_reversible_adjoint(&f, &z0, &[0.0, 1.0], &opts, r)?.ys
+                }
                 Mode::Direct => unreachable!("backprop keeps no state between steps"),
             };
             let g = ys.get(1)?.sqr()?.mean_all()?.backward()?;
@@ -174,6 +191,7 @@ fn leak() -> Result<()> {
         }
         let name = match mode {
             Mode::Adjoint(_) => "adjoint",
+            Mode::Reversible(_) => "reversible",
             _ => "checkpoint (4 states)",
         };
         println!("| {name} |{rss}");
@@ -211,13 +229,16 @@ fn time() -> Result<()> {
         .fixed_steps(100);
     let adj = AdjointOptions::default();
     let ck = CheckpointOptions::default();
+    let rev = ReversibleOptions::default();
     for (name, opts, a) in [
         ("direct_dopri5", &dopri, Mode::Direct),
         ("adjoint_dopri5", &dopri, Mode::Adjoint(&adj)),
         ("checkpoint_dopri5", &dopri, Mode::Checkpoint(&ck)),
+        ("reversible_dopri5", &dopri, Mode::Reversible(&rev)),
         ("direct_rk4_100", &rk4, Mode::Direct),
         ("adjoint_rk4_100", &rk4, Mode::Adjoint(&adj)),
         ("checkpoint_rk4_100", &rk4, Mode::Checkpoint(&ck)),
+        ("reversible_rk4_100", &rk4, Mode::Reversible(&rev)),
     ] {
         let mut times = vec![];
         let mut nfe = (0, 0);

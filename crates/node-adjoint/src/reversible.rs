@@ -16,7 +16,9 @@
 //!
 //! Each increment is evaluated once, on a fresh `Var`, and its vector–Jacobian products come
 //! from Candle autograd: the same operations as the forward step, so the gradient is that of
-//! the discrete solve, exactly up to round-off, and memory holds one step's graph.
+//! the discrete solve, exactly up to round-off, and memory holds one step's graph. Where the
+//! forward solve started the pair afresh (`z := y`, on contracting dynamics), `ā_z` moves to
+//! `ā_y` and the walk continues from the pair kept there.
 
 use crate::adjoint::{apply_op, check_param_dtypes, detached, AdjointSolution, Inner, Times};
 use crate::checkpoint::ParamGrads;
@@ -27,8 +29,8 @@ use node_solvers::{odeint_reversible, ReversibleTrace, SolveOptions, SolverStats
 
 /// Solves `dy/dt = f(t, y; θ)` from `y(ts[0]) = y0` with the reversible form of
 /// `opts.method` ([`node_solvers::odeint_reversible`]), with the exact gradients of that
-/// discrete solve (backprop's) and memory that does not grow with the steps (their times
-/// aside).
+/// discrete solve (backprop's) and memory that does not grow with the steps: their times, and
+/// two states each time an adaptive solve restarts its pair (only on contracting dynamics).
 ///
 /// `loss.backward()` reaches `y0` (and whatever produced it) and every parameter in
 /// `f.params()`. Compared with [`crate::odeint_adjoint`]: the gradient of what was computed,
@@ -153,6 +155,14 @@ impl<F: ParamVectorField> Inner<F> {
             }
             if trace.times[i + 1] == ts[out] {
                 out -= 1;
+            }
+            if let Some((y_kept, z_kept)) = trace.resync_at(i + 1) {
+                // The forward solve set `z := y` here: what reached `z` reaches `y`, and the
+                // walk continues from the pair before (`y` exact, from the forward solve).
+                if let Some(a_z) = a_z.take() {
+                    a_y = (a_y + a_z)?;
+                }
+                (y, z) = (y_kept.clone(), z_kept.clone());
             }
             // z_n = z_(n+1) + B(y_(n+1)), and B's products with ā_z.
             let a_y_total;

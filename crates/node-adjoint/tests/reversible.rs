@@ -6,9 +6,10 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use node_adjoint::{
     odeint_adjoint, odeint_adjoint_with_times, odeint_reversible_adjoint,
-    odeint_reversible_adjoint_with_times, AdjointOptions, ParamVectorField, ReversibleOptions,
+    odeint_reversible_adjoint_with_times, with_params, AdjointOptions, ParamVectorField,
+    ReversibleOptions,
 };
-use node_solvers::{odeint_reversible, Method, SolveOptions, SolverError};
+use node_solvers::{odeint_reversible, Method, SolveOptions, SolverError, VectorField};
 use time_mlp::{max_rel, scalar, Mlp};
 
 #[path = "common/time_mlp.rs"]
@@ -87,6 +88,51 @@ fn matches_backprop(dev: &Device) -> Result<()> {
         assert_eq!((bwd.rejected_steps, bwd.host_reads), (0, 0));
         println!("{m} λ = {coupling}: {steps} steps, forward {fwd:?}, backward {bwd:?}");
     }
+    Ok(())
+}
+
+/// Contracting dynamics (`f = mlp − 5y`): the forward solve starts the pair afresh several
+/// times, and the walk back goes through each restart (what reached `z` goes to `y`), still
+/// with backprop's gradients.
+fn contracting_matches_backprop(dev: &Device) -> Result<()> {
+    let mlp = Mlp::new(3, 16, DType::F64, dev)?;
+    let inner = mlp.clone();
+    let field = with_params(
+        move |t: f64, y: &Tensor| inner.eval(t, y)? - y.affine(5.0, 0.0)?,
+        mlp.params(),
+    );
+    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (5, 3), dev)?)?;
+    let ts = [0.0, 0.5, 1.0, 2.0];
+    let opts = SolveOptions::default().tolerances(1e-7, 1e-7);
+    let w = Tensor::randn(0f64, 1.0, (ts.len(), 5, 3), dev)?;
+    let r = ReversibleOptions::default();
+    let (direct, trace) = odeint_reversible(&field, y0.as_tensor(), &ts, &opts, r.coupling)?;
+    assert!(
+        trace.resyncs() >= 3,
+        "{} resyncs in {} steps",
+        trace.resyncs(),
+        trace.steps()
+    );
+    let grads = |ys: &Tensor| -> Result<Vec<Tensor>> {
+        let g = (ys * &w)?.sum_all()?.backward()?;
+        let mut out = vec![g.get(&y0).expect("y0").clone()];
+        for p in mlp.params() {
+            out.push(g.get(&p).expect("θ").clone());
+        }
+        Ok(out)
+    };
+    let want = grads(&direct.ys)?;
+    let sol = odeint_reversible_adjoint(&field, y0.as_tensor(), &ts, &opts, &r)?;
+    let got = grads(&sol.ys)?;
+    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+        let rel = max_rel(x, y)?;
+        assert!(rel < 1e-10, "gradient {i}: {rel:e}");
+    }
+    println!(
+        "{} steps, {} resyncs: gradients equal backprop's",
+        trace.steps(),
+        trace.resyncs()
+    );
     Ok(())
 }
 
@@ -296,6 +342,12 @@ candle_core::test_device!(
     matches_backprop_cpu,
     matches_backprop_cuda,
     matches_backprop_metal
+);
+candle_core::test_device!(
+    contracting_matches_backprop,
+    contracting_cpu,
+    contracting_cuda,
+    contracting_metal
 );
 candle_core::test_device!(
     finite_differences,

@@ -90,6 +90,17 @@ pub enum SolverError {
         /// The step.
         h: f64,
     },
+    /// A reversible solve ([`crate::odeint_reversible`]) could not keep its two copies of the
+    /// solution, `y` and `z`, together: their difference is a parasitic mode that evolves
+    /// like the dynamics run backwards, so dynamics that contract fast make it grow faster
+    /// than the coupling damps it.
+    #[error("the reversible solve diverged at t = {t}: y and z differ by {gap:.3e} times the tolerance (the dynamics contract too fast for the reversible scheme; use checkpointed backprop or the adjoint)")]
+    ReversibleDiverged {
+        /// Time reached.
+        t: f64,
+        /// `‖y − z‖` over the error scale (for a fixed-step solve, over `0.1 ‖y‖`).
+        gap: f64,
+    },
     /// An implicit method was asked to be differentiated by backprop through its steps.
     #[error("implicit method `{method}` cannot be differentiated through by backprop (its Newton iterations run on the host): detach the inputs, or use the adjoint (node_adjoint::odeint_adjoint)")]
     NotDifferentiable {

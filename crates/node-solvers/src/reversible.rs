@@ -18,14 +18,24 @@
 //! y_n = (y_(n+1) − (1 − λ) z_n − Ψ_h(t_n, z_n)) / λ
 //! ```
 //!
-//! so a backward pass can walk the steps back from the last pair alone, recomputing each
-//! step's increments to differentiate them: the gradient of the discrete solve, exactly (up to
+//! so a backward pass can walk the steps back from the last pair, recomputing each step's
+//! increments to differentiate them: the gradient of the discrete solve, exactly (up to
 //! round-off), with memory that does not grow with the steps beyond their times
-//! (`node_adjoint::odeint_reversible`). The solution `y` has the base method's order; each
-//! step costs two increments, about twice the base method's evaluations. `λ < 1` keeps the
-//! pair from drifting apart (with `λ = 1` the scheme is only weakly stable); the reverse
-//! walk divides by `λ` each step, so round-off grows like `λ^(−n)` (`e` after 1000 steps at
-//! the default `λ = 0.999`).
+//! (`node_adjoint::odeint_reversible_adjoint`). The solution `y` has the base method's order;
+//! each step costs two increments, about twice the base method's evaluations. The walk back
+//! divides by `λ` each step, so round-off grows like `λ^(−n)` (`e` after 1000 steps at the
+//! default `λ = 0.999`).
+//!
+//! The difference `y − z` is a parasitic mode of the scheme. On a linear problem `y' = μy`
+//! it is multiplied by about `λ e^(−hμ)` per step: it evolves like the dynamics run
+//! backwards, and `y` carries about half of it. Where the dynamics contract (`μ < 0`) it
+//! grows unless `|hμ| < 1 − λ`: on `y' = −10 y` over `[0, 1]`, dopri5 at rtol 1e-6 would end
+//! at 6e-3 instead of 4.5e-5. So an adaptive solve reads the gap with the error ratio (the
+//! same read) and, when it passes the tolerance, starts the pair afresh (`z := y`, a step
+//! the walk back undoes from the pair it keeps): exact gradients still, memory of two states
+//! per restart, none on dynamics that do not contract. A fixed-step solve reads nothing per
+//! step; it fails with [`SolverError::ReversibleDiverged`] when the pair ends more than 10%
+//! apart.
 //!
 //! Output times are steps' ends (the solve steps to each one), so outputs need no
 //! interpolation and the backward pass meets each one at a step's end.
@@ -42,16 +52,24 @@ use crate::solve::{
 use crate::tableau::ButcherTableau;
 use candle_core::{Result, Tensor};
 
+/// The largest gap `‖y − z‖ / ‖y‖` (RMS) a fixed-step reversible solve may end with: far
+/// above the pair's difference in a stable solve (the size of its local errors), far below
+/// what a diverging one reaches.
+const MAX_FIXED_GAP: f64 = 0.1;
+
 /// The default coupling `λ` of [`odeint_reversible`] (diffrax's).
 pub const DEFAULT_COUPLING: f64 = 0.999;
 
-/// What the backward pass of a reversible solve needs: the steps' times and the last pair
-/// `(y, z)`. Nothing else is kept, whatever the number of steps.
+/// What the backward pass of a reversible solve needs: the steps' times, the last pair
+/// `(y, z)`, and the pairs replaced where the solve started the pair afresh.
 #[derive(Clone, Debug)]
 pub struct ReversibleTrace {
     /// The accepted steps' ends, from `ts[0]` to the last output time: step `i` runs from
     /// `times[i]` to `times[i + 1]`. Every output time is one of them.
     pub times: Vec<f64>,
+    /// Where an adaptive solve started the pair afresh (`z := y`, after the step ending at
+    /// `times[i]`), with `y` there and the `z` it replaced: sorted by `i`.
+    resyncs: Vec<(usize, Tensor, Tensor)>,
     /// `y` at the last time (the last output).
     pub y: Tensor,
     /// `z` at the last time.
@@ -65,6 +83,21 @@ impl ReversibleTrace {
     /// The number of steps.
     pub fn steps(&self) -> usize {
         self.times.len() - 1
+    }
+
+    /// How often the pair was started afresh (each time keeps two states).
+    pub fn resyncs(&self) -> usize {
+        self.resyncs.len()
+    }
+
+    /// The pair `(y, z)` at `times[index]` before it was started afresh there (`z := y`), if
+    /// it was: walking back past `times[index]`, continue from it (its `y` is the forward
+    /// value, exact, where the walk back has accumulated round-off).
+    pub fn resync_at(&self, index: usize) -> Option<(&Tensor, &Tensor)> {
+        self.resyncs
+            .binary_search_by_key(&index, |(i, _, _)| *i)
+            .ok()
+            .map(|k| (&self.resyncs[k].1, &self.resyncs[k].2))
     }
 
     /// The coupling `λ`.
@@ -125,7 +158,8 @@ impl ReversibleTrace {
     }
 
     /// Walks step `step` back: `(y_n, z_n)` from `(y_(n+1), z_(n+1))`, with no graph kept
-    /// beyond what the inputs carry. Two increments.
+    /// beyond what the inputs carry. Two increments. Where the pair was started afresh at
+    /// `times[step + 1]` ([`ReversibleTrace::resync_at`]), pass the pair kept there.
     ///
     /// # Errors
     /// As [`ReversibleTrace::increment`].
@@ -197,8 +231,9 @@ fn increment<F: VectorField + ?Sized>(
 /// needs.
 ///
 /// Adaptive solves control the error of the forward increment `Ψ_h(t_n, z_n)` (the base
-/// method's embedded estimate, scaled by `y_n` and `y_(n+1)`), so a rejected step costs one
-/// increment; they step to every output time, and to `step_ts` and `jump_ts`. A fixed-step
+/// method's embedded estimate, scaled by `y_n` and `y_(n+1)`), start the pair afresh when
+/// `y − z` passes the tolerance (module docs), and step to every output time, and to
+/// `step_ts` and `jump_ts`. A fixed-step
 /// solve adds the output times to its grid. The solve is plain Candle ops: backprop through
 /// it works as for [`crate::odeint`], and `node_adjoint::odeint_reversible` gives the same
 /// gradients with memory that does not grow with the steps.
@@ -207,7 +242,8 @@ fn increment<F: VectorField + ?Sized>(
 /// As [`crate::odeint`]: `y0` any shape `S`, `ys` `[ts.len(), ...S]`.
 ///
 /// # Errors
-/// Those of [`crate::odeint`]; an implicit method; a coupling outside `(0, 1]`.
+/// Those of [`crate::odeint`]; an implicit method; a coupling outside `(0, 1]`; a fixed-step
+/// pair that diverged ([`SolverError::ReversibleDiverged`]).
 ///
 /// # Example
 /// ```
@@ -222,6 +258,9 @@ fn increment<F: VectorField + ?Sized>(
 /// assert!((sol.last()?.to_vec1::<f64>()?[0] - (-1.0f64).exp()).abs() < 1e-7);
 /// let (mut y, mut z) = (trace.y.clone(), trace.z.clone());
 /// for i in (0..trace.steps()).rev() {
+///     if let Some((y_kept, z_kept)) = trace.resync_at(i + 1) {
+///         (y, z) = (y_kept.clone(), z_kept.clone());
+///     }
 ///     (y, z) = trace.step_back(&f, i, &y, &z)?;
 /// }
 /// assert!((y.to_vec1::<f64>()?[0] - 1.0).abs() < 1e-12);
@@ -256,6 +295,7 @@ pub fn odeint_reversible<F: VectorField + ?Sized>(
         stops: Stops::new(opts, ts, dir),
         coupling,
         times: vec![ts[0]],
+        resyncs: vec![],
         out: vec![y0.clone()],
         stats: SolverStats::default(),
     };
@@ -270,6 +310,7 @@ pub fn odeint_reversible<F: VectorField + ?Sized>(
         ev,
         stops,
         times,
+        resyncs,
         out,
         mut stats,
         ..
@@ -278,6 +319,7 @@ pub fn odeint_reversible<F: VectorField + ?Sized>(
     ev.count_into(&mut stats);
     let trace = ReversibleTrace {
         times,
+        resyncs,
         y,
         z,
         coupling,
@@ -299,6 +341,7 @@ struct Run<'a, F: ?Sized> {
     stops: Stops,
     coupling: f64,
     times: Vec<f64>,
+    resyncs: Vec<(usize, Tensor, Tensor)>,
     out: Vec<Tensor>,
     stats: SolverStats,
 }
@@ -320,19 +363,21 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
         Ok((y1, err))
     }
 
-    /// Completes an accepted step to `t1` from `(t, z)`: the new `z` from the backward
-    /// increment at `(t1, y1)`; records the step and an output at `t1` if there is one.
-    fn finish(&mut self, t: f64, t1: f64, y1: &Tensor, z: &Tensor, ts: &[f64]) -> Result<Tensor> {
-        let from_eval = self.stops.end(t1);
-        let fy = self.ev.eval(from_eval, y1)?;
+    /// The new `z` of a step from `(t, z)` to `(t1, y1)`: `z − Ψ_(−h)(t1, y1)`.
+    fn backward(&self, t: f64, t1: f64, y1: &Tensor, z: &Tensor) -> Result<Tensor> {
+        let fy = self.ev.eval(self.stops.end(t1), y1)?;
         let t_eval = self.stops.start(t);
         let (psi, _) = increment(self.tab, &self.ev, t1, t, t_eval, y1, &fy, false)?;
+        z - psi
+    }
+
+    /// Records an accepted step to `t1`, and an output there if there is one.
+    fn record(&mut self, t1: f64, y1: &Tensor, ts: &[f64]) {
         self.stats.accepted_steps += 1;
         self.times.push(t1);
         if ts.get(self.out.len()) == Some(&t1) {
             self.out.push(y1.clone());
         }
-        z - psi
     }
 
     fn adaptive(
@@ -375,11 +420,32 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
             let h_try = (t1 - t).abs();
             let (y1, err) = self.forward(t, t1, &y, &z, &fz, true)?;
             let err = err.expect("adaptive methods have an error estimate");
+            let z1 = self.backward(t, t1, &y1, &z)?;
+            // Two numbers in one read: the forward increment's error, and the gap between `y`
+            // and `z`. The gap holds the scheme's parasitic mode, which is multiplied by about
+            // `λ e^(−hμ)` per step on an eigenvalue `μ` of the dynamics, like the dynamics run
+            // backwards: on contracting ones it grows unless the steps are tiny, and `y`
+            // carries about half of it.
             let scale = error_scale(&y, Some(&y1), opts.rtol, &atol)?;
-            let ratio = self.ev.read(&scaled_norm_sq(&err, &scale, opts.norm)?)?[0].sqrt();
+            let errors = Tensor::stack(
+                &[
+                    scaled_norm_sq(&err, &scale, opts.norm)?,
+                    scaled_norm_sq(&(&y1 - &z1)?, &scale, opts.norm)?,
+                ],
+                0,
+            )?;
+            let v: Vec<f64> = self.ev.read(&errors)?.iter().map(|e| e.sqrt()).collect();
+            let (ratio, gap) = (v[0], v[1]);
+            let ratio = if gap.is_nan() { f64::NAN } else { ratio };
             if ratio <= 1.0 {
-                z = self.finish(t, t1, &y1, &z, ts)?;
-                (t, y) = (t1, y1);
+                self.record(t1, &y1, ts);
+                (t, y, z) = (t1, y1, z1);
+                if gap > 1.0 {
+                    // Beyond the tolerance: start the pair afresh from `y`, and keep the pair
+                    // it replaces for the walk back (the only states the solve stores).
+                    self.resyncs.push((self.times.len() - 1, y.clone(), z));
+                    z = y.clone();
+                }
                 if clipped {
                     next += 1;
                 }
@@ -398,10 +464,6 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
                     .min(opts.max_step);
             }
         }
-        // `z` is checked by the next step's error ratio, except after the last one.
-        if first_non_finite(&self.ev, &z.unsqueeze(0)?)?.is_some() {
-            return Err(SolverError::NonFinite { t }.into());
-        }
         Ok((y, z, h_abs))
     }
 
@@ -419,7 +481,8 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
             let (t, t1) = (w[0], w[1]);
             let fz = self.ev.eval(self.stops.start(t), &z)?;
             let (y1, _) = self.forward(t, t1, &y, &z, &fz, false)?;
-            z = self.finish(t, t1, &y1, &z, ts)?;
+            z = self.backward(t, t1, &y1, &z)?;
+            self.record(t1, &y1, ts);
             y = y1;
         }
         // Fixed steps read nothing back per step: NaN/inf propagate to the outputs and `z`.
@@ -428,6 +491,22 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
         if let Some(i) = first_non_finite(&self.ev, &Tensor::stack(&check, 0)?)? {
             return Err(SolverError::NonFinite {
                 t: ts[i.min(ts.len() - 1)],
+            }
+            .into());
+        }
+        // With no tolerance to hold it to, the gap between `y` and `z` is only checked for
+        // divergence: on dynamics that contract too fast for the steps, the parasitic mode
+        // grows geometrically and `y` with it (see `adaptive`).
+        let gap = self.ev.read(&Tensor::stack(
+            &[(&y - &z)?.sqr()?.mean_all()?, y.sqr()?.mean_all()?],
+            0,
+        )?)?;
+        let (gap, size) = (gap[0].sqrt(), gap[1].sqrt());
+        let limit = MAX_FIXED_GAP * size.max(f64::MIN_POSITIVE);
+        if gap > limit {
+            return Err(SolverError::ReversibleDiverged {
+                t: t_end,
+                gap: gap / limit,
             }
             .into());
         }
