@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::status_mib;
-use node_adjoint::{AdjointNorm, AdjointOptions, CheckpointOptions};
+use node_adjoint::{AdjointNorm, AdjointOptions, CheckpointOptions, ReversibleOptions};
 use node_models::{init, Gradient, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum};
 use std::time::Instant;
 
@@ -27,8 +27,8 @@ struct Args {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Models (and variants) to time: odenet-adjoint, odenet-direct, odenet-checkpoint, rknet,
-    /// resnet, mlp.
+    /// Models (and variants) to time: odenet-adjoint, odenet-direct, odenet-checkpoint,
+    /// odenet-reversible, rknet, resnet, mlp.
     #[arg(
         long,
         value_delimiter = ',',
@@ -80,6 +80,10 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
         "odenet-checkpoint" => (
             ModelKind::OdeNet,
             Gradient::Checkpoint(CheckpointOptions::default()),
+        ),
+        "odenet-reversible" => (
+            ModelKind::OdeNet,
+            Gradient::Reversible(ReversibleOptions::default()),
         ),
         "rknet" => (ModelKind::RkNet, Gradient::Backprop),
         "resnet" => (ModelKind::ResNet, Gradient::Backprop),
