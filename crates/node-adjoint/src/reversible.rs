@@ -147,6 +147,8 @@ impl<F: ParamVectorField> Inner<F> {
         // `z_N` is no output: nothing reaches it until a step back makes it depend on `y`.
         let mut a_z: Option<Tensor> = None;
         let mut out = last;
+        let dir = if ts[last] >= ts[0] { 1.0 } else { -1.0 };
+        let mut dense_steps = 0;
         for i in (0..trace.steps()).rev() {
             if out < last && trace.times[i + 1] == ts[out] {
                 a_y = (a_y + g.get(out)?)?;
@@ -163,6 +165,12 @@ impl<F: ParamVectorField> Inner<F> {
                     a_y = (a_y + a_z)?;
                 }
                 (y, z) = (y_kept.clone(), z_kept.clone());
+            }
+            // The outputs strictly inside the step, from its dense output.
+            let mut inside = vec![];
+            while out > 0 && (ts[out] - trace.times[i]) * dir > 0.0 {
+                inside.push(out);
+                out -= 1;
             }
             // z_n = z_(n+1) + B(y_(n+1)), and B's products with ā_z.
             let a_y_total;
@@ -185,12 +193,29 @@ impl<F: ParamVectorField> Inner<F> {
                 }
             }
             let z_prev = (z + b)?;
-            // y_n from A(z_n), and A's products with ā_y'.
+            // y_n from A(z_n); A's products with ā_y', and those of the outputs inside the
+            // step, `w_y y_n + w_z z_n + D(z_n)`, with their gradients.
             let zv = Var::from_tensor(&z_prev)?;
-            let av = trace.increment(&self.f, i, false, zv.as_tensor())?;
-            let grads = (&av * &a_y_total)?.sum_all()?.backward()?;
+            let taus: Vec<f64> = inside.iter().map(|&j| ts[j]).collect();
+            let (av, parts) = trace.increment_with_outputs(&self.f, i, zv.as_tensor(), &taus)?;
+            let mut seed = (&av * &a_y_total)?.sum_all()?;
+            let (mut to_y, mut to_z) = (vec![], vec![]);
+            for (&j, part) in inside.iter().zip(&parts) {
+                let g_j = g.get(j)?;
+                seed = (seed + (part * &g_j)?.sum_all()?)?;
+                let (wy, wz) = trace.output_weights(i, ts[j]);
+                to_y.push(g_j.affine(wy, 0.0)?);
+                to_z.push(g_j.affine(wz, 0.0)?);
+            }
+            if !inside.is_empty() {
+                dense_steps += 1;
+            }
+            let grads = seed.backward()?;
             g_params.add(&grads)?;
             let mut next_a_z = a_y_total.affine(1.0 - l, 0.0)?;
+            for part in to_z {
+                next_a_z = (next_a_z + part)?;
+            }
             if let Some(gz) = grads.get(zv.as_tensor()) {
                 next_a_z = (next_a_z + gz.detach())?;
             }
@@ -201,6 +226,9 @@ impl<F: ParamVectorField> Inner<F> {
             y = trace.previous_y(&y, &z_prev, &av.detach())?;
             z = z_prev;
             a_y = a_y_total.affine(l, 0.0)?;
+            for part in to_y {
+                a_y = (a_y + part)?;
+            }
         }
         // y_0 = z_0 = the input: both adjoints reach it.
         let a0 = match a_z {
@@ -208,7 +236,7 @@ impl<F: ParamVectorField> Inner<F> {
             None => a_y,
         };
         let stats = SolverStats {
-            nfe: 2 * trace.steps() * trace.increment_nfe(),
+            nfe: 2 * trace.steps() * trace.increment_nfe() + dense_steps * trace.dense_nfe(),
             accepted_steps: trace.steps(),
             ..SolverStats::default()
         };

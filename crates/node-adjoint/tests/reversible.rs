@@ -9,7 +9,9 @@ use node_adjoint::{
     odeint_reversible_adjoint_with_times, with_params, AdjointOptions, ParamVectorField,
     ReversibleOptions,
 };
-use node_solvers::{odeint_reversible, Method, SolveOptions, SolverError, VectorField};
+use node_solvers::{
+    odeint_reversible, Method, SolveOptions, SolverError, VectorField, DEFAULT_COUPLING,
+};
 use time_mlp::{max_rel, scalar, Mlp};
 
 #[path = "common/time_mlp.rs"]
@@ -47,6 +49,14 @@ fn matches_backprop(dev: &Device) -> Result<()> {
             &forward[..],
             0.9,
         ),
+        // A Hermite dense output that needs f(t1, z + Ψ) besides the stages.
+        (
+            SolveOptions::default()
+                .method(Method::Fehlberg2)
+                .tolerances(1e-5, 1e-5),
+            &forward[..],
+            DEFAULT_COUPLING,
+        ),
         // Output times off the fixed grid (0.3 and 0.7 with steps of 0.125) join it.
         (
             SolveOptions::default().method(Method::Rk4).fixed_steps(20),
@@ -82,11 +92,26 @@ fn matches_backprop(dev: &Device) -> Result<()> {
             fwd, direct.stats,
             "{m}: the forward solve is odeint_reversible's"
         );
-        // Two increments per step, no rejections, no reads back.
-        assert_eq!(bwd.nfe, 2 * steps * trace.increment_nfe());
+        // Two increments per step, the dense output's extra evaluations in each step that
+        // holds outputs, no rejections, no reads back.
+        let dir = ts[ts.len() - 1] - ts[0];
+        let dense_steps = trace
+            .times
+            .windows(2)
+            .filter(|w| {
+                ts.iter()
+                    .any(|&t| (t - w[0]) * dir > 0.0 && (w[1] - t) * dir > 0.0)
+            })
+            .count();
+        assert_eq!(
+            bwd.nfe,
+            2 * steps * trace.increment_nfe() + dense_steps * trace.dense_nfe()
+        );
         assert_eq!(bwd.accepted_steps, steps);
         assert_eq!((bwd.rejected_steps, bwd.host_reads), (0, 0));
-        println!("{m} λ = {coupling}: {steps} steps, forward {fwd:?}, backward {bwd:?}");
+        println!(
+            "{m} λ = {coupling}: {steps} steps, {dense_steps} with outputs inside, forward {fwd:?}, backward {bwd:?}"
+        );
     }
     Ok(())
 }

@@ -37,8 +37,12 @@
 //! step; it fails with [`SolverError::ReversibleDiverged`] when the pair ends more than 10%
 //! apart.
 //!
-//! Output times are steps' ends (the solve steps to each one), so outputs need no
-//! interpolation and the backward pass meets each one at a step's end.
+//! An output time inside an adaptive step comes from the base method's dense output of the
+//! forward increment: `y(t_n + θh) = (1 − θ(1 − λ)) y_n + θ(1 − λ) z_n + D_θ(t_n, z_n)`, with
+//! `D_θ` the dense increment of `z`'s step (no evaluation beyond the step's stages for
+//! dopri5, tsit5, dopri8, bosh3; one, `f(t1, z + Ψ)`, for the Hermite ones). It moves from
+//! `y_n` to `y_(n+1)` as `θ` goes from 0 to 1, and the backward pass differentiates it with
+//! the step's forward increment. Fixed-step solves put the output times on their grid.
 
 use crate::error::SolverError;
 use crate::field::VectorField;
@@ -65,7 +69,8 @@ pub const DEFAULT_COUPLING: f64 = 0.999;
 #[derive(Clone, Debug)]
 pub struct ReversibleTrace {
     /// The accepted steps' ends, from `ts[0]` to the last output time: step `i` runs from
-    /// `times[i]` to `times[i + 1]`. Every output time is one of them.
+    /// `times[i]` to `times[i + 1]`. Output times of a fixed-step solve are among them; an
+    /// adaptive solve's may fall inside steps.
     pub times: Vec<f64>,
     /// Where an adaptive solve started the pair afresh (`z := y`, after the step ending at
     /// `times[i]`), with `y` there and the `z` it replaced: sorted by `i`.
@@ -144,7 +149,60 @@ impl ReversibleTrace {
         };
         let f0 = ev.eval(from_eval, y)?;
         let tab = self.method.tableau();
-        Ok(increment(tab, &ev, from, to, to_eval, y, &f0, false)?.0)
+        Ok(increment(tab, &ev, from, to, to_eval, y, &f0, false)?.psi)
+    }
+
+    /// The forward increment of step `step` from `z` (as [`ReversibleTrace::increment`]),
+    /// and the `z` parts of the outputs at `taus` inside the step: the base method's dense
+    /// output there, as an increment from `z`. The output at `τ` is `w_y y_n + w_z z_n` plus
+    /// that part, with the weights of [`ReversibleTrace::output_weights`]. Plain tensor ops:
+    /// autograd differentiates them. [`ReversibleTrace::dense_nfe`] more evaluations than
+    /// the increment alone.
+    ///
+    /// # Errors
+    /// `step` out of range; errors of the field.
+    pub fn increment_with_outputs<F: VectorField + ?Sized>(
+        &self,
+        f: &F,
+        step: usize,
+        z: &Tensor,
+        taus: &[f64],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        if taus.is_empty() {
+            return Ok((self.increment(f, step, false, z)?, vec![]));
+        }
+        if step >= self.steps() {
+            return Err(SolverError::InvalidOptions(format!(
+                "step {step} of a reversible solve of {} steps",
+                self.steps()
+            ))
+            .into());
+        }
+        let (t, t1) = (self.times[step], self.times[step + 1]);
+        let (t_eval, t1_eval) = (self.stops.start(t), self.stops.end(t1));
+        let ev = Evaluator::new(f);
+        let tab = self.method.tableau();
+        let f0 = ev.eval(t_eval, z)?;
+        let inc = increment(tab, &ev, t, t1, t1_eval, z, &f0, true)?;
+        let mut f1 = None;
+        let parts = taus
+            .iter()
+            .map(|&tau| dense_increment(tab, &ev, t, t1, t1_eval, z, &inc, &mut f1, tau))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((inc.psi, parts))
+    }
+
+    /// The weights `(w_y, w_z)` of `y_n` and `z_n` in an output at `tau` inside step `step`:
+    /// `(1 − θ(1 − λ), θ(1 − λ))` with `θ` the fraction of the step, so that the output
+    /// moves from `y_n` to `y_(n+1)` as `θ` goes from 0 to 1.
+    pub fn output_weights(&self, step: usize, tau: f64) -> (f64, f64) {
+        let (t, t1) = (self.times[step], self.times[step + 1]);
+        output_weights((tau - t) / (t1 - t), self.coupling)
+    }
+
+    /// Evaluations that [`ReversibleTrace::increment_with_outputs`] adds to an increment.
+    pub fn dense_nfe(&self) -> usize {
+        dense_stages(self.method.tableau())
     }
 
     /// `y_n` from `y_(n+1)`, `z_n` and the forward increment `a = Ψ_h(t_n, z_n)`:
@@ -177,6 +235,13 @@ impl ReversibleTrace {
     }
 }
 
+/// `(w_y, w_z)` of an output at the fraction `theta` of a step (see
+/// [`ReversibleTrace::output_weights`]).
+fn output_weights(theta: f64, coupling: f64) -> (f64, f64) {
+    let c = theta * (1.0 - coupling);
+    (1.0 - c, c)
+}
+
 /// Evaluations of one increment: every stage, but the last stage of an FSAL method only when
 /// the error estimate needs it (its state is `y1`, its weight in `b` zero).
 fn increment_stages(tab: &ButcherTableau, with_error: bool) -> usize {
@@ -187,9 +252,19 @@ fn increment_stages(tab: &ButcherTableau, with_error: bool) -> usize {
     }
 }
 
-/// One explicit step's increment `Σ h b_i k_i` from `(t, y)` to `t1` given `f0`, and with
-/// `with_error` its error estimate `Σ h e_i k_i`. Stages at `t1` evaluate at `t1_eval` (the
-/// inside of a jump there).
+/// One explicit step's increment from `(t, y)` to `t1`.
+struct Increment {
+    /// `Σ h b_i k_i`.
+    psi: Tensor,
+    /// `Σ h e_i k_i`, with every stage.
+    err: Option<Tensor>,
+    /// The stages (all `s` with every stage).
+    k: Vec<Tensor>,
+}
+
+/// One explicit step's increment from `(t, y)` to `t1` given `f0`. Stages at `t1` evaluate
+/// at `t1_eval` (the inside of a jump there). With `every_stage`, the last stage of an FSAL
+/// method too, for the error estimate and the dense output.
 #[allow(clippy::too_many_arguments)]
 fn increment<F: VectorField + ?Sized>(
     tab: &ButcherTableau,
@@ -199,10 +274,10 @@ fn increment<F: VectorField + ?Sized>(
     t1_eval: f64,
     y: &Tensor,
     f0: &Tensor,
-    with_error: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
+    every_stage: bool,
+) -> Result<Increment> {
     let h = t1 - t;
-    let n = increment_stages(tab, with_error);
+    let n = increment_stages(tab, every_stage);
     let mut k: Vec<Tensor> = Vec::with_capacity(n);
     k.push(f0.clone());
     for i in 1..n {
@@ -219,11 +294,53 @@ fn increment<F: VectorField + ?Sized>(
     }
     debug_assert!(tab.b[n..].iter().all(|&b| b == 0.0));
     let psi = lincomb(None, tab.b.iter().zip(&k).map(|(b, ki)| (h * b, ki)))?;
-    let err = match (with_error, tab.b_err) {
+    let err = match (every_stage, tab.b_err) {
         (true, Some(e)) => Some(lincomb(None, e.iter().zip(&k).map(|(e, ki)| (h * e, ki)))?),
         _ => None,
     };
-    Ok((psi, err))
+    Ok(Increment { psi, err, k })
+}
+
+/// The base method's dense output of a forward step from `(t, z)` to `t1` at `tau`, as an
+/// increment from `z`: `h (Σ w_i k_i + w_s f1)` from the step's stages (all of them), with
+/// `f1 = f(t1, z + Ψ)` evaluated once into `f1` where the interpolant needs it.
+#[allow(clippy::too_many_arguments)]
+fn dense_increment<F: VectorField + ?Sized>(
+    tab: &ButcherTableau,
+    ev: &Evaluator<'_, F>,
+    t: f64,
+    t1: f64,
+    t1_eval: f64,
+    z: &Tensor,
+    inc: &Increment,
+    f1: &mut Option<Tensor>,
+    tau: f64,
+) -> Result<Tensor> {
+    let h = t1 - t;
+    let s = tab.stages();
+    let mut w = vec![0.0; s + 1];
+    tab.dense_weights((tau - t) / h, &mut w);
+    if w[s] != 0.0 && f1.is_none() {
+        *f1 = Some(ev.eval(t1_eval, &(z + &inc.psi)?)?);
+    }
+    let extra = (w[s] != 0.0).then(|| (h * w[s], f1.as_ref().expect("evaluated above")));
+    lincomb(
+        None,
+        w[..s]
+            .iter()
+            .zip(&inc.k)
+            .map(|(wi, ki)| (h * wi, ki))
+            .chain(extra),
+    )
+}
+
+/// Evaluations that a step with outputs inside it adds to its forward increment: the last
+/// stage of an FSAL method, or `f(t1, z + Ψ)` for a Hermite interpolant without one.
+fn dense_stages(tab: &ButcherTableau) -> usize {
+    let s = tab.stages();
+    let mut w = vec![0.0; s + 1];
+    tab.dense_weights(0.5, &mut w);
+    (tab.stages() - increment_stages(tab, false)) + usize::from(w[s] != 0.0)
 }
 
 /// Solves `dy/dt = f(t, y)`, `y(ts[0]) = y0`, with `opts.method` made algebraically
@@ -232,11 +349,11 @@ fn increment<F: VectorField + ?Sized>(
 ///
 /// Adaptive solves control the error of the forward increment `Ψ_h(t_n, z_n)` (the base
 /// method's embedded estimate, scaled by `y_n` and `y_(n+1)`), start the pair afresh when
-/// `y − z` passes the tolerance (module docs), and step to every output time, and to
-/// `step_ts` and `jump_ts`. A fixed-step
-/// solve adds the output times to its grid. The solve is plain Candle ops: backprop through
-/// it works as for [`crate::odeint`], and `node_adjoint::odeint_reversible` gives the same
-/// gradients with memory that does not grow with the steps.
+/// `y − z` passes the tolerance, step to `step_ts` and `jump_ts`, and take outputs inside
+/// steps from the dense output (module docs). A fixed-step solve adds the output times to
+/// its grid. The solve is plain Candle ops: backprop through
+/// it works as for [`crate::odeint`], and `node_adjoint::odeint_reversible_adjoint` gives the
+/// same gradients with memory that does not grow with the steps.
 ///
 /// # Shapes
 /// As [`crate::odeint`]: `y0` any shape `S`, `ys` `[ts.len(), ...S]`.
@@ -355,20 +472,47 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
         y: &Tensor,
         z: &Tensor,
         fz: &Tensor,
-        with_error: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+        every_stage: bool,
+    ) -> Result<(Tensor, Increment)> {
         let (t1_eval, l) = (self.stops.end(t1), self.coupling);
-        let (psi, err) = increment(self.tab, &self.ev, t, t1, t1_eval, z, fz, with_error)?;
-        let y1 = lincomb(Some(&psi), [(l, y), (1.0 - l, z)])?;
-        Ok((y1, err))
+        let inc = increment(self.tab, &self.ev, t, t1, t1_eval, z, fz, every_stage)?;
+        let y1 = lincomb(Some(&inc.psi), [(l, y), (1.0 - l, z)])?;
+        Ok((y1, inc))
     }
 
     /// The new `z` of a step from `(t, z)` to `(t1, y1)`: `z − Ψ_(−h)(t1, y1)`.
     fn backward(&self, t: f64, t1: f64, y1: &Tensor, z: &Tensor) -> Result<Tensor> {
         let fy = self.ev.eval(self.stops.end(t1), y1)?;
         let t_eval = self.stops.start(t);
-        let (psi, _) = increment(self.tab, &self.ev, t1, t, t_eval, y1, &fy, false)?;
-        z - psi
+        let inc = increment(self.tab, &self.ev, t1, t, t_eval, y1, &fy, false)?;
+        z - inc.psi
+    }
+
+    /// Pushes the outputs strictly inside an accepted step from `(t, y, z)` to `t1`, from
+    /// the dense output of its forward increment `inc`: `w_y y + w_z z` plus the base
+    /// method's dense increment of `z` (see [`ReversibleTrace::output_weights`]).
+    #[allow(clippy::too_many_arguments)]
+    fn dense_outputs(
+        &mut self,
+        t: f64,
+        t1: f64,
+        y: &Tensor,
+        z: &Tensor,
+        inc: &Increment,
+        ts: &[f64],
+        dir: f64,
+    ) -> Result<()> {
+        let t1_eval = self.stops.end(t1);
+        let mut f1 = None;
+        while let Some(&tau) = ts.get(self.out.len()) {
+            if (t1 - tau) * dir <= 0.0 {
+                break;
+            }
+            let d = dense_increment(self.tab, &self.ev, t, t1, t1_eval, z, inc, &mut f1, tau)?;
+            let (wy, wz) = output_weights((tau - t) / (t1 - t), self.coupling);
+            self.out.push(lincomb(Some(&d), [(wy, y), (wz, z)])?);
+        }
+        Ok(())
     }
 
     /// Records an accepted step to `t1`, and an output there if there is one.
@@ -390,10 +534,10 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
         let atol = prepare_atol(&self.ev, &opts.atol, y0)?;
         let control = Controller::new(opts);
         let t_end = ts[ts.len() - 1];
-        // Every output time and stop is a step's end.
-        let mut targets: Vec<f64> = self.stops.inner.iter().chain(&ts[1..]).copied().collect();
-        targets.sort_by(|a, b| (a * dir).total_cmp(&(b * dir)));
-        targets.dedup();
+        // The stops and the last time are steps' ends; other output times come from the
+        // dense output of the steps that hold them.
+        let mut targets: Vec<f64> = self.stops.inner.clone();
+        targets.push(t_end);
         let mut next = 0;
         let (mut t, mut y, mut z) = (ts[0], y0.clone(), y0.clone());
         let mut fz = self.ev.eval(self.stops.start(t), &z)?;
@@ -418,8 +562,11 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
             let clipped = h_abs >= (target - t) * dir;
             let t1 = if clipped { target } else { t + dir * h_abs };
             let h_try = (t1 - t).abs();
-            let (y1, err) = self.forward(t, t1, &y, &z, &fz, true)?;
-            let err = err.expect("adaptive methods have an error estimate");
+            let (y1, inc) = self.forward(t, t1, &y, &z, &fz, true)?;
+            let err = inc
+                .err
+                .as_ref()
+                .expect("adaptive methods have an error estimate");
             let z1 = self.backward(t, t1, &y1, &z)?;
             // Two numbers in one read: the forward increment's error, and the gap between `y`
             // and `z`. The gap holds the scheme's parasitic mode, which is multiplied by about
@@ -429,7 +576,7 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
             let scale = error_scale(&y, Some(&y1), opts.rtol, &atol)?;
             let errors = Tensor::stack(
                 &[
-                    scaled_norm_sq(&err, &scale, opts.norm)?,
+                    scaled_norm_sq(err, &scale, opts.norm)?,
                     scaled_norm_sq(&(&y1 - &z1)?, &scale, opts.norm)?,
                 ],
                 0,
@@ -438,6 +585,7 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
             let (ratio, gap) = (v[0], v[1]);
             let ratio = if gap.is_nan() { f64::NAN } else { ratio };
             if ratio <= 1.0 {
+                self.dense_outputs(t, t1, &y, &z, &inc, ts, dir)?;
                 self.record(t1, &y1, ts);
                 (t, y, z) = (t1, y1, z1);
                 if gap > 1.0 {

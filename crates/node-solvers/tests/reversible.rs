@@ -62,8 +62,8 @@ fn order_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
-/// Adaptive: every output time is met (and is a step's end), the error follows the
-/// tolerance, and the counts are those of the scheme.
+/// Adaptive: the outputs (dense output inside steps) follow the tolerance, and the counts are
+/// those of the scheme (dopri5's dense output needs no evaluation beyond the step's stages).
 fn adaptive_case(dev: &Device) -> Result<()> {
     let p = Riccati;
     let y0 = Tensor::new(&[1.0f64, 0.5], dev)?;
@@ -81,9 +81,11 @@ fn adaptive_case(dev: &Device) -> Result<()> {
         let err = max_abs_diff(&sol.ys, &exact)?;
         assert!(err < bound && err < prev, "rtol {rtol}: error {err:e}");
         prev = err;
-        for t in ts {
-            assert!(trace.times.contains(&t), "{t} is not a step's end");
-        }
+        // Only the last output time need be a step's end: the others come from the steps'
+        // dense output.
+        assert_eq!(trace.times.last(), Some(&2.0));
+        let inside = ts.iter().filter(|t| !trace.times.contains(t)).count();
+        assert!(inside >= 2, "{inside} outputs inside steps");
         let s = sol.stats;
         assert_eq!(trace.steps(), s.accepted_steps);
         // dopri5: per attempted step, 6 forward stages (f(z) counted apart) and 1 + 5
@@ -141,19 +143,17 @@ fn step_back_case(dev: &Device) -> Result<()> {
         let (sol, trace) = odeint_reversible(&f, &y0, &ts, &opts, coupling)?;
         assert!(trace.steps() > 10);
         let (mut y, mut z) = (trace.y.clone(), trace.z.clone());
-        let mut out = ts.len() - 1;
         let mut worst = 0.0f64;
         for i in (0..trace.steps()).rev() {
-            if trace.times[i + 1] == ts[out] {
+            // Outputs at steps' ends are the walked-back `y` there.
+            if let Some(out) = ts.iter().position(|&t| t == trace.times[i + 1]) {
                 worst = worst.max(max_abs_diff(&y, &sol.ys.get(out)?)?);
-                out -= 1;
             }
             if let Some((y_kept, z_kept)) = trace.resync_at(i + 1) {
                 (y, z) = (y_kept.clone(), z_kept.clone());
             }
             (y, z) = trace.step_back(&f, i, &y, &z)?;
         }
-        assert_eq!(out, 0);
         worst = worst.max(max_abs_diff(&y, &y0)?);
         // The pair meets again at the start: z0 = y0 too.
         worst = worst.max(max_abs_diff(&z, &y0)?);
