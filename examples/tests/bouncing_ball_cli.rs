@@ -62,6 +62,7 @@ fn bad_options_are_refused() {
         (&["--drag=-1"][..], "--drag"),
         (&["0"][..], "--bounces"),
         (&["--tol", "0"][..], "--tol"),
+        (&["--gradient", "reversible"][..], "does not locate events"),
     ] {
         let o = run(args);
         assert!(!o.status.success(), "{args:?} was accepted");
