@@ -17,14 +17,23 @@ use time_mlp::{max_rel, scalar, Mlp};
 #[path = "common/time_mlp.rs"]
 mod time_mlp;
 
-/// `[dL/dy0, dL/dθ...]` of `L = Σ w ⊙ ys`.
-fn grads_of(ys: &Tensor, w: &Tensor, y0: &Var, field: &Mlp) -> Result<Vec<Tensor>> {
+/// `[dL/dy0, dL/dθ...]` of `L = Σ w ⊙ ys`, for the field's parameters `params`.
+fn grads_of(ys: &Tensor, w: &Tensor, y0: &Var, params: &[Var]) -> Result<Vec<Tensor>> {
     let g = (ys * w)?.sum_all()?.backward()?;
     let mut out = vec![g.get(y0).expect("y0 has a gradient").clone()];
-    for p in field.params() {
-        out.push(g.get(&p).expect("every parameter has a gradient").clone());
+    for p in params {
+        out.push(g.get(p).expect("every parameter has a gradient").clone());
     }
     Ok(out)
+}
+
+/// Each gradient of `got` within `tol` (relative) of `want`'s.
+fn assert_close(got: &[Tensor], want: &[Tensor], tol: f64, what: &str) -> Result<()> {
+    for (i, (x, y)) in got.iter().zip(want).enumerate() {
+        let r = max_rel(x, y)?;
+        assert!(r < tol, "{what}, gradient {i}: relative difference {r:e}");
+    }
+    Ok(())
 }
 
 fn rev(coupling: f64) -> ReversibleOptions {
@@ -76,17 +85,14 @@ fn matches_backprop(dev: &Device) -> Result<()> {
         let w = Tensor::randn(0f64, 1.0, (ts.len(), 5, 3), dev)?;
         // Backprop through the same solve, every step's graph kept.
         let (direct, trace) = odeint_reversible(&field, y0.as_tensor(), ts, &opts, coupling)?;
-        let want = grads_of(&direct.ys, &w, &y0, &field)?;
+        let want = grads_of(&direct.ys, &w, &y0, &field.params())?;
         let steps = trace.steps();
         assert!(steps >= 10, "{m}: {steps} steps");
         let sol = odeint_reversible_adjoint(&field, y0.as_tensor(), ts, &opts, &rev(coupling))?;
         assert_eq!(max_rel(&sol.ys, &direct.ys)?, 0.0, "{m}: forward values");
-        let got = grads_of(&sol.ys, &w, &y0, &field)?;
-        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-            // Backprop's gradients, up to the round-off of the walked-back states.
-            let r = max_rel(x, y)?;
-            assert!(r < 1e-10, "{m} λ = {coupling}, gradient {i}: {r:e}");
-        }
+        let got = grads_of(&sol.ys, &w, &y0, &field.params())?;
+        // Backprop's gradients, up to the round-off of the walked-back states.
+        assert_close(&got, &want, 1e-10, &format!("{m} λ = {coupling}"))?;
         let (fwd, bwd) = (sol.stats.forward(), sol.stats.backward());
         assert_eq!(
             fwd, direct.stats,
@@ -138,21 +144,10 @@ fn contracting_matches_backprop(dev: &Device) -> Result<()> {
         trace.resyncs(),
         trace.steps()
     );
-    let grads = |ys: &Tensor| -> Result<Vec<Tensor>> {
-        let g = (ys * &w)?.sum_all()?.backward()?;
-        let mut out = vec![g.get(&y0).expect("y0").clone()];
-        for p in mlp.params() {
-            out.push(g.get(&p).expect("θ").clone());
-        }
-        Ok(out)
-    };
-    let want = grads(&direct.ys)?;
+    let want = grads_of(&direct.ys, &w, &y0, &mlp.params())?;
     let sol = odeint_reversible_adjoint(&field, y0.as_tensor(), &ts, &opts, &r)?;
-    let got = grads(&sol.ys)?;
-    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-        let rel = max_rel(x, y)?;
-        assert!(rel < 1e-10, "gradient {i}: {rel:e}");
-    }
+    let got = grads_of(&sol.ys, &w, &y0, &mlp.params())?;
+    assert_close(&got, &want, 1e-10, "contracting")?;
     println!(
         "{} steps, {} resyncs: gradients equal backprop's",
         trace.steps(),
@@ -234,7 +229,7 @@ fn approaches_the_adjoint(dev: &Device) -> Result<()> {
         &opts,
         &AdjointOptions::default(),
     )?;
-    let want = grads_of(&adj.ys, &w, &y0, &field)?;
+    let want = grads_of(&adj.ys, &w, &y0, &field.params())?;
     let sol = odeint_reversible_adjoint(
         &field,
         y0.as_tensor(),
@@ -242,11 +237,8 @@ fn approaches_the_adjoint(dev: &Device) -> Result<()> {
         &opts,
         &ReversibleOptions::default(),
     )?;
-    let got = grads_of(&sol.ys, &w, &y0, &field)?;
-    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-        let r = max_rel(x, y)?;
-        assert!(r < 1e-7, "gradient {i}: reversible against adjoint {r:e}");
-    }
+    let got = grads_of(&sol.ys, &w, &y0, &field.params())?;
+    assert_close(&got, &want, 1e-7, "reversible against adjoint")?;
     Ok(())
 }
 
@@ -291,13 +283,10 @@ fn f32_works(dev: &Device) -> Result<()> {
     let opts = SolveOptions::default().tolerances(1e-5, 1e-5);
     let r = ReversibleOptions::default();
     let (direct, _) = odeint_reversible(&field, y0.as_tensor(), &ts, &opts, r.coupling)?;
-    let want = grads_of(&direct.ys, &w, &y0, &field)?;
+    let want = grads_of(&direct.ys, &w, &y0, &field.params())?;
     let sol = odeint_reversible_adjoint(&field, y0.as_tensor(), &ts, &opts, &r)?;
-    let got = grads_of(&sol.ys, &w, &y0, &field)?;
-    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-        let rel = max_rel(x, y)?;
-        assert!(rel < 1e-5, "f32 gradient {i}: relative difference {rel:e}");
-    }
+    let got = grads_of(&sol.ys, &w, &y0, &field.params())?;
+    assert_close(&got, &want, 1e-5, "f32")?;
     Ok(())
 }
 
@@ -314,7 +303,7 @@ fn time_gradients(dev: &Device) -> Result<()> {
         let sol = odeint_reversible_adjoint_with_times(&field, y0.as_tensor(), &ts, &opts, &r)?;
         let grads = (&sol.ys * &w)?.sum_all()?.backward()?;
         let plain = odeint_reversible_adjoint(&field, y0.as_tensor(), &ts_v, &opts, &r)?;
-        let want = grads_of(&plain.ys, &w, &y0, &field)?;
+        let want = grads_of(&plain.ys, &w, &y0, &field.params())?;
         let rel = max_rel(grads.get(&y0).expect("y0"), &want[0])?;
         assert!(rel < 1e-13, "{ts_v:?}: dL/dy0 {rel:e}");
         let adj = odeint_adjoint_with_times(

@@ -39,7 +39,7 @@
 //!
 //! An output time inside an adaptive step comes from the base method's dense output of the
 //! forward increment: `y(t_n + θh) = (1 − θ(1 − λ)) y_n + θ(1 − λ) z_n + D_θ(t_n, z_n)`, with
-//! `D_θ` the dense increment of `z`'s step (no evaluation beyond the step's stages for
+//! `D_θ` the dense output's increment from `z_n` (no evaluation beyond the step's stages for
 //! dopri5, tsit5, dopri8, bosh3; one, `f(t1, z + Ψ)`, for the Hermite ones). It moves from
 //! `y_n` to `y_(n+1)` as `θ` goes from 0 to 1, and the backward pass differentiates it with
 //! the step's forward increment. Fixed-step solves put the output times on their grid.
@@ -50,8 +50,8 @@ use crate::method::Method;
 use crate::options::{SolveOptions, StepSize};
 use crate::rk::{lincomb, Evaluator};
 use crate::solve::{
-    check_state, check_times, error_scale, first_non_finite, fixed_grid, initial_step,
-    prepare_atol, scaled_norm_sq, shrink, Controller, Solution, SolverStats, Stops,
+    check_state, check_times, error_scale, first_non_finite, fixed_grid, initial_step, interpolate,
+    needs_f1, prepare_atol, scaled_norm_sq, shrink, Controller, Solution, SolverStats, Stops,
 };
 use crate::tableau::ButcherTableau;
 use candle_core::{Result, Tensor};
@@ -153,11 +153,11 @@ impl ReversibleTrace {
     }
 
     /// The forward increment of step `step` from `z` (as [`ReversibleTrace::increment`]),
-    /// and the `z` parts of the outputs at `taus` inside the step: the base method's dense
-    /// output there, as an increment from `z`. The output at `τ` is `w_y y_n + w_z z_n` plus
-    /// that part, with the weights of [`ReversibleTrace::output_weights`]. Plain tensor ops:
-    /// autograd differentiates them. [`ReversibleTrace::dense_nfe`] more evaluations than
-    /// the increment alone.
+    /// and the base method's dense output of that step from `z` at each of `taus` inside
+    /// it. The solve's output at `τ` is `w_y y_n + w_z z_n` plus that dense output, with the
+    /// weights of [`ReversibleTrace::output_weights`]. Plain tensor ops: autograd
+    /// differentiates them. [`ReversibleTrace::dense_nfe`] more evaluations than the
+    /// increment alone.
     ///
     /// # Errors
     /// `step` out of range; errors of the field.
@@ -184,16 +184,13 @@ impl ReversibleTrace {
         let tab = self.method.tableau();
         let f0 = ev.eval(t_eval, z)?;
         let inc = increment(tab, &ev, t, t1, t1_eval, z, &f0, true)?;
-        let mut f1 = None;
-        let parts = taus
-            .iter()
-            .map(|&tau| dense_increment(tab, &ev, t, t1, t1_eval, z, &inc, &mut f1, tau))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((inc.psi, parts))
+        let states = dense_states(tab, &ev, t, t1, t1_eval, z, &inc, taus)?;
+        Ok((inc.psi, states))
     }
 
-    /// The weights `(w_y, w_z)` of `y_n` and `z_n` in an output at `tau` inside step `step`:
-    /// `(1 − θ(1 − λ), θ(1 − λ))` with `θ` the fraction of the step, so that the output
+    /// The weights `(w_y, w_z)` of `y_n` and `z_n` in an output at `tau` inside step `step`,
+    /// beside the dense output of `z`'s step there ([`ReversibleTrace::increment_with_outputs`]):
+    /// `(1 − θ(1 − λ), θ(1 − λ) − 1)` with `θ` the fraction of the step, so that the output
     /// moves from `y_n` to `y_(n+1)` as `θ` goes from 0 to 1.
     pub fn output_weights(&self, step: usize, tau: f64) -> (f64, f64) {
         let (t, t1) = (self.times[step], self.times[step + 1]);
@@ -239,7 +236,7 @@ impl ReversibleTrace {
 /// [`ReversibleTrace::output_weights`]).
 fn output_weights(theta: f64, coupling: f64) -> (f64, f64) {
     let c = theta * (1.0 - coupling);
-    (1.0 - c, c)
+    (1.0 - c, c - 1.0)
 }
 
 /// Evaluations of one increment: every stage, but the last stage of an FSAL method only when
@@ -301,11 +298,11 @@ fn increment<F: VectorField + ?Sized>(
     Ok(Increment { psi, err, k })
 }
 
-/// The base method's dense output of a forward step from `(t, z)` to `t1` at `tau`, as an
-/// increment from `z`: `h (Σ w_i k_i + w_s f1)` from the step's stages (all of them), with
-/// `f1 = f(t1, z + Ψ)` evaluated once into `f1` where the interpolant needs it.
+/// The base method's dense output ([`interpolate`]) of a forward step from `(t, z)` to `t1`
+/// with increment `inc` (every stage) at each of `taus`, evaluating `f(t1, z + Ψ)` once where
+/// the interpolant needs it.
 #[allow(clippy::too_many_arguments)]
-fn dense_increment<F: VectorField + ?Sized>(
+fn dense_states<F: VectorField + ?Sized>(
     tab: &ButcherTableau,
     ev: &Evaluator<'_, F>,
     t: f64,
@@ -313,34 +310,22 @@ fn dense_increment<F: VectorField + ?Sized>(
     t1_eval: f64,
     z: &Tensor,
     inc: &Increment,
-    f1: &mut Option<Tensor>,
-    tau: f64,
-) -> Result<Tensor> {
-    let h = t1 - t;
-    let s = tab.stages();
-    let mut w = vec![0.0; s + 1];
-    tab.dense_weights((tau - t) / h, &mut w);
-    if w[s] != 0.0 && f1.is_none() {
-        *f1 = Some(ev.eval(t1_eval, &(z + &inc.psi)?)?);
-    }
-    let extra = (w[s] != 0.0).then(|| (h * w[s], f1.as_ref().expect("evaluated above")));
-    lincomb(
-        None,
-        w[..s]
-            .iter()
-            .zip(&inc.k)
-            .map(|(wi, ki)| (h * wi, ki))
-            .chain(extra),
-    )
+    taus: &[f64],
+) -> Result<Vec<Tensor>> {
+    let z1 = (z + &inc.psi)?;
+    let f1 = match needs_f1(tab) {
+        true => Some(ev.eval(t1_eval, &z1)?),
+        false => None,
+    };
+    taus.iter()
+        .map(|&tau| interpolate(tab, t, t1, z, &inc.k, &z1, f1.as_ref(), tau))
+        .collect()
 }
 
 /// Evaluations that a step with outputs inside it adds to its forward increment: the last
 /// stage of an FSAL method, or `f(t1, z + Ψ)` for a Hermite interpolant without one.
 fn dense_stages(tab: &ButcherTableau) -> usize {
-    let s = tab.stages();
-    let mut w = vec![0.0; s + 1];
-    tab.dense_weights(0.5, &mut w);
-    (tab.stages() - increment_stages(tab, false)) + usize::from(w[s] != 0.0)
+    (tab.stages() - increment_stages(tab, false)) + usize::from(needs_f1(tab))
 }
 
 /// Solves `dy/dt = f(t, y)`, `y(ts[0]) = y0`, with `opts.method` made algebraically
@@ -490,7 +475,7 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
 
     /// Pushes the outputs strictly inside an accepted step from `(t, y, z)` to `t1`, from
     /// the dense output of its forward increment `inc`: `w_y y + w_z z` plus the base
-    /// method's dense increment of `z` (see [`ReversibleTrace::output_weights`]).
+    /// method's dense output of `z`'s step (see [`ReversibleTrace::output_weights`]).
     #[allow(clippy::too_many_arguments)]
     fn dense_outputs(
         &mut self,
@@ -502,15 +487,19 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
         ts: &[f64],
         dir: f64,
     ) -> Result<()> {
+        let taus: Vec<f64> = ts[self.out.len()..]
+            .iter()
+            .copied()
+            .take_while(|&tau| (t1 - tau) * dir > 0.0)
+            .collect();
+        if taus.is_empty() {
+            return Ok(());
+        }
         let t1_eval = self.stops.end(t1);
-        let mut f1 = None;
-        while let Some(&tau) = ts.get(self.out.len()) {
-            if (t1 - tau) * dir <= 0.0 {
-                break;
-            }
-            let d = dense_increment(self.tab, &self.ev, t, t1, t1_eval, z, inc, &mut f1, tau)?;
+        let states = dense_states(self.tab, &self.ev, t, t1, t1_eval, z, inc, &taus)?;
+        for (tau, state) in taus.into_iter().zip(states) {
             let (wy, wz) = output_weights((tau - t) / (t1 - t), self.coupling);
-            self.out.push(lincomb(Some(&d), [(wy, y), (wz, z)])?);
+            self.out.push(lincomb(Some(&state), [(wy, y), (wz, z)])?);
         }
         Ok(())
     }
