@@ -133,14 +133,7 @@ impl ReversibleTrace {
         backwards: bool,
         y: &Tensor,
     ) -> Result<Tensor> {
-        if step >= self.steps() {
-            return Err(SolverError::InvalidOptions(format!(
-                "step {step} of a reversible solve of {} steps",
-                self.steps()
-            ))
-            .into());
-        }
-        let (t, t1) = (self.times[step], self.times[step + 1]);
+        let (t, t1) = self.step_times(step)?;
         let ev = Evaluator::new(f);
         let (from, to, from_eval, to_eval) = if backwards {
             (t1, t, self.stops.end(t1), self.stops.start(t))
@@ -171,14 +164,7 @@ impl ReversibleTrace {
         if taus.is_empty() {
             return Ok((self.increment(f, step, false, z)?, vec![]));
         }
-        if step >= self.steps() {
-            return Err(SolverError::InvalidOptions(format!(
-                "step {step} of a reversible solve of {} steps",
-                self.steps()
-            ))
-            .into());
-        }
-        let (t, t1) = (self.times[step], self.times[step + 1]);
+        let (t, t1) = self.step_times(step)?;
         let (t_eval, t1_eval) = (self.stops.start(t), self.stops.end(t1));
         let ev = Evaluator::new(f);
         let tab = self.method.tableau();
@@ -200,6 +186,18 @@ impl ReversibleTrace {
     /// Evaluations that [`ReversibleTrace::increment_with_outputs`] adds to an increment.
     pub fn dense_nfe(&self) -> usize {
         dense_stages(self.method.tableau())
+    }
+
+    /// Step `step`'s start and end times.
+    fn step_times(&self, step: usize) -> Result<(f64, f64)> {
+        if step >= self.steps() {
+            return Err(SolverError::InvalidOptions(format!(
+                "step {step} of a reversible solve of {} steps",
+                self.steps()
+            ))
+            .into());
+        }
+        Ok((self.times[step], self.times[step + 1]))
     }
 
     /// `y_n` from `y_(n+1)`, `z_n` and the forward increment `a = Ψ_h(t_n, z_n)`:
