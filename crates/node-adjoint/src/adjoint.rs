@@ -368,7 +368,7 @@ fn run<F>(
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
-    check_param_dtypes(f, y0)?;
+    check_params(f, y0)?;
     let (ys, forward_stats, backward) = match adj.state {
         AdjointState::Backsolve => {
             let (ys, stats) = match forward {
@@ -424,15 +424,43 @@ pub(crate) fn detached_event<G: EventFunction + ?Sized>(
     move |t, y| g.eval(t, y).map(|c| c.detach())
 }
 
-/// Parameters must share the state's dtype: their gradients are integrated with it.
-pub(crate) fn check_param_dtypes<F: ParamVectorField>(f: &F, y0: &Tensor) -> Result<()> {
-    if let Some(p) = f.params().iter().find(|p| p.dtype() != y0.dtype()) {
+/// Parameters must share the state's dtype (their gradients are integrated with it), and
+/// their sources ([`ParamVectorField::param_sources`]) must match them one for one.
+pub(crate) fn check_params<F: ParamVectorField>(f: &F, y0: &Tensor) -> Result<()> {
+    let params = f.params();
+    if let Some(p) = params.iter().find(|p| p.dtype() != y0.dtype()) {
         return Err(SolverError::InvalidOptions(format!(
             "the field's parameters must share the state's dtype {:?}, found {:?}",
             y0.dtype(),
             p.dtype()
         ))
         .into());
+    }
+    let sources = f.param_sources();
+    if sources.len() != params.len() {
+        return Err(SolverError::InvalidOptions(format!(
+            "the field names {} parameter sources for {} parameters",
+            sources.len(),
+            params.len()
+        ))
+        .into());
+    }
+    for (i, (p, s)) in params.iter().zip(&sources).enumerate() {
+        if p.shape() != s.shape() || p.dtype() != s.dtype() || !p.device().same_device(s.device()) {
+            return Err(SolverError::InvalidOptions(format!(
+                "parameter {i} is {:?} {:?} but its source is {:?} {:?}{}",
+                p.dtype(),
+                p.dims(),
+                s.dtype(),
+                s.dims(),
+                if p.device().same_device(s.device()) {
+                    ""
+                } else {
+                    ", on another device"
+                }
+            ))
+            .into());
+        }
     }
     Ok(())
 }
@@ -466,7 +494,7 @@ where
             stats: stats.clone(),
         }),
     };
-    let theta = flat_params(&params)?;
+    let theta = flat_params(&f.param_sources())?;
     let ys = match (times, theta) {
         (Times::Host(_), None) => y0.apply_op1(op)?,
         (Times::Host(_), Some(theta)) => y0.apply_op2(&theta, op)?,
@@ -482,15 +510,15 @@ where
     Ok(AdjointSolution { ys, stats })
 }
 
-/// `cat` of the flattened parameters; Candle's own `cat`/`reshape` backward routes the flat
-/// gradient back to each `Var`.
-fn flat_params(params: &[Var]) -> Result<Option<Tensor>> {
-    if params.is_empty() {
+/// `cat` of the flattened parameters' sources; Candle's own `cat`/`reshape` backward routes
+/// the flat gradient back to each `Var` (or a [`crate::TensorParam`]'s source).
+fn flat_params(sources: &[Tensor]) -> Result<Option<Tensor>> {
+    if sources.is_empty() {
         return Ok(None);
     }
-    let flat: Vec<Tensor> = params
+    let flat: Vec<Tensor> = sources
         .iter()
-        .map(|p| p.as_tensor().flatten_all())
+        .map(|p| p.flatten_all())
         .collect::<Result<_>>()?;
     Ok(Some(Tensor::cat(&flat, 0)?))
 }
@@ -507,6 +535,13 @@ pub(crate) enum Backward {
     /// Reversible backprop: the steps of a reversible solve walked back from its last pair,
     /// each step's increments differentiated by Candle autograd.
     Reversible(ReversibleTrace),
+    /// Backprop through the kept graph of the forward solve, `ys`, from the leaf copy `y0`.
+    Graph {
+        /// The outputs with their graph.
+        ys: Tensor,
+        /// The leaf the solve started from.
+        y0: Var,
+    },
 }
 
 pub(crate) struct Inner<F> {
@@ -711,6 +746,7 @@ impl<F: ParamVectorField> Inner<F> {
             Backward::Interpolated(adj, dense) => self.adjoint_backward(adj, Some(dense), &g)?,
             Backward::Replay(trace) => self.replay_backward(trace, &g)?,
             Backward::Reversible(trace) => self.reversible_backward(trace, &g)?,
+            Backward::Graph { ys, y0 } => self.graph_backward(ys, y0, &g)?,
         };
         let g_t = if want_t {
             let (g_t, nfe) = self.time_grads(&g, &a0)?;

@@ -12,7 +12,7 @@
 //! is the stored states plus one stretch's graph instead of the graph of every step.
 
 use crate::adjoint::{
-    apply_op, check_param_dtypes, detached, detached_event, event_solution, events_solution,
+    apply_op, check_params, detached, detached_event, event_solution, events_solution,
     AdjointEventsSolution, Backward, Inner, Times,
 };
 use crate::field::ParamVectorField;
@@ -125,7 +125,7 @@ fn checkpointed<F>(
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
-    check_param_dtypes(f, y0)?;
+    check_params(f, y0)?;
     check_replayable(opts)?;
     let (sol, trace) = odeint_traced(
         &detached(f),
@@ -178,7 +178,7 @@ where
     F: ParamVectorField + Clone + Send + Sync + 'static,
     G: EventFunction,
 {
-    check_param_dtypes(f, y0)?;
+    check_params(f, y0)?;
     check_replayable(opts)?;
     let (found, trace) = locate_event_traced(
         &detached(f),
@@ -228,7 +228,7 @@ where
     F: ParamVectorField + Clone + Send + Sync + 'static,
     G: EventFunction,
 {
-    check_param_dtypes(f, y0)?;
+    check_params(f, y0)?;
     check_replayable(opts)?;
     let (found, trace) = locate_events_traced(
         &detached(f),

@@ -7,11 +7,85 @@ use node_solvers::{VectorField, WithJacobian};
 /// A [`VectorField`] `f(t, y; θ)` whose parameters θ are Candle `Var`s.
 ///
 /// `params` must return the same `Var`s in the same order on every call (the adjoint
-/// concatenates them into one flat vector). All parameters share the state's dtype. Tensors
-/// the field captures that are *not* parameters receive no gradient; detach them.
+/// concatenates them into one flat vector). All parameters share the state's dtype.
+///
+/// Tensors the field captures that are *not* parameters receive no gradient from this
+/// crate's solves (their backward passes stop at the parameters); detach them, or, where
+/// they come from the caller's graph and need a gradient (an encoder's output the field is
+/// conditioned on, a CDE's path), capture a [`TensorParam`]'s copy instead and name it in
+/// `params` and its source in [`ParamVectorField::param_sources`] ([`WithParams::with_tensor_params`]
+/// does both).
 pub trait ParamVectorField: VectorField {
     /// The parameters θ, in a stable order.
     fn params(&self) -> Vec<Var>;
+
+    /// Where each parameter's gradient goes, one tensor per entry of
+    /// [`ParamVectorField::params`], of its shape: the tensor the op that differentiates a
+    /// solve takes as its input in the parameter's place. The default, the parameters
+    /// themselves, is right for every `Var` the caller trains; a [`TensorParam`]'s entry is
+    /// its source, so its gradient flows on into the graph that produced it.
+    fn param_sources(&self) -> Vec<Tensor> {
+        self.params()
+            .iter()
+            .map(|p| p.as_tensor().clone())
+            .collect()
+    }
+}
+
+/// A tensor of the caller's graph (an encoder's output, a path built from observations) as a
+/// parameter of a field: the field computes with [`TensorParam::as_tensor`], a `Var` holding
+/// the source's value, detached, and the gradient this crate's solves compute for that `Var`
+/// flows into [`TensorParam::source`] and on through the graph that produced it.
+///
+/// The copy is a leaf, so the backward passes inside a solve (the adjoint's vector–Jacobian
+/// products, checkpointing's replays, reversible backprop's steps) stop at it instead of
+/// running through the caller's graph each time (torchdiffeq's `adjoint_params` get the same
+/// effect from `torch.autograd.grad`). Plain backprop through
+/// [`node_solvers::odeint`] sees only the copy: differentiate such a field with this crate's
+/// solves ([`crate::odeint_direct`] is backprop through the solver for it).
+#[derive(Clone, Debug)]
+pub struct TensorParam {
+    copy: Var,
+    source: Tensor,
+}
+
+impl TensorParam {
+    /// A parameter standing for `source`.
+    ///
+    /// # Errors
+    /// Allocating the copy.
+    pub fn new(source: &Tensor) -> Result<Self> {
+        let copy = Var::from_tensor(&source.detach())?;
+        Ok(Self {
+            copy,
+            source: source.clone(),
+        })
+    }
+
+    /// The value to compute with: a leaf `Var` (as a tensor).
+    pub fn as_tensor(&self) -> &Tensor {
+        self.copy.as_tensor()
+    }
+
+    /// The leaf `Var`, the entry of [`ParamVectorField::params`].
+    pub fn var(&self) -> &Var {
+        &self.copy
+    }
+
+    /// The tensor the gradient goes to.
+    pub fn source(&self) -> &Tensor {
+        &self.source
+    }
+}
+
+/// Whether `f` has parameters whose gradients go elsewhere than to themselves
+/// ([`TensorParam`]s): plain backprop through [`node_solvers::odeint`] would not reach their
+/// sources, [`crate::odeint_direct`] does.
+pub fn has_tensor_params<F: ParamVectorField + ?Sized>(f: &F) -> bool {
+    f.params()
+        .iter()
+        .zip(f.param_sources())
+        .any(|(p, s)| p.as_tensor().id() != s.id())
 }
 
 /// A closure with an explicit parameter list: `with_params(|t, y| ..., vec![w, b])`.
@@ -19,6 +93,7 @@ pub trait ParamVectorField: VectorField {
 pub struct WithParams<F> {
     f: F,
     params: Vec<Var>,
+    tensors: Vec<TensorParam>,
 }
 
 /// Makes a [`ParamVectorField`] of a closure and the `Var`s it uses.
@@ -26,7 +101,46 @@ pub fn with_params<F>(f: F, params: Vec<Var>) -> WithParams<F>
 where
     F: Fn(f64, &Tensor) -> Result<Tensor>,
 {
-    WithParams { f, params }
+    WithParams {
+        f,
+        params,
+        tensors: Vec::new(),
+    }
+}
+
+impl<F> WithParams<F> {
+    /// Adds the [`TensorParam`]s whose copies the closure computes with, after the `Var`s.
+    ///
+    /// # Example
+    /// A field conditioned on an encoder's output `c`: the adjoint's gradient reaches the
+    /// encoder's weight through `c`.
+    /// ```
+    /// use candle_core::{Device, Tensor, Var};
+    /// use node_adjoint::{odeint_adjoint, with_params, AdjointOptions, TensorParam};
+    /// use node_solvers::SolveOptions;
+    /// # fn main() -> candle_core::Result<()> {
+    /// let dev = Device::Cpu;
+    /// let w = Var::new(&[[0.5f64, -1.0]], &dev)?; // the encoder
+    /// let x = Tensor::new(&[[1.0f64], [2.0]], &dev)?;
+    /// let c = w.as_tensor().matmul(&x)?; // [1, 1], in the caller's graph
+    /// let cp = TensorParam::new(&c)?;
+    /// let ct = cp.as_tensor().clone();
+    /// let f = with_params(move |_t: f64, y: &Tensor| y.broadcast_mul(&ct)?.neg(), vec![])
+    ///     .with_tensor_params(vec![cp]);
+    /// let y0 = Tensor::new(&[[1.0f64]], &dev)?;
+    /// let opts = SolveOptions::default().tolerances(1e-10, 1e-10);
+    /// let sol = odeint_adjoint(&f, &y0, &[0.0, 1.0], &opts, &AdjointOptions::default())?;
+    /// // y(1) = e^(−c) with c = 0.5 − 2 = −1.5; dy(1)/dw = −y(1)·x.
+    /// let grads = sol.ys.get(1)?.sum_all()?.backward()?;
+    /// let dw = grads.get(w.as_tensor()).unwrap().to_vec2::<f64>()?;
+    /// let y1 = 1.5f64.exp();
+    /// assert!((dw[0][0] + y1).abs() < 1e-6 && (dw[0][1] + 2.0 * y1).abs() < 1e-6);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_tensor_params(mut self, tensors: Vec<TensorParam>) -> Self {
+        self.tensors.extend(tensors);
+        self
+    }
 }
 
 impl<F: Fn(f64, &Tensor) -> Result<Tensor>> VectorField for WithParams<F> {
@@ -37,7 +151,14 @@ impl<F: Fn(f64, &Tensor) -> Result<Tensor>> VectorField for WithParams<F> {
 
 impl<F: Fn(f64, &Tensor) -> Result<Tensor>> ParamVectorField for WithParams<F> {
     fn params(&self) -> Vec<Var> {
-        self.params.clone()
+        let tensors = self.tensors.iter().map(|t| t.var().clone());
+        self.params.iter().cloned().chain(tensors).collect()
+    }
+
+    fn param_sources(&self) -> Vec<Tensor> {
+        let vars = self.params.iter().map(|p| p.as_tensor().clone());
+        let tensors = self.tensors.iter().map(|t| t.source().clone());
+        vars.chain(tensors).collect()
     }
 }
 
@@ -52,6 +173,10 @@ where
 {
     fn params(&self) -> Vec<Var> {
         self.field().params()
+    }
+
+    fn param_sources(&self) -> Vec<Tensor> {
+        self.field().param_sources()
     }
 }
 

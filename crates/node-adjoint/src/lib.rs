@@ -3,6 +3,7 @@
 
 pub mod adjoint;
 pub mod checkpoint;
+pub mod direct;
 pub mod field;
 pub mod options;
 pub mod reversible;
@@ -15,7 +16,10 @@ pub use checkpoint::{
     odeint_checkpointed, odeint_checkpointed_with_times, odeint_event_checkpointed,
     odeint_events_checkpointed,
 };
-pub use field::{sorted_vars, with_params, ParamVectorField, WithParams};
+pub use direct::odeint_direct;
+pub use field::{
+    has_tensor_params, sorted_vars, with_params, ParamVectorField, TensorParam, WithParams,
+};
 pub use options::{
     AdjointNorm, AdjointOptions, AdjointState, CheckpointOptions, ReversibleOptions,
 };

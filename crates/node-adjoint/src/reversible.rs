@@ -20,7 +20,7 @@
 //! forward solve started the pair afresh (`z := y`, on contracting dynamics), `ā_z` moves to
 //! `ā_y` and the walk continues from the pair kept there.
 
-use crate::adjoint::{apply_op, check_param_dtypes, detached, AdjointSolution, Inner, Times};
+use crate::adjoint::{apply_op, check_params, detached, AdjointSolution, Inner, Times};
 use crate::checkpoint::ParamGrads;
 use crate::field::ParamVectorField;
 use crate::options::ReversibleOptions;
@@ -111,7 +111,7 @@ fn reversible<F>(
 where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
-    check_param_dtypes(f, y0)?;
+    check_params(f, y0)?;
     let (sol, trace) =
         odeint_reversible(&detached(f), &y0.detach(), times.host(), opts, rev.coupling)?;
     apply_op(

@@ -24,7 +24,7 @@ use crate::layers::{linear, vars_of, Activation, BlockStats, Gradient, Linear};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
-use node_adjoint::{ParamVectorField, WithParams};
+use node_adjoint::{ParamVectorField, TensorParam, WithParams};
 use node_solvers::{SolveOptions, VectorField};
 use std::sync::Arc;
 
@@ -69,9 +69,8 @@ impl Interpolation {
 ///
 /// The coefficients are tensors of the observations' dtype and device, each
 /// `[T − 1, B, C]`, built from the observations by tensor operations: gradients reach `x`
-/// through them (with [`Gradient::Backprop`]; the adjoint and checkpointing see the path as
-/// data). Locating `t` among the knots is host work: evaluating the path reads nothing back
-/// from the device.
+/// through them, with every [`Gradient`] mode of [`cdeint`] (see [`Controlled`]). Locating
+/// `t` among the knots is host work: evaluating the path reads nothing back from the device.
 #[derive(Clone, Debug)]
 pub struct ControlPath {
     knots: Arc<[f64]>,
@@ -424,6 +423,16 @@ pub trait CdeVectorField: Clone + Send + Sync + 'static {
 
     /// The trained parameters θ.
     fn params(&self) -> Vec<Var>;
+
+    /// Where each parameter's gradient goes, as [`ParamVectorField::param_sources`] (the
+    /// default, the parameters themselves, unless the field has
+    /// [`node_adjoint::TensorParam`]s).
+    fn param_sources(&self) -> Vec<Tensor> {
+        self.params()
+            .iter()
+            .map(|p| p.as_tensor().clone())
+            .collect()
+    }
 }
 
 impl<F> CdeVectorField for WithParams<F>
@@ -437,22 +446,65 @@ where
     fn params(&self) -> Vec<Var> {
         ParamVectorField::params(self)
     }
+
+    fn param_sources(&self) -> Vec<Tensor> {
+        ParamVectorField::param_sources(self)
+    }
 }
 
 /// The CDE as an ODE: `dz/dt = f_θ(t, z) · dX/dt(t)`, the vector field [`cdeint`] solves.
+///
+/// A path whose coefficients are in a graph (observations that are themselves computed, and
+/// need a gradient) enters as [`node_adjoint::TensorParam`]s: the field computes with leaf
+/// copies of the coefficients `dX/dt` uses, and names the coefficients as their sources. So
+/// every gradient mode of [`Gradient::solve`] (and `node_adjoint`'s solves) delivers the
+/// observations' gradients, and the backward passes inside a solve do not run through the
+/// path's construction. Plain backprop through [`node_solvers::odeint`] stops at the copies;
+/// use [`Gradient::Backprop`] (or [`node_adjoint::odeint_direct`]). A path of plain data
+/// adds no parameters.
 #[derive(Clone, Debug)]
 pub struct Controlled<G> {
     field: G,
     path: Arc<ControlPath>,
+    /// The coefficients `dX/dt` uses (`b`, then `c` and `d` for a cubic path) as parameters,
+    /// when the path is in a graph; empty otherwise.
+    coefficients: Vec<TensorParam>,
 }
 
 impl<G: CdeVectorField> Controlled<G> {
     /// `field` driven by `path`.
-    pub fn new(field: G, path: ControlPath) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// Copying a path in a graph.
+    pub fn new(field: G, path: ControlPath) -> Result<Self> {
+        let mut used = vec![&path.b];
+        if let Some((c, d)) = &path.cubic {
+            used.extend([c, d]);
+        }
+        if !used.iter().any(|t| t.track_op()) {
+            return Ok(Self {
+                field,
+                path: Arc::new(path),
+                coefficients: Vec::new(),
+            });
+        }
+        let coefficients = used
+            .into_iter()
+            .map(TensorParam::new)
+            .collect::<Result<Vec<_>>>()?;
+        let copy = |i: usize| coefficients[i].as_tensor().clone();
+        let path = ControlPath {
+            knots: path.knots.clone(),
+            kind: path.kind,
+            a: path.a.detach(),
+            b: copy(0),
+            cubic: path.cubic.as_ref().map(|_| (copy(1), copy(2))),
+        };
+        Ok(Self {
             field,
             path: Arc::new(path),
-        }
+            coefficients,
+        })
     }
 
     /// The path.
@@ -481,7 +533,21 @@ impl<G: CdeVectorField> VectorField for Controlled<G> {
 
 impl<G: CdeVectorField> ParamVectorField for Controlled<G> {
     fn params(&self) -> Vec<Var> {
-        self.field.params()
+        let coefficients = self.coefficients.iter().map(|c| c.var().clone());
+        self.field
+            .params()
+            .into_iter()
+            .chain(coefficients)
+            .collect()
+    }
+
+    fn param_sources(&self) -> Vec<Tensor> {
+        let coefficients = self.coefficients.iter().map(|c| c.source().clone());
+        self.field
+            .param_sources()
+            .into_iter()
+            .chain(coefficients)
+            .collect()
     }
 }
 
@@ -501,9 +567,8 @@ impl<G: CdeVectorField> ParamVectorField for Controlled<G> {
 /// same spirals at rtol 1e-3: 602 instead of 386): there, solve [`Controlled::new`]`(field,
 /// path)` with [`Gradient::solve`] yourself.
 ///
-/// With [`Gradient::Adjoint`], [`Gradient::Checkpoint`] or [`Gradient::Reversible`] the path
-/// is data (detached: no gradient reaches the observations); with [`Gradient::Backprop`]
-/// gradients flow into it.
+/// Every gradient mode delivers gradients to the observations when they are in a graph (see
+/// [`Controlled`]); a path of plain data costs nothing more.
 ///
 /// # Shapes
 /// `z0: [B, H]`, the path's batch `B` → `[ts.len(), B, H]`.
@@ -525,10 +590,6 @@ pub fn cdeint<G: CdeVectorField>(
             path.batch()
         ),
     }
-    let path = match gradient {
-        Gradient::Backprop => path.clone(),
-        _ => path.detach(),
-    };
     let inner = &path.knots[1..path.knots.len() - 1];
     let mut opts = opts.clone();
     let join = |old: &[f64]| -> Vec<f64> { old.iter().chain(inner).copied().collect() };
@@ -537,7 +598,7 @@ pub fn cdeint<G: CdeVectorField>(
     } else {
         opts.step_ts = join(&opts.step_ts).into();
     }
-    let f = Controlled::new(field.clone(), path);
+    let f = Controlled::new(field.clone(), path.clone())?;
     gradient.solve(&f, z0, ts, &opts)
 }
 

@@ -5,8 +5,9 @@
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
 use node_adjoint::{
-    odeint_adjoint, odeint_checkpointed, odeint_reversible_adjoint, AdjointOptions, AdjointStats,
-    CheckpointOptions, ParamVectorField, ReversibleOptions,
+    has_tensor_params, odeint_adjoint, odeint_checkpointed, odeint_direct,
+    odeint_reversible_adjoint, AdjointOptions, AdjointStats, CheckpointOptions, ParamVectorField,
+    ReversibleOptions,
 };
 use node_solvers::{odeint, SolveOptions, VectorField};
 
@@ -374,7 +375,9 @@ pub enum Gradient {
     /// continuous problem, from a reverse-time solve.
     Adjoint(AdjointOptions),
     /// Backprop through the solver's operations (RK-Net when the solver has fixed steps):
-    /// the exact gradient of the discrete solve, holding the graph of every step.
+    /// the exact gradient of the discrete solve, holding the graph of every step. For a field
+    /// with [`node_adjoint::TensorParam`]s, as the op [`node_adjoint::odeint_direct`], which
+    /// hands their gradients to their sources.
     Backprop,
     /// Checkpointed backprop ([`node_adjoint::odeint_checkpointed`]): backprop's exact
     /// gradient with memory bounded by the stored states and one replayed stretch of steps,
@@ -404,6 +407,8 @@ impl Gradient {
         F: ParamVectorField + Clone + Send + Sync + 'static,
     {
         let sol = match self {
+            // A field with `TensorParam`s needs backprop as an op to reach their sources.
+            Gradient::Backprop if has_tensor_params(f) => odeint_direct(f, y0, ts, opts)?,
             Gradient::Backprop => {
                 let sol = odeint(f, y0, ts, opts)?;
                 let stats = BlockStats {

@@ -420,7 +420,7 @@ fn solves_step_to_the_knots(dev: &Device) -> Result<()> {
         let path = ControlPath::new(&x, &knots, kind)?;
         let (with, stats) = cdeint(&field, &path, &z0, &[0.0, 3.0], &opts, &Gradient::Backprop)?;
         let plain = node_solvers::odeint(
-            &Controlled::new(field.clone(), path.clone()),
+            &Controlled::new(field.clone(), path.clone())?,
             &z0,
             &[0.0, 3.0],
             &opts,
@@ -477,9 +477,11 @@ fn build(
 }
 
 /// The loss's gradients by the adjoint, by checkpointing and by reversible backprop (another
-/// discretization, at the same tight tolerance) agree with backprop's, for every kind of path.
+/// discretization, at the same tight tolerance) agree with backprop's, for every kind of path:
+/// the parameters' and, through the path, the observations'.
 fn gradient_modes_agree(dev: &Device) -> Result<()> {
     let data = spiral_directions(6, 20, 0.05, 0.0, &mut Rng::new(8), DType::F64, dev)?;
+    let x = Var::from_tensor(&data.x)?;
     for kind in Interpolation::ALL {
         let modes = [
             Gradient::Backprop,
@@ -490,14 +492,14 @@ fn gradient_modes_agree(dev: &Device) -> Result<()> {
         let mut grads: Vec<Vec<f64>> = Vec::new();
         for gradient in modes {
             let (varmap, model) = build(&small_config(kind), tight(), gradient, dev)?;
-            let path = model.path(&data.x, &data.knots)?;
+            let path = model.path(x.as_tensor(), &data.knots)?;
             let (logits, _) = model.forward(&path)?;
             let loss = binary_cross_entropy_with_logits(&logits.squeeze(1)?, &data.labels)?;
             let g = loss.backward()?;
             let mut flat = Vec::new();
-            for v in node_adjoint::sorted_vars(&varmap) {
+            for v in node_adjoint::sorted_vars(&varmap).iter().chain([&x]) {
                 flat.extend(
-                    g.get(&v)
+                    g.get(v)
                         .expect("a gradient")
                         .flatten_all()?
                         .to_vec1::<f64>()?,
