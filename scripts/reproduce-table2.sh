@@ -5,7 +5,8 @@
 # beside the paper's figures.
 #   usage: scripts/reproduce-table2.sh [ITERS] [extra args for every run, e.g. --device cuda]
 #   env:   OUT (default runs/table2), TABLE (default $OUT/table2.md), SEED (default 0),
-#          OBSERVED (default "30 50 100"), MODELS (default "rnn rnn-gaps latent-ode"),
+#          OBSERVED (default "30 50 100"), MODELS (default "rnn rnn-gaps latent-ode"; also
+#          "latent-ode-odernn", the latent ODE with an ODE-RNN encoder, Rubanova et al. 2019),
 #          BIN (a folder holding prebuilt train-latent-ode and train-spiral-rnn; default:
 #          cargo run --release)
 # The paper leaves the protocol partly open; the choices here (see results/README.md):
@@ -44,7 +45,8 @@ for n in $observed; do
       rnn) run train-spiral-rnn "${args[@]}" "$@" ;;
       rnn-gaps) run train-spiral-rnn "${args[@]}" --time-input "$@" ;;
       latent-ode) run train-latent-ode "${args[@]}" --time-input "$@" ;;
-      *) echo "error: unknown model '$m' (rnn, rnn-gaps, latent-ode)" >&2; exit 2 ;;
+      latent-ode-odernn) run train-latent-ode "${args[@]}" --encoder ode-rnn "$@" ;;
+      *) echo "error: unknown model '$m' (rnn, rnn-gaps, latent-ode, latent-ode-odernn)" >&2; exit 2 ;;
     esac
   done
 done
@@ -55,7 +57,7 @@ paper() {
     *) echo "–";;
   esac
 }
-label() { case $1 in rnn) echo "RNN";; rnn-gaps) echo "RNN, time gaps as input";; latent-ode) echo "Latent ODE";; esac; }
+label() { case $1 in rnn) echo "RNN";; rnn-gaps) echo "RNN, time gaps as input";; latent-ode) echo "Latent ODE";; latent-ode-odernn) echo "Latent ODE, ODE-RNN encoder";; esac; }
 {
   printf "| model |"; for n in $observed; do printf " %s points (ours) | %s points (paper) |" "$n" "$n"; done; echo
   printf "|---|"; for n in $observed; do printf -- "---:|---:|"; done; echo

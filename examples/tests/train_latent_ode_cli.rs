@@ -182,3 +182,37 @@ fn scores_the_forecast_on_test_spirals() -> Result<()> {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--ntotal (100) must exceed"));
     Ok(())
 }
+
+#[test]
+fn trains_with_an_ode_rnn_encoder() -> Result<()> {
+    // Irregular observations read by an ODE-RNN: it learns, it counts its solves (20 points,
+    // 50 steps over the window: 3 Euler steps per interval, 19 intervals), and a checkpoint
+    // of one encoder does not resume the other.
+    let out = tmp("ode-rnn");
+    let args = [
+        "--iters",
+        "20",
+        "--checkpoint-every",
+        "5",
+        "--observed",
+        "8",
+        "--encoder",
+        "ode-rnn",
+        "--gradient",
+        "adjoint",
+    ];
+    ok(&train(out.path(), &args));
+    let loss = metric(out.path(), "loss");
+    assert!(loss[loss.len() - 1] < 0.8 * loss[0], "{loss:?}");
+    assert!(metric(out.path(), "nfe_enc_f").iter().all(|&n| n == 57.0));
+    assert!(metric(out.path(), "nfe_enc_b").iter().all(|&n| n == 57.0));
+    assert_eq!(summary_field(out.path(), "encoder"), "\"ode-rnn/50\"");
+    let o = train(out.path(), &["--iters", "25", "--resume"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is not in this model"), "{err}");
+    let o = train(out.path(), &["--iters", "2", "--encoder-steps", "0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--encoder-steps must be positive"));
+    Ok(())
+}

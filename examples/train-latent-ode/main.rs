@@ -16,7 +16,7 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
-use node_models::latent_ode::{LatentOde, LatentOdeConfig, Spirals};
+use node_models::latent_ode::{Encoder, LatentOde, LatentOdeConfig, Spirals};
 use node_models::Rng;
 use node_solvers::{Method, SolveOptions, SolverError};
 use plot::{square_panel, Canvas, LEARNED_COLOR, TRUE_COLOR};
@@ -42,6 +42,14 @@ struct Args {
     /// (`LatentOdeConfig::time_input`): for irregular observations.
     #[arg(long)]
     time_input: bool,
+    /// The recognition network: torchdiffeq's RNN, or an ODE-RNN (Rubanova et al. 2019)
+    /// whose hidden state follows an ODE between observations (Euler steps).
+    #[arg(long, value_enum, default_value = "rnn")]
+    encoder: EncoderArg,
+    /// The ODE-RNN's steps over the whole window: its Euler steps are at most the window's
+    /// span divided by this (Rubanova et al.: 50).
+    #[arg(long, default_value_t = 50)]
+    encoder_steps: usize,
     /// Adam's learning rate.
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
@@ -89,6 +97,25 @@ struct Args {
     no_plot: bool,
 }
 
+/// `--encoder`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EncoderArg {
+    Rnn,
+    OdeRnn,
+}
+
+impl Args {
+    fn encoder(&self) -> Encoder {
+        match self.encoder {
+            EncoderArg::Rnn => Encoder::Rnn,
+            EncoderArg::OdeRnn => Encoder::OdeRnn {
+                method: Method::Euler,
+                steps: self.encoder_steps,
+            },
+        }
+    }
+}
+
 fn main() -> Result<ExitCode> {
     node_kernels::keep_freed_memory();
     let args = Args::parse();
@@ -97,6 +124,9 @@ fn main() -> Result<ExitCode> {
     }
     if args.stop_after_steps == Some(0) {
         bail!("--stop-after-steps must be positive");
+    }
+    if args.encoder_steps == 0 {
+        bail!("--encoder-steps must be positive");
     }
     let positive = |v: f64| v.is_finite() && v > 0.0;
     if ![args.lr, args.rtol, args.atol].into_iter().all(positive) {
@@ -112,6 +142,7 @@ fn main() -> Result<ExitCode> {
         hidden: args.hidden,
         rnn_hidden: args.rnn_hidden,
         time_input: args.time_input,
+        encoder: args.encoder(),
     };
     let opts = SolveOptions::default()
         .method(Method::Dopri5)
@@ -164,7 +195,7 @@ fn main() -> Result<ExitCode> {
             bail!("the loss became {l} at iteration {}: lower --lr", it + 1);
         }
         let mean = |t: &Tensor| -> Result<f64> { Ok(t.mean_all()?.to_scalar::<f32>()? as f64) };
-        let values = [
+        let mut values = vec![
             ("loss", l),
             ("neg_log_px", -mean(&parts.log_px)?),
             ("kl", mean(&parts.kl)?),
@@ -174,6 +205,10 @@ fn main() -> Result<ExitCode> {
                 parts.adjoint.as_ref().map_or(0, |a| a.backward().nfe) as f64,
             ),
         ];
+        if args.encoder == EncoderArg::OdeRnn {
+            values.push(("nfe_enc_f", parts.encoder.nfe_forward as f64));
+            values.push(("nfe_enc_b", parts.encoder.nfe_backward() as f64));
+        }
         if let Some(code) = run.record(it, &values, &varmap)? {
             return Ok(code);
         }
@@ -204,7 +239,12 @@ fn main() -> Result<ExitCode> {
         args.seed,
         &task,
     );
+    let encoder = match args.encoder {
+        EncoderArg::Rnn => "\"rnn\"".to_string(),
+        EncoderArg::OdeRnn => format!("\"ode-rnn/{}\"", args.encoder_steps),
+    };
     fields.extend([
+        ("encoder", encoder),
         ("rmse_observed", json_number(scores.observed)),
         ("rmse_held_out", opt(scores.held_out)),
         ("rmse_forecast", opt(scores.forecast)),

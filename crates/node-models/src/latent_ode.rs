@@ -5,13 +5,18 @@
 //! `z(tᵢ)` to an observation. Training minimises the negative ELBO
 //!
 //! `−Σᵢ log N(xᵢ; dec(z(tᵢ)), s²) + KL(q(z₀ | x) ‖ N(0, I))`, averaged over the batch.
+//!
+//! The recognition network may instead be an ODE-RNN (Rubanova, Chen & Duvenaud, *Latent
+//! ODEs for Irregularly-Sampled Time Series*, NeurIPS 2019; [`Encoder::OdeRnn`]): between
+//! observations its hidden state follows an ODE of its own, so the time between observations
+//! shapes the encoding.
 
 use crate::layers::{linear, vars_of, Gradient, Linear};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use node_adjoint::ParamVectorField;
-use node_solvers::{SolveOptions, VectorField};
+use node_solvers::{Method, SolveOptions, VectorField};
 
 /// Sizes of a [`LatentOde`]; the defaults are those of torchdiffeq's example.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +35,8 @@ pub struct LatentOdeConfig {
     /// only (`false`), which is enough when every sequence is observed on the same grid; with
     /// irregular observations (a mask) it cannot tell a gap from a neighbour otherwise.
     pub time_input: bool,
+    /// The recognition network.
+    pub encoder: Encoder,
 }
 
 impl Default for LatentOdeConfig {
@@ -40,7 +47,72 @@ impl Default for LatentOdeConfig {
             hidden: 20,
             rnn_hidden: 25,
             time_input: false,
+            encoder: Encoder::Rnn,
         }
+    }
+}
+
+/// The recognition network of a [`LatentOde`]: both read the observations from the last to
+/// the first with the cell `h ← tanh(i2h([xᵢ, h]))`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Encoder {
+    /// torchdiffeq's example: the RNN alone; `h` is the same from one observation to the
+    /// next, whatever the time between them.
+    Rnn,
+    /// An ODE-RNN (Rubanova et al. 2019): from one observation time back to the previous
+    /// one, `h` follows `dh/dt = f_h(h)` (an MLP `rnn_hidden → hidden → rnn_hidden` with
+    /// `tanh`, under `rec.ode`), solved by `method` in equal steps of at most the grid's span
+    /// divided by `steps`, differentiated as the model's [`Gradient`] says; the cell then
+    /// reads the observation. Time passes at the points a mask leaves out too. Rubanova et
+    /// al.'s choice, `Method::Euler` with `steps = 50`, is [`Encoder::ODE_RNN`]. (Their cell
+    /// is a GRU; this one keeps the RNN's, so the two encoders differ by the ODE alone.)
+    OdeRnn {
+        /// The fixed-step method of the hidden state's solves.
+        method: Method,
+        /// Steps over the whole grid: each solve takes steps of at most `span / steps`.
+        steps: usize,
+    },
+}
+
+impl Encoder {
+    /// Rubanova et al.'s ODE-RNN solver: Euler, steps of at most a fiftieth of the span.
+    pub const ODE_RNN: Self = Self::OdeRnn {
+        method: Method::Euler,
+        steps: 50,
+    };
+}
+
+/// The ODE-RNN's hidden dynamics `f_h(h) = fc2(tanh(fc1(h)))` (autonomous).
+#[derive(Clone, Debug)]
+pub struct HiddenOdeFunc {
+    fc1: Linear,
+    fc2: Linear,
+    params: Vec<Var>,
+}
+
+impl HiddenOdeFunc {
+    /// `dim → hidden → dim`, parameters under `vb` (`fc1`, `fc2`).
+    ///
+    /// # Errors
+    /// Those of `vb`.
+    pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let fc1 = linear(dim, hidden, vb.pp("fc1"))?;
+        let fc2 = linear(hidden, dim, vb.pp("fc2"))?;
+        let params = vars_of(&[&fc1, &fc2])?;
+        Ok(Self { fc1, fc2, params })
+    }
+}
+
+impl VectorField for HiddenOdeFunc {
+    fn eval(&self, _t: f64, h: &Tensor) -> Result<Tensor> {
+        self.fc2
+            .forward(&node_kernels::tanh(&self.fc1.forward(h)?)?)
+    }
+}
+
+impl ParamVectorField for HiddenOdeFunc {
+    fn params(&self) -> Vec<Var> {
+        self.params.clone()
     }
 }
 
@@ -99,6 +171,25 @@ pub struct ElboParts {
     pub nfe_forward: usize,
     /// For the adjoint, its statistics (the backward counts fill in after `backward()`).
     pub adjoint: Option<node_adjoint::AdjointStats>,
+    /// The ODE-RNN encoder's solves ([`Encoder::OdeRnn`]; empty for [`Encoder::Rnn`]).
+    pub encoder: EncoderStats,
+}
+
+/// Counts of the ODE-RNN encoder's solves in one pass.
+#[derive(Clone, Debug, Default)]
+pub struct EncoderStats {
+    /// Evaluations of `f_h` in the forward solves.
+    pub nfe_forward: usize,
+    /// For the adjoint, checkpointing and reversible backprop, each solve's statistics (their
+    /// backward counts fill in after `backward()`).
+    pub adjoint: Vec<node_adjoint::AdjointStats>,
+}
+
+impl EncoderStats {
+    /// Evaluations of `f_h` in the backward pass (0 for backprop).
+    pub fn nfe_backward(&self) -> usize {
+        self.adjoint.iter().map(|a| a.backward().nfe).sum()
+    }
 }
 
 /// Encoder, latent dynamics and decoder of a latent ODE.
@@ -133,6 +224,8 @@ pub struct ElboParts {
 pub struct LatentOde {
     i2h: Linear,
     h2o: Linear,
+    /// The ODE-RNN's hidden dynamics ([`Encoder::OdeRnn`]).
+    rec_ode: Option<HiddenOdeFunc>,
     func: LatentOdeFunc,
     dec1: Linear,
     dec2: Linear,
@@ -142,13 +235,14 @@ pub struct LatentOde {
 }
 
 impl LatentOde {
-    /// A latent ODE of the given sizes, its parameters under `vb` (`rec.i2h`, `rec.h2o`,
-    /// `func.fc1..3`, `dec.fc1`, `dec.fc2`), solved with `opts` (the example uses
-    /// torchdiffeq's defaults, dopri5 at rtol 1e-7 and atol 1e-9) and differentiated by
-    /// `gradient`.
+    /// A latent ODE of the given sizes, its parameters under `vb` (`rec.i2h`, `rec.h2o`, with
+    /// an ODE-RNN `rec.ode.fc1..2`, `func.fc1..3`, `dec.fc1`, `dec.fc2`), solved with `opts`
+    /// (the example uses torchdiffeq's defaults, dopri5 at rtol 1e-7 and atol 1e-9) and
+    /// differentiated by `gradient`.
     ///
     /// # Errors
-    /// A size of zero, invalid `opts`; those of `vb`.
+    /// A size of zero, invalid `opts`, an ODE-RNN with an adaptive or implicit method or 0
+    /// steps; those of `vb`.
     pub fn new(
         config: &LatentOdeConfig,
         opts: SolveOptions,
@@ -161,6 +255,18 @@ impl LatentOde {
         }
         opts.validate()?;
         let rec = vb.pp("rec");
+        let rec_ode = match c.encoder {
+            Encoder::Rnn => None,
+            Encoder::OdeRnn { method, steps } => {
+                if method.is_implicit() || steps == 0 {
+                    candle_core::bail!(
+                        "latent ODE: the ODE-RNN takes an explicit method and at least one \
+                         step, got {method:?} with {steps}"
+                    );
+                }
+                Some(HiddenOdeFunc::new(c.rnn_hidden, c.hidden, rec.pp("ode"))?)
+            }
+        };
         let dec = vb.pp("dec");
         Ok(Self {
             i2h: linear(
@@ -169,6 +275,7 @@ impl LatentOde {
                 rec.pp("i2h"),
             )?,
             h2o: linear(c.rnn_hidden, 2 * c.latent, rec.pp("h2o"))?,
+            rec_ode,
             func: LatentOdeFunc::new(c.latent, c.hidden, vb.pp("func"))?,
             dec1: linear(c.latent, c.hidden, dec.pp("fc1"))?,
             dec2: linear(c.hidden, c.obs, dec.pp("fc2"))?,
@@ -221,13 +328,14 @@ impl LatentOde {
     /// With a `mask` (1 observed, 0 not), the RNN skips the points that are not observed:
     /// `h` passes them unchanged, so sequences observed at different times share one grid
     /// `ts`. With [`LatentOdeConfig::time_input`], the RNN reads `[xᵢ, Δᵢ, h]`, `Δᵢ` the time
-    /// from `tᵢ` to the sequence's next observed time.
+    /// from `tᵢ` to the sequence's next observed time. With [`Encoder::OdeRnn`], `h` is
+    /// solved from each time of the grid back to the one before it first.
     ///
     /// # Shapes
     /// `x: [B, T, obs]`, `ts`: `T` times, `mask: [B, T]` → `([B, latent], [B, latent])`.
     ///
     /// # Errors
-    /// Shapes that do not match; Candle's.
+    /// Shapes that do not match; the ODE-RNN's solver errors; Candle's.
     pub fn encode(
         &self,
         x: &Tensor,
@@ -235,10 +343,12 @@ impl LatentOde {
         mask: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let (b, t) = self.check_obs(x, ts, mask)?;
-        self.encode_checked(x, ts, mask, b, t)
+        let (mean, logvar, _) = self.encode_checked(x, ts, mask, b, t)?;
+        Ok((mean, logvar))
     }
 
-    /// [`LatentOde::encode`] of inputs already checked, `(b, t)` from [`Self::check_obs`].
+    /// [`LatentOde::encode`] of inputs already checked, `(b, t)` from [`Self::check_obs`],
+    /// with the counts of the ODE-RNN's solves.
     fn encode_checked(
         &self,
         x: &Tensor,
@@ -246,12 +356,28 @@ impl LatentOde {
         mask: Option<&Tensor>,
         b: usize,
         t: usize,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<(Tensor, Tensor, EncoderStats)> {
         let (dtype, dev) = (x.dtype(), x.device());
         let mut h = Tensor::zeros((b, self.config.rnn_hidden), dtype, dev)?;
+        let mut stats = EncoderStats::default();
         // The time of each sequence's next observed point, for the gap input.
         let mut t_next = Tensor::full(ts[t - 1], (b, 1), dev)?.to_dtype(dtype)?;
         for i in (0..t).rev() {
+            if let (Some(f), Encoder::OdeRnn { method, steps }) =
+                (&self.rec_ode, self.config.encoder)
+            {
+                if i + 1 < t {
+                    let max_step = (ts[t - 1] - ts[0]).abs() / steps as f64;
+                    let n = ((ts[i + 1] - ts[i]).abs() / max_step * (1.0 - 1e-12)).ceil();
+                    let opts = SolveOptions::default()
+                        .method(method)
+                        .fixed_steps((n as usize).max(1));
+                    let (hs, s) = self.gradient.solve(f, &h, &[ts[i + 1], ts[i]], &opts)?;
+                    h = hs.get(1)?;
+                    stats.nfe_forward += s.nfe_forward;
+                    stats.adjoint.extend(s.adjoint);
+                }
+            }
             let xi = x.narrow(1, i, 1)?.squeeze(1)?;
             let input = if self.config.time_input {
                 let gap = t_next.affine(1.0, -ts[i])?;
@@ -280,7 +406,7 @@ impl LatentOde {
         }
         let out = self.h2o.forward(&h)?;
         let l = self.config.latent;
-        Ok((out.narrow(1, 0, l)?, out.narrow(1, l, l)?))
+        Ok((out.narrow(1, 0, l)?, out.narrow(1, l, l)?, stats))
     }
 
     /// Solves the latent dynamics from `z0` to every time of `ts` (increasing or decreasing,
@@ -373,7 +499,7 @@ impl LatentOde {
         if !(noise_std.is_finite() && noise_std > 0.0) {
             candle_core::bail!("latent ODE: noise_std must be positive, got {noise_std}");
         }
-        let (mean, logvar) = self.encode_checked(x, ts, mask, b, t)?;
+        let (mean, logvar, encoder) = self.encode_checked(x, ts, mask, b, t)?;
         let z0 = (&mean + (eps * (&logvar * 0.5)?.exp()?)?)?;
         let (pred, nfe_forward, adjoint) = self.decode(&z0, ts)?;
         // log N(x; pred, s²) = −½ (log 2π + 2 log s + (x − pred)² / s²), summed over the
@@ -396,6 +522,7 @@ impl LatentOde {
             kl,
             nfe_forward,
             adjoint,
+            encoder,
         })
     }
 }

@@ -5,9 +5,9 @@ use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use node_adjoint::{AdjointOptions, CheckpointOptions, ReversibleOptions};
-use node_models::latent_ode::{spirals, LatentOde, LatentOdeConfig};
+use node_models::latent_ode::{spirals, Encoder, LatentOde, LatentOdeConfig};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
-use node_solvers::SolveOptions;
+use node_solvers::{Method, SolveOptions};
 
 fn small() -> LatentOdeConfig {
     LatentOdeConfig {
@@ -16,6 +16,15 @@ fn small() -> LatentOdeConfig {
         hidden: 5,
         rnn_hidden: 4,
         time_input: false,
+        encoder: Encoder::Rnn,
+    }
+}
+
+/// [`small`] with an ODE-RNN encoder of `method` in steps of at most a `steps`-th of the span.
+fn ode_rnn(method: Method, steps: usize) -> LatentOdeConfig {
+    LatentOdeConfig {
+        encoder: Encoder::OdeRnn { method, steps },
+        ..small()
     }
 }
 
@@ -48,46 +57,66 @@ fn data(dtype: DType, dev: &Device) -> Result<(Tensor, Vec<f64>)> {
 
 #[test]
 fn encoder_reads_the_sequence_backwards() -> Result<()> {
-    let dev = Device::Cpu;
-    let (vm, m) = build(
-        &small(),
-        Gradient::Backprop,
-        SolveOptions::default(),
-        DType::F64,
-        &dev,
-    )?;
-    let (x, ts) = data(DType::F64, &dev)?;
-    let (mean, logvar) = m.encode(&x, &ts, None)?;
-    // h ← tanh(W [xᵢ, h] + b) from the last observation to the first, then h2o.
-    let (w, b) = (var(&vm, "rec.i2h.weight"), var(&vm, "rec.i2h.bias"));
-    let step = |xi: &Tensor, h: &Tensor| -> Result<Tensor> {
-        Ok(Tensor::cat(&[xi, h], 1)?
-            .matmul(&w.t()?)?
-            .broadcast_add(&b)?
-            .tanh()?)
-    };
-    let out = |h: &Tensor| -> Result<Vec<Vec<f64>>> {
-        Ok(h.matmul(&var(&vm, "rec.h2o.weight").t()?)?
-            .broadcast_add(&var(&vm, "rec.h2o.bias"))?
-            .to_vec2()?)
-    };
-    let t = x.dim(1)?;
-    let mut back = Tensor::zeros((6, 4), DType::F64, &dev)?;
-    let mut fwd = back.clone();
-    for i in 0..t {
-        back = step(&x.narrow(1, t - 1 - i, 1)?.squeeze(1)?, &back)?;
-        fwd = step(&x.narrow(1, i, 1)?.squeeze(1)?, &fwd)?;
+    // The RNN, and the ODE-RNN with one Euler step per interval (8 times, 7 intervals).
+    for cfg in [small(), ode_rnn(Method::Euler, 7)] {
+        let dev = Device::Cpu;
+        let (vm, m) = build(
+            &cfg,
+            Gradient::Backprop,
+            SolveOptions::default(),
+            DType::F64,
+            &dev,
+        )?;
+        let (x, ts) = data(DType::F64, &dev)?;
+        let (mean, logvar) = m.encode(&x, &ts, None)?;
+        // h ← tanh(W [xᵢ, h] + b) from the last observation to the first, then h2o; the
+        // ODE-RNN first steps h ← h + (tᵢ − tᵢ₊₁) f_h(h).
+        let (w, b) = (var(&vm, "rec.i2h.weight"), var(&vm, "rec.i2h.bias"));
+        let step = |xi: &Tensor, h: &Tensor| -> Result<Tensor> {
+            Ok(Tensor::cat(&[xi, h], 1)?
+                .matmul(&w.t()?)?
+                .broadcast_add(&b)?
+                .tanh()?)
+        };
+        let affine = |h: &Tensor, name: &str| -> Result<Tensor> {
+            Ok(h.matmul(&var(&vm, &format!("{name}.weight")).t()?)?
+                .broadcast_add(&var(&vm, &format!("{name}.bias")))?)
+        };
+        let evolve = |h: &Tensor, dt: f64| -> Result<Tensor> {
+            if cfg.encoder == Encoder::Rnn {
+                return Ok(h.clone());
+            }
+            let f = affine(&affine(h, "rec.ode.fc1")?.tanh()?, "rec.ode.fc2")?;
+            Ok((h + (f * dt)?)?)
+        };
+        let out = |h: &Tensor| -> Result<Vec<Vec<f64>>> { Ok(affine(h, "rec.h2o")?.to_vec2()?) };
+        let t = x.dim(1)?;
+        let mut back = Tensor::zeros((6, 4), DType::F64, &dev)?;
+        let mut fwd = back.clone();
+        for i in 0..t {
+            let j = t - 1 - i;
+            if i > 0 {
+                back = evolve(&back, ts[j] - ts[j + 1])?;
+                fwd = evolve(&fwd, ts[i] - ts[i - 1])?;
+            }
+            back = step(&x.narrow(1, j, 1)?.squeeze(1)?, &back)?;
+            fwd = step(&x.narrow(1, i, 1)?.squeeze(1)?, &fwd)?;
+        }
+        let got = Tensor::cat(&[&mean, &logvar], 1)?.to_vec2::<f64>()?;
+        let (want, forwards) = (out(&back)?, out(&fwd)?);
+        let gap = |a: &[Vec<f64>], b: &[Vec<f64>]| {
+            a.iter()
+                .flatten()
+                .zip(b.iter().flatten())
+                .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()))
+        };
+        ensure!(
+            gap(&got, &want) < 1e-12,
+            "{:?}: {got:?} vs {want:?}",
+            cfg.encoder
+        );
+        ensure!(gap(&got, &forwards) > 1e-4, "the direction must matter");
     }
-    let got = Tensor::cat(&[&mean, &logvar], 1)?.to_vec2::<f64>()?;
-    let (want, forwards) = (out(&back)?, out(&fwd)?);
-    let gap = |a: &[Vec<f64>], b: &[Vec<f64>]| {
-        a.iter()
-            .flatten()
-            .zip(b.iter().flatten())
-            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()))
-    };
-    ensure!(gap(&got, &want) < 1e-12, "{got:?} vs {want:?}");
-    ensure!(gap(&got, &forwards) > 1e-4, "the direction must matter");
     Ok(())
 }
 
@@ -177,9 +206,12 @@ fn gradient_modes_agree(dev: &Device) -> Result<()> {
         time_input: true,
         ..small()
     };
+    // An ODE-RNN encoder in fine RK4 steps: its adjoint (the continuous gradient) is
+    // backprop's up to their error.
     for (cfg, mask) in [
         (small(), None),
         (irregular, Some(half_mask(DType::F64, dev)?)),
+        (ode_rnn(Method::Rk4, 400), Some(half_mask(DType::F64, dev)?)),
     ] {
         let mut all = vec![];
         for gradient in [
@@ -271,6 +303,121 @@ fn the_time_input_reads_the_gaps() -> Result<()> {
         let gap = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
         ensure!((gap > 1e-6) == time_input, "time input {time_input}: {gap}");
     }
+    Ok(())
+}
+
+#[test]
+fn the_ode_rnn_evolves_between_observations() -> Result<()> {
+    let dev = Device::Cpu;
+    let (x, ts) = data(DType::F64, &dev)?;
+    let opts = SolveOptions::default();
+    let (vm, m) = build(
+        &ode_rnn(Method::Euler, 50),
+        Gradient::Backprop,
+        opts.clone(),
+        DType::F64,
+        &dev,
+    )?;
+    // The RNN encoder on the same variables: the cell, h2o, dynamics and decoder shared.
+    let rnn = LatentOde::new(
+        &small(),
+        opts.clone(),
+        Gradient::Backprop,
+        VarBuilder::from_varmap(&vm, DType::F64, &dev),
+    )?;
+    let encode = |m: &LatentOde, ts: &[f64], x: &Tensor, mask: Option<&Tensor>| -> Result<Tensor> {
+        Ok(m.encode(x, ts, mask)?.0)
+    };
+    let diff = |a: &Tensor, b: &Tensor| -> Result<f64> {
+        Ok((a - b)?.abs()?.max_all()?.to_scalar::<f64>()?)
+    };
+    // The ODE reads the gaps: another grid, another encoding (the RNN's is the same).
+    let coarse: Vec<f64> = ts.iter().map(|t| 2.0 * t).collect();
+    ensure!(diff(&encode(&m, &ts, &x, None)?, &encode(&m, &coarse, &x, None)?)? > 1e-6);
+    ensure!(
+        diff(
+            &encode(&rnn, &ts, &x, None)?,
+            &encode(&rnn, &coarse, &x, None)?
+        )? == 0.0
+    );
+    ensure!(diff(&encode(&m, &ts, &x, None)?, &encode(&rnn, &ts, &x, None)?)? > 1e-6);
+    // With f_h ≡ 0 the two are the same encoder, bit for bit.
+    let zero = |name: &str| -> Result<()> {
+        let v = vm.data().lock().unwrap()[name].clone();
+        v.set(&v.as_tensor().zeros_like()?)?;
+        Ok(())
+    };
+    zero("rec.ode.fc2.weight")?;
+    zero("rec.ode.fc2.bias")?;
+    ensure!(diff(&encode(&m, &ts, &x, None)?, &encode(&rnn, &ts, &x, None)?)? == 0.0);
+
+    // Time passes at a point the mask hides: the encoding is that of the grid without it
+    // (the same ODE solved across it, here in fine RK4 steps).
+    let (_, fine) = build(
+        &ode_rnn(Method::Rk4, 400),
+        Gradient::Backprop,
+        opts,
+        DType::F64,
+        &dev,
+    )?;
+    let mut mask = vec![1.0f64; 48];
+    for row in 0..6 {
+        mask[row * 8 + 3] = 0.0;
+    }
+    let mask = Tensor::from_vec(mask, (6, 8), &dev)?;
+    let kept = [0, 1, 2, 4, 5, 6, 7];
+    let idx = Tensor::new(&kept.map(|i| i as u32), &dev)?;
+    let x_kept = x.index_select(&idx, 1)?;
+    let ts_kept: Vec<f64> = kept.iter().map(|&i| ts[i]).collect();
+    let gap = diff(
+        &encode(&fine, &ts, &x, Some(&mask))?,
+        &encode(&fine, &ts_kept, &x_kept, None)?,
+    )?;
+    ensure!(gap < 1e-9, "a hidden point changed the encoding by {gap}");
+    Ok(())
+}
+
+#[test]
+fn the_ode_rnn_counts_its_solves() -> Result<()> {
+    // 8 times, 7 equal intervals, Euler steps of at most a 50th of the span: ⌈50/7⌉ = 8
+    // steps (evaluations) each.
+    let dev = Device::Cpu;
+    let (x, ts) = data(DType::F64, &dev)?;
+    let eps = Rng::new(3).normal_tensor(&[6, 3], 0.0, 1.0, DType::F64, &dev)?;
+    for gradient in [
+        Gradient::Backprop,
+        Gradient::Adjoint(AdjointOptions::default()),
+    ] {
+        let adjoint = matches!(gradient, Gradient::Adjoint(_));
+        let (_, m) = build(
+            &ode_rnn(Method::Euler, 50),
+            gradient,
+            SolveOptions::default(),
+            DType::F64,
+            &dev,
+        )?;
+        let parts = m.elbo(&x, &ts, None, &eps, 0.3)?;
+        ensure!(
+            parts.encoder.nfe_forward == 7 * 8,
+            "{}",
+            parts.encoder.nfe_forward
+        );
+        ensure!(parts.encoder.adjoint.len() == if adjoint { 7 } else { 0 });
+        parts.loss.backward()?;
+        // The adjoint's reverse Euler solves take the forward steps' count each.
+        let back = parts.encoder.nfe_backward();
+        ensure!(back == if adjoint { 7 * 8 } else { 0 }, "{back}");
+    }
+    // The RNN has no solves.
+    let (_, m) = build(
+        &small(),
+        Gradient::Backprop,
+        SolveOptions::default(),
+        DType::F64,
+        &dev,
+    )?;
+    let parts = m.elbo(&x, &ts, None, &eps, 0.3)?;
+    ensure!(parts.encoder.nfe_forward == 0 && parts.encoder.adjoint.is_empty());
     Ok(())
 }
 
@@ -466,5 +613,16 @@ fn bad_input_is_an_error() -> Result<()> {
     .unwrap_err()
     .to_string();
     ensure!(e.contains("at least 1"), "{e}");
+    for cfg in [ode_rnn(Method::Kvaerno3, 50), ode_rnn(Method::Euler, 0)] {
+        let e = LatentOde::new(
+            &cfg,
+            SolveOptions::default(),
+            Gradient::Backprop,
+            VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
+        )
+        .unwrap_err()
+        .to_string();
+        ensure!(e.contains("ODE-RNN takes an explicit method"), "{e}");
+    }
     Ok(())
 }
