@@ -55,22 +55,25 @@ impl Setup {
         move |_t: f64, y: &Tensor| y.matmul(a.as_tensor())?.broadcast_add(&c)?.tanh()? - (y * 0.5)?
     }
 
-    /// `dL/d[y0, E, A]` of `L = Σ_i (i + 1)·Σ ys[i]²/2`.
-    fn grads(&self, ys: &Tensor) -> Result<Vec<Tensor>> {
+    /// `L = Σ_i (i + 1)·Σ ys[i]²/2`, differentiated.
+    fn backward(ys: &Tensor) -> Result<candle_core::backprop::GradStore> {
         let n = ys.dim(0)?;
         let w = Tensor::arange(1.0, n as f64 + 1.0, ys.device())?.reshape((n, 1, 1))?;
-        let loss = (ys.sqr()?.broadcast_mul(&w)? * 0.5)?.sum_all()?;
-        let g = loss.backward()?;
+        Ok((ys.sqr()?.broadcast_mul(&w)? * 0.5)?
+            .sum_all()?
+            .backward()?)
+    }
+
+    /// `dL/d[y0, E, A]`.
+    fn grads(&self, ys: &Tensor) -> Result<Vec<Tensor>> {
+        let g = Self::backward(ys)?;
         let get = |v: &Var| g.get(v).expect("a gradient").clone();
         Ok(vec![get(&self.y0), get(&self.e), get(&self.a)])
     }
 
-    /// `dL/d[y0, A]` (for a field of data `c`).
+    /// `dL/d[y0, A]` (for a field of data `c`: `E` gets none).
     fn grads_y0_a(&self, ys: &Tensor) -> Result<Vec<Tensor>> {
-        let n = ys.dim(0)?;
-        let w = Tensor::arange(1.0, n as f64 + 1.0, ys.device())?.reshape((n, 1, 1))?;
-        let loss = (ys.sqr()?.broadcast_mul(&w)? * 0.5)?.sum_all()?;
-        let g = loss.backward()?;
+        let g = Self::backward(ys)?;
         assert!(g.get(&self.e).is_none(), "E is not in this graph");
         let get = |v: &Var| g.get(v).expect("a gradient").clone();
         Ok(vec![get(&self.y0), get(&self.a)])

@@ -2,8 +2,10 @@
 //! takes it: all 1000 spirals of 100 noisy points (`ntotal` 500, noise 0.3), latent 4, hidden
 //! 20, RNN 25, dopri5 at torchdiffeq's default tolerances (rtol 1e-7, atol 1e-9) to the 100
 //! observation times, negative ELBO, Adam (lr 0.01); by backprop through the solver (the
-//! example's default) and by the adjoint. From the seed-0 initialisation, one warm-up
-//! iteration, then `--reps` timed ones in a row (the NFE grows as the model trains).
+//! example's default) and by the adjoint; and with an ODE-RNN encoder (Rubanova et al. 2019:
+//! Euler steps of at most a 50th of the span, here one per interval). From the seed-0
+//! initialisation, one warm-up iteration, then `--reps` timed ones in a row (the NFE grows
+//! as the model trains).
 //!
 //! `cargo bench -p node-models --bench latent_ode [-- --reps N] [--device cpu|cuda]`;
 //! `scripts/bench-small-models.sh` runs it beside torchdiffeq
@@ -14,7 +16,7 @@ mod common;
 use candle_core::{DType, Result};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use node_adjoint::{AdjointOptions, CheckpointOptions};
-use node_models::latent_ode::{spirals, LatentOde, LatentOdeConfig};
+use node_models::latent_ode::{spirals, Encoder, LatentOde, LatentOdeConfig};
 use node_models::{init, Adam, AdamConfig, Gradient, Rng};
 use node_solvers::{Method, SolveOptions};
 use std::time::Instant;
@@ -26,25 +28,31 @@ fn main() -> Result<()> {
     println!(
         "latent ODE training iteration, 1000 spirals x 100 points, dopri5 1e-7/1e-9, on {dev:?}; 1 warm-up + {reps} iterations"
     );
-    println!("| gradient | median ms | min ms | NFE fwd / bwd (last iteration) | loss after |");
-    println!("|---|---:|---:|---|---:|");
-    for (name, gradient) in [
-        ("backprop", Gradient::Backprop),
-        (
-            "adjoint",
-            Gradient::Adjoint(AdjointOptions::default().tolerances(1e-7, 1e-9)),
-        ),
+    println!(
+        "| gradient | median ms | min ms | NFE fwd / bwd (last iteration) | encoder NFE fwd / bwd | loss after |"
+    );
+    println!("|---|---:|---:|---|---|---:|");
+    let adjoint = || Gradient::Adjoint(AdjointOptions::default().tolerances(1e-7, 1e-9));
+    for (name, gradient, encoder) in [
+        ("backprop", Gradient::Backprop, Encoder::Rnn),
+        ("adjoint", adjoint(), Encoder::Rnn),
         (
             "checkpoint",
             Gradient::Checkpoint(CheckpointOptions::default()),
+            Encoder::Rnn,
         ),
+        ("backprop, ODE-RNN", Gradient::Backprop, Encoder::ODE_RNN),
+        ("adjoint, ODE-RNN", adjoint(), Encoder::ODE_RNN),
     ] {
         let varmap = VarMap::new();
         let opts = SolveOptions::default()
             .method(Method::Dopri5)
             .tolerances(1e-7, 1e-9);
         let model = LatentOde::new(
-            &LatentOdeConfig::default(),
+            &LatentOdeConfig {
+                encoder,
+                ..Default::default()
+            },
             opts,
             gradient,
             VarBuilder::from_varmap(&varmap, DType::F32, &dev),
@@ -57,7 +65,7 @@ fn main() -> Result<()> {
         };
         let mut opt = Adam::new(node_adjoint::sorted_vars(&varmap), cfg)?;
         let mut times = vec![];
-        let mut last = (0, 0, 0.0);
+        let mut last = (0, 0, 0, 0, 0.0);
         for i in 0..=reps {
             let start = Instant::now();
             let eps = rng.normal_tensor(&[1000, 4], 0.0, 1.0, DType::F32, &dev)?;
@@ -69,12 +77,19 @@ fn main() -> Result<()> {
                 times.push(start.elapsed().as_secs_f64() * 1e3);
             }
             let nfe_b = parts.adjoint.as_ref().map_or(0, |a| a.backward().nfe);
-            last = (parts.nfe_forward, nfe_b, l);
+            let enc = &parts.encoder;
+            last = (
+                parts.nfe_forward,
+                nfe_b,
+                enc.nfe_forward,
+                enc.nfe_backward(),
+                l,
+            );
         }
         let (median, min) = common::median_min(times);
         println!(
-            "| {name} | {median:.1} | {min:.1} | {} / {} | {:.1} |",
-            last.0, last.1, last.2
+            "| {name} | {median:.1} | {min:.1} | {} / {} | {} / {} | {:.1} |",
+            last.0, last.1, last.2, last.3, last.4
         );
     }
     Ok(())
