@@ -258,3 +258,50 @@ fn cuda_graph_is_refused_where_it_cannot_record() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn augmented_odenet_trains_and_refuses_other_checkpoints() -> Result<()> {
+    let data = tmp("data-anode");
+    dataset(&data)?;
+    let out = tmp("out-anode");
+    let args = [
+        "--model",
+        "odenet",
+        "--augment-dim",
+        "5",
+        "--train-subset",
+        "64",
+    ];
+    ok(&train(
+        &data,
+        &out,
+        &[&args[..], &["--epochs", "1"]].concat(),
+    ));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    assert!(metrics.contains("\"test_acc\""), "{metrics}");
+    // Without the augmentation the checkpoint does not fit.
+    let o = train(
+        &data,
+        &out,
+        &[
+            "--model",
+            "odenet",
+            "--resume",
+            "--epochs",
+            "2",
+            "--train-subset",
+            "64",
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not fit"), "{err}");
+    let o = train(&data, &out, &["--model", "resnet", "--augment-dim", "5"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("augmentation is for ODE-Net and RK-Net"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -47,6 +47,10 @@ struct Args {
     gradient: Option<GradientArg>,
     #[command(flatten)]
     checkpoint: CheckpointArgs,
+    /// Channels of zeros added to the ODE block's 64 (an augmented neural ODE, Dupont et al.
+    /// 2019); odenet and rknet only.
+    #[arg(long, default_value_t = 0)]
+    augment_dim: usize,
     /// Error norm of the adjoint's reverse solve.
     #[arg(long, default_value = "seminorm", value_parser = ["seminorm", "full"])]
     adjoint_norm: String,
@@ -188,6 +192,7 @@ fn ode_config(args: &Args) -> Result<OdeConfig> {
             g => g,
         },
     };
+    cfg.augment = args.augment_dim;
     cfg.opts.validate().context("ODE solver options")?;
     Ok(cfg)
 }

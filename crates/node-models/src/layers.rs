@@ -60,11 +60,23 @@ impl Module for GroupNorm {
     }
 }
 
-/// `GroupNorm(min(32, dim), dim)`, ε = 1e-5, as torchdiffeq's `norm`.
+/// `GroupNorm(norm_groups(dim), dim)`, ε = 1e-5: torchdiffeq's `norm`
+/// (`GroupNorm(min(32, dim), dim)`) wherever that is defined.
 pub fn norm(dim: usize, vb: VarBuilder) -> Result<GroupNorm> {
     let w = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?;
     let b = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?;
-    GroupNorm::new(w, b, dim.min(32), 1e-5)
+    GroupNorm::new(w, b, norm_groups(dim), 1e-5)
+}
+
+/// The groups of [`norm`] over `dim` channels: the most, up to 32, that divide them. That is
+/// torchdiffeq's `min(32, dim)` when `dim` is at most 32 or a multiple of 32; for the other
+/// channel counts, where `GroupNorm(32, dim)` is not defined (an augmented ODE-Net's `64 + k`),
+/// groups of equal size. 0 for 0 channels.
+pub fn norm_groups(dim: usize) -> usize {
+    (1..=dim.min(32))
+        .rev()
+        .find(|g| dim.is_multiple_of(*g))
+        .unwrap_or(0)
 }
 
 /// A 2-D convolution (square kernel, optional bias) on [`node_kernels::conv2d`]: on the CPU
@@ -328,7 +340,7 @@ impl OdeFunc {
             let b = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?;
             params.push(w.clone());
             params.push(b.clone());
-            GroupNorm::new(w, b, dim.min(32), 1e-5)
+            GroupNorm::new(w, b, norm_groups(dim), 1e-5)
         };
         let norm1 = norm_p("norm1")?;
         let norm2 = norm_p("norm2")?;
@@ -459,6 +471,10 @@ pub struct OdeBlock<F> {
     pub opts: SolveOptions,
     /// Gradient mode.
     pub gradient: Gradient,
+    /// Channels of zeros added to the input along dimension 1 before the solve and kept in the
+    /// output: an augmented neural ODE (Dupont, Doucet & Teh 2019; torchdyn's `Augmenter`),
+    /// whose field acts on `C + augment` channels. 0 (the default): none.
+    pub augment: usize,
 }
 
 impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
@@ -469,7 +485,14 @@ impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
             t1,
             opts,
             gradient,
+            augment: 0,
         }
+    }
+
+    /// The block with `k` channels of zeros added to its input ([`OdeBlock::augment`]).
+    pub fn augmented(mut self, k: usize) -> Self {
+        self.augment = k;
+        self
     }
 
     /// Solves from `x` and returns `y(t1)` with the solve's counts.
@@ -483,23 +506,40 @@ impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
         self.solve_between(x, 0.0, self.t1)
     }
 
-    /// Solves from `y(t_from) = x` to `t_to` (either direction) and returns `y(t_to)` with the
-    /// solve's counts, differentiated as the block's [`Gradient`] says.
+    /// Solves from `y(t_from) = x` (with [`OdeBlock::augment`] channels of zeros after its
+    /// own) to `t_to` (either direction) and returns `y(t_to)` with the solve's counts,
+    /// differentiated as the block's [`Gradient`] says.
     ///
     /// # Shapes
-    /// `x`: any shape the field accepts; the result has the same shape.
+    /// `x: [B, C, ...]`, any shape the field accepts with `C + augment` channels; the result
+    /// is `[B, C + augment, ...]`. Without augmentation, any shape the field accepts.
     ///
     /// # Errors
-    /// The solver's typed errors, and `t_from == t_to`.
+    /// The solver's typed errors, `t_from == t_to`, and `x` of rank below 2 when augmented.
     pub fn solve_between(
         &self,
         x: &Tensor,
         t_from: f64,
         t_to: f64,
     ) -> Result<(Tensor, BlockStats)> {
+        let x = match self.augment {
+            0 => x.clone(),
+            k => {
+                if x.rank() < 2 {
+                    candle_core::bail!(
+                        "OdeBlock: an augmented block pads dimension 1, but the input is {:?}",
+                        x.dims()
+                    );
+                }
+                let mut dims = x.dims().to_vec();
+                dims[1] = k;
+                let zeros = Tensor::zeros(dims, x.dtype(), x.device())?;
+                Tensor::cat(&[x, &zeros], 1)?
+            }
+        };
         let (ys, stats) = self
             .gradient
-            .solve(&self.field, x, &[t_from, t_to], &self.opts)?;
+            .solve(&self.field, &x, &[t_from, t_to], &self.opts)?;
         Ok((ys.get(1)?, stats))
     }
 }

@@ -78,6 +78,10 @@ pub struct OdeConfig {
     pub opts: SolveOptions,
     /// Gradient mode.
     pub gradient: Gradient,
+    /// Channels of zeros added to the ODE block's 64 (an augmented neural ODE, Dupont et
+    /// al. 2019): the field, the head's norm and the classifier see `64 + augment`. 0 (the
+    /// paper's): none. ODE-Net and RK-Net only.
+    pub augment: usize,
 }
 
 impl OdeConfig {
@@ -88,12 +92,14 @@ impl OdeConfig {
             ModelKind::RkNet => OdeConfig {
                 opts: SolveOptions::default().method(Method::Rk4).fixed_steps(20),
                 gradient: Gradient::Backprop,
+                augment: 0,
             },
             _ => OdeConfig {
                 opts: SolveOptions::default()
                     .method(Method::Dopri5)
                     .tolerances(1e-3, 1e-3),
                 gradient: Gradient::Adjoint(AdjointOptions::default()),
+                augment: 0,
             },
         }
     }
@@ -123,8 +129,14 @@ pub struct ForwardStats {
 
 impl MnistModel {
     /// Builds `kind` with its variables under `vb` (use a `VarMap`-backed builder to train).
-    /// `ode` configures ODE-Net and RK-Net; it is ignored by the others.
+    /// `ode` configures ODE-Net and RK-Net; the others ignore it, but refuse augmentation.
+    ///
+    /// # Errors
+    /// `ode.augment` for the ResNet or the MLP; those of `vb`.
     pub fn new(kind: ModelKind, ode: &OdeConfig, vb: VarBuilder) -> Result<Self> {
+        if ode.augment > 0 && matches!(kind, ModelKind::ResNet | ModelKind::Mlp) {
+            candle_core::bail!("augmentation is for ODE-Net and RK-Net, not the {kind} model");
+        }
         if kind == ModelKind::Mlp {
             return Ok(Self {
                 kind,
@@ -143,25 +155,31 @@ impl MnistModel {
             norm(64, d.pp("norm2"))?,
             conv2d(64, 64, 4, 2, 1, true, d.pp("conv3"))?,
         );
-        let features = match kind {
-            ModelKind::ResNet => Features::Res(
-                (0..6)
+        let (features, dim) = match kind {
+            ModelKind::ResNet => {
+                let blocks = (0..6)
                     .map(|i| ResBlock::new(64, vb.pp(format!("res{i}"))))
-                    .collect::<Result<_>>()?,
-            ),
-            _ => Features::Ode(Box::new(OdeBlock::new(
-                OdeFunc::new(64, vb.pp("odefunc"))?,
-                1.0,
-                ode.opts.clone(),
-                ode.gradient.clone(),
-            ))),
+                    .collect::<Result<_>>()?;
+                (Features::Res(blocks), 64)
+            }
+            _ => {
+                let dim = 64 + ode.augment;
+                let block = OdeBlock::new(
+                    OdeFunc::new(dim, vb.pp("odefunc"))?,
+                    1.0,
+                    ode.opts.clone(),
+                    ode.gradient.clone(),
+                )
+                .augmented(ode.augment);
+                (Features::Ode(Box::new(block)), dim)
+            }
         };
         Ok(Self {
             kind,
             down: Some(down),
             features: Some(features),
-            head_norm: Some(norm(64, vb.pp("head_norm"))?),
-            fc: linear(64, 10, vb.pp("fc"))?,
+            head_norm: Some(norm(dim, vb.pp("head_norm"))?),
+            fc: linear(dim, 10, vb.pp("fc"))?,
             hidden: None,
         })
     }

@@ -315,6 +315,98 @@ fn checkpoint_is_backprop(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// An augmented ODE-Net and RK-Net (Dupont et al. 2019): 5 channels of zeros beside the 64,
+/// the field, the head's norm (23 groups of 3) and the classifier on 69; they train.
+fn augmented_models(dev: &Device) -> Result<()> {
+    // Parameters of the parts on `d` channels: the field's three norms and two time-channel
+    // convolutions, the head's norm, the classifier.
+    let on = |d: usize| 3 * 2 * d + 2 * (9 * (d + 1) * d + d) + 2 * d + 10 * d + 10;
+    let split = mnist::synthetic(16, &mut Rng::new(5));
+    let idx: Vec<usize> = (0..16).collect();
+    let (x, y) = mnist::batch(&split, &idx, None, dev)?;
+    for kind in [ModelKind::OdeNet, ModelKind::RkNet] {
+        let varmap = VarMap::new();
+        let ode = OdeConfig {
+            augment: 5,
+            ..OdeConfig::default_for(kind)
+        };
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
+        let model = MnistModel::new(kind, &ode, vb)?;
+        init::pytorch_default(&varmap, &mut Rng::new(0))?;
+        ensure!(param_count(&varmap) == 208_266 - on(64) + on(69), "{kind}");
+        let mut opt = SgdMomentum::new(node_adjoint::sorted_vars(&varmap), SgdConfig::default())?;
+        let loss = || -> Result<Tensor> {
+            let (logits, stats) = model.forward(&x)?;
+            ensure!(logits.dims() == [16, 10] && stats.block.is_some());
+            Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
+        };
+        let first = loss()?.to_scalar::<f32>()?;
+        for _ in 0..2 {
+            opt.backward_step(&loss()?)?;
+        }
+        let last = loss()?.to_scalar::<f32>()?;
+        ensure!(last < first, "{kind}: loss {first} -> {last}");
+    }
+    for kind in [ModelKind::ResNet, ModelKind::Mlp] {
+        let ode = OdeConfig {
+            augment: 5,
+            ..OdeConfig::default_for(kind)
+        };
+        let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, dev);
+        let e = MnistModel::new(kind, &ode, vb).err().expect("refused");
+        ensure!(
+            e.to_string()
+                .contains("augmentation is for ODE-Net and RK-Net"),
+            "{e}"
+        );
+    }
+    Ok(())
+}
+
+/// An augmented block pads dimension 1 with zeros and keeps them: on `dy/dt = −y`, the input's
+/// channels decay as `e^(−t)` and the added ones stay 0.
+#[test]
+fn augmented_blocks_pad_with_zeros() -> Result<()> {
+    let dev = Device::Cpu;
+    let f = node_adjoint::with_params(|_t: f64, y: &Tensor| y.neg(), vec![]);
+    let opts = node_solvers::SolveOptions::default().tolerances(1e-10, 1e-12);
+    let block = node_models::OdeBlock::new(f, 1.0, opts, Gradient::Backprop).augmented(3);
+    let x = Tensor::ones((2, 4, 5), DType::F64, &dev)?;
+    let (y, _) = block.forward_with_stats(&x)?;
+    ensure!(y.dims() == [2, 7, 5]);
+    let real = y.narrow(1, 0, 4)?.flatten_all()?.to_vec1::<f64>()?;
+    ensure!(real.iter().all(|v| (v - (-1f64).exp()).abs() < 1e-9));
+    ensure!(y.narrow(1, 4, 3)?.abs()?.sum_all()?.to_scalar::<f64>()? == 0.0);
+    let e = block
+        .forward_with_stats(&Tensor::ones(4, DType::F64, &dev)?)
+        .err()
+        .expect("refused");
+    ensure!(e.to_string().contains("pads dimension 1"), "{e}");
+    // torchdiffeq's GroupNorm(min(32, d), d) where defined, equal groups elsewhere.
+    for (d, g) in [
+        (1, 1),
+        (20, 20),
+        (32, 32),
+        (64, 32),
+        (96, 32),
+        (69, 23),
+        (70, 14),
+        (0, 0),
+    ] {
+        ensure!(
+            node_models::layers::norm_groups(d) == g,
+            "{d} channels: {g} groups"
+        );
+    }
+    Ok(())
+}
+
+candle_core::test_device!(
+    augmented_models,
+    augmented_models_cpu,
+    augmented_models_cuda,
+    augmented_models_metal
+);
 candle_core::test_device!(
     shapes_and_counts,
     shapes_and_counts_cpu,
