@@ -379,8 +379,7 @@ fn augmented_blocks_pad_with_zeros() -> Result<()> {
     ensure!(y.narrow(1, 4, 3)?.abs()?.sum_all()?.to_scalar::<f64>()? == 0.0);
     let e = block
         .forward_with_stats(&Tensor::ones(4, DType::F64, &dev)?)
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     ensure!(e.to_string().contains("pads dimension 1"), "{e}");
     // torchdiffeq's GroupNorm(min(32, d), d) where defined, equal groups elsewhere.
     for (d, g) in [
