@@ -34,6 +34,7 @@ fn check(kind: ModelKind, file: &str) -> Result<()> {
     let ode = OdeConfig {
         opts: SolveOptions::default().method(Method::Rk4).fixed_steps(4),
         gradient: Gradient::Backprop,
+        augment: 0,
     };
     let model = MnistModel::new(
         kind,
