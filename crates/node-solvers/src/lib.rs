@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod brownian;
 pub mod dense;
 pub mod error;
 pub mod event;
@@ -12,10 +13,12 @@ pub mod options;
 pub mod problems;
 pub mod reversible;
 pub mod rk;
+pub mod sde;
 pub mod solve;
 pub mod tableau;
 pub mod trace;
 
+pub use brownian::{BrownianPath, VirtualBrownianTree};
 pub use dense::{odeint_dense, DenseSolution};
 pub use error::SolverError;
 pub use event::{
@@ -27,6 +30,7 @@ pub use field::{VectorField, WithJacobian};
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};
 pub use reversible::{odeint_reversible, ReversibleTrace, DEFAULT_COUPLING};
+pub use sde::{sdeint, Calculus, Noise, SdeField, SdeMethod, SdeOptions, SdeSolution, SdeStats};
 pub use solve::{odeint, Solution, SolverStats};
 pub use tableau::{ButcherTableau, Implicit, Interpolant};
 pub use trace::{odeint_traced, StepTrace};

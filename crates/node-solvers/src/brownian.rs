@@ -1,0 +1,322 @@
+//! Brownian motion for stochastic differential equations ([`crate::sdeint`]).
+//!
+//! An SDE solve needs the increments `W(t) − W(s)` of a Brownian motion over its steps, and
+//! the same ones again whenever the path is queried again: when a step is redone, or when a
+//! gradient is computed by solving again. [`VirtualBrownianTree`] (Li et al. 2020, *Scalable
+//! gradients for stochastic differential equations*; diffrax's `VirtualBrownianTree`) draws
+//! the path on demand from a seed and stores none of it: its value at any time is a
+//! deterministic function of the seed and the time, so every query agrees with every other.
+
+use crate::error::SolverError;
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+/// A Brownian motion (or any other driving path) that an SDE solve queries.
+///
+/// # Shapes
+/// [`increment`](BrownianPath::increment) returns a tensor of [`shape`](BrownianPath::shape),
+/// on the path's dtype and device.
+pub trait BrownianPath {
+    /// The shape of `W(t)`.
+    fn shape(&self) -> &Shape;
+
+    /// The span `(t0, t1)`, `t0 < t1`, on which the path is defined.
+    fn span(&self) -> (f64, f64);
+
+    /// `W(t) − W(s)`. Either order of `s` and `t` (the increment of a reverse step is the
+    /// negative of the forward one).
+    ///
+    /// # Errors
+    /// A time outside [`span`](BrownianPath::span) or not finite.
+    fn increment(&self, s: f64, t: f64) -> Result<Tensor>;
+}
+
+/// A Brownian motion on `[t0, t1]` drawn on demand from a seed (a *virtual Brownian tree*):
+/// `W(t0) = 0`, `W(t1)` a normal sample of variance `t1 − t0`, and `W` anywhere inside by
+/// bisection with Brownian bridges, each midpoint drawn from a counter-based generator keyed
+/// by the seed and the midpoint's place in the tree. Nothing is stored but the last query's
+/// path down the tree (so that queries at neighbouring times, as a solve makes them, cost a
+/// few bisections each); the same seed gives the same path on every device and in every
+/// order of queries.
+///
+/// The values are exact samples of one Brownian path at the dyadic points of `[t0, t1]`
+/// down to intervals of length `tol`; inside such an interval `W(t)` is one more bridge
+/// sample, so two times closer than `tol` are not quite independent. Steps of
+/// `(t1 − t0) / 2^k` with `2^-k (t1 − t0) ≥ tol` only meet dyadic points: solves with
+/// different step sizes then see the same path exactly, as convergence studies need.
+///
+/// Every component of `W` is an independent Brownian motion.
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use node_solvers::{BrownianPath, VirtualBrownianTree};
+/// # fn main() -> candle_core::Result<()> {
+/// let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-4, (2, 3), 7, DType::F64, &Device::Cpu)?;
+/// let a = bm.increment(0.0, 0.5)?;
+/// let b = bm.increment(0.5, 1.0)?;
+/// let whole = bm.increment(0.0, 1.0)?;
+/// let gap = (a + b - whole)?.abs()?.max_all()?.to_scalar::<f64>()?;
+/// assert!(gap < 1e-12);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct VirtualBrownianTree {
+    t0: f64,
+    t1: f64,
+    tol: f64,
+    shape: Shape,
+    dtype: DType,
+    device: Device,
+    seed: u64,
+    /// The last query's path down the tree: each interval with `W` at its ends.
+    path: Mutex<Vec<Node>>,
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    /// Heap index of the interval: 1 for `[t0, t1]`, `2k` and `2k + 1` for the halves of `k`.
+    id: u64,
+    s: f64,
+    u: f64,
+    ws: Vec<f64>,
+    wu: Vec<f64>,
+}
+
+/// Deepest level of the tree (a heap index must fit in 63 bits).
+const MAX_DEPTH: u32 = 60;
+
+impl VirtualBrownianTree {
+    /// A Brownian motion on `[t0, t1]` of the given shape, dtype and device, resolved down to
+    /// intervals of length `tol`, drawn from `seed`.
+    ///
+    /// # Errors
+    /// `t0 ≥ t1` or a time not finite; `tol` not in `(0, t1 − t0]` or so small that the tree
+    /// would be deeper than 60 levels; a dtype that is not a float.
+    pub fn new(
+        t0: f64,
+        t1: f64,
+        tol: f64,
+        shape: impl Into<Shape>,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if !(t0.is_finite() && t1.is_finite() && t0 < t1) {
+            return Err(SolverError::InvalidOptions(format!(
+                "a Brownian motion needs finite t0 < t1, got [{t0}, {t1}]"
+            ))
+            .into());
+        }
+        let span = t1 - t0;
+        if !(tol > 0.0 && tol <= span && (span / tol).log2() <= MAX_DEPTH as f64) {
+            return Err(SolverError::InvalidOptions(format!(
+                "the Brownian tree's tolerance must be in (0, t1 - t0] and at least \
+                 (t1 - t0) / 2^{MAX_DEPTH}, got {tol:e} on [{t0}, {t1}]"
+            ))
+            .into());
+        }
+        if !dtype.is_float() {
+            return Err(SolverError::InvalidOptions(format!(
+                "a Brownian motion needs a float dtype, got {dtype:?}"
+            ))
+            .into());
+        }
+        let shape = shape.into();
+        let n = shape.elem_count();
+        let root = Node {
+            id: 1,
+            s: t0,
+            u: t1,
+            ws: vec![0.0; n],
+            wu: normals(seed, 1, 0, n).map(|z| z * span.sqrt()).collect(),
+        };
+        Ok(Self {
+            t0,
+            t1,
+            tol,
+            shape,
+            dtype,
+            device: device.clone(),
+            seed,
+            path: Mutex::new(vec![root]),
+        })
+    }
+
+    /// The tolerance: the length of the tree's smallest intervals.
+    pub fn tol(&self) -> f64 {
+        self.tol
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// `W(t)`, with `W(t0) = 0`.
+    ///
+    /// # Errors
+    /// `t` outside `[t0, t1]` or not finite.
+    pub fn value(&self, t: f64) -> Result<Tensor> {
+        let w = self.host_value(t)?;
+        self.to_tensor(w)
+    }
+
+    fn to_tensor(&self, w: Vec<f64>) -> Result<Tensor> {
+        Tensor::from_vec(w, self.shape.clone(), &Device::Cpu)?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)
+    }
+
+    fn check_time(&self, t: f64) -> Result<()> {
+        if !(t.is_finite() && t >= self.t0 && t <= self.t1) {
+            return Err(SolverError::InvalidTimes(format!(
+                "t = {t} is outside the Brownian motion's span [{}, {}]",
+                self.t0, self.t1
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// `W(t)` on the host, in f64.
+    fn host_value(&self, t: f64) -> Result<Vec<f64>> {
+        self.check_time(t)?;
+        let n = self.shape.elem_count();
+        let mut path = self.path.lock().unwrap_or_else(|e| e.into_inner());
+        // Climb to the deepest interval of the last path that holds `t`.
+        while path.len() > 1 {
+            let last = &path[path.len() - 1];
+            if last.s <= t && t <= last.u {
+                break;
+            }
+            path.pop();
+        }
+        loop {
+            let node = &path[path.len() - 1];
+            if t == node.s {
+                return Ok(node.ws.clone());
+            }
+            if t == node.u {
+                return Ok(node.wu.clone());
+            }
+            let (s, u) = (node.s, node.u);
+            let m = 0.5 * (s + u);
+            let depth = 63 - node.id.leading_zeros();
+            if u - s <= self.tol || depth >= MAX_DEPTH || m <= s || m >= u {
+                // A leaf: one bridge sample at `t` itself.
+                let (a, b) = ((t - s) / (u - s), (u - t) / (u - s));
+                let sd = ((t - s) * b).sqrt();
+                let w = node
+                    .ws
+                    .iter()
+                    .zip(&node.wu)
+                    .zip(normals(self.seed, node.id, 1, n))
+                    .map(|((ws, wu), z)| b * ws + a * wu + sd * z)
+                    .collect();
+                return Ok(w);
+            }
+            // The midpoint: W(m) = (W(s) + W(u)) / 2 + √((u − s) / 4) · z.
+            let sd = (0.25 * (u - s)).sqrt();
+            let wm: Vec<f64> = node
+                .ws
+                .iter()
+                .zip(&node.wu)
+                .zip(normals(self.seed, 2 * node.id, 0, n))
+                .map(|((ws, wu), z)| 0.5 * (ws + wu) + sd * z)
+                .collect();
+            let child = if t < m {
+                Node {
+                    id: 2 * node.id,
+                    s,
+                    u: m,
+                    ws: node.ws.clone(),
+                    wu: wm,
+                }
+            } else {
+                Node {
+                    id: 2 * node.id + 1,
+                    s: m,
+                    u,
+                    ws: wm,
+                    wu: node.wu.clone(),
+                }
+            };
+            path.push(child);
+        }
+    }
+}
+
+impl BrownianPath for VirtualBrownianTree {
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    fn span(&self) -> (f64, f64) {
+        (self.t0, self.t1)
+    }
+
+    fn increment(&self, s: f64, t: f64) -> Result<Tensor> {
+        let (ws, wt) = (self.host_value(s)?, self.host_value(t)?);
+        self.to_tensor(wt.iter().zip(&ws).map(|(b, a)| b - a).collect())
+    }
+}
+
+/// SplitMix64's finalizer: a bijective mix of 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A uniform in `(0, 1)` from 64 random bits (53 of them).
+fn unit(bits: u64) -> f64 {
+    ((bits >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
+}
+
+/// `n` independent standard normals, a function of `(seed, id, stream)` only: a
+/// counter-based generator (SplitMix64 on the key and the counter) and Box–Muller, two
+/// normals per pair of uniforms.
+fn normals(seed: u64, id: u64, stream: u64, n: usize) -> impl Iterator<Item = f64> {
+    let key = mix(mix(mix(seed ^ 0x6a09_e667_f3bc_c909) ^ id) ^ stream);
+    (0..n.div_ceil(2))
+        .flat_map(move |j| {
+            let a = mix(key ^ mix(2 * j as u64 + 0x9e37_79b9_7f4a_7c15));
+            let b = mix(a ^ 0xd1b5_4a32_d192_ed03);
+            let r = (-2.0 * unit(a).ln()).sqrt();
+            let (s, c) = (std::f64::consts::TAU * unit(b)).sin_cos();
+            [r * c, r * s]
+        })
+        .take(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normals;
+
+    #[test]
+    fn normals_are_standard_and_keyed() {
+        let n = 200_000;
+        let z: Vec<f64> = normals(3, 5, 0, n).collect();
+        let mean = z.iter().sum::<f64>() / n as f64;
+        let var = z.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        let kurt = z.iter().map(|x| (x - mean).powi(4)).sum::<f64>() / n as f64 / var.powi(2);
+        // Standard errors: 1/√n ≈ 0.0022 for the mean, √(2/n) ≈ 0.0032 for the variance,
+        // √(24/n) ≈ 0.011 for the kurtosis (3 for a normal).
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.015, "variance {var}");
+        assert!((kurt - 3.0).abs() < 0.05, "kurtosis {kurt}");
+        // Neighbouring keys give uncorrelated draws.
+        for (id, stream) in [(6, 0), (5, 1)] {
+            let w: Vec<f64> = normals(3, id, stream, n).collect();
+            let corr = z.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() / n as f64;
+            assert!(
+                corr.abs() < 0.01,
+                "correlation {corr} with key ({id}, {stream})"
+            );
+        }
+        // A prefix of a longer draw is the shorter draw.
+        let short: Vec<f64> = normals(3, 5, 0, 7).collect();
+        assert_eq!(short, z[..7]);
+    }
+}
