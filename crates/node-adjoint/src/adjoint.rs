@@ -427,7 +427,11 @@ pub(crate) fn detached_event<G: EventFunction + ?Sized>(
 /// Parameters must share the state's dtype (their gradients are integrated with it), and
 /// their sources ([`ParamVectorField::param_sources`]) must match them one for one.
 pub(crate) fn check_params<F: ParamVectorField>(f: &F, y0: &Tensor) -> Result<()> {
-    let params = f.params();
+    check_param_list(&f.params(), &f.param_sources(), y0)
+}
+
+/// [`check_params`] on a parameter list and its sources.
+pub(crate) fn check_param_list(params: &[Var], sources: &[Tensor], y0: &Tensor) -> Result<()> {
     if let Some(p) = params.iter().find(|p| p.dtype() != y0.dtype()) {
         return Err(SolverError::InvalidOptions(format!(
             "the field's parameters must share the state's dtype {:?}, found {:?}",
@@ -436,7 +440,6 @@ pub(crate) fn check_params<F: ParamVectorField>(f: &F, y0: &Tensor) -> Result<()
         ))
         .into());
     }
-    let sources = f.param_sources();
     if sources.len() != params.len() {
         return Err(SolverError::InvalidOptions(format!(
             "the field names {} parameter sources for {} parameters",
@@ -445,7 +448,7 @@ pub(crate) fn check_params<F: ParamVectorField>(f: &F, y0: &Tensor) -> Result<()
         ))
         .into());
     }
-    for (i, (p, s)) in params.iter().zip(&sources).enumerate() {
+    for (i, (p, s)) in params.iter().zip(sources).enumerate() {
         if p.shape() != s.shape() || p.dtype() != s.dtype() || !p.device().same_device(s.device()) {
             return Err(SolverError::InvalidOptions(format!(
                 "parameter {i} is {:?} {:?} but its source is {:?} {:?}{}",
@@ -512,7 +515,7 @@ where
 
 /// `cat` of the flattened parameters' sources; Candle's own `cat`/`reshape` backward routes
 /// the flat gradient back to each `Var` (or a [`crate::TensorParam`]'s source).
-fn flat_params(sources: &[Tensor]) -> Result<Option<Tensor>> {
+pub(crate) fn flat_params(sources: &[Tensor]) -> Result<Option<Tensor>> {
     if sources.is_empty() {
         return Ok(None);
     }
@@ -662,7 +665,7 @@ fn system_blocks(structure: Jacobian, shape: &Shape) -> Option<(usize, usize)> {
 /// gradient, `(fy·(−a)).sum_all()`, costs a negation, a product and a sum forward and a
 /// broadcast and two products backward, each a launch on a GPU; this is one forward (a
 /// zero fill) and two backward (negating the scalar gradient, and a broadcast product).
-struct VjpSeed;
+pub(crate) struct VjpSeed;
 
 impl VjpSeed {
     fn zero<S>(s: &S) -> Result<(S, Shape)>
@@ -901,19 +904,19 @@ impl<F: ParamVectorField> Inner<F> {
     }
 }
 
-fn cpu(s: &Storage) -> Option<&CpuStorage> {
+pub(crate) fn cpu(s: &Storage) -> Option<&CpuStorage> {
     match s {
         Storage::Cpu(s) => Some(s),
         _ => None,
     }
 }
-fn cuda(s: &Storage) -> Option<&CudaStorage> {
+pub(crate) fn cuda(s: &Storage) -> Option<&CudaStorage> {
     match s {
         Storage::Cuda(s) => Some(s),
         _ => None,
     }
 }
-fn metal(s: &Storage) -> Option<&MetalStorage> {
+pub(crate) fn metal(s: &Storage) -> Option<&MetalStorage> {
     match s {
         Storage::Metal(s) => Some(s),
         _ => None,

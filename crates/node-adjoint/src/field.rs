@@ -109,6 +109,27 @@ where
 }
 
 impl<F> WithParams<F> {
+    pub(crate) fn from_parts(f: F, params: Vec<Var>, tensors: Vec<TensorParam>) -> Self {
+        Self { f, params, tensors }
+    }
+
+    pub(crate) fn inner(&self) -> &F {
+        &self.f
+    }
+
+    /// The `Var`s, then the tensor params' copies.
+    pub(crate) fn all_params(&self) -> Vec<Var> {
+        let tensors = self.tensors.iter().map(|t| t.var().clone());
+        self.params.iter().cloned().chain(tensors).collect()
+    }
+
+    /// The `Var`s, then the tensor params' sources.
+    pub(crate) fn all_sources(&self) -> Vec<Tensor> {
+        let vars = self.params.iter().map(|p| p.as_tensor().clone());
+        let tensors = self.tensors.iter().map(|t| t.source().clone());
+        vars.chain(tensors).collect()
+    }
+
     /// Adds the [`TensorParam`]s whose copies the closure computes with, after the `Var`s.
     ///
     /// # Example
@@ -151,14 +172,11 @@ impl<F: Fn(f64, &Tensor) -> Result<Tensor>> VectorField for WithParams<F> {
 
 impl<F: Fn(f64, &Tensor) -> Result<Tensor>> ParamVectorField for WithParams<F> {
     fn params(&self) -> Vec<Var> {
-        let tensors = self.tensors.iter().map(|t| t.var().clone());
-        self.params.iter().cloned().chain(tensors).collect()
+        self.all_params()
     }
 
     fn param_sources(&self) -> Vec<Tensor> {
-        let vars = self.params.iter().map(|p| p.as_tensor().clone());
-        let tensors = self.tensors.iter().map(|t| t.source().clone());
-        vars.chain(tensors).collect()
+        self.all_sources()
     }
 }
 

@@ -7,6 +7,7 @@ pub mod direct;
 pub mod field;
 pub mod options;
 pub mod reversible;
+pub mod sde;
 
 pub use adjoint::{
     odeint_adjoint, odeint_adjoint_with_times, odeint_event_adjoint, odeint_events_adjoint,
@@ -24,3 +25,7 @@ pub use options::{
     AdjointNorm, AdjointOptions, AdjointState, CheckpointOptions, ReversibleOptions,
 };
 pub use reversible::{odeint_reversible_adjoint, odeint_reversible_adjoint_with_times};
+pub use sde::{
+    sdeint_adjoint, with_sde_params, ParamSdeField, SdeAdjointOptions, SdeAdjointSolution,
+    SdeAdjointStats,
+};

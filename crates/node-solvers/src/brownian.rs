@@ -73,6 +73,24 @@ pub struct VirtualBrownianTree {
     path: Mutex<Vec<Node>>,
 }
 
+/// A clone is the same path (same seed and span), with its own copy of the last query's
+/// path down the tree.
+impl Clone for VirtualBrownianTree {
+    fn clone(&self) -> Self {
+        let path = self.path.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Self {
+            t0: self.t0,
+            t1: self.t1,
+            tol: self.tol,
+            shape: self.shape.clone(),
+            dtype: self.dtype,
+            device: self.device.clone(),
+            seed: self.seed,
+            path: Mutex::new(path),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Node {
     /// Heap index of the interval: 1 for `[t0, t1]`, `2k` and `2k + 1` for the halves of `k`.

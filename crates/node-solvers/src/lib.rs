@@ -30,7 +30,10 @@ pub use field::{VectorField, WithJacobian};
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};
 pub use reversible::{odeint_reversible, ReversibleTrace, DEFAULT_COUPLING};
-pub use sde::{sdeint, Calculus, Noise, SdeField, SdeMethod, SdeOptions, SdeSolution, SdeStats};
+pub use sde::{
+    sdeint, sdeint_increments, Calculus, Noise, SdeField, SdeIncrement, SdeMethod, SdeOptions,
+    SdeSolution, SdeStats,
+};
 pub use solve::{odeint, Solution, SolverStats};
 pub use tableau::{ButcherTableau, Implicit, Interpolant};
 pub use trace::{odeint_traced, StepTrace};

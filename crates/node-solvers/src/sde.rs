@@ -64,6 +64,66 @@ pub enum Noise {
     General,
 }
 
+impl Noise {
+    /// The diffusion's shape for a state of shape `state` driven by a path of shape `w`:
+    /// `state` for diagonal noise, `[...state, m]` for general noise.
+    ///
+    /// # Errors
+    /// [`SolverError::InvalidOptions`] when the path's shape does not fit the state (see
+    /// [`Noise`]).
+    pub fn diffusion_shape(self, state: &Shape, w: &Shape) -> Result<Shape> {
+        match self {
+            Noise::Diagonal => {
+                if w != state {
+                    return Err(SolverError::InvalidOptions(format!(
+                        "diagonal noise needs a Brownian motion of the state's shape {:?}, got {:?}",
+                        state.dims(),
+                        w.dims()
+                    ))
+                    .into());
+                }
+                Ok(state.clone())
+            }
+            Noise::General => {
+                let fits = match w.dims() {
+                    [_] => true,
+                    [b, _] => state.rank() >= 1 && state.dims()[0] == *b,
+                    _ => false,
+                };
+                if !fits {
+                    return Err(SolverError::InvalidOptions(format!(
+                        "general noise needs a Brownian motion of shape [m] or [{}, m] for a \
+                         state of shape {:?}, got {:?}",
+                        state.dims().first().copied().unwrap_or(1),
+                        state.dims(),
+                        w.dims()
+                    ))
+                    .into());
+                }
+                let mut dims = state.dims().to_vec();
+                dims.push(w.dims()[w.rank() - 1]);
+                Ok(Shape::from(dims))
+            }
+        }
+    }
+
+    /// `g · ΔW` for a state of shape `state`: elementwise for diagonal noise; for general
+    /// noise `g` (`[...state, m]`) contracted with `ΔW` (`[m]` or `[state[0], m]`) over `m`.
+    pub fn product(self, g: &Tensor, dw: &Tensor, state: &Shape) -> Result<Tensor> {
+        match self {
+            Noise::Diagonal => g * dw,
+            Noise::General => {
+                let m = dw.dims()[dw.rank() - 1];
+                let rows = if dw.rank() == 2 { dw.dims()[0] } else { 1 };
+                let per_row = state.elem_count() / rows.max(1);
+                g.reshape((rows, per_row, m))?
+                    .matmul(&dw.reshape((rows, m, 1))?)?
+                    .reshape(state.clone())
+            }
+        }
+    }
+}
+
 /// A fixed-step SDE method. The strong orders below are those of the error
 /// `E|y_N − y(T)|` along one Brownian path; the tests measure them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -351,6 +411,107 @@ where
     B: BrownianPath + ?Sized,
 {
     opts.validate()?;
+    let ev = SdeEvaluator::new(sde, y0, bm.shape(), opts.noise)?;
+    let (ys, steps, host_reads) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
+        step(&ev, opts.method, t, t1, y, dw)
+    })?;
+    Ok(SdeSolution {
+        ts: ts.to_vec(),
+        ys,
+        stats: SdeStats {
+            drift_evals: ev.drift_evals.get(),
+            diffusion_evals: ev.diffusion_evals.get(),
+            steps,
+            host_reads,
+        },
+    })
+}
+
+/// An SDE given by its increment over a step, `D(t, y, h, ΔW) = f(t, y) h + g(t, y) · ΔW`:
+/// the form that [`sdeint_increments`] solves. It is what an SDE adjoint's augmented system
+/// provides: its noise mixes the path's `ΔW` into every component through vector–Jacobian
+/// products, so it has no diffusion matrix to return, only the product.
+pub trait SdeIncrement {
+    /// `f(t, y) h + g(t, y) · ΔW`, of `y`'s shape, dtype and device. `ΔW` has the path's
+    /// shape; `h` and `ΔW` are negative on a reverse-time step.
+    fn increment(&self, t: f64, y: &Tensor, h: f64, dw: &Tensor) -> Result<Tensor>;
+}
+
+/// [`sdeint`] for an SDE in increment form ([`SdeIncrement`]): the methods that only need
+/// `f h + g · ΔW` (Euler–Maruyama, Heun and the midpoint method; the Milstein methods need
+/// the diffusion itself). The path's shape is the increment's business, not checked here.
+/// Each evaluation of the increment counts as one drift and one diffusion evaluation.
+///
+/// # Errors
+/// As [`sdeint`]; a Milstein method is [`SolverError::InvalidOptions`].
+pub fn sdeint_increments<F, B>(
+    sde: &F,
+    y0: &Tensor,
+    ts: &[f64],
+    bm: &B,
+    opts: &SdeOptions,
+) -> Result<SdeSolution>
+where
+    F: SdeIncrement + ?Sized,
+    B: BrownianPath + ?Sized,
+{
+    opts.validate()?;
+    if matches!(
+        opts.method,
+        SdeMethod::ItoMilstein | SdeMethod::StratonovichMilstein
+    ) {
+        return Err(SolverError::InvalidOptions(format!(
+            "`{}` needs the diffusion, not only its product with the increment: use \
+             euler_maruyama, heun or midpoint",
+            opts.method
+        ))
+        .into());
+    }
+    let evals = Cell::new(0);
+    let (ys, steps, host_reads) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
+        let inc = |tk: f64, yk: &Tensor| -> Result<Tensor> {
+            let d = sde.increment(tk, yk, t1 - t, dw)?;
+            evals.set(evals.get() + 1);
+            if d.shape() != yk.shape() || d.dtype() != yk.dtype() {
+                return Err(SolverError::OutputMismatch(format!(
+                    "the increment is {:?} {:?}, the state {:?} {:?} (at t = {tk})",
+                    d.dtype(),
+                    d.dims(),
+                    yk.dtype(),
+                    yk.dims()
+                ))
+                .into());
+            }
+            Ok(d)
+        };
+        increment_step(opts.method, &inc, t, t1, y)
+    })?;
+    Ok(SdeSolution {
+        ts: ts.to_vec(),
+        ys,
+        stats: SdeStats {
+            drift_evals: evals.get(),
+            diffusion_evals: evals.get(),
+            steps,
+            host_reads,
+        },
+    })
+}
+
+/// The solve's loop, for any step: checks the times against the path, cuts each interval
+/// into equal steps, takes them, stacks the outputs and checks them. Returns the outputs,
+/// the steps taken and the reads back to the host.
+fn drive<B, S>(
+    y0: &Tensor,
+    ts: &[f64],
+    bm: &B,
+    opts: &SdeOptions,
+    mut step: S,
+) -> Result<(Tensor, usize, usize)>
+where
+    B: BrownianPath + ?Sized,
+    S: FnMut(f64, f64, &Tensor, &Tensor) -> Result<Tensor>,
+{
     check_times(ts)?;
     if !y0.dtype().is_float() {
         return Err(SolverError::InvalidOptions(format!(
@@ -367,14 +528,10 @@ where
         ))
         .into());
     }
-    let ev = SdeEvaluator::new(sde, y0, bm.shape(), opts.noise)?;
     // The steps of each interval, all counted before any is taken.
     let counts: Vec<usize> = ts
         .windows(2)
-        .map(|w| {
-            let span = (w[1] - w[0]).abs();
-            ((span / opts.dt) * (1.0 - 1e-12)).ceil().max(1.0) as usize
-        })
+        .map(|w| interval_steps(w[0], w[1], opts.dt))
         .collect();
     let total: usize = counts.iter().sum();
     if total > opts.max_steps {
@@ -391,11 +548,7 @@ where
         let (a, b) = (w[0], w[1]);
         let mut t = a;
         for k in 1..=n {
-            let t1 = if k == n {
-                b
-            } else {
-                a + (b - a) * (k as f64 / n as f64)
-            };
+            let t1 = step_end(a, b, k, n);
             let dw = bm.increment(t, t1)?;
             if dw.dtype() != y0.dtype() || !dw.device().same_device(y0.device()) {
                 return Err(SolverError::InvalidOptions(format!(
@@ -407,7 +560,7 @@ where
                 ))
                 .into());
             }
-            y = step(&ev, opts.method, t, t1, &y, &dw)?;
+            y = step(t, t1, &y, &dw)?;
             t = t1;
         }
         out.push(y.clone());
@@ -427,16 +580,23 @@ where
             return Err(SolverError::NonFinite { t: ts[i] }.into());
         }
     }
-    Ok(SdeSolution {
-        ts: ts.to_vec(),
-        ys,
-        stats: SdeStats {
-            drift_evals: ev.drift_evals.get(),
-            diffusion_evals: ev.diffusion_evals.get(),
-            steps: total,
-            host_reads,
-        },
-    })
+    Ok((ys, total, host_reads))
+}
+
+/// The number of equal steps of at most `dt` from `a` to `b`.
+fn interval_steps(a: f64, b: f64, dt: f64) -> usize {
+    // A relative slack keeps rounding from adding a sliver step (span = 10 dt + 1e-16).
+    (((b - a).abs() / dt) * (1.0 - 1e-12)).ceil().max(1.0) as usize
+}
+
+/// The end of step `k` of `n` from `a` to `b`; the same times, rounded alike, whichever way
+/// the interval is walked (`k/n` of the way from the interval's lower end).
+fn step_end(a: f64, b: f64, k: usize, n: usize) -> f64 {
+    if k == n {
+        return b;
+    }
+    let (lo, hi, j) = if a <= b { (a, b, k) } else { (b, a, n - k) };
+    lo + (hi - lo) * (j as f64 / n as f64)
 }
 
 /// One step from `(t, y)` to `t1` with the increment `dw = W(t1) − W(t)`.
@@ -450,11 +610,6 @@ fn step<F: SdeField + ?Sized>(
 ) -> Result<Tensor> {
     let h = t1 - t;
     match method {
-        SdeMethod::EulerMaruyama => {
-            let f = ev.drift(t, y)?;
-            let g = ev.diffusion(t, y)?;
-            (y + f.affine(h, 0.0)?)? + ev.times(&g, dw)?
-        }
         SdeMethod::ItoMilstein => {
             // Diagonal noise only (checked by the options): g ΔW is elementwise.
             let f = ev.drift(t, y)?;
@@ -479,25 +634,39 @@ fn step<F: SdeField + ?Sized>(
             let milstein = ((g_plus - g_minus)? * dw.sqr()?)?.affine(0.25 / sq, 0.0)?;
             ((y + f.affine(h, 0.0)?)? + (g * dw)?)? + milstein
         }
+        SdeMethod::EulerMaruyama | SdeMethod::Heun | SdeMethod::Midpoint => {
+            let inc = |tk: f64, yk: &Tensor| -> Result<Tensor> {
+                let f = ev.drift(tk, yk)?;
+                let g = ev.diffusion(tk, yk)?;
+                f.affine(h, 0.0)? + ev.times(&g, dw)?
+            };
+            increment_step(method, &inc, t, t1, y)
+        }
+    }
+}
+
+/// One step of a method that needs only the increment `D(t, y) = f(t, y) h + g(t, y) · ΔW`
+/// of the step: Euler–Maruyama `y + D(t, y)`; Heun `y + (D(t, y) + D(t₁, ỹ)) / 2` with
+/// `ỹ = y + D(t, y)`; the midpoint method `y + D(t + h/2, y + D(t, y)/2)`.
+fn increment_step(
+    method: SdeMethod,
+    inc: &dyn Fn(f64, &Tensor) -> Result<Tensor>,
+    t: f64,
+    t1: f64,
+    y: &Tensor,
+) -> Result<Tensor> {
+    let d0 = inc(t, y)?;
+    match method {
         SdeMethod::Heun => {
-            let f = ev.drift(t, y)?;
-            let g = ev.diffusion(t, y)?;
-            let y_tilde = ((y + f.affine(h, 0.0)?)? + ev.times(&g, dw)?)?;
-            let f1 = ev.drift(t1, &y_tilde)?;
-            let g1 = ev.diffusion(t1, &y_tilde)?;
-            let drift = (f + f1)?.affine(0.5 * h, 0.0)?;
-            let noise = ev.times(&(g + g1)?, dw)?.affine(0.5, 0.0)?;
-            (y + drift)? + noise
+            let y_tilde = (y + &d0)?;
+            let d1 = inc(t1, &y_tilde)?;
+            y + (d0 + d1)?.affine(0.5, 0.0)?
         }
         SdeMethod::Midpoint => {
-            let tm = t + 0.5 * h;
-            let f = ev.drift(t, y)?;
-            let g = ev.diffusion(t, y)?;
-            let y_mid = ((y + f.affine(0.5 * h, 0.0)?)? + ev.times(&g, dw)?.affine(0.5, 0.0)?)?;
-            let fm = ev.drift(tm, &y_mid)?;
-            let gm = ev.diffusion(tm, &y_mid)?;
-            (y + fm.affine(h, 0.0)?)? + ev.times(&gm, dw)?
+            let y_mid = (y + d0.affine(0.5, 0.0)?)?;
+            y + inc(0.5 * (t + t1), &y_mid)?
         }
+        _ => y + d0,
     }
 }
 
@@ -508,56 +677,17 @@ struct SdeEvaluator<'a, F: ?Sized> {
     /// The diffusion's shape.
     diffusion: Shape,
     noise: Noise,
-    /// For general noise: `(rows, per_row, m)`, the shapes of the batched product
-    /// `g [rows, per_row, m] · dW [rows, m, 1]`.
-    product: (usize, usize, usize),
     drift_evals: Cell<usize>,
     diffusion_evals: Cell<usize>,
 }
 
 impl<'a, F: SdeField + ?Sized> SdeEvaluator<'a, F> {
     fn new(sde: &'a F, y0: &Tensor, w: &Shape, noise: Noise) -> Result<Self> {
-        let state = y0.shape().clone();
-        let n = state.elem_count();
-        let (diffusion, product) = match noise {
-            Noise::Diagonal => {
-                if w != &state {
-                    return Err(SolverError::InvalidOptions(format!(
-                        "diagonal noise needs a Brownian motion of the state's shape {:?}, got {:?}",
-                        state.dims(),
-                        w.dims()
-                    ))
-                    .into());
-                }
-                (state.clone(), (0, 0, 0))
-            }
-            Noise::General => {
-                let rows = match w.dims() {
-                    [_] => 1,
-                    [b, _] if state.rank() >= 1 && state.dims()[0] == *b => *b,
-                    _ => {
-                        return Err(SolverError::InvalidOptions(format!(
-                            "general noise needs a Brownian motion of shape [m] or [{}, m] for a \
-                             state of shape {:?}, got {:?}",
-                            state.dims().first().copied().unwrap_or(1),
-                            state.dims(),
-                            w.dims()
-                        ))
-                        .into())
-                    }
-                };
-                let m = w.dims()[w.rank() - 1];
-                let mut dims = state.dims().to_vec();
-                dims.push(m);
-                (Shape::from(dims), (rows, n / rows.max(1), m))
-            }
-        };
         Ok(Self {
             sde,
-            state,
-            diffusion,
+            state: y0.shape().clone(),
+            diffusion: noise.diffusion_shape(y0.shape(), w)?,
             noise,
-            product,
             drift_evals: Cell::new(0),
             diffusion_evals: Cell::new(0),
         })
@@ -602,14 +732,6 @@ impl<'a, F: SdeField + ?Sized> SdeEvaluator<'a, F> {
 
     /// `g · dW`: elementwise for diagonal noise, contracted over `m` for general noise.
     fn times(&self, g: &Tensor, dw: &Tensor) -> Result<Tensor> {
-        match self.noise {
-            Noise::Diagonal => g * dw,
-            Noise::General => {
-                let (rows, per_row, m) = self.product;
-                g.reshape((rows, per_row, m))?
-                    .matmul(&dw.reshape((rows, m, 1))?)?
-                    .reshape(self.state.clone())
-            }
-        }
+        self.noise.product(g, dw, &self.state)
     }
 }

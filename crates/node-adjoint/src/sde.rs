@@ -1,0 +1,449 @@
+//! `sdeint_adjoint`: gradients through an SDE solve by the stochastic adjoint method, as
+//! one Candle op (Li, Wong, Chen & Duvenaud 2020, *Scalable gradients for stochastic
+//! differential equations*; torchsde's `sdeint_adjoint`).
+//!
+//! For a Stratonovich SDE `dy = f(t, y; θ) dt + g(t, y; θ) ∘ dW` and a loss `L` of the
+//! outputs, the adjoint `a(t) = ∂L/∂y(t)` obeys, backwards in time along the *same*
+//! Brownian path, `da = −aᵀ ∂f/∂y dt − aᵀ ∂g/∂y ∘ dW`, and `dL/dθ = ∫ aᵀ ∂f/∂θ dt +
+//! aᵀ ∂g/∂θ ∘ dW`. The reverse solve integrates `[y, a, g_θ]` from the last output time to
+//! the first, `y` reconstructed backwards (the Stratonovich solution runs backwards along
+//! its path), one interval at a time, re-anchoring `y` at each output and adding that
+//! output's gradient to `a`. Each stage's increment `D = f h + g · ΔW` is differentiated
+//! once by Candle autograd: `[D, −aᵀ∂D/∂y, −aᵀ∂D/∂θ]` is the augmented increment, so
+//! one vector–Jacobian product covers the drift and the diffusion. Memory is O(outputs),
+//! not O(steps); the gradients differ from backprop through the solver by the error of
+//! the reverse solve, which falls with the step.
+
+use crate::adjoint::{check_param_list, cpu, cuda, flat_params, metal, VjpSeed};
+use crate::field::WithParams;
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Result, Shape, Storage,
+    Tensor, Var,
+};
+use node_solvers::{
+    rk::concat_flat, sdeint, sdeint_increments, BrownianPath, Calculus, Noise, SdeField,
+    SdeIncrement, SdeMethod, SdeOptions, SdeStats, SolverError,
+};
+use std::sync::{Arc, Mutex};
+
+/// An [`SdeField`] `(f, g)(t, y; θ)` whose parameters θ are Candle `Var`s, for
+/// [`sdeint_adjoint`]: the same contract as [`crate::ParamVectorField`] (a stable order, the
+/// state's dtype, [`crate::TensorParam`]s through `param_sources`, which
+/// [`WithParams::with_tensor_params`] sets).
+pub trait ParamSdeField: SdeField {
+    /// The parameters θ of the drift and the diffusion, in a stable order.
+    fn params(&self) -> Vec<Var>;
+
+    /// Where each parameter's gradient goes (see
+    /// [`crate::ParamVectorField::param_sources`]); the default is the parameters.
+    fn param_sources(&self) -> Vec<Tensor> {
+        self.params()
+            .iter()
+            .map(|p| p.as_tensor().clone())
+            .collect()
+    }
+}
+
+/// Makes a [`ParamSdeField`] of a drift and a diffusion closure and the `Var`s they use:
+/// `with_sde_params(f, g, vec![w, sigma])`.
+pub fn with_sde_params<F, G>(drift: F, diffusion: G, params: Vec<Var>) -> WithParams<(F, G)>
+where
+    F: Fn(f64, &Tensor) -> Result<Tensor>,
+    G: Fn(f64, &Tensor) -> Result<Tensor>,
+{
+    WithParams::from_parts((drift, diffusion), params, Vec::new())
+}
+
+impl<F, G> SdeField for WithParams<(F, G)>
+where
+    F: Fn(f64, &Tensor) -> Result<Tensor>,
+    G: Fn(f64, &Tensor) -> Result<Tensor>,
+{
+    fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        (self.inner().0)(t, y)
+    }
+    fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        (self.inner().1)(t, y)
+    }
+}
+
+impl<F, G> ParamSdeField for WithParams<(F, G)>
+where
+    F: Fn(f64, &Tensor) -> Result<Tensor>,
+    G: Fn(f64, &Tensor) -> Result<Tensor>,
+{
+    fn params(&self) -> Vec<Var> {
+        self.all_params()
+    }
+    fn param_sources(&self) -> Vec<Tensor> {
+        self.all_sources()
+    }
+}
+
+/// Options of the reverse solve of [`sdeint_adjoint`]. Unset fields take the forward
+/// solve's values.
+#[derive(Clone, Debug, Default)]
+pub struct SdeAdjointOptions {
+    /// The reverse solve's method: [`SdeMethod::Heun`] or [`SdeMethod::Midpoint`]. By
+    /// default the forward method when it is one of these, Heun otherwise.
+    pub method: Option<SdeMethod>,
+    /// The reverse solve's largest step.
+    pub dt: Option<f64>,
+}
+
+/// Forward and backward counts of [`sdeint_adjoint`]. A cheap handle: clones share the
+/// counts, and the backward counts appear once `backward()` has run (each evaluation of the
+/// augmented increment counts as one drift and one diffusion evaluation).
+#[derive(Clone, Debug, Default)]
+pub struct SdeAdjointStats(Arc<Mutex<(SdeStats, SdeStats)>>);
+
+impl SdeAdjointStats {
+    /// The forward solve's counts.
+    pub fn forward(&self) -> SdeStats {
+        self.lock().0
+    }
+    /// The reverse solves' counts, summed over the intervals (zero before `backward()`).
+    pub fn backward(&self) -> SdeStats {
+        self.lock().1
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, (SdeStats, SdeStats)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The result of [`sdeint_adjoint`].
+#[derive(Clone, Debug)]
+pub struct SdeAdjointSolution {
+    /// The states at the output times, `[ts.len(), ...y0.shape]`, differentiable with
+    /// respect to `y0` and the parameters.
+    pub ys: Tensor,
+    /// Forward and backward counts.
+    pub stats: SdeAdjointStats,
+}
+
+/// Solves `dy = f(t, y; θ) dt + g(t, y; θ) ∘ dW` along the path `bm` like
+/// [`node_solvers::sdeint`], as an op whose backward runs the stochastic adjoint: gradients
+/// to `y0` and to the parameters ([`ParamSdeField::params`]), memory independent of the
+/// steps.
+///
+/// The adjoint holds for Stratonovich SDEs: the forward method must be
+/// [`SdeMethod::Heun`], [`SdeMethod::Midpoint`] or [`SdeMethod::StratonovichMilstein`]. (An
+/// Itô SDE `dy = f dt + g dW` with diagonal noise is the Stratonovich SDE with drift
+/// `f − ½ g ∂g/∂y`.) The path is queried again, backwards, by the reverse solve, so it must
+/// give the same increments every time, as [`node_solvers::VirtualBrownianTree`] does; the
+/// op keeps a clone of it.
+///
+/// # Shapes
+/// As [`node_solvers::sdeint`]. The parameters share the state's dtype.
+///
+/// # Errors
+/// Those of [`node_solvers::sdeint`]; [`SolverError::InvalidOptions`] for an Itô method, a
+/// reverse method other than Heun or the midpoint method, or parameters that do not match
+/// their sources. Errors of the reverse solve surface from `backward()`.
+///
+/// # Example
+/// Geometric Brownian motion `dy = μ y dt + σ y ∘ dW`: `y(1) = y0 exp(μ + σ W(1))`, so
+/// `∂y(1)/∂μ = y(1)`.
+/// ```
+/// use candle_core::{DType, Device, Tensor, Var};
+/// use node_adjoint::{sdeint_adjoint, with_sde_params, SdeAdjointOptions};
+/// use node_solvers::{BrownianPath, SdeMethod, SdeOptions, VirtualBrownianTree};
+/// # fn main() -> candle_core::Result<()> {
+/// let dev = Device::Cpu;
+/// let mu = Var::new(0.5f64, &dev)?;
+/// let m = mu.as_tensor().clone();
+/// let sde = with_sde_params(
+///     move |_t: f64, y: &Tensor| y.broadcast_mul(&m),
+///     |_t: f64, y: &Tensor| y.affine(0.8, 0.0),
+///     vec![mu.clone()],
+/// );
+/// let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-6, 1, 3, DType::F64, &dev)?;
+/// let y0 = Tensor::new(&[1.0f64], &dev)?;
+/// let opts = SdeOptions::default().method(SdeMethod::Heun).dt(1e-3);
+/// let sol = sdeint_adjoint(&sde, &y0, &[0.0, 1.0], &bm, &opts, &SdeAdjointOptions::default())?;
+/// let y1 = sol.ys.get(1)?.sum_all()?;
+/// let grads = y1.backward()?;
+/// let dmu = grads.get(mu.as_tensor()).unwrap().to_scalar::<f64>()?;
+/// let exact = (0.5 + 0.8 * bm.value(1.0)?.to_vec1::<f64>()?[0]).exp();
+/// assert!((dmu - exact).abs() < 1e-2 * exact);
+/// # Ok(()) }
+/// ```
+pub fn sdeint_adjoint<F, B>(
+    sde: &F,
+    y0: &Tensor,
+    ts: &[f64],
+    bm: &B,
+    opts: &SdeOptions,
+    adj: &SdeAdjointOptions,
+) -> Result<SdeAdjointSolution>
+where
+    F: ParamSdeField + Clone + Send + Sync + 'static,
+    B: BrownianPath + Clone + Send + Sync + 'static,
+{
+    if opts.method.calculus() != Calculus::Stratonovich {
+        return Err(SolverError::InvalidOptions(format!(
+            "the SDE adjoint needs a Stratonovich method (heun, midpoint or \
+             stratonovich_milstein), got `{}`: write the Itô SDE in Stratonovich form (drift \
+             f − ½ g ∂g/∂y for diagonal noise)",
+            opts.method
+        ))
+        .into());
+    }
+    let reverse = reverse_options(opts, adj)?;
+    let params = sde.params();
+    let sources = sde.param_sources();
+    check_param_list(&params, &sources, y0)?;
+    let sol = sdeint(&Detached(sde), &y0.detach(), ts, bm, opts)?;
+    let stats = SdeAdjointStats::default();
+    stats.lock().0 = sol.stats;
+    let op = SdeAdjointOp {
+        inner: Arc::new(Inner {
+            sde: sde.clone(),
+            bm: bm.clone(),
+            params,
+            ts: ts.to_vec(),
+            ys: sol.ys.contiguous()?,
+            noise: opts.noise,
+            reverse,
+            stats: stats.clone(),
+        }),
+    };
+    let ys = match flat_params(&sources)? {
+        None => y0.apply_op1(op)?,
+        Some(theta) => y0.apply_op2(&theta, op)?,
+    };
+    Ok(SdeAdjointSolution { ys, stats })
+}
+
+/// The reverse solve's options, checked.
+fn reverse_options(opts: &SdeOptions, adj: &SdeAdjointOptions) -> Result<SdeOptions> {
+    let default = match opts.method {
+        SdeMethod::Heun | SdeMethod::Midpoint => opts.method,
+        _ => SdeMethod::Heun,
+    };
+    let method = adj.method.unwrap_or(default);
+    if !matches!(method, SdeMethod::Heun | SdeMethod::Midpoint) {
+        return Err(SolverError::InvalidOptions(format!(
+            "the SDE adjoint's reverse solve runs heun or midpoint, got `{method}`"
+        ))
+        .into());
+    }
+    let reverse = SdeOptions {
+        method,
+        dt: adj.dt.unwrap_or(opts.dt),
+        // The augmented increment mixes ΔW into every component itself.
+        noise: Noise::Diagonal,
+        max_steps: opts.max_steps,
+        check_finite: opts.check_finite,
+    };
+    reverse.validate()?;
+    Ok(reverse)
+}
+
+/// The terms with their outputs detached: the forward solve builds no graph.
+struct Detached<'a, F: ?Sized>(&'a F);
+
+impl<F: SdeField + ?Sized> SdeField for Detached<'_, F> {
+    fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        Ok(self.0.drift(t, y)?.detach())
+    }
+    fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        Ok(self.0.diffusion(t, y)?.detach())
+    }
+}
+
+struct Inner<F, B> {
+    sde: F,
+    bm: B,
+    params: Vec<Var>,
+    ts: Vec<f64>,
+    ys: Tensor,
+    noise: Noise,
+    reverse: SdeOptions,
+    stats: SdeAdjointStats,
+}
+
+struct SdeAdjointOp<F, B> {
+    inner: Arc<Inner<F, B>>,
+}
+
+/// The augmented increment `[D, −aᵀ∂D/∂y, −aᵀ∂D/∂θ]` of `D = f h + g · ΔW` on the flat
+/// state `[y, a, g_θ]`.
+struct Augmented<'a, F> {
+    sde: &'a F,
+    params: &'a [Var],
+    shape: &'a Shape,
+    diffusion: Shape,
+    noise: Noise,
+    n: usize,
+}
+
+impl<F: ParamSdeField> SdeIncrement for Augmented<'_, F> {
+    fn increment(&self, t: f64, aug: &Tensor, h: f64, dw: &Tensor) -> Result<Tensor> {
+        let n = self.n;
+        let y = aug.narrow(0, 0, n)?.reshape(self.shape)?;
+        let a = aug.narrow(0, n, n)?.reshape(self.shape)?;
+        let y_var = Var::from_tensor(&y)?;
+        let f = self.sde.drift(t, y_var.as_tensor())?;
+        let g = self.sde.diffusion(t, y_var.as_tensor())?;
+        for (what, out, want) in [
+            ("drift", &f, self.shape),
+            ("diffusion", &g, &self.diffusion),
+        ] {
+            if out.shape() != want {
+                return Err(SolverError::OutputMismatch(format!(
+                    "the {what} has shape {:?}, expected {:?} (at t = {t})",
+                    out.dims(),
+                    want.dims()
+                ))
+                .into());
+            }
+        }
+        let d = (f.affine(h, 0.0)? + self.noise.product(&g, dw, self.shape)?)?;
+        // One backward pass from a root whose gradient with respect to `d` is −a.
+        let grads = d.apply_op2(&a, VjpSeed)?.backward()?;
+        let vjp = |v: &Tensor| -> Result<Tensor> {
+            match grads.get(v) {
+                Some(g) => g.detach().flatten_all(),
+                None => v.zeros_like()?.flatten_all(),
+            }
+        };
+        let mut parts = Vec::with_capacity(2 + self.params.len());
+        parts.push(d.detach().flatten_all()?);
+        parts.push(vjp(y_var.as_tensor())?);
+        for p in self.params {
+            parts.push(vjp(p.as_tensor())?);
+        }
+        concat_flat(&parts)
+    }
+}
+
+impl<F: ParamSdeField, B: BrownianPath> Inner<F, B> {
+    /// `dL/dy0` and `dL/dθ` (flat).
+    fn backward(&self, grad_ys: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let g = grad_ys.detach();
+        let ts = &self.ts;
+        let last = ts.len() - 1;
+        let shape = Shape::from(self.ys.dims()[1..].to_vec());
+        let n = shape.elem_count();
+        let p: usize = self.params.iter().map(|v| v.elem_count()).sum();
+        let aug = Augmented {
+            sde: &self.sde,
+            params: &self.params,
+            shape: &shape,
+            diffusion: self.noise.diffusion_shape(&shape, self.bm.shape())?,
+            noise: self.noise,
+            n,
+        };
+        let mut a = g.get(last)?;
+        let mut g_theta = Tensor::zeros(p, self.ys.dtype(), self.ys.device())?;
+        let mut stats = SdeStats::default();
+        for i in (1..=last).rev() {
+            let mut parts = vec![self.ys.get(i)?.flatten_all()?, a.flatten_all()?];
+            if p > 0 {
+                parts.push(g_theta.clone());
+            }
+            let aug0 = concat_flat(&parts)?;
+            let sol = sdeint_increments(&aug, &aug0, &[ts[i], ts[i - 1]], &self.bm, &self.reverse)?;
+            stats.drift_evals += sol.stats.drift_evals;
+            stats.diffusion_evals += sol.stats.diffusion_evals;
+            stats.steps += sol.stats.steps;
+            stats.host_reads += sol.stats.host_reads;
+            let end = sol.last()?;
+            a = end.narrow(0, n, n)?.reshape(&shape)?;
+            if p > 0 {
+                g_theta = end.narrow(0, 2 * n, p)?;
+            }
+            // The output at t_(i-1) adds its own gradient; y is re-anchored to the stored
+            // forward value at the start of the next interval.
+            a = (a + g.get(i - 1)?)?;
+        }
+        self.stats.lock().1 = stats;
+        Ok((a.detach(), (p > 0).then_some(g_theta.detach())))
+    }
+
+    fn result_storage<S>(&self, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)>
+    where
+        S: BackendStorage,
+    {
+        let (storage, layout) = self.ys.storage_and_layout();
+        match pick(&storage) {
+            Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            None => candle_core::bail!(
+                "sde adjoint: the solution lives on another device than the op's input"
+            ),
+        }
+    }
+}
+
+// As the ODE adjoint's op: the forward returns the solution computed beforehand, the work
+// is in the backward.
+impl<F, B> CustomOp1 for SdeAdjointOp<F, B>
+where
+    F: ParamSdeField + Send + Sync + 'static,
+    B: BrownianPath + Send + Sync + 'static,
+{
+    fn name(&self) -> &'static str {
+        "sdeint-adjoint"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.inner.result_storage(cpu)
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.inner.result_storage(cuda)
+    }
+    fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
+        self.inner.result_storage(metal)
+    }
+    fn bwd(&self, _y0: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.inner.backward(grad)?.0))
+    }
+}
+
+impl<F, B> CustomOp2 for SdeAdjointOp<F, B>
+where
+    F: ParamSdeField + Send + Sync + 'static,
+    B: BrownianPath + Send + Sync + 'static,
+{
+    fn name(&self) -> &'static str {
+        "sdeint-adjoint"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.inner.result_storage(cpu)
+    }
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.inner.result_storage(cuda)
+    }
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.inner.result_storage(metal)
+    }
+    fn bwd(
+        &self,
+        _y0: &Tensor,
+        _theta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gy0, gtheta) = self.inner.backward(grad)?;
+        Ok((Some(gy0), gtheta))
+    }
+}
