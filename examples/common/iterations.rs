@@ -75,8 +75,20 @@ impl Iterations {
     /// it; creates the output folder and, with `plan.resume` and a checkpoint there, restores
     /// the variables, Adam and the run's generator from it.
     pub fn start(plan: Plan, varmap: &VarMap, dev: &Device) -> Result<Self> {
+        Self::start_with(plan, varmap, dev, || Ok(()))
+    }
+
+    /// [`Iterations::start`] with a model's own initialisation `model_init` run after PyTorch's
+    /// defaults (and before a checkpoint is restored).
+    pub fn start_with(
+        plan: Plan,
+        varmap: &VarMap,
+        dev: &Device,
+        model_init: impl FnOnce() -> Result<()>,
+    ) -> Result<Self> {
         let mut rng = Rng::new(plan.seed);
         init::pytorch_default(varmap, &mut rng)?;
+        model_init()?;
         let mut opt = Adam::new(
             node_adjoint::sorted_vars(varmap),
             AdamConfig {

@@ -7,6 +7,7 @@ pub mod cnf;
 pub mod ffjord;
 pub mod init;
 pub mod latent_ode;
+pub mod latent_sde;
 pub mod layers;
 pub mod mnist;
 pub mod mnist_models;
@@ -19,6 +20,7 @@ pub use cde::{ControlPath, Interpolation, NeuralCde, NeuralCdeConfig};
 pub use cnf::{Cnf, CnfConfig, CnfField};
 pub use ffjord::{Ffjord, FfjordConfig, FfjordField};
 pub use latent_ode::{LatentOde, LatentOdeConfig};
+pub use latent_sde::{LatentSde, LatentSdeConfig, SdeGradient};
 pub use layers::{
     Activation, BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc,
     ResBlock,
