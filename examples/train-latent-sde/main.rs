@@ -53,10 +53,10 @@ struct Args {
     #[arg(long, value_enum, default_value = "segmented-cosine")]
     data: DataArg,
     /// Training iterations (in total, counting resumed ones). torchsde's example runs 5000.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 400)]
     iters: usize,
-    /// Posterior samples per iteration.
-    #[arg(long, default_value_t = 512)]
+    /// Posterior samples per iteration (torchsde's example: 512).
+    #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Width of the drift network's hidden layers.
     #[arg(long, default_value_t = 200)]
@@ -290,7 +290,8 @@ fn main() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The 5–95% band (vertical strokes), the median, three samples and the observations.
+/// The 5–95% band (a vertical stroke per pixel column), the median, three samples and the
+/// observations. `lo`, `mid`, `hi` and the samples are on the grid `ts` (steps of 0.01).
 fn draw(
     ts: &[f64],
     lo: &[f64],
@@ -310,8 +311,13 @@ fn draw(
         ylim: (-1.75, 1.75),
     };
     c.frame(&p);
-    for i in 0..ts.len() {
-        c.series(&p, &[ts[i], ts[i]], &[lo[i], hi[i]], [253, 208, 162]);
+    let last = ts.len() - 1;
+    for px in 0..=p.w {
+        let t = 2.0 * px as f64 / p.w as f64;
+        let x = (t / 2.0 * last as f64).min(last as f64 - 1e-9);
+        let (i, f) = (x.floor() as usize, x - x.floor());
+        let at = |v: &[f64]| v[i] * (1.0 - f) + v[i + 1] * f;
+        c.series(&p, &[t, t], &[at(lo), at(hi)], [253, 208, 162]);
     }
     for (k, color) in [
         (0usize, [252, 78, 42]),
@@ -323,7 +329,11 @@ fn draw(
     }
     c.series(&p, ts, mid, [128, 0, 38]);
     for (&t, &y) in data.ts.iter().zip(&data.ys) {
-        c.dot(&p, t, y, [0, 0, 0]);
+        // A cross of three dots each way.
+        for d in [-0.012, 0.0, 0.012] {
+            c.dot(&p, t + d, y + 0.021 * d / 0.012, [0, 0, 0]);
+            c.dot(&p, t + d, y - 0.021 * d / 0.012, [0, 0, 0]);
+        }
     }
     c.save_png(path)
 }

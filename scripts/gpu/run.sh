@@ -173,7 +173,7 @@ bisect_kernels() {
 }
 
 step_bench() {
-  local rounds=${1:-2} t0 log="$out/bench.log" demo cnf ffjord latent cde
+  local rounds=${1:-2} t0 log="$out/bench.log" demo cnf ffjord latent cde lsde
   t0=$(date +%s)
   say "## bench"
   local step
@@ -221,6 +221,14 @@ step_bench() {
         "$py" scripts/bench-cde-torch.py cuda 10
       else
         echo "torchcde is not installed: its table is left out"
+      fi; } 2>&1 | tee -a "$log" >> "$summary"
+  fi
+  if lsde=$(exe bench latent_sde); then
+    { echo; "$lsde" --device cuda --reps 5; echo
+      if "$py" -c "import torchsde" 2>/dev/null; then
+        "$py" scripts/bench-latent-sde-torch.py cuda 5
+      else
+        echo "torchsde is not installed: its table is left out"
       fi; } 2>&1 | tee -a "$log" >> "$summary"
   fi
   say ""

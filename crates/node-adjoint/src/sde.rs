@@ -22,8 +22,8 @@ use candle_core::{
     Tensor, Var,
 };
 use node_solvers::{
-    rk::concat_flat, sdeint, sdeint_increments, BrownianPath, Calculus, Noise, SdeField,
-    SdeIncrement, SdeMethod, SdeOptions, SdeStats, SolverError,
+    rk::concat_flat, sdeint, sdeint_increments, step_times, BrownianPath, Calculus, Noise,
+    ReversibleHeunState, SdeField, SdeIncrement, SdeMethod, SdeOptions, SdeStats, SolverError,
 };
 use std::sync::{Arc, Mutex};
 
@@ -127,8 +127,15 @@ pub struct SdeAdjointSolution {
 /// to `y0` and to the parameters ([`ParamSdeField::params`]), memory independent of the
 /// steps.
 ///
+/// With [`SdeMethod::ReversibleHeun`] (Kidger et al. 2021) the backward pass solves no
+/// adjoint SDE: it walks the forward steps back by their closed-form inverse from the state
+/// carried at the last time, and differentiates each step on the way, for the gradient of
+/// the discrete solve itself (backprop's, to round-off) with one evaluation of each term per
+/// step and memory independent of the steps. [`SdeAdjointOptions`] does not apply then.
+///
 /// The adjoint holds for Stratonovich SDEs: the forward method must be
-/// [`SdeMethod::Heun`], [`SdeMethod::Midpoint`] or [`SdeMethod::StratonovichMilstein`]. (An
+/// [`SdeMethod::Heun`], [`SdeMethod::Midpoint`], [`SdeMethod::StratonovichMilstein`] or
+/// [`SdeMethod::ReversibleHeun`]. (An
 /// Itô SDE `dy = f dt + g dW` with diagonal noise is the Stratonovich SDE with drift
 /// `f − ½ g ∂g/∂y`.) The path is queried again, backwards, by the reverse solve, so it must
 /// give the same increments every time, as [`node_solvers::VirtualBrownianTree`] does; the
@@ -183,8 +190,8 @@ where
 {
     if opts.method.calculus() != Calculus::Stratonovich {
         return Err(SolverError::InvalidOptions(format!(
-            "the SDE adjoint needs a Stratonovich method (heun, midpoint or \
-             stratonovich_milstein), got `{}`: write the Itô SDE in Stratonovich form (drift \
+            "the SDE adjoint needs a Stratonovich method (heun, midpoint, \
+             stratonovich_milstein or reversible_heun), got `{}`: write the Itô SDE in Stratonovich form (drift \
              f − ½ g ∂g/∂y for diagonal noise)",
             opts.method
         ))
@@ -195,6 +202,10 @@ where
     let sources = sde.param_sources();
     check_param_list(&params, &sources, y0)?;
     let sol = sdeint(&Detached(sde), &y0.detach(), ts, bm, opts)?;
+    let walk_back = match (opts.method, sol.reversible) {
+        (SdeMethod::ReversibleHeun, Some(last)) => Some((last, opts.dt)),
+        _ => None,
+    };
     let stats = SdeAdjointStats::default();
     stats.lock().0 = sol.stats;
     let op = SdeAdjointOp {
@@ -206,6 +217,7 @@ where
             ys: sol.ys.contiguous()?,
             noise: opts.noise,
             reverse,
+            walk_back,
             stats: stats.clone(),
         }),
     };
@@ -261,7 +273,17 @@ struct Inner<F, B> {
     ys: Tensor,
     noise: Noise,
     reverse: SdeOptions,
+    /// For reversible Heun: the carried state at the last time and the step, to walk the
+    /// steps back instead of solving the adjoint SDE.
+    walk_back: Option<(ReversibleHeunState, f64)>,
     stats: SdeAdjointStats,
+}
+
+/// The terms at a leaf `ŷ`, with their graph.
+struct Terms {
+    var: Var,
+    mu: Tensor,
+    sigma: Tensor,
 }
 
 struct SdeAdjointOp<F, B> {
@@ -323,6 +345,9 @@ impl<F: ParamSdeField, B: BrownianPath> Inner<F, B> {
     /// `dL/dy0` and `dL/dθ` (flat).
     fn backward(&self, grad_ys: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let g = grad_ys.detach();
+        if let Some((last, dt)) = &self.walk_back {
+            return self.reversible_backward(&g, last, *dt);
+        }
         let ts = &self.ts;
         let last = ts.len() - 1;
         let shape = Shape::from(self.ys.dims()[1..].to_vec());
@@ -361,6 +386,138 @@ impl<F: ParamSdeField, B: BrownianPath> Inner<F, B> {
         }
         self.stats.lock().1 = stats;
         Ok((a.detach(), (p > 0).then_some(g_theta.detach())))
+    }
+
+    /// The drift and diffusion at `(t, ŷ)` from a fresh leaf, with their graph.
+    fn terms(&self, t: f64, y_hat: &Tensor, diffusion: &Shape) -> Result<Terms> {
+        let var = Var::from_tensor(y_hat)?;
+        let mu = self.sde.drift(t, var.as_tensor())?;
+        let sigma = self.sde.diffusion(t, var.as_tensor())?;
+        for (what, out, want) in [
+            ("drift", &mu, y_hat.shape()),
+            ("diffusion", &sigma, diffusion),
+        ] {
+            if out.shape() != want {
+                return Err(SolverError::OutputMismatch(format!(
+                    "the {what} has shape {:?}, expected {:?} (at t = {t})",
+                    out.dims(),
+                    want.dims()
+                ))
+                .into());
+            }
+        }
+        Ok(Terms { var, mu, sigma })
+    }
+
+    /// `cμᵀ ∂μ/∂(ŷ, θ) + cσᵀ ∂σ/∂(ŷ, θ)`: the gradients to `ŷ` and, flat, to the parameters.
+    fn terms_vjp(
+        &self,
+        terms: &Terms,
+        c_mu: &Tensor,
+        c_sigma: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let root = ((&terms.mu * c_mu)?.sum_all()? + (&terms.sigma * c_sigma)?.sum_all()?)?;
+        let grads = root.backward()?;
+        let grad = |v: &Tensor| -> Result<Tensor> {
+            match grads.get(v) {
+                Some(g) => g.detach().flatten_all(),
+                None => v.zeros_like()?.flatten_all(),
+            }
+        };
+        let g_y = grad(terms.var.as_tensor())?.reshape(terms.mu.shape())?;
+        let mut parts = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            parts.push(grad(p.as_tensor())?);
+        }
+        let g_theta = if parts.is_empty() {
+            Tensor::zeros(0, terms.mu.dtype(), terms.mu.device())?
+        } else {
+            concat_flat(&parts)?
+        };
+        Ok((g_y, g_theta))
+    }
+
+    /// Reversible Heun's steps walked back from the carried state at the last time: each
+    /// step's inverse reconstructs `(y, ŷ)` before it, and autograd on the terms at `ŷ`
+    /// carries the adjoint of `(y, ŷ, μ, σ)` back across it. One evaluation of each term per
+    /// step (and one at the end); the gradient of the discrete solve, up to round-off.
+    fn reversible_backward(
+        &self,
+        g: &Tensor,
+        last: &ReversibleHeunState,
+        dt: f64,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let ts = &self.ts;
+        let n_t = ts.len();
+        let shape = last.y.shape().clone();
+        let diffusion = self.noise.diffusion_shape(&shape, self.bm.shape())?;
+        let p: usize = self.params.iter().map(|v| v.elem_count()).sum();
+        let grids = step_times(ts, dt)?;
+        let mut y = last.y.clone();
+        let mut y_hat = last.y_hat.clone();
+        let mut terms = self.terms(ts[n_t - 1], &y_hat, &diffusion)?;
+        let mut a_y = g.get(n_t - 1)?;
+        let mut a_hat = a_y.zeros_like()?;
+        let mut a_mu = a_y.zeros_like()?;
+        let mut a_sigma = terms.sigma.zeros_like()?.detach();
+        let mut g_theta = Tensor::zeros(p, last.y.dtype(), last.y.device())?;
+        let mut evals = 1;
+        let mut steps = 0;
+        for (i, grid) in grids.iter().enumerate().rev() {
+            for k in (1..grid.len()).rev() {
+                let (t0, t1) = (grid[k - 1], grid[k]);
+                let h = t1 - t0;
+                let dw = self.bm.increment(t0, t1)?;
+                // The step's outputs (y₁, ŷ₁, μ₁, σ₁): μ₁ and σ₁ also enter y₁.
+                let c_mu = (&a_mu + a_y.affine(0.5 * h, 0.0)?)?;
+                let c_sigma = (&a_sigma
+                    + self
+                        .noise
+                        .product_vjp(&a_y.affine(0.5, 0.0)?, &dw, &shape)?)?;
+                let (g_hat, g_p) = self.terms_vjp(&terms, &c_mu, &c_sigma)?;
+                if p > 0 {
+                    g_theta = (g_theta + g_p)?;
+                }
+                let a_hat1 = (&a_hat + g_hat)?;
+                // The inverse step: ŷ from ŷ₁ and the terms there, then y with the terms at ŷ.
+                let (mu1, sigma1) = (terms.mu.detach(), terms.sigma.detach());
+                let y_hat0 = ((y.affine(2.0, 0.0)? - &y_hat)?
+                    - (mu1.affine(h, 0.0)? + self.noise.product(&sigma1, &dw, &shape)?)?)?;
+                let terms0 = self.terms(t0, &y_hat0, &diffusion)?;
+                evals += 1;
+                steps += 1;
+                let drift = (terms0.mu.detach() + &mu1)?.affine(0.5 * h, 0.0)?;
+                let noise = self
+                    .noise
+                    .product(&(terms0.sigma.detach() + &sigma1)?, &dw, &shape)?
+                    .affine(0.5, 0.0)?;
+                let y0 = ((&y - drift)? - noise)?;
+                // ŷ₁ = 2y − ŷ + μh + σΔW, y₁ = y + (μ + μ₁)h/2 + (σ + σ₁)ΔW/2.
+                a_mu = (a_y.affine(0.5 * h, 0.0)? + a_hat1.affine(h, 0.0)?)?;
+                a_sigma =
+                    self.noise
+                        .product_vjp(&(a_y.affine(0.5, 0.0)? + &a_hat1)?, &dw, &shape)?;
+                a_y = (&a_y + a_hat1.affine(2.0, 0.0)?)?;
+                a_hat = a_hat1.neg()?;
+                y = y0;
+                y_hat = y_hat0;
+                terms = terms0;
+            }
+            a_y = (a_y + g.get(i)?)?;
+        }
+        // At the start ŷ = y = y0, and μ, σ are the terms there.
+        let (g_hat, g_p) = self.terms_vjp(&terms, &a_mu, &a_sigma)?;
+        if p > 0 {
+            g_theta = (g_theta + g_p)?;
+        }
+        let gy0 = ((a_y + a_hat)? + g_hat)?;
+        self.stats.lock().1 = SdeStats {
+            drift_evals: evals,
+            diffusion_evals: evals,
+            steps,
+            host_reads: 0,
+        };
+        Ok((gy0.detach(), (p > 0).then_some(g_theta.detach())))
     }
 
     fn result_storage<S>(&self, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)>

@@ -105,9 +105,15 @@ fn gbm_gradients(dev: &Device) -> Result<()> {
 }
 
 /// A nonlinear SDE with general noise and a small network in both terms:
-/// `dy = tanh(y W₁ + b) dt + (σ ⊙ tanh(y W₂)) ∘ dW`, `y [B, 2]`, `W [B, 3]` mixed through
-/// `[B, 2, 3]`. The adjoint's gradients approach backprop's as the step falls.
-fn nonlinear_general_noise(dev: &Device) -> Result<()> {
+/// `dy = (1 + t/2) tanh(y W₁ + b) dt + (σ ⊙ tanh(y W₂)) ∘ dW`, `y [B, 2]`, `W [B, 3]` mixed
+/// through `[B, 2, 3]`; the loss a sum of squares at three output times. Returns the
+/// gradients of every parameter and of `y0`, flat, by the adjoint or by backprop.
+fn nonlinear_gradients(
+    method: SdeMethod,
+    adjoint: bool,
+    dt: f64,
+    dev: &Device,
+) -> Result<(Vec<f64>, node_adjoint::SdeAdjointStats)> {
     let (b, d, m) = (16, 2, 3);
     let bm = VirtualBrownianTree::new(0.0, 1.0, 2f64.powi(-12), (b, m), 5, DType::F64, dev)?;
     let w1 = Var::new(&[[0.5f64, -0.8], [0.9, 0.2]], dev)?;
@@ -123,64 +129,69 @@ fn nonlinear_general_noise(dev: &Device) -> Result<()> {
     let y0_host: Vec<f64> = (0..b * d)
         .map(|i| ((i * 7 % 11) as f64 - 5.0) / 5.0)
         .collect();
-    let grads = |adjoint: bool, dt: f64| -> Result<Vec<f64>> {
-        let y0 = Var::from_tensor(&Tensor::from_vec(y0_host.clone(), (b, d), dev)?)?;
-        let (w1t, bt, w2t, st) = (
-            w1.as_tensor().clone(),
-            bias.as_tensor().clone(),
-            w2.as_tensor().clone(),
-            sigma.as_tensor().clone(),
-        );
-        let sde = with_sde_params(
-            move |t: f64, y: &Tensor| {
-                y.matmul(&w1t)?
-                    .broadcast_add(&bt)?
-                    .tanh()?
-                    .affine(1.0 + 0.5 * t, 0.0)
-            },
-            move |_t: f64, y: &Tensor| {
-                y.matmul(&w2t)?
-                    .tanh()?
-                    .broadcast_mul(&st)?
-                    .reshape((y.dim(0)?, 2, 3))
-            },
-            vec![w1.clone(), bias.clone(), w2.clone(), sigma.clone()],
-        );
-        let opts = SdeOptions::default()
-            .method(SdeMethod::Midpoint)
-            .dt(dt)
-            .noise(Noise::General);
-        let ts = [0.0, 0.25, 0.7, 1.0];
-        let ys = if adjoint {
-            sdeint_adjoint(
-                &sde,
-                y0.as_tensor(),
-                &ts,
-                &bm,
-                &opts,
-                &SdeAdjointOptions::default(),
-            )?
-            .ys
-        } else {
-            sdeint(&sde, y0.as_tensor(), &ts, &bm, &opts)?.ys
-        };
-        let target = Tensor::new(&[1.0f64, -1.0], dev)?;
-        let loss = ys
-            .narrow(0, 1, 3)?
-            .broadcast_sub(&target)?
-            .sqr()?
-            .sum_all()?;
-        let g = loss.backward()?;
-        let mut out = Vec::new();
-        for v in [&w1, &bias, &w2, &sigma, &y0] {
-            out.extend(host(g.get(v.as_tensor()).expect("a gradient"))?);
-        }
-        Ok(out)
+    let y0 = Var::from_tensor(&Tensor::from_vec(y0_host, (b, d), dev)?)?;
+    let (w1t, bt, w2t, st) = (
+        w1.as_tensor().clone(),
+        bias.as_tensor().clone(),
+        w2.as_tensor().clone(),
+        sigma.as_tensor().clone(),
+    );
+    let sde = with_sde_params(
+        move |t: f64, y: &Tensor| {
+            y.matmul(&w1t)?
+                .broadcast_add(&bt)?
+                .tanh()?
+                .affine(1.0 + 0.5 * t, 0.0)
+        },
+        move |_t: f64, y: &Tensor| {
+            y.matmul(&w2t)?
+                .tanh()?
+                .broadcast_mul(&st)?
+                .reshape((y.dim(0)?, 2, 3))
+        },
+        vec![w1.clone(), bias.clone(), w2.clone(), sigma.clone()],
+    );
+    let opts = SdeOptions::default()
+        .method(method)
+        .dt(dt)
+        .noise(Noise::General);
+    let ts = [0.0, 0.25, 0.7, 1.0];
+    let (ys, stats) = if adjoint {
+        let sol = sdeint_adjoint(
+            &sde,
+            y0.as_tensor(),
+            &ts,
+            &bm,
+            &opts,
+            &SdeAdjointOptions::default(),
+        )?;
+        (sol.ys, sol.stats)
+    } else {
+        let ys = sdeint(&sde, y0.as_tensor(), &ts, &bm, &opts)?.ys;
+        (ys, node_adjoint::SdeAdjointStats::default())
     };
+    let target = Tensor::new(&[1.0f64, -1.0], dev)?;
+    let loss = ys
+        .narrow(0, 1, 3)?
+        .broadcast_sub(&target)?
+        .sqr()?
+        .sum_all()?;
+    let g = loss.backward()?;
+    let mut out = Vec::new();
+    for v in [&w1, &bias, &w2, &sigma, &y0] {
+        out.extend(host(g.get(v.as_tensor()).expect("a gradient"))?);
+    }
+    Ok((out, stats))
+}
+
+/// The adjoint's gradients approach backprop's as the step falls.
+fn nonlinear_general_noise(dev: &Device) -> Result<()> {
     let mut gaps = Vec::new();
     for k in [4, 6, 8] {
         let dt = 2f64.powi(-k);
-        let gap = rel(&grads(true, dt)?, &grads(false, dt)?);
+        let (adj, _) = nonlinear_gradients(SdeMethod::Midpoint, true, dt, dev)?;
+        let (bp, _) = nonlinear_gradients(SdeMethod::Midpoint, false, dt, dev)?;
+        let gap = rel(&adj, &bp);
         eprintln!("dt 2^-{k}: adjoint off backprop by {gap:.2e}");
         gaps.push(gap);
     }
@@ -191,6 +202,24 @@ fn nonlinear_general_noise(dev: &Device) -> Result<()> {
         gaps[1] < gaps[0] / 2.0 && gaps[2] < gaps[1] / 2.0,
         "{gaps:?}"
     );
+    Ok(())
+}
+
+/// Reversible Heun: the walk back gives backprop's gradients of the same discrete solve, up
+/// to round-off, at any step; one evaluation of each term per step backwards.
+fn reversible_heun_is_exact(dev: &Device) -> Result<()> {
+    for k in [3, 6] {
+        let dt = 2f64.powi(-k);
+        let (adj, stats) = nonlinear_gradients(SdeMethod::ReversibleHeun, true, dt, dev)?;
+        let (bp, _) = nonlinear_gradients(SdeMethod::ReversibleHeun, false, dt, dev)?;
+        let gap = rel(&adj, &bp);
+        eprintln!("reversible Heun, dt 2^-{k}: walk back off backprop by {gap:.2e}");
+        assert!(gap < 1e-10, "dt 2^-{k}: {gap:e}");
+        let (f, b) = (stats.forward(), stats.backward());
+        assert_eq!(f.steps, b.steps);
+        assert_eq!(b.drift_evals, b.steps + 1);
+        assert_eq!(f.drift_evals, f.steps + 1);
+    }
     Ok(())
 }
 
@@ -320,6 +349,12 @@ candle_core::test_device!(
     gbm_gradients_cpu,
     gbm_gradients_cuda,
     gbm_gradients_metal
+);
+candle_core::test_device!(
+    reversible_heun_is_exact,
+    reversible_heun_is_exact_cpu,
+    reversible_heun_is_exact_cuda,
+    reversible_heun_is_exact_metal
 );
 candle_core::test_device!(
     nonlinear_general_noise,

@@ -124,6 +124,27 @@ impl Noise {
     }
 }
 
+impl Noise {
+    /// The vector–Jacobian product of [`Noise::product`] with respect to `g`: for a
+    /// cotangent `c` of the state's shape, `∂(c · (g · ΔW))/∂g`, of the diffusion's shape
+    /// (`c ⊙ ΔW` for diagonal noise, the outer products `c ΔWᵀ` row by row for general).
+    pub fn product_vjp(self, c: &Tensor, dw: &Tensor, state: &Shape) -> Result<Tensor> {
+        match self {
+            Noise::Diagonal => c * dw,
+            Noise::General => {
+                let m = dw.dims()[dw.rank() - 1];
+                let rows = if dw.rank() == 2 { dw.dims()[0] } else { 1 };
+                let per_row = state.elem_count() / rows.max(1);
+                let mut dims = state.dims().to_vec();
+                dims.push(m);
+                c.reshape((rows, per_row, 1))?
+                    .broadcast_mul(&dw.reshape((rows, 1, m))?)?
+                    .reshape(dims)
+            }
+        }
+    }
+}
+
 /// A fixed-step SDE method. The strong orders below are those of the error
 /// `E|y_N − y(T)|` along one Brownian path; the tests measure them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -151,6 +172,29 @@ pub enum SdeMethod {
     /// `y₁ = y + f(t + h/2, ỹ) h + g(t + h/2, ỹ) ΔW`. Strong order 1 for diagonal
     /// (commutative) and additive noise, 1/2 for general noise.
     Midpoint,
+    /// Reversible Heun, Stratonovich (Kidger, Foster, Li & Lyons 2021, *Efficient and
+    /// accurate gradients for neural SDEs*; diffrax's `ReversibleHeun`). It carries a second
+    /// state `ŷ` and the terms there, `μ = f(t, ŷ)` and `σ = g(t, ŷ)`:
+    /// `ŷ₁ = 2y − ŷ + μ h + σ ΔW`, then `μ₁, σ₁` at `(t₁, ŷ₁)`, and
+    /// `y₁ = y + (μ + μ₁) h/2 + (σ + σ₁) ΔW/2`. One drift and one diffusion evaluation per
+    /// step (one more at the start); the step inverts in closed form, so
+    /// `node_adjoint::sdeint_adjoint` walks it back for the discrete solve's exact gradient.
+    /// Strong order 1 for diagonal (commutative) and additive noise, 1/2 for general noise.
+    ReversibleHeun,
+}
+
+/// What a reversible Heun solve ([`SdeMethod::ReversibleHeun`]) carries at its last time:
+/// enough to walk its steps back.
+#[derive(Clone, Debug)]
+pub struct ReversibleHeunState {
+    /// The solution `y`.
+    pub y: Tensor,
+    /// The second state `ŷ`.
+    pub y_hat: Tensor,
+    /// `f(t, ŷ)`.
+    pub drift: Tensor,
+    /// `g(t, ŷ)`.
+    pub diffusion: Tensor,
 }
 
 /// Itô or Stratonovich: how a method reads the equation.
@@ -164,12 +208,13 @@ pub enum Calculus {
 
 impl SdeMethod {
     /// Every method.
-    pub const ALL: [SdeMethod; 5] = [
+    pub const ALL: [SdeMethod; 6] = [
         SdeMethod::EulerMaruyama,
         SdeMethod::ItoMilstein,
         SdeMethod::StratonovichMilstein,
         SdeMethod::Heun,
         SdeMethod::Midpoint,
+        SdeMethod::ReversibleHeun,
     ];
 
     /// The method's name, as [`FromStr`] reads it.
@@ -180,6 +225,7 @@ impl SdeMethod {
             SdeMethod::StratonovichMilstein => "stratonovich_milstein",
             SdeMethod::Heun => "heun",
             SdeMethod::Midpoint => "midpoint",
+            SdeMethod::ReversibleHeun => "reversible_heun",
         }
     }
 
@@ -187,9 +233,10 @@ impl SdeMethod {
     pub fn calculus(self) -> Calculus {
         match self {
             SdeMethod::EulerMaruyama | SdeMethod::ItoMilstein => Calculus::Ito,
-            SdeMethod::StratonovichMilstein | SdeMethod::Heun | SdeMethod::Midpoint => {
-                Calculus::Stratonovich
-            }
+            SdeMethod::StratonovichMilstein
+            | SdeMethod::Heun
+            | SdeMethod::Midpoint
+            | SdeMethod::ReversibleHeun => Calculus::Stratonovich,
         }
     }
 
@@ -349,6 +396,8 @@ pub struct SdeSolution {
     pub ys: Tensor,
     /// Evaluation and step counts.
     pub stats: SdeStats,
+    /// For [`SdeMethod::ReversibleHeun`], the carried state at the last output time.
+    pub reversible: Option<ReversibleHeunState>,
 }
 
 impl SdeSolution {
@@ -412,19 +461,98 @@ where
 {
     opts.validate()?;
     let ev = SdeEvaluator::new(sde, y0, bm.shape(), opts.noise)?;
+    if opts.method == SdeMethod::ReversibleHeun {
+        return reversible_heun(&ev, y0, ts, bm, opts);
+    }
     let (ys, steps, host_reads) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
         step(&ev, opts.method, t, t1, y, dw)
     })?;
     Ok(SdeSolution {
         ts: ts.to_vec(),
         ys,
-        stats: SdeStats {
-            drift_evals: ev.drift_evals.get(),
-            diffusion_evals: ev.diffusion_evals.get(),
-            steps,
-            host_reads,
-        },
+        stats: ev.stats(steps, host_reads),
+        reversible: None,
     })
+}
+
+/// [`sdeint`] with [`SdeMethod::ReversibleHeun`]: the step carries `(ŷ, μ, σ)` beside `y`.
+fn reversible_heun<F, B>(
+    ev: &SdeEvaluator<'_, F>,
+    y0: &Tensor,
+    ts: &[f64],
+    bm: &B,
+    opts: &SdeOptions,
+) -> Result<SdeSolution>
+where
+    F: SdeField + ?Sized,
+    B: BrownianPath + ?Sized,
+{
+    check_times(ts)?;
+    let mut carry: Option<(Tensor, Tensor, Tensor)> = None;
+    let mut first = true;
+    let (ys, steps, host_reads) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
+        if first {
+            first = false;
+            carry = Some((y.clone(), ev.drift(t, y)?, ev.diffusion(t, y)?));
+        }
+        let (y_hat, mu, sigma) = carry.take().expect("carried from the previous step");
+        let h = t1 - t;
+        let y_hat1 =
+            ((y.affine(2.0, 0.0)? - y_hat)? + (mu.affine(h, 0.0)? + ev.times(&sigma, dw)?)?)?;
+        let mu1 = ev.drift(t1, &y_hat1)?;
+        let sigma1 = ev.diffusion(t1, &y_hat1)?;
+        let drift = (&mu + &mu1)?.affine(0.5 * h, 0.0)?;
+        let noise = ev.times(&(&sigma + &sigma1)?, dw)?.affine(0.5, 0.0)?;
+        let y1 = ((y + drift)? + noise)?;
+        carry = Some((y_hat1, mu1, sigma1));
+        Ok(y1)
+    })?;
+    let reversible = match carry {
+        Some((y_hat, drift, diffusion)) => Some(ReversibleHeunState {
+            y: ys.get(ts.len() - 1)?,
+            y_hat,
+            drift,
+            diffusion,
+        }),
+        // No step (one output time): the state at t0, its terms not evaluated.
+        None => None,
+    };
+    Ok(SdeSolution {
+        ts: ts.to_vec(),
+        ys,
+        stats: ev.stats(steps, host_reads),
+        reversible,
+    })
+}
+
+/// The step ends of a solve over `ts` with steps of at most `dt`, interval by interval (each
+/// interval's ends included): exactly the times [`sdeint`] steps to.
+///
+/// # Errors
+/// Invalid times or step.
+pub fn step_times(ts: &[f64], dt: f64) -> Result<Vec<Vec<f64>>> {
+    check_times(ts)?;
+    if !(dt.is_finite() && dt > 0.0) {
+        return Err(SolverError::InvalidOptions(format!(
+            "the SDE step dt must be finite and > 0, got {dt}"
+        ))
+        .into());
+    }
+    Ok(ts
+        .windows(2)
+        .map(|w| {
+            let n = interval_steps(w[0], w[1], dt);
+            (0..=n)
+                .map(|k| {
+                    if k == 0 {
+                        w[0]
+                    } else {
+                        step_end(w[0], w[1], k, n)
+                    }
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// An SDE given by its increment over a step, `D(t, y, h, ΔW) = f(t, y) h + g(t, y) · ΔW`:
@@ -458,10 +586,10 @@ where
     opts.validate()?;
     if matches!(
         opts.method,
-        SdeMethod::ItoMilstein | SdeMethod::StratonovichMilstein
+        SdeMethod::ItoMilstein | SdeMethod::StratonovichMilstein | SdeMethod::ReversibleHeun
     ) {
         return Err(SolverError::InvalidOptions(format!(
-            "`{}` needs the diffusion, not only its product with the increment: use \
+            "`{}` needs the drift and the diffusion apart, not only the increment: use \
              euler_maruyama, heun or midpoint",
             opts.method
         ))
@@ -495,6 +623,7 @@ where
             steps,
             host_reads,
         },
+        reversible: None,
     })
 }
 
@@ -634,7 +763,11 @@ fn step<F: SdeField + ?Sized>(
             let milstein = ((g_plus - g_minus)? * dw.sqr()?)?.affine(0.25 / sq, 0.0)?;
             ((y + f.affine(h, 0.0)?)? + (g * dw)?)? + milstein
         }
-        SdeMethod::EulerMaruyama | SdeMethod::Heun | SdeMethod::Midpoint => {
+        SdeMethod::EulerMaruyama
+        | SdeMethod::Heun
+        | SdeMethod::Midpoint
+        // Solved by `reversible_heun`, never here.
+        | SdeMethod::ReversibleHeun => {
             let inc = |tk: f64, yk: &Tensor| -> Result<Tensor> {
                 let f = ev.drift(tk, yk)?;
                 let g = ev.diffusion(tk, yk)?;
@@ -714,6 +847,15 @@ impl<'a, F: SdeField + ?Sized> SdeEvaluator<'a, F> {
             .into());
         }
         Ok(())
+    }
+
+    fn stats(&self, steps: usize, host_reads: usize) -> SdeStats {
+        SdeStats {
+            drift_evals: self.drift_evals.get(),
+            diffusion_evals: self.diffusion_evals.get(),
+            steps,
+            host_reads,
+        }
     }
 
     fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {

@@ -184,7 +184,7 @@ fn strong_orders(dev: &Device) -> Result<()> {
         let want = method.strong_order();
         eprintln!("{method}: strong order {slope:.3}, errors {errs:.3?}");
         // Measured: Euler–Maruyama 0.49, the Milsteins 0.98 (Itô) and 0.96, Heun and the
-        // midpoint 0.94 (the same scheme on this linear SDE).
+        // midpoint 0.94 (the same scheme on this linear SDE), reversible Heun 0.92.
         assert!(
             (slope - want).abs() < 0.15,
             "{method}: fitted strong order {slope:.3}, expected {want} (errors {errs:?})"
@@ -391,6 +391,35 @@ fn counts() -> Result<()> {
         let unchecked = sdeint(&gbm(), &y0, &ts, &bm, &opts.clone().check_finite(false))?;
         assert_eq!(unchecked.stats.host_reads, 0);
     }
+    // Reversible Heun: one evaluation of each term per step, and one at the start; the
+    // carried state at the end holds the last output.
+    let opts = SdeOptions::default()
+        .method(SdeMethod::ReversibleHeun)
+        .dt(0.1);
+    let sol = sdeint(&gbm(), &y0, &ts, &bm, &opts)?;
+    assert_eq!((sol.stats.drift_evals, sol.stats.diffusion_evals), (11, 11));
+    let carried = sol.reversible.expect("the carried state");
+    assert_eq!(host(&carried.y)?, host(&sol.ys.get(2)?)?);
+    assert_eq!(carried.y_hat.dims(), [5]);
+    assert!(
+        sdeint(&gbm(), &y0, &ts, &bm, &opts.clone().method(SdeMethod::Heun))?
+            .reversible
+            .is_none()
+    );
+    // The step ends, interval by interval.
+    let grid = node_solvers::step_times(&ts, 0.1)?;
+    assert_eq!(grid.len(), 2);
+    assert_eq!((grid[0].len(), grid[1].len()), (4, 8));
+    assert_eq!(
+        (grid[0][0], grid[0][3], grid[1][0], grid[1][7]),
+        (0.0, 0.3, 0.3, 1.0)
+    );
+    let back = node_solvers::step_times(&[1.0, 0.3], 0.1)?;
+    let fwd_rev: Vec<f64> = grid[1].iter().rev().copied().collect();
+    assert_eq!(
+        back[0], fwd_rev,
+        "the same times, rounded alike, walked either way"
+    );
     // One output time: nothing to do.
     let sol = sdeint(&gbm(), &y0, &[0.2], &bm, &SdeOptions::default())?;
     assert_eq!(sol.stats.steps, 0);
