@@ -3,7 +3,8 @@ reference for `cargo bench -p node-models --bench latent_sde`): the segmented co
 observations (solved from 0 to 2 through them), a drift network 3-200-200-1 (tanh), the
 midpoint method at dt 0.01 on the augmented state [y, logqp] (Stratonovich, as the adjoint
 needs; the noise is additive), the Laplace likelihood at scale 0.05 and the KL term, Adam at
-lr 1e-2; by torchsde's adjoint (midpoint backwards too) and by backprop, at batch 512 (the
+lr 1e-2; by torchsde's adjoint (midpoint backwards too) and by backprop, and with the
+reversible Heun method (its `adjoint_reversible_heun`, or backprop), at batch 512 (the
 example's) and 128. From a seed-0 initialisation: one warm-up step, then `reps` timed steps
 in a row, each with fresh noise and a fresh Brownian path (torchsde's default
 BrownianInterval).
@@ -57,7 +58,7 @@ class LatentSDE(nn.Module):
         y = y[:, 0:1]
         return torch.cat([self.sigma.repeat(y.size(0), 1), torch.zeros_like(y)], dim=1)
 
-    def forward(self, ts, batch, adjoint):
+    def forward(self, ts, batch, adjoint, method="midpoint"):
         qstd = torch.exp(0.5 * self.qy0_logvar)
         pstd = torch.exp(0.5 * self.py0_logvar)
         y0 = self.qy0_mean + torch.randn(batch, 1, device=ts.device) * qstd
@@ -67,11 +68,12 @@ class LatentSDE(nn.Module):
         aug = torch.cat([y0, torch.zeros(batch, 1, device=ts.device)], dim=1)
         names = {"drift": "f_aug", "diffusion": "g_aug"}
         if adjoint:
+            back = "adjoint_reversible_heun" if method == "reversible_heun" else method
             ys = torchsde.sdeint_adjoint(
-                self, aug, ts, method="midpoint", adjoint_method="midpoint", dt=1e-2, names=names
+                self, aug, ts, method=method, adjoint_method=back, dt=1e-2, names=names
             )
         else:
-            ys = torchsde.sdeint(self, aug, ts, method="midpoint", dt=1e-2, names=names)
+            ys = torchsde.sdeint(self, aug, ts, method=method, dt=1e-2, names=names)
         return ys[:, :, 0], (kl0 + ys[-1, :, 1]).mean(dim=0)
 
 
@@ -82,7 +84,12 @@ print(f"torchsde {torchsde.__version__}, torch {torch.__version__}, {torch.get_n
 print("| batch | gradient | median ms | min ms | NFE fwd+bwd | loss after |")
 print("|---:|---|---:|---:|---|---:|")
 for batch in [512, 128]:
-    for name, adjoint in [("adjoint", True), ("backprop", False)]:
+    for name, method, adjoint in [
+        ("adjoint", "midpoint", True),
+        ("backprop", "midpoint", False),
+        ("reversible Heun, walked back", "reversible_heun", True),
+        ("reversible Heun, backprop", "reversible_heun", False),
+    ]:
         torch.manual_seed(0)
         model = LatentSDE().to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -91,7 +98,7 @@ for batch in [512, 128]:
             start = time.perf_counter()
             model.nfe = 0
             opt.zero_grad()
-            zs, kl = model(ts, batch, adjoint)
+            zs, kl = model(ts, batch, adjoint, method)
             logpy = distributions.Laplace(loc=zs[1:-1], scale=0.05).log_prob(ys[:, None]).sum(0).mean(0)
             loss = kl - logpy
             loss.backward()

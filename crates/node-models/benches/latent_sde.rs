@@ -2,7 +2,8 @@
 //! segmented cosine's 20 observations (solved from 0 to 2 through them), a drift network
 //! 3-200-200-1 (tanh), the midpoint method at dt 0.01 on the augmented state `[y, ∫½u²]`,
 //! the Laplace likelihood at scale 0.05 and the KL term, Adam at lr 1e-2; by the stochastic
-//! adjoint and by backprop, at batch 512 (the example's) and 128. From the seed-0
+//! adjoint and by backprop, and with the reversible Heun method (walked back, or backprop),
+//! at batch 512 (the example's) and 128. From the seed-0
 //! initialisation: one warm-up step, then `--reps` timed steps in a row, each with fresh
 //! noise and a fresh Brownian path.
 //!
@@ -16,6 +17,7 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use node_adjoint::SdeAdjointOptions;
 use node_models::latent_sde::{laplace_log_likelihood, LatentSde, LatentSdeConfig, SdeGradient};
 use node_models::{init, Adam, AdamConfig, Rng};
+use node_solvers::SdeMethod;
 use std::time::Instant;
 
 fn main() -> Result<()> {
@@ -39,18 +41,27 @@ fn main() -> Result<()> {
     println!("| batch | gradient | median ms | min ms | NFE fwd / bwd | loss after |");
     println!("|---:|---|---:|---:|---|---:|");
     for batch in [512, 128] {
-        for (name, gradient) in [
+        let adjoint = SdeGradient::Adjoint(SdeAdjointOptions::default());
+        for (name, method, gradient) in [
+            ("adjoint", SdeMethod::Midpoint, adjoint.clone()),
+            ("backprop", SdeMethod::Midpoint, SdeGradient::Backprop),
             (
-                "adjoint",
-                SdeGradient::Adjoint(SdeAdjointOptions::default()),
+                "reversible Heun, walked back",
+                SdeMethod::ReversibleHeun,
+                adjoint,
             ),
-            ("backprop", SdeGradient::Backprop),
+            (
+                "reversible Heun, backprop",
+                SdeMethod::ReversibleHeun,
+                SdeGradient::Backprop,
+            ),
         ] {
             let varmap = VarMap::new();
-            let model = LatentSde::new(
-                LatentSdeConfig::default(),
-                VarBuilder::from_varmap(&varmap, DType::F32, &dev),
-            )?;
+            let cfg = LatentSdeConfig {
+                method,
+                ..LatentSdeConfig::default()
+            };
+            let model = LatentSde::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
             let mut rng = Rng::new(0);
             init::pytorch_default(&varmap, &mut rng)?;
             model.init()?;

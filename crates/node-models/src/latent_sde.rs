@@ -122,6 +122,18 @@ impl ParamSdeField for PosteriorSde {
     }
 }
 
+/// Terms with their outputs detached: a solve of them keeps no graph.
+struct NoGraph<'a, F>(&'a F);
+
+impl<F: SdeField> SdeField for NoGraph<'_, F> {
+    fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        Ok(self.0.drift(t, y)?.detach())
+    }
+    fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        Ok(self.0.diffusion(t, y)?.detach())
+    }
+}
+
 /// The prior's terms on `y` (`[B, 1]`): `θ(μ − y)` and `σ`, diagonal noise.
 struct PriorSde<'a>(&'a PosteriorSde);
 
@@ -326,15 +338,23 @@ impl LatentSde {
         (self.qy0_logvar.affine(-0.5, 0.5 * p_logvar)? + ratio)?.sum_all()
     }
 
-    /// Posterior samples at `ts`, without a graph: `[T, B]`.
+    /// Posterior samples at `ts`, without a graph (memory does not grow with the steps):
+    /// `[T, B]`.
     ///
     /// # Errors
     /// As [`LatentSde::forward`].
     pub fn sample_posterior(&self, ts: &[f64], eps: &Tensor, bm_seed: u64) -> Result<Tensor> {
-        Ok(self
-            .forward(ts, &eps.detach(), bm_seed, &SdeGradient::Backprop)?
-            .ys
-            .detach())
+        let b = check_eps(eps)?;
+        let q_std = self.qy0_logvar.detach().affine(0.5, 0.0)?.exp()?;
+        let y0 = eps
+            .detach()
+            .broadcast_mul(&q_std)?
+            .broadcast_add(&self.qy0_mean.detach())?;
+        let aug0 = Tensor::cat(&[y0, Tensor::zeros((b, 1), eps.dtype(), eps.device())?], 1)?;
+        let bm = self.brownian(ts, (b, 1), bm_seed, eps.dtype(), eps.device())?;
+        let opts = self.options().noise(Noise::General);
+        let sol = sdeint(&NoGraph(&self.sde), &aug0, ts, &bm, &opts)?;
+        sol.ys.narrow(2, 0, 1)?.squeeze(2)
     }
 
     /// Prior samples at `ts` from `y0 = μ + eps · σ/√(2θ)` (`eps`: `[B, 1]`): `[T, B]`.

@@ -63,6 +63,32 @@ fn kl_terms() -> Result<()> {
     Ok(())
 }
 
+/// Sampling the posterior without a graph gives the training solve's values, bit for bit.
+#[test]
+fn samples_are_the_forward_values() -> Result<()> {
+    let dev = Device::Cpu;
+    let (m, varmap) = model(
+        LatentSdeConfig {
+            hidden: 8,
+            ..Default::default()
+        },
+        DType::F32,
+        &dev,
+    )?;
+    {
+        let data = varmap.data().lock().unwrap();
+        let w = &data["net.fc3.weight"];
+        w.set(&Rng::new(4).normal_tensor(w.dims(), 0.0, 0.3, DType::F32, &dev)?)?;
+    }
+    let eps = Rng::new(1).normal_tensor(&[16, 1], 0.0, 1.0, DType::F32, &dev)?;
+    let ts = [0.0, 0.4, 1.0];
+    let trained = m.forward(&ts, &eps, 3, &SdeGradient::Backprop)?.ys;
+    let sampled = m.sample_posterior(&ts, &eps, 3)?;
+    assert!(!sampled.track_op());
+    assert_eq!(trained.to_vec2::<f32>()?, sampled.to_vec2::<f32>()?);
+    Ok(())
+}
+
 #[test]
 fn laplace_likelihood() -> Result<()> {
     let dev = Device::Cpu;
