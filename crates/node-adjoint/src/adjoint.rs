@@ -894,12 +894,24 @@ impl<F: ParamVectorField> Inner<F> {
     where
         S: BackendStorage,
     {
-        let (storage, layout) = self.ys.storage_and_layout();
-        match pick(&storage) {
-            Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            None => candle_core::bail!(
-                "adjoint: the solution lives on another device than the op's input"
-            ),
+        stored_result(&self.ys, pick)
+    }
+}
+
+/// The forward of an op whose result was computed beforehand: a copy of the storage of the
+/// contiguous `ys`, on the backend `pick` selects.
+pub(crate) fn stored_result<S>(
+    ys: &Tensor,
+    pick: impl Fn(&Storage) -> Option<&S>,
+) -> Result<(S, Shape)>
+where
+    S: BackendStorage,
+{
+    let (storage, layout) = ys.storage_and_layout();
+    match pick(&storage) {
+        Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+        None => {
+            candle_core::bail!("the solution lives on another device than the op's input")
         }
     }
 }

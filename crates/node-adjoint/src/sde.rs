@@ -14,7 +14,7 @@
 //! not O(steps); the gradients differ from backprop through the solver by the error of
 //! the reverse solve, which falls with the step.
 
-use crate::adjoint::{check_param_list, cpu, cuda, flat_params, metal, VjpSeed};
+use crate::adjoint::{check_param_list, cpu, cuda, flat_params, metal, stored_result, VjpSeed};
 use crate::field::WithParams;
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -279,6 +279,29 @@ struct Inner<F, B> {
     stats: SdeAdjointStats,
 }
 
+/// The drift and the diffusion at `(t, y)`, checked against the state's and the diffusion's
+/// shapes.
+fn eval_terms<F: SdeField + ?Sized>(
+    sde: &F,
+    t: f64,
+    y: &Tensor,
+    diffusion: &Shape,
+) -> Result<(Tensor, Tensor)> {
+    let f = sde.drift(t, y)?;
+    let g = sde.diffusion(t, y)?;
+    for (what, out, want) in [("drift", &f, y.shape()), ("diffusion", &g, diffusion)] {
+        if out.shape() != want {
+            return Err(SolverError::OutputMismatch(format!(
+                "the {what} has shape {:?}, expected {:?} (at t = {t})",
+                out.dims(),
+                want.dims()
+            ))
+            .into());
+        }
+    }
+    Ok((f, g))
+}
+
 /// The terms at a leaf `ŷ`, with their graph.
 struct Terms {
     var: Var,
@@ -307,21 +330,7 @@ impl<F: ParamSdeField> SdeIncrement for Augmented<'_, F> {
         let y = aug.narrow(0, 0, n)?.reshape(self.shape)?;
         let a = aug.narrow(0, n, n)?.reshape(self.shape)?;
         let y_var = Var::from_tensor(&y)?;
-        let f = self.sde.drift(t, y_var.as_tensor())?;
-        let g = self.sde.diffusion(t, y_var.as_tensor())?;
-        for (what, out, want) in [
-            ("drift", &f, self.shape),
-            ("diffusion", &g, &self.diffusion),
-        ] {
-            if out.shape() != want {
-                return Err(SolverError::OutputMismatch(format!(
-                    "the {what} has shape {:?}, expected {:?} (at t = {t})",
-                    out.dims(),
-                    want.dims()
-                ))
-                .into());
-            }
-        }
+        let (f, g) = eval_terms(self.sde, t, y_var.as_tensor(), &self.diffusion)?;
         let d = (f.affine(h, 0.0)? + self.noise.product(&g, dw, self.shape)?)?;
         // One backward pass from a root whose gradient with respect to `d` is −a.
         let grads = d.apply_op2(&a, VjpSeed)?.backward()?;
@@ -391,21 +400,7 @@ impl<F: ParamSdeField, B: BrownianPath> Inner<F, B> {
     /// The drift and diffusion at `(t, ŷ)` from a fresh leaf, with their graph.
     fn terms(&self, t: f64, y_hat: &Tensor, diffusion: &Shape) -> Result<Terms> {
         let var = Var::from_tensor(y_hat)?;
-        let mu = self.sde.drift(t, var.as_tensor())?;
-        let sigma = self.sde.diffusion(t, var.as_tensor())?;
-        for (what, out, want) in [
-            ("drift", &mu, y_hat.shape()),
-            ("diffusion", &sigma, diffusion),
-        ] {
-            if out.shape() != want {
-                return Err(SolverError::OutputMismatch(format!(
-                    "the {what} has shape {:?}, expected {:?} (at t = {t})",
-                    out.dims(),
-                    want.dims()
-                ))
-                .into());
-            }
-        }
+        let (mu, sigma) = eval_terms(&self.sde, t, var.as_tensor(), diffusion)?;
         Ok(Terms { var, mu, sigma })
     }
 
@@ -524,13 +519,7 @@ impl<F: ParamSdeField, B: BrownianPath> Inner<F, B> {
     where
         S: BackendStorage,
     {
-        let (storage, layout) = self.ys.storage_and_layout();
-        match pick(&storage) {
-            Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            None => candle_core::bail!(
-                "sde adjoint: the solution lives on another device than the op's input"
-            ),
-        }
+        stored_result(&self.ys, pick)
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! The method decides how the equation is read, as in diffrax: [`SdeMethod::EulerMaruyama`]
 //! and [`SdeMethod::ItoMilstein`] solve it as an Itô equation; [`SdeMethod::Heun`],
-//! [`SdeMethod::Midpoint`] and [`SdeMethod::StratonovichMilstein`] as a Stratonovich one.
+//! [`SdeMethod::Midpoint`], [`SdeMethod::StratonovichMilstein`] and
+//! [`SdeMethod::ReversibleHeun`] as a Stratonovich one.
 //! With additive noise (`g` independent of `y`) the two readings agree.
 //!
 //! The solve is built from Candle tensor ops on the state, so for a fixed Brownian path it
