@@ -191,8 +191,8 @@ where
     if opts.method.calculus() != Calculus::Stratonovich {
         return Err(SolverError::InvalidOptions(format!(
             "the SDE adjoint needs a Stratonovich method (heun, midpoint, \
-             stratonovich_milstein or reversible_heun), got `{}`: write the Itô SDE in Stratonovich form (drift \
-             f − ½ g ∂g/∂y for diagonal noise)",
+             stratonovich_milstein or reversible_heun), got `{}`: write the Itô SDE in \
+             Stratonovich form (drift f − ½ g ∂g/∂y for diagonal noise)",
             opts.method
         ))
         .into());

@@ -163,7 +163,7 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
     /// `t`'s values as f64 on the host: the one way the solver reads anything back, counted.
     pub(crate) fn read(&self, t: &Tensor) -> Result<Vec<f64>> {
         self.host_reads.set(self.host_reads.get() + 1);
-        t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+        read_to_host(t)
     }
 
     pub(crate) fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
@@ -195,6 +195,12 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
         }
         Ok(k)
     }
+}
+
+/// `t`'s values as f64 on the host: the one read back from a device in the solvers' code
+/// (callers count it: [`Evaluator::read`], the SDE solve's output check).
+pub(crate) fn read_to_host(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
 }
 
 /// The result of one step.

@@ -14,8 +14,9 @@
 
 use crate::brownian::BrownianPath;
 use crate::error::SolverError;
+use crate::rk::read_to_host;
 use crate::solve::check_times;
-use candle_core::{DType, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
@@ -703,12 +704,7 @@ where
     if opts.check_finite && ts.len() > 1 {
         host_reads += 1;
         // x − x is 0 for finite x and NaN otherwise; summing cannot overflow.
-        let z = ys
-            .sub(&ys)?
-            .flatten_from(1)?
-            .sum(1)?
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?;
+        let z = read_to_host(&ys.sub(&ys)?.flatten_from(1)?.sum(1)?)?;
         if let Some(i) = z.iter().position(|v| !v.is_finite()) {
             return Err(SolverError::NonFinite { t: ts[i] }.into());
         }
