@@ -22,8 +22,9 @@ use candle_core::{
     Tensor, Var,
 };
 use node_solvers::{
-    rk::concat_flat, sdeint, sdeint_increments, step_times, BrownianPath, Calculus, Noise,
-    ReversibleHeunState, SdeField, SdeIncrement, SdeMethod, SdeOptions, SdeStats, SolverError,
+    rk::concat_flat, sdeint, sdeint_increments, step_times, BrownianPath, Calculus, DetachedSde,
+    Noise, ReversibleHeunState, SdeField, SdeIncrement, SdeMethod, SdeOptions, SdeStats,
+    SolverError,
 };
 use std::sync::{Arc, Mutex};
 
@@ -201,7 +202,8 @@ where
     let params = sde.params();
     let sources = sde.param_sources();
     check_param_list(&params, &sources, y0)?;
-    let sol = sdeint(&Detached(sde), &y0.detach(), ts, bm, opts)?;
+    // The forward solve builds no graph.
+    let sol = sdeint(&DetachedSde(sde), &y0.detach(), ts, bm, opts)?;
     let walk_back = match (opts.method, sol.reversible) {
         (SdeMethod::ReversibleHeun, Some(last)) => Some((last, opts.dt)),
         _ => None,
@@ -251,18 +253,6 @@ fn reverse_options(opts: &SdeOptions, adj: &SdeAdjointOptions) -> Result<SdeOpti
     };
     reverse.validate()?;
     Ok(reverse)
-}
-
-/// The terms with their outputs detached: the forward solve builds no graph.
-struct Detached<'a, F: ?Sized>(&'a F);
-
-impl<F: SdeField + ?Sized> SdeField for Detached<'_, F> {
-    fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {
-        Ok(self.0.drift(t, y)?.detach())
-    }
-    fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
-        Ok(self.0.diffusion(t, y)?.detach())
-    }
 }
 
 struct Inner<F, B> {

@@ -16,7 +16,8 @@ use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use node_adjoint::{sdeint_adjoint, ParamSdeField, SdeAdjointOptions};
 use node_solvers::{
-    sdeint, Noise, SdeField, SdeMethod, SdeOptions, SdeStats, SolverError, VirtualBrownianTree,
+    sdeint, DetachedSde, Noise, SdeField, SdeMethod, SdeOptions, SdeStats, SolverError,
+    VirtualBrownianTree,
 };
 
 /// The latent SDE's settings. The defaults are torchsde's example's.
@@ -119,18 +120,6 @@ impl SdeField for PosteriorSde {
 impl ParamSdeField for PosteriorSde {
     fn params(&self) -> Vec<Var> {
         self.params.clone()
-    }
-}
-
-/// Terms with their outputs detached: a solve of them keeps no graph.
-struct NoGraph<'a, F>(&'a F);
-
-impl<F: SdeField> SdeField for NoGraph<'_, F> {
-    fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {
-        Ok(self.0.drift(t, y)?.detach())
-    }
-    fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
-        Ok(self.0.diffusion(t, y)?.detach())
     }
 }
 
@@ -281,6 +270,25 @@ impl LatentSde {
         VirtualBrownianTree::new(lo, hi, tol, shape, seed, dtype, dev)
     }
 
+    /// The augmented initial state `[y0, 0]` with `y0 = mean + eps · exp(logvar / 2)`, and
+    /// the Brownian motion over `ts` drawn from `bm_seed`.
+    fn start(
+        &self,
+        ts: &[f64],
+        eps: &Tensor,
+        bm_seed: u64,
+        mean: &Tensor,
+        logvar: &Tensor,
+    ) -> Result<(Tensor, VirtualBrownianTree)> {
+        let b = check_eps(eps)?;
+        let (dtype, dev) = (eps.dtype(), eps.device());
+        let y0 = eps
+            .broadcast_mul(&logvar.affine(0.5, 0.0)?.exp()?)?
+            .broadcast_add(mean)?;
+        let aug0 = Tensor::cat(&[y0, Tensor::zeros((b, 1), dtype, dev)?], 1)?;
+        Ok((aug0, self.brownian(ts, (b, 1), bm_seed, dtype, dev)?))
+    }
+
     /// Posterior samples at `ts` from `y0 = mean + eps · std` of `q(y0)` (`eps`: `[B, 1]`)
     /// along a Brownian motion drawn from `bm_seed`, with the KL term, differentiated as
     /// `gradient` says.
@@ -295,12 +303,7 @@ impl LatentSde {
         bm_seed: u64,
         gradient: &SdeGradient,
     ) -> Result<LatentSdeOutput> {
-        let b = check_eps(eps)?;
-        let (dtype, dev) = (eps.dtype(), eps.device());
-        let q_std = self.qy0_logvar.affine(0.5, 0.0)?.exp()?;
-        let y0 = eps.broadcast_mul(&q_std)?.broadcast_add(&self.qy0_mean)?;
-        let aug0 = Tensor::cat(&[y0, Tensor::zeros((b, 1), dtype, dev)?], 1)?;
-        let bm = self.brownian(ts, (b, 1), bm_seed, dtype, dev)?;
+        let (aug0, bm) = self.start(ts, eps, bm_seed, &self.qy0_mean, &self.qy0_logvar)?;
         let opts = self.options().noise(Noise::General);
         let (aug, forward, adjoint) = match gradient {
             SdeGradient::Backprop => {
@@ -344,16 +347,10 @@ impl LatentSde {
     /// # Errors
     /// As [`LatentSde::forward`].
     pub fn sample_posterior(&self, ts: &[f64], eps: &Tensor, bm_seed: u64) -> Result<Tensor> {
-        let b = check_eps(eps)?;
-        let q_std = self.qy0_logvar.detach().affine(0.5, 0.0)?.exp()?;
-        let y0 = eps
-            .detach()
-            .broadcast_mul(&q_std)?
-            .broadcast_add(&self.qy0_mean.detach())?;
-        let aug0 = Tensor::cat(&[y0, Tensor::zeros((b, 1), eps.dtype(), eps.device())?], 1)?;
-        let bm = self.brownian(ts, (b, 1), bm_seed, eps.dtype(), eps.device())?;
+        let (mean, logvar) = (self.qy0_mean.detach(), self.qy0_logvar.detach());
+        let (aug0, bm) = self.start(ts, &eps.detach(), bm_seed, &mean, &logvar)?;
         let opts = self.options().noise(Noise::General);
-        let sol = sdeint(&NoGraph(&self.sde), &aug0, ts, &bm, &opts)?;
+        let sol = sdeint(&DetachedSde(&self.sde), &aug0, ts, &bm, &opts)?;
         sol.ys.narrow(2, 0, 1)?.squeeze(2)
     }
 

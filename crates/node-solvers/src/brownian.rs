@@ -69,8 +69,18 @@ pub struct VirtualBrownianTree {
     dtype: DType,
     device: Device,
     seed: u64,
-    /// The last query's path down the tree: each interval with `W` at its ends.
-    path: Mutex<Vec<Node>>,
+    /// The last query's path down the tree and its answer.
+    path: Mutex<Path>,
+}
+
+/// What a tree keeps between queries.
+#[derive(Clone, Debug)]
+struct Path {
+    /// Each interval down to the last query's, with `W` at its ends.
+    nodes: Vec<Node>,
+    /// The last query and its answer: a solve asks for each step's end twice, as the end
+    /// of one step and the start of the next.
+    last: Option<(f64, Vec<f64>)>,
 }
 
 /// A clone is the same path (same seed and span), with its own copy of the last query's
@@ -157,7 +167,10 @@ impl VirtualBrownianTree {
             dtype,
             device: device.clone(),
             seed,
-            path: Mutex::new(vec![root]),
+            path: Mutex::new(Path {
+                nodes: vec![root],
+                last: None,
+            }),
         })
     }
 
@@ -200,8 +213,21 @@ impl VirtualBrownianTree {
     /// `W(t)` on the host, in f64.
     fn host_value(&self, t: f64) -> Result<Vec<f64>> {
         self.check_time(t)?;
+        let mut cache = self.path.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((last_t, w)) = &cache.last {
+            if *last_t == t {
+                return Ok(w.clone());
+            }
+        }
+        let w = self.descend(&mut cache.nodes, t);
+        cache.last = Some((t, w.clone()));
+        Ok(w)
+    }
+
+    /// `W(t)` by bisection from the deepest interval of `path` that holds `t`, leaving the
+    /// path down to `t`'s interval in `path`.
+    fn descend(&self, path: &mut Vec<Node>, t: f64) -> Vec<f64> {
         let n = self.shape.elem_count();
-        let mut path = self.path.lock().unwrap_or_else(|e| e.into_inner());
         // Climb to the deepest interval of the last path that holds `t`.
         while path.len() > 1 {
             let last = &path[path.len() - 1];
@@ -213,10 +239,10 @@ impl VirtualBrownianTree {
         loop {
             let node = &path[path.len() - 1];
             if t == node.s {
-                return Ok(node.ws.clone());
+                return node.ws.clone();
             }
             if t == node.u {
-                return Ok(node.wu.clone());
+                return node.wu.clone();
             }
             let (s, u) = (node.s, node.u);
             let m = 0.5 * (s + u);
@@ -225,14 +251,13 @@ impl VirtualBrownianTree {
                 // A leaf: one bridge sample at `t` itself.
                 let (a, b) = ((t - s) / (u - s), (u - t) / (u - s));
                 let sd = ((t - s) * b).sqrt();
-                let w = node
+                return node
                     .ws
                     .iter()
                     .zip(&node.wu)
                     .zip(normals(self.seed, node.id, 1, n))
                     .map(|((ws, wu), z)| b * ws + a * wu + sd * z)
                     .collect();
-                return Ok(w);
             }
             // The midpoint: W(m) = (W(s) + W(u)) / 2 + √((u − s) / 4) · z.
             let sd = (0.25 * (u - s)).sqrt();

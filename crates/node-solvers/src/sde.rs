@@ -51,6 +51,21 @@ where
     }
 }
 
+/// The terms of `sde` with their outputs detached: a solve of them builds no graph, so its
+/// memory does not grow with the steps (sampling a trained model; the forward solve of an
+/// adjoint).
+#[derive(Clone, Copy, Debug)]
+pub struct Detached<'a, F: ?Sized>(pub &'a F);
+
+impl<F: SdeField + ?Sized> SdeField for Detached<'_, F> {
+    fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        Ok(self.0.drift(t, y)?.detach())
+    }
+    fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        Ok(self.0.diffusion(t, y)?.detach())
+    }
+}
+
 /// How the diffusion multiplies the Brownian increment (torchsde's `noise_type`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Noise {
@@ -492,15 +507,13 @@ where
     F: SdeField + ?Sized,
     B: BrownianPath + ?Sized,
 {
-    check_times(ts)?;
+    // `(ŷ, μ, σ)`, from one step to the next; at the start `ŷ = y0` and the terms there.
     let mut carry: Option<(Tensor, Tensor, Tensor)> = None;
-    let mut first = true;
     let (ys, steps, host_reads) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
-        if first {
-            first = false;
-            carry = Some((y.clone(), ev.drift(t, y)?, ev.diffusion(t, y)?));
-        }
-        let (y_hat, mu, sigma) = carry.take().expect("carried from the previous step");
+        let (y_hat, mu, sigma) = match carry.take() {
+            Some(c) => c,
+            None => (y.clone(), ev.drift(t, y)?, ev.diffusion(t, y)?),
+        };
         let h = t1 - t;
         let y_hat1 =
             ((y.affine(2.0, 0.0)? - y_hat)? + (mu.affine(h, 0.0)? + ev.times(&sigma, dw)?)?)?;
