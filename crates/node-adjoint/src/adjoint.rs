@@ -594,13 +594,7 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
         // `−aᵀ∂f` in one op (on a GPU one launch instead of one per parameter; negation is
         // exact, so the values are the same).
         let grads = fy.apply_op2(&a, VjpSeed)?.backward()?;
-        // Gradients come back with graphs attached: detach, or memory grows with steps.
-        let vjp = |v: &Tensor| -> Result<Tensor> {
-            match grads.get(v) {
-                Some(g) => g.detach().flatten_all(),
-                None => v.zeros_like()?.flatten_all(),
-            }
-        };
+        let vjp = |v: &Tensor| flat_grad(&grads, v);
         let mut parts = Vec::with_capacity(2 + self.params.len());
         if self.dense.is_none() {
             parts.push(fy.detach().flatten_all()?);
@@ -642,6 +636,15 @@ impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
         }
         let last = jac.rank() - 1;
         Ok(Some(jac.transpose(last - 1, last)?.neg()?))
+    }
+}
+
+/// `v`'s gradient in `grads`, detached and flat, or zeros where it has none. Gradients come
+/// back with graphs attached: detached, memory does not grow with the steps.
+pub(crate) fn flat_grad(grads: &candle_core::backprop::GradStore, v: &Tensor) -> Result<Tensor> {
+    match grads.get(v) {
+        Some(g) => g.detach().flatten_all(),
+        None => v.zeros_like()?.flatten_all(),
     }
 }
 

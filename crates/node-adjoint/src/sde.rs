@@ -14,7 +14,9 @@
 //! not O(steps); the gradients differ from backprop through the solver by the error of
 //! the reverse solve, which falls with the step.
 
-use crate::adjoint::{check_param_list, cpu, cuda, flat_params, metal, stored_result, VjpSeed};
+use crate::adjoint::{
+    check_param_list, cpu, cuda, flat_grad, flat_params, metal, stored_result, VjpSeed,
+};
 use crate::field::WithParams;
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -324,12 +326,7 @@ impl<F: ParamSdeField> SdeIncrement for Augmented<'_, F> {
         let d = (f.affine(h, 0.0)? + self.noise.product(&g, dw, self.shape)?)?;
         // One backward pass from a root whose gradient with respect to `d` is −a.
         let grads = d.apply_op2(&a, VjpSeed)?.backward()?;
-        let vjp = |v: &Tensor| -> Result<Tensor> {
-            match grads.get(v) {
-                Some(g) => g.detach().flatten_all(),
-                None => v.zeros_like()?.flatten_all(),
-            }
-        };
+        let vjp = |v: &Tensor| flat_grad(&grads, v);
         let mut parts = Vec::with_capacity(2 + self.params.len());
         parts.push(d.detach().flatten_all()?);
         parts.push(vjp(y_var.as_tensor())?);
@@ -370,10 +367,7 @@ impl<F: ParamSdeField, B: BrownianPath> Inner<F, B> {
             }
             let aug0 = concat_flat(&parts)?;
             let sol = sdeint_increments(&aug, &aug0, &[ts[i], ts[i - 1]], &self.bm, &self.reverse)?;
-            stats.drift_evals += sol.stats.drift_evals;
-            stats.diffusion_evals += sol.stats.diffusion_evals;
-            stats.steps += sol.stats.steps;
-            stats.host_reads += sol.stats.host_reads;
+            stats += sol.stats;
             let end = sol.last()?;
             a = end.narrow(0, n, n)?.reshape(&shape)?;
             if p > 0 {
@@ -403,12 +397,7 @@ impl<F: ParamSdeField, B: BrownianPath> Inner<F, B> {
     ) -> Result<(Tensor, Tensor)> {
         let root = ((&terms.mu * c_mu)?.sum_all()? + (&terms.sigma * c_sigma)?.sum_all()?)?;
         let grads = root.backward()?;
-        let grad = |v: &Tensor| -> Result<Tensor> {
-            match grads.get(v) {
-                Some(g) => g.detach().flatten_all(),
-                None => v.zeros_like()?.flatten_all(),
-            }
-        };
+        let grad = |v: &Tensor| flat_grad(&grads, v);
         let g_y = grad(terms.var.as_tensor())?.reshape(terms.mu.shape())?;
         let mut parts = Vec::with_capacity(self.params.len());
         for p in &self.params {

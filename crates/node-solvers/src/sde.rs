@@ -15,7 +15,7 @@
 use crate::brownian::BrownianPath;
 use crate::error::SolverError;
 use crate::rk::read_to_host;
-use crate::solve::check_times;
+use crate::solve::{check_times, finite_rows, steps_over};
 use candle_core::{Result, Shape, Tensor};
 use std::cell::Cell;
 use std::fmt;
@@ -407,6 +407,15 @@ pub struct SdeStats {
     pub host_reads: usize,
 }
 
+impl std::ops::AddAssign for SdeStats {
+    fn add_assign(&mut self, o: Self) {
+        self.drift_evals += o.drift_evals;
+        self.diffusion_evals += o.diffusion_evals;
+        self.steps += o.steps;
+        self.host_reads += o.host_reads;
+    }
+}
+
 /// The result of [`sdeint`].
 #[derive(Clone, Debug)]
 pub struct SdeSolution {
@@ -550,12 +559,7 @@ where
 /// Invalid times or step.
 pub fn step_times(ts: &[f64], dt: f64) -> Result<Vec<Vec<f64>>> {
     check_times(ts)?;
-    if !(dt.is_finite() && dt > 0.0) {
-        return Err(SolverError::InvalidOptions(format!(
-            "the SDE step dt must be finite and > 0, got {dt}"
-        ))
-        .into());
-    }
+    SdeOptions::default().dt(dt).validate()?;
     Ok(ts
         .windows(2)
         .map(|w| {
@@ -716,8 +720,7 @@ where
     let mut host_reads = 0;
     if opts.check_finite && ts.len() > 1 {
         host_reads += 1;
-        // x − x is 0 for finite x and NaN otherwise; summing cannot overflow.
-        let z = read_to_host(&ys.sub(&ys)?.flatten_from(1)?.sum(1)?)?;
+        let z = read_to_host(&finite_rows(&ys)?)?;
         if let Some(i) = z.iter().position(|v| !v.is_finite()) {
             return Err(SolverError::NonFinite { t: ts[i] }.into());
         }
@@ -727,8 +730,7 @@ where
 
 /// The number of equal steps of at most `dt` from `a` to `b`.
 fn interval_steps(a: f64, b: f64, dt: f64) -> usize {
-    // A relative slack keeps rounding from adding a sliver step (span = 10 dt + 1e-16).
-    (((b - a).abs() / dt) * (1.0 - 1e-12)).ceil().max(1.0) as usize
+    steps_over((b - a).abs(), dt)
 }
 
 /// The end of step `k` of `n` from `a` to `b`; the same times, rounded alike, whichever way

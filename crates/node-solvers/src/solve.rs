@@ -350,9 +350,20 @@ pub(crate) fn first_non_finite<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     ys: &Tensor,
 ) -> Result<Option<usize>> {
-    // x - x is 0 for finite x and NaN otherwise; summing cannot overflow.
-    let z = ev.read(&(ys - ys)?.flatten_from(1)?.sum(1)?)?;
+    let z = ev.read(&finite_rows(ys)?)?;
     Ok(z.iter().position(|v| !v.is_finite()))
+}
+
+/// One value per row of `ys` (its first dimension), finite exactly when the row is: the
+/// sum of `x − x`, which is 0 for finite `x` and NaN otherwise, and cannot overflow.
+pub(crate) fn finite_rows(ys: &Tensor) -> Result<Tensor> {
+    ys.sub(ys)?.flatten_from(1)?.sum(1)
+}
+
+/// The fewest equal steps of at most `h` over `span`. A relative slack keeps rounding from
+/// adding a sliver step (span = 10 h + 1e-16).
+pub(crate) fn steps_over(span: f64, h: f64) -> usize {
+    ((span / h) * (1.0 - 1e-12)).ceil().max(1.0) as usize
 }
 
 /// Hairer's initial step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), as torchdiffeq.
@@ -802,8 +813,7 @@ pub(crate) fn fixed_grid(opts: &SolveOptions, t0: f64, t_end: f64, dir: f64) -> 
     let span = (t_end - t0).abs();
     let n = match &opts.step {
         StepSize::Count(n) => *n,
-        // A relative slack keeps rounding from adding a sliver step (span = 10 h + 1e-16).
-        StepSize::Fixed(h) => ((span / h) * (1.0 - 1e-12)).ceil().max(1.0) as usize,
+        StepSize::Fixed(h) => steps_over(span, *h),
         StepSize::Grid(g) => {
             if g[0] != t0 || g[g.len() - 1] != t_end {
                 return Err(SolverError::InvalidOptions(format!(
