@@ -25,8 +25,8 @@ use candle_core::{
 };
 use node_solvers::{
     rk::concat_flat, sdeint, sdeint_increments, step_times, BrownianPath, Calculus, DetachedSde,
-    Noise, ReversibleHeunState, SdeField, SdeIncrement, SdeMethod, SdeOptions, SdeStats,
-    SolverError,
+    Noise, ReversibleHeunState, SdeAdaptive, SdeField, SdeIncrement, SdeMethod, SdeOptions,
+    SdeStats, SolverError,
 };
 use std::sync::{Arc, Mutex};
 
@@ -91,8 +91,12 @@ pub struct SdeAdjointOptions {
     /// The reverse solve's method: [`SdeMethod::Heun`] or [`SdeMethod::Midpoint`]. By
     /// default the forward method when it is one of these, Heun otherwise.
     pub method: Option<SdeMethod>,
-    /// The reverse solve's largest step.
+    /// The reverse solve's largest step (with fixed steps) or first step (adaptive).
     pub dt: Option<f64>,
+    /// The reverse solve's error control, over the whole augmented state `[y, a, g_θ]`
+    /// (torchsde's `adjoint_rtol`, `adjoint_atol`). Unset: the forward solve's, so the
+    /// reverse solve is adaptive exactly when the forward one is.
+    pub adaptive: Option<SdeAdaptive>,
 }
 
 /// Forward and backward counts of [`sdeint_adjoint`]. A cheap handle: clones share the
@@ -248,6 +252,7 @@ fn reverse_options(opts: &SdeOptions, adj: &SdeAdjointOptions) -> Result<SdeOpti
     let reverse = SdeOptions {
         method,
         dt: adj.dt.unwrap_or(opts.dt),
+        adaptive: adj.adaptive.or(opts.adaptive),
         // The augmented increment mixes ΔW into every component itself.
         noise: Noise::Diagonal,
         max_steps: opts.max_steps,
@@ -489,6 +494,7 @@ impl<F: ParamSdeField, B: BrownianPath> Inner<F, B> {
             drift_evals: evals,
             diffusion_evals: evals,
             steps,
+            rejected_steps: 0,
             host_reads: 0,
         };
         Ok((gy0.detach(), (p > 0).then_some(g_theta.detach())))

@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use node_adjoint::{
     sdeint_adjoint, with_sde_params, ParamSdeField, SdeAdjointOptions, TensorParam,
 };
-use node_solvers::{sdeint, Noise, SdeMethod, SdeOptions, SolverError, VirtualBrownianTree};
+use node_solvers::{
+    sdeint, Noise, SdeAdaptive, SdeMethod, SdeOptions, SolverError, VirtualBrownianTree,
+};
 
 fn host(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
@@ -32,59 +34,70 @@ fn gbm(mu: &Var, sigma: &Var) -> impl ParamSdeField + Clone + Send + Sync + 'sta
     )
 }
 
+const MU0: f64 = 0.3;
+const SIGMA0: f64 = 0.6;
+
 /// GBM: `y(t) = y0 exp(μ t + σ W(t))`. For `L = Σ y(1) + Σ y(½)²`:
 /// `dL/dμ = Σ y(1) + Σ y(½)²`, `dL/dσ = Σ y(1) W(1) + 2 Σ y(½)² W(½)`,
-/// `dL/dy0 = y(1)/y0 + 2 y(½)²/y0`. The adjoint's gradients approach them as the step
-/// falls (order 1), and stay within the same distance of backprop through the solver.
-fn gbm_gradients(dev: &Device) -> Result<()> {
-    let n = 200;
-    let (mu0, sigma0) = (0.3, 0.6);
-    let bm = VirtualBrownianTree::new(0.0, 1.0, 2f64.powi(-12), n, 21, DType::F64, dev)?;
-    let y0_host: Vec<f64> = (0..n).map(|i| 0.5 + i as f64 / n as f64).collect();
+/// `dL/dy0 = y(1)/y0 + 2 y(½)²/y0`: `[dμ, dσ, dy0...]`.
+fn gbm_exact_gradients(bm: &VirtualBrownianTree, y0: &[f64]) -> Result<Vec<f64>> {
     let w1 = host(&bm.value(1.0)?)?;
     let wh = host(&bm.value(0.5)?)?;
     let (mut d_mu, mut d_sigma) = (0.0, 0.0);
-    let mut d_y0 = vec![0.0; n];
-    for i in 0..n {
-        let y1 = y0_host[i] * (mu0 + sigma0 * w1[i]).exp();
-        let yh = y0_host[i] * (0.5 * mu0 + sigma0 * wh[i]).exp();
+    let mut d_y0 = vec![0.0; y0.len()];
+    for i in 0..y0.len() {
+        let y1 = y0[i] * (MU0 + SIGMA0 * w1[i]).exp();
+        let yh = y0[i] * (0.5 * MU0 + SIGMA0 * wh[i]).exp();
         d_mu += y1 + yh * yh;
         d_sigma += y1 * w1[i] + 2.0 * yh * yh * wh[i];
-        d_y0[i] = (y1 + 2.0 * yh * yh) / y0_host[i];
+        d_y0[i] = (y1 + 2.0 * yh * yh) / y0[i];
     }
-    let exact: Vec<f64> = [d_mu, d_sigma].into_iter().chain(d_y0.clone()).collect();
-    let grads = |adjoint: bool, dt: f64| -> Result<Vec<f64>> {
-        let mu = Var::new(mu0, dev)?;
-        let sigma = Var::new(sigma0, dev)?;
-        let y0 = Var::new(y0_host.as_slice(), dev)?;
-        let sde = gbm(&mu, &sigma);
-        let opts = SdeOptions::default().method(SdeMethod::Heun).dt(dt);
-        let ts = [0.0, 0.5, 1.0];
-        let ys = if adjoint {
-            sdeint_adjoint(
-                &sde,
-                y0.as_tensor(),
-                &ts,
-                &bm,
-                &opts,
-                &SdeAdjointOptions::default(),
-            )?
-            .ys
-        } else {
-            sdeint(&sde, y0.as_tensor(), &ts, &bm, &opts)?.ys
-        };
-        let loss = (ys.get(2)?.sum_all()? + ys.get(1)?.sqr()?.sum_all()?)?;
-        let g = loss.backward()?;
-        let mut out = host(g.get(mu.as_tensor()).expect("dμ"))?;
-        out.extend(host(g.get(sigma.as_tensor()).expect("dσ"))?);
-        out.extend(host(g.get(y0.as_tensor()).expect("dy0"))?);
-        Ok(out)
+    Ok([d_mu, d_sigma].into_iter().chain(d_y0).collect())
+}
+
+/// The gradients of that loss, `[dμ, dσ, dy0...]`, by the adjoint (with these reverse
+/// options) or by backprop (`None`), and the adjoint's counts.
+fn gbm_gradients_by(
+    bm: &VirtualBrownianTree,
+    y0: &[f64],
+    opts: &SdeOptions,
+    adjoint: Option<&SdeAdjointOptions>,
+) -> Result<(Vec<f64>, Option<node_adjoint::SdeAdjointStats>)> {
+    let dev = bm.device();
+    let mu = Var::new(MU0, dev)?;
+    let sigma = Var::new(SIGMA0, dev)?;
+    let y0 = Var::new(y0, dev)?;
+    let sde = gbm(&mu, &sigma);
+    let ts = [0.0, 0.5, 1.0];
+    let (ys, stats) = match adjoint {
+        Some(adj) => {
+            let sol = sdeint_adjoint(&sde, y0.as_tensor(), &ts, bm, opts, adj)?;
+            (sol.ys, Some(sol.stats))
+        }
+        None => (sdeint(&sde, y0.as_tensor(), &ts, bm, opts)?.ys, None),
     };
+    let loss = (ys.get(2)?.sum_all()? + ys.get(1)?.sqr()?.sum_all()?)?;
+    let g = loss.backward()?;
+    let mut out = host(g.get(mu.as_tensor()).expect("dμ"))?;
+    out.extend(host(g.get(sigma.as_tensor()).expect("dσ"))?);
+    out.extend(host(g.get(y0.as_tensor()).expect("dy0"))?);
+    Ok((out, stats))
+}
+
+/// The adjoint's gradients of GBM approach the closed form as the step falls (order 1), and
+/// stay within the same distance of backprop through the solver.
+fn gbm_gradients(dev: &Device) -> Result<()> {
+    let n = 200;
+    let bm = VirtualBrownianTree::new(0.0, 1.0, 2f64.powi(-12), n, 21, DType::F64, dev)?;
+    let y0: Vec<f64> = (0..n).map(|i| 0.5 + i as f64 / n as f64).collect();
+    let exact = gbm_exact_gradients(&bm, &y0)?;
+    let default = SdeAdjointOptions::default();
     let mut errs = Vec::new();
     for k in [5, 7, 9] {
         let dt = 2f64.powi(-k);
-        let adj = grads(true, dt)?;
-        let bp = grads(false, dt)?;
+        let opts = SdeOptions::default().method(SdeMethod::Heun).dt(dt);
+        let adj = gbm_gradients_by(&bm, &y0, &opts, Some(&default))?.0;
+        let bp = gbm_gradients_by(&bm, &y0, &opts, None)?.0;
         let (e_adj, e_bp, gap) = (rel(&adj, &exact), rel(&bp, &exact), rel(&adj, &bp));
         eprintln!("dt 2^-{k}: adjoint off exact {e_adj:.2e}, backprop {e_bp:.2e}, apart {gap:.2e}");
         // The reverse solve's error is of the forward solve's order: both modes are within
@@ -101,6 +114,54 @@ fn gbm_gradients(dev: &Device) -> Result<()> {
         errs[1] < errs[0] / 2.5 && errs[2] < errs[1] / 2.5,
         "{errs:?}"
     );
+    Ok(())
+}
+
+/// Adaptive steps forwards and backwards: the adjoint's gradients of GBM approach the
+/// closed form as the tolerances fall, as backprop's through the adaptive solve do. The
+/// reverse solve controls its own steps (one error read per attempt).
+fn adaptive_gradients(dev: &Device) -> Result<()> {
+    let n = 200;
+    let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-7, n, 27, DType::F64, dev)?;
+    let y0: Vec<f64> = (0..n).map(|i| 0.5 + i as f64 / n as f64).collect();
+    let exact = gbm_exact_gradients(&bm, &y0)?;
+    let default = SdeAdjointOptions::default();
+    let mut errs = Vec::new();
+    for tol in [1e-3, 1e-5] {
+        let opts = SdeOptions::default()
+            .method(SdeMethod::Heun)
+            .dt(0.01)
+            .adaptive(SdeAdaptive::new(tol, tol).dt_min(1e-7));
+        let (adj, stats) = gbm_gradients_by(&bm, &y0, &opts, Some(&default))?;
+        let bp = gbm_gradients_by(&bm, &y0, &opts, None)?.0;
+        let (e_adj, e_bp) = (rel(&adj, &exact), rel(&bp, &exact));
+        let (f, b) = stats.map(|s| (s.forward(), s.backward())).expect("stats");
+        eprintln!(
+            "tol {tol:e}: adjoint off exact {e_adj:.2e}, backprop {e_bp:.2e}; steps {} + {} \
+             rejected forwards, {} + {} backwards",
+            f.steps, f.rejected_steps, b.steps, b.rejected_steps
+        );
+        // Two intervals backwards: one read per attempt and one output check each.
+        assert_eq!(b.host_reads, b.steps + b.rejected_steps + 2);
+        assert!(f.rejected_steps > 0 && b.steps > 0);
+        errs.push((e_adj, e_bp));
+    }
+    assert!(errs[1].0 < errs[0].0 / 10.0, "{errs:?}");
+    assert!(errs[1].1 < errs[0].1 / 10.0, "{errs:?}");
+    // Fixed steps forwards, adaptive ones backwards.
+    let opts = SdeOptions::default()
+        .method(SdeMethod::Heun)
+        .dt(2f64.powi(-7));
+    let adj = SdeAdjointOptions {
+        adaptive: Some(SdeAdaptive::new(1e-5, 1e-5).dt_min(1e-7)),
+        ..SdeAdjointOptions::default()
+    };
+    let (g, stats) = gbm_gradients_by(&bm, &y0, &opts, Some(&adj))?;
+    let stats = stats.expect("stats");
+    assert_eq!(stats.forward().rejected_steps, 0);
+    assert!(stats.backward().host_reads > 2);
+    let e = rel(&g, &exact);
+    assert!(e < 20.0 * 2f64.powi(-7), "{e}");
     Ok(())
 }
 
@@ -287,6 +348,7 @@ fn counts() -> Result<()> {
     let adj = SdeAdjointOptions {
         method: Some(SdeMethod::Midpoint),
         dt: Some(0.05),
+        ..SdeAdjointOptions::default()
     };
     let sol = sdeint_adjoint(&gbm(&mu, &sigma), &y0, &[0.0, 0.3, 1.0], &bm, &opts, &adj)?;
     let f = sol.stats.forward();
@@ -322,12 +384,12 @@ fn errors() -> Result<()> {
     let opts = SdeOptions::default().method(SdeMethod::Heun).dt(0.1);
     let bad = SdeAdjointOptions {
         method: Some(SdeMethod::StratonovichMilstein),
-        dt: None,
+        ..SdeAdjointOptions::default()
     };
     invalid(sdeint_adjoint(&sde, &y0, &ts, &bm, &opts, &bad).expect_err("reverse Milstein"));
     let bad = SdeAdjointOptions {
-        method: None,
         dt: Some(-1.0),
+        ..SdeAdjointOptions::default()
     };
     invalid(sdeint_adjoint(&sde, &y0, &ts, &bm, &opts, &bad).expect_err("negative step"));
     // Parameters of another dtype than the state.
@@ -349,6 +411,12 @@ candle_core::test_device!(
     gbm_gradients_cpu,
     gbm_gradients_cuda,
     gbm_gradients_metal
+);
+candle_core::test_device!(
+    adaptive_gradients,
+    adaptive_gradients_cpu,
+    adaptive_gradients_cuda,
+    adaptive_gradients_metal
 );
 candle_core::test_device!(
     reversible_heun_is_exact,

@@ -184,6 +184,16 @@ impl VirtualBrownianTree {
         self.seed
     }
 
+    /// The dtype of its values.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device of its values.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// `W(t)`, with `W(t0) = 0`.
     ///
     /// # Errors

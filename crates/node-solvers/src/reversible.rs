@@ -595,8 +595,16 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
                 self.stats.rejected_steps += 1;
                 let non_finite = !ratio.is_finite();
                 let factor = control.cut(ratio);
-                h_abs = shrink(t, dir, h_try, factor, at_min_step, non_finite, opts)?
-                    .min(opts.max_step);
+                h_abs = shrink(
+                    t,
+                    dir,
+                    h_try,
+                    factor,
+                    at_min_step,
+                    non_finite,
+                    opts.min_step,
+                )?
+                .min(opts.max_step);
             }
         }
         Ok((y, z, h_abs))

@@ -1,6 +1,6 @@
 //! `sdeint`: stochastic differential equations `dy = f(t, y) dt + g(t, y) dW`, driven by a
-//! [`BrownianPath`], with fixed steps (torchsde's `sdeint`, diffrax's `diffeqsolve` with an
-//! SDE's terms).
+//! [`BrownianPath`], with fixed or adaptive steps (torchsde's `sdeint`, diffrax's
+//! `diffeqsolve` with an SDE's terms).
 //!
 //! The method decides how the equation is read, as in diffrax: [`SdeMethod::EulerMaruyama`]
 //! and [`SdeMethod::ItoMilstein`] solve it as an Itô equation; [`SdeMethod::Heun`],
@@ -15,7 +15,7 @@
 use crate::brownian::BrownianPath;
 use crate::error::SolverError;
 use crate::rk::read_to_host;
-use crate::solve::{check_times, finite_rows, steps_over};
+use crate::solve::{check_times, finite_rows, shrink, steps_over, Controller};
 use candle_core::{Result, Shape, Tensor};
 use std::cell::Cell;
 use std::fmt;
@@ -307,20 +307,111 @@ impl FromStr for SdeMethod {
     }
 }
 
+/// Error control of an adaptive SDE solve ([`SdeOptions::adaptive`]), torchsde's
+/// `adaptive=True`.
+///
+/// Each step is taken once whole and once as two halves along the same Brownian path (the
+/// path's value at the midpoint is asked for). Their difference, scaled elementwise by
+/// `atol + rtol · max(|y_whole|, |y_halves|)`, has an RMS over the whole state, the error
+/// ratio `ε`: the step is accepted when `ε ≤ 1`, keeping the two halves. The next step is
+/// `h · clamp(0.9 ε^(−1/(p + ½)), 0.2, 1.4)` (`p` the method's strong order: the step's
+/// local error is `O(h^(p + ½))`); after an accepted step it does not shrink, after a
+/// rejected one it does not grow. A step never crosses an output time: the one that would
+/// is cut to end there.
+///
+/// Rejecting a step and retrying it along the same path does not bias the solution when
+/// the path is a Brownian bridge queried at any time, as [`crate::VirtualBrownianTree`] is
+/// (Gaines & Lyons 1997): the solution converges to the one along that path as the
+/// tolerances fall. Keep `dt_min` at or above the tree's tolerance, below which its
+/// increments are no longer independent.
+///
+/// One state for the whole tensor: a batch of paths steps together, at the pace of its
+/// roughest path. Each attempt costs three steps' evaluations and one read of the error
+/// ratio back to the host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SdeAdaptive {
+    /// Relative tolerance.
+    pub rtol: f64,
+    /// Absolute tolerance.
+    pub atol: f64,
+    /// The smallest step: a step rejected at this size is [`SolverError::StepSizeTooSmall`]
+    /// (torchsde accepts it with a warning). Default `1e-5`, torchsde's.
+    pub dt_min: f64,
+    /// The largest step. Default: none.
+    pub dt_max: f64,
+}
+
+impl SdeAdaptive {
+    /// Tolerances `rtol` and `atol`, steps of at least `1e-5` and of any length.
+    pub fn new(rtol: f64, atol: f64) -> Self {
+        Self {
+            rtol,
+            atol,
+            dt_min: 1e-5,
+            dt_max: f64::INFINITY,
+        }
+    }
+    /// Sets the smallest step.
+    pub fn dt_min(mut self, dt_min: f64) -> Self {
+        self.dt_min = dt_min;
+        self
+    }
+    /// Sets the largest step.
+    pub fn dt_max(mut self, dt_max: f64) -> Self {
+        self.dt_max = dt_max;
+        self
+    }
+
+    /// Checks the tolerances and step bounds.
+    ///
+    /// # Errors
+    /// [`SolverError::InvalidTolerance`] for a tolerance that is not finite and positive;
+    /// [`SolverError::InvalidOptions`] for step bounds that are not `0 ≤ dt_min ≤ dt_max`,
+    /// with `dt_max > 0`.
+    pub fn validate(&self) -> Result<()> {
+        for (name, value) in [("rtol", self.rtol), ("atol", self.atol)] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(SolverError::InvalidTolerance { name, value }.into());
+            }
+        }
+        if !(self.dt_min.is_finite()
+            && self.dt_min >= 0.0
+            && self.dt_max > 0.0
+            && self.dt_min <= self.dt_max)
+        {
+            return Err(SolverError::InvalidOptions(format!(
+                "adaptive SDE steps need 0 <= dt_min <= dt_max and dt_max > 0, got dt_min = {} \
+                 and dt_max = {}",
+                self.dt_min, self.dt_max
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// The controller's safety factor, and the most a step shrinks or grows at once (torchsde's).
+const SDE_SAFETY: f64 = 0.9;
+const SDE_MIN_FACTOR: f64 = 0.2;
+const SDE_MAX_FACTOR: f64 = 1.4;
+
 /// Options of [`sdeint`]. Build with `SdeOptions::default()` and the builder methods.
 ///
-/// Defaults: Euler–Maruyama, steps of at most `1e-3` (torchsde's default), diagonal noise,
-/// at most 1 000 000 steps, outputs checked for NaN and infinity.
+/// Defaults: Euler–Maruyama, fixed steps of at most `1e-3` (torchsde's default), diagonal
+/// noise, at most 1 000 000 steps, outputs checked for NaN and infinity.
 #[derive(Clone, Debug)]
 pub struct SdeOptions {
     /// The method.
     pub method: SdeMethod,
-    /// The largest step. Each interval between two output times is cut into the fewest equal
-    /// steps no longer than this, so every output time is a step's end.
+    /// With fixed steps, the largest step: each interval between two output times is cut
+    /// into the fewest equal steps no longer than this, so every output time is a step's
+    /// end. With adaptive steps, the first step.
     pub dt: f64,
+    /// Adaptive steps under this error control; `None` (the default) for fixed steps.
+    pub adaptive: Option<SdeAdaptive>,
     /// How the diffusion multiplies the Brownian increment.
     pub noise: Noise,
-    /// The most steps the whole solve may take.
+    /// The most steps the whole solve may take, accepted and rejected together.
     pub max_steps: usize,
     /// Whether the outputs are checked for NaN and infinity at the end (one read back to the
     /// host, [`SolverError::NonFinite`] on failure).
@@ -332,6 +423,7 @@ impl Default for SdeOptions {
         Self {
             method: SdeMethod::EulerMaruyama,
             dt: 1e-3,
+            adaptive: None,
             noise: Noise::Diagonal,
             max_steps: 1_000_000,
             check_finite: true,
@@ -350,12 +442,17 @@ impl SdeOptions {
         self.dt = dt;
         self
     }
+    /// Takes adaptive steps under this error control (the first one of `dt`).
+    pub fn adaptive(mut self, adaptive: SdeAdaptive) -> Self {
+        self.adaptive = Some(adaptive);
+        self
+    }
     /// Sets the noise type.
     pub fn noise(mut self, noise: Noise) -> Self {
         self.noise = noise;
         self
     }
-    /// Sets the most steps.
+    /// Sets the most steps (accepted and rejected together).
     pub fn max_steps(mut self, n: usize) -> Self {
         self.max_steps = n;
         self
@@ -370,7 +467,9 @@ impl SdeOptions {
     ///
     /// # Errors
     /// [`SolverError::InvalidOptions`] for a step that is not finite and positive, a zero
-    /// step limit, or a method that does not handle the noise type.
+    /// step limit, a method that does not handle the noise type, or adaptive steps with
+    /// reversible Heun or a first step outside their bounds; the errors of
+    /// [`SdeAdaptive::validate`].
     pub fn validate(&self) -> Result<()> {
         if !(self.dt.is_finite() && self.dt > 0.0) {
             return Err(SolverError::InvalidOptions(format!(
@@ -390,6 +489,24 @@ impl SdeOptions {
             ))
             .into());
         }
+        if let Some(a) = &self.adaptive {
+            a.validate()?;
+            if self.method == SdeMethod::ReversibleHeun {
+                return Err(SolverError::InvalidOptions(
+                    "reversible_heun takes fixed steps (walking them back needs their sizes): \
+                     use heun or midpoint for adaptive steps"
+                        .into(),
+                )
+                .into());
+            }
+            if self.dt < a.dt_min || self.dt > a.dt_max {
+                return Err(SolverError::InvalidOptions(format!(
+                    "the first adaptive step dt = {} is outside [dt_min, dt_max] = [{}, {}]",
+                    self.dt, a.dt_min, a.dt_max
+                ))
+                .into());
+            }
+        }
         Ok(())
     }
 }
@@ -401,9 +518,12 @@ pub struct SdeStats {
     pub drift_evals: usize,
     /// Evaluations of the diffusion.
     pub diffusion_evals: usize,
-    /// Steps taken.
+    /// Steps taken (accepted).
     pub steps: usize,
-    /// Reads of device values back to the host: one to check the outputs, none per step.
+    /// Adaptive steps rejected.
+    pub rejected_steps: usize,
+    /// Reads of device values back to the host: one to check the outputs, and with adaptive
+    /// steps one per attempted step (its error ratio).
     pub host_reads: usize,
 }
 
@@ -412,6 +532,7 @@ impl std::ops::AddAssign for SdeStats {
         self.drift_evals += o.drift_evals;
         self.diffusion_evals += o.diffusion_evals;
         self.steps += o.steps;
+        self.rejected_steps += o.rejected_steps;
         self.host_reads += o.host_reads;
     }
 }
@@ -440,9 +561,11 @@ impl SdeSolution {
 /// `bm`, returning the states at every time of `ts`.
 ///
 /// `ts` is strictly increasing or strictly decreasing (a reverse-time solve takes the
-/// path's increments backwards) and lies in the path's span. Each interval between output
-/// times is cut into equal steps of at most `opts.dt`. Outputs are step ends, never
-/// interpolated (an SDE's solution between two steps is not their interpolation).
+/// path's increments backwards) and lies in the path's span. With fixed steps each interval
+/// between output times is cut into equal steps of at most `opts.dt`; with adaptive steps
+/// ([`SdeOptions::adaptive`]) their sizes follow an error estimate. Either way outputs are
+/// step ends, never interpolated (an SDE's solution between two steps is not their
+/// interpolation).
 ///
 /// # Shapes
 /// - `y0`: any shape `S`, float dtype, any device; `bm` of the same dtype and device.
@@ -493,13 +616,13 @@ where
     if opts.method == SdeMethod::ReversibleHeun {
         return reversible_heun(&ev, y0, ts, bm, opts);
     }
-    let (ys, steps, host_reads) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
+    let (ys, counts) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
         step(&ev, opts.method, t, t1, y, dw)
     })?;
     Ok(SdeSolution {
         ts: ts.to_vec(),
         ys,
-        stats: ev.stats(steps, host_reads),
+        stats: ev.stats(counts),
         reversible: None,
     })
 }
@@ -518,7 +641,7 @@ where
 {
     // `(ŷ, μ, σ)`, from one step to the next; at the start `ŷ = y0` and the terms there.
     let mut carry: Option<(Tensor, Tensor, Tensor)> = None;
-    let (ys, steps, host_reads) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
+    let (ys, counts) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
         let (y_hat, mu, sigma) = match carry.take() {
             Some(c) => c,
             None => (y.clone(), ev.drift(t, y)?, ev.diffusion(t, y)?),
@@ -547,7 +670,7 @@ where
     Ok(SdeSolution {
         ts: ts.to_vec(),
         ys,
-        stats: ev.stats(steps, host_reads),
+        stats: ev.stats(counts),
         reversible,
     })
 }
@@ -618,7 +741,7 @@ where
         .into());
     }
     let evals = Cell::new(0);
-    let (ys, steps, host_reads) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
+    let (ys, counts) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
         let inc = |tk: f64, yk: &Tensor| -> Result<Tensor> {
             let d = sde.increment(tk, yk, t1 - t, dw)?;
             evals.set(evals.get() + 1);
@@ -642,23 +765,31 @@ where
         stats: SdeStats {
             drift_evals: evals.get(),
             diffusion_evals: evals.get(),
-            steps,
-            host_reads,
+            steps: counts.steps,
+            rejected_steps: counts.rejected,
+            host_reads: counts.host_reads,
         },
         reversible: None,
     })
 }
 
-/// The solve's loop, for any step: checks the times against the path, cuts each interval
-/// into equal steps, takes them, stacks the outputs and checks them. Returns the outputs,
-/// the steps taken and the reads back to the host.
+/// What [`drive`] counts.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    steps: usize,
+    rejected: usize,
+    host_reads: usize,
+}
+
+/// The solve's loop, for any step: checks the times against the path, takes fixed or
+/// adaptive steps over each interval, stacks the outputs and checks them.
 fn drive<B, S>(
     y0: &Tensor,
     ts: &[f64],
     bm: &B,
     opts: &SdeOptions,
     mut step: S,
-) -> Result<(Tensor, usize, usize)>
+) -> Result<(Tensor, Counts)>
 where
     B: BrownianPath + ?Sized,
     S: FnMut(f64, f64, &Tensor, &Tensor) -> Result<Tensor>,
@@ -679,7 +810,50 @@ where
         ))
         .into());
     }
-    // The steps of each interval, all counted before any is taken.
+    let increment = |t: f64, t1: f64| -> Result<Tensor> {
+        let dw = bm.increment(t, t1)?;
+        if dw.dtype() != y0.dtype() || !dw.device().same_device(y0.device()) {
+            return Err(SolverError::InvalidOptions(format!(
+                "the Brownian motion is {:?} on {:?}, the state {:?} on {:?}",
+                dw.dtype(),
+                dw.device(),
+                y0.dtype(),
+                y0.device()
+            ))
+            .into());
+        }
+        Ok(dw)
+    };
+    let (out, mut counts) = match &opts.adaptive {
+        None => fixed_steps(y0, ts, opts, &increment, &mut step)?,
+        Some(a) => adaptive_steps(y0, ts, opts, a, &increment, &mut step)?,
+    };
+    let ys = Tensor::stack(&out, 0)?;
+    if opts.check_finite && ts.len() > 1 {
+        counts.host_reads += 1;
+        let z = read_to_host(&finite_rows(&ys)?)?;
+        if let Some(i) = z.iter().position(|v| !v.is_finite()) {
+            return Err(SolverError::NonFinite { t: ts[i] }.into());
+        }
+    }
+    Ok((ys, counts))
+}
+
+/// The path's increment from the first time to the second, checked.
+type Increment<'a> = dyn Fn(f64, f64) -> Result<Tensor> + 'a;
+
+/// A step from `(t, y)` to `t1` with the increment `ΔW`.
+type Step<'a> = dyn FnMut(f64, f64, &Tensor, &Tensor) -> Result<Tensor> + 'a;
+
+/// Fixed steps: each interval cut into the fewest equal steps of at most `opts.dt`, all
+/// counted before the first is taken. Returns the outputs.
+fn fixed_steps(
+    y0: &Tensor,
+    ts: &[f64],
+    opts: &SdeOptions,
+    increment: &Increment<'_>,
+    step: &mut Step<'_>,
+) -> Result<(Vec<Tensor>, Counts)> {
     let counts: Vec<usize> = ts
         .windows(2)
         .map(|w| interval_steps(w[0], w[1], opts.dt))
@@ -687,7 +861,7 @@ where
     let total: usize = counts.iter().sum();
     if total > opts.max_steps {
         return Err(SolverError::MaxStepsExceeded {
-            t: first,
+            t: ts[0],
             steps: total,
         }
         .into());
@@ -700,32 +874,93 @@ where
         let mut t = a;
         for k in 1..=n {
             let t1 = step_end(a, b, k, n);
-            let dw = bm.increment(t, t1)?;
-            if dw.dtype() != y0.dtype() || !dw.device().same_device(y0.device()) {
-                return Err(SolverError::InvalidOptions(format!(
-                    "the Brownian motion is {:?} on {:?}, the state {:?} on {:?}",
-                    dw.dtype(),
-                    dw.device(),
-                    y0.dtype(),
-                    y0.device()
-                ))
-                .into());
-            }
-            y = step(t, t1, &y, &dw)?;
+            y = step(t, t1, &y, &increment(t, t1)?)?;
             t = t1;
         }
         out.push(y.clone());
     }
-    let ys = Tensor::stack(&out, 0)?;
-    let mut host_reads = 0;
-    if opts.check_finite && ts.len() > 1 {
-        host_reads += 1;
-        let z = read_to_host(&finite_rows(&ys)?)?;
-        if let Some(i) = z.iter().position(|v| !v.is_finite()) {
-            return Err(SolverError::NonFinite { t: ts[i] }.into());
+    Ok((
+        out,
+        Counts {
+            steps: total,
+            ..Counts::default()
+        },
+    ))
+}
+
+/// Adaptive steps by step doubling (see [`SdeAdaptive`]). Returns the outputs.
+fn adaptive_steps(
+    y0: &Tensor,
+    ts: &[f64],
+    opts: &SdeOptions,
+    a: &SdeAdaptive,
+    increment: &Increment<'_>,
+    step: &mut Step<'_>,
+) -> Result<(Vec<Tensor>, Counts)> {
+    let control = Controller::integral(
+        opts.method.strong_order() + 0.5,
+        SDE_SAFETY,
+        SDE_MIN_FACTOR,
+        SDE_MAX_FACTOR,
+    );
+    let mut counts = Counts::default();
+    let mut out = Vec::with_capacity(ts.len());
+    out.push(y0.clone());
+    let mut y = y0.clone();
+    let mut h = opts.dt;
+    for w in ts.windows(2) {
+        let (mut t, b) = (w[0], w[1]);
+        let dir = if b > t { 1.0 } else { -1.0 };
+        while t != b {
+            if counts.steps + counts.rejected >= opts.max_steps {
+                return Err(SolverError::MaxStepsExceeded {
+                    t,
+                    steps: counts.steps + counts.rejected,
+                }
+                .into());
+            }
+            // A step that would reach past the output time, or stop just short of it, ends
+            // there.
+            let left = (b - t).abs();
+            let cut = h >= 0.99 * left;
+            let (h_try, t1) = if cut { (left, b) } else { (h, t + dir * h) };
+            let tm = t + 0.5 * (t1 - t);
+            let (dw1, dw2) = (increment(t, tm)?, increment(tm, t1)?);
+            let whole = step(t, t1, &y, &(&dw1 + &dw2)?)?;
+            let mid = step(t, tm, &y, &dw1)?;
+            let halves = step(tm, t1, &mid, &dw2)?;
+            counts.host_reads += 1;
+            let ratio = error_ratio(&whole, &halves, a)?;
+            if ratio <= 1.0 {
+                counts.steps += 1;
+                y = halves;
+                t = t1;
+                // A step cut short at an output time does not shorten the next one.
+                let grown = h_try * control.grow(ratio, ratio);
+                h = if cut { grown.max(h) } else { grown };
+            } else {
+                counts.rejected += 1;
+                let factor = control.cut(ratio);
+                let at_min = h_try <= a.dt_min;
+                h = shrink(t, dir, h_try, factor, at_min, !ratio.is_finite(), a.dt_min)?;
+            }
+            h = h.min(a.dt_max);
         }
+        out.push(y.clone());
     }
-    Ok((ys, total, host_reads))
+    Ok((out, counts))
+}
+
+/// The RMS of `(whole − halves) / (atol + rtol · max(|whole|, |halves|))`, read back to the
+/// host (NaN when either is not finite).
+fn error_ratio(whole: &Tensor, halves: &Tensor, a: &SdeAdaptive) -> Result<f64> {
+    let (whole, halves) = (whole.detach(), halves.detach());
+    let scale = whole
+        .abs()?
+        .maximum(&halves.abs()?)?
+        .affine(a.rtol, a.atol)?;
+    let ms = ((whole - halves)? / scale)?.sqr()?.mean_all()?;
+    Ok(read_to_host(&ms)?[0].sqrt())
 }
 
 /// The number of equal steps of at most `dt` from `a` to `b`.
@@ -864,12 +1099,13 @@ impl<'a, F: SdeField + ?Sized> SdeEvaluator<'a, F> {
         Ok(())
     }
 
-    fn stats(&self, steps: usize, host_reads: usize) -> SdeStats {
+    fn stats(&self, counts: Counts) -> SdeStats {
         SdeStats {
             drift_evals: self.drift_evals.get(),
             diffusion_evals: self.diffusion_evals.get(),
-            steps,
-            host_reads,
+            steps: counts.steps,
+            rejected_steps: counts.rejected,
+            host_reads: counts.host_reads,
         }
     }
 

@@ -581,7 +581,15 @@ fn adaptive<F: VectorField + ?Sized>(
         else {
             // Newton's iterations failed even with a fresh Jacobian: halve the step.
             stats.rejected_steps += 1;
-            h_abs = shrink(t, dir, h_try, NEWTON_FACTOR, at_min_step, false, opts)?;
+            h_abs = shrink(
+                t,
+                dir,
+                h_try,
+                NEWTON_FACTOR,
+                at_min_step,
+                false,
+                opts.min_step,
+            )?;
             continue;
         };
         let err = step
@@ -641,7 +649,15 @@ fn adaptive<F: VectorField + ?Sized>(
             stats.rejected_steps += 1;
             let non_finite = !ratio.is_finite();
             let factor = control.cut(ratio);
-            h_abs = shrink(t, dir, h_try, factor, at_min_step, non_finite, opts)?;
+            h_abs = shrink(
+                t,
+                dir,
+                h_try,
+                factor,
+                at_min_step,
+                non_finite,
+                opts.min_step,
+            )?;
         }
         h_abs = h_abs.min(opts.max_step);
     }
@@ -672,6 +688,18 @@ impl Controller {
             safety: opts.safety,
             min_factor: opts.min_factor,
             max_factor: opts.max_factor,
+        }
+    }
+
+    /// The integral controller (`β1 = 1, β2 = 0`) for an error that scales as `h^k_exp`.
+    pub(crate) fn integral(k_exp: f64, safety: f64, min_factor: f64, max_factor: f64) -> Self {
+        Self {
+            k_exp,
+            beta1: 1.0,
+            beta2: 0.0,
+            safety,
+            min_factor,
+            max_factor,
         }
     }
 
@@ -717,7 +745,7 @@ pub(crate) fn shrink(
     factor: f64,
     at_min_step: bool,
     non_finite: bool,
-    opts: &SolveOptions,
+    min_step: f64,
 ) -> Result<f64> {
     let too_small = at_min_step || t + dir * h_try * factor == t;
     if too_small || h_try * factor <= 4.0 * f64::EPSILON * t.abs() {
@@ -731,7 +759,7 @@ pub(crate) fn shrink(
         }
         .into());
     }
-    Ok((h_try * factor).max(opts.min_step))
+    Ok((h_try * factor).max(min_step))
 }
 
 #[allow(clippy::too_many_arguments)]
