@@ -97,6 +97,32 @@ fn trains_by_backprop_on_the_irregular_sine() -> Result<()> {
 }
 
 #[test]
+fn trains_with_adaptive_steps() -> Result<()> {
+    let out = tmp("adaptive");
+    let o = train(
+        out.path(),
+        &[
+            "--iters",
+            "3",
+            "--adaptive",
+            "--rtol",
+            "1e-2",
+            "--atol",
+            "1e-2",
+        ],
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("adaptive steps (rtol 0.01, atol 0.01)"));
+    assert_eq!(summary_field(out.path(), "adaptive"), "true");
+    assert!(metric(out.path(), "nfe_b")[0] > 0.0);
+    // Tolerances are checked before training.
+    let o = train(out.path(), &["--iters", "3", "--adaptive", "--rtol", "0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("rtol"));
+    Ok(())
+}
+
+#[test]
 fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     let out = tmp("refuse");
     ok(&train(out.path(), &["--iters", "2"]));

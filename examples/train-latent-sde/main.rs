@@ -20,7 +20,7 @@ use iterations::{Iterations, Plan};
 use node_adjoint::SdeAdjointOptions;
 use node_models::latent_sde::{laplace_log_likelihood, LatentSde, LatentSdeConfig, SdeGradient};
 use node_models::Rng;
-use node_solvers::SdeMethod;
+use node_solvers::{SdeAdaptive, SdeMethod};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -73,9 +73,19 @@ struct Args {
     /// SDE method (a Stratonovich one for the adjoint; the noise is additive, so any).
     #[arg(long, default_value = "midpoint")]
     method: SdeMethod,
-    /// The SDE solver's step.
+    /// The SDE solver's step (with `--adaptive`, its first step).
     #[arg(long, default_value_t = 1e-2)]
     dt: f64,
+    /// Adaptive steps (step doubling along the same Brownian path) under `--rtol` and
+    /// `--atol`, forwards and, for the adjoint, backwards.
+    #[arg(long)]
+    adaptive: bool,
+    /// Relative tolerance of `--adaptive`.
+    #[arg(long, default_value_t = 1e-3)]
+    rtol: f64,
+    /// Absolute tolerance of `--adaptive`.
+    #[arg(long, default_value_t = 1e-3)]
+    atol: f64,
     /// How the solve is differentiated.
     #[arg(long, value_enum, default_value = "adjoint")]
     gradient: GradientArg,
@@ -161,6 +171,9 @@ fn main() -> Result<ExitCode> {
         hidden: args.hidden,
         method: args.method,
         dt: args.dt,
+        adaptive: args
+            .adaptive
+            .then(|| SdeAdaptive::new(args.rtol, args.atol)),
         ..Default::default()
     };
     let varmap = VarMap::new();
@@ -182,12 +195,16 @@ fn main() -> Result<ExitCode> {
     };
     let mut run = Iterations::start_with(plan, &varmap, &dev, || Ok(model.init()?))?;
     println!(
-        "latent SDE ({} parameters) on {dev:?}; {n_obs} observations of {:?}, {} posterior samples per iteration, {} with dt {}, gradient by {:?}; iterations {}..{}",
+        "latent SDE ({} parameters) on {dev:?}; {n_obs} observations of {:?}, {} posterior samples per iteration, {} with {}, gradient by {:?}; iterations {}..{}",
         run.n_params,
         args.data,
         args.batch_size,
         args.method,
-        args.dt,
+        if args.adaptive {
+            format!("adaptive steps (rtol {}, atol {})", args.rtol, args.atol)
+        } else {
+            format!("dt {}", args.dt)
+        },
         args.gradient,
         run.start + 1,
         args.iters
@@ -273,6 +290,7 @@ fn main() -> Result<ExitCode> {
             ("model", format!("\"{MODEL}\"")),
             ("data", format!("\"{:?}\"", args.data)),
             ("gradient", format!("\"{:?}\"", args.gradient)),
+            ("adaptive", args.adaptive.to_string()),
             ("iters", args.iters.to_string()),
             ("seed", args.seed.to_string()),
             ("median_rmse", json_number(median_rmse)),

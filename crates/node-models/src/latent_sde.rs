@@ -16,8 +16,8 @@ use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use node_adjoint::{sdeint_adjoint, ParamSdeField, SdeAdjointOptions};
 use node_solvers::{
-    sdeint, DetachedSde, Noise, SdeField, SdeMethod, SdeOptions, SdeStats, SolverError,
-    VirtualBrownianTree,
+    sdeint, DetachedSde, Noise, SdeAdaptive, SdeField, SdeMethod, SdeOptions, SdeStats,
+    SolverError, VirtualBrownianTree,
 };
 
 /// The latent SDE's settings. The defaults are torchsde's example's.
@@ -34,8 +34,12 @@ pub struct LatentSdeConfig {
     /// The SDE method. The noise is additive, so Itô and Stratonovich agree; the adjoint
     /// needs a Stratonovich method (the default, the midpoint method).
     pub method: SdeMethod,
-    /// The largest step (0.01).
+    /// The largest step (0.01); with adaptive steps the first one.
     pub dt: f64,
+    /// Adaptive steps under this error control (over the state and the KL integral), or
+    /// fixed ones (`None`, the default). The Brownian tree then resolves down to `dt_min`
+    /// (at least a millionth of the span).
+    pub adaptive: Option<SdeAdaptive>,
 }
 
 impl Default for LatentSdeConfig {
@@ -47,6 +51,7 @@ impl Default for LatentSdeConfig {
             sigma: 0.5,
             method: SdeMethod::Midpoint,
             dt: 1e-2,
+            adaptive: None,
         }
     }
 }
@@ -191,11 +196,14 @@ impl LatentSde {
             ))
             .into());
         }
-        SdeOptions::default()
-            .method(cfg.method)
-            .dt(cfg.dt)
-            .noise(Noise::General)
-            .validate()?;
+        SdeOptions {
+            method: cfg.method,
+            dt: cfg.dt,
+            adaptive: cfg.adaptive,
+            noise: Noise::General,
+            ..SdeOptions::default()
+        }
+        .validate()?;
         let net = vb.pp("net");
         let fc1 = linear(3, cfg.hidden, net.pp("fc1"))?;
         let fc2 = linear(cfg.hidden, cfg.hidden, net.pp("fc2"))?;
@@ -250,10 +258,13 @@ impl LatentSde {
     }
 
     fn options(&self) -> SdeOptions {
-        SdeOptions::default()
-            .method(self.cfg.method)
-            .dt(self.cfg.dt)
-            .max_steps(usize::MAX)
+        SdeOptions {
+            method: self.cfg.method,
+            dt: self.cfg.dt,
+            adaptive: self.cfg.adaptive,
+            max_steps: usize::MAX,
+            ..SdeOptions::default()
+        }
     }
 
     /// A Brownian motion over `ts` for `b` samples drawn from `seed`: `shape` per sample.
@@ -266,7 +277,12 @@ impl LatentSde {
         dev: &candle_core::Device,
     ) -> Result<VirtualBrownianTree> {
         let (lo, hi) = span(ts)?;
-        let tol = (self.cfg.dt / 2.0).min(hi - lo);
+        let span = hi - lo;
+        let tol = match &self.cfg.adaptive {
+            None => self.cfg.dt / 2.0,
+            Some(a) => a.dt_min.max(1e-6 * span),
+        }
+        .min(span);
         VirtualBrownianTree::new(lo, hi, tol, shape, seed, dtype, dev)
     }
 
