@@ -8,6 +8,8 @@
 //! Overhead = solve time − NFE × (median time of one bare `f` evaluation), i.e. everything
 //! the solver itself adds: stage combinations, error norms, dense output, bookkeeping.
 
+mod common;
+
 use candle_core::{DType, Device, Result, Tensor};
 use node_solvers::{odeint, Method, SolveOptions};
 use std::collections::HashMap;
@@ -44,12 +46,7 @@ fn main() -> Result<()> {
     // As the project's binaries do (see `node_kernels::alloc`).
     node_kernels::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
-    let reps = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let reps = common::reps_arg(20);
     let dev = match args
         .iter()
         .position(|a| a == "--device")

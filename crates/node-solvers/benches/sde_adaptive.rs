@@ -13,28 +13,17 @@
 //!    `y0 exp(−t/2 + ∫σ dW)`, the Stratonovich integral of the deterministic `σ` taken on a
 //!    fine grid of the same path.
 
+mod common;
+
 use candle_core::{DType, Device, Result, Tensor};
+use common::{reps_arg, time};
 use node_solvers::{
     sdeint, BrownianPath, SdeAdaptive, SdeField, SdeMethod, SdeOptions, SdeSolution,
     VirtualBrownianTree,
 };
-use std::time::Instant;
 
 const N: usize = 1000;
 const TOLS: [f64; 3] = [1e-2, 1e-3, 1e-4];
-
-/// Median seconds of `f` over `reps` runs, and its last result.
-fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
-    let mut ts = Vec::with_capacity(reps);
-    let mut last = None;
-    for _ in 0..reps {
-        let s = Instant::now();
-        last = Some(f()?);
-        ts.push(s.elapsed().as_secs_f64());
-    }
-    ts.sort_by(f64::total_cmp);
-    Ok((ts[ts.len() / 2], last.expect("reps > 0")))
-}
 
 fn sigma_bump(t: f64) -> f64 {
     0.05 + 2.0 * (-((t - 0.55) / 0.03).powi(2)).exp()
@@ -98,13 +87,7 @@ fn compare<F: SdeField>(
 
 fn main() -> Result<()> {
     node_kernels::keep_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
-    let reps = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let reps = reps_arg(3);
     let dev = Device::Cpu;
     let y0 = Tensor::ones((N, 1), DType::F64, &dev)?;
     let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-7, (N, 1), 0, DType::F64, &dev)?;

@@ -10,25 +10,14 @@
 //! 4. The Brusselator with diffusion on `N` points (`2N` components) over `[0, 10]`: the
 //!    finite-difference Jacobian against the closed-form one (`WithJacobian`), and dopri5.
 
+mod common;
+
 use candle_core::{DType, Device, Result, Tensor};
+use common::{reps_arg, time};
 use node_solvers::problems::{Brusselator, Robertson};
 use node_solvers::{
     odeint, Jacobian, Method, Solution, SolveOptions, SolverError, VectorField, WithJacobian,
 };
-use std::time::Instant;
-
-/// Median seconds of `f` over `reps` runs, and its last result.
-fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
-    let mut ts = Vec::with_capacity(reps);
-    let mut last = None;
-    for _ in 0..reps {
-        let s = Instant::now();
-        last = Some(f()?);
-        ts.push(s.elapsed().as_secs_f64());
-    }
-    ts.sort_by(f64::total_cmp);
-    Ok((ts[ts.len() / 2], last.expect("reps > 0")))
-}
 
 /// Largest relative error of the outputs after the first against the reference.
 fn robertson_error(sol: &Solution) -> Result<f64> {
@@ -49,13 +38,7 @@ fn robertson_error(sol: &Solution) -> Result<f64> {
 
 fn main() -> Result<()> {
     node_kernels::keep_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
-    let reps = args
-        .iter()
-        .position(|a| a == "--reps")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let reps = reps_arg(5);
     let dev = Device::Cpu;
     let p = Robertson::default();
     let ts = [0.0, Robertson::REFERENCE[0].0, Robertson::REFERENCE[1].0];

@@ -1,14 +1,18 @@
 //! SDE solves (`sdeint`) and the virtual Brownian tree: the tree's statistics and
 //! consistency, strong convergence orders against exact solutions along the same path,
-//! reverse-time solves, general noise, gradients, counts and errors.
+//! reverse-time solves, general noise, gradients, counts and errors; adaptive steps in
+//! `sde/adaptive.rs`.
 
+#[path = "sde/adaptive.rs"]
+mod adaptive;
 mod common;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use common::fitted_slope;
 use node_solvers::{
-    sdeint, BrownianPath, Noise, SdeField, SdeMethod, SdeOptions, SolverError, VirtualBrownianTree,
+    sdeint, BrownianPath, Calculus, Noise, SdeField, SdeMethod, SdeOptions, SolverError,
+    VirtualBrownianTree,
 };
 
 fn mean_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
@@ -150,8 +154,11 @@ fn gbm() -> impl SdeField {
     )
 }
 
-fn gbm_exact(y0: &Tensor, w: &Tensor, t: f64, ito: bool) -> Result<Tensor> {
-    let drift = if ito { MU - SIGMA * SIGMA / 2.0 } else { MU };
+fn gbm_exact(y0: &Tensor, w: &Tensor, t: f64, calculus: Calculus) -> Result<Tensor> {
+    let drift = match calculus {
+        Calculus::Ito => MU - SIGMA * SIGMA / 2.0,
+        Calculus::Stratonovich => MU,
+    };
     Ok((y0 * w.affine(SIGMA, drift * t)?.exp()?)?)
 }
 
@@ -161,12 +168,7 @@ fn strong_order(method: SdeMethod, dev: &Device) -> Result<(f64, Vec<f64>)> {
     let n = 4000;
     let bm = VirtualBrownianTree::new(0.0, 1.0, 2f64.powi(-10), n, 1, DType::F64, dev)?;
     let y0 = Tensor::ones(n, DType::F64, dev)?;
-    let exact = gbm_exact(
-        &y0,
-        &bm.value(1.0)?,
-        1.0,
-        method.calculus() == node_solvers::Calculus::Ito,
-    )?;
+    let exact = gbm_exact(&y0, &bm.value(1.0)?, 1.0, method.calculus())?;
     let (mut hs, mut errs) = (Vec::new(), Vec::new());
     for k in 3..=7 {
         let h = 2f64.powi(-k);
@@ -231,14 +233,14 @@ fn reverse_time(dev: &Device) -> Result<()> {
     let n = 2000;
     let bm = VirtualBrownianTree::new(0.0, 1.0, 2f64.powi(-10), n, 4, DType::F64, dev)?;
     let y0 = Tensor::ones(n, DType::F64, dev)?;
-    let y1 = gbm_exact(&y0, &bm.value(1.0)?, 1.0, false)?;
+    let y1 = gbm_exact(&y0, &bm.value(1.0)?, 1.0, Calculus::Stratonovich)?;
     let (mut hs, mut errs) = (Vec::new(), Vec::new());
     for k in 3..=7 {
         let h = 2f64.powi(-k);
         let opts = SdeOptions::default().method(SdeMethod::Heun).dt(h);
         let sol = sdeint(&gbm(), &y1, &[1.0, 0.5, 0.0], &bm, &opts)?;
         // The middle output is the exact solution at 0.5 too, up to the same error.
-        let mid = gbm_exact(&y0, &bm.value(0.5)?, 0.5, false)?;
+        let mid = gbm_exact(&y0, &bm.value(0.5)?, 0.5, Calculus::Stratonovich)?;
         assert!(mean_abs(&sol.ys.get(1)?, &mid)? < 4.0 * h);
         hs.push(h);
         errs.push(mean_abs(&sol.last()?, &y0)?);
@@ -305,7 +307,7 @@ fn general_noise(dev: &Device) -> Result<()> {
         let y1 = sdeint(&scalar, &y0, &[0.0, 1.0], &bm, &opts)?.last()?;
         // [1] and [B, 1] both broadcast to the state: one motion per row (or in all).
         let w = bm.value(1.0)?.broadcast_as((b, d))?.contiguous()?;
-        let exact = gbm_exact(&y0, &w, 1.0, false)?;
+        let exact = gbm_exact(&y0, &w, 1.0, Calculus::Stratonovich)?;
         let err = mean_abs(&y1, &exact)?;
         assert!(err < 5e-3, "W of shape {w_shape:?}: error {err}");
     }

@@ -1,49 +1,14 @@
-//! Adaptive SDE steps (`SdeOptions::adaptive`): convergence to the solution along the path
-//! as the tolerances fall, steps where the noise is, output times hit exactly, reverse
-//! time, gradients, counts and errors.
+//! Adaptive SDE steps (`SdeOptions::adaptive`), a module of `tests/sde.rs`: convergence to
+//! the solution along the path as the tolerances fall, steps where the noise is, output
+//! times hit exactly, reverse time, gradients, counts and errors.
 
+use super::{gbm, gbm_exact, mean_abs, solver_error, MU, SIGMA};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use node_solvers::{
-    sdeint, Calculus, SdeAdaptive, SdeField, SdeMethod, SdeOptions, SolverError,
-    VirtualBrownianTree,
+    sdeint, Calculus, SdeAdaptive, SdeMethod, SdeOptions, SolverError, VirtualBrownianTree,
 };
 use std::cell::RefCell;
-
-const MU: f64 = 0.4;
-const SIGMA: f64 = 0.9;
-
-/// Geometric Brownian motion `dy = μ y dt + σ y dW`, elementwise.
-fn gbm() -> impl SdeField {
-    (
-        |_t: f64, y: &Tensor| y.affine(MU, 0.0),
-        |_t: f64, y: &Tensor| y.affine(SIGMA, 0.0),
-    )
-}
-
-/// Its solution along the path: `y0 exp((μ − σ²/2) t + σ W(t))` read as Itô,
-/// `y0 exp(μ t + σ W(t))` read as Stratonovich.
-fn gbm_exact(y0: &Tensor, w: &Tensor, t: f64, calculus: Calculus) -> Result<Tensor> {
-    let drift = match calculus {
-        Calculus::Ito => MU - SIGMA * SIGMA / 2.0,
-        Calculus::Stratonovich => MU,
-    };
-    Ok((y0 * w.affine(SIGMA, drift * t)?.exp()?)?)
-}
-
-fn mean_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
-    Ok((a - b)?
-        .abs()?
-        .to_dtype(DType::F64)?
-        .mean_all()?
-        .to_scalar::<f64>()?)
-}
-
-fn solver_error(e: &candle_core::Error) -> SolverError {
-    SolverError::find(e)
-        .unwrap_or_else(|| panic!("not a solver error: {e}"))
-        .clone()
-}
 
 /// As the tolerances fall the error against the exact solution along the path falls, at
 /// every output time, and the steps grow in number.
