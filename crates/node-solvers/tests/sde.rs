@@ -368,6 +368,15 @@ fn gradients(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Drift and diffusion evaluations per step of the methods without a carried state.
+const EVALS_PER_STEP: [(SdeMethod, usize, usize); 5] = [
+    (SdeMethod::EulerMaruyama, 1, 1),
+    (SdeMethod::ItoMilstein, 1, 2),
+    (SdeMethod::StratonovichMilstein, 1, 3),
+    (SdeMethod::Heun, 2, 2),
+    (SdeMethod::Midpoint, 2, 2),
+];
+
 #[test]
 fn counts() -> Result<()> {
     let dev = Device::Cpu;
@@ -375,13 +384,7 @@ fn counts() -> Result<()> {
     let y0 = Tensor::ones(5, DType::F64, &dev)?;
     // [0, 0.3] in 3 steps of 0.1, [0.3, 1] in 7.
     let ts = [0.0, 0.3, 1.0];
-    for (method, drift, diffusion) in [
-        (SdeMethod::EulerMaruyama, 1, 1),
-        (SdeMethod::ItoMilstein, 1, 2),
-        (SdeMethod::StratonovichMilstein, 1, 3),
-        (SdeMethod::Heun, 2, 2),
-        (SdeMethod::Midpoint, 2, 2),
-    ] {
+    for (method, drift, diffusion) in EVALS_PER_STEP {
         let opts = SdeOptions::default().method(method).dt(0.1);
         let sol = sdeint(&gbm(), &y0, &ts, &bm, &opts)?;
         assert_eq!(sol.stats.steps, 10, "{method}");

@@ -2,7 +2,7 @@
 //! the solution along the path as the tolerances fall, steps where the noise is, output
 //! times hit exactly, reverse time, gradients, counts and errors.
 
-use super::{gbm, gbm_exact, mean_abs, solver_error, MU, SIGMA};
+use super::{gbm, gbm_exact, mean_abs, solver_error, EVALS_PER_STEP, MU, SIGMA};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use node_solvers::{
@@ -184,13 +184,7 @@ fn counts() -> Result<()> {
     let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-7, 50, 25, DType::F64, &dev)?;
     let y0 = Tensor::ones(50, DType::F64, &dev)?;
     let ts = [0.0, 0.25, 1.0];
-    for (method, drift, diffusion) in [
-        (SdeMethod::EulerMaruyama, 1, 1),
-        (SdeMethod::ItoMilstein, 1, 2),
-        (SdeMethod::StratonovichMilstein, 1, 3),
-        (SdeMethod::Heun, 2, 2),
-        (SdeMethod::Midpoint, 2, 2),
-    ] {
+    for (method, drift, diffusion) in EVALS_PER_STEP {
         let opts = SdeOptions::default()
             .method(method)
             .dt(0.05)
