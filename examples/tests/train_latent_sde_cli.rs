@@ -112,9 +112,17 @@ fn trains_with_adaptive_steps() -> Result<()> {
         ],
     );
     ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("adaptive steps (rtol 0.01, atol 0.01)"));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("adaptive steps (rtol 0.01, atol 0.01, Doubling error estimate)"));
     assert_eq!(summary_field(out.path(), "adaptive"), "true");
     assert!(metric(out.path(), "nfe_b")[0] > 0.0);
+    let embedded = tmp("embedded");
+    let o = train(
+        embedded.path(),
+        &["--iters", "2", "--adaptive", "--error-estimate", "embedded"],
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Embedded error estimate"));
     // Tolerances are checked before training.
     let o = train(out.path(), &["--iters", "3", "--adaptive", "--rtol", "0"]);
     assert!(!o.status.success());

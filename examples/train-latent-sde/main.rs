@@ -20,7 +20,7 @@ use iterations::{Iterations, Plan};
 use node_adjoint::SdeAdjointOptions;
 use node_models::latent_sde::{laplace_log_likelihood, LatentSde, LatentSdeConfig, SdeGradient};
 use node_models::Rng;
-use node_solvers::{SdeAdaptive, SdeMethod};
+use node_solvers::{SdeAdaptive, SdeErrorEstimate, SdeMethod};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +34,15 @@ enum DataArg {
     SegmentedCosine,
     /// `0.8 sin 2πt` at 16 random times in [0.4, 1.6].
     IrregularSine,
+}
+
+/// `--error-estimate` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EstimateArg {
+    /// Each step taken whole and as two halves (torchsde's): three steps' evaluations.
+    Doubling,
+    /// The Euler–Maruyama step inside Heun and the midpoint method: no extra evaluation.
+    Embedded,
 }
 
 /// `--gradient` choices.
@@ -86,6 +95,9 @@ struct Args {
     /// Absolute tolerance of `--adaptive`.
     #[arg(long, default_value_t = 1e-3)]
     atol: f64,
+    /// How `--adaptive` estimates a step's error (`embedded` needs heun or midpoint).
+    #[arg(long, value_enum, default_value = "doubling")]
+    error_estimate: EstimateArg,
     /// How the solve is differentiated.
     #[arg(long, value_enum, default_value = "adjoint")]
     gradient: GradientArg,
@@ -171,9 +183,12 @@ fn main() -> Result<ExitCode> {
         hidden: args.hidden,
         method: args.method,
         dt: args.dt,
-        adaptive: args
-            .adaptive
-            .then(|| SdeAdaptive::new(args.rtol, args.atol)),
+        adaptive: args.adaptive.then(|| {
+            SdeAdaptive::new(args.rtol, args.atol).estimate(match args.error_estimate {
+                EstimateArg::Doubling => SdeErrorEstimate::StepDoubling,
+                EstimateArg::Embedded => SdeErrorEstimate::Embedded,
+            })
+        }),
         ..Default::default()
     };
     let varmap = VarMap::new();
@@ -201,7 +216,10 @@ fn main() -> Result<ExitCode> {
         args.batch_size,
         args.method,
         if args.adaptive {
-            format!("adaptive steps (rtol {}, atol {})", args.rtol, args.atol)
+            format!(
+                "adaptive steps (rtol {}, atol {}, {:?} error estimate)",
+                args.rtol, args.atol, args.error_estimate
+            )
         } else {
             format!("dt {}", args.dt)
         },

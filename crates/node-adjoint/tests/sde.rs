@@ -8,7 +8,8 @@ use node_adjoint::{
     sdeint_adjoint, with_sde_params, ParamSdeField, SdeAdjointOptions, TensorParam,
 };
 use node_solvers::{
-    sdeint, Noise, SdeAdaptive, SdeMethod, SdeOptions, SolverError, VirtualBrownianTree,
+    sdeint, Noise, SdeAdaptive, SdeErrorEstimate, SdeMethod, SdeOptions, SolverError,
+    VirtualBrownianTree,
 };
 
 fn host(t: &Tensor) -> Result<Vec<f64>> {
@@ -148,6 +149,25 @@ fn adaptive_gradients(dev: &Device) -> Result<()> {
     }
     assert!(errs[1].0 < errs[0].0 / 10.0, "{errs:?}");
     assert!(errs[1].1 < errs[0].1 / 10.0, "{errs:?}");
+    // Heun's embedded Euler–Maruyama estimate, forwards and backwards.
+    let embedded = SdeOptions::default()
+        .method(SdeMethod::Heun)
+        .dt(0.01)
+        .adaptive(
+            SdeAdaptive::new(1e-4, 1e-4)
+                .dt_min(1e-7)
+                .estimate(SdeErrorEstimate::Embedded),
+        );
+    let (adj, stats) = gbm_gradients_by(&bm, &y0, &embedded, Some(&default))?;
+    let (f, b) = stats.map(|s| (s.forward(), s.backward())).expect("stats");
+    let e = rel(&adj, &exact);
+    eprintln!(
+        "embedded, tol 1e-4: adjoint off exact {e:.2e}; drift evaluations {} forwards, {} \
+         backwards",
+        f.drift_evals, b.drift_evals
+    );
+    assert_eq!(f.drift_evals, 2 * (f.steps + f.rejected_steps));
+    assert!(e < errs[0].0 / 5.0, "{e}");
     // Fixed steps forwards, adaptive ones backwards.
     let opts = SdeOptions::default()
         .method(SdeMethod::Heun)

@@ -18,8 +18,8 @@ mod common;
 use candle_core::{DType, Device, Result, Tensor};
 use common::{reps_arg, time};
 use node_solvers::{
-    sdeint, BrownianPath, SdeAdaptive, SdeField, SdeMethod, SdeOptions, SdeSolution,
-    VirtualBrownianTree,
+    sdeint, BrownianPath, SdeAdaptive, SdeErrorEstimate, SdeField, SdeMethod, SdeOptions,
+    SdeSolution, VirtualBrownianTree,
 };
 
 const N: usize = 1000;
@@ -55,8 +55,9 @@ fn header(title: &str) {
     println!("|---|---|---|---|---|---|");
 }
 
-/// Adaptive solves at each tolerance, then fixed steps with as many drift evaluations as
-/// the tightest adaptive solve.
+/// Adaptive solves at each tolerance (by step doubling, and for Heun and the midpoint
+/// method by their embedded estimate too), then fixed steps with as many drift evaluations
+/// as the tightest solve by step doubling.
 fn compare<F: SdeField>(
     sde: &F,
     method: SdeMethod,
@@ -66,14 +67,26 @@ fn compare<F: SdeField>(
     reps: usize,
 ) -> Result<()> {
     let mut evals = 0;
-    for tol in TOLS {
-        let opts = SdeOptions::default()
-            .method(method)
-            .dt(0.01)
-            .adaptive(SdeAdaptive::new(tol, tol).dt_min(1e-7));
-        let (secs, sol) = time(reps, || sdeint(sde, y0, &[0.0, 1.0], bm, &opts))?;
-        evals = sol.stats.drift_evals;
-        row(&format!("{method}, tol {tol:e}"), secs, &sol, exact)?;
+    let embedded = matches!(method, SdeMethod::Heun | SdeMethod::Midpoint);
+    let estimates: &[SdeErrorEstimate] = if embedded {
+        &[SdeErrorEstimate::StepDoubling, SdeErrorEstimate::Embedded]
+    } else {
+        &[SdeErrorEstimate::StepDoubling]
+    };
+    for &estimate in estimates {
+        for tol in TOLS {
+            let a = SdeAdaptive::new(tol, tol).dt_min(1e-7).estimate(estimate);
+            let opts = SdeOptions::default().method(method).dt(0.01).adaptive(a);
+            let (secs, sol) = time(reps, || sdeint(sde, y0, &[0.0, 1.0], bm, &opts))?;
+            if estimate == SdeErrorEstimate::StepDoubling {
+                evals = sol.stats.drift_evals;
+            }
+            let label = match estimate {
+                SdeErrorEstimate::StepDoubling => format!("{method}, tol {tol:e}"),
+                SdeErrorEstimate::Embedded => format!("{method}, embedded, tol {tol:e}"),
+            };
+            row(&label, secs, &sol, exact)?;
+        }
     }
     let per_step = match method {
         SdeMethod::Heun | SdeMethod::Midpoint => 2,

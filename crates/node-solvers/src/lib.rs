@@ -32,8 +32,8 @@ pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepS
 pub use reversible::{odeint_reversible, ReversibleTrace, DEFAULT_COUPLING};
 pub use sde::{
     sdeint, sdeint_increments, step_times, Calculus, Detached as DetachedSde, Noise,
-    ReversibleHeunState, SdeAdaptive, SdeField, SdeIncrement, SdeMethod, SdeOptions, SdeSolution,
-    SdeStats,
+    ReversibleHeunState, SdeAdaptive, SdeErrorEstimate, SdeField, SdeIncrement, SdeMethod,
+    SdeOptions, SdeSolution, SdeStats,
 };
 pub use solve::{odeint, Solution, SolverStats};
 pub use tableau::{ButcherTableau, Implicit, Interpolant};

@@ -339,6 +339,23 @@ pub struct SdeAdaptive {
     pub dt_min: f64,
     /// The largest step. Default: none.
     pub dt_max: f64,
+    /// How a step's error is estimated. Default: step doubling.
+    pub estimate: SdeErrorEstimate,
+}
+
+/// How an adaptive SDE solve estimates a step's error ([`SdeAdaptive::estimate`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SdeErrorEstimate {
+    /// The step taken whole and as two halves (torchsde's): any method, three steps'
+    /// evaluations per attempt, and the halves kept.
+    #[default]
+    StepDoubling,
+    /// The Euler–Maruyama step inside [`SdeMethod::Heun`] and [`SdeMethod::Midpoint`]
+    /// (diffrax's): no evaluation beyond the step's own, but it estimates the error of the
+    /// lower-order step, `O(h)` for multiplicative noise (`O(h^{3/2})` for additive noise),
+    /// so it asks for smaller steps than step doubling at the same tolerances. The
+    /// controller's exponent is then `−1`.
+    Embedded,
 }
 
 impl SdeAdaptive {
@@ -349,6 +366,7 @@ impl SdeAdaptive {
             atol,
             dt_min: 1e-5,
             dt_max: f64::INFINITY,
+            estimate: SdeErrorEstimate::StepDoubling,
         }
     }
     /// Sets the smallest step.
@@ -359,6 +377,11 @@ impl SdeAdaptive {
     /// Sets the largest step.
     pub fn dt_max(mut self, dt_max: f64) -> Self {
         self.dt_max = dt_max;
+        self
+    }
+    /// Sets how a step's error is estimated.
+    pub fn estimate(mut self, estimate: SdeErrorEstimate) -> Self {
+        self.estimate = estimate;
         self
     }
 
@@ -497,6 +520,16 @@ impl SdeOptions {
                      use heun or midpoint for adaptive steps"
                         .into(),
                 )
+                .into());
+            }
+            if a.estimate == SdeErrorEstimate::Embedded
+                && !matches!(self.method, SdeMethod::Heun | SdeMethod::Midpoint)
+            {
+                return Err(SolverError::InvalidOptions(format!(
+                    "an embedded error estimate needs heun or midpoint (the Euler–Maruyama \
+                     step inside them), got `{}`: use step doubling",
+                    self.method
+                ))
                 .into());
             }
             if self.dt < a.dt_min || self.dt > a.dt_max {
@@ -655,7 +688,7 @@ where
         let noise = ev.times(&(&sigma + &sigma1)?, dw)?.affine(0.5, 0.0)?;
         let y1 = ((y + drift)? + noise)?;
         carry = Some((y_hat1, mu1, sigma1));
-        Ok(y1)
+        Ok((y1, None))
     })?;
     let reversible = match carry {
         Some((y_hat, drift, diffusion)) => Some(ReversibleHeunState {
@@ -792,7 +825,7 @@ fn drive<B, S>(
 ) -> Result<(Tensor, Counts)>
 where
     B: BrownianPath + ?Sized,
-    S: FnMut(f64, f64, &Tensor, &Tensor) -> Result<Tensor>,
+    S: FnMut(f64, f64, &Tensor, &Tensor) -> Result<(Tensor, Option<Tensor>)>,
 {
     check_times(ts)?;
     if !y0.dtype().is_float() {
@@ -842,8 +875,9 @@ where
 /// The path's increment from the first time to the second, checked.
 type Increment<'a> = dyn Fn(f64, f64) -> Result<Tensor> + 'a;
 
-/// A step from `(t, y)` to `t1` with the increment `ΔW`.
-type Step<'a> = dyn FnMut(f64, f64, &Tensor, &Tensor) -> Result<Tensor> + 'a;
+/// A step from `(t, y)` to `t1` with the increment `ΔW`: the new state and, for the methods
+/// with one inside, the embedded Euler–Maruyama step's.
+type Step<'a> = dyn FnMut(f64, f64, &Tensor, &Tensor) -> Result<(Tensor, Option<Tensor>)> + 'a;
 
 /// Fixed steps: each interval cut into the fewest equal steps of at most `opts.dt`, all
 /// counted before the first is taken. Returns the outputs.
@@ -874,7 +908,7 @@ fn fixed_steps(
         let mut t = a;
         for k in 1..=n {
             let t1 = step_end(a, b, k, n);
-            y = step(t, t1, &y, &increment(t, t1)?)?;
+            y = step(t, t1, &y, &increment(t, t1)?)?.0;
             t = t1;
         }
         out.push(y.clone());
@@ -888,7 +922,7 @@ fn fixed_steps(
     ))
 }
 
-/// Adaptive steps by step doubling (see [`SdeAdaptive`]). Returns the outputs.
+/// Adaptive steps (see [`SdeAdaptive`]). Returns the outputs.
 fn adaptive_steps(
     y0: &Tensor,
     ts: &[f64],
@@ -897,12 +931,11 @@ fn adaptive_steps(
     increment: &Increment<'_>,
     step: &mut Step<'_>,
 ) -> Result<(Vec<Tensor>, Counts)> {
-    let control = Controller::integral(
-        opts.method.strong_order() + 0.5,
-        SDE_SAFETY,
-        SDE_MIN_FACTOR,
-        SDE_MAX_FACTOR,
-    );
+    let k_exp = match a.estimate {
+        SdeErrorEstimate::StepDoubling => opts.method.strong_order() + 0.5,
+        SdeErrorEstimate::Embedded => 1.0,
+    };
+    let control = Controller::integral(k_exp, SDE_SAFETY, SDE_MIN_FACTOR, SDE_MAX_FACTOR);
     let mut counts = Counts::default();
     let mut out = Vec::with_capacity(ts.len());
     out.push(y0.clone());
@@ -924,16 +957,30 @@ fn adaptive_steps(
             let left = (b - t).abs();
             let cut = h >= 0.99 * left;
             let (h_try, t1) = if cut { (left, b) } else { (h, t + dir * h) };
-            let tm = t + 0.5 * (t1 - t);
-            let (dw1, dw2) = (increment(t, tm)?, increment(tm, t1)?);
-            let whole = step(t, t1, &y, &(&dw1 + &dw2)?)?;
-            let mid = step(t, tm, &y, &dw1)?;
-            let halves = step(tm, t1, &mid, &dw2)?;
+            let (y1, lower) = match a.estimate {
+                SdeErrorEstimate::StepDoubling => {
+                    let tm = t + 0.5 * (t1 - t);
+                    let (dw1, dw2) = (increment(t, tm)?, increment(tm, t1)?);
+                    let whole = step(t, t1, &y, &(&dw1 + &dw2)?)?.0;
+                    let mid = step(t, tm, &y, &dw1)?.0;
+                    (step(tm, t1, &mid, &dw2)?.0, whole)
+                }
+                SdeErrorEstimate::Embedded => match step(t, t1, &y, &increment(t, t1)?)? {
+                    (y1, Some(lower)) => (y1, lower),
+                    (_, None) => {
+                        return Err(SolverError::InvalidOptions(format!(
+                            "`{}` has no embedded error estimate",
+                            opts.method
+                        ))
+                        .into())
+                    }
+                },
+            };
             counts.host_reads += 1;
-            let ratio = error_ratio(&whole, &halves, a)?;
+            let ratio = error_ratio(&lower, &y1, a)?;
             if ratio <= 1.0 {
                 counts.steps += 1;
-                y = halves;
+                y = y1;
                 t = t1;
                 // A step cut short at an output time does not shorten the next one.
                 let grown = h_try * control.grow(ratio, ratio);
@@ -951,15 +998,13 @@ fn adaptive_steps(
     Ok((out, counts))
 }
 
-/// The RMS of `(whole − halves) / (atol + rtol · max(|whole|, |halves|))`, read back to the
-/// host (NaN when either is not finite).
-fn error_ratio(whole: &Tensor, halves: &Tensor, a: &SdeAdaptive) -> Result<f64> {
-    let (whole, halves) = (whole.detach(), halves.detach());
-    let scale = whole
-        .abs()?
-        .maximum(&halves.abs()?)?
-        .affine(a.rtol, a.atol)?;
-    let ms = ((whole - halves)? / scale)?.sqr()?.mean_all()?;
+/// The RMS of `(lower − y1) / (atol + rtol · max(|lower|, |y1|))`, read back to the host
+/// (NaN when either is not finite): `lower` the whole step's result when steps are doubled,
+/// the embedded step's otherwise.
+fn error_ratio(lower: &Tensor, y1: &Tensor, a: &SdeAdaptive) -> Result<f64> {
+    let (lower, y1) = (lower.detach(), y1.detach());
+    let scale = lower.abs()?.maximum(&y1.abs()?)?.affine(a.rtol, a.atol)?;
+    let ms = ((lower - y1)? / scale)?.sqr()?.mean_all()?;
     Ok(read_to_host(&ms)?[0].sqrt())
 }
 
@@ -986,7 +1031,7 @@ fn step<F: SdeField + ?Sized>(
     t1: f64,
     y: &Tensor,
     dw: &Tensor,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<Tensor>)> {
     let h = t1 - t;
     match method {
         SdeMethod::ItoMilstein => {
@@ -1000,7 +1045,7 @@ fn step<F: SdeField + ?Sized>(
             let g_bar = ev.diffusion(t, &y_bar)?;
             let corr = dw.sqr()?.affine(1.0, -h.abs())?;
             let milstein = ((g_bar - &g)? * corr)?.affine(0.5 / sq, 0.0)?;
-            ((y + fh)? + (g * dw)?)? + milstein
+            Ok(((((y + fh)? + (g * dw)?)? + milstein)?, None))
         }
         SdeMethod::StratonovichMilstein => {
             let f = ev.drift(t, y)?;
@@ -1011,7 +1056,7 @@ fn step<F: SdeField + ?Sized>(
             let g_minus = ev.diffusion(t, &(y - g_sq)?)?;
             // (g(y + g√h) − g(y − g√h)) / (2√h) = g g' + O(h), then ½ g g' ΔW².
             let milstein = ((g_plus - g_minus)? * dw.sqr()?)?.affine(0.25 / sq, 0.0)?;
-            ((y + f.affine(h, 0.0)?)? + (g * dw)?)? + milstein
+            Ok(((((y + f.affine(h, 0.0)?)? + (g * dw)?)? + milstein)?, None))
         }
         SdeMethod::EulerMaruyama
         | SdeMethod::Heun
@@ -1030,26 +1075,28 @@ fn step<F: SdeField + ?Sized>(
 
 /// One step of a method that needs only the increment `D(t, y) = f(t, y) h + g(t, y) · ΔW`
 /// of the step: Euler–Maruyama `y + D(t, y)`; Heun `y + (D(t, y) + D(t₁, ỹ)) / 2` with
-/// `ỹ = y + D(t, y)`; the midpoint method `y + D(t + h/2, y + D(t, y)/2)`.
+/// `ỹ = y + D(t, y)`; the midpoint method `y + D(t + h/2, y + D(t, y)/2)`. Heun and the
+/// midpoint method also return the Euler–Maruyama step `y + D(t, y)` inside them.
 fn increment_step(
     method: SdeMethod,
     inc: &dyn Fn(f64, &Tensor) -> Result<Tensor>,
     t: f64,
     t1: f64,
     y: &Tensor,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<Tensor>)> {
     let d0 = inc(t, y)?;
     match method {
         SdeMethod::Heun => {
             let y_tilde = (y + &d0)?;
             let d1 = inc(t1, &y_tilde)?;
-            y + (d0 + d1)?.affine(0.5, 0.0)?
+            Ok(((y + (d0 + d1)?.affine(0.5, 0.0)?)?, Some(y_tilde)))
         }
         SdeMethod::Midpoint => {
             let y_mid = (y + d0.affine(0.5, 0.0)?)?;
-            y + inc(0.5 * (t + t1), &y_mid)?
+            let y1 = (y + inc(0.5 * (t + t1), &y_mid)?)?;
+            Ok((y1, Some((y + d0)?)))
         }
-        _ => y + d0,
+        _ => Ok(((y + d0)?, None)),
     }
 }
 

@@ -6,7 +6,8 @@ use super::{gbm, gbm_exact, mean_abs, solver_error, EVALS_PER_STEP, MU, SIGMA};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use node_solvers::{
-    sdeint, Calculus, SdeAdaptive, SdeMethod, SdeOptions, SolverError, VirtualBrownianTree,
+    sdeint, Calculus, SdeAdaptive, SdeErrorEstimate, SdeMethod, SdeOptions, SolverError,
+    VirtualBrownianTree,
 };
 use std::cell::RefCell;
 
@@ -293,6 +294,51 @@ fn errors() -> Result<()> {
     match solver_error(&e) {
         SolverError::NonFinite { t } => assert!((0.45..=0.5).contains(&t), "at {t}"),
         other => panic!("expected NonFinite, got {other}"),
+    }
+    Ok(())
+}
+
+/// The embedded Euler–Maruyama estimate of Heun and the midpoint method: one step's
+/// evaluations per attempt, convergence as the tolerances fall, and a refusal for the
+/// methods without one.
+#[test]
+fn embedded_estimate() -> Result<()> {
+    let dev = Device::Cpu;
+    let n = 200;
+    let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-7, n, 28, DType::F64, &dev)?;
+    let y0 = Tensor::ones(n, DType::F64, &dev)?;
+    let ts = [0.0, 0.5, 1.0];
+    let exact = gbm_exact(&y0, &bm.value(1.0)?, 1.0, Calculus::Stratonovich)?;
+    for method in [SdeMethod::Heun, SdeMethod::Midpoint] {
+        let mut errs = Vec::new();
+        for tol in [1e-2, 1e-3, 1e-4] {
+            let a = SdeAdaptive::new(tol, tol)
+                .dt_min(1e-7)
+                .estimate(SdeErrorEstimate::Embedded);
+            let opts = SdeOptions::default().method(method).dt(0.01).adaptive(a);
+            let sol = sdeint(&gbm(), &y0, &ts, &bm, &opts)?;
+            let s = sol.stats;
+            let attempts = s.steps + s.rejected_steps;
+            assert_eq!(s.drift_evals, 2 * attempts, "{method}");
+            assert_eq!(s.host_reads, attempts + 1, "{method}");
+            let err = mean_abs(&sol.last()?, &exact)?;
+            eprintln!(
+                "{method} embedded, tol {tol:e}: {} steps ({} rejected), {} drift evaluations, error {err:.2e}",
+                s.steps, s.rejected_steps, s.drift_evals
+            );
+            errs.push(err);
+        }
+        assert!(errs[2] < errs[0] / 5.0, "{method}: {errs:?}");
+    }
+    let a = SdeAdaptive::new(1e-3, 1e-3).estimate(SdeErrorEstimate::Embedded);
+    for method in [SdeMethod::EulerMaruyama, SdeMethod::ItoMilstein] {
+        let opts = SdeOptions::default().method(method).adaptive(a);
+        let e = sdeint(&gbm(), &y0, &ts, &bm, &opts).expect_err("no embedded estimate");
+        assert!(
+            matches!(solver_error(&e), SolverError::InvalidOptions(_)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("embedded"), "{e}");
     }
     Ok(())
 }
