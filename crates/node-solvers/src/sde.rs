@@ -310,14 +310,15 @@ impl FromStr for SdeMethod {
 /// Error control of an adaptive SDE solve ([`SdeOptions::adaptive`]), torchsde's
 /// `adaptive=True`.
 ///
-/// Each step is taken once whole and once as two halves along the same Brownian path (the
-/// path's value at the midpoint is asked for). Their difference, scaled elementwise by
-/// `atol + rtol · max(|y_whole|, |y_halves|)`, has an RMS over the whole state, the error
-/// ratio `ε`: the step is accepted when `ε ≤ 1`, keeping the two halves. The next step is
-/// `h · clamp(0.9 ε^(−1/(p + ½)), 0.2, 1.4)` (`p` the method's strong order: the step's
-/// local error is `O(h^(p + ½))`); after an accepted step it does not shrink, after a
-/// rejected one it does not grow. A step never crosses an output time: the one that would
-/// is cut to end there.
+/// By default ([`SdeErrorEstimate::StepDoubling`]) each step is taken once whole and once
+/// as two halves along the same Brownian path (the path's value at the midpoint is asked
+/// for). Their difference, scaled elementwise by `atol + rtol · max(|y_whole|, |y_halves|)`,
+/// has an RMS over the whole state, the error ratio `ε`: the step is accepted when `ε ≤ 1`,
+/// keeping the two halves. The next step is `h · clamp(0.9 ε^(−1/(p + ½)), 0.2, 1.4)` (`p`
+/// the method's strong order: the step's local error is `O(h^(p + ½))`); after an accepted
+/// step it does not shrink, after a rejected one it does not grow. A step never crosses an
+/// output time: the one that would is cut to end there. [`SdeErrorEstimate::Embedded`]
+/// compares the step with the Euler–Maruyama step inside it instead.
 ///
 /// Rejecting a step and retrying it along the same path does not bias the solution when
 /// the path is a Brownian bridge queried at any time, as [`crate::VirtualBrownianTree`] is
@@ -325,9 +326,9 @@ impl FromStr for SdeMethod {
 /// tolerances fall. Keep `dt_min` at or above the tree's tolerance, below which its
 /// increments are no longer independent.
 ///
-/// One state for the whole tensor: a batch of paths steps together, at the pace of its
-/// roughest path. Each attempt costs three steps' evaluations and one read of the error
-/// ratio back to the host.
+/// One step size for the whole tensor: a batch of paths steps together, at the pace of its
+/// roughest path. Each attempt costs three steps' evaluations by step doubling, one step's
+/// with the embedded estimate, and one read of the error ratio back to the host.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SdeAdaptive {
     /// Relative tolerance.
@@ -354,7 +355,9 @@ pub enum SdeErrorEstimate {
     /// (diffrax's): no evaluation beyond the step's own, but it estimates the error of the
     /// lower-order step, `O(h)` for multiplicative noise (`O(h^{3/2})` for additive noise),
     /// so it asks for smaller steps than step doubling at the same tolerances. The
-    /// controller's exponent is then `−1`.
+    /// controller's exponent is then `−1`. Heun's estimate sees only the step's two ends:
+    /// noise that is large only between them goes unseen, so bound `dt_max` below the
+    /// narrowest such feature.
     Embedded,
 }
 
