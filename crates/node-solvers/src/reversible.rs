@@ -51,7 +51,7 @@ use crate::options::{SolveOptions, StepSize};
 use crate::rk::{lincomb, Evaluator};
 use crate::solve::{
     check_state, check_times, error_scale, first_non_finite, fixed_grid, initial_step, interpolate,
-    needs_f1, prepare_atol, scaled_norm_sq, shrink, Controller, Solution, SolverStats, Stops,
+    needs_f1, prepare_atol, scaled_norm_sq, Controller, Solution, SolverStats, Stops,
 };
 use crate::tableau::ButcherTableau;
 use candle_core::{Result, Tensor};
@@ -593,18 +593,9 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
                 fz = self.ev.eval(self.stops.start(t), &z)?;
             } else {
                 self.stats.rejected_steps += 1;
-                let non_finite = !ratio.is_finite();
-                let factor = control.cut(ratio);
-                h_abs = shrink(
-                    t,
-                    dir,
-                    h_try,
-                    factor,
-                    at_min_step,
-                    non_finite,
-                    opts.min_step,
-                )?
-                .min(opts.max_step);
+                h_abs = control
+                    .retry(t, dir, h_try, ratio, at_min_step, opts.min_step)?
+                    .min(opts.max_step);
             }
         }
         Ok((y, z, h_abs))

@@ -15,7 +15,7 @@
 use crate::brownian::BrownianPath;
 use crate::error::SolverError;
 use crate::rk::read_to_host;
-use crate::solve::{check_times, finite_rows, shrink, steps_over, Controller};
+use crate::solve::{check_times, finite_rows, steps_over, Controller};
 use candle_core::{Result, Shape, Tensor};
 use std::cell::Cell;
 use std::fmt;
@@ -1017,9 +1017,7 @@ fn adaptive_steps(
                 h = if cut { grown.max(h) } else { grown };
             } else {
                 counts.rejected += 1;
-                let factor = control.cut(ratio);
-                let at_min = h_try <= a.dt_min;
-                h = shrink(t, dir, h_try, factor, at_min, !ratio.is_finite(), a.dt_min)?;
+                h = control.retry(t, dir, h_try, ratio, h_try <= a.dt_min, a.dt_min)?;
             }
             h = h.min(a.dt_max);
         }

@@ -647,17 +647,7 @@ fn adaptive<F: VectorField + ?Sized>(
             prev_ratio = ratio.max(1e-4);
         } else {
             stats.rejected_steps += 1;
-            let non_finite = !ratio.is_finite();
-            let factor = control.cut(ratio);
-            h_abs = shrink(
-                t,
-                dir,
-                h_try,
-                factor,
-                at_min_step,
-                non_finite,
-                opts.min_step,
-            )?;
+            h_abs = control.retry(t, dir, h_try, ratio, at_min_step, opts.min_step)?;
         }
         h_abs = h_abs.min(opts.max_step);
     }
@@ -725,6 +715,29 @@ impl Controller {
         } else {
             self.min_factor
         }
+    }
+
+    /// The step after one of `h_try` at `t` rejected with error ratio `ratio`: [`shrink`]
+    /// by [`Controller::cut`], an error when the step was already `min_step` or less.
+    pub(crate) fn retry(
+        &self,
+        t: f64,
+        dir: f64,
+        h_try: f64,
+        ratio: f64,
+        at_min_step: bool,
+        min_step: f64,
+    ) -> Result<f64> {
+        let factor = self.cut(ratio);
+        shrink(
+            t,
+            dir,
+            h_try,
+            factor,
+            at_min_step,
+            !ratio.is_finite(),
+            min_step,
+        )
     }
 }
 
