@@ -137,7 +137,14 @@ pub enum Activation {
     /// with it is only Lipschitz, which slows an adaptive solver's convergence and that of
     /// gradient checks by finite differences.
     Relu,
+    /// LipSwish, `0.909 · x · σ(x)` (Chen et al. 2019, *Residual Flows*): SiLU scaled to
+    /// Lipschitz constant 1, smooth. The SDE-GAN's activation ([`crate::sde_gan`]), where it
+    /// helps bound the discriminator's Lipschitz constant.
+    LipSwish,
 }
+
+/// LipSwish's scale: `1 / max |d(x σ(x))/dx| ≈ 1 / 1.0998`.
+const LIPSWISH: f64 = 0.909;
 
 impl Activation {
     /// The activation of `a`.
@@ -149,6 +156,7 @@ impl Activation {
             Activation::Tanh => node_kernels::tanh(a),
             Activation::Softplus => node_kernels::softplus(a),
             Activation::Relu => node_kernels::relu(a),
+            Activation::LipSwish => (a * node_kernels::sigmoid(a)?)?.affine(LIPSWISH, 0.0),
         }
     }
 
@@ -162,6 +170,13 @@ impl Activation {
             }
             Activation::Softplus => Ok((node_kernels::softplus(a)?, node_kernels::sigmoid(a)?)),
             Activation::Relu => Ok((node_kernels::relu(a)?, a.gt(0.0)?.to_dtype(a.dtype())?)),
+            Activation::LipSwish => {
+                // d(xσ)/dx = σ + xσ(1 − σ) = σ(1 + x(1 − σ)).
+                let s = node_kernels::sigmoid(a)?;
+                let value = (a * &s)?.affine(LIPSWISH, 0.0)?;
+                let slope = (&s * (a * s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
+                Ok((value, slope.affine(LIPSWISH, 0.0)?))
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod mnist_models;
 pub mod optim;
 pub mod rng;
 pub mod rnn;
+pub mod sde_gan;
 pub mod toy;
 
 pub use cde::{ControlPath, Interpolation, NeuralCde, NeuralCdeConfig};
@@ -29,3 +30,4 @@ pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
 pub use optim::{Adam, AdamConfig, PiecewiseSchedule, SgdConfig, SgdMomentum};
 pub use rng::Rng;
 pub use rnn::{Rnn, RnnConfig};
+pub use sde_gan::{SdeGan, SdeGanConfig};

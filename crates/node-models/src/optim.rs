@@ -139,6 +139,8 @@ pub struct Adam {
     moments: [Vec<Option<Tensor>>; 2],
     steps: u64,
     config: AdamConfig,
+    /// A factor on the learning rate per variable (PyTorch's parameter groups), or none.
+    lr_scales: Option<Vec<f64>>,
 }
 
 impl Adam {
@@ -163,6 +165,35 @@ impl Adam {
         }
         self.moments = moments;
         self.steps = steps;
+        Ok(())
+    }
+
+    /// Sets the L2 weight decay λ.
+    pub fn set_weight_decay(&mut self, weight_decay: f64) {
+        self.config.weight_decay = weight_decay;
+    }
+
+    /// Scales the learning rate of each variable (in the order given to `new`) by its
+    /// factor, as PyTorch's parameter groups with their own `lr` do: two networks trained
+    /// together at different rates (a GAN's generator and discriminator). The factors
+    /// multiply whatever [`Optimizer::set_learning_rate`] sets. They are settings, not
+    /// state: a checkpoint does not hold them.
+    ///
+    /// # Errors
+    /// A number of factors other than the number of variables, or a factor that is negative
+    /// or not finite.
+    pub fn set_lr_scales(&mut self, scales: Vec<f64>) -> Result<()> {
+        if scales.len() != self.vars.len() {
+            candle_core::bail!(
+                "Adam: {} learning-rate factors for {} variables",
+                scales.len(),
+                self.vars.len()
+            );
+        }
+        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s >= 0.0)) {
+            candle_core::bail!("Adam: a learning-rate factor must be finite and ≥ 0, got {s}");
+        }
+        self.lr_scales = Some(scales);
         Ok(())
     }
 }
@@ -199,6 +230,7 @@ impl Optimizer for Adam {
             moments: [vec![None; n], vec![None; n]],
             steps: 0,
             config,
+            lr_scales: None,
         })
     }
 
@@ -215,8 +247,15 @@ impl Optimizer for Adam {
         let step_size = lr / (1.0 - beta1.powf(t));
         let root_bc2 = (1.0 - beta2.powf(t)).sqrt();
         let [ms, vs] = &mut self.moments;
-        for ((var, m), v) in self.vars.iter().zip(ms.iter_mut()).zip(vs.iter_mut()) {
+        for (i, ((var, m), v)) in self
+            .vars
+            .iter()
+            .zip(ms.iter_mut())
+            .zip(vs.iter_mut())
+            .enumerate()
+        {
             let Some(g) = grads.get(var) else { continue };
+            let step_size = step_size * self.lr_scales.as_ref().map_or(1.0, |s| s[i]);
             let p = var.as_tensor();
             let g = if weight_decay == 0.0 {
                 g.clone()
@@ -331,6 +370,29 @@ mod tests {
             assert!((got - want).abs() < 1e-12, "{got} vs {want}");
         }
         assert_eq!(opt.steps(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn adam_lr_scales_act_per_variable() -> Result<()> {
+        // Adam's first step moves every weight by lr, here times each variable's factor.
+        let a = Var::new(&[1.0f64], &Device::Cpu)?;
+        let b = Var::new(&[1.0f64], &Device::Cpu)?;
+        let cfg = AdamConfig {
+            lr: 0.1,
+            ..Default::default()
+        };
+        let mut opt = Adam::new(vec![a.clone(), b.clone()], cfg)?;
+        opt.set_lr_scales(vec![1.0, 0.2])?;
+        let loss = (a.as_tensor().sqr()? + b.as_tensor().sqr()?)?.sum_all()?;
+        opt.backward_step(&loss)?;
+        for (v, moved) in [(&a, 0.1), (&b, 0.02)] {
+            let got = v.to_vec1::<f64>()?[0];
+            assert!((got - (1.0 - moved)).abs() < 1e-8, "{got}");
+        }
+        assert!(opt.set_lr_scales(vec![1.0]).is_err());
+        assert!(opt.set_lr_scales(vec![1.0, -1.0]).is_err());
+        assert!(opt.set_lr_scales(vec![1.0, f64::NAN]).is_err());
         Ok(())
     }
 

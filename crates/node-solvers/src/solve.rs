@@ -408,11 +408,13 @@ pub(crate) fn initial_step<F: VectorField + ?Sized>(
 }
 
 /// The dense output of an accepted step `t → t1` at `tn` (`y1` itself at `t1`); computes
-/// `f(t1, y1)` only if the interpolant needs it, keeping it in `f1` for reuse.
+/// `f(t1, y1)` only if the interpolant needs it, keeping it in `f1` for reuse. `stops`
+/// says where: just before `t1` when a jump is there.
 #[allow(clippy::too_many_arguments)]
 fn dense_at<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     tab: &ButcherTableau,
+    stops: &Stops,
     t: f64,
     t1: f64,
     y: &Tensor,
@@ -421,7 +423,7 @@ fn dense_at<F: VectorField + ?Sized>(
     tn: f64,
 ) -> Result<Tensor> {
     if tn != t && tn != t1 && needs_f1(tab) && f1.is_none() {
-        *f1 = Some(ev.eval(t1, &step.y1)?);
+        *f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
     }
     interpolate(tab, t, t1, y, &step.k, &step.y1, f1.as_ref(), tn)
 }
@@ -473,6 +475,7 @@ pub(crate) fn interpolate(
 fn emit_outputs<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     tab: &ButcherTableau,
+    stops: &Stops,
     t: f64,
     t1: f64,
     y: &Tensor,
@@ -484,15 +487,16 @@ fn emit_outputs<F: VectorField + ?Sized>(
     out: &mut Vec<Tensor>,
 ) -> Result<()> {
     while *next < ts.len() && (ts[*next] - t1) * dir <= 0.0 {
-        out.push(dense_at(ev, tab, t, t1, y, step, f1, ts[*next])?);
+        out.push(dense_at(ev, tab, stops, t, t1, y, step, f1, ts[*next])?);
         *next += 1;
     }
     Ok(())
 }
 
 /// An accepted step's `f1 = f(t1, y1)` where it is known or needed now: the last stage of
-/// an FSAL method; otherwise evaluated when the step ends at a jump (its dense output wants f
-/// from before the jump) or the recorder asks for it. Reports the step to the recorder.
+/// an FSAL method; otherwise evaluated only when the recorder asks for it (the dense output
+/// evaluates it when an output or event falls inside the step, [`dense_at`]). Reports the
+/// step to the recorder.
 #[allow(clippy::too_many_arguments)]
 fn accept<'r, F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
@@ -505,7 +509,7 @@ fn accept<'r, F: VectorField + ?Sized>(
     trace: Option<&mut (dyn Recorder + 'r)>,
 ) -> Result<Option<Tensor>> {
     let mut f1 = tab.is_fsal().then(|| step.k[tab.stages() - 1].clone());
-    let wanted = stops.is_jump(t1) || trace.as_ref().is_some_and(|tr| tr.needs_f1());
+    let wanted = trace.as_ref().is_some_and(|tr| tr.needs_f1());
     if wanted && f1.is_none() {
         f1 = Some(ev.eval(stops.end(t1), &step.y1)?);
     }
@@ -623,12 +627,14 @@ fn adaptive<F: VectorField + ?Sized>(
             let at_jump = stops.is_jump(t1);
             let mut f1 = accept(ev, tab, &stops, t, t1, &y, &step, trace.as_deref_mut())?;
             if let Some(w) = watch.as_deref_mut() {
-                let mut dense = |tn| dense_at(ev, tab, t, t1, &y, &step, &mut f1, tn);
+                let mut dense = |tn| dense_at(ev, tab, &stops, t, t1, &y, &step, &mut f1, tn);
                 if w.accepted(t, t1, &y, &g1, &mut dense, &|x| ev.read(x))? {
                     return Ok((stats, h_try));
                 }
             }
-            emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
+            emit_outputs(
+                ev, tab, &stops, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out,
+            )?;
             t = t1;
             if next < ts.len() {
                 f0 = match f1 {
@@ -817,7 +823,7 @@ fn fixed<F: VectorField + ?Sized>(
         let mut f1 = accept(ev, tab, &stops, t, t1, &y, &step, trace.as_deref_mut())?;
         if let Some(w) = watch.as_deref_mut() {
             let g1 = ev.read(&w.values(t1, &step.y1)?)?;
-            let mut dense = |tn| dense_at(ev, tab, t, t1, &y, &step, &mut f1, tn);
+            let mut dense = |tn| dense_at(ev, tab, &stops, t, t1, &y, &step, &mut f1, tn);
             if w.accepted(t, t1, &y, &g1, &mut dense, &|x| ev.read(x))? {
                 let stats = SolverStats {
                     accepted_steps: i,
@@ -826,7 +832,9 @@ fn fixed<F: VectorField + ?Sized>(
                 return Ok((stats, (t1 - t).abs()));
             }
         }
-        emit_outputs(ev, tab, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out)?;
+        emit_outputs(
+            ev, tab, &stops, t, t1, &y, &step, &mut f1, ts, dir, &mut next, out,
+        )?;
         t = t1;
         if i < n {
             f0 = match f1 {

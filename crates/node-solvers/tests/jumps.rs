@@ -152,6 +152,23 @@ fn fixed_grids_through_a_jump(dev: &Device) -> Result<()> {
         order_blind < 1.3,
         "without: order {order_blind:.2} ({errs:?})"
     );
+    // Four evaluations per step, those at the jump on the side of the step. The step that
+    // ends at the jump evaluates the field there from before it only when its dense output
+    // needs it: for an output inside the step.
+    let base = SolveOptions::default()
+        .method(Method::Rk4)
+        .step_grid(grid(20))
+        .jump_ts([1.0]);
+    let just_before = |seen: &[f64]| seen.iter().filter(|&&t| t < 1.0 && t > 1.0 - 1e-12).count();
+    let (_, _, seen) = solve_switch(&[0.0, 2.0], &base, dev)?;
+    assert_eq!(seen.len(), 4 * 20);
+    // RK4's last stage.
+    assert_eq!(just_before(&seen), 1, "{seen:?}");
+    let (err, _, seen) = solve_switch(&[0.0, 0.95, 2.0], &base, dev)?;
+    assert_eq!(seen.len(), 4 * 20 + 1);
+    // The last stage and the dense output's end.
+    assert_eq!(just_before(&seen), 2, "{seen:?}");
+    assert!(err[1] < 1e-6, "{err:?}");
     Ok(())
 }
 
