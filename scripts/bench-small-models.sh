@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the training-step benchmarks of the CNF, FFJORD, the latent ODE, the neural CDE and the
-# latent SDE, and torchdiffeq's, torchcde's and torchsde's (scripts/bench-cnf-torch.py,
-# bench-ffjord-torch.py, bench-latent-ode-torch.py, bench-cde-torch.py,
-# bench-latent-sde-torch.py: the same models, data and settings from their own
-# initialisation), alternately on this machine's CPU.
+# Runs the training-step benchmarks of the CNF, FFJORD, the latent ODE, the neural CDE, the
+# latent SDE and the SDE-GAN, and torchdiffeq's, torchcde's and torchsde's
+# (scripts/bench-cnf-torch.py, bench-ffjord-torch.py, bench-latent-ode-torch.py,
+# bench-cde-torch.py, bench-latent-sde-torch.py, bench-sde-gan-torch.py: the same models, data
+# and settings from their own initialisation), alternately on this machine's CPU.
 #   usage: scripts/bench-small-models.sh [ROUNDS]   (default 2)
 #   env:   PEER_PYTHON a Python with torch + torchdiffeq (default: python3; without one the
 #                      torchdiffeq tables are left out; without torchcde or torchsde,
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 py=${PEER_PYTHON:-python3}
 rounds=${1:-2}
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)  (compare only on an idle machine)"
-cargo bench -q -p node-models --bench cnf --bench ffjord --bench latent_ode --bench cde --bench latent_sde --no-run 2>/dev/null
+cargo bench -q -p node-models --bench cnf --bench ffjord --bench latent_ode --bench cde --bench latent_sde --bench sde_gan --no-run 2>/dev/null
 peer=0
 if "$py" -c "import torch, torchdiffeq" 2>/dev/null; then
   peer=1
@@ -27,6 +27,7 @@ for r in $(seq "$rounds"); do
   cargo bench -q -p node-models --bench latent_ode 2>/dev/null
   cargo bench -q -p node-models --bench cde 2>/dev/null
   cargo bench -q -p node-models --bench latent_sde 2>/dev/null
+  cargo bench -q -p node-models --bench sde_gan 2>/dev/null
   if [ "$peer" = 1 ]; then
     echo; echo "== round $r: torchdiffeq"
     "$py" scripts/bench-cnf-torch.py cpu 5
@@ -39,6 +40,9 @@ for r in $(seq "$rounds"); do
     fi
     if "$py" -c "import torchsde" 2>/dev/null; then
       "$py" scripts/bench-latent-sde-torch.py cpu 5
+      if "$py" -c "import torchcde" 2>/dev/null; then
+        "$py" scripts/bench-sde-gan-torch.py cpu 5
+      fi
     else
       echo "torchsde is not installed: its table is left out"
     fi

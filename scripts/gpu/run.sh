@@ -231,6 +231,14 @@ step_bench() {
         echo "torchsde is not installed: its table is left out"
       fi; } 2>&1 | tee -a "$log" >> "$summary"
   fi
+  if gan=$(exe bench sde_gan); then
+    { echo; "$gan" --device cuda --reps 5; echo
+      if "$py" -c "import torchsde, torchcde" 2>/dev/null; then
+        "$py" scripts/bench-sde-gan-torch.py cuda 5
+      else
+        echo "torchsde or torchcde is not installed: its table is left out"
+      fi; } 2>&1 | tee -a "$log" >> "$summary"
+  fi
   say ""
   say "bench: $(elapsed "$t0")"
 }

@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod alloc;
+pub mod bmv;
 pub mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -17,6 +18,7 @@ mod util;
 
 pub use activation::{elu, exp, relu, sigmoid, softplus, tanh};
 pub use alloc::{keep_freed_memory, skip_unused_cuda_events};
+pub use bmv::batched_matvec;
 pub use conv::{conv2d, conv2d_bias, conv2d_time};
 pub use cuda_graph::GraphStep;
 pub use group_norm::{group_norm, group_norm_relu};

@@ -527,7 +527,7 @@ impl<G: CdeVectorField> VectorField for Controlled<G> {
             );
         }
         let dx = self.path.derivative(t)?;
-        f.broadcast_mul(&dx.unsqueeze(1)?)?.sum(2)
+        node_kernels::batched_matvec(&f, &dx)
     }
 }
 
