@@ -214,7 +214,6 @@ fn main() -> Result<ExitCode> {
         .collect();
     run.opt.set_lr_scales(scales)?;
     run.opt.set_weight_decay(args.weight_decay);
-    let generator_vars = gan.generator_vars()?;
     println!(
         "SDE-GAN ({} parameters, averaged copies included) on {dev:?}; {} OU paths of {} times ({:.0}% filled in), batch {}, generator gradient by {:?}; iterations {}..{}",
         run.n_params,
@@ -247,11 +246,7 @@ fn main() -> Result<ExitCode> {
         let loss = (&fake_score - &real_score)?;
         let mut grads = loss.backward()?;
         // The discriminator descends the loss, the generator ascends it.
-        for var in &generator_vars {
-            if let Some(g) = grads.remove(var.as_tensor()) {
-                grads.insert(var.as_tensor(), g.neg()?);
-            }
-        }
+        gan.flip_generator_grads(&mut grads)?;
         run.opt.step(&grads)?;
         gan.discriminator().clip_weights()?;
         if it >= args.swa_start {

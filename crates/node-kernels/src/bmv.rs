@@ -58,13 +58,14 @@ struct BatchedMatvec {
 
 /// `out[b·H + h] = Σ_c m[(b·H + h)·C + c] · v[b·C + c]` for `rows = H`, `cols = C`.
 fn forward<T: candle_core::WithDType>(m: &[T], v: &[T], rows: usize, cols: usize) -> Vec<T> {
-    m.chunks(cols)
-        .enumerate()
-        .map(|(row, mi)| {
-            let vi = &v[(row / rows) * cols..][..cols];
-            mi.iter().zip(vi).fold(T::zero(), |s, (a, x)| s + *a * *x)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(m.len() / cols.max(1));
+    for (mb, vb) in m.chunks((rows * cols).max(1)).zip(v.chunks(cols.max(1))) {
+        out.extend(
+            mb.chunks(cols.max(1))
+                .map(|mi| mi.iter().zip(vb).fold(T::zero(), |s, (a, x)| s + *a * *x)),
+        );
+    }
+    out
 }
 
 /// `(m, v, g)` → `[dm (B·H·C), dv (B·C)]` flat: `dm[b, h, c] = g[b, h] · v[b, c]` and
@@ -73,9 +74,14 @@ fn backward<T: candle_core::WithDType>(m: &[T], v: &[T], g: &[T], rows: usize, c
     let b = g.len() / rows.max(1);
     let mut out = vec![T::zero(); m.len() + v.len()];
     let (dm, rest) = out.split_at_mut(m.len());
-    for (row, (gi, dmi)) in g.iter().zip(dm.chunks_mut(c.max(1))).enumerate() {
-        let vi = &v[(row / rows) * c..][..c];
-        dmi.iter_mut().zip(vi).for_each(|(d, x)| *d = *gi * *x);
+    for ((dmb, gb), vb) in dm
+        .chunks_mut((rows * c).max(1))
+        .zip(g.chunks(rows.max(1)))
+        .zip(v.chunks(c.max(1)))
+    {
+        for (dmi, gi) in dmb.chunks_mut(c.max(1)).zip(gb) {
+            dmi.iter_mut().zip(vb).for_each(|(d, x)| *d = *gi * *x);
+        }
     }
     for (bi, dv) in rest.chunks_mut(c.max(1)).enumerate().take(b) {
         for h in 0..rows {

@@ -53,7 +53,6 @@ fn main() -> Result<()> {
                     ..AdamConfig::default()
                 },
             )?;
-            let generator = gan.generator_vars()?;
             let (mut times, mut nfe, mut loss) = (vec![], (0, 0), 0.0);
             for i in 0..=reps {
                 let start = Instant::now();
@@ -68,11 +67,7 @@ fn main() -> Result<()> {
                 let (r, _) = d.scores(&real, &ts, &Gradient::Backprop)?;
                 let l = (f.mean_all()? - r.mean_all()?)?;
                 let mut grads = l.backward()?;
-                for var in &generator {
-                    if let Some(g) = grads.remove(var.as_tensor()) {
-                        grads.insert(var.as_tensor(), g.neg()?);
-                    }
-                }
+                gan.flip_generator_grads(&mut grads)?;
                 opt.step(&grads)?;
                 d.clip_weights()?;
                 loss = l.to_scalar::<f32>()?;

@@ -569,6 +569,21 @@ impl SdeGan {
         .concat())
     }
 
+    /// Turns the gradients of the loss `D(generated) − D(real)` into the GAN's: the
+    /// generator's are negated, so that one optimizer step descends the loss for the
+    /// discriminator and ascends it for the generator (torchsde's example does the same).
+    ///
+    /// # Errors
+    /// Candle errors.
+    pub fn flip_generator_grads(&self, grads: &mut candle_core::backprop::GradStore) -> Result<()> {
+        for var in self.generator_vars()? {
+            if let Some(g) = grads.remove(var.as_tensor()) {
+                grads.insert(var.as_tensor(), g.neg()?);
+            }
+        }
+        Ok(())
+    }
+
     /// The discriminator's variables: `ξ`, the CDE's field, the readout.
     ///
     /// # Errors

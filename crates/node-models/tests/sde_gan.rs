@@ -189,6 +189,36 @@ fn clipping_and_averaging() -> Result<()> {
 }
 
 #[test]
+fn flipping_negates_the_generator_only() -> Result<()> {
+    let dev = Device::Cpu;
+    let (g, _) = gan(small(), DType::F64, &dev)?;
+    let ts = [0.0, 1.0, 2.0];
+    let v = Rng::new(3).normal_tensor(&[3, 3], 0.0, 1.0, DType::F64, &dev)?;
+    let (_, data) = ou_dataset(3, 3, 0.0, 4, DType::F64, &dev)?;
+    let loss = gan_loss(
+        &g,
+        &ts,
+        &v,
+        &data,
+        &SdeGradient::Backprop,
+        &Gradient::Backprop,
+    )?;
+    let before = loss.backward()?;
+    let mut after = loss.backward()?;
+    g.flip_generator_grads(&mut after)?;
+    for (vars, sign) in [(g.generator_vars()?, -1.0), (g.discriminator_vars()?, 1.0)] {
+        for var in vars {
+            let (a, b) = (
+                host(after.get(&var).unwrap())?,
+                host(before.get(&var).unwrap())?,
+            );
+            assert!(a.iter().zip(&b).all(|(x, y)| *x == sign * y));
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn ou_data_has_the_process_moments() -> Result<()> {
     // dy = (μt − θy) dt + σ(t) dW, σ(t) = 0.4·2t/T, y(0) ~ U(−1, 1): the mean solves
     // m' = μt − θm, m(0) = 0, and the variance v' = −2θv + σ(t)², v(0) = 1/3. Normalised by
