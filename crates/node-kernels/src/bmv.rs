@@ -71,23 +71,19 @@ fn forward<T: candle_core::WithDType>(m: &[T], v: &[T], rows: usize, cols: usize
 /// `(m, v, g)` → `[dm (B·H·C), dv (B·C)]` flat: `dm[b, h, c] = g[b, h] · v[b, c]` and
 /// `dv[b, c] = Σ_h g[b, h] · m[b, h, c]`.
 fn backward<T: candle_core::WithDType>(m: &[T], v: &[T], g: &[T], rows: usize, c: usize) -> Vec<T> {
-    let b = g.len() / rows.max(1);
     let mut out = vec![T::zero(); m.len() + v.len()];
-    let (dm, rest) = out.split_at_mut(m.len());
-    for ((dmb, gb), vb) in dm
-        .chunks_mut((rows * c).max(1))
+    let (dm, dv) = out.split_at_mut(m.len());
+    let (hc, c1) = ((rows * c).max(1), c.max(1));
+    let per_sample = dm
+        .chunks_mut(hc)
+        .zip(dv.chunks_mut(c1))
+        .zip(m.chunks(hc))
         .zip(g.chunks(rows.max(1)))
-        .zip(v.chunks(c.max(1)))
-    {
-        for (dmi, gi) in dmb.chunks_mut(c.max(1)).zip(gb) {
+        .zip(v.chunks(c1));
+    for ((((dmb, dvb), mb), gb), vb) in per_sample {
+        for ((dmi, mi), gi) in dmb.chunks_mut(c1).zip(mb.chunks(c1)).zip(gb) {
             dmi.iter_mut().zip(vb).for_each(|(d, x)| *d = *gi * *x);
-        }
-    }
-    for (bi, dv) in rest.chunks_mut(c.max(1)).enumerate().take(b) {
-        for h in 0..rows {
-            let gi = g[bi * rows + h];
-            let mi = &m[(bi * rows + h) * c..][..c];
-            dv.iter_mut().zip(mi).for_each(|(d, a)| *d += gi * *a);
+            dvb.iter_mut().zip(mi).for_each(|(d, a)| *d += *gi * *a);
         }
     }
     out
