@@ -20,7 +20,7 @@
 //! order the observations, and may be `0, 1, …`). Missing values (NaN) are filled first by
 //! [`fill_missing`].
 
-use crate::layers::{linear, vars_of, Activation, BlockStats, Gradient, Linear};
+use crate::layers::{linear, Activation, BlockStats, Gradient, Linear, Mlp};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -608,8 +608,7 @@ pub fn cdeint<G: CdeVectorField>(
 /// `[B, H, C]`. Autonomous: `t` enters through the path's time channel.
 #[derive(Clone, Debug)]
 pub struct CdeMlp {
-    layers: Vec<Linear>,
-    activation: Activation,
+    mlp: Mlp,
     hidden: usize,
     channels: usize,
     params: Vec<Var>,
@@ -635,18 +634,18 @@ impl CdeMlp {
                  {channels}, {width}"
             );
         }
-        let mut dims = vec![hidden];
-        dims.extend(std::iter::repeat_n(width, depth));
-        dims.push(hidden * channels);
-        let layers = dims
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| linear(w[0], w[1], vb.pp(format!("layer{i}"))))
-            .collect::<Result<Vec<_>>>()?;
-        let params = vars_of(&layers.iter().collect::<Vec<_>>())?;
-        Ok(Self {
-            layers,
+        let mlp = Mlp::new(
+            hidden,
+            hidden * channels,
+            width,
+            depth,
             activation,
+            true,
+            vb,
+        )?;
+        let params = mlp.vars()?;
+        Ok(Self {
+            mlp,
             hidden,
             channels,
             params,
@@ -656,17 +655,9 @@ impl CdeMlp {
 
 impl CdeVectorField for CdeMlp {
     fn eval(&self, _t: f64, z: &Tensor) -> Result<Tensor> {
-        let last = self.layers.len() - 1;
-        let mut h = z.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            h = if i < last {
-                self.activation.apply(&h)?
-            } else {
-                node_kernels::tanh(&h)?
-            };
-        }
-        h.reshape((z.dim(0)?, self.hidden, self.channels))
+        self.mlp
+            .forward(z)?
+            .reshape((z.dim(0)?, self.hidden, self.channels))
     }
 
     fn params(&self) -> Vec<Var> {

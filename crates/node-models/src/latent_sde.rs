@@ -14,10 +14,10 @@
 use crate::layers::{linear, vars_of, Linear};
 use candle_core::{DType, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
-use node_adjoint::{sdeint_adjoint, ParamSdeField, SdeAdjointOptions};
+use node_adjoint::{sdeint_adjoint, ParamSdeField, SdeAdjointOptions, SdeAdjointStats};
 use node_solvers::{
-    sdeint, DetachedSde, Noise, SdeAdaptive, SdeField, SdeMethod, SdeOptions, SdeStats,
-    SolverError, VirtualBrownianTree,
+    sdeint, BrownianPath, DetachedSde, Noise, SdeAdaptive, SdeField, SdeMethod, SdeOptions,
+    SdeStats, SolverError, VirtualBrownianTree,
 };
 
 /// The latent SDE's settings. The defaults are torchsde's example's.
@@ -65,6 +65,39 @@ pub enum SdeGradient {
     /// The stochastic adjoint ([`node_adjoint::sdeint_adjoint`]): memory independent of the
     /// steps, the gradient up to the reverse solve's error.
     Adjoint(SdeAdjointOptions),
+}
+
+impl SdeGradient {
+    /// Solves `sde` from `y0` at `ts` along `bm` with `opts`, differentiated as `self`
+    /// says: the states at `ts`, the forward solve's counts, and for the adjoint the handle
+    /// that holds the backward counts once `backward()` has run.
+    ///
+    /// # Errors
+    /// The solver's typed errors.
+    pub fn solve<F, B>(
+        &self,
+        sde: &F,
+        y0: &Tensor,
+        ts: &[f64],
+        bm: &B,
+        opts: &SdeOptions,
+    ) -> Result<(Tensor, SdeStats, Option<SdeAdjointStats>)>
+    where
+        F: ParamSdeField + Clone + Send + Sync + 'static,
+        B: BrownianPath + Clone + Send + Sync + 'static,
+    {
+        Ok(match self {
+            SdeGradient::Backprop => {
+                let sol = sdeint(sde, y0, ts, bm, opts)?;
+                (sol.ys, sol.stats, None)
+            }
+            SdeGradient::Adjoint(adj) => {
+                let sol = sdeint_adjoint(sde, y0, ts, bm, opts, adj)?;
+                let forward = sol.stats.forward();
+                (sol.ys, forward, Some(sol.stats))
+            }
+        })
+    }
 }
 
 /// The posterior's drift and diffusion on the augmented state `[y, ∫½u²]` (`[B, 2]`): drift
@@ -150,7 +183,7 @@ pub struct LatentSdeOutput {
     /// The forward solve's counts.
     pub forward: SdeStats,
     /// The reverse solve's counts once `backward()` has run (the adjoint), else `None`.
-    pub adjoint: Option<node_adjoint::SdeAdjointStats>,
+    pub adjoint: Option<SdeAdjointStats>,
 }
 
 /// The latent SDE: the posterior's drift network and initial distribution `q(y0)`, the
@@ -276,7 +309,7 @@ impl LatentSde {
         dtype: DType,
         dev: &candle_core::Device,
     ) -> Result<VirtualBrownianTree> {
-        let (lo, hi) = span(ts)?;
+        let (lo, hi) = span(ts, "the latent SDE")?;
         let span = hi - lo;
         let tol = match &self.cfg.adaptive {
             None => self.cfg.dt / 2.0,
@@ -321,17 +354,7 @@ impl LatentSde {
     ) -> Result<LatentSdeOutput> {
         let (aug0, bm) = self.start(ts, eps, bm_seed, &self.qy0_mean, &self.qy0_logvar)?;
         let opts = self.options().noise(Noise::General);
-        let (aug, forward, adjoint) = match gradient {
-            SdeGradient::Backprop => {
-                let sol = sdeint(&self.sde, &aug0, ts, &bm, &opts)?;
-                (sol.ys, sol.stats, None)
-            }
-            SdeGradient::Adjoint(adj) => {
-                let sol = sdeint_adjoint(&self.sde, &aug0, ts, &bm, &opts, adj)?;
-                let forward = sol.stats.forward();
-                (sol.ys, forward, Some(sol.stats))
-            }
-        };
+        let (aug, forward, adjoint) = gradient.solve(&self.sde, &aug0, ts, &bm, &opts)?;
         let ys = aug.narrow(2, 0, 1)?.squeeze(2)?;
         let path_kl = aug.get(ts.len() - 1)?.narrow(1, 1, 1)?.mean_all()?;
         let kl = (self.initial_kl()? + path_kl)?;
@@ -394,10 +417,11 @@ fn check_eps(eps: &Tensor) -> Result<usize> {
     }
 }
 
-fn span(ts: &[f64]) -> Result<(f64, f64)> {
+/// The first and last of `ts`, which `model` needs at least two of, increasing and finite.
+pub(crate) fn span(ts: &[f64], model: &str) -> Result<(f64, f64)> {
     if ts.len() < 2 || !ts.windows(2).all(|w| w[0] < w[1]) || !ts.iter().all(|t| t.is_finite()) {
         return Err(SolverError::InvalidTimes(format!(
-            "the latent SDE needs at least two increasing, finite times, got {ts:?}"
+            "{model} needs at least two increasing, finite times, got {ts:?}"
         ))
         .into());
     }

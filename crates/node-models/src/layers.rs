@@ -125,7 +125,7 @@ impl Module for Conv2d {
     }
 }
 
-/// The activation between the layers of an MLP ([`crate::FfjordField`],
+/// The activation between the layers of an MLP ([`Mlp`], [`crate::FfjordField`],
 /// [`crate::cde::CdeMlp`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -206,6 +206,75 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         node_kernels::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// A fully connected network `in → width → … → width → out`: `depth` hidden layers with
+/// `activation` after each, and a final `tanh` or none. The CDE field ([`crate::cde::CdeMlp`])
+/// and the SDE-GAN's networks ([`crate::sde_gan`]) are built on it.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    layers: Vec<Linear>,
+    activation: Activation,
+    tanh: bool,
+}
+
+impl Mlp {
+    /// The network, parameters under `vb` (`layer0`, `layer1`, …).
+    ///
+    /// # Errors
+    /// Those of `vb`.
+    pub fn new(
+        inputs: usize,
+        outputs: usize,
+        width: usize,
+        depth: usize,
+        activation: Activation,
+        tanh: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let mut dims = vec![inputs];
+        dims.extend(std::iter::repeat_n(width, depth));
+        dims.push(outputs);
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| linear(w[0], w[1], vb.pp(format!("layer{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            activation,
+            tanh,
+        })
+    }
+
+    /// The layers, first to last.
+    pub fn layers(&self) -> &[Linear] {
+        &self.layers
+    }
+
+    /// The `Var`s of the layers' weights and biases, in order.
+    ///
+    /// # Errors
+    /// Candle errors.
+    pub fn vars(&self) -> Result<Vec<Var>> {
+        vars_of(&self.layers.iter().collect::<Vec<_>>())
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let last = self.layers.len() - 1;
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if i < last {
+                h = self.activation.apply(&h)?;
+            } else if self.tanh {
+                h = node_kernels::tanh(&h)?;
+            }
+        }
+        Ok(h)
     }
 }
 

@@ -23,8 +23,8 @@ pub use ffjord::{Ffjord, FfjordConfig, FfjordField};
 pub use latent_ode::{LatentOde, LatentOdeConfig};
 pub use latent_sde::{LatentSde, LatentSdeConfig, SdeGradient};
 pub use layers::{
-    Activation, BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc,
-    ResBlock,
+    Activation, BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, Mlp, OdeBlock,
+    OdeFunc, ResBlock,
 };
 pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
 pub use optim::{Adam, AdamConfig, PiecewiseSchedule, SgdConfig, SgdMomentum};

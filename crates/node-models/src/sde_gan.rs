@@ -26,12 +26,12 @@
 //! process. [`marginal_w1`] compares generated and real samples time by time.
 
 use crate::cde::{cdeint, fill_missing, CdeVectorField, ControlPath, Interpolation};
-use crate::latent_sde::SdeGradient;
-use crate::layers::{linear, vars_of, Activation, BlockStats, Gradient, Linear};
+use crate::latent_sde::{span, SdeGradient};
+use crate::layers::{linear, vars_of, Activation, BlockStats, Gradient, Linear, Mlp};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::VarBuilder;
-use node_adjoint::{sdeint_adjoint, ParamSdeField};
+use node_adjoint::{ParamSdeField, SdeAdjointStats};
 use node_solvers::{
     sdeint, DetachedSde, Method, Noise, SdeField, SdeMethod, SdeOptions, SdeStats, SolveOptions,
     SolverError, VirtualBrownianTree,
@@ -125,60 +125,15 @@ impl SdeGanConfig {
 
 /// torchsde's SDE-GAN MLP: `in → width` (LipSwish) `→ … → out`, `depth` hidden layers, an
 /// optional final `tanh`.
-#[derive(Clone, Debug)]
-pub struct GanMlp {
-    layers: Vec<Linear>,
+fn gan_mlp(
+    inputs: usize,
+    outputs: usize,
+    cfg: &SdeGanConfig,
     tanh: bool,
-}
-
-impl GanMlp {
-    /// The MLP, parameters under `vb` (`layer0`, `layer1`, …).
-    ///
-    /// # Errors
-    /// Those of `vb`.
-    pub fn new(
-        inputs: usize,
-        outputs: usize,
-        width: usize,
-        depth: usize,
-        tanh: bool,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        let mut dims = vec![inputs];
-        dims.extend(std::iter::repeat_n(width, depth));
-        dims.push(outputs);
-        let layers = dims
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| linear(w[0], w[1], vb.pp(format!("layer{i}"))))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, tanh })
-    }
-
-    /// The layers, first to last.
-    pub fn layers(&self) -> &[Linear] {
-        &self.layers
-    }
-
-    fn vars(&self) -> Result<Vec<Var>> {
-        vars_of(&self.layers.iter().collect::<Vec<_>>())
-    }
-}
-
-impl Module for GanMlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let last = self.layers.len() - 1;
-        let mut h = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i < last {
-                h = Activation::LipSwish.apply(&h)?;
-            } else if self.tanh {
-                h = node_kernels::tanh(&h)?;
-            }
-        }
-        Ok(h)
-    }
+    vb: VarBuilder,
+) -> Result<Mlp> {
+    let (w, d) = (cfg.width, cfg.depth);
+    Mlp::new(inputs, outputs, w, d, Activation::LipSwish, tanh, vb)
 }
 
 /// `[t, x]` for `x: [B, n]`: time as a first column.
@@ -195,8 +150,8 @@ fn with_time(t: f64, x: &Tensor) -> Result<Tensor> {
 /// `σ(t, x)` (`[B, hidden, noise]`), MLPs of `[t, x]` with a final `tanh`.
 #[derive(Clone, Debug)]
 pub struct GeneratorSde {
-    drift: GanMlp,
-    diffusion: GanMlp,
+    drift: Mlp,
+    diffusion: Mlp,
     hidden: usize,
     noise: usize,
     params: Vec<Var>,
@@ -227,31 +182,24 @@ pub struct GeneratorOutput {
     /// The forward solve's counts.
     pub forward: SdeStats,
     /// The backward counts once `backward()` has run (the adjoint), else `None`.
-    pub adjoint: Option<node_adjoint::SdeAdjointStats>,
+    pub adjoint: Option<SdeAdjointStats>,
 }
 
 /// The generator: initial MLP `ζ`, the SDE's terms, linear readout.
 #[derive(Clone, Debug)]
 pub struct Generator {
     cfg: SdeGanConfig,
-    initial: GanMlp,
+    initial: Mlp,
     sde: GeneratorSde,
     readout: Linear,
 }
 
 impl Generator {
     fn new(cfg: &SdeGanConfig, vb: VarBuilder) -> Result<Self> {
-        let initial = GanMlp::new(
-            cfg.initial_noise,
-            cfg.hidden,
-            cfg.width,
-            cfg.depth,
-            false,
-            vb.pp("initial"),
-        )?;
-        let (i, h, w, d) = (1 + cfg.hidden, cfg.hidden, cfg.width, cfg.depth);
-        let drift = GanMlp::new(i, h, w, d, true, vb.pp("drift"))?;
-        let diffusion = GanMlp::new(i, h * cfg.noise, w, d, true, vb.pp("diffusion"))?;
+        let initial = gan_mlp(cfg.initial_noise, cfg.hidden, cfg, false, vb.pp("initial"))?;
+        let (i, h) = (1 + cfg.hidden, cfg.hidden);
+        let drift = gan_mlp(i, h, cfg, true, vb.pp("drift"))?;
+        let diffusion = gan_mlp(i, h * cfg.noise, cfg, true, vb.pp("diffusion"))?;
         let params = [drift.vars()?, diffusion.vars()?].concat();
         let readout = linear(cfg.hidden, cfg.data, vb.pp("readout"))?;
         Ok(Self {
@@ -275,7 +223,7 @@ impl Generator {
 
     /// The Brownian motion over `ts` for `b` samples, drawn from `seed`.
     fn brownian(&self, ts: &[f64], b: usize, seed: u64, x: &Tensor) -> Result<VirtualBrownianTree> {
-        let (lo, hi) = span(ts)?;
+        let (lo, hi) = span(ts, "the SDE-GAN")?;
         let tol = (self.cfg.dt / 2.0).min(hi - lo);
         VirtualBrownianTree::new(
             lo,
@@ -313,18 +261,7 @@ impl Generator {
         let b = self.check_noise(v)?;
         let x0 = self.initial.forward(v)?;
         let bm = self.brownian(ts, b, bm_seed, &x0)?;
-        let opts = self.options();
-        let (xs, forward, adjoint) = match gradient {
-            SdeGradient::Backprop => {
-                let sol = sdeint(&self.sde, &x0, ts, &bm, &opts)?;
-                (sol.ys, sol.stats, None)
-            }
-            SdeGradient::Adjoint(adj) => {
-                let sol = sdeint_adjoint(&self.sde, &x0, ts, &bm, &opts, adj)?;
-                let forward = sol.stats.forward();
-                (sol.ys, forward, Some(sol.stats))
-            }
-        };
+        let (xs, forward, adjoint) = gradient.solve(&self.sde, &x0, ts, &bm, &self.options())?;
         let ys = self.read_out(ts, &xs)?;
         Ok(GeneratorOutput {
             ys,
@@ -373,7 +310,7 @@ impl Generator {
 /// `[B, hidden, 1 + data]`.
 #[derive(Clone, Debug)]
 pub struct DiscriminatorField {
-    mlp: GanMlp,
+    mlp: Mlp,
     hidden: usize,
     channels: usize,
     params: Vec<Var>,
@@ -394,7 +331,7 @@ impl CdeVectorField for DiscriminatorField {
 #[derive(Clone, Debug)]
 pub struct Discriminator {
     cfg: SdeGanConfig,
-    initial: GanMlp,
+    initial: Mlp,
     field: DiscriminatorField,
     readout: Linear,
 }
@@ -402,19 +339,11 @@ pub struct Discriminator {
 impl Discriminator {
     fn new(cfg: &SdeGanConfig, vb: VarBuilder) -> Result<Self> {
         let channels = 1 + cfg.data;
-        let initial = GanMlp::new(
-            channels,
-            cfg.hidden,
-            cfg.width,
-            cfg.depth,
-            false,
-            vb.pp("initial"),
-        )?;
-        let mlp = GanMlp::new(
+        let initial = gan_mlp(channels, cfg.hidden, cfg, false, vb.pp("initial"))?;
+        let mlp = gan_mlp(
             1 + cfg.hidden,
             cfg.hidden * channels,
-            cfg.width,
-            cfg.depth,
+            cfg,
             true,
             vb.pp("field"),
         )?;
@@ -456,7 +385,7 @@ impl Discriminator {
                 .into())
             }
         }
-        let (lo, hi) = span(ts)?;
+        let (lo, hi) = span(ts, "the SDE-GAN")?;
         let path = ControlPath::new(ys, ts, Interpolation::Linear)?;
         let h0 = self.initial.forward(&ys.narrow(1, 0, 1)?.squeeze(1)?)?;
         let (hs, stats) = cdeint(
@@ -633,16 +562,6 @@ impl SdeGan {
         scale(self.generator.initial.vars()?, initial_scale)?;
         scale(self.generator.sde.params.clone(), sde_scale)
     }
-}
-
-fn span(ts: &[f64]) -> Result<(f64, f64)> {
-    if ts.len() < 2 || !ts.windows(2).all(|w| w[0] < w[1]) || !ts.iter().all(|t| t.is_finite()) {
-        return Err(SolverError::InvalidTimes(format!(
-            "the SDE-GAN needs at least two increasing, finite times, got {ts:?}"
-        ))
-        .into());
-    }
-    Ok((ts[0], ts[ts.len() - 1]))
 }
 
 /// torchsde's example's data: `n` paths at the times `0, 1, …, t_size − 1` of the
