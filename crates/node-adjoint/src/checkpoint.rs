@@ -108,7 +108,7 @@ where
 fn check_replayable(opts: &SolveOptions) -> Result<()> {
     if opts.method.is_implicit() {
         return Err(SolverError::NotDifferentiable {
-            method: opts.method.tableau().name,
+            method: opts.method.name(),
         }
         .into());
     }

@@ -4,10 +4,10 @@
 
 use crate::error::SolverError;
 use crate::field::VectorField;
-use crate::method::Method;
 use crate::options::SolveOptions;
 use crate::rk::Step;
 use crate::solve::{interpolate, needs_f1, solve, Solution};
+use crate::tableau::ButcherTableau;
 use crate::trace::Recorder;
 use candle_core::{Result, Tensor};
 
@@ -20,7 +20,7 @@ use candle_core::{Result, Tensor};
 /// tracks gradients, so do the values.
 #[derive(Clone, Debug)]
 pub struct DenseSolution {
-    method: Method,
+    tab: &'static ButcherTableau,
     /// Step boundaries, `times[0] = ts[0]` to `times[n] = ts[last]`.
     times: Vec<f64>,
     /// The states at `times`.
@@ -32,9 +32,9 @@ pub struct DenseSolution {
 }
 
 impl DenseSolution {
-    fn new(method: Method, t0: f64, y0: &Tensor) -> Self {
+    fn new(tab: &'static ButcherTableau, t0: f64, y0: &Tensor) -> Self {
         Self {
-            method,
+            tab,
             times: vec![t0],
             states: vec![y0.clone()],
             stages: vec![],
@@ -97,7 +97,7 @@ impl DenseSolution {
             .partition_point(|&ti| (ti - t) * dir < 0.0)
             .min(n - 1);
         interpolate(
-            self.method.tableau(),
+            self.tab,
             self.times[i],
             self.times[i + 1],
             &self.states[i],
@@ -129,7 +129,7 @@ impl DenseSolution {
 
 impl Recorder for DenseSolution {
     fn needs_f1(&self) -> bool {
-        needs_f1(self.method.tableau())
+        needs_f1(self.tab)
     }
 
     fn accepted(&mut self, _t: f64, t1: f64, _y: &Tensor, step: &Step, f1: Option<&Tensor>) {
@@ -173,7 +173,8 @@ pub fn odeint_dense<F: VectorField + ?Sized>(
     ts: &[f64],
     opts: &SolveOptions,
 ) -> Result<(Solution, DenseSolution)> {
-    let mut dense = DenseSolution::new(opts.method, ts.first().copied().unwrap_or(0.0), y0);
+    let tab = opts.method.runge_kutta("a dense solution")?;
+    let mut dense = DenseSolution::new(tab, ts.first().copied().unwrap_or(0.0), y0);
     let sol = solve(f, y0, ts, opts, Some(&mut dense))?;
     Ok((sol, dense))
 }

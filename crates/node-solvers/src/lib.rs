@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod adams;
 pub mod brownian;
 pub mod dense;
 pub mod error;

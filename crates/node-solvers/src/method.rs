@@ -1,10 +1,13 @@
 //! The named methods, for options and command lines (`--method dopri5`).
 
+use crate::error::SolverError;
 use crate::tableau::{self, ButcherTableau};
 use std::fmt;
 use std::str::FromStr;
 
-/// A Runge–Kutta method: explicit, or diagonally implicit for stiff problems.
+/// A solver method: a Runge–Kutta method (explicit, or diagonally implicit for stiff
+/// problems; [`Method::tableau`]), or an Adams multistep method (`explicit_adams`,
+/// `implicit_adams`, `adams`; see [`crate::adams`]).
 /// `FromStr`/`Display` use the names in [`Method::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Method {
@@ -42,11 +45,49 @@ pub enum Method {
     Kvaerno3,
     /// Kværnø 5(4), L-stable ESDIRK, implicit, adaptive, FSAL.
     Kvaerno5,
+    /// Adams–Bashforth, fixed steps (torchdiffeq's `explicit_adams`): one evaluation per
+    /// step, of order [`crate::SolveOptions::adams_order`] (4 by default), started by
+    /// Runge–Kutta steps.
+    ExplicitAdams,
+    /// Adams–Bashforth–Moulton predictor–corrector (PECE), fixed steps (torchdiffeq's
+    /// `implicit_adams`): two evaluations per step, of order
+    /// [`crate::SolveOptions::adams_order`], started by Runge–Kutta steps. Not a stiff
+    /// method: its corrector is applied once, not solved by Newton iterations.
+    ImplicitAdams,
+    /// Adams–Bashforth–Moulton (PECE) with error-controlled variable steps and variable order
+    /// (2 up to [`crate::SolveOptions::adams_order`], 12 by default): two evaluations per
+    /// step whatever its order, the corrector's difference from the predictor as the error
+    /// estimate. With fixed steps, `implicit_adams`.
+    Adams,
 }
 
 impl Method {
-    /// Every method: the explicit ones in order of increasing cost, then the implicit ones.
-    pub const ALL: [Method; 16] = [
+    /// Every method: the Runge–Kutta ones ([`Method::RUNGE_KUTTA`]), then the Adams ones.
+    pub const ALL: [Method; 19] = [
+        Method::Euler,
+        Method::Midpoint,
+        Method::Heun2,
+        Method::Ralston,
+        Method::Heun3,
+        Method::Rk4,
+        Method::Rk38,
+        Method::AdaptiveHeun,
+        Method::Fehlberg2,
+        Method::Bosh3,
+        Method::Dopri5,
+        Method::Tsit5,
+        Method::Dopri8,
+        Method::ImplicitEuler,
+        Method::Kvaerno3,
+        Method::Kvaerno5,
+        Method::ExplicitAdams,
+        Method::ImplicitAdams,
+        Method::Adams,
+    ];
+
+    /// The Runge–Kutta methods: the explicit ones in order of increasing cost, then the
+    /// implicit ones.
+    pub const RUNGE_KUTTA: [Method; 16] = [
         Method::Euler,
         Method::Midpoint,
         Method::Heun2,
@@ -65,9 +106,9 @@ impl Method {
         Method::Kvaerno5,
     ];
 
-    /// The method's coefficients.
-    pub fn tableau(self) -> &'static ButcherTableau {
-        match self {
+    /// A Runge–Kutta method's coefficients; `None` for the Adams methods.
+    pub fn tableau(self) -> Option<&'static ButcherTableau> {
+        Some(match self {
             Method::Euler => &tableau::EULER,
             Method::Midpoint => &tableau::MIDPOINT,
             Method::Heun2 => &tableau::HEUN2,
@@ -84,29 +125,63 @@ impl Method {
             Method::ImplicitEuler => &tableau::IMPLICIT_EULER,
             Method::Kvaerno3 => &tableau::KVAERNO3,
             Method::Kvaerno5 => &tableau::KVAERNO5,
+            Method::ExplicitAdams | Method::ImplicitAdams | Method::Adams => return None,
+        })
+    }
+
+    /// The Runge–Kutta coefficients that `feature` needs, or an error naming the method.
+    pub(crate) fn runge_kutta(self, feature: &str) -> candle_core::Result<&'static ButcherTableau> {
+        self.tableau().ok_or_else(|| {
+            SolverError::InvalidOptions(format!(
+                "{feature} needs a Runge–Kutta method, and `{self}` is a multistep method"
+            ))
+            .into()
+        })
+    }
+
+    /// The method's name, as [`FromStr`] parses it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::ExplicitAdams => "explicit_adams",
+            Method::ImplicitAdams => "implicit_adams",
+            Method::Adams => "adams",
+            m => m.tableau().map_or("", |t| t.name),
         }
+    }
+
+    /// True for the Adams methods, which step with values of earlier steps.
+    pub fn is_multistep(self) -> bool {
+        self.tableau().is_none()
     }
 
     /// True when the method has an error estimate and can choose its own steps.
     pub fn is_adaptive(self) -> bool {
-        self.tableau().is_adaptive()
+        match self.tableau() {
+            Some(t) => t.is_adaptive(),
+            None => self == Method::Adams,
+        }
     }
 
     /// True for the implicit methods (for stiff problems): their stages solve equations in
-    /// the state by Newton's method, see [`crate::SolveOptions::jacobian`].
+    /// the state by Newton's method, see [`crate::SolveOptions::jacobian`]. False for
+    /// `implicit_adams`, whose corrector is applied once.
     pub fn is_implicit(self) -> bool {
-        self.tableau().is_implicit()
+        self.tableau().is_some_and(ButcherTableau::is_implicit)
     }
 
-    /// Order of accuracy of the propagated solution.
+    /// Order of accuracy of the propagated solution; for the Adams methods, the default
+    /// [`crate::SolveOptions::adams_order`]: 4, and for `adams` (variable order) the highest.
     pub fn order(self) -> usize {
-        self.tableau().order
+        match self {
+            Method::Adams => crate::adams::MAX_ORDER,
+            m => m.tableau().map_or(crate::adams::DEFAULT_ORDER, |t| t.order),
+        }
     }
 }
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.tableau().name)
+        f.write_str(self.name())
     }
 }
 
@@ -138,10 +213,11 @@ impl FromStr for Method {
             "rk4_38" | "rk4_3/8" | "rk38_rule" => Some(Method::Rk38),
             "heun_euler" => Some(Method::AdaptiveHeun),
             "backward_euler" => Some(Method::ImplicitEuler),
+            "fixed_adams" => Some(Method::ImplicitAdams),
             _ => None,
         };
         alias
-            .or_else(|| Method::ALL.into_iter().find(|m| m.tableau().name == key))
+            .or_else(|| Method::ALL.into_iter().find(|m| m.name() == key))
             .ok_or_else(|| UnknownMethod(s.to_string()))
     }
 }

@@ -137,8 +137,13 @@ pub enum Jacobian {
 /// Hairer's initial step, no minimum or maximum step, at most 100 000 steps.
 #[derive(Clone, Debug)]
 pub struct SolveOptions {
-    /// The Runge–Kutta method.
+    /// The method.
     pub method: Method,
+    /// The order of the Adams methods: of [`Method::ExplicitAdams`] (1 to 12) and
+    /// [`Method::ImplicitAdams`] (2 to 12), 4 by default; the highest order of
+    /// [`Method::Adams`] (2 to 12), which varies its order and goes up to 12 by default.
+    /// Ignored by the Runge–Kutta methods.
+    pub adams_order: Option<usize>,
     /// Relative tolerance.
     pub rtol: f64,
     /// Absolute tolerance.
@@ -186,6 +191,7 @@ impl Default for SolveOptions {
     fn default() -> Self {
         Self {
             method: Method::Dopri5,
+            adams_order: None,
             rtol: 1e-7,
             atol: Atol::Scalar(1e-9),
             step: StepSize::Adaptive,
@@ -210,6 +216,11 @@ impl SolveOptions {
     /// Sets the method.
     pub fn method(mut self, method: Method) -> Self {
         self.method = method;
+        self
+    }
+    /// Sets the order of the Adams methods ([`SolveOptions::adams_order`]).
+    pub fn adams_order(mut self, order: usize) -> Self {
+        self.adams_order = Some(order);
         self
     }
     /// Sets the relative tolerance.
@@ -368,6 +379,21 @@ impl SolveOptions {
                 self.min_step, self.max_step
             ))
             .into());
+        }
+        if let (true, Some(order)) = (self.method.is_multistep(), self.adams_order) {
+            let lowest = if self.method == Method::ExplicitAdams {
+                1
+            } else {
+                2
+            };
+            if !(lowest..=crate::adams::MAX_ORDER).contains(&order) {
+                return Err(SolverError::InvalidOptions(format!(
+                    "`{}` has orders {lowest} to {}, got adams_order = {order}",
+                    self.method,
+                    crate::adams::MAX_ORDER,
+                ))
+                .into());
+            }
         }
         if self.max_steps == 0 {
             return Err(SolverError::InvalidOptions("max_steps must be > 0".into()).into());

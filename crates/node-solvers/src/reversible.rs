@@ -81,6 +81,7 @@ pub struct ReversibleTrace {
     pub z: Tensor,
     coupling: f64,
     method: Method,
+    tab: &'static ButcherTableau,
     stops: Stops,
 }
 
@@ -117,7 +118,7 @@ impl ReversibleTrace {
 
     /// Evaluations of the field in one call of [`ReversibleTrace::increment`].
     pub fn increment_nfe(&self) -> usize {
-        increment_stages(self.method.tableau(), false)
+        increment_stages(self.tab, false)
     }
 
     /// The base method's increment over step `step`: `Ψ_h(t_i, y)` forwards (from `times[i]`
@@ -141,7 +142,7 @@ impl ReversibleTrace {
             (t, t1, self.stops.start(t), self.stops.end(t1))
         };
         let f0 = ev.eval(from_eval, y)?;
-        let tab = self.method.tableau();
+        let tab = self.tab;
         Ok(increment(tab, &ev, from, to, to_eval, y, &f0, false)?.psi)
     }
 
@@ -167,7 +168,7 @@ impl ReversibleTrace {
         let (t, t1) = self.step_times(step)?;
         let (t_eval, t1_eval) = (self.stops.start(t), self.stops.end(t1));
         let ev = Evaluator::new(f);
-        let tab = self.method.tableau();
+        let tab = self.tab;
         let f0 = ev.eval(t_eval, z)?;
         let inc = increment(tab, &ev, t, t1, t1_eval, z, &f0, true)?;
         let states = dense_states(tab, &ev, t, t1, t1_eval, z, &inc, taus)?;
@@ -185,7 +186,7 @@ impl ReversibleTrace {
 
     /// Evaluations that [`ReversibleTrace::increment_with_outputs`] adds to an increment.
     pub fn dense_nfe(&self) -> usize {
-        dense_stages(self.method.tableau())
+        dense_stages(self.tab)
     }
 
     /// Step `step`'s start and end times.
@@ -389,9 +390,10 @@ pub fn odeint_reversible<F: VectorField + ?Sized>(
         ))
         .into());
     }
+    let tab = opts.method.runge_kutta("the reversible solver")?;
     let mut run = Run {
         ev: Evaluator::new(f),
-        tab: opts.method.tableau(),
+        tab,
         stops: Stops::new(opts, ts, dir),
         coupling,
         times: vec![ts[0]],
@@ -424,6 +426,7 @@ pub fn odeint_reversible<F: VectorField + ?Sized>(
         z,
         coupling,
         method: opts.method,
+        tab,
         stops,
     };
     let sol = Solution {
@@ -519,7 +522,7 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
         opts: &SolveOptions,
     ) -> Result<(Tensor, Tensor, f64)> {
         let atol = prepare_atol(&self.ev, &opts.atol, y0)?;
-        let control = Controller::new(opts);
+        let control = Controller::new(opts)?;
         let t_end = ts[ts.len() - 1];
         // The stops and the last time are steps' ends; other output times come from the
         // dense output of the steps that hold them.

@@ -363,8 +363,8 @@ mod tests {
         let y = Tensor::new(&[1.0f64, 0.5], &Device::Cpu)?;
         let t = 0.3;
         let f0 = ev.eval(t, &y)?;
-        for m in Method::ALL.into_iter().filter(|m| m.is_adaptive()) {
-            let tab = m.tableau();
+        for m in Method::RUNGE_KUTTA.into_iter().filter(|m| m.is_adaptive()) {
+            let tab = m.tableau().unwrap();
             let mut logs = vec![];
             let h0 = match tab.error_order {
                 7 => 0.1,

@@ -5,6 +5,7 @@
 //! per step. Output times inside a step come from the method's dense output and cost no extra
 //! evaluations; only the final time clips a step.
 
+use crate::adams;
 use crate::error::SolverError;
 use crate::event::EventWatch;
 use crate::field::VectorField;
@@ -183,6 +184,24 @@ pub(crate) fn run_steps<F: VectorField + ?Sized>(
     watch: Option<&mut EventWatch<'_>>,
     trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
+    if opts.method.is_multistep() {
+        if trace.is_some() {
+            return Err(SolverError::InvalidOptions(format!(
+                "a traced solve (a dense solution, checkpointed backprop, the interpolated \
+                 adjoint, a differentiable event) needs a Runge–Kutta method, and `{}` is a \
+                 multistep method",
+                opts.method
+            ))
+            .into());
+        }
+        return match opts.step {
+            StepSize::Adaptive => {
+                let atol = prepare_atol(ev, &opts.atol, y0)?;
+                adams::adaptive(ev, y0, ts, dir, opts, &atol, out, watch)
+            }
+            _ => adams::fixed(ev, y0, ts, dir, opts, out, watch),
+        };
+    }
     match opts.step {
         StepSize::Adaptive => {
             let atol = prepare_atol(ev, &opts.atol, y0)?;
@@ -366,7 +385,8 @@ pub(crate) fn steps_over(span: f64, h: f64) -> usize {
     ((span / h) * (1.0 - 1e-12)).ceil().max(1.0) as usize
 }
 
-/// Hairer's initial step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), as torchdiffeq.
+/// Hairer's initial step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), as torchdiffeq,
+/// for the Runge–Kutta method of `opts`.
 pub(crate) fn initial_step<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     t0: f64,
@@ -375,6 +395,22 @@ pub(crate) fn initial_step<F: VectorField + ?Sized>(
     dir: f64,
     opts: &SolveOptions,
     atol: &PreparedAtol,
+) -> Result<f64> {
+    let tab = opts.method.runge_kutta("Hairer's initial step")?;
+    initial_step_for(ev, t0, y0, f0, dir, opts, atol, tab.error_exponent())
+}
+
+/// Hairer's initial step for an error estimate that scales as `h^exponent`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn initial_step_for<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    t0: f64,
+    y0: &Tensor,
+    f0: &Tensor,
+    dir: f64,
+    opts: &SolveOptions,
+    atol: &PreparedAtol,
+    exponent: f64,
 ) -> Result<f64> {
     let scale = error_scale(y0, None, opts.rtol, atol)?;
     let d01 = ev.read(&Tensor::stack(
@@ -396,7 +432,6 @@ pub(crate) fn initial_step<F: VectorField + ?Sized>(
     let y1 = lincomb(Some(y0), [(dir * h0, f0)])?;
     let f1 = ev.eval(t0 + dir * h0, &y1)?;
     let d2 = ev.read(&scaled_norm_sq(&(f1 - f0)?, &scale, opts.norm)?)?[0].sqrt() / h0;
-    let exponent = opts.method.tableau().error_exponent();
     let h1 = if !d2.is_finite() {
         h0
     } else if d1 <= 1e-15 && d2 <= 1e-15 {
@@ -411,7 +446,7 @@ pub(crate) fn initial_step<F: VectorField + ?Sized>(
 /// `f(t1, y1)` only if the interpolant needs it, keeping it in `f1` for reuse. `stops`
 /// says where: just before `t1` when a jump is there.
 #[allow(clippy::too_many_arguments)]
-fn dense_at<F: VectorField + ?Sized>(
+pub(crate) fn dense_at<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     tab: &ButcherTableau,
     stops: &Stops,
@@ -531,8 +566,8 @@ fn adaptive<F: VectorField + ?Sized>(
     mut watch: Option<&mut EventWatch<'_>>,
     mut trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
-    let tab = opts.method.tableau();
-    let control = Controller::new(opts);
+    let tab = opts.method.runge_kutta("an adaptive Runge–Kutta solve")?;
+    let control = Controller::new(opts)?;
     let t_end = ts[ts.len() - 1];
     let stops = Stops::new(opts, ts, dir);
     let mut next_stop = 0;
@@ -672,13 +707,20 @@ pub(crate) struct Controller {
 }
 
 impl Controller {
-    pub(crate) fn new(opts: &SolveOptions) -> Self {
+    /// The controller of `opts` for its Runge–Kutta method.
+    pub(crate) fn new(opts: &SolveOptions) -> Result<Self> {
+        let tab = opts.method.runge_kutta("this step-size controller")?;
+        Ok(Self::for_exponent(opts, tab.error_exponent()))
+    }
+
+    /// The controller of `opts` for an error estimate that scales as `h^k_exp`.
+    pub(crate) fn for_exponent(opts: &SolveOptions, k_exp: f64) -> Self {
         let (beta1, beta2) = match opts.controller {
             StepController::Integral => (1.0, 0.0),
             StepController::PI { beta1, beta2 } => (beta1, beta2),
         };
         Self {
-            k_exp: opts.method.tableau().error_exponent(),
+            k_exp,
             beta1,
             beta2,
             safety: opts.safety,
@@ -792,7 +834,7 @@ fn fixed<F: VectorField + ?Sized>(
     mut watch: Option<&mut EventWatch<'_>>,
     mut trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
-    let tab = opts.method.tableau();
+    let tab = opts.method.runge_kutta("a fixed-step Runge–Kutta solve")?;
     let (t0, t_end) = (ts[0], ts[ts.len() - 1]);
     let grid = fixed_grid(opts, t0, t_end, dir)?;
     let n = grid.len() - 1;
