@@ -1,5 +1,5 @@
 //! Convergence order of every Runge–Kutta method with fixed steps, of its dense output, on the
-//! non-autonomous Riccati problem `y' = −y² cos t` (exact: `1/y = 1/y0 + sin t`).
+//! nonlinear, non-autonomous Riccati problem `y' = −y² cos t` (exact: `1/y = 1/y0 + sin t`).
 
 mod common;
 
