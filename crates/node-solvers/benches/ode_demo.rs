@@ -81,6 +81,29 @@ fn main() -> Result<()> {
                 .method(Method::Rk38)
                 .fixed_steps(100),
         ),
+        // The Adams methods against the same references (torchdiffeq's dopri5 and rk4
+        // solutions): `adams` at dopri5's tolerances, and the fixed-step ones on rk4's grid.
+        (
+            "adams rtol 1e-7 atol 1e-9",
+            "ode_solve_dopri5_rtol1e-7_atol1e-9",
+            SolveOptions::default()
+                .method(Method::Adams)
+                .tolerances(1e-7, 1e-9),
+        ),
+        (
+            "implicit_adams (order 4) 100 steps",
+            "ode_solve_rk4_100steps",
+            SolveOptions::default()
+                .method(Method::ImplicitAdams)
+                .fixed_steps(100),
+        ),
+        (
+            "explicit_adams (order 4) 100 steps",
+            "ode_solve_rk4_100steps",
+            SolveOptions::default()
+                .method(Method::ExplicitAdams)
+                .fixed_steps(100),
+        ),
     ] {
         // The checkout's fixtures, or (for a binary copied elsewhere) ./fixtures.
         let mut path = format!(
@@ -119,6 +142,68 @@ fn main() -> Result<()> {
             f_med * 1e6,
             overhead * 100.0
         );
+    }
+    long_solves(&dev, reps)
+}
+
+/// The same field over the demo's whole span, t 0 → 25 (torchdiffeq's `ode_demo` data):
+/// where many steps let the Adams methods' two evaluations a step tell.
+fn long_solves(dev: &Device, reps: usize) -> Result<()> {
+    let path = format!(
+        "{}/../../fixtures/torchdiffeq/ode_solve_dopri5_rtol1e-7_atol1e-9.npz",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let path = if std::path::Path::new(&path).exists() {
+        path
+    } else {
+        "fixtures/torchdiffeq/ode_solve_dopri5_rtol1e-7_atol1e-9.npz".to_string()
+    };
+    let fx: HashMap<String, Tensor> = Tensor::read_npz(path)?.into_iter().collect();
+    let field = |dtype: DType| -> Result<_> {
+        let get = |k: &str| fx[k].to_dtype(dtype)?.to_device(dev);
+        let (w1, b1, w2, b2) = (get("w1")?, get("b1")?, get("w2")?, get("b2")?);
+        Ok(move |_t: f64, z: &Tensor| {
+            let h = node_kernels::tanh(&node_kernels::linear(&(z * z.sqr()?)?, &w1, Some(&b1))?)?;
+            node_kernels::linear(&h, &w2, Some(&b2))
+        })
+    };
+    let ts = [0.0, 25.0];
+    // The reference: dopri8 in f64 at tolerances far below the rows'.
+    let f64_field = field(DType::F64)?;
+    let z0 = fx["z0"].to_device(dev)?;
+    let reference = odeint(
+        &f64_field,
+        &z0.to_dtype(DType::F64)?,
+        &ts,
+        &SolveOptions::default()
+            .method(Method::Dopri8)
+            .tolerances(1e-12, 1e-12),
+    )?
+    .last()?;
+    println!();
+    println!("t 0 → 25, batch 1024, f32, {dev:?}: max |Δ| from dopri8 at 1e-12 in f64");
+    println!("| method | rtol = atol | NFE | steps (rejected) | solve ms (median) | max |Δ| |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let f = field(DType::F32)?;
+    for tol in [1e-4, 1e-6, 1e-8] {
+        for m in [Method::Dopri5, Method::Tsit5, Method::Dopri8, Method::Adams] {
+            let opts = SolveOptions::default().method(m).tolerances(tol, tol);
+            let sol = odeint(&f, &z0, &ts, &opts)?;
+            let diff = (sol.last()?.to_dtype(DType::F64)? - &reference)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f64>()?;
+            let (med, _) = time(dev, reps.div_ceil(4), 1, || odeint(&f, &z0, &ts, &opts))?;
+            let s = sol.stats;
+            println!(
+                "| {m} | {tol:e} | {} | {} ({}) | {:.1} | {diff:.1e} |",
+                s.nfe,
+                s.accepted_steps + s.rejected_steps,
+                s.rejected_steps,
+                med * 1e3
+            );
+        }
     }
     Ok(())
 }
