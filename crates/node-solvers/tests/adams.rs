@@ -305,8 +305,9 @@ fn jumps_restart_the_history(dev: &Device) -> Result<()> {
     let hs = [1.0 / 16.0, 1.0 / 32.0, 1.0 / 64.0];
     let (s_with, s_without) = (fitted_slope(&hs, &with), fitted_slope(&hs, &without));
     assert!(s_with > 3.6, "with the jump: order {s_with:.2} ({with:?})");
+    // Measured: 3.8 with the jump, 1.0 without.
     assert!(
-        s_without < 2.5,
+        s_without < 1.5,
         "without the jump: order {s_without:.2} ({without:?})"
     );
     Ok(())
