@@ -4,10 +4,11 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use node_adjoint::{
-    odeint_adjoint, odeint_adjoint_with_times, with_params, AdjointNorm, AdjointOptions,
-    ParamVectorField,
+    odeint_adjoint, odeint_adjoint_with_times, odeint_checkpointed, odeint_reversible_adjoint,
+    with_params, AdjointNorm, AdjointOptions, AdjointState, CheckpointOptions, ParamVectorField,
+    ReversibleOptions,
 };
-use node_solvers::{odeint, Method, SolveOptions};
+use node_solvers::{odeint, Method, SolveOptions, SolverError};
 use time_mlp::{max_rel, scalar, seeded_normal, Mlp};
 
 #[path = "common/time_mlp.rs"]
@@ -192,6 +193,24 @@ fn adams_matches_direct(dev: &Device) -> Result<()> {
                 opts.method
             );
         }
+    }
+    // The modes that trace or walk back the steps need a Runge–Kutta method, and say so.
+    let adams = SolveOptions::default().method(Method::Adams);
+    let x = y0.as_tensor();
+    let interpolated = AdjointOptions::default().state(AdjointState::Interpolated);
+    let refusals = [
+        odeint_checkpointed(&field, x, &ts, &adams, &CheckpointOptions::default()).map(|_| ()),
+        odeint_adjoint(&field, x, &ts, &adams, &interpolated).map(|_| ()),
+        odeint_reversible_adjoint(&field, x, &ts, &adams, &ReversibleOptions::default())
+            .map(|_| ()),
+    ];
+    for r in refusals {
+        let e = r.expect_err("refused");
+        assert!(
+            matches!(SolverError::find(&e), Some(SolverError::InvalidOptions(_)))
+                && e.to_string().contains("multistep"),
+            "{e}"
+        );
     }
     Ok(())
 }
