@@ -41,11 +41,11 @@ use crate::method::Method;
 use crate::options::SolveOptions;
 use crate::rk::{lincomb, rk_step, Evaluator, Step};
 use crate::solve::{
-    dense_at, error_scale, first_non_finite, fixed_grid, initial_step_for, scaled_norm_sq,
-    Controller, PreparedAtol, SolverStats, Stops,
+    dense_at, error_scale, first_step, fixed_grid, read_ratios, scaled_norm_sq, Controller,
+    PreparedAtol, SolverStats, StepEnd, Stops,
 };
 use crate::tableau::{self, ButcherTableau};
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use std::collections::VecDeque;
 
 /// The default order of the Adams methods ([`SolveOptions::adams_order`]).
@@ -361,18 +361,7 @@ pub(crate) fn adaptive<F: VectorField + ?Sized>(
     let mut t = ts[0];
     let mut y = y0.clone();
     // A first step for order 2, the order of the start (error ∝ h²).
-    let first = |t: f64, y: &Tensor, f: &Tensor| -> Result<f64> {
-        let h = match opts.first_step {
-            Some(h) => {
-                if first_non_finite(ev, &Tensor::stack(&[y, f], 0)?)?.is_some() {
-                    return Err(SolverError::NonFinite { t }.into());
-                }
-                h
-            }
-            None => initial_step_for(ev, t, y, f, dir, opts, atol, 2.0)?,
-        };
-        Ok(h.clamp(opts.min_step, opts.max_step))
-    };
+    let first = |t: f64, y: &Tensor, f: &Tensor| first_step(ev, t, y, f, dir, opts, atol, 2.0);
     let f0 = ev.eval(stops.start(t), &y)?;
     let mut h_abs = first(t, &y, &f0)?;
     hist.push(t, f0);
@@ -384,13 +373,12 @@ pub(crate) fn adaptive<F: VectorField + ?Sized>(
         if steps >= opts.max_steps {
             return Err(SolverError::MaxStepsExceeded { t, steps }.into());
         }
-        let (target, is_stop) = match stops.inner.get(next_stop) {
-            Some(&s) => (s, true),
-            None => (t_end, false),
-        };
-        let at_min_step = h_abs <= opts.min_step;
-        let clipped = h_abs >= (target - t) * dir;
-        let t1 = if clipped { target } else { t + dir * h_abs };
+        let (target, is_stop) = stops.target(next_stop, t_end);
+        let StepEnd {
+            t1,
+            clipped,
+            at_min_step,
+        } = StepEnd::new(t, target, dir, h_abs, opts.min_step);
         let h = t1 - t;
         let h_try = h.abs();
         let pred = hist.predictor(t, h, q - 1);
@@ -412,20 +400,11 @@ pub(crate) fn adaptive<F: VectorField + ?Sized>(
             errs.push(estimate(&hist, t, h, q + 1, &fp)?);
         }
         let scale = error_scale(&y, Some(&yc), opts.rtol, atol)?;
-        let mut parts = errs
+        let ratios_sq = errs
             .iter()
-            .map(|e| {
-                scaled_norm_sq(e, &scale, opts.norm)?
-                    .to_dtype(DType::F64)?
-                    .reshape(1)
-            })
+            .map(|e| scaled_norm_sq(e, &scale, opts.norm))
             .collect::<Result<Vec<_>>>()?;
-        if let Some(w) = watch.as_deref() {
-            parts.push(w.values(t1, &yc)?);
-        }
-        let mut v = ev.read(&Tensor::cat(&parts, 0)?)?;
-        let g1 = v.split_off(orders.len());
-        let ratios: Vec<f64> = v.iter().map(|r| r.sqrt()).collect();
+        let (ratios, g1) = read_ratios(ev, &ratios_sq, watch.as_deref(), t1, &yc)?;
         let ratio = ratios[0];
         // The order that allows the longest next step (`ε^(−1/q)`, as the controller scales
         // it), the current one on ties; a rejected step is retried at most one order lower.

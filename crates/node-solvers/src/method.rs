@@ -63,27 +63,17 @@ pub enum Method {
 
 impl Method {
     /// Every method: the Runge–Kutta ones ([`Method::RUNGE_KUTTA`]), then the Adams ones.
-    pub const ALL: [Method; 19] = [
-        Method::Euler,
-        Method::Midpoint,
-        Method::Heun2,
-        Method::Ralston,
-        Method::Heun3,
-        Method::Rk4,
-        Method::Rk38,
-        Method::AdaptiveHeun,
-        Method::Fehlberg2,
-        Method::Bosh3,
-        Method::Dopri5,
-        Method::Tsit5,
-        Method::Dopri8,
-        Method::ImplicitEuler,
-        Method::Kvaerno3,
-        Method::Kvaerno5,
-        Method::ExplicitAdams,
-        Method::ImplicitAdams,
-        Method::Adams,
-    ];
+    pub const ALL: [Method; 19] = {
+        let mut all = [Method::Adams; 19];
+        let mut i = 0;
+        while i < Method::RUNGE_KUTTA.len() {
+            all[i] = Method::RUNGE_KUTTA[i];
+            i += 1;
+        }
+        all[16] = Method::ExplicitAdams;
+        all[17] = Method::ImplicitAdams;
+        all
+    };
 
     /// The Runge–Kutta methods: the explicit ones in order of increasing cost, then the
     /// implicit ones.

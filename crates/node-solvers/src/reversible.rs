@@ -50,8 +50,8 @@ use crate::method::Method;
 use crate::options::{SolveOptions, StepSize};
 use crate::rk::{lincomb, Evaluator};
 use crate::solve::{
-    check_state, check_times, error_scale, first_non_finite, fixed_grid, initial_step, interpolate,
-    needs_f1, prepare_atol, scaled_norm_sq, Controller, Solution, SolverStats, Stops,
+    check_state, check_times, error_scale, first_non_finite, first_step, fixed_grid, interpolate,
+    needs_f1, prepare_atol, scaled_norm_sq, Controller, Solution, SolverStats, StepEnd, Stops,
 };
 use crate::tableau::ButcherTableau;
 use candle_core::{Result, Tensor};
@@ -531,26 +531,19 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
         let mut next = 0;
         let (mut t, mut y, mut z) = (ts[0], y0.clone(), y0.clone());
         let mut fz = self.ev.eval(self.stops.start(t), &z)?;
-        let mut h_abs = match opts.first_step {
-            Some(h) => {
-                if first_non_finite(&self.ev, &Tensor::stack(&[&z, &fz], 0)?)?.is_some() {
-                    return Err(SolverError::NonFinite { t }.into());
-                }
-                h
-            }
-            None => initial_step(&self.ev, t, &z, &fz, dir, opts, &atol)?,
-        };
-        h_abs = h_abs.clamp(opts.min_step, opts.max_step);
+        let exponent = self.tab.error_exponent();
+        let mut h_abs = first_step(&self.ev, t, &z, &fz, dir, opts, &atol, exponent)?;
         let mut prev_ratio = 1.0f64;
         loop {
             let steps = self.stats.accepted_steps + self.stats.rejected_steps;
             if steps >= opts.max_steps {
                 return Err(SolverError::MaxStepsExceeded { t, steps }.into());
             }
-            let target = targets[next];
-            let at_min_step = h_abs <= opts.min_step;
-            let clipped = h_abs >= (target - t) * dir;
-            let t1 = if clipped { target } else { t + dir * h_abs };
+            let StepEnd {
+                t1,
+                clipped,
+                at_min_step,
+            } = StepEnd::new(t, targets[next], dir, h_abs, opts.min_step);
             let h_try = (t1 - t).abs();
             let (y1, inc) = self.forward(t, t1, &y, &z, &fz, true)?;
             let err = inc

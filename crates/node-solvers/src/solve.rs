@@ -268,6 +268,14 @@ impl Stops {
         Self { inner, jumps, dir }
     }
 
+    /// Where an adaptive step must end at the latest: the next stop (`true`) or `t_end`.
+    pub(crate) fn target(&self, next_stop: usize, t_end: f64) -> (f64, bool) {
+        match self.inner.get(next_stop) {
+            Some(&s) => (s, true),
+            None => (t_end, false),
+        }
+    }
+
     pub(crate) fn is_jump(&self, t: f64) -> bool {
         !self.jumps.is_empty() && self.jumps.binary_search_by(|x| x.total_cmp(&t)).is_ok()
     }
@@ -289,6 +297,52 @@ impl Stops {
             t1
         }
     }
+}
+
+/// Where an adaptive step of intended size `h_abs` from `t` ends: at `target` (the next stop
+/// or the last time) when it would reach it (`clipped`), else at `t ± h_abs`.
+pub(crate) struct StepEnd {
+    pub(crate) t1: f64,
+    pub(crate) clipped: bool,
+    /// Decided on the intended step: `(t + h) − t` may round above `min_step`.
+    pub(crate) at_min_step: bool,
+}
+
+impl StepEnd {
+    pub(crate) fn new(t: f64, target: f64, dir: f64, h_abs: f64, min_step: f64) -> Self {
+        let clipped = h_abs >= (target - t) * dir;
+        Self {
+            t1: if clipped { target } else { t + dir * h_abs },
+            clipped,
+            at_min_step: h_abs <= min_step,
+        }
+    }
+}
+
+/// The squared error ratios `ratios_sq` (device scalars) and, with events, `g(t1, y1)`, in
+/// one read: the ratios and `g1` (empty without events).
+pub(crate) fn read_ratios<F: VectorField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    ratios_sq: &[Tensor],
+    watch: Option<&EventWatch<'_>>,
+    t1: f64,
+    y1: &Tensor,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut v = match (ratios_sq, watch) {
+        ([one], None) => ev.read(one)?,
+        _ => {
+            let mut parts = ratios_sq
+                .iter()
+                .map(|r| r.to_dtype(DType::F64)?.reshape(1))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(w) = watch {
+                parts.push(w.values(t1, y1)?);
+            }
+            ev.read(&Tensor::cat(&parts, 0)?)?
+        }
+    };
+    let g1 = v.split_off(ratios_sq.len());
+    Ok((v.into_iter().map(f64::sqrt).collect(), g1))
 }
 
 /// The float next to `t` in direction `dir`.
@@ -385,24 +439,36 @@ pub(crate) fn steps_over(span: f64, h: f64) -> usize {
     ((span / h) * (1.0 - 1e-12)).ceil().max(1.0) as usize
 }
 
-/// Hairer's initial step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), as torchdiffeq,
-/// for the Runge–Kutta method of `opts`.
-pub(crate) fn initial_step<F: VectorField + ?Sized>(
+/// The first step of an adaptive solve from `(t, y)`, `f = f(t, y)`: `opts.first_step`
+/// (with `y` and `f` checked finite, one read) or Hairer's rule for an error estimate that
+/// scales as `h^exponent`; within `[min_step, max_step]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn first_step<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
-    t0: f64,
-    y0: &Tensor,
-    f0: &Tensor,
+    t: f64,
+    y: &Tensor,
+    f: &Tensor,
     dir: f64,
     opts: &SolveOptions,
     atol: &PreparedAtol,
+    exponent: f64,
 ) -> Result<f64> {
-    let tab = opts.method.runge_kutta("Hairer's initial step")?;
-    initial_step_for(ev, t0, y0, f0, dir, opts, atol, tab.error_exponent())
+    let h = match opts.first_step {
+        Some(h) => {
+            if first_non_finite(ev, &Tensor::stack(&[y, f], 0)?)?.is_some() {
+                return Err(SolverError::NonFinite { t }.into());
+            }
+            h
+        }
+        None => initial_step(ev, t, y, f, dir, opts, atol, exponent)?,
+    };
+    Ok(h.clamp(opts.min_step, opts.max_step))
 }
 
-/// Hairer's initial step for an error estimate that scales as `h^exponent`.
+/// Hairer's initial step (Hairer, Nørsett & Wanner, Solving ODEs I, II.4), as torchdiffeq,
+/// for an error estimate that scales as `h^exponent`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn initial_step_for<F: VectorField + ?Sized>(
+pub(crate) fn initial_step<F: VectorField + ?Sized>(
     ev: &Evaluator<'_, F>,
     t0: f64,
     y0: &Tensor,
@@ -574,16 +640,7 @@ fn adaptive<F: VectorField + ?Sized>(
     let mut t = ts[0];
     let mut y = y0.clone();
     let mut f0 = ev.eval(stops.start(t), &y)?;
-    let mut h_abs = match opts.first_step {
-        Some(h) => {
-            if first_non_finite(ev, &Tensor::stack(&[&y, &f0], 0)?)?.is_some() {
-                return Err(SolverError::NonFinite { t }.into());
-            }
-            h
-        }
-        None => initial_step(ev, t, &y, &f0, dir, opts, atol)?,
-    };
-    h_abs = h_abs.clamp(opts.min_step, opts.max_step);
+    let mut h_abs = first_step(ev, t, &y, &f0, dir, opts, atol, tab.error_exponent())?;
     let mut newton = Newton::for_method(ev, opts, y0)?;
     let mut stats = SolverStats::default();
     let mut prev_ratio = 1.0f64;
@@ -593,15 +650,12 @@ fn adaptive<F: VectorField + ?Sized>(
         if steps >= opts.max_steps {
             return Err(SolverError::MaxStepsExceeded { t, steps }.into());
         }
-        // The step ends at the next stop or the end if it would reach them.
-        let (target, is_stop) = match stops.inner.get(next_stop) {
-            Some(&s) => (s, true),
-            None => (t_end, false),
-        };
-        // Decided on the intended step: `(t + h) - t` may round above `min_step`.
-        let at_min_step = h_abs <= opts.min_step;
-        let clipped = h_abs >= (target - t) * dir;
-        let t1 = if clipped { target } else { t + dir * h_abs };
+        let (target, is_stop) = stops.target(next_stop, t_end);
+        let StepEnd {
+            t1,
+            clipped,
+            at_min_step,
+        } = StepEnd::new(t, target, dir, h_abs, opts.min_step);
         let h_try = (t1 - t).abs();
         let t0_eval = stops.start(t);
         let t1_eval = stops.end(t1);
@@ -637,22 +691,8 @@ fn adaptive<F: VectorField + ?Sized>(
             .expect("adaptive methods have an error estimate");
         let scale = error_scale(&y, Some(&step.y1), opts.rtol, atol)?;
         let ratio_sq = scaled_norm_sq(err, &scale, opts.norm)?;
-        // With events, g(t1, y1) travels in the same read as the error ratio.
-        let (ratio, g1) = match watch.as_deref() {
-            Some(w) => {
-                let both = Tensor::cat(
-                    &[
-                        ratio_sq.to_dtype(DType::F64)?.reshape(1)?,
-                        w.values(t1, &step.y1)?,
-                    ],
-                    0,
-                )?;
-                let mut v = ev.read(&both)?;
-                let g1 = v.split_off(1);
-                (v[0].sqrt(), g1)
-            }
-            None => (ev.read(&ratio_sq)?[0].sqrt(), vec![]),
-        };
+        let (ratios, g1) = read_ratios(ev, &[ratio_sq], watch.as_deref(), t1, &step.y1)?;
+        let ratio = ratios[0];
         if ratio <= 1.0 {
             stats.accepted_steps += 1;
             if clipped && is_stop {
