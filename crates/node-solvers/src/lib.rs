@@ -16,6 +16,7 @@ pub mod reversible;
 pub mod rk;
 pub mod sde;
 pub mod solve;
+pub mod symplectic;
 pub mod tableau;
 pub mod trace;
 
@@ -37,5 +38,9 @@ pub use sde::{
     SdeOptions, SdeSolution, SdeStats,
 };
 pub use solve::{odeint, Solution, SolverStats};
+pub use symplectic::{
+    odeint_symplectic, Separable, SeparableField, SymplecticMethod, SymplecticOptions,
+    SymplecticSolution, SymplecticStats,
+};
 pub use tableau::{ButcherTableau, Implicit, Interpolant};
 pub use trace::{odeint_traced, StepTrace};
