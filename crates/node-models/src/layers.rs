@@ -262,6 +262,43 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// A scalar network's output `y` (`[B, 1]`) at `x` (`[B, inputs]`) and its gradient
+    /// `∂y/∂x` (`[B, inputs]`), by the chain rule in tensor ops: autograd differentiates the
+    /// gradient again (a Hamiltonian network's field, [`crate::hnn`]).
+    ///
+    /// # Errors
+    /// A network with more than one output or a final `tanh`; Candle errors.
+    pub fn value_and_input_gradient(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let last = self.layers.len() - 1;
+        let top = &self.layers[last].weight;
+        if self.tanh || top.dim(0)? != 1 {
+            candle_core::bail!(
+                "an input gradient needs one output and no final tanh, got {} outputs{}",
+                top.dim(0)?,
+                if self.tanh { " and a tanh" } else { "" }
+            );
+        }
+        let mut slopes = Vec::with_capacity(last);
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if i < last {
+                let (value, slope) = self.activation.value_and_slope(&h)?;
+                slopes.push(slope);
+                h = value;
+            }
+        }
+        // ∂y/∂h_(last−1) is the top weight's row; back through each layer: the slope, then
+        // the weight.
+        let mut g = top.broadcast_as((x.dim(0)?, top.dim(1)?))?;
+        for i in (0..last).rev() {
+            g = (g * &slopes[i])?.matmul(&self.layers[i].weight)?;
+        }
+        Ok((h, g))
+    }
+}
+
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let last = self.layers.len() - 1;

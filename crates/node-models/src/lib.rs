@@ -5,6 +5,7 @@ pub mod cde;
 pub mod checkpoint;
 pub mod cnf;
 pub mod ffjord;
+pub mod hnn;
 pub mod init;
 pub mod latent_ode;
 pub mod latent_sde;
@@ -20,6 +21,7 @@ pub mod toy;
 pub use cde::{ControlPath, Interpolation, NeuralCde, NeuralCdeConfig};
 pub use cnf::{Cnf, CnfConfig, CnfField};
 pub use ffjord::{Ffjord, FfjordConfig, FfjordField};
+pub use hnn::{Hnn, HnnConfig, HnnKind, HnnSystem};
 pub use latent_ode::{LatentOde, LatentOdeConfig};
 pub use latent_sde::{LatentSde, LatentSdeConfig, SdeGradient};
 pub use layers::{
