@@ -99,14 +99,10 @@ fn learned_energy_is_conserved(dev: &Device) -> Result<()> {
     let ts: Vec<f64> = (0..=50).map(|i| i as f64 * 20.0).collect();
     let sol = odeint_symplectic(&model, &q, &p, &ts, &SymplecticOptions::new(0.05))?;
     let h0 = host(&model.energy(&x)?)?;
-    for i in 0..ts.len() {
+    for (i, t) in ts.iter().enumerate() {
         let xi = Tensor::cat(&[sol.qs.get(i)?, sol.ps.get(i)?], 1)?;
         for (a, b) in h0.iter().zip(host(&model.energy(&xi)?)?) {
-            assert!(
-                (a - b).abs() < 1e-3,
-                "leapfrog: H from {a} to {b} at {}",
-                ts[i]
-            );
+            assert!((a - b).abs() < 1e-3, "leapfrog: H from {a} to {b} at {t}");
         }
     }
     Ok(())
