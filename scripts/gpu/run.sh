@@ -239,6 +239,10 @@ step_bench() {
         echo "torchsde or torchcde is not installed: its table is left out"
       fi; } 2>&1 | tee -a "$log" >> "$summary"
   fi
+  if hnn=$(exe bench hnn); then
+    { echo; "$hnn" --device cuda --reps 20; echo
+      "$py" scripts/bench-hnn-torch.py cuda 20; } 2>&1 | tee -a "$log" >> "$summary"
+  fi
   say ""
   say "bench: $(elapsed "$t0")"
 }

@@ -5,7 +5,7 @@
 //! `H_θ(q, p)` and moves along its symplectic gradient, `dq/dt = ∂H/∂p`, `dp/dt = −∂H/∂q`, so
 //! the learned dynamics conserve the learned energy exactly. The baseline learns `dx/dt`
 //! directly. Both train on observed time derivatives; the gradient of `H` comes from the
-//! chain rule in tensor ops ([`Mlp::value_and_input_gradient`]), which autograd
+//! chain rule in tensor ops ([`Mlp::input_gradient`]), which autograd
 //! differentiates again for training.
 //!
 //! A separable HNN, `H = T_θ(p) + V_θ(q)`, is a [`SeparableField`]. It can then be rolled out
@@ -144,7 +144,7 @@ impl Hnn {
         match self.cfg.kind {
             HnnKind::Baseline => self.nets[0].forward(x),
             HnnKind::Hamiltonian => {
-                let (_, g) = self.nets[0].value_and_input_gradient(x)?;
+                let g = self.nets[0].input_gradient(x)?;
                 Tensor::cat(&[g.narrow(1, n, n)?, g.narrow(1, 0, n)?.neg()?], 1)
             }
             HnnKind::Separable => {
@@ -196,13 +196,13 @@ impl SeparableField for Hnn {
     /// `∂T/∂p`.
     fn velocity(&self, _t: f64, p: &Tensor) -> Result<Tensor> {
         self.separable()?;
-        Ok(self.nets[0].value_and_input_gradient(p)?.1)
+        self.nets[0].input_gradient(p)
     }
 
     /// `−∂V/∂q`.
     fn force(&self, _t: f64, q: &Tensor) -> Result<Tensor> {
         self.separable()?;
-        self.nets[1].value_and_input_gradient(q)?.1.neg()
+        self.nets[1].input_gradient(q)?.neg()
     }
 }
 

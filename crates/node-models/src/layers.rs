@@ -270,6 +270,20 @@ impl Mlp {
     /// # Errors
     /// A network with more than one output or a final `tanh`; Candle errors.
     pub fn value_and_input_gradient(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (h, g) = self.chain(x)?;
+        Ok((self.layers[self.layers.len() - 1].forward(&h)?, g))
+    }
+
+    /// [`Mlp::value_and_input_gradient`]'s gradient alone (the top layer is not applied).
+    ///
+    /// # Errors
+    /// As [`Mlp::value_and_input_gradient`].
+    pub fn input_gradient(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.chain(x)?.1)
+    }
+
+    /// The last hidden layer's activations and `∂y/∂x`.
+    fn chain(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let last = self.layers.len() - 1;
         let top = &self.layers[last].weight;
         if self.tanh || top.dim(0)? != 1 {
@@ -281,19 +295,17 @@ impl Mlp {
         }
         let mut slopes = Vec::with_capacity(last);
         let mut h = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i < last {
-                let (value, slope) = self.activation.value_and_slope(&h)?;
-                slopes.push(slope);
-                h = value;
-            }
+        for layer in &self.layers[..last] {
+            let (v, slope) = self.activation.value_and_slope(&layer.forward(&h)?)?;
+            slopes.push(slope);
+            h = v;
         }
         // ∂y/∂h_(last−1) is the top weight's row; back through each layer: the slope, then
-        // the weight.
+        // the weight (`g · W`, as a `linear` with `Wᵀ`).
         let mut g = top.broadcast_as((x.dim(0)?, top.dim(1)?))?;
         for i in (0..last).rev() {
-            g = (g * &slopes[i])?.matmul(&self.layers[i].weight)?;
+            let w_t = self.layers[i].weight.t()?;
+            g = node_kernels::linear(&(g * &slopes[i])?, &w_t, None)?;
         }
         Ok((h, g))
     }
