@@ -4,9 +4,11 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, run_with_defaults, summary_field, tensors};
+use common::{
+    fails_saying, metric, ok, other_trainer_refuses, run_with_defaults, summary_field, tensors,
+};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tmp(name: &str) -> tempfile::TempDir {
     common::tmp("train-cde-cli", name)
@@ -105,19 +107,13 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     let out = tmp("refuse");
     ok(&train(out.path(), &["--iters", "2"]));
     let o = train(out.path(), &["--iters", "4", "--resume", "--hidden", "5"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("does not fit this model"), "{err}");
+    fails_saying(&o, "does not fit this model");
     // The latent ODE's trainer refuses this checkpoint by its model name.
-    let o = Command::new(env!("CARGO_BIN_EXE_train-latent-ode"))
-        .args(["--device", "cpu", "--resume", "--iters", "4", "--out-dir"])
-        .arg(out.path())
-        .output()?;
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("checkpoint of model `neural-cde`, not `latent-ode`"),
-        "{err}"
+    other_trainer_refuses(
+        env!("CARGO_BIN_EXE_train-latent-ode"),
+        out.path(),
+        "neural-cde",
+        "latent-ode",
     );
     for (bad, says) in [
         (&["--iters", "0"][..], "must be positive"),
@@ -127,13 +123,7 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         (&["--hidden", "0"], "at least 1"),
         (&["--lr", "nan"], "must be positive numbers"),
     ] {
-        let o = train(out.path(), bad);
-        assert!(!o.status.success(), "{bad:?} accepted");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !err.contains("panicked") && err.contains(says),
-            "{bad:?}: {err}"
-        );
+        fails_saying(&train(out.path(), bad), says);
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, run_with_defaults, tensors};
+use common::{fails_saying, metric, ok, run_with_defaults, tensors};
 use std::path::Path;
 use std::process::Output;
 
@@ -176,9 +176,7 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     ok(&train(out.path(), &["--iters", "2", "--test-points", "0"]));
     // Another width: the checkpoint's shapes do not fit.
     let o = train(out.path(), &["--iters", "4", "--resume", "--width", "9"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("does not fit this model"), "{err}");
+    fails_saying(&o, "does not fit this model");
     // Not a checkpoint at all.
     std::fs::write(out.path().join("checkpoint.safetensors"), b"junk")?;
     let o = train(out.path(), &["--iters", "4", "--resume"]);

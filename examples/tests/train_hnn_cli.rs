@@ -5,9 +5,10 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, run_with_defaults, summary_field, tensors};
+use common::{
+    fails_saying, metric, ok, other_trainer_refuses, run_with_defaults, summary_field, tensors,
+};
 use std::path::Path;
-use std::process::Command;
 
 fn tmp(name: &str) -> tempfile::TempDir {
     common::tmp("train-hnn-cli", name)
@@ -121,18 +122,12 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     let out = tmp("refuse");
     ok(&train(out.path(), &["--iters", "2"]));
     let o = train(out.path(), &["--iters", "4", "--resume", "--width", "16"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("does not fit this model"), "{err}");
-    let o = Command::new(env!("CARGO_BIN_EXE_train-cde"))
-        .args(["--device", "cpu", "--resume", "--iters", "4", "--out-dir"])
-        .arg(out.path())
-        .output()?;
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("checkpoint of model `hnn`, not `neural-cde`"),
-        "{err}"
+    fails_saying(&o, "does not fit this model");
+    other_trainer_refuses(
+        env!("CARGO_BIN_EXE_train-cde"),
+        out.path(),
+        "hnn",
+        "neural-cde",
     );
     for (bad, says) in [
         (&["--iters", "0"][..], "must be positive"),
@@ -141,13 +136,7 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         (&["--horizon", "nan"], "must be positive"),
         (&["--width", "0"], "positive dof, width and depth"),
     ] {
-        let o = train(out.path(), bad);
-        assert!(!o.status.success(), "{bad:?} accepted");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !err.contains("panicked") && err.contains(says),
-            "{bad:?}: {err}"
-        );
+        fails_saying(&train(out.path(), bad), says);
     }
     Ok(())
 }

@@ -4,9 +4,11 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, run_with_defaults, summary_field, tensors};
+use common::{
+    fails_saying, metric, ok, other_trainer_refuses, run_with_defaults, summary_field, tensors,
+};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tmp(name: &str) -> tempfile::TempDir {
     common::tmp("train-latent-ode-cli", name)
@@ -75,19 +77,13 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     let out = tmp("refuse");
     ok(&train(out.path(), &["--iters", "2"]));
     let o = train(out.path(), &["--iters", "4", "--resume", "--latent", "5"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("does not fit this model"), "{err}");
+    fails_saying(&o, "does not fit this model");
     // The flow's trainer refuses this checkpoint by its model name.
-    let o = Command::new(env!("CARGO_BIN_EXE_train-cnf"))
-        .args(["--device", "cpu", "--resume", "--iters", "4", "--out-dir"])
-        .arg(out.path())
-        .output()?;
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("checkpoint of model `latent-ode`, not `cnf`"),
-        "{err}"
+    other_trainer_refuses(
+        env!("CARGO_BIN_EXE_train-cnf"),
+        out.path(),
+        "latent-ode",
+        "cnf",
     );
     for bad in [
         &["--iters", "0"][..],

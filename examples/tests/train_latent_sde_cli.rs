@@ -5,9 +5,11 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, run_with_defaults, summary_field, tensors};
+use common::{
+    fails_saying, metric, ok, other_trainer_refuses, run_with_defaults, summary_field, tensors,
+};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tmp(name: &str) -> tempfile::TempDir {
     common::tmp("train-latent-sde-cli", name)
@@ -135,19 +137,13 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     let out = tmp("refuse");
     ok(&train(out.path(), &["--iters", "2"]));
     let o = train(out.path(), &["--iters", "4", "--resume", "--hidden", "8"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("does not fit this model"), "{err}");
+    fails_saying(&o, "does not fit this model");
     // The neural CDE's trainer refuses this checkpoint by its model name.
-    let o = Command::new(env!("CARGO_BIN_EXE_train-cde"))
-        .args(["--device", "cpu", "--resume", "--iters", "4", "--out-dir"])
-        .arg(out.path())
-        .output()?;
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("checkpoint of model `latent-sde`, not `neural-cde`"),
-        "{err}"
+    other_trainer_refuses(
+        env!("CARGO_BIN_EXE_train-cde"),
+        out.path(),
+        "latent-sde",
+        "neural-cde",
     );
     // The adjoint needs a Stratonovich method.
     let bad = tmp("bad");

@@ -4,9 +4,11 @@
 mod common;
 
 use anyhow::Result;
-use common::{metric, ok, run_with_defaults, summary_field, tensors};
+use common::{
+    fails_saying, metric, ok, other_trainer_refuses, run_with_defaults, summary_field, tensors,
+};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tmp(name: &str) -> tempfile::TempDir {
     common::tmp("train-spiral-rnn-cli", name)
@@ -102,18 +104,12 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     ok(&train(out.path(), &["--iters", "2"]));
     // The gap input widens the first layer: the checkpoint does not fit.
     let o = train(out.path(), &["--iters", "4", "--resume", "--time-input"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("does not fit this model"), "{err}");
-    let o = Command::new(env!("CARGO_BIN_EXE_train-latent-ode"))
-        .args(["--device", "cpu", "--resume", "--iters", "4", "--out-dir"])
-        .arg(out.path())
-        .output()?;
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("checkpoint of model `spiral-rnn`, not `latent-ode`"),
-        "{err}"
+    fails_saying(&o, "does not fit this model");
+    other_trainer_refuses(
+        env!("CARGO_BIN_EXE_train-latent-ode"),
+        out.path(),
+        "spiral-rnn",
+        "latent-ode",
     );
     for (bad, says) in [
         (&["--iters", "0"][..], "--iters"),
@@ -124,10 +120,7 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         (&["--forecast", "40"], "--ntotal (100) must exceed"),
         (&["--nspiral", "0"], "--nspiral"),
     ] {
-        let o = train(out.path(), bad);
-        assert!(!o.status.success(), "{bad:?} accepted");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(says) && !err.contains("panicked"), "{err}");
+        fails_saying(&train(out.path(), bad), says);
     }
     Ok(())
 }

@@ -82,3 +82,24 @@ pub fn run_with_defaults(bin: &str, out: &Path, defaults: &[[&str; 2]], extra: &
         .output()
         .expect("the binary runs")
 }
+
+/// A run that failed with `says` in its error output, and did not panic.
+pub fn fails_saying(o: &Output, says: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "accepted where `{says}` was expected");
+    assert!(
+        err.contains(says) && !err.contains("panicked"),
+        "expected `{says}`: {err}"
+    );
+}
+
+/// Another trainer (`bin`) refuses the checkpoint in `out` by its model name: `ours`, not
+/// `theirs`.
+pub fn other_trainer_refuses(bin: &str, out: &Path, ours: &str, theirs: &str) {
+    let o = std::process::Command::new(bin)
+        .args(["--device", "cpu", "--resume", "--iters", "4", "--out-dir"])
+        .arg(out)
+        .output()
+        .expect("the other trainer runs");
+    fails_saying(&o, &format!("checkpoint of model `{ours}`, not `{theirs}`"));
+}
