@@ -96,6 +96,33 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!err.contains("panicked"), "{err}");
     }
+    fails_saying(
+        &train(out.path(), &["--method", "rk4"]),
+        "needs an adaptive method",
+    );
+    Ok(())
+}
+
+#[test]
+fn trains_with_the_adams_method() -> Result<()> {
+    // The decoder by `adams` (variable-step, variable-order), gradients by the adjoint,
+    // whose reverse solve is an Adams solve too.
+    let out = tmp("adams");
+    let args = [
+        "--iters",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--method",
+        "adams",
+    ];
+    ok(&train(
+        out.path(),
+        &[&args[..], &["--gradient", "adjoint"]].concat(),
+    ));
+    assert_eq!(summary_field(out.path(), "method"), "\"adams\"");
+    let loss = metric(out.path(), "loss");
+    assert!(loss.iter().all(|l| l.is_finite()), "{loss:?}");
     Ok(())
 }
 

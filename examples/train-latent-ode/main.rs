@@ -62,10 +62,13 @@ struct Args {
     /// Hidden units of the recognition RNN.
     #[arg(long, default_value_t = 25)]
     rnn_hidden: usize,
-    /// dopri5's relative tolerance (torchdiffeq's default).
+    /// The decoder's ODE method, an adaptive one (the example's dopri5).
+    #[arg(long, default_value = "dopri5")]
+    method: Method,
+    /// The solver's relative tolerance (torchdiffeq's default).
     #[arg(long, default_value_t = 1e-7)]
     rtol: f64,
-    /// dopri5's absolute tolerance (torchdiffeq's default).
+    /// The solver's absolute tolerance (torchdiffeq's default).
     #[arg(long, default_value_t = 1e-9)]
     atol: f64,
     /// How the solve is differentiated (the example's default: backprop).
@@ -129,6 +132,12 @@ fn main() -> Result<ExitCode> {
         bail!("--encoder-steps must be positive");
     }
     let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !args.method.is_adaptive() {
+        bail!(
+            "--method {} has no error estimate: the decoder needs an adaptive method (dopri5, tsit5, adams, ...)",
+            args.method
+        );
+    }
     if ![args.lr, args.rtol, args.atol].into_iter().all(positive) {
         bail!("--lr, --rtol and --atol must be positive numbers");
     }
@@ -145,7 +154,7 @@ fn main() -> Result<ExitCode> {
         encoder: args.encoder(),
     };
     let opts = SolveOptions::default()
-        .method(Method::Dopri5)
+        .method(args.method)
         .tolerances(args.rtol, args.atol);
     let gradient = args
         .gradient
@@ -245,6 +254,7 @@ fn main() -> Result<ExitCode> {
     };
     fields.extend([
         ("encoder", encoder),
+        ("method", format!("\"{}\"", args.method)),
         ("rmse_observed", json_number(scores.observed)),
         ("rmse_held_out", opt(scores.held_out)),
         ("rmse_forecast", opt(scores.forecast)),
