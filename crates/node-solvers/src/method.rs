@@ -181,12 +181,11 @@ pub struct UnknownMethod(pub String);
 
 impl fmt::Display for UnknownMethod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<String> = Method::ALL.iter().map(|m| m.to_string()).collect();
         write!(
             f,
             "unknown method `{}` (expected one of: {})",
             self.0,
-            names.join(", ")
+            names_of(&Method::ALL, Method::name)
         )
     }
 }
@@ -197,17 +196,37 @@ impl FromStr for Method {
     type Err = UnknownMethod;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let key = s.trim().to_ascii_lowercase().replace('-', "_");
-        let alias = match key.as_str() {
-            "heun" => Some(Method::Heun2),
-            "rk4_38" | "rk4_3/8" | "rk38_rule" => Some(Method::Rk38),
-            "heun_euler" => Some(Method::AdaptiveHeun),
-            "backward_euler" => Some(Method::ImplicitEuler),
-            "fixed_adams" => Some(Method::ImplicitAdams),
-            _ => None,
-        };
-        alias
-            .or_else(|| Method::ALL.into_iter().find(|m| m.name() == key))
+        let aliases = [
+            ("heun", Method::Heun2),
+            ("rk4_38", Method::Rk38),
+            ("rk4_3/8", Method::Rk38),
+            ("rk38_rule", Method::Rk38),
+            ("heun_euler", Method::AdaptiveHeun),
+            ("backward_euler", Method::ImplicitEuler),
+            ("fixed_adams", Method::ImplicitAdams),
+        ];
+        find_named(s, &Method::ALL, Method::name, &aliases)
             .ok_or_else(|| UnknownMethod(s.to_string()))
     }
+}
+
+/// The method named `s` among `all` (by `name`) and `aliases`, ignoring case, surrounding
+/// space and `-` for `_`: what the method enums' `FromStr` share.
+pub(crate) fn find_named<M: Copy>(
+    s: &str,
+    all: &[M],
+    name: impl Fn(M) -> &'static str,
+    aliases: &[(&str, M)],
+) -> Option<M> {
+    let key = s.trim().to_ascii_lowercase().replace('-', "_");
+    aliases
+        .iter()
+        .find(|(a, _)| *a == key)
+        .map(|&(_, m)| m)
+        .or_else(|| all.iter().copied().find(|&m| name(m) == key))
+}
+
+/// The names of `all`, listed for an error message.
+pub(crate) fn names_of<M: Copy>(all: &[M], name: impl Fn(M) -> &'static str) -> String {
+    all.iter().map(|&m| name(m)).collect::<Vec<_>>().join(", ")
 }

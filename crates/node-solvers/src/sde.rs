@@ -14,6 +14,7 @@
 
 use crate::brownian::BrownianPath;
 use crate::error::SolverError;
+use crate::method::{find_named, names_of};
 use crate::rk::read_to_host;
 use crate::solve::{check_times, finite_rows, steps_over, Controller};
 use candle_core::{Result, Shape, Tensor};
@@ -289,21 +290,17 @@ impl FromStr for SdeMethod {
     type Err = SolverError;
 
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        let key = s.trim().to_ascii_lowercase().replace('-', "_");
-        let alias = match key.as_str() {
-            "euler" | "em" => Some(SdeMethod::EulerMaruyama),
-            "milstein" => Some(SdeMethod::ItoMilstein),
-            _ => None,
-        };
-        alias
-            .or_else(|| SdeMethod::ALL.into_iter().find(|m| m.name() == key))
-            .ok_or_else(|| {
-                let names: Vec<&str> = SdeMethod::ALL.iter().map(|m| m.name()).collect();
-                SolverError::InvalidOptions(format!(
-                    "unknown SDE method `{s}` (expected one of: {})",
-                    names.join(", ")
-                ))
-            })
+        let aliases = [
+            ("euler", SdeMethod::EulerMaruyama),
+            ("em", SdeMethod::EulerMaruyama),
+            ("milstein", SdeMethod::ItoMilstein),
+        ];
+        find_named(s, &SdeMethod::ALL, SdeMethod::name, &aliases).ok_or_else(|| {
+            SolverError::InvalidOptions(format!(
+                "unknown SDE method `{s}` (expected one of: {})",
+                names_of(&SdeMethod::ALL, SdeMethod::name)
+            ))
+        })
     }
 }
 

@@ -184,30 +184,27 @@ pub(crate) fn run_steps<F: VectorField + ?Sized>(
     watch: Option<&mut EventWatch<'_>>,
     trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
-    if opts.method.is_multistep() {
-        if trace.is_some() {
-            return Err(SolverError::InvalidOptions(format!(
-                "a traced solve (a dense solution, checkpointed backprop, the interpolated \
-                 adjoint, a differentiable event) needs a Runge–Kutta method, and `{}` is a \
-                 multistep method",
-                opts.method
-            ))
-            .into());
-        }
-        return match opts.step {
-            StepSize::Adaptive => {
-                let atol = prepare_atol(ev, &opts.atol, y0)?;
-                adams::adaptive(ev, y0, ts, dir, opts, &atol, out, watch)
-            }
-            _ => adams::fixed(ev, y0, ts, dir, opts, out, watch),
-        };
+    let multistep = opts.method.is_multistep();
+    if multistep && trace.is_some() {
+        return Err(SolverError::InvalidOptions(format!(
+            "a traced solve (a dense solution, checkpointed backprop, the interpolated \
+             adjoint, a differentiable event) needs a Runge–Kutta method, and `{}` is a \
+             multistep method",
+            opts.method
+        ))
+        .into());
     }
-    match opts.step {
-        StepSize::Adaptive => {
+    match (&opts.step, multistep) {
+        (StepSize::Adaptive, _) => {
             let atol = prepare_atol(ev, &opts.atol, y0)?;
-            adaptive(ev, y0, ts, dir, opts, &atol, out, watch, trace)
+            if multistep {
+                adams::adaptive(ev, y0, ts, dir, opts, &atol, out, watch)
+            } else {
+                adaptive(ev, y0, ts, dir, opts, &atol, out, watch, trace)
+            }
         }
-        _ => fixed(ev, y0, ts, dir, opts, out, watch, trace),
+        (_, true) => adams::fixed(ev, y0, ts, dir, opts, out, watch),
+        (_, false) => fixed(ev, y0, ts, dir, opts, out, watch, trace),
     }
 }
 

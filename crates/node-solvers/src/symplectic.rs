@@ -21,6 +21,7 @@
 //! flow by backprop through the tensor ops.
 
 use crate::error::SolverError;
+use crate::method::{find_named, names_of};
 use crate::rk::{lincomb, Evaluator};
 use crate::solve::{check_times, first_non_finite, steps_over};
 use candle_core::{Result, Tensor};
@@ -178,22 +179,19 @@ impl FromStr for SymplecticMethod {
     type Err = SolverError;
 
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        let key = s.trim().to_ascii_lowercase().replace('-', "_");
-        let alias = match key.as_str() {
-            "symplectic_euler" => Some(SymplecticMethod::SemiImplicitEuler),
-            "verlet" | "velocity_verlet" | "stormer_verlet" => Some(SymplecticMethod::Leapfrog),
-            "forest_ruth" => Some(SymplecticMethod::Yoshida4),
-            _ => None,
-        };
-        alias
-            .or_else(|| Self::ALL.into_iter().find(|m| m.name() == key))
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
-                SolverError::InvalidOptions(format!(
-                    "unknown symplectic method `{s}` (expected one of: {})",
-                    names.join(", ")
-                ))
-            })
+        let aliases = [
+            ("symplectic_euler", SymplecticMethod::SemiImplicitEuler),
+            ("verlet", SymplecticMethod::Leapfrog),
+            ("velocity_verlet", SymplecticMethod::Leapfrog),
+            ("stormer_verlet", SymplecticMethod::Leapfrog),
+            ("forest_ruth", SymplecticMethod::Yoshida4),
+        ];
+        find_named(s, &Self::ALL, Self::name, &aliases).ok_or_else(|| {
+            SolverError::InvalidOptions(format!(
+                "unknown symplectic method `{s}` (expected one of: {})",
+                names_of(&Self::ALL, Self::name)
+            ))
+        })
     }
 }
 
