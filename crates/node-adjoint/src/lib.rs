@@ -8,6 +8,7 @@ pub mod field;
 pub mod options;
 pub mod reversible;
 pub mod sde;
+pub mod symplectic;
 
 pub use adjoint::{
     odeint_adjoint, odeint_adjoint_with_times, odeint_event_adjoint, odeint_events_adjoint,
@@ -28,4 +29,8 @@ pub use reversible::{odeint_reversible_adjoint, odeint_reversible_adjoint_with_t
 pub use sde::{
     sdeint_adjoint, with_sde_params, ParamSdeField, SdeAdjointOptions, SdeAdjointSolution,
     SdeAdjointStats,
+};
+pub use symplectic::{
+    odeint_symplectic_adjoint, with_separable_params, ParamSeparableField,
+    SymplecticAdjointSolution, SymplecticAdjointStats,
 };

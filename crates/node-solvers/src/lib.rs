@@ -39,7 +39,7 @@ pub use sde::{
 };
 pub use solve::{odeint, Solution, SolverStats};
 pub use symplectic::{
-    odeint_symplectic, Separable, SeparableField, SymplecticMethod, SymplecticOptions,
+    odeint_symplectic, Separable, SeparableField, Substep, SymplecticMethod, SymplecticOptions,
     SymplecticSolution, SymplecticStats,
 };
 pub use tableau::{ButcherTableau, Implicit, Interpolant};

@@ -92,10 +92,13 @@ pub enum SymplecticMethod {
     Yoshida6,
 }
 
-/// One operation of a step: a drift of `q` or a kick of `p`, by a fraction of the step.
-#[derive(Clone, Copy, Debug)]
-enum Op {
+/// One substep of a splitting method: a drift of `q` or a kick of `p`, by a fraction of the
+/// step `h`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Substep {
+    /// `q ← q + c h v(t_p, p)`: `c`.
     Drift(f64),
+    /// `p ← p + d h a(t_q, q)`: `d`.
     Kick(f64),
 }
 
@@ -150,22 +153,45 @@ impl SymplecticMethod {
         }
     }
 
-    /// The drifts and kicks of one step; consecutive kicks of the composed leapfrog steps
-    /// are merged.
-    fn ops(self) -> Vec<Op> {
+    /// The drifts and kicks of one step, in order; consecutive kicks of the composed
+    /// leapfrog steps are merged. A kick that follows a kick (the next step's first, for all
+    /// but the semi-implicit Euler) reuses its force: `q` has not moved.
+    pub fn substeps(self) -> Vec<Substep> {
         if self == SymplecticMethod::SemiImplicitEuler {
-            return vec![Op::Drift(1.0), Op::Kick(1.0)];
+            return vec![Substep::Drift(1.0), Substep::Kick(1.0)];
         }
-        let mut ops: Vec<Op> = vec![];
+        let mut ops: Vec<Substep> = vec![];
         for w in self.weights() {
             match ops.last_mut() {
-                Some(Op::Kick(d)) => *d += w / 2.0,
-                _ => ops.push(Op::Kick(w / 2.0)),
+                Some(Substep::Kick(d)) => *d += w / 2.0,
+                _ => ops.push(Substep::Kick(w / 2.0)),
             }
-            ops.push(Op::Drift(w));
-            ops.push(Op::Kick(w / 2.0));
+            ops.push(Substep::Drift(w));
+            ops.push(Substep::Kick(w / 2.0));
         }
         ops
+    }
+
+    /// The substeps of a step from `t` of length `h`, each with the time its function sees:
+    /// a drift's velocity sees the time the kicks have advanced, a kick's force the time the
+    /// drifts have advanced, so time-dependent forces keep the order.
+    pub fn timed_substeps(self, t: f64, h: f64) -> Vec<(Substep, f64)> {
+        let (mut t_q, mut t_p) = (t, t);
+        self.substeps()
+            .into_iter()
+            .map(|op| match op {
+                Substep::Drift(c) => {
+                    let at = t_p;
+                    t_q += c * h;
+                    (op, at)
+                }
+                Substep::Kick(d) => {
+                    let at = t_q;
+                    t_p += d * h;
+                    (op, at)
+                }
+            })
+            .collect()
     }
 }
 
@@ -234,6 +260,37 @@ impl SymplecticOptions {
         self.check_finite = check;
         self
     }
+
+    /// The number of equal steps each interval of `ts` is cut into, checked: step `i` of
+    /// interval `j` starts at `ts[j] + (ts[j+1] − ts[j]) · i / n_j` and has length
+    /// `(ts[j+1] − ts[j]) / n_j`.
+    ///
+    /// # Errors
+    /// `InvalidOptions` for the step size, `InvalidTimes`/`TimesNotMonotone`,
+    /// `MaxStepsExceeded` when the steps would pass `max_steps`.
+    pub fn step_counts(&self, ts: &[f64]) -> Result<Vec<usize>> {
+        if !(self.step_size.is_finite() && self.step_size > 0.0) {
+            return Err(SolverError::InvalidOptions(format!(
+                "the step size must be finite and > 0, got {}",
+                self.step_size
+            ))
+            .into());
+        }
+        check_times(ts)?;
+        let counts: Vec<usize> = ts
+            .windows(2)
+            .map(|w| steps_over((w[1] - w[0]).abs(), self.step_size))
+            .collect();
+        let total: usize = counts.iter().sum();
+        if total > self.max_steps {
+            return Err(SolverError::MaxStepsExceeded {
+                t: ts[0],
+                steps: total,
+            }
+            .into());
+        }
+        Ok(counts)
+    }
 }
 
 /// Counts of a symplectic solve.
@@ -282,12 +339,6 @@ pub fn odeint_symplectic<F: SeparableField + ?Sized>(
     let invalid = |msg: String| -> Result<SymplecticSolution> {
         Err(SolverError::InvalidOptions(msg).into())
     };
-    if !(opts.step_size.is_finite() && opts.step_size > 0.0) {
-        return invalid(format!(
-            "the step size must be finite and > 0, got {}",
-            opts.step_size
-        ));
-    }
     if q0.shape() != p0.shape() || q0.dtype() != p0.dtype() {
         return invalid(format!(
             "q0 and p0 must have one shape and dtype, got {:?} {:?} and {:?} {:?}",
@@ -305,23 +356,11 @@ pub fn odeint_symplectic<F: SeparableField + ?Sized>(
             p0.device()
         ));
     }
-    check_times(ts)?;
-    let counts: Vec<usize> = ts
-        .windows(2)
-        .map(|w| steps_over((w[1] - w[0]).abs(), opts.step_size))
-        .collect();
+    let counts = opts.step_counts(ts)?;
     let total: usize = counts.iter().sum();
-    if total > opts.max_steps {
-        return Err(SolverError::MaxStepsExceeded {
-            t: ts[0],
-            steps: total,
-        }
-        .into());
-    }
     let velocity = |t: f64, p: &Tensor| field.velocity(t, p);
     let force = |t: f64, q: &Tensor| field.force(t, q);
     let (ev_v, ev_a) = (Evaluator::new(&velocity), Evaluator::new(&force));
-    let ops = opts.method.ops();
     let (mut q, mut p) = (q0.clone(), p0.clone());
     // The force at the current position and drift time, while neither has changed.
     let mut a_now: Option<Tensor> = None;
@@ -330,28 +369,24 @@ pub fn odeint_symplectic<F: SeparableField + ?Sized>(
         let h = (w[1] - w[0]) / n as f64;
         for i in 0..n {
             let t = w[0] + (w[1] - w[0]) * (i as f64 / n as f64);
-            // The drifts advance the time the force sees, the kicks the velocity's.
-            let (mut t_q, mut t_p) = (t, t);
-            for op in &ops {
-                match *op {
-                    Op::Drift(c) => {
-                        let v = ev_v.eval(t_p, &p)?;
+            for (op, time) in opts.method.timed_substeps(t, h) {
+                match op {
+                    Substep::Drift(c) => {
+                        let v = ev_v.eval(time, &p)?;
                         q = lincomb(Some(&q), [(c * h, &v)])?;
-                        t_q += c * h;
                         a_now = None;
                     }
-                    Op::Kick(d) => {
+                    Substep::Kick(d) => {
                         let a = match a_now.take() {
                             Some(a) => a,
-                            None => ev_a.eval(t_q, &q)?,
+                            None => ev_a.eval(time, &q)?,
                         };
                         p = lincomb(Some(&p), [(d * h, &a)])?;
-                        t_p += d * h;
                         a_now = Some(a);
                     }
                 }
             }
-            // The cached force, at `t_q = t + h` up to round-off, is the next step's first.
+            // The cached force, at `t + h` up to round-off, is the next step's first.
         }
         qs.push(q.clone());
         ps.push(p.clone());
