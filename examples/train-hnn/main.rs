@@ -1,6 +1,11 @@
 //! Trains a Hamiltonian neural network (Greydanus, Dzamba & Yosinski 2019) or its baseline on
 //! the paper's ideal mass–spring or pendulum, then rolls the learned dynamics out far past
 //! the training window and measures how well they keep the true energy.
+//!
+//! With `--loss rollout` a separable HNN learns from the observed trajectories alone, without
+//! their time derivatives: leapfrog rollouts from learned initial states are fitted to the
+//! noisy observations (Chen et al. 2020, *Symplectic Recurrent Neural Networks*), their
+//! gradients from walking the leapfrog steps back.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -10,14 +15,15 @@ mod iterations;
 mod plot;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{json_number, pick_device, write_summary, DeviceArg};
 use iterations::{Iterations, Plan};
+use node_adjoint::odeint_symplectic_adjoint;
 use node_models::hnn::{hnn_dataset, Hnn, HnnConfig, HnnKind, HnnSystem};
 use node_models::{Activation, Rng};
-use node_solvers::{odeint, odeint_symplectic, SolveOptions, SymplecticOptions};
+use node_solvers::{odeint, odeint_symplectic, Method, SolveOptions, SymplecticOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -44,6 +50,26 @@ enum ModelArg {
     Separable,
 }
 
+/// `--loss` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LossArg {
+    /// The paper's: the MSE of the predicted time derivatives at the observed states.
+    Derivative,
+    /// The MSE of rollouts over stretches of the training trajectories, from learned initial
+    /// states, against the observed states; no derivatives needed. The separable model rolls
+    /// out by leapfrog, the others by RK4, with the same steps.
+    Rollout,
+}
+
+impl LossArg {
+    fn name(self) -> &'static str {
+        match self {
+            LossArg::Derivative => "derivative",
+            LossArg::Rollout => "rollout",
+        }
+    }
+}
+
 /// Train an HNN or its baseline on the paper's spring or pendulum.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -54,6 +80,17 @@ struct Args {
     /// What is learned.
     #[arg(long, value_enum, default_value = "hnn")]
     model: ModelArg,
+    /// What is fitted: time derivatives (the paper's) or rollouts (the separable model).
+    #[arg(long, value_enum, default_value = "derivative")]
+    loss: LossArg,
+    /// With `--loss rollout`: leapfrog (RK4) steps per interval between observations.
+    #[arg(long, default_value_t = 1)]
+    rollout_substeps: usize,
+    /// With `--loss rollout`: observation intervals per rollout; each trajectory is cut into
+    /// stretches this long (the last one overlapping), each rolled out from its own learned
+    /// initial state (0: whole trajectories).
+    #[arg(long, default_value_t = 11)]
+    rollout_length: usize,
     /// Full-batch Adam steps (in total, counting resumed ones); the paper's 2000.
     #[arg(long, default_value_t = 2000)]
     iters: usize,
@@ -126,6 +163,9 @@ fn main() -> Result<ExitCode> {
     if !all_positive || !not_negative(args.noise) || !not_negative(args.weight_decay) {
         bail!("--lr, --horizon and --leapfrog-step must be positive, --noise and --weight-decay not negative");
     }
+    if args.rollout_substeps == 0 {
+        bail!("--rollout-substeps must be positive");
+    }
     let dev = pick_device(args.device)?;
     node_kernels::skip_unused_cuda_events(&dev);
     let system = match args.system {
@@ -169,12 +209,56 @@ fn main() -> Result<ExitCode> {
         seed: args.seed,
         lr: args.lr,
         extra_json: format!(
-            "\"system\":\"{}\",\"kind\":\"{}\",",
+            "\"system\":\"{}\",\"kind\":\"{}\",\"loss\":\"{}\",",
             system.name(),
-            kind.name()
+            kind.name(),
+            args.loss.name()
         ),
     };
-    let mut run = Iterations::start(plan, &varmap, &dev)?;
+    // Rollouts: the observations of stretches of `k` intervals of every training trajectory
+    // `[k + 1, stretches, 2]`, and each stretch's initial state, a variable (checkpointed with
+    // the model) that starts at its first, noisy, observation. The system is autonomous and
+    // the observations evenly spaced: every stretch runs over `times[..=k]`.
+    let times = system.times();
+    let last = times.len() - 1;
+    let k = match args.rollout_length {
+        0 => last,
+        k => k.min(last),
+    };
+    let mut starts: Vec<usize> = (0..=last - k).step_by(k).collect();
+    if starts.last().is_some_and(|&s| s + k < last) {
+        starts.push(last - k);
+    }
+    let by_time = train
+        .x
+        .reshape((n_train, times.len(), 2))?
+        .transpose(0, 1)?
+        .contiguous()?;
+    let stretches: Vec<Tensor> = starts
+        .iter()
+        .map(|&s| by_time.narrow(0, s, k + 1))
+        .collect::<candle_core::Result<_>>()?;
+    let observed = Tensor::cat(&stretches, 1)?;
+    let rollout_times = times[..=k].to_vec();
+    let initial = match args.loss {
+        LossArg::Derivative => None,
+        LossArg::Rollout => {
+            let x0 = Var::from_tensor(&observed.get(0)?)?;
+            varmap
+                .data()
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the variables' lock is poisoned"))?
+                .insert("initial_states".into(), x0.clone());
+            Some(x0)
+        }
+    };
+    let mut run = Iterations::start_with(plan, &varmap, &dev, || {
+        // After the default initialisation, which reaches every variable.
+        if let Some(x0) = &initial {
+            x0.set(&observed.get(0)?)?;
+        }
+        Ok(())
+    })?;
     run.opt.set_weight_decay(args.weight_decay);
     println!(
         "{} ({} parameters) on {dev:?}; the {}: {} training and {} held-out trajectories of {} points, noise {}; iterations {}..{}",
@@ -191,8 +275,34 @@ fn main() -> Result<ExitCode> {
     let mse = |x: &Tensor, dx: &Tensor| -> candle_core::Result<Tensor> {
         (model.time_derivative(x)? - dx)?.sqr()?.mean_all()
     };
+    // A step a little longer than the interval's share: round-off cannot add a step.
+    let spacing = rollout_times[1] - rollout_times[0];
+    let rollout_opts =
+        SymplecticOptions::new(spacing / args.rollout_substeps as f64 * (1.0 + 1e-9));
+    let n_sub = args.rollout_substeps;
+    let grid: Vec<f64> = rollout_times
+        .windows(2)
+        .flat_map(|w| (0..n_sub).map(move |i| w[0] + (w[1] - w[0]) * (i as f64 / n_sub as f64)))
+        .chain([rollout_times[k]])
+        .collect();
+    let rk4 = SolveOptions::default().method(Method::Rk4).step_grid(grid);
+    // The separable model's leapfrog steps are walked back for their gradients; the others'
+    // few RK4 steps are backpropagated.
+    let rollout_loss = |x0: &Tensor| -> candle_core::Result<Tensor> {
+        let xs = if kind == HnnKind::Separable {
+            let (q0, p0) = (x0.narrow(1, 0, 1)?, x0.narrow(1, 1, 1)?);
+            let sol = odeint_symplectic_adjoint(&model, &q0, &p0, &rollout_times, &rollout_opts)?;
+            Tensor::cat(&[sol.qs, sol.ps], 2)?
+        } else {
+            odeint(&model, x0, &rollout_times, &rk4)?.ys
+        };
+        (xs - &observed)?.sqr()?.mean_all()
+    };
     for it in run.remaining() {
-        let loss = mse(&train.x, &train.dx)?;
+        let loss = match &initial {
+            None => mse(&train.x, &train.dx)?,
+            Some(x0) => rollout_loss(x0.as_tensor())?,
+        };
         run.opt.backward_step(&loss)?;
         let l = loss.to_scalar::<f32>()? as f64;
         if !l.is_finite() {
@@ -223,6 +333,7 @@ fn main() -> Result<ExitCode> {
             ("model", format!("\"{MODEL}\"")),
             ("system", format!("\"{}\"", system.name())),
             ("kind", format!("\"{}\"", kind.name())),
+            ("loss", format!("\"{}\"", args.loss.name())),
             ("iters", args.iters.to_string()),
             ("seed", args.seed.to_string()),
             ("train_mse", json_number(train_mse)),

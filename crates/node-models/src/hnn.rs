@@ -9,12 +9,17 @@
 //! differentiates again for training.
 //!
 //! A separable HNN, `H = T_θ(p) + V_θ(q)`, is a [`SeparableField`]. It can then be rolled out
-//! by [`node_solvers::odeint_symplectic`], whose steps conserve a nearby energy too.
+//! by [`node_solvers::odeint_symplectic`], whose steps conserve a nearby energy too, and
+//! trained on observed trajectories alone through such rollouts
+//! ([`node_adjoint::odeint_symplectic_adjoint`] differentiates them with memory independent
+//! of the steps; Chen, Zhang, Arjovsky & Bottou, *Symplectic Recurrent Neural Networks*, ICLR
+//! 2020).
 
 use crate::layers::{Activation, Mlp};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
+use node_adjoint::{ParamSeparableField, ParamVectorField};
 use node_solvers::{SeparableField, SolverError, VectorField};
 
 /// What the network learns.
@@ -73,6 +78,8 @@ pub struct Hnn {
     cfg: HnnConfig,
     /// Baseline: the field. Hamiltonian: `H`. Separable: `T(p)`, then `V(q)`.
     nets: Vec<Mlp>,
+    /// The nets' variables, in order.
+    vars: Vec<Var>,
 }
 
 impl Hnn {
@@ -100,9 +107,14 @@ impl Hnn {
                 Mlp::new(n, 1, w, d, a, false, vb.pp("potential"))?,
             ],
         };
+        let mut vars = vec![];
+        for net in &nets {
+            vars.extend(net.vars()?);
+        }
         Ok(Self {
             cfg: cfg.clone(),
             nets,
+            vars,
         })
     }
 
@@ -116,11 +128,7 @@ impl Hnn {
     /// # Errors
     /// Candle errors.
     pub fn vars(&self) -> Result<Vec<Var>> {
-        let mut v = vec![];
-        for net in &self.nets {
-            v.extend(net.vars()?);
-        }
-        Ok(v)
+        Ok(self.vars.clone())
     }
 
     fn check(&self, x: &Tensor) -> Result<usize> {
@@ -203,6 +211,20 @@ impl SeparableField for Hnn {
     fn force(&self, _t: f64, q: &Tensor) -> Result<Tensor> {
         self.separable()?;
         self.nets[1].input_gradient(q)?.neg()
+    }
+}
+
+/// The parameters, for the adjoint solvers: [`Hnn::vars`].
+impl ParamVectorField for Hnn {
+    fn params(&self) -> Vec<Var> {
+        self.vars.clone()
+    }
+}
+
+/// The parameters, for [`node_adjoint::odeint_symplectic_adjoint`]: [`Hnn::vars`].
+impl ParamSeparableField for Hnn {
+    fn params(&self) -> Vec<Var> {
+        self.vars.clone()
     }
 }
 
