@@ -6,16 +6,22 @@ create_graph=True)` (2-200-200-2 for the baseline; `T(p) + V(q)` from two MLPs 1
 for the separable model), the time derivatives' MSE, full-batch Adam at lr 1e-3 with weight
 decay 1e-4. One warm-up step, then `reps` timed steps in a row; and a rollout of 25 states
 over t in [0, 20] by torchdiffeq (dopri5 at 1e-6; the separable model by leapfrog with steps
-of 0.01, written out, as torchdiffeq has no symplectic method).
+of 0.01, written out, as torchdiffeq has no symplectic method). Then one gradient of a
+leapfrog rollout of the separable model (25 states, steps of 0.01, L = sum q(T)^2 + p(T)^2) by
+backprop, 100, 1000 and 4000 steps: time, and on the CPU the peak resident memory above the
+set-up, each in its own process (the reference for the bench's second table).
 Usage: python3 bench-hnn-torch.py [cpu|cuda] [reps]"""
 import math
+import os
+import subprocess
 import sys
 import time
 
 import torch
 from torchdiffeq import odeint
 
-dev = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+CHILD = len(sys.argv) > 2 and sys.argv[1] == "rollout-gradient-child"
+dev = "cpu" if CHILD else (sys.argv[1] if len(sys.argv) > 1 else "cpu")
 reps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 torch.manual_seed(0)
 
@@ -78,6 +84,40 @@ class Model(torch.nn.Module):
             return -torch.autograd.grad(self.v(q).sum(), q, create_graph=graph)[0]
 
 
+def rss_kib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return float(line.split()[1])
+    return float("nan")
+
+
+def rollout_gradient(steps):
+    """One gradient of a leapfrog rollout of `steps` steps of 0.01: milliseconds."""
+    model = Model("separable")
+    x = data(1)[0]
+    x0 = torch.cat([x, 0.5 * x])[:25]
+    s = time.perf_counter()
+    q, p = x0[:, :1], x0[:, 1:]
+    h = 0.01
+    a = model.force(q)
+    for _ in range(steps):
+        p = p + 0.5 * h * a
+        q = q + h * model.velocity(p)
+        a = model.force(q)
+        p = p + 0.5 * h * a
+    loss = (q ** 2).sum() + (p ** 2).sum()
+    loss.backward()
+    sync()
+    return (time.perf_counter() - s) * 1e3
+
+
+if CHILD:
+    base = rss_kib("VmRSS:")
+    ms = rollout_gradient(int(sys.argv[2]))
+    print(f"{ms:.1f} {(rss_kib('VmHWM:') - base) / 1024:.1f}")
+    sys.exit(0)
+
 x, dx = data()
 x0 = x[:25].detach()
 ts = torch.linspace(0, 20, 200, device=dev)
@@ -123,3 +163,18 @@ for kind in ["baseline", "hnn", "separable"]:
     sync()
     rollout = (time.perf_counter() - s) * 1e3
     print(f"| {kind} | {times[len(times) // 2]:.2f} | {times[0]:.2f} | {rollout:.1f} | {nfe[0]} |")
+
+print(f"\nGradient of a leapfrog rollout of the separable HNN, 25 states, steps of 0.01, {dev}")
+print("| mode | steps | ms | peak RSS above set-up (MiB) |")
+print("|---|---:|---:|---:|")
+for steps in [100, 1000, 4000]:
+    if dev != "cpu":
+        print(f"| backprop | {steps} | {rollout_gradient(steps):.1f} | – |")
+        continue
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "rollout-gradient-child",
+                          str(steps)], capture_output=True, text=True)
+    fields = out.stdout.split()
+    if out.returncode != 0 or len(fields) != 2:
+        print(f"| backprop | {steps} | failed: {out.stderr.strip().splitlines()[-1:]} | |")
+    else:
+        print(f"| backprop | {steps} | {fields[0]} | {fields[1]} |")
