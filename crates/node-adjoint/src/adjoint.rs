@@ -12,11 +12,11 @@
 //! f(t_0, y_0)` gives `dL/dt_0 = −a(t_0⁺)ᵀ f(t_0, y_0)` and `dL/dt_i = g_iᵀ f(t_i, y(t_i))`.
 
 use crate::field::ParamVectorField;
+use crate::op::{Precomputed, SolveOp};
 use crate::options::{AdjointNorm, AdjointOptions, AdjointState};
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, MetalStorage, Result,
-    Shape, Storage, Tensor, Var,
+    CpuStorage, CudaStorage, CustomOp2, DType, Layout, MetalStorage, Result, Shape, Tensor, Var,
 };
 use node_solvers::{
     event_gradients, locate_event, locate_events, odeint, odeint_dense, Atol, DenseSolution,
@@ -486,17 +486,15 @@ where
     let params = f.params();
     let stats = AdjointStats::default();
     stats.lock().0 = forward_stats;
-    let op = AdjointOp {
-        inner: Arc::new(Inner {
-            f: f.clone(),
-            params: params.clone(),
-            ts,
-            ys: ys.contiguous()?,
-            opts: opts.clone(),
-            backward,
-            stats: stats.clone(),
-        }),
-    };
+    let op = SolveOp(Arc::new(Inner {
+        f: f.clone(),
+        params: params.clone(),
+        ts,
+        ys: ys.contiguous()?,
+        opts: opts.clone(),
+        backward,
+        stats: stats.clone(),
+    }));
     let theta = flat_params(&f.param_sources())?;
     let ys = match (times, theta) {
         (Times::Host(_), None) => y0.apply_op1(op)?,
@@ -555,10 +553,6 @@ pub(crate) struct Inner<F> {
     pub(crate) opts: SolveOptions,
     backward: Backward,
     pub(crate) stats: AdjointStats,
-}
-
-struct AdjointOp<F> {
-    inner: Arc<Inner<F>>,
 }
 
 /// The augmented dynamics `d/dt [y, a, g_θ] = [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ]` on a flat state; with
@@ -892,170 +886,18 @@ impl<F: ParamVectorField> Inner<F> {
         }
         Ok((a.detach(), (p > 0).then_some(g_theta.detach()), stats))
     }
-
-    fn result_storage<S>(&self, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)>
-    where
-        S: BackendStorage,
-    {
-        stored_result(&self.ys, pick)
-    }
 }
 
-/// The forward of an op whose result was computed beforehand: a copy of the storage of the
-/// contiguous `ys`, on the backend `pick` selects.
-pub(crate) fn stored_result<S>(
-    ys: &Tensor,
-    pick: impl Fn(&Storage) -> Option<&S>,
-) -> Result<(S, Shape)>
-where
-    S: BackendStorage,
-{
-    let (storage, layout) = ys.storage_and_layout();
-    match pick(&storage) {
-        Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-        None => {
-            candle_core::bail!("the solution lives on another device than the op's input")
-        }
+impl<F: ParamVectorField + Send + Sync + 'static> Precomputed for Inner<F> {
+    const NAME: &'static str = "odeint-adjoint";
+    fn solution(&self) -> &Tensor {
+        &self.ys
     }
-}
-
-pub(crate) fn cpu(s: &Storage) -> Option<&CpuStorage> {
-    match s {
-        Storage::Cpu(s) => Some(s),
-        _ => None,
-    }
-}
-pub(crate) fn cuda(s: &Storage) -> Option<&CudaStorage> {
-    match s {
-        Storage::Cuda(s) => Some(s),
-        _ => None,
-    }
-}
-pub(crate) fn metal(s: &Storage) -> Option<&MetalStorage> {
-    match s {
-        Storage::Metal(s) => Some(s),
-        _ => None,
-    }
-}
-
-// The op's forward returns the solution computed beforehand (the storage of a contiguous
-// tensor, copied); all the work of the op is in its backward.
-impl<F: ParamVectorField + Send + Sync + 'static> CustomOp1 for AdjointOp<F> {
-    fn name(&self) -> &'static str {
-        "odeint-adjoint"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.inner.result_storage(cpu)
-    }
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.inner.result_storage(cuda)
-    }
-    fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
-        self.inner.result_storage(metal)
-    }
-    fn bwd(&self, _y0: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (gy0, _, _) = self.inner.backward(grad, false)?;
-        Ok(Some(gy0))
-    }
-}
-
-impl<F: ParamVectorField + Send + Sync + 'static> CustomOp2 for AdjointOp<F> {
-    fn name(&self) -> &'static str {
-        "odeint-adjoint"
-    }
-    fn cpu_fwd(
+    fn gradients(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.inner.result_storage(cpu)
-    }
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.inner.result_storage(cuda)
-    }
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> Result<(MetalStorage, Shape)> {
-        self.inner.result_storage(metal)
-    }
-    fn bwd(
-        &self,
-        _y0: &Tensor,
-        _theta: &Tensor,
-        _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gy0, gtheta, _) = self.inner.backward(grad, false)?;
-        Ok((Some(gy0), gtheta))
-    }
-}
-
-impl<F: ParamVectorField + Send + Sync + 'static> CustomOp3 for AdjointOp<F> {
-    fn name(&self) -> &'static str {
-        "odeint-adjoint"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.inner.result_storage(cpu)
-    }
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.inner.result_storage(cuda)
-    }
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> Result<(MetalStorage, Shape)> {
-        self.inner.result_storage(metal)
-    }
-    fn bwd(
-        &self,
-        _y0: &Tensor,
-        theta: &Tensor,
-        ts: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gy0, gtheta, gt) = self.inner.backward(grad, true)?;
-        let gtheta = match gtheta {
-            Some(g) => g,
-            None => theta.zeros_like()?, // the placeholder of a parameter-free field
-        };
-        let gt = match gt {
-            Some(g) => Some(g.to_device(ts.device())?.to_dtype(ts.dtype())?),
-            None => None,
-        };
-        Ok((Some(gy0), Some(gtheta), gt))
+        times: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        self.backward(grad, times)
     }
 }

@@ -5,6 +5,7 @@ pub mod adjoint;
 pub mod checkpoint;
 pub mod direct;
 pub mod field;
+mod op;
 pub mod options;
 pub mod reversible;
 pub mod sde;

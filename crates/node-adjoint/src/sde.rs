@@ -14,15 +14,10 @@
 //! not O(steps); the gradients differ from backprop through the solver by the error of
 //! the reverse solve, which falls with the step.
 
-use crate::adjoint::{
-    check_param_list, cpu, cuda, flat_grad, flat_params, metal, stored_result, VjpSeed,
-};
+use crate::adjoint::{check_param_list, flat_grad, flat_params, VjpSeed};
 use crate::field::WithParams;
-use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Result, Shape, Storage,
-    Tensor, Var,
-};
+use crate::op::{Precomputed, SolveOp};
+use candle_core::{Result, Shape, Tensor, Var};
 use node_solvers::{
     rk::concat_flat, sdeint, sdeint_increments, step_times, BrownianPath, Calculus, DetachedSde,
     Noise, ReversibleHeunState, SdeAdaptive, SdeField, SdeIncrement, SdeMethod, SdeOptions,
@@ -216,19 +211,17 @@ where
     };
     let stats = SdeAdjointStats::default();
     stats.lock().0 = sol.stats;
-    let op = SdeAdjointOp {
-        inner: Arc::new(Inner {
-            sde: sde.clone(),
-            bm: bm.clone(),
-            params,
-            ts: ts.to_vec(),
-            ys: sol.ys.contiguous()?,
-            noise: opts.noise,
-            reverse,
-            walk_back,
-            stats: stats.clone(),
-        }),
-    };
+    let op = SolveOp(Arc::new(Inner {
+        sde: sde.clone(),
+        bm: bm.clone(),
+        params,
+        ts: ts.to_vec(),
+        ys: sol.ys.contiguous()?,
+        noise: opts.noise,
+        reverse,
+        walk_back,
+        stats: stats.clone(),
+    }));
     let ys = match flat_params(&sources)? {
         None => y0.apply_op1(op)?,
         Some(theta) => y0.apply_op2(&theta, op)?,
@@ -304,10 +297,6 @@ struct Terms {
     var: Var,
     mu: Tensor,
     sigma: Tensor,
-}
-
-struct SdeAdjointOp<F, B> {
-    inner: Arc<Inner<F, B>>,
 }
 
 /// The augmented increment `[D, −aᵀ∂D/∂y, −aᵀ∂D/∂θ]` of `D = f h + g · ΔW` on the flat
@@ -499,82 +488,23 @@ impl<F: ParamSdeField, B: BrownianPath> Inner<F, B> {
         };
         Ok((gy0.detach(), (p > 0).then_some(g_theta.detach())))
     }
-
-    fn result_storage<S>(&self, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)>
-    where
-        S: BackendStorage,
-    {
-        stored_result(&self.ys, pick)
-    }
 }
 
-// As the ODE adjoint's op: the forward returns the solution computed beforehand, the work
-// is in the backward.
-impl<F, B> CustomOp1 for SdeAdjointOp<F, B>
+impl<F, B> Precomputed for Inner<F, B>
 where
     F: ParamSdeField + Send + Sync + 'static,
     B: BrownianPath + Send + Sync + 'static,
 {
-    fn name(&self) -> &'static str {
-        "sdeint-adjoint"
+    const NAME: &'static str = "sdeint-adjoint";
+    fn solution(&self) -> &Tensor {
+        &self.ys
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.inner.result_storage(cpu)
-    }
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.inner.result_storage(cuda)
-    }
-    fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
-        self.inner.result_storage(metal)
-    }
-    fn bwd(&self, _y0: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(self.inner.backward(grad)?.0))
-    }
-}
-
-impl<F, B> CustomOp2 for SdeAdjointOp<F, B>
-where
-    F: ParamSdeField + Send + Sync + 'static,
-    B: BrownianPath + Send + Sync + 'static,
-{
-    fn name(&self) -> &'static str {
-        "sdeint-adjoint"
-    }
-    fn cpu_fwd(
+    fn gradients(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.inner.result_storage(cpu)
-    }
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.inner.result_storage(cuda)
-    }
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> Result<(MetalStorage, Shape)> {
-        self.inner.result_storage(metal)
-    }
-    fn bwd(
-        &self,
-        _y0: &Tensor,
-        _theta: &Tensor,
-        _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gy0, gtheta) = self.inner.backward(grad)?;
-        Ok((Some(gy0), gtheta))
+        _: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        let (gy0, gtheta) = self.backward(grad)?;
+        Ok((gy0, gtheta, None))
     }
 }

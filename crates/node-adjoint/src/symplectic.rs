@@ -26,14 +26,11 @@
 //! symplectic integrator of the adjoint system; for separable systems with explicit
 //! splitting methods the steps invert themselves and no checkpoint is needed.
 
-use crate::adjoint::{check_param_list, cpu, cuda, flat_params, metal, stored_result, VjpSeed};
+use crate::adjoint::{check_param_list, flat_params, VjpSeed};
 use crate::checkpoint::ParamGrads;
 use crate::field::WithParams;
-use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Result, Shape, Storage,
-    Tensor, Var,
-};
+use crate::op::{Precomputed, SolveOp};
+use candle_core::{Result, Shape, Tensor, Var};
 use node_solvers::{
     odeint_symplectic, Separable, SeparableField, SolverError, Substep, SymplecticOptions,
     SymplecticStats,
@@ -196,18 +193,16 @@ where
     let sol = odeint_symplectic(&Detached(field), &q0.detach(), &p0.detach(), ts, opts)?;
     let stats = SymplecticAdjointStats::default();
     stats.lock().0 = sol.stats;
-    let op = SymplecticOp {
-        inner: Arc::new(Inner {
-            field: field.clone(),
-            params,
-            ts: ts.to_vec(),
-            counts: opts.step_counts(ts)?,
-            opts: opts.clone(),
-            // `[T, 2, ...S]`: the op has one input and one output.
-            states: Tensor::stack(&[&sol.qs, &sol.ps], 1)?.contiguous()?,
-            stats: stats.clone(),
-        }),
-    };
+    let op = SolveOp(Arc::new(Inner {
+        field: field.clone(),
+        params,
+        ts: ts.to_vec(),
+        counts: opts.step_counts(ts)?,
+        opts: opts.clone(),
+        // `[T, 2, ...S]`: the op has one input and one output.
+        states: Tensor::stack(&[&sol.qs, &sol.ps], 1)?.contiguous()?,
+        stats: stats.clone(),
+    }));
     let y0 = Tensor::stack(&[q0, p0], 0)?;
     let ys = match flat_params(&sources)? {
         None => y0.apply_op1(op)?,
@@ -240,10 +235,6 @@ struct Inner<F> {
     opts: SymplecticOptions,
     states: Tensor,
     stats: SymplecticAdjointStats,
-}
-
-struct SymplecticOp<F> {
-    inner: Arc<Inner<F>>,
 }
 
 /// A force evaluated on a leaf `q`, with its graph, shared by consecutive kicks, and the sum
@@ -353,74 +344,19 @@ impl<F: ParamSeparableField> Inner<F> {
             None => f.seed.zeros_like(),
         }
     }
-
-    fn result_storage<S>(&self, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)>
-    where
-        S: BackendStorage,
-    {
-        stored_result(&self.states, pick)
-    }
 }
 
-// As the ODE adjoint's op: the forward returns the solution computed beforehand, the work
-// is in the backward.
-impl<F: ParamSeparableField + Send + Sync + 'static> CustomOp1 for SymplecticOp<F> {
-    fn name(&self) -> &'static str {
-        "odeint-symplectic-adjoint"
+impl<F: ParamSeparableField + Send + Sync + 'static> Precomputed for Inner<F> {
+    const NAME: &'static str = "odeint-symplectic-adjoint";
+    fn solution(&self) -> &Tensor {
+        &self.states
     }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.inner.result_storage(cpu)
-    }
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.inner.result_storage(cuda)
-    }
-    fn metal_fwd(&self, _: &MetalStorage, _: &Layout) -> Result<(MetalStorage, Shape)> {
-        self.inner.result_storage(metal)
-    }
-    fn bwd(&self, _y0: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(self.inner.backward(grad)?.0))
-    }
-}
-
-impl<F: ParamSeparableField + Send + Sync + 'static> CustomOp2 for SymplecticOp<F> {
-    fn name(&self) -> &'static str {
-        "odeint-symplectic-adjoint"
-    }
-    fn cpu_fwd(
+    fn gradients(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.inner.result_storage(cpu)
-    }
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.inner.result_storage(cuda)
-    }
-    fn metal_fwd(
-        &self,
-        _: &MetalStorage,
-        _: &Layout,
-        _: &MetalStorage,
-        _: &Layout,
-    ) -> Result<(MetalStorage, Shape)> {
-        self.inner.result_storage(metal)
-    }
-    fn bwd(
-        &self,
-        _y0: &Tensor,
-        _theta: &Tensor,
-        _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gy0, gtheta) = self.inner.backward(grad)?;
-        Ok((Some(gy0), gtheta))
+        _: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        let (gy0, gtheta) = self.backward(grad)?;
+        Ok((gy0, gtheta, None))
     }
 }
