@@ -25,27 +25,32 @@ use node_solvers::{
 };
 use std::sync::{Arc, Mutex};
 
-/// Forward and backward statistics of an adjoint solve. A cheap handle: clones share the
+/// Forward and backward counts of a differentiated solve. A cheap handle: clones share the
 /// counts, and the backward counts appear once `backward()` has run.
 #[derive(Clone, Debug, Default)]
-pub struct AdjointStats {
-    inner: Arc<Mutex<(SolverStats, SolverStats)>>,
+pub struct GradientStats<T> {
+    inner: Arc<Mutex<(T, T)>>,
 }
 
-impl AdjointStats {
+impl<T: Copy> GradientStats<T> {
     /// Counts of the forward solve.
-    pub fn forward(&self) -> SolverStats {
+    pub fn forward(&self) -> T {
         self.lock().0
     }
-    /// Counts of the reverse solve (all intervals, plus the evaluations for time gradients);
-    /// zero before `backward()`.
-    pub fn backward(&self) -> SolverStats {
+    /// Counts of the backward pass (the reverse solve, the replay or the walk back); zero
+    /// before `backward()`.
+    pub fn backward(&self) -> T {
         self.lock().1
     }
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, (SolverStats, SolverStats)> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, (T, T)> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// Forward and backward counts of an adjoint solve (and of checkpointed and reversible
+/// backprop). The backward counts cover all intervals, plus the evaluations for time
+/// gradients.
+pub type AdjointStats = GradientStats<SolverStats>;
 
 /// The result of [`odeint_adjoint`].
 #[derive(Clone, Debug)]

@@ -13,7 +13,7 @@ pub mod symplectic;
 
 pub use adjoint::{
     odeint_adjoint, odeint_adjoint_with_times, odeint_event_adjoint, odeint_events_adjoint,
-    AdjointEventSolution, AdjointEventsSolution, AdjointSolution, AdjointStats,
+    AdjointEventSolution, AdjointEventsSolution, AdjointSolution, AdjointStats, GradientStats,
 };
 pub use checkpoint::{
     odeint_checkpointed, odeint_checkpointed_with_times, odeint_event_checkpointed,

@@ -14,6 +14,7 @@
 //! not O(steps); the gradients differ from backprop through the solver by the error of
 //! the reverse solve, which falls with the step.
 
+use crate::adjoint::GradientStats;
 use crate::adjoint::{check_param_list, flat_grad, flat_params, VjpSeed};
 use crate::field::WithParams;
 use crate::op::{Precomputed, SolveOp};
@@ -23,7 +24,7 @@ use node_solvers::{
     Noise, ReversibleHeunState, SdeAdaptive, SdeField, SdeIncrement, SdeMethod, SdeOptions,
     SdeStats, SolverError,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// An [`SdeField`] `(f, g)(t, y; θ)` whose parameters θ are Candle `Var`s, for
 /// [`sdeint_adjoint`]: the same contract as [`crate::ParamVectorField`] (a stable order, the
@@ -94,25 +95,10 @@ pub struct SdeAdjointOptions {
     pub adaptive: Option<SdeAdaptive>,
 }
 
-/// Forward and backward counts of [`sdeint_adjoint`]. A cheap handle: clones share the
-/// counts, and the backward counts appear once `backward()` has run (each evaluation of the
-/// augmented increment counts as one drift and one diffusion evaluation).
-#[derive(Clone, Debug, Default)]
-pub struct SdeAdjointStats(Arc<Mutex<(SdeStats, SdeStats)>>);
-
-impl SdeAdjointStats {
-    /// The forward solve's counts.
-    pub fn forward(&self) -> SdeStats {
-        self.lock().0
-    }
-    /// The reverse solves' counts, summed over the intervals (zero before `backward()`).
-    pub fn backward(&self) -> SdeStats {
-        self.lock().1
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, (SdeStats, SdeStats)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// Forward and backward counts of [`sdeint_adjoint`] (each evaluation of the augmented
+/// increment counts as one drift and one diffusion evaluation; the reverse solves' counts
+/// are summed over the intervals).
+pub type SdeAdjointStats = GradientStats<SdeStats>;
 
 /// The result of [`sdeint_adjoint`].
 #[derive(Clone, Debug)]

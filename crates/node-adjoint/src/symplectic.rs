@@ -26,6 +26,7 @@
 //! symplectic integrator of the adjoint system; for separable systems with explicit
 //! splitting methods the steps invert themselves and no checkpoint is needed.
 
+use crate::adjoint::GradientStats;
 use crate::adjoint::{check_param_list, flat_params, VjpSeed};
 use crate::checkpoint::ParamGrads;
 use crate::field::WithParams;
@@ -35,7 +36,7 @@ use node_solvers::{
     odeint_symplectic, Separable, SeparableField, SolverError, Substep, SymplecticOptions,
     SymplecticStats,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A [`SeparableField`] `dq/dt = v(t, p; θ)`, `dp/dt = a(t, q; θ)` whose parameters θ are
 /// Candle `Var`s, for [`odeint_symplectic_adjoint`]: the same contract as
@@ -95,26 +96,9 @@ where
     }
 }
 
-/// Forward and backward counts of [`odeint_symplectic_adjoint`]. A cheap handle: clones
-/// share the counts, and the backward counts appear once `backward()` has run (each
-/// evaluation there is also one backward pass through it).
-#[derive(Clone, Debug, Default)]
-pub struct SymplecticAdjointStats(Arc<Mutex<(SymplecticStats, SymplecticStats)>>);
-
-impl SymplecticAdjointStats {
-    /// The forward solve's counts.
-    pub fn forward(&self) -> SymplecticStats {
-        self.lock().0
-    }
-    /// The walk back's counts (zero before `backward()`): the same steps and evaluations as
-    /// the forward solve.
-    pub fn backward(&self) -> SymplecticStats {
-        self.lock().1
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, (SymplecticStats, SymplecticStats)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+/// Forward and backward counts of [`odeint_symplectic_adjoint`]: the walk back takes the
+/// forward solve's steps and evaluations, each evaluation also a backward pass through it.
+pub type SymplecticAdjointStats = GradientStats<SymplecticStats>;
 
 /// The result of [`odeint_symplectic_adjoint`].
 #[derive(Clone, Debug)]
