@@ -260,6 +260,15 @@ fn main() -> Result<ExitCode> {
         Ok(())
     })?;
     run.opt.set_weight_decay(args.weight_decay);
+    if let Some(x0) = &initial {
+        // Weight decay is a prior on the weights, not on the initial states. Adam holds the
+        // variables sorted by name.
+        let scales = node_adjoint::sorted_vars(&varmap)
+            .iter()
+            .map(|v| f64::from(u8::from(v.as_tensor().id() != x0.as_tensor().id())))
+            .collect();
+        run.opt.set_weight_decay_scales(scales)?;
+    }
     println!(
         "{} ({} parameters) on {dev:?}; the {}: {} training and {} held-out trajectories of {} points, noise {}; iterations {}..{}",
         kind.name(),

@@ -141,6 +141,8 @@ pub struct Adam {
     config: AdamConfig,
     /// A factor on the learning rate per variable (PyTorch's parameter groups), or none.
     lr_scales: Option<Vec<f64>>,
+    /// A factor on the weight decay per variable, or none.
+    decay_scales: Option<Vec<f64>>,
 }
 
 impl Adam {
@@ -183,18 +185,34 @@ impl Adam {
     /// A number of factors other than the number of variables, or a factor that is negative
     /// or not finite.
     pub fn set_lr_scales(&mut self, scales: Vec<f64>) -> Result<()> {
+        self.lr_scales = Some(self.checked_scales(scales, "learning-rate")?);
+        Ok(())
+    }
+
+    /// Scales the weight decay of each variable (in the order given to `new`) by its factor,
+    /// as PyTorch's parameter groups with their own `weight_decay` do: 0 exempts a variable
+    /// that is no weight (a learned initial state). Settings, not state, as
+    /// [`Adam::set_lr_scales`].
+    ///
+    /// # Errors
+    /// As [`Adam::set_lr_scales`].
+    pub fn set_weight_decay_scales(&mut self, scales: Vec<f64>) -> Result<()> {
+        self.decay_scales = Some(self.checked_scales(scales, "weight-decay")?);
+        Ok(())
+    }
+
+    fn checked_scales(&self, scales: Vec<f64>, what: &str) -> Result<Vec<f64>> {
         if scales.len() != self.vars.len() {
             candle_core::bail!(
-                "Adam: {} learning-rate factors for {} variables",
+                "Adam: {} {what} factors for {} variables",
                 scales.len(),
                 self.vars.len()
             );
         }
         if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s >= 0.0)) {
-            candle_core::bail!("Adam: a learning-rate factor must be finite and ≥ 0, got {s}");
+            candle_core::bail!("Adam: a {what} factor must be finite and ≥ 0, got {s}");
         }
-        self.lr_scales = Some(scales);
-        Ok(())
+        Ok(scales)
     }
 }
 
@@ -231,6 +249,7 @@ impl Optimizer for Adam {
             steps: 0,
             config,
             lr_scales: None,
+            decay_scales: None,
         })
     }
 
@@ -257,6 +276,7 @@ impl Optimizer for Adam {
             let Some(g) = grads.get(var) else { continue };
             let step_size = step_size * self.lr_scales.as_ref().map_or(1.0, |s| s[i]);
             let p = var.as_tensor();
+            let weight_decay = weight_decay * self.decay_scales.as_ref().map_or(1.0, |s| s[i]);
             let g = if weight_decay == 0.0 {
                 g.clone()
             } else {
@@ -393,6 +413,31 @@ mod tests {
         assert!(opt.set_lr_scales(vec![1.0]).is_err());
         assert!(opt.set_lr_scales(vec![1.0, -1.0]).is_err());
         assert!(opt.set_lr_scales(vec![1.0, f64::NAN]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn adam_weight_decay_scales_act_per_variable() -> Result<()> {
+        // A loss with zero gradient: only the decay λθ = 0.5 pushes, and Adam's first step
+        // moves a weight it pushes by lr; the exempt one (factor 0) stays.
+        let a = Var::new(&[1.0f64], &Device::Cpu)?;
+        let b = Var::new(&[1.0f64], &Device::Cpu)?;
+        let cfg = AdamConfig {
+            lr: 0.1,
+            weight_decay: 0.5,
+            ..Default::default()
+        };
+        let mut opt = Adam::new(vec![a.clone(), b.clone()], cfg)?;
+        opt.set_weight_decay_scales(vec![1.0, 0.0])?;
+        let zero = |v: &Var| v.as_tensor().sqr()? - v.as_tensor().sqr()?;
+        let loss = (zero(&a)? + zero(&b)?)?.sum_all()?;
+        opt.backward_step(&loss)?;
+        for (v, want) in [(&a, 0.9), (&b, 1.0)] {
+            let got = v.to_vec1::<f64>()?[0];
+            assert!((got - want).abs() < 1e-8, "{got}");
+        }
+        assert!(opt.set_weight_decay_scales(vec![1.0]).is_err());
+        assert!(opt.set_weight_decay_scales(vec![1.0, -1.0]).is_err());
         Ok(())
     }
 
