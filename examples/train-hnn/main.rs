@@ -2,10 +2,10 @@
 //! the paper's ideal mass–spring or pendulum, then rolls the learned dynamics out far past
 //! the training window and measures how well they keep the true energy.
 //!
-//! With `--loss rollout` a separable HNN learns from the observed trajectories alone, without
-//! their time derivatives: leapfrog rollouts from learned initial states are fitted to the
-//! noisy observations (Chen et al. 2020, *Symplectic Recurrent Neural Networks*), their
-//! gradients from walking the leapfrog steps back.
+//! With `--loss rollout` the models learn from the observed trajectories alone, without their
+//! time derivatives: rollouts from learned initial states are fitted to the noisy
+//! observations (Chen et al. 2020, *Symplectic Recurrent Neural Networks*). The separable
+//! model rolls out by leapfrog, its gradients from walking the steps back; the others by RK4.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -80,7 +80,7 @@ struct Args {
     /// What is learned.
     #[arg(long, value_enum, default_value = "hnn")]
     model: ModelArg,
-    /// What is fitted: time derivatives (the paper's) or rollouts (the separable model).
+    /// What is fitted: time derivatives (the paper's) or rollouts of the observed states.
     #[arg(long, value_enum, default_value = "derivative")]
     loss: LossArg,
     /// With `--loss rollout`: leapfrog (RK4) steps per interval between observations.
