@@ -29,6 +29,46 @@ pub trait BrownianPath {
     /// # Errors
     /// A time outside [`span`](BrownianPath::span) or not finite.
     fn increment(&self, s: f64, t: f64) -> Result<Tensor>;
+
+    /// The increment `W(t) − W(s)` and the space-time Lévy area of the interval between `s`
+    /// and `t` (see [`LevyIncrement`]), which the methods for additive noise
+    /// ([`crate::SdeMethod::Shark`] and its kin) need. Either order of `s` and `t`: the
+    /// increment changes sign, the area does not (the area of a path walked backwards is
+    /// that of the path).
+    ///
+    /// # Errors
+    /// By default [`SolverError::InvalidOptions`]: the path gives no Lévy area.
+    /// [`VirtualBrownianTree::with_levy_area`] builds one that does.
+    fn levy_increment(&self, s: f64, t: f64) -> Result<LevyIncrement> {
+        let _ = (s, t);
+        Err(no_levy_area())
+    }
+}
+
+/// The error of a path without Lévy area asked for one.
+fn no_levy_area() -> candle_core::Error {
+    SolverError::InvalidOptions(
+        "this Brownian path gives no space-time Levy area: build the tree with \
+         `VirtualBrownianTree::with_levy_area`"
+            .into(),
+    )
+    .into()
+}
+
+/// A Brownian increment over `[s, t]` and its space-time Lévy area (Foster, Lyons &
+/// Oberhauser 2020; diffrax's `SpaceTimeLevyArea`):
+/// `H = (1/h) ∫ₛᵗ (W(r) − W(s) − (r − s)/h · (W(t) − W(s))) dr`, `h = t − s`.
+///
+/// `H` is the signed area between the path and the chord over the interval, per unit time:
+/// a normal of variance `h/12`, independent of the increment. It is what a step needs
+/// beyond the increment to reach strong order 3/2 on SDEs with additive noise:
+/// `∫ₛᵗ (W(r) − W(s)) dr = h (ΔW/2 + H)`.
+#[derive(Clone, Debug)]
+pub struct LevyIncrement {
+    /// `W(t) − W(s)`.
+    pub dw: Tensor,
+    /// The space-time Lévy area `H` of the interval, the shape of `dw`.
+    pub area: Tensor,
 }
 
 /// A Brownian motion on `[t0, t1]` drawn on demand from a seed (a *virtual Brownian tree*):
@@ -69,6 +109,8 @@ pub struct VirtualBrownianTree {
     dtype: DType,
     device: Device,
     seed: u64,
+    /// Whether the tree carries `K(t) = ∫ W` beside `W` (for the Lévy area).
+    levy: bool,
     /// The last query's path down the tree and its answer.
     path: Mutex<Path>,
 }
@@ -80,7 +122,14 @@ struct Path {
     nodes: Vec<Node>,
     /// The last query and its answer: a solve asks for each step's end twice, as the end
     /// of one step and the start of the next.
-    last: Option<(f64, Vec<f64>)>,
+    last: Option<(f64, Point)>,
+}
+
+/// `W` at one time and, in a tree with Lévy area, `K = ∫ W` from `t0` (else empty).
+#[derive(Clone, Debug)]
+struct Point {
+    w: Vec<f64>,
+    k: Vec<f64>,
 }
 
 /// A clone is the same path (same seed and span), with its own copy of the last query's
@@ -96,6 +145,7 @@ impl Clone for VirtualBrownianTree {
             dtype: self.dtype,
             device: self.device.clone(),
             seed: self.seed,
+            levy: self.levy,
             path: Mutex::new(path),
         }
     }
@@ -107,8 +157,8 @@ struct Node {
     id: u64,
     s: f64,
     u: f64,
-    ws: Vec<f64>,
-    wu: Vec<f64>,
+    at_s: Point,
+    at_u: Point,
 }
 
 /// Deepest level of the tree (a heap index must fit in 63 bits).
@@ -156,8 +206,14 @@ impl VirtualBrownianTree {
             id: 1,
             s: t0,
             u: t1,
-            ws: vec![0.0; n],
-            wu: normals(seed, 1, 0, n).map(|z| z * span.sqrt()).collect(),
+            at_s: Point {
+                w: vec![0.0; n],
+                k: Vec::new(),
+            },
+            at_u: Point {
+                w: normals(seed, 1, 0, n).map(|z| z * span.sqrt()).collect(),
+                k: Vec::new(),
+            },
         };
         Ok(Self {
             t0,
@@ -167,11 +223,52 @@ impl VirtualBrownianTree {
             dtype,
             device: device.clone(),
             seed,
+            levy: false,
             path: Mutex::new(Path {
                 nodes: vec![root],
                 last: None,
             }),
         })
+    }
+
+    /// The same tree carrying the time integral `K(t) = ∫ W` beside `W`, so that
+    /// [`BrownianPath::levy_increment`] gives each interval's space-time Lévy area, as the
+    /// methods for additive noise need (diffrax's `levy_area=SpaceTimeLevyArea`).
+    ///
+    /// Each bisection then draws `W` and `K` at the midpoint jointly, given both at the
+    /// interval's ends, so the path's increments differ from those of the tree without the
+    /// area (the value at `t1` is the same). Every interval's area comes from `K` at its
+    /// ends: the areas of adjacent intervals and of their union agree exactly, whatever the
+    /// steps. Inside the smallest intervals (below `tol`) each query is one more draw given
+    /// the interval's ends, as for `W` alone. A query costs twice the normals.
+    pub fn with_levy_area(mut self) -> Self {
+        if self.levy {
+            return self;
+        }
+        let span = self.t1 - self.t0;
+        let n = self.shape.elem_count();
+        // (W(t1), K(t1)): W = √h z₁, K = h^{3/2} (z₁/2 + z₂/√12), covariance
+        // [[h, h²/2], [h²/2, h³/3]].
+        let z2: Vec<f64> = normals(self.seed, 1, 2, n).collect();
+        let path = self.path.get_mut().unwrap_or_else(|e| e.into_inner());
+        let root = &mut path.nodes[0];
+        root.at_s.k = vec![0.0; n];
+        root.at_u.k = root
+            .at_u
+            .w
+            .iter()
+            .zip(&z2)
+            .map(|(w, z)| span * (0.5 * w + span.sqrt() * z / 12f64.sqrt()))
+            .collect();
+        path.nodes.truncate(1);
+        path.last = None;
+        self.levy = true;
+        self
+    }
+
+    /// Whether the tree gives Lévy areas ([`VirtualBrownianTree::with_levy_area`]).
+    pub fn has_levy_area(&self) -> bool {
+        self.levy
     }
 
     /// The tolerance: the length of the tree's smallest intervals.
@@ -199,8 +296,8 @@ impl VirtualBrownianTree {
     /// # Errors
     /// `t` outside `[t0, t1]` or not finite.
     pub fn value(&self, t: f64) -> Result<Tensor> {
-        let w = self.host_value(t)?;
-        self.to_tensor(w)
+        let p = self.host_value(t)?;
+        self.to_tensor(p.w)
     }
 
     fn to_tensor(&self, w: Vec<f64>) -> Result<Tensor> {
@@ -220,24 +317,23 @@ impl VirtualBrownianTree {
         Ok(())
     }
 
-    /// `W(t)` on the host, in f64.
-    fn host_value(&self, t: f64) -> Result<Vec<f64>> {
+    /// `W(t)` (and `K(t)` with Lévy area) on the host, in f64.
+    fn host_value(&self, t: f64) -> Result<Point> {
         self.check_time(t)?;
         let mut cache = self.path.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((last_t, w)) = &cache.last {
+        if let Some((last_t, p)) = &cache.last {
             if *last_t == t {
-                return Ok(w.clone());
+                return Ok(p.clone());
             }
         }
-        let w = self.descend(&mut cache.nodes, t);
-        cache.last = Some((t, w.clone()));
-        Ok(w)
+        let p = self.descend(&mut cache.nodes, t);
+        cache.last = Some((t, p.clone()));
+        Ok(p)
     }
 
-    /// `W(t)` by bisection from the deepest interval of `path` that holds `t`, leaving the
-    /// path down to `t`'s interval in `path`.
-    fn descend(&self, path: &mut Vec<Node>, t: f64) -> Vec<f64> {
-        let n = self.shape.elem_count();
+    /// `W(t)` (and `K(t)`) by bisection from the deepest interval of `path` that holds `t`,
+    /// leaving the path down to `t`'s interval in `path`.
+    fn descend(&self, path: &mut Vec<Node>, t: f64) -> Point {
         // Climb to the deepest interval of the last path that holds `t`.
         while path.len() > 1 {
             let last = &path[path.len() - 1];
@@ -249,54 +345,118 @@ impl VirtualBrownianTree {
         loop {
             let node = &path[path.len() - 1];
             if t == node.s {
-                return node.ws.clone();
+                return node.at_s.clone();
             }
             if t == node.u {
-                return node.wu.clone();
+                return node.at_u.clone();
             }
             let (s, u) = (node.s, node.u);
             let m = 0.5 * (s + u);
             let depth = 63 - node.id.leading_zeros();
             if u - s <= self.tol || depth >= MAX_DEPTH || m <= s || m >= u {
                 // A leaf: one bridge sample at `t` itself.
-                let (a, b) = ((t - s) / (u - s), (u - t) / (u - s));
-                let sd = ((t - s) * b).sqrt();
-                return node
-                    .ws
-                    .iter()
-                    .zip(&node.wu)
-                    .zip(normals(self.seed, node.id, 1, n))
-                    .map(|((ws, wu), z)| b * ws + a * wu + sd * z)
-                    .collect();
+                return self.bridge(node, t, false, node.id, [1, 3]);
             }
-            // The midpoint: W(m) = (W(s) + W(u)) / 2 + √((u − s) / 4) · z.
-            let sd = (0.25 * (u - s)).sqrt();
-            let wm: Vec<f64> = node
-                .ws
-                .iter()
-                .zip(&node.wu)
-                .zip(normals(self.seed, 2 * node.id, 0, n))
-                .map(|((ws, wu), z)| 0.5 * (ws + wu) + sd * z)
-                .collect();
+            let at_m = self.bridge(node, m, true, 2 * node.id, [0, 2]);
             let child = if t < m {
                 Node {
                     id: 2 * node.id,
                     s,
                     u: m,
-                    ws: node.ws.clone(),
-                    wu: wm,
+                    at_s: node.at_s.clone(),
+                    at_u: at_m,
                 }
             } else {
                 Node {
                     id: 2 * node.id + 1,
                     s: m,
                     u,
-                    ws: wm,
-                    wu: node.wu.clone(),
+                    at_s: at_m,
+                    at_u: node.at_u.clone(),
                 }
             };
             path.push(child);
         }
+    }
+
+    /// A draw of the path at `t` inside `node`'s interval given its ends (`t` its midpoint
+    /// when `mid`), from the normals keyed by `(id, streams[0])` (and `(id, streams[1])`
+    /// for `K`).
+    fn bridge(&self, node: &Node, t: f64, mid: bool, id: u64, streams: [u64; 2]) -> Point {
+        let n = self.shape.elem_count();
+        let (s, u) = (node.s, node.u);
+        let h = u - s;
+        let (a, b) = ((t - s) / h, (u - t) / h);
+        let (ws, wu) = (&node.at_s.w, &node.at_u.w);
+        if !self.levy {
+            let z = normals(self.seed, id, streams[0], n);
+            let w = if mid {
+                // W(m) = (W(s) + W(u)) / 2 + √(h / 4) · z.
+                let sd = (0.25 * h).sqrt();
+                ws.iter()
+                    .zip(wu)
+                    .zip(z)
+                    .map(|((ws, wu), z)| 0.5 * (ws + wu) + sd * z)
+                    .collect()
+            } else {
+                // W(t) = b W(s) + a W(u) + √((t − s) b) · z.
+                let sd = ((t - s) * b).sqrt();
+                ws.iter()
+                    .zip(wu)
+                    .zip(z)
+                    .map(|((ws, wu), z)| b * ws + a * wu + sd * z)
+                    .collect()
+            };
+            return Point { w, k: Vec::new() };
+        }
+        // In units of the interval (`θ = a`, W scaled by √h, K by h^{3/2}), the increments
+        // `(B, J)` of `(W, ∫W)` from `s` to `t` given those to `u`, `(ŵ, ĵ)`, have mean
+        // `B = (3θ² − 2θ) ŵ + 6θ(1 − θ) ĵ`, `J = θ²(θ − 1) ŵ + θ²(3 − 2θ) ĵ` and covariance
+        // `[[θ(1−θ)(1−3θ+3θ²), θ²(1−θ)²(½−θ)], [·, θ³(1−θ)³/3]]`.
+        let th = a;
+        let c11 = th * (1.0 - th) * (1.0 - 3.0 * th + 3.0 * th * th);
+        let c12 = th * th * (1.0 - th) * (1.0 - th) * (0.5 - th);
+        let c22 = (th * (1.0 - th)).powi(3) / 3.0;
+        let l11 = c11.max(0.0).sqrt();
+        let l21 = if l11 > 0.0 { c12 / l11 } else { 0.0 };
+        let l22 = (c22 - l21 * l21).max(0.0).sqrt();
+        let (sh, h32) = (h.sqrt(), h * h.sqrt());
+        let (ks, ku) = (&node.at_s.k, &node.at_u.k);
+        let mut w = Vec::with_capacity(n);
+        let mut k = Vec::with_capacity(n);
+        let z1 = normals(self.seed, id, streams[0], n);
+        let z2 = normals(self.seed, id, streams[1], n);
+        for (i, (z1, z2)) in z1.zip(z2).enumerate() {
+            let wh = (wu[i] - ws[i]) / sh;
+            let jh = (ku[i] - ks[i] - ws[i] * h) / h32;
+            let bm = (3.0 * th * th - 2.0 * th) * wh + 6.0 * th * (1.0 - th) * jh;
+            let jm = th * th * (th - 1.0) * wh + th * th * (3.0 - 2.0 * th) * jh;
+            let bt = bm + l11 * z1;
+            let jt = jm + l21 * z1 + l22 * z2;
+            w.push(ws[i] + sh * bt);
+            k.push(ks[i] + ws[i] * (t - s) + h32 * jt);
+        }
+        Point { w, k }
+    }
+
+    /// The Lévy increment over `[s, t]` on the host.
+    fn host_levy(&self, s: f64, t: f64) -> Result<(Vec<f64>, Vec<f64>)> {
+        if !self.levy {
+            return Err(no_levy_area());
+        }
+        let (lo, hi) = if s <= t { (s, t) } else { (t, s) };
+        let (a, b) = (self.host_value(lo)?, self.host_value(hi)?);
+        let h = hi - lo;
+        let sign = if s <= t { 1.0 } else { -1.0 };
+        let dw = b.w.iter().zip(&a.w).map(|(b, a)| sign * (b - a)).collect();
+        let area = if h > 0.0 {
+            (0..a.w.len())
+                .map(|i| (b.k[i] - a.k[i]) / h - 0.5 * (a.w[i] + b.w[i]))
+                .collect()
+        } else {
+            vec![0.0; a.w.len()]
+        };
+        Ok((dw, area))
     }
 }
 
@@ -310,8 +470,16 @@ impl BrownianPath for VirtualBrownianTree {
     }
 
     fn increment(&self, s: f64, t: f64) -> Result<Tensor> {
-        let (ws, wt) = (self.host_value(s)?, self.host_value(t)?);
+        let (ws, wt) = (self.host_value(s)?.w, self.host_value(t)?.w);
         self.to_tensor(wt.iter().zip(&ws).map(|(b, a)| b - a).collect())
+    }
+
+    fn levy_increment(&self, s: f64, t: f64) -> Result<LevyIncrement> {
+        let (dw, area) = self.host_levy(s, t)?;
+        Ok(LevyIncrement {
+            dw: self.to_tensor(dw)?,
+            area: self.to_tensor(area)?,
+        })
     }
 }
 

@@ -20,7 +20,7 @@ pub mod symplectic;
 pub mod tableau;
 pub mod trace;
 
-pub use brownian::{BrownianPath, VirtualBrownianTree};
+pub use brownian::{BrownianPath, LevyIncrement, VirtualBrownianTree};
 pub use dense::{odeint_dense, DenseSolution};
 pub use error::SolverError;
 pub use event::{
@@ -33,9 +33,9 @@ pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};
 pub use reversible::{odeint_reversible, ReversibleTrace, DEFAULT_COUPLING};
 pub use sde::{
-    sdeint, sdeint_increments, step_times, Calculus, Detached as DetachedSde, Noise,
-    ReversibleHeunState, SdeAdaptive, SdeErrorEstimate, SdeField, SdeIncrement, SdeMethod,
-    SdeOptions, SdeSolution, SdeStats,
+    sdeint, sdeint_increments, step_times, Additive as AdditiveSde, Calculus,
+    Detached as DetachedSde, Noise, ReversibleHeunState, SdeAdaptive, SdeErrorEstimate, SdeField,
+    SdeIncrement, SdeMethod, SdeOptions, SdeSolution, SdeStats,
 };
 pub use solve::{odeint, Solution, SolverStats};
 pub use symplectic::{

@@ -18,7 +18,7 @@ use crate::method::{find_named, names_of};
 use crate::rk::read_to_host;
 use crate::solve::{check_times, finite_rows, steps_over, Controller};
 use candle_core::{Result, Shape, Tensor};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::str::FromStr;
 
@@ -37,6 +37,14 @@ pub trait SdeField {
     fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor>;
     /// The diffusion `g(t, y)`.
     fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor>;
+    /// Whether the noise is additive: `g` depends on `t` (and on parameters) but not on
+    /// `y`. The methods for additive noise ([`SdeMethod::Sea`], [`SdeMethod::Sra1`],
+    /// [`SdeMethod::Shark`]) need it: they evaluate `g` at one state per time and reuse it.
+    /// The solver takes `true` as a promise and does not check it. Default `false`;
+    /// [`Additive`] says `true`.
+    fn additive_noise(&self) -> bool {
+        false
+    }
 }
 
 impl<F, G> SdeField for (F, G)
@@ -64,6 +72,70 @@ impl<F: SdeField + ?Sized> SdeField for Detached<'_, F> {
     }
     fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
         Ok(self.0.diffusion(t, y)?.detach())
+    }
+    fn additive_noise(&self) -> bool {
+        self.0.additive_noise()
+    }
+}
+
+/// An SDE with additive noise, `dy = f(t, y) dt + g(t) dW`: a drift
+/// `Fn(f64, &Tensor) -> Result<Tensor>` and a diffusion `Fn(f64) -> Result<Tensor>` that
+/// cannot see the state, so [`SdeField::additive_noise`] holds by construction. Any method
+/// solves it; [`SdeMethod::Shark`], [`SdeMethod::Sra1`] and [`SdeMethod::Sea`] only such.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use node_solvers::{
+///     sdeint, AdditiveSde, SdeMethod, SdeOptions, VirtualBrownianTree,
+/// };
+/// # fn main() -> candle_core::Result<()> {
+/// let dev = Device::Cpu;
+/// let sigma = Tensor::full(0.5f64, 100, &dev)?;
+/// // A double-well potential with noise: dy = (y − y³) dt + 0.5 dW.
+/// let sde = AdditiveSde::new(
+///     |_t: f64, y: &Tensor| y - y.powf(3.0)?,
+///     move |_t: f64| Ok(sigma.clone()),
+/// );
+/// let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-6, 100, 0, DType::F64, &dev)?.with_levy_area();
+/// let y0 = Tensor::zeros(100, DType::F64, &dev)?;
+/// let opts = SdeOptions::default().method(SdeMethod::Shark).dt(0.05);
+/// let y1 = sdeint(&sde, &y0, &[0.0, 1.0], &bm, &opts)?.last()?;
+/// assert_eq!(y1.dims(), [100]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Additive<F, G> {
+    /// The drift `f(t, y)`.
+    pub drift: F,
+    /// The diffusion `g(t)`.
+    pub diffusion: G,
+}
+
+impl<F, G> Additive<F, G>
+where
+    F: Fn(f64, &Tensor) -> Result<Tensor>,
+    G: Fn(f64) -> Result<Tensor>,
+{
+    /// The SDE `dy = drift(t, y) dt + diffusion(t) dW`.
+    pub fn new(drift: F, diffusion: G) -> Self {
+        Self { drift, diffusion }
+    }
+}
+
+impl<F, G> SdeField for Additive<F, G>
+where
+    F: Fn(f64, &Tensor) -> Result<Tensor>,
+    G: Fn(f64) -> Result<Tensor>,
+{
+    fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        (self.drift)(t, y)
+    }
+    fn diffusion(&self, t: f64, _y: &Tensor) -> Result<Tensor> {
+        (self.diffusion)(t)
+    }
+    fn additive_noise(&self) -> bool {
+        true
     }
 }
 
@@ -202,6 +274,28 @@ pub enum SdeMethod {
     /// dynamics `y` and `ŷ` drift apart (on `dy = λy dt`, by about 4% a step at
     /// `λh = −0.1`), so keep `|λh|` small there.
     ReversibleHeun,
+    /// Shifted Euler for additive noise (Foster, dos Reis & Strange 2023, (5.8); diffrax's
+    /// `SEA`): `y₁ = y + f(t, y + g (ΔW/2 + H)) h + g ΔW`, with `H` the step's space-time
+    /// Lévy area. One drift evaluation per step; strong order 1, with a smaller error than
+    /// Euler–Maruyama's. Needs additive noise ([`SdeField::additive_noise`]) and a path
+    /// with Lévy area ([`crate::VirtualBrownianTree::with_levy_area`]).
+    Sea,
+    /// Rößler's SRA1 (2010) for additive noise: two drift evaluations per step, strong order
+    /// 3/2, and an embedded error estimate ([`SdeErrorEstimate::Embedded`]). Needs additive
+    /// noise and Lévy area, as [`SdeMethod::Sea`].
+    Sra1,
+    /// ShARK (Foster, dos Reis & Strange 2023; diffrax's `ShARK`) for additive noise:
+    /// `z₀ = y + g H`, `z₁ = y + ⅚ f(t, z₀) h + g (⅚ ΔW + H)`,
+    /// `y₁ = y + (0.4 f(t, z₀) + 0.6 f(t + ⅚h, z₁)) h + g ΔW`. Two drift evaluations per
+    /// step, strong order 3/2, and an embedded error estimate; the method diffrax
+    /// recommends for additive noise. Needs additive noise and Lévy area, as
+    /// [`SdeMethod::Sea`].
+    ///
+    /// For these three methods a diffusion that varies in time adds
+    /// `(g(t₁) − g(t)) (ΔW/2 − H)` to the step (its integral against the path, exact for a
+    /// `g` linear over the step); `g` is evaluated at each step end once, so a step costs
+    /// one diffusion evaluation.
+    Shark,
 }
 
 /// What a reversible Heun solve ([`SdeMethod::ReversibleHeun`]) carries at its last time:
@@ -229,13 +323,16 @@ pub enum Calculus {
 
 impl SdeMethod {
     /// Every method.
-    pub const ALL: [SdeMethod; 6] = [
+    pub const ALL: [SdeMethod; 9] = [
         SdeMethod::EulerMaruyama,
         SdeMethod::ItoMilstein,
         SdeMethod::StratonovichMilstein,
         SdeMethod::Heun,
         SdeMethod::Midpoint,
         SdeMethod::ReversibleHeun,
+        SdeMethod::Sea,
+        SdeMethod::Sra1,
+        SdeMethod::Shark,
     ];
 
     /// The method's name, as [`FromStr`] reads it.
@@ -247,26 +344,49 @@ impl SdeMethod {
             SdeMethod::Heun => "heun",
             SdeMethod::Midpoint => "midpoint",
             SdeMethod::ReversibleHeun => "reversible_heun",
+            SdeMethod::Sea => "sea",
+            SdeMethod::Sra1 => "sra1",
+            SdeMethod::Shark => "shark",
         }
     }
 
-    /// How the method reads the equation.
+    /// How the method reads the equation. The methods for additive noise, where the two
+    /// readings agree, say Stratonovich (as diffrax's).
     pub fn calculus(self) -> Calculus {
         match self {
             SdeMethod::EulerMaruyama | SdeMethod::ItoMilstein => Calculus::Ito,
             SdeMethod::StratonovichMilstein
             | SdeMethod::Heun
             | SdeMethod::Midpoint
-            | SdeMethod::ReversibleHeun => Calculus::Stratonovich,
+            | SdeMethod::ReversibleHeun
+            | SdeMethod::Sea
+            | SdeMethod::Sra1
+            | SdeMethod::Shark => Calculus::Stratonovich,
         }
     }
 
-    /// The strong order for diagonal noise that is not additive.
+    /// The strong order for diagonal noise that is not additive; for the methods that need
+    /// additive noise ([`SdeMethod::needs_additive_noise`]), for additive noise.
     pub fn strong_order(self) -> f64 {
         match self {
             SdeMethod::EulerMaruyama => 0.5,
+            SdeMethod::Sra1 | SdeMethod::Shark => 1.5,
             _ => 1.0,
         }
+    }
+
+    /// Whether the method needs additive noise and the path's space-time Lévy area
+    /// ([`SdeMethod::Sea`], [`SdeMethod::Sra1`], [`SdeMethod::Shark`]).
+    pub fn needs_additive_noise(self) -> bool {
+        matches!(self, SdeMethod::Sea | SdeMethod::Sra1 | SdeMethod::Shark)
+    }
+
+    /// Whether the method has an embedded error estimate ([`SdeErrorEstimate::Embedded`]).
+    pub fn has_embedded_estimate(self) -> bool {
+        matches!(
+            self,
+            SdeMethod::Heun | SdeMethod::Midpoint | SdeMethod::Sra1 | SdeMethod::Shark
+        )
     }
 
     /// Whether the method handles [`Noise::General`] (the Milstein methods need diagonal
@@ -382,6 +502,10 @@ pub enum SdeErrorEstimate {
     /// controller's exponent is then `−1`. Heun's estimate sees only the step's two ends:
     /// noise that is large only between them goes unseen, so bound `dt_max` below the
     /// narrowest such feature.
+    ///
+    /// [`SdeMethod::Shark`] and [`SdeMethod::Sra1`] carry their own, the drift stages'
+    /// combination of their tableaus (diffrax's `b_error`), `O(h^{3/2})`; the exponent is then
+    /// `−2/3`.
     Embedded,
 }
 
@@ -549,12 +673,10 @@ impl SdeOptions {
                 )
                 .into());
             }
-            if a.estimate == SdeErrorEstimate::Embedded
-                && !matches!(self.method, SdeMethod::Heun | SdeMethod::Midpoint)
-            {
+            if a.estimate == SdeErrorEstimate::Embedded && !self.method.has_embedded_estimate() {
                 return Err(SolverError::InvalidOptions(format!(
-                    "an embedded error estimate needs heun or midpoint (the Euler–Maruyama \
-                     step inside them), got `{}`: use step doubling",
+                    "an embedded error estimate needs heun, midpoint, sra1 or shark, got \
+                     `{}`: use step doubling",
                     self.method
                 ))
                 .into());
@@ -676,8 +798,17 @@ where
     if opts.method == SdeMethod::ReversibleHeun {
         return reversible_heun(&ev, y0, ts, bm, opts);
     }
-    let (ys, counts) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
-        step(&ev, opts.method, t, t1, y, dw)
+    if opts.method.needs_additive_noise() && !sde.additive_noise() {
+        return Err(SolverError::InvalidOptions(format!(
+            "`{}` needs additive noise (a diffusion that does not depend on the state): build \
+             the SDE with `AdditiveSde::new(drift, |t| g(t))`, or have `SdeField::additive_noise` \
+             return true",
+            opts.method
+        ))
+        .into());
+    }
+    let (ys, counts) = drive(y0, ts, bm, opts, |t, t1, y, inc| {
+        step(&ev, opts.method, t, t1, y, inc)
     })?;
     Ok(SdeSolution {
         ts: ts.to_vec(),
@@ -701,7 +832,8 @@ where
 {
     // `(ŷ, μ, σ)`, from one step to the next; at the start `ŷ = y0` and the terms there.
     let mut carry: Option<(Tensor, Tensor, Tensor)> = None;
-    let (ys, counts) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
+    let (ys, counts) = drive(y0, ts, bm, opts, |t, t1, y, inc| {
+        let dw = &inc.dw;
         let (y_hat, mu, sigma) = match carry.take() {
             Some(c) => c,
             None => (y.clone(), ev.drift(t, y)?, ev.diffusion(t, y)?),
@@ -792,7 +924,8 @@ where
     if matches!(
         opts.method,
         SdeMethod::ItoMilstein | SdeMethod::StratonovichMilstein | SdeMethod::ReversibleHeun
-    ) {
+    ) || opts.method.needs_additive_noise()
+    {
         return Err(SolverError::InvalidOptions(format!(
             "`{}` needs the drift and the diffusion apart, not only the increment: use \
              euler_maruyama, heun or midpoint",
@@ -801,9 +934,9 @@ where
         .into());
     }
     let evals = Cell::new(0);
-    let (ys, counts) = drive(y0, ts, bm, opts, |t, t1, y, dw| {
+    let (ys, counts) = drive(y0, ts, bm, opts, |t, t1, y, path| {
         let inc = |tk: f64, yk: &Tensor| -> Result<Tensor> {
-            let d = sde.increment(tk, yk, t1 - t, dw)?;
+            let d = sde.increment(tk, yk, t1 - t, &path.dw)?;
             evals.set(evals.get() + 1);
             if d.shape() != yk.shape() || d.dtype() != yk.dtype() {
                 return Err(SolverError::OutputMismatch(format!(
@@ -852,7 +985,7 @@ fn drive<B, S>(
 ) -> Result<(Tensor, Counts)>
 where
     B: BrownianPath + ?Sized,
-    S: FnMut(f64, f64, &Tensor, &Tensor) -> Result<(Tensor, Option<Tensor>)>,
+    S: FnMut(f64, f64, &Tensor, &PathStep) -> Result<(Tensor, Option<Tensor>)>,
 {
     check_times(ts)?;
     if !y0.dtype().is_float() {
@@ -870,8 +1003,14 @@ where
         ))
         .into());
     }
-    let increment = |t: f64, t1: f64| -> Result<Tensor> {
-        let dw = bm.increment(t, t1)?;
+    let levy = opts.method.needs_additive_noise();
+    let increment = |t: f64, t1: f64| -> Result<PathStep> {
+        let (dw, area) = if levy {
+            let l = bm.levy_increment(t, t1)?;
+            (l.dw, Some(l.area))
+        } else {
+            (bm.increment(t, t1)?, None)
+        };
         if dw.dtype() != y0.dtype() || !dw.device().same_device(y0.device()) {
             return Err(SolverError::InvalidOptions(format!(
                 "the Brownian motion is {:?} on {:?}, the state {:?} on {:?}",
@@ -882,7 +1021,7 @@ where
             ))
             .into());
         }
-        Ok(dw)
+        Ok(PathStep { dw, area })
     };
     let (out, mut counts) = match &opts.adaptive {
         None => fixed_steps(y0, ts, opts, &increment, &mut step)?,
@@ -899,12 +1038,19 @@ where
     Ok((ys, counts))
 }
 
-/// The path's increment from the first time to the second, checked.
-type Increment<'a> = dyn Fn(f64, f64) -> Result<Tensor> + 'a;
+/// What a step takes of the path: the increment `ΔW` and, for the methods for additive
+/// noise, the space-time Lévy area.
+struct PathStep {
+    dw: Tensor,
+    area: Option<Tensor>,
+}
 
-/// A step from `(t, y)` to `t1` with the increment `ΔW`: the new state and, for the methods
-/// with one inside, the embedded Euler–Maruyama step's.
-type Step<'a> = dyn FnMut(f64, f64, &Tensor, &Tensor) -> Result<(Tensor, Option<Tensor>)> + 'a;
+/// The path's increment from the first time to the second, checked.
+type Increment<'a> = dyn Fn(f64, f64) -> Result<PathStep> + 'a;
+
+/// A step from `(t, y)` to `t1` along the path: the new state and, for the methods with an
+/// embedded estimate, the lower-order step's.
+type Step<'a> = dyn FnMut(f64, f64, &Tensor, &PathStep) -> Result<(Tensor, Option<Tensor>)> + 'a;
 
 /// Fixed steps: each interval cut into the fewest equal steps of at most `opts.dt`, all
 /// counted before the first is taken. Returns the outputs.
@@ -960,6 +1106,7 @@ fn adaptive_steps(
 ) -> Result<(Vec<Tensor>, Counts)> {
     let k_exp = match a.estimate {
         SdeErrorEstimate::StepDoubling => opts.method.strong_order() + 0.5,
+        SdeErrorEstimate::Embedded if opts.method.needs_additive_noise() => 1.5,
         SdeErrorEstimate::Embedded => 1.0,
     };
     let control = Controller::integral(k_exp, SDE_SAFETY, SDE_MIN_FACTOR, SDE_MAX_FACTOR);
@@ -987,10 +1134,18 @@ fn adaptive_steps(
             let (y1, lower) = match a.estimate {
                 SdeErrorEstimate::StepDoubling => {
                     let tm = t + 0.5 * (t1 - t);
-                    let (dw1, dw2) = (increment(t, tm)?, increment(tm, t1)?);
-                    let whole = step(t, t1, &y, &(&dw1 + &dw2)?)?.0;
-                    let mid = step(t, tm, &y, &dw1)?.0;
-                    (step(tm, t1, &mid, &dw2)?.0, whole)
+                    let (p1, p2) = (increment(t, tm)?, increment(tm, t1)?);
+                    let p = match p1.area {
+                        // The area of the whole is not that of the halves; the path gives it.
+                        Some(_) => increment(t, t1)?,
+                        None => PathStep {
+                            dw: (&p1.dw + &p2.dw)?,
+                            area: None,
+                        },
+                    };
+                    let whole = step(t, t1, &y, &p)?.0;
+                    let mid = step(t, tm, &y, &p1)?.0;
+                    (step(tm, t1, &mid, &p2)?.0, whole)
                 }
                 SdeErrorEstimate::Embedded => match step(t, t1, &y, &increment(t, t1)?)? {
                     (y1, Some(lower)) => (y1, lower),
@@ -1048,17 +1203,24 @@ fn step_end(a: f64, b: f64, k: usize, n: usize) -> f64 {
     lo + (hi - lo) * (j as f64 / n as f64)
 }
 
-/// One step from `(t, y)` to `t1` with the increment `dw = W(t1) − W(t)`.
+/// One step from `(t, y)` to `t1` with the increment `W(t1) − W(t)` (and its area).
 fn step<F: SdeField + ?Sized>(
     ev: &SdeEvaluator<'_, F>,
     method: SdeMethod,
     t: f64,
     t1: f64,
     y: &Tensor,
-    dw: &Tensor,
+    path: &PathStep,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let h = t1 - t;
+    let dw = &path.dw;
     match method {
+        SdeMethod::Sea | SdeMethod::Sra1 | SdeMethod::Shark => {
+            let area = path.area.as_ref().ok_or_else(|| {
+                SolverError::InvalidOptions(format!("`{method}` needs the path's Levy area"))
+            })?;
+            additive_step(ev, AdditiveTableau::of(method), t, t1, y, dw, area)
+        }
         SdeMethod::ItoMilstein => {
             // Diagonal noise only (checked by the options): g ΔW is elementwise.
             let f = ev.drift(t, y)?;
@@ -1098,6 +1260,105 @@ fn step<F: SdeField + ?Sized>(
     }
 }
 
+/// A stochastic Runge–Kutta method for additive noise (diffrax's `AdditiveCoeffs`):
+/// stages `z_j = y + h Σ a_ji f_i + g (w_j ΔW + l_j H)`, `f_j = f(t + c_j h, z_j)`, the
+/// step `y + h Σ b_j f_j + g ΔW` and, where there is one, the error estimate
+/// `h Σ e_j f_j`.
+struct AdditiveTableau {
+    c: &'static [f64],
+    a: &'static [&'static [f64]],
+    b: &'static [f64],
+    e: Option<&'static [f64]>,
+    w: &'static [f64],
+    l: &'static [f64],
+}
+
+impl AdditiveTableau {
+    fn of(method: SdeMethod) -> &'static AdditiveTableau {
+        match method {
+            SdeMethod::Sea => &SEA,
+            SdeMethod::Sra1 => &SRA1,
+            _ => &SHARK,
+        }
+    }
+}
+
+const SEA: AdditiveTableau = AdditiveTableau {
+    c: &[0.0],
+    a: &[&[]],
+    b: &[1.0],
+    e: None,
+    w: &[0.5],
+    l: &[1.0],
+};
+
+const SRA1: AdditiveTableau = AdditiveTableau {
+    c: &[0.0, 0.75],
+    a: &[&[], &[0.75]],
+    b: &[1.0 / 3.0, 2.0 / 3.0],
+    e: Some(&[-2.0 / 3.0, 2.0 / 3.0]),
+    w: &[0.0, 0.75],
+    l: &[0.0, 1.5],
+};
+
+const SHARK: AdditiveTableau = AdditiveTableau {
+    c: &[0.0, 5.0 / 6.0],
+    a: &[&[], &[5.0 / 6.0]],
+    b: &[0.4, 0.6],
+    e: Some(&[-0.6, 0.6]),
+    w: &[0.0, 5.0 / 6.0],
+    l: &[1.0, 1.0],
+};
+
+/// One step of an [`AdditiveTableau`], with the correction `(g(t₁) − g(t)) (ΔW/2 − H)` for a
+/// diffusion that varies in time. Returns the step and, with an error estimate, the step
+/// minus the estimate.
+fn additive_step<F: SdeField + ?Sized>(
+    ev: &SdeEvaluator<'_, F>,
+    tab: &AdditiveTableau,
+    t: f64,
+    t1: f64,
+    y: &Tensor,
+    dw: &Tensor,
+    area: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let h = t1 - t;
+    let g0 = ev.additive_diffusion(t, y)?;
+    let g1 = ev.additive_diffusion(t1, y)?;
+    let gw = ev.times(&g0, dw)?;
+    let gl = ev.times(&g0, area)?;
+    let mut fs: Vec<Tensor> = Vec::with_capacity(tab.b.len());
+    for j in 0..tab.b.len() {
+        let mut z = y.clone();
+        for (f, &a) in fs.iter().zip(tab.a[j]) {
+            if a != 0.0 {
+                z = (z + f.affine(a * h, 0.0)?)?;
+            }
+        }
+        if tab.w[j] != 0.0 {
+            z = (z + gw.affine(tab.w[j], 0.0)?)?;
+        }
+        if tab.l[j] != 0.0 {
+            z = (z + gl.affine(tab.l[j], 0.0)?)?;
+        }
+        fs.push(ev.drift(t + tab.c[j] * h, &z)?);
+    }
+    let combine = |coef: &[f64]| -> Result<Tensor> {
+        let mut sum = fs[0].affine(coef[0] * h, 0.0)?;
+        for (f, &c) in fs.iter().zip(coef).skip(1) {
+            sum = (sum + f.affine(c * h, 0.0)?)?;
+        }
+        Ok(sum)
+    };
+    let varying = ev.times(&(g1 - g0)?, &(dw.affine(0.5, 0.0)? - area)?)?;
+    let y1 = (((y + combine(tab.b)?)? + gw)? + varying)?;
+    let lower = match tab.e {
+        Some(e) => Some((&y1 - combine(e)?)?),
+        None => None,
+    };
+    Ok((y1, lower))
+}
+
 /// One step of a method that needs only the increment `D(t, y) = f(t, y) h + g(t, y) · ΔW`
 /// of the step: Euler–Maruyama `y + D(t, y)`; Heun `y + (D(t, y) + D(t₁, ỹ)) / 2` with
 /// `ỹ = y + D(t, y)`; the midpoint method `y + D(t + h/2, y + D(t, y)/2)`. Heun and the
@@ -1134,6 +1395,8 @@ struct SdeEvaluator<'a, F: ?Sized> {
     noise: Noise,
     drift_evals: Cell<usize>,
     diffusion_evals: Cell<usize>,
+    /// With additive noise, `g` at the last two times it was evaluated at.
+    additive: RefCell<Vec<(f64, Tensor)>>,
 }
 
 impl<'a, F: SdeField + ?Sized> SdeEvaluator<'a, F> {
@@ -1145,6 +1408,7 @@ impl<'a, F: SdeField + ?Sized> SdeEvaluator<'a, F> {
             noise,
             drift_evals: Cell::new(0),
             diffusion_evals: Cell::new(0),
+            additive: RefCell::new(Vec::new()),
         })
     }
 
@@ -1192,6 +1456,21 @@ impl<'a, F: SdeField + ?Sized> SdeEvaluator<'a, F> {
         let g = self.sde.diffusion(t, y)?;
         self.diffusion_evals.set(self.diffusion_evals.get() + 1);
         self.check("diffusion", &g, &self.diffusion, y, t)?;
+        Ok(g)
+    }
+
+    /// `g(t)` for additive noise: evaluated at `y` once per time, then reused (the end of a
+    /// step is the start of the next, and a rejected step's start is the retry's).
+    fn additive_diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        if let Some((_, g)) = self.additive.borrow().iter().find(|(s, _)| *s == t) {
+            return Ok(g.clone());
+        }
+        let g = self.diffusion(t, y)?;
+        let mut cache = self.additive.borrow_mut();
+        if cache.len() == 2 {
+            cache.remove(0);
+        }
+        cache.push((t, g.clone()));
         Ok(g)
     }
 

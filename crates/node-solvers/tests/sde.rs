@@ -1,10 +1,13 @@
 //! SDE solves (`sdeint`) and the virtual Brownian tree: the tree's statistics and
 //! consistency, strong convergence orders against exact solutions along the same path,
 //! reverse-time solves, general noise, gradients, counts and errors; adaptive steps in
-//! `sde/adaptive.rs`.
+//! `sde/adaptive.rs`; the Lévy area and the methods for additive noise in
+//! `sde/additive.rs`.
 
 #[path = "sde/adaptive.rs"]
 mod adaptive;
+#[path = "sde/additive.rs"]
+mod additive;
 mod common;
 
 use anyhow::Result;
@@ -181,7 +184,11 @@ fn strong_order(method: SdeMethod, dev: &Device) -> Result<(f64, Vec<f64>)> {
 }
 
 fn strong_orders(dev: &Device) -> Result<()> {
-    for method in SdeMethod::ALL {
+    // The methods for additive noise are measured in `sde/additive.rs`.
+    for method in SdeMethod::ALL
+        .into_iter()
+        .filter(|m| !m.needs_additive_noise())
+    {
         let (slope, errs) = strong_order(method, dev)?;
         let want = method.strong_order();
         eprintln!("{method}: strong order {slope:.3}, errors {errs:.3?}");
@@ -331,7 +338,10 @@ fn gradients(dev: &Device) -> Result<()> {
         let ys = sdeint(&sde, y0, &[0.0, 0.5, 1.0], &bm, &opts)?.ys;
         Ok(ys.sqr()?.sum_all()?)
     };
-    for method in SdeMethod::ALL {
+    for method in SdeMethod::ALL
+        .into_iter()
+        .filter(|m| !m.needs_additive_noise())
+    {
         let l = loss(y0.as_tensor(), mu.as_tensor(), sigma.as_tensor(), method)?;
         let grads = l.backward()?;
         let g =
