@@ -28,8 +28,8 @@ pub use options::{
 };
 pub use reversible::{odeint_reversible_adjoint, odeint_reversible_adjoint_with_times};
 pub use sde::{
-    sdeint_adjoint, with_sde_params, ParamSdeField, SdeAdjointOptions, SdeAdjointSolution,
-    SdeAdjointStats,
+    sdeint_adjoint, with_additive_sde_params, with_sde_params, ParamSdeField, SdeAdjointOptions,
+    SdeAdjointSolution, SdeAdjointStats,
 };
 pub use symplectic::{
     odeint_symplectic_adjoint, with_separable_params, ParamSeparableField,

@@ -20,9 +20,9 @@ use crate::field::WithParams;
 use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Shape, Tensor, Var};
 use node_solvers::{
-    rk::concat_flat, sdeint, sdeint_increments, step_times, BrownianPath, Calculus, DetachedSde,
-    Noise, ReversibleHeunState, SdeAdaptive, SdeField, SdeIncrement, SdeMethod, SdeOptions,
-    SdeStats, SolverError,
+    rk::concat_flat, sdeint, sdeint_increments, step_times, AdditiveSde, BrownianPath, Calculus,
+    DetachedSde, Noise, ReversibleHeunState, SdeAdaptive, SdeField, SdeIncrement, SdeMethod,
+    SdeOptions, SdeStats, SolverError,
 };
 use std::sync::Arc;
 
@@ -80,6 +80,51 @@ where
     }
 }
 
+/// Makes a [`ParamSdeField`] with additive noise ([`AdditiveSde`]) of a drift closure, a
+/// diffusion closure of time only and the `Var`s they use, for the methods for additive
+/// noise ([`SdeMethod::Shark`] and its kin):
+/// `with_additive_sde_params(f, |t| sigma.affine(1.0 + t, 0.0), vec![w, sigma_var])`.
+pub fn with_additive_sde_params<F, G>(
+    drift: F,
+    diffusion: G,
+    params: Vec<Var>,
+) -> WithParams<AdditiveSde<F, G>>
+where
+    F: Fn(f64, &Tensor) -> Result<Tensor>,
+    G: Fn(f64) -> Result<Tensor>,
+{
+    WithParams::from_parts(AdditiveSde::new(drift, diffusion), params, Vec::new())
+}
+
+impl<F, G> SdeField for WithParams<AdditiveSde<F, G>>
+where
+    F: Fn(f64, &Tensor) -> Result<Tensor>,
+    G: Fn(f64) -> Result<Tensor>,
+{
+    fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        self.inner().drift(t, y)
+    }
+    fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        self.inner().diffusion(t, y)
+    }
+    fn additive_noise(&self) -> bool {
+        true
+    }
+}
+
+impl<F, G> ParamSdeField for WithParams<AdditiveSde<F, G>>
+where
+    F: Fn(f64, &Tensor) -> Result<Tensor>,
+    G: Fn(f64) -> Result<Tensor>,
+{
+    fn params(&self) -> Vec<Var> {
+        self.all_params()
+    }
+    fn param_sources(&self) -> Vec<Tensor> {
+        self.all_sources()
+    }
+}
+
 /// Options of the reverse solve of [`sdeint_adjoint`]. Unset fields take the forward
 /// solve's values.
 #[derive(Clone, Debug, Default)]
@@ -123,7 +168,10 @@ pub struct SdeAdjointSolution {
 ///
 /// The adjoint holds for Stratonovich SDEs: the forward method must be
 /// [`SdeMethod::Heun`], [`SdeMethod::Midpoint`], [`SdeMethod::StratonovichMilstein`] or
-/// [`SdeMethod::ReversibleHeun`]. (An
+/// [`SdeMethod::ReversibleHeun`], or for additive noise (where the two calculi agree)
+/// [`SdeMethod::Shark`], [`SdeMethod::Sra1`] or [`SdeMethod::Sea`] (their terms built with
+/// [`with_additive_sde_params`], the path with Lévy area; the reverse solve is Heun's, of
+/// order 1). (An
 /// Itô SDE `dy = f dt + g dW` with diagonal noise is the Stratonovich SDE with drift
 /// `f − ½ g ∂g/∂y`.) The path is queried again, backwards, by the reverse solve, so it must
 /// give the same increments every time, as [`node_solvers::VirtualBrownianTree`] does; the

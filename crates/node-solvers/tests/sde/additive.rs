@@ -280,7 +280,10 @@ fn adaptive(dev: &Device) -> Result<()> {
                     "{method} {estimate:?}"
                 );
             }
-            eprintln!("{method} {estimate:?}: steps {steps:?}, errors {}", sci(&errs));
+            eprintln!(
+                "{method} {estimate:?}: steps {steps:?}, errors {}",
+                sci(&errs)
+            );
             assert!(
                 errs[2] < errs[1] && errs[1] < errs[0] && errs[2] < errs[0] / 10.0,
                 "{method} {estimate:?}: errors {errs:?}"
