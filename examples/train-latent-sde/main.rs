@@ -41,7 +41,8 @@ enum DataArg {
 enum EstimateArg {
     /// Each step taken whole and as two halves (torchsde's): three steps' evaluations.
     Doubling,
-    /// The Euler–Maruyama step inside Heun and the midpoint method: no extra evaluation.
+    /// The lower-order step inside Heun, the midpoint method, SRA1 and ShARK: no extra
+    /// evaluation.
     Embedded,
 }
 
@@ -79,7 +80,8 @@ struct Args {
     /// Adam's learning rate, decayed by 0.999 every iteration.
     #[arg(long, default_value_t = 1e-2)]
     lr: f64,
-    /// SDE method (a Stratonovich one for the adjoint; the noise is additive, so any).
+    /// SDE method (a Stratonovich one for the adjoint; the noise is additive, so any,
+    /// ShARK and SRA1 of strong order 3/2 among them).
     #[arg(long, default_value = "midpoint")]
     method: SdeMethod,
     /// The SDE solver's step (with `--adaptive`, its first step).
@@ -95,12 +97,18 @@ struct Args {
     /// Absolute tolerance of `--adaptive`.
     #[arg(long, default_value_t = 1e-3)]
     atol: f64,
-    /// How `--adaptive` estimates a step's error (`embedded` needs heun or midpoint).
+    /// How `--adaptive` estimates a step's error (`embedded` needs heun, midpoint, sra1 or
+    /// shark).
     #[arg(long, value_enum, default_value = "doubling")]
     error_estimate: EstimateArg,
     /// How the solve is differentiated.
     #[arg(long, value_enum, default_value = "adjoint")]
     gradient: GradientArg,
+    /// The adjoint's reverse step (its first step with `--adaptive`); default `--dt`. The
+    /// reverse solve is Heun's, of order 1: after a ShARK forward solve at a coarse `--dt`,
+    /// a finer reverse step keeps the gradients accurate.
+    #[arg(long)]
+    adjoint_dt: Option<f64>,
     /// Random seed (initialisation, noise, Brownian paths; the irregular sine's times).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -164,8 +172,19 @@ fn main() -> Result<ExitCode> {
         bail!("--stop-after-steps must be positive");
     }
     let positive = |v: f64| v.is_finite() && v > 0.0;
-    if ![args.lr, args.scale, args.dt].into_iter().all(positive) {
-        bail!("--lr, --scale and --dt must be positive numbers");
+    if ![
+        args.lr,
+        args.scale,
+        args.dt,
+        args.adjoint_dt.unwrap_or(args.dt),
+    ]
+    .into_iter()
+    .all(positive)
+    {
+        bail!("--lr, --scale, --dt and --adjoint-dt must be positive numbers");
+    }
+    if args.adjoint_dt.is_some() && args.gradient != GradientArg::Adjoint {
+        bail!("--adjoint-dt sets the adjoint's reverse step: it needs --gradient adjoint");
     }
     let dev = pick_device(args.device)?;
     node_kernels::skip_unused_cuda_events(&dev);
@@ -194,7 +213,10 @@ fn main() -> Result<ExitCode> {
     let varmap = VarMap::new();
     let model = LatentSde::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
     let gradient = match args.gradient {
-        GradientArg::Adjoint => SdeGradient::Adjoint(SdeAdjointOptions::default()),
+        GradientArg::Adjoint => SdeGradient::Adjoint(SdeAdjointOptions {
+            dt: args.adjoint_dt,
+            ..SdeAdjointOptions::default()
+        }),
         GradientArg::Backprop => SdeGradient::Backprop,
     };
     let plan = Plan {

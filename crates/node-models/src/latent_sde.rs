@@ -31,8 +31,10 @@ pub struct LatentSdeConfig {
     pub mu: f64,
     /// The shared diffusion σ (0.5).
     pub sigma: f64,
-    /// The SDE method. The noise is additive, so Itô and Stratonovich agree; the adjoint
-    /// needs a Stratonovich method (the default, the midpoint method).
+    /// The SDE method. The noise is additive, so Itô and Stratonovich agree, and the
+    /// methods for additive noise ([`SdeMethod::Shark`], strong order 3/2, and its kin)
+    /// apply, on a Brownian tree with Lévy area; the adjoint needs a Stratonovich method
+    /// (the default, the midpoint method, or those).
     pub method: SdeMethod,
     /// The largest step (0.01); with adaptive steps the first one.
     pub dt: f64,
@@ -153,6 +155,10 @@ impl SdeField for PosteriorSde {
         let g = Tensor::new(&[self.sigma, 0.0], aug.device())?.to_dtype(aug.dtype())?;
         g.reshape((1, 2, 1))?.broadcast_as((b, 2, 1))?.contiguous()
     }
+
+    fn additive_noise(&self) -> bool {
+        true
+    }
 }
 
 impl ParamSdeField for PosteriorSde {
@@ -170,6 +176,9 @@ impl SdeField for PriorSde<'_> {
     }
     fn diffusion(&self, _t: f64, y: &Tensor) -> Result<Tensor> {
         y.ones_like()?.affine(self.0.sigma, 0.0)
+    }
+    fn additive_noise(&self) -> bool {
+        true
     }
 }
 
@@ -316,7 +325,13 @@ impl LatentSde {
             Some(a) => a.dt_min.max(1e-6 * span),
         }
         .min(span);
-        VirtualBrownianTree::new(lo, hi, tol, shape, seed, dtype, dev)
+        let bm = VirtualBrownianTree::new(lo, hi, tol, shape, seed, dtype, dev)?;
+        // The methods for additive noise take the steps' Lévy areas.
+        Ok(if self.cfg.method.needs_additive_noise() {
+            bm.with_levy_area()
+        } else {
+            bm
+        })
     }
 
     /// The augmented initial state `[y0, 0]` with `y0 = mean + eps · exp(logvar / 2)`, and

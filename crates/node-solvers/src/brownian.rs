@@ -76,8 +76,12 @@ pub struct LevyIncrement {
 /// bisection with Brownian bridges, each midpoint drawn from a counter-based generator keyed
 /// by the seed and the midpoint's place in the tree. Nothing is stored but the last query's
 /// path down the tree (so that queries at neighbouring times, as a solve makes them, cost a
-/// few bisections each); the same seed gives the same path on every device and in every
-/// order of queries.
+/// few bisections each) and the last three answers; the same seed gives the same path on
+/// every device and in every order of queries.
+///
+/// [`VirtualBrownianTree::with_levy_area`] makes the tree carry `∫ W` too, for the
+/// space-time Lévy areas ([`BrownianPath::levy_increment`]) that the methods for additive
+/// noise take.
 ///
 /// The values are exact samples of one Brownian path at the dyadic points of `[t0, t1]`
 /// down to intervals of length `tol`; inside such an interval `W(t)` is one more bridge
@@ -120,9 +124,10 @@ pub struct VirtualBrownianTree {
 struct Path {
     /// Each interval down to the last query's, with `W` at its ends.
     nodes: Vec<Node>,
-    /// The last query and its answer: a solve asks for each step's end twice, as the end
-    /// of one step and the start of the next.
-    last: Option<(f64, Point)>,
+    /// The last few queries and their answers, the latest last: a solve asks for each
+    /// step's end twice, as the end of one step and the start of the next, and an adaptive
+    /// step by step doubling asks for its start and end again after its midpoint.
+    last: Vec<(f64, Point)>,
 }
 
 /// `W` at one time and, in a tree with Lévy area, `K = ∫ W` from `t0` (else empty).
@@ -160,6 +165,9 @@ struct Node {
     at_s: Point,
     at_u: Point,
 }
+
+/// How many recent queries a tree remembers.
+const REMEMBERED: usize = 3;
 
 /// Deepest level of the tree (a heap index must fit in 63 bits).
 const MAX_DEPTH: u32 = 60;
@@ -226,7 +234,7 @@ impl VirtualBrownianTree {
             levy: false,
             path: Mutex::new(Path {
                 nodes: vec![root],
-                last: None,
+                last: Vec::new(),
             }),
         })
     }
@@ -261,7 +269,7 @@ impl VirtualBrownianTree {
             .map(|(w, z)| span * (0.5 * w + span.sqrt() * z / 12f64.sqrt()))
             .collect();
         path.nodes.truncate(1);
-        path.last = None;
+        path.last.clear();
         self.levy = true;
         self
     }
@@ -321,13 +329,14 @@ impl VirtualBrownianTree {
     fn host_value(&self, t: f64) -> Result<Point> {
         self.check_time(t)?;
         let mut cache = self.path.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((last_t, p)) = &cache.last {
-            if *last_t == t {
-                return Ok(p.clone());
-            }
+        if let Some((_, p)) = cache.last.iter().find(|(s, _)| *s == t) {
+            return Ok(p.clone());
         }
         let p = self.descend(&mut cache.nodes, t);
-        cache.last = Some((t, p.clone()));
+        if cache.last.len() == REMEMBERED {
+            cache.last.remove(0);
+        }
+        cache.last.push((t, p.clone()));
         Ok(p)
     }
 
