@@ -125,6 +125,25 @@ fn trains_with_adaptive_steps() -> Result<()> {
     );
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stdout).contains("Embedded error estimate"));
+    // ShARK, adaptive with its embedded estimate, the adjoint's reverse step finer.
+    let shark = tmp("shark");
+    let o = train(
+        shark.path(),
+        &[
+            "--iters",
+            "2",
+            "--method",
+            "shark",
+            "--adaptive",
+            "--error-estimate",
+            "embedded",
+            "--adjoint-dt",
+            "0.02",
+        ],
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("per iteration, shark with adaptive steps"));
+    assert!(metric(shark.path(), "nfe_b")[0] > 0.0);
     // Tolerances are checked before training.
     let o = train(out.path(), &["--iters", "3", "--adaptive", "--rtol", "0"]);
     assert!(!o.status.success());
@@ -155,9 +174,23 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         ["--iters", "0"],
         ["--scale", "-1"],
         ["--method", "dopri5"],
+        ["--adjoint-dt", "-0.1"],
     ] {
         let o = train(bad.path(), &flags);
         assert!(!o.status.success(), "{flags:?} accepted");
     }
+    // The adjoint's step without the adjoint.
+    let o = train(
+        bad.path(),
+        &[
+            "--iters",
+            "2",
+            "--gradient",
+            "backprop",
+            "--adjoint-dt",
+            "0.01",
+        ],
+    );
+    fails_saying(&o, "--adjoint-dt");
     Ok(())
 }
