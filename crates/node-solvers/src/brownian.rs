@@ -249,6 +249,10 @@ impl VirtualBrownianTree {
     /// ends: the areas of adjacent intervals and of their union agree exactly, whatever the
     /// steps. Inside the smallest intervals (below `tol`) each query is one more draw given
     /// the interval's ends, as for `W` alone. A query costs twice the normals.
+    ///
+    /// The area of an interval of length `h` is a difference of `K` at its ends over `h`:
+    /// its relative rounding error is about `4e-16 · ((t1 − t0)/h)^{3/2}`, 4e-7 for steps
+    /// a millionth of the span.
     pub fn with_levy_area(mut self) -> Self {
         if self.levy {
             return self;

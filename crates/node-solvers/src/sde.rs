@@ -6,7 +6,9 @@
 //! and [`SdeMethod::ItoMilstein`] solve it as an Itô equation; [`SdeMethod::Heun`],
 //! [`SdeMethod::Midpoint`], [`SdeMethod::StratonovichMilstein`] and
 //! [`SdeMethod::ReversibleHeun`] as a Stratonovich one.
-//! With additive noise (`g` independent of `y`) the two readings agree.
+//! With additive noise (`g` independent of `y`) the two readings agree, and
+//! [`SdeMethod::Shark`], [`SdeMethod::Sra1`] (strong order 3/2) and [`SdeMethod::Sea`] use
+//! the steps' space-time Lévy areas ([`crate::LevyIncrement`]) as well as their increments.
 //!
 //! The solve is built from Candle tensor ops on the state, so for a fixed Brownian path it
 //! is a differentiable function of `y0` and of any parameters of `f` and `g`: gradients flow
@@ -758,7 +760,9 @@ impl SdeSolution {
 /// # Errors
 /// [`SolverError`] for invalid options or times, times outside the path's span, a path or
 /// field output of the wrong shape, dtype or device, too many steps, and a non-finite
-/// output; errors of `f`, `g` and the path are passed through.
+/// output; a method for additive noise ([`SdeMethod::needs_additive_noise`]) on terms that
+/// do not promise it ([`SdeField::additive_noise`]) or on a path without Lévy area; errors
+/// of `f`, `g` and the path are passed through.
 ///
 /// # Example
 /// Geometric Brownian motion `dy = μ y dt + σ y dW` (Itô), whose solution along the path is
