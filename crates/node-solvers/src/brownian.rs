@@ -251,8 +251,9 @@ impl VirtualBrownianTree {
     /// the interval's ends, as for `W` alone. A query costs twice the normals.
     ///
     /// The area of an interval of length `h` is a difference of `K` at its ends over `h`:
-    /// its relative rounding error is about `4e-16 · ((t1 − t0)/h)^{3/2}`, 4e-7 for steps
-    /// a millionth of the span.
+    /// its relative rounding error is of the order of `1e-16 · ((t1 − t0)/h)^{3/2}` (an
+    /// estimate: `K` is of the order of `(t1 − t0)^{3/2}`, the area of `√h`), so about
+    /// 1e-7 for steps a millionth of the span.
     pub fn with_levy_area(mut self) -> Self {
         if self.levy {
             return self;
