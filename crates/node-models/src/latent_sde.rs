@@ -327,7 +327,7 @@ impl LatentSde {
         .min(span);
         let bm = VirtualBrownianTree::new(lo, hi, tol, shape, seed, dtype, dev)?;
         // The methods for additive noise take the steps' Lévy areas.
-        Ok(if self.cfg.method.needs_additive_noise() {
+        Ok(if self.cfg.method.needs_levy_area() {
             bm.with_levy_area()
         } else {
             bm

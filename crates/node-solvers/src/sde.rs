@@ -8,7 +8,8 @@
 //! [`SdeMethod::ReversibleHeun`] as a Stratonovich one.
 //! With additive noise (`g` independent of `y`) the two readings agree, and
 //! [`SdeMethod::Shark`], [`SdeMethod::Sra1`] (strong order 3/2) and [`SdeMethod::Sea`] use
-//! the steps' space-time Lévy areas ([`crate::LevyIncrement`]) as well as their increments.
+//! the steps' space-time Lévy areas ([`crate::LevyIncrement`]) as well as their increments;
+//! [`SdeMethod::GeneralShark`] takes them for any noise.
 //!
 //! The solve is built from Candle tensor ops on the state, so for a fixed Brownian path it
 //! is a differentiable function of `y0` and of any parameters of `f` and `g`: gradients flow
@@ -298,6 +299,16 @@ pub enum SdeMethod {
     /// `g` linear over the step); `g` is evaluated at each step end once, so a step costs
     /// one diffusion evaluation.
     Shark,
+    /// ShARK for any noise (Foster, dos Reis & Strange 2023, (6.1); diffrax's
+    /// `GeneralShARK`), Stratonovich, with the step's space-time Lévy area `H`:
+    /// `g₀ = g(t, y)`; `z₁ = y + g₀ H`, `f₁, g₁` at `(t, z₁)`;
+    /// `z₂ = y + ⅚ f₁ h + ⅚ g₁ ΔW + g₀ H`, `f₂, g₂` at `(t + ⅚h, z₂)`;
+    /// `y₁ = y + (0.4 f₁ + 0.6 f₂) h + (0.4 g₁ + 0.6 g₂) ΔW + 1.2 (g₁ − g₂) H`.
+    /// Two drift and three diffusion evaluations per step. Strong order 1 for commutative
+    /// (diagonal) noise, 1/2 for general noise, 3/2 for additive noise (where it is
+    /// [`SdeMethod::Shark`]); for general noise diffrax finds it as accurate as three Heun
+    /// steps. Needs a path with Lévy area, not additive noise.
+    GeneralShark,
 }
 
 /// What a reversible Heun solve ([`SdeMethod::ReversibleHeun`]) carries at its last time:
@@ -325,7 +336,7 @@ pub enum Calculus {
 
 impl SdeMethod {
     /// Every method.
-    pub const ALL: [SdeMethod; 9] = [
+    pub const ALL: [SdeMethod; 10] = [
         SdeMethod::EulerMaruyama,
         SdeMethod::ItoMilstein,
         SdeMethod::StratonovichMilstein,
@@ -335,6 +346,7 @@ impl SdeMethod {
         SdeMethod::Sea,
         SdeMethod::Sra1,
         SdeMethod::Shark,
+        SdeMethod::GeneralShark,
     ];
 
     /// The method's name, as [`FromStr`] reads it.
@@ -349,6 +361,7 @@ impl SdeMethod {
             SdeMethod::Sea => "sea",
             SdeMethod::Sra1 => "sra1",
             SdeMethod::Shark => "shark",
+            SdeMethod::GeneralShark => "general_shark",
         }
     }
 
@@ -363,7 +376,8 @@ impl SdeMethod {
             | SdeMethod::ReversibleHeun
             | SdeMethod::Sea
             | SdeMethod::Sra1
-            | SdeMethod::Shark => Calculus::Stratonovich,
+            | SdeMethod::Shark
+            | SdeMethod::GeneralShark => Calculus::Stratonovich,
         }
     }
 
@@ -377,10 +391,17 @@ impl SdeMethod {
         }
     }
 
-    /// Whether the method needs additive noise and the path's space-time Lévy area
-    /// ([`SdeMethod::Sea`], [`SdeMethod::Sra1`], [`SdeMethod::Shark`]).
+    /// Whether the method needs additive noise ([`SdeMethod::Sea`], [`SdeMethod::Sra1`],
+    /// [`SdeMethod::Shark`]).
     pub fn needs_additive_noise(self) -> bool {
         matches!(self, SdeMethod::Sea | SdeMethod::Sra1 | SdeMethod::Shark)
+    }
+
+    /// Whether the method takes the steps' space-time Lévy areas, so that its path must
+    /// give them ([`crate::VirtualBrownianTree::with_levy_area`]): the methods for additive
+    /// noise and [`SdeMethod::GeneralShark`].
+    pub fn needs_levy_area(self) -> bool {
+        self.needs_additive_noise() || self == SdeMethod::GeneralShark
     }
 
     /// Whether the method has an embedded error estimate ([`SdeErrorEstimate::Embedded`]).
@@ -761,8 +782,9 @@ impl SdeSolution {
 /// [`SolverError`] for invalid options or times, times outside the path's span, a path or
 /// field output of the wrong shape, dtype or device, too many steps, and a non-finite
 /// output; a method for additive noise ([`SdeMethod::needs_additive_noise`]) on terms that
-/// do not promise it ([`SdeField::additive_noise`]) or on a path without Lévy area; errors
-/// of `f`, `g` and the path are passed through.
+/// do not promise it ([`SdeField::additive_noise`]), or one that takes Lévy areas
+/// ([`SdeMethod::needs_levy_area`]) on a path without them; errors of `f`, `g` and the path
+/// are passed through.
 ///
 /// # Example
 /// Geometric Brownian motion `dy = μ y dt + σ y dW` (Itô), whose solution along the path is
@@ -928,11 +950,11 @@ where
     if matches!(
         opts.method,
         SdeMethod::ItoMilstein | SdeMethod::StratonovichMilstein | SdeMethod::ReversibleHeun
-    ) || opts.method.needs_additive_noise()
+    ) || opts.method.needs_levy_area()
     {
         return Err(SolverError::InvalidOptions(format!(
-            "`{}` needs the drift and the diffusion apart, not only the increment: use \
-             euler_maruyama, heun or midpoint",
+            "`{}` needs the drift and the diffusion apart, not only the increment (and the \
+             path's Levy area): use euler_maruyama, heun or midpoint",
             opts.method
         ))
         .into());
@@ -1007,7 +1029,7 @@ where
         ))
         .into());
     }
-    let levy = opts.method.needs_additive_noise();
+    let levy = opts.method.needs_levy_area();
     let increment = |t: f64, t1: f64| -> Result<PathStep> {
         let (dw, area) = if levy {
             let l = bm.levy_increment(t, t1)?;
@@ -1219,10 +1241,13 @@ fn step<F: SdeField + ?Sized>(
     let h = t1 - t;
     let dw = &path.dw;
     match method {
-        SdeMethod::Sea | SdeMethod::Sra1 | SdeMethod::Shark => {
+        SdeMethod::Sea | SdeMethod::Sra1 | SdeMethod::Shark | SdeMethod::GeneralShark => {
             let area = path.area.as_ref().ok_or_else(|| {
                 SolverError::InvalidOptions(format!("`{method}` needs the path's Levy area"))
             })?;
+            if method == SdeMethod::GeneralShark {
+                return general_shark_step(ev, t, t1, y, dw, area);
+            }
             additive_step(ev, AdditiveTableau::of(method), t, t1, y, dw, area)
         }
         SdeMethod::ItoMilstein => {
@@ -1361,6 +1386,30 @@ fn additive_step<F: SdeField + ?Sized>(
         None => None,
     };
     Ok((y1, lower))
+}
+
+/// One step of [`SdeMethod::GeneralShark`] (diffrax's `GeneralShARK` tableau).
+fn general_shark_step<F: SdeField + ?Sized>(
+    ev: &SdeEvaluator<'_, F>,
+    t: f64,
+    t1: f64,
+    y: &Tensor,
+    dw: &Tensor,
+    area: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let h = t1 - t;
+    let g0h = ev.times(&ev.diffusion(t, y)?, area)?;
+    let z1 = (y + &g0h)?;
+    let (f1, g1) = (ev.drift(t, &z1)?, ev.diffusion(t, &z1)?);
+    let z2 = (((y + f1.affine(5.0 / 6.0 * h, 0.0)?)?
+        + ev.times(&g1, dw)?.affine(5.0 / 6.0, 0.0)?)?
+        + g0h)?;
+    let t2 = t + 5.0 / 6.0 * h;
+    let (f2, g2) = (ev.drift(t2, &z2)?, ev.diffusion(t2, &z2)?);
+    let drift = (f1.affine(0.4 * h, 0.0)? + f2.affine(0.6 * h, 0.0)?)?;
+    let noise = ev.times(&(g1.affine(0.4, 0.0)? + g2.affine(0.6, 0.0)?)?, dw)?;
+    let area_term = ev.times(&(g1 - g2)?.affine(1.2, 0.0)?, area)?;
+    Ok(((((y + drift)? + noise)? + area_term)?, None))
 }
 
 /// One step of a method that needs only the increment `D(t, y) = f(t, y) h + g(t, y) · ΔW`

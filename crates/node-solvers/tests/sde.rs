@@ -184,10 +184,10 @@ fn strong_order(method: SdeMethod, dev: &Device) -> Result<(f64, Vec<f64>)> {
 }
 
 fn strong_orders(dev: &Device) -> Result<()> {
-    // The methods for additive noise are measured in `sde/additive.rs`.
+    // The methods that take the Lévy area are measured in `sde/additive.rs`.
     for method in SdeMethod::ALL
         .into_iter()
-        .filter(|m| !m.needs_additive_noise())
+        .filter(|m| !m.needs_levy_area())
     {
         let (slope, errs) = strong_order(method, dev)?;
         let want = method.strong_order();
@@ -340,7 +340,7 @@ fn gradients(dev: &Device) -> Result<()> {
     };
     for method in SdeMethod::ALL
         .into_iter()
-        .filter(|m| !m.needs_additive_noise())
+        .filter(|m| !m.needs_levy_area())
     {
         let l = loss(y0.as_tensor(), mu.as_tensor(), sigma.as_tensor(), method)?;
         let grads = l.backward()?;
