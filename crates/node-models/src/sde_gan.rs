@@ -53,7 +53,8 @@ pub struct SdeGanConfig {
     /// Hidden layers of every MLP (1).
     pub depth: usize,
     /// The generator's SDE method (reversible Heun); with [`SdeGradient::Adjoint`] a
-    /// Stratonovich one.
+    /// Stratonovich one. [`SdeMethod::GeneralShark`] draws its paths from a tree with Lévy
+    /// area.
     pub method: SdeMethod,
     /// The generator's step (1.0, one step between the example's observations).
     pub dt: f64,
@@ -225,7 +226,7 @@ impl Generator {
     fn brownian(&self, ts: &[f64], b: usize, seed: u64, x: &Tensor) -> Result<VirtualBrownianTree> {
         let (lo, hi) = span(ts, "the SDE-GAN")?;
         let tol = (self.cfg.dt / 2.0).min(hi - lo);
-        VirtualBrownianTree::new(
+        let bm = VirtualBrownianTree::new(
             lo,
             hi,
             tol,
@@ -233,7 +234,13 @@ impl Generator {
             seed,
             x.dtype(),
             x.device(),
-        )
+        )?;
+        // GeneralShARK takes the steps' Lévy areas.
+        Ok(if self.cfg.method.needs_levy_area() {
+            bm.with_levy_area()
+        } else {
+            bm
+        })
     }
 
     fn options(&self) -> SdeOptions {

@@ -68,6 +68,39 @@ fn shapes_and_time_channel() -> Result<()> {
     Ok(())
 }
 
+/// GeneralShARK in the generator (general noise, on a tree with Lévy area): two drift and
+/// three diffusion evaluations per step, the initial states those of reversible Heun's
+/// generator (the paths after differ: a tree with the area draws its own), and backprop
+/// through it.
+#[test]
+fn general_shark_generator() -> Result<()> {
+    let dev = Device::Cpu;
+    let cfg = SdeGanConfig {
+        method: SdeMethod::GeneralShark,
+        dt: 0.5,
+        ..small()
+    };
+    let (g, _) = gan(cfg, DType::F64, &dev)?;
+    let ts = [0.0, 1.0, 2.0];
+    let v = Rng::new(1).normal_tensor(&[6, 3], 0.0, 1.0, DType::F64, &dev)?;
+    let out = g.generator().forward(&ts, &v, 9, &SdeGradient::Backprop)?;
+    assert_eq!(out.ys.dims(), [6, 3, 2]);
+    assert_eq!(out.forward.steps, 4);
+    assert_eq!(
+        (out.forward.drift_evals, out.forward.diffusion_evals),
+        (8, 12)
+    );
+    let reversible = gan(small(), DType::F64, &dev)?.0;
+    let other = reversible
+        .generator()
+        .forward(&ts, &v, 9, &SdeGradient::Backprop)?;
+    let first = |ys: &Tensor| host(&ys.narrow(1, 0, 1)?);
+    assert_eq!(first(&out.ys)?, first(&other.ys)?);
+    // Backprop through it reaches every generator variable.
+    out.ys.sqr()?.sum_all()?.backward()?;
+    Ok(())
+}
+
 /// The loss `D(G(v)) − D(real)` as a function of every variable, in f64.
 fn gan_loss(
     g: &SdeGan,

@@ -185,10 +185,7 @@ fn strong_order(method: SdeMethod, dev: &Device) -> Result<(f64, Vec<f64>)> {
 
 fn strong_orders(dev: &Device) -> Result<()> {
     // The methods that take the Lévy area are measured in `sde/additive.rs`.
-    for method in SdeMethod::ALL
-        .into_iter()
-        .filter(|m| !m.needs_levy_area())
-    {
+    for method in SdeMethod::ALL.into_iter().filter(|m| !m.needs_levy_area()) {
         let (slope, errs) = strong_order(method, dev)?;
         let want = method.strong_order();
         eprintln!("{method}: strong order {slope:.3}, errors {errs:.3?}");
@@ -338,10 +335,7 @@ fn gradients(dev: &Device) -> Result<()> {
         let ys = sdeint(&sde, y0, &[0.0, 0.5, 1.0], &bm, &opts)?.ys;
         Ok(ys.sqr()?.sum_all()?)
     };
-    for method in SdeMethod::ALL
-        .into_iter()
-        .filter(|m| !m.needs_levy_area())
-    {
+    for method in SdeMethod::ALL.into_iter().filter(|m| !m.needs_levy_area()) {
         let l = loss(y0.as_tensor(), mu.as_tensor(), sigma.as_tensor(), method)?;
         let grads = l.backward()?;
         let g =
