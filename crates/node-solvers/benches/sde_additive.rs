@@ -9,13 +9,17 @@
 //! `dy = (sin y − y/2 + cos 3t) dt + 0.6 (1 + t) dW` on `[0, 1]`, `y0 = 1`, 1000 paths (a
 //! tree with Lévy area, tolerance 2^-12), against ShARK with 4096 steps along the same
 //! paths. The error is the mean over the paths of `|y(1) − y_ref(1)|`.
+//!
+//! Then general noise that does not commute, GeneralShARK against Heun: `y ∈ R²`, two
+//! motions, `dy = −½ sin y dt + g(y) ∘ dW`, `g(y) = [[0.8 y₁, 0.3], [0.2, 0.8 cos y₀]]`,
+//! `y0 = (1, 1)`, 1000 paths, against GeneralShARK with 4096 steps.
 
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor};
 use common::{reps_arg, time};
 use node_solvers::{
-    sdeint, AdditiveSde, BrownianPath, SdeAdaptive, SdeErrorEstimate, SdeMethod, SdeOptions,
+    sdeint, AdditiveSde, BrownianPath, Noise, SdeAdaptive, SdeErrorEstimate, SdeMethod, SdeOptions,
     VirtualBrownianTree,
 };
 
@@ -87,6 +91,55 @@ fn main() -> Result<()> {
                 mean_abs(&sol.last()?, &reference)?
             );
         }
+    }
+
+    println!("\n## General noise (not commuting), Stratonovich");
+    println!("| method | steps | drift / diffusion evaluations | time | mean error |");
+    println!("|---|---|---|---|---|");
+    let general = (
+        |_t: f64, y: &Tensor| y.sin()?.affine(-0.5, 0.0),
+        |_t: f64, y: &Tensor| {
+            let (y0, y1) = (y.narrow(1, 0, 1)?, y.narrow(1, 1, 1)?);
+            let c = y0.ones_like()?;
+            let row0 = Tensor::cat(&[y1.affine(0.8, 0.0)?, c.affine(0.3, 0.0)?], 1)?;
+            let row1 = Tensor::cat(&[c.affine(0.2, 0.0)?, y0.cos()?.affine(0.8, 0.0)?], 1)?;
+            Tensor::stack(&[row0, row1], 1)
+        },
+    );
+    let y2 = Tensor::ones((N, 2), DType::F64, &dev)?;
+    let bm2 = VirtualBrownianTree::new(0.0, 1.0, 2f64.powi(-12), (N, 2), 0, DType::F64, &dev)?
+        .with_levy_area();
+    let opts_for = |method, steps: usize| {
+        SdeOptions::default()
+            .method(method)
+            .dt(1.0 / steps as f64)
+            .noise(Noise::General)
+    };
+    let reference = sdeint(
+        &general,
+        &y2,
+        &[0.0, 1.0],
+        &bm2,
+        &opts_for(SdeMethod::GeneralShark, 4096),
+    )?
+    .last()?;
+    for (method, steps) in [
+        (SdeMethod::Heun, 24),
+        (SdeMethod::Heun, 96),
+        (SdeMethod::Heun, 384),
+        (SdeMethod::GeneralShark, 8),
+        (SdeMethod::GeneralShark, 32),
+        (SdeMethod::GeneralShark, 128),
+    ] {
+        let opts = opts_for(method, steps);
+        let (secs, sol) = time(reps, || sdeint(&general, &y2, &[0.0, 1.0], &bm2, &opts))?;
+        println!(
+            "| {method} | {steps} | {} / {} | {:.1} ms | {:.2e} |",
+            sol.stats.drift_evals,
+            sol.stats.diffusion_evals,
+            secs * 1e3,
+            mean_abs(&sol.last()?, &reference)?
+        );
     }
 
     println!("\n## The tree's cost: 512 consecutive increments of {N} paths");
