@@ -18,8 +18,9 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor};
 use common::{reps_arg, time};
+use node_solvers::problems::{AdditiveNoise, NonCommutingNoise};
 use node_solvers::{
-    sdeint, AdditiveSde, BrownianPath, Noise, SdeAdaptive, SdeErrorEstimate, SdeMethod, SdeOptions,
+    sdeint, BrownianPath, Noise, SdeAdaptive, SdeErrorEstimate, SdeMethod, SdeOptions,
     VirtualBrownianTree,
 };
 
@@ -32,11 +33,7 @@ fn mean_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
 fn main() -> Result<()> {
     let reps = reps_arg(3);
     let dev = Device::Cpu;
-    let ones = Tensor::ones(N, DType::F64, &dev)?;
-    let sde = AdditiveSde::new(
-        |t: f64, y: &Tensor| (y.sin()? - y.affine(0.5, 0.0)?)?.affine(1.0, (3.0 * t).cos()),
-        move |t: f64| ones.affine(0.6 * (1.0 + t), 0.0),
-    );
+    let sde = AdditiveNoise;
     let y0 = Tensor::ones(N, DType::F64, &dev)?;
     let bm = VirtualBrownianTree::new(0.0, 1.0, 2f64.powi(-12), N, 0, DType::F64, &dev)?
         .with_levy_area();
@@ -96,16 +93,7 @@ fn main() -> Result<()> {
     println!("\n## General noise (not commuting), Stratonovich");
     println!("| method | steps | drift / diffusion evaluations | time | mean error |");
     println!("|---|---|---|---|---|");
-    let general = (
-        |_t: f64, y: &Tensor| y.sin()?.affine(-0.5, 0.0),
-        |_t: f64, y: &Tensor| {
-            let (y0, y1) = (y.narrow(1, 0, 1)?, y.narrow(1, 1, 1)?);
-            let c = y0.ones_like()?;
-            let row0 = Tensor::cat(&[y1.affine(0.8, 0.0)?, c.affine(0.3, 0.0)?], 1)?;
-            let row1 = Tensor::cat(&[c.affine(0.2, 0.0)?, y0.cos()?.affine(0.8, 0.0)?], 1)?;
-            Tensor::stack(&[row0, row1], 1)
-        },
-    );
+    let general = NonCommutingNoise;
     let y2 = Tensor::ones((N, 2), DType::F64, &dev)?;
     let bm2 = VirtualBrownianTree::new(0.0, 1.0, 2f64.powi(-12), (N, 2), 0, DType::F64, &dev)?
         .with_levy_area();

@@ -1,6 +1,8 @@
-//! Problems with exact solutions (and two stiff problems, one with reference values), shared
-//! by the tests, the benchmarks and users who want to check a solver setup.
+//! Problems with exact solutions (and two stiff problems, one with reference values, and two
+//! SDEs to compare methods on along one path), shared by the tests, the benchmarks and users
+//! who want to check a solver setup.
 
+use crate::sde::SdeField;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// `dy/dt = λ y` on any shape: `y(t) = y0 e^{λ (t − t0)}`.
@@ -259,5 +261,45 @@ impl Brusselator {
                 0,
             )
         }
+    }
+}
+
+/// An SDE with additive noise whose drift is nonlinear and varies in time, and whose
+/// diffusion varies in time: `dy = (sin y − y/2 + cos 3t) dt + 0.6 (1 + t) dW`, diagonal
+/// noise on any shape. No closed form: compare against a fine solve along the same path
+/// (the methods for additive noise reach strong order 3/2 on it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdditiveNoise;
+
+impl SdeField for AdditiveNoise {
+    fn drift(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        (y.sin()? - y.affine(0.5, 0.0)?)?.affine(1.0, (3.0 * t).cos())
+    }
+    fn diffusion(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        y.ones_like()?.affine(0.6 * (1.0 + t), 0.0)
+    }
+    fn additive_noise(&self) -> bool {
+        true
+    }
+}
+
+/// An SDE whose general noise does not commute: a state `y` of shape `[B, 2]` driven by two
+/// Brownian motions per row ([`crate::Noise::General`], `W` of shape `[B, 2]`),
+/// `dy = −½ sin y dt + g(y) ∘ dW` with `g(y) = [[0.8 y₁, 0.3], [0.2, 0.8 cos y₀]]`
+/// (Stratonovich). No closed form: compare against a fine solve along the same path (every
+/// method has strong order 1/2 on it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NonCommutingNoise;
+
+impl SdeField for NonCommutingNoise {
+    fn drift(&self, _t: f64, y: &Tensor) -> Result<Tensor> {
+        y.sin()?.affine(-0.5, 0.0)
+    }
+    fn diffusion(&self, _t: f64, y: &Tensor) -> Result<Tensor> {
+        let (y0, y1) = (y.narrow(1, 0, 1)?, y.narrow(1, 1, 1)?);
+        let c = y0.ones_like()?;
+        let row0 = Tensor::cat(&[y1.affine(0.8, 0.0)?, c.affine(0.3, 0.0)?], 1)?;
+        let row1 = Tensor::cat(&[c.affine(0.2, 0.0)?, y0.cos()?.affine(0.8, 0.0)?], 1)?;
+        Tensor::stack(&[row0, row1], 1)
     }
 }

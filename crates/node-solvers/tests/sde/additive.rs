@@ -8,9 +8,10 @@
 use super::{fitted_slope, gbm, gbm_exact, host, mean_abs, moments, solver_error};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
+use node_solvers::problems::{AdditiveNoise, NonCommutingNoise};
 use node_solvers::{
     sdeint, sdeint_increments, AdditiveSde, BrownianPath, Calculus, DetachedSde, Noise,
-    SdeAdaptive, SdeErrorEstimate, SdeField, SdeIncrement, SdeMethod, SdeOptions, SolverError,
+    SdeAdaptive, SdeErrorEstimate, SdeIncrement, SdeMethod, SdeOptions, SolverError,
     VirtualBrownianTree,
 };
 
@@ -142,22 +143,12 @@ fn levy_area_is_the_paths_area(dev: &Device) -> Result<()> {
     Ok(())
 }
 
-/// A nonlinear drift that depends on time, and a diffusion that does too:
-/// `dy = (sin y − y/2 + cos 3t) dt + 0.6 (1 + t) dW`.
-fn nonlinear(n: usize, dev: &Device) -> Result<impl SdeField> {
-    let ones = Tensor::ones(n, DType::F64, dev)?;
-    Ok(AdditiveSde::new(
-        |t: f64, y: &Tensor| (y.sin()? - y.affine(0.5, 0.0)?)?.affine(1.0, (3.0 * t).cos()),
-        move |t: f64| ones.affine(0.6 * (1.0 + t), 0.0),
-    ))
-}
-
 /// Strong orders along one path against ShARK at 2^-12: SEA 1, SRA1 and ShARK 3/2, and
 /// Euler–Maruyama 1 on the same additive SDE.
 fn strong_orders(dev: &Device) -> Result<()> {
     let n = 2000;
     let bm = levy_tree(1.0, 2f64.powi(-12), n, 3, dev)?;
-    let sde = nonlinear(n, dev)?;
+    let sde = AdditiveNoise;
     let y0 = Tensor::ones(n, DType::F64, dev)?;
     let solve = |method, h: f64| -> Result<Tensor> {
         let opts = SdeOptions::default().method(method).dt(h);
@@ -199,7 +190,7 @@ fn strong_orders(dev: &Device) -> Result<()> {
 fn reverse_time(dev: &Device) -> Result<()> {
     let n = 1000;
     let bm = levy_tree(1.0, 2f64.powi(-12), n, 4, dev)?;
-    let sde = nonlinear(n, dev)?;
+    let sde = AdditiveNoise;
     let y0 = Tensor::ones(n, DType::F64, dev)?;
     let fine = SdeOptions::default()
         .method(SdeMethod::Shark)
@@ -259,7 +250,7 @@ fn general_noise(dev: &Device) -> Result<()> {
 fn adaptive(dev: &Device) -> Result<()> {
     let n = 200;
     let bm = levy_tree(1.0, 1e-7, n, 9, dev)?;
-    let sde = nonlinear(n, dev)?;
+    let sde = AdditiveNoise;
     let y0 = Tensor::ones(n, DType::F64, dev)?;
     let ts = [0.0, 0.4, 1.0];
     let fine = SdeOptions::default()
@@ -424,17 +415,7 @@ fn general_shark(dev: &Device) -> Result<()> {
 fn general_shark_on_general_noise(dev: &Device) -> Result<()> {
     let b = 1000;
     let bm = levy_tree(1.0, 2f64.powi(-12), (b, 2), 5, dev)?;
-    // y in [B, 2]; g(y) = [[0.8 y₁, 0.3], [0.2, 0.8 cos y₀]].
-    let sde = (
-        |_t: f64, y: &Tensor| y.sin()?.affine(-0.5, 0.0),
-        |_t: f64, y: &Tensor| {
-            let (y0, y1) = (y.narrow(1, 0, 1)?, y.narrow(1, 1, 1)?);
-            let c = y0.ones_like()?;
-            let row0 = Tensor::cat(&[y1.affine(0.8, 0.0)?, c.affine(0.3, 0.0)?], 1)?;
-            let row1 = Tensor::cat(&[c.affine(0.2, 0.0)?, y0.cos()?.affine(0.8, 0.0)?], 1)?;
-            Tensor::stack(&[row0, row1], 1)
-        },
-    );
+    let sde = NonCommutingNoise;
     let y0 = Tensor::ones((b, 2), DType::F64, dev)?;
     let solve = |m: SdeMethod, h: f64| -> Result<Tensor> {
         let opts = SdeOptions::default().method(m).dt(h).noise(Noise::General);
