@@ -96,7 +96,7 @@ impl<F: SdeField + ?Sized> SdeField for Detached<'_, F> {
 /// let sigma = Tensor::full(0.5f64, 100, &dev)?;
 /// // A double-well potential with noise: dy = (y − y³) dt + 0.5 dW.
 /// let sde = AdditiveSde::new(
-///     |_t: f64, y: &Tensor| y - y.powf(3.0)?,
+///     |_t: f64, y: &Tensor| y - (y.sqr()? * y)?,
 ///     move |_t: f64| Ok(sigma.clone()),
 /// );
 /// let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-6, 100, 0, DType::F64, &dev)?.with_levy_area();
