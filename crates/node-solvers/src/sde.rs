@@ -1240,16 +1240,16 @@ fn step<F: SdeField + ?Sized>(
 ) -> Result<(Tensor, Option<Tensor>)> {
     let h = t1 - t;
     let dw = &path.dw;
+    let area = || -> Result<&Tensor> {
+        path.area.as_ref().ok_or_else(|| {
+            SolverError::InvalidOptions(format!("`{method}` needs the path's Levy area")).into()
+        })
+    };
     match method {
-        SdeMethod::Sea | SdeMethod::Sra1 | SdeMethod::Shark | SdeMethod::GeneralShark => {
-            let area = path.area.as_ref().ok_or_else(|| {
-                SolverError::InvalidOptions(format!("`{method}` needs the path's Levy area"))
-            })?;
-            if method == SdeMethod::GeneralShark {
-                return general_shark_step(ev, t, t1, y, dw, area);
-            }
-            additive_step(ev, AdditiveTableau::of(method), t, t1, y, dw, area)
-        }
+        SdeMethod::Sea => additive_step(ev, &SEA, t, t1, y, dw, area()?),
+        SdeMethod::Sra1 => additive_step(ev, &SRA1, t, t1, y, dw, area()?),
+        SdeMethod::Shark => additive_step(ev, &SHARK, t, t1, y, dw, area()?),
+        SdeMethod::GeneralShark => general_shark_step(ev, t, t1, y, dw, area()?),
         SdeMethod::ItoMilstein => {
             // Diagonal noise only (checked by the options): g ΔW is elementwise.
             let f = ev.drift(t, y)?;
@@ -1300,16 +1300,6 @@ struct AdditiveTableau {
     e: Option<&'static [f64]>,
     w: &'static [f64],
     l: &'static [f64],
-}
-
-impl AdditiveTableau {
-    fn of(method: SdeMethod) -> &'static AdditiveTableau {
-        match method {
-            SdeMethod::Sea => &SEA,
-            SdeMethod::Sra1 => &SRA1,
-            _ => &SHARK,
-        }
-    }
 }
 
 const SEA: AdditiveTableau = AdditiveTableau {
