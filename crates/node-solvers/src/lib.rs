@@ -8,6 +8,7 @@ pub mod error;
 pub mod event;
 pub mod field;
 mod fused;
+pub mod hyper;
 mod implicit;
 pub mod method;
 pub mod options;
@@ -29,6 +30,7 @@ pub use event::{
     EventSolution, EventsSolution, LocatedEvent, LocatedEvents, RecordedEvent,
 };
 pub use field::{VectorField, WithJacobian};
+pub use hyper::{hyper_residuals, odeint_hyper, Correction, Residuals};
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};
 pub use reversible::{odeint_reversible, ReversibleTrace, DEFAULT_COUPLING};
