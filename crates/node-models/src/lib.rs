@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cnf;
 pub mod ffjord;
 pub mod hnn;
+pub mod hyper;
 pub mod init;
 pub mod latent_ode;
 pub mod latent_sde;
@@ -22,6 +23,7 @@ pub use cde::{ControlPath, Interpolation, NeuralCde, NeuralCdeConfig};
 pub use cnf::{Cnf, CnfConfig, CnfField};
 pub use ffjord::{Ffjord, FfjordConfig, FfjordField};
 pub use hnn::{Hnn, HnnConfig, HnnKind, HnnSystem};
+pub use hyper::{HyperConv, HyperMlp};
 pub use latent_ode::{LatentOde, LatentOdeConfig};
 pub use latent_sde::{LatentSde, LatentSdeConfig, SdeGradient};
 pub use layers::{

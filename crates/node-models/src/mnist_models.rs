@@ -201,10 +201,7 @@ impl MnistModel {
             let h = relu(&hidden.forward(&x.flatten_from(1)?)?)?;
             return Ok((self.fc.forward(&h)?, ForwardStats::default()));
         }
-        let (c1, n1, c2, n2, c3) = self.down.as_ref().expect("conv models have downsampling");
-        let h = c1.forward(x)?;
-        let h = c2.forward(&n1.forward_relu(&h)?)?;
-        let mut h = c3.forward(&n2.forward_relu(&h)?)?;
+        let mut h = self.encode(x)?;
         let mut stats = ForwardStats::default();
         match self.features.as_ref().expect("conv models have features") {
             Features::Ode(block) => {
@@ -218,12 +215,50 @@ impl MnistModel {
                 }
             }
         }
-        let h = self
-            .head_norm
-            .as_ref()
-            .expect("conv models have a head norm")
-            .forward_relu(&h)?;
+        Ok((self.classify(&h)?, stats))
+    }
+
+    /// The downsampling stage of the convolutional models: the feature stage's input.
+    ///
+    /// # Shapes
+    /// `x: [B, 1, 28, 28]` → `[B, 64, 6, 6]`.
+    ///
+    /// # Errors
+    /// The MLP (it has no convolutions); shape errors.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let Some((c1, n1, c2, n2, c3)) = self.down.as_ref() else {
+            candle_core::bail!("the {} model has no downsampling stage", self.kind);
+        };
+        let h = c1.forward(x)?;
+        let h = c2.forward(&n1.forward_relu(&h)?)?;
+        c3.forward(&n2.forward_relu(&h)?)
+    }
+
+    /// The ODE block of ODE-Net and RK-Net (`None` for the others): solved on its own, with
+    /// other solvers than the model's (a hypersolver, fewer steps), between
+    /// [`MnistModel::encode`] and [`MnistModel::classify`]. An augmented block's field sees
+    /// `64 + augment` channels, the first 64 from `encode` and zeros after them.
+    pub fn ode_block(&self) -> Option<&OdeBlock<OdeFunc>> {
+        match self.features.as_ref()? {
+            Features::Ode(block) => Some(block),
+            Features::Res(_) => None,
+        }
+    }
+
+    /// The head of the convolutional models: `GN – ReLU – global average pool – Linear` on the
+    /// feature stage's output.
+    ///
+    /// # Shapes
+    /// `h: [B, C, 6, 6]` (`C = 64`, or `64 + augment`) → `[B, 10]`.
+    ///
+    /// # Errors
+    /// The MLP; shape errors.
+    pub fn classify(&self, h: &Tensor) -> Result<Tensor> {
+        let Some(head_norm) = self.head_norm.as_ref() else {
+            candle_core::bail!("the {} model has no convolutional head", self.kind);
+        };
+        let h = head_norm.forward_relu(h)?;
         let pooled = h.mean(D::Minus1)?.mean(D::Minus1)?;
-        Ok((self.fc.forward(&pooled)?, stats))
+        self.fc.forward(&pooled)
     }
 }
