@@ -21,7 +21,7 @@ use std::time::Instant;
 /// Where to write and when.
 pub struct Plan<'a> {
     /// The checkpoint's model name (another trainer's checkpoint is refused).
-    pub model: &'static str,
+    pub model: &'a str,
     /// Output folder: `checkpoint.safetensors` and `metrics.jsonl`.
     pub out_dir: &'a Path,
     /// Iterations in total, counting resumed ones.
@@ -63,7 +63,7 @@ pub struct Iterations {
 }
 
 struct PlanOwned {
-    model: &'static str,
+    model: String,
     iters: usize,
     every: usize,
     stop_after: Option<usize>,
@@ -128,7 +128,7 @@ impl Iterations {
             metrics: plan.out_dir.join("metrics.jsonl"),
             n_params: varmap.all_vars().iter().map(|v| v.elem_count()).sum(),
             plan: PlanOwned {
-                model: plan.model,
+                model: plan.model.to_string(),
                 iters: plan.iters,
                 every: plan.every,
                 stop_after: plan.stop_after,
@@ -202,7 +202,7 @@ impl Iterations {
                 .with_context(|| format!("writing {}", self.metrics.display()))?;
             checkpoint::save(
                 &self.ckpt,
-                self.plan.model,
+                &self.plan.model,
                 varmap,
                 &self.opt,
                 done,

