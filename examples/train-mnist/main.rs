@@ -13,7 +13,7 @@ use common::{
     device_label, log, pick_device, stop_flag, stopped, CheckpointArgs, DeviceArg, GradientArg,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use mnist_data::load_data;
+use mnist_data::load_splits;
 use node_adjoint::{AdjointNorm, AdjointOptions, ReversibleOptions};
 use node_kernels::GraphStep;
 use node_models::checkpoint::{self, PartialEpoch, Resumed};
@@ -308,15 +308,12 @@ fn main() -> Result<ExitCode> {
         },
     )?;
 
-    let data = load_data(&args.data_dir, !args.no_fetch)?;
-    let train = match args.train_subset {
-        Some(n) => data.train.take(n),
-        None => data.train,
-    };
-    let test = match args.test_subset {
-        Some(n) => data.test.take(n),
-        None => data.test,
-    };
+    let (train, test) = load_splits(
+        &args.data_dir,
+        !args.no_fetch,
+        args.train_subset,
+        args.test_subset,
+    )?;
 
     if let Some(path) = &args.eval {
         checkpoint::load(path, args.model.name(), &varmap, &mut opt)?;

@@ -128,12 +128,7 @@ where
     let dir = check_times(ts)?;
     check_state(y0, opts)?;
     if ts.len() == 1 {
-        return Ok(Solution {
-            ts: ts.to_vec(),
-            ys: y0.unsqueeze(0)?,
-            stats: SolverStats::default(),
-            last_step: 0.0,
-        });
+        return Solution::start_only(y0, ts);
     }
     let (t0, t_end) = (ts[0], ts[ts.len() - 1]);
     let grid = fixed_grid(opts, t0, t_end, dir)?;

@@ -65,6 +65,16 @@ pub struct Solution {
 }
 
 impl Solution {
+    /// The solution of a solve with one output time: `y0` there, no steps.
+    pub(crate) fn start_only(y0: &Tensor, ts: &[f64]) -> Result<Self> {
+        Ok(Solution {
+            ts: ts.to_vec(),
+            ys: y0.unsqueeze(0)?,
+            stats: SolverStats::default(),
+            last_step: 0.0,
+        })
+    }
+
     /// The state at the last output time.
     pub fn last(&self) -> Result<Tensor> {
         self.ys.get(self.ts.len() - 1)
@@ -121,12 +131,7 @@ pub(crate) fn solve<F: VectorField + ?Sized>(
     let dir = check_times(ts)?;
     check_state(y0, opts)?;
     if ts.len() == 1 {
-        return Ok(Solution {
-            ts: ts.to_vec(),
-            ys: y0.unsqueeze(0)?,
-            stats: SolverStats::default(),
-            last_step: 0.0,
-        });
+        return Solution::start_only(y0, ts);
     }
     let ev = Evaluator::new(f);
     let mut out = Vec::with_capacity(ts.len());
