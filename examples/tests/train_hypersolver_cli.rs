@@ -135,6 +135,27 @@ fn trains_evaluates_and_resumes_exactly() -> Result<()> {
         &["--iters", "6", "--resume", "--steps", "3"],
     ));
     assert!(err.contains("hypersolver-odenet-euler-2steps"), "{err}");
+    // Trajectory fitting: its own checkpoint name, refused by the residual fit and back.
+    let err = stderr(&run(
+        dir.path(),
+        pieces.path(),
+        &["--iters", "6", "--resume", "--fit", "trajectory"],
+    ));
+    assert!(
+        err.contains("hypersolver-odenet-euler-2steps-trajectory"),
+        "{err}"
+    );
+    let trajectory = tmp("trajectory");
+    ok(&run(
+        dir.path(),
+        trajectory.path(),
+        &["--iters", "2", "--fit", "trajectory", "--test-subset", "0"],
+    ));
+    let left = metric(trajectory.path(), "left");
+    assert!(
+        left.len() == 1 && left[0].is_finite() && left[0] > 0.0,
+        "{left:?}"
+    );
     Ok(())
 }
 
