@@ -78,13 +78,27 @@ fn trains_and_resumes_bit_for_bit() -> Result<()> {
 
 #[test]
 fn trains_by_backprop_without_averaging() -> Result<()> {
+    // With GeneralShARK, on a tree with Lévy area, at half steps.
     let out = tmp("backprop");
     let o = train(
         out.path(),
-        &["--iters", "3", "--gradient", "backprop", "--swa-start", "3"],
+        &[
+            "--iters",
+            "3",
+            "--gradient",
+            "backprop",
+            "--swa-start",
+            "3",
+            "--method",
+            "general_shark",
+            "--dt",
+            "0.5",
+        ],
     );
     ok(&o);
     assert_eq!(summary_field(out.path(), "gradient"), "\"Backprop\"");
+    assert_eq!(summary_field(out.path(), "method"), "\"general_shark\"");
+    assert_eq!(summary_field(out.path(), "dt").parse::<f64>()?, 0.5);
     assert_eq!(summary_field(out.path(), "averaged"), "false");
     assert!(String::from_utf8_lossy(&o.stdout).contains("trained generator"));
     Ok(())
@@ -112,6 +126,11 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         &["--t-size", "1"],
         &["--hidden", "0"],
         &["--batch-size", "512"],
+        &["--dt", "0"],
+        &["--method", "dopri5"],
+        // The adjoint needs a Stratonovich method; ShARK needs additive noise.
+        &["--method", "euler_maruyama"],
+        &["--method", "shark", "--gradient", "backprop"],
     ] {
         let o = train(bad.path(), flags);
         assert!(!o.status.success(), "{flags:?} accepted");

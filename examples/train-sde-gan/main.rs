@@ -21,6 +21,7 @@ use iterations::{Iterations, Plan};
 use node_adjoint::SdeAdjointOptions;
 use node_models::sde_gan::{marginal_w1, ou_dataset, SdeGan, SdeGanConfig};
 use node_models::{init, Gradient, Rng, SdeGradient};
+use node_solvers::{Calculus, SdeMethod};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -57,6 +58,14 @@ struct Args {
     /// (torchsde's example: 0.3, to show irregular data).
     #[arg(long, default_value_t = 0.3)]
     drop: f64,
+    /// The generator's SDE method (a Stratonovich one; its noise is general, so
+    /// `general_shark`, with the steps' Lévy areas, is the one of higher order). With the
+    /// adjoint, only `reversible_heun` gives exact gradients.
+    #[arg(long, default_value = "reversible_heun")]
+    method: SdeMethod,
+    /// The generator's step (1: one step between observations).
+    #[arg(long, default_value_t = 1.0)]
+    dt: f64,
     /// Hidden state of the generator's SDE and the discriminator's CDE.
     #[arg(long, default_value_t = 16)]
     hidden: usize,
@@ -151,6 +160,19 @@ fn main() -> Result<ExitCode> {
     if !finite.iter().all(|v| v.is_finite() && *v >= 0.0) {
         bail!("--weight-decay, --initial-scale and --sde-scale must be numbers ≥ 0");
     }
+    if args.method.needs_additive_noise() {
+        bail!(
+            "--method {}: the generator's diffusion depends on its state, and {} needs additive noise (general_shark takes any)",
+            args.method,
+            args.method
+        );
+    }
+    if args.gradient == GradientArg::Adjoint && args.method.calculus() == Calculus::Ito {
+        bail!(
+            "--method {} is an Itô method, and the generator's adjoint needs a Stratonovich one (reversible_heun, heun, midpoint, general_shark), or --gradient backprop",
+            args.method
+        );
+    }
     let dev = pick_device(args.device)?;
     node_kernels::skip_unused_cuda_events(&dev);
 
@@ -170,8 +192,11 @@ fn main() -> Result<ExitCode> {
         hidden: args.hidden,
         width: args.width,
         depth: args.depth,
+        method: args.method,
+        dt: args.dt,
         ..Default::default()
     };
+    cfg.validate()?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let gan = SdeGan::new(cfg.clone(), vb.pp("model"))?;
@@ -191,7 +216,10 @@ fn main() -> Result<ExitCode> {
         resume: args.resume,
         seed: args.seed,
         lr: args.discriminator_lr,
-        extra_json: format!("\"generator_lr\":{},", args.generator_lr),
+        extra_json: format!(
+            "\"generator_lr\":{},\"method\":\"{}\",\"dt\":{},",
+            args.generator_lr, args.method, args.dt
+        ),
     };
     let init = || -> Result<()> {
         gan.init(args.initial_scale, args.sde_scale)?;
@@ -215,12 +243,14 @@ fn main() -> Result<ExitCode> {
     run.opt.set_lr_scales(scales)?;
     run.opt.set_weight_decay(args.weight_decay);
     println!(
-        "SDE-GAN ({} parameters, averaged copies included) on {dev:?}; {} OU paths of {} times ({:.0}% filled in), batch {}, generator gradient by {:?}; iterations {}..{}",
+        "SDE-GAN ({} parameters, averaged copies included) on {dev:?}; {} OU paths of {} times ({:.0}% filled in), batch {}, generator by {} at dt {} with gradients by {:?}; iterations {}..{}",
         run.n_params,
         args.dataset_size,
         args.t_size,
         100.0 * args.drop,
         args.batch_size,
+        args.method,
+        args.dt,
         args.gradient,
         run.start + 1,
         args.iters
@@ -336,6 +366,8 @@ fn main() -> Result<ExitCode> {
         &[
             ("model", format!("\"{MODEL}\"")),
             ("gradient", format!("\"{:?}\"", args.gradient)),
+            ("method", format!("\"{}\"", args.method)),
+            ("dt", json_number(args.dt)),
             ("iters", args.iters.to_string()),
             ("batch_size", args.batch_size.to_string()),
             ("seed", args.seed.to_string()),
