@@ -144,16 +144,11 @@ fn frozen_odenet(path: &Path, augment: usize, dev: &Device) -> Result<MnistModel
     )?)
 }
 
-/// The block's input for images `x`: the downsampled features, with the augmented channels.
+/// The block's initial state for images `x`: the downsampled features, with the augmented
+/// channels.
 fn block_input(model: &MnistModel, x: &Tensor) -> Result<Tensor> {
-    let h = model.encode(x)?;
-    let k = model.ode_block().map_or(0, |b| b.augment);
-    if k == 0 {
-        return Ok(h);
-    }
-    let (b, _, hh, ww) = h.dims4()?;
-    let zeros = Tensor::zeros((b, k, hh, ww), h.dtype(), h.device())?;
-    Ok(Tensor::cat(&[&h, &zeros], 1)?)
+    let block = model.ode_block().expect("an ODE-Net");
+    Ok(block.augment_input(&model.encode(x)?)?)
 }
 
 /// One way of solving the block in the evaluation.

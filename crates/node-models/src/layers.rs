@@ -639,6 +639,29 @@ impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
         self.solve_between(x, 0.0, self.t1)
     }
 
+    /// The block's initial state for input `x`: `x` itself, or with [`OdeBlock::augment`]
+    /// channels of zeros after its own (dimension 1).
+    ///
+    /// # Errors
+    /// `x` of rank below 2 when augmented.
+    pub fn augment_input(&self, x: &Tensor) -> Result<Tensor> {
+        match self.augment {
+            0 => Ok(x.clone()),
+            k => {
+                if x.rank() < 2 {
+                    candle_core::bail!(
+                        "OdeBlock: an augmented block pads dimension 1, but the input is {:?}",
+                        x.dims()
+                    );
+                }
+                let mut dims = x.dims().to_vec();
+                dims[1] = k;
+                let zeros = Tensor::zeros(dims, x.dtype(), x.device())?;
+                Tensor::cat(&[x, &zeros], 1)
+            }
+        }
+    }
+
     /// Solves from `y(t_from) = x` (with [`OdeBlock::augment`] channels of zeros after its
     /// own) to `t_to` (either direction) and returns `y(t_to)` with the solve's counts,
     /// differentiated as the block's [`Gradient`] says.
@@ -655,21 +678,7 @@ impl<F: ParamVectorField + Clone + Send + Sync + 'static> OdeBlock<F> {
         t_from: f64,
         t_to: f64,
     ) -> Result<(Tensor, BlockStats)> {
-        let x = match self.augment {
-            0 => x.clone(),
-            k => {
-                if x.rank() < 2 {
-                    candle_core::bail!(
-                        "OdeBlock: an augmented block pads dimension 1, but the input is {:?}",
-                        x.dims()
-                    );
-                }
-                let mut dims = x.dims().to_vec();
-                dims[1] = k;
-                let zeros = Tensor::zeros(dims, x.dtype(), x.device())?;
-                Tensor::cat(&[x, &zeros], 1)?
-            }
-        };
+        let x = self.augment_input(x)?;
         let (ys, stats) = self
             .gradient
             .solve(&self.field, &x, &[t_from, t_to], &self.opts)?;
