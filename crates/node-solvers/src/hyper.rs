@@ -142,11 +142,9 @@ where
     for (i, w) in grid.windows(2).enumerate() {
         let (t, t1) = (w[0], w[1]);
         let h = t1 - t;
-        let f0 = ev.eval(t, &y)?;
-        let step = rk_step(tab, &ev, t, t1, t, t1, &y, &f0, false, None)?
-            .expect("an explicit step always succeeds");
+        let (f0, y1) = base_step(tab, &ev, t, t1, &y)?;
         let c = correct(g, t, h, &y, &f0)?;
-        y = (step.y1 + c.affine(h.powi(scale), 0.0)?)?;
+        y = (y1 + c.affine(h.powi(scale), 0.0)?)?;
         while next < ts.len() && outputs[next] == i + 1 {
             out.push(y.clone());
             next += 1;
@@ -169,6 +167,20 @@ where
         stats,
         last_step: (grid[grid.len() - 1] - grid[grid.len() - 2]).abs(),
     })
+}
+
+/// `f(t, y)` and the base method's (uncorrected) state at `t1` after one step from `(t, y)`.
+fn base_step<F: VectorField + ?Sized>(
+    tab: &crate::ButcherTableau,
+    ev: &Evaluator<'_, F>,
+    t: f64,
+    t1: f64,
+    y: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let f0 = ev.eval(t, y)?;
+    let step = rk_step(tab, ev, t, t1, t, t1, y, &f0, false, None)?
+        .expect("an explicit step always succeeds");
+    Ok((f0, step.y1))
 }
 
 /// For each output time, the index of the grid point it is (within rounding: the grid's
@@ -324,14 +336,9 @@ pub fn hyper_residuals<F: VectorField + ?Sized>(
         let (t, t1) = (ts[i], ts[i + 1]);
         let h = t1 - t;
         let y = ys.get(i)?;
-        let f0 = ev.eval(t, &y)?.detach();
-        let step = rk_step(tab, &ev, t, t1, t, t1, &y, &f0, false, None)?
-            .expect("an explicit step always succeeds");
-        targets.push(
-            (ys.get(i + 1)? - step.y1)?
-                .affine(h.powi(-scale), 0.0)?
-                .detach(),
-        );
+        let (f0, y1) = base_step(tab, &ev, t, t1, &y)?;
+        let f0 = f0.detach();
+        targets.push((ys.get(i + 1)? - y1)?.affine(h.powi(-scale), 0.0)?.detach());
         starts.push(y);
         fys.push(f0);
     }
