@@ -38,6 +38,14 @@ pub trait VectorField {
         let _ = (t, y, structure);
         Ok(None)
     }
+
+    /// The field as a sum `f = f_E + f_I` of a non-stiff part and a stiff one, for the IMEX
+    /// methods ([`crate::Method::is_imex`]), which evaluate `f_E` explicitly and solve for
+    /// `f_I` by Newton's method (with `f_I`'s own [`VectorField::jacobian`]); `None` (the
+    /// default) for a field that is not split. [`Split`] is one that is.
+    fn split(&self) -> Option<(&dyn VectorField, &dyn VectorField)> {
+        None
+    }
 }
 
 impl<F> VectorField for F
@@ -102,5 +110,86 @@ where
 
     fn jacobian(&self, t: f64, y: &Tensor, _structure: Jacobian) -> Result<Option<Tensor>> {
         (self.jacobian)(t, y).map(Some)
+    }
+}
+
+/// A vector field split into a non-stiff part and a stiff one, `f = f_E + f_I`, for the IMEX
+/// methods ([`crate::Method::KenCarp3`], [`crate::Method::KenCarp4`],
+/// [`crate::Method::KenCarp5`]; diffrax's `MultiTerm` of two terms): each step evaluates
+/// `explicit` at its stages and solves for `implicit` by Newton's method, so that only the
+/// stiff part's Jacobian is built (give `implicit` its Jacobian in closed form with
+/// [`WithJacobian`]), and the step size is limited by the stiffness of neither part.
+///
+/// They suit a stiff part whose fast modes the explicit part hardly drives: diffusion with a
+/// reaction (or a network's output) on a grid, whose fast modes are the grid's shortest
+/// waves. Where the explicit part pushes along the fast directions themselves (a state that
+/// relaxes quickly to where the two parts balance, `y' = (g(t) − y)/ε + f_E(y)`), each step
+/// ends off that balance by the explicit weights' error and the methods lose order: treat
+/// the whole field implicitly there. The crate README has the measurements.
+///
+/// Any other method solves the sum as one field; the implicit ones then build the Jacobian
+/// of the sum (in closed form when both parts have one, else by finite differences).
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use node_solvers::problems::Brusselator;
+/// use node_solvers::{odeint, Method, SolveOptions, Split, WithJacobian};
+///
+/// // A reaction (non-stiff, only evaluated) and diffusion on 64 points (stiff: eigenvalues
+/// // down to −338; linear, its Jacobian in closed form).
+/// let p = Brusselator::new(64);
+/// let f = Split::new(
+///     p.reaction(),
+///     WithJacobian::new(p.diffusion(), p.diffusion_jacobian()),
+/// );
+/// let y0 = p.initial(DType::F64, &Device::Cpu)?;
+/// let opts = SolveOptions::default().method(Method::KenCarp4).tolerances(1e-5, 1e-5);
+/// let sol = odeint(&f, &y0, &[0.0, 10.0], &opts)?;
+/// assert!(sol.stats.accepted_steps < 60); // dopri5 needs about 1000
+/// assert_eq!(sol.stats.jacobians, 1);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Split<E, I> {
+    explicit: E,
+    implicit: I,
+}
+
+impl<E: VectorField, I: VectorField> Split<E, I> {
+    /// `explicit + implicit`: the non-stiff part and the stiff one.
+    pub fn new(explicit: E, implicit: I) -> Self {
+        Self { explicit, implicit }
+    }
+
+    /// The non-stiff part, `f_E`.
+    pub fn explicit(&self) -> &E {
+        &self.explicit
+    }
+
+    /// The stiff part, `f_I`.
+    pub fn implicit(&self) -> &I {
+        &self.implicit
+    }
+}
+
+impl<E: VectorField, I: VectorField> VectorField for Split<E, I> {
+    fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        self.explicit.eval(t, y)? + self.implicit.eval(t, y)?
+    }
+
+    /// The sum of the parts' Jacobians when both have one (for a method that treats the
+    /// field as a whole).
+    fn jacobian(&self, t: f64, y: &Tensor, structure: Jacobian) -> Result<Option<Tensor>> {
+        let Some(ji) = self.implicit.jacobian(t, y, structure)? else {
+            return Ok(None);
+        };
+        match self.explicit.jacobian(t, y, structure)? {
+            Some(je) => Ok(Some((je.to_dtype(ji.dtype())? + ji)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn split(&self) -> Option<(&dyn VectorField, &dyn VectorField)> {
+        Some((&self.explicit, &self.implicit))
     }
 }

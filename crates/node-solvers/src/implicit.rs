@@ -1,6 +1,7 @@
 //! Newton's method for the stages of the implicit (ESDIRK) methods.
 //!
-//! Each implicit stage solves `z = base + hγ f(t_i, z)`. The iteration is simplified Newton
+//! Each implicit stage solves `z = base + hγ f(t_i, z)` (`f` the implicit part of a split
+//! field under an IMEX method). The iteration is simplified Newton
 //! (as Hairer & Wanner's RADAU5 and diffrax's `VeryChord`):
 //! `(I − hγJ) δ = −(z − base − hγ f(t_i, z))`, `z ← z + δ`, with the field's Jacobian
 //! ([`VectorField::jacobian`]) or else a finite-difference one `J ≈ ∂f/∂y`, built at the
@@ -20,7 +21,7 @@
 use crate::error::SolverError;
 use crate::field::VectorField;
 use crate::options::{Atol, Jacobian, SolveOptions};
-use crate::rk::{lincomb, Evaluator};
+use crate::rk::{lincomb, Evaluator, Part};
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Most Newton iterations per stage.
@@ -95,6 +96,9 @@ pub(crate) struct Newton {
     slow: bool,
     /// Machine epsilon of the state's dtype.
     eps: f64,
+    /// The part of the field the stages solve for: the whole, or the implicit part of a
+    /// split field under an IMEX method.
+    part: Part,
 }
 
 impl Newton {
@@ -195,6 +199,11 @@ impl Newton {
             eta: 1.0,
             slow: false,
             eps,
+            part: if opts.method.is_imex() && ev.is_split() {
+                Part::Implicit
+            } else {
+                Part::Whole
+            },
         })
     }
 
@@ -250,7 +259,7 @@ impl Newton {
             }
             Jacobian::Dense | Jacobian::DensePrefix(_) => vec![self.size, self.size],
         };
-        let jac = match ev.jacobian(t0_eval, y, self.structure, &dims)? {
+        let jac = match ev.jacobian(self.part, t0_eval, y, self.structure, &dims)? {
             Some(jac) => jac,
             None => self.differences(ev, t0_eval, y)?,
         };
@@ -276,7 +285,7 @@ impl Newton {
         // Differences against `f(y)` itself: the `f0` of a step after an implicit one is its
         // last stage's derivative recovered from Newton's solution, off `f(y)` by the
         // residual over `hγ`, which divided by the perturbation would swamp the Jacobian.
-        let f0h = ev.read(&ev.eval(t0_eval, y)?)?;
+        let f0h = ev.read(&ev.eval_part(self.part, t0_eval, y)?)?;
         let (blocks, size) = (self.blocks, self.size);
         let mut jac = vec![0.0; blocks * size * size];
         for j in 0..size {
@@ -288,7 +297,7 @@ impl Newton {
             let yp = Tensor::from_vec(p, y.shape(), &Device::Cpu)?
                 .to_dtype(y.dtype())?
                 .to_device(y.device())?;
-            let fp = ev.eval(t0_eval, &yp)?;
+            let fp = ev.eval_part(self.part, t0_eval, &yp)?;
             // One read: f at the perturbed state, and that state as its dtype holds it (the
             // step really taken).
             let mut fp = ev.read(&Tensor::cat(&[fp.flatten_all()?, yp.flatten_all()?], 0)?)?;
@@ -398,7 +407,7 @@ impl Newton {
         let mut eta = self.eta.max(self.eps).powf(0.8);
         let mut prev: Option<f64> = None;
         for _ in 0..MAX_ITERS {
-            let fz = ev.eval(ti, &z)?;
+            let fz = ev.eval_part(self.part, ti, &z)?;
             let r = lincomb(Some(&z), [(-1.0, base), (-hg, &fz)])?;
             let mut d = ev.read(&r)?;
             if d.iter().any(|v| !v.is_finite()) {

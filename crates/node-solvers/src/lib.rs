@@ -29,7 +29,7 @@ pub use event::{
     locate_events_traced, odeint_event, odeint_events, Crossing, EventFunction, EventOptions,
     EventSolution, EventsSolution, LocatedEvent, LocatedEvents, RecordedEvent,
 };
-pub use field::{VectorField, WithJacobian};
+pub use field::{Split, VectorField, WithJacobian};
 pub use hyper::{hyper_residuals, odeint_hyper, Correction, Residuals};
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};

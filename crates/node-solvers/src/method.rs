@@ -45,6 +45,15 @@ pub enum Method {
     Kvaerno3,
     /// Kværnø 5(4), L-stable ESDIRK, implicit, adaptive, FSAL.
     Kvaerno5,
+    /// Kennedy–Carpenter 3(2) IMEX (additive Runge–Kutta), adaptive: for a
+    /// [`crate::Split`] field `f_E + f_I`, the stiff part `f_I` implicit (L-stable, by
+    /// Newton's method), the other part explicit. Any other field is treated implicitly
+    /// as a whole.
+    KenCarp3,
+    /// Kennedy–Carpenter 4(3) IMEX, adaptive, as [`Method::KenCarp3`].
+    KenCarp4,
+    /// Kennedy–Carpenter 5(4) IMEX, adaptive, as [`Method::KenCarp3`].
+    KenCarp5,
     /// Adams–Bashforth, fixed steps (torchdiffeq's `explicit_adams`): one evaluation per
     /// step, of order [`crate::SolveOptions::adams_order`] (4 by default), started by
     /// Runge–Kutta steps.
@@ -63,21 +72,22 @@ pub enum Method {
 
 impl Method {
     /// Every method: the Runge–Kutta ones ([`Method::RUNGE_KUTTA`]), then the Adams ones.
-    pub const ALL: [Method; 19] = {
-        let mut all = [Method::Adams; 19];
+    pub const ALL: [Method; 22] = {
+        let n = Method::RUNGE_KUTTA.len();
+        let mut all = [Method::Adams; 22];
         let mut i = 0;
-        while i < Method::RUNGE_KUTTA.len() {
+        while i < n {
             all[i] = Method::RUNGE_KUTTA[i];
             i += 1;
         }
-        all[16] = Method::ExplicitAdams;
-        all[17] = Method::ImplicitAdams;
+        all[n] = Method::ExplicitAdams;
+        all[n + 1] = Method::ImplicitAdams;
         all
     };
 
     /// The Runge–Kutta methods: the explicit ones in order of increasing cost, then the
-    /// implicit ones.
-    pub const RUNGE_KUTTA: [Method; 16] = [
+    /// implicit ones, then the IMEX ones.
+    pub const RUNGE_KUTTA: [Method; 19] = [
         Method::Euler,
         Method::Midpoint,
         Method::Heun2,
@@ -94,6 +104,9 @@ impl Method {
         Method::ImplicitEuler,
         Method::Kvaerno3,
         Method::Kvaerno5,
+        Method::KenCarp3,
+        Method::KenCarp4,
+        Method::KenCarp5,
     ];
 
     /// A Runge–Kutta method's coefficients; `None` for the Adams methods.
@@ -115,6 +128,9 @@ impl Method {
             Method::ImplicitEuler => &tableau::IMPLICIT_EULER,
             Method::Kvaerno3 => &tableau::KVAERNO3,
             Method::Kvaerno5 => &tableau::KVAERNO5,
+            Method::KenCarp3 => &tableau::KENCARP3,
+            Method::KenCarp4 => &tableau::KENCARP4,
+            Method::KenCarp5 => &tableau::KENCARP5,
             Method::ExplicitAdams | Method::ImplicitAdams | Method::Adams => return None,
         })
     }
@@ -157,6 +173,12 @@ impl Method {
     /// `implicit_adams`, whose corrector is applied once.
     pub fn is_implicit(self) -> bool {
         self.tableau().is_some_and(ButcherTableau::is_implicit)
+    }
+
+    /// True for the IMEX methods ([`Method::KenCarp3`], 4 and 5), which treat the two parts
+    /// of a [`crate::Split`] field differently.
+    pub fn is_imex(self) -> bool {
+        self.tableau().is_some_and(ButcherTableau::is_imex)
     }
 
     /// Order of accuracy of the propagated solution; for the Adams methods, the default

@@ -2,6 +2,7 @@
 //! SDEs to compare methods on along one path), shared by the tests, the benchmarks and users
 //! who want to check a solver setup.
 
+use crate::field::{Split, WithJacobian};
 use crate::sde::SdeField;
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -193,7 +194,7 @@ impl Brusselator {
     }
 
     /// `α (N+1)²`.
-    fn diffusion(&self) -> f64 {
+    fn diffusion_coefficient(&self) -> f64 {
         self.alpha * ((self.points + 1) as f64).powi(2)
     }
 
@@ -212,7 +213,7 @@ impl Brusselator {
     pub fn field(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
         move |_t, y| {
             let n = self.points;
-            let c = self.diffusion();
+            let c = self.diffusion_coefficient();
             let u = y.narrow(0, 0, 1)?;
             let v = y.narrow(0, 1, 1)?;
             let ends = Tensor::ones((1, 1), y.dtype(), y.device())?;
@@ -229,12 +230,83 @@ impl Brusselator {
         }
     }
 
+    /// The reaction alone, `u' = 1 + u²v − 4u`, `v' = 3u − u²v`: the non-stiff part of
+    /// [`Brusselator::field`].
+    pub fn reaction(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+        move |_t, y| {
+            let u = y.narrow(0, 0, 1)?;
+            let v = y.narrow(0, 1, 1)?;
+            let u2v = (u.sqr()? * &v)?;
+            let du = (u2v.affine(1.0, 1.0)? - u.affine(4.0, 0.0)?)?;
+            let dv = (u.affine(3.0, 0.0)? - &u2v)?;
+            Tensor::cat(&[du, dv], 0)
+        }
+    }
+
+    /// The diffusion alone, with its boundary values: the stiff part of
+    /// [`Brusselator::field`], affine in the state.
+    pub fn diffusion(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+        move |_t, y| {
+            let n = self.points;
+            let c = self.diffusion_coefficient();
+            let ends = Tensor::new(&[[1.0f64], [3.0]], &Device::Cpu)?
+                .to_dtype(y.dtype())?
+                .to_device(y.device())?;
+            let padded = Tensor::cat(&[&ends, y, &ends], 1)?;
+            let sides = (padded.narrow(1, 0, n)? + padded.narrow(1, 2, n)?)?;
+            (sides - y.affine(2.0, 0.0)?)?.affine(c, 0.0)
+        }
+    }
+
+    /// The diffusion's Jacobian, constant: shape `[2N, 2N]`, on `y`'s device.
+    pub fn diffusion_jacobian(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
+        move |_t, y| {
+            let n = self.points;
+            let c = self.diffusion_coefficient();
+            let m = 2 * n;
+            // Two independent tridiagonal blocks, `u`'s and `v`'s.
+            let entries: Vec<f64> = (0..m * m)
+                .map(|e| {
+                    let (r, col) = (e / m, e % m);
+                    if r == col {
+                        -2.0 * c
+                    } else if r.abs_diff(col) == 1 && r / n == col / n {
+                        c
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Tensor::from_vec(entries, (m, m), &Device::Cpu)?
+                .to_dtype(y.dtype())?
+                .to_device(y.device())
+        }
+    }
+
+    /// The field split for the IMEX methods ([`crate::Method::is_imex`]): the reaction
+    /// explicit, the diffusion implicit with its Jacobian in closed form.
+    #[allow(clippy::type_complexity)]
+    pub fn split(
+        &self,
+    ) -> Split<
+        impl Fn(f64, &Tensor) -> Result<Tensor> + '_,
+        WithJacobian<
+            impl Fn(f64, &Tensor) -> Result<Tensor> + '_,
+            impl Fn(f64, &Tensor) -> Result<Tensor> + '_,
+        >,
+    > {
+        Split::new(
+            self.reaction(),
+            WithJacobian::new(self.diffusion(), self.diffusion_jacobian()),
+        )
+    }
+
     /// The Jacobian `∂f/∂y` in closed form, shape `[2N, 2N]` (for [`crate::Jacobian::Dense`]
     /// and [`crate::WithJacobian`]), built on `y`'s device.
     pub fn jacobian(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
         move |_t, y| {
             let n = self.points;
-            let c = self.diffusion();
+            let c = self.diffusion_coefficient();
             let (dtype, dev) = (y.dtype(), y.device());
             // Row vectors `[1, N]`; `eye ⊙ row` is the diagonal matrix of `row`.
             let u = y.narrow(0, 0, 1)?;

@@ -14,8 +14,8 @@ use crate::implicit::Newton;
 use crate::options::Jacobian;
 use crate::solve::SolverStats;
 use crate::tableau::ButcherTableau;
-use candle_core::{DType, Result, Tensor};
-use std::cell::Cell;
+use candle_core::{DType, Result, Tensor, TensorId};
+use std::cell::{Cell, RefCell};
 
 /// `base + Σ w_i x_i` over the terms with non-zero weight (`Σ w_i x_i` without a base).
 ///
@@ -87,25 +87,54 @@ pub fn concat_flat(parts: &[Tensor]) -> Result<Tensor> {
 pub(crate) struct Evaluator<'a, F: ?Sized> {
     f: &'a F,
     nfe: Cell<usize>,
+    explicit_nfe: Cell<usize>,
     host_reads: Cell<usize>,
     jacobians: Cell<usize>,
     factorizations: Cell<usize>,
+    /// A split field's last evaluations as a whole, with their parts: an IMEX step's first
+    /// stage needs the parts of `f(t, y)` that the solve loop evaluated (or carried over).
+    parts: RefCell<Vec<PartsAt>>,
 }
+
+/// Which part of a field to evaluate: the whole, or one part of a split one
+/// ([`VectorField::split`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    Whole,
+    Explicit,
+    Implicit,
+}
+
+/// One evaluation of a split field as a whole, `total = explicit + implicit` at `(t, y)`.
+struct PartsAt {
+    t: f64,
+    y: TensorId,
+    total: TensorId,
+    explicit: Tensor,
+    implicit: Tensor,
+}
+
+/// How many of a split field's evaluations as a whole are kept with their parts: the step
+/// start's, and one made since (the first step's trial evaluation).
+const PARTS_KEPT: usize = 2;
 
 impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
     pub(crate) fn new(f: &'a F) -> Self {
         Self {
             f,
             nfe: Cell::new(0),
+            explicit_nfe: Cell::new(0),
             host_reads: Cell::new(0),
             jacobians: Cell::new(0),
             factorizations: Cell::new(0),
+            parts: RefCell::new(Vec::new()),
         }
     }
 
     /// Writes the evaluation, read, Jacobian and factorization counts into `stats`.
     pub(crate) fn count_into(&self, stats: &mut SolverStats) {
         stats.nfe = self.nfe.get();
+        stats.explicit_nfe = self.explicit_nfe.get();
         stats.host_reads = self.host_reads.get();
         stats.jacobians = self.jacobians.get();
         stats.factorizations = self.factorizations.get();
@@ -125,12 +154,18 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
     /// when the field has none; it must have shape `dims`.
     pub(crate) fn jacobian(
         &self,
+        part: Part,
         t: f64,
         y: &Tensor,
         structure: Jacobian,
         dims: &[usize],
     ) -> Result<Option<Vec<f64>>> {
-        let Some(jac) = self.f.jacobian(t, y, structure)? else {
+        let jac = match (part, self.f.split()) {
+            (Part::Implicit, Some((_, implicit))) => implicit.jacobian(t, y, structure)?,
+            (Part::Explicit, Some((explicit, _))) => explicit.jacobian(t, y, structure)?,
+            _ => self.f.jacobian(t, y, structure)?,
+        };
+        let Some(jac) = jac else {
             return Ok(None);
         };
         self.count_jacobian();
@@ -166,9 +201,73 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
         read_to_host(t)
     }
 
+    /// `f(t, y)`, checked. A split field ([`VectorField::split`]) is evaluated part by part
+    /// and the parts kept a while for [`Evaluator::parts_of`].
     pub(crate) fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
-        let k = self.f.eval(t, y)?;
-        self.nfe.set(self.nfe.get() + 1);
+        if self.f.split().is_none() {
+            let k = self.f.eval(t, y)?;
+            self.nfe.set(self.nfe.get() + 1);
+            return Self::check(k, t, y);
+        }
+        let explicit = self.eval_part(Part::Explicit, t, y)?;
+        let implicit = self.eval_part(Part::Implicit, t, y)?;
+        let total = (&explicit + &implicit)?;
+        let mut parts = self.parts.borrow_mut();
+        if parts.len() == PARTS_KEPT {
+            parts.remove(0);
+        }
+        parts.push(PartsAt {
+            t,
+            y: y.id(),
+            total: total.id(),
+            explicit,
+            implicit,
+        });
+        Ok(total)
+    }
+
+    /// Whether the field is split into an explicit and an implicit part.
+    pub(crate) fn is_split(&self) -> bool {
+        self.f.split().is_some()
+    }
+
+    /// `part` of the field at `(t, y)`, checked; the whole field for a field that is not
+    /// split.
+    pub(crate) fn eval_part(&self, part: Part, t: f64, y: &Tensor) -> Result<Tensor> {
+        let k = match (part, self.f.split()) {
+            (Part::Whole, _) | (_, None) => return self.eval(t, y),
+            (Part::Explicit, Some((explicit, _))) => {
+                self.explicit_nfe.set(self.explicit_nfe.get() + 1);
+                explicit.eval(t, y)?
+            }
+            (Part::Implicit, Some((_, implicit))) => {
+                self.nfe.set(self.nfe.get() + 1);
+                implicit.eval(t, y)?
+            }
+        };
+        Self::check(k, t, y)
+    }
+
+    /// The explicit and implicit parts of `f0 = f(t, y)` of a split field: those of the
+    /// evaluation that gave `f0` when it is one of the last ones, else the explicit part
+    /// evaluated again and the implicit one by difference.
+    pub(crate) fn parts_of(&self, t: f64, y: &Tensor, f0: &Tensor) -> Result<(Tensor, Tensor)> {
+        let kept = self
+            .parts
+            .borrow()
+            .iter()
+            .find(|p| p.t == t && p.y == y.id() && p.total == f0.id())
+            .map(|p| (p.explicit.clone(), p.implicit.clone()));
+        if let Some(parts) = kept {
+            return Ok(parts);
+        }
+        let explicit = self.eval_part(Part::Explicit, t, y)?;
+        let implicit = (f0 - &explicit)?;
+        Ok((explicit, implicit))
+    }
+
+    /// `k`, returned for the state `y` at `t`, checked to match it.
+    fn check(k: Tensor, t: f64, y: &Tensor) -> Result<Tensor> {
         if k.shape() != y.shape() {
             return Err(SolverError::ShapeMismatch {
                 expected: y.shape().clone(),
@@ -251,7 +350,7 @@ pub(crate) fn rk_step<F: VectorField + ?Sized>(
         }
         newton.begin_step(f, t, t0_eval, y)?;
         loop {
-            if let Some(done) = implicit_stages(tab, f, h, &stage_time, y, f0, newton)? {
+            if let Some(done) = implicit_stages(tab, f, h, &stage_time, t0_eval, y, f0, newton)? {
                 break done;
             }
             if newton.is_fresh(t) {
@@ -305,27 +404,48 @@ fn explicit_stages<F: VectorField + ?Sized>(
 /// evaluation (Hairer & Wanner's advice: it does not amplify the iteration's error by the
 /// stiffness); the first guess of `Y_i` is `base_i + hγ Σ_j α_ij k_j` with the method's
 /// predictor `α`.
+///
+/// An IMEX method on a split field keeps each stage's two parts: `k^I_i` recovered as above,
+/// `k^E_i = f_E(t_i, Y_i)` evaluated, the bases built from both with their own weights, the
+/// predictor from the implicit parts. The stages returned are the sums `k^E_i + k^I_i`
+/// (the parts share `b`, `b_err` and the dense output).
 #[allow(clippy::too_many_arguments)]
 fn implicit_stages<F: VectorField + ?Sized>(
     tab: &ButcherTableau,
     f: &Evaluator<'_, F>,
     h: f64,
     stage_time: &dyn Fn(usize) -> f64,
+    t0_eval: f64,
     y: &Tensor,
     f0: &Tensor,
     newton: &mut Newton,
 ) -> Result<Option<(Vec<Tensor>, Option<Tensor>)>> {
     let s = tab.stages();
     let imp = tab.implicit.expect("an implicit method");
+    let explicit = imp.explicit.filter(|_| f.is_split());
     let hg = h * imp.gamma;
+    // The implicit parts (the whole stages when there is no explicit part), and the explicit
+    // parts.
     let mut k: Vec<Tensor> = Vec::with_capacity(s);
-    k.push(f0.clone());
+    let mut ke: Vec<Tensor> = Vec::with_capacity(if explicit.is_some() { s } else { 0 });
+    match explicit {
+        Some(_) => {
+            let (e0, i0) = f.parts_of(t0_eval, y, f0)?;
+            ke.push(e0);
+            k.push(i0);
+        }
+        None => k.push(f0.clone()),
+    }
     let mut y1 = None;
     for i in 1..s {
-        let base = lincomb(
-            Some(y),
-            tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj)),
-        )?;
+        let implicit_terms = tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj));
+        let base = match explicit {
+            Some(ex) => lincomb(
+                Some(y),
+                implicit_terms.chain(ex[i - 1].iter().zip(&ke).map(|(a, kj)| (h * a, kj))),
+            )?,
+            None => lincomb(Some(y), implicit_terms)?,
+        };
         let guess = lincomb(
             Some(&base),
             imp.predictor[i - 1]
@@ -337,9 +457,19 @@ fn implicit_stages<F: VectorField + ?Sized>(
             return Ok(None);
         };
         k.push(lincomb(None, [(1.0 / hg, &yi), (-1.0 / hg, &base)])?);
+        if explicit.is_some() {
+            ke.push(f.eval_part(Part::Explicit, stage_time(i), &yi)?);
+        }
         if tab.is_fsal() && i == s - 1 {
             y1 = Some(yi);
         }
+    }
+    if explicit.is_some() {
+        k = k
+            .iter()
+            .zip(&ke)
+            .map(|(ki, kei)| ki + kei)
+            .collect::<Result<_>>()?;
     }
     Ok(Some((k, y1)))
 }

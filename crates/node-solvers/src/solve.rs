@@ -19,8 +19,12 @@ use candle_core::{DType, Result, Tensor};
 /// Counts of a solve.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SolverStats {
-    /// Evaluations of the vector field.
+    /// Evaluations of the vector field; of a split field ([`crate::Split`]), of its implicit
+    /// part, alone or in the sum.
     pub nfe: usize,
+    /// Evaluations of a split field's explicit part, alone or in the sum; 0 for a field that
+    /// is not split.
+    pub explicit_nfe: usize,
     /// Accepted steps (all steps of a fixed-step solve).
     pub accepted_steps: usize,
     /// Rejected steps.
@@ -42,6 +46,7 @@ pub struct SolverStats {
 impl std::ops::AddAssign for SolverStats {
     fn add_assign(&mut self, o: Self) {
         self.nfe += o.nfe;
+        self.explicit_nfe += o.explicit_nfe;
         self.accepted_steps += o.accepted_steps;
         self.rejected_steps += o.rejected_steps;
         self.host_reads += o.host_reads;

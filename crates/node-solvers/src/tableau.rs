@@ -30,6 +30,13 @@ pub struct Implicit {
     /// `Σ_j α_ij k_j` (rows sum to 1; diffrax's `a_predictor`, see its notes on DIRK
     /// predictors).
     pub predictor: &'static [&'static [f64]],
+    /// For an IMEX (additive) method, the explicit method's rows: row `i − 1` holds
+    /// `â_i0 .. â_i(i−1)`. With a [`crate::Split`] field `f = f_E + f_I`, stage `i` solves
+    /// `Y_i = y + h Σ_{j<i} (â_ij k^E_j + a_ij k^I_j) + hγ f_I(t_i, Y_i)`, with
+    /// `k^E_j = f_E(t_j, Y_j)` and `k^I_j = f_I(t_j, Y_j)`; both parts share `c`, `b` and `b_err`.
+    /// With any other field the whole of it is treated implicitly (the ESDIRK method alone).
+    /// `None` for an ESDIRK method.
+    pub explicit: Option<&'static [&'static [f64]]>,
 }
 
 /// The coefficients of an explicit or singly diagonally implicit Runge–Kutta method.
@@ -66,7 +73,10 @@ impl ButcherTableau {
     /// explicit method: a stiffly accurate implicit method is FSAL too).
     pub fn is_fsal(&self) -> bool {
         let s = self.stages();
+        // An IMEX method's last stage solves the implicit part at a state other than `y1`
+        // (its explicit weights differ from `b`).
         s > 1
+            && !self.is_imex()
             && self.c[s - 1] == 1.0
             && self.b[s - 1] == self.gamma()
             && self.a[s - 2].iter().zip(self.b).all(|(a, b)| a == b)
@@ -75,6 +85,12 @@ impl ButcherTableau {
     /// True for an implicit method, whose stages solve equations in the state.
     pub fn is_implicit(&self) -> bool {
         self.implicit.is_some()
+    }
+
+    /// True for an IMEX (additive Runge–Kutta) method: an implicit method with an explicit
+    /// companion for the non-stiff part of a [`crate::Split`] field.
+    pub fn is_imex(&self) -> bool {
+        self.implicit.is_some_and(|i| i.explicit.is_some())
     }
 
     /// The diagonal `γ` of an implicit method; 0 for an explicit one.
@@ -118,6 +134,17 @@ impl ButcherTableau {
                     return f64::INFINITY;
                 }
                 worst = worst.max((row.iter().sum::<f64>() - 1.0).abs());
+            }
+            if let Some(ex) = imp.explicit {
+                if ex.len() + 1 != s {
+                    return f64::INFINITY;
+                }
+                for (i, row) in ex.iter().enumerate() {
+                    if row.len() != i + 1 {
+                        return f64::INFINITY;
+                    }
+                    worst = worst.max((row.iter().sum::<f64>() - self.c[i + 1]).abs());
+                }
             }
         }
         worst = worst.max((self.b.iter().sum::<f64>() - 1.0).abs());
@@ -752,6 +779,7 @@ pub const IMPLICIT_EULER: ButcherTableau = ButcherTableau {
     implicit: Some(Implicit {
         gamma: 1.0,
         predictor: &[&[1.0]],
+        explicit: None,
     }),
     b: &[0.0, 1.0],
     b_err: Some(&[-1.0, 1.0]),
@@ -786,6 +814,7 @@ pub const KVAERNO3: ButcherTableau = ButcherTableau {
             &[1.0 - 0.5 / KV3_G, 0.5 / KV3_G],
             &[0.49056338842178057, 0.07357009006976043, KV3_G],
         ],
+        explicit: None,
     }),
     b: &[
         0.30880996997674652,
@@ -884,6 +913,7 @@ pub const KVAERNO5: ButcherTableau = ButcherTableau {
                 0.26,
             ],
         ],
+        explicit: None,
     }),
     b: &[
         0.13659751177640291,
@@ -906,4 +936,431 @@ pub const KVAERNO5: ButcherTableau = ButcherTableau {
     order: 5,
     error_order: 4,
     interpolant: Interpolant::Hermite,
+};
+
+/// `γ` of Kennedy and Carpenter's `ARK3(2)4L[2]SA`.
+const KC3_G: f64 = 1767732205903.0 / 4055673282236.0;
+const KC3_B: [f64; 4] = [
+    1471266399579.0 / 7840856788654.0,
+    -4482444167858.0 / 7529755066697.0,
+    11266239266428.0 / 11593286722821.0,
+    KC3_G,
+];
+const KC3_BHAT: [f64; 4] = [
+    2756255671327.0 / 12835298489170.0,
+    -10771552573575.0 / 22201958757719.0,
+    9247589265047.0 / 10645013368117.0,
+    2193209047091.0 / 5459859503100.0,
+];
+const KC3_C: [f64; 4] = [0.0, 2.0 * KC3_G, 0.6, 1.0];
+
+/// Second-order dense output of [`KENCARP3`], Kennedy and Carpenter's `b*_i(θ)`.
+fn kencarp3_dense(t: f64, w: &mut [f64]) {
+    const P: [[f64; 2]; 4] = [
+        [
+            -215264564351.0 / 13552729205753.0,
+            4655552711362.0 / 22874653954995.0,
+        ],
+        [
+            17870216137069.0 / 13817060693119.0,
+            -18682724506714.0 / 9892148508045.0,
+        ],
+        [
+            -28141676662227.0 / 17317692491321.0,
+            34259539580243.0 / 13192909600954.0,
+        ],
+        [
+            2508943948391.0 / 7218656332882.0,
+            584795268549.0 / 6622622206610.0,
+        ],
+    ];
+    for (wi, p) in w.iter_mut().zip(&P) {
+        *wi = t * (p[0] * t + p[1]);
+    }
+}
+
+/// Kennedy and Carpenter's `ARK3(2)4L[2]SA` (diffrax's `KenCarp3`): an IMEX method of order 3
+/// with an embedded second-order estimate, four stages. Its implicit part is an L-stable,
+/// stiffly accurate ESDIRK method, its explicit part an explicit RK method of the same
+/// order, coupled to order 3 (C. A. Kennedy and M. H. Carpenter, "Additive Runge–Kutta
+/// schemes for convection–diffusion–reaction equations", Appl. Numer. Math. 44, 2003).
+/// Made for a [`crate::Split`] field: the stiff part is solved by Newton's method, the
+/// other part only evaluated.
+pub const KENCARP3: ButcherTableau = ButcherTableau {
+    name: "kencarp3",
+    c: &KC3_C,
+    a: &[
+        &[KC3_G],
+        &[
+            2746238789719.0 / 10658868560708.0,
+            -640167445237.0 / 6845629431997.0,
+        ],
+        &[KC3_B[0], KC3_B[1], KC3_B[2]],
+    ],
+    implicit: Some(Implicit {
+        gamma: KC3_G,
+        // diffrax's: linear extrapolation of the derivatives from stages 0 and 1.
+        predictor: &[
+            &[1.0],
+            &[1.0 - KC3_C[2] / KC3_C[1], KC3_C[2] / KC3_C[1]],
+            &[1.0 - KC3_C[3] / KC3_C[1], KC3_C[3] / KC3_C[1], 0.0],
+        ],
+        explicit: Some(&[
+            &[2.0 * KC3_G],
+            &[
+                5535828885825.0 / 10492691773637.0,
+                788022342437.0 / 10882634858940.0,
+            ],
+            &[
+                6485989280629.0 / 16251701735622.0,
+                -4246266847089.0 / 9704473918619.0,
+                10755448449292.0 / 10357097424841.0,
+            ],
+        ]),
+    }),
+    b: &KC3_B,
+    b_err: Some(&[
+        KC3_B[0] - KC3_BHAT[0],
+        KC3_B[1] - KC3_BHAT[1],
+        KC3_B[2] - KC3_BHAT[2],
+        KC3_B[3] - KC3_BHAT[3],
+    ]),
+    order: 3,
+    error_order: 2,
+    interpolant: Interpolant::Weights(kencarp3_dense),
+};
+
+const KC4_B: [f64; 6] = [
+    82889.0 / 524892.0,
+    0.0,
+    15625.0 / 83664.0,
+    69875.0 / 102672.0,
+    -2260.0 / 8211.0,
+    0.25,
+];
+const KC4_BHAT: [f64; 6] = [
+    4586570599.0 / 29645900160.0,
+    0.0,
+    178811875.0 / 945068544.0,
+    814220225.0 / 1159782912.0,
+    -3700637.0 / 11593932.0,
+    61727.0 / 225920.0,
+];
+const KC4_C: [f64; 6] = [0.0, 0.5, 83.0 / 250.0, 31.0 / 50.0, 17.0 / 20.0, 1.0];
+
+/// Third-order dense output of [`KENCARP4`], Kennedy and Carpenter's `b*_i(θ)`.
+fn kencarp4_dense(t: f64, w: &mut [f64]) {
+    const P: [[f64; 3]; 6] = [
+        [
+            6818779379841.0 / 7100303317025.0,
+            -54480133.0 / 30881146.0,
+            6943876665148.0 / 7220017795957.0,
+        ],
+        [0.0, 0.0, 0.0],
+        [
+            2173542590792.0 / 12501825683035.0,
+            -11436875.0 / 14766696.0,
+            7640104374378.0 / 9702883013639.0,
+        ],
+        [
+            -31592104683404.0 / 5083833661969.0,
+            174696575.0 / 18121608.0,
+            -20649996744609.0 / 7521556579894.0,
+        ],
+        [
+            61146701046299.0 / 7138195549469.0,
+            -12120380.0 / 966161.0,
+            8854892464581.0 / 2390941311638.0,
+        ],
+        [
+            -17219254887155.0 / 4939391667607.0,
+            3843.0 / 706.0,
+            -11397109935349.0 / 6675773540249.0,
+        ],
+    ];
+    for (wi, p) in w.iter_mut().zip(&P) {
+        *wi = t * ((p[0] * t + p[1]) * t + p[2]);
+    }
+}
+
+/// Kennedy and Carpenter's `ARK4(3)6L[2]SA` (diffrax's `KenCarp4`): an IMEX method of order 4
+/// with an embedded third-order estimate, six stages, third-order dense output; its implicit
+/// part L-stable and stiffly accurate (Kennedy and Carpenter 2003, as [`KENCARP3`]).
+pub const KENCARP4: ButcherTableau = ButcherTableau {
+    name: "kencarp4",
+    c: &KC4_C,
+    a: &[
+        &[0.25],
+        &[8611.0 / 62500.0, -1743.0 / 31250.0],
+        &[
+            5012029.0 / 34652500.0,
+            -654441.0 / 2922500.0,
+            174375.0 / 388108.0,
+        ],
+        &[
+            15267082809.0 / 155376265600.0,
+            -71443401.0 / 120774400.0,
+            730878875.0 / 902184768.0,
+            2285395.0 / 8070912.0,
+        ],
+        &[KC4_B[0], KC4_B[1], KC4_B[2], KC4_B[3], KC4_B[4]],
+    ],
+    implicit: Some(Implicit {
+        gamma: 0.25,
+        // diffrax's: linear extrapolation from an earlier stage (the nearest one behind).
+        predictor: &[
+            &[1.0],
+            &[1.0 - KC4_C[2] / KC4_C[1], KC4_C[2] / KC4_C[1]],
+            &[1.0 - KC4_C[3] / KC4_C[1], KC4_C[3] / KC4_C[1], 0.0],
+            &[1.0 - KC4_C[4] / KC4_C[3], 0.0, 0.0, KC4_C[4] / KC4_C[3]],
+            &[
+                1.0 - KC4_C[5] / KC4_C[4],
+                0.0,
+                0.0,
+                0.0,
+                KC4_C[5] / KC4_C[4],
+            ],
+        ],
+        explicit: Some(&[
+            &[0.5],
+            &[13861.0 / 62500.0, 6889.0 / 62500.0],
+            &[
+                -116923316275.0 / 2393684061468.0,
+                -2731218467317.0 / 15368042101831.0,
+                9408046702089.0 / 11113171139209.0,
+            ],
+            &[
+                -451086348788.0 / 2902428689909.0,
+                -2682348792572.0 / 7519795681897.0,
+                12662868775082.0 / 11960479115383.0,
+                3355817975965.0 / 11060851509271.0,
+            ],
+            &[
+                647845179188.0 / 3216320057751.0,
+                73281519250.0 / 8382639484533.0,
+                552539513391.0 / 3454668386233.0,
+                3354512671639.0 / 8306763924573.0,
+                4040.0 / 17871.0,
+            ],
+        ]),
+    }),
+    b: &KC4_B,
+    b_err: Some(&[
+        KC4_B[0] - KC4_BHAT[0],
+        KC4_B[1] - KC4_BHAT[1],
+        KC4_B[2] - KC4_BHAT[2],
+        KC4_B[3] - KC4_BHAT[3],
+        KC4_B[4] - KC4_BHAT[4],
+        KC4_B[5] - KC4_BHAT[5],
+    ]),
+    order: 4,
+    error_order: 3,
+    interpolant: Interpolant::Weights(kencarp4_dense),
+};
+
+const KC5_G: f64 = 41.0 / 200.0;
+const KC5_B: [f64; 8] = [
+    -872700587467.0 / 9133579230613.0,
+    0.0,
+    0.0,
+    22348218063261.0 / 9555858737531.0,
+    -1143369518992.0 / 8141816002931.0,
+    -39379526789629.0 / 19018526304540.0,
+    32727382324388.0 / 42900044865799.0,
+    KC5_G,
+];
+const KC5_BHAT: [f64; 8] = [
+    -975461918565.0 / 9796059967033.0,
+    0.0,
+    0.0,
+    78070527104295.0 / 32432590147079.0,
+    -548382580838.0 / 3424219808633.0,
+    -33438840321285.0 / 15594753105479.0,
+    3629800801594.0 / 4656183773603.0,
+    4035322873751.0 / 18575991585200.0,
+];
+const KC5_C: [f64; 8] = [
+    0.0,
+    0.41,
+    2935347310677.0 / 11292855782101.0,
+    1426016391358.0 / 7196633302097.0,
+    0.92,
+    0.24,
+    0.6,
+    1.0,
+];
+
+/// Third-order dense output of [`KENCARP5`], Kennedy and Carpenter's `b*_i(θ)`.
+fn kencarp5_dense(t: f64, w: &mut [f64]) {
+    const P: [[f64; 3]; 8] = [
+        [
+            -9257016797708.0 / 5021505065439.0,
+            43486358583215.0 / 12773830924787.0,
+            -17674230611817.0 / 10670229744614.0,
+        ],
+        [0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0],
+        [
+            26096422576131.0 / 11239449250142.0,
+            -91478233927265.0 / 11067650958493.0,
+            65168852399939.0 / 7868540260826.0,
+        ],
+        [
+            92396832856987.0 / 20362823103730.0,
+            -79368583304911.0 / 10890268929626.0,
+            15494834004392.0 / 5936557850923.0,
+        ],
+        [
+            30029262896817.0 / 10175596800299.0,
+            -12239297817655.0 / 9152339842473.0,
+            -99329723586156.0 / 26959484932159.0,
+        ],
+        [
+            -26136350496073.0 / 3983972220547.0,
+            115839755401235.0 / 10719374521269.0,
+            -19024464361622.0 / 5461577185407.0,
+        ],
+        [
+            -5289405421727.0 / 3760307252460.0,
+            5843115559534.0 / 2180450260947.0,
+            -6511271360970.0 / 6095937251113.0,
+        ],
+    ];
+    for (wi, p) in w.iter_mut().zip(&P) {
+        *wi = t * ((p[0] * t + p[1]) * t + p[2]);
+    }
+}
+
+/// Kennedy and Carpenter's `ARK5(4)8L[2]SA` (diffrax's `KenCarp5`): an IMEX method of order 5
+/// with an embedded fourth-order estimate, eight stages, third-order dense output; its
+/// implicit part L-stable and stiffly accurate (Kennedy and Carpenter 2003, as
+/// [`KENCARP3`]).
+pub const KENCARP5: ButcherTableau = ButcherTableau {
+    name: "kencarp5",
+    c: &KC5_C,
+    a: &[
+        &[KC5_G],
+        &[41.0 / 400.0, -567603406766.0 / 11931857230679.0],
+        &[
+            683785636431.0 / 9252920307686.0,
+            0.0,
+            -110385047103.0 / 1367015193373.0,
+        ],
+        &[
+            3016520224154.0 / 10081342136671.0,
+            0.0,
+            30586259806659.0 / 12414158314087.0,
+            -22760509404356.0 / 11113319521817.0,
+        ],
+        &[
+            218866479029.0 / 1489978393911.0,
+            0.0,
+            638256894668.0 / 5436446318841.0,
+            -1179710474555.0 / 5321154724896.0,
+            -60928119172.0 / 8023461067671.0,
+        ],
+        &[
+            1020004230633.0 / 5715676835656.0,
+            0.0,
+            25762820946817.0 / 25263940353407.0,
+            -2161375909145.0 / 9755907335909.0,
+            -211217309593.0 / 5846859502534.0,
+            // …040749 as Kennedy and Carpenter print it (and SUNDIALS, PETSc); diffrax's
+            // copy reads …040719, which leaves this row's sum off `c` by 2e-12.
+            -4269925059573.0 / 7827059040749.0,
+        ],
+        &[
+            KC5_B[0], KC5_B[1], KC5_B[2], KC5_B[3], KC5_B[4], KC5_B[5], KC5_B[6],
+        ],
+    ],
+    implicit: Some(Implicit {
+        gamma: KC5_G,
+        // diffrax's: linear extrapolation from an earlier stage.
+        predictor: &[
+            &[1.0],
+            &[1.0 - KC5_C[2] / KC5_C[1], KC5_C[2] / KC5_C[1]],
+            &[1.0 - KC5_C[3] / KC5_C[1], KC5_C[3] / KC5_C[1], 0.0],
+            &[1.0 - KC5_C[4] / KC5_C[1], KC5_C[4] / KC5_C[1], 0.0, 0.0],
+            &[
+                1.0 - KC5_C[5] / KC5_C[2],
+                0.0,
+                KC5_C[5] / KC5_C[2],
+                0.0,
+                0.0,
+            ],
+            &[
+                1.0 - KC5_C[6] / KC5_C[4],
+                0.0,
+                0.0,
+                0.0,
+                KC5_C[6] / KC5_C[4],
+                0.0,
+            ],
+            &[
+                1.0 - KC5_C[7] / KC5_C[4],
+                0.0,
+                0.0,
+                0.0,
+                KC5_C[7] / KC5_C[4],
+                0.0,
+                0.0,
+            ],
+        ],
+        explicit: Some(&[
+            &[0.41],
+            &[
+                367902744464.0 / 2072280473677.0,
+                677623207551.0 / 8224143866563.0,
+            ],
+            &[
+                1268023523408.0 / 10340822734521.0,
+                0.0,
+                1029933939417.0 / 13636558850479.0,
+            ],
+            &[
+                14463281900351.0 / 6315353703477.0,
+                0.0,
+                66114435211212.0 / 5879490589093.0,
+                -54053170152839.0 / 4284798021562.0,
+            ],
+            &[
+                14090043504691.0 / 34967701212078.0,
+                0.0,
+                15191511035443.0 / 11219624916014.0,
+                -18461159152457.0 / 12425892160975.0,
+                -281667163811.0 / 9011619295870.0,
+            ],
+            &[
+                19230459214898.0 / 13134317526959.0,
+                0.0,
+                21275331358303.0 / 2942455364971.0,
+                -38145345988419.0 / 4862620318723.0,
+                -0.125,
+                -0.125,
+            ],
+            &[
+                -19977161125411.0 / 11928030595625.0,
+                0.0,
+                -40795976796054.0 / 6384907823539.0,
+                177454434618887.0 / 12078138498510.0,
+                782672205425.0 / 8267701900261.0,
+                -69563011059811.0 / 9646580694205.0,
+                7356628210526.0 / 4942186776405.0,
+            ],
+        ]),
+    }),
+    b: &KC5_B,
+    b_err: Some(&[
+        KC5_B[0] - KC5_BHAT[0],
+        KC5_B[1] - KC5_BHAT[1],
+        KC5_B[2] - KC5_BHAT[2],
+        KC5_B[3] - KC5_BHAT[3],
+        KC5_B[4] - KC5_BHAT[4],
+        KC5_B[5] - KC5_BHAT[5],
+        KC5_B[6] - KC5_BHAT[6],
+        KC5_B[7] - KC5_BHAT[7],
+    ]),
+    order: 5,
+    error_order: 4,
+    interpolant: Interpolant::Weights(kencarp5_dense),
 };
