@@ -562,17 +562,53 @@ pub(crate) struct Inner<F> {
 
 /// The augmented dynamics `d/dt [y, a, g_θ] = [f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ]` on a flat state; with
 /// a dense forward solution, `d/dt [a, g_θ]` with `y(t)` read from it.
-struct Augmented<'a, F> {
-    f: &'a F,
+///
+/// For a split field ([`VectorField::split`]) the augmented dynamics split the same way, each
+/// part's own `[f_P, −aᵀ∂f_P/∂y, −aᵀ∂f_P/∂θ]`: an IMEX method solves backwards for the
+/// implicit part's adjoint alone and only evaluates the explicit part's.
+struct Augmented<'a> {
+    f: &'a dyn VectorField,
     params: &'a [Var],
     shape: &'a Shape,
     n: usize,
     dense: Option<&'a DenseSolution>,
     /// The forward solve's Jacobian option.
     structure: Jacobian,
+    /// The explicit and implicit parts' augmented dynamics, for a split field.
+    parts: Option<Box<(Augmented<'a>, Augmented<'a>)>>,
 }
 
-impl<F: ParamVectorField> VectorField for Augmented<'_, F> {
+impl<'a> Augmented<'a> {
+    fn new(
+        f: &'a dyn VectorField,
+        params: &'a [Var],
+        shape: &'a Shape,
+        dense: Option<&'a DenseSolution>,
+        structure: Jacobian,
+    ) -> Self {
+        let part = |f| Self {
+            f,
+            params,
+            shape,
+            n: shape.elem_count(),
+            dense,
+            structure,
+            parts: None,
+        };
+        let parts = f
+            .split()
+            .map(|(explicit, implicit)| Box::new((part(explicit), part(implicit))));
+        Self { parts, ..part(f) }
+    }
+}
+
+impl VectorField for Augmented<'_> {
+    fn split(&self) -> Option<(&dyn VectorField, &dyn VectorField)> {
+        self.parts
+            .as_deref()
+            .map(|(e, i)| (e as &dyn VectorField, i as &dyn VectorField))
+    }
+
     fn eval(&self, t: f64, aug: &Tensor) -> Result<Tensor> {
         let (y, a_at) = match self.dense {
             Some(d) => (d.evaluate_extended(t)?, 0),
@@ -838,14 +874,7 @@ impl<F: ParamVectorField> Inner<F> {
             stops.extend_from_slice(d.step_times());
             ropts.step_ts = stops.into();
         }
-        let aug_field = Augmented {
-            f: &self.f,
-            params: &self.params,
-            shape: &shape,
-            n,
-            dense,
-            structure: self.opts.jacobian,
-        };
+        let aug_field = Augmented::new(&self.f, &self.params, &shape, dense, self.opts.jacobian);
         let mut a = if last > 0 {
             g.get(last)?
         } else {

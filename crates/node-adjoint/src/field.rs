@@ -2,7 +2,7 @@
 
 use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
-use node_solvers::{VectorField, WithJacobian};
+use node_solvers::{Split, VectorField, WithJacobian};
 
 /// A [`VectorField`] `f(t, y; θ)` whose parameters θ are Candle `Var`s.
 ///
@@ -195,6 +195,48 @@ where
 
     fn param_sources(&self) -> Vec<Tensor> {
         self.field().param_sources()
+    }
+}
+
+/// A split field ([`Split`], for the IMEX methods) has its parts' parameters, each once
+/// (a `Var` both parts use is one parameter). The adjoint's reverse solve of an IMEX solve is
+/// split the same way: the explicit part's adjoint dynamics are only evaluated.
+impl<E, I> ParamVectorField for Split<E, I>
+where
+    E: ParamVectorField,
+    I: ParamVectorField,
+{
+    fn params(&self) -> Vec<Var> {
+        self.params_and_sources()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    fn param_sources(&self) -> Vec<Tensor> {
+        self.params_and_sources()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
+    }
+}
+
+/// The parameters of a split field's parts with their sources, each parameter once.
+trait SplitParams {
+    fn params_and_sources(&self) -> Vec<(Var, Tensor)>;
+}
+
+impl<E: ParamVectorField, I: ParamVectorField> SplitParams for Split<E, I> {
+    fn params_and_sources(&self) -> Vec<(Var, Tensor)> {
+        let (e, i) = (self.explicit(), self.implicit());
+        let all = e
+            .params()
+            .into_iter()
+            .zip(e.param_sources())
+            .chain(i.params().into_iter().zip(i.param_sources()));
+        let mut seen = std::collections::HashSet::new();
+        all.filter(|(p, _)| seen.insert(p.as_tensor().id()))
+            .collect()
     }
 }
 
