@@ -8,7 +8,9 @@
 //! 3. `y' = −λ (y − cos t)` on `[0, 2]` for growing λ: an explicit method's steps grow with λ,
 //!    an implicit method's do not.
 //! 4. The Brusselator with diffusion on `N` points (`2N` components) over `[0, 10]`: the
-//!    finite-difference Jacobian against the closed-form one (`WithJacobian`), and dopri5.
+//!    finite-difference Jacobian against the closed-form one (`WithJacobian`), dopri5, and
+//!    the IMEX methods on the field split (the reaction explicit, the diffusion implicit
+//!    with its Jacobian in closed form).
 
 mod common;
 
@@ -125,8 +127,8 @@ fn main() -> Result<()> {
     }
 
     println!("\n## The Brusselator on N points, t 0 → 10, rtol = atol = 1e-6 (error: max abs against dopri5 at 1e-10)");
-    println!("| N | method | Jacobian | steps (rejected) | NFE (Jacobians) | LU factorizations | time | error |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| N | method | Jacobian | steps (rejected) | NFE (Jacobians) | explicit NFE | LU factorizations | time | error |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for n in [32usize, 64, 128] {
         let b = Brusselator::new(n);
         let y0 = b.initial(DType::F64, &dev)?;
@@ -135,10 +137,15 @@ fn main() -> Result<()> {
         let reference = odeint(&b.field(), &y0, &ts, &tight)?.last()?;
         let field = b.field();
         let exact = WithJacobian::new(b.field(), b.jacobian());
-        let runs: [(Method, &str, &dyn VectorField); 4] = [
+        let split = b.split();
+        let runs: [(Method, &str, &dyn VectorField); 8] = [
             (Method::Kvaerno5, "differences", &field),
             (Method::Kvaerno5, "closed form", &exact),
             (Method::Kvaerno3, "closed form", &exact),
+            (Method::KenCarp4, "closed form", &exact),
+            (Method::KenCarp3, "split: diffusion's", &split),
+            (Method::KenCarp4, "split: diffusion's", &split),
+            (Method::KenCarp5, "split: diffusion's", &split),
             (Method::Dopri5, "–", &field),
         ];
         for (m, jac, f) in runs {
@@ -151,11 +158,12 @@ fn main() -> Result<()> {
                 .max(0)?
                 .to_scalar::<f64>()?;
             println!(
-                "| {n} | {m} | {jac} | {} ({}) | {} ({}) | {} | {:.1} ms | {err:.1e} |",
+                "| {n} | {m} | {jac} | {} ({}) | {} ({}) | {} | {} | {:.1} ms | {err:.1e} |",
                 s.accepted_steps,
                 s.rejected_steps,
                 s.nfe,
                 s.jacobians,
+                s.explicit_nfe,
                 s.factorizations,
                 secs * 1e3
             );
