@@ -405,20 +405,45 @@ where
 
 /// `f` with its outputs detached: a forward solve of it builds no graph through its steps, so
 /// its memory does not grow with them (O(1) in steps for the adjoint). It keeps the field's
-/// own Jacobian.
+/// own Jacobian, and its split into parts ([`VectorField::split`]), each detached.
 pub(crate) fn detached<F: VectorField + ?Sized>(f: &F) -> Detached<'_, F> {
-    Detached(f)
+    Detached {
+        f,
+        parts: f.split().map(|(e, i)| (DetachedPart(e), DetachedPart(i))),
+    }
 }
 
-pub(crate) struct Detached<'a, F: ?Sized>(&'a F);
+pub(crate) struct Detached<'a, F: ?Sized> {
+    f: &'a F,
+    parts: Option<(DetachedPart<'a>, DetachedPart<'a>)>,
+}
 
-impl<F: VectorField + ?Sized> VectorField for Detached<'_, F> {
+/// One part of a split field, detached.
+pub(crate) struct DetachedPart<'a>(&'a dyn VectorField);
+
+impl VectorField for DetachedPart<'_> {
     fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
         self.0.eval(t, y).map(|k| k.detach())
     }
 
     fn jacobian(&self, t: f64, y: &Tensor, structure: Jacobian) -> Result<Option<Tensor>> {
         Ok(self.0.jacobian(t, y, structure)?.map(|j| j.detach()))
+    }
+}
+
+impl<F: VectorField + ?Sized> VectorField for Detached<'_, F> {
+    fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        self.f.eval(t, y).map(|k| k.detach())
+    }
+
+    fn jacobian(&self, t: f64, y: &Tensor, structure: Jacobian) -> Result<Option<Tensor>> {
+        Ok(self.f.jacobian(t, y, structure)?.map(|j| j.detach()))
+    }
+
+    fn split(&self) -> Option<(&dyn VectorField, &dyn VectorField)> {
+        self.parts
+            .as_ref()
+            .map(|(e, i)| (e as &dyn VectorField, i as &dyn VectorField))
     }
 }
 

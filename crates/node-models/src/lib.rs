@@ -14,6 +14,7 @@ pub mod layers;
 pub mod mnist;
 pub mod mnist_models;
 pub mod optim;
+pub mod reaction_diffusion;
 pub mod rng;
 pub mod rnn;
 pub mod sde_gan;
@@ -32,6 +33,7 @@ pub use layers::{
 };
 pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
 pub use optim::{Adam, AdamConfig, PiecewiseSchedule, SgdConfig, SgdMomentum};
+pub use reaction_diffusion::{Diffusion1d, PointwiseReaction};
 pub use rng::Rng;
 pub use rnn::{Rnn, RnnConfig};
 pub use sde_gan::{SdeGan, SdeGanConfig};

@@ -1,0 +1,240 @@
+//! Reaction–diffusion systems on a 1-D grid with a learned reaction,
+//! `∂y_c/∂t = D_c ∂²y_c/∂x² + r_c(y)`: the diffusion known, the reaction a network applied at
+//! each grid point ("universal differential equations", Rackauckas et al. 2020).
+//!
+//! The diffusion is stiff (its eigenvalues reach `−4 D (N+1)²` on `N` points) and linear;
+//! the reaction is not stiff and is where the parameters are. [`Diffusion1d`] gives its
+//! Jacobian in closed form, so that an IMEX method ([`node_solvers::Method::KenCarp4`]) on
+//! `Split::new(reaction, diffusion)` solves the diffusion implicitly and only evaluates the
+//! network, whose steps are then held by neither: `train-reaction-diffusion` trains one.
+//!
+//! # Shapes
+//! States are `[C, N]` (channels, grid points) or a batch `[B, C, N]`.
+
+use crate::layers::{Activation, Mlp};
+use candle_core::{Device, Result, Tensor, Var};
+use candle_nn::{Module, VarBuilder};
+use node_adjoint::ParamVectorField;
+use node_solvers::{Jacobian, VectorField};
+
+/// Diffusion of `C` channels on `N` interior points of `(0, 1)` with fixed (Dirichlet) values
+/// at both ends: `D_c (N+1)² (y_(i−1) − 2 y_i + y_(i+1))`, the end values standing in for the
+/// neighbours past the ends. Affine in the state; no parameters.
+#[derive(Clone, Debug)]
+pub struct Diffusion1d {
+    points: usize,
+    coeffs: Vec<f64>,
+    ends: Vec<f64>,
+}
+
+impl Diffusion1d {
+    /// Diffusion coefficients `coeffs` (one per channel, `D_c ≥ 0`) and end values `ends`
+    /// (one per channel) on `points` interior points.
+    ///
+    /// # Errors
+    /// No points, no channels, `coeffs` and `ends` of different lengths, a negative or
+    /// non-finite coefficient, a non-finite end value.
+    pub fn new(points: usize, coeffs: &[f64], ends: &[f64]) -> Result<Self> {
+        if points == 0 || coeffs.is_empty() || coeffs.len() != ends.len() {
+            candle_core::bail!(
+                "diffusion: {points} points, {} coefficients and {} end values: needs points, and one coefficient and one end value per channel",
+                coeffs.len(),
+                ends.len()
+            );
+        }
+        if coeffs.iter().any(|d| !d.is_finite() || *d < 0.0) || ends.iter().any(|e| !e.is_finite())
+        {
+            candle_core::bail!(
+                "diffusion: coefficients must be finite and non-negative, end values finite; got {coeffs:?} and {ends:?}"
+            );
+        }
+        Ok(Self {
+            points,
+            coeffs: coeffs.to_vec(),
+            ends: ends.to_vec(),
+        })
+    }
+
+    /// Grid points `N`.
+    pub fn points(&self) -> usize {
+        self.points
+    }
+
+    /// Channels `C`.
+    pub fn channels(&self) -> usize {
+        self.coeffs.len()
+    }
+
+    /// The largest magnitude of the diffusion's eigenvalues, `< 4 max(D) (N+1)²`: an explicit
+    /// method's steps are held to about `2.8 / stiffness` (dopri5's stability limit).
+    pub fn stiffness(&self) -> f64 {
+        let n1 = (self.points + 1) as f64;
+        let theta = std::f64::consts::PI * self.points as f64 / n1;
+        let dmax = self.coeffs.iter().fold(0.0f64, |a, &b| a.max(b));
+        2.0 * dmax * n1 * n1 * (1.0 - theta.cos())
+    }
+
+    /// `D_c (N+1)²`, one per channel.
+    fn scales(&self) -> Vec<f64> {
+        let n1 = (self.points + 1) as f64;
+        self.coeffs.iter().map(|d| d * n1 * n1).collect()
+    }
+
+    /// Checks that `y` is `[C, N]` or `[B, C, N]`; returns the batch (1 for `[C, N]`).
+    fn batch(&self, y: &Tensor) -> Result<usize> {
+        let (c, n) = (self.channels(), self.points);
+        match y.dims() {
+            [cc, nn] if (*cc, *nn) == (c, n) => Ok(1),
+            [b, cc, nn] if (*cc, *nn) == (c, n) => Ok(*b),
+            d => candle_core::bail!(
+                "diffusion of {c} channels on {n} points: the state must be [{c}, {n}] or [B, {c}, {n}], got {d:?}"
+            ),
+        }
+    }
+
+    /// The `[C·N, C·N]` Jacobian of one system (block diagonal over the channels), row-major.
+    fn block(&self) -> Vec<f64> {
+        let (c, n) = (self.channels(), self.points);
+        let m = c * n;
+        let scales = self.scales();
+        let mut jac = vec![0.0; m * m];
+        for (ch, s) in scales.iter().enumerate() {
+            for i in 0..n {
+                let r = ch * n + i;
+                jac[r * m + r] = -2.0 * s;
+                if i > 0 {
+                    jac[r * m + r - 1] = *s;
+                }
+                if i + 1 < n {
+                    jac[r * m + r + 1] = *s;
+                }
+            }
+        }
+        jac
+    }
+}
+
+impl VectorField for Diffusion1d {
+    fn eval(&self, _t: f64, y: &Tensor) -> Result<Tensor> {
+        self.batch(y)?;
+        let rank = y.rank();
+        let (c, n) = (self.channels(), self.points);
+        let col = |v: &[f64]| -> Result<Tensor> {
+            Tensor::from_vec(v.to_vec(), (c, 1), &Device::Cpu)?
+                .to_dtype(y.dtype())?
+                .to_device(y.device())
+        };
+        let mut end_shape = y.dims().to_vec();
+        end_shape[rank - 1] = 1;
+        let ends = col(&self.ends)?.broadcast_as(end_shape)?;
+        let padded = Tensor::cat(&[&ends, y, &ends], rank - 1)?;
+        let sides = (padded.narrow(rank - 1, 0, n)? + padded.narrow(rank - 1, 2, n)?)?;
+        (sides - y.affine(2.0, 0.0)?)?.broadcast_mul(&col(&self.scales())?)
+    }
+
+    /// In closed form: [`Jacobian::Dense`] (block diagonal over the batch and the channels),
+    /// [`Jacobian::Batched`] for a `[B, C, N]` state (`[B, C·N, C·N]`); `None` for the others.
+    fn jacobian(&self, _t: f64, y: &Tensor, structure: Jacobian) -> Result<Option<Tensor>> {
+        let b = self.batch(y)?;
+        let m = self.channels() * self.points;
+        let block = self.block();
+        let jac = match structure {
+            Jacobian::Batched if y.rank() == 3 => {
+                let all: Vec<f64> = std::iter::repeat_n(block, b).flatten().collect();
+                Tensor::from_vec(all, (b, m, m), &Device::Cpu)?
+            }
+            Jacobian::Dense => {
+                let size = b * m;
+                let mut all = vec![0.0; size * size];
+                for k in 0..b {
+                    for r in 0..m {
+                        let row = (k * m + r) * size + k * m;
+                        all[row..row + m].copy_from_slice(&block[r * m..(r + 1) * m]);
+                    }
+                }
+                Tensor::from_vec(all, (size, size), &Device::Cpu)?
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(jac.to_dtype(y.dtype())?.to_device(y.device())?))
+    }
+}
+
+/// No parameters: the diffusion is the known part.
+impl ParamVectorField for Diffusion1d {
+    fn params(&self) -> Vec<Var> {
+        vec![]
+    }
+}
+
+/// A reaction `r(y)` learned as an MLP applied at each grid point to the `C` channels there,
+/// `C → width → … → C`, its input centred by `center` (one value per channel, where the
+/// states sit). Time-independent.
+#[derive(Clone, Debug)]
+pub struct PointwiseReaction {
+    mlp: Mlp,
+    vars: Vec<Var>,
+    center: Vec<f64>,
+}
+
+impl PointwiseReaction {
+    /// The network (`depth` hidden layers of `width`, `activation`), parameters under `vb`.
+    ///
+    /// # Errors
+    /// No channels, no width or depth, a non-finite centre; those of `vb`.
+    pub fn new(
+        center: &[f64],
+        width: usize,
+        depth: usize,
+        activation: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let c = center.len();
+        if c == 0 || width == 0 || depth == 0 || center.iter().any(|v| !v.is_finite()) {
+            candle_core::bail!(
+                "reaction network: needs channels, a width and a depth, and a finite centre; got {c} channels, width {width}, depth {depth}, centre {center:?}"
+            );
+        }
+        let mlp = Mlp::new(c, c, width, depth, activation, false, vb)?;
+        let vars = mlp.vars()?;
+        Ok(Self {
+            mlp,
+            vars,
+            center: center.to_vec(),
+        })
+    }
+
+    /// Channels `C`.
+    pub fn channels(&self) -> usize {
+        self.center.len()
+    }
+}
+
+impl VectorField for PointwiseReaction {
+    fn eval(&self, _t: f64, y: &Tensor) -> Result<Tensor> {
+        let c = self.channels();
+        let rank = y.rank();
+        if !(2..=3).contains(&rank) || y.dim(rank - 2)? != c {
+            candle_core::bail!(
+                "reaction of {c} channels: the state must be [{c}, N] or [B, {c}, N], got {:?}",
+                y.dims()
+            );
+        }
+        // Channels last, one row per grid point.
+        let last = y.transpose(rank - 2, rank - 1)?;
+        let rows_shape = last.dims().to_vec();
+        let center = Tensor::from_vec(self.center.clone(), c, &Device::Cpu)?
+            .to_dtype(y.dtype())?
+            .to_device(y.device())?;
+        let x = last.reshape(((), c))?.broadcast_sub(&center)?;
+        let r = self.mlp.forward(&x)?.reshape(rows_shape)?;
+        r.transpose(rank - 2, rank - 1)?.contiguous()
+    }
+}
+
+/// The network's weights and biases.
+impl ParamVectorField for PointwiseReaction {
+    fn params(&self) -> Vec<Var> {
+        self.vars.clone()
+    }
+}

@@ -1,0 +1,167 @@
+//! The reaction–diffusion pieces: `Diffusion1d` against the Brusselator's diffusion, its
+//! Jacobians in closed form against differences, its stiffness against the eigenvalues;
+//! `PointwiseReaction` acts point by point; a split solve with the network explicit; errors.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use node_adjoint::ParamVectorField;
+use node_models::{Activation, Diffusion1d, PointwiseReaction};
+use node_solvers::problems::Brusselator;
+use node_solvers::{odeint, Jacobian, Method, SolveOptions, Split, VectorField};
+
+fn max_abs(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?)
+}
+
+fn diffusion_case(dev: &Device) -> Result<()> {
+    let n = 16;
+    let p = Brusselator::new(n);
+    let d = Diffusion1d::new(n, &[p.alpha, p.alpha], &[1.0, 3.0])?;
+    let y = p.initial(DType::F64, dev)?;
+    let y = (&y + y.sin()?.affine(0.3, 0.0)?)?;
+    // The Brusselator's diffusion, as node-solvers' test problem has it.
+    let want = p.diffusion()(0.0, &y)?;
+    let got = d.eval(0.0, &y)?;
+    assert!(max_abs(&(got - &want)?)? < 1e-12);
+    // A batch is each of its systems.
+    let batch = Tensor::stack(&[&y, &y.affine(0.5, 1.0)?], 0)?;
+    let out = d.eval(0.0, &batch)?;
+    for b in 0..2 {
+        let one = d.eval(0.0, &batch.get(b)?)?;
+        assert!(max_abs(&(out.get(b)? - one)?)? == 0.0);
+    }
+    // The Jacobians: the Brusselator's diffusion Jacobian (dense), and central differences of
+    // the batch, block by block.
+    let dense = d.jacobian(0.0, &y, Jacobian::Dense)?.expect("dense");
+    let want = p.diffusion_jacobian()(0.0, &y)?;
+    assert!(max_abs(&(dense - want)?)? < 1e-12);
+    let blocks = d
+        .jacobian(0.0, &batch, Jacobian::Batched)?
+        .expect("batched");
+    assert_eq!(blocks.dims(), &[2, 2 * n, 2 * n]);
+    let whole = d.jacobian(0.0, &batch, Jacobian::Dense)?.expect("dense");
+    assert_eq!(whole.dims(), &[4 * n, 4 * n]);
+    let h = 1e-6;
+    let flat = batch.flatten_all()?.to_vec1::<f64>()?;
+    for col in [0, 5, 2 * n - 1, 2 * n, 3 * n + 7] {
+        let bump = |s: f64| -> Result<Tensor> {
+            let mut v = flat.clone();
+            v[col] += s;
+            let yb = Tensor::from_vec(v, batch.shape(), dev)?;
+            Ok(d.eval(0.0, &yb)?.flatten_all()?)
+        };
+        let fd = ((bump(h)? - bump(-h)?)? / (2.0 * h))?;
+        let column = whole.narrow(1, col, 1)?.squeeze(1)?;
+        // Affine: the differences are exact up to rounding of values of size (N+1)²·y.
+        assert!(max_abs(&(&column - &fd)?)? < 1e-6, "column {col}");
+        let (b, c) = (col / (2 * n), col % (2 * n));
+        let block_col = blocks.get(b)?.narrow(1, c, 1)?.squeeze(1)?;
+        let fd_block = fd.narrow(0, b * 2 * n, 2 * n)?;
+        assert!(
+            max_abs(&(block_col - fd_block)?)? < 1e-6,
+            "block column {col}"
+        );
+    }
+    // The stiffness is the largest eigenvalue's magnitude: 2s on one point, 3s on two.
+    for (points, factor) in [(1usize, 2.0), (2, 3.0)] {
+        let s = 0.5 * ((points + 1) * (points + 1)) as f64;
+        let d = Diffusion1d::new(points, &[0.5, 0.1], &[0.0, 0.0])?;
+        assert!((d.stiffness() - factor * s).abs() < 1e-12 * s);
+    }
+    assert!(d.stiffness() < 4.0 * p.alpha * 17.0 * 17.0);
+    Ok(())
+}
+
+fn reaction_case(dev: &Device) -> Result<()> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, dev);
+    let r = PointwiseReaction::new(&[1.0, 3.0], 16, 2, Activation::Tanh, vb)?;
+    assert_eq!(r.params().len(), 6, "three layers' weights and biases");
+    let y = Tensor::randn(0.0f64, 1.0, (3, 2, 7), dev)?;
+    let out = r.eval(0.0, &y)?;
+    assert_eq!(out.dims(), y.dims());
+    // Point by point: permuting the grid points permutes the output; each point's output
+    // depends on its own channels only; a batch is each of its systems.
+    let perm = Tensor::new(&[6u32, 2, 0, 1, 5, 3, 4], dev)?;
+    let permuted = r.eval(0.0, &y.index_select(&perm, 2)?)?;
+    assert!(max_abs(&(permuted - out.index_select(&perm, 2)?)?)? < 1e-14);
+    let single = r.eval(0.0, &y.get(1)?)?;
+    assert!(max_abs(&(single - out.get(1)?)?)? < 1e-14);
+    let point = y.narrow(2, 3, 1)?;
+    let alone = r.eval(0.0, &point)?;
+    assert!(max_abs(&(alone - out.narrow(2, 3, 1)?)?)? < 1e-14);
+    // Errors: a state with other channels, a bad network.
+    let bad = r.eval(0.0, &Tensor::zeros((3, 7), DType::F64, dev)?);
+    assert!(bad.unwrap_err().to_string().contains("[2, N] or [B, 2, N]"));
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, dev);
+    assert!(PointwiseReaction::new(&[], 16, 2, Activation::Tanh, vb.pp("x")).is_err());
+    assert!(PointwiseReaction::new(&[f64::NAN], 16, 2, Activation::Tanh, vb.pp("y")).is_err());
+    assert!(Diffusion1d::new(0, &[1.0], &[0.0]).is_err());
+    assert!(Diffusion1d::new(4, &[1.0, 2.0], &[0.0]).is_err());
+    assert!(Diffusion1d::new(4, &[-1.0], &[0.0]).is_err());
+    let d = Diffusion1d::new(4, &[1.0], &[0.0])?;
+    let err = d
+        .eval(0.0, &Tensor::zeros((2, 4), DType::F64, dev)?)
+        .unwrap_err();
+    assert!(err.to_string().contains("[1, 4] or [B, 1, 4]"), "{err}");
+    Ok(())
+}
+
+fn split_solve_case(dev: &Device) -> Result<()> {
+    // The network explicit, the diffusion implicit with its batched Jacobian: a KenCarp4
+    // solve of a batch agrees with a tight dopri5 solve of the sum, builds the diffusion's
+    // Jacobian once, and evaluates the network once per stage.
+    let n = 24;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, dev);
+    let r = PointwiseReaction::new(&[1.0, 3.0], 8, 1, Activation::Tanh, vb)?;
+    let d = Diffusion1d::new(n, &[0.02, 0.02], &[1.0, 3.0])?;
+    let p = Brusselator::new(n);
+    let y0 = Tensor::stack(
+        &[
+            p.initial(DType::F64, dev)?,
+            p.initial(DType::F64, dev)?.affine(0.9, 0.2)?,
+        ],
+        0,
+    )?
+    .detach();
+    let f = Split::new(|t: f64, y: &Tensor| Ok(r.eval(t, y)?.detach()), d.clone());
+    let ts = [0.0, 0.5, 1.0];
+    let opts = SolveOptions::default()
+        .method(Method::KenCarp4)
+        .tolerances(1e-7, 1e-7)
+        .jacobian(Jacobian::Batched);
+    let sol = odeint(&f, &y0, &ts, &opts)?;
+    let whole = |t: f64, y: &Tensor| f.eval(t, y);
+    let reference = odeint(
+        &whole,
+        &y0,
+        &ts,
+        &SolveOptions::default().tolerances(1e-11, 1e-11),
+    )?;
+    let err = max_abs(&(&sol.ys - &reference.ys)?)?;
+    assert!(err < 1e-5, "error {err:e}");
+    assert_eq!(sol.stats.jacobians, 1);
+    let tried = sol.stats.accepted_steps + sol.stats.rejected_steps;
+    assert!(sol.stats.explicit_nfe <= 6 * tried + 2, "{:?}", sol.stats);
+    Ok(())
+}
+
+candle_core::test_device!(
+    diffusion_case,
+    diffusion_cpu,
+    diffusion_cuda,
+    diffusion_metal
+);
+candle_core::test_device!(reaction_case, reaction_cpu, reaction_cuda, reaction_metal);
+candle_core::test_device!(
+    split_solve_case,
+    split_solve_cpu,
+    split_solve_cuda,
+    split_solve_metal
+);

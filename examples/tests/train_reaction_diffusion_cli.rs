@@ -1,0 +1,117 @@
+//! The reaction–diffusion trainer end to end: it learns with an IMEX solve, it resumes
+//! exactly, and it refuses what is not its checkpoint, bad options and backprop through an
+//! implicit solve.
+
+mod common;
+
+use anyhow::Result;
+use common::{
+    fails_saying, metric, ok, other_trainer_refuses, run_with_defaults, summary_field, tensors,
+};
+use std::path::Path;
+use std::process::Output;
+
+fn tmp(name: &str) -> tempfile::TempDir {
+    common::tmp("train-reaction-diffusion-cli", name)
+}
+
+/// A small, fast problem (8 trajectories on 16 points, 5 snapshots, a network of width 16:
+/// the test build is unoptimized), each setting replaced where `extra` gives its flag.
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let defaults = [
+        ["--device", "cpu"],
+        ["--points", "16"],
+        ["--train-size", "8"],
+        ["--test-size", "4"],
+        ["--batch-size", "4"],
+        ["--observations", "5"],
+        ["--width", "16"],
+        ["--lr", "0.02"],
+    ];
+    run_with_defaults(
+        env!("CARGO_BIN_EXE_train-reaction-diffusion"),
+        out,
+        &defaults,
+        extra,
+    )
+}
+
+#[test]
+fn learns_and_resumes_bit_for_bit() -> Result<()> {
+    // One run of 30 iterations, and one stopped at 10 and at 20 and resumed each time.
+    let whole = tmp("whole");
+    let args = ["--iters", "30", "--checkpoint-every", "10"];
+    let o = train(whole.path(), &args);
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("kencarp4 (reaction explicit, diffusion implicit)"),
+        "{stdout}"
+    );
+    let loss = metric(whole.path(), "loss");
+    assert_eq!(loss.len(), 3);
+    assert!(loss[2] < 0.5 * loss[0], "the loss falls: {loss:?}");
+    // The forward solve is split: the network is evaluated explicitly.
+    assert!(metric(whole.path(), "nfe_explicit_f")[0] > 0.0);
+    let learned: f64 = summary_field(whole.path(), "test_rmse").parse()?;
+    let baseline: f64 = summary_field(whole.path(), "diffusion_only_rmse").parse()?;
+    assert!(
+        learned < baseline,
+        "held-out rollouts: {learned} against the diffusion alone's {baseline}"
+    );
+
+    let pieces = tmp("pieces");
+    let o = train(
+        pieces.path(),
+        &[&args[..], &["--stop-after-steps", "10"]].concat(),
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("stopped after iteration 10"));
+    ok(&train(
+        pieces.path(),
+        &[&args[..], &["--resume", "--stop-after-steps", "10"]].concat(),
+    ));
+    let o = train(pieces.path(), &[&args[..], &["--resume"]].concat());
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resumed from"));
+    assert_eq!(
+        tensors(&whole.path().join("checkpoint.safetensors")),
+        tensors(&pieces.path().join("checkpoint.safetensors")),
+        "weights, Adam's moments and step count, RNG: the same as one run"
+    );
+    assert_eq!(metric(whole.path(), "loss"), metric(pieces.path(), "loss"));
+    Ok(())
+}
+
+#[test]
+fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
+    let out = tmp("refuse");
+    ok(&train(out.path(), &["--iters", "2"]));
+    let o = train(out.path(), &["--iters", "4", "--resume", "--width", "8"]);
+    fails_saying(&o, "does not fit this model");
+    other_trainer_refuses(
+        env!("CARGO_BIN_EXE_train-cde"),
+        out.path(),
+        "reaction-diffusion",
+        "neural-cde",
+    );
+    let fresh = tmp("bad");
+    for (bad, says) in [
+        (&["--iters", "0"][..], "must be positive"),
+        (
+            &["--batch-size", "16"],
+            "more than the 8 training trajectories",
+        ),
+        (&["--points", "1"], "at least 2"),
+        (&["--alpha=-1"], "must be positive"),
+        (&["--noise", "nan"], "--noise non-negative"),
+        // Backprop cannot run through Newton's host iterations: refused with what to use.
+        (
+            &["--gradient", "backprop", "--iters", "1"],
+            "use --gradient interpolated or adjoint",
+        ),
+    ] {
+        fails_saying(&train(fresh.path(), bad), says);
+    }
+    Ok(())
+}
