@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{fails_saying, metric, ok, run_with_defaults, tensors};
+use common::{fails_saying, metric, ok, resumes_like_one_run, run_with_defaults, tensors};
 use std::path::Path;
 use std::process::Output;
 
@@ -56,25 +56,7 @@ fn learns_and_resumes_bit_for_bit() -> Result<()> {
 
     let pieces = tmp("pieces");
     let args = ["--iters", "30", "--checkpoint-every", "10"];
-    let o = train(
-        pieces.path(),
-        &[&args[..], &["--stop-after-steps", "10"]].concat(),
-    );
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("stopped after iteration 10"));
-    let o = train(
-        pieces.path(),
-        &[&args[..], &["--resume", "--stop-after-steps", "10"]].concat(),
-    );
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("resumed from"));
-    ok(&train(pieces.path(), &[&args[..], &["--resume"]].concat()));
-    assert_eq!(
-        tensors(&whole.path().join("checkpoint.safetensors")),
-        tensors(&pieces.path().join("checkpoint.safetensors")),
-        "weights, Adam's moments and step count, RNG: the same as one run"
-    );
-    assert_eq!(metric(whole.path(), "nll"), metric(pieces.path(), "nll"));
+    resumes_like_one_run(train, &args, 10, whole.path(), pieces.path(), "nll");
     Ok(())
 }
 

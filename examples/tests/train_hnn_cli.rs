@@ -7,7 +7,8 @@ mod common;
 
 use anyhow::Result;
 use common::{
-    fails_saying, metric, ok, other_trainer_refuses, run_with_defaults, summary_field, tensors,
+    fails_saying, metric, ok, other_trainer_refuses, resumes_like_one_run, run_with_defaults,
+    summary_field, tensors,
 };
 use std::path::Path;
 
@@ -70,23 +71,7 @@ fn hnn_keeps_the_energy_and_resumes_bit_for_bit() -> Result<()> {
 
     // Stopped at 100 and 200 and resumed: the same as one run.
     let pieces = tmp("pieces");
-    let first = train(
-        pieces.path(),
-        &[&args[..], &["--stop-after-steps", "100"]].concat(),
-    );
-    ok(&first);
-    assert!(String::from_utf8_lossy(&first.stdout).contains("stopped after iteration 100"));
-    ok(&train(
-        pieces.path(),
-        &[&args[..], &["--resume", "--stop-after-steps", "100"]].concat(),
-    ));
-    ok(&train(pieces.path(), &[&args[..], &["--resume"]].concat()));
-    assert_eq!(
-        tensors(&hnn.path().join("checkpoint.safetensors")),
-        tensors(&pieces.path().join("checkpoint.safetensors")),
-        "weights, Adam's moments and step count, RNG: the same as one run"
-    );
-    assert_eq!(metric(hnn.path(), "loss"), metric(pieces.path(), "loss"));
+    resumes_like_one_run(train, &args, 100, hnn.path(), pieces.path(), "loss");
     assert_eq!(
         summary_field(hnn.path(), "rollout_energy_mse"),
         summary_field(pieces.path(), "rollout_energy_mse")

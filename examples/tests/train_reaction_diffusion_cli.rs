@@ -6,7 +6,8 @@ mod common;
 
 use anyhow::Result;
 use common::{
-    fails_saying, metric, ok, other_trainer_refuses, run_with_defaults, summary_field, tensors,
+    fails_saying, metric, ok, other_trainer_refuses, resumes_like_one_run, run_with_defaults,
+    summary_field,
 };
 use std::path::Path;
 use std::process::Output;
@@ -61,25 +62,7 @@ fn learns_and_resumes_bit_for_bit() -> Result<()> {
     );
 
     let pieces = tmp("pieces");
-    let o = train(
-        pieces.path(),
-        &[&args[..], &["--stop-after-steps", "10"]].concat(),
-    );
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("stopped after iteration 10"));
-    ok(&train(
-        pieces.path(),
-        &[&args[..], &["--resume", "--stop-after-steps", "10"]].concat(),
-    ));
-    let o = train(pieces.path(), &[&args[..], &["--resume"]].concat());
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("resumed from"));
-    assert_eq!(
-        tensors(&whole.path().join("checkpoint.safetensors")),
-        tensors(&pieces.path().join("checkpoint.safetensors")),
-        "weights, Adam's moments and step count, RNG: the same as one run"
-    );
-    assert_eq!(metric(whole.path(), "loss"), metric(pieces.path(), "loss"));
+    resumes_like_one_run(train, &args, 10, whole.path(), pieces.path(), "loss");
     Ok(())
 }
 

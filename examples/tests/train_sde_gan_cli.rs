@@ -6,7 +6,8 @@ mod common;
 
 use anyhow::Result;
 use common::{
-    fails_saying, metric, ok, other_trainer_refuses, run_with_defaults, summary_field, tensors,
+    fails_saying, metric, ok, other_trainer_refuses, resumes_like_one_run, run_with_defaults,
+    summary_field,
 };
 use std::path::Path;
 use std::process::Output;
@@ -49,26 +50,9 @@ fn trains_and_resumes_bit_for_bit() -> Result<()> {
     assert!(floor < w1 && w1 < untrained, "{floor} < {w1} < {untrained}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("averaged generator"));
 
+    // The checkpoint holds the averaged weights too.
     let pieces = tmp("pieces");
-    let o = train(
-        pieces.path(),
-        &[&args[..], &["--stop-after-steps", "8"]].concat(),
-    );
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("stopped after iteration 8"));
-    ok(&train(
-        pieces.path(),
-        &[&args[..], &["--resume", "--stop-after-steps", "8"]].concat(),
-    ));
-    let o = train(pieces.path(), &[&args[..], &["--resume"]].concat());
-    ok(&o);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("resumed from"));
-    assert_eq!(
-        tensors(&whole.path().join("checkpoint.safetensors")),
-        tensors(&pieces.path().join("checkpoint.safetensors")),
-        "weights, averaged weights, Adam's moments and step count, RNG: the same as one run"
-    );
-    assert_eq!(metric(whole.path(), "loss"), metric(pieces.path(), "loss"));
+    resumes_like_one_run(train, &args, 8, whole.path(), pieces.path(), "loss");
     assert_eq!(
         summary_field(whole.path(), "w1"),
         summary_field(pieces.path(), "w1")

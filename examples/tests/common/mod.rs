@@ -103,3 +103,36 @@ pub fn other_trainer_refuses(bin: &str, out: &Path, ours: &str, theirs: &str) {
         .expect("the other trainer runs");
     fails_saying(&o, &format!("checkpoint of model `{ours}`, not `{theirs}`"));
 }
+
+/// Trains with `args` in three pieces into `pieces`: stopped after `piece` iterations,
+/// resumed and stopped again, resumed to the end. Checks that each stop and resume says so
+/// and that the pieces end where the one run in `whole` (the same `args`) did: the same
+/// checkpoint, bit for bit (weights, the optimizer's state, the generator), and the same
+/// values of `key` in the metrics.
+pub fn resumes_like_one_run(
+    train: impl Fn(&Path, &[&str]) -> Output,
+    args: &[&str],
+    piece: usize,
+    whole: &Path,
+    pieces: &Path,
+    key: &str,
+) {
+    let piece = piece.to_string();
+    let o = train(pieces, &[args, &["--stop-after-steps", &piece]].concat());
+    ok(&o);
+    let stopped = format!("stopped after iteration {piece}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&stopped));
+    let o = train(
+        pieces,
+        &[args, &["--resume", "--stop-after-steps", &piece]].concat(),
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resumed from"));
+    ok(&train(pieces, &[args, &["--resume"]].concat()));
+    assert_eq!(
+        tensors(&whole.join("checkpoint.safetensors")),
+        tensors(&pieces.join("checkpoint.safetensors")),
+        "the checkpoint (weights, optimizer state, generator): the same as one run's"
+    );
+    assert_eq!(metric(whole, key), metric(pieces, key));
+}
