@@ -21,6 +21,7 @@ use common::{json_number, pick_device, write_summary, CheckpointArgs, DeviceArg,
 use iterations::{Iterations, Plan};
 use node_adjoint::{odeint_adjoint, AdjointOptions};
 use node_models::{Activation, Diffusion1d, PointwiseReaction, Rng};
+use node_solvers::problems::Brusselator;
 use node_solvers::{odeint, Jacobian, Method, SolveOptions, SolverError, Split, VectorField};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,16 +113,6 @@ struct Args {
     stop_after_steps: Option<usize>,
 }
 
-/// The Brusselator's reaction, `(1 + u²v − 4u, 3u − u²v)`, on `[B, 2, N]`.
-fn true_reaction(y: &Tensor) -> candle_core::Result<Tensor> {
-    let u = y.narrow(1, 0, 1)?;
-    let v = y.narrow(1, 1, 1)?;
-    let u2v = (u.sqr()? * &v)?;
-    let du = (u2v.affine(1.0, 1.0)? - u.affine(4.0, 0.0)?)?;
-    let dv = (u.affine(3.0, 0.0)? - &u2v)?;
-    Tensor::cat(&[du, dv], 1)
-}
-
 /// `count` initial states `[count, 2, N]`: `u = 1 + Σ_k a_k sin kπx`, `v = 3 + Σ_k b_k sin kπx`
 /// (k = 1, 2, 3; `a_k`, `b_k` uniform in `±0.6/k`), which meet the end values.
 fn initial_states(count: usize, points: usize, rng: &mut Rng, dev: &Device) -> Result<Tensor> {
@@ -181,7 +172,12 @@ fn main() -> Result<ExitCode> {
         .collect();
     // The data: the true system solved tightly (kencarp5, the diffusion implicit), in f32
     // as the model; from their own generators, so that a resumed run sees the same.
-    let truth = Split::new(|_t: f64, y: &Tensor| true_reaction(y), diffusion.clone());
+    let bruss = Brusselator {
+        points: args.points,
+        alpha: args.alpha,
+    };
+    let true_reaction = bruss.reaction();
+    let truth = Split::new(&true_reaction, diffusion.clone());
     let exact_opts = SolveOptions::default()
         .method(Method::KenCarp5)
         .tolerances(1e-6, 1e-6)
@@ -288,7 +284,7 @@ fn main() -> Result<ExitCode> {
     let ys = odeint(&diffusion, &y0, &ts, &opts).map_err(explain)?.ys;
     let diffusion_only = rms(&(ys - &test_clean)?)?;
     let states = test_clean.flatten_to(1)?;
-    let want = true_reaction(&states)?;
+    let want = true_reaction(0.0, &states)?;
     let got = model.explicit().eval(0.0, &states)?;
     let reaction_error = rms(&(got - &want)?)? / rms(&want)?;
     println!(

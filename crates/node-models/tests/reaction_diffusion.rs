@@ -35,6 +35,12 @@ fn diffusion_case(dev: &Device) -> Result<()> {
         let one = d.eval(0.0, &batch.get(b)?)?;
         assert!(max_abs(&(out.get(b)? - one)?)? == 0.0);
     }
+    // The Brusselator's reaction, which the trainer's data come from, acts on a batch too.
+    let reactions = p.reaction()(0.0, &batch)?;
+    for b in 0..2 {
+        let one = p.reaction()(0.0, &batch.get(b)?)?;
+        assert!(max_abs(&(reactions.get(b)? - one)?)? == 0.0);
+    }
     // The Jacobians: the Brusselator's diffusion Jacobian (dense), and central differences of
     // the batch, block by block.
     let dense = d.jacobian(0.0, &y, Jacobian::Dense)?.expect("dense");

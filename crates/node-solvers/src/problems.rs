@@ -231,15 +231,16 @@ impl Brusselator {
     }
 
     /// The reaction alone, `u' = 1 + u²v − 4u`, `v' = 3u − u²v`: the non-stiff part of
-    /// [`Brusselator::field`].
+    /// [`Brusselator::field`]. Point by point, on a state `[2, N]` or a batch `[B, 2, N]`.
     pub fn reaction(&self) -> impl Fn(f64, &Tensor) -> Result<Tensor> + '_ {
         move |_t, y| {
-            let u = y.narrow(0, 0, 1)?;
-            let v = y.narrow(0, 1, 1)?;
+            let species = y.rank().saturating_sub(2);
+            let u = y.narrow(species, 0, 1)?;
+            let v = y.narrow(species, 1, 1)?;
             let u2v = (u.sqr()? * &v)?;
             let du = (u2v.affine(1.0, 1.0)? - u.affine(4.0, 0.0)?)?;
             let dv = (u.affine(3.0, 0.0)? - &u2v)?;
-            Tensor::cat(&[du, dv], 0)
+            Tensor::cat(&[du, dv], species)
         }
     }
 
