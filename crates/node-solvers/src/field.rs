@@ -111,6 +111,12 @@ where
     fn jacobian(&self, t: f64, y: &Tensor, _structure: Jacobian) -> Result<Option<Tensor>> {
         (self.jacobian)(t, y).map(Some)
     }
+
+    /// The wrapped field's split, if it has one: an IMEX method then uses the parts (and the
+    /// implicit part's own Jacobian), the others this Jacobian of the whole.
+    fn split(&self) -> Option<(&dyn VectorField, &dyn VectorField)> {
+        self.field.split()
+    }
 }
 
 /// A vector field split into a non-stiff part and a stiff one, `f = f_E + f_I`, for the IMEX

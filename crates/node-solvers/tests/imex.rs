@@ -5,10 +5,13 @@
 mod common;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::{fitted_slope, max_abs_diff};
 use node_solvers::problems::{Brusselator, Riccati};
-use node_solvers::{odeint, odeint_dense, Method, SolveOptions, SolverError, Split, VectorField};
+use node_solvers::{
+    odeint, odeint_dense, odeint_event, EventOptions, Method, SolveOptions, SolverError, Split,
+    VectorField, WithJacobian,
+};
 use std::cell::Cell;
 
 const IMEX: [Method; 3] = [Method::KenCarp3, Method::KenCarp4, Method::KenCarp5];
@@ -222,6 +225,53 @@ fn fast_balance_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+fn event_and_f32_case(dev: &Device) -> Result<()> {
+    // An event on a split solve: the first component of the split Riccati problem falls
+    // through 0.8 where 1/0.8 = 1 + sin t.
+    let f = split_riccati();
+    let y0 = Tensor::new(&[1.0f64, 0.5], dev)?;
+    let g = |_t: f64, y: &Tensor| y.narrow(0, 0, 1)?.affine(1.0, -0.8);
+    let want = 0.25f64.asin();
+    for m in IMEX {
+        let opts = SolveOptions::default().method(m).tolerances(1e-10, 1e-12);
+        let sol = odeint_event(&f, &y0, 0.0, 2.0, &g, &opts, &EventOptions::default())?;
+        assert_eq!(sol.event, Some(0), "{m}");
+        assert!(sol.stats.explicit_nfe > 0, "{m}");
+        assert!(
+            (sol.t - want).abs() < 1e-8,
+            "{m}: event at {} not {want}",
+            sol.t
+        );
+    }
+    // f32: the split Brusselator on 32 points agrees with the f64 solve to f32's tolerance.
+    let p = Brusselator::new(32);
+    let opts = SolveOptions::default()
+        .method(Method::KenCarp4)
+        .tolerances(1e-4, 1e-4);
+    let ts = [0.0, 5.0];
+    let y64 = odeint(&p.split(), &p.initial(DType::F64, dev)?, &ts, &opts)?;
+    let y32 = odeint(&p.split(), &p.initial(DType::F32, dev)?, &ts, &opts)?;
+    assert_eq!(y32.ys.dtype(), DType::F32);
+    let d = max_abs_diff(&y32.ys.to_dtype(DType::F64)?, &y64.ys)?;
+    assert!(d < 1e-3, "f32 against f64: {d:e}");
+    // A split field wrapped with a Jacobian of the whole keeps its split: an IMEX method
+    // solves it split (its explicit part evaluated), kvaerno5 uses the whole's Jacobian.
+    let whole_jac = WithJacobian::new(p.split(), p.jacobian());
+    let y0 = p.initial(DType::F64, dev)?;
+    let imex = odeint(&whole_jac, &y0, &ts, &opts)?;
+    assert!(imex.stats.explicit_nfe > 0);
+    assert_eq!(imex.stats.nfe, y64.stats.nfe);
+    let kv = odeint(&whole_jac, &y0, &ts, &opts.clone().method(Method::Kvaerno5))?;
+    let kv_fd = odeint(&p.split(), &y0, &ts, &opts.clone().method(Method::Kvaerno5))?;
+    assert!(
+        kv.stats.nfe < kv_fd.stats.nfe,
+        "{:?} {:?}",
+        kv.stats,
+        kv_fd.stats
+    );
+    Ok(())
+}
+
 fn error_case(dev: &Device) -> Result<()> {
     let y0 = Tensor::new(&[1.0f64, 0.5], dev)?;
     let opts = SolveOptions::default().method(Method::KenCarp4);
@@ -293,4 +343,10 @@ candle_core::test_device!(
     imex_errors_cpu,
     imex_errors_cuda,
     imex_errors_metal
+);
+candle_core::test_device!(
+    event_and_f32_case,
+    imex_event_f32_cpu,
+    imex_event_f32_cuda,
+    imex_event_f32_metal
 );
