@@ -409,26 +409,16 @@ where
 pub(crate) fn detached<F: VectorField + ?Sized>(f: &F) -> Detached<'_, F> {
     Detached {
         f,
-        parts: f.split().map(|(e, i)| (DetachedPart(e), DetachedPart(i))),
+        parts: f.split().map(|(e, i)| Box::new((detached(e), detached(i)))),
     }
 }
+
+/// A part of a split field, detached.
+type DetachedPart<'a> = Detached<'a, dyn VectorField + 'a>;
 
 pub(crate) struct Detached<'a, F: ?Sized> {
     f: &'a F,
-    parts: Option<(DetachedPart<'a>, DetachedPart<'a>)>,
-}
-
-/// One part of a split field, detached.
-pub(crate) struct DetachedPart<'a>(&'a dyn VectorField);
-
-impl VectorField for DetachedPart<'_> {
-    fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
-        self.0.eval(t, y).map(|k| k.detach())
-    }
-
-    fn jacobian(&self, t: f64, y: &Tensor, structure: Jacobian) -> Result<Option<Tensor>> {
-        Ok(self.0.jacobian(t, y, structure)?.map(|j| j.detach()))
-    }
+    parts: Option<Box<(DetachedPart<'a>, DetachedPart<'a>)>>,
 }
 
 impl<F: VectorField + ?Sized> VectorField for Detached<'_, F> {
@@ -442,7 +432,7 @@ impl<F: VectorField + ?Sized> VectorField for Detached<'_, F> {
 
     fn split(&self) -> Option<(&dyn VectorField, &dyn VectorField)> {
         self.parts
-            .as_ref()
+            .as_deref()
             .map(|(e, i)| (e as &dyn VectorField, i as &dyn VectorField))
     }
 }

@@ -150,8 +150,9 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
         self.jacobians.set(self.jacobians.get() + 1);
     }
 
-    /// The field's own Jacobian at `(t, y)` for `structure`, read to the host, or `None`
-    /// when the field has none; it must have shape `dims`.
+    /// The field's own Jacobian at `(t, y)` for `structure` (of its implicit part for
+    /// [`Part::Implicit`]), read to the host, or `None` when it has none; it must have shape
+    /// `dims`.
     pub(crate) fn jacobian(
         &self,
         part: Part,
@@ -162,7 +163,6 @@ impl<'a, F: VectorField + ?Sized> Evaluator<'a, F> {
     ) -> Result<Option<Vec<f64>>> {
         let jac = match (part, self.f.split()) {
             (Part::Implicit, Some((_, implicit))) => implicit.jacobian(t, y, structure)?,
-            (Part::Explicit, Some((explicit, _))) => explicit.jacobian(t, y, structure)?,
             _ => self.f.jacobian(t, y, structure)?,
         };
         let Some(jac) = jac else {
