@@ -207,37 +207,25 @@ where
     I: ParamVectorField,
 {
     fn params(&self) -> Vec<Var> {
-        self.params_and_sources()
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect()
+        split_params(self).into_iter().map(|(p, _)| p).collect()
     }
 
     fn param_sources(&self) -> Vec<Tensor> {
-        self.params_and_sources()
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect()
+        split_params(self).into_iter().map(|(_, s)| s).collect()
     }
 }
 
 /// The parameters of a split field's parts with their sources, each parameter once.
-trait SplitParams {
-    fn params_and_sources(&self) -> Vec<(Var, Tensor)>;
-}
-
-impl<E: ParamVectorField, I: ParamVectorField> SplitParams for Split<E, I> {
-    fn params_and_sources(&self) -> Vec<(Var, Tensor)> {
-        let (e, i) = (self.explicit(), self.implicit());
-        let all = e
-            .params()
-            .into_iter()
-            .zip(e.param_sources())
-            .chain(i.params().into_iter().zip(i.param_sources()));
-        let mut seen = std::collections::HashSet::new();
-        all.filter(|(p, _)| seen.insert(p.as_tensor().id()))
-            .collect()
-    }
+fn split_params<E: ParamVectorField, I: ParamVectorField>(f: &Split<E, I>) -> Vec<(Var, Tensor)> {
+    let (e, i) = (f.explicit(), f.implicit());
+    let all = e
+        .params()
+        .into_iter()
+        .zip(e.param_sources())
+        .chain(i.params().into_iter().zip(i.param_sources()));
+    let mut seen = std::collections::HashSet::new();
+    all.filter(|(p, _)| seen.insert(p.as_tensor().id()))
+        .collect()
 }
 
 /// The `Var`s of a `VarMap`, sorted by name: a `VarMap` iterates in hash order, which is not
