@@ -67,6 +67,29 @@ fn learns_and_resumes_bit_for_bit() -> Result<()> {
 }
 
 #[test]
+fn an_explicit_method_trains_by_backprop() -> Result<()> {
+    // dopri5 solves the sum, differentiated by backprop: the metrics still count the
+    // network's evaluations (a split field's explicit part, in the sum).
+    let out = tmp("dopri5");
+    let o = train(
+        out.path(),
+        &[
+            "--iters",
+            "2",
+            "--method",
+            "dopri5",
+            "--gradient",
+            "backprop",
+        ],
+    );
+    ok(&o);
+    let nfe = metric(out.path(), "nfe_f");
+    assert_eq!(metric(out.path(), "nfe_explicit_f"), nfe);
+    assert!(nfe[0] > 0.0);
+    Ok(())
+}
+
+#[test]
 fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     let out = tmp("refuse");
     ok(&train(out.path(), &["--iters", "2"]));

@@ -255,14 +255,10 @@ fn main() -> Result<ExitCode> {
         if !l.is_finite() {
             bail!("the loss became {l} at iteration {}: lower --lr", it + 1);
         }
-        let forward = stats.adjoint.as_ref().map(|a| a.forward());
         let values = [
             ("loss", l),
             ("nfe_f", stats.nfe_forward as f64),
-            (
-                "nfe_explicit_f",
-                forward.map_or(f64::NAN, |s| s.explicit_nfe as f64),
-            ),
+            ("nfe_explicit_f", stats.explicit_nfe_forward as f64),
             ("nfe_b", stats.nfe_backward() as f64),
         ];
         if let Some(code) = run.record(it, &values, &varmap)? {

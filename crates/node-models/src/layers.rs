@@ -558,6 +558,7 @@ impl Gradient {
                 let sol = odeint(f, y0, ts, opts)?;
                 let stats = BlockStats {
                     nfe_forward: sol.stats.nfe,
+                    explicit_nfe_forward: sol.stats.explicit_nfe,
                     adjoint: None,
                 };
                 return Ok((sol.ys, stats));
@@ -566,8 +567,10 @@ impl Gradient {
             Gradient::Checkpoint(c) => odeint_checkpointed(f, y0, ts, opts, c)?,
             Gradient::Reversible(r) => odeint_reversible_adjoint(f, y0, ts, opts, r)?,
         };
+        let forward = sol.stats.forward();
         let stats = BlockStats {
-            nfe_forward: sol.stats.forward().nfe,
+            nfe_forward: forward.nfe,
+            explicit_nfe_forward: forward.explicit_nfe,
             adjoint: Some(sol.stats),
         };
         Ok((sol.ys, stats))
@@ -577,8 +580,12 @@ impl Gradient {
 /// Evaluation counts of one forward pass of an [`OdeBlock`].
 #[derive(Clone, Debug, Default)]
 pub struct BlockStats {
-    /// Evaluations of the field in the forward solve.
+    /// Evaluations of the field in the forward solve (of its implicit part, for a split field:
+    /// [`node_solvers::SolverStats::nfe`]).
     pub nfe_forward: usize,
+    /// Evaluations of a split field's explicit part in the forward solve (0 for a field that
+    /// is not split).
+    pub explicit_nfe_forward: usize,
     /// For the adjoint, checkpointing and reversible backprop, a handle whose backward counts
     /// fill in after
     /// `backward()`.
