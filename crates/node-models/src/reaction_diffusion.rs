@@ -17,14 +17,18 @@ use candle_nn::{Module, VarBuilder};
 use node_adjoint::ParamVectorField;
 use node_solvers::{Jacobian, VectorField};
 
-/// Diffusion of `C` channels on `N` interior points of `(0, 1)` with fixed (Dirichlet) values
-/// at both ends: `D_c (N+1)² (y_(i−1) − 2 y_i + y_(i+1))`, the end values standing in for the
-/// neighbours past the ends. Affine in the state; no parameters.
+/// Diffusion of `C` channels on a 1-D grid of `N` points: `D_c (y_(i−1) − 2 y_i + y_(i+1)) / Δx²`.
+/// Either on the interior points of `(0, 1)` (`Δx = 1/(N+1)`) with fixed (Dirichlet) values
+/// at both ends standing in for the neighbours past them ([`Diffusion1d::new`]), or on a
+/// periodic grid of `[0, 1)` (`Δx = 1/N`), the last point the first one's neighbour
+/// ([`Diffusion1d::periodic`]; it conserves each channel's sum). Affine in the state; no
+/// parameters.
 #[derive(Clone, Debug)]
 pub struct Diffusion1d {
     points: usize,
     coeffs: Vec<f64>,
-    ends: Vec<f64>,
+    /// The end values, one per channel; `None` for a periodic grid.
+    ends: Option<Vec<f64>>,
 }
 
 impl Diffusion1d {
@@ -35,23 +39,44 @@ impl Diffusion1d {
     /// No points, no channels, `coeffs` and `ends` of different lengths, a negative or
     /// non-finite coefficient, a non-finite end value.
     pub fn new(points: usize, coeffs: &[f64], ends: &[f64]) -> Result<Self> {
-        if points == 0 || coeffs.is_empty() || coeffs.len() != ends.len() {
+        if coeffs.len() != ends.len() {
             candle_core::bail!(
-                "diffusion: {points} points, {} coefficients and {} end values: needs points, and one coefficient and one end value per channel",
+                "diffusion: {} coefficients and {} end values: needs one end value per channel",
                 coeffs.len(),
                 ends.len()
             );
         }
-        if coeffs.iter().any(|d| !d.is_finite() || *d < 0.0) || ends.iter().any(|e| !e.is_finite())
-        {
+        if ends.iter().any(|e| !e.is_finite()) {
+            candle_core::bail!("diffusion: end values must be finite, got {ends:?}");
+        }
+        Self::checked(points, coeffs, Some(ends.to_vec()))
+    }
+
+    /// Diffusion coefficients `coeffs` (one per channel, `D_c ≥ 0`) on a periodic grid of
+    /// `points` points.
+    ///
+    /// # Errors
+    /// No points, no channels, a negative or non-finite coefficient.
+    pub fn periodic(points: usize, coeffs: &[f64]) -> Result<Self> {
+        Self::checked(points, coeffs, None)
+    }
+
+    fn checked(points: usize, coeffs: &[f64], ends: Option<Vec<f64>>) -> Result<Self> {
+        if points == 0 || coeffs.is_empty() {
             candle_core::bail!(
-                "diffusion: coefficients must be finite and non-negative, end values finite; got {coeffs:?} and {ends:?}"
+                "diffusion: {points} points and {} coefficients: needs points and channels",
+                coeffs.len()
+            );
+        }
+        if coeffs.iter().any(|d| !d.is_finite() || *d < 0.0) {
+            candle_core::bail!(
+                "diffusion: coefficients must be finite and non-negative, got {coeffs:?}"
             );
         }
         Ok(Self {
             points,
             coeffs: coeffs.to_vec(),
-            ends: ends.to_vec(),
+            ends,
         })
     }
 
@@ -65,19 +90,32 @@ impl Diffusion1d {
         self.coeffs.len()
     }
 
-    /// The largest magnitude of the diffusion's eigenvalues, `< 4 max(D) (N+1)²`: an explicit
+    /// The largest magnitude of the diffusion's eigenvalues, `≤ 4 max(D) / Δx²`: an explicit
     /// method's steps are held to about `2.8 / stiffness` (dopri5's stability limit).
     pub fn stiffness(&self) -> f64 {
-        let n1 = (self.points + 1) as f64;
-        let theta = std::f64::consts::PI * self.points as f64 / n1;
+        let n = self.points as f64;
+        // The eigenvalues are `−2 D (1 − cos θ_k) / Δx²`: `θ_k = kπ/(N+1)`, k = 1..N, with
+        // fixed ends; `θ_k = 2πk/N`, k = 0..N−1, on a periodic grid.
+        let theta = match self.ends {
+            Some(_) => std::f64::consts::PI * n / (n + 1.0),
+            None => 2.0 * std::f64::consts::PI * (self.points / 2) as f64 / n,
+        };
         let dmax = self.coeffs.iter().fold(0.0f64, |a, &b| a.max(b));
-        2.0 * dmax * n1 * n1 * (1.0 - theta.cos())
+        2.0 * dmax * (1.0 - theta.cos()) / (self.dx() * self.dx())
     }
 
-    /// `D_c (N+1)²`, one per channel.
+    /// The grid spacing: `1/(N+1)` with fixed ends, `1/N` on a periodic grid.
+    fn dx(&self) -> f64 {
+        match self.ends {
+            Some(_) => 1.0 / (self.points + 1) as f64,
+            None => 1.0 / self.points as f64,
+        }
+    }
+
+    /// `D_c / Δx²`, one per channel.
     fn scales(&self) -> Vec<f64> {
-        let n1 = (self.points + 1) as f64;
-        self.coeffs.iter().map(|d| d * n1 * n1).collect()
+        let inv = 1.0 / (self.dx() * self.dx());
+        self.coeffs.iter().map(|d| d * inv).collect()
     }
 
     /// Checks that `y` is `[C, N]` or `[B, C, N]`; returns the batch (1 for `[C, N]`).
@@ -96,17 +134,28 @@ impl Diffusion1d {
     fn block(&self) -> Vec<f64> {
         let (c, n) = (self.channels(), self.points);
         let m = c * n;
+        let periodic = self.ends.is_none();
         let scales = self.scales();
         let mut jac = vec![0.0; m * m];
         for (ch, s) in scales.iter().enumerate() {
             for i in 0..n {
                 let r = ch * n + i;
-                jac[r * m + r] = -2.0 * s;
-                if i > 0 {
-                    jac[r * m + r - 1] = *s;
-                }
-                if i + 1 < n {
-                    jac[r * m + r + 1] = *s;
+                jac[r * m + r] -= 2.0 * s;
+                // The neighbours inside the grid, and on a periodic one those across its
+                // ends (added up: on one or two points they are the point itself or the
+                // other one twice).
+                let left = if i > 0 {
+                    Some(i - 1)
+                } else {
+                    periodic.then(|| n - 1)
+                };
+                let right = if i + 1 < n {
+                    Some(i + 1)
+                } else {
+                    periodic.then_some(0)
+                };
+                for j in [left, right].into_iter().flatten() {
+                    jac[r * m + ch * n + j] += s;
                 }
             }
         }
@@ -124,10 +173,19 @@ impl VectorField for Diffusion1d {
                 .to_dtype(y.dtype())?
                 .to_device(y.device())
         };
-        let mut end_shape = y.dims().to_vec();
-        end_shape[rank - 1] = 1;
-        let ends = col(&self.ends)?.broadcast_as(end_shape)?;
-        let padded = Tensor::cat(&[&ends, y, &ends], rank - 1)?;
+        let padded = match &self.ends {
+            Some(ends) => {
+                let mut end_shape = y.dims().to_vec();
+                end_shape[rank - 1] = 1;
+                let ends = col(ends)?.broadcast_as(end_shape)?;
+                Tensor::cat(&[&ends, y, &ends], rank - 1)?
+            }
+            None => {
+                let last = y.narrow(rank - 1, n - 1, 1)?;
+                let first = y.narrow(rank - 1, 0, 1)?;
+                Tensor::cat(&[&last, y, &first], rank - 1)?
+            }
+        };
         let sides = (padded.narrow(rank - 1, 0, n)? + padded.narrow(rank - 1, 2, n)?)?;
         (sides - y.affine(2.0, 0.0)?)?.broadcast_mul(&col(&self.scales())?)
     }

@@ -83,6 +83,65 @@ fn diffusion_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+fn periodic_case(dev: &Device) -> Result<()> {
+    // On a periodic grid of N points the neighbours wrap around: against the rolled state.
+    let n = 10;
+    let d = Diffusion1d::periodic(n, &[0.3, 0.05])?;
+    let y = Tensor::randn(0.0f64, 1.0, (3, 2, n), dev)?;
+    let left = Tensor::cat(&[y.narrow(2, n - 1, 1)?, y.narrow(2, 0, n - 1)?], 2)?;
+    let right = Tensor::cat(&[y.narrow(2, 1, n - 1)?, y.narrow(2, 0, 1)?], 2)?;
+    let scale = Tensor::new(&[[0.3 * 100.0], [0.05 * 100.0]], dev)?;
+    let want = ((left + right)? - y.affine(2.0, 0.0)?)?.broadcast_mul(&scale)?;
+    let got = d.eval(0.0, &y)?;
+    assert!(max_abs(&(&got - &want)?)? < 1e-12);
+    // Each channel's sum is conserved: the field sums to zero along the grid.
+    assert!(max_abs(&got.sum(2)?)? < 1e-12);
+    // The Jacobians against central differences (affine: exact up to rounding).
+    let blocks = d.jacobian(0.0, &y, Jacobian::Batched)?.expect("batched");
+    let flat = y.flatten_all()?.to_vec1::<f64>()?;
+    let h = 1e-6;
+    for col in [0, n - 1, n, 2 * n + 3, 5 * n + 9] {
+        let bump = |s: f64| -> Result<Tensor> {
+            let mut v = flat.clone();
+            v[col] += s;
+            Ok(d.eval(0.0, &Tensor::from_vec(v, y.shape(), dev)?)?
+                .flatten_all()?)
+        };
+        let fd = ((bump(h)? - bump(-h)?)? / (2.0 * h))?;
+        let (b, c) = (col / (2 * n), col % (2 * n));
+        let block_col = blocks.get(b)?.narrow(1, c, 1)?.squeeze(1)?;
+        let fd_block = fd.narrow(0, b * 2 * n, 2 * n)?;
+        assert!(max_abs(&(block_col - fd_block)?)? < 1e-6, "column {col}");
+    }
+    // The stiffness is the largest eigenvalue's magnitude: 0 on one point, 4s on two (the
+    // other point twice), 3s on three.
+    for (points, factor) in [(1usize, 0.0), (2, 4.0), (3, 3.0)] {
+        let s = 0.5 * (points * points) as f64;
+        let d = Diffusion1d::periodic(points, &[0.5])?;
+        assert!(
+            (d.stiffness() - factor * s).abs() < 1e-12 * s.max(1.0),
+            "{points}"
+        );
+        let one = Tensor::new(&[1.0f64, 2.0, 4.0][..points], dev)?.unsqueeze(0)?;
+        let jac = d.jacobian(0.0, &one, Jacobian::Dense)?.expect("dense");
+        assert!(
+            max_abs(&jac.sum(1)?)? < 1e-12,
+            "rows sum to zero on {points}"
+        );
+    }
+    // A solve conserves the sums.
+    let opts = SolveOptions::default()
+        .method(Method::KenCarp4)
+        .tolerances(1e-8, 1e-8)
+        .jacobian(Jacobian::Batched);
+    let sol = odeint(&d, &y, &[0.0, 0.5], &opts)?;
+    let drift = (sol.last()?.sum(2)? - y.sum(2)?)?;
+    assert!(max_abs(&drift)? < 1e-10);
+    assert!(Diffusion1d::periodic(0, &[1.0]).is_err());
+    assert!(Diffusion1d::periodic(4, &[f64::INFINITY]).is_err());
+    Ok(())
+}
+
 fn reaction_case(dev: &Device) -> Result<()> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, dev);
@@ -164,6 +223,7 @@ candle_core::test_device!(
     diffusion_cuda,
     diffusion_metal
 );
+candle_core::test_device!(periodic_case, periodic_cpu, periodic_cuda, periodic_metal);
 candle_core::test_device!(reaction_case, reaction_cpu, reaction_cuda, reaction_metal);
 candle_core::test_device!(
     split_solve_case,
