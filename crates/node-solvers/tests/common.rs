@@ -23,3 +23,14 @@ pub fn fitted_slope(hs: &[f64], errs: &[f64]) -> f64 {
     let var: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
     cov / var
 }
+
+/// The largest error of the outputs `ys` at `ts` after the first against Riccati's exact
+/// solution from `y0` at `ts[0]`.
+pub fn worst_riccati_error(ys: &Tensor, y0: &Tensor, ts: &[f64]) -> anyhow::Result<f64> {
+    let mut worst: f64 = 0.0;
+    for (i, &t) in ts.iter().enumerate().skip(1) {
+        let exact = node_solvers::problems::Riccati.exact(y0, ts[0], t)?;
+        worst = worst.max(max_abs_diff(&ys.get(i)?, &exact)?);
+    }
+    Ok(worst)
+}

@@ -5,7 +5,7 @@ mod common;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use common::{fitted_slope, max_abs_diff};
+use common::{fitted_slope, max_abs_diff, worst_riccati_error};
 use node_solvers::problems::Riccati;
 use node_solvers::{odeint, Method, SolveOptions};
 
@@ -78,12 +78,8 @@ fn dense_output_case(dev: &Device) -> Result<()> {
                 .fixed_steps(n)
                 .tolerances(1e-13, 1e-15);
             let sol = odeint(&p.field(), &y0, &ts, &opts)?;
-            let mut worst: f64 = 0.0;
-            for (i, &t) in ts.iter().enumerate().skip(1) {
-                worst = worst.max(max_abs_diff(&sol.ys.get(i)?, &p.exact(&y0, 0.0, t)?)?);
-            }
             hs.push(1.5 / n as f64);
-            errs.push(worst);
+            errs.push(worst_riccati_error(&sol.ys, &y0, &ts)?);
         }
         let slope = fitted_slope(&hs, &errs);
         let want = (m.order() as f64).min(3.0);
