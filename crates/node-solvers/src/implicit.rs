@@ -13,6 +13,9 @@
 //! slow past ten iterations or meets a non-finite value: the step is then retried with a
 //! fresh Jacobian, or shrunk.
 //!
+//! The Rosenbrock methods use the same Jacobian and factors for one linear solve per stage
+//! and no iterations ([`Newton::solve_linear`]); they rebuild the Jacobian at every step.
+//!
 //! The linear algebra runs on the host in f64: each iteration reads the residual back (one
 //! host read, counted in [`crate::SolverStats::host_reads`]) and uploads the correction.
 //! That suits what implicit methods are for, stiff systems of modest size; the state itself
@@ -99,6 +102,8 @@ pub(crate) struct Newton {
     /// The part of the field the stages solve for: the whole, or the implicit part of a
     /// split field under an IMEX method.
     part: Part,
+    /// A Rosenbrock method: a fresh Jacobian at every step, no iterations.
+    rosenbrock: bool,
 }
 
 impl Newton {
@@ -149,6 +154,17 @@ impl Newton {
             }
             Jacobian::Blocks { count, size } => (count, size),
         };
+        if opts.method.is_rosenbrock() && blocks * size < n {
+            // The components outside the blocks still depend on the others (an adjoint's
+            // parameter gradients, a CNF's log-density): a Rosenbrock method needs those
+            // derivatives too, and without them integrates those components to first order.
+            return bad(format!(
+                "the Rosenbrock method `{}` needs the Jacobian of every component, and {:?} leaves {} of the state's {n} out: use an ESDIRK method (kvaerno5) for a state with integrals",
+                opts.method,
+                opts.jacobian,
+                n - blocks * size
+            ));
+        }
         // The blocks live on the host in f64, twice (the Jacobian and its LU factors).
         let entries = (size as u128) * (size as u128) * (blocks as u128);
         if entries > MAX_JACOBIAN_ENTRIES as u128 {
@@ -204,13 +220,15 @@ impl Newton {
             } else {
                 Part::Whole
             },
+            rosenbrock: opts.method.is_rosenbrock(),
         })
     }
 
     /// Whether the Newton matrix is large enough that an adaptive solve should keep its step
     /// unless it can grow by a fifth (reusing the LU factors).
     pub(crate) fn keeps_steps(&self) -> bool {
-        self.size >= KEEP_STEPS_FROM
+        // A Rosenbrock method's factors change with the Jacobian at every step anyway.
+        self.size >= KEEP_STEPS_FROM && !self.rosenbrock
     }
 
     /// Whether the Jacobian was built at the step start `t` (a failure cannot be blamed on
@@ -242,6 +260,61 @@ impl Newton {
             self.build_jacobian(ev, t, t0_eval, y)?;
         }
         Ok(())
+    }
+
+    /// Prepares a Rosenbrock step from `(t, y)`: the Jacobian at the step start (kept only
+    /// when the step is retried from the same start) and `∂f/∂t` there by differences in the
+    /// step's direction (two evaluations; exactly zero for a field that does not depend on
+    /// `t`). `f0 = f(t0_eval, y)`.
+    pub(crate) fn begin_rosenbrock_step<F: VectorField + ?Sized>(
+        &mut self,
+        ev: &Evaluator<'_, F>,
+        t: f64,
+        t0_eval: f64,
+        h: f64,
+        y: &Tensor,
+        f0: &Tensor,
+    ) -> Result<Tensor> {
+        self.begin_step(ev, t, t0_eval, y)?;
+        if !self.is_fresh(t) {
+            self.build_jacobian(ev, t, t0_eval, y)?;
+        }
+        // Second-order one-sided differences at `t + δ` and `t + 2δ` with `δ ≈ ε^(1/3)`:
+        // a first-order difference's `O(δ)` error bounds the global error at `O(√ε)`.
+        // No further than `h`, so the differences stay inside the step (a jump at its end is
+        // not crossed); `δ` as the time's float holds it.
+        let dt = self.eps.cbrt() * t0_eval.abs().max(1.0);
+        let dt = (t0_eval + (0.5 * dt.min(h.abs())).copysign(h)) - t0_eval;
+        if dt == 0.0 {
+            return f0.zeros_like();
+        }
+        let f1 = ev.eval(t0_eval + dt, y)?;
+        let f2 = ev.eval(t0_eval + 2.0 * dt, y)?;
+        lincomb(None, [(2.0 / dt, &f1), (-1.5 / dt, f0), (-0.5 / dt, &f2)])
+    }
+
+    /// `k = scale · (I − hγJ)⁻¹ r` with the factors for `hγ` (a Rosenbrock stage); `None`
+    /// when the matrix is singular or a value is not finite (the caller shrinks the step).
+    pub(crate) fn solve_linear<F: VectorField + ?Sized>(
+        &mut self,
+        ev: &Evaluator<'_, F>,
+        hg: f64,
+        r: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        if !self.factor(ev, hg) {
+            return Ok(None);
+        }
+        let mut x = ev.read(r)?;
+        x.iter_mut().for_each(|v| *v *= -scale);
+        self.solve_negated(&mut x);
+        if x.iter().any(|v| !v.is_finite()) {
+            return Ok(None);
+        }
+        Tensor::from_vec(x, r.shape(), &Device::Cpu)?
+            .to_dtype(r.dtype())?
+            .to_device(r.device())
+            .map(Some)
     }
 
     /// Builds the Jacobian at the step start: the field's own ([`VectorField::jacobian`]),

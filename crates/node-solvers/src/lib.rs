@@ -44,5 +44,5 @@ pub use symplectic::{
     odeint_symplectic, Separable, SeparableField, Substep, SymplecticMethod, SymplecticOptions,
     SymplecticSolution, SymplecticStats,
 };
-pub use tableau::{ButcherTableau, Implicit, Interpolant};
+pub use tableau::{ButcherTableau, Implicit, Interpolant, Rosenbrock};
 pub use trace::{odeint_traced, StepTrace};

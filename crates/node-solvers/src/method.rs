@@ -54,6 +54,14 @@ pub enum Method {
     KenCarp4,
     /// Kennedy–Carpenter 5(4) IMEX, adaptive, as [`Method::KenCarp3`].
     KenCarp5,
+    /// Hairer–Wanner RODAS4: Rosenbrock 4(3), L-stable, stiffly accurate, adaptive. Each
+    /// step rebuilds the Jacobian and solves one linear system per stage (six), with no
+    /// Newton iterations.
+    Rodas4,
+    /// Steinebach's Rodas5P: Rosenbrock 5(4), L-stable, stiffly accurate, adaptive, eight
+    /// stages, as [`Method::Rodas4`]. Julia's recommended method for stiff problems at
+    /// moderate tolerances.
+    Rodas5P,
     /// Adams–Bashforth, fixed steps (torchdiffeq's `explicit_adams`): one evaluation per
     /// step, of order [`crate::SolveOptions::adams_order`] (4 by default), started by
     /// Runge–Kutta steps.
@@ -72,9 +80,9 @@ pub enum Method {
 
 impl Method {
     /// Every method: the Runge–Kutta ones ([`Method::RUNGE_KUTTA`]), then the Adams ones.
-    pub const ALL: [Method; 22] = {
+    pub const ALL: [Method; 24] = {
         let n = Method::RUNGE_KUTTA.len();
-        let mut all = [Method::Adams; 22];
+        let mut all = [Method::Adams; 24];
         let mut i = 0;
         while i < n {
             all[i] = Method::RUNGE_KUTTA[i];
@@ -86,8 +94,8 @@ impl Method {
     };
 
     /// The Runge–Kutta methods: the explicit ones in order of increasing cost, then the
-    /// implicit ones, then the IMEX ones.
-    pub const RUNGE_KUTTA: [Method; 19] = [
+    /// implicit ones, then the IMEX ones, then the Rosenbrock ones.
+    pub const RUNGE_KUTTA: [Method; 21] = [
         Method::Euler,
         Method::Midpoint,
         Method::Heun2,
@@ -107,6 +115,8 @@ impl Method {
         Method::KenCarp3,
         Method::KenCarp4,
         Method::KenCarp5,
+        Method::Rodas4,
+        Method::Rodas5P,
     ];
 
     /// A Runge–Kutta method's coefficients; `None` for the Adams methods.
@@ -131,6 +141,8 @@ impl Method {
             Method::KenCarp3 => &tableau::KENCARP3,
             Method::KenCarp4 => &tableau::KENCARP4,
             Method::KenCarp5 => &tableau::KENCARP5,
+            Method::Rodas4 => &tableau::RODAS4,
+            Method::Rodas5P => &tableau::RODAS5P,
             Method::ExplicitAdams | Method::ImplicitAdams | Method::Adams => return None,
         })
     }
@@ -169,10 +181,16 @@ impl Method {
     }
 
     /// True for the implicit methods (for stiff problems): their stages solve equations in
-    /// the state by Newton's method, see [`crate::SolveOptions::jacobian`]. False for
-    /// `implicit_adams`, whose corrector is applied once.
+    /// the state by Newton's method, or linear systems for the Rosenbrock methods, see
+    /// [`crate::SolveOptions::jacobian`]. False for `implicit_adams`, whose corrector is
+    /// applied once.
     pub fn is_implicit(self) -> bool {
         self.tableau().is_some_and(ButcherTableau::is_implicit)
+    }
+
+    /// True for the Rosenbrock methods ([`Method::Rodas4`], [`Method::Rodas5P`]).
+    pub fn is_rosenbrock(self) -> bool {
+        self.tableau().is_some_and(ButcherTableau::is_rosenbrock)
     }
 
     /// True for the IMEX methods ([`Method::KenCarp3`], 4 and 5), which treat the two parts

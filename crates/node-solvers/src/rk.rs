@@ -13,7 +13,7 @@ use crate::field::VectorField;
 use crate::implicit::Newton;
 use crate::options::Jacobian;
 use crate::solve::SolverStats;
-use crate::tableau::ButcherTableau;
+use crate::tableau::{ButcherTableau, Rosenbrock};
 use candle_core::{DType, Result, Tensor, TensorId};
 use std::cell::{Cell, RefCell};
 
@@ -338,7 +338,22 @@ pub(crate) fn rk_step<F: VectorField + ?Sized>(
             t + tab.c[i] * h
         }
     };
-    let (k, y1) = if tab.is_implicit() {
+    let (k, y1) = if let Some(ros) = tab.rosenbrock {
+        let Some(newton) = newton else {
+            candle_core::bail!(
+                "Rosenbrock method `{}` stepped without Newton state",
+                tab.name
+            )
+        };
+        if y.track_op() || f0.track_op() {
+            return Err(SolverError::NotDifferentiable { method: tab.name }.into());
+        }
+        let ft = newton.begin_rosenbrock_step(f, t, t0_eval, h, y, f0)?;
+        match rosenbrock_stages(tab, &ros, f, h, &stage_time, y, f0, &ft, newton)? {
+            Some(k) => (k, None),
+            None => return Ok(None),
+        }
+    } else if tab.is_implicit() {
         let Some(newton) = newton else {
             candle_core::bail!(
                 "implicit method `{}` stepped without Newton state",
@@ -397,6 +412,47 @@ fn explicit_stages<F: VectorField + ?Sized>(
         }
     }
     Ok((k, y1))
+}
+
+/// The stages of a Rosenbrock step (see [`Rosenbrock`]), `None` when a linear solve fails
+/// (a singular matrix, a non-finite value). `ft = ∂f/∂t` at the step start.
+#[allow(clippy::too_many_arguments)]
+fn rosenbrock_stages<F: VectorField + ?Sized>(
+    tab: &ButcherTableau,
+    ros: &Rosenbrock,
+    f: &Evaluator<'_, F>,
+    h: f64,
+    stage_time: &dyn Fn(usize) -> f64,
+    y: &Tensor,
+    f0: &Tensor,
+    ft: &Tensor,
+    newton: &mut Newton,
+) -> Result<Option<Vec<Tensor>>> {
+    let s = tab.stages();
+    let hg = h * ros.gamma;
+    let mut k: Vec<Tensor> = Vec::with_capacity(s);
+    for i in 0..s {
+        let fi = if i == 0 {
+            f0.clone()
+        } else {
+            let yi = lincomb(
+                Some(y),
+                tab.a[i - 1].iter().zip(&k).map(|(a, kj)| (h * a, kj)),
+            )?;
+            f.eval(stage_time(i), &yi)?
+        };
+        let coupling = if i == 0 { &[][..] } else { ros.coupling[i - 1] };
+        let time = (ros.time[i] != 0.0).then_some((h * ros.time[i], ft));
+        let r = lincomb(
+            Some(&fi),
+            coupling.iter().zip(&k).map(|(c, kj)| (*c, kj)).chain(time),
+        )?;
+        let Some(ki) = newton.solve_linear(f, hg, &r, ros.gamma)? else {
+            return Ok(None);
+        };
+        k.push(ki);
+    }
+    Ok(Some(k))
 }
 
 /// The stages of an implicit step, `None` when Newton's iterations fail. Each stage's

@@ -7,6 +7,10 @@
 //! `γ = 0`; the implicit ones here are ESDIRK methods (an explicit first stage, then stages
 //! that each solve one implicit equation with the same `γ`, by Newton's method).
 //! Whether a method is FSAL ("first same as last") is derived from the coefficients.
+//!
+//! Rosenbrock methods ([`Rosenbrock`]) use the same table in their transformed form: the
+//! stages are the increments of linear solves with `I − hγJ` instead of derivatives, and `a`,
+//! `b`, `b_err` and the dense output weigh them the same way.
 
 /// How a step's output is evaluated between its endpoints (dense output).
 #[derive(Clone, Copy, Debug)]
@@ -39,7 +43,50 @@ pub struct Implicit {
     pub explicit: Option<&'static [&'static [f64]]>,
 }
 
-/// The coefficients of an explicit or singly diagonally implicit Runge–Kutta method.
+/// What a Rosenbrock (linearly implicit) method adds to its tableau, in Hairer and Wanner's
+/// transformed form (*Solving ODEs II*, IV.7, (7.25)). With `J = ∂f/∂y` and `f_t = ∂f/∂t` at
+/// the step start, stage `i` solves one linear system
+/// `(I − hγJ) k_i = γ (f(t + c_i h, y + h Σ_{j<i} a_ij k_j) + Σ_{j<i} C_ij k_j + h d_i f_t)`
+/// (`k_i` is Hairer's increment over `h`), and `y1 = y + h Σ b_i k_i` as for any tableau.
+/// There is no Newton iteration, so nothing to fail to converge; but the order holds only
+/// with the exact Jacobian, rebuilt at every step.
+#[derive(Clone, Copy, Debug)]
+pub struct Rosenbrock {
+    /// The diagonal `γ` of the method's `Γ`.
+    pub gamma: f64,
+    /// Row `i − 1` holds `C_i0 .. C_i(i−1)` (`C = diag(1/γ) − Γ⁻¹`).
+    pub coupling: &'static [&'static [f64]],
+    /// `d_i`, the row sums of `Γ`: the weight of `h f_t` in stage `i`.
+    pub time: &'static [f64],
+}
+
+impl Rosenbrock {
+    /// The lower-triangular `Γ = (diag(1/γ) − C)⁻¹`, row-major `s × s`.
+    fn gamma_matrix(&self, s: usize) -> Vec<f64> {
+        // Forward substitution of `(I/γ − C) Γ = I`, one column at a time.
+        let mut g = vec![0.0; s * s];
+        for col in 0..s {
+            for i in col..s {
+                let row = if i == 0 {
+                    &[][..]
+                } else {
+                    self.coupling[i - 1]
+                };
+                let coupled: f64 = row
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| c * g[j * s + col])
+                    .sum();
+                let unit = if i == col { 1.0 } else { 0.0 };
+                g[i * s + col] = self.gamma * (unit + coupled);
+            }
+        }
+        g
+    }
+}
+
+/// The coefficients of an explicit, singly diagonally implicit or Rosenbrock Runge–Kutta
+/// method.
 #[derive(Clone, Copy, Debug)]
 pub struct ButcherTableau {
     /// Short name, as accepted by [`crate::Method`]'s `FromStr`.
@@ -50,6 +97,9 @@ pub struct ButcherTableau {
     pub a: &'static [&'static [f64]],
     /// `None` for an explicit method; for an ESDIRK method its diagonal and stage predictors.
     pub implicit: Option<Implicit>,
+    /// `Some` for a Rosenbrock method, whose `a`, `b`, `b_err` and dense output are in the
+    /// transformed form (see [`Rosenbrock`]).
+    pub rosenbrock: Option<Rosenbrock>,
     /// Weights of the propagated solution.
     pub b: &'static [f64],
     /// `b − b̂`: weights of the embedded error estimate, if the method has one.
@@ -77,14 +127,21 @@ impl ButcherTableau {
         // (its explicit weights differ from `b`).
         s > 1
             && !self.is_imex()
+            && self.rosenbrock.is_none()
             && self.c[s - 1] == 1.0
             && self.b[s - 1] == self.gamma()
             && self.a[s - 2].iter().zip(self.b).all(|(a, b)| a == b)
     }
 
-    /// True for an implicit method, whose stages solve equations in the state.
+    /// True for an implicit method, whose stages solve equations in the state (by Newton's
+    /// method, or one linear solve each for a Rosenbrock method).
     pub fn is_implicit(&self) -> bool {
-        self.implicit.is_some()
+        self.implicit.is_some() || self.rosenbrock.is_some()
+    }
+
+    /// True for a Rosenbrock (linearly implicit) method.
+    pub fn is_rosenbrock(&self) -> bool {
+        self.rosenbrock.is_some()
     }
 
     /// True for an IMEX (additive Runge–Kutta) method: an implicit method with an explicit
@@ -93,7 +150,8 @@ impl ButcherTableau {
         self.implicit.is_some_and(|i| i.explicit.is_some())
     }
 
-    /// The diagonal `γ` of an implicit method; 0 for an explicit one.
+    /// The diagonal `γ` of an ESDIRK method; 0 for an explicit or Rosenbrock one (whose `a`
+    /// has no diagonal).
     pub fn gamma(&self) -> f64 {
         self.implicit.map_or(0.0, |i| i.gamma)
     }
@@ -116,6 +174,9 @@ impl ButcherTableau {
         let mut worst: f64 = 0.0;
         if self.a.len() + 1 != s || self.b.len() != s {
             return f64::INFINITY;
+        }
+        if let Some(ros) = self.rosenbrock {
+            return self.rosenbrock_defect(&ros);
         }
         worst = worst.max(self.c[0].abs());
         for (i, row) in self.a.iter().enumerate() {
@@ -163,6 +224,52 @@ impl ButcherTableau {
         self.dense_weights(0.0, &mut w);
         worst = worst.max(w.iter().fold(0.0f64, |m, x| m.max(x.abs())));
         worst
+    }
+
+    /// [`ButcherTableau::consistency_defect`] of a Rosenbrock method: back in the original
+    /// form (`α = AΓ`, `b = mΓ`), the rows of `α` sum to `c`, `Σb = 1`, the error weights sum
+    /// to 0, the rows of `Γ` sum to `d`, and the dense output is `b` at `θ = 1`, 0 at 0.
+    fn rosenbrock_defect(&self, ros: &Rosenbrock) -> f64 {
+        let s = self.stages();
+        if ros.coupling.len() + 1 != s
+            || ros.time.len() != s
+            || ros
+                .coupling
+                .iter()
+                .enumerate()
+                .any(|(i, r)| r.len() != i + 1)
+            || self.b_err.is_some_and(|e| e.len() != s)
+        {
+            return f64::INFINITY;
+        }
+        let g = ros.gamma_matrix(s);
+        // `v Γ` summed: Σ_i Σ_j v_i Γ_ij.
+        let weighed_sum = |v: &[f64]| -> f64 {
+            (0..s)
+                .map(|j| (0..s).map(|i| v[i] * g[i * s + j]).sum::<f64>())
+                .sum()
+        };
+        let mut worst = self.c[0].abs();
+        for (i, row) in self.a.iter().enumerate() {
+            let mut padded = row.to_vec();
+            padded.resize(s, 0.0);
+            worst = worst.max((weighed_sum(&padded) - self.c[i + 1]).abs());
+        }
+        worst = worst.max((weighed_sum(self.b) - 1.0).abs());
+        if let Some(e) = self.b_err {
+            worst = worst.max(weighed_sum(e).abs());
+        }
+        for (i, d) in ros.time.iter().enumerate() {
+            worst = worst.max((g[i * s..(i + 1) * s].iter().sum::<f64>() - d).abs());
+        }
+        let mut w = vec![0.0; s + 1];
+        self.dense_weights(1.0, &mut w);
+        for (wi, bi) in w.iter().zip(self.b) {
+            worst = worst.max((wi - bi).abs());
+        }
+        worst = worst.max(w[s].abs());
+        self.dense_weights(0.0, &mut w);
+        worst.max(w.iter().fold(0.0f64, |m, x| m.max(x.abs())))
     }
 
     /// Weights `w` (length `stages + 1`) with `y(t0 + θh) = y0 + h (Σ_i w_i k_i + w_s f1)`,
@@ -215,6 +322,7 @@ pub const EULER: ButcherTableau = ButcherTableau {
     a: &[],
     b: &[1.0],
     implicit: None,
+    rosenbrock: None,
     b_err: None,
     order: 1,
     error_order: 0,
@@ -228,6 +336,7 @@ pub const MIDPOINT: ButcherTableau = ButcherTableau {
     a: &[&[0.5]],
     b: &[0.0, 1.0],
     implicit: None,
+    rosenbrock: None,
     b_err: None,
     order: 2,
     error_order: 0,
@@ -241,6 +350,7 @@ pub const HEUN2: ButcherTableau = ButcherTableau {
     a: &[&[1.0]],
     b: &[0.5, 0.5],
     implicit: None,
+    rosenbrock: None,
     b_err: None,
     order: 2,
     error_order: 0,
@@ -255,6 +365,7 @@ pub const RALSTON: ButcherTableau = ButcherTableau {
     a: &[&[2.0 / 3.0]],
     b: &[0.25, 0.75],
     implicit: None,
+    rosenbrock: None,
     b_err: None,
     order: 2,
     error_order: 0,
@@ -268,6 +379,7 @@ pub const HEUN3: ButcherTableau = ButcherTableau {
     a: &[&[1.0 / 3.0], &[0.0, 2.0 / 3.0]],
     b: &[0.25, 0.0, 0.75],
     implicit: None,
+    rosenbrock: None,
     b_err: None,
     order: 3,
     error_order: 0,
@@ -281,6 +393,7 @@ pub const RK4: ButcherTableau = ButcherTableau {
     a: &[&[0.5], &[0.0, 0.5], &[0.0, 0.0, 1.0]],
     b: &[1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
     implicit: None,
+    rosenbrock: None,
     b_err: None,
     order: 4,
     error_order: 0,
@@ -294,6 +407,7 @@ pub const RK38: ButcherTableau = ButcherTableau {
     a: &[&[1.0 / 3.0], &[-1.0 / 3.0, 1.0], &[1.0, -1.0, 1.0]],
     b: &[0.125, 0.375, 0.375, 0.125],
     implicit: None,
+    rosenbrock: None,
     b_err: None,
     order: 4,
     error_order: 0,
@@ -308,6 +422,7 @@ pub const ADAPTIVE_HEUN: ButcherTableau = ButcherTableau {
     a: &[&[1.0]],
     b: &[0.5, 0.5],
     implicit: None,
+    rosenbrock: None,
     b_err: Some(&[-0.5, 0.5]),
     order: 2,
     error_order: 1,
@@ -322,6 +437,7 @@ pub const FEHLBERG2: ButcherTableau = ButcherTableau {
     a: &[&[0.5], &[1.0 / 256.0, 255.0 / 256.0]],
     b: &[1.0 / 512.0, 255.0 / 256.0, 1.0 / 512.0],
     implicit: None,
+    rosenbrock: None,
     b_err: Some(&[-1.0 / 512.0, 0.0, 1.0 / 512.0]),
     order: 2,
     error_order: 1,
@@ -335,6 +451,7 @@ pub const BOSH3: ButcherTableau = ButcherTableau {
     a: &[&[0.5], &[0.0, 0.75], &[2.0 / 9.0, 1.0 / 3.0, 4.0 / 9.0]],
     b: &[2.0 / 9.0, 1.0 / 3.0, 4.0 / 9.0, 0.0],
     implicit: None,
+    rosenbrock: None,
     b_err: Some(&[
         2.0 / 9.0 - 7.0 / 24.0,
         1.0 / 3.0 - 0.25,
@@ -388,6 +505,7 @@ pub const DOPRI5: ButcherTableau = ButcherTableau {
         0.0,
     ],
     implicit: None,
+    rosenbrock: None,
     b_err: Some(&[
         35.0 / 384.0 - 1951.0 / 21600.0,
         0.0,
@@ -455,6 +573,7 @@ pub const TSIT5: ButcherTableau = ButcherTableau {
         0.0,
     ],
     implicit: None,
+    rosenbrock: None,
     b_err: Some(&[
         0.096_460_766_818_065_23 - 0.094_680_755_765_839_46,
         0.01 - 0.009_183_565_540_343_253,
@@ -611,6 +730,7 @@ pub const DOPRI8: ButcherTableau = ButcherTableau {
         0.0,
     ],
     implicit: None,
+    rosenbrock: None,
     b_err: Some(&[
         DOPRI8_B_HEAD[0] - 13451932.0 / 455176623.0,
         0.0,
@@ -782,6 +902,7 @@ pub const IMPLICIT_EULER: ButcherTableau = ButcherTableau {
         explicit: None,
     }),
     b: &[0.0, 1.0],
+    rosenbrock: None,
     b_err: Some(&[-1.0, 1.0]),
     order: 1,
     error_order: 1,
@@ -822,6 +943,7 @@ pub const KVAERNO3: ButcherTableau = ButcherTableau {
         -1.2352398799069861,
         KV3_G,
     ],
+    rosenbrock: None,
     b_err: Some(&[
         0.30880996997674652 - 0.49056338842178057,
         1.4905633884217806 - 0.07357009006976043,
@@ -924,6 +1046,7 @@ pub const KVAERNO5: ButcherTableau = ButcherTableau {
         0.06962479448202728,
         0.26,
     ],
+    rosenbrock: None,
     b_err: Some(&[
         0.13659751177640291 - 0.13855640231268224,
         0.0,
@@ -1019,6 +1142,7 @@ pub const KENCARP3: ButcherTableau = ButcherTableau {
         ]),
     }),
     b: &KC3_B,
+    rosenbrock: None,
     b_err: Some(&[
         KC3_B[0] - KC3_BHAT[0],
         KC3_B[1] - KC3_BHAT[1],
@@ -1145,6 +1269,7 @@ pub const KENCARP4: ButcherTableau = ButcherTableau {
         ]),
     }),
     b: &KC4_B,
+    rosenbrock: None,
     b_err: Some(&[
         KC4_B[0] - KC4_BHAT[0],
         KC4_B[1] - KC4_BHAT[1],
@@ -1350,6 +1475,7 @@ pub const KENCARP5: ButcherTableau = ButcherTableau {
         ]),
     }),
     b: &KC5_B,
+    rosenbrock: None,
     b_err: Some(&[
         KC5_B[0] - KC5_BHAT[0],
         KC5_B[1] - KC5_BHAT[1],
@@ -1363,4 +1489,264 @@ pub const KENCARP5: ButcherTableau = ButcherTableau {
     order: 5,
     error_order: 4,
     interpolant: Interpolant::Weights(kencarp5_dense),
+};
+
+/// `w_i(θ) = θ b_i + θ(1 − θ) Σ_r θ^r H_ri`: the dense output of the Rodas methods,
+/// `y(θ) = (1 − θ) y0 + θ (y1 + (1 − θ)(K_1 + θ K_2 + θ² K_3))` with `K_r = Σ_i H_ri U_i`
+/// (Hairer and Wanner's RODAS; OrdinaryDiffEq's Rodas interpolants), in stage weights.
+fn rodas_dense(theta: f64, b: &[f64], h: &[&[f64]], out: &mut [f64]) {
+    let bump = theta * (1.0 - theta);
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut p = 0.0;
+        for row in h.iter().rev() {
+            p = p * theta + row[i];
+        }
+        *o = theta * b[i] + bump * p;
+    }
+}
+
+const RODAS4_B: [f64; 6] = [
+    1.221224509226641,
+    6.019134481288629,
+    12.53708332932087,
+    -0.687886036105895,
+    1.0,
+    1.0,
+];
+
+const RODAS4_H: [&[f64]; 2] = [
+    &[
+        10.12623508344586,
+        -7.487995877610167,
+        -34.80091861555747,
+        -7.992771707568823,
+        1.025137723295662,
+        0.0,
+    ],
+    &[
+        -0.6762803392801253,
+        6.087714651680015,
+        16.43084320892478,
+        24.76722511418386,
+        -6.594389125716872,
+        0.0,
+    ],
+];
+
+fn rodas4_dense(t: f64, w: &mut [f64]) {
+    rodas_dense(t, &RODAS4_B, &RODAS4_H, w);
+}
+
+/// RODAS4 (Hairer and Wanner, *Solving ODEs II*, IV.7; their `rodas.f`): a stiffly accurate,
+/// L-stable Rosenbrock method of order 4 with an embedded order 3, six stages (six
+/// evaluations and six linear solves with one LU factorization per step), and a
+/// third-order dense output.
+pub const RODAS4: ButcherTableau = ButcherTableau {
+    name: "rodas4",
+    c: &[0.0, 0.386, 0.21, 0.63, 1.0, 1.0],
+    a: &[
+        &[1.544],
+        &[0.9466785280815826, 0.2557011698983284],
+        &[3.314825187068521, 2.896124015972201, 0.9986419139977817],
+        &[
+            1.221224509226641,
+            6.019134481288629,
+            12.53708332932087,
+            -0.687886036105895,
+        ],
+        &[
+            1.221224509226641,
+            6.019134481288629,
+            12.53708332932087,
+            -0.687886036105895,
+            1.0,
+        ],
+    ],
+    implicit: None,
+    rosenbrock: Some(Rosenbrock {
+        gamma: 0.25,
+        coupling: &[
+            &[-5.6688],
+            &[-2.430093356833875, -0.2063599157091915],
+            &[-0.1073529058151375, -9.594562251023355, -20.47028614809616],
+            &[
+                7.496443313967647,
+                -10.24680431464352,
+                -33.99990352819905,
+                11.7089089320616,
+            ],
+            &[
+                8.083246795921522,
+                -7.981132988064893,
+                -31.52159432874371,
+                16.31930543123136,
+                -6.058818238834054,
+            ],
+        ],
+        time: &[0.25, -0.1043, 0.1035, -0.0362, 0.0, 0.0],
+    }),
+    b: &RODAS4_B,
+    // The last stage is the difference between the solution and the embedded one.
+    b_err: Some(&[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
+    order: 4,
+    error_order: 3,
+    interpolant: Interpolant::Weights(rodas4_dense),
+};
+
+const RODAS5P_G: f64 = 0.21193756319429014;
+
+const RODAS5P_B: [f64; 8] = [
+    -7.502846399306121,
+    2.561846144803919,
+    -11.627539656261098,
+    -0.18268767659942256,
+    0.030198172008377946,
+    1.0,
+    1.0,
+    1.0,
+];
+
+const RODAS5P_H: [&[f64]; 3] = [
+    &[
+        25.948786856663858,
+        -2.5579724845846235,
+        10.433815404888879,
+        -2.3679251022685204,
+        0.524948541321073,
+        1.1241088310450404,
+        0.4272876194431874,
+        -0.17202221070155493,
+    ],
+    &[
+        -9.91568850695171,
+        -0.9689944594115154,
+        3.0438037242978453,
+        -24.495224566215796,
+        20.176138334709044,
+        15.98066361424651,
+        -6.789040303419874,
+        -6.710236069923372,
+    ],
+    &[
+        11.419903575922262,
+        2.8879645146136994,
+        72.92137995996029,
+        80.12511834622643,
+        -52.072871366152654,
+        -59.78993625266729,
+        -0.15582684282751913,
+        4.883087185713722,
+    ],
+];
+
+fn rodas5p_dense(t: f64, w: &mut [f64]) {
+    rodas_dense(t, &RODAS5P_B, &RODAS5P_H, w);
+}
+
+/// Rodas5P (Steinebach, "Construction of Rosenbrock–Wanner method Rodas5P and numerical
+/// benchmarks within the Julia Differential Equations package", BIT 2023): a stiffly
+/// accurate, L-stable Rosenbrock method of order 5 with an embedded order 4, eight stages
+/// (eight evaluations and eight linear solves with one LU factorization per step) and a
+/// fourth-order dense output. Coefficients as in OrdinaryDiffEq.jl.
+pub const RODAS5P: ButcherTableau = ButcherTableau {
+    name: "rodas5p",
+    c: &[
+        0.0,
+        0.6358126895828704,
+        0.4095798393397535,
+        0.9769306725060716,
+        0.4288403609558664,
+        1.0,
+        1.0,
+        1.0,
+    ],
+    a: &[
+        &[3.0],
+        &[2.849394379747939, 0.45842242204463923],
+        &[-6.954028509809101, 2.489845061869568, -10.358996098473584],
+        &[
+            2.8029986275628964,
+            0.5072464736228206,
+            -0.3988312541770524,
+            -0.04721187230404641,
+        ],
+        &[
+            -7.502846399306121,
+            2.561846144803919,
+            -11.627539656261098,
+            -0.18268767659942256,
+            0.030198172008377946,
+        ],
+        &[
+            -7.502846399306121,
+            2.561846144803919,
+            -11.627539656261098,
+            -0.18268767659942256,
+            0.030198172008377946,
+            1.0,
+        ],
+        &[
+            -7.502846399306121,
+            2.561846144803919,
+            -11.627539656261098,
+            -0.18268767659942256,
+            0.030198172008377946,
+            1.0,
+            1.0,
+        ],
+    ],
+    implicit: None,
+    rosenbrock: Some(Rosenbrock {
+        gamma: RODAS5P_G,
+        coupling: &[
+            &[-14.155112264123755],
+            &[-17.97296035885952, -2.859693295451294],
+            &[147.12150275711716, -1.41221402718213, 71.68940251302358],
+            &[
+                165.43517024871676,
+                -0.4592823456491126,
+                42.90938336958603,
+                -5.961986721573306,
+            ],
+            &[
+                24.854864614690072,
+                -3.0009227002832186,
+                47.4931110020768,
+                5.5814197821558125,
+                -0.6610691825249471,
+            ],
+            &[
+                30.91273214028599,
+                -3.1208243349937974,
+                77.79954646070892,
+                34.28646028294783,
+                -19.097331116725623,
+                -28.087943162872662,
+            ],
+            &[
+                37.80277123390563,
+                -3.2571969029072276,
+                112.26918849496327,
+                66.9347231244047,
+                -40.06618937091002,
+                -54.66780262877968,
+                -9.48861652309627,
+            ],
+        ],
+        time: &[
+            RODAS5P_G,
+            -0.42387512638858027,
+            -0.3384627126235924,
+            1.8046452872882734,
+            2.325825639765069,
+            0.0,
+            0.0,
+            0.0,
+        ],
+    }),
+    b: &RODAS5P_B,
+    b_err: Some(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
+    order: 5,
+    error_order: 4,
+    interpolant: Interpolant::Weights(rodas5p_dense),
 };

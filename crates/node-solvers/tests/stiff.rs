@@ -66,7 +66,13 @@ fn robertson_case(dev: &Device) -> Result<()> {
 fn l_stable_case(dev: &Device) -> Result<()> {
     let p = Exponential { rate: -1e8 };
     let y0 = Tensor::new(&[1.0f64, -2.0], dev)?;
-    for m in [Method::ImplicitEuler, Method::Kvaerno3, Method::Kvaerno5] {
+    for m in [
+        Method::ImplicitEuler,
+        Method::Kvaerno3,
+        Method::Kvaerno5,
+        Method::Rodas4,
+        Method::Rodas5P,
+    ] {
         let opts = SolveOptions::default().method(m).fixed_steps(1);
         let y1 = odeint(&p.field(), &y0, &[0.0, 1.0], &opts)?.last()?;
         let worst = max_abs_diff(&y1, &y1.zeros_like()?)?;

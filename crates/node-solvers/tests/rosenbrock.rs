@@ -1,0 +1,313 @@
+//! The Rosenbrock methods (`rodas4`, `rodas5p`): stiff problems against reference values,
+//! the time derivative of non-autonomous stiff problems, dense output, adaptive accuracy,
+//! evaluation and Jacobian counts, the Jacobian options, f32, reverse time, events, and
+//! their errors.
+
+mod common;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use common::{fitted_slope, max_abs_diff, worst_riccati_error};
+use node_solvers::problems::{Brusselator, Riccati, Robertson};
+use node_solvers::{
+    odeint, odeint_event, EventOptions, Jacobian, Method, SolveOptions, SolverError, WithJacobian,
+};
+
+const RODAS: [Method; 2] = [Method::Rodas4, Method::Rodas5P];
+
+/// Largest relative error of a `[3]` or `[B, 3]` Robertson state against `want`.
+fn worst_rel_error(y: &Tensor, want: &[f64; 3]) -> Result<f64> {
+    let y = y.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    Ok(y.iter()
+        .enumerate()
+        .map(|(i, v)| (v - want[i % 3]).abs() / want[i % 3].abs())
+        .fold(0.0, f64::max))
+}
+
+/// Robertson's kinetics to t = 10⁵ against the reference values, with the field's own
+/// Jacobian and with differences: a fresh Jacobian at every step start, and per attempted
+/// step `s − 1` stage evaluations and two for `∂f/∂t`.
+fn robertson_case(dev: &Device) -> Result<()> {
+    let p = Robertson::default();
+    let y0 = Tensor::new(&[1.0f64, 0.0, 0.0], dev)?;
+    let [(t40, at40), (t5, at5)] = Robertson::REFERENCE;
+    let exact = WithJacobian::new(p.field(), p.jacobian());
+    // Measured: rodas4 227 steps at 1e-6 (kvaerno3: 850), rodas5p 309 at 1e-8 (kvaerno5:
+    // 168, with 3571 evaluations against rodas5p's 3118).
+    for (m, rtol, bound, most_steps) in [
+        (Method::Rodas4, 1e-6, 1e-4, 300),
+        (Method::Rodas5P, 1e-8, 1e-5, 400),
+    ] {
+        let s = m.tableau().expect("a tableau").stages();
+        let opts = SolveOptions::default().method(m).tolerances(rtol, 1e-14);
+        let own = odeint(&exact, &y0, &[0.0, t40, t5], &opts)?;
+        let fd = odeint(&p.field(), &y0, &[0.0, t40, t5], &opts)?;
+        println!(
+            "{m}: own Jacobian {:?}, differences {:?}",
+            own.stats, fd.stats
+        );
+        for sol in [&own, &fd] {
+            let worst = worst_rel_error(&sol.ys.get(1)?, &at40)?
+                .max(worst_rel_error(&sol.ys.get(2)?, &at5)?);
+            assert!(
+                worst < bound,
+                "{m}: relative error {worst:e} ({:?})",
+                sol.stats
+            );
+            assert!(
+                sol.stats.accepted_steps < most_steps,
+                "{m}: {:?}",
+                sol.stats
+            );
+        }
+        let st = own.stats;
+        let attempts = st.accepted_steps + st.rejected_steps;
+        // One Jacobian per step start: retried steps keep theirs.
+        assert!(
+            st.jacobians >= st.accepted_steps && st.jacobians <= attempts,
+            "{m}: {st:?}"
+        );
+        // Per attempt s − 1 stages and two for ∂f/∂t; per accepted step but the last, the
+        // next start's f0; and the first step's two (f0 and Hairer's trial step).
+        assert_eq!(
+            st.nfe,
+            (s + 1) * attempts + st.accepted_steps - 1 + 2,
+            "{m}: {st:?}"
+        );
+        // Differences add 3 evaluations per Jacobian, and one at y.
+        let st = fd.stats;
+        let attempts = st.accepted_steps + st.rejected_steps;
+        assert_eq!(
+            st.nfe,
+            4 * st.jacobians + (s + 1) * attempts + st.accepted_steps - 1 + 2,
+            "{m}: {st:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Prothero–Robinson, `y' = λ (y − φ(t)) + φ'(t)` with `φ = sin`, `λ = −10⁶`, from `y = φ(0)`:
+/// the solution is `φ` and the field depends on `t` through the stiff term. Steps of 0.1
+/// (10⁵ times the stiff time scale) follow `φ` because the methods are stiffly accurate and
+/// take `∂f/∂t` into account; without it (`d = 0`) the error would be of the order of
+/// `h φ'`.
+fn prothero_robinson_case(dev: &Device) -> Result<()> {
+    let lambda = -1e6;
+    let f = move |t: f64, y: &Tensor| y.affine(lambda, t.cos() - lambda * t.sin());
+    let y0 = Tensor::new(&[0.0f64], dev)?;
+    let t1: f64 = 2.0;
+    let want = Tensor::new(&[t1.sin()], dev)?;
+    for m in RODAS {
+        let opts = SolveOptions::default().method(m).fixed_steps(20);
+        let e = max_abs_diff(&odeint(&f, &y0, &[0.0, t1], &opts)?.last()?, &want)?;
+        println!("{m}: 20 steps, error {e:e}");
+        assert!(e < 1e-8, "{m}: error {e:e}");
+        // Adaptive, from a start off the slow solution: a transient of 10⁻⁶, then long steps.
+        let y0 = Tensor::new(&[1.0f64], dev)?;
+        let opts = SolveOptions::default().method(m).tolerances(1e-8, 1e-10);
+        let sol = odeint(&f, &y0, &[0.0, t1], &opts)?;
+        let e = max_abs_diff(&sol.last()?, &want)?;
+        println!("{m}: adaptive {:?}, error {e:e}", sol.stats);
+        assert!(e < 1e-7, "{m}: error {e:e}");
+        assert!(sol.stats.accepted_steps < 400, "{m}: {:?}", sol.stats);
+    }
+    Ok(())
+}
+
+/// The dense output between steps: third order for rodas4 and fourth for rodas5p, observed
+/// on Riccati with fixed steps.
+fn dense_output_case(dev: &Device) -> Result<()> {
+    let p = Riccati;
+    let y0 = Tensor::new(&[1.0f64, 0.5], dev)?;
+    let ts = [0.0, 0.377, 1.113, 1.5];
+    for (m, want) in [(Method::Rodas4, 3.0), (Method::Rodas5P, 4.0)] {
+        let mut hs = vec![];
+        let mut errs = vec![];
+        for n in [16, 32, 64] {
+            let opts = SolveOptions::default().method(m).fixed_steps(n);
+            let sol = odeint(&p.field(), &y0, &ts, &opts)?;
+            hs.push(1.5 / n as f64);
+            errs.push(worst_riccati_error(&sol.ys, &y0, &ts)?);
+        }
+        let slope = fitted_slope(&hs, &errs);
+        println!("{m}: dense output order {slope:.2} ({errs:?})");
+        assert!(
+            slope > want - 0.3,
+            "{m}: dense output order {slope:.2} < {want}"
+        );
+    }
+    Ok(())
+}
+
+/// Adaptive solves meet their tolerance on Riccati, forwards and backwards in time, in f64
+/// and f32, and a Brusselator solve follows a tight dopri5 one in far fewer steps.
+fn adaptive_case(dev: &Device) -> Result<()> {
+    let p = Riccati;
+    for m in RODAS {
+        let start = Tensor::new(&[1.0f64, 0.5], dev)?;
+        // Backwards from where the forward solution ends (from [1, 0.5] at t = 2 the
+        // solution would grow to 11 at t = 0).
+        let end = p.exact(&start, 0.0, 2.0)?;
+        for (t0, t1, y0) in [(0.0, 2.0, &start), (2.0, 0.0, &end)] {
+            let mut last = f64::INFINITY;
+            for rtol in [1e-4, 1e-6, 1e-8] {
+                let opts = SolveOptions::default().method(m).tolerances(rtol, rtol);
+                let sol = odeint(&p.field(), y0, &[t0, t1], &opts)?;
+                let e = max_abs_diff(&sol.last()?, &p.exact(y0, t0, t1)?)?;
+                println!(
+                    "{m} {t0} → {t1} rtol {rtol:e}: error {e:e}, {:?}",
+                    sol.stats
+                );
+                assert!(e < 30.0 * rtol, "{m}: error {e:e} at rtol {rtol:e}");
+                assert!(e < last, "{m}: error {e:e} did not fall with rtol {rtol:e}");
+                last = e;
+            }
+        }
+        let y0 = Tensor::new(&[1.0f32, 0.5], dev)?;
+        let opts = SolveOptions::default().method(m).tolerances(1e-4, 1e-6);
+        let sol = odeint(&p.field(), &y0, &[0.0, 2.0], &opts)?;
+        assert_eq!(sol.ys.dtype(), DType::F32);
+        let e = max_abs_diff(&sol.last()?, &p.exact(&y0, 0.0, 2.0)?)?;
+        assert!(e < 1e-3, "{m} f32: error {e:e}");
+    }
+    let b = Brusselator::new(64);
+    let y0 = b.initial(DType::F64, dev)?;
+    let ts = [0.0, 10.0];
+    let tight = odeint(
+        &b.field(),
+        &y0,
+        &ts,
+        &SolveOptions::default().tolerances(1e-11, 1e-11),
+    )?;
+    let dopri5 = odeint(
+        &b.field(),
+        &y0,
+        &ts,
+        &SolveOptions::default().tolerances(1e-6, 1e-6),
+    )?;
+    let f = WithJacobian::new(b.field(), b.jacobian());
+    for m in RODAS {
+        let opts = SolveOptions::default().method(m).tolerances(1e-6, 1e-6);
+        let sol = odeint(&f, &y0, &ts, &opts)?;
+        let e = max_abs_diff(&sol.last()?, &tight.last()?)?;
+        println!(
+            "Brusselator {m}: {:?}, error {e:e}; dopri5 {:?}",
+            sol.stats, dopri5.stats
+        );
+        assert!(e < 1e-4, "{m}: Brusselator error {e:e}");
+        assert!(
+            5 * sol.stats.accepted_steps < dopri5.stats.accepted_steps,
+            "{m}: {:?} against dopri5 {:?}",
+            sol.stats,
+            dopri5.stats
+        );
+    }
+    Ok(())
+}
+
+/// Independent systems with batched Jacobian blocks give what each system gives alone; an
+/// event is located on the dense output.
+fn batched_and_event_case(dev: &Device) -> Result<()> {
+    let p = Robertson::default();
+    let [(t40, at40), _] = Robertson::REFERENCE;
+    let one = Tensor::new(&[1.0f64, 0.0, 0.0], dev)?;
+    let four = one.unsqueeze(0)?.repeat((4, 1))?;
+    for m in RODAS {
+        let opts = SolveOptions::default().method(m).tolerances(1e-7, 1e-14);
+        let dense = odeint(&p.field(), &one, &[0.0, t40], &opts)?;
+        let batched = odeint(
+            &p.field(),
+            &four,
+            &[0.0, t40],
+            &opts.clone().jacobian(Jacobian::Batched),
+        )?;
+        let worst = worst_rel_error(&batched.last()?, &at40)?;
+        assert!(worst < 1e-5, "{m}: batched relative error {worst:e}");
+        let gap = max_abs_diff(&batched.last()?.get(2)?, &dense.last()?)?;
+        assert!(gap < 1e-12, "{m}: batched and single differ by {gap:e}");
+        // Each batched build: 3 evaluations and one at y, whatever the batch.
+        println!("{m}: single {:?}, batched {:?}", dense.stats, batched.stats);
+    }
+    // y' = −λ (y − cos t) crosses zero at π/2 + 1/λ + O(1/λ³).
+    let lambda = 1e6;
+    let f = move |t: f64, y: &Tensor| y.affine(-lambda, lambda * t.cos());
+    let y0 = Tensor::new(&[1.0f64], dev)?;
+    let down = |_t: f64, y: &Tensor| Ok(y.clone());
+    let want = std::f64::consts::FRAC_PI_2 + 1.0 / lambda;
+    for m in RODAS {
+        let opts = SolveOptions::default().method(m).tolerances(1e-10, 1e-12);
+        let sol = odeint_event(&f, &y0, 0.0, 3.0, &down, &opts, &EventOptions::default())?;
+        println!("{m} event: t = {} ({:?})", sol.t, sol.stats);
+        assert_eq!(sol.event, Some(0), "{m}");
+        assert!(
+            (sol.t - want).abs() < 1e-8,
+            "{m}: event at {} not {want}",
+            sol.t
+        );
+    }
+    Ok(())
+}
+
+/// Typed errors: a Jacobian that leaves components out, a state that carries a gradient,
+/// and a field that turns non-finite.
+fn errors_case(dev: &Device) -> Result<()> {
+    let p = Robertson::default();
+    let y0 = Tensor::new(&[1.0f64, 0.0, 0.0], dev)?;
+    for m in RODAS {
+        let opts = SolveOptions::default()
+            .method(m)
+            .jacobian(Jacobian::DensePrefix(2));
+        let err = odeint(&p.field(), &y0, &[0.0, 1.0], &opts).unwrap_err();
+        assert!(
+            matches!(
+                SolverError::find(&err),
+                Some(SolverError::InvalidOptions(msg)) if msg.contains("every component")
+            ),
+            "{err}"
+        );
+        let opts = SolveOptions::default().method(m);
+        let v = Var::from_tensor(&y0)?;
+        let err = odeint(&p.field(), v.as_tensor(), &[0.0, 1.0], &opts).unwrap_err();
+        assert!(
+            matches!(
+                SolverError::find(&err),
+                Some(SolverError::NotDifferentiable { .. })
+            ),
+            "{err}"
+        );
+        // √y of a state driven below zero: NaN stages shrink the step to nothing.
+        let f = |_t: f64, y: &Tensor| (y.sqrt()? - 1.0)?.affine(1.0, -1.0);
+        let y0 = Tensor::new(&[0.5f64], dev)?;
+        let err = odeint(&f, &y0, &[0.0, 10.0], &opts).unwrap_err();
+        println!("{m}: {err}");
+        assert!(SolverError::find(&err).is_some(), "{err}");
+    }
+    Ok(())
+}
+
+candle_core::test_device!(
+    robertson_case,
+    robertson_cpu,
+    robertson_cuda,
+    robertson_metal
+);
+candle_core::test_device!(
+    prothero_robinson_case,
+    prothero_robinson_cpu,
+    prothero_robinson_cuda,
+    prothero_robinson_metal
+);
+candle_core::test_device!(
+    dense_output_case,
+    dense_output_cpu,
+    dense_output_cuda,
+    dense_output_metal
+);
+candle_core::test_device!(adaptive_case, adaptive_cpu, adaptive_cuda, adaptive_metal);
+candle_core::test_device!(
+    batched_and_event_case,
+    batched_and_event_cpu,
+    batched_and_event_cuda,
+    batched_and_event_metal
+);
+candle_core::test_device!(errors_case, errors_cpu, errors_cuda, errors_metal);
