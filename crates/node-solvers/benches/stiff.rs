@@ -51,7 +51,12 @@ fn main() -> Result<()> {
     let y0 = Tensor::new(&[1.0f64, 0.0, 0.0], &dev)?;
     let field = p.field();
     let exact = WithJacobian::new(p.field(), p.jacobian());
-    for m in [Method::Kvaerno3, Method::Kvaerno5] {
+    for m in [
+        Method::Kvaerno3,
+        Method::Kvaerno5,
+        Method::Rodas4,
+        Method::Rodas5P,
+    ] {
         for (jac, f) in [
             ("differences", &field as &dyn VectorField),
             ("closed form", &exact),
@@ -106,7 +111,13 @@ fn main() -> Result<()> {
     let y0 = Tensor::new(&[1.0f64], &dev)?;
     for lambda in [1e1, 1e3, 1e5] {
         let f = move |t: f64, y: &Tensor| y.affine(-lambda, lambda * t.cos());
-        for m in [Method::Dopri5, Method::Kvaerno3, Method::Kvaerno5] {
+        for m in [
+            Method::Dopri5,
+            Method::Kvaerno3,
+            Method::Kvaerno5,
+            Method::Rodas4,
+            Method::Rodas5P,
+        ] {
             let opts = SolveOptions::default()
                 .method(m)
                 .tolerances(1e-6, 1e-8)
@@ -138,7 +149,7 @@ fn main() -> Result<()> {
         let field = b.field();
         let exact = WithJacobian::new(b.field(), b.jacobian());
         let split = b.split();
-        let runs: [(Method, &str, &dyn VectorField); 8] = [
+        let runs: [(Method, &str, &dyn VectorField); 10] = [
             (Method::Kvaerno5, "differences", &field),
             (Method::Kvaerno5, "closed form", &exact),
             (Method::Kvaerno3, "closed form", &exact),
@@ -146,6 +157,8 @@ fn main() -> Result<()> {
             (Method::KenCarp3, "split: diffusion's", &split),
             (Method::KenCarp4, "split: diffusion's", &split),
             (Method::KenCarp5, "split: diffusion's", &split),
+            (Method::Rodas4, "closed form", &exact),
+            (Method::Rodas5P, "closed form", &exact),
             (Method::Dopri5, "–", &field),
         ];
         for (m, jac, f) in runs {
