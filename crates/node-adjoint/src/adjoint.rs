@@ -488,22 +488,6 @@ pub(crate) fn check_param_list(params: &[Var], sources: &[Tensor], y0: &Tensor) 
     Ok(())
 }
 
-/// A Rosenbrock reverse method is refused up front when there are parameters: their
-/// gradients are integrals of the reverse state that its Jacobian leaves out.
-fn check_reverse_method(adj: &AdjointOptions, fwd: &SolveOptions, params: &[Var]) -> Result<()> {
-    let method = adj.reverse_solve_options(fwd, 1.0).method;
-    if method.is_rosenbrock() && !params.is_empty() {
-        return Err(SolverError::InvalidOptions(format!(
-            "the adjoint's reverse solve integrates the parameter gradients alongside the \
-             adjoint, and the Rosenbrock method `{method}` needs the Jacobian of every \
-             component: reverse with an ESDIRK method (AdjointOptions::method, kvaerno5 by \
-             default after a Rosenbrock forward solve)"
-        ))
-        .into());
-    }
-    Ok(())
-}
-
 /// The op on `(y0, θ[, ts])` whose value is `ys`, the detached forward solution at the output
 /// times, and whose backward computes the gradients as `backward` says.
 pub(crate) fn apply_op<F>(
@@ -520,9 +504,6 @@ where
 {
     let ts = times.host().to_vec();
     let params = f.params();
-    if let Backward::Adjoint(adj) | Backward::Interpolated(adj, _) = &backward {
-        check_reverse_method(adj, opts, &params)?;
-    }
     let stats = AdjointStats::default();
     stats.lock().0 = forward_stats;
     let op = SolveOp(Arc::new(Inner {

@@ -36,11 +36,7 @@ pub enum AdjointState {
 /// Options of the reverse solve. Unset fields take the forward solve's values.
 #[derive(Clone, Debug, Default)]
 pub struct AdjointOptions {
-    /// Method of the reverse solve. Unset, the forward solve's method, except that a
-    /// Rosenbrock forward method ([`Method::is_rosenbrock`]) is reversed with
-    /// [`Method::Kvaerno5`]: the reverse state carries the parameter gradients as integrals,
-    /// which a Rosenbrock method cannot solve (it needs their Jacobian too); one set here is
-    /// refused for a field with parameters.
+    /// Method of the reverse solve.
     pub method: Option<Method>,
     /// Relative tolerance of the reverse solve.
     pub rtol: Option<f64>,
@@ -101,13 +97,8 @@ impl AdjointOptions {
     pub(crate) fn reverse_solve_options(&self, fwd: &SolveOptions, span: f64) -> SolveOptions {
         let mut o = fwd.clone();
         o.first_step = None;
-        match self.method {
-            Some(m) => o.method = m,
-            // The reverse state carries the parameter gradients as integrals, outside the
-            // Jacobian, and a Rosenbrock method needs the Jacobian of every component: the
-            // ESDIRK method of the same order class instead.
-            None if fwd.method.is_rosenbrock() => o.method = Method::Kvaerno5,
-            None => {}
+        if let Some(m) = self.method {
+            o.method = m;
         }
         if let Some(r) = self.rtol {
             o.rtol = r;

@@ -14,7 +14,7 @@
 //! fresh Jacobian, or shrunk.
 //!
 //! The Rosenbrock methods use the same Jacobian and factors for one linear solve per stage
-//! and no iterations ([`Newton::solve_linear`]); they rebuild the Jacobian at every step.
+//! and no iterations ([`Newton::rosenbrock_stage`]); they rebuild the Jacobian at every step.
 //!
 //! The linear algebra runs on the host in f64: each iteration reads the residual back (one
 //! host read, counted in [`crate::SolverStats::host_reads`]) and uploads the correction.
@@ -154,17 +154,6 @@ impl Newton {
             }
             Jacobian::Blocks { count, size } => (count, size),
         };
-        if opts.method.is_rosenbrock() && blocks * size < n {
-            // The components outside the blocks still depend on the others (an adjoint's
-            // parameter gradients, a CNF's log-density): a Rosenbrock method needs those
-            // derivatives too, and without them integrates those components to first order.
-            return bad(format!(
-                "the Rosenbrock method `{}` needs the Jacobian of every component, and {:?} leaves {} of the state's {n} out: use an ESDIRK method (kvaerno5) for a state with integrals",
-                opts.method,
-                opts.jacobian,
-                n - blocks * size
-            ));
-        }
         // The blocks live on the host in f64, twice (the Jacobian and its LU factors).
         let entries = (size as u128) * (size as u128) * (blocks as u128);
         if entries > MAX_JACOBIAN_ENTRIES as u128 {
@@ -293,23 +282,78 @@ impl Newton {
         lincomb(None, [(2.0 / dt, &f1), (-1.5 / dt, f0), (-0.5 / dt, &f2)])
     }
 
-    /// `k = scale · (I − hγJ)⁻¹ r` with the factors for `hγ` (a Rosenbrock stage); `None`
-    /// when the matrix is singular or a value is not finite (the caller shrinks the step).
-    pub(crate) fn solve_linear<F: VectorField + ?Sized>(
+    /// A Rosenbrock stage: `k = γ (I − hγJ)⁻¹ r` with the factors for `hγ` and the
+    /// Jacobian `J` at the step start `(t0_eval, y)`, where `f0 = f(t0_eval, y)`. `None` when
+    /// the matrix is singular or a value is not finite (the caller shrinks the step).
+    ///
+    /// Components outside the Jacobian's blocks ([`Jacobian::DensePrefix`],
+    /// [`Jacobian::Blocks`]) are integrals: the field does not depend on them, but they
+    /// depend on the others through rows `J_gz` that the blocks leave out, and a Rosenbrock
+    /// method needs those too (without them it integrates the integrals to first order).
+    /// Their part is `k_g = γ (r_g + h J_gz k_z)`, with the product `J_gz (h k_z)` by a
+    /// difference of `f` along `h k_z`: one more evaluation per stage.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rosenbrock_stage<F: VectorField + ?Sized>(
         &mut self,
         ev: &Evaluator<'_, F>,
-        hg: f64,
+        t0_eval: f64,
+        h: f64,
+        gamma: f64,
+        y: &Tensor,
+        f0: &Tensor,
         r: &Tensor,
-        scale: f64,
     ) -> Result<Option<Tensor>> {
-        if !self.factor(ev, hg) {
+        if !self.factor(ev, h * gamma) {
             return Ok(None);
         }
         let mut x = ev.read(r)?;
-        x.iter_mut().for_each(|v| *v *= -scale);
+        x.iter_mut().for_each(|v| *v *= -gamma);
         self.solve_negated(&mut x);
         if x.iter().any(|v| !v.is_finite()) {
             return Ok(None);
+        }
+        let inner = self.blocks * self.size;
+        if inner < x.len() {
+            let along = x[..inner].iter().fold(0.0f64, |m, v| m.max((h * v).abs()));
+            if along > 0.0 {
+                let scale = self.y_host[..inner]
+                    .iter()
+                    .fold(1.0f64, |m, v| m.max(v.abs()));
+                let sigma = self.eps.sqrt() * scale / along;
+                let mut p = self.y_host.clone();
+                for (pi, ki) in p[..inner].iter_mut().zip(&x[..inner]) {
+                    *pi += sigma * h * ki;
+                }
+                let yp = Tensor::from_vec(p, y.shape(), &Device::Cpu)?
+                    .to_dtype(y.dtype())?
+                    .to_device(y.device())?;
+                // The step really taken is the perturbed state as its dtype holds it: read
+                // with the difference, its size sets the divisor.
+                let fp = ev.eval(t0_eval, &yp)?;
+                let diff = lincomb(None, [(1.0, &fp), (-1.0, f0)])?;
+                let moved = lincomb(None, [(1.0, &yp), (-1.0, y)])?;
+                let both = ev.read(&Tensor::cat(
+                    &[diff.flatten_all()?, moved.flatten_all()?],
+                    0,
+                )?)?;
+                let (jv, moved) = both.split_at(x.len());
+                // The realized multiple of `h k_z`: its projection on the intended one.
+                let (num, den) = moved[..inner]
+                    .iter()
+                    .zip(&x[..inner])
+                    .fold((0.0, 0.0), |(n, d), (m, k)| {
+                        (n + m * h * k, d + (h * k) * (h * k))
+                    });
+                let sigma = num / den;
+                if sigma != 0.0 && sigma.is_finite() {
+                    for (xi, ji) in x[inner..].iter_mut().zip(&jv[inner..]) {
+                        *xi += gamma * ji / sigma;
+                    }
+                }
+                if x.iter().any(|v| !v.is_finite()) {
+                    return Ok(None);
+                }
+            }
         }
         Tensor::from_vec(x, r.shape(), &Device::Cpu)?
             .to_dtype(r.dtype())?

@@ -349,7 +349,7 @@ pub(crate) fn rk_step<F: VectorField + ?Sized>(
             return Err(SolverError::NotDifferentiable { method: tab.name }.into());
         }
         let ft = newton.begin_rosenbrock_step(f, t, t0_eval, h, y, f0)?;
-        match rosenbrock_stages(tab, &ros, f, h, &stage_time, y, f0, &ft, newton)? {
+        match rosenbrock_stages(tab, &ros, f, h, &stage_time, t0_eval, y, f0, &ft, newton)? {
             Some(k) => (k, None),
             None => return Ok(None),
         }
@@ -423,13 +423,13 @@ fn rosenbrock_stages<F: VectorField + ?Sized>(
     f: &Evaluator<'_, F>,
     h: f64,
     stage_time: &dyn Fn(usize) -> f64,
+    t0_eval: f64,
     y: &Tensor,
     f0: &Tensor,
     ft: &Tensor,
     newton: &mut Newton,
 ) -> Result<Option<Vec<Tensor>>> {
     let s = tab.stages();
-    let hg = h * ros.gamma;
     let mut k: Vec<Tensor> = Vec::with_capacity(s);
     for i in 0..s {
         let fi = if i == 0 {
@@ -447,7 +447,7 @@ fn rosenbrock_stages<F: VectorField + ?Sized>(
             Some(&fi),
             coupling.iter().zip(&k).map(|(c, kj)| (*c, kj)).chain(time),
         )?;
-        let Some(ki) = newton.solve_linear(f, hg, &r, ros.gamma)? else {
+        let Some(ki) = newton.rosenbrock_stage(f, t0_eval, h, ros.gamma, y, f0, &r)? else {
             return Ok(None);
         };
         k.push(ki);
