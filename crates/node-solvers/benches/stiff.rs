@@ -55,6 +55,7 @@ fn main() -> Result<()> {
         Method::Kvaerno3,
         Method::Kvaerno5,
         Method::Rodas4,
+        Method::Rodas4P,
         Method::Rodas5P,
     ] {
         for (jac, f) in [
@@ -116,6 +117,7 @@ fn main() -> Result<()> {
             Method::Kvaerno3,
             Method::Kvaerno5,
             Method::Rodas4,
+            Method::Rodas4P,
             Method::Rodas5P,
         ] {
             let opts = SolveOptions::default()

@@ -58,6 +58,10 @@ pub enum Method {
     /// step rebuilds the Jacobian and solves one linear system per stage (six), with no
     /// Newton iterations.
     Rodas4,
+    /// RODAS4P: [`Method::Rodas4`]'s structure with coefficients that keep the order on
+    /// stiff problems whose slow solution is forced (Prothero–Robinson) and on parabolic
+    /// ones, where RODAS4 loses it.
+    Rodas4P,
     /// Steinebach's Rodas5P: Rosenbrock 5(4), L-stable, stiffly accurate, adaptive, eight
     /// stages, as [`Method::Rodas4`]. Julia's recommended method for stiff problems at
     /// moderate tolerances.
@@ -80,9 +84,9 @@ pub enum Method {
 
 impl Method {
     /// Every method: the Runge–Kutta ones ([`Method::RUNGE_KUTTA`]), then the Adams ones.
-    pub const ALL: [Method; 24] = {
+    pub const ALL: [Method; 25] = {
         let n = Method::RUNGE_KUTTA.len();
-        let mut all = [Method::Adams; 24];
+        let mut all = [Method::Adams; 25];
         let mut i = 0;
         while i < n {
             all[i] = Method::RUNGE_KUTTA[i];
@@ -95,7 +99,7 @@ impl Method {
 
     /// The Runge–Kutta methods: the explicit ones in order of increasing cost, then the
     /// implicit ones, then the IMEX ones, then the Rosenbrock ones.
-    pub const RUNGE_KUTTA: [Method; 21] = [
+    pub const RUNGE_KUTTA: [Method; 22] = [
         Method::Euler,
         Method::Midpoint,
         Method::Heun2,
@@ -116,6 +120,7 @@ impl Method {
         Method::KenCarp4,
         Method::KenCarp5,
         Method::Rodas4,
+        Method::Rodas4P,
         Method::Rodas5P,
     ];
 
@@ -142,6 +147,7 @@ impl Method {
             Method::KenCarp4 => &tableau::KENCARP4,
             Method::KenCarp5 => &tableau::KENCARP5,
             Method::Rodas4 => &tableau::RODAS4,
+            Method::Rodas4P => &tableau::RODAS4P,
             Method::Rodas5P => &tableau::RODAS5P,
             Method::ExplicitAdams | Method::ImplicitAdams | Method::Adams => return None,
         })
@@ -188,7 +194,8 @@ impl Method {
         self.tableau().is_some_and(ButcherTableau::is_implicit)
     }
 
-    /// True for the Rosenbrock methods ([`Method::Rodas4`], [`Method::Rodas5P`]).
+    /// True for the Rosenbrock methods ([`Method::Rodas4`], [`Method::Rodas4P`],
+    /// [`Method::Rodas5P`]).
     pub fn is_rosenbrock(self) -> bool {
         self.tableau().is_some_and(ButcherTableau::is_rosenbrock)
     }

@@ -1593,6 +1593,93 @@ pub const RODAS4: ButcherTableau = ButcherTableau {
     interpolant: Interpolant::Weights(rodas4_dense),
 };
 
+const RODAS4P_B: [f64; 6] = [
+    -7.170454962423024,
+    -4.741636671481785,
+    -16.31002631330971,
+    -1.062004044111401,
+    1.0,
+    1.0,
+];
+
+const RODAS4P_H: [&[f64]; 2] = [
+    &[
+        25.09876703708589,
+        11.62013104361867,
+        28.49148307714626,
+        -5.664021568594133,
+        0.0,
+        0.0,
+    ],
+    &[
+        1.638054557396973,
+        -0.7373619806678748,
+        8.47791821923899,
+        15.9925314877952,
+        -1.882352941176471,
+        0.0,
+    ],
+];
+
+fn rodas4p_dense(t: f64, w: &mut [f64]) {
+    rodas_dense(t, &RODAS4P_B, &RODAS4P_H, w);
+}
+
+/// RODAS4P (Steinebach's RODASP, 1995; coefficients as in OrdinaryDiffEq.jl): RODAS4's structure
+/// with coefficients that also satisfy the Prothero–Robinson conditions, so that it keeps
+/// its order on stiff problems whose slow solution is forced (where RODAS4 loses it), and
+/// on discretized parabolic problems. Order 4(3), six stages, third-order dense output.
+pub const RODAS4P: ButcherTableau = ButcherTableau {
+    name: "rodas4p",
+    c: &[0.0, 0.75, 0.21, 0.63, 1.0, 1.0],
+    a: &[
+        &[3.0],
+        &[1.831036793486759, 0.4955183967433795],
+        &[2.304376582692669, -0.05249275245743001, -1.176798761832782],
+        &[
+            -7.170454962423024,
+            -4.741636671481785,
+            -16.31002631330971,
+            -1.062004044111401,
+        ],
+        &[
+            -7.170454962423024,
+            -4.741636671481785,
+            -16.31002631330971,
+            -1.062004044111401,
+            1.0,
+        ],
+    ],
+    implicit: None,
+    rosenbrock: Some(Rosenbrock {
+        gamma: 0.25,
+        coupling: &[
+            &[-12.0],
+            &[-8.791795173947035, -2.207865586973518],
+            &[10.81793056857153, 6.780270611428266, 19.5348594464241],
+            &[
+                34.19095006749676,
+                15.49671153725963,
+                54.7476087596413,
+                14.16005392148534,
+            ],
+            &[
+                34.62605830930532,
+                15.30084976114473,
+                56.99955578662667,
+                18.40807009793095,
+                -5.714285714285717,
+            ],
+        ],
+        time: &[0.25, -0.5, -0.023504, -0.0362, 0.0, 0.0],
+    }),
+    b: &RODAS4P_B,
+    b_err: Some(&[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
+    order: 4,
+    error_order: 3,
+    interpolant: Interpolant::Weights(rodas4p_dense),
+};
+
 const RODAS5P_G: f64 = 0.21193756319429014;
 
 const RODAS5P_B: [f64; 8] = [

@@ -60,7 +60,16 @@ fn order_case(dev: &Device) -> Result<()> {
         // Below p means a wrong coefficient. Above: high-order methods converge slightly
         // faster than h^p before the asymptotic range on this problem (dopri8: 2^8.5 per
         // halving just above round-off), so allow up to p + 1.
-        failed |= slope <= p - 0.3 || slope >= p + 1.0;
+        // rodas4p's error ratios approach 16 from below and only slowly: 12.6, 13.9, 14.9,
+        // 15.9 per halving from 64 steps, measured in 40-digit arithmetic on `y' = −y²`,
+        // past f64's round-off (here 9.2 and 12.9 from 32 steps). Its order conditions are
+        // checked exactly in tests/tableaus.rs.
+        let low = if m == Method::Rodas4P {
+            p - 0.7
+        } else {
+            p - 0.3
+        };
+        failed |= slope <= low || slope >= p + 1.0;
         report.push(format!(
             "{m}: observed {slope:.2}, expected {p} (errors {errs:?})"
         ));

@@ -13,7 +13,7 @@ use node_solvers::{
     odeint, odeint_event, EventOptions, Jacobian, Method, SolveOptions, SolverError, WithJacobian,
 };
 
-const RODAS: [Method; 2] = [Method::Rodas4, Method::Rodas5P];
+const RODAS: [Method; 3] = [Method::Rodas4, Method::Rodas4P, Method::Rodas5P];
 
 /// Largest relative error of a `[3]` or `[B, 3]` Robertson state against `want`.
 fn worst_rel_error(y: &Tensor, want: &[f64; 3]) -> Result<f64> {
@@ -36,6 +36,7 @@ fn robertson_case(dev: &Device) -> Result<()> {
     // 168, with 3571 evaluations against rodas5p's 3118).
     for (m, rtol, bound, most_steps) in [
         (Method::Rodas4, 1e-6, 1e-4, 300),
+        (Method::Rodas4P, 1e-6, 1e-4, 300),
         (Method::Rodas5P, 1e-8, 1e-5, 400),
     ] {
         let s = m.tableau().expect("a tableau").stages();
@@ -120,7 +121,11 @@ fn dense_output_case(dev: &Device) -> Result<()> {
     let p = Riccati;
     let y0 = Tensor::new(&[1.0f64, 0.5], dev)?;
     let ts = [0.0, 0.377, 1.113, 1.5];
-    for (m, want) in [(Method::Rodas4, 3.0), (Method::Rodas5P, 4.0)] {
+    for (m, want) in [
+        (Method::Rodas4, 3.0),
+        (Method::Rodas4P, 3.0),
+        (Method::Rodas5P, 4.0),
+    ] {
         let mut hs = vec![];
         let mut errs = vec![];
         for n in [16, 32, 64] {
@@ -234,13 +239,21 @@ fn batched_and_event_case(dev: &Device) -> Result<()> {
     let y0 = Tensor::new(&[1.0f64], dev)?;
     let down = |_t: f64, y: &Tensor| Ok(y.clone());
     let want = std::f64::consts::FRAC_PI_2 + 1.0 / lambda;
-    for m in RODAS {
+    // The crossing is located on the dense output, whose error inside the long steps of a
+    // method that keeps its order on this forced problem is the larger one (measured:
+    // rodas4 4.9e-11 in 1911 steps, rodas4p 2.4e-8 in 14 with its third-order dense output,
+    // rodas5p 1.4e-9 in 17 with its fourth-order one).
+    for (m, bound) in [
+        (Method::Rodas4, 1e-9),
+        (Method::Rodas4P, 1e-7),
+        (Method::Rodas5P, 1e-8),
+    ] {
         let opts = SolveOptions::default().method(m).tolerances(1e-10, 1e-12);
         let sol = odeint_event(&f, &y0, 0.0, 3.0, &down, &opts, &EventOptions::default())?;
         println!("{m} event: t = {} ({:?})", sol.t, sol.stats);
         assert_eq!(sol.event, Some(0), "{m}");
         assert!(
-            (sol.t - want).abs() < 1e-8,
+            (sol.t - want).abs() < bound,
             "{m}: event at {} not {want}",
             sol.t
         );

@@ -71,6 +71,7 @@ fn l_stable_case(dev: &Device) -> Result<()> {
         Method::Kvaerno3,
         Method::Kvaerno5,
         Method::Rodas4,
+        Method::Rodas4P,
         Method::Rodas5P,
     ] {
         let opts = SolveOptions::default().method(m).fixed_steps(1);

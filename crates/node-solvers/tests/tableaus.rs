@@ -66,3 +66,97 @@ fn defaults_are_documented_ones() {
     assert_eq!(o.rtol, 1e-7);
     assert!(matches!(o.atol, node_solvers::Atol::Scalar(a) if a == 1e-9));
 }
+
+/// The Rosenbrock methods' conditions for order 4 (Hairer and Wanner, *Solving ODEs II*,
+/// Table IV.7.1), in the original form recovered from the transformed coefficients:
+/// `Γ = (diag(1/γ) − C)⁻¹`, `α = AΓ`, `b = mΓ`, `β = α + Γ`, with `α_i = Σ_j α_ij` and
+/// `β'_i = Σ_{j<i} β_ij`. (Non-autonomous problems add nothing once `α_i = c_i` and `d` are
+/// the rows of `Γ`, which the consistency test checks.) rodas4p's error ratios approach 16
+/// only slowly, which the convergence test cannot resolve before f64's round-off: these
+/// conditions are what shows its order.
+#[test]
+fn rosenbrock_order_conditions() {
+    let rosenbrock: Vec<Method> = Method::RUNGE_KUTTA
+        .into_iter()
+        .filter(|m| m.is_rosenbrock())
+        .collect();
+    assert_eq!(
+        rosenbrock,
+        [Method::Rodas4, Method::Rodas4P, Method::Rodas5P]
+    );
+    for m in rosenbrock {
+        let tab = m.tableau().unwrap();
+        let ros = tab.rosenbrock.unwrap();
+        let (s, g) = (tab.stages(), ros.gamma);
+        let lower = |rows: &[&[f64]]| {
+            let mut x = vec![vec![0.0; s]; s];
+            for (i, row) in rows.iter().enumerate() {
+                x[i + 1][..row.len()].copy_from_slice(row);
+            }
+            x
+        };
+        let (a, c) = (lower(tab.a), lower(ros.coupling));
+        // Γ by forward substitution of (I/γ − C) Γ = I, row by row.
+        let mut gm: Vec<Vec<f64>> = Vec::with_capacity(s);
+        for (i, ci) in c.iter().enumerate() {
+            let row: Vec<f64> = (0..s)
+                .map(|col| {
+                    let unit = if i == col { 1.0 } else { 0.0 };
+                    let coupled: f64 = gm.iter().zip(ci).map(|(gj, cij)| cij * gj[col]).sum();
+                    g * (unit + coupled)
+                })
+                .collect();
+            gm.push(row);
+        }
+        let times = |x: &[Vec<f64>], y: &[Vec<f64>]| -> Vec<Vec<f64>> {
+            (0..s)
+                .map(|i| {
+                    (0..s)
+                        .map(|j| (0..s).map(|k| x[i][k] * y[k][j]).sum())
+                        .collect()
+                })
+                .collect()
+        };
+        let apply = |x: &[Vec<f64>], v: &[f64]| -> Vec<f64> {
+            (0..s)
+                .map(|i| (0..s).map(|k| x[i][k] * v[k]).sum())
+                .collect()
+        };
+        let alpha = times(&a, &gm);
+        let b: Vec<f64> = (0..s)
+            .map(|j| (0..s).map(|i| tab.b[i] * gm[i][j]).sum())
+            .collect();
+        let beta: Vec<Vec<f64>> = (0..s)
+            .map(|i| {
+                (0..s)
+                    .map(|j| if j < i { alpha[i][j] + gm[i][j] } else { 0.0 })
+                    .collect()
+            })
+            .collect();
+        let ai: Vec<f64> = alpha.iter().map(|r| r.iter().sum()).collect();
+        let bp: Vec<f64> = beta.iter().map(|r| r.iter().sum()).collect();
+        let dot = |x: &[f64], y: &[f64]| -> f64 { x.iter().zip(y).map(|(p, q)| p * q).sum() };
+        let pow = |v: &[f64], e: i32| -> Vec<f64> { v.iter().map(|x| x.powi(e)).collect() };
+        let mul =
+            |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(p, q)| p * q).collect() };
+        let conditions = [
+            (b.iter().sum::<f64>(), 1.0),
+            (dot(&b, &bp), 0.5 - g),
+            (dot(&b, &pow(&ai, 2)), 1.0 / 3.0),
+            (dot(&b, &apply(&beta, &bp)), 1.0 / 6.0 - g + g * g),
+            (dot(&b, &pow(&ai, 3)), 0.25),
+            (dot(&b, &mul(&ai, &apply(&alpha, &bp))), 0.125 - g / 3.0),
+            (dot(&b, &apply(&beta, &pow(&ai, 2))), 1.0 / 12.0 - g / 3.0),
+            (
+                dot(&b, &apply(&beta, &apply(&beta, &bp))),
+                1.0 / 24.0 - g / 2.0 + 1.5 * g * g - g.powi(3),
+            ),
+        ];
+        for (k, (got, want)) in conditions.iter().enumerate() {
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{m}: order condition {k}: {got} against {want}"
+            );
+        }
+    }
+}
