@@ -338,22 +338,7 @@ pub(crate) fn rk_step<F: VectorField + ?Sized>(
             t + tab.c[i] * h
         }
     };
-    let (k, y1) = if let Some(ros) = tab.rosenbrock {
-        let Some(newton) = newton else {
-            candle_core::bail!(
-                "Rosenbrock method `{}` stepped without Newton state",
-                tab.name
-            )
-        };
-        if y.track_op() || f0.track_op() {
-            return Err(SolverError::NotDifferentiable { method: tab.name }.into());
-        }
-        let ft = newton.begin_rosenbrock_step(f, t, t0_eval, h, y, f0)?;
-        match rosenbrock_stages(tab, &ros, f, h, &stage_time, t0_eval, y, f0, &ft, newton)? {
-            Some(k) => (k, None),
-            None => return Ok(None),
-        }
-    } else if tab.is_implicit() {
+    let (k, y1) = if tab.is_implicit() {
         let Some(newton) = newton else {
             candle_core::bail!(
                 "implicit method `{}` stepped without Newton state",
@@ -363,15 +348,24 @@ pub(crate) fn rk_step<F: VectorField + ?Sized>(
         if y.track_op() || f0.track_op() {
             return Err(SolverError::NotDifferentiable { method: tab.name }.into());
         }
-        newton.begin_step(f, t, t0_eval, y)?;
-        loop {
-            if let Some(done) = implicit_stages(tab, f, h, &stage_time, t0_eval, y, f0, newton)? {
-                break done;
+        if let Some(ros) = tab.rosenbrock {
+            let ft = newton.begin_rosenbrock_step(f, t, t0_eval, h, y, f0)?;
+            match rosenbrock_stages(tab, &ros, f, h, &stage_time, t0_eval, y, f0, &ft, newton)? {
+                Some(k) => (k, None),
+                None => return Ok(None),
             }
-            if newton.is_fresh(t) {
-                return Ok(None);
+        } else {
+            newton.begin_step(f, t, t0_eval, y)?;
+            loop {
+                if let Some(done) = implicit_stages(tab, f, h, &stage_time, t0_eval, y, f0, newton)?
+                {
+                    break done;
+                }
+                if newton.is_fresh(t) {
+                    return Ok(None);
+                }
+                newton.build_jacobian(f, t, t0_eval, y)?;
             }
-            newton.build_jacobian(f, t, t0_eval, y)?;
         }
     } else {
         explicit_stages(tab, f, h, &stage_time, y, f0)?

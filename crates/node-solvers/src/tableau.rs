@@ -22,6 +22,10 @@ pub enum Interpolant {
     QuarticMid(&'static [f64]),
     /// Weights `b_i(θ)` of a continuous extension `y(t0 + θh) = y0 + h Σ b_i(θ) k_i`.
     Weights(fn(f64, &mut [f64])),
+    /// The Rodas methods' dense output (Hairer and Wanner's RODAS):
+    /// `y(θ) = (1 − θ) y0 + θ (y1 + (1 − θ)(K_1 + θ K_2 + θ² K_3 + …))` with
+    /// `K_r = h Σ_i H_ri k_i`, the rows `H_r` given here.
+    Rodas(&'static [&'static [f64]]),
 }
 
 /// What an ESDIRK method adds to its tableau.
@@ -311,6 +315,7 @@ impl ButcherTableau {
                 w[s - 1] += wf1;
             }
             Interpolant::Weights(f) => f(theta, &mut w[..s]),
+            Interpolant::Rodas(h) => rodas_dense(theta, self.b, h, &mut w[..s]),
         }
     }
 }
@@ -1491,9 +1496,7 @@ pub const KENCARP5: ButcherTableau = ButcherTableau {
     interpolant: Interpolant::Weights(kencarp5_dense),
 };
 
-/// `w_i(θ) = θ b_i + θ(1 − θ) Σ_r θ^r H_ri`: the dense output of the Rodas methods,
-/// `y(θ) = (1 − θ) y0 + θ (y1 + (1 − θ)(K_1 + θ K_2 + θ² K_3))` with `K_r = Σ_i H_ri U_i`
-/// (Hairer and Wanner's RODAS; OrdinaryDiffEq's Rodas interpolants), in stage weights.
+/// [`Interpolant::Rodas`] in stage weights: `w_i(θ) = θ b_i + θ(1 − θ) Σ_r θ^r H_ri`.
 fn rodas_dense(theta: f64, b: &[f64], h: &[&[f64]], out: &mut [f64]) {
     let bump = theta * (1.0 - theta);
     for (i, o) in out.iter_mut().enumerate() {
@@ -1505,6 +1508,8 @@ fn rodas_dense(theta: f64, b: &[f64], h: &[&[f64]], out: &mut [f64]) {
     }
 }
 
+// Stiffly accurate: `y1` is the last stage's state plus its increment, so the last rows of
+// `a` are the heads of `b`.
 const RODAS4_B: [f64; 6] = [
     1.221224509226641,
     6.019134481288629,
@@ -1533,10 +1538,6 @@ const RODAS4_H: [&[f64]; 2] = [
     ],
 ];
 
-fn rodas4_dense(t: f64, w: &mut [f64]) {
-    rodas_dense(t, &RODAS4_B, &RODAS4_H, w);
-}
-
 /// RODAS4 (Hairer and Wanner, *Solving ODEs II*, IV.7; their `rodas.f`): a stiffly accurate,
 /// L-stable Rosenbrock method of order 4 with an embedded order 3, six stages (six
 /// evaluations and six linear solves with one LU factorization per step), and a
@@ -1548,19 +1549,8 @@ pub const RODAS4: ButcherTableau = ButcherTableau {
         &[1.544],
         &[0.9466785280815826, 0.2557011698983284],
         &[3.314825187068521, 2.896124015972201, 0.9986419139977817],
-        &[
-            1.221224509226641,
-            6.019134481288629,
-            12.53708332932087,
-            -0.687886036105895,
-        ],
-        &[
-            1.221224509226641,
-            6.019134481288629,
-            12.53708332932087,
-            -0.687886036105895,
-            1.0,
-        ],
+        RODAS4_B.split_at(4).0,
+        RODAS4_B.split_at(5).0,
     ],
     implicit: None,
     rosenbrock: Some(Rosenbrock {
@@ -1590,7 +1580,7 @@ pub const RODAS4: ButcherTableau = ButcherTableau {
     b_err: Some(&[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
     order: 4,
     error_order: 3,
-    interpolant: Interpolant::Weights(rodas4_dense),
+    interpolant: Interpolant::Rodas(&RODAS4_H),
 };
 
 const RODAS4P_B: [f64; 6] = [
@@ -1621,10 +1611,6 @@ const RODAS4P_H: [&[f64]; 2] = [
     ],
 ];
 
-fn rodas4p_dense(t: f64, w: &mut [f64]) {
-    rodas_dense(t, &RODAS4P_B, &RODAS4P_H, w);
-}
-
 /// RODAS4P (Steinebach's RODASP, 1995; coefficients as in OrdinaryDiffEq.jl): RODAS4's structure
 /// with coefficients that also satisfy the Prothero–Robinson conditions, so that it keeps
 /// its order on stiff problems whose slow solution is forced (where RODAS4 loses it), and
@@ -1636,19 +1622,8 @@ pub const RODAS4P: ButcherTableau = ButcherTableau {
         &[3.0],
         &[1.831036793486759, 0.4955183967433795],
         &[2.304376582692669, -0.05249275245743001, -1.176798761832782],
-        &[
-            -7.170454962423024,
-            -4.741636671481785,
-            -16.31002631330971,
-            -1.062004044111401,
-        ],
-        &[
-            -7.170454962423024,
-            -4.741636671481785,
-            -16.31002631330971,
-            -1.062004044111401,
-            1.0,
-        ],
+        RODAS4P_B.split_at(4).0,
+        RODAS4P_B.split_at(5).0,
     ],
     implicit: None,
     rosenbrock: Some(Rosenbrock {
@@ -1677,7 +1652,7 @@ pub const RODAS4P: ButcherTableau = ButcherTableau {
     b_err: Some(&[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
     order: 4,
     error_order: 3,
-    interpolant: Interpolant::Weights(rodas4p_dense),
+    interpolant: Interpolant::Rodas(&RODAS4P_H),
 };
 
 const RODAS5P_G: f64 = 0.21193756319429014;
@@ -1726,10 +1701,6 @@ const RODAS5P_H: [&[f64]; 3] = [
     ],
 ];
 
-fn rodas5p_dense(t: f64, w: &mut [f64]) {
-    rodas_dense(t, &RODAS5P_B, &RODAS5P_H, w);
-}
-
 /// Rodas5P (Steinebach, "Construction of Rosenbrock–Wanner method Rodas5P and numerical
 /// benchmarks within the Julia Differential Equations package", BIT 2023): a stiffly
 /// accurate, L-stable Rosenbrock method of order 5 with an embedded order 4, eight stages
@@ -1757,30 +1728,9 @@ pub const RODAS5P: ButcherTableau = ButcherTableau {
             -0.3988312541770524,
             -0.04721187230404641,
         ],
-        &[
-            -7.502846399306121,
-            2.561846144803919,
-            -11.627539656261098,
-            -0.18268767659942256,
-            0.030198172008377946,
-        ],
-        &[
-            -7.502846399306121,
-            2.561846144803919,
-            -11.627539656261098,
-            -0.18268767659942256,
-            0.030198172008377946,
-            1.0,
-        ],
-        &[
-            -7.502846399306121,
-            2.561846144803919,
-            -11.627539656261098,
-            -0.18268767659942256,
-            0.030198172008377946,
-            1.0,
-            1.0,
-        ],
+        RODAS5P_B.split_at(5).0,
+        RODAS5P_B.split_at(6).0,
+        RODAS5P_B.split_at(7).0,
     ],
     implicit: None,
     rosenbrock: Some(Rosenbrock {
@@ -1835,5 +1785,5 @@ pub const RODAS5P: ButcherTableau = ButcherTableau {
     b_err: Some(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
     order: 5,
     error_order: 4,
-    interpolant: Interpolant::Weights(rodas5p_dense),
+    interpolant: Interpolant::Rodas(&RODAS5P_H),
 };
