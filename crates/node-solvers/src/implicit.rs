@@ -270,16 +270,18 @@ impl Newton {
         }
         // Second-order one-sided differences at `t + δ` and `t + 2δ` with `δ ≈ ε^(1/3)`:
         // a first-order difference's `O(δ)` error bounds the global error at `O(√ε)`.
-        // No further than `h`, so the differences stay inside the step (a jump at its end is
-        // not crossed); `δ` as the time's float holds it.
-        let dt = self.eps.cbrt() * t0_eval.abs().max(1.0);
-        let dt = (t0_eval + (0.5 * dt.min(h.abs())).copysign(h)) - t0_eval;
+        // `δ ≤ h/4`, so the differences stay in the step's first half (a jump at its end is
+        // neither crossed nor reached); `δ` as the time's float holds it.
+        let dt = (self.eps.cbrt() * t0_eval.abs().max(1.0)).min(0.25 * h.abs());
+        let dt = (t0_eval + dt.copysign(h)) - t0_eval;
         if dt == 0.0 {
             return f0.zeros_like();
         }
-        let f1 = ev.eval(t0_eval + dt, y)?;
-        let f2 = ev.eval(t0_eval + 2.0 * dt, y)?;
-        lincomb(None, [(2.0 / dt, &f1), (-1.5 / dt, f0), (-0.5 / dt, &f2)])
+        // `2 (f1 − f0) − (f2 − f0) / 2`, the differences first: exactly zero when `f` does
+        // not read `t` (weighing f0, f1 and f2 apart would leave rounding).
+        let d1 = (ev.eval(t0_eval + dt, y)? - f0)?;
+        let d2 = (ev.eval(t0_eval + 2.0 * dt, y)? - f0)?;
+        lincomb(None, [(2.0 / dt, &d1), (-0.5 / dt, &d2)])
     }
 
     /// A Rosenbrock stage: `k = γ (I − hγJ)⁻¹ r` with the factors for `hγ` and the
