@@ -32,14 +32,17 @@ pub struct SolverStats {
     /// Reads of device values back to the host, each one a wait for the device: one per
     /// adaptive step (its error ratio), two to choose the first step when none is given, one
     /// to check a per-component `atol` or a given first step, and one to check a fixed-step
-    /// solve's outputs. Nothing inside a step's stages is read.
+    /// solve's outputs. An explicit method reads nothing inside a step's stages; an implicit
+    /// one reads the state at each step start, each Newton iteration's residual (or each
+    /// Rosenbrock stage's right-hand side), and its Jacobian when built by differences.
     pub host_reads: usize,
-    /// Jacobians built for the Newton iterations of an implicit method: each one either a
-    /// call of [`crate::VectorField::jacobian`] or `n` finite-difference evaluations
-    /// (counted in `nfe` too).
+    /// Jacobians built for an implicit method (its Newton iterations, or a Rosenbrock
+    /// method's stages, which need one per step): each one either a call of
+    /// [`crate::VectorField::jacobian`] or `n` finite-difference evaluations (counted in
+    /// `nfe` too).
     pub jacobians: usize,
-    /// LU factorizations of the Newton matrix `I − hγJ` of an implicit method (block by
-    /// block for [`crate::Jacobian::Batched`]): one per new Jacobian or new step size.
+    /// LU factorizations of the matrix `I − hγJ` of an implicit method (block by block for
+    /// [`crate::Jacobian::Batched`]): one per new Jacobian or new step size.
     pub factorizations: usize,
 }
 
