@@ -101,8 +101,17 @@ pub enum SolverError {
         /// `‖y − z‖` over the error scale (for a fixed-step solve, over `0.1 ‖y‖`).
         gap: f64,
     },
+    /// A steady-state solve ([`crate::odeint_steady_state`]) reached `t_max` with the field
+    /// still above its tolerance.
+    #[error("no steady state by t = {t}: the field is still {residual:.3e} times its tolerance (raise t_max, or the state does not come to rest)")]
+    NoSteadyState {
+        /// Where the solve gave up (`t_max`).
+        t: f64,
+        /// `rms(f / (atol + rtol |y|))` there.
+        residual: f64,
+    },
     /// An implicit method was asked to be differentiated by backprop through its steps.
-    #[error("implicit method `{method}` cannot be differentiated through by backprop (its Newton iterations run on the host): detach the inputs, or use the adjoint (node_adjoint::odeint_adjoint)")]
+    #[error("implicit method `{method}` cannot be differentiated through by backprop (its Newton iterations or linear solves run on the host): detach the inputs, or use the adjoint (node_adjoint::odeint_adjoint)")]
     NotDifferentiable {
         /// The method.
         method: &'static str,

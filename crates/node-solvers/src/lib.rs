@@ -17,6 +17,7 @@ pub mod reversible;
 pub mod rk;
 pub mod sde;
 pub mod solve;
+pub mod steady;
 pub mod symplectic;
 pub mod tableau;
 pub mod trace;
@@ -40,6 +41,7 @@ pub use sde::{
     SdeIncrement, SdeMethod, SdeOptions, SdeSolution, SdeStats,
 };
 pub use solve::{odeint, Solution, SolverStats};
+pub use steady::{odeint_steady_state, SteadyStateOptions, SteadyStateSolution};
 pub use symplectic::{
     odeint_symplectic, Separable, SeparableField, Substep, SymplecticMethod, SymplecticOptions,
     SymplecticSolution, SymplecticStats,

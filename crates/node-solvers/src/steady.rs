@@ -1,0 +1,188 @@
+//! `odeint_steady_state`: integrate `dy/dt = f(t, y)` until the field vanishes.
+//!
+//! A steady state `y*` has `f(y*) = 0`; a stable one is where the solution comes to rest,
+//! so integrating from any start in its basin finds it (diffrax's `steady_state_event`;
+//! the forward pass of an equilibrium model). The solve stops at the first time the
+//! field's size, measured against the tolerances,
+//! `r(t, y) = rms(f(t, y) / (atol + rtol |y|))`, falls to 1: an event `1 − r = 0`, checked
+//! with each adaptive step's error ratio (one more evaluation per step) and located on the
+//! step's dense output.
+
+use crate::error::SolverError;
+use crate::event::{locate_event, Crossing, EventOptions};
+use crate::field::VectorField;
+use crate::options::{Atol, SolveOptions};
+use crate::solve::SolverStats;
+use candle_core::{DType, Result, Tensor};
+use std::cell::Cell;
+
+/// Options of [`odeint_steady_state`] beside the solve's own [`SolveOptions`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SteadyStateOptions {
+    /// The solve gives up at this time ([`SolverError::NoSteadyState`]).
+    pub t_max: f64,
+    /// Relative tolerance of the field's size; `None`: the solve's `rtol`.
+    pub rtol: Option<f64>,
+    /// Absolute tolerance of the field's size; `None`: the solve's `atol`.
+    pub atol: Option<f64>,
+}
+
+impl SteadyStateOptions {
+    /// Look for a steady state until `t_max`, with the solve's tolerances.
+    pub fn new(t_max: f64) -> Self {
+        Self {
+            t_max,
+            rtol: None,
+            atol: None,
+        }
+    }
+
+    /// Sets both tolerances of the field's size.
+    pub fn tolerances(mut self, rtol: f64, atol: f64) -> Self {
+        self.rtol = Some(rtol);
+        self.atol = Some(atol);
+        self
+    }
+}
+
+/// The result of [`odeint_steady_state`].
+#[derive(Clone, Debug)]
+pub struct SteadyStateSolution {
+    /// When the field's size fell to its tolerance.
+    pub t: f64,
+    /// The steady state: the solution at `t`.
+    pub y: Tensor,
+    /// Counts of the solve, the evaluations of the stopping test included.
+    pub stats: SolverStats,
+}
+
+/// `r(t, y) = rms(f(t, y) / (atol + rtol |y|))`, the field's size against the tolerances,
+/// as a 0-d tensor of the state's dtype; counts its evaluations of `f`.
+struct FieldSize<'a, F: ?Sized> {
+    f: &'a F,
+    rtol: f64,
+    atol: Atol,
+    evals: Cell<usize>,
+}
+
+impl<'a, F: VectorField + ?Sized> FieldSize<'a, F> {
+    fn new(f: &'a F, opts: &SolveOptions, ss: &SteadyStateOptions) -> Result<Self> {
+        let rtol = ss.rtol.unwrap_or(opts.rtol);
+        let atol = match ss.atol {
+            Some(a) => Atol::Scalar(a),
+            None => opts.atol.clone(),
+        };
+        if !(rtol.is_finite() && rtol >= 0.0) {
+            return Err(SolverError::InvalidTolerance {
+                name: "rtol",
+                value: rtol,
+            }
+            .into());
+        }
+        if let Atol::Scalar(a) = atol {
+            if !(a.is_finite() && a > 0.0) {
+                return Err(SolverError::InvalidTolerance {
+                    name: "atol",
+                    value: a,
+                }
+                .into());
+            }
+        }
+        Ok(Self {
+            f,
+            rtol,
+            atol,
+            evals: Cell::new(0),
+        })
+    }
+
+    fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
+        self.evals.set(self.evals.get() + 1);
+        let fy = self.f.eval(t, y)?;
+        let scale = y.abs()?.affine(self.rtol, 0.0)?;
+        let scale = match &self.atol {
+            Atol::Scalar(a) => scale.affine(1.0, *a)?,
+            Atol::PerComponent(a) => scale.broadcast_add(&a.to_dtype(y.dtype())?)?,
+        };
+        (fy / scale)?.sqr()?.mean_all()?.sqrt()
+    }
+
+    fn read(&self, t: f64, y: &Tensor) -> Result<f64> {
+        self.eval(t, y)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    }
+}
+
+/// Integrates `dy/dt = f(t, y)` from `(t0, y0)` until the field's size against the
+/// tolerances, `rms(f(t, y) / (atol + rtol |y|))`, falls to 1, and returns that time and
+/// state. The tolerances are [`SteadyStateOptions`]' or else the solve's; a start that
+/// already satisfies them is returned as it is. `y` is differentiable by backprop through
+/// the solver (with `t` held fixed); `node_adjoint::odeint_steady_state_adjoint`
+/// differentiates the steady state by the implicit function theorem instead, in constant
+/// memory.
+///
+/// ```
+/// # use candle_core::{Device, Tensor};
+/// # use node_solvers::{odeint_steady_state, SolveOptions, SteadyStateOptions};
+/// # fn main() -> candle_core::Result<()> {
+/// // dy/dt = 2 − y comes to rest at y = 2.
+/// let f = |_t: f64, y: &Tensor| y.affine(-1.0, 2.0);
+/// let y0 = Tensor::new(&[0.0f64, 5.0], &Device::Cpu)?;
+/// let sol = odeint_steady_state(&f, &y0, 0.0, &SolveOptions::default(), &SteadyStateOptions::new(100.0))?;
+/// let y = sol.y.to_vec1::<f64>()?;
+/// assert!((y[0] - 2.0).abs() < 1e-7 && (y[1] - 2.0).abs() < 1e-7);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`SolverError::NoSteadyState`] when `t_max` comes first; an invalid tolerance; and the
+/// solve's own errors (a non-finite state, too many steps, …).
+pub fn odeint_steady_state<F: VectorField + ?Sized>(
+    f: &F,
+    y0: &Tensor,
+    t0: f64,
+    opts: &SolveOptions,
+    ss: &SteadyStateOptions,
+) -> Result<SteadyStateSolution> {
+    let size = FieldSize::new(f, opts, ss)?;
+    if !(t0.is_finite() && ss.t_max.is_finite() && ss.t_max != t0) {
+        return Err(SolverError::InvalidTimes(format!(
+            "a steady-state solve needs finite, distinct t0 and t_max, got {t0} and {}",
+            ss.t_max
+        ))
+        .into());
+    }
+    let mut stats = SolverStats {
+        host_reads: 1,
+        ..SolverStats::default()
+    };
+    let r0 = size.read(t0, y0)?;
+    if !r0.is_finite() {
+        return Err(SolverError::NonFinite { t: t0 }.into());
+    }
+    if r0 <= 1.0 {
+        stats.nfe = size.evals.get();
+        return Ok(SteadyStateSolution {
+            t: t0,
+            y: y0.clone(),
+            stats,
+        });
+    }
+    let g = |t: f64, y: &Tensor| size.eval(t, y)?.affine(-1.0, 1.0);
+    let ev = EventOptions::default().crossing(Crossing::Rising);
+    let found = locate_event(f, y0, t0, ss.t_max, &g, opts, &ev)?;
+    stats += found.stats;
+    if found.event.is_none() {
+        let residual = size.read(found.t, &found.y)?;
+        return Err(SolverError::NoSteadyState {
+            t: found.t,
+            residual,
+        }
+        .into());
+    }
+    stats.nfe += size.evals.get();
+    Ok(SteadyStateSolution {
+        t: found.t,
+        y: found.y,
+        stats,
+    })
+}
