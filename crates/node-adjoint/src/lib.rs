@@ -9,6 +9,7 @@ mod op;
 pub mod options;
 pub mod reversible;
 pub mod sde;
+pub mod steady;
 pub mod symplectic;
 
 pub use adjoint::{
@@ -30,6 +31,9 @@ pub use reversible::{odeint_reversible_adjoint, odeint_reversible_adjoint_with_t
 pub use sde::{
     sdeint_adjoint, with_additive_sde_params, with_sde_params, ParamSdeField, SdeAdjointOptions,
     SdeAdjointSolution, SdeAdjointStats,
+};
+pub use steady::{
+    odeint_steady_state_adjoint, SteadyStateAdjointSolution, SteadyStateAdjointStats,
 };
 pub use symplectic::{
     odeint_symplectic_adjoint, with_separable_params, ParamSeparableField,

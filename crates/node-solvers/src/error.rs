@@ -103,7 +103,7 @@ pub enum SolverError {
     },
     /// A steady-state solve ([`crate::odeint_steady_state`]) reached `t_max` with the field
     /// still above its tolerance.
-    #[error("no steady state by t = {t}: the field is still {residual:.3e} times its tolerance (raise t_max, or the state does not come to rest)")]
+    #[error("no steady state by t = {t}: the field is still {residual:.3e} times its tolerance (raise t_max, or loosen the steady-state tolerances against the solve's, or the state does not come to rest)")]
     NoSteadyState {
         /// Where the solve gave up (`t_max`).
         t: f64,

@@ -7,6 +7,13 @@
 //! `r(t, y) = rms(f(t, y) / (atol + rtol |y|))`, falls to 1: an event `1 − r = 0`, checked
 //! with each adaptive step's error ratio (one more evaluation per step) and located on the
 //! step's dense output.
+//!
+//! The stopping tolerances default to 100 times the solve's. Near a stable steady state an
+//! explicit method's steps grow until they reach the end of its stability region and stay
+//! there, where the state keeps a deviation of about the solve's own tolerance: the field's
+//! size is that deviation times the field's fast rates (measured: `dy/dt = 2 − 4y` with
+//! dopri5 never came below 2.6 times the solve's own tolerances). An L-stable implicit
+//! method lets the deviation die out.
 
 use crate::error::SolverError;
 use crate::event::{locate_event, Crossing, EventOptions};
@@ -21,14 +28,15 @@ use std::cell::Cell;
 pub struct SteadyStateOptions {
     /// The solve gives up at this time ([`SolverError::NoSteadyState`]).
     pub t_max: f64,
-    /// Relative tolerance of the field's size; `None`: the solve's `rtol`.
+    /// Relative tolerance of the field's size; `None`: 100 times the solve's `rtol`.
     pub rtol: Option<f64>,
-    /// Absolute tolerance of the field's size; `None`: the solve's `atol`.
+    /// Absolute tolerance of the field's size; `None`: 100 times the solve's `atol`.
     pub atol: Option<f64>,
 }
 
 impl SteadyStateOptions {
-    /// Look for a steady state until `t_max`, with the solve's tolerances.
+    /// Look for a steady state until `t_max`, with the default tolerances (100 times the
+    /// solve's).
     pub fn new(t_max: f64) -> Self {
         Self {
             t_max,
@@ -56,6 +64,9 @@ pub struct SteadyStateSolution {
     pub stats: SolverStats,
 }
 
+/// The default stopping tolerances over the solve's (see the module's notes).
+const DEFAULT_FACTOR: f64 = 100.0;
+
 /// `r(t, y) = rms(f(t, y) / (atol + rtol |y|))`, the field's size against the tolerances,
 /// as a 0-d tensor of the state's dtype; counts its evaluations of `f`.
 struct FieldSize<'a, F: ?Sized> {
@@ -67,10 +78,11 @@ struct FieldSize<'a, F: ?Sized> {
 
 impl<'a, F: VectorField + ?Sized> FieldSize<'a, F> {
     fn new(f: &'a F, opts: &SolveOptions, ss: &SteadyStateOptions) -> Result<Self> {
-        let rtol = ss.rtol.unwrap_or(opts.rtol);
-        let atol = match ss.atol {
-            Some(a) => Atol::Scalar(a),
-            None => opts.atol.clone(),
+        let rtol = ss.rtol.unwrap_or(DEFAULT_FACTOR * opts.rtol);
+        let atol = match (ss.atol, &opts.atol) {
+            (Some(a), _) => Atol::Scalar(a),
+            (None, Atol::Scalar(a)) => Atol::Scalar(DEFAULT_FACTOR * a),
+            (None, Atol::PerComponent(a)) => Atol::PerComponent(a.affine(DEFAULT_FACTOR, 0.0)?),
         };
         if !(rtol.is_finite() && rtol >= 0.0) {
             return Err(SolverError::InvalidTolerance {
@@ -114,8 +126,8 @@ impl<'a, F: VectorField + ?Sized> FieldSize<'a, F> {
 
 /// Integrates `dy/dt = f(t, y)` from `(t0, y0)` until the field's size against the
 /// tolerances, `rms(f(t, y) / (atol + rtol |y|))`, falls to 1, and returns that time and
-/// state. The tolerances are [`SteadyStateOptions`]' or else the solve's; a start that
-/// already satisfies them is returned as it is. `y` is differentiable by backprop through
+/// state. The tolerances are [`SteadyStateOptions`]' or else 100 times the solve's (see the
+/// module's notes); a start that already satisfies them is returned as it is. `y` is differentiable by backprop through
 /// the solver (with `t` held fixed); `node_adjoint::odeint_steady_state_adjoint`
 /// differentiates the steady state by the implicit function theorem instead, in constant
 /// memory.
@@ -129,8 +141,9 @@ impl<'a, F: VectorField + ?Sized> FieldSize<'a, F> {
 /// let y0 = Tensor::new(&[0.0f64, 5.0], &Device::Cpu)?;
 /// let sol = odeint_steady_state(&f, &y0, 0.0, &SolveOptions::default(), &SteadyStateOptions::new(100.0))?;
 /// let y = sol.y.to_vec1::<f64>()?;
-/// // It stops once |2 − y| ≤ atol + rtol |y| (1e-9 + 1e-7 · 2 by default), in RMS.
-/// assert!((y[0] - 2.0).abs() < 1e-6 && (y[1] - 2.0).abs() < 1e-6);
+/// // It stops once |2 − y| ≤ atol + rtol |y| (by default 100 times the solve's
+/// // 1e-9 + 1e-7 |y|), in RMS.
+/// assert!((y[0] - 2.0).abs() < 1e-4 && (y[1] - 2.0).abs() < 1e-4);
 /// # Ok(()) }
 /// ```
 ///
