@@ -8,13 +8,18 @@
 //!   adjoint, checkpointing and reversible backprop.
 //! - norms: backward NFE of the seminorm and the full norm on the `ode_demo` MLP.
 //! - time: one gradient of the `ode_demo` problem (the peer script `adjoint_grad.py`).
+//! - steady: one gradient of an equilibrium model's steady state (batch 256, state 64,
+//!   `dy/dt = 0.2 MLP(y) − y`, MLP 64-256-64 tanh, L = Σ y*²) by the implicit function
+//!   theorem, beside backprop through a solve to t = 30 and the adjoint of that solve: time
+//!   and peak memory, each variant in a fresh process.
 
 use candle_core::{Device, Result, Tensor, Var};
 use node_adjoint::{
-    odeint_adjoint, odeint_checkpointed, odeint_reversible_adjoint, AdjointNorm, AdjointOptions,
-    CheckpointOptions, ParamVectorField, ReversibleOptions,
+    odeint_adjoint, odeint_checkpointed, odeint_reversible_adjoint, odeint_steady_state_adjoint,
+    with_params, AdjointNorm, AdjointOptions, CheckpointOptions, ParamVectorField,
+    ReversibleOptions,
 };
-use node_solvers::{odeint, Method, SolveOptions};
+use node_solvers::{odeint, Method, SolveOptions, SteadyStateOptions, VectorField};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -261,6 +266,75 @@ fn time() -> Result<()> {
     Ok(())
 }
 
+/// Runs in a child process: one gradient of the equilibrium model, prints
+/// `peak_delta_mib nfe_f nfe_b ms`.
+fn steady_child(mode: &str) -> Result<()> {
+    let dev = Device::Cpu;
+    let mlp = Mlp::random(64, 256, &dev)?;
+    let m = mlp.clone();
+    let f = with_params(
+        move |t: f64, y: &Tensor| (m.eval(t, y)? * 0.2)? - y,
+        mlp.params(),
+    );
+    let y0 = Tensor::randn(0f32, 1.0, (256, 64), &dev)?;
+    let opts = SolveOptions::default().tolerances(1e-5, 1e-6);
+    let base = status_kib("VmRSS:");
+    let start = Instant::now();
+    let (y, nf, stats) = match mode {
+        "steady" => {
+            let s =
+                odeint_steady_state_adjoint(&f, &y0, 0.0, &opts, &SteadyStateOptions::new(1e3))?;
+            (s.y, s.stats.forward().nfe, Some(s.stats))
+        }
+        "adjoint" => {
+            let s = odeint_adjoint(&f, &y0, &[0.0, 30.0], &opts, &AdjointOptions::default())?;
+            (s.ys.get(1)?, s.stats.forward().nfe, Some(s.stats))
+        }
+        "direct" => {
+            let s = odeint(&f, &y0, &[0.0, 30.0], &opts)?;
+            (s.ys.get(1)?, s.stats.nfe, None)
+        }
+        _ => candle_core::bail!("unknown mode {mode}"),
+    };
+    let g = y.sqr()?.sum_all()?.backward()?;
+    let _ = g.get(&mlp.w1).expect("a gradient");
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let nb = stats.map(|s| s.backward().nfe).unwrap_or(0);
+    println!(
+        "{:.1} {nf} {nb} {ms:.0}",
+        (status_kib("VmHWM:") - base) / 1024.0
+    );
+    Ok(())
+}
+
+fn steady() -> Result<()> {
+    println!(
+        "\n## One gradient of an equilibrium model's steady state (batch 256, state 64, dy/dt = 0.2 MLP(y) − y, dopri5 at 1e-5)"
+    );
+    println!("| variant | NFE fwd | NFE bwd | ms | peak RSS above set-up (MiB) |");
+    println!("|---|---:|---:|---:|---:|");
+    let exe = std::env::current_exe().map_err(candle_core::Error::wrap)?;
+    for (mode, name) in [
+        ("steady", "steady state, implicit function theorem"),
+        ("adjoint", "solve to t = 30, adjoint"),
+        ("direct", "solve to t = 30, backprop"),
+    ] {
+        let out = std::process::Command::new(&exe)
+            .args(["steady-child", mode])
+            .output()
+            .map_err(candle_core::Error::wrap)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<&str> = text.split_whitespace().collect();
+        if !out.status.success() || v.len() != 4 {
+            let err = String::from_utf8_lossy(&out.stderr);
+            println!("| {name} | failed: {} |", err.lines().last().unwrap_or(""));
+            continue;
+        }
+        println!("| {name} | {} | {} | {} | {} |", v[1], v[2], v[3], v[0]);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -276,6 +350,8 @@ fn main() -> Result<()> {
                     memory_child(&args[1], args[2].parse().map_err(candle_core::Error::wrap)?)
                 }
                 Some("memory") => memory(),
+                Some("steady-child") => steady_child(&args[1]),
+                Some("steady") => steady(),
                 Some("leak") => leak(),
                 Some("norms") => norms(),
                 Some("time") => time(),
@@ -287,6 +363,7 @@ fn main() -> Result<()> {
                     time()?;
                     norms()?;
                     memory()?;
+                    steady()?;
                     leak()
                 }
             }
