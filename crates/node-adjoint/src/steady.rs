@@ -16,7 +16,7 @@ use crate::field::ParamVectorField;
 use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Tensor, Var};
 use node_solvers::{
-    odeint_steady_state, SolveOptions, SolverError, SolverStats, SteadyStateOptions,
+    odeint_steady_state, SolveOptions, SolverError, SolverStats, SteadyStateOptions, StepSize,
 };
 use std::sync::Arc;
 
@@ -90,7 +90,7 @@ where
         f: f.clone(),
         t: sol.t,
         y: sol.y.detach().contiguous()?,
-        opts: opts.clone(),
+        opts: adjoint_options(opts, t0),
         span: ss.t_max - t0,
         ss: ss.clone(),
         stats: stats.clone(),
@@ -102,11 +102,26 @@ where
     Ok(SteadyStateAdjointSolution { t: sol.t, y, stats })
 }
 
+/// The forward options for the adjoint's solve, which runs from 0: a step grid shifted by
+/// `−t0`, and no step or jump times (they belong to the field's time, and the adjoint
+/// dynamics are those at the steady state, constant in time).
+fn adjoint_options(opts: &SolveOptions, t0: f64) -> SolveOptions {
+    let mut o = opts.clone();
+    o.first_step = None;
+    o.step_ts = Arc::from([]);
+    o.jump_ts = Arc::from([]);
+    if let StepSize::Grid(grid) = &opts.step {
+        o.step = StepSize::Grid(grid.iter().map(|t| t - t0).collect());
+    }
+    o
+}
+
 struct Inner<F> {
     f: F,
     /// Where the forward solve stopped, and the steady state there.
     t: f64,
     y: Tensor,
+    /// The options of the adjoint's solve.
     opts: SolveOptions,
     /// `t_max − t0` of the forward solve: the adjoint's solve gets as long, in the same
     /// direction.

@@ -7,7 +7,9 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use node_adjoint::{odeint_steady_state_adjoint, with_params};
-use node_solvers::{odeint, odeint_steady_state, SolveOptions, SolverError, SteadyStateOptions};
+use node_solvers::{
+    odeint, odeint_steady_state, Method, SolveOptions, SolverError, SteadyStateOptions,
+};
 
 /// `dy/dt = a − b ⊙ y` (forwards, `b > 0`) or `b ⊙ y − a` (backwards in time, a repeller):
 /// both rest at `y* = a / b`, so for `L = Σ w_i y*_i`, `dL/da = w / b` and
@@ -60,6 +62,37 @@ fn closed_form_case(dev: &Device) -> Result<()> {
             back.accepted_steps > 0 && back.nfe > back.accepted_steps,
             "{back:?}"
         );
+    }
+    // Fixed steps, and a step grid (from t0 = 5; the adjoint's solve runs from 0 on the
+    // grid shifted to start there): the same gradients.
+    let a = Var::new(&a0, dev)?;
+    let b = Var::new(&b0, dev)?;
+    let (av, bv) = (a.clone(), b.clone());
+    let f = with_params(
+        move |_t: f64, y: &Tensor| av.as_tensor() - y.mul(bv.as_tensor())?,
+        vec![a.clone(), b.clone()],
+    );
+    let y0 = Tensor::new(&[0.0f64, 0.0, 0.0], dev)?;
+    let grid: Vec<f64> = (0..=4000).map(|i| 5.0 + i as f64 * 0.025).collect();
+    for opts in [
+        SolveOptions::default().method(Method::Rk4).step_size(0.05),
+        SolveOptions::default().method(Method::Rk4).step_grid(grid),
+    ] {
+        let ss = SteadyStateOptions::new(105.0).tolerances(1e-9, 1e-11);
+        let sol = odeint_steady_state_adjoint(&f, &y0, 5.0, &opts, &ss)?;
+        let grads = (&sol.y * &w)?.sum_all()?.backward()?;
+        let ga = grads.get(&a).expect("a").to_vec1::<f64>()?;
+        let gb = grads.get(&b).expect("b").to_vec1::<f64>()?;
+        let wv = w.to_vec1::<f64>()?;
+        for i in 0..3 {
+            let (want_a, want_b) = (wv[i] / b0[i], -wv[i] * a0[i] / (b0[i] * b0[i]));
+            assert!(
+                (ga[i] - want_a).abs() < 1e-7 * want_a.abs().max(1.0)
+                    && (gb[i] - want_b).abs() < 1e-7 * want_b.abs().max(1.0),
+                "{:?}: {ga:?} {gb:?}",
+                opts.step
+            );
+        }
     }
     Ok(())
 }
