@@ -152,7 +152,27 @@ impl<F: ParamVectorField> Inner<F> {
         if params.is_empty() {
             return Ok(None);
         }
-        let g = g.detach();
+        // λ is linear in g: solved for g scaled to unit RMS, so that the stopping test's
+        // absolute tolerance means the same whatever the loss's scale (a mean over a batch
+        // makes g small, and λ = 0 would pass the test at once).
+        let scale = g
+            .detach()
+            .to_dtype(candle_core::DType::F64)?
+            .sqr()?
+            .mean_all()?
+            .sqrt()?
+            .to_scalar::<f64>()?;
+        if scale == 0.0 || !scale.is_finite() {
+            let zeros: Vec<Tensor> = params
+                .iter()
+                .map(|p| p.as_tensor().zeros_like()?.flatten_all())
+                .collect::<Result<_>>()?;
+            if !scale.is_finite() {
+                return Err(SolverError::NonFinite { t: self.t }.into());
+            }
+            return Ok(Some(Tensor::cat(&zeros, 0)?));
+        }
+        let g = g.detach().affine(1.0 / scale, 0.0)?;
         // dλ/dt = Jᵀλ + g, from λ = 0 (its own time axis, as long as the forward one).
         let adjoint = |_t: f64, lambda: &Tensor| -> Result<Tensor> {
             let (y, grads) = self.vjp(lambda)?;
@@ -169,7 +189,7 @@ impl<F: ParamVectorField> Inner<F> {
         };
         let lam = odeint_steady_state(&adjoint, &g.zeros_like()?, 0.0, &self.opts, &ss)?;
         let mut stats = lam.stats;
-        let (_, grads) = self.vjp(&lam.y)?;
+        let (_, grads) = self.vjp(&lam.y.affine(scale, 0.0)?)?;
         stats.nfe += 1;
         self.stats.lock().1 = stats;
         let flat: Vec<Tensor> = params
