@@ -63,6 +63,32 @@ fn closed_form_case(dev: &Device) -> Result<()> {
             "{back:?}"
         );
     }
+    // A loss of a tiny scale (a mean over a large batch): the adjoint's solve is scaled to
+    // unit size, so the gradients keep their relative accuracy (unscaled, λ = 0 passed the
+    // stopping test at once and every gradient was 0).
+    {
+        let a = Var::new(&a0, dev)?;
+        let b = Var::new(&b0, dev)?;
+        let (av, bv) = (a.clone(), b.clone());
+        let f = with_params(
+            move |_t: f64, y: &Tensor| av.as_tensor() - y.mul(bv.as_tensor())?,
+            vec![a.clone(), b.clone()],
+        );
+        let y0 = Tensor::new(&[0.0f64, 0.0, 0.0], dev)?;
+        let opts = SolveOptions::default().tolerances(1e-6, 1e-6);
+        let sol = odeint_steady_state_adjoint(&f, &y0, 0.0, &opts, &SteadyStateOptions::new(1e3))?;
+        let grads = ((&sol.y * &w)?.sum_all()? * 1e-9)?.backward()?;
+        let ga = grads.get(&a).expect("a").to_vec1::<f64>()?;
+        let wv = w.to_vec1::<f64>()?;
+        for i in 0..3 {
+            let want = 1e-9 * wv[i] / b0[i];
+            assert!(
+                (ga[i] - want).abs() < 1e-3 * want.abs(),
+                "tiny loss: dL/da[{i}] = {} not {want}",
+                ga[i]
+            );
+        }
+    }
     // Fixed steps, and a step grid (from t0 = 5; the adjoint's solve runs from 0 on the
     // grid shifted to start there): the same gradients.
     let a = Var::new(&a0, dev)?;
