@@ -20,7 +20,8 @@ use crate::event::{locate_event, Crossing, EventOptions};
 use crate::field::VectorField;
 use crate::options::{Atol, SolveOptions};
 use crate::solve::SolverStats;
-use candle_core::{DType, Result, Tensor};
+use crate::rk::read_to_host;
+use candle_core::{Result, Tensor};
 use std::cell::Cell;
 
 /// Options of [`odeint_steady_state`] beside the solve's own [`SolveOptions`].
@@ -119,8 +120,9 @@ impl<'a, F: VectorField + ?Sized> FieldSize<'a, F> {
         (fy / scale)?.sqr()?.mean_all()?.sqrt()
     }
 
+    /// `r(t, y)` on the host (one read, counted by the caller).
     fn read(&self, t: f64, y: &Tensor) -> Result<f64> {
-        self.eval(t, y)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+        Ok(read_to_host(&self.eval(t, y)?)?[0])
     }
 }
 
