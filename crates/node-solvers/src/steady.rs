@@ -19,8 +19,8 @@ use crate::error::SolverError;
 use crate::event::{locate_event, Crossing, EventOptions};
 use crate::field::VectorField;
 use crate::options::{Atol, SolveOptions};
-use crate::solve::SolverStats;
 use crate::rk::read_to_host;
+use crate::solve::SolverStats;
 use candle_core::{Result, Tensor};
 use std::cell::Cell;
 
