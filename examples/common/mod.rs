@@ -212,6 +212,16 @@ pub fn write_summary(out_dir: &Path, fields: &[(&str, String)]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Prints where a run left its files, one `what: path` after the other
+/// (`metrics: …, checkpoint: …, summary: …`).
+pub fn print_outputs(files: &[(&str, &Path)]) {
+    let listed: Vec<String> = files
+        .iter()
+        .map(|(what, path)| format!("{what}: {}", path.display()))
+        .collect();
+    println!("{}", listed.join(", "));
+}
+
 /// A number as JSON (`null` when not finite).
 pub fn json_number(v: f64) -> String {
     if v.is_finite() {

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Init, Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{pick_device, DeviceArg};
+use common::{pick_device, print_outputs, DeviceArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::{odeint_adjoint, with_params, AdjointOptions, AdjointState};
 use node_models::Rng;
@@ -216,10 +216,9 @@ fn main() -> Result<ExitCode> {
             (k[i] - truth[i]).abs() / truth[i]
         );
     }
-    println!(
-        "metrics: {}, checkpoint: {}",
-        metrics.display(),
-        ckpt.display()
-    );
+    print_outputs(&[
+        ("metrics", metrics.as_path()),
+        ("checkpoint", ckpt.as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }

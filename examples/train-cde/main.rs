@@ -11,7 +11,9 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{json_number, pick_device, write_summary, CheckpointArgs, DeviceArg, GradientArg};
+use common::{
+    json_number, pick_device, print_outputs, write_summary, CheckpointArgs, DeviceArg, GradientArg,
+};
 use iterations::{Iterations, Plan};
 use node_models::cde::{
     binary_cross_entropy_with_logits, fill_missing, spiral_directions, ControlPath, Interpolation,
@@ -290,12 +292,11 @@ fn main() -> Result<ExitCode> {
             ("test_accuracy", json_number(test_acc)),
         ],
     )?;
-    println!(
-        "metrics: {}, checkpoint: {}, summary: {}",
-        metrics_path.display(),
-        ckpt_path.display(),
-        args.out_dir.join("summary.json").display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+        ("summary", args.out_dir.join("summary.json").as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }
 

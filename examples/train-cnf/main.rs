@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::{Parser, ValueEnum};
-use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
+use common::{pick_device, print_outputs, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_models::cnf::{two_circles, Cnf, CnfConfig, RegularizedLogProb};
 use node_models::ffjord::{Activation, Ffjord, FfjordConfig, Noise, Trace};
@@ -352,11 +352,10 @@ fn main() -> Result<ExitCode> {
         )?;
         println!("density and samples: {}", path.display());
     }
-    println!(
-        "metrics: {}, checkpoint: {}",
-        metrics_path.display(),
-        ckpt_path.display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }
 

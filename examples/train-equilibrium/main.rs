@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{linear, Linear, Module, Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{json_number, pick_device, write_summary, DeviceArg};
+use common::{json_number, pick_device, print_outputs, write_summary, DeviceArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::{odeint_steady_state_adjoint, with_params};
 use node_models::Rng;
@@ -351,12 +351,11 @@ fn main() -> Result<ExitCode> {
             ("secs_per_iter", json_number(secs_per_iter)),
         ],
     )?;
-    println!(
-        "metrics: {}, checkpoint: {}, summary: {}",
-        metrics_path.display(),
-        ckpt_path.display(),
-        eval.out_dir.join("summary.json").display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+        ("summary", eval.out_dir.join("summary.json").as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }
 

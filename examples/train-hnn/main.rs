@@ -18,7 +18,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{json_number, pick_device, write_summary, DeviceArg};
+use common::{json_number, pick_device, print_outputs, write_summary, DeviceArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::odeint_symplectic_adjoint;
 use node_models::hnn::{hnn_dataset, Hnn, HnnConfig, HnnKind, HnnSystem};
@@ -356,13 +356,12 @@ fn main() -> Result<ExitCode> {
             ),
         ],
     )?;
-    println!(
-        "metrics: {}, checkpoint: {}, summary: {}, picture: {}",
-        metrics_path.display(),
-        ckpt_path.display(),
-        args.out_dir.join("summary.json").display(),
-        args.out_dir.join("rollouts.png").display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+        ("summary", args.out_dir.join("summary.json").as_path()),
+        ("picture", args.out_dir.join("rollouts.png").as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{pick_device, DeviceArg};
+use common::{pick_device, print_outputs, DeviceArg};
 use iterations::{Iterations, Plan};
 use mnist_data::load_splits;
 use node_models::checkpoint;
@@ -450,10 +450,9 @@ fn main() -> Result<ExitCode> {
         std::fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
         println!("{table}evaluation: {}", path.display());
     }
-    println!(
-        "metrics: {}, checkpoint: {}",
-        metrics_path.display(),
-        ckpt_path.display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
+use common::{pick_device, print_outputs, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_models::latent_ode::{Encoder, LatentOde, LatentOdeConfig, Spirals};
 use node_models::Rng;
@@ -276,11 +276,10 @@ fn main() -> Result<ExitCode> {
             path.display()
         );
     }
-    println!(
-        "metrics: {}, checkpoint: {}",
-        metrics_path.display(),
-        ckpt_path.display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{json_number, pick_device, write_summary, DeviceArg};
+use common::{json_number, pick_device, print_outputs, write_summary, DeviceArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::SdeAdjointOptions;
 use node_models::latent_sde::{laplace_log_likelihood, LatentSde, LatentSdeConfig, SdeGradient};
@@ -338,13 +338,12 @@ fn main() -> Result<ExitCode> {
             ("band_width_90", json_number(width)),
         ],
     )?;
-    println!(
-        "metrics: {}, checkpoint: {}, summary: {}, picture: {}",
-        metrics_path.display(),
-        ckpt_path.display(),
-        args.out_dir.join("summary.json").display(),
-        picture.display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+        ("summary", args.out_dir.join("summary.json").as_path()),
+        ("picture", picture.as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }
 

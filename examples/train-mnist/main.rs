@@ -10,7 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use common::{
-    device_label, log, pick_device, stop_flag, stopped, CheckpointArgs, DeviceArg, GradientArg,
+    device_label, log, pick_device, print_outputs, stop_flag, stopped, CheckpointArgs, DeviceArg,
+    GradientArg,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use mnist_data::load_splits;
@@ -567,10 +568,9 @@ fn main() -> Result<ExitCode> {
             ),
         );
     }
-    println!(
-        "metrics: {}, checkpoint: {}",
-        metrics_path.display(),
-        ckpt_path.display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,9 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{json_number, pick_device, write_summary, CheckpointArgs, DeviceArg, GradientArg};
+use common::{
+    json_number, pick_device, print_outputs, write_summary, CheckpointArgs, DeviceArg, GradientArg,
+};
 use iterations::{Iterations, Plan};
 use node_adjoint::{odeint_adjoint, AdjointOptions};
 use node_models::{Activation, Diffusion1d, PointwiseReaction, Rng};
@@ -300,12 +302,11 @@ fn main() -> Result<ExitCode> {
             ("secs_per_iter", json_number(secs_per_iter)),
         ],
     )?;
-    println!(
-        "metrics: {}, checkpoint: {}, summary: {}",
-        metrics_path.display(),
-        ckpt_path.display(),
-        args.out_dir.join("summary.json").display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+        ("summary", args.out_dir.join("summary.json").as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }
 

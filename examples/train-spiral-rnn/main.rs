@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use candle_core::DType;
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
-use common::{pick_device, DeviceArg};
+use common::{pick_device, print_outputs, DeviceArg};
 use iterations::{Iterations, Plan};
 use node_models::rnn::{Rnn, RnnConfig};
 use spirals::{draw_forecasts, json_number, rmse, summary_head, write_summary, SpiralArgs};
@@ -160,10 +160,9 @@ fn main() -> Result<ExitCode> {
     );
     fields.extend([("rmse_forecast", forecast.map_or("null".into(), json_number))]);
     write_summary(&args.out_dir, &fields)?;
-    println!(
-        "metrics: {}, checkpoint: {}",
-        metrics_path.display(),
-        ckpt_path.display()
-    );
+    print_outputs(&[
+        ("metrics", metrics_path.as_path()),
+        ("checkpoint", ckpt_path.as_path()),
+    ]);
     Ok(ExitCode::SUCCESS)
 }
