@@ -1,5 +1,6 @@
 //! The equilibrium trainer end to end: it learns with the implicit gradients and with
-//! backprop, it resumes exactly, and it refuses what is not its checkpoint and bad options.
+//! backprop, runs with implicit methods, resumes exactly, and refuses what is not its
+//! checkpoint and bad options.
 
 mod common;
 
@@ -73,6 +74,28 @@ fn backprop_through_a_fixed_solve_learns_too() -> Result<()> {
     let loss = metric(out.path(), "loss");
     assert!(loss[2] < 0.7 * loss[0], "the loss falls: {loss:?}");
     assert_eq!(metric(out.path(), "nfe_b"), vec![0.0; 3]);
+    Ok(())
+}
+
+#[test]
+fn implicit_methods_find_the_steady_states_too() -> Result<()> {
+    // Batched Jacobians (one per point) in the forward steady state and the adjoint's.
+    for method in ["kvaerno5", "rodas5p"] {
+        let out = tmp(method);
+        let o = train(
+            out.path(),
+            &[
+                "--iters",
+                "2",
+                "--checkpoint-every",
+                "2",
+                "--method",
+                method,
+            ],
+        );
+        ok(&o);
+        assert!(metric(out.path(), "nfe_b")[0] > 0.0, "{method}");
+    }
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use common::{json_number, pick_device, print_outputs, write_summary, DeviceArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::{odeint_steady_state_adjoint, with_params};
 use node_models::Rng;
-use node_solvers::{odeint, SolveOptions, SolverError, SteadyStateOptions};
+use node_solvers::{odeint, Jacobian, Method, SolveOptions, SolverError, SteadyStateOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -64,6 +64,10 @@ struct Args {
     /// Adam's learning rate.
     #[arg(long, default_value_t = 1e-2)]
     lr: f64,
+    /// ODE method of the solves. The points' states are independent, so an implicit
+    /// method's Jacobian is built per point (`Jacobian::Batched`).
+    #[arg(long, default_value = "dopri5")]
+    method: Method,
     /// Relative tolerance of the solves (the steady-state test is 100 times looser).
     #[arg(long, default_value_t = 1e-4)]
     rtol: f64,
@@ -275,7 +279,10 @@ fn main() -> Result<ExitCode> {
         args.width,
         VarBuilder::from_varmap(&varmap, DType::F32, &dev),
     )?;
-    let opts = SolveOptions::default().tolerances(args.rtol, args.atol);
+    let opts = SolveOptions::default()
+        .method(args.method)
+        .tolerances(args.rtol, args.atol)
+        .jacobian(Jacobian::Batched);
     let plan = Plan {
         model: MODEL,
         out_dir: &args.out_dir,
@@ -285,7 +292,10 @@ fn main() -> Result<ExitCode> {
         resume: args.resume,
         seed: args.seed,
         lr: args.lr,
-        extra_json: format!("\"gradient\":\"{:?}\",", args.gradient),
+        extra_json: format!(
+            "\"gradient\":\"{:?}\",\"method\":\"{}\",",
+            args.gradient, args.method
+        ),
     };
     let mut run = Iterations::start(plan, &varmap, &dev)?;
     println!(
