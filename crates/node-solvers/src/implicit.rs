@@ -68,6 +68,13 @@ const KEEP_STEPS_FROM: usize = 64;
 /// is allocated.
 const MAX_JACOBIAN_ENTRIES: usize = 1 << 27;
 
+/// Host values `x` as a tensor of `like`'s shape, dtype and device.
+fn upload(x: Vec<f64>, like: &Tensor) -> Result<Tensor> {
+    Tensor::from_vec(x, like.shape(), &Device::Cpu)?
+        .to_dtype(like.dtype())?
+        .to_device(like.device())
+}
+
 /// The state of the Newton iterations of one solve: the Jacobian and its factors.
 pub(crate) struct Newton {
     rtol: f64,
@@ -326,9 +333,7 @@ impl Newton {
                 for (pi, ki) in p[..inner].iter_mut().zip(&x[..inner]) {
                     *pi += sigma * h * ki;
                 }
-                let yp = Tensor::from_vec(p, y.shape(), &Device::Cpu)?
-                    .to_dtype(y.dtype())?
-                    .to_device(y.device())?;
+                let yp = upload(p, y)?;
                 // The step really taken is the perturbed state as its dtype holds it: read
                 // with the difference, its size sets the divisor.
                 let fp = ev.eval(t0_eval, &yp)?;
@@ -357,10 +362,7 @@ impl Newton {
                 }
             }
         }
-        Tensor::from_vec(x, r.shape(), &Device::Cpu)?
-            .to_dtype(r.dtype())?
-            .to_device(r.device())
-            .map(Some)
+        upload(x, r).map(Some)
     }
 
     /// Builds the Jacobian at the step start: the field's own ([`VectorField::jacobian`]),
@@ -413,9 +415,7 @@ impl Newton {
                 let e = b * size + j;
                 p[e] += (self.eps * p[e].abs().max(1e-5)).sqrt();
             }
-            let yp = Tensor::from_vec(p, y.shape(), &Device::Cpu)?
-                .to_dtype(y.dtype())?
-                .to_device(y.device())?;
+            let yp = upload(p, y)?;
             let fp = ev.eval_part(self.part, t0_eval, &yp)?;
             // One read: f at the perturbed state, and that state as its dtype holds it (the
             // step really taken).
@@ -543,9 +543,7 @@ impl Newton {
             if !norm.is_finite() {
                 return Ok(None);
             }
-            let delta = Tensor::from_vec(d, z.shape(), &Device::Cpu)?
-                .to_dtype(z.dtype())?
-                .to_device(z.device())?;
+            let delta = upload(d, &z)?;
             z = (z + delta)?;
             if let Some(p) = prev {
                 let theta = norm / p;
