@@ -18,9 +18,9 @@
 use crate::error::SolverError;
 use crate::event::{locate_event, Crossing, EventOptions};
 use crate::field::VectorField;
-use crate::options::{Atol, SolveOptions};
-use crate::rk::read_to_host;
-use crate::solve::SolverStats;
+use crate::options::{ErrorNorm, SolveOptions};
+use crate::rk::{read_to_host, Evaluator};
+use crate::solve::{error_scale, prepare_atol, scaled_norm_sq, PreparedAtol, SolverStats};
 use candle_core::{Result, Tensor};
 use std::cell::Cell;
 
@@ -68,23 +68,27 @@ pub struct SteadyStateSolution {
 /// The default stopping tolerances over the solve's (see the module's notes).
 const DEFAULT_FACTOR: f64 = 100.0;
 
-/// `r(t, y) = rms(f(t, y) / (atol + rtol |y|))`, the field's size against the tolerances,
-/// as a 0-d tensor of the state's dtype; counts its evaluations of `f`.
+/// `r(t, y) = rms(f(t, y) / (atol + rtol |y|))`, the field's size against the tolerances
+/// (the solver's own error scale and norm), as a 0-d tensor of the state's dtype; counts
+/// its evaluations of `f`.
 struct FieldSize<'a, F: ?Sized> {
     f: &'a F,
     rtol: f64,
-    atol: Atol,
+    atol: PreparedAtol,
     evals: Cell<usize>,
 }
 
 impl<'a, F: VectorField + ?Sized> FieldSize<'a, F> {
-    fn new(f: &'a F, opts: &SolveOptions, ss: &SteadyStateOptions) -> Result<Self> {
+    /// The tolerances of `ss`, or `DEFAULT_FACTOR` times the solve's (a per-component
+    /// `atol` checked against `y0` and read once, counted in `stats`).
+    fn new(
+        f: &'a F,
+        y0: &Tensor,
+        opts: &SolveOptions,
+        ss: &SteadyStateOptions,
+        stats: &mut SolverStats,
+    ) -> Result<Self> {
         let rtol = ss.rtol.unwrap_or(DEFAULT_FACTOR * opts.rtol);
-        let atol = match (ss.atol, &opts.atol) {
-            (Some(a), _) => Atol::Scalar(a),
-            (None, Atol::Scalar(a)) => Atol::Scalar(DEFAULT_FACTOR * a),
-            (None, Atol::PerComponent(a)) => Atol::PerComponent(a.affine(DEFAULT_FACTOR, 0.0)?),
-        };
         if !(rtol.is_finite() && rtol >= 0.0) {
             return Err(SolverError::InvalidTolerance {
                 name: "rtol",
@@ -92,7 +96,21 @@ impl<'a, F: VectorField + ?Sized> FieldSize<'a, F> {
             }
             .into());
         }
-        if let Atol::Scalar(a) = atol {
+        let atol = match ss.atol {
+            Some(a) => PreparedAtol::Scalar(a),
+            None => {
+                let ev = Evaluator::new(f);
+                let prepared = prepare_atol(&ev, &opts.atol, y0)?;
+                let mut read = SolverStats::default();
+                ev.count_into(&mut read);
+                *stats += read;
+                match prepared {
+                    PreparedAtol::Scalar(a) => PreparedAtol::Scalar(DEFAULT_FACTOR * a),
+                    PreparedAtol::Tensor(a) => PreparedAtol::Tensor(a.affine(DEFAULT_FACTOR, 0.0)?),
+                }
+            }
+        };
+        if let PreparedAtol::Scalar(a) = atol {
             if !(a.is_finite() && a > 0.0) {
                 return Err(SolverError::InvalidTolerance {
                     name: "atol",
@@ -111,13 +129,8 @@ impl<'a, F: VectorField + ?Sized> FieldSize<'a, F> {
 
     fn eval(&self, t: f64, y: &Tensor) -> Result<Tensor> {
         self.evals.set(self.evals.get() + 1);
-        let fy = self.f.eval(t, y)?;
-        let scale = y.abs()?.affine(self.rtol, 0.0)?;
-        let scale = match &self.atol {
-            Atol::Scalar(a) => scale.affine(1.0, *a)?,
-            Atol::PerComponent(a) => scale.broadcast_add(&a.to_dtype(y.dtype())?)?,
-        };
-        (fy / scale)?.sqr()?.mean_all()?.sqrt()
+        let scale = error_scale(y, None, self.rtol, &self.atol)?;
+        scaled_norm_sq(&self.f.eval(t, y)?, &scale, ErrorNorm::Rms)?.sqrt()
     }
 
     /// `r(t, y)` on the host (one read, counted by the caller).
@@ -159,7 +172,6 @@ pub fn odeint_steady_state<F: VectorField + ?Sized>(
     opts: &SolveOptions,
     ss: &SteadyStateOptions,
 ) -> Result<SteadyStateSolution> {
-    let size = FieldSize::new(f, opts, ss)?;
     if !(t0.is_finite() && ss.t_max.is_finite() && ss.t_max != t0) {
         return Err(SolverError::InvalidTimes(format!(
             "a steady-state solve needs finite, distinct t0 and t_max, got {t0} and {}",
@@ -167,11 +179,10 @@ pub fn odeint_steady_state<F: VectorField + ?Sized>(
         ))
         .into());
     }
-    let mut stats = SolverStats {
-        host_reads: 1,
-        ..SolverStats::default()
-    };
+    let mut stats = SolverStats::default();
+    let size = FieldSize::new(f, y0, opts, ss, &mut stats)?;
     let r0 = size.read(t0, y0)?;
+    stats.host_reads += 1;
     if !r0.is_finite() {
         return Err(SolverError::NonFinite { t: t0 }.into());
     }
