@@ -162,14 +162,14 @@ impl<F: ParamVectorField> Inner<F> {
             .mean_all()?
             .sqrt()?
             .to_scalar::<f64>()?;
-        if scale == 0.0 || !scale.is_finite() {
+        if !scale.is_finite() {
+            return Err(SolverError::NonFinite { t: self.t }.into());
+        }
+        if scale == 0.0 {
             let zeros: Vec<Tensor> = params
                 .iter()
                 .map(|p| p.as_tensor().zeros_like()?.flatten_all())
                 .collect::<Result<_>>()?;
-            if !scale.is_finite() {
-                return Err(SolverError::NonFinite { t: self.t }.into());
-            }
             return Ok(Some(Tensor::cat(&zeros, 0)?));
         }
         let g = g.detach().affine(1.0 / scale, 0.0)?;
