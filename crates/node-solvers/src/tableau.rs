@@ -219,15 +219,20 @@ impl ButcherTableau {
             }
             worst = worst.max(e.iter().sum::<f64>().abs());
         }
+        worst.max(self.dense_defect())
+    }
+
+    /// How far the dense output is from `b` at `θ = 1` and from 0 at `θ = 0`.
+    fn dense_defect(&self) -> f64 {
+        let s = self.stages();
         let mut w = vec![0.0; s + 1];
         self.dense_weights(1.0, &mut w);
+        let mut worst = w[s].abs();
         for (wi, bi) in w.iter().zip(self.b) {
             worst = worst.max((wi - bi).abs());
         }
-        worst = worst.max(w[s].abs());
         self.dense_weights(0.0, &mut w);
-        worst = worst.max(w.iter().fold(0.0f64, |m, x| m.max(x.abs())));
-        worst
+        worst.max(w.iter().fold(0.0f64, |m, x| m.max(x.abs())))
     }
 
     /// [`ButcherTableau::consistency_defect`] of a Rosenbrock method: back in the original
@@ -266,14 +271,7 @@ impl ButcherTableau {
         for (i, d) in ros.time.iter().enumerate() {
             worst = worst.max((g[i * s..(i + 1) * s].iter().sum::<f64>() - d).abs());
         }
-        let mut w = vec![0.0; s + 1];
-        self.dense_weights(1.0, &mut w);
-        for (wi, bi) in w.iter().zip(self.b) {
-            worst = worst.max((wi - bi).abs());
-        }
-        worst = worst.max(w[s].abs());
-        self.dense_weights(0.0, &mut w);
-        worst.max(w.iter().fold(0.0f64, |m, x| m.max(x.abs())))
+        worst.max(self.dense_defect())
     }
 
     /// Weights `w` (length `stages + 1`) with `y(t0 + θh) = y0 + h (Σ_i w_i k_i + w_s f1)`,
