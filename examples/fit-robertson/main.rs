@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, default_value_t = 0.1)]
     lr: f64,
     /// The first guess: the true rates times these factors (`--resume` ignores it).
-    #[arg(long, num_args = 3, value_delimiter = ',', default_values_t = [3.0, 0.3, 3.0])]
+    #[arg(long, value_delimiter = ',', default_values_t = [3.0, 0.3, 3.0])]
     guess: Vec<f64>,
     /// Observations: this many log-spaced times from 1e-5 to 1e5.
     #[arg(long, default_value_t = 24)]
@@ -95,6 +95,12 @@ fn main() -> Result<ExitCode> {
     }
     if args.stop_after_steps == Some(0) {
         bail!("--stop-after-steps must be positive");
+    }
+    if args.guess.len() != 3 {
+        bail!(
+            "--guess needs 3 factors, one per rate, got {}",
+            args.guess.len()
+        );
     }
     let positive = |v: f64| v.is_finite() && v > 0.0;
     if !(positive(args.lr) && positive(args.rtol) && args.guess.iter().all(|&g| positive(g))) {
