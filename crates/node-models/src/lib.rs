@@ -18,6 +18,7 @@ pub mod reaction_diffusion;
 pub mod rng;
 pub mod rnn;
 pub mod sde_gan;
+pub mod shooting;
 pub mod toy;
 
 pub use cde::{ControlPath, Interpolation, NeuralCde, NeuralCdeConfig};
@@ -37,3 +38,4 @@ pub use reaction_diffusion::{Diffusion1d, PointwiseReaction};
 pub use rng::Rng;
 pub use rnn::{Rnn, RnnConfig};
 pub use sde_gan::{SdeGan, SdeGanConfig};
+pub use shooting::{MultipleShooting, ShootingSolution};
