@@ -243,6 +243,9 @@ step_bench() {
     { echo; "$hnn" --device cuda --reps 20; echo
       "$py" scripts/bench-hnn-torch.py cuda 20; } 2>&1 | tee -a "$log" >> "$summary"
   fi
+  if shooting=$(exe bench shooting); then
+    { echo; "$shooting" --device cuda --reps 10; } 2>&1 | tee -a "$log" >> "$summary"
+  fi
   say ""
   say "bench: $(elapsed "$t0")"
 }
