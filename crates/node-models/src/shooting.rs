@@ -25,6 +25,39 @@ use node_solvers::SolveOptions;
 use std::ops::Range;
 
 /// How a series' observation times are cut into segments and how the segments are solved.
+///
+/// # Example
+/// One step of a fit of `dy/dt = −k y` to a series, the start states trained with `k`.
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use candle_nn::{AdamW, Optimizer};
+/// use node_adjoint::with_params;
+/// use node_models::{Gradient, MultipleShooting};
+/// use node_solvers::SolveOptions;
+///
+/// # fn main() -> candle_core::Result<()> {
+/// let dev = Device::Cpu;
+/// let ts: Vec<f64> = (0..9).map(|i| 0.5 * i as f64).collect();
+/// // The series: 9 observations of one state, `[9, 1, 1]` (a batch of one).
+/// let observed = Tensor::new(ts.iter().map(|t| (-0.8 * t).exp()).collect::<Vec<_>>(), &dev)?
+///     .reshape((9, 1, 1))?;
+/// let k = Var::new(&[0.3f64], &dev)?;
+/// let kt = k.as_tensor().clone();
+/// let f = with_params(move |_t: f64, y: &Tensor| y.broadcast_mul(&kt)?.neg(), vec![k.clone()]);
+///
+/// let shooting = MultipleShooting::new(2).batched(true); // 4 segments of 2 intervals
+/// let starts = Var::from_tensor(&shooting.starts_from(&observed)?)?; // [4, 1, 1]
+/// let targets = shooting.gather(&observed)?;
+/// let mut opt = AdamW::new_lr(vec![k.clone(), starts.clone()], 0.05)?;
+/// let sol = shooting.solve(&f, &starts, &ts, &SolveOptions::default(), &Gradient::Backprop)?;
+/// let data = (&sol.ys - &targets)?.sqr()?.mean_all()?;
+/// let loss = (data + sol.continuity_loss()?.affine(10.0, 0.0)?)?;
+/// opt.backward_step(&loss)?;
+/// assert!(k.to_vec1::<f64>()?[0] > 0.3); // towards the true rate 0.8
+/// assert_eq!(sol.stats.len(), 1); // the four segments in one solve
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct MultipleShooting {
     /// Observation intervals per segment: a segment covers `intervals + 1` observation times,
