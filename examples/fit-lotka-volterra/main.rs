@@ -3,6 +3,7 @@
 //! of its own (trained with the rates), with a penalty on the gaps between them. Single
 //! shooting, one solve over the whole series, is there to compare: from the same first
 //! guess its late predictions fall out of phase and it settles on wrong rates.
+//! `--model neural` fits a neural ODE (an MLP field) to the same series the same ways.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -10,19 +11,20 @@ mod common;
 mod iterations;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Module;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, print_outputs, CheckpointArgs, DeviceArg, GradientArg};
 use iterations::{Iterations, Plan};
 use node_adjoint::with_params;
-use node_models::{MultipleShooting, Rng};
+use node_models::{Activation, Mlp, MultipleShooting, Rng};
 use node_solvers::{odeint, Method, SolveOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The checkpoint's model name.
-const MODEL: &str = "lotka-volterra";
+/// The checkpoint's model names: the rates, the neural field.
+const MODELS: [&str; 2] = ["lotka-volterra", "lotka-volterra-neural"];
 
 /// The true rates (α, β, γ, δ): `x' = αx − βxy`, `y' = δxy − γy`.
 const TRUTH: [f64; 4] = [1.5, 1.0, 3.0, 1.0];
@@ -40,10 +42,25 @@ enum ShootingArg {
     Single,
 }
 
+/// `--model` choices.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum ModelArg {
+    /// Lotka–Volterra's equations with four unknown rates.
+    Rates,
+    /// A neural ODE: the whole field an MLP 2-width-width-2 (tanh).
+    Neural,
+}
+
 /// Fit Lotka–Volterra's rates (α, β, γ, δ) = (1.5, 1, 3, 1) from a wrong first guess.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// What is fitted: the four rates, or a neural field in their place.
+    #[arg(long, value_enum, default_value = "rates")]
+    model: ModelArg,
+    /// Width of the neural field's two hidden layers (`--model neural`).
+    #[arg(long, default_value_t = 32)]
+    width: usize,
     /// Single or multiple shooting.
     #[arg(long, value_enum, default_value = "multiple")]
     shooting: ShootingArg,
@@ -58,12 +75,14 @@ struct Args {
     /// depend on t and the observations are evenly spaced, so the full segments batch).
     #[arg(long)]
     sequential: bool,
-    /// Adam iterations (in total, counting resumed ones).
-    #[arg(long, default_value_t = 1000)]
-    iters: usize,
-    /// Adam's learning rate (on the logarithms of the rates and on the start states).
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
+    /// Adam iterations (in total, counting resumed ones); default 1000 for the rates, 2000
+    /// for the network.
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Adam's learning rate (on the logarithms of the rates or the network's weights, and on
+    /// the start states); default 0.05 for the rates, 0.01 for the network.
+    #[arg(long)]
+    lr: Option<f64>,
     /// The first guess: the true rates times these factors (`--resume` ignores it).
     #[arg(long, value_delimiter = ',', default_values_t = [0.6, 1.5, 0.6, 1.5])]
     guess: Vec<f64>,
@@ -119,6 +138,24 @@ fn field(u: &Tensor, truth: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> 
     Tensor::cat(&[dx, dp], 1)
 }
 
+/// The fitted field.
+#[derive(Clone)]
+enum Model {
+    /// Lotka–Volterra's with the log-factors `u` of the rates `truth`.
+    Rates(Tensor, Tensor),
+    /// A network.
+    Neural(Mlp),
+}
+
+impl Model {
+    fn eval(&self, y: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Model::Rates(u, truth) => field(u, truth, y),
+            Model::Neural(net) => net.forward(y),
+        }
+    }
+}
+
 /// The series: the true solution at `ts`, tightly solved, with noise from a generator of its
 /// own (the same on resume); `[n, 1, 2]` clean and observed.
 fn series(ts: &[f64], noise: f64, seed: u64, dev: &Device) -> Result<(Tensor, Tensor)> {
@@ -137,9 +174,12 @@ fn series(ts: &[f64], noise: f64, seed: u64, dev: &Device) -> Result<(Tensor, Te
 
 fn main() -> Result<ExitCode> {
     node_kernels::keep_freed_memory();
-    let args = Args::parse();
-    if args.iters == 0 || args.checkpoint_every == 0 || args.intervals == 0 {
-        bail!("--iters, --checkpoint-every and --intervals must be positive");
+    let mut args = Args::parse();
+    let neural = args.model == ModelArg::Neural;
+    let iters = *args.iters.get_or_insert(if neural { 2000 } else { 1000 });
+    let lr = *args.lr.get_or_insert(if neural { 0.01 } else { 0.05 });
+    if iters == 0 || args.checkpoint_every == 0 || args.intervals == 0 || args.width == 0 {
+        bail!("--iters, --checkpoint-every, --intervals and --width must be positive");
     }
     if args.observations < 2 {
         bail!("--observations must be at least 2");
@@ -154,7 +194,7 @@ fn main() -> Result<ExitCode> {
         );
     }
     let positive = |v: f64| v.is_finite() && v > 0.0;
-    if !(positive(args.lr)
+    if !(positive(lr)
         && positive(args.rtol)
         && positive(args.t_end)
         && args.guess.iter().all(|&g| positive(g)))
@@ -186,11 +226,28 @@ fn main() -> Result<ExitCode> {
     .batched(!args.sequential);
     let targets = shooting.gather(&observed)?;
 
-    // Trained: the rates' log-factors and the segments' start states, these initialised
-    // from the observations there.
+    // Trained: the rates' log-factors (or the network) and the segments' start states, these
+    // initialised from the observations there.
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
-    let u = vb.get_with_hints(4, "log_factor", Init::Const(0.0))?;
+    let (u, net) = match args.model {
+        ModelArg::Rates => (
+            Some(vb.get_with_hints(4, "log_factor", Init::Const(0.0))?),
+            None,
+        ),
+        ModelArg::Neural => (
+            None,
+            Some(Mlp::new(
+                2,
+                2,
+                args.width,
+                2,
+                Activation::Tanh,
+                false,
+                vb.pp("net"),
+            )?),
+        ),
+    };
     let first_starts = shooting.starts_from(&observed)?;
     let starts = vb.get_with_hints(first_starts.dims(), "starts", Init::Const(0.0))?;
     let var = |name: &str| -> Result<Var> {
@@ -200,22 +257,27 @@ fn main() -> Result<ExitCode> {
             .map_err(|_| anyhow::anyhow!("the variables' lock is poisoned"))?[name]
             .clone())
     };
-    let (u_var, starts_var) = (var("log_factor")?, var("starts")?);
+    let starts_var = var("starts")?;
     let truth = Tensor::new(&TRUTH, &dev)?;
-    let (uu, tr) = (u.clone(), truth.clone());
-    let f = with_params(
-        move |_t: f64, y: &Tensor| field(&uu, &tr, y),
-        vec![u_var.clone()],
-    );
+    let params = match &net {
+        None => vec![var("log_factor")?],
+        Some(net) => net.vars()?,
+    };
+    let model = match (&u, &net) {
+        (Some(u), _) => Model::Rates(u.clone(), truth.clone()),
+        (None, Some(net)) => Model::Neural(net.clone()),
+        (None, None) => bail!("no model was built"),
+    };
+    let f = with_params(move |_t: f64, y: &Tensor| model.eval(y), params.clone());
     let plan = Plan {
-        model: MODEL,
+        model: MODELS[args.model as usize],
         out_dir: &args.out_dir,
-        iters: args.iters,
+        iters,
         every: args.checkpoint_every,
         stop_after: args.stop_after_steps,
         resume: args.resume,
         seed: args.seed,
-        lr: args.lr,
+        lr,
         extra_json: format!(
             "\"shooting\":\"{:?}\",\"intervals\":{},\"continuity\":{},\"method\":\"{}\",\"noise\":{},",
             args.shooting, shooting.intervals, args.continuity, args.method, args.noise
@@ -223,14 +285,19 @@ fn main() -> Result<ExitCode> {
     };
     let mut run = Iterations::start(plan, &varmap, &dev)?;
     if run.start == 0 {
-        let guess: Vec<f64> = args.guess.iter().map(|g| g.ln()).collect();
-        u_var.set(&Tensor::new(guess, &dev)?)?;
+        if u.is_some() {
+            let guess: Vec<f64> = args.guess.iter().map(|g| g.ln()).collect();
+            params[0].set(&Tensor::new(guess, &dev)?)?;
+        }
         starts_var.set(&first_starts)?;
     }
     let segments = shooting.segments(n)?.len();
+    let what = match args.model {
+        ModelArg::Rates => format!("Lotka–Volterra's rates from {:?} × the truth", args.guess),
+        ModelArg::Neural => format!("a neural ODE (MLP 2-{0}-{0}-2)", args.width),
+    };
     println!(
-        "Lotka–Volterra's rates from {:?} × the truth, {n} observations over [0, {}] with noise {}; {} shooting ({segments} segment{}), {} with {:?}, on {dev:?}; iterations {}..{}",
-        args.guess,
+        "{what}, {n} observations over [0, {}] with noise {}; {} shooting ({segments} segment{}), {} with {:?}, on {dev:?}; iterations {}..{}",
         args.t_end,
         args.noise,
         match args.shooting {
@@ -241,7 +308,7 @@ fn main() -> Result<ExitCode> {
         args.method,
         args.gradient,
         run.start + 1,
-        args.iters
+        iters
     );
     let rates = |u: &Tensor| -> Result<Vec<f64>> { Ok((&truth * u.exp()?)?.to_vec1::<f64>()?) };
     for it in run.remaining() {
@@ -261,16 +328,14 @@ fn main() -> Result<ExitCode> {
         if !l.is_finite() {
             bail!("the loss became {l} at iteration {}: lower --lr", it + 1);
         }
-        let k = rates(&u)?;
-        let values = [
+        let mut values = vec![
             ("rmse", data.to_scalar::<f64>()?.sqrt()),
             ("gap", gaps.to_scalar::<f64>()?.sqrt()),
-            ("alpha", k[0]),
-            ("beta", k[1]),
-            ("gamma", k[2]),
-            ("delta", k[3]),
-            ("nfe", sol.nfe_forward() as f64),
         ];
+        if let Some(u) = &u {
+            values.extend(NAMES.into_iter().zip(rates(u)?));
+        }
+        values.push(("nfe", sol.nfe_forward() as f64));
         if let Some(code) = run.record(it, &values, &varmap)? {
             return Ok(code);
         }
@@ -282,24 +347,28 @@ fn main() -> Result<ExitCode> {
     let tight = SolveOptions::default()
         .method(Method::Dopri5)
         .tolerances(1e-8, 1e-9);
-    let rollout = odeint(&f, &starts.get(0)?.detach(), &ts, &tight)?.ys;
+    let rollout = odeint(&f, &starts.get(0)?.detach(), &ts, &tight)
+        .context("the fitted model's rollout over the whole series failed")?
+        .ys;
     let rollout_rmse = (rollout - &clean)?
         .sqr()?
         .mean_all()?
         .to_scalar::<f64>()?
         .sqrt();
-    let k = rates(&u)?;
-    println!("| rate | truth | first guess | fitted | relative error |");
-    println!("|---|---|---|---|---|");
-    for i in 0..4 {
-        println!(
-            "| {} | {} | {:.3} | {:.4} | {:.1e} |",
-            NAMES[i],
-            TRUTH[i],
-            TRUTH[i] * args.guess[i],
-            k[i],
-            (k[i] - TRUTH[i]).abs() / TRUTH[i]
-        );
+    if let Some(u) = &u {
+        let k = rates(u)?;
+        println!("| rate | truth | first guess | fitted | relative error |");
+        println!("|---|---|---|---|---|");
+        for i in 0..4 {
+            println!(
+                "| {} | {} | {:.3} | {:.4} | {:.1e} |",
+                NAMES[i],
+                TRUTH[i],
+                TRUTH[i] * args.guess[i],
+                k[i],
+                (k[i] - TRUTH[i]).abs() / TRUTH[i]
+            );
+        }
     }
     println!(
         "rollout RMSE against the clean series over [0, {}]: {rollout_rmse:.4}",
