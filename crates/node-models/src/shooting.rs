@@ -71,7 +71,7 @@ pub struct MultipleShooting {
     /// segment's times. Segments whose time offsets differ from the first's (a shorter last
     /// segment, uneven observation times) are solved on their own.
     /// An adaptive method then picks one step sequence for the batch from the error norm over
-    /// all its segments (an RMS by default: one segment's error may exceed the tolerance
+    /// all its segments (an RMS: one segment's error may exceed the tolerance
     /// where the others' are below it; tighten the tolerances, or solve one by one, where that
     /// matters).
     pub batched: bool,
