@@ -230,23 +230,21 @@ fn main() -> Result<ExitCode> {
     // initialised from the observations there.
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
-    let (u, net) = match args.model {
-        ModelArg::Rates => (
-            Some(vb.get_with_hints(4, "log_factor", Init::Const(0.0))?),
-            None,
+    let truth = Tensor::new(&TRUTH, &dev)?;
+    let model = match args.model {
+        ModelArg::Rates => Model::Rates(
+            vb.get_with_hints(4, "log_factor", Init::Const(0.0))?,
+            truth.clone(),
         ),
-        ModelArg::Neural => (
-            None,
-            Some(Mlp::new(
-                2,
-                2,
-                args.width,
-                2,
-                Activation::Tanh,
-                false,
-                vb.pp("net"),
-            )?),
-        ),
+        ModelArg::Neural => Model::Neural(Mlp::new(
+            2,
+            2,
+            args.width,
+            2,
+            Activation::Tanh,
+            false,
+            vb.pp("net"),
+        )?),
     };
     let first_starts = shooting.starts_from(&observed)?;
     let starts = vb.get_with_hints(first_starts.dims(), "starts", Init::Const(0.0))?;
@@ -258,15 +256,14 @@ fn main() -> Result<ExitCode> {
             .clone())
     };
     let starts_var = var("starts")?;
-    let truth = Tensor::new(&TRUTH, &dev)?;
-    let params = match &net {
-        None => vec![var("log_factor")?],
-        Some(net) => net.vars()?,
+    let params = match &model {
+        Model::Rates(..) => vec![var("log_factor")?],
+        Model::Neural(net) => net.vars()?,
     };
-    let model = match (&u, &net) {
-        (Some(u), _) => Model::Rates(u.clone(), truth.clone()),
-        (None, Some(net)) => Model::Neural(net.clone()),
-        (None, None) => bail!("no model was built"),
+    // The rates' log-factors, for the metrics and the summary.
+    let u = match &model {
+        Model::Rates(u, _) => Some(u.clone()),
+        Model::Neural(_) => None,
     };
     let f = with_params(move |_t: f64, y: &Tensor| model.eval(y), params.clone());
     let plan = Plan {
