@@ -2,21 +2,16 @@
 //! Jacobians in closed form against differences, its stiffness against the eigenvalues;
 //! `PointwiseReaction` acts point by point; a split solve with the network explicit; errors.
 
+mod common;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use common::max_abs;
 use node_adjoint::ParamVectorField;
 use node_models::{Activation, Diffusion1d, PointwiseReaction};
 use node_solvers::problems::Brusselator;
 use node_solvers::{odeint, Jacobian, Method, SolveOptions, Split, VectorField};
-
-fn max_abs(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f64>()?)
-}
 
 fn diffusion_case(dev: &Device) -> Result<()> {
     let n = 16;

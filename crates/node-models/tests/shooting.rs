@@ -3,19 +3,14 @@
 //! gradients against central differences and between gradient modes, one segment is a
 //! plain solve, and the errors.
 
+mod common;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
+use common::max_abs;
 use node_adjoint::{with_params, AdjointOptions};
 use node_models::{Gradient, MultipleShooting};
 use node_solvers::{odeint, Method, SolveOptions};
-
-fn max_abs(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f64>()?)
-}
 
 /// `dy/dt = y Aᵀ` on states `[batch, 2]`.
 fn linear(a: &Var) -> impl node_adjoint::ParamVectorField + Clone + Send + Sync + 'static {

@@ -1,7 +1,8 @@
-//! Helpers shared by the model tests.
+//! Helpers shared by the model tests (each test binary uses some of them).
+#![allow(dead_code)]
 
 use anyhow::{ensure, Result};
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 
 /// Checks the gradient of the scalar `loss()` with respect to the entries `entries(len)` of
@@ -44,4 +45,13 @@ pub fn check_finite_differences(
         }
     }
     Ok(checked)
+}
+
+/// The largest absolute entry of `t`, as f64.
+pub fn max_abs(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?)
 }
