@@ -244,7 +244,8 @@ step_bench() {
       "$py" scripts/bench-hnn-torch.py cuda 20; } 2>&1 | tee -a "$log" >> "$summary"
   fi
   if shooting=$(exe bench shooting); then
-    { echo; "$shooting" --device cuda --reps 10; } 2>&1 | tee -a "$log" >> "$summary"
+    { echo; "$shooting" --device cuda --reps 10; echo
+      "$py" scripts/bench-shooting-torch.py cuda 10; } 2>&1 | tee -a "$log" >> "$summary"
   fi
   say ""
   say "bench: $(elapsed "$t0")"
