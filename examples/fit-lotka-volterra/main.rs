@@ -71,6 +71,10 @@ struct Args {
     /// against the data's mean square error.
     #[arg(long, default_value_t = 10.0)]
     continuity: f64,
+    /// Keep the start states at the observations (DiffEqFlux's `multiple_shoot`) instead of
+    /// training them with the model.
+    #[arg(long)]
+    fixed_starts: bool,
     /// Solve the segments one by one instead of in one batched solve (the field does not
     /// depend on t and the observations are evenly spaced, so the full segments batch).
     #[arg(long)]
@@ -246,8 +250,6 @@ fn main() -> Result<ExitCode> {
             vb.pp("net"),
         )?),
     };
-    let first_starts = shooting.starts_from(&observed)?;
-    let starts = vb.get_with_hints(first_starts.dims(), "starts", Init::Const(0.0))?;
     let var = |name: &str| -> Result<Var> {
         Ok(varmap
             .data()
@@ -255,7 +257,17 @@ fn main() -> Result<ExitCode> {
             .map_err(|_| anyhow::anyhow!("the variables' lock is poisoned"))?[name]
             .clone())
     };
-    let starts_var = var("starts")?;
+    let first_starts = shooting.starts_from(&observed)?;
+    let trained_starts = if args.fixed_starts {
+        None
+    } else {
+        vb.get_with_hints(first_starts.dims(), "starts", Init::Const(0.0))?;
+        Some(var("starts")?)
+    };
+    let starts = match &trained_starts {
+        Some(v) => v.as_tensor().clone(),
+        None => first_starts.clone(),
+    };
     let params = match &model {
         Model::Rates(..) => vec![var("log_factor")?],
         Model::Neural(net) => net.vars()?,
@@ -286,7 +298,9 @@ fn main() -> Result<ExitCode> {
             let guess: Vec<f64> = args.guess.iter().map(|g| g.ln()).collect();
             params[0].set(&Tensor::new(guess, &dev)?)?;
         }
-        starts_var.set(&first_starts)?;
+        if let Some(v) = &trained_starts {
+            v.set(&first_starts)?;
+        }
     }
     let segments = shooting.segments(n)?.len();
     let what = match args.model {
