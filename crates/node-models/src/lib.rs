@@ -18,6 +18,7 @@ pub mod reaction_diffusion;
 pub mod rng;
 pub mod rnn;
 pub mod sde_gan;
+pub mod second_order;
 pub mod shooting;
 pub mod toy;
 
@@ -38,4 +39,5 @@ pub use reaction_diffusion::{Diffusion1d, PointwiseReaction};
 pub use rng::Rng;
 pub use rnn::{Rnn, RnnConfig};
 pub use sde_gan::{SdeGan, SdeGanConfig};
+pub use second_order::SecondOrder;
 pub use shooting::{MultipleShooting, ShootingSolution};
