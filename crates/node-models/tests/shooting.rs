@@ -8,7 +8,7 @@ mod common;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use common::max_abs;
-use node_adjoint::{with_params, AdjointOptions};
+use node_adjoint::{with_params, AdjointOptions, CheckpointOptions, ReversibleOptions};
 use node_models::{Gradient, MultipleShooting};
 use node_solvers::{odeint, Method, SolveOptions};
 
@@ -148,8 +148,9 @@ fn batched_matches_sequential_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
-/// The adjoint's gradients of the fit's loss (to the field's matrix and to the start states)
-/// against central differences and against backprop's.
+/// The adjoint's and backprop's gradients of the fit's loss (to the field's matrix and to
+/// the start states) against central differences; checkpointed and reversible backprop's
+/// against backprop's.
 fn gradients_case(dev: &Device) -> Result<()> {
     let ts: Vec<f64> = (0..9).map(|i| 0.2 * i as f64).collect();
     let target = Tensor::stack(
@@ -164,28 +165,37 @@ fn gradients_case(dev: &Device) -> Result<()> {
     let a = matrix(dev)?;
     let starts0 = ms.starts_from(&target)?.affine(1.1, -0.05)?;
     let starts = Var::from_tensor(&starts0)?;
-    let grads = loss(&ms, &a, &starts, &ts, &target, &opts, &adjoint)?.backward()?;
-    let ga = grads
-        .get(&a)
-        .expect("dL/dA")
-        .flatten_all()?
-        .to_vec1::<f64>()?;
-    let gs = grads
-        .get(&starts)
-        .expect("dL/ds")
-        .flatten_all()?
-        .to_vec1::<f64>()?;
-    let back = loss(&ms, &a, &starts, &ts, &target, &opts, &Gradient::Backprop)?.backward()?;
-    let ga_b = back
-        .get(&a)
-        .expect("dL/dA")
-        .flatten_all()?
-        .to_vec1::<f64>()?;
-    let gs_b = back
-        .get(&starts)
-        .expect("dL/ds")
-        .flatten_all()?
-        .to_vec1::<f64>()?;
+    // dL/dA and dL/dstarts, flattened, for one gradient mode.
+    let grads_of = |gradient: &Gradient| -> Result<(Vec<f64>, Vec<f64>)> {
+        let grads = loss(&ms, &a, &starts, &ts, &target, &opts, gradient)?.backward()?;
+        let flat = |v: &Var| -> Result<Vec<f64>> {
+            Ok(grads
+                .get(v)
+                .expect("a gradient")
+                .flatten_all()?
+                .to_vec1::<f64>()?)
+        };
+        Ok((flat(&a)?, flat(&starts)?))
+    };
+    let (ga, gs) = grads_of(&adjoint)?;
+    let (ga_b, gs_b) = grads_of(&Gradient::Backprop)?;
+    // Checkpointed backprop replays backprop's steps: its gradients, to round-off, with
+    // fewer stored states than steps. Reversible backprop differentiates the method made
+    // reversible: another discretization, as close as the tolerances.
+    let (ga_c, gs_c) = grads_of(&Gradient::Checkpoint(
+        CheckpointOptions::default().checkpoints(3),
+    ))?;
+    let (ga_r, gs_r) = grads_of(&Gradient::Reversible(ReversibleOptions::default()))?;
+    for (got, want, tol, what) in [
+        (&ga_c, &ga_b, 1e-10, "checkpointed dL/dA"),
+        (&gs_c, &gs_b, 1e-10, "checkpointed dL/dstarts"),
+        (&ga_r, &ga_b, 1e-6, "reversible dL/dA"),
+        (&gs_r, &gs_b, 1e-6, "reversible dL/dstarts"),
+    ] {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: {g} vs {w}");
+        }
+    }
 
     let h = 1e-5;
     let value = |a_shift: Option<(usize, f64)>, s_shift: Option<(usize, f64)>| -> Result<f64> {
