@@ -9,6 +9,8 @@
 mod common;
 #[path = "../common/iterations.rs"]
 mod iterations;
+#[path = "../common/plot.rs"]
+mod plot;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Module;
@@ -174,6 +176,39 @@ fn series(ts: &[f64], noise: f64, seed: u64, dev: &Device) -> Result<(Tensor, Te
     let eps = Rng::new(seed ^ 0x1075).normal_tensor(clean.dims(), 0.0, noise, DType::F64, dev)?;
     let observed = (&clean + eps)?;
     Ok((clean, observed))
+}
+
+/// Prey (top) and predators (bottom) against time: the observations as dots, the clean
+/// series and the fitted model's rollout as lines.
+fn draw(
+    ts: &[f64],
+    observed: &Tensor,
+    clean: &Tensor,
+    rollout: &Tensor,
+    path: &std::path::Path,
+) -> Result<()> {
+    let column = |y: &Tensor, i: usize| -> Result<Vec<f64>> {
+        Ok(y.narrow(2, i, 1)?.flatten_all()?.to_vec1::<f64>()?)
+    };
+    let mut c = plot::Canvas::new(1000, 620);
+    for i in 0..2 {
+        let (obs, truth, fit) = (column(observed, i)?, column(clean, i)?, column(rollout, i)?);
+        let panel = plot::Panel {
+            x0: 10,
+            y0: 10 + 305 * i,
+            w: 980,
+            h: 295,
+            xlim: plot::bounds(ts.iter().copied()),
+            ylim: plot::bounds(obs.iter().chain(&truth).copied()),
+        };
+        c.frame(&panel);
+        c.series(&panel, ts, &truth, plot::TRUE_COLOR);
+        c.series(&panel, ts, &fit, plot::LEARNED_COLOR);
+        for (t, y) in ts.iter().zip(&obs) {
+            c.dot(&panel, *t, *y, [90, 90, 90]);
+        }
+    }
+    c.save_png(path)
 }
 
 fn main() -> Result<ExitCode> {
@@ -361,6 +396,8 @@ fn main() -> Result<ExitCode> {
     let rollout = odeint(&f, &starts.get(0)?.detach(), &ts, &tight)
         .context("the fitted model's rollout over the whole series failed")?
         .ys;
+    let picture = args.out_dir.join("rollout.png");
+    draw(&ts, &observed, &clean, &rollout, &picture)?;
     let rollout_rmse = (rollout - &clean)?
         .sqr()?
         .mean_all()?
@@ -388,6 +425,7 @@ fn main() -> Result<ExitCode> {
     print_outputs(&[
         ("metrics", metrics.as_path()),
         ("checkpoint", ckpt.as_path()),
+        ("picture", picture.as_path()),
     ]);
     Ok(ExitCode::SUCCESS)
 }

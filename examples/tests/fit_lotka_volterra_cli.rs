@@ -68,6 +68,7 @@ fn multiple_shooting_finds_the_rates_single_shooting_does_not() -> Result<()> {
     assert!(rollout < 0.2, "rollout RMSE {rollout}");
     // Twenty segments, the gaps closing.
     assert!(String::from_utf8_lossy(&o.stdout).contains("(20 segments)"));
+    assert!(multiple.path().join("rollout.png").exists());
     let gap = metric(multiple.path(), "gap");
     assert!(gap[3] < 0.5 * gap[0], "{gap:?}");
 
