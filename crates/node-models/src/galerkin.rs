@@ -31,16 +31,11 @@ pub enum Basis {
 
 impl Basis {
     /// The number of functions.
-    pub fn len(&self) -> usize {
+    pub fn functions(&self) -> usize {
         match *self {
             Basis::Fourier { harmonics, .. } => 2 * harmonics + 1,
             Basis::Legendre { degree, .. } => degree + 1,
         }
-    }
-
-    /// Whether the basis has no functions (never: each has its constant).
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     fn check(&self) -> Result<()> {
@@ -132,7 +127,7 @@ impl GalerkinLinear {
     /// empty or not finite, and those of `vb`.
     pub fn new(inputs: usize, outputs: usize, basis: Basis, vb: VarBuilder) -> Result<Self> {
         basis.check()?;
-        let k = basis.len();
+        let k = basis.functions();
         let bound = 1.0 / ((inputs * k).max(1) as f64).sqrt();
         let weight = vb.get_with_hints(
             (outputs, inputs, k),

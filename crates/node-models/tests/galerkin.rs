@@ -18,7 +18,7 @@ fn the_bases_values() {
         harmonics: 2,
         period: 4.0,
     };
-    assert_eq!(f.len(), 5);
+    assert_eq!(f.functions(), 5);
     let v = f.eval(1.0); // a quarter period
     let want = [1.0, 0.0, 1.0, -1.0, 0.0];
     assert!(
@@ -29,7 +29,7 @@ fn the_bases_values() {
         degree: 3,
         span: (0.0, 2.0),
     };
-    assert_eq!(l.len(), 4);
+    assert_eq!(l.functions(), 4);
     // At t = 1.5, s = 0.5: P2 = (3s² − 1)/2, P3 = (5s³ − 3s)/2.
     let v = l.eval(1.5);
     let want = [1.0, 0.5, -0.125, -0.4375];
