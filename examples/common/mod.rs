@@ -9,6 +9,17 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// The variable `name` of `varmap` (one a `VarBuilder` created there).
+pub fn var(varmap: &candle_nn::VarMap, name: &str) -> Result<candle_core::Var> {
+    varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the variables' lock is poisoned"))?
+        .get(name)
+        .cloned()
+        .with_context(|| format!("no variable `{name}`"))
+}
+
 /// `--device` choices.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum DeviceArg {

@@ -14,7 +14,7 @@ mod plot;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Module;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, print_outputs, CheckpointArgs, DeviceArg, GradientArg};
@@ -285,13 +285,7 @@ fn main() -> Result<ExitCode> {
             vb.pp("net"),
         )?),
     };
-    let var = |name: &str| -> Result<Var> {
-        Ok(varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the variables' lock is poisoned"))?[name]
-            .clone())
-    };
+    let var = |name: &str| common::var(&varmap, name);
     let first_starts = shooting.starts_from(&observed)?;
     let trained_starts = if args.fixed_starts {
         None

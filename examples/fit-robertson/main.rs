@@ -9,7 +9,7 @@ mod common;
 mod iterations;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 use candle_nn::{Init, Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, print_outputs, DeviceArg};
@@ -141,11 +141,7 @@ fn main() -> Result<ExitCode> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
     let u = vb.get_with_hints(3, "log_factor", Init::Const(0.0))?;
-    let u_var: Var = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the variables' lock is poisoned"))?["log_factor"]
-        .clone();
+    let u_var = common::var(&varmap, "log_factor")?;
     // The rates are trained as log-factors of the textbook values (any fixed reference
     // would do: it is the unit); the first guess is where those factors start.
     let k_ref = Tensor::new(&truth, &dev)?;
