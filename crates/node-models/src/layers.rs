@@ -2,6 +2,7 @@
 //! around any parameterised vector field, the time-concatenating convolution, the ODE-Net
 //! vector field, and the residual block it replaces.
 
+use crate::galerkin::{Basis, GalerkinConv2d};
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
 use node_adjoint::{
@@ -451,21 +452,74 @@ impl Module for ResBlock {
     }
 }
 
-/// The ODE-Net vector field: `GN – ReLU – ConcatConv – GN – ReLU – ConcatConv – GN`.
+/// How the ODE-Net field's convolutions depend on the depth `t`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum TimeDependence {
+    /// The paper's: `t` as an extra input channel ([`ConcatConv2d`]).
+    #[default]
+    Concat,
+    /// Kernels and biases expanded on a basis of functions of `t` ([`GalerkinConv2d`],
+    /// Massaroli et al. 2020): `K` times the convolutions' parameters for `K` functions.
+    Galerkin(Basis),
+}
+
+#[derive(Clone, Debug)]
+enum TimeConv {
+    Concat(ConcatConv2d),
+    Galerkin(GalerkinConv2d),
+}
+
+impl TimeConv {
+    fn new(dim: usize, time: TimeDependence, vb: VarBuilder) -> Result<Self> {
+        Ok(match time {
+            TimeDependence::Concat => TimeConv::Concat(ConcatConv2d::new(dim, dim, 3, 1, 1, vb)?),
+            TimeDependence::Galerkin(basis) => {
+                TimeConv::Galerkin(GalerkinConv2d::new(dim, dim, 3, 1, 1, basis, vb)?)
+            }
+        })
+    }
+
+    fn forward(&self, t: f64, x: &Tensor) -> Result<Tensor> {
+        match self {
+            TimeConv::Concat(c) => c.forward(t, x),
+            TimeConv::Galerkin(c) => c.forward(t, x),
+        }
+    }
+
+    fn tensors(&self) -> Vec<Tensor> {
+        match self {
+            TimeConv::Concat(c) => c.tensors(),
+            TimeConv::Galerkin(c) => c.tensors(),
+        }
+    }
+}
+
+/// The ODE-Net vector field: `GN – ReLU – Conv(t) – GN – ReLU – Conv(t) – GN`, the
+/// convolutions 3×3 and depth-dependent as [`TimeDependence`] says (the paper's
+/// [`ConcatConv2d`] by default).
 #[derive(Clone, Debug)]
 pub struct OdeFunc {
     norm1: GroupNorm,
-    conv1: ConcatConv2d,
+    conv1: TimeConv,
     norm2: GroupNorm,
-    conv2: ConcatConv2d,
+    conv2: TimeConv,
     norm3: GroupNorm,
+    time: TimeDependence,
     params: Vec<Var>,
 }
 
 impl OdeFunc {
-    /// A `dim`-channel field. Train it from a `VarMap`-backed `VarBuilder`: its parameters are
-    /// the map's `Var`s.
+    /// A `dim`-channel field with the paper's [`ConcatConv2d`]s. Train it from a
+    /// `VarMap`-backed `VarBuilder`: its parameters are the map's `Var`s.
     pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_time(dim, TimeDependence::Concat, vb)
+    }
+
+    /// A `dim`-channel field whose convolutions depend on `t` as `time` says.
+    ///
+    /// # Errors
+    /// A basis [`GalerkinConv2d::new`] refuses; those of `vb`.
+    pub fn with_time(dim: usize, time: TimeDependence, vb: VarBuilder) -> Result<Self> {
         let mut params = vec![];
         let mut norm_p = |name: &str| -> Result<GroupNorm> {
             let vb = vb.pp(name);
@@ -478,8 +532,8 @@ impl OdeFunc {
         let norm1 = norm_p("norm1")?;
         let norm2 = norm_p("norm2")?;
         let norm3 = norm_p("norm3")?;
-        let conv1 = ConcatConv2d::new(dim, dim, 3, 1, 1, vb.pp("conv1"))?;
-        let conv2 = ConcatConv2d::new(dim, dim, 3, 1, 1, vb.pp("conv2"))?;
+        let conv1 = TimeConv::new(dim, time, vb.pp("conv1"))?;
+        let conv2 = TimeConv::new(dim, time, vb.pp("conv2"))?;
         params.extend(conv1.tensors());
         params.extend(conv2.tensors());
         let params = params
@@ -492,8 +546,14 @@ impl OdeFunc {
             norm2,
             conv2,
             norm3,
+            time,
             params,
         })
+    }
+
+    /// How the convolutions depend on `t`.
+    pub fn time_dependence(&self) -> TimeDependence {
+        self.time
     }
 }
 

@@ -26,14 +26,14 @@ pub mod toy;
 pub use cde::{ControlPath, Interpolation, NeuralCde, NeuralCdeConfig};
 pub use cnf::{Cnf, CnfConfig, CnfField};
 pub use ffjord::{Ffjord, FfjordConfig, FfjordField};
-pub use galerkin::{Basis, GalerkinLinear};
+pub use galerkin::{Basis, GalerkinConv2d, GalerkinLinear};
 pub use hnn::{Hnn, HnnConfig, HnnKind, HnnSystem};
 pub use hyper::{HyperConv, HyperMlp};
 pub use latent_ode::{LatentOde, LatentOdeConfig};
 pub use latent_sde::{LatentSde, LatentSdeConfig, SdeGradient};
 pub use layers::{
     Activation, BlockStats, ConcatConv2d, Conv2d, Gradient, GroupNorm, Linear, Mlp, OdeBlock,
-    OdeFunc, ResBlock,
+    OdeFunc, ResBlock, TimeDependence,
 };
 pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
 pub use optim::{Adam, AdamConfig, PiecewiseSchedule, SgdConfig, SgdMomentum};

@@ -12,7 +12,7 @@
 
 use crate::layers::{
     conv2d, linear, norm, BlockStats, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc,
-    ResBlock,
+    ResBlock, TimeDependence,
 };
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Module, VarBuilder};
@@ -82,6 +82,9 @@ pub struct OdeConfig {
     /// al. 2019): the field, the head's norm and the classifier see `64 + augment`. 0 (the
     /// paper's): none. ODE-Net and RK-Net only.
     pub augment: usize,
+    /// How the block's convolutions depend on `t`: the paper's time channel, or Galerkin
+    /// kernels (depth-variant weights, [`TimeDependence::Galerkin`]). ODE-Net and RK-Net only.
+    pub time: TimeDependence,
 }
 
 impl OdeConfig {
@@ -93,6 +96,7 @@ impl OdeConfig {
                 opts: SolveOptions::default().method(Method::Rk4).fixed_steps(20),
                 gradient: Gradient::Backprop,
                 augment: 0,
+                time: TimeDependence::Concat,
             },
             _ => OdeConfig {
                 opts: SolveOptions::default()
@@ -100,6 +104,7 @@ impl OdeConfig {
                     .tolerances(1e-3, 1e-3),
                 gradient: Gradient::Adjoint(AdjointOptions::default()),
                 augment: 0,
+                time: TimeDependence::Concat,
             },
         }
     }
@@ -113,6 +118,7 @@ enum Features {
 /// A Table 1 model.
 pub struct MnistModel {
     kind: ModelKind,
+    time: TimeDependence,
     down: Option<(Conv2d, GroupNorm, Conv2d, GroupNorm, Conv2d)>,
     features: Option<Features>,
     head_norm: Option<GroupNorm>,
@@ -132,14 +138,23 @@ impl MnistModel {
     /// `ode` configures ODE-Net and RK-Net; the others ignore it, but refuse augmentation.
     ///
     /// # Errors
-    /// `ode.augment` for the ResNet or the MLP; those of `vb`.
+    /// `ode.augment` or Galerkin convolutions for the ResNet or the MLP; a basis
+    /// [`crate::GalerkinConv2d`] refuses; those of `vb`.
     pub fn new(kind: ModelKind, ode: &OdeConfig, vb: VarBuilder) -> Result<Self> {
-        if ode.augment > 0 && matches!(kind, ModelKind::ResNet | ModelKind::Mlp) {
-            candle_core::bail!("augmentation is for ODE-Net and RK-Net, not the {kind} model");
+        if matches!(kind, ModelKind::ResNet | ModelKind::Mlp) {
+            if ode.augment > 0 {
+                candle_core::bail!("augmentation is for ODE-Net and RK-Net, not the {kind} model");
+            }
+            if ode.time != TimeDependence::Concat {
+                candle_core::bail!(
+                    "Galerkin convolutions are for ODE-Net and RK-Net, not the {kind} model"
+                );
+            }
         }
         if kind == ModelKind::Mlp {
             return Ok(Self {
                 kind,
+                time: ode.time,
                 down: None,
                 features: None,
                 head_norm: None,
@@ -165,7 +180,7 @@ impl MnistModel {
             _ => {
                 let dim = 64 + ode.augment;
                 let block = OdeBlock::new(
-                    OdeFunc::new(dim, vb.pp("odefunc"))?,
+                    OdeFunc::with_time(dim, ode.time, vb.pp("odefunc"))?,
                     1.0,
                     ode.opts.clone(),
                     ode.gradient.clone(),
@@ -176,6 +191,7 @@ impl MnistModel {
         };
         Ok(Self {
             kind,
+            time: ode.time,
             down: Some(down),
             features: Some(features),
             head_norm: Some(norm(dim, vb.pp("head_norm"))?),
@@ -187,6 +203,16 @@ impl MnistModel {
     /// The model's kind.
     pub fn kind(&self) -> ModelKind {
         self.kind
+    }
+
+    /// The name checkpoints record and check: the kind's ([`ModelKind::name`]), and for
+    /// Galerkin convolutions the basis after it, `odenet-galerkin-legendre:2`, so that a
+    /// checkpoint is never loaded into a model with another basis of as many functions.
+    pub fn name(&self) -> String {
+        match self.time {
+            TimeDependence::Concat => self.kind.name().to_string(),
+            TimeDependence::Galerkin(basis) => format!("{}-galerkin-{basis}", self.kind),
+        }
     }
 
     /// Logits for a batch of images.

@@ -1,6 +1,7 @@
 //! Galerkin layers: the bases' values, a constant expansion is a plain linear layer, the
 //! weight follows its expansion, gradients against central differences, a depth-variant
-//! field fits a flow that no constant linear field can, and the errors.
+//! field fits a flow that no constant linear field can, and the errors; the same for the
+//! convolution, and an ODE-Net field on it differentiated by the adjoint.
 
 mod common;
 
@@ -8,8 +9,9 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use common::{check_finite_differences, max_abs};
-use node_models::galerkin::{Basis, GalerkinLinear};
-use node_models::{init, Adam, AdamConfig, Rng};
+use node_adjoint::AdjointOptions;
+use node_models::galerkin::{Basis, GalerkinConv2d, GalerkinLinear};
+use node_models::{init, Adam, AdamConfig, Gradient, OdeBlock, OdeFunc, Rng, TimeDependence};
 use node_solvers::{odeint, Method, SolveOptions};
 
 #[test]
@@ -233,6 +235,174 @@ fn errors_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn bases_parse_and_print() {
+    let cases = [
+        (
+            "fourier:2",
+            Basis::Fourier {
+                harmonics: 2,
+                period: 1.0,
+            },
+        ),
+        (
+            "fourier:1:6.5",
+            Basis::Fourier {
+                harmonics: 1,
+                period: 6.5,
+            },
+        ),
+        (
+            "legendre:3",
+            Basis::Legendre {
+                degree: 3,
+                span: (0.0, 1.0),
+            },
+        ),
+        (
+            "legendre:0:-1:2",
+            Basis::Legendre {
+                degree: 0,
+                span: (-1.0, 2.0),
+            },
+        ),
+    ];
+    for (spec, basis) in cases {
+        assert_eq!(spec.parse::<Basis>().unwrap(), basis, "{spec}");
+        assert_eq!(basis.to_string(), spec);
+    }
+    assert_eq!(
+        "Legendre:2".parse::<Basis>().unwrap().to_string(),
+        "legendre:2"
+    );
+    for bad in [
+        "",
+        "fourier",
+        "chebyshev:2",
+        "legendre:-1",
+        "legendre:2:0",
+        "fourier:x",
+    ] {
+        let e = bad.parse::<Basis>().expect_err(bad);
+        assert!(e.contains("expected fourier:M"), "{bad}: {e}");
+    }
+    let e = "fourier:2:0".parse::<Basis>().expect_err("period 0");
+    assert!(e.contains("period must be a positive"), "{e}");
+    let e = "legendre:2:1:1".parse::<Basis>().expect_err("empty span");
+    assert!(e.contains("two different finite times"), "{e}");
+}
+
+/// The convolution at depth `t` is the plain convolution with the expanded kernel and bias
+/// (built here by hand from the coefficients), with stride and padding; coefficients on the
+/// constant function alone make it the same at every depth.
+fn conv_expansion_case(dev: &Device) -> Result<()> {
+    let basis: Basis = "legendre:2".parse().map_err(anyhow::Error::msg)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, dev);
+    let conv = GalerkinConv2d::new(2, 3, 3, 2, 1, basis, vb)?;
+    init::pytorch_default(&varmap, &mut Rng::new(3))?;
+    let (w, b) = (var(&varmap, "weight"), var(&varmap, "bias"));
+    assert_eq!(w.dims(), &[3, 2, 3, 3, 3]);
+    b.set(&(Tensor::rand(0f64, 1.0, (3, 3), dev)? - 0.5)?)?;
+    let x = Tensor::rand(-1f64, 1.0, (2, 2, 7, 7), dev)?;
+    for t in [0.0, 0.35, 1.0] {
+        let phi = basis.eval(t);
+        let mut kernel = Tensor::zeros((3, 2, 3, 3), DType::F64, dev)?;
+        let mut bias = Tensor::zeros(3, DType::F64, dev)?;
+        for (k, p) in phi.iter().enumerate() {
+            kernel = (kernel + (w.narrow(4, k, 1)?.squeeze(4)? * *p)?)?;
+            bias = (bias + (b.narrow(1, k, 1)?.squeeze(1)? * *p)?)?;
+        }
+        let want = x
+            .conv2d(&kernel, 1, 2, 1, 1)?
+            .broadcast_add(&bias.reshape((1, 3, 1, 1))?)?;
+        let got = conv.forward(t, &x)?;
+        assert_eq!(got.dims(), &[2, 3, 4, 4]);
+        assert!(max_abs(&(got - want)?)? < 1e-13, "t = {t}");
+    }
+    // Only the constant Legendre polynomial's coefficients: no dependence on t.
+    w.set(&w.as_tensor().narrow(4, 0, 1)?.pad_with_zeros(4, 0, 2)?)?;
+    b.set(&b.as_tensor().narrow(1, 0, 1)?.pad_with_zeros(1, 0, 2)?)?;
+    let at0 = conv.forward(0.0, &x)?;
+    for t in [0.2, 0.9] {
+        assert!(max_abs(&(conv.forward(t, &x)? - &at0)?)? < 1e-14);
+    }
+    let e = conv
+        .forward(0.0, &Tensor::zeros((1, 3, 7, 7), DType::F64, dev)?)
+        .expect_err("3 channels into a 2-channel convolution");
+    assert!(!e.to_string().is_empty());
+    let e = GalerkinConv2d::new(2, 3, 0, 1, 1, basis, vb_of(&VarMap::new(), dev))
+        .expect_err("kernel 0");
+    assert!(e.to_string().contains("must be positive"), "{e}");
+    Ok(())
+}
+
+fn vb_of(varmap: &VarMap, dev: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_varmap(varmap, DType::F64, dev)
+}
+
+/// The ODE-Net field on Galerkin convolutions (4 channels, Fourier basis), solved by 10
+/// classic RK4 steps with backprop: its gradients to the norms' parameters and the
+/// convolutions' coefficients against central differences (the convolutions' biases get
+/// none: the group norm after each removes a per-channel constant).
+fn odefunc_gradients_case(dev: &Device) -> Result<()> {
+    let basis: Basis = "fourier:1".parse().map_err(anyhow::Error::msg)?;
+    let varmap = VarMap::new();
+    let func = OdeFunc::with_time(4, TimeDependence::Galerkin(basis), vb_of(&varmap, dev))?;
+    assert_eq!(func.time_dependence(), TimeDependence::Galerkin(basis));
+    init::pytorch_default(&varmap, &mut Rng::new(11))?;
+    for name in ["conv1.bias", "conv2.bias"] {
+        let b = var(&varmap, name);
+        b.set(&(Tensor::rand(0f64, 0.2, b.shape(), dev)? - 0.1)?)?;
+    }
+    let opts = SolveOptions::default().method(Method::Rk4).fixed_steps(10);
+    let block = OdeBlock::new(func, 1.0, opts, Gradient::Backprop);
+    let x = Tensor::rand(-1f64, 1.0, (2, 4, 5, 5), dev)?;
+    let target = Tensor::rand(-1f64, 1.0, (2, 4, 5, 5), dev)?;
+    let loss = || -> candle_core::Result<Tensor> {
+        let (y, _) = block.forward_with_stats(&x)?;
+        (y - &target)?.sqr()?.sum_all()
+    };
+    // Every third entry of each variable (the first always among them).
+    let checked =
+        check_finite_differences(&varmap, loss, |n| (0..n).step_by(3).collect(), 1e-6, 1e-6)?;
+    assert_eq!(checked, 2 * (4 + 144) + 6 * 2);
+    Ok(())
+}
+
+/// A smooth field on a Galerkin convolution, `tanh(conv(y, W(t)) + b(t))` on a Legendre
+/// basis, differentiated by the adjoint: its gradients to every coefficient against central
+/// differences of tightly solved losses.
+fn conv_adjoint_case(dev: &Device) -> Result<()> {
+    let basis: Basis = "legendre:2".parse().map_err(anyhow::Error::msg)?;
+    let varmap = VarMap::new();
+    let conv = GalerkinConv2d::new(2, 2, 3, 1, 1, basis, vb_of(&varmap, dev))?;
+    init::pytorch_default(&varmap, &mut Rng::new(5))?;
+    let b = var(&varmap, "bias");
+    b.set(&(Tensor::rand(0f64, 0.4, b.shape(), dev)? - 0.2)?)?;
+    let field = node_adjoint::with_params(
+        move |t: f64, y: &Tensor| conv.forward(t, y)?.tanh(),
+        node_adjoint::sorted_vars(&varmap),
+    );
+    let opts = SolveOptions::default()
+        .method(Method::Dopri5)
+        .tolerances(1e-10, 1e-10);
+    let block = OdeBlock::new(
+        field,
+        1.0,
+        opts,
+        Gradient::Adjoint(AdjointOptions::default()),
+    );
+    let x = Tensor::rand(-1f64, 1.0, (2, 2, 4, 4), dev)?;
+    let loss = || -> candle_core::Result<Tensor> {
+        let (y, _) = block.forward_with_stats(&x)?;
+        y.sqr()?.sum_all()
+    };
+    let checked = check_finite_differences(&varmap, loss, |n| (0..n).collect(), 1e-5, 1e-6)?;
+    assert_eq!(checked, 2 * 2 * 9 * 3 + 2 * 3);
+    Ok(())
+}
+
 candle_core::test_device!(
     expansion_case,
     expansion_cpu,
@@ -252,3 +422,21 @@ candle_core::test_device!(
     fits_a_depth_variant_flow_metal
 );
 candle_core::test_device!(errors_case, errors_cpu, errors_cuda, errors_metal);
+candle_core::test_device!(
+    conv_expansion_case,
+    conv_expansion_cpu,
+    conv_expansion_cuda,
+    conv_expansion_metal
+);
+candle_core::test_device!(
+    odefunc_gradients_case,
+    odefunc_gradients_cpu,
+    odefunc_gradients_cuda,
+    odefunc_gradients_metal
+);
+candle_core::test_device!(
+    conv_adjoint_case,
+    conv_adjoint_cpu,
+    conv_adjoint_cuda,
+    conv_adjoint_metal
+);

@@ -363,6 +363,65 @@ fn augmented_models(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// ODE-Net and RK-Net on Galerkin convolutions (Legendre polynomials to degree 2): three
+/// coefficient sets per convolution in place of the time channel, a name that records the
+/// basis, a loss that two steps lower; the ResNet and the MLP refuse them.
+fn galerkin_models(dev: &Device) -> Result<()> {
+    let basis: node_models::Basis = "legendre:2".parse().map_err(anyhow::Error::msg)?;
+    let time = node_models::TimeDependence::Galerkin(basis);
+    // A time-channel convolution 64 + 1 → 64 with bias; a Galerkin one 64 → 64, three times.
+    let concat = 9 * 65 * 64 + 64;
+    let galerkin = 3 * (9 * 64 * 64 + 64);
+    let split = mnist::synthetic(16, &mut Rng::new(5));
+    let idx: Vec<usize> = (0..16).collect();
+    let (x, y) = mnist::batch(&split, &idx, None, dev)?;
+    for kind in [ModelKind::OdeNet, ModelKind::RkNet] {
+        let varmap = VarMap::new();
+        let ode = OdeConfig {
+            time,
+            ..OdeConfig::default_for(kind)
+        };
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
+        let model = MnistModel::new(kind, &ode, vb)?;
+        init::pytorch_default(&varmap, &mut Rng::new(0))?;
+        ensure!(
+            param_count(&varmap) == 208_266 - 2 * concat + 2 * galerkin,
+            "{kind}"
+        );
+        ensure!(model.name() == format!("{kind}-galerkin-legendre:2"));
+        let block = model.ode_block().expect("a block");
+        ensure!(block.field.time_dependence() == time);
+        let mut opt = SgdMomentum::new(node_adjoint::sorted_vars(&varmap), SgdConfig::default())?;
+        let loss = || -> Result<Tensor> {
+            let (logits, stats) = model.forward(&x)?;
+            ensure!(logits.dims() == [16, 10] && stats.block.is_some());
+            Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
+        };
+        let first = loss()?.to_scalar::<f32>()?;
+        for _ in 0..2 {
+            opt.backward_step(&loss()?)?;
+        }
+        let last = loss()?.to_scalar::<f32>()?;
+        ensure!(last < first, "{kind}: loss {first} -> {last}");
+    }
+    let (_, plain) = build(ModelKind::OdeNet, dev)?;
+    ensure!(plain.name() == "odenet");
+    for kind in [ModelKind::ResNet, ModelKind::Mlp] {
+        let ode = OdeConfig {
+            time,
+            ..OdeConfig::default_for(kind)
+        };
+        let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, dev);
+        let e = MnistModel::new(kind, &ode, vb).err().expect("refused");
+        ensure!(
+            e.to_string()
+                .contains("Galerkin convolutions are for ODE-Net and RK-Net"),
+            "{e}"
+        );
+    }
+    Ok(())
+}
+
 /// An augmented block pads dimension 1 with zeros and keeps them: on `dy/dt = −y`, the input's
 /// channels decay as `e^(−t)` and the added ones stay 0.
 #[test]
@@ -429,4 +488,10 @@ candle_core::test_device!(
     checkpoint_is_backprop_cpu,
     checkpoint_is_backprop_cuda,
     checkpoint_is_backprop_metal
+);
+candle_core::test_device!(
+    galerkin_models,
+    galerkin_models_cpu,
+    galerkin_models_cuda,
+    galerkin_models_metal
 );

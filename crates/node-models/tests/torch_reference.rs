@@ -35,6 +35,7 @@ fn check(kind: ModelKind, file: &str) -> Result<()> {
         opts: SolveOptions::default().method(Method::Rk4).fixed_steps(4),
         gradient: Gradient::Backprop,
         augment: 0,
+        time: node_models::TimeDependence::Concat,
     };
     let model = MnistModel::new(
         kind,
