@@ -10,7 +10,9 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use common::{metric, ok, tensors};
 use node_models::checkpoint;
 use node_models::mnist::{self, FILES};
-use node_models::{init, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum};
+use node_models::{
+    init, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum, TimeDependence,
+};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -23,20 +25,28 @@ fn tmp(name: &str) -> tempfile::TempDir {
 
 /// Synthetic digits, and a checkpoint of an initialised `kind` model as `train-mnist` writes.
 fn setup(dir: &Path, kind: ModelKind) -> Result<()> {
+    setup_with(dir, kind, TimeDependence::Concat)
+}
+
+/// [`setup`] with the block's convolutions depending on `t` as `time` says.
+fn setup_with(dir: &Path, kind: ModelKind, time: TimeDependence) -> Result<()> {
     let mut rng = Rng::new(3);
     mnist::write_idx(dir, FILES[0], FILES[1], &mnist::synthetic(64, &mut rng))?;
     mnist::write_idx(dir, FILES[2], FILES[3], &mnist::synthetic(16, &mut rng))?;
     let varmap = VarMap::new();
-    MnistModel::new(
+    let model = MnistModel::new(
         kind,
-        &OdeConfig::default_for(kind),
+        &OdeConfig {
+            time,
+            ..OdeConfig::default_for(kind)
+        },
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
     )?;
     init::pytorch_default(&varmap, &mut rng)?;
     let opt = SgdMomentum::new(node_adjoint::sorted_vars(&varmap), SgdConfig::default())?;
     checkpoint::save(
         &dir.join("model.safetensors"),
-        kind.name(),
+        &model.name(),
         &varmap,
         &opt,
         1,
@@ -183,5 +193,37 @@ fn bad_input_is_refused_clearly() -> Result<()> {
         .output()?;
     let err = stderr(&o);
     assert!(err.contains("no ODE-Net checkpoint at"), "{err}");
+    Ok(())
+}
+
+/// The block of an ODE-Net on Galerkin convolutions: `--galerkin` with its basis loads the
+/// checkpoint and trains; without it, or with another basis, the checkpoint is refused by name.
+#[test]
+fn galerkin_odenets_need_their_basis() -> Result<()> {
+    let dir = tmp("galerkin");
+    let basis = "legendre:1".parse().map_err(anyhow::Error::msg)?;
+    setup_with(
+        dir.path(),
+        ModelKind::OdeNet,
+        TimeDependence::Galerkin(basis),
+    )?;
+    let out = tmp("galerkin-out");
+    ok(&run(
+        dir.path(),
+        out.path(),
+        &["--iters", "2", "--galerkin", "legendre:1"],
+    ));
+    assert_eq!(metric(out.path(), "iter"), [2.0]);
+    for other in [&[][..], &["--galerkin", "fourier:1"]] {
+        let err = stderr(&run(
+            dir.path(),
+            out.path(),
+            &[&["--iters", "2"][..], other].concat(),
+        ));
+        assert!(
+            err.contains("checkpoint of model `odenet-galerkin-legendre:1`"),
+            "{err}"
+        );
+    }
     Ok(())
 }

@@ -305,3 +305,72 @@ fn augmented_odenet_trains_and_refuses_other_checkpoints() -> Result<()> {
     );
     Ok(())
 }
+
+/// ODE-Net on Galerkin convolutions trains, evaluates its checkpoint, and a model with
+/// another basis of as many functions (Fourier, 1 harmonic: 3 functions, as Legendre to
+/// degree 2) refuses it by name, not by shape; a malformed basis and the ResNet are refused.
+#[test]
+fn galerkin_odenet_trains_and_checkpoints_record_the_basis() -> Result<()> {
+    let data = tmp("data-galerkin");
+    dataset(&data)?;
+    let out = tmp("out-galerkin");
+    let args = [
+        "--model",
+        "odenet",
+        "--galerkin",
+        "legendre:2",
+        "--train-subset",
+        "64",
+    ];
+    ok(&train(
+        &data,
+        &out,
+        &[&args[..], &["--epochs", "1"]].concat(),
+    ));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    assert!(
+        metrics.contains("\"model\":\"odenet-galerkin-legendre:2\""),
+        "{metrics}"
+    );
+    let ckpt = out.join("checkpoint.safetensors");
+    let o = train(
+        &data,
+        &out,
+        &[&args[..4], &["--eval", ckpt.to_str().unwrap()]].concat(),
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("test accuracy"));
+    for other in [&["--galerkin", "fourier:1"][..], &[]] {
+        let o = train(
+            &data,
+            &out,
+            &[
+                &["--model", "odenet", "--resume", "--epochs", "2"][..],
+                other,
+            ]
+            .concat(),
+        );
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("checkpoint of model `odenet-galerkin-legendre:2`"),
+            "{err}"
+        );
+    }
+    let o = train(&data, &out, &["--galerkin", "chebyshev:3"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("expected fourier:M"), "{err}");
+    let o = train(
+        &data,
+        &out,
+        &["--model", "resnet", "--galerkin", "fourier:1"],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Galerkin convolutions are for ODE-Net and RK-Net"),
+        "{err}"
+    );
+    Ok(())
+}

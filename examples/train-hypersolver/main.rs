@@ -22,7 +22,10 @@ use mnist_data::load_splits;
 use node_models::checkpoint;
 use node_models::hyper::zero_output;
 use node_models::mnist::{self, Split};
-use node_models::{HyperConv, MnistModel, ModelKind, OdeConfig, OdeFunc, SgdConfig, SgdMomentum};
+use node_models::{
+    Basis, HyperConv, MnistModel, ModelKind, OdeConfig, OdeFunc, SgdConfig, SgdMomentum,
+    TimeDependence,
+};
 use node_solvers::{hyper_residuals, odeint, odeint_hyper, Correction, Method, SolveOptions};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -41,6 +44,9 @@ struct Args {
     /// `--augment-dim` the ODE-Net was trained with.
     #[arg(long, default_value_t = 0)]
     augment_dim: usize,
+    /// `--galerkin` basis the ODE-Net was trained with (`fourier:M` or `legendre:D`).
+    #[arg(long, value_name = "BASIS")]
+    galerkin: Option<Basis>,
     /// Base method of the hypersolver: an explicit fixed-step Runge–Kutta method.
     #[arg(long, default_value = "euler")]
     method: Method,
@@ -114,21 +120,28 @@ enum Fit {
 
 /// The ODE-Net of `path`, with weights that track no gradient (plain tensors, not `Var`s):
 /// its block is only solved here, never trained.
-fn frozen_odenet(path: &Path, augment: usize, dev: &Device) -> Result<MnistModel> {
+fn frozen_odenet(
+    path: &Path,
+    augment: usize,
+    galerkin: Option<Basis>,
+    dev: &Device,
+) -> Result<MnistModel> {
     let kind = ModelKind::OdeNet;
     let cfg = OdeConfig {
         augment,
+        time: galerkin.map_or(TimeDependence::Concat, TimeDependence::Galerkin),
         ..OdeConfig::default_for(kind)
     };
     let varmap = VarMap::new();
-    MnistModel::new(
+    let name = MnistModel::new(
         kind,
         &cfg,
         VarBuilder::from_varmap(&varmap, DType::F32, dev),
-    )?;
+    )?
+    .name();
     // The optimizer only gives `load` its buffers to fill; they are not used.
     let mut opt = SgdMomentum::new(node_adjoint::sorted_vars(&varmap), SgdConfig::default())?;
-    checkpoint::load(path, kind.name(), &varmap, &mut opt)
+    checkpoint::load(path, &name, &varmap, &mut opt)
         .with_context(|| format!("loading the ODE-Net checkpoint {}", path.display()))?;
     let tensors: HashMap<String, Tensor> = varmap
         .data()
@@ -268,7 +281,7 @@ fn main() -> Result<ExitCode> {
             args.odenet.display()
         );
     }
-    let model = frozen_odenet(&args.odenet, args.augment_dim, &dev)?;
+    let model = frozen_odenet(&args.odenet, args.augment_dim, args.galerkin, &dev)?;
     let block = model.ode_block().expect("an ODE-Net");
     let field = &block.field;
     let channels = 64 + args.augment_dim;

@@ -20,8 +20,8 @@ use node_kernels::GraphStep;
 use node_models::checkpoint::{self, PartialEpoch, Resumed};
 use node_models::mnist::{self, Split};
 use node_models::{
-    init, Gradient, MnistModel, ModelKind, OdeConfig, PiecewiseSchedule, Rng, SgdConfig,
-    SgdMomentum,
+    init, Basis, Gradient, MnistModel, ModelKind, OdeConfig, PiecewiseSchedule, Rng, SgdConfig,
+    SgdMomentum, TimeDependence,
 };
 use node_solvers::{Method, SolveOptions, StepSize};
 use std::io::Write;
@@ -55,6 +55,12 @@ struct Args {
     /// 2019); odenet and rknet only.
     #[arg(long, default_value_t = 0)]
     augment_dim: usize,
+    /// Depth-variant convolutions in the ODE block (Galerkin, Massaroli et al. 2020): kernels
+    /// expanded on `fourier:M` (M harmonics, 2M + 1 functions) or `legendre:D` (degree D,
+    /// D + 1 functions) over t ∈ [0, 1], in place of the time channel; odenet and rknet only.
+    /// Checkpoints record the basis.
+    #[arg(long, value_name = "BASIS")]
+    galerkin: Option<Basis>,
     /// Error norm of the adjoint's reverse solve.
     #[arg(long, default_value = "seminorm", value_parser = ["seminorm", "full"])]
     adjoint_norm: String,
@@ -197,6 +203,9 @@ fn ode_config(args: &Args) -> Result<OdeConfig> {
         },
     };
     cfg.augment = args.augment_dim;
+    if let Some(basis) = args.galerkin {
+        cfg.time = TimeDependence::Galerkin(basis);
+    }
     cfg.opts.validate().context("ODE solver options")?;
     Ok(cfg)
 }
@@ -317,7 +326,7 @@ fn main() -> Result<ExitCode> {
     )?;
 
     if let Some(path) = &args.eval {
-        checkpoint::load(path, args.model.name(), &varmap, &mut opt)?;
+        checkpoint::load(path, &model.name(), &varmap, &mut opt)?;
         let (acc, nfe) = evaluate(&model, &test, args.test_batch_size, &dev)?;
         println!(
             "{}: test accuracy {:.4} (error {:.2}%) on {} images, NFE {nfe:.1}",
@@ -329,10 +338,11 @@ fn main() -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    let name = model.name();
     let out_dir = args
         .out_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(args.model.name()));
+        .unwrap_or_else(|| PathBuf::from("runs").join(name.replace(':', "-")));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let ckpt_path = out_dir.join("checkpoint.safetensors");
     let mut start_epoch = 0;
@@ -343,7 +353,7 @@ fn main() -> Result<ExitCode> {
                 epoch,
                 rng: r,
                 partial: p,
-            } = checkpoint::load(&ckpt_path, args.model.name(), &varmap, &mut opt)?;
+            } = checkpoint::load(&ckpt_path, &name, &varmap, &mut opt)?;
             start_epoch = epoch;
             rng = r;
             match &p {
@@ -372,8 +382,7 @@ fn main() -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "model {} ({n_params} parameters) on {dev:?}; {} training / {} test images; epochs {}..{}",
-        args.model,
+        "model {name} ({n_params} parameters) on {dev:?}; {} training / {} test images; epochs {}..{}",
         train.len(),
         test.len(),
         start_epoch + 1,
@@ -436,8 +445,7 @@ fn main() -> Result<ExitCode> {
                 order: order.iter().map(|&i| i as u32).collect(),
                 sums: so_far.to_vec(),
             };
-            let name = args.model.name();
-            checkpoint::save(&ckpt_path, name, &varmap, opt, epoch, rng, Some(&p))
+            checkpoint::save(&ckpt_path, &name, &varmap, opt, epoch, rng, Some(&p))
         };
         let pb = ProgressBar::new(batches as u64);
         pb.set_style(ProgressStyle::with_template(
@@ -522,7 +530,7 @@ fn main() -> Result<ExitCode> {
             "{{\"epoch\":{},\"epochs\":{},\"model\":\"{}\",\"params\":{},\"train_loss\":{:.6},\"train_acc\":{:.6},\"test_acc\":{:.6},\"nfe_f\":{:.2},\"nfe_b\":{:.2},\"test_nfe\":{:.2},\"epoch_time_s\":{:.2},\"time_per_step_s\":{:.4},\"peak_rss_mib\":{:.1},\"lr\":{},\"batch_size\":{},\"seed\":{},\"device\":\"{}\"}}",
             epoch + 1,
             args.epochs,
-            args.model,
+            name,
             n_params,
             sums.loss / sums.seen as f64,
             sums.correct as f64 / sums.seen as f64,
@@ -544,15 +552,7 @@ fn main() -> Result<ExitCode> {
             .open(&metrics_path)
             .and_then(|mut f| writeln!(f, "{line}"))
             .with_context(|| format!("writing {}", metrics_path.display()))?;
-        checkpoint::save(
-            &ckpt_path,
-            args.model.name(),
-            &varmap,
-            &opt,
-            epoch + 1,
-            &rng,
-            None,
-        )?;
+        checkpoint::save(&ckpt_path, &name, &varmap, &opt, epoch + 1, &rng, None)?;
         log(
             &pb,
             format!(
