@@ -17,12 +17,28 @@ from torchdiffeq import odeint, odeint_adjoint  # noqa: E402
 
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 reps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-ALL = ["odenet-adjoint", "odenet-direct", "rknet", "resnet"]
+ALL = ["odenet-adjoint", "odenet-direct", "rknet", "resnet", "odenet-galerkin"]
 variants = sys.argv[3].split(",") if len(sys.argv) > 3 else ALL
 if any(v not in ALL for v in variants):
     sys.exit(f"unknown variant in {variants}; known: {ALL}")
 torch.set_default_dtype(torch.float32)
 torch.manual_seed(0)
+
+
+class GalConv2d(torch.nn.Module):
+    """3x3 convolution whose kernel and bias are expanded on Legendre polynomials to degree 2
+    over t in [0, 1] (torchdyn's GalConv2d; `GalerkinConv2d` with `legendre:2`)."""
+
+    def __init__(self, cin, cout, k=3):
+        super().__init__()
+        bound = 1.0 / (cin * 9 * k) ** 0.5
+        self.weight = torch.nn.Parameter(torch.empty(cout, cin, 3, 3, k).uniform_(-bound, bound))
+        self.bias = torch.nn.Parameter(torch.zeros(cout, k))
+
+    def forward(self, t, x):
+        s = 2.0 * float(t.detach() if torch.is_tensor(t) else t) - 1.0
+        phi = torch.tensor([1.0, s, 1.5 * s * s - 0.5], device=x.device, dtype=x.dtype)
+        return F.conv2d(x, self.weight @ phi, self.bias @ phi, padding=1)
 
 
 class Counted(torch.nn.Module):
@@ -37,13 +53,16 @@ class Counted(torch.nn.Module):
 
 def make(variant):
     kind = "resnet" if variant == "resnet" else "odenet"
-    m = Model(kind).float().to(dev)
+    m = Model(kind)
+    if variant == "odenet-galerkin":
+        m.odefunc.conv1, m.odefunc.conv2 = GalConv2d(64, 64), GalConv2d(64, 64)
+    m = m.float().to(dev)
     if kind == "odenet":
         func = Counted(m.odefunc)
         t = torch.tensor([0.0, 1.0], device=dev)
 
         def block(h):
-            if variant == "odenet-adjoint":
+            if variant in ("odenet-adjoint", "odenet-galerkin"):
                 return odeint_adjoint(func, h, t, rtol=1e-3, atol=1e-3, method="dopri5")[1]
             if variant == "odenet-direct":
                 return odeint(func, h, t, rtol=1e-3, atol=1e-3, method="dopri5")[1]

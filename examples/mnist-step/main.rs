@@ -18,7 +18,10 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::status_mib;
 use node_adjoint::{AdjointNorm, AdjointOptions, CheckpointOptions, ReversibleOptions};
-use node_models::{init, Gradient, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum};
+use node_models::{
+    init, Basis, Gradient, MnistModel, ModelKind, OdeConfig, Rng, SgdConfig, SgdMomentum,
+    TimeDependence,
+};
 use std::time::Instant;
 
 /// Time one MNIST training step per model.
@@ -28,7 +31,8 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Models (and variants) to time: odenet-adjoint, odenet-direct, odenet-checkpoint,
-    /// odenet-reversible, rknet, resnet, mlp.
+    /// odenet-reversible, odenet-galerkin (Galerkin convolutions on Legendre polynomials to
+    /// degree 2, the adjoint), rknet, resnet, mlp.
     #[arg(
         long,
         value_delimiter = ',',
@@ -77,6 +81,10 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
             Gradient::Adjoint(AdjointOptions::default().norm(AdjointNorm::Seminorm)),
         ),
         "odenet-direct" => (ModelKind::OdeNet, Gradient::Backprop),
+        "odenet-galerkin" => (
+            ModelKind::OdeNet,
+            Gradient::Adjoint(AdjointOptions::default().norm(AdjointNorm::Seminorm)),
+        ),
         "odenet-checkpoint" => (
             ModelKind::OdeNet,
             Gradient::Checkpoint(CheckpointOptions::default()),
@@ -95,6 +103,13 @@ fn run_variant(variant: &str, args: &Args) -> Result<String> {
     }
     let mut cfg = OdeConfig::default_for(kind);
     cfg.gradient = gradient;
+    if variant == "odenet-galerkin" {
+        let basis = Basis::Legendre {
+            degree: 2,
+            span: (0.0, 1.0),
+        };
+        cfg.time = TimeDependence::Galerkin(basis);
+    }
     // A recorded step reads nothing back: no final check of the fixed-step solve.
     cfg.opts = cfg.opts.check_finite(!args.cuda_graph);
     let varmap = VarMap::new();

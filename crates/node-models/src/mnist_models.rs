@@ -9,6 +9,11 @@
 //! | RK-Net | the same block, fixed-step Runge–Kutta, backprop through the solver | 208,266 |
 //! | ResNet | 6 [`ResBlock`]s | 576,778 |
 //! | MLP | no convolutions: Linear(784→300) – ReLU – Linear(300→10) | 238,510 |
+//!
+//! ODE-Net and RK-Net take two variations of the block ([`OdeConfig`]): channels of zeros
+//! added to its state (`augment`, ANODE), and Galerkin convolutions in its field instead of
+//! the time channel (`time`, [`TimeDependence::Galerkin`]: 354,826 parameters on Legendre
+//! polynomials to degree 2).
 
 use crate::layers::{
     conv2d, linear, norm, BlockStats, Conv2d, Gradient, GroupNorm, Linear, OdeBlock, OdeFunc,
