@@ -99,6 +99,10 @@ impl AdjointOptions {
         o.first_step = None;
         if let Some(m) = self.method {
             o.method = m;
+            // A kept Jacobian is for W-methods only.
+            if !m.is_w_method() {
+                o.jacobian_reuse = 1;
+            }
         }
         if let Some(r) = self.rtol {
             o.rtol = r;

@@ -47,18 +47,24 @@ fn adjoint_case(dev: &Device) -> Result<()> {
     );
     let y0 = Var::new(&y00, dev)?;
     let cases = [
-        (Method::Kvaerno3, AdjointState::Backsolve),
-        (Method::Kvaerno5, AdjointState::Backsolve),
-        (Method::Kvaerno5, AdjointState::Interpolated),
-        (Method::Dopri5, AdjointState::Interpolated),
+        (Method::Kvaerno3, AdjointState::Backsolve, 1),
+        (Method::Kvaerno5, AdjointState::Backsolve, 1),
+        (Method::Kvaerno5, AdjointState::Interpolated, 1),
+        (Method::Dopri5, AdjointState::Interpolated, 1),
         // Rosenbrock methods, forwards and backwards (the parameter gradients are the
         // reverse solve's integrals).
-        (Method::Rodas5P, AdjointState::Backsolve),
-        (Method::Rodas4, AdjointState::Interpolated),
-        (Method::Rodas5P, AdjointState::Interpolated),
+        (Method::Rodas5P, AdjointState::Backsolve, 1),
+        (Method::Rodas4, AdjointState::Interpolated, 1),
+        (Method::Rodas5P, AdjointState::Interpolated, 1),
+        (Method::Ros34pw2, AdjointState::Backsolve, 1),
+        // A W-method keeping its Jacobian for 5 steps, forwards and backwards.
+        (Method::Ros34pw2, AdjointState::Backsolve, 5),
     ];
-    for (m, state) in cases {
-        let opts = SolveOptions::default().method(m).tolerances(1e-11, 1e-13);
+    for (m, state, reuse) in cases {
+        let opts = SolveOptions::default()
+            .method(m)
+            .tolerances(1e-11, 1e-13)
+            .jacobian_reuse(reuse);
         let adj = AdjointOptions::default().state(state);
         let sol = odeint_adjoint(&f, y0.as_tensor(), &ts, &opts, &adj)?;
         let l = loss(&sol.ys)?;
@@ -95,6 +101,16 @@ fn adjoint_case(dev: &Device) -> Result<()> {
             }
         }
     }
+
+    // A reverse solve by another method drops the forward W-method's kept Jacobian (rodas5p
+    // would refuse it).
+    let opts = SolveOptions::default()
+        .method(Method::Ros34pw2)
+        .tolerances(1e-8, 1e-10)
+        .jacobian_reuse(5);
+    let adj = AdjointOptions::default().method(Method::Rodas5P);
+    let sol = odeint_adjoint(&f, y0.as_tensor(), &ts, &opts, &adj)?;
+    loss(&sol.ys)?.backward()?;
 
     // Checkpointing replays steps under backprop: refused before solving.
     let opts = SolveOptions::default().method(Method::Kvaerno5);

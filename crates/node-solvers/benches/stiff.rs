@@ -10,7 +10,8 @@
 //! 4. The Brusselator with diffusion on `N` points (`2N` components) over `[0, 10]`: the
 //!    finite-difference Jacobian against the closed-form one (`WithJacobian`), dopri5, and
 //!    the IMEX methods on the field split (the reaction explicit, the diffusion implicit
-//!    with its Jacobian in closed form).
+//!    with its Jacobian in closed form), and the W-method ros34pw2 keeping its Jacobian by
+//!    differences for up to 10 steps.
 
 mod common;
 
@@ -57,14 +58,24 @@ fn main() -> Result<()> {
         Method::Rodas4,
         Method::Rodas4P,
         Method::Rodas5P,
+        Method::Ros34pw2,
     ] {
         for (jac, f) in [
             ("differences", &field as &dyn VectorField),
             ("closed form", &exact),
+            ("differences, kept ≤ 20 steps", &field),
         ] {
-            for rtol in [1e-4, 1e-6, 1e-8] {
+            if jac.contains("kept") && !m.is_w_method() {
+                continue;
+            }
+            for rtol in [1e-3, 1e-4, 1e-6, 1e-8] {
                 let atol = rtol * 1e-6;
                 let opts = SolveOptions::default().method(m).tolerances(rtol, atol);
+                let opts = if m.is_w_method() && jac == "differences, kept ≤ 20 steps" {
+                    opts.jacobian_reuse(20)
+                } else {
+                    opts
+                };
                 let (secs, sol) = time(reps, || odeint(f, &y0, &ts, &opts))?;
                 let s = sol.stats;
                 println!(
@@ -119,6 +130,7 @@ fn main() -> Result<()> {
             Method::Rodas4,
             Method::Rodas4P,
             Method::Rodas5P,
+            Method::Ros34pw2,
         ] {
             let opts = SolveOptions::default()
                 .method(m)
@@ -151,20 +163,28 @@ fn main() -> Result<()> {
         let field = b.field();
         let exact = WithJacobian::new(b.field(), b.jacobian());
         let split = b.split();
-        let runs: [(Method, &str, &dyn VectorField); 10] = [
-            (Method::Kvaerno5, "differences", &field),
-            (Method::Kvaerno5, "closed form", &exact),
-            (Method::Kvaerno3, "closed form", &exact),
-            (Method::KenCarp4, "closed form", &exact),
-            (Method::KenCarp3, "split: diffusion's", &split),
-            (Method::KenCarp4, "split: diffusion's", &split),
-            (Method::KenCarp5, "split: diffusion's", &split),
-            (Method::Rodas4, "closed form", &exact),
-            (Method::Rodas5P, "closed form", &exact),
-            (Method::Dopri5, "–", &field),
+        // (method, Jacobian, field, steps a W-method keeps a Jacobian for)
+        let runs: [(Method, &str, &dyn VectorField, usize); 14] = [
+            (Method::Kvaerno5, "differences", &field, 1),
+            (Method::Kvaerno5, "closed form", &exact, 1),
+            (Method::Kvaerno3, "closed form", &exact, 1),
+            (Method::KenCarp4, "closed form", &exact, 1),
+            (Method::KenCarp3, "split: diffusion's", &split, 1),
+            (Method::KenCarp4, "split: diffusion's", &split, 1),
+            (Method::KenCarp5, "split: diffusion's", &split, 1),
+            (Method::Rodas4, "closed form", &exact, 1),
+            (Method::Rodas5P, "closed form", &exact, 1),
+            (Method::Rodas5P, "differences", &field, 1),
+            (Method::Ros34pw2, "closed form", &exact, 1),
+            (Method::Ros34pw2, "differences", &field, 1),
+            (Method::Ros34pw2, "differences, kept ≤ 10 steps", &field, 10),
+            (Method::Dopri5, "–", &field, 1),
         ];
-        for (m, jac, f) in runs {
-            let opts = SolveOptions::default().method(m).tolerances(1e-6, 1e-6);
+        for (m, jac, f, reuse) in runs {
+            let opts = SolveOptions::default()
+                .method(m)
+                .tolerances(1e-6, 1e-6)
+                .jacobian_reuse(reuse);
             let (secs, sol) = time(reps.min(3), || odeint(f, &y0, &ts, &opts))?;
             let s = sol.stats;
             let err = (sol.last()? - &reference)?

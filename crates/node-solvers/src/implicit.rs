@@ -109,8 +109,14 @@ pub(crate) struct Newton {
     /// The part of the field the stages solve for: the whole, or the implicit part of a
     /// split field under an IMEX method.
     part: Part,
-    /// A Rosenbrock method: a fresh Jacobian at every step, no iterations.
+    /// A Rosenbrock method: no iterations, and a fresh Jacobian at every step unless it is a
+    /// W-method with `reuse > 1`.
     rosenbrock: bool,
+    /// The most step starts a Rosenbrock method keeps one Jacobian for (1 but for W-methods).
+    reuse: usize,
+    /// Step starts the current Jacobian has served, and the last one counted.
+    jac_steps: usize,
+    counted_at: Option<f64>,
 }
 
 impl Newton {
@@ -217,6 +223,13 @@ impl Newton {
                 Part::Whole
             },
             rosenbrock: opts.method.is_rosenbrock(),
+            reuse: if opts.method.is_w_method() {
+                opts.jacobian_reuse.max(1)
+            } else {
+                1
+            },
+            jac_steps: 0,
+            counted_at: None,
         })
     }
 
@@ -231,6 +244,14 @@ impl Newton {
     /// its age).
     pub(crate) fn is_fresh(&self, t: f64) -> bool {
         self.jac_t == Some(t)
+    }
+
+    /// A step from `t` was rejected by its error estimate: a Rosenbrock W-method's kept
+    /// Jacobian is blamed, and rebuilt for the retry.
+    pub(crate) fn rejected(&mut self, t: f64) {
+        if self.rosenbrock && self.reuse > 1 && !self.is_fresh(t) {
+            self.slow = true;
+        }
     }
 
     /// Prepares a step from `(t, y)`, the field evaluated at `t0_eval`: reads `y` (once per step start)
@@ -259,7 +280,8 @@ impl Newton {
     }
 
     /// Prepares a Rosenbrock step from `(t, y)`: the Jacobian at the step start (kept only
-    /// when the step is retried from the same start) and `∂f/∂t` there by differences in the
+    /// when the step is retried from the same start, or by a W-method for up to `reuse`
+    /// step starts) and `∂f/∂t` there by differences in the
     /// step's direction (two evaluations; exactly zero for a field that does not depend on
     /// `t`). `f0 = f(t0_eval, y)`.
     pub(crate) fn begin_rosenbrock_step<F: VectorField + ?Sized>(
@@ -271,8 +293,12 @@ impl Newton {
         y: &Tensor,
         f0: &Tensor,
     ) -> Result<Tensor> {
+        if self.counted_at != Some(t) {
+            self.counted_at = Some(t);
+            self.jac_steps += 1;
+        }
         self.begin_step(ev, t, t0_eval, y)?;
-        if !self.is_fresh(t) {
+        if !self.is_fresh(t) && self.jac_steps >= self.reuse {
             self.build_jacobian(ev, t, t0_eval, y)?;
         }
         // Second-order one-sided differences at `t + δ` and `t + 2δ` with `δ ≈ ε^(1/3)`:
@@ -391,6 +417,7 @@ impl Newton {
         self.jac_t = Some(t);
         self.lu_hg = f64::NAN;
         self.slow = false;
+        self.jac_steps = 0;
         Ok(())
     }
 

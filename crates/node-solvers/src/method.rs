@@ -66,6 +66,11 @@ pub enum Method {
     /// stages, as [`Method::Rodas4`]. Julia's recommended method for stiff problems at
     /// moderate tolerances.
     Rodas5P,
+    /// Rang and Angermann's ROS34PW2: Rosenbrock 3(2), L-stable, stiffly accurate, adaptive,
+    /// four stages, as [`Method::Rodas4`]; a W-method: its order holds with an approximate
+    /// Jacobian, so one Jacobian can serve many steps
+    /// ([`crate::SolveOptions::jacobian_reuse`]), for fields whose Jacobian is costly.
+    Ros34pw2,
     /// Adams–Bashforth, fixed steps (torchdiffeq's `explicit_adams`): one evaluation per
     /// step, of order [`crate::SolveOptions::adams_order`] (4 by default), started by
     /// Runge–Kutta steps.
@@ -84,9 +89,9 @@ pub enum Method {
 
 impl Method {
     /// Every method: the Runge–Kutta ones ([`Method::RUNGE_KUTTA`]), then the Adams ones.
-    pub const ALL: [Method; 25] = {
+    pub const ALL: [Method; 26] = {
         let n = Method::RUNGE_KUTTA.len();
-        let mut all = [Method::Adams; 25];
+        let mut all = [Method::Adams; 26];
         let mut i = 0;
         while i < n {
             all[i] = Method::RUNGE_KUTTA[i];
@@ -99,7 +104,7 @@ impl Method {
 
     /// The Runge–Kutta methods: the explicit ones in order of increasing cost, then the
     /// implicit ones, then the IMEX ones, then the Rosenbrock ones.
-    pub const RUNGE_KUTTA: [Method; 22] = [
+    pub const RUNGE_KUTTA: [Method; 23] = [
         Method::Euler,
         Method::Midpoint,
         Method::Heun2,
@@ -122,6 +127,7 @@ impl Method {
         Method::Rodas4,
         Method::Rodas4P,
         Method::Rodas5P,
+        Method::Ros34pw2,
     ];
 
     /// A Runge–Kutta method's coefficients; `None` for the Adams methods.
@@ -149,6 +155,7 @@ impl Method {
             Method::Rodas4 => &tableau::RODAS4,
             Method::Rodas4P => &tableau::RODAS4P,
             Method::Rodas5P => &tableau::RODAS5P,
+            Method::Ros34pw2 => &tableau::ROS34PW2,
             Method::ExplicitAdams | Method::ImplicitAdams | Method::Adams => return None,
         })
     }
@@ -195,9 +202,15 @@ impl Method {
     }
 
     /// True for the Rosenbrock methods ([`Method::Rodas4`], [`Method::Rodas4P`],
-    /// [`Method::Rodas5P`]).
+    /// [`Method::Rodas5P`], [`Method::Ros34pw2`]).
     pub fn is_rosenbrock(self) -> bool {
         self.tableau().is_some_and(ButcherTableau::is_rosenbrock)
+    }
+
+    /// True for the Rosenbrock W-methods ([`Method::Ros34pw2`]), whose order holds with a
+    /// Jacobian kept across steps ([`crate::SolveOptions::jacobian_reuse`]).
+    pub fn is_w_method(self) -> bool {
+        self.tableau().is_some_and(ButcherTableau::is_w_method)
     }
 
     /// True for the IMEX methods ([`Method::KenCarp3`], 4 and 5), which treat the two parts

@@ -185,6 +185,11 @@ pub struct SolveOptions {
     pub jump_ts: Arc<[f64]>,
     /// The Jacobian of the implicit methods' Newton iterations (ignored by explicit methods).
     pub jacobian: Jacobian,
+    /// The most steps a Rosenbrock W-method ([`Method::Ros34pw2`]) keeps one Jacobian for;
+    /// a step rejected with a kept Jacobian is retried with a fresh one. 1 (the default): a
+    /// fresh Jacobian every step, as the classical Rosenbrock methods need. The ESDIRK and
+    /// IMEX methods ignore it (they keep theirs while Newton's iterations converge).
+    pub jacobian_reuse: usize,
 }
 
 impl Default for SolveOptions {
@@ -208,6 +213,7 @@ impl Default for SolveOptions {
             step_ts: Arc::from([]),
             jump_ts: Arc::from([]),
             jacobian: Jacobian::Dense,
+            jacobian_reuse: 1,
         }
     }
 }
@@ -319,6 +325,14 @@ impl SolveOptions {
         self
     }
 
+    /// Keeps a Rosenbrock W-method's Jacobian for up to `steps` steps
+    /// ([`SolveOptions::jacobian_reuse`]): for fields whose Jacobian costs much more than an
+    /// evaluation (one evaluation per component by differences).
+    pub fn jacobian_reuse(mut self, steps: usize) -> Self {
+        self.jacobian_reuse = steps;
+        self
+    }
+
     /// Checks the options on their own; state-dependent checks happen in the solve.
     ///
     /// # Errors
@@ -397,6 +411,16 @@ impl SolveOptions {
         }
         if self.max_steps == 0 {
             return Err(SolverError::InvalidOptions("max_steps must be > 0".into()).into());
+        }
+        if self.jacobian_reuse == 0 {
+            return Err(SolverError::InvalidOptions("jacobian_reuse must be >= 1".into()).into());
+        }
+        if self.jacobian_reuse > 1 && self.method.is_rosenbrock() && !self.method.is_w_method() {
+            return Err(SolverError::InvalidOptions(format!(
+                "`{}` needs a fresh Jacobian every step (its order holds only with the exact one): jacobian_reuse > 1 is for a W-method such as ros34pw2",
+                self.method
+            ))
+            .into());
         }
         for (name, times) in [("step_ts", &self.step_ts), ("jump_ts", &self.jump_ts)] {
             if let Some(i) = times.iter().position(|t| !t.is_finite()) {

@@ -350,9 +350,15 @@ pub(crate) fn rk_step<F: VectorField + ?Sized>(
         }
         if let Some(ros) = tab.rosenbrock {
             let ft = newton.begin_rosenbrock_step(f, t, t0_eval, h, y, f0)?;
-            match rosenbrock_stages(tab, &ros, f, h, &stage_time, t0_eval, y, f0, &ft, newton)? {
-                Some(k) => (k, None),
-                None => return Ok(None),
+            loop {
+                let stages =
+                    rosenbrock_stages(tab, &ros, f, h, &stage_time, t0_eval, y, f0, &ft, newton)?;
+                match stages {
+                    Some(k) => break (k, None),
+                    None if newton.is_fresh(t) => return Ok(None),
+                    // A W-method's kept Jacobian made the matrix singular: a fresh one.
+                    None => newton.build_jacobian(f, t, t0_eval, y)?,
+                }
             }
         } else {
             newton.begin_step(f, t, t0_eval, y)?;

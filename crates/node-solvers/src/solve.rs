@@ -738,6 +738,9 @@ fn adaptive<F: VectorField + ?Sized>(
             prev_ratio = ratio.max(1e-4);
         } else {
             stats.rejected_steps += 1;
+            if let Some(n) = newton.as_mut() {
+                n.rejected(t);
+            }
             h_abs = control.retry(t, dir, h_try, ratio, at_min_step, opts.min_step)?;
         }
         h_abs = h_abs.min(opts.max_step);

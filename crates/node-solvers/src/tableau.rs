@@ -62,6 +62,9 @@ pub struct Rosenbrock {
     pub coupling: &'static [&'static [f64]],
     /// `d_i`, the row sums of `Γ`: the weight of `h f_t` in stage `i`.
     pub time: &'static [f64],
+    /// A W-method: the order holds with any matrix in place of `J` (only stability needs it
+    /// close), so a Jacobian can be kept across steps ([`crate::SolveOptions::jacobian_reuse`]).
+    pub w_method: bool,
 }
 
 impl Rosenbrock {
@@ -146,6 +149,11 @@ impl ButcherTableau {
     /// True for a Rosenbrock (linearly implicit) method.
     pub fn is_rosenbrock(&self) -> bool {
         self.rosenbrock.is_some()
+    }
+
+    /// True for a Rosenbrock W-method ([`Rosenbrock::w_method`]).
+    pub fn is_w_method(&self) -> bool {
+        self.rosenbrock.is_some_and(|r| r.w_method)
     }
 
     /// True for an IMEX (additive Runge–Kutta) method: an implicit method with an explicit
@@ -1572,6 +1580,7 @@ pub const RODAS4: ButcherTableau = ButcherTableau {
             ],
         ],
         time: &[0.25, -0.1043, 0.1035, -0.0362, 0.0, 0.0],
+        w_method: false,
     }),
     b: &RODAS4_B,
     // The last stage is the difference between the solution and the embedded one.
@@ -1645,6 +1654,7 @@ pub const RODAS4P: ButcherTableau = ButcherTableau {
             ],
         ],
         time: &[0.25, -0.5, -0.023504, -0.0362, 0.0, 0.0],
+        w_method: false,
     }),
     b: &RODAS4P_B,
     b_err: Some(&[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
@@ -1778,6 +1788,7 @@ pub const RODAS5P: ButcherTableau = ButcherTableau {
             0.0,
             0.0,
         ],
+        w_method: false,
     }),
     b: &RODAS5P_B,
     b_err: Some(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
@@ -1785,3 +1796,65 @@ pub const RODAS5P: ButcherTableau = ButcherTableau {
     error_order: 4,
     interpolant: Interpolant::Rodas(&RODAS5P_H),
 };
+
+/// ROS34PW2 (Rang and Angermann, "New Rosenbrock W-methods of order 3 for partial
+/// differential algebraic equations of index 1", BIT 2005): a stiffly accurate, L-stable
+/// Rosenbrock method of order 3 with an embedded order 2, four stages (four evaluations and
+/// four linear solves with one LU factorization per step), and a third-order dense output.
+/// Its order conditions hold for parabolic problems and index-1 DAEs, and it keeps order 2
+/// as a W-method, with an inexact Jacobian. Coefficients from Rang and Angermann's `α` and
+/// `Γ` (as PETSc's `TSROSWRA34PW2` lists them, with its interpolation weights), in Hairer
+/// and Wanner's transformed form: `a = α Γ⁻¹`, `C = diag(1/γ) − Γ⁻¹`, `b = b̃ Γ⁻¹`.
+pub const ROS34PW2: ButcherTableau = ButcherTableau {
+    name: "ros34pw2",
+    c: &[0.0, 0.871733043016918, 0.7315799577888524, 1.0],
+    a: &[
+        &[2.0],
+        &[1.4192173174557652, -0.2592322116729698],
+        ROS34PW2_B.split_at(3).0,
+    ],
+    implicit: None,
+    rosenbrock: Some(Rosenbrock {
+        gamma: ROS34PW2_G,
+        coupling: &[
+            &[-4.588560720558084],
+            &[-4.184760482319161, 0.285192017355496],
+            &[-6.36817920012836, -6.795620944466837, 2.870098604331055],
+        ],
+        time: &[ROS34PW2_G, -ROS34PW2_G, -0.41333337623388644, 0.0],
+        w_method: true,
+    }),
+    b: &ROS34PW2_B,
+    b_err: Some(&[
+        0.27774994764797034,
+        -1.4032398951759986,
+        1.7726301276675511,
+        0.5,
+    ]),
+    order: 3,
+    error_order: 2,
+    interpolant: Interpolant::Weights(ros34pw2_dense),
+};
+
+const ROS34PW2_G: f64 = 0.435866521508459;
+
+const ROS34PW2_B: [f64; 4] = [
+    4.184760482319163,
+    -0.28519201735549543,
+    2.2942803602790423,
+    1.0,
+];
+
+/// ROS34PW2's dense output: `w_i(θ) = Σ_r W_ir θ^(r+1)`, PETSc's interpolation weights in
+/// the transformed form (`W = Γ⁻ᵀ B`); `w(1) = b`.
+fn ros34pw2_dense(theta: f64, out: &mut [f64]) {
+    const W: [[f64; 3]; 4] = [
+        [0.8326590231543833, 4.520784200520353, -1.1686827413555747],
+        [-1.4616213371246556, -4.727954322284011, 5.904383642053172],
+        [0.0, 9.752939685168172, -7.458659324889134],
+        [-2.398120075195581, 5.50195979011212, -2.103839714916539],
+    ];
+    for (o, w) in out.iter_mut().zip(W) {
+        *o = theta * (w[0] + theta * (w[1] + theta * w[2]));
+    }
+}

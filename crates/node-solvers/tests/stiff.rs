@@ -73,6 +73,7 @@ fn l_stable_case(dev: &Device) -> Result<()> {
         Method::Rodas4,
         Method::Rodas4P,
         Method::Rodas5P,
+        Method::Ros34pw2,
     ] {
         let opts = SolveOptions::default().method(m).fixed_steps(1);
         let y1 = odeint(&p.field(), &y0, &[0.0, 1.0], &opts)?.last()?;
