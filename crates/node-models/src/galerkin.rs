@@ -164,6 +164,51 @@ fn expand(coeffs: &Tensor, phi: &Tensor) -> Result<Tensor> {
         .reshape(rest)
 }
 
+/// A Galerkin layer's coefficients: the weight `[out, …, K]` (uniform in `±1/√fan_in`, the
+/// fan-in counting the `K` functions) and the bias `[out, K]` (0), on a basis.
+#[derive(Clone, Debug)]
+struct Coefficients {
+    weight: Tensor,
+    bias: Tensor,
+    basis: Basis,
+}
+
+impl Coefficients {
+    /// `weight` of shape `[outputs, inner…, K]`, `bias` `[outputs, K]`, under `vb`.
+    fn new(outputs: usize, inner: &[usize], basis: Basis, vb: VarBuilder) -> Result<Self> {
+        basis.check()?;
+        let k = basis.functions();
+        let bound = 1.0 / ((inner.iter().product::<usize>() * k).max(1) as f64).sqrt();
+        let mut shape = vec![outputs];
+        shape.extend(inner);
+        shape.push(k);
+        let weight = vb.get_with_hints(
+            shape,
+            "weight",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let bias = vb.get_with_hints((outputs, k), "bias", Init::Const(0.0))?;
+        Ok(Self {
+            weight,
+            bias,
+            basis,
+        })
+    }
+
+    /// The weight and bias at depth `t`.
+    fn at(&self, t: f64) -> Result<(Tensor, Tensor)> {
+        let phi = self.basis.eval_like(t, &self.weight)?;
+        Ok((expand(&self.weight, &phi)?, expand(&self.bias, &phi)?))
+    }
+
+    fn tensors(&self) -> Vec<Tensor> {
+        vec![self.weight.clone(), self.bias.clone()]
+    }
+}
+
 /// A fully connected layer whose weight and bias depend on the depth `t`,
 /// `y = x W(t)ᵀ + b(t)` with `W(t) = Σₖ φₖ(t) Wₖ` and `b(t) = Σₖ φₖ(t) bₖ` on a [`Basis`].
 ///
@@ -193,9 +238,7 @@ fn expand(coeffs: &Tensor, phi: &Tensor) -> Result<Tensor> {
 /// ```
 #[derive(Clone, Debug)]
 pub struct GalerkinLinear {
-    weight: Tensor,
-    bias: Tensor,
-    basis: Basis,
+    coefficients: Coefficients,
 }
 
 impl GalerkinLinear {
@@ -205,33 +248,19 @@ impl GalerkinLinear {
     /// A Fourier basis whose period is not a positive number, a Legendre basis whose span is
     /// empty or not finite, and those of `vb`.
     pub fn new(inputs: usize, outputs: usize, basis: Basis, vb: VarBuilder) -> Result<Self> {
-        basis.check()?;
-        let k = basis.functions();
-        let bound = 1.0 / ((inputs * k).max(1) as f64).sqrt();
-        let weight = vb.get_with_hints(
-            (outputs, inputs, k),
-            "weight",
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
-        let bias = vb.get_with_hints((outputs, k), "bias", Init::Const(0.0))?;
         Ok(Self {
-            weight,
-            bias,
-            basis,
+            coefficients: Coefficients::new(outputs, &[inputs], basis, vb)?,
         })
     }
 
     /// The basis.
     pub fn basis(&self) -> Basis {
-        self.basis
+        self.coefficients.basis
     }
 
     /// The coefficients `[out, in, K]` and `[out, K]`.
     pub fn tensors(&self) -> Vec<Tensor> {
-        vec![self.weight.clone(), self.bias.clone()]
+        self.coefficients.tensors()
     }
 
     /// The weight `W(t)` (`[out, in]`) and bias `b(t)` (`[out]`) at depth `t`.
@@ -239,8 +268,7 @@ impl GalerkinLinear {
     /// # Errors
     /// Tensor errors.
     pub fn at(&self, t: f64) -> Result<(Tensor, Tensor)> {
-        let phi = self.basis.eval_like(t, &self.weight)?;
-        Ok((expand(&self.weight, &phi)?, expand(&self.bias, &phi)?))
+        self.coefficients.at(t)
     }
 
     /// `x W(t)ᵀ + b(t)` for `x` of shape `[batch, in]`.
@@ -287,9 +315,7 @@ impl GalerkinLinear {
 /// ```
 #[derive(Clone, Debug)]
 pub struct GalerkinConv2d {
-    weight: Tensor,
-    bias: Tensor,
-    basis: Basis,
+    coefficients: Coefficients,
     padding: usize,
     stride: usize,
 }
@@ -310,25 +336,11 @@ impl GalerkinConv2d {
         basis: Basis,
         vb: VarBuilder,
     ) -> Result<Self> {
-        basis.check()?;
         if kernel == 0 || stride == 0 {
             bail!("GalerkinConv2d: the kernel size and the stride must be positive, got {kernel} and {stride}");
         }
-        let k = basis.functions();
-        let bound = 1.0 / ((inputs * kernel * kernel * k).max(1) as f64).sqrt();
-        let weight = vb.get_with_hints(
-            (outputs, inputs, kernel, kernel, k),
-            "weight",
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
-        let bias = vb.get_with_hints((outputs, k), "bias", Init::Const(0.0))?;
         Ok(Self {
-            weight,
-            bias,
-            basis,
+            coefficients: Coefficients::new(outputs, &[inputs, kernel, kernel], basis, vb)?,
             padding,
             stride,
         })
@@ -336,12 +348,12 @@ impl GalerkinConv2d {
 
     /// The basis.
     pub fn basis(&self) -> Basis {
-        self.basis
+        self.coefficients.basis
     }
 
     /// The coefficients `[out, in, k, k, K]` and `[out, K]`.
     pub fn tensors(&self) -> Vec<Tensor> {
-        vec![self.weight.clone(), self.bias.clone()]
+        self.coefficients.tensors()
     }
 
     /// The kernel `W(t)` (`[out, in, k, k]`) and bias `b(t)` (`[out]`) at depth `t`.
@@ -349,8 +361,7 @@ impl GalerkinConv2d {
     /// # Errors
     /// Tensor errors.
     pub fn at(&self, t: f64) -> Result<(Tensor, Tensor)> {
-        let phi = self.basis.eval_like(t, &self.weight)?;
-        Ok((expand(&self.weight, &phi)?, expand(&self.bias, &phi)?))
+        self.coefficients.at(t)
     }
 
     /// `conv(x, W(t)) + b(t)`.
