@@ -34,3 +34,16 @@ pub fn worst_riccati_error(ys: &Tensor, y0: &Tensor, ts: &[f64]) -> anyhow::Resu
     }
     Ok(worst)
 }
+
+/// The Brusselator on `n` points from its initial state (f64), and its state at `t = 10` by
+/// dopri5 at `rtol = atol = 1e-11`: the reference the stiff methods' solves are held to.
+pub fn brusselator_at_10(
+    n: usize,
+    dev: &candle_core::Device,
+) -> anyhow::Result<(node_solvers::problems::Brusselator, Tensor, Tensor)> {
+    let b = node_solvers::problems::Brusselator::new(n);
+    let y0 = b.initial(DType::F64, dev)?;
+    let opts = node_solvers::SolveOptions::default().tolerances(1e-11, 1e-11);
+    let end = node_solvers::odeint(&b.field(), &y0, &[0.0, 10.0], &opts)?.last()?;
+    Ok((b, y0, end))
+}

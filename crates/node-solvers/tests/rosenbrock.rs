@@ -7,8 +7,8 @@ mod common;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
-use common::{fitted_slope, max_abs_diff, worst_riccati_error};
-use node_solvers::problems::{Brusselator, Riccati, Robertson};
+use common::{brusselator_at_10, fitted_slope, max_abs_diff, worst_riccati_error};
+use node_solvers::problems::{Riccati, Robertson};
 use node_solvers::{
     odeint, odeint_event, EventOptions, Jacobian, Method, SolveOptions, SolverError, WithJacobian,
 };
@@ -189,15 +189,8 @@ fn adaptive_case(dev: &Device) -> Result<()> {
         let e = max_abs_diff(&sol.last()?, &p.exact(&y0, 0.0, 2.0)?)?;
         assert!(e < 1e-3, "{m} f32: error {e:e}");
     }
-    let b = Brusselator::new(64);
-    let y0 = b.initial(DType::F64, dev)?;
+    let (b, y0, tight) = brusselator_at_10(64, dev)?;
     let ts = [0.0, 10.0];
-    let tight = odeint(
-        &b.field(),
-        &y0,
-        &ts,
-        &SolveOptions::default().tolerances(1e-11, 1e-11),
-    )?;
     let dopri5 = odeint(
         &b.field(),
         &y0,
@@ -211,7 +204,7 @@ fn adaptive_case(dev: &Device) -> Result<()> {
         let fewer = if m == Method::Ros34pw2 { 3 } else { 5 };
         let opts = SolveOptions::default().method(m).tolerances(1e-6, 1e-6);
         let sol = odeint(&f, &y0, &ts, &opts)?;
-        let e = max_abs_diff(&sol.last()?, &tight.last()?)?;
+        let e = max_abs_diff(&sol.last()?, &tight)?;
         println!(
             "Brusselator {m}: {:?}, error {e:e}; dopri5 {:?}",
             sol.stats, dopri5.stats
@@ -453,21 +446,14 @@ fn jacobian_reuse_case(dev: &Device) -> Result<()> {
     );
     assert!(kept.stats.nfe < fresh.stats.nfe);
 
-    let b = Brusselator::new(64);
-    let y0 = b.initial(DType::F64, dev)?;
+    let (b, y0, tight) = brusselator_at_10(64, dev)?;
     let ts = [0.0, 10.0];
-    let tight = odeint(
-        &b.field(),
-        &y0,
-        &ts,
-        &SolveOptions::default().tolerances(1e-11, 1e-11),
-    )?;
     let opts = SolveOptions::default().method(m).tolerances(1e-5, 1e-5);
     let fresh = odeint(&b.field(), &y0, &ts, &opts)?;
     let kept = odeint(&b.field(), &y0, &ts, &opts.clone().jacobian_reuse(10))?;
     let (e_fresh, e_kept) = (
-        max_abs_diff(&fresh.last()?, &tight.last()?)?,
-        max_abs_diff(&kept.last()?, &tight.last()?)?,
+        max_abs_diff(&fresh.last()?, &tight)?,
+        max_abs_diff(&kept.last()?, &tight)?,
     );
     println!(
         "Brusselator: fresh {:?} error {e_fresh:e}, kept {:?} error {e_kept:e}",

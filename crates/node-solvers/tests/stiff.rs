@@ -6,7 +6,7 @@ mod common;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
-use common::max_abs_diff;
+use common::{brusselator_at_10, max_abs_diff};
 use node_solvers::problems::{Brusselator, Exponential, Robertson};
 use node_solvers::{
     odeint, odeint_event, EventOptions, Jacobian, Method, SolveOptions, SolverError, StepSize,
@@ -280,15 +280,8 @@ fn field_jacobian_case(dev: &Device) -> Result<()> {
     }
     // The Brusselator on 16 points: 33 evaluations per finite-difference build. Both
     // Jacobians follow dopri5's solution at a tight tolerance.
-    let b = Brusselator::new(16);
-    let y0 = b.initial(DType::F64, dev)?;
+    let (b, y0, tight) = brusselator_at_10(16, dev)?;
     let ts = [0.0, 10.0];
-    let tight = odeint(
-        &b.field(),
-        &y0,
-        &ts,
-        &SolveOptions::default().tolerances(1e-11, 1e-11),
-    )?;
     let opts = SolveOptions::default()
         .method(Method::Kvaerno5)
         .tolerances(1e-7, 1e-7);
@@ -299,7 +292,7 @@ fn field_jacobian_case(dev: &Device) -> Result<()> {
         fd.stats, own.stats
     );
     for sol in [&fd, &own] {
-        let e = max_abs_diff(&sol.last()?, &tight.last()?)?;
+        let e = max_abs_diff(&sol.last()?, &tight)?;
         assert!(e < 1e-5, "Brusselator error {e:e} ({:?})", sol.stats);
     }
     assert!(own.stats.nfe + 30 * own.stats.jacobians < fd.stats.nfe);
@@ -310,7 +303,7 @@ fn field_jacobian_case(dev: &Device) -> Result<()> {
     });
     let off = odeint(&halved, &y0, &ts, &opts)?;
     println!("Brusselator, half the Jacobian: {:?}", off.stats);
-    let e = max_abs_diff(&off.last()?, &tight.last()?)?;
+    let e = max_abs_diff(&off.last()?, &tight)?;
     assert!(e < 1e-5, "halved Jacobian: error {e:e} ({:?})", off.stats);
     assert!(off.stats.nfe > own.stats.nfe);
     Ok(())
