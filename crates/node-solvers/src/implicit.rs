@@ -236,8 +236,9 @@ impl Newton {
     /// Whether the Newton matrix is large enough that an adaptive solve should keep its step
     /// unless it can grow by a fifth (reusing the LU factors).
     pub(crate) fn keeps_steps(&self) -> bool {
-        // A Rosenbrock method's factors change with the Jacobian at every step anyway.
-        self.size >= KEEP_STEPS_FROM && !self.rosenbrock
+        // A Rosenbrock method's factors change with the Jacobian at every step anyway, unless
+        // it is a W-method keeping its Jacobian.
+        self.size >= KEEP_STEPS_FROM && (!self.rosenbrock || self.reuse > 1)
     }
 
     /// Whether the Jacobian was built at the step start `t` (a failure cannot be blamed on

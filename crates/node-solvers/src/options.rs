@@ -186,7 +186,9 @@ pub struct SolveOptions {
     /// The Jacobian of the implicit methods' Newton iterations (ignored by explicit methods).
     pub jacobian: Jacobian,
     /// The most steps a Rosenbrock W-method ([`Method::Ros34pw2`]) keeps one Jacobian for;
-    /// a step rejected with a kept Jacobian is retried with a fresh one. 1 (the default): a
+    /// a step rejected with a kept Jacobian is retried with a fresh one. Above 1, a system of
+    /// 64 components or more also keeps its step size unless it can grow by a fifth, so that
+    /// the LU factors serve several steps, as the ESDIRK methods' do. 1 (the default): a
     /// fresh Jacobian every step, as the classical Rosenbrock methods need. The ESDIRK and
     /// IMEX methods ignore it (they keep theirs while Newton's iterations converge).
     pub jacobian_reuse: usize,
