@@ -3,7 +3,7 @@
 mod common;
 
 use anyhow::Result;
-use common::{ok, tensors};
+use common::{fails_saying, ok, tensors};
 use node_models::mnist::{self, FILES};
 use node_models::Rng;
 use std::path::Path;
@@ -350,27 +350,15 @@ fn galerkin_odenet_trains_and_checkpoints_record_the_basis() -> Result<()> {
             ]
             .concat(),
         );
-        assert!(!o.status.success());
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            err.contains("checkpoint of model `odenet-galerkin-legendre:2`"),
-            "{err}"
-        );
+        fails_saying(&o, "checkpoint of model `odenet-galerkin-legendre:2`");
     }
     let o = train(&data, &out, &["--galerkin", "chebyshev:3"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("expected fourier:M"), "{err}");
+    fails_saying(&o, "expected fourier:M");
     let o = train(
         &data,
         &out,
         &["--model", "resnet", "--galerkin", "fourier:1"],
     );
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("Galerkin convolutions are for ODE-Net and RK-Net"),
-        "{err}"
-    );
+    fails_saying(&o, "Galerkin convolutions are for ODE-Net and RK-Net");
     Ok(())
 }
