@@ -315,6 +315,30 @@ fn checkpoint_is_backprop(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Two SGD steps of an ODE-Net or RK-Net (`model`, its variables in `varmap`) on the 16
+/// digits `x`, `y` lower its loss.
+fn two_steps_lower_the_loss(
+    model: &MnistModel,
+    varmap: &VarMap,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
+    let mut opt = SgdMomentum::new(node_adjoint::sorted_vars(varmap), SgdConfig::default())?;
+    let loss = || -> Result<Tensor> {
+        let (logits, stats) = model.forward(x)?;
+        ensure!(logits.dims() == [16, 10] && stats.block.is_some());
+        Ok(candle_nn::loss::cross_entropy(&logits, y)?)
+    };
+    let first = loss()?.to_scalar::<f32>()?;
+    for _ in 0..2 {
+        opt.backward_step(&loss()?)?;
+    }
+    let last = loss()?.to_scalar::<f32>()?;
+    let kind = model.kind();
+    ensure!(last < first, "{kind}: loss {first} -> {last}");
+    Ok(())
+}
+
 /// An augmented ODE-Net and RK-Net (Dupont et al. 2019): 5 channels of zeros beside the 64,
 /// the field, the head's norm (23 groups of 3) and the classifier on 69; they train.
 fn augmented_models(dev: &Device) -> Result<()> {
@@ -334,18 +358,7 @@ fn augmented_models(dev: &Device) -> Result<()> {
         let model = MnistModel::new(kind, &ode, vb)?;
         init::pytorch_default(&varmap, &mut Rng::new(0))?;
         ensure!(param_count(&varmap) == 208_266 - on(64) + on(69), "{kind}");
-        let mut opt = SgdMomentum::new(node_adjoint::sorted_vars(&varmap), SgdConfig::default())?;
-        let loss = || -> Result<Tensor> {
-            let (logits, stats) = model.forward(&x)?;
-            ensure!(logits.dims() == [16, 10] && stats.block.is_some());
-            Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
-        };
-        let first = loss()?.to_scalar::<f32>()?;
-        for _ in 0..2 {
-            opt.backward_step(&loss()?)?;
-        }
-        let last = loss()?.to_scalar::<f32>()?;
-        ensure!(last < first, "{kind}: loss {first} -> {last}");
+        two_steps_lower_the_loss(&model, &varmap, &x, &y)?;
     }
     for kind in [ModelKind::ResNet, ModelKind::Mlp] {
         let ode = OdeConfig {
@@ -391,18 +404,7 @@ fn galerkin_models(dev: &Device) -> Result<()> {
         ensure!(model.name() == format!("{kind}-galerkin-legendre:2"));
         let block = model.ode_block().expect("a block");
         ensure!(block.field.time_dependence() == time);
-        let mut opt = SgdMomentum::new(node_adjoint::sorted_vars(&varmap), SgdConfig::default())?;
-        let loss = || -> Result<Tensor> {
-            let (logits, stats) = model.forward(&x)?;
-            ensure!(logits.dims() == [16, 10] && stats.block.is_some());
-            Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
-        };
-        let first = loss()?.to_scalar::<f32>()?;
-        for _ in 0..2 {
-            opt.backward_step(&loss()?)?;
-        }
-        let last = loss()?.to_scalar::<f32>()?;
-        ensure!(last < first, "{kind}: loss {first} -> {last}");
+        two_steps_lower_the_loss(&model, &varmap, &x, &y)?;
     }
     let (_, plain) = build(ModelKind::OdeNet, dev)?;
     ensure!(plain.name() == "odenet");
