@@ -4,6 +4,7 @@
 
 use crate::error::SolverError;
 use crate::field::VectorField;
+use crate::method::Method;
 use crate::options::SolveOptions;
 use crate::rk::Step;
 use crate::solve::{interpolate, needs_f1, solve, Solution};
@@ -173,7 +174,10 @@ pub fn odeint_dense<F: VectorField + ?Sized>(
     ts: &[f64],
     opts: &SolveOptions,
 ) -> Result<(Solution, DenseSolution)> {
-    let tab = opts.method.runge_kutta("a dense solution")?;
+    let tab = match opts.method {
+        Method::Rkc => &crate::rkc::DENSE,
+        m => m.runge_kutta("a dense solution")?,
+    };
     let mut dense = DenseSolution::new(tab, ts.first().copied().unwrap_or(0.0), y0);
     let sol = solve(f, y0, ts, opts, Some(&mut dense))?;
     Ok((sol, dense))

@@ -15,6 +15,7 @@ pub mod options;
 pub mod problems;
 pub mod reversible;
 pub mod rk;
+pub mod rkc;
 pub mod sde;
 pub mod solve;
 pub mod steady;

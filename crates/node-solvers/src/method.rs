@@ -71,6 +71,11 @@ pub enum Method {
     /// Jacobian, so one Jacobian can serve many steps
     /// ([`crate::SolveOptions::jacobian_reuse`]), for fields whose Jacobian is costly.
     Ros34pw2,
+    /// Runge–Kutta–Chebyshev (Sommeijer, Shampine & Verwer's RKC): explicit, second order,
+    /// as many stages per step as the spectral radius of `∂f/∂y` needs for stability (their
+    /// number grows with its square root), for mildly stiff problems with eigenvalues near the
+    /// negative real axis (diffusion); see [`crate::rkc`]. Adaptive or fixed steps.
+    Rkc,
     /// Adams–Bashforth, fixed steps (torchdiffeq's `explicit_adams`): one evaluation per
     /// step, of order [`crate::SolveOptions::adams_order`] (4 by default), started by
     /// Runge–Kutta steps.
@@ -88,17 +93,19 @@ pub enum Method {
 }
 
 impl Method {
-    /// Every method: the Runge–Kutta ones ([`Method::RUNGE_KUTTA`]), then the Adams ones.
-    pub const ALL: [Method; 26] = {
+    /// Every method: the Runge–Kutta ones with a Butcher tableau
+    /// ([`Method::RUNGE_KUTTA`]), `rkc`, then the Adams ones.
+    pub const ALL: [Method; 27] = {
         let n = Method::RUNGE_KUTTA.len();
-        let mut all = [Method::Adams; 26];
+        let mut all = [Method::Adams; 27];
         let mut i = 0;
         while i < n {
             all[i] = Method::RUNGE_KUTTA[i];
             i += 1;
         }
-        all[n] = Method::ExplicitAdams;
-        all[n + 1] = Method::ImplicitAdams;
+        all[n] = Method::Rkc;
+        all[n + 1] = Method::ExplicitAdams;
+        all[n + 2] = Method::ImplicitAdams;
         all
     };
 
@@ -130,7 +137,8 @@ impl Method {
         Method::Ros34pw2,
     ];
 
-    /// A Runge–Kutta method's coefficients; `None` for the Adams methods.
+    /// A Runge–Kutta method's coefficients; `None` for `rkc` (whose stages vary from step to
+    /// step) and the Adams methods.
     pub fn tableau(self) -> Option<&'static ButcherTableau> {
         Some(match self {
             Method::Euler => &tableau::EULER,
@@ -156,7 +164,9 @@ impl Method {
             Method::Rodas4P => &tableau::RODAS4P,
             Method::Rodas5P => &tableau::RODAS5P,
             Method::Ros34pw2 => &tableau::ROS34PW2,
-            Method::ExplicitAdams | Method::ImplicitAdams | Method::Adams => return None,
+            Method::Rkc | Method::ExplicitAdams | Method::ImplicitAdams | Method::Adams => {
+                return None
+            }
         })
     }
 
@@ -164,7 +174,12 @@ impl Method {
     pub(crate) fn runge_kutta(self, feature: &str) -> candle_core::Result<&'static ButcherTableau> {
         self.tableau().ok_or_else(|| {
             SolverError::InvalidOptions(format!(
-                "{feature} needs a Runge–Kutta method, and `{self}` is a multistep method"
+                "{feature} needs a Runge–Kutta method with a Butcher tableau, and `{self}` is {}",
+                if self.is_multistep() {
+                    "a multistep method"
+                } else {
+                    "a Runge–Kutta–Chebyshev method, whose stages vary from step to step"
+                }
             ))
             .into()
         })
@@ -176,20 +191,24 @@ impl Method {
             Method::ExplicitAdams => "explicit_adams",
             Method::ImplicitAdams => "implicit_adams",
             Method::Adams => "adams",
+            Method::Rkc => "rkc",
             m => m.tableau().map_or("", |t| t.name),
         }
     }
 
     /// True for the Adams methods, which step with values of earlier steps.
     pub fn is_multistep(self) -> bool {
-        self.tableau().is_none()
+        matches!(
+            self,
+            Method::ExplicitAdams | Method::ImplicitAdams | Method::Adams
+        )
     }
 
     /// True when the method has an error estimate and can choose its own steps.
     pub fn is_adaptive(self) -> bool {
         match self.tableau() {
             Some(t) => t.is_adaptive(),
-            None => self == Method::Adams,
+            None => matches!(self, Method::Adams | Method::Rkc),
         }
     }
 
@@ -224,6 +243,7 @@ impl Method {
     pub fn order(self) -> usize {
         match self {
             Method::Adams => crate::adams::MAX_ORDER,
+            Method::Rkc => 2,
             m => m.tableau().map_or(crate::adams::DEFAULT_ORDER, |t| t.order),
         }
     }

@@ -192,6 +192,11 @@ pub struct SolveOptions {
     /// fresh Jacobian every step, as the classical Rosenbrock methods need. The ESDIRK and
     /// IMEX methods ignore it (they keep theirs while Newton's iterations converge).
     pub jacobian_reuse: usize,
+    /// An upper bound on the spectral radius of `∂f/∂y` over the solve, for
+    /// [`Method::Rkc`] (ignored by the other methods): `rkc` then takes as many stages as it
+    /// makes a step stable and reads nothing back for it. `None` (the default): `rkc`
+    /// estimates it by the power method ([`crate::rkc`]).
+    pub spectral_radius: Option<f64>,
 }
 
 impl Default for SolveOptions {
@@ -216,6 +221,7 @@ impl Default for SolveOptions {
             jump_ts: Arc::from([]),
             jacobian: Jacobian::Dense,
             jacobian_reuse: 1,
+            spectral_radius: None,
         }
     }
 }
@@ -335,6 +341,14 @@ impl SolveOptions {
         self
     }
 
+    /// Gives `rkc` an upper bound on the spectral radius of `∂f/∂y`
+    /// ([`SolveOptions::spectral_radius`]), e.g. `4 D / Δx²` for diffusion on a grid of
+    /// spacing `Δx`, instead of its estimates.
+    pub fn spectral_radius(mut self, rho: f64) -> Self {
+        self.spectral_radius = Some(rho);
+        self
+    }
+
     /// Checks the options on their own; state-dependent checks happen in the solve.
     ///
     /// # Errors
@@ -423,6 +437,14 @@ impl SolveOptions {
                 self.method
             ))
             .into());
+        }
+        if let Some(rho) = self.spectral_radius {
+            if !(rho.is_finite() && rho >= 0.0) {
+                return Err(SolverError::InvalidOptions(format!(
+                    "spectral_radius must be finite and >= 0, got {rho}"
+                ))
+                .into());
+            }
         }
         for (name, times) in [("step_ts", &self.step_ts), ("jump_ts", &self.jump_ts)] {
             if let Some(i) = times.iter().position(|t| !t.is_finite()) {

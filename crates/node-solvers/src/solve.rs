@@ -10,8 +10,10 @@ use crate::error::SolverError;
 use crate::event::EventWatch;
 use crate::field::VectorField;
 use crate::implicit::Newton;
+use crate::method::Method;
 use crate::options::{Atol, ErrorNorm, SolveOptions, StepController, StepSize};
 use crate::rk::{lincomb, rk_step, Evaluator, Step};
+use crate::rkc;
 use crate::tableau::{ButcherTableau, Interpolant};
 use crate::trace::Recorder;
 use candle_core::{DType, Result, Tensor};
@@ -197,16 +199,32 @@ pub(crate) fn run_steps<F: VectorField + ?Sized>(
     watch: Option<&mut EventWatch<'_>>,
     trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
-    let multistep = opts.method.is_multistep();
-    if multistep && trace.is_some() {
-        return Err(SolverError::InvalidOptions(format!(
-            "a traced solve (a dense solution, checkpointed backprop, the interpolated \
-             adjoint, a differentiable event) needs a Runge–Kutta method, and `{}` is a \
-             multistep method",
-            opts.method
-        ))
-        .into());
+    match &trace {
+        Some(tr) if opts.method == Method::Rkc && tr.replays() => {
+            return Err(SolverError::InvalidOptions(
+                "checkpointed backprop and traced events replay the solve's steps, and `rkc`'s \
+                 stages follow its estimates of the spectral radius: differentiate an rkc solve \
+                 by the adjoint (solved backwards or interpolated) or by backprop"
+                    .into(),
+            )
+            .into());
+        }
+        Some(_) if opts.method != Method::Rkc => {
+            opts.method.runge_kutta(
+                "a traced solve (a dense solution, checkpointed backprop, the interpolated \
+                 adjoint, a differentiable event)",
+            )?;
+        }
+        _ => {}
     }
+    if opts.method == Method::Rkc {
+        let atol = match opts.step {
+            StepSize::Adaptive => Some(prepare_atol(ev, &opts.atol, y0)?),
+            _ => None,
+        };
+        return rkc::solve(ev, y0, ts, dir, opts, atol.as_ref(), out, watch, trace);
+    }
+    let multistep = opts.method.is_multistep();
     match (&opts.step, multistep) {
         (StepSize::Adaptive, _) => {
             let atol = prepare_atol(ev, &opts.atol, y0)?;

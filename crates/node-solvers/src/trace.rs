@@ -27,11 +27,21 @@ pub(crate) trait Recorder {
     fn needs_f1(&self) -> bool {
         false
     }
+    /// Whether what is recorded is replayed later by a fixed-step solve on the recorded
+    /// steps, which must then compute exactly what the solve did (checkpointed backprop,
+    /// traced events): not so for `rkc`, whose stages follow estimates of the spectral radius.
+    fn replays(&self) -> bool {
+        false
+    }
     /// An accepted step from `(t, y)` to `t1`; `f1` when known.
     fn accepted(&mut self, t: f64, t1: f64, y: &Tensor, step: &Step, f1: Option<&Tensor>);
 }
 
 impl Recorder for StepTrace {
+    fn replays(&self) -> bool {
+        true
+    }
+
     fn accepted(&mut self, _t: f64, t1: f64, _y: &Tensor, step: &Step, _f1: Option<&Tensor>) {
         self.record(t1, &step.y1);
     }

@@ -85,10 +85,13 @@ fn outputs_cost_no_evaluations(dev: &Device) -> Result<()> {
             // fifth-order method (8.0e-5 measured, against 3.6e-6 at the steps' ends).
             // kencarp4's and kencarp5's are Kennedy and Carpenter's, also of third order
             // (2.3e-5 and 2.3e-4 measured inside 10 and 7 steps, 3.9e-6 and 9.5e-6 at the
-            // end).
+            // end). rkc's error is its solution's, not the interpolant's: a second-order
+            // method whose estimate is its own local error takes 109 steps, each within the
+            // tolerance, to a global error of 2.7e-5 (1.1e-5 at t = 0.2 where a solve to
+            // 0.2 ends a step there; measured).
             let bound = match m {
                 Method::Fehlberg2 | Method::ImplicitEuler => 1e-3,
-                Method::Kvaerno5 | Method::KenCarp4 => 1e-4,
+                Method::Kvaerno5 | Method::KenCarp4 | Method::Rkc => 1e-4,
                 Method::KenCarp5 => 5e-4,
                 _ => 1e-5,
             };

@@ -52,9 +52,17 @@ fn method_names_round_trip() {
         Method::ImplicitAdams
     );
     for m in Method::ALL {
-        assert_eq!(m.is_multistep(), m.tableau().is_none(), "{m}");
-        assert_eq!(Method::RUNGE_KUTTA.contains(&m), !m.is_multistep(), "{m}");
+        assert_eq!(
+            Method::RUNGE_KUTTA.contains(&m),
+            m.tableau().is_some(),
+            "{m}"
+        );
+        let adams = [Method::ExplicitAdams, Method::ImplicitAdams, Method::Adams];
+        assert_eq!(m.is_multistep(), adams.contains(&m), "{m}");
     }
+    assert_eq!("RKC".parse::<Method>().unwrap(), Method::Rkc);
+    assert!(Method::Rkc.is_adaptive() && !Method::Rkc.is_implicit());
+    assert_eq!(Method::Rkc.order(), 2);
     let err = "rk45".parse::<Method>().unwrap_err().to_string();
     assert!(err.contains("rk45") && err.contains("dopri5"), "{err}");
 }
