@@ -10,8 +10,11 @@
 //! 4. The Brusselator with diffusion on `N` points (`2N` components) over `[0, 10]`: the
 //!    finite-difference Jacobian against the closed-form one (`WithJacobian`), dopri5, and
 //!    the IMEX methods on the field split (the reaction explicit, the diffusion implicit
-//!    with its Jacobian in closed form), and the W-method ros34pw2 keeping its Jacobian by
-//!    differences for up to 10 steps.
+//!    with its Jacobian in closed form), the W-method ros34pw2 keeping its Jacobian by
+//!    differences for up to 10 steps, and the explicit Runge–Kutta–Chebyshev method rkc.
+//! 5. Fisher–KPP reaction–diffusion `u' = D Δu + u (1 − u)` on an `n × n` grid (`n²`
+//!    components, too many for a dense Jacobian's LU): rkc (spectral radius estimated, or
+//!    given as `8D(n+1)² + 1`) against dopri5 and tsit5, whose steps the diffusion holds.
 
 mod common;
 
@@ -131,6 +134,7 @@ fn main() -> Result<()> {
             Method::Rodas4P,
             Method::Rodas5P,
             Method::Ros34pw2,
+            Method::Rkc,
         ] {
             let opts = SolveOptions::default()
                 .method(m)
@@ -164,7 +168,7 @@ fn main() -> Result<()> {
         let exact = WithJacobian::new(b.field(), b.jacobian());
         let split = b.split();
         // (method, Jacobian, field, steps a W-method keeps a Jacobian for)
-        let runs: [(Method, &str, &dyn VectorField, usize); 14] = [
+        let runs: [(Method, &str, &dyn VectorField, usize); 15] = [
             (Method::Kvaerno5, "differences", &field, 1),
             (Method::Kvaerno5, "closed form", &exact, 1),
             (Method::Kvaerno3, "closed form", &exact, 1),
@@ -178,6 +182,7 @@ fn main() -> Result<()> {
             (Method::Ros34pw2, "closed form", &exact, 1),
             (Method::Ros34pw2, "differences", &field, 1),
             (Method::Ros34pw2, "differences, kept ≤ 10 steps", &field, 10),
+            (Method::Rkc, "– (ρ estimated)", &field, 1),
             (Method::Dopri5, "–", &field, 1),
         ];
         for (m, jac, f, reuse) in runs {
@@ -204,5 +209,90 @@ fn main() -> Result<()> {
             );
         }
     }
+
+    println!("\n## Fisher–KPP on an n × n grid, D = 0.1, t 0 → 0.5 (error: max abs against dopri5 at 1e-10)");
+    println!("| n | method | spectral radius | rtol = atol | steps (rejected) | NFE | host reads | time | error |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for n in [32usize, 64, 128] {
+        let kpp = FisherKpp { n, d: 0.1 };
+        let y0 = kpp.initial(&dev)?;
+        let ts = [0.0, 0.5];
+        let field = |_t: f64, u: &Tensor| kpp.field(u);
+        let tight = SolveOptions::default().tolerances(1e-10, 1e-10);
+        let reference = odeint(&field, &y0, &ts, &tight)?.last()?;
+        let rho = 8.0 * kpp.d * ((n + 1) * (n + 1)) as f64 + 1.0;
+        let base = SolveOptions::default().tolerances(1e-5, 1e-5);
+        // rkc's estimate is its local error, the explicit pairs' their lower-order
+        // solution's: at equal tolerance rkc's global error is larger, so also at 1e-7.
+        let runs = [
+            ("rkc", "estimated", base.clone().method(Method::Rkc)),
+            (
+                "rkc",
+                "given",
+                base.clone().method(Method::Rkc).spectral_radius(rho),
+            ),
+            (
+                "rkc",
+                "estimated",
+                base.clone().method(Method::Rkc).tolerances(1e-7, 1e-7),
+            ),
+            ("dopri5", "–", base.clone()),
+            ("tsit5", "–", base.clone().method(Method::Tsit5)),
+        ];
+        for (m, radius, opts) in runs {
+            let (secs, sol) = time(reps.min(3), || odeint(&field, &y0, &ts, &opts))?;
+            let s = sol.stats;
+            let err = (sol.last()? - &reference)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f64>()?;
+            println!(
+                "| {n} | {m} | {radius} | {:e} | {} ({}) | {} | {} | {:.1} ms | {err:.1e} |",
+                opts.rtol,
+                s.accepted_steps,
+                s.rejected_steps,
+                s.nfe,
+                s.host_reads,
+                secs * 1e3
+            );
+        }
+    }
     Ok(())
+}
+
+/// `u' = D Δu + u (1 − u)` on the interior points of an `n × n` grid of `[0, 1]²`, zero on
+/// the boundary: the diffusion's eigenvalues reach `−8D(n+1)²`.
+struct FisherKpp {
+    n: usize,
+    d: f64,
+}
+
+impl FisherKpp {
+    /// A bump, `exp(−40 |x − (0.4, 0.5)|²)`, shape `[n, n]`, f64.
+    fn initial(&self, dev: &Device) -> Result<Tensor> {
+        let n = self.n;
+        let h = 1.0 / (n + 1) as f64;
+        let v: Vec<f64> = (0..n * n)
+            .map(|k| {
+                let (x, y) = (((k / n) + 1) as f64 * h, ((k % n) + 1) as f64 * h);
+                (-40.0 * ((x - 0.4).powi(2) + (y - 0.5).powi(2))).exp()
+            })
+            .collect();
+        Tensor::from_vec(v, (n, n), dev)
+    }
+
+    fn field(&self, u: &Tensor) -> Result<Tensor> {
+        let n = self.n;
+        let c = self.d * ((n + 1) * (n + 1)) as f64;
+        let zr = Tensor::zeros((1, n), u.dtype(), u.device())?;
+        let rows = Tensor::cat(&[&zr, u, &zr], 0)?;
+        let zc = Tensor::zeros((n, 1), u.dtype(), u.device())?;
+        let cols = Tensor::cat(&[&zc, u, &zc], 1)?;
+        let sides = ((rows.narrow(0, 0, n)? + rows.narrow(0, 2, n)?)?
+            + (cols.narrow(1, 0, n)? + cols.narrow(1, 2, n)?)?)?;
+        let lap = (sides - u.affine(4.0, 0.0)?)?.affine(c, 0.0)?;
+        let reaction = (u * u.affine(-1.0, 1.0)?)?;
+        lap + reaction
+    }
 }
