@@ -1,4 +1,4 @@
-//! The Runge–Kutta–Chebyshev method `rkc` ([`Method::Rkc`]): explicit, of second order, for
+//! The Runge–Kutta–Chebyshev method `rkc` ([`crate::Method::Rkc`]): explicit, of second order, for
 //! mildly stiff problems whose Jacobians have eigenvalues near the negative real axis, such as
 //! diffusion discretized on a grid (Sommeijer, Shampine & Verwer, *RKC: an explicit solver for
 //! parabolic PDEs*, J. Comput. Appl. Math. 88, 1998).
