@@ -346,6 +346,38 @@ fn features_case(dev: &Device) -> Result<()> {
     let ends = dense.step_times();
     assert_eq!(ends.len(), sol.stats.accepted_steps + 1);
     assert_eq!(max_abs_diff(&dense.evaluate(0.1)?, &sol.last()?)?, 0.0);
+    // Reverse time: Riccati from t = 2 back to −0.5, where |y| grows to 3.6 and errors
+    // made on the way grow with it (up to 36×). Per-step control of the local error of a
+    // second-order method gives global errors of tol^(2/3) here: 1.3e-2, 6.5e-4 and 3.0e-5
+    // at tolerances 1e-5, 1e-7 and 1e-9 (measured; fixed steps converge at order 2, 1.07e-3
+    // and 2.7e-4 with 400 and 800); dopri5 at 1e-7 has 3.1e-6.
+    let p = Riccati;
+    let y2 = Tensor::new(&[0.6f64, 0.3], dev)?;
+    let back = [2.0, 1.3, 0.4, -0.5];
+    let tight = SolveOptions::default()
+        .method(Method::Rkc)
+        .tolerances(1e-9, 1e-9);
+    let sol = odeint(&p.field(), &y2, &back, &tight)?;
+    for (i, &t) in back.iter().enumerate() {
+        let e = max_abs_diff(&sol.ys.get(i)?, &p.exact(&y2, 2.0, t)?)?;
+        assert!(e < 1e-4, "backwards, t = {t}: {e:e}");
+    }
+    // A given first step and a largest one: at 1e-5 rkc takes 82 steps; capped at 0.01,
+    // 252 (and an error of 2.6e-3 against 1.3e-2).
+    let capped = odeint(
+        &p.field(),
+        &y2,
+        &[2.0, -0.5],
+        &SolveOptions::default()
+            .method(Method::Rkc)
+            .tolerances(1e-5, 1e-5)
+            .first_step(1e-3)
+            .max_step(0.01),
+    )?;
+    assert!(capped.stats.accepted_steps >= 250, "{:?}", capped.stats);
+    assert!(capped.last_step <= 0.01);
+    let e = max_abs_diff(&capped.last()?, &p.exact(&y2, 2.0, -0.5)?)?;
+    assert!(e < 5e-3, "max_step 0.01: {e:e}");
     // An event: the first mode's amplitude (the middle value) falls to 0.5.
     let mid = heat.n / 2;
     let g = move |_t: f64, y: &Tensor| y.narrow(0, mid, 1)?.affine(1.0, -0.5);
