@@ -37,7 +37,7 @@ pub use layers::{
 };
 pub use mnist_models::{MnistModel, ModelKind, OdeConfig};
 pub use optim::{Adam, AdamConfig, PiecewiseSchedule, SgdConfig, SgdMomentum};
-pub use reaction_diffusion::{Diffusion1d, PointwiseReaction};
+pub use reaction_diffusion::{Diffusion1d, Diffusion2d, PointwiseReaction};
 pub use rng::Rng;
 pub use rnn::{Rnn, RnnConfig};
 pub use sde_gan::{SdeGan, SdeGanConfig};

@@ -8,8 +8,14 @@
 //! `Split::new(reaction, diffusion)` solves the diffusion implicitly and only evaluates the
 //! network, whose steps are then held by neither: `train-reaction-diffusion` trains one.
 //!
+//! On a 2-D grid ([`Diffusion2d`]) the diffusion has no Jacobian to offer (`C n² × C n²` per
+//! system, too large for a dense LU): solve it with an explicit method, the
+//! Runge–Kutta–Chebyshev [`node_solvers::Method::Rkc`] above all, whose stages grow with the
+//! square root of the stiffness.
+//!
 //! # Shapes
-//! States are `[C, N]` (channels, grid points) or a batch `[B, C, N]`.
+//! States are `[C, N]` (channels, grid points) or a batch `[B, C, N]`; on an `n × n` grid the
+//! points are flattened row by row, `N = n²`, so that [`PointwiseReaction`] serves both.
 
 use crate::layers::{Activation, Mlp};
 use candle_core::{Device, Result, Tensor, Var};
@@ -167,27 +173,8 @@ impl VectorField for Diffusion1d {
     fn eval(&self, _t: f64, y: &Tensor) -> Result<Tensor> {
         self.batch(y)?;
         let rank = y.rank();
-        let (c, n) = (self.channels(), self.points);
-        let col = |v: &[f64]| -> Result<Tensor> {
-            Tensor::from_vec(v.to_vec(), (c, 1), &Device::Cpu)?
-                .to_dtype(y.dtype())?
-                .to_device(y.device())
-        };
-        let padded = match &self.ends {
-            Some(ends) => {
-                let mut end_shape = y.dims().to_vec();
-                end_shape[rank - 1] = 1;
-                let ends = col(ends)?.broadcast_as(end_shape)?;
-                Tensor::cat(&[&ends, y, &ends], rank - 1)?
-            }
-            None => {
-                let last = y.narrow(rank - 1, n - 1, 1)?;
-                let first = y.narrow(rank - 1, 0, 1)?;
-                Tensor::cat(&[&last, y, &first], rank - 1)?
-            }
-        };
-        let sides = (padded.narrow(rank - 1, 0, n)? + padded.narrow(rank - 1, 2, n)?)?;
-        (sides - y.affine(2.0, 0.0)?)?.broadcast_mul(&col(&self.scales())?)
+        let lap = second_difference(y, rank - 1, rank - 2, self.ends.as_deref())?;
+        lap.broadcast_mul(&per_channel(&self.scales(), y, rank - 2)?)
     }
 
     /// In closed form: [`Jacobian::Dense`] (block diagonal over the batch and the channels),
@@ -220,6 +207,127 @@ impl VectorField for Diffusion1d {
 
 /// No parameters: the diffusion is the known part.
 impl ParamVectorField for Diffusion1d {
+    fn params(&self) -> Vec<Var> {
+        vec![]
+    }
+}
+
+/// `values` (one per channel) as a tensor of `y`'s rank, dtype and device, the channels along
+/// `channel_axis` and 1 elsewhere: to broadcast against `y`.
+fn per_channel(values: &[f64], y: &Tensor, channel_axis: usize) -> Result<Tensor> {
+    let mut shape = vec![1; y.rank()];
+    shape[channel_axis] = values.len();
+    Tensor::from_vec(values.to_vec(), shape, &Device::Cpu)?
+        .to_dtype(y.dtype())?
+        .to_device(y.device())
+}
+
+/// `y_(i−1) − 2 y_i + y_(i+1)` along `axis`, the neighbours past the ends the channels' fixed
+/// `ends` (channels along `channel_axis`) or, for `None`, those across the periodic grid.
+fn second_difference(
+    y: &Tensor,
+    axis: usize,
+    channel_axis: usize,
+    ends: Option<&[f64]>,
+) -> Result<Tensor> {
+    let n = y.dim(axis)?;
+    let padded = match ends {
+        Some(ends) => {
+            let mut end_shape = y.dims().to_vec();
+            end_shape[axis] = 1;
+            let ends = per_channel(ends, y, channel_axis)?.broadcast_as(end_shape)?;
+            Tensor::cat(&[&ends, y, &ends], axis)?
+        }
+        None => {
+            let last = y.narrow(axis, n - 1, 1)?;
+            let first = y.narrow(axis, 0, 1)?;
+            Tensor::cat(&[&last, y, &first], axis)?
+        }
+    };
+    let sides = (padded.narrow(axis, 0, n)? + padded.narrow(axis, 2, n)?)?;
+    sides - y.affine(2.0, 0.0)?
+}
+
+/// Diffusion of `C` channels on an `n × n` grid, the five-point Laplacian
+/// `D_c (y_(i−1,j) + y_(i+1,j) + y_(i,j−1) + y_(i,j+1) − 4 y_(i,j)) / Δx²`, on the interior
+/// points of `(0, 1)²` with fixed values all round ([`Diffusion2d::new`]) or on a periodic
+/// grid of `[0, 1)²` ([`Diffusion2d::periodic`]). The state holds the grid's points row by row:
+/// `[C, n²]` or `[B, C, n²]`, point `(i, j)` at `i·n + j`. Affine in the state; no parameters;
+/// no Jacobian in closed form (an implicit method would build its `C n² × C n²` one by
+/// differences): for explicit methods, [`node_solvers::Method::Rkc`] above all.
+#[derive(Clone, Debug)]
+pub struct Diffusion2d {
+    /// The same diffusion along one side: its coefficients, ends, and `n` points.
+    line: Diffusion1d,
+}
+
+impl Diffusion2d {
+    /// Diffusion coefficients `coeffs` (one per channel, `D_c ≥ 0`) and boundary values `ends`
+    /// (one per channel) on `side × side` interior points.
+    ///
+    /// # Errors
+    /// As [`Diffusion1d::new`].
+    pub fn new(side: usize, coeffs: &[f64], ends: &[f64]) -> Result<Self> {
+        Ok(Self {
+            line: Diffusion1d::new(side, coeffs, ends)?,
+        })
+    }
+
+    /// Diffusion coefficients `coeffs` on a periodic grid of `side × side` points.
+    ///
+    /// # Errors
+    /// As [`Diffusion1d::periodic`].
+    pub fn periodic(side: usize, coeffs: &[f64]) -> Result<Self> {
+        Ok(Self {
+            line: Diffusion1d::periodic(side, coeffs)?,
+        })
+    }
+
+    /// Points along a side, `n`.
+    pub fn side(&self) -> usize {
+        self.line.points()
+    }
+
+    /// Points of the grid, `n²`: the state's last dimension.
+    pub fn points(&self) -> usize {
+        self.side() * self.side()
+    }
+
+    /// Channels `C`.
+    pub fn channels(&self) -> usize {
+        self.line.channels()
+    }
+
+    /// The largest magnitude of the diffusion's eigenvalues, twice the one-dimensional one
+    /// (`≤ 8 max(D) / Δx²`): [`node_solvers::SolveOptions::spectral_radius`] for `rkc`.
+    pub fn stiffness(&self) -> f64 {
+        2.0 * self.line.stiffness()
+    }
+}
+
+impl VectorField for Diffusion2d {
+    fn eval(&self, _t: f64, y: &Tensor) -> Result<Tensor> {
+        let (c, n) = (self.channels(), self.side());
+        let grid = match y.dims() {
+            [cc, m] if (*cc, *m) == (c, n * n) => y.reshape((c, n, n))?,
+            [b, cc, m] if (*cc, *m) == (c, n * n) => y.reshape((*b, c, n, n))?,
+            d => candle_core::bail!(
+                "diffusion of {c} channels on a {n} × {n} grid: the state must be [{c}, {}] or [B, {c}, {}] (the grid row by row), got {d:?}",
+                n * n,
+                n * n
+            ),
+        };
+        let rank = grid.rank();
+        let ends = self.line.ends.as_deref();
+        let rows = second_difference(&grid, rank - 1, rank - 3, ends)?;
+        let cols = second_difference(&grid, rank - 2, rank - 3, ends)?;
+        let scales = per_channel(&self.line.scales(), &grid, rank - 3)?;
+        (rows + cols)?.broadcast_mul(&scales)?.reshape(y.shape())
+    }
+}
+
+/// No parameters: the diffusion is the known part.
+impl ParamVectorField for Diffusion2d {
     fn params(&self) -> Vec<Var> {
         vec![]
     }

@@ -1,5 +1,7 @@
 //! The reaction–diffusion pieces: `Diffusion1d` against the Brusselator's diffusion, its
 //! Jacobians in closed form against differences, its stiffness against the eigenvalues;
+//! `Diffusion2d` against the five-point stencil written out, its eigenvectors and stiffness,
+//! and solved by rkc against the exact solution;
 //! `PointwiseReaction` acts point by point; a split solve with the network explicit; errors.
 
 mod common;
@@ -9,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::max_abs;
 use node_adjoint::ParamVectorField;
-use node_models::{Activation, Diffusion1d, PointwiseReaction};
+use node_models::{Activation, Diffusion1d, Diffusion2d, PointwiseReaction};
 use node_solvers::problems::Brusselator;
 use node_solvers::{odeint, Jacobian, Method, SolveOptions, Split, VectorField};
 
@@ -212,6 +214,120 @@ fn split_solve_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// The five-point Laplacian of one channel on an `n × n` grid, written out: `ends` the value
+/// all round, or `None` for a periodic grid.
+fn stencil(u: &[f64], n: usize, ends: Option<f64>, scale: f64) -> Vec<f64> {
+    let at = |i: isize, j: isize| -> f64 {
+        let inside = |k: isize| (0..n as isize).contains(&k);
+        match ends {
+            Some(e) if !inside(i) || !inside(j) => e,
+            _ => {
+                let w = |k: isize| k.rem_euclid(n as isize) as usize;
+                u[w(i) * n + w(j)]
+            }
+        }
+    };
+    (0..n * n)
+        .map(|k| {
+            let (i, j) = ((k / n) as isize, (k % n) as isize);
+            scale * (at(i - 1, j) + at(i + 1, j) + at(i, j - 1) + at(i, j + 1) - 4.0 * at(i, j))
+        })
+        .collect()
+}
+
+fn diffusion_2d_case(dev: &Device) -> Result<()> {
+    let n = 7;
+    let (dc, ends) = ([0.3, 0.05], [1.0, 3.0]);
+    let scale = |d: f64, side: f64| d * side * side;
+    let y = Tensor::randn(0.0f64, 1.0, (3, 2, n * n), dev)?;
+    for periodic in [false, true] {
+        let d = if periodic {
+            Diffusion2d::periodic(n, &dc)?
+        } else {
+            Diffusion2d::new(n, &dc, &ends)?
+        };
+        assert_eq!((d.side(), d.points(), d.channels()), (n, n * n, 2));
+        let side = if periodic { n as f64 } else { (n + 1) as f64 };
+        let out = d.eval(0.0, &y)?;
+        assert_eq!(out.dims(), y.dims());
+        for b in 0..3 {
+            // A batch is each of its systems.
+            let one = d.eval(0.0, &y.get(b)?)?;
+            assert!(max_abs(&(one - out.get(b)?)?)? == 0.0);
+            for c in 0..2 {
+                let u = y.get(b)?.get(c)?.to_vec1::<f64>()?;
+                let end = (!periodic).then_some(ends[c]);
+                let want = stencil(&u, n, end, scale(dc[c], side));
+                let got = out.get(b)?.get(c)?.to_vec1::<f64>()?;
+                let e = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    e < 1e-12,
+                    "periodic {periodic}, batch {b}, channel {c}: {e:e}"
+                );
+            }
+        }
+        // Periodic: sums conserved, pointwise.
+        if periodic {
+            assert!(max_abs(&out.sum(2)?)? < 1e-12);
+        }
+    }
+    // Zero ends: sin(kπx) sin(lπy) is an eigenvector, the top one's eigenvalue the stiffness.
+    let d = Diffusion2d::new(n, &[0.3], &[0.0])?;
+    let h = 1.0 / (n + 1) as f64;
+    let mode = |k: usize, l: usize| -> Result<Tensor> {
+        let v: Vec<f64> = (0..n * n)
+            .map(|p| {
+                let (i, j) = ((p / n + 1) as f64, (p % n + 1) as f64);
+                (k as f64 * std::f64::consts::PI * i * h).sin()
+                    * (l as f64 * std::f64::consts::PI * j * h).sin()
+            })
+            .collect();
+        Ok(Tensor::from_vec(v, (1, n * n), dev)?)
+    };
+    let eigen =
+        |k: usize| -4.0 * 0.3 / (h * h) * (k as f64 * std::f64::consts::PI * h / 2.0).sin().powi(2);
+    for (k, l) in [(1, 1), (2, 5), (n, n)] {
+        let v = mode(k, l)?;
+        let lambda = eigen(k) + eigen(l);
+        let r = (d.eval(0.0, &v)? - v.affine(lambda, 0.0)?)?;
+        assert!(max_abs(&r)? < 1e-10, "mode ({k}, {l})");
+    }
+    assert!((d.stiffness() + 2.0 * eigen(n)).abs() < 1e-9 * d.stiffness());
+    // Solved by rkc (no Jacobian needed) with the stiffness as the spectral radius: modes
+    // (1, 1) and (n, n) decay as they should.
+    let side = 24;
+    let d = Diffusion2d::new(side, &[0.3], &[0.0])?;
+    let h = 1.0 / (side + 1) as f64;
+    let smooth: Vec<f64> = (0..side * side)
+        .map(|p| {
+            let (i, j) = ((p / side + 1) as f64, (p % side + 1) as f64);
+            (std::f64::consts::PI * i * h).sin() * (std::f64::consts::PI * j * h).sin()
+        })
+        .collect();
+    let y0 = Tensor::from_vec(smooth, (1, side * side), dev)?;
+    let opts = SolveOptions::default()
+        .method(Method::Rkc)
+        .tolerances(1e-8, 1e-8)
+        .spectral_radius(d.stiffness());
+    let sol = odeint(&d, &y0, &[0.0, 0.2], &opts)?;
+    let lambda = -8.0 * 0.3 / (h * h) * (std::f64::consts::PI * h / 2.0).sin().powi(2);
+    let want = y0.affine((lambda * 0.2).exp(), 0.0)?;
+    let e = max_abs(&(sol.last()? - want)?)?;
+    assert!(e < 1e-5, "rkc on the 2-D grid: {e:e}, {:?}", sol.stats);
+    // Errors: a state of another grid or channel count; bad coefficients.
+    let err = d
+        .eval(0.0, &Tensor::zeros((1, 23 * 23), DType::F64, dev)?)
+        .unwrap_err();
+    assert!(err.to_string().contains("24 × 24"), "{err}");
+    assert!(Diffusion2d::new(0, &[1.0], &[0.0]).is_err());
+    assert!(Diffusion2d::periodic(4, &[-1.0]).is_err());
+    Ok(())
+}
+
 candle_core::test_device!(
     diffusion_case,
     diffusion_cpu,
@@ -225,4 +341,10 @@ candle_core::test_device!(
     split_solve_cpu,
     split_solve_cuda,
     split_solve_metal
+);
+candle_core::test_device!(
+    diffusion_2d_case,
+    diffusion_2d_cpu,
+    diffusion_2d_cuda,
+    diffusion_2d_metal
 );
