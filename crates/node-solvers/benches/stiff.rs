@@ -25,6 +25,11 @@ use node_solvers::{
     odeint, Jacobian, Method, Solution, SolveOptions, SolverError, VectorField, WithJacobian,
 };
 
+/// `max |a − b|`.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+}
+
 /// Largest relative error of the outputs after the first against the reference.
 fn robertson_error(sol: &Solution) -> Result<f64> {
     let mut worst: f64 = 0.0;
@@ -192,11 +197,7 @@ fn main() -> Result<()> {
                 .jacobian_reuse(reuse);
             let (secs, sol) = time(reps.min(3), || odeint(f, &y0, &ts, &opts))?;
             let s = sol.stats;
-            let err = (sol.last()? - &reference)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f64>()?;
+            let err = max_abs_diff(&sol.last()?, &reference)?;
             println!(
                 "| {n} | {m} | {jac} | {} ({}) | {} ({}) | {} | {} | {:.1} ms | {err:.1e} |",
                 s.accepted_steps,
@@ -242,11 +243,7 @@ fn main() -> Result<()> {
         for (m, radius, opts) in runs {
             let (secs, sol) = time(reps.min(3), || odeint(&field, &y0, &ts, &opts))?;
             let s = sol.stats;
-            let err = (sol.last()? - &reference)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f64>()?;
+            let err = max_abs_diff(&sol.last()?, &reference)?;
             println!(
                 "| {n} | {m} | {radius} | {:e} | {} ({}) | {} | {} | {:.1} ms | {err:.1e} |",
                 opts.rtol,

@@ -32,7 +32,9 @@
 //! - **Round-off.** The stages of one step are at most `√(rtol / (10 u))` (`u` the dtype's unit
 //!   round-off, at least 2), as in RKC; a longer step is shortened to what they allow. In f32
 //!   that is few stages at tight tolerances: `rkc` is a method for f64 or loose tolerances.
-//!   Fixed steps take as many stages as their step needs.
+//!   Fixed steps take as many stages as their step needs. No step takes more than
+//!   [`MAX_STAGES`] (10 000): a fixed step that would is refused, as a problem too stiff for
+//!   an explicit method.
 //! - **Dense output**: the cubic Hermite interpolant of the step's ends (third order, no
 //!   evaluation).
 //!
@@ -54,13 +56,17 @@ use crate::solve::{
 use crate::tableau::{ButcherTableau, Interpolant};
 use crate::trace::Recorder;
 use candle_core::{DType, Result, Tensor};
-use std::collections::HashMap;
 
 /// Accepted steps between two estimates of the spectral radius (RKC's).
 const REESTIMATE_EVERY: usize = 25;
 
 /// The most iterations of the power method.
 const POWER_ITERATIONS: usize = 50;
+
+/// The most stages of a step: 10 000 evaluations for one step (`h ρ ≈ 6.5e7`) is past
+/// where an implicit method is the better choice. An adaptive step that would need more is
+/// shortened; a fixed one is refused.
+pub const MAX_STAGES: usize = 10_000;
 
 /// The damping of the stability polynomial: `w0 = 1 + DAMPING / s²`.
 const DAMPING: f64 = 2.0 / 13.0;
@@ -107,7 +113,8 @@ fn record(
 /// The stages a step of size `h` needs for a spectral radius `ρ`, from `h_rho = h ρ`:
 /// `1 + ⌊√(1 + 1.54 h ρ)⌋`, at least 2. Then `h ρ ≤ (s² − 1) / 1.54 ≤ β(s)`.
 pub fn stages_for(h_rho: f64) -> usize {
-    1 + (1.0 + 1.54 * h_rho.max(0.0)).sqrt().floor() as usize
+    // Saturating: an infinite `h ρ` asks for more than any step may take.
+    1 + (1.0 + 1.54 * h_rho.max(0.0)).sqrt().floor().min(1e15) as usize
 }
 
 /// `β(s)`: the step of `s` stages is stable for the eigenvalues of `h ∂f/∂y` in `[−β(s), 0]`
@@ -222,16 +229,6 @@ impl Coefficients {
             mu1,
             stages,
         }
-    }
-}
-
-/// The coefficients of each stage count used so far.
-#[derive(Default)]
-struct CoefficientCache(HashMap<usize, Coefficients>);
-
-impl CoefficientCache {
-    fn get(&mut self, s: usize) -> &Coefficients {
-        self.0.entry(s).or_insert_with(|| Coefficients::new(s))
     }
 }
 
@@ -520,7 +517,6 @@ fn fixed<F: VectorField + ?Sized>(
     let grid = fixed_grid(opts, t0, t_end, dir)?;
     let n = grid.len() - 1;
     let stops = Stops::new(opts, ts, dir);
-    let mut coefs = CoefficientCache::default();
     let mut rho = SpectralRadius::new(opts);
     let mut t = t0;
     let mut y = y0.clone();
@@ -532,7 +528,15 @@ fn fixed<F: VectorField + ?Sized>(
         }
         let h = t1 - t;
         let s = stages_for(h.abs() * rho.value);
-        let y1 = step(ev, coefs.get(s), stops.start(t), h, &y, &f0)?;
+        if s > MAX_STAGES {
+            return Err(SolverError::InvalidOptions(format!(
+                "rkc: a step of {} needs {s} stages for the spectral radius {:e}, more than {MAX_STAGES}: take more steps, or an implicit method for a problem this stiff",
+                h.abs(),
+                rho.value
+            ))
+            .into());
+        }
+        let y1 = step(ev, &Coefficients::new(s), stops.start(t), h, &y, &f0)?;
         let f1 = ev.eval(stops.end(t1), &y1)?;
         rho.age += 1;
         record(trace.as_deref_mut(), t, t1, &y, &f0, &y1, &f1)?;
@@ -576,10 +580,9 @@ fn adaptive<F: VectorField + ?Sized>(
     mut trace: Option<&mut dyn Recorder>,
 ) -> Result<(SolverStats, f64)> {
     let control = Controller::for_exponent(opts, 3.0);
-    let max_s = max_stages(opts.rtol, y0.dtype());
+    let max_s = max_stages(opts.rtol, y0.dtype()).min(MAX_STAGES);
     let t_end = ts[ts.len() - 1];
     let stops = Stops::new(opts, ts, dir);
-    let mut coefs = CoefficientCache::default();
     let mut rho = SpectralRadius::new(opts);
     let mut next_stop = 0;
     let mut t = ts[0];
@@ -625,7 +628,7 @@ fn adaptive<F: VectorField + ?Sized>(
         } = end;
         let h = t1 - t;
         let h_try = h.abs();
-        let y1 = step(ev, coefs.get(s), stops.start(t), h, &y, &f0)?;
+        let y1 = step(ev, &Coefficients::new(s), stops.start(t), h, &y, &f0)?;
         let f1 = ev.eval(stops.end(t1), &y1)?;
         let err = lincomb(
             None,

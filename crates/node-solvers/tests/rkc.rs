@@ -441,6 +441,19 @@ fn errors_case(dev: &Device) -> Result<()> {
         let err = odeint(&f, &y0, &[0.0, 1.0], &rkc.clone().spectral_radius(bad)).unwrap_err();
         assert!(err.to_string().contains("spectral_radius"), "{err}");
     }
+    // A fixed step that needs more than MAX_STAGES stages (h ρ = 1e12: 1.2e6 of them).
+    let err = odeint(
+        &f,
+        &y0,
+        &[0.0, 1.0],
+        &rkc.clone().fixed_steps(1).spectral_radius(1e12),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("stages") && err.to_string().contains("implicit method"),
+        "{err}"
+    );
+    assert_eq!(stages_for(f64::INFINITY), 1 + 1e15 as usize);
     // A blow-up is reported, not returned: y' = y² from 1 is infinite at t = 1.
     let g = |_t: f64, y: &Tensor| y.sqr();
     let err = odeint(&g, &y0, &[0.0, 2.0], &rkc).unwrap_err();
