@@ -561,6 +561,7 @@ fn fixed<F: VectorField + ?Sized>(
     let mut y = y0.clone();
     let mut f0 = ev.eval(stops.start(t), &y)?;
     let mut next = 1;
+    let mut most_stages = 0;
     for (i, &t1) in grid.iter().enumerate().skip(1) {
         if rho.given.is_none() && (i == 1 || rho.age >= REESTIMATE_EVERY) {
             rho.estimate(ev, stops.start(t), &y, &f0)?;
@@ -576,6 +577,7 @@ fn fixed<F: VectorField + ?Sized>(
             .into());
         }
         let (y1, dy) = step(ev, &Coefficients::new(s), stops.start(t), h, &y, &f0)?;
+        most_stages = most_stages.max(s);
         let f1 = ev.eval(stops.end(t1), &y1)?;
         rho.age += 1;
         record(trace.as_deref_mut(), t, t1, &y, &f0, (&y1, &dy), &f1)?;
@@ -585,6 +587,7 @@ fn fixed<F: VectorField + ?Sized>(
             if w.accepted(t, t1, &y, &g1, &mut dense, &|x| ev.read(x))? {
                 let stats = SolverStats {
                     accepted_steps: i,
+                    most_stages,
                     ..SolverStats::default()
                 };
                 return Ok((stats, h.abs()));
@@ -601,6 +604,7 @@ fn fixed<F: VectorField + ?Sized>(
     }
     let stats = SolverStats {
         accepted_steps: n,
+        most_stages,
         ..SolverStats::default()
     };
     Ok((stats, (grid[n] - grid[n - 1]).abs()))
@@ -668,6 +672,7 @@ fn adaptive<F: VectorField + ?Sized>(
         let h = t1 - t;
         let h_try = h.abs();
         let (y1, dy) = step(ev, &Coefficients::new(s), stops.start(t), h, &y, &f0)?;
+        stats.most_stages = stats.most_stages.max(s);
         let f1 = ev.eval(stops.end(t1), &y1)?;
         let err = lincomb(None, [(-0.8, &dy), (0.4 * h, &f0), (0.4 * h, &f1)])?;
         let scale = error_scale(&y, Some(&y1), opts.rtol, atol)?;

@@ -46,6 +46,10 @@ pub struct SolverStats {
     /// LU factorizations of the matrix `I − hγJ` of an implicit method (block by block for
     /// [`crate::Jacobian::Batched`]): one per new Jacobian or new step size.
     pub factorizations: usize,
+    /// The most stages one step took, for [`crate::Method::Rkc`], whose stages follow the
+    /// spectral radius (RKC's `maxm`: hundreds mean a problem stiffer than rkc is for);
+    /// 0 for the other methods. Combined solves keep the largest.
+    pub most_stages: usize,
 }
 
 impl std::ops::AddAssign for SolverStats {
@@ -57,6 +61,7 @@ impl std::ops::AddAssign for SolverStats {
         self.host_reads += o.host_reads;
         self.jacobians += o.jacobians;
         self.factorizations += o.factorizations;
+        self.most_stages = self.most_stages.max(o.most_stages);
     }
 }
 

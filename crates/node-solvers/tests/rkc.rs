@@ -84,6 +84,7 @@ fn one_step_case(dev: &Device) -> Result<()> {
         let want = stability_polynomial(s, lambda * h);
         assert!((got - want).abs() < 1e-13, "λ = {lambda}: {got} vs {want}");
         assert_eq!(sol.stats.nfe, s + 1, "λ = {lambda}");
+        assert_eq!(sol.stats.most_stages, s);
         // A fixed-step solve with a given radius reads once: its outputs' check.
         assert_eq!(sol.stats.host_reads, 1);
     }
@@ -107,6 +108,7 @@ fn order_case(dev: &Device) -> Result<()> {
             .spectral_radius(20.0 / h);
         let sol = odeint(&p.field(), &y0, &[0.0, 2.0], &opts)?;
         assert_eq!(sol.stats.nfe, 1 + 6 * n);
+        assert_eq!(sol.stats.most_stages, 6);
         hs.push(h);
         errs.push(max_abs_diff(&sol.last()?, &exact)?);
     }
@@ -233,6 +235,11 @@ fn diffusion_case(dev: &Device) -> Result<()> {
     let e = max_abs_diff(&fixed.last()?, &heat.exact(0.1, DType::F64, dev)?)?;
     assert!(e < 1e-3, "fixed steps: error {e:e}");
     assert_eq!(fixed.stats.nfe, 1 + 10 * stages_for(0.01 * rho));
+    assert_eq!(fixed.stats.most_stages, stages_for(0.01 * rho));
+    // The adaptive solve's stages: more than two where dopri5 is held by stability; the
+    // other methods report none.
+    assert!(given.stats.most_stages > 2, "{:?}", given.stats);
+    assert_eq!(dopri.stats.most_stages, 0);
     // f32 at a loose tolerance.
     let y32 = heat.initial(DType::F32, dev)?;
     let sol = odeint(
