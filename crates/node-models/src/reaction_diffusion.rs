@@ -248,17 +248,22 @@ fn second_difference(
     sides - y.affine(2.0, 0.0)?
 }
 
-/// Diffusion of `C` channels on an `n × n` grid, the five-point Laplacian
-/// `D_c (y_(i−1,j) + y_(i+1,j) + y_(i,j−1) + y_(i,j+1) − 4 y_(i,j)) / Δx²`, on the interior
-/// points of `(0, 1)²` with fixed values all round ([`Diffusion2d::new`]) or on a periodic
-/// grid of `[0, 1)²` ([`Diffusion2d::periodic`]). The state holds the grid's points row by row:
-/// `[C, n²]` or `[B, C, n²]`, point `(i, j)` at `i·n + j`. Affine in the state; no parameters;
-/// no Jacobian in closed form (an implicit method would build its `C n² × C n²` one by
+/// Diffusion of `C` channels on a grid of `rows × cols` points, the five-point Laplacian
+/// `D_c ((y_(i−1,j) − 2 y_(i,j) + y_(i+1,j)) / Δy² + (y_(i,j−1) − 2 y_(i,j) + y_(i,j+1)) / Δx²)`,
+/// on the interior points of `(0, 1)²` with fixed values all round (`Δx = 1/(cols+1)`,
+/// `Δy = 1/(rows+1)`; [`Diffusion2d::new`], [`Diffusion2d::rectangular`]) or on a periodic
+/// grid of `[0, 1)²` (`Δx = 1/cols`, `Δy = 1/rows`; [`Diffusion2d::periodic`],
+/// [`Diffusion2d::periodic_rectangular`]). The state holds the grid's points row by row:
+/// `[C, rows·cols]` or `[B, C, rows·cols]`, point `(i, j)` at `i·cols + j` (an image of
+/// height `rows` and width `cols`, flattened). Affine in the state; no parameters; no
+/// Jacobian in closed form (an implicit method would build its `C·rows·cols` square one by
 /// differences): for explicit methods, [`node_solvers::Method::Rkc`] above all.
 #[derive(Clone, Debug)]
 pub struct Diffusion2d {
-    /// The same diffusion along one side: its coefficients, ends, and `n` points.
-    line: Diffusion1d,
+    /// The same diffusion along a row (`cols` points) and along a column (`rows` points):
+    /// the coefficients, the ends and the spacings.
+    along_row: Diffusion1d,
+    along_col: Diffusion1d,
 }
 
 impl Diffusion2d {
@@ -268,8 +273,17 @@ impl Diffusion2d {
     /// # Errors
     /// As [`Diffusion1d::new`].
     pub fn new(side: usize, coeffs: &[f64], ends: &[f64]) -> Result<Self> {
+        Self::rectangular(side, side, coeffs, ends)
+    }
+
+    /// As [`Diffusion2d::new`] on `rows × cols` interior points.
+    ///
+    /// # Errors
+    /// As [`Diffusion1d::new`], for either side.
+    pub fn rectangular(rows: usize, cols: usize, coeffs: &[f64], ends: &[f64]) -> Result<Self> {
         Ok(Self {
-            line: Diffusion1d::new(side, coeffs, ends)?,
+            along_row: Diffusion1d::new(cols, coeffs, ends)?,
+            along_col: Diffusion1d::new(rows, coeffs, ends)?,
         })
     }
 
@@ -278,51 +292,62 @@ impl Diffusion2d {
     /// # Errors
     /// As [`Diffusion1d::periodic`].
     pub fn periodic(side: usize, coeffs: &[f64]) -> Result<Self> {
+        Self::periodic_rectangular(side, side, coeffs)
+    }
+
+    /// As [`Diffusion2d::periodic`] on `rows × cols` points.
+    ///
+    /// # Errors
+    /// As [`Diffusion1d::periodic`], for either side.
+    pub fn periodic_rectangular(rows: usize, cols: usize, coeffs: &[f64]) -> Result<Self> {
         Ok(Self {
-            line: Diffusion1d::periodic(side, coeffs)?,
+            along_row: Diffusion1d::periodic(cols, coeffs)?,
+            along_col: Diffusion1d::periodic(rows, coeffs)?,
         })
     }
 
-    /// Points along a side, `n`.
-    pub fn side(&self) -> usize {
-        self.line.points()
+    /// The grid's rows and columns.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.along_col.points(), self.along_row.points())
     }
 
-    /// Points of the grid, `n²`: the state's last dimension.
+    /// Points of the grid, `rows · cols`: the state's last dimension.
     pub fn points(&self) -> usize {
-        self.side() * self.side()
+        self.along_col.points() * self.along_row.points()
     }
 
     /// Channels `C`.
     pub fn channels(&self) -> usize {
-        self.line.channels()
+        self.along_row.channels()
     }
 
-    /// The largest magnitude of the diffusion's eigenvalues, twice the one-dimensional one
-    /// (`≤ 8 max(D) / Δx²`): [`node_solvers::SolveOptions::spectral_radius`] for `rkc`.
+    /// The largest magnitude of the diffusion's eigenvalues, the sum of the two sides' ones
+    /// (`≤ 4 max(D) (1/Δx² + 1/Δy²)`): [`node_solvers::SolveOptions::spectral_radius`] for
+    /// `rkc`.
     pub fn stiffness(&self) -> f64 {
-        2.0 * self.line.stiffness()
+        self.along_row.stiffness() + self.along_col.stiffness()
     }
 }
 
 impl VectorField for Diffusion2d {
     fn eval(&self, _t: f64, y: &Tensor) -> Result<Tensor> {
-        let (c, n) = (self.channels(), self.side());
+        let c = self.channels();
+        let (rows, cols) = self.shape();
+        let m = rows * cols;
         let grid = match y.dims() {
-            [cc, m] if (*cc, *m) == (c, n * n) => y.reshape((c, n, n))?,
-            [b, cc, m] if (*cc, *m) == (c, n * n) => y.reshape((*b, c, n, n))?,
+            [cc, p] if (*cc, *p) == (c, m) => y.reshape((c, rows, cols))?,
+            [b, cc, p] if (*cc, *p) == (c, m) => y.reshape((*b, c, rows, cols))?,
             d => candle_core::bail!(
-                "diffusion of {c} channels on a {n} × {n} grid: the state must be [{c}, {}] or [B, {c}, {}] (the grid row by row), got {d:?}",
-                n * n,
-                n * n
+                "diffusion of {c} channels on a {rows} × {cols} grid: the state must be [{c}, {m}] or [B, {c}, {m}] (the grid row by row), got {d:?}"
             ),
         };
         let rank = grid.rank();
-        let ends = self.line.ends.as_deref();
-        let rows = second_difference(&grid, rank - 1, rank - 3, ends)?;
-        let cols = second_difference(&grid, rank - 2, rank - 3, ends)?;
-        let scales = per_channel(&self.line.scales(), &grid, rank - 3)?;
-        (rows + cols)?.broadcast_mul(&scales)?.reshape(y.shape())
+        let ends = self.along_row.ends.as_deref();
+        let across = second_difference(&grid, rank - 1, rank - 3, ends)?
+            .broadcast_mul(&per_channel(&self.along_row.scales(), &grid, rank - 3)?)?;
+        let down = second_difference(&grid, rank - 2, rank - 3, ends)?
+            .broadcast_mul(&per_channel(&self.along_col.scales(), &grid, rank - 3)?)?;
+        (across + down)?.reshape(y.shape())
     }
 }
 

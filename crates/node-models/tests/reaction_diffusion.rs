@@ -1,6 +1,7 @@
 //! The reaction–diffusion pieces: `Diffusion1d` against the Brusselator's diffusion, its
 //! Jacobians in closed form against differences, its stiffness against the eigenvalues;
-//! `Diffusion2d` against the five-point stencil written out, its eigenvectors and stiffness,
+//! `Diffusion2d` against the five-point stencil written out (square and rectangular grids),
+//! its eigenvectors and stiffness,
 //! and solved by rkc against the exact solution;
 //! `PointwiseReaction` acts point by point; a split solve with the network explicit; errors.
 
@@ -214,89 +215,105 @@ fn split_solve_case(dev: &Device) -> Result<()> {
     Ok(())
 }
 
-/// The five-point Laplacian of one channel on an `n × n` grid, written out: `ends` the value
-/// all round, or `None` for a periodic grid.
-fn stencil(u: &[f64], n: usize, ends: Option<f64>, scale: f64) -> Vec<f64> {
+/// The five-point Laplacian of one channel on a `rows × cols` grid, written out: `ends` the
+/// value all round, or `None` for a periodic grid; `(sy, sx)` the scales `D/Δy²`, `D/Δx²`.
+fn stencil(
+    u: &[f64],
+    (rows, cols): (usize, usize),
+    ends: Option<f64>,
+    (sy, sx): (f64, f64),
+) -> Vec<f64> {
     let at = |i: isize, j: isize| -> f64 {
-        let inside = |k: isize| (0..n as isize).contains(&k);
+        let inside = (0..rows as isize).contains(&i) && (0..cols as isize).contains(&j);
         match ends {
-            Some(e) if !inside(i) || !inside(j) => e,
+            Some(e) if !inside => e,
             _ => {
-                let w = |k: isize| k.rem_euclid(n as isize) as usize;
-                u[w(i) * n + w(j)]
+                let (i, j) = (i.rem_euclid(rows as isize), j.rem_euclid(cols as isize));
+                u[i as usize * cols + j as usize]
             }
         }
     };
-    (0..n * n)
+    (0..rows * cols)
         .map(|k| {
-            let (i, j) = ((k / n) as isize, (k % n) as isize);
-            scale * (at(i - 1, j) + at(i + 1, j) + at(i, j - 1) + at(i, j + 1) - 4.0 * at(i, j))
+            let (i, j) = ((k / cols) as isize, (k % cols) as isize);
+            sy * (at(i - 1, j) - 2.0 * at(i, j) + at(i + 1, j))
+                + sx * (at(i, j - 1) - 2.0 * at(i, j) + at(i, j + 1))
         })
         .collect()
 }
 
 fn diffusion_2d_case(dev: &Device) -> Result<()> {
-    let n = 7;
     let (dc, ends) = ([0.3, 0.05], [1.0, 3.0]);
-    let scale = |d: f64, side: f64| d * side * side;
-    let y = Tensor::randn(0.0f64, 1.0, (3, 2, n * n), dev)?;
-    for periodic in [false, true] {
-        let d = if periodic {
-            Diffusion2d::periodic(n, &dc)?
-        } else {
-            Diffusion2d::new(n, &dc, &ends)?
-        };
-        assert_eq!((d.side(), d.points(), d.channels()), (n, n * n, 2));
-        let side = if periodic { n as f64 } else { (n + 1) as f64 };
-        let out = d.eval(0.0, &y)?;
-        assert_eq!(out.dims(), y.dims());
-        for b in 0..3 {
-            // A batch is each of its systems.
-            let one = d.eval(0.0, &y.get(b)?)?;
-            assert!(max_abs(&(one - out.get(b)?)?)? == 0.0);
-            for c in 0..2 {
-                let u = y.get(b)?.get(c)?.to_vec1::<f64>()?;
-                let end = (!periodic).then_some(ends[c]);
-                let want = stencil(&u, n, end, scale(dc[c], side));
-                let got = out.get(b)?.get(c)?.to_vec1::<f64>()?;
-                let e = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f64::max);
-                assert!(
-                    e < 1e-12,
-                    "periodic {periodic}, batch {b}, channel {c}: {e:e}"
-                );
+    // Square and rectangular grids, fixed values all round and periodic.
+    for (rows, cols) in [(7, 7), (5, 8)] {
+        let y = Tensor::randn(0.0f64, 1.0, (3, 2, rows * cols), dev)?;
+        for periodic in [false, true] {
+            let d = match (periodic, rows == cols) {
+                (true, true) => Diffusion2d::periodic(rows, &dc)?,
+                (true, false) => Diffusion2d::periodic_rectangular(rows, cols, &dc)?,
+                (false, true) => Diffusion2d::new(rows, &dc, &ends)?,
+                (false, false) => Diffusion2d::rectangular(rows, cols, &dc, &ends)?,
+            };
+            assert_eq!(d.shape(), (rows, cols));
+            assert_eq!((d.points(), d.channels()), (rows * cols, 2));
+            let inv_sq = |points: usize| {
+                let n = if periodic { points } else { points + 1 } as f64;
+                n * n
+            };
+            let out = d.eval(0.0, &y)?;
+            assert_eq!(out.dims(), y.dims());
+            for b in 0..3 {
+                // A batch is each of its systems.
+                let one = d.eval(0.0, &y.get(b)?)?;
+                assert!(max_abs(&(one - out.get(b)?)?)? == 0.0);
+                for c in 0..2 {
+                    let u = y.get(b)?.get(c)?.to_vec1::<f64>()?;
+                    let end = (!periodic).then_some(ends[c]);
+                    let scales = (dc[c] * inv_sq(rows), dc[c] * inv_sq(cols));
+                    let want = stencil(&u, (rows, cols), end, scales);
+                    let got = out.get(b)?.get(c)?.to_vec1::<f64>()?;
+                    let e = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0, f64::max);
+                    assert!(
+                        e < 1e-12,
+                        "{rows} × {cols}, periodic {periodic}, batch {b}, channel {c}: {e:e}"
+                    );
+                }
+            }
+            // Periodic: sums conserved, pointwise.
+            if periodic {
+                assert!(max_abs(&out.sum(2)?)? < 1e-12);
             }
         }
-        // Periodic: sums conserved, pointwise.
-        if periodic {
-            assert!(max_abs(&out.sum(2)?)? < 1e-12);
-        }
     }
-    // Zero ends: sin(kπx) sin(lπy) is an eigenvector, the top one's eigenvalue the stiffness.
-    let d = Diffusion2d::new(n, &[0.3], &[0.0])?;
-    let h = 1.0 / (n + 1) as f64;
+    // Zero ends: sin(kπy) sin(lπx) is an eigenvector, the top one's eigenvalue the stiffness.
+    let (rows, cols) = (5, 9);
+    let d = Diffusion2d::rectangular(rows, cols, &[0.3], &[0.0])?;
+    let (hy, hx) = (1.0 / (rows + 1) as f64, 1.0 / (cols + 1) as f64);
     let mode = |k: usize, l: usize| -> Result<Tensor> {
-        let v: Vec<f64> = (0..n * n)
+        let v: Vec<f64> = (0..rows * cols)
             .map(|p| {
-                let (i, j) = ((p / n + 1) as f64, (p % n + 1) as f64);
-                (k as f64 * std::f64::consts::PI * i * h).sin()
-                    * (l as f64 * std::f64::consts::PI * j * h).sin()
+                let (i, j) = ((p / cols + 1) as f64, (p % cols + 1) as f64);
+                (k as f64 * std::f64::consts::PI * i * hy).sin()
+                    * (l as f64 * std::f64::consts::PI * j * hx).sin()
             })
             .collect();
-        Ok(Tensor::from_vec(v, (1, n * n), dev)?)
+        Ok(Tensor::from_vec(v, (1, rows * cols), dev)?)
     };
-    let eigen =
-        |k: usize| -4.0 * 0.3 / (h * h) * (k as f64 * std::f64::consts::PI * h / 2.0).sin().powi(2);
-    for (k, l) in [(1, 1), (2, 5), (n, n)] {
+    let eigen = |k: usize, h: f64| {
+        -4.0 * 0.3 / (h * h) * (k as f64 * std::f64::consts::PI * h / 2.0).sin().powi(2)
+    };
+    for (k, l) in [(1, 1), (2, 5), (rows, cols)] {
         let v = mode(k, l)?;
-        let lambda = eigen(k) + eigen(l);
+        let lambda = eigen(k, hy) + eigen(l, hx);
         let r = (d.eval(0.0, &v)? - v.affine(lambda, 0.0)?)?;
         assert!(max_abs(&r)? < 1e-10, "mode ({k}, {l})");
     }
-    assert!((d.stiffness() + 2.0 * eigen(n)).abs() < 1e-9 * d.stiffness());
+    let top = -(eigen(rows, hy) + eigen(cols, hx));
+    assert!((d.stiffness() - top).abs() < 1e-9 * top);
     // Solved by rkc (no Jacobian needed) with the stiffness as the spectral radius: modes
     // (1, 1) and (n, n) decay as they should.
     let side = 24;
@@ -324,7 +341,12 @@ fn diffusion_2d_case(dev: &Device) -> Result<()> {
         .unwrap_err();
     assert!(err.to_string().contains("24 × 24"), "{err}");
     assert!(Diffusion2d::new(0, &[1.0], &[0.0]).is_err());
+    assert!(Diffusion2d::rectangular(3, 0, &[1.0], &[0.0]).is_err());
     assert!(Diffusion2d::periodic(4, &[-1.0]).is_err());
+    let err = Diffusion2d::rectangular(3, 4, &[1.0], &[0.0])?
+        .eval(0.0, &Tensor::zeros((1, 4 * 3 + 1), DType::F64, dev)?)
+        .unwrap_err();
+    assert!(err.to_string().contains("3 × 4"), "{err}");
     Ok(())
 }
 
