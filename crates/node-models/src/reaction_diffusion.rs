@@ -173,7 +173,11 @@ impl VectorField for Diffusion1d {
     fn eval(&self, _t: f64, y: &Tensor) -> Result<Tensor> {
         self.batch(y)?;
         let rank = y.rank();
-        let lap = second_difference(y, rank - 1, rank - 2, self.ends.as_deref())?;
+        let ends = match &self.ends {
+            Some(e) => Some(per_channel(e, y, rank - 2)?),
+            None => None,
+        };
+        let lap = second_difference(y, rank - 1, ends.as_ref())?;
         lap.broadcast_mul(&per_channel(&self.scales(), y, rank - 2)?)
     }
 
@@ -222,20 +226,15 @@ fn per_channel(values: &[f64], y: &Tensor, channel_axis: usize) -> Result<Tensor
         .to_device(y.device())
 }
 
-/// `y_(i−1) − 2 y_i + y_(i+1)` along `axis`, the neighbours past the ends the channels' fixed
-/// `ends` (channels along `channel_axis`) or, for `None`, those across the periodic grid.
-fn second_difference(
-    y: &Tensor,
-    axis: usize,
-    channel_axis: usize,
-    ends: Option<&[f64]>,
-) -> Result<Tensor> {
+/// `y_(i−1) − 2 y_i + y_(i+1)` along `axis`, the neighbours past the ends the fixed `ends`
+/// ([`per_channel`]'s, broadcast along `axis`) or, for `None`, those across the periodic grid.
+fn second_difference(y: &Tensor, axis: usize, ends: Option<&Tensor>) -> Result<Tensor> {
     let n = y.dim(axis)?;
     let padded = match ends {
         Some(ends) => {
             let mut end_shape = y.dims().to_vec();
             end_shape[axis] = 1;
-            let ends = per_channel(ends, y, channel_axis)?.broadcast_as(end_shape)?;
+            let ends = ends.broadcast_as(end_shape)?;
             Tensor::cat(&[&ends, y, &ends], axis)?
         }
         None => {
@@ -342,10 +341,14 @@ impl VectorField for Diffusion2d {
             ),
         };
         let rank = grid.rank();
-        let ends = self.along_row.ends.as_deref();
-        let across = second_difference(&grid, rank - 1, rank - 3, ends)?
+        // The boundary values, uploaded once for both directions.
+        let ends = match &self.along_row.ends {
+            Some(e) => Some(per_channel(e, &grid, rank - 3)?),
+            None => None,
+        };
+        let across = second_difference(&grid, rank - 1, ends.as_ref())?
             .broadcast_mul(&per_channel(&self.along_row.scales(), &grid, rank - 3)?)?;
-        let down = second_difference(&grid, rank - 2, rank - 3, ends)?
+        let down = second_difference(&grid, rank - 2, ends.as_ref())?
             .broadcast_mul(&per_channel(&self.along_col.scales(), &grid, rank - 3)?)?;
         (across + down)?.reshape(y.shape())
     }

@@ -124,7 +124,6 @@ pub(crate) const DENSE: ButcherTableau = ButcherTableau {
 };
 
 /// Reports an accepted step to a dense solution's recorder.
-#[allow(clippy::too_many_arguments)]
 fn record(
     trace: Option<&mut (dyn Recorder + '_)>,
     t: f64,
@@ -302,7 +301,6 @@ fn step<F: VectorField + ?Sized>(
 }
 
 /// The cubic Hermite interpolant at `tn` of a step `t → t1` from `y` by `dy` to `y1`.
-#[allow(clippy::too_many_arguments)]
 fn hermite(
     t: f64,
     t1: f64,
