@@ -33,7 +33,7 @@ pub struct DenseSolution {
 }
 
 impl DenseSolution {
-    fn new(tab: &'static ButcherTableau, t0: f64, y0: &Tensor) -> Self {
+    pub(crate) fn new(tab: &'static ButcherTableau, t0: f64, y0: &Tensor) -> Self {
         Self {
             tab,
             times: vec![t0],

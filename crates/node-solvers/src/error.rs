@@ -61,6 +61,10 @@ pub enum SolverError {
     /// The vector field returned a tensor of another dtype or device than the state.
     #[error("vector field output does not match the state: {0}")]
     OutputMismatch(String),
+    /// The history of a delay equation ([`crate::delay::History`]) returned a tensor unlike
+    /// the state.
+    #[error("the history of the delay equation does not match the state: {0}")]
+    InvalidHistory(String),
     /// A tolerance is not a finite positive number.
     #[error("tolerance `{name}` must be finite and > 0, got {value}")]
     InvalidTolerance {

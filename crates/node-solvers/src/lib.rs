@@ -3,6 +3,7 @@
 
 pub mod adams;
 pub mod brownian;
+pub mod delay;
 pub mod dense;
 pub mod error;
 pub mod event;
@@ -24,6 +25,7 @@ pub mod tableau;
 pub mod trace;
 
 pub use brownian::{BrownianPath, LevyIncrement, VirtualBrownianTree};
+pub use delay::{ddeint, DelayField, History};
 pub use dense::{odeint_dense, DenseSolution};
 pub use error::SolverError;
 pub use event::{

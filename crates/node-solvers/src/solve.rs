@@ -343,7 +343,9 @@ pub(crate) struct StepEnd {
 
 impl StepEnd {
     pub(crate) fn new(t: f64, target: f64, dir: f64, h_abs: f64, min_step: f64) -> Self {
-        let clipped = h_abs >= (target - t) * dir;
+        // `t + h` can round onto the target (or past it) with `h` a hair below the gap:
+        // that step ends there too, or the next would be of length zero.
+        let clipped = h_abs >= (target - t) * dir || (t + dir * h_abs - target) * dir >= 0.0;
         Self {
             t1: if clipped { target } else { t + dir * h_abs },
             clipped,
@@ -723,9 +725,19 @@ fn adaptive<F: VectorField + ?Sized>(
             .as_ref()
             .expect("adaptive methods have an error estimate");
         let scale = error_scale(&y, Some(&step.y1), opts.rtol, atol)?;
-        let ratio_sq = scaled_norm_sq(err, &scale, opts.norm)?;
-        let (ratios, g1) = read_ratios(ev, &[ratio_sq], watch.as_deref(), t1, &step.y1)?;
-        let ratio = ratios[0];
+        let mut ratios_sq = vec![scaled_norm_sq(err, &scale, opts.norm)?];
+        if let Some(tr) = trace.as_deref_mut() {
+            let f1 = tab.is_fsal().then(|| &step.k[tab.stages() - 1]);
+            for d in tr.defects(t, t1, &y, &step, f1)? {
+                ratios_sq.push(scaled_norm_sq(&d, &scale, opts.norm)?);
+            }
+        }
+        let (ratios, g1) = read_ratios(ev, &ratios_sq, watch.as_deref(), t1, &step.y1)?;
+        // The largest, NaN kept (the rejection reports it).
+        let ratio = ratios
+            .iter()
+            .copied()
+            .fold(0.0, |a, r| if r.is_nan() || r > a { r } else { a });
         if ratio <= 1.0 {
             stats.accepted_steps += 1;
             if clipped && is_stop {

@@ -33,6 +33,21 @@ pub(crate) trait Recorder {
     fn replays(&self) -> bool {
         false
     }
+    /// Estimates of errors of a step from `(t, y)` to `t1` that its embedded error estimate
+    /// does not see, each the state's shape, measured and controlled as that estimate is
+    /// (the delay equations' dense output, [`crate::delay`]); `f1` when the method has it.
+    /// None by default. Adaptive Runge–Kutta solves only.
+    fn defects(
+        &mut self,
+        t: f64,
+        t1: f64,
+        y: &Tensor,
+        step: &Step,
+        f1: Option<&Tensor>,
+    ) -> candle_core::Result<Vec<Tensor>> {
+        let _ = (t, t1, y, step, f1);
+        Ok(vec![])
+    }
     /// An accepted step from `(t, y)` to `t1`; `f1` when known.
     fn accepted(&mut self, t: f64, t1: f64, y: &Tensor, step: &Step, f1: Option<&Tensor>);
 }

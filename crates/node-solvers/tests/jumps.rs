@@ -125,6 +125,23 @@ fn reverse_time_and_stops(dev: &Device) -> Result<()> {
         let got = sol.ys.get(1)?.to_vec1::<f64>()?[0];
         assert!((got - want).abs() < 1e-8, "{ts:?}: {got} vs {want}");
     }
+    // A step a hair shorter than the gap to a stop whose end rounds onto it ends there: from
+    // the stop 0.2, a step of 0.1 is shorter than the gap to the stop 0.2 + 0.1 (computed,
+    // 0.30000000000000004) but ends on it. No step of length zero after it (which failed the
+    // solve before).
+    let still = |_t: f64, y: &Tensor| y.zeros_like();
+    let stops = [0.1, 0.2, 0.2 + 0.1, 0.7];
+    assert!(0.1 < stops[2] - 0.2);
+    let opts = SolveOptions::default().max_step(0.1).step_ts(stops);
+    let (_, trace) = odeint_traced(&still, &y0, &[0.0, 1.0], &opts, 1000)?;
+    assert!(
+        trace.times.windows(2).all(|w| w[1] > w[0]),
+        "{:?}",
+        trace.times
+    );
+    for s in stops {
+        assert!(trace.times.contains(&s), "no step ends at {s}");
+    }
     Ok(())
 }
 
