@@ -4,6 +4,7 @@
 pub mod cde;
 pub mod checkpoint;
 pub mod cnf;
+pub mod delay;
 pub mod ffjord;
 pub mod galerkin;
 pub mod hnn;
@@ -25,6 +26,7 @@ pub mod toy;
 
 pub use cde::{ControlPath, Interpolation, NeuralCde, NeuralCdeConfig};
 pub use cnf::{Cnf, CnfConfig, CnfField};
+pub use delay::NeuralDde;
 pub use ffjord::{Ffjord, FfjordConfig, FfjordField};
 pub use galerkin::{Basis, GalerkinConv2d, GalerkinLinear};
 pub use hnn::{Hnn, HnnConfig, HnnKind, HnnSystem};

@@ -376,3 +376,45 @@ impl SdeField for NonCommutingNoise {
         Tensor::stack(&[row0, row1], 1)
     }
 }
+
+/// The Mackey–Glass delay equation `dx/dt = β x(t − τ) / (1 + x(t − τ)^n) − γ x`, elementwise
+/// on any shape (positive states), for [`crate::delay::ddeint`] with the one delay `tau`: a
+/// model of blood cell production whose solutions oscillate, periodically or chaotically
+/// (β = 2, γ = 1, n = 10: periodic at τ = 1, chaotic from τ ≈ 1.7), where a one-dimensional
+/// ODE can only be monotone.
+#[derive(Clone, Copy, Debug)]
+pub struct MackeyGlass {
+    /// Production rate β.
+    pub beta: f64,
+    /// Decay rate γ.
+    pub gamma: f64,
+    /// Hill exponent `n`.
+    pub exponent: f64,
+    /// The delay τ.
+    pub tau: f64,
+}
+
+impl Default for MackeyGlass {
+    /// β = 2, γ = 1, n = 10, τ = 1.
+    fn default() -> Self {
+        Self {
+            beta: 2.0,
+            gamma: 1.0,
+            exponent: 10.0,
+            tau: 1.0,
+        }
+    }
+}
+
+impl MackeyGlass {
+    /// `f(x, x_τ)`.
+    pub fn rhs(&self, x: &Tensor, lagged: &Tensor) -> Result<Tensor> {
+        let hill = (lagged.powf(self.exponent)? + 1.0)?;
+        lagged.affine(self.beta, 0.0)?.div(&hill)? - x.affine(self.gamma, 0.0)?
+    }
+
+    /// The delay field, for [`crate::delay::ddeint`] with the delays `[self.tau]`.
+    pub fn field(&self) -> impl Fn(f64, &Tensor, &[Tensor]) -> Result<Tensor> + '_ {
+        move |_t, x, lagged| self.rhs(x, &lagged[0])
+    }
+}
