@@ -3,6 +3,7 @@
 
 pub mod adjoint;
 pub mod checkpoint;
+pub mod delay;
 pub mod direct;
 pub mod field;
 mod op;
@@ -19,6 +20,9 @@ pub use adjoint::{
 pub use checkpoint::{
     odeint_checkpointed, odeint_checkpointed_with_times, odeint_event_checkpointed,
     odeint_events_checkpointed,
+};
+pub use delay::{
+    ddeint_adjoint, with_delay_params, DelayHistory, ParamDelayField, WithDelayParams,
 };
 pub use direct::odeint_direct;
 pub use field::{

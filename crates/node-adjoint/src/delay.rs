@@ -1,0 +1,368 @@
+//! `ddeint_adjoint`: gradients of a delay equation's solve by the adjoint method, as one
+//! Candle op.
+//!
+//! For `dy/dt = f(t, y(t), y(t − τ_1), …; θ)` on `[t0, T]` and a loss `L` of the outputs
+//! `y(t_i)`, the adjoint `λ(t) = ∂L/∂y(t)` obeys an advanced equation (Zhu et al. 2021, after
+//! Kolmanovskii & Myshkis): `dλ/dt = −λ(t)ᵀ ∂f/∂y(t) − Σ_j λ(t + τ_j)ᵀ ∂f/∂y_j(t + τ_j)`, the
+//! second term only where `t + τ_j < T`, with `∂L/∂y(t_i)` added at each output time; and
+//! `dL/dθ = ∫ λᵀ ∂f/∂θ dt`. In reversed time `s = −t` the advanced terms are delays, so the
+//! reverse solve is itself a delay equation, solved by [`node_solvers::delay::ddeint`] one
+//! interval between output times at a time, each interval's history being the intervals
+//! already solved (zero past `T`). `y(t)` and its lagged values come from the forward
+//! solve's dense solution ("interpolated"). With the constant history (`y = y0` before
+//! `t0`), `dL/dy0` also gathers `∫ λᵀ ∂f/∂y_j` over the times whose lag `t − τ_j` falls
+//! before `t0`.
+//!
+//! The vector–Jacobian products come from Candle autograd on fresh `Var`s: one at `t` and one
+//! at each `t + τ_j` per evaluation of the reverse field. Memory: the forward dense solution
+//! (detached: no graph of the network) and the reverse solve's, not the graph of every step.
+
+use crate::adjoint::{flat_grad, flat_params, AdjointSolution, AdjointStats};
+use crate::op::{Precomputed, SolveOp};
+use candle_core::{Result, Shape, Tensor, Var};
+use node_solvers::delay::{breakpoints, ddeint, DelayField, History};
+use node_solvers::{DenseSolution, SolveOptions, SolverError, SolverStats};
+use std::sync::Arc;
+
+/// A [`DelayField`] whose parameters θ are Candle `Var`s, for [`ddeint_adjoint`].
+///
+/// `params` must return the same `Var`s in the same order on every call; they share the
+/// state's dtype.
+pub trait ParamDelayField: DelayField {
+    /// The parameters θ, in a stable order.
+    fn params(&self) -> Vec<Var>;
+}
+
+/// A delay closure with the `Var`s it uses ([`with_delay_params`]).
+#[derive(Clone)]
+pub struct WithDelayParams<F> {
+    f: F,
+    params: Vec<Var>,
+}
+
+/// Attaches the parameters `params` to the delay closure `f`, for [`ddeint_adjoint`].
+pub fn with_delay_params<F>(f: F, params: Vec<Var>) -> WithDelayParams<F>
+where
+    F: Fn(f64, &Tensor, &[Tensor]) -> Result<Tensor>,
+{
+    WithDelayParams { f, params }
+}
+
+impl<F: Fn(f64, &Tensor, &[Tensor]) -> Result<Tensor>> DelayField for WithDelayParams<F> {
+    fn eval(&self, t: f64, y: &Tensor, lagged: &[Tensor]) -> Result<Tensor> {
+        (self.f)(t, y, lagged)
+    }
+}
+
+impl<F: Fn(f64, &Tensor, &[Tensor]) -> Result<Tensor>> ParamDelayField for WithDelayParams<F> {
+    fn params(&self) -> Vec<Var> {
+        self.params.clone()
+    }
+}
+
+/// The state before `t0` for [`ddeint_adjoint`]: kept by the op for the reverse solve.
+#[derive(Clone)]
+pub enum DelayHistory {
+    /// `y(t) = y0` before `t0`: its gradient goes to `y0`.
+    Constant,
+    /// `y(t) = φ(t)` before `t0`, given data: its values get no gradient.
+    Function(Arc<dyn Fn(f64) -> Result<Tensor> + Send + Sync>),
+}
+
+impl std::fmt::Debug for DelayHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DelayHistory::Constant => f.write_str("DelayHistory::Constant"),
+            DelayHistory::Function(_) => f.write_str("DelayHistory::Function(..)"),
+        }
+    }
+}
+
+/// Solves the delay equation `dy/dt = f(t, y(t), y(t − τ_1), …; θ)` from `y(ts[0]) = y0`
+/// like [`node_solvers::delay::ddeint`], with gradients by the adjoint method:
+/// `loss.backward()` reaches `y0` (through the solution and, with
+/// [`DelayHistory::Constant`], through the history) and every parameter in `f.params()`.
+///
+/// The forward solve runs detached and keeps its dense solution (no graph); the backward pass
+/// solves the adjoint's advanced equation in reversed time as a delay equation (see the
+/// module's documentation) with `adjoint_opts` (the forward's options are a good start;
+/// its `method` must have a dense output, as the forward's). The gradients are those of the
+/// continuous problem: they match backprop through the solver up to the two solves' errors.
+/// Memory: the two dense solutions, not the network's graph at every stage, which is what
+/// backprop through `ddeint` keeps.
+///
+/// # Shapes
+/// `y0`: any shape `S`; result `ys`: `[ts.len(), ...S]`.
+///
+/// # Errors
+/// Those of [`node_solvers::delay::ddeint`]; parameters of another dtype than `y0`; and,
+/// during `backward()`, those of the reverse solve.
+pub fn ddeint_adjoint<F>(
+    f: &F,
+    delays: &[f64],
+    history: DelayHistory,
+    y0: &Tensor,
+    ts: &[f64],
+    opts: &SolveOptions,
+    adjoint_opts: &SolveOptions,
+) -> Result<AdjointSolution>
+where
+    F: ParamDelayField + Clone + Send + Sync + 'static,
+{
+    let params = f.params();
+    if let Some(p) = params.iter().find(|p| p.dtype() != y0.dtype()) {
+        return Err(SolverError::InvalidOptions(format!(
+            "the field's parameters must share the state's dtype {:?}, found {:?}",
+            y0.dtype(),
+            p.dtype()
+        ))
+        .into());
+    }
+    adjoint_opts.validate()?;
+    let y0d = y0.detach();
+    let detached = Detached(f);
+    let (sol, dense) = {
+        let phi;
+        let h = match &history {
+            DelayHistory::Constant => History::Constant,
+            DelayHistory::Function(p) => {
+                phi = |t: f64| Ok(p(t)?.detach());
+                History::Function(&phi)
+            }
+        };
+        ddeint(&detached, delays, h, &y0d, ts, opts)?
+    };
+    let stats = AdjointStats::default();
+    stats.lock().0 = sol.stats;
+    let op = SolveOp(Arc::new(Inner {
+        f: f.clone(),
+        params: params.clone(),
+        delays: delays.to_vec(),
+        history,
+        y0: y0d,
+        ts: ts.to_vec(),
+        ys: sol.ys.detach().contiguous()?,
+        dense,
+        opts: adjoint_opts.clone(),
+        stats: stats.clone(),
+    }));
+    let sources: Vec<Tensor> = params.iter().map(|p| p.as_tensor().clone()).collect();
+    let ys = match flat_params(&sources)? {
+        None => y0.apply_op1(op)?,
+        Some(theta) => y0.apply_op2(&theta, op)?,
+    };
+    Ok(AdjointSolution { ys, stats })
+}
+
+/// The field with its outputs detached: the forward solve keeps no graph.
+struct Detached<'a, F>(&'a F);
+
+impl<F: DelayField> DelayField for Detached<'_, F> {
+    fn eval(&self, t: f64, y: &Tensor, lagged: &[Tensor]) -> Result<Tensor> {
+        Ok(self.0.eval(t, y, lagged)?.detach())
+    }
+}
+
+struct Inner<F> {
+    f: F,
+    params: Vec<Var>,
+    delays: Vec<f64>,
+    history: DelayHistory,
+    y0: Tensor,
+    ts: Vec<f64>,
+    ys: Tensor,
+    dense: DenseSolution,
+    opts: SolveOptions,
+    stats: AdjointStats,
+}
+
+impl<F: ParamDelayField> Inner<F> {
+    /// The forward state at `t`: the dense solution from `t0` on, the history before.
+    fn state(&self, t: f64) -> Result<Tensor> {
+        if t >= self.ts[0] {
+            return self.dense.evaluate_extended(t);
+        }
+        match &self.history {
+            DelayHistory::Constant => Ok(self.y0.clone()),
+            DelayHistory::Function(p) => Ok(p(t)?.detach()),
+        }
+    }
+
+    /// `y(t)` and its lagged values.
+    fn arguments(&self, t: f64) -> Result<(Tensor, Vec<Tensor>)> {
+        let y = self.state(t)?;
+        let lagged = self
+            .delays
+            .iter()
+            .map(|d| self.state(t - d))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((y, lagged))
+    }
+
+    /// `λᵀ ∂f/∂(y, y_1, …, θ)` at `t`: the state's, each lagged state's and the flat
+    /// parameters' parts.
+    fn vjp(&self, t: f64, lam: &Tensor) -> Result<(Tensor, Vec<Tensor>, Option<Tensor>)> {
+        let (y, lagged) = self.arguments(t)?;
+        let y = Var::from_tensor(&y)?;
+        let lagged = lagged
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<Result<Vec<_>>>()?;
+        let lag_tensors: Vec<Tensor> = lagged.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = self.f.eval(t, y.as_tensor(), &lag_tensors)?;
+        let grads = (out * lam)?.sum_all()?.backward()?;
+        let gy = flat_grad(&grads, y.as_tensor())?;
+        let glag = lagged
+            .iter()
+            .map(|v| flat_grad(&grads, v.as_tensor()))
+            .collect::<Result<Vec<_>>>()?;
+        let gtheta = if self.params.is_empty() {
+            None
+        } else {
+            let parts = self
+                .params
+                .iter()
+                .map(|p| flat_grad(&grads, p.as_tensor()))
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
+        };
+        Ok((gy, glag, gtheta))
+    }
+
+    fn backward(&self, grad_ys: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let g = grad_ys.detach();
+        let shape = self.y0.shape().clone();
+        let n = shape.elem_count();
+        let p: usize = self.params.iter().map(|v| v.elem_count()).sum();
+        let (t0, t_end) = (self.ts[0], self.ts[self.ts.len() - 1]);
+        let last = self.ts.len() - 1;
+        let dev = self.y0.device();
+        let dtype = self.y0.dtype();
+        let zeros = |k: usize| Tensor::zeros(k, dtype, dev);
+        // The augmented state [λ, g_θ, c] (c: the constant history's gradient), flat.
+        let width = n + p + n;
+        let mut state = Tensor::cat(&[g.get(last)?.flatten_all()?, zeros(p + n)?], 0)?;
+        // Where the reverse field is not smooth, in reversed time: the forward solution's
+        // kinks and where c starts, and each output time's jump of λ seen through a delay.
+        let order = self.opts.method.order().max(1);
+        let (first, later) = breakpoints(t0, t_end, &self.delays, order);
+        let mut jumps: Vec<f64> = first.iter().chain(&later).map(|t| -t).collect();
+        for &ti in &self.ts[1..] {
+            jumps.extend(self.delays.iter().map(|d| d - ti));
+        }
+        let opts = self.opts.clone().jump_ts(
+            self.opts
+                .jump_ts
+                .iter()
+                .copied()
+                .chain(jumps)
+                .collect::<Vec<_>>(),
+        );
+        let mut solved: Vec<DenseSolution> = vec![];
+        let mut stats = SolverStats::default();
+        for i in (1..=last).rev() {
+            let (s0, s1) = (-self.ts[i], -self.ts[i - 1]);
+            if s1 > s0 {
+                let past = |s: f64| -> Result<Tensor> {
+                    if s < -t_end {
+                        return zeros(width);
+                    }
+                    // The interval that holds s: the latest solved one starting at or before it.
+                    let piece = solved
+                        .iter()
+                        .rev()
+                        .find(|d| d.span().0 <= s)
+                        .unwrap_or(&solved[0]);
+                    piece.evaluate_extended(s)
+                };
+                let field = Reverse {
+                    inner: self,
+                    n,
+                    shape: &shape,
+                    t_end,
+                };
+                let (sol, dense) = ddeint(
+                    &field,
+                    &self.delays,
+                    History::Function(&past),
+                    &state,
+                    &[s0, s1],
+                    &opts,
+                )?;
+                stats += sol.stats;
+                state = sol.last()?;
+                solved.push(dense);
+            }
+            // λ jumps by the output's gradient at t_(i−1).
+            let jump = Tensor::cat(&[g.get(i - 1)?.flatten_all()?, zeros(p + n)?], 0)?;
+            state = (state + jump)?;
+        }
+        self.stats.lock().1 = stats;
+        let lam = state.narrow(0, 0, n)?;
+        let c = state.narrow(0, n + p, n)?;
+        let gy0 = match self.history {
+            DelayHistory::Constant => (lam + c)?,
+            DelayHistory::Function(_) => lam,
+        }
+        .reshape(shape)?;
+        let gtheta = if p == 0 {
+            None
+        } else {
+            Some(state.narrow(0, n, p)?)
+        };
+        Ok((gy0, gtheta))
+    }
+}
+
+/// The adjoint's reverse field in `s = −t` on `[λ, g_θ, c]`: `dλ/ds = λᵀ∂f/∂y(t) + Σ_j
+/// λ(t + τ_j)ᵀ ∂f/∂y_j(t + τ_j)`, `dg_θ/ds = λᵀ∂f/∂θ(t)`, `dc/ds = Σ_{j: t − τ_j < t0}
+/// λᵀ∂f/∂y_j(t)`; the lagged augmented states are at `s − τ_j`, i.e. `t + τ_j`.
+struct Reverse<'a, F> {
+    inner: &'a Inner<F>,
+    n: usize,
+    shape: &'a Shape,
+    t_end: f64,
+}
+
+impl<F: ParamDelayField> DelayField for Reverse<'_, F> {
+    fn eval(&self, s: f64, state: &Tensor, lagged: &[Tensor]) -> Result<Tensor> {
+        let inner = self.inner;
+        let t = -s;
+        let t0 = inner.ts[0];
+        let lam = state.narrow(0, 0, self.n)?.reshape(self.shape)?;
+        let (gy, glag, gtheta) = inner.vjp(t, &lam)?;
+        let mut dlam = gy;
+        let mut dc = dlam.zeros_like()?;
+        for (j, (d, lag)) in inner.delays.iter().zip(lagged).enumerate() {
+            if t - d < t0 {
+                dc = (dc + &glag[j])?;
+            }
+            if t + d < self.t_end {
+                let lam_ahead = lag.narrow(0, 0, self.n)?.reshape(self.shape)?;
+                let (_, ahead, _) = inner.vjp(t + d, &lam_ahead)?;
+                dlam = (dlam + &ahead[j])?;
+            }
+        }
+        let mut parts = vec![dlam];
+        if let Some(g) = gtheta {
+            parts.push(g);
+        }
+        parts.push(dc);
+        Tensor::cat(&parts, 0)
+    }
+}
+
+impl<F: ParamDelayField + Send + Sync + 'static> Precomputed for Inner<F> {
+    const NAME: &'static str = "ddeint-adjoint";
+    fn solution(&self) -> &Tensor {
+        &self.ys
+    }
+    fn gradients(
+        &self,
+        grad: &Tensor,
+        _times: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        let (gy0, gtheta) = self.backward(grad)?;
+        Ok((gy0, gtheta, None))
+    }
+}
