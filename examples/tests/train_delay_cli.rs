@@ -62,6 +62,24 @@ fn learns_where_an_ode_cannot_and_resumes() -> Result<()> {
 }
 
 #[test]
+fn the_adjoint_trains_as_backprop_does() -> Result<()> {
+    // The same run with the adjoint's gradients: the same losses to f32's and the two
+    // solves' accuracy.
+    let (bp, adj) = (tmp("backprop"), tmp("adjoint"));
+    let short = ["--iters", "20", "--checkpoint-every", "10"];
+    ok(&train(bp.path(), &short));
+    ok(&train(
+        adj.path(),
+        &[&short[..], &["--gradient", "adjoint"]].concat(),
+    ));
+    let (a, b) = (metric(bp.path(), "loss"), metric(adj.path(), "loss"));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-3 * x, "{a:?} against {b:?}");
+    }
+    Ok(())
+}
+
+#[test]
 fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
     let out = tmp("refuse");
     ok(&train(out.path(), &["--iters", "2"]));
@@ -81,6 +99,7 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         (&["--horizon", "6"], "--horizon must be in (0, 5]"),
         (&["--horizon", "0"], "--horizon must be in (0, 5]"),
         (&["--method", "adams"], "multistep"),
+        (&["--gradient", "checkpointed"], "invalid value"),
         (
             &["--method", "kvaerno5"],
             "cannot be differentiated through",

@@ -15,12 +15,14 @@ use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, print_outputs, DeviceArg};
 use iterations::{Iterations, Plan};
+use node_adjoint::DelayHistory;
 use node_models::{Activation, Mlp, NeuralDde};
 use node_solvers::delay::{ddeint, History};
 use node_solvers::problems::MackeyGlass;
 use node_solvers::{odeint, Method, SolveOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// `--model` choices.
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -29,6 +31,15 @@ enum ModelArg {
     Dde,
     /// `dx/dt = MLP(x)`, solved by `odeint`: the baseline.
     Ode,
+}
+
+/// `--gradient` choices.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum GradientArg {
+    /// Backprop through the solve: the network's graph at every stage is kept.
+    Backprop,
+    /// The adjoint method (`ddeint_adjoint`): a reverse delay equation, no graph kept.
+    Adjoint,
 }
 
 /// Learn Mackey–Glass (`dx/dt = 2 x(t−τ) / (1 + x(t−τ)^10) − x`, τ = 1, a periodic
@@ -54,6 +65,9 @@ struct Args {
     /// Width of the network's two hidden layers.
     #[arg(long, default_value_t = 32)]
     width: usize,
+    /// How the neural DDE's gradients are computed (the ODE's are by backprop).
+    #[arg(long, value_enum, default_value = "backprop")]
+    gradient: GradientArg,
     /// The solver.
     #[arg(long, default_value = "dopri5")]
     method: Method,
@@ -139,7 +153,7 @@ fn main() -> Result<ExitCode> {
     }
     let dev = pick_device(args.device)?;
     let mg = MackeyGlass::default();
-    let data = Trajectory::new(&mg)?;
+    let data = Arc::new(Trajectory::new(&mg)?);
     let horizon = args.horizon * mg.tau;
     // Observed every 0.1 along each window.
     let count = (horizon / 0.1).round().max(1.0) as usize;
@@ -176,6 +190,12 @@ fn main() -> Result<ExitCode> {
     let predict = |starts: &[f64]| -> candle_core::Result<Tensor> {
         let x0 = data.batch(starts, 0.0, &dev)?;
         match &model {
+            Model::Dde(m) if args.gradient == GradientArg::Adjoint => {
+                let (data, starts, dev) = (data.clone(), starts.to_vec(), dev.clone());
+                let past = move |t: f64| data.batch(&starts, t, &dev);
+                let history = DelayHistory::Function(Arc::new(past));
+                Ok(m.solve_adjoint(&x0, history, &ts, &opts, &opts)?.ys)
+            }
             Model::Dde(m) => {
                 let past = |t: f64| data.batch(starts, t, &dev);
                 Ok(m.solve(&x0, History::Function(&past), &ts, &opts)?.ys)
@@ -216,15 +236,19 @@ fn main() -> Result<ExitCode> {
         seed: args.seed,
         lr: args.lr,
         extra_json: format!(
-            "\"method\":\"{}\",\"rtol\":{},\"horizon\":{},\"batch\":{},",
-            args.method, args.rtol, args.horizon, args.batch
+            "\"method\":\"{}\",\"rtol\":{},\"horizon\":{},\"batch\":{},\"gradient\":\"{:?}\",",
+            args.method, args.rtol, args.horizon, args.batch, args.gradient
         ),
     };
     let mut run = Iterations::start(plan, &varmap, &dev)?;
     println!(
         "Mackey–Glass (τ = {}) by a neural {}, {} parameters, windows of {} delays, batch {}, {} at rtol {:e}, on {dev:?}; iterations {}..{}",
         mg.tau,
-        if args.model == ModelArg::Dde { "DDE" } else { "ODE" },
+        match (args.model, args.gradient) {
+            (ModelArg::Dde, GradientArg::Backprop) => "DDE (backprop)",
+            (ModelArg::Dde, GradientArg::Adjoint) => "DDE (adjoint)",
+            (ModelArg::Ode, _) => "ODE",
+        },
         run.n_params,
         args.horizon,
         args.batch,

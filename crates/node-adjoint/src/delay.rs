@@ -14,8 +14,11 @@
 //! before `t0`.
 //!
 //! The vector–Jacobian products come from Candle autograd on fresh `Var`s: one at `t` and one
-//! at each `t + τ_j` per evaluation of the reverse field. Memory: the forward dense solution
-//! (detached: no graph of the network) and the reverse solve's, not the graph of every step.
+//! at each `t + τ_j` per evaluation of the reverse field; `dL/dθ` is integrated over each
+//! reverse step afterwards by Gauss–Legendre quadrature (four products a step), so that the
+//! reverse state is `[λ, c]` alone. Memory: the forward dense solution (detached: no graph of
+//! the network) and the reverse one (two state-sized vectors a stage), not the graph of
+//! every stage.
 
 use crate::adjoint::{flat_grad, flat_params, AdjointSolution, AdjointStats};
 use crate::op::{Precomputed, SolveOp};
@@ -239,9 +242,12 @@ impl<F: ParamDelayField> Inner<F> {
         let dev = self.y0.device();
         let dtype = self.y0.dtype();
         let zeros = |k: usize| Tensor::zeros(k, dtype, dev);
-        // The augmented state [λ, g_θ, c] (c: the constant history's gradient), flat.
-        let width = n + p + n;
-        let mut state = Tensor::cat(&[g.get(last)?.flatten_all()?, zeros(p + n)?], 0)?;
+        // The reverse state [λ, c] (c: the constant history's gradient), flat; `g_θ` is
+        // integrated afterwards over each reverse step, so that the reverse solve's dense
+        // solution, which its delays read, holds no copy of the parameters' size per stage.
+        let width = 2 * n;
+        let mut state = Tensor::cat(&[g.get(last)?.flatten_all()?, zeros(n)?], 0)?;
+        let mut g_theta: Option<Tensor> = None;
         // Where the reverse field is not smooth, in reversed time: the forward solution's
         // kinks and where c starts, and each output time's jump of λ seen through a delay.
         let order = self.opts.method.order().max(1);
@@ -291,32 +297,85 @@ impl<F: ParamDelayField> Inner<F> {
                 )?;
                 stats += sol.stats;
                 state = sol.last()?;
+                if p > 0 {
+                    let part = self.parameter_integral(&dense, n, &shape)?;
+                    g_theta = Some(match g_theta {
+                        Some(acc) => (acc + part)?,
+                        None => part,
+                    });
+                }
                 solved.push(dense);
             }
             // λ jumps by the output's gradient at t_(i−1).
-            let jump = Tensor::cat(&[g.get(i - 1)?.flatten_all()?, zeros(p + n)?], 0)?;
+            let jump = Tensor::cat(&[g.get(i - 1)?.flatten_all()?, zeros(n)?], 0)?;
             state = (state + jump)?;
         }
         self.stats.lock().1 = stats;
         let lam = state.narrow(0, 0, n)?;
-        let c = state.narrow(0, n + p, n)?;
+        let c = state.narrow(0, n, n)?;
         let gy0 = match self.history {
             DelayHistory::Constant => (lam + c)?,
             DelayHistory::Function(_) => lam,
         }
         .reshape(shape)?;
-        let gtheta = if p == 0 {
-            None
-        } else {
-            Some(state.narrow(0, n, p)?)
+        let gtheta = match (p, g_theta) {
+            (0, _) => None,
+            (_, Some(g)) => Some(g),
+            (_, None) => Some(zeros(p)?),
         };
         Ok((gy0, gtheta))
     }
+
+    /// `∫ λᵀ ∂f/∂θ dt` over one reverse interval, by four-point Gauss–Legendre quadrature on
+    /// each of its steps (exact for polynomials of degree 7; the steps keep to the kinks, so
+    /// the integrand is smooth on each): four vector–Jacobian products a step.
+    fn parameter_integral(
+        &self,
+        reverse: &DenseSolution,
+        n: usize,
+        shape: &Shape,
+    ) -> Result<Tensor> {
+        const NODES: [f64; 4] = [
+            0.069_431_844_202_973_71,
+            0.330_009_478_207_571_9,
+            0.669_990_521_792_428_1,
+            0.930_568_155_797_026_3,
+        ];
+        const WEIGHTS: [f64; 4] = [
+            0.173_927_422_568_726_93,
+            0.326_072_577_431_273_07,
+            0.326_072_577_431_273_07,
+            0.173_927_422_568_726_93,
+        ];
+        let mut acc: Option<Tensor> = None;
+        for w in reverse.step_times().windows(2) {
+            let h = w[1] - w[0];
+            for (x, wq) in NODES.iter().zip(WEIGHTS) {
+                let s = w[0] + x * h;
+                let lam = reverse.evaluate(s)?.narrow(0, 0, n)?.reshape(shape)?;
+                let (_, _, gtheta) = self.vjp(-s, &lam)?;
+                if let Some(gt) = gtheta {
+                    let term = gt.affine(wq * h, 0.0)?;
+                    acc = Some(match acc {
+                        Some(a) => (a + term)?,
+                        None => term,
+                    });
+                }
+            }
+        }
+        match acc {
+            Some(a) => Ok(a),
+            None => {
+                let p: usize = self.params.iter().map(|v| v.elem_count()).sum();
+                Tensor::zeros(p, self.y0.dtype(), self.y0.device())
+            }
+        }
+    }
 }
 
-/// The adjoint's reverse field in `s = −t` on `[λ, g_θ, c]`: `dλ/ds = λᵀ∂f/∂y(t) + Σ_j
-/// λ(t + τ_j)ᵀ ∂f/∂y_j(t + τ_j)`, `dg_θ/ds = λᵀ∂f/∂θ(t)`, `dc/ds = Σ_{j: t − τ_j < t0}
-/// λᵀ∂f/∂y_j(t)`; the lagged augmented states are at `s − τ_j`, i.e. `t + τ_j`.
+/// The adjoint's reverse field in `s = −t` on `[λ, c]`: `dλ/ds = λᵀ∂f/∂y(t) + Σ_j
+/// λ(t + τ_j)ᵀ ∂f/∂y_j(t + τ_j)`, `dc/ds = Σ_{j: t − τ_j < t0} λᵀ∂f/∂y_j(t)`; the lagged
+/// states are at `s − τ_j`, i.e. `t + τ_j`.
 struct Reverse<'a, F> {
     inner: &'a Inner<F>,
     n: usize,
@@ -330,7 +389,7 @@ impl<F: ParamDelayField> DelayField for Reverse<'_, F> {
         let t = -s;
         let t0 = inner.ts[0];
         let lam = state.narrow(0, 0, self.n)?.reshape(self.shape)?;
-        let (gy, glag, gtheta) = inner.vjp(t, &lam)?;
+        let (gy, glag, _) = inner.vjp(t, &lam)?;
         let mut dlam = gy;
         let mut dc = dlam.zeros_like()?;
         for (j, (d, lag)) in inner.delays.iter().zip(lagged).enumerate() {
@@ -343,12 +402,7 @@ impl<F: ParamDelayField> DelayField for Reverse<'_, F> {
                 dlam = (dlam + &ahead[j])?;
             }
         }
-        let mut parts = vec![dlam];
-        if let Some(g) = gtheta {
-            parts.push(g);
-        }
-        parts.push(dc);
-        Tensor::cat(&parts, 0)
+        Tensor::cat(&[dlam, dc], 0)
     }
 }
 

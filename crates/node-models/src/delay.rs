@@ -8,6 +8,7 @@
 use crate::layers::{Activation, Mlp};
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Module, VarBuilder};
+use node_adjoint::{ddeint_adjoint, AdjointSolution, DelayHistory, ParamDelayField};
 use node_solvers::delay::{ddeint, DelayField, History};
 use node_solvers::{Solution, SolveOptions};
 
@@ -88,6 +89,32 @@ impl NeuralDde {
         ts: &[f64],
         opts: &SolveOptions,
     ) -> Result<Solution> {
+        self.check_state(y0)?;
+        Ok(ddeint(self, &self.delays, history, y0, ts, opts)?.0)
+    }
+
+    /// As [`NeuralDde::solve`], with gradients by the adjoint method
+    /// ([`node_adjoint::ddeint_adjoint`]): the backward pass solves the adjoint's equation
+    /// with `adjoint_opts` instead of backpropagating through every stage's network.
+    ///
+    /// # Shapes
+    /// As [`NeuralDde::solve`].
+    ///
+    /// # Errors
+    /// Those of [`node_adjoint::ddeint_adjoint`]; a last dimension other than `D`.
+    pub fn solve_adjoint(
+        &self,
+        y0: &Tensor,
+        history: DelayHistory,
+        ts: &[f64],
+        opts: &SolveOptions,
+        adjoint_opts: &SolveOptions,
+    ) -> Result<AdjointSolution> {
+        self.check_state(y0)?;
+        ddeint_adjoint(self, &self.delays, history, y0, ts, opts, adjoint_opts)
+    }
+
+    fn check_state(&self, y0: &Tensor) -> Result<()> {
         if y0.dims().last() != Some(&self.state) {
             candle_core::bail!(
                 "the neural DDE's state has {} components, the initial state's shape is {:?}",
@@ -95,7 +122,13 @@ impl NeuralDde {
                 y0.dims()
             );
         }
-        Ok(ddeint(self, &self.delays, history, y0, ts, opts)?.0)
+        Ok(())
+    }
+}
+
+impl ParamDelayField for NeuralDde {
+    fn params(&self) -> Vec<Var> {
+        self.mlp.vars().unwrap_or_default()
     }
 }
 

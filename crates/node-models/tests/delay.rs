@@ -3,6 +3,7 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use node_adjoint::DelayHistory;
 use node_models::NeuralDde;
 use node_solvers::delay::{DelayField, History};
 use node_solvers::problems::MackeyGlass;
@@ -42,6 +43,33 @@ fn shapes_and_gradients(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+fn adjoint_is_backprop(dev: &Device) -> Result<()> {
+    // The same weights' gradients by the adjoint and by backprop through the solve.
+    let (_, m) = model(dev, &[0.5, 1.0])?;
+    let y0 = Tensor::new(&[[0.1f64, 0.2], [0.3, -0.4]], dev)?;
+    let ts = [0.0, 0.9, 2.0];
+    let opts = SolveOptions::default().tolerances(1e-10, 1e-10);
+    let loss = |ys: &Tensor| ys.sqr()?.sum_all();
+    let sol = m.solve(&y0, History::Constant, &ts, &opts)?;
+    let want = loss(&sol.ys)?.backward()?;
+    let sol = m.solve_adjoint(&y0, DelayHistory::Constant, &ts, &opts, &opts)?;
+    let got = loss(&sol.ys)?.backward()?;
+    for v in m.vars()? {
+        let (a, b) = (
+            got.get(v.as_tensor()).unwrap(),
+            want.get(v.as_tensor()).unwrap(),
+        );
+        let scale = b.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-3);
+        let err = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()? / scale;
+        assert!(err < 1e-6, "{:?}: {err:e}", v.dims());
+    }
+    let bad = Tensor::zeros((2, 3), DType::F64, dev)?;
+    assert!(m
+        .solve_adjoint(&bad, DelayHistory::Constant, &ts, &opts, &opts)
+        .is_err());
+    Ok(())
+}
+
 fn errors(dev: &Device) -> Result<()> {
     let vb = || VarBuilder::from_varmap(&VarMap::new(), DType::F64, dev);
     for delays in [&[][..], &[0.0], &[1.0, f64::NAN]] {
@@ -73,3 +101,9 @@ fn mackey_glass_field() -> Result<()> {
 
 candle_core::test_device!(shapes_and_gradients, shapes_cpu, shapes_cuda, shapes_metal);
 candle_core::test_device!(errors, errors_cpu, errors_cuda, errors_metal);
+candle_core::test_device!(
+    adjoint_is_backprop,
+    adjoint_cpu,
+    adjoint_cuda,
+    adjoint_metal
+);
