@@ -15,11 +15,11 @@ use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
 use clap::Parser;
 use common::{pick_device, print_outputs, DeviceArg};
 use iterations::{Iterations, Plan};
-use node_adjoint::DelayHistory;
+use node_adjoint::{AdjointStats, DelayHistory};
 use node_models::{Activation, Mlp, NeuralDde};
 use node_solvers::delay::{ddeint, History};
 use node_solvers::problems::MackeyGlass;
-use node_solvers::{odeint, Method, SolveOptions};
+use node_solvers::{odeint, Method, SolveOptions, SolverStats};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -93,6 +93,12 @@ struct Args {
     /// from there); SIGINT/SIGTERM stop the same way after the iteration in progress.
     #[arg(long)]
     stop_after_steps: Option<usize>,
+}
+
+/// A solve's counts: the forward solve's, or the adjoint's forward and backward ones.
+enum Counts {
+    Forward(SolverStats),
+    Adjoint(AdjointStats),
 }
 
 /// The trajectory, sampled every `DT` from its start, and read between samples linearly.
@@ -186,23 +192,31 @@ fn main() -> Result<ExitCode> {
             vb.pp("mlp"),
         )?),
     };
-    // The windows' predictions `[len(ts), B, 1]` from their starts.
-    let predict = |starts: &[f64]| -> candle_core::Result<Tensor> {
+    // The windows' predictions `[len(ts), B, 1]` from their starts, and the solve's counts
+    // (the adjoint's backward ones once `backward()` has run).
+    let predict = |starts: &[f64]| -> candle_core::Result<(Tensor, Counts)> {
         let x0 = data.batch(starts, 0.0, &dev)?;
+        let forward_only = |sol: node_solvers::Solution| (sol.ys, Counts::Forward(sol.stats));
         match &model {
             Model::Dde(m) if args.gradient == GradientArg::Adjoint => {
                 let (data, starts, dev) = (data.clone(), starts.to_vec(), dev.clone());
                 let past = move |t: f64| data.batch(&starts, t, &dev);
                 let history = DelayHistory::Function(Arc::new(past));
-                Ok(m.solve_adjoint(&x0, history, &ts, &opts, &opts)?.ys)
+                let sol = m.solve_adjoint(&x0, history, &ts, &opts, &opts)?;
+                Ok((sol.ys, Counts::Adjoint(sol.stats)))
             }
             Model::Dde(m) => {
                 let past = |t: f64| data.batch(starts, t, &dev);
-                Ok(m.solve(&x0, History::Function(&past), &ts, &opts)?.ys)
+                Ok(forward_only(m.solve(
+                    &x0,
+                    History::Function(&past),
+                    &ts,
+                    &opts,
+                )?))
             }
             Model::Ode(m) => {
                 let f = |_t: f64, x: &Tensor| m.forward(x);
-                Ok(odeint(&f, &x0, &ts, &opts)?.ys)
+                Ok(forward_only(odeint(&f, &x0, &ts, &opts)?))
             }
         }
     };
@@ -214,7 +228,7 @@ fn main() -> Result<ExitCode> {
         Tensor::stack(&xs, 0)
     };
     let rms = |starts: &[f64]| -> candle_core::Result<f64> {
-        (predict(starts)? - truth(starts)?)?
+        (predict(starts)?.0 - truth(starts)?)?
             .sqr()?
             .mean_all()?
             .to_dtype(DType::F64)?
@@ -261,13 +275,23 @@ fn main() -> Result<ExitCode> {
         let starts: Vec<f64> = (0..args.batch)
             .map(|_| TRAIN.0 + (TRAIN.1 - TRAIN.0) * run.rng.uniform())
             .collect();
-        let loss = (predict(&starts)? - truth(&starts)?)?.sqr()?.mean_all()?;
+        let (ys, stats) = predict(&starts)?;
+        let loss = (ys - truth(&starts)?)?.sqr()?.mean_all()?;
         run.opt.backward_step(&loss)?;
         let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !l.is_finite() {
             bail!("the loss became {l} at iteration {}: lower --lr", it + 1);
         }
-        if let Some(code) = run.record(it, &[("loss", l)], &varmap)? {
+        let (forward, backward) = match stats {
+            Counts::Forward(s) => (s, SolverStats::default()),
+            Counts::Adjoint(s) => (s.forward(), s.backward()),
+        };
+        let values = [
+            ("loss", l),
+            ("nfe_f", forward.nfe as f64),
+            ("nfe_b", backward.nfe as f64),
+        ];
+        if let Some(code) = run.record(it, &values, &varmap)? {
             return Ok(code);
         }
     }

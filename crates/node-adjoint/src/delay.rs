@@ -393,10 +393,14 @@ impl<F: ParamDelayField> DelayField for Reverse<'_, F> {
         let mut dlam = gy;
         let mut dc = dlam.zeros_like()?;
         for (j, (d, lag)) in inner.delays.iter().zip(lagged).enumerate() {
-            if t - d < t0 {
+            // Both switches compare `t` with the very floats the reverse solve steps to as
+            // jumps (`t0 + d`, `T − d`), so that an evaluation just past a jump falls on its
+            // side: `t + d < T` rounds to false at `t = T − d − ulp`, and the step after
+            // the jump would start from the field before it (O(1) defects, tiny steps).
+            if t < t0 + d {
                 dc = (dc + &glag[j])?;
             }
-            if t + d < self.t_end {
+            if t < self.t_end - d {
                 let lam_ahead = lag.narrow(0, 0, self.n)?.reshape(self.shape)?;
                 let (_, ahead, _) = inner.vjp(t + d, &lam_ahead)?;
                 dlam = (dlam + &ahead[j])?;

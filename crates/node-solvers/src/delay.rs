@@ -269,12 +269,19 @@ struct Past<'a> {
 }
 
 impl Past<'_> {
-    fn at(&self, t: f64) -> Result<Tensor> {
-        if t >= self.t0 {
+    /// `y(t − d)` for an evaluation at `t`.
+    fn lagged(&self, t: f64, d: f64) -> Result<Tensor> {
+        // The side is decided by `t` against `t0 + d`, the very float the solve steps to as a
+        // jump, not by the rounded `t − d` against `t0`: an evaluation just before the jump
+        // (`t0 + d` less an ulp) can round `t − d` onto `t0` (where `|t0| > |t0 + d|`), and
+        // would read the solution's side.
+        let t_lag = t - d;
+        if t >= self.t0 + d {
             // A stage at the end of a step of exactly the delay may ask for a hair past the
             // last accepted time: the last step's interpolant there.
-            return self.dense.borrow().evaluate_extended(t);
+            return self.dense.borrow().evaluate_extended(t_lag);
         }
+        let t = t_lag.min(self.t0);
         match self.history {
             History::Constant => Ok(self.y0.clone()),
             History::Function(phi) => {
@@ -313,7 +320,7 @@ impl<F: DelayField + ?Sized> VectorField for Lagged<'_, F> {
         let lagged = self
             .delays
             .iter()
-            .map(|d| self.past.at(t - d))
+            .map(|&d| self.past.lagged(t, d))
             .collect::<Result<Vec<_>>>()?;
         self.f.eval(t, y, &lagged)
     }

@@ -203,26 +203,35 @@ fn exponential_with_two_delays(dev: &Device) -> Result<()> {
 }
 
 fn history_jump(dev: &Device) -> Result<()> {
-    // y = 0 before 0 and y(0) = 1: the field jumps at 1 (evaluated on both sides of it).
+    // y = 0 before t0 and y(t0) = 1: the field jumps at t0 + 1 (evaluated on both sides of
+    // it). From t0 = −2 too, where the evaluation just before the jump, at the float below
+    // −1, has its lag `t − 1` round onto −2 itself: it must still read the history, or the
+    // last stage of each step ending at the jump is wrong and the step is rejected again and
+    // again.
     let y0 = Tensor::new(&[1.0f64], dev)?;
     let zero = |_t: f64| Tensor::new(&[0.0f64], dev);
-    let ts = output_times();
-    for method in [Method::Dopri5, Method::Tsit5] {
-        let opts = SolveOptions::default()
-            .method(method)
-            .tolerances(1e-9, 1e-9);
-        let (sol, dense) = ddeint(
-            &lagged_decay,
-            &[1.0],
-            History::Function(&zero),
-            &y0,
-            &ts,
-            &opts,
-        )?;
-        let err = error_against(&sol.ys, &ts, jump_exact)?;
-        assert!(err < 1e-8, "{method}: error {err:e}");
-        let just_before = dense.evaluate(1.0 - 1e-9)?.to_vec1::<f64>()?[0];
-        assert!((just_before - 1.0).abs() < 1e-8, "{just_before}");
+    for t0 in [0.0, -2.0] {
+        let ts: Vec<f64> = output_times().iter().map(|t| t + t0).collect();
+        for method in [Method::Dopri5, Method::Tsit5] {
+            let opts = SolveOptions::default()
+                .method(method)
+                .tolerances(1e-9, 1e-9);
+            let (sol, dense) = ddeint(
+                &lagged_decay,
+                &[1.0],
+                History::Function(&zero),
+                &y0,
+                &ts,
+                &opts,
+            )?;
+            let err = error_against(&sol.ys, &ts, |t| jump_exact(t - t0))?;
+            assert!(err < 1e-8, "{method} from {t0}: error {err:e}");
+            // Shifted in time, the same steps (the wrong side cost 61 rejections: checked).
+            let steps = (sol.stats.accepted_steps, sol.stats.rejected_steps);
+            assert_eq!(steps, (11, 0), "{method} from {t0}");
+            let just_before = dense.evaluate(t0 + 1.0 - 1e-9)?.to_vec1::<f64>()?[0];
+            assert!((just_before - 1.0).abs() < 1e-8, "{just_before}");
+        }
     }
     Ok(())
 }
