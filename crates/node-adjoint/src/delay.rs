@@ -6,9 +6,10 @@
 //! Kolmanovskii & Myshkis): `dλ/dt = −λ(t)ᵀ ∂f/∂y(t) − Σ_j λ(t + τ_j)ᵀ ∂f/∂y_j(t + τ_j)`, the
 //! second term only where `t + τ_j < T`, with `∂L/∂y(t_i)` added at each output time; and
 //! `dL/dθ = ∫ λᵀ ∂f/∂θ dt`. In reversed time `s = −t` the advanced terms are delays, so the
-//! reverse solve is itself a delay equation, solved by [`node_solvers::delay::ddeint`] one
-//! interval between output times at a time, each interval's history being the intervals
-//! already solved (zero past `T`). `y(t)` and its lagged values come from the forward
+//! reverse solve is itself a delay equation, solved by [`node_solvers::delay::ddeint`] in
+//! one go: `λ = μ + G(t)` with `G` the sum of the gradients of the outputs after `t`, `μ`
+//! continuous and zero from `T` on, `G`'s jumps (at each output time, and a delay before)
+//! jumps of the reverse field. `y(t)` and its lagged values come from the forward
 //! solve's dense solution ("interpolated"). With the constant history (`y = y0` before
 //! `t0`), `dL/dy0` also gathers `∫ λᵀ ∂f/∂y_j` over the times whose lag `t − τ_j` falls
 //! before `t0`.
@@ -16,7 +17,7 @@
 //! The vector–Jacobian products come from Candle autograd on fresh `Var`s: one at `t` and one
 //! at each `t + τ_j` per evaluation of the reverse field; `dL/dθ` is integrated over each
 //! reverse step afterwards by Gauss–Legendre quadrature (four products a step), so that the
-//! reverse state is `[λ, c]` alone. Memory: the forward dense solution (detached: no graph of
+//! reverse state is `[μ, c]` alone. Memory: the forward dense solution (detached: no graph of
 //! the network) and the reverse one (two state-sized vectors a stage), not the graph of
 //! every stage.
 
@@ -24,7 +25,7 @@ use crate::adjoint::{flat_grad, flat_params, AdjointSolution, AdjointStats};
 use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Shape, Tensor, Var};
 use node_solvers::delay::{breakpoints, ddeint, DelayField, History};
-use node_solvers::{DenseSolution, SolveOptions, SolverError, SolverStats};
+use node_solvers::{DenseSolution, SolveOptions, SolverError};
 use std::sync::Arc;
 
 /// A [`DelayField`] whose parameters θ are Candle `Var`s, for [`ddeint_adjoint`].
@@ -242,19 +243,23 @@ impl<F: ParamDelayField> Inner<F> {
         let dev = self.y0.device();
         let dtype = self.y0.dtype();
         let zeros = |k: usize| Tensor::zeros(k, dtype, dev);
-        // The reverse state [λ, c] (c: the constant history's gradient), flat; `g_θ` is
-        // integrated afterwards over each reverse step, so that the reverse solve's dense
-        // solution, which its delays read, holds no copy of the parameters' size per stage.
-        let width = 2 * n;
-        let mut state = Tensor::cat(&[g.get(last)?.flatten_all()?, zeros(n)?], 0)?;
-        let mut g_theta: Option<Tensor> = None;
+        // λ jumps by each output's gradient: λ = μ + G(t), `G(t) = Σ_{k ≥ 1, t < t_k} g_k`
+        // (`tails[k]` from the `k`-th output on), and μ is continuous, zero from `T` on. So
+        // one reverse solve of the state [μ, c] (c: the constant history's gradient) from
+        // `T` to `t0`, with `G`'s jumps (at each `t_k`, and at `t_k − τ_j` through a delay)
+        // as jumps of its field, instead of a solve per interval between outputs.
+        let mut tails = vec![zeros(n)?; last + 2];
+        for k in (1..=last).rev() {
+            tails[k] = (&tails[k + 1] + g.get(k)?.flatten_all()?)?;
+        }
         // Where the reverse field is not smooth, in reversed time: the forward solution's
-        // kinks and where c starts, and each output time's jump of λ seen through a delay.
+        // kinks and where c starts, and G's jumps, directly and through each delay.
         let order = self.opts.method.order().max(1);
         let (first, later) = breakpoints(t0, t_end, &self.delays, order);
         let mut jumps: Vec<f64> = first.iter().chain(&later).map(|t| -t).collect();
-        for &ti in &self.ts[1..] {
-            jumps.extend(self.delays.iter().map(|d| d - ti));
+        for &tk in &self.ts[1..] {
+            jumps.push(-tk);
+            jumps.extend(self.delays.iter().map(|d| d - tk));
         }
         let opts = self.opts.clone().jump_ts(
             self.opts
@@ -264,76 +269,47 @@ impl<F: ParamDelayField> Inner<F> {
                 .chain(jumps)
                 .collect::<Vec<_>>(),
         );
-        let mut solved: Vec<DenseSolution> = vec![];
-        let mut stats = SolverStats::default();
-        for i in (1..=last).rev() {
-            let (s0, s1) = (-self.ts[i], -self.ts[i - 1]);
-            if s1 > s0 {
-                let past = |s: f64| -> Result<Tensor> {
-                    if s < -t_end {
-                        return zeros(width);
-                    }
-                    // The interval that holds s: the latest solved one starting at or before it.
-                    let piece = solved
-                        .iter()
-                        .rev()
-                        .find(|d| d.span().0 <= s)
-                        .unwrap_or(&solved[0]);
-                    piece.evaluate_extended(s)
-                };
-                let field = Reverse {
-                    inner: self,
-                    n,
-                    shape: &shape,
-                    t_end,
-                };
-                let (sol, dense) = ddeint(
-                    &field,
-                    &self.delays,
-                    History::Function(&past),
-                    &state,
-                    &[s0, s1],
-                    &opts,
-                )?;
-                stats += sol.stats;
-                state = sol.last()?;
-                if p > 0 {
-                    let part = self.parameter_integral(&dense, n, &shape)?;
-                    g_theta = Some(match g_theta {
-                        Some(acc) => (acc + part)?,
-                        None => part,
-                    });
-                }
-                solved.push(dense);
-            }
-            // λ jumps by the output's gradient at t_(i−1).
-            let jump = Tensor::cat(&[g.get(i - 1)?.flatten_all()?, zeros(n)?], 0)?;
-            state = (state + jump)?;
-        }
-        self.stats.lock().1 = stats;
-        let lam = state.narrow(0, 0, n)?;
+        let field = Reverse {
+            inner: self,
+            n,
+            shape: &shape,
+            t_end,
+            tails: &tails,
+        };
+        let start = zeros(2 * n)?;
+        let (sol, dense) = ddeint(
+            &field,
+            &self.delays,
+            History::Constant,
+            &start,
+            &[-t_end, -t0],
+            &opts,
+        )?;
+        self.stats.lock().1 = sol.stats;
+        let state = sol.last()?;
+        // λ(t0) = μ(t0) + G(t0) + g_0.
+        let lam = ((state.narrow(0, 0, n)? + &tails[1])? + g.get(0)?.flatten_all()?)?;
         let c = state.narrow(0, n, n)?;
         let gy0 = match self.history {
             DelayHistory::Constant => (lam + c)?,
             DelayHistory::Function(_) => lam,
         }
-        .reshape(shape)?;
-        let gtheta = match (p, g_theta) {
-            (0, _) => None,
-            (_, Some(g)) => Some(g),
-            (_, None) => Some(zeros(p)?),
+        .reshape(shape.clone())?;
+        let gtheta = if p == 0 {
+            None
+        } else {
+            Some(self.parameter_integral(&dense, &field)?)
         };
         Ok((gy0, gtheta))
     }
 
-    /// `∫ λᵀ ∂f/∂θ dt` over one reverse interval, by four-point Gauss–Legendre quadrature on
-    /// each of its steps (exact for polynomials of degree 7; the steps keep to the kinks, so
+    /// `∫ λᵀ ∂f/∂θ dt` by four-point Gauss–Legendre quadrature on each step of the reverse
+    /// solve (exact for polynomials of degree 7; the steps keep to the kinks and jumps, so
     /// the integrand is smooth on each): four vector–Jacobian products a step.
     fn parameter_integral(
         &self,
         reverse: &DenseSolution,
-        n: usize,
-        shape: &Shape,
+        field: &Reverse<'_, F>,
     ) -> Result<Tensor> {
         const NODES: [f64; 4] = [
             0.069_431_844_202_973_71,
@@ -352,9 +328,8 @@ impl<F: ParamDelayField> Inner<F> {
             let h = w[1] - w[0];
             for (x, wq) in NODES.iter().zip(WEIGHTS) {
                 let s = w[0] + x * h;
-                let lam = reverse.evaluate(s)?.narrow(0, 0, n)?.reshape(shape)?;
-                let (_, _, gtheta) = self.vjp(-s, &lam)?;
-                if let Some(gt) = gtheta {
+                let lam = field.lambda(-s, &reverse.evaluate(s)?)?;
+                if let (_, _, Some(gt)) = self.vjp(-s, &lam)? {
                     let term = gt.affine(wq * h, 0.0)?;
                     acc = Some(match acc {
                         Some(a) => (a + term)?,
@@ -373,14 +348,32 @@ impl<F: ParamDelayField> Inner<F> {
     }
 }
 
-/// The adjoint's reverse field in `s = −t` on `[λ, c]`: `dλ/ds = λᵀ∂f/∂y(t) + Σ_j
-/// λ(t + τ_j)ᵀ ∂f/∂y_j(t + τ_j)`, `dc/ds = Σ_{j: t − τ_j < t0} λᵀ∂f/∂y_j(t)`; the lagged
-/// states are at `s − τ_j`, i.e. `t + τ_j`.
+/// The adjoint's reverse field in `s = −t` on `[μ, c]`, `λ = μ + G(t)`:
+/// `dμ/ds = λᵀ∂f/∂y(t) + Σ_j λ(t + τ_j)ᵀ ∂f/∂y_j(t + τ_j)` (where `t + τ_j < T`),
+/// `dc/ds = Σ_{j: t − τ_j < t0} λᵀ∂f/∂y_j(t)`; the lagged states are at `s − τ_j`, i.e.
+/// `t + τ_j`.
 struct Reverse<'a, F> {
     inner: &'a Inner<F>,
     n: usize,
     shape: &'a Shape,
     t_end: f64,
+    /// `tails[k] = Σ_{m ≥ k} g_m` (flat), `tails[last + 1] = 0`.
+    tails: &'a [Tensor],
+}
+
+impl<F: ParamDelayField> Reverse<'_, F> {
+    /// `λ` at `t` from the reverse state there: `μ + G(t)`, in the state's shape. `t` is
+    /// compared with the output times, the floats the reverse solve steps to as jumps.
+    fn lambda(&self, t: f64, state: &Tensor) -> Result<Tensor> {
+        self.lambda_shifted(t, 0.0, state)
+    }
+
+    /// `λ(t + d)` from the reverse state at `t + d`: `G` by `t < t_k − d` (the jump's float).
+    fn lambda_shifted(&self, t: f64, d: f64, state: &Tensor) -> Result<Tensor> {
+        let ts = &self.inner.ts;
+        let k = (1..ts.len()).find(|&k| t < ts[k] - d).unwrap_or(ts.len());
+        (state.narrow(0, 0, self.n)? + &self.tails[k])?.reshape(self.shape)
+    }
 }
 
 impl<F: ParamDelayField> DelayField for Reverse<'_, F> {
@@ -388,10 +381,10 @@ impl<F: ParamDelayField> DelayField for Reverse<'_, F> {
         let inner = self.inner;
         let t = -s;
         let t0 = inner.ts[0];
-        let lam = state.narrow(0, 0, self.n)?.reshape(self.shape)?;
+        let lam = self.lambda(t, state)?;
         let (gy, glag, _) = inner.vjp(t, &lam)?;
-        let mut dlam = gy;
-        let mut dc = dlam.zeros_like()?;
+        let mut dmu = gy;
+        let mut dc = dmu.zeros_like()?;
         for (j, (d, lag)) in inner.delays.iter().zip(lagged).enumerate() {
             // Both switches compare `t` with the very floats the reverse solve steps to as
             // jumps (`t0 + d`, `T − d`), so that an evaluation just past a jump falls on its
@@ -401,12 +394,12 @@ impl<F: ParamDelayField> DelayField for Reverse<'_, F> {
                 dc = (dc + &glag[j])?;
             }
             if t < self.t_end - d {
-                let lam_ahead = lag.narrow(0, 0, self.n)?.reshape(self.shape)?;
+                let lam_ahead = self.lambda_shifted(t, *d, lag)?;
                 let (_, ahead, _) = inner.vjp(t + d, &lam_ahead)?;
-                dlam = (dlam + &ahead[j])?;
+                dmu = (dmu + &ahead[j])?;
             }
         }
-        Tensor::cat(&[dlam, dc], 0)
+        Tensor::cat(&[dmu, dc], 0)
     }
 }
 

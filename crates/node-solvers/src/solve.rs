@@ -274,11 +274,22 @@ pub(crate) fn check_times(ts: &[f64]) -> Result<f64> {
 #[derive(Clone, Debug)]
 pub(crate) struct Stops {
     /// The stops strictly between the first and last output time, in the direction of
-    /// integration (adaptive solves only).
+    /// integration (adaptive solves only), those within [`STOP_MERGE`] of each other merged
+    /// into the first.
     pub(crate) inner: Vec<f64>,
-    /// Every jump, ascending.
-    jumps: Vec<f64>,
+    /// Every jump, as clusters `(lo, hi)` of jumps within [`STOP_MERGE`] of each other,
+    /// ascending.
+    jumps: Vec<(f64, f64)>,
     dir: f64,
+}
+
+/// Stops closer than this (relative to `max(|t|, 1)`) are one: two floats of one time
+/// computed two ways (an output time and a sum of delays) would otherwise leave a step of an
+/// ulp between them, and the controller would take a dozen steps to grow back.
+pub(crate) const STOP_MERGE: f64 = 1e-14;
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= STOP_MERGE * a.abs().max(b.abs()).max(1.0)
 }
 
 impl Stops {
@@ -290,14 +301,21 @@ impl Stops {
                 .iter()
                 .chain(opts.jump_ts.iter())
                 .copied()
-                .filter(|&s| (s - t0) * dir > 0.0 && (t_end - s) * dir > 0.0)
+                .filter(|&s| (s - t0) * dir > 0.0 && (t_end - s) * dir > 0.0 && !close(s, t_end))
                 .collect(),
             _ => vec![],
         };
         inner.sort_by(|a, b| (a * dir).total_cmp(&(b * dir)));
-        inner.dedup();
-        let mut jumps = opts.jump_ts.to_vec();
-        jumps.sort_by(f64::total_cmp);
+        inner.dedup_by(|b, a| close(*a, *b));
+        let mut sorted = opts.jump_ts.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let mut jumps: Vec<(f64, f64)> = vec![];
+        for j in sorted {
+            match jumps.last_mut() {
+                Some((_, hi)) if close(*hi, j) => *hi = j,
+                _ => jumps.push((j, j)),
+            }
+        }
         Self { inner, jumps, dir }
     }
 
@@ -309,25 +327,48 @@ impl Stops {
         }
     }
 
-    pub(crate) fn is_jump(&self, t: f64) -> bool {
-        !self.jumps.is_empty() && self.jumps.binary_search_by(|x| x.total_cmp(&t)).is_ok()
+    /// The cluster of jumps that holds `t`, if any.
+    fn jump_at(&self, t: f64) -> Option<(f64, f64)> {
+        if self.jumps.is_empty() {
+            return None;
+        }
+        let i = self
+            .jumps
+            .partition_point(|&(_, hi)| hi < t && !close(hi, t));
+        self.jumps
+            .get(i)
+            .copied()
+            .filter(|&(lo, hi)| (lo <= t || close(lo, t)) && (t <= hi || close(hi, t)))
     }
 
-    /// Where a step that starts at `t` evaluates the field there: just past a jump.
+    pub(crate) fn is_jump(&self, t: f64) -> bool {
+        self.jump_at(t).is_some()
+    }
+
+    /// Where a step that starts at `t` evaluates the field there: just past a jump (past
+    /// every jump of its cluster).
     pub(crate) fn start(&self, t: f64) -> f64 {
-        if self.is_jump(t) {
-            step_float(t, self.dir)
-        } else {
-            t
+        match self.jump_at(t) {
+            Some((lo, hi)) => {
+                step_float(if self.dir > 0.0 { hi.max(t) } else { lo.min(t) }, self.dir)
+            }
+            None => t,
         }
     }
 
-    /// Where a step that ends at `t1` evaluates the field there: just before a jump.
+    /// Where a step that ends at `t1` evaluates the field there: just before a jump (before
+    /// every jump of its cluster).
     pub(crate) fn end(&self, t1: f64) -> f64 {
-        if self.is_jump(t1) {
-            step_float(t1, -self.dir)
-        } else {
-            t1
+        match self.jump_at(t1) {
+            Some((lo, hi)) => step_float(
+                if self.dir > 0.0 {
+                    lo.min(t1)
+                } else {
+                    hi.max(t1)
+                },
+                -self.dir,
+            ),
+            None => t1,
         }
     }
 }

@@ -142,6 +142,37 @@ fn reverse_time_and_stops(dev: &Device) -> Result<()> {
     for s in stops {
         assert!(trace.times.contains(&s), "no step ends at {s}");
     }
+    // One time given twice, an ulp apart (an output time and a sum of delays computed two
+    // ways): one stop, one jump. Before, a step of an ulp between them and the steps to grow
+    // back: 51 steps against the single jump's 36 (checked).
+    let (once_err, once, _) = solve_switch(
+        &[0.0, 2.0],
+        &SolveOptions::default()
+            .tolerances(1e-8, 1e-8)
+            .jump_ts([1.0]),
+        dev,
+    )?;
+    for twice in [
+        vec![1.0, 1f64.next_up()],
+        vec![1f64.next_down(), 1.0, 1f64.next_up()],
+    ] {
+        let opts = SolveOptions::default()
+            .tolerances(1e-8, 1e-8)
+            .jump_ts(twice.clone())
+            .step_ts(twice.clone());
+        let (err, stats, seen) = solve_switch(&[0.0, 2.0], &opts, dev)?;
+        assert_eq!(
+            (stats.accepted_steps, stats.rejected_steps),
+            (once.accepted_steps, once.rejected_steps),
+            "{twice:?}: {:?}",
+            (once.accepted_steps, once.rejected_steps)
+        );
+        assert!(max(&err) <= 2.0 * max(&once_err), "{err:?}");
+        // The field is evaluated on each side of the whole cluster, never inside it.
+        assert!(!seen
+            .iter()
+            .any(|t| twice[0] <= *t && *t <= twice[twice.len() - 1]));
+    }
     Ok(())
 }
 
