@@ -21,11 +21,11 @@
 //! the network) and the reverse one (two state-sized vectors a stage), not the graph of
 //! every stage.
 
-use crate::adjoint::{flat_grad, flat_params, AdjointSolution, AdjointStats};
+use crate::adjoint::{check_param_list, flat_grad, flat_params, AdjointSolution, AdjointStats};
 use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Shape, Tensor, Var};
 use node_solvers::delay::{breakpoints, ddeint, DelayField, History};
-use node_solvers::{DenseSolution, SolveOptions, SolverError};
+use node_solvers::{DenseSolution, SolveOptions};
 use std::sync::Arc;
 
 /// A [`DelayField`] whose parameters θ are Candle `Var`s, for [`ddeint_adjoint`].
@@ -114,14 +114,8 @@ where
     F: ParamDelayField + Clone + Send + Sync + 'static,
 {
     let params = f.params();
-    if let Some(p) = params.iter().find(|p| p.dtype() != y0.dtype()) {
-        return Err(SolverError::InvalidOptions(format!(
-            "the field's parameters must share the state's dtype {:?}, found {:?}",
-            y0.dtype(),
-            p.dtype()
-        ))
-        .into());
-    }
+    let sources: Vec<Tensor> = params.iter().map(|p| p.as_tensor().clone()).collect();
+    check_param_list(&params, &sources, y0)?;
     adjoint_opts.validate()?;
     let y0d = y0.detach();
     let detached = Detached(f);
@@ -150,7 +144,6 @@ where
         opts: adjoint_opts.clone(),
         stats: stats.clone(),
     }));
-    let sources: Vec<Tensor> = params.iter().map(|p| p.as_tensor().clone()).collect();
     let ys = match flat_params(&sources)? {
         None => y0.apply_op1(op)?,
         Some(theta) => y0.apply_op2(&theta, op)?,
