@@ -364,7 +364,9 @@ impl<F: ParamDelayField> Reverse<'_, F> {
     /// `λ(t + d)` from the reverse state at `t + d`: `G` by `t < t_k − d` (the jump's float).
     fn lambda_shifted(&self, t: f64, d: f64, state: &Tensor) -> Result<Tensor> {
         let ts = &self.inner.ts;
-        let k = (1..ts.len()).find(|&k| t < ts[k] - d).unwrap_or(ts.len());
+        // The first output after `t + d`, by the test the jumps are placed with (`t_k − d`;
+        // the times increase, so it is monotone).
+        let k = 1 + ts[1..].partition_point(|&tk| t >= tk - d);
         (state.narrow(0, 0, self.n)? + &self.tails[k])?.reshape(self.shape)
     }
 }

@@ -255,7 +255,7 @@ pub fn ddeint<F: DelayField + ?Sized>(
         delays,
         past: &past,
     };
-    let mut keep = Keep { field: &field, tab };
+    let mut keep = Keep::new(&field, tab);
     let sol = solve(&field, y0, ts, &opts, Some(&mut keep))?;
     Ok((sol, past.dense.into_inner()))
 }
@@ -334,6 +334,35 @@ const DEFECT_AT: [f64; 2] = [1.0 / 3.0, 2.0 / 3.0];
 struct Keep<'a, F: ?Sized> {
     field: &'a Lagged<'a, F>,
     tab: &'static ButcherTableau,
+    /// The dense output's derivative weights at [`DEFECT_AT`]: `u'(t + θh) = Σ_i w_i k_i
+    /// (+ w_s f1)`.
+    weights: Vec<Vec<f64>>,
+}
+
+impl<'a, F: ?Sized> Keep<'a, F> {
+    fn new(field: &'a Lagged<'a, F>, tab: &'static ButcherTableau) -> Self {
+        let s = tab.stages();
+        let derivative = |theta: f64| {
+            // The weights are polynomials in θ: a fourth-order central difference is exact
+            // to ~1e-11, far below any tolerance.
+            let eps = 1e-3;
+            let mut w = vec![0.0; s + 1];
+            let mut dw = vec![0.0; s + 1];
+            for (shift, c) in [(-2.0, 1.0), (-1.0, -8.0), (1.0, 8.0), (2.0, -1.0)] {
+                tab.dense_weights(theta + shift * eps, &mut w);
+                for (d, wi) in dw.iter_mut().zip(&w) {
+                    *d += c * wi / (12.0 * eps);
+                }
+            }
+            dw
+        };
+        let weights = DEFECT_AT.iter().map(|&th| derivative(th)).collect();
+        Self {
+            field,
+            tab,
+            weights,
+        }
+    }
 }
 
 impl<F: DelayField + ?Sized> Recorder for Keep<'_, F> {
@@ -358,31 +387,16 @@ impl<F: DelayField + ?Sized> Recorder for Keep<'_, F> {
         let tab = self.tab;
         let s = tab.stages();
         let h = t1 - t;
-        let derivative = |theta: f64| {
-            // The weights are polynomials in θ: a fourth-order central difference is exact
-            // to ~1e-11, far below any tolerance.
-            let eps = 1e-3;
-            let mut w = vec![0.0; s + 1];
-            let mut dw = vec![0.0; s + 1];
-            for (shift, c) in [(-2.0, 1.0), (-1.0, -8.0), (1.0, 8.0), (2.0, -1.0)] {
-                tab.dense_weights(theta + shift * eps, &mut w);
-                for (d, wi) in dw.iter_mut().zip(&w) {
-                    *d += c * wi / (12.0 * eps);
-                }
-            }
-            dw
-        };
-        let weights: Vec<Vec<f64>> = DEFECT_AT.iter().map(|&th| derivative(th)).collect();
         let f1 = match f1 {
             Some(f1) => Some(f1.clone()),
-            None if weights.iter().any(|w| w[s].abs() > 1e-12) => {
+            None if self.weights.iter().any(|w| w[s] != 0.0) => {
                 Some(self.field.eval(t1, &step.y1)?)
             }
             None => None,
         };
         DEFECT_AT
             .iter()
-            .zip(&weights)
+            .zip(&self.weights)
             .map(|(&theta, dw)| {
                 let tn = t + theta * h;
                 let u = interpolate(tab, t, t1, y, &step.k, &step.y1, f1.as_ref(), tn)?;
