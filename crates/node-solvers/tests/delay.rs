@@ -16,18 +16,10 @@ fn lagged_decay(_t: f64, _y: &Tensor, lagged: &[Tensor]) -> candle_core::Result<
     lagged[0].neg()
 }
 
-/// The exact solution of `y' = −y(t − 1)` from `y = 1` on `t ≤ 0` (method of steps):
-/// `Σ_{k ≥ 0, t ≥ k − 1} (−1)^k (t − k + 1)^k / k!`.
+/// The exact solution of `y' = −y(t − 1)` from `y = 1` on `t ≤ 0` (method of steps): the
+/// jump problem of [`jump_exact`] started at −1, `Σ_{k ≥ 0, t ≥ k − 1} (−1)^k (t − k + 1)^k / k!`.
 fn lagged_decay_exact(t: f64) -> f64 {
-    let mut sum = 0.0;
-    let mut factorial = 1.0;
-    for k in 0..=(t.floor() as i32 + 1) {
-        if k > 0 {
-            factorial *= k as f64;
-        }
-        sum += (-1f64).powi(k) * (t - k as f64 + 1.0).powi(k) / factorial;
-    }
-    sum
+    jump_exact(t + 1.0)
 }
 
 /// The exact solution of `y' = −y(t − 1)` from `y(0) = 1` after `y = 0` on `t < 0`: the
