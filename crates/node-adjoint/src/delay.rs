@@ -174,24 +174,29 @@ struct Inner<F> {
 }
 
 impl<F: ParamDelayField> Inner<F> {
-    /// The forward state at `t`: the dense solution from `t0` on, the history before.
-    fn state(&self, t: f64) -> Result<Tensor> {
-        if t >= self.ts[0] {
-            return self.dense.evaluate_extended(t);
+    /// The forward state `y(t − d)` for an evaluation at `t`: the dense solution from `t0`
+    /// on, the history before. The side is decided by `t` against `t0 + d`, the float the
+    /// reverse solve steps to as a jump, as `ddeint` decides it (the rounded `t − d` can
+    /// land on `t0` from just before the jump, and read the wrong side of a history that
+    /// jumps there).
+    fn state(&self, t: f64, d: f64) -> Result<Tensor> {
+        let t0 = self.ts[0];
+        if t >= t0 + d {
+            return self.dense.evaluate_extended(t - d);
         }
         match &self.history {
             DelayHistory::Constant => Ok(self.y0.clone()),
-            DelayHistory::Function(p) => Ok(p(t)?.detach()),
+            DelayHistory::Function(p) => Ok(p((t - d).min(t0))?.detach()),
         }
     }
 
     /// `y(t)` and its lagged values.
     fn arguments(&self, t: f64) -> Result<(Tensor, Vec<Tensor>)> {
-        let y = self.state(t)?;
+        let y = self.state(t, 0.0)?;
         let lagged = self
             .delays
             .iter()
-            .map(|d| self.state(t - d))
+            .map(|&d| self.state(t, d))
             .collect::<Result<Vec<_>>>()?;
         Ok((y, lagged))
     }
