@@ -8,7 +8,7 @@ use node_adjoint::{
     AdjointSolution, CheckpointOptions, ParamVectorField,
 };
 use node_solvers::{odeint, Method, SolveOptions, SolverError};
-use time_mlp::{max_rel, scalar, Mlp};
+use time_mlp::{max_rel, scalar, seeded_normal, Mlp};
 
 #[path = "common/time_mlp.rs"]
 mod time_mlp;
@@ -35,9 +35,9 @@ fn checkpointed(
 }
 
 fn matches_backprop(dev: &Device) -> Result<()> {
-    let field = Mlp::new(3, 16, DType::F64, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (5, 3), dev)?)?; // a batch of 5
-                                                                         // Outputs inside steps (dense output) and on the last step's end; reverse time too.
+    let field = Mlp::seeded(3, 16, DType::F64, dev, 401)?;
+    let y0 = Var::from_tensor(&seeded_normal((5, 3), 406, DType::F64, dev)?)?; // a batch of 5
+                                                                               // Outputs inside steps (dense output) and on the last step's end; reverse time too.
     let forward = [0.0, 0.3, 0.7, 1.0, 2.5];
     let reverse = [2.5, 1.2, 0.0];
     let cases = [
@@ -61,7 +61,7 @@ fn matches_backprop(dev: &Device) -> Result<()> {
     ];
     for (opts, ts) in cases {
         let m = opts.method;
-        let w = Tensor::randn(0f64, 1.0, (ts.len(), 5, 3), dev)?;
+        let w = seeded_normal((ts.len(), 5, 3), 450, DType::F64, dev)?;
         let direct = odeint(&field, y0.as_tensor(), ts, &opts)?;
         let want = grads_of(&direct.ys, &w, &y0, &field)?;
         let steps = direct.stats.accepted_steps;
@@ -108,8 +108,8 @@ fn matches_backprop(dev: &Device) -> Result<()> {
 fn upstream_and_chained(dev: &Device) -> Result<()> {
     // y0 = 2x feeds a checkpointed solve whose end feeds another: the gradient reaches x
     // through both, as backprop through two odeint calls does.
-    let field = Mlp::new(2, 8, DType::F64, dev)?;
-    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 2), dev)?)?;
+    let field = Mlp::seeded(2, 8, DType::F64, dev, 402)?;
+    let x = Var::from_tensor(&seeded_normal((3, 2), 407, DType::F64, dev)?)?;
     let opts = SolveOptions::default().tolerances(1e-7, 1e-7);
     let ck = CheckpointOptions::default().checkpoints(3);
     let y0 = x.as_tensor().affine(2.0, 0.0)?;
@@ -133,10 +133,10 @@ fn upstream_and_chained(dev: &Device) -> Result<()> {
 }
 
 fn f32_works(dev: &Device) -> Result<()> {
-    let field = Mlp::new(3, 8, DType::F32, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3), dev)?)?;
+    let field = Mlp::seeded(3, 8, DType::F32, dev, 403)?;
+    let y0 = Var::from_tensor(&seeded_normal((4, 3), 408, DType::F32, dev)?)?;
     let ts = [0.0, 0.5, 1.0];
-    let w = Tensor::randn(0f32, 1.0, (3, 4, 3), dev)?;
+    let w = seeded_normal((3, 4, 3), 409, DType::F32, dev)?;
     let opts = SolveOptions::default().tolerances(1e-5, 1e-5);
     let want = grads_of(
         &odeint(&field, y0.as_tensor(), &ts, &opts)?.ys,
@@ -160,12 +160,12 @@ fn f32_works(dev: &Device) -> Result<()> {
 fn time_gradients(dev: &Device) -> Result<()> {
     // Output times as a tensor: y0 and θ still get backprop's gradients, and dL/dt_i matches
     // central differences of the solve (forward and reverse time) and the adjoint's.
-    let field = Mlp::new(2, 6, DType::F64, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 2), dev)?)?;
+    let field = Mlp::seeded(2, 6, DType::F64, dev, 404)?;
+    let y0 = Var::from_tensor(&seeded_normal((3, 2), 410, DType::F64, dev)?)?;
     let opts = SolveOptions::default().tolerances(1e-12, 1e-12);
     let ck = CheckpointOptions::default().checkpoints(3);
     for ts_v in [[0.2f64, 0.7, 1.4, 2.0], [2.0, 1.1, 0.4, 0.0]] {
-        let w = Tensor::randn(0f64, 1.0, (4, 3, 2), dev)?;
+        let w = seeded_normal((4, 3, 2), 411, DType::F64, dev)?;
         let loss_at = |ts: &[f64]| -> Result<f64> {
             let ys = odeint(&field, y0.as_tensor(), ts, &opts)?.ys;
             scalar(&(ys * &w)?.sum_all()?)
@@ -221,7 +221,7 @@ fn time_gradients(dev: &Device) -> Result<()> {
     // A single output time: y(t_0) = y0, whatever t_0.
     let ts = Var::from_tensor(&Tensor::new(&[0.5f64], dev)?)?;
     let sol = odeint_checkpointed_with_times(&field, y0.as_tensor(), &ts, &opts, &ck)?;
-    let w = Tensor::randn(0f64, 1.0, (1, 3, 2), dev)?;
+    let w = seeded_normal((1, 3, 2), 412, DType::F64, dev)?;
     let grads = (&sol.ys * &w)?.sum_all()?.backward()?;
     assert_eq!(grads.get(&ts).expect("ts").to_vec1::<f64>()?, [0.0]);
     assert_eq!(max_rel(grads.get(&y0).expect("y0"), &w.get(0)?)?, 0.0);
@@ -236,7 +236,7 @@ fn time_gradients(dev: &Device) -> Result<()> {
 }
 
 fn errors(dev: &Device) -> Result<()> {
-    let field = Mlp::new(2, 4, DType::F32, dev)?;
+    let field = Mlp::seeded(2, 4, DType::F32, dev, 405)?;
     let y0 = Tensor::zeros((1, 2), DType::F64, dev)?;
     let opts = SolveOptions::default();
     let e = odeint_checkpointed(

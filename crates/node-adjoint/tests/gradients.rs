@@ -118,10 +118,10 @@ fn adjoint_grads(
 /// Backprop through 1000 RK4 steps is a graph ~20 000 levels deep: sorted and dropped on the
 /// test thread's own stack (`third_party/candle-core`'s patch; Candle recursed once per level).
 fn adjoint_matches_direct(dev: &Device) -> Result<()> {
-    let field = Mlp::new(3, 16, DType::F64, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (5, 3), dev)?)?; // a batch of 5
+    let field = Mlp::seeded(3, 16, DType::F64, dev, 201)?;
+    let y0 = Var::from_tensor(&seeded_normal((5, 3), 208, DType::F64, dev)?)?; // a batch of 5
     let ts = [0.0, 0.3, 0.7, 1.0];
-    let w = Tensor::randn(0f64, 1.0, (4, 5, 3), dev)?;
+    let w = seeded_normal((4, 5, 3), 209, DType::F64, dev)?;
     // Fixed-step RK4 with many steps: both gradients approximate the same continuous one to
     // O(h⁴) ~ 1e-12, so they agree near round-off.
     let rk4 = SolveOptions::default().method(Method::Rk4).step_size(1e-3);
@@ -165,10 +165,10 @@ fn adjoint_matches_direct(dev: &Device) -> Result<()> {
 /// The Adams methods: the adjoint's reverse solve is an Adams solve too; it and backprop
 /// through the multistep combinations approximate the same gradient.
 fn adams_matches_direct(dev: &Device) -> Result<()> {
-    let field = Mlp::new(3, 16, DType::F64, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (5, 3), dev)?)?;
+    let field = Mlp::seeded(3, 16, DType::F64, dev, 202)?;
+    let y0 = Var::from_tensor(&seeded_normal((5, 3), 210, DType::F64, dev)?)?;
     let ts = [0.0, 0.3, 0.7, 1.0];
-    let w = Tensor::randn(0f64, 1.0, (4, 5, 3), dev)?;
+    let w = seeded_normal((4, 5, 3), 211, DType::F64, dev)?;
     // Fixed steps of order 4: both within O(h⁴) ~ 1e-12 of the continuous gradient (7.5e-12
     // apart at most, measured).
     let fixed = SolveOptions::default()
@@ -261,10 +261,10 @@ fn many_output_times(dev: &Device) -> Result<()> {
 
 fn finite_differences(dev: &Device) -> Result<()> {
     // Central differences in f64 on every parameter entry and on y0 and the times.
-    let field = Mlp::new(2, 4, DType::F64, dev)?;
+    let field = Mlp::seeded(2, 4, DType::F64, dev, 203)?;
     let y0 = Var::from_tensor(&Tensor::new(&[[0.3f64, -0.8]], dev)?)?;
     let ts_v = [0.0f64, 0.6, 1.1];
-    let w = Tensor::randn(0f64, 1.0, (3, 1, 2), dev)?;
+    let w = seeded_normal((3, 1, 2), 212, DType::F64, dev)?;
     let opts = SolveOptions::default().tolerances(1e-12, 1e-12);
     let loss_at = |y0: &Tensor, ts: &[f64]| -> Result<f64> {
         let ys = odeint(&field, y0, ts, &opts)?.ys;
@@ -316,12 +316,12 @@ fn finite_differences(dev: &Device) -> Result<()> {
 
 fn upstream_and_chained(dev: &Device) -> Result<()> {
     // An encoder Var feeds y0; two adjoint blocks are chained; gradients match backprop.
-    let enc = Var::from_tensor(&Tensor::randn(0f64, 0.5, (4, 3), dev)?)?;
-    let x = Tensor::randn(0f64, 1.0, (6, 4), dev)?;
-    let f1 = Mlp::new(3, 8, DType::F64, dev)?;
-    let f2 = Mlp::new(3, 8, DType::F64, dev)?;
+    let enc = Var::from_tensor(&(seeded_normal((4, 3), 213, DType::F64, dev)? * 0.5)?)?;
+    let x = seeded_normal((6, 4), 214, DType::F64, dev)?;
+    let f1 = Mlp::seeded(3, 8, DType::F64, dev, 204)?;
+    let f2 = Mlp::seeded(3, 8, DType::F64, dev, 205)?;
     let opts = SolveOptions::default().tolerances(1e-10, 1e-10);
-    let target = Tensor::randn(0f64, 1.0, (6, 3), dev)?;
+    let target = seeded_normal((6, 3), 215, DType::F64, dev)?;
     let run = |adjoint: bool| -> Result<Vec<Tensor>> {
         let y0 = x.matmul(enc.as_tensor())?;
         let solve = |f: &Mlp, y: &Tensor| -> Result<Tensor> {
@@ -352,9 +352,9 @@ fn upstream_and_chained(dev: &Device) -> Result<()> {
 }
 
 fn f32_works(dev: &Device) -> Result<()> {
-    let field = Mlp::new(2, 8, DType::F32, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (16, 2), dev)?)?;
-    let w = Tensor::randn(0f32, 1.0, (2, 16, 2), dev)?;
+    let field = Mlp::seeded(2, 8, DType::F32, dev, 206)?;
+    let y0 = Var::from_tensor(&seeded_normal((16, 2), 216, DType::F32, dev)?)?;
+    let w = seeded_normal((2, 16, 2), 217, DType::F32, dev)?;
     let opts = SolveOptions::default().tolerances(1e-6, 1e-6);
     let d = direct_grads(&field, &y0, &[0.0, 1.0], &opts, &w)?;
     let a = adjoint_grads(
@@ -373,7 +373,7 @@ fn f32_works(dev: &Device) -> Result<()> {
 }
 
 fn mixed_dtypes_are_refused(dev: &Device) -> Result<()> {
-    let field = Mlp::new(2, 4, DType::F32, dev)?;
+    let field = Mlp::seeded(2, 4, DType::F32, dev, 207)?;
     let y0 = Tensor::zeros((1, 2), DType::F64, dev)?;
     let e = odeint_adjoint(
         &field,

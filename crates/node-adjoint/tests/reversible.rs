@@ -12,7 +12,7 @@ use node_adjoint::{
 use node_solvers::{
     odeint_reversible, Method, SolveOptions, SolverError, VectorField, DEFAULT_COUPLING,
 };
-use time_mlp::{max_rel, scalar, Mlp};
+use time_mlp::{max_rel, scalar, seeded_normal, Mlp};
 
 #[path = "common/time_mlp.rs"]
 mod time_mlp;
@@ -41,8 +41,8 @@ fn rev(coupling: f64) -> ReversibleOptions {
 }
 
 fn matches_backprop(dev: &Device) -> Result<()> {
-    let field = Mlp::new(3, 16, DType::F64, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (5, 3), dev)?)?; // a batch of 5
+    let field = Mlp::seeded(3, 16, DType::F64, dev, 301)?;
+    let y0 = Var::from_tensor(&seeded_normal((5, 3), 309, DType::F64, dev)?)?; // a batch of 5
     let forward = [0.0, 0.3, 0.7, 1.0, 2.5];
     let reverse = [2.5, 1.2, 0.0];
     let cases = [
@@ -82,7 +82,7 @@ fn matches_backprop(dev: &Device) -> Result<()> {
     ];
     for (opts, ts, coupling) in cases {
         let m = opts.method;
-        let w = Tensor::randn(0f64, 1.0, (ts.len(), 5, 3), dev)?;
+        let w = seeded_normal((ts.len(), 5, 3), 350, DType::F64, dev)?;
         // Backprop through the same solve, every step's graph kept.
         let (direct, trace) = odeint_reversible(&field, y0.as_tensor(), ts, &opts, coupling)?;
         let want = grads_of(&direct.ys, &w, &y0, &field.params())?;
@@ -126,16 +126,16 @@ fn matches_backprop(dev: &Device) -> Result<()> {
 /// times, and the walk back goes through each restart (what reached `z` goes to `y`), still
 /// with backprop's gradients.
 fn contracting_matches_backprop(dev: &Device) -> Result<()> {
-    let mlp = Mlp::new(3, 16, DType::F64, dev)?;
+    let mlp = Mlp::seeded(3, 16, DType::F64, dev, 302)?;
     let inner = mlp.clone();
     let field = with_params(
         move |t: f64, y: &Tensor| inner.eval(t, y)? - y.affine(5.0, 0.0)?,
         mlp.params(),
     );
-    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (5, 3), dev)?)?;
+    let y0 = Var::from_tensor(&seeded_normal((5, 3), 310, DType::F64, dev)?)?;
     let ts = [0.0, 0.5, 1.0, 2.0];
     let opts = SolveOptions::default().tolerances(1e-7, 1e-7);
-    let w = Tensor::randn(0f64, 1.0, (ts.len(), 5, 3), dev)?;
+    let w = seeded_normal((ts.len(), 5, 3), 351, DType::F64, dev)?;
     let r = ReversibleOptions::default();
     let (direct, trace) = odeint_reversible(&field, y0.as_tensor(), &ts, &opts, r.coupling)?;
     assert!(
@@ -160,11 +160,11 @@ fn contracting_matches_backprop(dev: &Device) -> Result<()> {
 /// first layer's bias: the gradient of the discrete solve, which a wrong sign or a missing
 /// `(1 − λ)` term in the walk back would break.
 fn finite_differences(dev: &Device) -> Result<()> {
-    let field = Mlp::new(2, 6, DType::F64, dev)?;
-    let y0v = Tensor::randn(0f64, 1.0, (2, 2), dev)?;
+    let field = Mlp::seeded(2, 6, DType::F64, dev, 303)?;
+    let y0v = seeded_normal((2, 2), 311, DType::F64, dev)?;
     let y0 = Var::from_tensor(&y0v)?;
     let ts = [0.0, 0.6, 1.5];
-    let w = Tensor::randn(0f64, 1.0, (3, 2, 2), dev)?;
+    let w = seeded_normal((3, 2, 2), 312, DType::F64, dev)?;
     let opts = SolveOptions::default().method(Method::Rk4).fixed_steps(12);
     let coupling = 0.8; // far from 1: the λ terms weigh
     let sol = odeint_reversible_adjoint(&field, y0.as_tensor(), &ts, &opts, &rev(coupling))?;
@@ -217,10 +217,10 @@ fn finite_differences(dev: &Device) -> Result<()> {
 
 /// At tight tolerances the discrete gradient approaches the continuous one: the adjoint's.
 fn approaches_the_adjoint(dev: &Device) -> Result<()> {
-    let field = Mlp::new(3, 8, DType::F64, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 3), dev)?)?;
+    let field = Mlp::seeded(3, 8, DType::F64, dev, 304)?;
+    let y0 = Var::from_tensor(&seeded_normal((4, 3), 313, DType::F64, dev)?)?;
     let ts = [0.0, 1.0, 2.0];
-    let w = Tensor::randn(0f64, 1.0, (3, 4, 3), dev)?;
+    let w = seeded_normal((3, 4, 3), 314, DType::F64, dev)?;
     let opts = SolveOptions::default().tolerances(1e-11, 1e-11);
     let adj = odeint_adjoint(
         &field,
@@ -245,8 +245,8 @@ fn approaches_the_adjoint(dev: &Device) -> Result<()> {
 fn upstream_and_chained(dev: &Device) -> Result<()> {
     // y0 = 2x feeds a reversible solve whose end feeds another: the gradient reaches x
     // through both, as backprop through two reversible solves does.
-    let field = Mlp::new(2, 8, DType::F64, dev)?;
-    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 2), dev)?)?;
+    let field = Mlp::seeded(2, 8, DType::F64, dev, 305)?;
+    let x = Var::from_tensor(&seeded_normal((3, 2), 315, DType::F64, dev)?)?;
     let opts = SolveOptions::default().tolerances(1e-7, 1e-7);
     let r = ReversibleOptions::default();
     let y0 = x.as_tensor().affine(2.0, 0.0)?;
@@ -276,10 +276,10 @@ fn upstream_and_chained(dev: &Device) -> Result<()> {
 }
 
 fn f32_works(dev: &Device) -> Result<()> {
-    let field = Mlp::new(3, 8, DType::F32, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3), dev)?)?;
+    let field = Mlp::seeded(3, 8, DType::F32, dev, 306)?;
+    let y0 = Var::from_tensor(&seeded_normal((4, 3), 316, DType::F32, dev)?)?;
     let ts = [0.0, 0.5, 1.0];
-    let w = Tensor::randn(0f32, 1.0, (3, 4, 3), dev)?;
+    let w = seeded_normal((3, 4, 3), 317, DType::F32, dev)?;
     let opts = SolveOptions::default().tolerances(1e-5, 1e-5);
     let r = ReversibleOptions::default();
     let (direct, _) = odeint_reversible(&field, y0.as_tensor(), &ts, &opts, r.coupling)?;
@@ -293,12 +293,12 @@ fn f32_works(dev: &Device) -> Result<()> {
 fn time_gradients(dev: &Device) -> Result<()> {
     // Output times as a tensor: the flow identity's dL/dt_i, as the adjoint's; y0 and θ get
     // the same gradients as without.
-    let field = Mlp::new(2, 6, DType::F64, dev)?;
-    let y0 = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 2), dev)?)?;
+    let field = Mlp::seeded(2, 6, DType::F64, dev, 307)?;
+    let y0 = Var::from_tensor(&seeded_normal((3, 2), 318, DType::F64, dev)?)?;
     let opts = SolveOptions::default().tolerances(1e-11, 1e-11);
     let r = ReversibleOptions::default();
     for ts_v in [[0.2f64, 0.7, 1.4, 2.0], [2.0, 1.1, 0.4, 0.0]] {
-        let w = Tensor::randn(0f64, 1.0, (4, 3, 2), dev)?;
+        let w = seeded_normal((4, 3, 2), 319, DType::F64, dev)?;
         let ts = Var::from_tensor(&Tensor::new(&ts_v, dev)?)?;
         let sol = odeint_reversible_adjoint_with_times(&field, y0.as_tensor(), &ts, &opts, &r)?;
         let grads = (&sol.ys * &w)?.sum_all()?.backward()?;
@@ -323,7 +323,7 @@ fn time_gradients(dev: &Device) -> Result<()> {
     // A single output time: y(t_0) = y0, whatever t_0.
     let ts = Var::from_tensor(&Tensor::new(&[0.5f64], dev)?)?;
     let sol = odeint_reversible_adjoint_with_times(&field, y0.as_tensor(), &ts, &opts, &r)?;
-    let w = Tensor::randn(0f64, 1.0, (1, 3, 2), dev)?;
+    let w = seeded_normal((1, 3, 2), 320, DType::F64, dev)?;
     let grads = (&sol.ys * &w)?.sum_all()?.backward()?;
     assert_eq!(grads.get(&ts).expect("ts").to_vec1::<f64>()?, [0.0]);
     assert_eq!(max_rel(grads.get(&y0).expect("y0"), &w.get(0)?)?, 0.0);
@@ -331,7 +331,7 @@ fn time_gradients(dev: &Device) -> Result<()> {
 }
 
 fn errors(dev: &Device) -> Result<()> {
-    let field = Mlp::new(2, 4, DType::F32, dev)?;
+    let field = Mlp::seeded(2, 4, DType::F32, dev, 308)?;
     let y0 = Tensor::zeros((1, 2), DType::F64, dev)?;
     let opts = SolveOptions::default();
     let r = ReversibleOptions::default();

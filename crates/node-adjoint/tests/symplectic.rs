@@ -104,8 +104,8 @@ fn both(
         .chain(q0.dims().iter().copied())
         .collect();
     let dtype = q0.dtype();
-    let wq = seeded_normal(&shape, 7, dtype, q0.device())?;
-    let wp = seeded_normal(&shape, 8, dtype, q0.device())?;
+    let wq = seeded_normal(shape.as_slice(), 7, dtype, q0.device())?;
+    let wp = seeded_normal(shape, 8, dtype, q0.device())?;
     let params = field.params();
     let sol = odeint_symplectic_adjoint(field, q0, p0, ts, opts)?;
     let walked = grads_of(&sol.qs, &sol.ps, (&wq, &wp), q0, p0, &params)?;

@@ -1,8 +1,11 @@
 //! The kernels match Candle's reference ops, values and gradients, on odd shapes, batch 1,
 //! non-contiguous inputs, f32 and f64.
 
+mod common;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
+use common::Draws;
 
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     let d = (a - b)?
@@ -43,6 +46,7 @@ fn max_scaled_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 fn tanh_matches_candle(dev: &Device) -> Result<()> {
+    let draws = Draws::new(102);
     for dtype in [DType::F32, DType::F64] {
         let tol = if dtype == DType::F32 { 1e-6 } else { 1e-15 };
         for shape in [
@@ -52,14 +56,16 @@ fn tanh_matches_candle(dev: &Device) -> Result<()> {
             vec![3, 5, 17],
             vec![1024, 50],
         ] {
-            let x = (Tensor::randn(0f32, 2.0, shape.as_slice(), dev)?).to_dtype(dtype)?;
+            let x = (draws.randn(0f32, 2.0, shape.as_slice(), dev)?).to_dtype(dtype)?;
             assert!(
                 max_rel_diff(&node_kernels::tanh(&x)?, &x.tanh()?)? < tol,
                 "{dtype:?} {shape:?}"
             );
             // Gradients through Candle's autograd: d/dx Σ w·tanh(x) = w (1 − tanh²x).
             let v = Var::from_tensor(&x)?;
-            let w = Tensor::randn(0f32, 1.0, shape.as_slice(), dev)?.to_dtype(dtype)?;
+            let w = draws
+                .randn(0f32, 1.0, shape.as_slice(), dev)?
+                .to_dtype(dtype)?;
             let g = (node_kernels::tanh(v.as_tensor())? * &w)?
                 .sum_all()?
                 .backward()?;
@@ -79,7 +85,7 @@ fn tanh_matches_candle(dev: &Device) -> Result<()> {
             );
         }
         // Non-contiguous input: a transpose and a narrowed view.
-        let x = Tensor::randn(0f32, 2.0, (9, 13), dev)?.to_dtype(dtype)?;
+        let x = draws.randn(0f32, 2.0, (9, 13), dev)?.to_dtype(dtype)?;
         let xt = x.t()?;
         assert!(!xt.is_contiguous());
         assert!(max_rel_diff(&node_kernels::tanh(&xt)?, &xt.tanh()?)? < tol);
@@ -99,6 +105,7 @@ type Unary = fn(&Tensor) -> candle_core::Result<Tensor>;
 /// Every other activation against Candle's op (or its formula in Candle ops), values and
 /// gradients, max-normalised. Inputs N(0, 3), so every regime of each function is hit.
 fn activations_match_candle(dev: &Device) -> Result<()> {
+    let draws = Draws::new(101);
     let cases: [(&str, Unary, Unary); 5] = [
         ("relu", node_kernels::relu, |x| x.relu()),
         ("sigmoid", node_kernels::sigmoid, candle_nn::ops::sigmoid),
@@ -112,27 +119,29 @@ fn activations_match_candle(dev: &Device) -> Result<()> {
         for dtype in [DType::F32, DType::F64] {
             let tol = if dtype == DType::F32 { 2e-6 } else { 1e-13 };
             for shape in [vec![1], vec![7], vec![3, 5, 17], vec![128, 64, 6, 6]] {
-                let x = Tensor::randn(0f32, 3.0, shape.as_slice(), dev)?.to_dtype(dtype)?;
+                let x = draws
+                    .randn(0f32, 3.0, shape.as_slice(), dev)?
+                    .to_dtype(dtype)?;
                 let d = max_scaled_diff(&ours(&x)?, &reference(&x)?)?;
                 assert!(d < tol, "{name} {dtype:?} {shape:?}: {d:e}");
                 let v = Var::from_tensor(&x)?;
-                let w = Tensor::randn(0f32, 1.0, shape.as_slice(), dev)?.to_dtype(dtype)?;
+                let w = draws
+                    .randn(0f32, 1.0, shape.as_slice(), dev)?
+                    .to_dtype(dtype)?;
                 let g = (ours(v.as_tensor())? * &w)?.sum_all()?.backward()?;
                 let g_ref = (reference(v.as_tensor())? * &w)?.sum_all()?.backward()?;
                 let d = max_scaled_diff(g.get(&v).unwrap(), g_ref.get(&v).unwrap())?;
                 assert!(d < 4.0 * tol, "{name} gradient {dtype:?} {shape:?}: {d:e}");
             }
             // Non-contiguous inputs, and a non-contiguous incoming gradient.
-            let x = Tensor::randn(0f32, 3.0, (9, 13), dev)?.to_dtype(dtype)?;
+            let x = draws.randn(0f32, 3.0, (9, 13), dev)?.to_dtype(dtype)?;
             for view in [x.t()?, x.narrow(1, 3, 5)?] {
                 assert!(!view.is_contiguous());
                 let d = max_scaled_diff(&ours(&view)?, &reference(&view)?)?;
                 assert!(d < tol, "{name} {dtype:?} strided: {d:e}");
             }
             let v = Var::from_tensor(&x)?;
-            let w = Tensor::randn(0f32, 1.0, (13, 9), dev)?
-                .to_dtype(dtype)?
-                .t()?;
+            let w = draws.randn(0f32, 1.0, (13, 9), dev)?.to_dtype(dtype)?.t()?;
             let g = (ours(v.as_tensor())?.broadcast_mul(&w))?
                 .sum_all()?
                 .backward()?;

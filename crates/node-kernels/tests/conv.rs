@@ -1,8 +1,11 @@
 //! `conv2d` matches Candle's `Tensor::conv2d`, values and gradients (input and kernel), on odd
 //! shapes, batch 1, strides, padding, dilation, non-contiguous inputs, f32 and f64.
 
+mod common;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
+use common::Draws;
 
 /// `max |a − b| / max |b|`.
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
@@ -109,7 +112,7 @@ fn check(x: &Tensor, k: &Tensor, c: &Case, tol: f64) -> Result<()> {
     assert!(max_rel_diff(&ours, &want)? < tol, "{what}: values");
     // Gradients of Σ r·conv(x, k) for a random r, against Candle's autograd.
     let (vx, vk) = (Var::from_tensor(x)?, Var::from_tensor(k)?);
-    let r = ours.randn_like(0.0, 1.0)?;
+    let r = Draws::new(91).randn_like(&ours)?;
     let loss = |t: Tensor| -> Result<_> { Ok((t * &r)?.sum_all()?.backward()?) };
     let g = loss(node_kernels::conv2d(
         vx.as_tensor(),
@@ -175,29 +178,33 @@ fn finite_difference(x: &Tensor, k: &Tensor, c: &Case, r: &Tensor, in_x: bool) -
 }
 
 fn conv2d_matches_candle(dev: &Device) -> Result<()> {
+    let draws = Draws::new(305);
     for dtype in [DType::F32, DType::F64] {
         // Sums of up to ~600 products: f32 round-off, not an approximation.
         let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
         for c in CASES {
-            let x = Tensor::randn(0f32, 1.0, c.x, dev)?.to_dtype(dtype)?;
-            let k = Tensor::randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?;
+            let x = draws.randn(0f32, 1.0, c.x, dev)?.to_dtype(dtype)?;
+            let k = draws.randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?;
             check(&x, &k, c, tol)?;
         }
         // Non-contiguous input and kernel: transposed spatial axes, a narrowed batch.
         let c = &CASES[3];
-        let x = Tensor::randn(0f32, 1.0, (1, 3, 5, 7), dev)?
+        let x = draws
+            .randn(0f32, 1.0, (1, 3, 5, 7), dev)?
             .to_dtype(dtype)?
             .transpose(2, 3)?;
-        let k = Tensor::randn(0f32, 1.0, (5, 3, 2, 3), dev)?
+        let k = draws
+            .randn(0f32, 1.0, (5, 3, 2, 3), dev)?
             .to_dtype(dtype)?
             .transpose(2, 3)?;
         assert!(!x.is_contiguous() && !k.is_contiguous());
         check(&x, &k, c, tol)?;
         let c = &CASES[0];
-        let x = Tensor::randn(0f32, 1.0, (5, 65, 6, 6), dev)?
+        let x = draws
+            .randn(0f32, 1.0, (5, 65, 6, 6), dev)?
             .to_dtype(dtype)?
             .narrow(0, 1, 3)?;
-        let k = Tensor::randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?;
+        let k = draws.randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?;
         check(&x, &k, c, tol)?;
     }
     Ok(())
@@ -205,21 +212,22 @@ fn conv2d_matches_candle(dev: &Device) -> Result<()> {
 
 /// The fused bias against Candle's conv2d + broadcast_add, values and all three gradients.
 fn conv2d_bias_matches_candle(dev: &Device) -> Result<()> {
+    let draws = Draws::new(304);
     for dtype in [DType::F32, DType::F64] {
         let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
         for c in [
             &CASES[0], &CASES[1], &CASES[2], &CASES[3], &CASES[5], &CASES[7], &CASES[8],
         ] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.x, dev)?.to_dtype(dtype)?)?;
-            let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?)?;
-            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.k.0, dev)?.to_dtype(dtype)?)?;
+            let x = Var::from_tensor(&draws.randn(0f32, 1.0, c.x, dev)?.to_dtype(dtype)?)?;
+            let k = Var::from_tensor(&draws.randn(0f32, 1.0, c.k, dev)?.to_dtype(dtype)?)?;
+            let b = Var::from_tensor(&draws.randn(0f32, 1.0, c.k.0, dev)?.to_dtype(dtype)?)?;
             let ours = node_kernels::conv2d_bias(&x, &k, &b, c.padding, c.stride, c.dilation, 1)?;
             let want = x
                 .conv2d(&k, c.padding, c.stride, c.dilation, 1)?
                 .broadcast_add(&b.reshape((1, c.k.0, 1, 1))?)?;
             let what = format!("x {:?} k {:?} {dtype:?} with bias", c.x, c.k);
             assert!(max_rel_diff(&ours, &want)? < tol, "{what}: values");
-            let r = ours.randn_like(0.0, 1.0)?;
+            let r = Draws::new(92).randn_like(&ours)?;
             let g = (ours * &r)?.sum_all()?.backward()?;
             let g_ref = (want * &r)?.sum_all()?.backward()?;
             for (name, v) in [("dx", &x), ("dk", &k), ("dbias", &b)] {
@@ -242,6 +250,7 @@ fn conv2d_bias_matches_candle(dev: &Device) -> Result<()> {
 /// non-contiguous input, and a row of ≤ 16 values (which must not take the CPU's direct
 /// kernels, which know no time channel).
 fn conv2d_time_matches_concatenation(dev: &Device) -> Result<()> {
+    let draws = Draws::new(303);
     let small = Case {
         x: (2, 1, 5, 5),
         k: (3, 1, 2, 2),
@@ -257,7 +266,7 @@ fn conv2d_time_matches_concatenation(dev: &Device) -> Result<()> {
         for (i, c) in cases.iter().enumerate() {
             let t = [0.0, 0.37, -2.5][i % 3];
             let randn = |d: (usize, usize, usize, usize)| -> Result<Tensor> {
-                Ok(Tensor::randn(0f32, 1.0, d, dev)?.to_dtype(dtype)?)
+                Ok(draws.randn(0f32, 1.0, d, dev)?.to_dtype(dtype)?)
             };
             let x = if i % 2 == 1 {
                 let (b, ch, h, w) = c.x;
@@ -268,7 +277,7 @@ fn conv2d_time_matches_concatenation(dev: &Device) -> Result<()> {
             let x = Var::from_tensor(&x)?;
             let (co, ci, kh, kw) = c.k;
             let k = Var::from_tensor(&randn((co, ci + 1, kh, kw))?)?;
-            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, co, dev)?.to_dtype(dtype)?)?;
+            let b = Var::from_tensor(&draws.randn(0f32, 1.0, co, dev)?.to_dtype(dtype)?)?;
             let (bs, h, w) = (c.x.0, c.x.2, c.x.3);
             let time = Tensor::full(t, (bs, 1, h, w), dev)?.to_dtype(dtype)?;
             let cat = Tensor::cat(&[&time, x.as_tensor()], 1)?;
@@ -287,7 +296,7 @@ fn conv2d_time_matches_concatenation(dev: &Device) -> Result<()> {
                     bias.is_some()
                 );
                 assert!(max_rel_diff(&ours, &want)? < tol, "{what}: values");
-                let r = ours.randn_like(0.0, 1.0)?;
+                let r = Draws::new(93).randn_like(&ours)?;
                 let g = (ours * &r)?.sum_all()?.backward()?;
                 let g_ref = match (want * &r)?.sum_all()?.backward() {
                     Ok(g) => g,
@@ -335,15 +344,16 @@ candle_core::test_device!(conv2d_matches_candle, conv2d_cpu, conv2d_cuda, conv2d
 /// first convolution on plain images (the CPU op then skips the input-gradient product), a
 /// frozen kernel or bias. The gradients that are computed are unchanged.
 fn conv2d_grads_only_for_tracked_inputs(dev: &Device) -> Result<()> {
+    let draws = Draws::new(302);
     let c = &CASES[2];
-    let x = Tensor::randn(0f32, 1.0, c.x, dev)?;
-    let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.k, dev)?)?;
-    let b = Tensor::randn(0f32, 1.0, c.k.0, dev)?;
+    let x = draws.randn(0f32, 1.0, c.x, dev)?;
+    let k = Var::from_tensor(&draws.randn(0f32, 1.0, c.k, dev)?)?;
+    let b = draws.randn(0f32, 1.0, c.k.0, dev)?;
     let ours = node_kernels::conv2d_bias(&x, &k, &b, c.padding, c.stride, c.dilation, 1)?;
     let want = x
         .conv2d(&k, c.padding, c.stride, c.dilation, 1)?
         .broadcast_add(&b.reshape((1, c.k.0, 1, 1))?)?;
-    let r = ours.randn_like(0.0, 1.0)?;
+    let r = Draws::new(94).randn_like(&ours)?;
     let g = (ours * &r)?.sum_all()?.backward()?;
     let g_ref = (want * &r)?.sum_all()?.backward()?;
     assert!(max_rel_diff(g.get(&k).unwrap(), g_ref.get(&k).unwrap())? < 1e-5);
@@ -424,15 +434,16 @@ fn conv2d_rejects_bad_shapes() -> Result<()> {
 /// in a fixed order; on CUDA the input gradient gathers each pixel's taps in a fixed order,
 /// without atomics), so that a resumed training run repeats a straight one exactly.
 fn conv2d_gradients_are_deterministic(dev: &Device) -> Result<()> {
+    let draws = Draws::new(301);
     // 128 images: 22 blocks, several per thread.
     let c = &Case {
         x: (128, 65, 6, 6),
         ..*CASES.last().unwrap()
     };
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.x, dev)?)?;
-    let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, c.k, dev)?)?;
+    let x = Var::from_tensor(&draws.randn(0f32, 1.0, c.x, dev)?)?;
+    let k = Var::from_tensor(&draws.randn(0f32, 1.0, c.k, dev)?)?;
     let y = node_kernels::conv2d(&x, &k, c.padding, c.stride, c.dilation, 1)?;
-    let r = y.randn_like(0.0, 1.0)?;
+    let r = Draws::new(95).randn_like(&y)?;
     let grads = || -> Result<(Vec<f32>, Vec<f32>)> {
         let y = node_kernels::conv2d(&x, &k, c.padding, c.stride, c.dilation, 1)?;
         let g = (y * &r)?.sum_all()?.backward()?;

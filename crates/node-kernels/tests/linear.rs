@@ -2,8 +2,11 @@
 //! small-state shapes it computes directly, the large ones it hands to `gemm`, batched and
 //! non-contiguous inputs, with and without a bias, f32 and f64.
 
+mod common;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Module, Tensor, Var};
+use common::Draws;
 
 /// `max |a − b| / max |b|`.
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
@@ -14,10 +17,11 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 fn check(x: &Tensor, n: usize, with_bias: bool, tol: f64) -> Result<()> {
+    let draws = Draws::new(503);
     let (dev, dtype) = (x.device(), x.dtype());
     let k = *x.dims().last().unwrap();
-    let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (n, k), dev)?.to_dtype(dtype)?)?;
-    let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, n, dev)?.to_dtype(dtype)?)?;
+    let w = Var::from_tensor(&draws.randn(0f32, 0.5, (n, k), dev)?.to_dtype(dtype)?)?;
+    let b = Var::from_tensor(&draws.randn(0f32, 0.5, n, dev)?.to_dtype(dtype)?)?;
     let vx = Var::from_tensor(x)?;
     let bias = with_bias.then_some(b.as_tensor());
     let ours = node_kernels::linear(vx.as_tensor(), &w, bias)?;
@@ -25,7 +29,7 @@ fn check(x: &Tensor, n: usize, with_bias: bool, tol: f64) -> Result<()> {
         candle_nn::Linear::new(w.as_tensor().clone(), bias.cloned()).forward(vx.as_tensor())?;
     let what = format!("x {:?} → {n}, bias {with_bias}, {dtype:?}", x.dims());
     assert!(max_rel_diff(&ours, &want)? < tol, "{what}: values");
-    let r = ours.randn_like(0.0, 1.0)?;
+    let r = Draws::new(81).randn_like(&ours)?;
     let g = (ours * &r)?.sum_all()?.backward()?;
     let g_ref = (want * &r)?.sum_all()?.backward()?;
     let mut vars = vec![("dx", &vx), ("dweight", &w)];
@@ -42,10 +46,11 @@ fn check(x: &Tensor, n: usize, with_bias: bool, tol: f64) -> Result<()> {
 }
 
 fn linear_matches_candle(dev: &Device) -> Result<()> {
+    let draws = Draws::new(502);
     for dtype in [DType::F32, DType::F64] {
         let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
         let randn = |shape: &[usize]| -> Result<Tensor> {
-            Ok(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)?)
+            Ok(draws.randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)?)
         };
         for with_bias in [true, false] {
             // ode_demo's two layers (wide and narrow outputs), odd sizes, one output, one
@@ -73,10 +78,11 @@ candle_core::test_device!(linear_matches_candle, linear_cpu, linear_cuda, linear
 /// A frozen weight or a plain input gets no gradient; the others are unchanged.
 #[test]
 fn linear_grads_only_for_tracked_inputs() -> Result<()> {
+    let draws = Draws::new(501);
     let dev = &Device::Cpu;
-    let x = Tensor::randn(0f32, 1.0, (16, 3), dev)?;
-    let w = Tensor::randn(0f32, 1.0, (5, 3), dev)?;
-    let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 5, dev)?)?;
+    let x = draws.randn(0f32, 1.0, (16, 3), dev)?;
+    let w = draws.randn(0f32, 1.0, (5, 3), dev)?;
+    let b = Var::from_tensor(&draws.randn(0f32, 1.0, 5, dev)?)?;
     let g = node_kernels::linear(&x, &w, Some(&b))?
         .sum_all()?
         .backward()?;

@@ -2,11 +2,14 @@
 //! kernels round as the ops do), with and without weight decay, through the fused kernels and
 //! through the fallback (a strided operand, f16), and the errors.
 
+mod common;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
+use common::Draws;
 
-fn randn(shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
-    Ok(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)?)
+fn randn(draws: &Draws, shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
+    Ok(draws.randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)?)
 }
 
 fn same(got: &Tensor, want: &Tensor, what: &str) -> Result<()> {
@@ -21,14 +24,15 @@ fn same(got: &Tensor, want: &Tensor, what: &str) -> Result<()> {
 }
 
 fn updates_match_candle_ops(dev: &Device) -> Result<()> {
+    let draws = Draws::new(600);
     let (mu, lr) = (0.9, 0.1);
     for dtype in [DType::F32, DType::F64, DType::F16] {
         for wd in [0.0, 5e-4] {
             let shape = [7, 33];
             let (p0, g, b0) = (
-                randn(&shape, dtype, dev)?,
-                randn(&shape, dtype, dev)?,
-                randn(&shape, dtype, dev)?,
+                randn(&draws, &shape, dtype, dev)?,
+                randn(&draws, &shape, dtype, dev)?,
+                randn(&draws, &shape, dtype, dev)?,
             );
             // The op-by-op arithmetic (what `SgdMomentum` computed before the fused kernels).
             let decayed = |g: &Tensor, p: &Tensor| -> Result<Tensor> {
@@ -58,7 +62,10 @@ fn updates_match_candle_ops(dev: &Device) -> Result<()> {
         }
     }
     // A zero buffer gives PyTorch's first step, `b = ∇`.
-    let (p, g) = (randn(&[5], DType::F32, dev)?, randn(&[5], DType::F32, dev)?);
+    let (p, g) = (
+        randn(&draws, &[5], DType::F32, dev)?,
+        randn(&draws, &[5], DType::F32, dev)?,
+    );
     let b = p.zeros_like()?;
     node_kernels::sgd_momentum_update(&b, &g, &p, mu, 0.0)?;
     same(&b, &g, "first step")?;

@@ -4,7 +4,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use node_adjoint::DelayHistory;
-use node_models::NeuralDde;
+use node_models::{init, NeuralDde, Rng};
 use node_solvers::delay::{DelayField, History};
 use node_solvers::problems::MackeyGlass;
 use node_solvers::SolveOptions;
@@ -13,6 +13,7 @@ fn model(dev: &Device, delays: &[f64]) -> Result<(VarMap, NeuralDde)> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, dev);
     let m = NeuralDde::new(2, delays, 8, 2, vb)?;
+    init::pytorch_default(&varmap, &mut Rng::new(640))?;
     Ok((varmap, m))
 }
 

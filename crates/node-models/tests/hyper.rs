@@ -26,9 +26,9 @@ fn shapes_and_zero_output(dev: &Device) -> Result<()> {
     let conv = HyperConv::new(8, 16, vb.pp("conv"))?;
     let mlp = HyperMlp::new(5, 32, 2, vb.pp("mlp"))?;
     init::pytorch_default(&varmap, &mut Rng::new(1))?;
-    let y = Tensor::randn(0f32, 1.0, (3, 8, 4, 4), dev)?;
+    let y = Rng::new(611).normal_tensor(&[3, 8, 4, 4], 0.0, 1.0, DType::F32, dev)?;
     assert_eq!(conv.forward(0.3, &y, &y.sin()?)?.dims(), &[3, 8, 4, 4]);
-    let v = Tensor::randn(0f32, 1.0, (7, 5), dev)?;
+    let v = Rng::new(612).normal_tensor(&[7, 5], 0.0, 1.0, DType::F32, dev)?;
     assert_eq!(mlp.forward(0.3, &v, &v.cos()?)?.dims(), &[7, 5]);
     // Zeroed output layers: the hypersolver is its base method, value for value.
     zero_output(&varmap, "conv")?;
@@ -121,7 +121,7 @@ fn odenet_pieces_compose(dev: &Device) -> Result<()> {
     let kind = ModelKind::OdeNet;
     let model = MnistModel::new(kind, &OdeConfig::default_for(kind), vb)?;
     init::pytorch_default(&varmap, &mut Rng::new(0))?;
-    let x = Tensor::rand(0f32, 1.0, (3, 1, 28, 28), dev)?;
+    let x = Rng::new(613).uniform_tensor(&[3, 1, 28, 28], 0.0, 1.0, DType::F32, dev)?;
     let (logits, _) = model.forward(&x)?;
     let h = model.encode(&x)?;
     assert_eq!(h.dims(), &[3, 64, 6, 6]);

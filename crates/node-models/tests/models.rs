@@ -31,7 +31,7 @@ fn shapes_and_counts(dev: &Device) -> Result<()> {
     ] {
         let (varmap, model) = build(kind, dev)?;
         assert_eq!(param_count(&varmap), want, "{kind}");
-        let x = Tensor::rand(0f32, 1.0, (3, 1, 28, 28), dev)?;
+        let x = Rng::new(621).uniform_tensor(&[3, 1, 28, 28], 0.0, 1.0, DType::F32, dev)?;
         let (logits, stats) = model.forward(&x)?;
         assert_eq!(logits.dims(), &[3, 10], "{kind}");
         let has_block = matches!(kind, ModelKind::OdeNet | ModelKind::RkNet);

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::max_abs;
 use node_adjoint::ParamVectorField;
-use node_models::{Activation, Diffusion1d, Diffusion2d, PointwiseReaction};
+use node_models::{init, Activation, Diffusion1d, Diffusion2d, PointwiseReaction, Rng};
 use node_solvers::problems::Brusselator;
 use node_solvers::{odeint, Jacobian, Method, SolveOptions, Split, VectorField};
 
@@ -85,7 +85,7 @@ fn periodic_case(dev: &Device) -> Result<()> {
     // On a periodic grid of N points the neighbours wrap around: against the rolled state.
     let n = 10;
     let d = Diffusion1d::periodic(n, &[0.3, 0.05])?;
-    let y = Tensor::randn(0.0f64, 1.0, (3, 2, n), dev)?;
+    let y = Rng::new(601).normal_tensor(&[3, 2, n], 0.0, 1.0, DType::F64, dev)?;
     let left = Tensor::cat(&[y.narrow(2, n - 1, 1)?, y.narrow(2, 0, n - 1)?], 2)?;
     let right = Tensor::cat(&[y.narrow(2, 1, n - 1)?, y.narrow(2, 0, 1)?], 2)?;
     let scale = Tensor::new(&[[0.3 * 100.0], [0.05 * 100.0]], dev)?;
@@ -144,8 +144,9 @@ fn reaction_case(dev: &Device) -> Result<()> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, dev);
     let r = PointwiseReaction::new(&[1.0, 3.0], 16, 2, Activation::Tanh, vb)?;
+    init::pytorch_default(&varmap, &mut Rng::new(604))?;
     assert_eq!(r.params().len(), 6, "three layers' weights and biases");
-    let y = Tensor::randn(0.0f64, 1.0, (3, 2, 7), dev)?;
+    let y = Rng::new(602).normal_tensor(&[3, 2, 7], 0.0, 1.0, DType::F64, dev)?;
     let out = r.eval(0.0, &y)?;
     assert_eq!(out.dims(), y.dims());
     // Point by point: permuting the grid points permutes the output; each point's output
@@ -183,6 +184,7 @@ fn split_solve_case(dev: &Device) -> Result<()> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, dev);
     let r = PointwiseReaction::new(&[1.0, 3.0], 8, 1, Activation::Tanh, vb)?;
+    init::pytorch_default(&varmap, &mut Rng::new(605))?;
     let d = Diffusion1d::new(n, &[0.02, 0.02], &[1.0, 3.0])?;
     let p = Brusselator::new(n);
     let y0 = Tensor::stack(
@@ -246,7 +248,7 @@ fn diffusion_2d_case(dev: &Device) -> Result<()> {
     let (dc, ends) = ([0.3, 0.05], [1.0, 3.0]);
     // Square and rectangular grids, fixed values all round and periodic.
     for (rows, cols) in [(7, 7), (5, 8)] {
-        let y = Tensor::randn(0.0f64, 1.0, (3, 2, rows * cols), dev)?;
+        let y = Rng::new(603).normal_tensor(&[3, 2, rows * cols], 0.0, 1.0, DType::F64, dev)?;
         for periodic in [false, true] {
             let d = match (periodic, rows == cols) {
                 (true, true) => Diffusion2d::periodic(rows, &dc)?,

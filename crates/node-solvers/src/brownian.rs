@@ -512,7 +512,7 @@ fn unit(bits: u64) -> f64 {
 /// `n` independent standard normals, a function of `(seed, id, stream)` only: a
 /// counter-based generator (SplitMix64 on the key and the counter) and Box–Muller, two
 /// normals per pair of uniforms.
-fn normals(seed: u64, id: u64, stream: u64, n: usize) -> impl Iterator<Item = f64> {
+pub(crate) fn normals(seed: u64, id: u64, stream: u64, n: usize) -> impl Iterator<Item = f64> {
     let key = mix(mix(mix(seed ^ 0x6a09_e667_f3bc_c909) ^ id) ^ stream);
     (0..n.div_ceil(2))
         .flat_map(move |j| {

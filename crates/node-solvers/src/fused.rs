@@ -404,7 +404,23 @@ fn combine_slices<T: WithDType>(all: &[&[T]], has_base: bool, ws: &[f64]) -> Vec
 #[cfg(test)]
 mod tests {
     use crate::rk::{lincomb, lincomb_chain};
-    use candle_core::{DType, Device, Result, Tensor, Var};
+    use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+    use std::cell::Cell;
+
+    /// Seeded normal inputs, new numbers on every call: the same on every run, so a failure
+    /// can be replayed (Candle's CPU generator cannot be seeded).
+    struct Draws(Cell<u64>);
+
+    impl Draws {
+        fn randn(&self, std: f32, shape: impl Into<Shape>, dev: &Device) -> Result<Tensor> {
+            let shape = shape.into();
+            let id = self.0.replace(self.0.get() + 1);
+            let v: Vec<f32> = crate::brownian::normals(0x5eed, id, 0, shape.elem_count())
+                .map(|z| std * z as f32)
+                .collect();
+            Tensor::from_vec(v, shape, dev)
+        }
+    }
 
     /// Equal values, bit for bit (but for the sign of zero).
     fn same(a: &Tensor, b: &Tensor) -> Result<bool> {
@@ -417,13 +433,14 @@ mod tests {
     /// a launch's grid), and more terms than one CUDA launch takes; strided inputs take the
     /// chain.
     fn fused_matches_the_candle_chain(dev: &Device) -> Result<()> {
+        let draws = Draws(Cell::new(3000));
         let mut sizes = vec![1usize, 7, 4096 * 3 + 5, 1 << 17];
         if dev.is_cuda() {
             sizes.push((1 << 22) + 3);
         }
         for dtype in [DType::F32, DType::F64] {
             for &n in &sizes {
-                let t = |s: f32| Tensor::randn(0f32, s, n, dev)?.to_dtype(dtype);
+                let t = |s: f32| draws.randn(s, n, dev)?.to_dtype(dtype);
                 let (b, x1, x2, x3) = (t(1.0)?, t(2.0)?, t(0.5)?, t(3.0)?);
                 for (base, w0) in [(Some(&b), 1.0), (Some(&b), 0.3), (None, -0.7)] {
                     let terms = [(w0, &x1), (0.0, &x2), (1e-3, &x2), (-2.5, &x3)];
@@ -444,17 +461,17 @@ mod tests {
             // 20 terms: on CUDA a launch of 16 and one that goes on from its partial sum.
             let n = 1000;
             let xs: Vec<Tensor> = (0..20)
-                .map(|_| Tensor::randn(0f32, 1.0, n, dev)?.to_dtype(dtype))
+                .map(|_| draws.randn(1.0, n, dev)?.to_dtype(dtype))
                 .collect::<Result<_>>()?;
             let ws: Vec<f64> = (0..20).map(|i| 0.1 * i as f64 - 0.75).collect();
             let terms: Vec<(f64, &Tensor)> = ws.iter().copied().zip(&xs).collect();
-            let b = Tensor::randn(0f32, 1.0, n, dev)?.to_dtype(dtype)?;
+            let b = draws.randn(1.0, n, dev)?.to_dtype(dtype)?;
             let fused = lincomb(Some(&b), terms.iter().copied())?;
             assert!(same(&fused, &lincomb_chain(Some(&b), &terms)?)?);
         }
         // A strided input falls back to the chain, same values.
-        let m = Tensor::randn(0f32, 1.0, (5, 3), dev)?;
-        let (mt, other) = (m.t()?, Tensor::randn(0f32, 1.0, (3, 5), dev)?);
+        let m = draws.randn(1.0, (5, 3), dev)?;
+        let (mt, other) = (m.t()?, draws.randn(1.0, (3, 5), dev)?);
         assert!(super::lincomb_fused(Some(&other), &[(0.5, &mt)])?.is_none());
         assert!(super::lincomb_tracked(Some(&other), &[(0.5, &mt)])?.is_none());
         let out = lincomb(Some(&other), [(0.5, &mt)])?;
@@ -468,9 +485,10 @@ mod tests {
     /// weights, some inputs untracked), and both its values and every input's gradient equal
     /// those through Candle's chain, exactly, f32 and f64.
     fn tracked_matches_the_candle_chain(dev: &Device) -> Result<()> {
+        let draws = Draws(Cell::new(2000));
         for dtype in [DType::F32, DType::F64] {
             let n = 4096 * 3 + 5;
-            let t = || Tensor::randn(0f32, 1.0, n, dev)?.to_dtype(dtype);
+            let t = || draws.randn(1.0, n, dev)?.to_dtype(dtype);
             let weight = t()?;
             for count in [1usize, 2, 3, 4, 5, 7, 20] {
                 for (has_base, w0) in [(true, 1.0), (true, -0.3), (false, 0.6)] {
@@ -526,13 +544,14 @@ mod tests {
     /// path is taken. A tracked part takes `cat` and gets its gradient; a strided part takes
     /// `cat` too; an empty list and mixed dtypes are errors.
     fn concat_matches_cat(dev: &Device) -> Result<()> {
+        let draws = Draws(Cell::new(1000));
         use crate::rk::concat_flat;
         let flat = |v: &Tensor| v.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>();
         for dtype in [DType::F32, DType::F64] {
             let shapes: [&[usize]; 6] = [&[2, 3, 4], &[0], &[64], &[5, 0, 2], &[3, 3, 3, 3], &[1]];
             for count in [1, 6, 23] {
                 let parts: Vec<Tensor> = (0..count)
-                    .map(|i| Tensor::randn(0f32, 1.0, shapes[i % 6], dev)?.to_dtype(dtype))
+                    .map(|i| draws.randn(1.0, shapes[i % 6], dev)?.to_dtype(dtype))
                     .collect::<Result<_>>()?;
                 let want = Tensor::cat(
                     &parts
@@ -549,8 +568,8 @@ mod tests {
             }
         }
         // A part that tracks a gradient: Candle's cat, and the gradient reaches it.
-        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 2), dev)?)?;
-        let other = Tensor::randn(0f32, 1.0, 3, dev)?;
+        let v = Var::from_tensor(&draws.randn(1.0, (2, 2), dev)?)?;
+        let other = draws.randn(1.0, 3, dev)?;
         let parts = [other.clone(), v.as_tensor().clone()];
         assert!(super::concat_fused(&parts)?.is_none());
         let got = concat_flat(&parts)?;

@@ -257,12 +257,18 @@ fn reverse_time(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// `n` start values spread evenly over `(0.5, 1.5)`: the same on every run.
+fn spread(n: usize, dev: &Device) -> Result<Tensor> {
+    let v: Vec<f64> = (0..n).map(|i| 0.5 + (i as f64 + 0.5) / n as f64).collect();
+    Ok(Tensor::from_vec(v, n, dev)?)
+}
+
 /// General noise: the diffusion as a diagonal `[B, D, D]` matrix gives the diagonal solve;
 /// one Brownian motion shared by every component (`W` of shape `[1]`) gives the scalar-noise
 /// GBM, whose exact solution is known.
 fn general_noise(dev: &Device) -> Result<()> {
     let (b, d) = (500, 3);
-    let y0 = Tensor::rand(0.5f64, 1.5, (b, d), dev)?;
+    let y0 = spread(b * d, dev)?.reshape((b, d))?;
     let bm = VirtualBrownianTree::new(0.0, 1.0, 2f64.powi(-10), (b, d), 8, DType::F64, dev)?;
     let eye = Tensor::eye(d, DType::F64, dev)?;
     let matrix = (
@@ -323,7 +329,7 @@ fn general_noise(dev: &Device) -> Result<()> {
 fn gradients(dev: &Device) -> Result<()> {
     let n = 64;
     let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-3, n, 2, DType::F64, dev)?;
-    let y0 = Var::from_tensor(&Tensor::rand(0.5f64, 1.5, n, dev)?)?;
+    let y0 = Var::from_tensor(&spread(n, dev)?)?;
     let mu = Var::new(MU, dev)?;
     let sigma = Var::new(SIGMA, dev)?;
     let loss = |y0: &Tensor, mu: &Tensor, sigma: &Tensor, method| -> Result<Tensor> {

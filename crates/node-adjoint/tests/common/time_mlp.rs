@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use node_adjoint::ParamVectorField;
 use node_solvers::VectorField;
 
@@ -29,7 +29,13 @@ pub struct Mlp {
 
 /// Standard normal numbers from `seed`, the same on every run (Candle's CPU generator cannot
 /// be seeded): SplitMix64 and Box–Muller.
-pub fn seeded_normal(shape: &[usize], seed: u64, dtype: DType, dev: &Device) -> Result<Tensor> {
+pub fn seeded_normal(
+    shape: impl Into<Shape>,
+    seed: u64,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
+    let shape = shape.into();
     let mut state = seed;
     let mut uniform = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -38,8 +44,7 @@ pub fn seeded_normal(shape: &[usize], seed: u64, dtype: DType, dev: &Device) -> 
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     };
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n)
+    let v: Vec<f64> = (0..shape.elem_count())
         .map(|_| {
             let (u1, u2) = (1.0 - uniform(), uniform());
             (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
@@ -49,12 +54,6 @@ pub fn seeded_normal(shape: &[usize], seed: u64, dtype: DType, dev: &Device) -> 
 }
 
 impl Mlp {
-    pub fn new(dim: usize, hidden: usize, dtype: DType, dev: &Device) -> Result<Self> {
-        Self::with(dim, hidden, |shape| {
-            Ok(Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dtype)?)
-        })
-    }
-
     /// The same field on every run.
     pub fn seeded(
         dim: usize,

@@ -293,6 +293,7 @@ mod tests {
         let all = [DType::F32, DType::F64]
             .into_iter()
             .flat_map(|d| [(d, None), (d, Some(0.625))]);
+        let seed = std::cell::Cell::new(1u64);
         for (dtype, time) in all {
             let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
             for (i, &(xd, kd, padding, stride, dilation)) in cases.iter().enumerate() {
@@ -305,7 +306,19 @@ mod tests {
                 let kd = [kd[0], kd[1] + usize::from(time.is_some()), kd[2], kd[3]];
                 let g = Geometry::new(&xd, &kd, p).unwrap();
                 let randn = |d: &[usize]| {
-                    Tensor::randn(0f32, 1.0, d, &Device::Cpu)
+                    // Seeded (SplitMix64, uniform in ±√3: unit variance), the same on every
+                    // run: Candle's CPU generator cannot be seeded.
+                    let v: Vec<f64> = (0..d.iter().product::<usize>())
+                        .map(|_| {
+                            let mut z = seed.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+                            seed.set(z);
+                            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                            let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+                            3f64.sqrt() * (2.0 * u - 1.0)
+                        })
+                        .collect();
+                    Tensor::from_vec(v, d, &Device::Cpu)
                         .unwrap()
                         .to_dtype(dtype)
                         .unwrap()
