@@ -11,6 +11,7 @@ pub mod field;
 mod fused;
 pub mod hyper;
 mod implicit;
+pub mod independent;
 pub mod method;
 pub mod options;
 pub mod problems;
@@ -35,6 +36,9 @@ pub use event::{
 };
 pub use field::{Split, VectorField, WithJacobian};
 pub use hyper::{hyper_residuals, odeint_hyper, Correction, Residuals};
+pub use independent::{
+    odeint_independent, BatchField, IndependentSolution, SampleStats, TimeInvariant,
+};
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};
 pub use reversible::{odeint_reversible, ReversibleTrace, DEFAULT_COUPLING};

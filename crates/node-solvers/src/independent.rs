@@ -1,0 +1,735 @@
+//! A batch of independent problems solved side by side, each with its own steps
+//! (torchode's parallel solving, Lienen & Günnemann 2022).
+//!
+//! [`crate::odeint`] treats its state as one problem: one step size for the whole batch,
+//! chosen by the error norm over every sample. A sample's solution then depends on its
+//! batch-mates (a hard sample forces small steps on all, and its error is averaged down by
+//! the easy ones), and all of them share one time span. [`odeint_independent`] keeps one
+//! time, step size, error ratio and controller state per sample (the rows of the state's
+//! leading dimension), while every stage still evaluates the field once on the whole batch:
+//! each sample takes the steps it would take alone, to round-off, whatever else is in the
+//! batch, and has its own output times. The field sees each sample's own time
+//! ([`BatchField`]: `t` of shape `[B]`).
+//!
+//! One read back to the host per step (the `B` error ratios), as [`crate::odeint`]; the
+//! times and step sizes live on the host. Differentiable by backprop through the steps (the
+//! choice of steps is not differentiated, as in every adaptive solve).
+
+use crate::error::SolverError;
+use crate::options::{Atol, ErrorNorm, SolveOptions, StepSize};
+use crate::rk::read_to_host;
+use crate::solve::PreparedAtol;
+use crate::solve::{check_state, check_times, error_scale, Controller, StepEnd};
+use crate::tableau::ButcherTableau;
+use crate::VectorField;
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use std::cell::Cell;
+
+/// A vector field over a batch of independent problems: `f(t, y)` with `y` of shape
+/// `[B, …]` and `t` of shape `[B]`, each sample's own time, in `y`'s dtype and on its device.
+/// It must return a tensor of `y`'s shape, and sample `b`'s rows may depend only on `t[b]`
+/// and `y[b]` (the solver relies on it: a sample's steps are its own).
+///
+/// Any closure `Fn(&Tensor, &Tensor) -> Result<Tensor>` is one; [`TimeInvariant`] makes one
+/// of a [`VectorField`] that does not depend on time.
+pub trait BatchField {
+    /// Evaluates `f(t, y)`.
+    fn eval(&self, t: &Tensor, y: &Tensor) -> Result<Tensor>;
+}
+
+impl<F> BatchField for F
+where
+    F: Fn(&Tensor, &Tensor) -> Result<Tensor>,
+{
+    fn eval(&self, t: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self(t, y)
+    }
+}
+
+/// A [`VectorField`] that does not depend on time as a [`BatchField`]: evaluated at `t = 0`
+/// whatever the samples' times. Only for autonomous fields (an ODE-Net block without a
+/// time channel, `f(y)`); a field that reads `t` needs a [`BatchField`] of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeInvariant<F>(pub F);
+
+impl<F: VectorField> BatchField for TimeInvariant<F> {
+    fn eval(&self, _t: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self.0.eval(0.0, y)
+    }
+}
+
+/// One sample's counts in [`odeint_independent`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleStats {
+    /// Accepted steps.
+    pub accepted_steps: usize,
+    /// Rejected steps.
+    pub rejected_steps: usize,
+}
+
+/// The result of [`odeint_independent`].
+#[derive(Clone, Debug)]
+pub struct IndependentSolution {
+    /// Each sample's output times (one row per sample).
+    pub ts: Vec<Vec<f64>>,
+    /// The states at the output times, `[T, B, …]`: `ys[j][b]` is sample `b` at `ts[b][j]`.
+    pub ys: Tensor,
+    /// Each sample's steps: what it would take solved alone.
+    pub samples: Vec<SampleStats>,
+    /// Steps of the batch: every one evaluates all samples' stages (a sample that has
+    /// finished, or whose step was rejected, rides along unchanged). The most steps any
+    /// sample took, or more when the samples' rejections fall on different steps.
+    pub batch_steps: usize,
+    /// Evaluations of the field, each on the whole batch.
+    pub nfe: usize,
+    /// Reads back to the host: one per batch step (the error ratios), two to choose the
+    /// first steps (one when [`SolveOptions::first_step`] is given).
+    pub host_reads: usize,
+}
+
+/// Solves `dy/dt = f(t, y)` for a batch of independent problems, the rows of `y0`'s leading
+/// dimension, each with its own output times, step sizes and error control.
+///
+/// `ts` holds one row of output times per sample, or a single row that every sample shares;
+/// every row has the same length `T`, each strictly monotone (its own direction), starting at
+/// the sample's initial time. Explicit adaptive Runge–Kutta methods (those with an error
+/// estimate: dopri5, tsit5, bosh3, dopri8, …), the tolerances (a per-component `atol` of
+/// `y0`'s shape), `first_step`, `min_step`, `max_step`, `max_steps` (per sample) and the
+/// controller of `opts`; outputs between step ends by the method's dense output, as
+/// [`crate::odeint`]. Sample `b` takes the steps that `odeint` takes on it alone, to
+/// round-off, and its solution does not depend on the other samples.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use node_solvers::{odeint_independent, SolveOptions};
+///
+/// // y' = −λ y with λ = 1 and 50 in one batch, over spans of their own.
+/// let dev = Device::Cpu;
+/// let lambda = Tensor::new(&[[1.0f64], [50.0]], &dev)?;
+/// let f = |_t: &Tensor, y: &Tensor| y.mul(&lambda)?.neg();
+/// let y0 = Tensor::new(&[[1.0f64], [1.0]], &dev)?;
+/// let ts = vec![vec![0.0, 1.0, 2.0], vec![0.0, 0.05, 0.1]];
+/// let sol = odeint_independent(&f, &y0, &ts, &SolveOptions::default())?;
+/// let y = sol.ys.to_vec3::<f64>()?; // [T, B, 1]
+/// assert!((y[2][0][0] - (-2.0f64).exp()).abs() < 1e-6);
+/// assert!((y[2][1][0] - (-5.0f64).exp()).abs() < 1e-6);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+///
+/// # Errors
+/// [`SolverError::InvalidTimes`] or [`SolverError::TimesNotMonotone`] for bad `ts` (naming
+/// the row); [`SolverError::InvalidOptions`] for a fixed-step, implicit, Rosenbrock, IMEX,
+/// multistep or rkc method, `step_ts`/`jump_ts`, a seminorm, or a state without a batch
+/// dimension; [`SolverError::ShapeMismatch`] for a field output of the wrong shape; and a
+/// sample's [`SolverError::StepSizeTooSmall`], [`SolverError::NonFinite`] or
+/// [`SolverError::MaxStepsExceeded`], with the sample's index in the error's context.
+pub fn odeint_independent<F: BatchField + ?Sized>(
+    f: &F,
+    y0: &Tensor,
+    ts: &[Vec<f64>],
+    opts: &SolveOptions,
+) -> Result<IndependentSolution> {
+    opts.validate()?;
+    check_state(y0, opts)?;
+    let tab = check_method(opts)?;
+    let b = batch_size(y0)?;
+    let ts = sample_times(ts, b)?;
+    let dirs = ts
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            check_times(row).map_err(|e| e.context(format!("output times of sample {i}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let n_out = ts[0].len();
+    let ev = Evaluator::new(f, y0);
+    let mut out = Outputs::new(y0, n_out);
+    if n_out == 1 {
+        return Ok(IndependentSolution {
+            ts,
+            ys: out.finish(y0)?,
+            samples: vec![SampleStats::default(); b],
+            batch_steps: 0,
+            nfe: 0,
+            host_reads: 0,
+        });
+    }
+    let atol = prepare_atol(&opts.atol, y0)?;
+    let control = Controller::new(opts)?;
+    let mut s = Samples::new(&ts, &dirs);
+    let mut y = y0.clone();
+    let mut f0 = ev.eval(&s.t, &y)?;
+    s.h = first_steps(&ev, &s, &y, &f0, opts, &atol, tab.error_exponent())?;
+    let mut prev_ratio = vec![1.0f64; b];
+    let mut batch_steps = 0;
+    while s.next.iter().any(|&n| n < n_out) {
+        batch_steps += 1;
+        let mut t1 = s.t.clone();
+        let mut ends = Vec::with_capacity(b);
+        for i in 0..b {
+            let steps = s.stats[i].accepted_steps + s.stats[i].rejected_steps;
+            if s.next[i] >= n_out {
+                ends.push(None);
+                continue;
+            }
+            if steps >= opts.max_steps {
+                return Err(in_sample(
+                    SolverError::MaxStepsExceeded { t: s.t[i], steps },
+                    i,
+                ));
+            }
+            let end = StepEnd::new(
+                s.t[i],
+                *ts[i].last().unwrap_or(&s.t[i]),
+                dirs[i],
+                s.h[i],
+                opts.min_step,
+            );
+            t1[i] = end.t1;
+            ends.push(Some(end));
+        }
+        let hs: Vec<f64> = (0..b).map(|i| t1[i] - s.t[i]).collect();
+        let step = ev.step(tab, &s.t, &t1, &hs, &y, &f0)?;
+        let scale = error_scale(&y, Some(&step.y1), opts.rtol, &atol)?;
+        let ratios = ev.read(&per_sample_rms_sq(&step.err, &scale)?)?;
+        let mut accepted = vec![false; b];
+        for i in 0..b {
+            let Some(end) = &ends[i] else { continue };
+            let ratio = ratios[i].sqrt();
+            let h_try = hs[i].abs();
+            if ratio <= 1.0 {
+                accepted[i] = true;
+                s.stats[i].accepted_steps += 1;
+                s.h[i] = h_try * control.grow(ratio, prev_ratio[i]);
+                prev_ratio[i] = ratio.max(1e-4);
+            } else {
+                s.stats[i].rejected_steps += 1;
+                s.h[i] = control
+                    .retry(
+                        s.t[i],
+                        dirs[i],
+                        h_try,
+                        ratio,
+                        end.at_min_step,
+                        opts.min_step,
+                    )
+                    .map_err(|e| e.context(format!("sample {i}")))?;
+            }
+            s.h[i] = s.h[i].min(opts.max_step);
+        }
+        if !accepted.iter().any(|&a| a) {
+            continue;
+        }
+        let mask = ev.mask(&accepted)?;
+        let y_new = mask.where_cond(&step.y1, &y)?;
+        // Outputs in (t, t1] of the accepted samples.
+        let wanted: Vec<Vec<f64>> = (0..b)
+            .map(|i| {
+                let mut v = Vec::new();
+                if accepted[i] {
+                    while s.next[i] + v.len() < n_out
+                        && (ts[i][s.next[i] + v.len()] - t1[i]) * dirs[i] <= 0.0
+                    {
+                        v.push(ts[i][s.next[i] + v.len()]);
+                    }
+                }
+                v
+            })
+            .collect();
+        let finished = (0..b)
+            .all(|i| s.next[i] >= n_out || (accepted[i] && s.next[i] + wanted[i].len() >= n_out));
+        let any_output = wanted.iter().any(|v| !v.is_empty());
+        let mut t_new = s.t.clone();
+        for i in 0..b {
+            if accepted[i] {
+                t_new[i] = t1[i];
+            }
+        }
+        // f at each sample's new step start: the FSAL stage where accepted; otherwise one
+        // evaluation (for the next step, or the dense output's f(t1, y1)).
+        let needs_f1 = !tab.is_fsal() && matches!(tab.interpolant, crate::Interpolant::Hermite);
+        let f_new = if tab.is_fsal() {
+            Some(mask.where_cond(&step.k[tab.stages() - 1], &f0)?)
+        } else if !finished || (any_output && needs_f1) {
+            Some(ev.eval(&t_new, &y_new)?)
+        } else {
+            None
+        };
+        if any_output {
+            out.emit(
+                tab,
+                &s.t,
+                &t1,
+                &hs,
+                &y,
+                &step,
+                f_new.as_ref(),
+                &wanted,
+                &mut s.next,
+                &ev,
+            )?;
+        }
+        s.t = t_new;
+        y = y_new;
+        if let Some(f) = f_new {
+            f0 = f;
+        }
+    }
+    Ok(IndependentSolution {
+        ys: out.finish(y0)?,
+        ts,
+        samples: s.stats,
+        batch_steps,
+        nfe: ev.nfe.get(),
+        host_reads: ev.reads.get(),
+    })
+}
+
+/// The per-sample bookkeeping, on the host.
+struct Samples {
+    t: Vec<f64>,
+    h: Vec<f64>,
+    dirs: Vec<f64>,
+    /// The next output index of each sample.
+    next: Vec<usize>,
+    stats: Vec<SampleStats>,
+}
+
+impl Samples {
+    fn new(ts: &[Vec<f64>], dirs: &[f64]) -> Self {
+        let b = ts.len();
+        Self {
+            t: ts.iter().map(|r| r[0]).collect(),
+            h: vec![0.0; b],
+            dirs: dirs.to_vec(),
+            next: vec![1; b],
+            stats: vec![SampleStats::default(); b],
+        }
+    }
+}
+
+fn in_sample(e: SolverError, i: usize) -> candle_core::Error {
+    candle_core::Error::from(e).context(format!("sample {i}"))
+}
+
+fn check_method(opts: &SolveOptions) -> Result<&'static ButcherTableau> {
+    let tab = opts.method.runge_kutta("odeint_independent")?;
+    let refuse = |why: String| Err(SolverError::InvalidOptions(why).into());
+    if tab.is_implicit() || tab.is_rosenbrock() || tab.is_imex() {
+        return refuse(format!(
+            "odeint_independent takes explicit methods, and `{}` is implicit",
+            opts.method
+        ));
+    }
+    if !tab.is_adaptive() {
+        return refuse(format!(
+            "odeint_independent takes adaptive methods (with an error estimate), and `{}` has none",
+            opts.method
+        ));
+    }
+    if !matches!(opts.step, StepSize::Adaptive) {
+        return refuse(
+            "odeint_independent takes adaptive steps (fixed steps are per sample already: use odeint)"
+                .into(),
+        );
+    }
+    if !opts.step_ts.is_empty() || !opts.jump_ts.is_empty() {
+        return refuse("odeint_independent has no step_ts or jump_ts".into());
+    }
+    if opts.norm != ErrorNorm::Rms {
+        return refuse("odeint_independent measures each sample's error by its RMS; a seminorm is not supported".into());
+    }
+    Ok(tab)
+}
+
+fn batch_size(y0: &Tensor) -> Result<usize> {
+    match y0.dims().first() {
+        Some(&b) if b > 0 => Ok(b),
+        _ => Err(SolverError::InvalidOptions(format!(
+            "odeint_independent needs a state with a batch dimension of at least one sample, got shape {:?}",
+            y0.shape()
+        ))
+        .into()),
+    }
+}
+
+/// One row of output times per sample: `ts` itself, or its one row repeated.
+fn sample_times(ts: &[Vec<f64>], b: usize) -> Result<Vec<Vec<f64>>> {
+    let rows = match ts.len() {
+        1 => vec![ts[0].clone(); b],
+        n if n == b => ts.to_vec(),
+        n => {
+            return Err(SolverError::InvalidTimes(format!(
+                "{n} rows of output times for {b} samples (one per sample, or one shared)"
+            ))
+            .into())
+        }
+    };
+    let len = rows[0].len();
+    if let Some(i) = rows.iter().position(|r| r.len() != len) {
+        return Err(SolverError::InvalidTimes(format!(
+            "sample {i} has {} output times and sample 0 has {len}: every sample needs as many",
+            rows[i].len()
+        ))
+        .into());
+    }
+    Ok(rows)
+}
+
+fn prepare_atol(atol: &Atol, y0: &Tensor) -> Result<PreparedAtol> {
+    Ok(match atol {
+        Atol::Scalar(a) => PreparedAtol::Scalar(*a),
+        Atol::PerComponent(t) => {
+            let t = t
+                .to_device(y0.device())?
+                .to_dtype(y0.dtype())?
+                .broadcast_as(y0.shape())
+                .map_err(|_| {
+                    SolverError::InvalidOptions(format!(
+                        "atol of shape {:?} does not broadcast to the state's shape {:?}",
+                        t.shape(),
+                        y0.shape()
+                    ))
+                })?
+                .contiguous()?;
+            let min = read_to_host(&t.flatten_all()?.min(0)?)?[0];
+            if !(min.is_finite() && min > 0.0) {
+                return Err(SolverError::InvalidTolerance {
+                    name: "atol",
+                    value: min,
+                }
+                .into());
+            }
+            PreparedAtol::Tensor(t)
+        }
+    })
+}
+
+/// `mean((x / scale)²)` over each sample's components: `[B]`.
+fn per_sample_rms_sq(x: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    (x / scale)?.sqr()?.reshape((b, ()))?.mean(1)
+}
+
+/// Hairer's initial step for each sample, as [`crate::odeint`] chooses it for one problem
+/// (two reads for the batch), or `opts.first_step` for all (one read, checking `y` and `f`).
+fn first_steps<F: BatchField + ?Sized>(
+    ev: &Evaluator<'_, F>,
+    s: &Samples,
+    y0: &Tensor,
+    f0: &Tensor,
+    opts: &SolveOptions,
+    atol: &PreparedAtol,
+    exponent: f64,
+) -> Result<Vec<f64>> {
+    let b = s.t.len();
+    let non_finite = |i: usize| in_sample(SolverError::NonFinite { t: s.t[i] }, i);
+    if let Some(h) = opts.first_step {
+        let both = Tensor::cat(&[y0, f0], 0)?;
+        let sums = ev.read(&both.sub(&both)?.reshape((2 * b, ()))?.sum(1)?)?;
+        if let Some(i) = sums.iter().position(|v| !v.is_finite()) {
+            return Err(non_finite(i % b));
+        }
+        return Ok(vec![h.clamp(opts.min_step, opts.max_step); b]);
+    }
+    let scale = error_scale(y0, None, opts.rtol, atol)?;
+    let d01 = ev.read(&Tensor::cat(
+        &[
+            per_sample_rms_sq(y0, &scale)?,
+            per_sample_rms_sq(f0, &scale)?,
+        ],
+        0,
+    )?)?;
+    let mut h0 = vec![0.0; b];
+    for i in 0..b {
+        let (d0, d1) = (d01[i].sqrt(), d01[b + i].sqrt());
+        if !(d0.is_finite() && d1.is_finite()) {
+            return Err(non_finite(i));
+        }
+        h0[i] = if d0 < 1e-5 || d1 < 1e-5 {
+            1e-6
+        } else {
+            0.01 * d0 / d1
+        };
+    }
+    let signed: Vec<f64> = (0..b).map(|i| s.dirs[i] * h0[i]).collect();
+    let y1 = ev.combine(Some(y0), &[(signed.clone(), f0)])?;
+    let t1: Vec<f64> = (0..b).map(|i| s.t[i] + signed[i]).collect();
+    let f1 = ev.eval(&t1, &y1)?;
+    let d2 = ev.read(&per_sample_rms_sq(&(f1 - f0)?, &scale)?)?;
+    Ok((0..b)
+        .map(|i| {
+            let (d1, d2) = (d01[b + i].sqrt(), d2[i].sqrt() / h0[i]);
+            let h1 = if !d2.is_finite() {
+                h0[i]
+            } else if d1 <= 1e-15 && d2 <= 1e-15 {
+                (h0[i] * 1e-3).max(1e-6)
+            } else {
+                (0.01 / d1.max(d2)).powf(1.0 / exponent)
+            };
+            (100.0 * h0[i]).min(h1).clamp(opts.min_step, opts.max_step)
+        })
+        .collect())
+}
+
+/// The stages, the propagated states and the error estimate of one batch step.
+struct BatchStep {
+    k: Vec<Tensor>,
+    y1: Tensor,
+    err: Tensor,
+}
+
+/// The field with its counts, and the batch's shapes for per-sample columns.
+struct Evaluator<'a, F: ?Sized> {
+    f: &'a F,
+    shape: Shape,
+    dtype: DType,
+    device: Device,
+    nfe: Cell<usize>,
+    reads: Cell<usize>,
+}
+
+impl<'a, F: BatchField + ?Sized> Evaluator<'a, F> {
+    fn new(f: &'a F, y0: &Tensor) -> Self {
+        Self {
+            f,
+            shape: y0.shape().clone(),
+            dtype: y0.dtype(),
+            device: y0.device().clone(),
+            nfe: Cell::new(0),
+            reads: Cell::new(0),
+        }
+    }
+
+    /// `f(t, y)` at the samples' times `t`, its shape checked.
+    fn eval(&self, t: &[f64], y: &Tensor) -> Result<Tensor> {
+        let tt = Tensor::from_slice(t, t.len(), &self.device)?.to_dtype(self.dtype)?;
+        let k = self.f.eval(&tt, y)?;
+        self.nfe.set(self.nfe.get() + 1);
+        if k.shape() != y.shape() {
+            return Err(SolverError::ShapeMismatch {
+                expected: y.shape().clone(),
+                got: k.shape().clone(),
+                t: t[0],
+            }
+            .into());
+        }
+        if k.dtype() != y.dtype() || !k.device().same_device(y.device()) {
+            return Err(SolverError::OutputMismatch(format!(
+                "the field returned {:?} on {:?} for a state of {:?} on {:?}",
+                k.dtype(),
+                k.device().location(),
+                y.dtype(),
+                y.device().location()
+            ))
+            .into());
+        }
+        Ok(k)
+    }
+
+    fn read(&self, t: &Tensor) -> Result<Vec<f64>> {
+        self.reads.set(self.reads.get() + 1);
+        read_to_host(t)
+    }
+
+    /// Per-sample values as a `[B, 1, …, 1]` column that broadcasts against the state.
+    fn column(&self, v: &[f64]) -> Result<Tensor> {
+        let mut dims = vec![1; self.shape.rank()];
+        dims[0] = v.len();
+        Tensor::from_slice(v, v.len(), &self.device)?
+            .to_dtype(self.dtype)?
+            .reshape(dims)
+    }
+
+    /// A state-shaped mask: the rows of the samples where `on` holds.
+    fn mask(&self, on: &[bool]) -> Result<Tensor> {
+        let v: Vec<u8> = on.iter().map(|&a| u8::from(a)).collect();
+        let mut dims = vec![1; self.shape.rank()];
+        dims[0] = v.len();
+        Tensor::from_vec(v, on.len(), &self.device)?
+            .reshape(dims)?
+            .broadcast_as(&self.shape)
+    }
+
+    /// `base + Σ_j w_j ⊙ k_j` with one weight per sample in each `w_j`, term by term in
+    /// order, as [`lincomb`](crate::rk::lincomb) combines scalar weights: the same floats,
+    /// so each sample's values are those of its solve alone. Terms whose weights are all
+    /// zero are skipped; `base` itself when none is left.
+    fn combine(&self, base: Option<&Tensor>, terms: &[(Vec<f64>, &Tensor)]) -> Result<Tensor> {
+        let mut acc: Option<Tensor> = None;
+        for (w, k) in terms {
+            if w.iter().all(|&x| x == 0.0) {
+                continue;
+            }
+            let term = k.broadcast_mul(&self.column(w)?)?;
+            acc = Some(match (acc, base) {
+                (Some(a), _) => (a + term)?,
+                (None, Some(b)) => (b + term)?,
+                (None, None) => term,
+            });
+        }
+        match (acc, base) {
+            (Some(a), _) => Ok(a),
+            (None, Some(b)) => Ok(b.clone()),
+            (None, None) => candle_core::bail!("a combination of no terms"),
+        }
+    }
+
+    /// The terms `(h_b · c_j, k_j)` of a tableau row `c`.
+    fn scaled<'k>(hs: &[f64], row: &[f64], k: &'k [Tensor]) -> Vec<(Vec<f64>, &'k Tensor)> {
+        row.iter()
+            .zip(k)
+            .map(|(c, kj)| (hs.iter().map(|h| h * c).collect(), kj))
+            .collect()
+    }
+
+    /// One explicit Runge–Kutta step of every sample: from `t` to `t1` (`h = t1 − t`, zero
+    /// for the samples that have finished).
+    fn step(
+        &self,
+        tab: &ButcherTableau,
+        t: &[f64],
+        t1: &[f64],
+        hs: &[f64],
+        y: &Tensor,
+        f0: &Tensor,
+    ) -> Result<BatchStep> {
+        let s = tab.stages();
+        let mut k: Vec<Tensor> = Vec::with_capacity(s);
+        k.push(f0.clone());
+        let mut last = None;
+        for i in 1..s {
+            let yi = self.combine(Some(y), &Self::scaled(hs, tab.a[i - 1], &k))?;
+            let ti: Vec<f64> = (0..t.len())
+                .map(|j| {
+                    if tab.c[i] == 1.0 {
+                        t1[j]
+                    } else {
+                        t[j] + tab.c[i] * hs[j]
+                    }
+                })
+                .collect();
+            k.push(self.eval(&ti, &yi)?);
+            if i == s - 1 {
+                last = Some(yi);
+            }
+        }
+        let y1 = match (tab.is_fsal(), last) {
+            (true, Some(y1)) => y1,
+            _ => self.combine(Some(y), &Self::scaled(hs, tab.b, &k))?,
+        };
+        let e = tab.b_err.expect("adaptive methods have an error estimate");
+        let err = self.combine(None, &Self::scaled(hs, e, &k))?;
+        Ok(BatchStep { k, y1, err })
+    }
+}
+
+/// The outputs as they come: pieces of `[B, …]` and, for each output index and sample, the
+/// piece that holds it; stacked and gathered into `[T, B, …]` at the end.
+struct Outputs {
+    pieces: Vec<Tensor>,
+    slot: Vec<Vec<usize>>,
+}
+
+impl Outputs {
+    fn new(y0: &Tensor, n_out: usize) -> Self {
+        let b = y0.dim(0).unwrap_or(0);
+        let mut slot = vec![vec![usize::MAX; b]; n_out];
+        slot[0] = vec![0; b];
+        Self {
+            pieces: vec![y0.clone()],
+            slot,
+        }
+    }
+
+    /// The dense output of the accepted samples at their `wanted` times in `(t, t1]` (the
+    /// step's end itself exactly), filed under their next output indices.
+    #[allow(clippy::too_many_arguments)]
+    fn emit<F: BatchField + ?Sized>(
+        &mut self,
+        tab: &ButcherTableau,
+        t: &[f64],
+        t1: &[f64],
+        hs: &[f64],
+        y: &Tensor,
+        step: &BatchStep,
+        f1: Option<&Tensor>,
+        wanted: &[Vec<f64>],
+        next: &mut [usize],
+        ev: &Evaluator<'_, F>,
+    ) -> Result<()> {
+        let b = t.len();
+        let s = tab.stages();
+        let rounds = wanted.iter().map(Vec::len).max().unwrap_or(0);
+        for r in 0..rounds {
+            // Weights `h_b w_j(θ_b)` per stage (and for f1), one per sample; zero where a
+            // sample has no r-th output in this step (its row is not filed).
+            let mut w = vec![vec![0.0; b]; s + 1];
+            let mut at_end = vec![false; b];
+            let mut buf = vec![0.0; s + 1];
+            for i in 0..b {
+                let Some(&tn) = wanted[i].get(r) else {
+                    continue;
+                };
+                if tn == t1[i] {
+                    at_end[i] = true;
+                    continue;
+                }
+                tab.dense_weights((tn - t[i]) / hs[i], &mut buf);
+                for (j, wj) in buf.iter().enumerate() {
+                    w[j][i] = hs[i] * wj;
+                }
+            }
+            let f1_used = w[s].iter().any(|&x| x != 0.0);
+            let f1 = match (f1_used, f1) {
+                (false, _) => None,
+                (true, Some(f1)) => Some(f1),
+                (true, None) => candle_core::bail!("dense output: f(t1, y1) is needed and missing"),
+            };
+            let extra = w.pop().unwrap_or_default();
+            let mut terms: Vec<(Vec<f64>, &Tensor)> = w.into_iter().zip(&step.k).collect();
+            if let Some(f1) = f1 {
+                terms.push((extra, f1));
+            }
+            let interp = ev.combine(Some(y), &terms)?;
+            let piece = if at_end.iter().any(|&e| e) {
+                ev.mask(&at_end)?.where_cond(&step.y1, &interp)?
+            } else {
+                interp
+            };
+            let p = self.pieces.len();
+            self.pieces.push(piece);
+            for i in 0..b {
+                if wanted[i].get(r).is_some() {
+                    self.slot[next[i]][i] = p;
+                    next[i] += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `[T, B, …]`: one gather from the pieces.
+    fn finish(self, y0: &Tensor) -> Result<Tensor> {
+        let b = y0.dim(0)?;
+        let n_out = self.slot.len();
+        let stacked = Tensor::stack(&self.pieces, 0)?;
+        let mut rest = y0.dims()[1..].to_vec();
+        let mut flat = vec![self.pieces.len() * b];
+        flat.extend_from_slice(&rest);
+        let stacked = stacked.reshape(flat)?;
+        let idx: Vec<u32> = self
+            .slot
+            .iter()
+            .flat_map(|row| {
+                row.iter()
+                    .enumerate()
+                    .map(move |(i, &p)| (p * b + i) as u32)
+            })
+            .collect();
+        let idx = Tensor::from_vec(idx, n_out * b, y0.device())?;
+        let mut dims = vec![n_out, b];
+        dims.append(&mut rest);
+        stacked.index_select(&idx, 0)?.reshape(dims)
+    }
+}
