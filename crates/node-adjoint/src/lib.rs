@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod delay;
 pub mod direct;
 pub mod field;
+pub mod independent;
 mod op;
 pub mod options;
 pub mod reversible;
@@ -27,6 +28,9 @@ pub use delay::{
 pub use direct::odeint_direct;
 pub use field::{
     has_tensor_params, sorted_vars, with_params, ParamVectorField, TensorParam, WithParams,
+};
+pub use independent::{
+    odeint_independent_adjoint, with_batch_params, ParamBatchField, WithBatchParams,
 };
 pub use options::{
     AdjointNorm, AdjointOptions, AdjointState, CheckpointOptions, ReversibleOptions,

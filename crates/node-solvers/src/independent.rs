@@ -35,6 +35,24 @@ use std::cell::Cell;
 pub trait BatchField {
     /// Evaluates `f(t, y)`.
     fn eval(&self, t: &Tensor, y: &Tensor) -> Result<Tensor>;
+
+    /// Called by [`odeint_independent`] before the stages of each step: the samples' times
+    /// `t`, their signed step sizes `h` (zero for the samples that have finished) and the
+    /// state `y` there, where the step's first stage `f(t, y)` is known already. The step's
+    /// other stages are the evaluations until [`BatchField::end_step`], in the tableau's
+    /// order. For fields that integrate something along the solve (`node-adjoint`'s
+    /// parameter gradients); the default does nothing.
+    fn begin_step(&self, t: &[f64], h: &[f64], y: &Tensor) -> Result<()> {
+        let _ = (t, h, y);
+        Ok(())
+    }
+
+    /// Called after each step's stages: which samples' steps were accepted (a sample that has
+    /// finished is not). The default does nothing.
+    fn end_step(&self, accepted: &[bool]) -> Result<()> {
+        let _ = accepted;
+        Ok(())
+    }
 }
 
 impl<F> BatchField for F
@@ -189,6 +207,7 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
             ends.push(Some(end));
         }
         let hs: Vec<f64> = (0..b).map(|i| t1[i] - s.t[i]).collect();
+        f.begin_step(&s.t, &hs, &y)?;
         let step = ev.step(tab, &s.t, &t1, &hs, &y, &f0)?;
         let scale = error_scale(&y, Some(&step.y1), opts.rtol, &atol)?;
         let ratios = ev.read(&per_sample_rms_sq(&step.err, &scale)?)?;
@@ -217,6 +236,7 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
             }
             s.h[i] = s.h[i].min(opts.max_step);
         }
+        f.end_step(&accepted)?;
         if !accepted.iter().any(|&a| a) {
             continue;
         }
