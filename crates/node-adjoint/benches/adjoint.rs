@@ -12,14 +12,20 @@
 //!   `dy/dt = 0.2 MLP(y) − y`, MLP 64-256-64 tanh, L = Σ y*²) by the implicit function
 //!   theorem, beside backprop through a solve to t = 30 and the adjoint of that solve: time
 //!   and peak memory, each variant in a fresh process.
+//! - independent: one gradient of a batch of independent problems (batch 256, state 64,
+//!   `dy/dt = MLP(y) − λ_b y` with `λ_b` from 0.1 to 10, each sample to its own `T_b` in
+//!   `[1, 2]`, L = Σ y(T_b)², dopri5 at 1e-6): the adjoint of `odeint_independent` beside
+//!   backprop through it: time and peak memory, each variant in a fresh process.
 
 use candle_core::{Device, Result, Tensor, Var};
 use node_adjoint::{
-    odeint_adjoint, odeint_checkpointed, odeint_reversible_adjoint, odeint_steady_state_adjoint,
-    with_params, AdjointNorm, AdjointOptions, CheckpointOptions, ParamVectorField,
-    ReversibleOptions,
+    odeint_adjoint, odeint_checkpointed, odeint_independent_adjoint, odeint_reversible_adjoint,
+    odeint_steady_state_adjoint, with_batch_params, with_params, AdjointNorm, AdjointOptions,
+    CheckpointOptions, ParamVectorField, ReversibleOptions,
 };
-use node_solvers::{odeint, Method, SolveOptions, SteadyStateOptions, VectorField};
+use node_solvers::{
+    odeint, odeint_independent, Method, SolveOptions, SteadyStateOptions, VectorField,
+};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -335,6 +341,81 @@ fn steady() -> Result<()> {
     Ok(())
 }
 
+fn independent_child(mode: &str) -> Result<()> {
+    let dev = Device::Cpu;
+    let (b, n) = (256, 64);
+    let mlp = Mlp::random(n, 256, &dev)?;
+    let lam: Vec<f32> = (0..b)
+        .map(|i| 0.1 * 100f32.powf(i as f32 / (b - 1) as f32))
+        .collect();
+    let lam = Tensor::from_vec(lam, (b, 1), &dev)?;
+    let m = mlp.clone();
+    let field = move |_t: &Tensor, y: &Tensor| m.eval(0.0, y)? - y.broadcast_mul(&lam)?;
+    let ts: Vec<Vec<f64>> = (0..b)
+        .map(|i| vec![0.0, 1.0 + i as f64 / (b - 1) as f64])
+        .collect();
+    let y0 = Tensor::arange(0u32, (b * n) as u32, &dev)?
+        .to_dtype(candle_core::DType::F32)?
+        .affine(0.37, 0.0)?
+        .sin()?
+        .reshape((b, n))?;
+    let opts = SolveOptions::default().tolerances(1e-6, 1e-6);
+    let base = status_kib("VmRSS:");
+    let start = Instant::now();
+    let (y, nf, nb) = match mode {
+        "adjoint" => {
+            let f = with_batch_params(field, mlp.params());
+            let s = odeint_independent_adjoint(&f, &y0, &ts, &opts, &opts)?;
+            let y = s.ys.get(1)?;
+            let g = y.sqr()?.sum_all()?.backward()?;
+            let _ = g.get(&mlp.w1).expect("a gradient");
+            (y, s.stats.forward().nfe, s.stats.backward().nfe)
+        }
+        "direct" => {
+            let s = odeint_independent(&field, &y0, &ts, &opts)?;
+            let y = s.ys.get(1)?;
+            let g = y.sqr()?.sum_all()?.backward()?;
+            let _ = g.get(&mlp.w1).expect("a gradient");
+            (y, s.nfe, 0)
+        }
+        _ => candle_core::bail!("unknown mode {mode}"),
+    };
+    let _ = y;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "{:.1} {nf} {nb} {ms:.0}",
+        (status_kib("VmHWM:") - base) / 1024.0
+    );
+    Ok(())
+}
+
+fn independent() -> Result<()> {
+    println!(
+        "\n## One gradient of a batch of independent problems (batch 256, state 64, MLP(y) − λ_b y, own end times, dopri5 at 1e-6)"
+    );
+    println!("| variant | NFE fwd | NFE bwd | ms | peak RSS above set-up (MiB) |");
+    println!("|---|---:|---:|---:|---:|");
+    let exe = std::env::current_exe().map_err(candle_core::Error::wrap)?;
+    for (mode, name) in [
+        ("adjoint", "odeint_independent_adjoint"),
+        ("direct", "backprop through odeint_independent"),
+    ] {
+        let out = std::process::Command::new(&exe)
+            .args(["independent-child", mode])
+            .output()
+            .map_err(candle_core::Error::wrap)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<&str> = text.split_whitespace().collect();
+        if !out.status.success() || v.len() != 4 {
+            let err = String::from_utf8_lossy(&out.stderr);
+            println!("| {name} | failed: {} |", err.lines().last().unwrap_or(""));
+            continue;
+        }
+        println!("| {name} | {} | {} | {} | {} |", v[1], v[2], v[3], v[0]);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -352,6 +433,8 @@ fn main() -> Result<()> {
                 Some("memory") => memory(),
                 Some("steady-child") => steady_child(&args[1]),
                 Some("steady") => steady(),
+                Some("independent-child") => independent_child(&args[1]),
+                Some("independent") => independent(),
                 Some("leak") => leak(),
                 Some("norms") => norms(),
                 Some("time") => time(),
@@ -364,6 +447,7 @@ fn main() -> Result<()> {
                     norms()?;
                     memory()?;
                     steady()?;
+                    independent()?;
                     leak()
                 }
             }

@@ -172,6 +172,7 @@ impl<F: ParamBatchField> Inner<F> {
             n,
             step: RefCell::new(None),
             theta: RefCell::new(None),
+            extra: std::cell::Cell::new(0),
         };
         let mut state = Tensor::cat(&[rows(&self.ys.get(last)?)?, rows(&g.get(last)?)?], 1)?;
         let mut stats = SolverStats::default();
@@ -188,6 +189,7 @@ impl<F: ParamBatchField> Inner<F> {
             let a = (end.narrow(1, n, n)? + rows(&g.get(j - 1)?)?)?;
             state = Tensor::cat(&[rows(&self.ys.get(j - 1)?)?, a], 1)?;
         }
+        stats.nfe += reverse.extra.get();
         self.stats.lock().1 = stats;
         let gy0 = state.narrow(1, n, n)?.reshape(self.shape.clone())?;
         let gtheta = if self.params.is_empty() {
@@ -252,6 +254,9 @@ struct Reverse<'a, F> {
     n: usize,
     step: RefCell<Option<StepStages>>,
     theta: RefCell<Option<Tensor>>,
+    /// The products taken for the parameter integral alone (the steps' first stages, the
+    /// rejected samples' stages): evaluations of the field besides the solves'.
+    extra: std::cell::Cell<usize>,
 }
 
 impl<F: ParamBatchField> Reverse<'_, F> {
@@ -267,6 +272,7 @@ impl<F: ParamBatchField> Reverse<'_, F> {
     fn theta_part(&self, t: &Tensor, state: &Tensor, w: &[f64]) -> Result<Option<Tensor>> {
         let n = self.n;
         let w = self.column(w, state)?;
+        self.extra.set(self.extra.get() + 1);
         let (_, _, gt) = self
             .inner
             .vjp(t, &state.narrow(1, 0, n)?, &state.narrow(1, n, n)?, &w)?;

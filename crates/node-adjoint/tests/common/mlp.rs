@@ -17,11 +17,30 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// Random weights (scaled 1/√fan_in), zero biases, no cube.
+    /// Random weights (scaled 1/√fan_in), zero biases, no cube: the same on every run
+    /// (SplitMix64 and Box–Muller; Candle's CPU generator cannot be seeded).
     #[allow(dead_code)] // used by the benchmark, not by the tests
     pub fn random(dim: usize, hidden: usize, dev: &Device) -> Result<Self> {
-        let v =
-            |s: &[usize], std: f64| Var::from_tensor(&(Tensor::randn(0f32, 1.0, s, dev)? * std)?);
+        let state = std::cell::Cell::new(0x5eed_u64);
+        let uniform = || {
+            let s = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            state.set(s);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let v = |s: &[usize], std: f64| {
+            let n: usize = s.iter().product();
+            let data: Vec<f32> = (0..n)
+                .map(|_| {
+                    let (u1, u2) = (1.0 - uniform(), uniform());
+                    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                    (std * z) as f32
+                })
+                .collect();
+            Var::from_tensor(&Tensor::from_vec(data, s, dev)?)
+        };
         Ok(Self {
             w1: v(&[hidden, dim], 1.0 / (dim as f64).sqrt())?,
             b1: v(&[hidden], 0.0)?,
