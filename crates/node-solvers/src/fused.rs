@@ -53,6 +53,94 @@ pub(crate) fn lincomb_fused(
     }
 }
 
+/// `base + Σ_j w_j ⊙ x_j` with one weight per row of the leading dimension in each `w_j`
+/// (`odeint_independent`'s per-sample step sizes), in one pass on the CPU, or `None` where
+/// the inputs do not qualify (then the caller builds Candle's chain of a broadcast product
+/// and an addition per term): a tensor that tracks a gradient, several dtypes or shapes, a
+/// dtype other than f32/f64, a strided input, another device. The values are the chain's:
+/// `base + x_1·w_1` (or `x_1·w_1`), then `acc + x_j·w_j`, each weight rounded to the dtype.
+pub(crate) fn lincomb_rows(
+    base: Option<&Tensor>,
+    terms: &[(Vec<f64>, &Tensor)],
+) -> Result<Option<Tensor>> {
+    let Some((_, first)) = terms.first() else {
+        return Ok(None);
+    };
+    let all: Vec<&Tensor> = base
+        .into_iter()
+        .chain(terms.iter().map(|(_, x)| *x))
+        .collect();
+    let rows = first.dims().first().copied().unwrap_or(0);
+    let qualifies = first.device().is_cpu()
+        && rows > 0
+        && terms.iter().all(|(w, _)| w.len() == rows)
+        && all.iter().all(|t| {
+            t.device().is_cpu()
+                && !t.track_op()
+                && t.dtype() == first.dtype()
+                && t.shape() == first.shape()
+        });
+    if !qualifies {
+        return Ok(None);
+    }
+    match first.dtype() {
+        DType::F32 => combine_rows::<f32>(&all, base.is_some(), terms, rows),
+        DType::F64 => combine_rows::<f64>(&all, base.is_some(), terms, rows),
+        _ => Ok(None),
+    }
+}
+
+fn combine_rows<T: WithDType>(
+    all: &[&Tensor],
+    has_base: bool,
+    terms: &[(Vec<f64>, &Tensor)],
+    rows: usize,
+) -> Result<Option<Tensor>> {
+    let like = all[0];
+    let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let (Storage::Cpu(cpu), Some((start, end))) = (&**storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        slices.push(&T::cpu_storage_as_slice(cpu)?[start..end]);
+    }
+    let n = slices[0].len();
+    let len = n / rows;
+    let (base, xs) = if has_base {
+        (Some(slices[0]), &slices[1..])
+    } else {
+        (None, &slices[..])
+    };
+    let ws: Vec<Vec<T>> = terms
+        .iter()
+        .map(|(w, _)| w.iter().map(|v| T::from_f64(*v)).collect())
+        .collect();
+    let mut out = vec![T::zero(); n];
+    for (r, o) in out.chunks_mut(len).enumerate() {
+        let range = r * len..(r + 1) * len;
+        let (x, w) = (&xs[0][range.clone()], ws[0][r]);
+        match base {
+            Some(b) => o
+                .iter_mut()
+                .zip(&b[range.clone()])
+                .zip(x)
+                .for_each(|((o, b), x)| *o = *b + *x * w),
+            None => o.iter_mut().zip(x).for_each(|(o, x)| *o = *x * w),
+        }
+        for (x, w) in xs[1..].iter().zip(&ws[1..]) {
+            let w = w[r];
+            o.iter_mut()
+                .zip(&x[range.clone()])
+                .for_each(|(o, x)| *o += *x * w);
+        }
+    }
+    drop(slices);
+    drop(guards);
+    Tensor::from_vec(out, like.shape(), &Device::Cpu).map(Some)
+}
+
 /// `base + Σ w_i x_i` as a chain of differentiable ops of up to three inputs each (the base
 /// or the partial sum, then two terms; three terms without a base), each one pass on the CPU
 /// or one launch on CUDA, or `None` where the inputs do not qualify (then the caller builds
@@ -529,6 +617,65 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `lincomb_rows` gives the chain's values exactly (a broadcast product and an addition per
+    /// term), with and without a base, a weight zero in some rows, f32 and f64, rank 1 to 3;
+    /// tracked or strided inputs and other devices are left to the chain.
+    #[test]
+    fn rows_match_the_chain() -> Result<()> {
+        let dev = &Device::Cpu;
+        let draws = Draws(Cell::new(4000));
+        for dtype in [DType::F32, DType::F64] {
+            for shape in [vec![5usize], vec![4, 3], vec![3, 2, 5]] {
+                let rows = shape[0];
+                let xs: Vec<Tensor> = (0..4)
+                    .map(|_| draws.randn(1.0, shape.as_slice(), dev)?.to_dtype(dtype))
+                    .collect::<Result<_>>()?;
+                let ws: Vec<Vec<f64>> = (0..4)
+                    .map(|j| {
+                        (0..rows)
+                            .map(|r| {
+                                if r == j {
+                                    0.0
+                                } else {
+                                    0.3 * (r + j) as f64 - 0.7
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let terms: Vec<(Vec<f64>, &Tensor)> = ws.iter().cloned().zip(&xs).collect();
+                let mut col = vec![1; shape.len()];
+                col[0] = rows;
+                let chain = |base: Option<&Tensor>| -> Result<Tensor> {
+                    let mut acc: Option<Tensor> = None;
+                    for (w, x) in &terms {
+                        let w = Tensor::from_slice(w, rows, dev)?
+                            .to_dtype(dtype)?
+                            .reshape(col.as_slice())?;
+                        let term = x.broadcast_mul(&w)?;
+                        acc = Some(match (acc, base) {
+                            (Some(a), _) => (a + term)?,
+                            (None, Some(b)) => (b + term)?,
+                            (None, None) => term,
+                        });
+                    }
+                    Ok(acc.expect("terms"))
+                };
+                let base = draws.randn(1.0, shape.as_slice(), dev)?.to_dtype(dtype)?;
+                for b in [Some(&base), None] {
+                    let fused = super::lincomb_rows(b, &terms)?.expect("the fused pass");
+                    assert!(same(&fused, &chain(b)?)?, "{dtype:?} {shape:?}");
+                }
+            }
+        }
+        let x = Var::from_tensor(&Tensor::ones((2, 2), DType::F32, dev)?)?;
+        let w = vec![1.0, 2.0];
+        assert!(super::lincomb_rows(None, &[(w.clone(), x.as_tensor())])?.is_none());
+        let strided = Tensor::ones((2, 2), DType::F32, dev)?.t()?;
+        assert!(super::lincomb_rows(None, &[(w, &strided)])?.is_none());
         Ok(())
     }
 

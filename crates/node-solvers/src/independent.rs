@@ -576,11 +576,16 @@ impl<'a, F: BatchField + ?Sized> Evaluator<'a, F> {
     /// so each sample's values are those of its solve alone. Terms whose weights are all
     /// zero are skipped; `base` itself when none is left.
     fn combine(&self, base: Option<&Tensor>, terms: &[(Vec<f64>, &Tensor)]) -> Result<Tensor> {
+        let terms: Vec<(Vec<f64>, &Tensor)> = terms
+            .iter()
+            .filter(|(w, _)| w.iter().any(|&x| x != 0.0))
+            .cloned()
+            .collect();
+        if let Some(out) = crate::fused::lincomb_rows(base, &terms)? {
+            return Ok(out);
+        }
         let mut acc: Option<Tensor> = None;
-        for (w, k) in terms {
-            if w.iter().all(|&x| x == 0.0) {
-                continue;
-            }
+        for (w, k) in &terms {
             let term = k.broadcast_mul(&self.column(w)?)?;
             acc = Some(match (acc, base) {
                 (Some(a), _) => (a + term)?,
