@@ -349,7 +349,7 @@ fn check_method(opts: &SolveOptions) -> Result<&'static ButcherTableau> {
     }
     if !matches!(opts.step, StepSize::Adaptive) {
         return refuse(
-            "odeint_independent takes adaptive steps (fixed steps are per sample already: use odeint)"
+            "odeint_independent takes adaptive steps (fixed steps over one shared span are the same for every sample: use odeint)"
                 .into(),
         );
     }
