@@ -312,3 +312,54 @@ fn ffjord_options_are_checked() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn ffjord_per_point_trains_and_checks_its_options() -> Result<()> {
+    // Each point solved on its own: it trains, by the adjoint and by backprop, to nearly
+    // the same NLL (the gradients agree to the solves' tolerance).
+    let adjoint = tmp("ffjord-per-point");
+    let args = ["--iters", "10", "--checkpoint-every", "5", "--per-point"];
+    let o = train_ffjord(adjoint.path(), &args);
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("each point solved on its own"), "{stdout}");
+    assert!(
+        stdout.contains("test NLL on 256 held-out points"),
+        "{stdout}"
+    );
+    let nll = metric(adjoint.path(), "nll");
+    assert!(nll[1] < nll[0], "the NLL falls: {nll:?}");
+    let metrics = std::fs::read_to_string(adjoint.path().join("metrics.jsonl"))?;
+    assert!(metrics.contains("\"per_point\":true"), "{metrics}");
+    let backprop = tmp("ffjord-per-point-backprop");
+    ok(&train_ffjord(
+        backprop.path(),
+        &[&args[..], &["--gradient", "backprop"]].concat(),
+    ));
+    let nll_b = metric(backprop.path(), "nll");
+    assert!(
+        (nll_b[1] - nll[1]).abs() < 1e-2,
+        "{nll_b:?} against {nll:?}"
+    );
+    for (bad, why) in [
+        (&["--kinetic", "0.1"][..], "neither the regularizers"),
+        (&["--train-t1"][..], "neither the regularizers"),
+        (
+            &["--gradient", "checkpoint"][..],
+            "--gradient adjoint or backprop",
+        ),
+    ] {
+        let o = train_ffjord(adjoint.path(), &[&["--per-point"][..], bad].concat());
+        assert!(!o.status.success(), "{bad:?} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(why), "{bad:?}: {err}");
+    }
+    let o = train(adjoint.path(), &["--per-point"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--per-point is not an option of --model planar"),
+        "{err}"
+    );
+    Ok(())
+}

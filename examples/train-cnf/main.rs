@@ -182,6 +182,12 @@ struct Args {
     /// from there); SIGINT/SIGTERM stop the same way after the iteration in progress.
     #[arg(long)]
     stop_after_steps: Option<usize>,
+    /// FFJORD: solve each point as a problem of its own, with its own steps and error
+    /// control (`Ffjord::log_prob_independent`), in training and for the held-out NLL: a
+    /// point's log-likelihood then does not depend on the rest of its batch. With
+    /// `--gradient adjoint` or `backprop`; not with the regularizers or `--train-t1`.
+    #[arg(long)]
+    per_point: bool,
     /// Held-out points for the final negative log-likelihood (0: skip it).
     #[arg(long, default_value_t = 4096)]
     test_points: usize,
@@ -210,6 +216,7 @@ fn main() -> Result<ExitCode> {
     let regularize = args.kinetic > 0.0 || args.jacobian > 0.0;
     let wrong_model = match args.model {
         ModelArg::Planar => vec![
+            ("--per-point", args.per_point),
             ("--hidden-dims", args.hidden_dims.is_some()),
             ("--activation", args.activation.is_some()),
             ("--trace", args.trace.is_some()),
@@ -220,6 +227,16 @@ fn main() -> Result<ExitCode> {
             ("--hidden", args.hidden.is_some()),
         ],
     };
+    if args.per_point {
+        if regularize || args.train_t1 {
+            bail!(
+                "--per-point takes neither the regularizers (--kinetic, --jacobian) nor --train-t1"
+            );
+        }
+        if !matches!(args.gradient, GradientArg::Adjoint | GradientArg::Backprop) {
+            bail!("--per-point takes --gradient adjoint or backprop");
+        }
+    }
     if let Some((flag, _)) = wrong_model.iter().find(|(_, given)| *given) {
         let model = args.model.to_possible_value().expect("no skipped variants");
         bail!("{flag} is not an option of --model {}", model.get_name());
@@ -261,7 +278,11 @@ fn main() -> Result<ExitCode> {
                 ..cfg
             };
             let trace = args.trace.unwrap_or(TraceArg::Exact);
-            Flow::Ffjord(Ffjord::new(&cfg, opts, gradient, vb)?, trace)
+            Flow::Ffjord(
+                Ffjord::new(&cfg, opts, gradient, vb)?,
+                trace,
+                args.per_point,
+            )
         }
     };
     let plan = Plan {
@@ -274,8 +295,8 @@ fn main() -> Result<ExitCode> {
         seed: args.seed,
         lr: args.lr,
         extra_json: format!(
-            "\"batch_size\":{},\"kinetic_weight\":{},\"jacobian_weight\":{},\"data\":\"{:?}\",",
-            args.batch_size, args.kinetic, args.jacobian, args.data
+            "\"batch_size\":{},\"kinetic_weight\":{},\"jacobian_weight\":{},\"data\":\"{:?}\",\"per_point\":{},",
+            args.batch_size, args.kinetic, args.jacobian, args.data, args.per_point
         ),
     };
     let mut run = Iterations::start(plan, &varmap, &dev)?;
@@ -362,8 +383,9 @@ fn main() -> Result<ExitCode> {
 /// The flow being trained.
 enum Flow {
     Planar(Cnf),
-    /// With how its trace is taken in training (evaluation and sampling take it exactly).
-    Ffjord(Ffjord, TraceArg),
+    /// With how its trace is taken in training (evaluation and sampling take it exactly), and
+    /// whether each point is solved on its own (`--per-point`).
+    Ffjord(Ffjord, TraceArg, bool),
 }
 
 impl Flow {
@@ -373,11 +395,18 @@ impl Flow {
                 let c = c.config();
                 format!("CNF (width {}, t1 {})", c.width, c.t1)
             }
-            Flow::Ffjord(f, trace) => {
+            Flow::Ffjord(f, trace, per_point) => {
                 let c = f.config();
                 format!(
-                    "FFJORD (hidden {:?}, {:?}, trace {trace:?}, t1 {})",
-                    c.hidden, c.activation, c.t1
+                    "FFJORD (hidden {:?}, {:?}, trace {trace:?}, t1 {}{})",
+                    c.hidden,
+                    c.activation,
+                    c.t1,
+                    if *per_point {
+                        ", each point solved on its own"
+                    } else {
+                        ""
+                    }
                 )
             }
         }
@@ -386,7 +415,7 @@ impl Flow {
     /// FFJORD's learned end time, when it is learned.
     fn learned_t1(&self) -> Result<Option<f64>> {
         Ok(match self {
-            Flow::Ffjord(f, _) if f.config().train_t1 => Some(f.t1()?),
+            Flow::Ffjord(f, _, _) if f.config().train_t1 => Some(f.t1()?),
             _ => None,
         })
     }
@@ -394,7 +423,7 @@ impl Flow {
     fn base_std(&self) -> f64 {
         match self {
             Flow::Planar(c) => c.config().base_std,
-            Flow::Ffjord(f, _) => f.config().base_std,
+            Flow::Ffjord(f, _, _) => f.config().base_std,
         }
     }
 
@@ -402,8 +431,8 @@ impl Flow {
     /// run draws what the whole run would have).
     fn training_trace(&self, x: &Tensor, rng: &mut Rng) -> Result<Trace> {
         let noise = match self {
-            Flow::Ffjord(_, TraceArg::Rademacher) => Noise::Rademacher,
-            Flow::Ffjord(_, TraceArg::Gaussian) => Noise::Gaussian,
+            Flow::Ffjord(_, TraceArg::Rademacher, _) => Noise::Rademacher,
+            Flow::Ffjord(_, TraceArg::Gaussian, _) => Noise::Gaussian,
             _ => return Ok(Trace::Exact),
         };
         let (b, d) = x.dims2()?;
@@ -421,7 +450,8 @@ impl Flow {
         let trace = self.training_trace(x, rng)?;
         Ok(match self {
             Flow::Planar(c) => c.log_prob_with_stats(x)?,
-            Flow::Ffjord(f, _) => f.log_prob_with(x, &trace)?,
+            Flow::Ffjord(f, _, true) => f.log_prob_independent(x, &trace)?,
+            Flow::Ffjord(f, _, false) => f.log_prob_with(x, &trace)?,
         })
     }
 
@@ -430,7 +460,7 @@ impl Flow {
         let trace = self.training_trace(x, rng)?;
         Ok(match self {
             Flow::Planar(c) => c.log_prob_regularized(x)?,
-            Flow::Ffjord(f, _) => f.log_prob_regularized(x, &trace)?,
+            Flow::Ffjord(f, _, _) => f.log_prob_regularized(x, &trace)?,
         })
     }
 
@@ -438,14 +468,15 @@ impl Flow {
     fn log_prob(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Flow::Planar(c) => c.log_prob(x)?,
-            Flow::Ffjord(f, _) => f.log_prob(x)?,
+            Flow::Ffjord(f, _, true) => f.log_prob_independent(x, &Trace::Exact)?.0,
+            Flow::Ffjord(f, _, false) => f.log_prob(x)?,
         })
     }
 
     fn sample_from(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok(match self {
             Flow::Planar(c) => c.sample_from(z)?,
-            Flow::Ffjord(f, _) => f.sample_from(z)?,
+            Flow::Ffjord(f, _, _) => f.sample_from(z)?,
         })
     }
 }

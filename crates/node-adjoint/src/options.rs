@@ -92,9 +92,12 @@ impl AdjointOptions {
         self
     }
 
-    /// The options of the reverse solve, given the forward ones and the span `[t0, t1]` of the
-    /// forward solve (a forward step count becomes the equivalent step size).
-    pub(crate) fn reverse_solve_options(&self, fwd: &SolveOptions, span: f64) -> SolveOptions {
+    /// The options of the reverse solve, given the forward ones and the length of the
+    /// forward solve's span (a forward step count becomes the equivalent step size): the
+    /// forward's, with this method, tolerances, step size and step limit where they are set,
+    /// and the first step chosen afresh. For solves that take reverse options of their own
+    /// ([`crate::odeint_independent_adjoint`]).
+    pub fn reverse_solve_options(&self, fwd: &SolveOptions, span: f64) -> SolveOptions {
         let mut o = fwd.clone();
         o.first_step = None;
         if let Some(m) = self.method {

@@ -25,8 +25,10 @@ use crate::layers::{linear, BlockStats, Gradient};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
-use node_adjoint::ParamVectorField;
-use node_solvers::{differentiable_start, SolveOptions, VectorField};
+use node_adjoint::{odeint_independent_adjoint, ParamBatchField, ParamVectorField};
+use node_solvers::{
+    differentiable_start, odeint_independent, BatchField, SolveOptions, SolverError, VectorField,
+};
 
 pub use crate::layers::Activation;
 
@@ -147,6 +149,22 @@ pub trait JvpField: Clone + Send + Sync + 'static {
     /// The implementation's.
     fn jvp(&self, t: f64, z: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)>;
 
+    /// [`JvpField::jvp`] with each point at its own time, `t: [B]` (the per-sample solves of
+    /// [`Ffjord::log_prob_independent`]). The default is an error: a field implements it to
+    /// take part in them.
+    ///
+    /// # Shapes
+    /// `t: [B]`, `z: [B, D]`, `v: [K, B, D]` → `([B, D], [K, B, D])`.
+    ///
+    /// # Errors
+    /// The default always; an implementation's own.
+    fn jvp_batch(&self, t: &Tensor, z: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let _ = (t, z, v);
+        candle_core::bail!(
+            "FFJORD: this field has no form with a time per point (JvpField::jvp_batch)"
+        )
+    }
+
     /// The trainable parameters, for the adjoint's parameter gradients.
     fn params(&self) -> Vec<Var>;
 
@@ -192,13 +210,23 @@ fn parts<F: JvpField>(
     trace: &Trace,
     frobenius: bool,
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    let d = field.dim();
+    parts_with(field.dim(), z, trace, frobenius, &|v| field.jvp(t, z, v))
+}
+
+/// [`parts`] from a field's products `v ↦ (f, (∂f/∂z) v)` at the points `z`.
+fn parts_with(
+    d: usize,
+    z: &Tensor,
+    trace: &Trace,
+    frobenius: bool,
+    products: &dyn Fn(&Tensor) -> Result<(Tensor, Tensor)>,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     if z.rank() != 2 || z.dim(1)? != d {
         candle_core::bail!("FFJORD: points must be [batch, {d}], got {:?}", z.dims());
     }
     let b = z.dim(0)?;
     let jvp = |v: &Tensor| -> Result<(Tensor, Tensor)> {
-        let (f, jv) = field.jvp(t, z, v)?;
+        let (f, jv) = products(v)?;
         let k = v.dim(0)?;
         if f.dims() != [b, d] || jv.dims() != [k, b, d] {
             candle_core::bail!(
@@ -277,6 +305,18 @@ impl ConcatSquash {
         let weight = self.weight.broadcast_mul(&gate.unsqueeze(1)?)?;
         let bias = ((&self.bias * &gate)? + self.shift.squeeze(1)?.affine(t, 0.0)?)?;
         Ok((weight, bias))
+    }
+
+    /// The layer at each point's time `t: [B]`: `(x Wᵀ + b) ⊙ gate + shift` with the gate and
+    /// the shift `[B, out]`.
+    fn gates(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = t.reshape((t.elem_count(), 1))?;
+        let gate = node_kernels::sigmoid(
+            &t.broadcast_mul(&self.gate_weight.t()?)?
+                .broadcast_add(&self.gate_bias)?,
+        )?;
+        let shift = t.broadcast_mul(&self.shift.t()?)?;
+        Ok((gate, shift))
     }
 
     fn tensors(&self) -> [&Tensor; 5] {
@@ -404,6 +444,47 @@ impl JvpField for FfjordField {
         Ok((x, dx.reshape((k, b, self.config.dim))?))
     }
 
+    /// [`JvpField::jvp`] with a time per point: each layer `(x Wᵀ + b) ⊙ σ(t w_g + b_g) + t w_b`
+    /// with the gate and shift per point (the same map, rounded in another order).
+    fn jvp_batch(&self, t: &Tensor, z: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.check(z)?;
+        let b = z.dim(0)?;
+        if t.dims() != [b] {
+            candle_core::bail!(
+                "FFJORD: times must be [{b}] for points {:?}, got {:?}",
+                z.dims(),
+                t.dims()
+            );
+        }
+        let k = match v.dims() {
+            &[k, vb, vd] if vb == b && vd == self.config.dim && k > 0 => k,
+            other => candle_core::bail!(
+                "FFJORD: tangents must be [K ≥ 1, {b}, {}] for points {:?}, got {other:?}",
+                self.config.dim,
+                z.dims()
+            ),
+        };
+        let last = self.layers.len() - 1;
+        let (mut x, mut dx) = (z.clone(), v.reshape((k * b, self.config.dim))?);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (gate, shift) = layer.gates(t)?;
+            let out = gate.dim(1)?;
+            let a = (node_kernels::linear(&x, &layer.weight, Some(&layer.bias))? * &gate)?;
+            let a = (a + shift)?;
+            let da = node_kernels::linear(&dx, &layer.weight, None)?
+                .reshape((k, b, out))?
+                .broadcast_mul(&gate)?;
+            if i == last {
+                (x, dx) = (a, da.reshape((k * b, out))?);
+            } else {
+                let (h, slope) = self.config.activation.value_and_slope(&a)?;
+                dx = da.broadcast_mul(&slope)?.reshape((k * b, out))?;
+                x = h;
+            }
+        }
+        Ok((x, dx.reshape((k, b, self.config.dim))?))
+    }
+
     fn params(&self) -> Vec<Var> {
         self.params.clone()
     }
@@ -455,6 +536,37 @@ impl<F: JvpField> VectorField for Augmented<F> {
 }
 
 impl<F: JvpField> ParamVectorField for Augmented<F> {
+    fn params(&self) -> Vec<Var> {
+        self.field.params()
+    }
+}
+
+/// [`Augmented`] with a time per point, for the per-sample solves: `[z, Δ] ↦ [f, −tr]`.
+#[derive(Clone)]
+struct AugmentedBatch<F> {
+    field: F,
+    trace: Trace,
+}
+
+impl<F: JvpField> BatchField for AugmentedBatch<F> {
+    fn eval(&self, t: &Tensor, s: &Tensor) -> Result<Tensor> {
+        let d = self.field.dim();
+        if s.rank() != 2 || s.dim(1)? != d + 1 {
+            candle_core::bail!(
+                "FFJORD: the augmented state must be [batch, {}], got {:?}",
+                d + 1,
+                s.dims()
+            );
+        }
+        let z = s.narrow(1, 0, d)?;
+        let (f, tr, _) = parts_with(d, &z, &self.trace, false, &|v| {
+            self.field.jvp_batch(t, &z, v)
+        })?;
+        Tensor::cat(&[f, tr.neg()?.unsqueeze(1)?], 1)
+    }
+}
+
+impl<F: JvpField> ParamBatchField for AugmentedBatch<F> {
     fn params(&self) -> Vec<Var> {
         self.field.params()
     }
@@ -633,6 +745,67 @@ impl<F: JvpField> Ffjord<F> {
         let (s0, stats) = self.solve(x, trace, false, true)?;
         Ok((
             log_prob_at_base(&s0, self.field.dim(), self.base_std)?,
+            stats,
+        ))
+    }
+
+    /// `log p(x)` per point as [`Ffjord::log_prob_with`], each point solved as a problem of
+    /// its own ([`node_solvers::odeint_independent`]: its own steps and error control), so
+    /// that its value does not depend on the other points of the batch (with one solve for
+    /// the batch it does: the steps follow the error over every point). Differentiated by
+    /// backprop through the steps ([`Gradient::Backprop`]) or by the adjoint
+    /// ([`Gradient::Adjoint`], [`node_adjoint::odeint_independent_adjoint`]; its method,
+    /// tolerances, step size and step limit apply). The field must implement
+    /// [`JvpField::jvp_batch`] ([`FfjordField`] does).
+    ///
+    /// # Shapes
+    /// `x: [B, D]`, the noise `[B, D]` → `[B]`.
+    ///
+    /// # Errors
+    /// As [`Ffjord::log_prob_with`]; a learned end time, another gradient mode, an implicit
+    /// or fixed-step method ([`SolverError::InvalidOptions`]).
+    pub fn log_prob_independent(&self, x: &Tensor, trace: &Trace) -> Result<(Tensor, BlockStats)> {
+        if self.log_t1_scale.is_some() {
+            return Err(SolverError::InvalidOptions(
+                "FFJORD: per-point solves take a fixed end time, not a learned one".into(),
+            )
+            .into());
+        }
+        let s = augment(x, self.field.dim(), 1, "FFJORD")?;
+        let field = AugmentedBatch {
+            field: self.field.clone(),
+            trace: trace.clone(),
+        };
+        let ts = [vec![self.t1, 0.0]];
+        let (ys, stats) = match &self.gradient {
+            Gradient::Backprop => {
+                let sol = odeint_independent(&field, &s, &ts, &self.opts)?;
+                let stats = BlockStats {
+                    nfe_forward: sol.nfe,
+                    explicit_nfe_forward: 0,
+                    adjoint: None,
+                };
+                (sol.ys, stats)
+            }
+            Gradient::Adjoint(a) => {
+                let reverse = a.reverse_solve_options(&self.opts, self.t1);
+                let sol = odeint_independent_adjoint(&field, &s, &ts, &self.opts, &reverse)?;
+                let stats = BlockStats {
+                    nfe_forward: sol.stats.forward().nfe,
+                    explicit_nfe_forward: 0,
+                    adjoint: Some(sol.stats),
+                };
+                (sol.ys, stats)
+            }
+            other => {
+                return Err(SolverError::InvalidOptions(format!(
+                    "FFJORD: per-point solves are differentiated by backprop or the adjoint, not {other:?}"
+                ))
+                .into())
+            }
+        };
+        Ok((
+            log_prob_at_base(&ys.get(1)?, self.field.dim(), self.base_std)?,
             stats,
         ))
     }

@@ -645,3 +645,167 @@ fn a_learned_end_time_gets_its_gradient() -> Result<()> {
     );
     Ok(())
 }
+
+/// `jvp_batch` with every point at one time is `jvp` there; with a time per point, each row
+/// is `jvp` at its own time.
+fn per_point_products(dev: &Device) -> Result<()> {
+    let (_, flow) = build(&small(), Gradient::Backprop, tight(), 3, DType::F64, dev)?;
+    let field = flow.field();
+    let z = Rng::new(11).normal_tensor(&[4, 2], 0.0, 1.0, DType::F64, dev)?;
+    let v = Rng::new(12).normal_tensor(&[3, 4, 2], 0.0, 1.0, DType::F64, dev)?;
+    let same = Tensor::full(0.37f64, 4, dev)?;
+    let (f, jv) = field.jvp_batch(&same, &z, &v)?;
+    let (f0, jv0) = field.jvp(0.37, &z, &v)?;
+    let flat = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_vec1::<f64>()?) };
+    close(&flat(&f)?, &flat(&f0)?, 1e-13, "f")?;
+    close(&flat(&jv)?, &flat(&jv0)?, 1e-13, "products")?;
+    let ts = [0.0, 0.4, 0.9, 1.3];
+    let (f, jv) = field.jvp_batch(&Tensor::new(&ts, dev)?, &z, &v)?;
+    for (b, &t) in ts.iter().enumerate() {
+        let (fb, jvb) = field.jvp(t, &z.narrow(0, b, 1)?, &v.narrow(1, b, 1)?)?;
+        close(
+            &flat(&f.narrow(0, b, 1)?)?,
+            &flat(&fb)?,
+            1e-13,
+            "f at its time",
+        )?;
+        close(
+            &flat(&jv.narrow(1, b, 1)?)?,
+            &flat(&jvb)?,
+            1e-13,
+            "products at its time",
+        )?;
+    }
+    Ok(())
+}
+
+candle_core::test_device!(
+    per_point_products,
+    per_point_products_cpu,
+    per_point_products_cuda,
+    per_point_products_metal
+);
+
+/// `log_prob_independent`: a point's value is the same, bit for bit, alone and in any
+/// batch; the batch solve's (`log_prob`) is not, and the two agree to the tolerance.
+#[test]
+fn per_point_log_prob_does_not_depend_on_the_batch() -> Result<()> {
+    let dev = &Device::Cpu;
+    let opts = SolveOptions::default().tolerances(1e-6, 1e-6);
+    let (_, flow) = build(&small(), Gradient::Backprop, opts, 4, DType::F64, dev)?;
+    let x = two_circles(6, 0.06, &mut Rng::new(9), DType::F64, dev)?;
+    let (lp, _) = flow.log_prob_independent(&x, &Trace::Exact)?;
+    let lp = lp.to_vec1::<f64>()?;
+    let joint = flow.log_prob(&x)?.to_vec1::<f64>()?;
+    let reversed = Tensor::cat(
+        &(0..6)
+            .rev()
+            .map(|i| x.narrow(0, i, 1))
+            .collect::<candle_core::Result<Vec<_>>>()?,
+        0,
+    )?;
+    let (lp_rev, _) = flow.log_prob_independent(&reversed, &Trace::Exact)?;
+    let lp_rev = lp_rev.to_vec1::<f64>()?;
+    let mut joint_differs = false;
+    for i in 0..6 {
+        let xi = x.narrow(0, i, 1)?;
+        let alone = flow
+            .log_prob_independent(&xi, &Trace::Exact)?
+            .0
+            .to_vec1::<f64>()?[0];
+        ensure!(
+            lp[i] == alone,
+            "point {i}: {} in the batch, {alone} alone",
+            lp[i]
+        );
+        ensure!(lp_rev[5 - i] == alone, "point {i} in the reversed batch");
+        let joint_alone = flow.log_prob(&xi)?.to_vec1::<f64>()?[0];
+        joint_differs |= joint[i] != joint_alone;
+        ensure!(
+            (lp[i] - joint[i]).abs() < 1e-4,
+            "point {i}: {} per point, {} in one solve",
+            lp[i],
+            joint[i]
+        );
+    }
+    ensure!(
+        joint_differs,
+        "the batch solve's values depend on the batch"
+    );
+    Ok(())
+}
+
+/// Its gradients by the adjoint against backprop through the per-point solves, the exact
+/// trace and Hutchinson's.
+#[test]
+fn per_point_gradients_by_the_adjoint() -> Result<()> {
+    let dev = &Device::Cpu;
+    let x = Rng::new(6).normal_tensor(&[5, 2], 0.0, 0.7, DType::F64, dev)?;
+    let eps = Noise::Rademacher.sample(5, 2, &mut Rng::new(7), DType::F64, dev)?;
+    let adjoint = AdjointOptions::default().tolerances(1e-10, 1e-10);
+    for trace in [Trace::Exact, Trace::Hutchinson(eps)] {
+        let mut all = vec![];
+        for gradient in [Gradient::Backprop, Gradient::Adjoint(adjoint.clone())] {
+            let (varmap, flow) = build(&small(), gradient, tight(), 5, DType::F64, dev)?;
+            let xv = Var::from_tensor(&x)?;
+            let (lp, stats) = flow.log_prob_independent(xv.as_tensor(), &trace)?;
+            let loss = lp.mean_all()?.neg()?;
+            let grads = loss.backward()?;
+            ensure!(stats.nfe_forward > 0);
+            let mut flat = vec![];
+            for v in node_adjoint::sorted_vars(&varmap) {
+                let g = grads.get(&v).expect("every parameter gets a gradient");
+                flat.extend(g.flatten_all()?.to_vec1::<f64>()?);
+            }
+            flat.extend(
+                grads
+                    .get(&xv)
+                    .expect("x's gradient")
+                    .flatten_all()?
+                    .to_vec1::<f64>()?,
+            );
+            all.push(flat);
+        }
+        let scale = all[0].iter().fold(0.0f64, |m, g| m.max(g.abs()));
+        ensure!(scale > 1e-3);
+        for (a, b) in all[1].iter().zip(&all[0]) {
+            ensure!((a - b).abs() <= 1e-6 * scale, "{trace:?}: {a} vs {b}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn per_point_errors() -> Result<()> {
+    let dev = &Device::Cpu;
+    let x = Rng::new(6).normal_tensor(&[3, 2], 0.0, 0.7, DType::F64, dev)?;
+    let check = Gradient::Checkpoint(CheckpointOptions::default());
+    let (_, flow) = build(&small(), check, tight(), 5, DType::F64, dev)?;
+    let e = flow
+        .log_prob_independent(&x, &Trace::Exact)
+        .unwrap_err()
+        .to_string();
+    ensure!(e.contains("backprop or the adjoint"), "{e}");
+    let learned = FfjordConfig {
+        train_t1: true,
+        ..small()
+    };
+    let (_, flow) = build(&learned, Gradient::Backprop, tight(), 5, DType::F64, dev)?;
+    let e = flow
+        .log_prob_independent(&x, &Trace::Exact)
+        .unwrap_err()
+        .to_string();
+    ensure!(e.contains("learned"), "{e}");
+    // A field without the per-point form.
+    let field = LinearField {
+        a: Var::from_tensor(&Tensor::new(&[[0.1f64, 0.2], [-0.3, 0.0]], dev)?)?,
+        broken: false,
+    };
+    let flow = Ffjord::with_field(field, 1.0, 1.0, tight(), Gradient::Backprop)?;
+    let e = flow
+        .log_prob_independent(&x, &Trace::Exact)
+        .unwrap_err()
+        .to_string();
+    ensure!(e.contains("jvp_batch"), "{e}");
+    Ok(())
+}
