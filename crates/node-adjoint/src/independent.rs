@@ -22,7 +22,7 @@ use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Shape, Tensor, Var};
 use node_solvers::{
     odeint_independent, BatchField, ButcherTableau, IndependentSolution, SolveOptions, SolverError,
-    SolverStats,
+    SolverStats, StepSize,
 };
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -95,12 +95,24 @@ where
     let sources: Vec<Tensor> = params.iter().map(|p| p.as_tensor().clone()).collect();
     check_param_list(&params, &sources, y0)?;
     adjoint_opts.validate()?;
-    let tab = adjoint_opts.method.tableau().ok_or_else(|| {
-        SolverError::InvalidOptions(format!(
-            "the adjoint's reverse solve needs a Runge–Kutta method, and `{}` is not one",
-            adjoint_opts.method
-        ))
-    })?;
+    // What the reverse solve will refuse, refused now rather than in `backward()`.
+    let tab = match adjoint_opts.method.tableau() {
+        Some(tab)
+            if tab.is_adaptive()
+                && !(tab.is_implicit() || tab.is_rosenbrock() || tab.is_imex())
+                && matches!(adjoint_opts.step, StepSize::Adaptive) =>
+        {
+            tab
+        }
+        _ => {
+            return Err(SolverError::InvalidOptions(format!(
+                "the adjoint's reverse solve takes an explicit Runge–Kutta method with adaptive \
+                 steps (as odeint_independent), not `{}` with {:?}",
+                adjoint_opts.method, adjoint_opts.step
+            ))
+            .into())
+        }
+    };
     let y0d = y0.detach();
     let sol = odeint_independent(&Detached(f), &y0d, ts, opts)?;
     let stats = AdjointStats::default();

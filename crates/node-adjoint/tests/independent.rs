@@ -170,10 +170,18 @@ fn errors() -> Result<()> {
     let y0 = seeded_normal(&[5, 3], 713, DType::F64, dev)?;
     let opts = SolveOptions::default();
     let find = |e: candle_core::Error| SolverError::find(&e).cloned();
-    // The reverse solve needs an explicit adaptive method.
-    let bad = opts.clone().method(Method::Adams);
-    let e = odeint_independent_adjoint(&g, &y0, &times(), &opts, &bad).expect_err("adams");
-    assert!(matches!(find(e), Some(SolverError::InvalidOptions(_))));
+    // The reverse solve needs an explicit adaptive method, refused before any backward pass.
+    for bad in [
+        opts.clone().method(Method::Adams),
+        opts.clone().method(Method::Kvaerno5),
+        opts.clone().method(Method::Rk4).fixed_steps(10),
+    ] {
+        let e = odeint_independent_adjoint(&g, &y0, &times(), &opts, &bad).expect_err("refused");
+        assert!(
+            matches!(find(e), Some(SolverError::InvalidOptions(ref m)) if m.contains("reverse solve")),
+            "{bad:?}"
+        );
+    }
     // Parameters of another dtype than the state.
     let y32 = y0.to_dtype(DType::F32)?;
     let e = odeint_independent_adjoint(&g, &y32, &times(), &opts, &opts).expect_err("dtype");
