@@ -314,19 +314,27 @@ fn steady_child(mode: &str) -> Result<()> {
 }
 
 fn steady() -> Result<()> {
-    println!(
-        "\n## One gradient of an equilibrium model's steady state (batch 256, state 64, dy/dt = 0.2 MLP(y) − y, dopri5 at 1e-5)"
-    );
+    children(
+        "One gradient of an equilibrium model's steady state (batch 256, state 64, dy/dt = 0.2 MLP(y) − y, dopri5 at 1e-5)",
+        "steady-child",
+        &[
+            ("steady", "steady state, implicit function theorem"),
+            ("adjoint", "solve to t = 30, adjoint"),
+            ("direct", "solve to t = 30, backprop"),
+        ],
+    )
+}
+
+/// Runs each variant in a fresh process (`child` with its mode), which prints its peak RSS,
+/// forward and backward NFE and milliseconds, and tabulates them under `title`.
+fn children(title: &str, child: &str, modes: &[(&str, &str)]) -> Result<()> {
+    println!("\n## {title}");
     println!("| variant | NFE fwd | NFE bwd | ms | peak RSS above set-up (MiB) |");
     println!("|---|---:|---:|---:|---:|");
     let exe = std::env::current_exe().map_err(candle_core::Error::wrap)?;
-    for (mode, name) in [
-        ("steady", "steady state, implicit function theorem"),
-        ("adjoint", "solve to t = 30, adjoint"),
-        ("direct", "solve to t = 30, backprop"),
-    ] {
+    for (mode, name) in modes {
         let out = std::process::Command::new(&exe)
-            .args(["steady-child", mode])
+            .args([child, mode])
             .output()
             .map_err(candle_core::Error::wrap)?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -390,30 +398,14 @@ fn independent_child(mode: &str) -> Result<()> {
 }
 
 fn independent() -> Result<()> {
-    println!(
-        "\n## One gradient of a batch of independent problems (batch 256, state 64, MLP(y) − λ_b y, own end times, dopri5 at 1e-6)"
-    );
-    println!("| variant | NFE fwd | NFE bwd | ms | peak RSS above set-up (MiB) |");
-    println!("|---|---:|---:|---:|---:|");
-    let exe = std::env::current_exe().map_err(candle_core::Error::wrap)?;
-    for (mode, name) in [
-        ("adjoint", "odeint_independent_adjoint"),
-        ("direct", "backprop through odeint_independent"),
-    ] {
-        let out = std::process::Command::new(&exe)
-            .args(["independent-child", mode])
-            .output()
-            .map_err(candle_core::Error::wrap)?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: Vec<&str> = text.split_whitespace().collect();
-        if !out.status.success() || v.len() != 4 {
-            let err = String::from_utf8_lossy(&out.stderr);
-            println!("| {name} | failed: {} |", err.lines().last().unwrap_or(""));
-            continue;
-        }
-        println!("| {name} | {} | {} | {} | {} |", v[1], v[2], v[3], v[0]);
-    }
-    Ok(())
+    children(
+        "One gradient of a batch of independent problems (batch 256, state 64, MLP(y) − λ_b y, own end times, dopri5 at 1e-6)",
+        "independent-child",
+        &[
+            ("adjoint", "odeint_independent_adjoint"),
+            ("direct", "backprop through odeint_independent"),
+        ],
+    )
 }
 
 fn main() -> Result<()> {

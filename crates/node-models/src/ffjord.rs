@@ -415,14 +415,7 @@ impl JvpField for FfjordField {
     fn jvp(&self, t: f64, z: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         self.check(z)?;
         let b = z.dim(0)?;
-        let k = match v.dims() {
-            &[k, vb, vd] if vb == b && vd == self.config.dim && k > 0 => k,
-            other => candle_core::bail!(
-                "FFJORD: tangents must be [K ≥ 1, {b}, {}] for points {:?}, got {other:?}",
-                self.config.dim,
-                z.dims()
-            ),
-        };
+        let k = self.tangents(z, v)?;
         let last = self.layers.len() - 1;
         let (mut x, mut dx) = (z.clone(), v.reshape((k * b, self.config.dim))?);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -456,14 +449,7 @@ impl JvpField for FfjordField {
                 t.dims()
             );
         }
-        let k = match v.dims() {
-            &[k, vb, vd] if vb == b && vd == self.config.dim && k > 0 => k,
-            other => candle_core::bail!(
-                "FFJORD: tangents must be [K ≥ 1, {b}, {}] for points {:?}, got {other:?}",
-                self.config.dim,
-                z.dims()
-            ),
-        };
+        let k = self.tangents(z, v)?;
         let last = self.layers.len() - 1;
         let (mut x, mut dx) = (z.clone(), v.reshape((k * b, self.config.dim))?);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -491,6 +477,19 @@ impl JvpField for FfjordField {
 }
 
 impl FfjordField {
+    /// The number `K` of tangents `v: [K, B, D]` for the points `z: [B, D]`.
+    fn tangents(&self, z: &Tensor, v: &Tensor) -> Result<usize> {
+        let b = z.dim(0)?;
+        match v.dims() {
+            &[k, vb, vd] if vb == b && vd == self.config.dim && k > 0 => Ok(k),
+            other => candle_core::bail!(
+                "FFJORD: tangents must be [K ≥ 1, {b}, {}] for points {:?}, got {other:?}",
+                self.config.dim,
+                z.dims()
+            ),
+        }
+    }
+
     fn check(&self, z: &Tensor) -> Result<()> {
         if z.rank() != 2 || z.dim(1)? != self.config.dim {
             candle_core::bail!(

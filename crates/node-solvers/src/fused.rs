@@ -90,6 +90,22 @@ pub(crate) fn lincomb_rows(
     }
 }
 
+/// The contiguous CPU slices behind the read guards of `storage_and_layout`, or `None` when
+/// one is on another device or strided.
+fn cpu_slices<'a, T: WithDType, G: std::ops::Deref<Target = Storage>>(
+    guards: &'a [(G, &'a Layout)],
+) -> Result<Option<Vec<&'a [T]>>> {
+    let mut slices = Vec::with_capacity(guards.len());
+    for (storage, layout) in guards {
+        let (Storage::Cpu(cpu), Some((start, end))) = (&**storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        slices.push(&T::cpu_storage_as_slice(cpu)?[start..end]);
+    }
+    Ok(Some(slices))
+}
+
 fn combine_rows<T: WithDType>(
     all: &[&Tensor],
     has_base: bool,
@@ -98,14 +114,9 @@ fn combine_rows<T: WithDType>(
 ) -> Result<Option<Tensor>> {
     let like = all[0];
     let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(guards.len());
-    for (storage, layout) in &guards {
-        let (Storage::Cpu(cpu), Some((start, end))) = (&**storage, layout.contiguous_offsets())
-        else {
-            return Ok(None);
-        };
-        slices.push(&T::cpu_storage_as_slice(cpu)?[start..end]);
-    }
+    let Some(slices) = cpu_slices::<T, _>(&guards)? else {
+        return Ok(None);
+    };
     let n = slices[0].len();
     let len = n / rows;
     let (base, xs) = if has_base {
@@ -411,14 +422,9 @@ fn combine<T: WithDType>(
     let like = all[0];
     // Hold every read guard while the slices are in use.
     let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(guards.len());
-    for (storage, layout) in &guards {
-        let (Storage::Cpu(cpu), Some((start, end))) = (&**storage, layout.contiguous_offsets())
-        else {
-            return Ok(None);
-        };
-        slices.push(&T::cpu_storage_as_slice(cpu)?[start..end]);
-    }
+    let Some(slices) = cpu_slices::<T, _>(&guards)? else {
+        return Ok(None);
+    };
     let ws: Vec<f64> = terms.iter().map(|(w, _)| *w).collect();
     let out = combine_slices(&slices, has_base, &ws);
     drop(slices);

@@ -16,10 +16,11 @@
 //! choice of steps is not differentiated, as in every adaptive solve).
 
 use crate::error::SolverError;
-use crate::options::{Atol, ErrorNorm, SolveOptions, StepSize};
+use crate::options::{ErrorNorm, SolveOptions, StepSize};
 use crate::rk::read_to_host;
-use crate::solve::PreparedAtol;
-use crate::solve::{check_state, check_times, error_scale, Controller, StepEnd};
+use crate::solve::{
+    check_state, check_times, error_scale, prepare_atol_with, Controller, PreparedAtol, StepEnd,
+};
 use crate::tableau::ButcherTableau;
 use crate::VectorField;
 use candle_core::{DType, Device, Result, Shape, Tensor};
@@ -101,7 +102,8 @@ pub struct IndependentSolution {
     /// Evaluations of the field, each on the whole batch.
     pub nfe: usize,
     /// Reads back to the host: one per batch step (the error ratios), two to choose the
-    /// first steps (one when [`SolveOptions::first_step`] is given).
+    /// first steps (one when [`SolveOptions::first_step`] is given), and one to check a
+    /// per-component `atol`.
     pub host_reads: usize,
 }
 
@@ -172,7 +174,7 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
             host_reads: 0,
         });
     }
-    let atol = prepare_atol(&opts.atol, y0)?;
+    let atol = prepare_atol_with(&opts.atol, y0, &|t| ev.read(t))?;
     let control = Controller::new(opts)?;
     let mut s = Samples::new(&ts, &dirs);
     let mut y = y0.clone();
@@ -394,35 +396,6 @@ fn sample_times(ts: &[Vec<f64>], b: usize) -> Result<Vec<Vec<f64>>> {
         .into());
     }
     Ok(rows)
-}
-
-fn prepare_atol(atol: &Atol, y0: &Tensor) -> Result<PreparedAtol> {
-    Ok(match atol {
-        Atol::Scalar(a) => PreparedAtol::Scalar(*a),
-        Atol::PerComponent(t) => {
-            let t = t
-                .to_device(y0.device())?
-                .to_dtype(y0.dtype())?
-                .broadcast_as(y0.shape())
-                .map_err(|_| {
-                    SolverError::InvalidOptions(format!(
-                        "atol of shape {:?} does not broadcast to the state's shape {:?}",
-                        t.shape(),
-                        y0.shape()
-                    ))
-                })?
-                .contiguous()?;
-            let min = read_to_host(&t.flatten_all()?.min(0)?)?[0];
-            if !(min.is_finite() && min > 0.0) {
-                return Err(SolverError::InvalidTolerance {
-                    name: "atol",
-                    value: min,
-                }
-                .into());
-            }
-            PreparedAtol::Tensor(t)
-        }
-    })
 }
 
 /// `mean((x / scale)²)` over each sample's components: `[B]`.

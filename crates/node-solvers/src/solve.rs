@@ -440,6 +440,16 @@ pub(crate) fn prepare_atol<F: VectorField + ?Sized>(
     atol: &Atol,
     y0: &Tensor,
 ) -> Result<PreparedAtol> {
+    prepare_atol_with(atol, y0, &|t| ev.read(t))
+}
+
+/// [`prepare_atol`] with the read back to the host given: the tolerance of `y0`'s shape,
+/// dtype and device, a per-component one checked finite and positive (one read).
+pub(crate) fn prepare_atol_with(
+    atol: &Atol,
+    y0: &Tensor,
+    read: &dyn Fn(&Tensor) -> Result<Vec<f64>>,
+) -> Result<PreparedAtol> {
     match atol {
         Atol::Scalar(a) => Ok(PreparedAtol::Scalar(*a)),
         Atol::PerComponent(t) => {
@@ -455,7 +465,7 @@ pub(crate) fn prepare_atol<F: VectorField + ?Sized>(
                     ))
                 })?
                 .contiguous()?;
-            let min = ev.read(&t.flatten_all()?.min(0)?)?[0];
+            let min = read(&t.flatten_all()?.min(0)?)?[0];
             if !(min.is_finite() && min > 0.0) {
                 return Err(SolverError::InvalidTolerance {
                     name: "atol",

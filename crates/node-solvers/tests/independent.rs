@@ -375,8 +375,8 @@ fn options() -> Result<()> {
         .atol(atol)
         .first_step(1e-3);
     let sol = odeint_independent(&f, &y0, &sample_times(), &opts)?;
-    // One read to check y0 and f(y0), then one a step.
-    assert_eq!(sol.host_reads, sol.batch_steps + 1);
+    // One read to check the per-component atol, one to check y0 and f(y0), then one a step.
+    assert_eq!(sol.host_reads, sol.batch_steps + 2);
     for i in 0..4 {
         let one = alone(i, &opts, dev)?;
         assert_eq!(sol.samples[i].accepted_steps, one.stats.accepted_steps);
