@@ -18,11 +18,12 @@
 //! per stage to take theirs back out ([`BatchField::begin_step`], [`BatchField::end_step`]).
 
 use crate::adjoint::{check_param_list, flat_grad, flat_params, AdjointSolution, AdjointStats};
+use crate::field::ParamVectorField;
 use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Shape, Tensor, Var};
 use node_solvers::{
     odeint_independent, BatchField, ButcherTableau, IndependentSolution, SolveOptions, SolverError,
-    SolverStats, StepSize,
+    SolverStats, StepSize, TimeInvariant,
 };
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -61,6 +62,13 @@ impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> BatchField for WithBatchParams<F
 impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> ParamBatchField for WithBatchParams<F> {
     fn params(&self) -> Vec<Var> {
         self.params.clone()
+    }
+}
+
+/// A time-invariant [`ParamVectorField`] (evaluated at `t = 0`) has its parameters.
+impl<F: ParamVectorField> ParamBatchField for TimeInvariant<F> {
+    fn params(&self) -> Vec<Var> {
+        self.0.params()
     }
 }
 

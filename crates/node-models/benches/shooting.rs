@@ -5,7 +5,8 @@
 //! mean square error plus 10 × the mean square gap, its gradient to the field and the start
 //! states. Dopri5 at rtol 1e-5, atol 1e-6; f32. Single shooting is one solve over the whole
 //! series; multiple shooting cuts it into 20 segments of 10 intervals, solved in one batched
-//! solve (the segments side by side in the batch) or one by one. Backprop through the
+//! solve (the segments side by side in the batch; with one step for all, or each segment
+//! with its own steps: `independent`) or one by one. Backprop through the
 //! solver and the adjoint. One warm-up step, then `--reps` timed steps.
 //!
 //! `cargo bench -p node-models --bench shooting [-- --reps N] [--device cpu|cuda]`
@@ -52,6 +53,10 @@ fn main() -> Result<()> {
         (
             "20 segments, batched",
             MultipleShooting::new(10).batched(true),
+        ),
+        (
+            "20 segments, batched, each its own steps",
+            MultipleShooting::new(10).independent(true),
         ),
         ("20 segments, one by one", MultipleShooting::new(10)),
     ];

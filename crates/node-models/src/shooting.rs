@@ -20,8 +20,8 @@
 
 use crate::layers::{BlockStats, Gradient};
 use candle_core::{bail, Result, Tensor};
-use node_adjoint::ParamVectorField;
-use node_solvers::SolveOptions;
+use node_adjoint::{odeint_independent_adjoint, ParamVectorField};
+use node_solvers::{odeint_independent, SolveOptions, TimeInvariant};
 use std::ops::Range;
 
 /// How a series' observation times are cut into segments and how the segments are solved.
@@ -75,6 +75,13 @@ pub struct MultipleShooting {
     /// where the others' are below it; tighten the tolerances, or solve one by one, where that
     /// matters).
     pub batched: bool,
+    /// With [`MultipleShooting::batched`]: every row of the batched solve (each segment's
+    /// states) keeps its own steps and error control
+    /// ([`node_solvers::odeint_independent`]), so that each segment is solved to the
+    /// tolerance, as on its own, in the one solve; the field is evaluated at `t = 0`
+    /// ([`node_solvers::TimeInvariant`]). Differentiated by [`Gradient::Backprop`] or
+    /// [`Gradient::Adjoint`] ([`node_adjoint::odeint_independent_adjoint`]).
+    pub independent: bool,
 }
 
 impl MultipleShooting {
@@ -83,12 +90,21 @@ impl MultipleShooting {
         Self {
             intervals,
             batched: false,
+            independent: false,
         }
     }
 
     /// Sets [`MultipleShooting::batched`].
     pub fn batched(mut self, batched: bool) -> Self {
         self.batched = batched;
+        self
+    }
+
+    /// Sets [`MultipleShooting::independent`] (and, when `true`,
+    /// [`MultipleShooting::batched`]).
+    pub fn independent(mut self, independent: bool) -> Self {
+        self.independent = independent;
+        self.batched |= independent;
         self
     }
 
@@ -204,8 +220,13 @@ impl MultipleShooting {
             let mut dims = y0.dims().to_vec();
             let (group, batch) = (dims[0], dims[1]);
             let merged = [&[group * batch][..], &dims[2..]].concat();
-            let (y, st) =
-                gradient.solve(f, &y0.reshape(merged)?, &ts[segments[0].clone()], opts)?;
+            let times = &ts[segments[0].clone()];
+            let y0 = y0.reshape(merged)?;
+            let (y, st) = if self.independent {
+                solve_independent(f, &y0, times, opts, gradient)?
+            } else {
+                gradient.solve(f, &y0, times, opts)?
+            };
             dims.insert(0, y.dim(0)?);
             let y = y.reshape(dims)?;
             for (j, &i) in together.iter().enumerate() {
@@ -237,6 +258,47 @@ impl MultipleShooting {
             stats,
         })
     }
+}
+
+/// The rows of `y0` solved as independent problems on `ts`, the field at `t = 0`.
+fn solve_independent<F>(
+    f: &F,
+    y0: &Tensor,
+    ts: &[f64],
+    opts: &SolveOptions,
+    gradient: &Gradient,
+) -> Result<(Tensor, BlockStats)>
+where
+    F: ParamVectorField + Clone + Send + Sync + 'static,
+{
+    let field = TimeInvariant(f.clone());
+    let rows = [ts.to_vec()];
+    Ok(match gradient {
+        Gradient::Backprop => {
+            let sol = odeint_independent(&field, y0, &rows, opts)?;
+            let stats = BlockStats {
+                nfe_forward: sol.nfe,
+                explicit_nfe_forward: 0,
+                adjoint: None,
+            };
+            (sol.ys, stats)
+        }
+        Gradient::Adjoint(a) => {
+            let span = (ts[ts.len() - 1] - ts[0]).abs();
+            let reverse = a.reverse_solve_options(opts, span);
+            let sol = odeint_independent_adjoint(&field, y0, &rows, opts, &reverse)?;
+            let stats = BlockStats {
+                nfe_forward: sol.stats.forward().nfe,
+                explicit_nfe_forward: 0,
+                adjoint: Some(sol.stats),
+            };
+            (sol.ys, stats)
+        }
+        other => bail!(
+            "multiple shooting: independent segments are differentiated by backprop or the \
+             adjoint, not {other:?}"
+        ),
+    })
 }
 
 /// The segments' solutions.

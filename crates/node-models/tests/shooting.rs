@@ -307,3 +307,102 @@ candle_core::test_device!(
     single_segment_metal
 );
 candle_core::test_device!(errors_case, errors_cpu, errors_cuda, errors_metal);
+
+/// Independent segments (`independent(true)`): each of the batched segments keeps its own
+/// steps, so the adaptive solve gives the values of the segments solved one by one (a
+/// shared step does not: one step sequence for all), in the same two solves as `batched`;
+/// the adjoint's gradients are backprop's; checkpointing is refused.
+fn independent_case(dev: &Device) -> Result<()> {
+    let ts: Vec<f64> = (0..11).map(|i| 0.3 * i as f64).collect();
+    let target = Tensor::stack(
+        &ts.iter()
+            .map(|&t| Tensor::new(&[[(2.0 * t).cos(), t.sin()]], dev))
+            .collect::<candle_core::Result<Vec<_>>>()?,
+        0,
+    )?;
+    let opts = SolveOptions::default().tolerances(1e-7, 1e-9);
+    let a = matrix(dev)?;
+    let run = |ms: &MultipleShooting, gradient: &Gradient| -> Result<(Tensor, usize, Vec<f64>)> {
+        let starts = Var::from_tensor(&ms.starts_from(&target)?.affine(0.9, 0.1)?)?;
+        let sol = ms.solve(&linear(&a), &starts, &ts, &opts, gradient)?;
+        let l = loss(ms, &a, &starts, &ts, &target, &opts, gradient)?;
+        let grads = l.backward()?;
+        let mut flat = grads
+            .get(&a)
+            .expect("dL/dA")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        flat.extend(
+            grads
+                .get(&starts)
+                .expect("dL/dstarts")
+                .flatten_all()?
+                .to_vec1::<f64>()?,
+        );
+        Ok((sol.ys, sol.stats.len(), flat))
+    };
+    let (seq, n_seq, g_seq) = run(&MultipleShooting::new(3), &Gradient::Backprop)?;
+    let ind = MultipleShooting::new(3).independent(true);
+    assert!(ind.batched);
+    let (ys, n, g) = run(&ind, &Gradient::Backprop)?;
+    let (shared, _, _) = run(&MultipleShooting::new(3).batched(true), &Gradient::Backprop)?;
+    assert_eq!(
+        (n_seq, n),
+        (4, 2),
+        "four segments; three together, the last alone"
+    );
+    let d = max_abs(&(&ys - &seq)?)?;
+    assert!(d < 1e-14, "independent against one by one: {d:e}");
+    let d_shared = max_abs(&(&shared - &seq)?)?;
+    assert!(
+        d_shared > 1e-12,
+        "a shared step gives other values: {d_shared:e}"
+    );
+    let scale = g_seq.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for (x, y) in g.iter().zip(&g_seq) {
+        assert!((x - y).abs() <= 1e-10 * scale, "backprop: {x} vs {y}");
+    }
+    let adjoint = Gradient::Adjoint(AdjointOptions::default().tolerances(1e-10, 1e-12));
+    let tight = SolveOptions::default().tolerances(1e-10, 1e-12);
+    let grads = |gradient: &Gradient| -> Result<Vec<f64>> {
+        let starts = Var::from_tensor(&ind.starts_from(&target)?.affine(0.9, 0.1)?)?;
+        let grads = loss(&ind, &a, &starts, &ts, &target, &tight, gradient)?.backward()?;
+        let mut flat = grads
+            .get(&a)
+            .expect("dL/dA")
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        flat.extend(
+            grads
+                .get(&starts)
+                .expect("dL/dstarts")
+                .flatten_all()?
+                .to_vec1::<f64>()?,
+        );
+        Ok(flat)
+    };
+    let (ga, gb) = (grads(&adjoint)?, grads(&Gradient::Backprop)?);
+    let scale = gb.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for (x, y) in ga.iter().zip(&gb) {
+        assert!((x - y).abs() <= 1e-6 * scale, "adjoint: {x} vs {y}");
+    }
+    let starts = ind.starts_from(&target)?;
+    let err = ind
+        .solve(
+            &linear(&a),
+            &starts,
+            &ts,
+            &opts,
+            &Gradient::Checkpoint(CheckpointOptions::default()),
+        )
+        .expect_err("checkpointing");
+    assert!(err.to_string().contains("backprop or the adjoint"), "{err}");
+    Ok(())
+}
+
+candle_core::test_device!(
+    independent_case,
+    independent_cpu,
+    independent_cuda,
+    independent_metal
+);
