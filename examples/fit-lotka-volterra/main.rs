@@ -81,6 +81,11 @@ struct Args {
     /// depend on t and the observations are evenly spaced, so the full segments batch).
     #[arg(long)]
     sequential: bool,
+    /// Keep each segment's own steps and error control in the one batched solve
+    /// (`MultipleShooting::independent`): the fit of `--sequential`, in one solve. With
+    /// `--gradient adjoint` or `backprop`.
+    #[arg(long)]
+    independent: bool,
     /// Adam iterations (in total, counting resumed ones); default 1000 for the rates, 2000
     /// for the network.
     #[arg(long)]
@@ -226,6 +231,12 @@ fn main() -> Result<ExitCode> {
     if args.stop_after_steps == Some(0) {
         bail!("--stop-after-steps must be positive");
     }
+    if args.independent && args.sequential {
+        bail!("--independent is a batched solve: not with --sequential");
+    }
+    if args.independent && !matches!(args.gradient, GradientArg::Adjoint | GradientArg::Backprop) {
+        bail!("--independent takes --gradient adjoint or backprop");
+    }
     if args.guess.len() != 4 {
         bail!(
             "--guess needs 4 factors, one per rate, got {}",
@@ -262,7 +273,8 @@ fn main() -> Result<ExitCode> {
         ShootingArg::Multiple => args.intervals,
         ShootingArg::Single => n - 1,
     })
-    .batched(!args.sequential);
+    .batched(!args.sequential)
+    .independent(args.independent);
     let targets = shooting.gather(&observed)?;
 
     // Trained: the rates' log-factors (or the network) and the segments' start states, these

@@ -86,6 +86,17 @@ fn multiple_shooting_finds_the_rates_single_shooting_does_not() -> Result<()> {
     }
     // One batched solve against twenty.
     assert!(metric(sequential.path(), "nfe")[0] > 5.0 * metric(multiple.path(), "nfe")[0]);
+    // Each segment with its own steps in the one batched solve: the one-by-one fit, bit for
+    // bit (each segment's floats are those of its solve alone).
+    let independent = tmp("independent");
+    ok(&fit(independent.path(), &["--independent"]));
+    for rate in ["alpha", "beta", "gamma", "delta"] {
+        assert_eq!(
+            metric(independent.path(), rate),
+            metric(sequential.path(), rate),
+            "{rate}"
+        );
+    }
 
     // Single shooting from the same guess settles far from the truth: measured, rates off
     // by 26–35% and a rollout RMSE of 1.69
@@ -206,6 +217,11 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         (&["--guess", "1,1,1"], "needs 4 factors"),
         (&["--t-end", "0"], "must be positive"),
         (&["--model", "neural", "--width", "0"], "must be positive"),
+        (&["--independent", "--sequential"], "not with --sequential"),
+        (
+            &["--independent", "--gradient", "checkpoint"],
+            "--gradient adjoint or backprop",
+        ),
     ] {
         fails_saying(&fit(fresh.path(), bad), says);
     }
