@@ -16,6 +16,7 @@
 //! choice of steps is not differentiated, as in every adaptive solve).
 
 use crate::error::SolverError;
+use crate::independent_event::{BatchWatch, Located};
 use crate::options::{ErrorNorm, SolveOptions, StepSize};
 use crate::rk::read_to_host;
 use crate::solve::{
@@ -154,6 +155,21 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
     let tab = check_method(opts)?;
     let b = batch_size(y0)?;
     let ts = sample_times(ts, b)?;
+    run(f, y0, ts, opts, tab, None)
+}
+
+/// The solve loop of [`odeint_independent`], with the options and `ts` checked, watching an
+/// event function per sample when `watch` is given (a sample whose event is found stops
+/// there, its state filed as its last output).
+pub(crate) fn run<F: BatchField + ?Sized>(
+    f: &F,
+    y0: &Tensor,
+    ts: Vec<Vec<f64>>,
+    opts: &SolveOptions,
+    tab: &ButcherTableau,
+    mut watch: Option<&mut BatchWatch<'_>>,
+) -> Result<IndependentSolution> {
+    let b = ts.len();
     let dirs = ts
         .iter()
         .enumerate()
@@ -177,6 +193,9 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
     let atol = prepare_atol_with(&opts.atol, y0, &|t| ev.read(t))?;
     let control = Controller::new(opts)?;
     let mut s = Samples::new(&ts, &dirs);
+    if let Some(w) = watch.as_deref_mut() {
+        w.start(&ev, &s.t, y0)?;
+    }
     let mut y = y0.clone();
     let mut f0 = ev.eval(&s.t, &y)?;
     s.h = first_steps(&ev, &s, &y, &f0, opts, &atol, tab.error_exponent())?;
@@ -212,7 +231,17 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
         f.begin_step(&s.t, &hs, &y)?;
         let step = ev.step(tab, &s.t, &t1, &hs, &y, &f0)?;
         let scale = error_scale(&y, Some(&step.y1), opts.rtol, &atol)?;
-        let ratios = ev.read(&per_sample_rms_sq(&step.err, &scale)?)?;
+        let ratios_sq = per_sample_rms_sq(&step.err, &scale)?;
+        // With events, g(t1, y1) comes back with the error ratios: still one read a step.
+        let (ratios, g1) = match watch.as_deref() {
+            None => (ev.read(&ratios_sq)?, Vec::new()),
+            Some(w) => {
+                let g1 = w.values(&ev, &t1, &step.y1)?;
+                let mut all = ev.read(&Tensor::cat(&[ratios_sq.to_dtype(DType::F64)?, g1], 0)?)?;
+                let g1 = all.split_off(b);
+                (all, g1)
+            }
+        };
         let mut accepted = vec![false; b];
         for i in 0..b {
             let Some(end) = &ends[i] else { continue };
@@ -244,11 +273,18 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
         }
         let mask = ev.mask(&accepted)?;
         let y_new = mask.where_cond(&step.y1, &y)?;
+        // The elements of g whose sign changed in each accepted sample's step: that sample
+        // stops at the first of them.
+        let crossings = match watch.as_deref() {
+            Some(w) => w.crossings(&accepted, &t1, &g1)?,
+            None => vec![Vec::new(); b],
+        };
+        let any_crossing = crossings.iter().any(|c| !c.is_empty());
         // Outputs in (t, t1] of the accepted samples.
         let wanted: Vec<Vec<f64>> = (0..b)
             .map(|i| {
                 let mut v = Vec::new();
-                if accepted[i] {
+                if accepted[i] && crossings[i].is_empty() {
                     while s.next[i] + v.len() < n_out
                         && (ts[i][s.next[i] + v.len()] - t1[i]) * dirs[i] <= 0.0
                     {
@@ -258,8 +294,11 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
                 v
             })
             .collect();
-        let finished = (0..b)
-            .all(|i| s.next[i] >= n_out || (accepted[i] && s.next[i] + wanted[i].len() >= n_out));
+        let finished = (0..b).all(|i| {
+            s.next[i] >= n_out
+                || (accepted[i]
+                    && (!crossings[i].is_empty() || s.next[i] + wanted[i].len() >= n_out))
+        });
         let any_output = wanted.iter().any(|v| !v.is_empty());
         let mut t_new = s.t.clone();
         for i in 0..b {
@@ -272,24 +311,38 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
         let needs_f1 = !tab.is_fsal() && matches!(tab.interpolant, crate::Interpolant::Hermite);
         let f_new = if tab.is_fsal() {
             Some(mask.where_cond(&step.k[tab.stages() - 1], &f0)?)
-        } else if !finished || (any_output && needs_f1) {
+        } else if !finished || ((any_output || any_crossing) && needs_f1) {
             Some(ev.eval(&t_new, &y_new)?)
         } else {
             None
         };
-        if any_output {
-            out.emit(
+        if let (true, Some(w)) = (any_crossing, watch.as_deref_mut()) {
+            let dense = DenseStep {
                 tab,
-                &s.t,
-                &t1,
-                &hs,
-                &y,
-                &step,
-                f_new.as_ref(),
-                &wanted,
-                &mut s.next,
-                &ev,
-            )?;
+                t: &s.t,
+                t1: &t1,
+                hs: &hs,
+                y: &y,
+                step: &step,
+                f1: f_new.as_ref(),
+            };
+            let located = w.locate(&ev, &dense, &crossings, &g1)?;
+            out.file(located, &mut s.next);
+        }
+        if let Some(w) = watch.as_deref_mut() {
+            w.advance(&accepted, &g1);
+        }
+        if any_output {
+            let dense = DenseStep {
+                tab,
+                t: &s.t,
+                t1: &t1,
+                hs: &hs,
+                y: &y,
+                step: &step,
+                f1: f_new.as_ref(),
+            };
+            out.emit(&dense, &wanted, &mut s.next, &ev)?;
         }
         s.t = t_new;
         y = y_new;
@@ -330,11 +383,11 @@ impl Samples {
     }
 }
 
-fn in_sample(e: SolverError, i: usize) -> candle_core::Error {
+pub(crate) fn in_sample(e: SolverError, i: usize) -> candle_core::Error {
     candle_core::Error::from(e).context(format!("sample {i}"))
 }
 
-fn check_method(opts: &SolveOptions) -> Result<&'static ButcherTableau> {
+pub(crate) fn check_method(opts: &SolveOptions) -> Result<&'static ButcherTableau> {
     let tab = opts.method.runge_kutta("odeint_independent")?;
     let refuse = |why: String| Err(SolverError::InvalidOptions(why).into());
     if tab.is_implicit() || tab.is_rosenbrock() || tab.is_imex() {
@@ -364,7 +417,7 @@ fn check_method(opts: &SolveOptions) -> Result<&'static ButcherTableau> {
     Ok(tab)
 }
 
-fn batch_size(y0: &Tensor) -> Result<usize> {
+pub(crate) fn batch_size(y0: &Tensor) -> Result<usize> {
     match y0.dims().first() {
         Some(&b) if b > 0 => Ok(b),
         _ => Err(SolverError::InvalidOptions(format!(
@@ -376,7 +429,7 @@ fn batch_size(y0: &Tensor) -> Result<usize> {
 }
 
 /// One row of output times per sample: `ts` itself, or its one row repeated.
-fn sample_times(ts: &[Vec<f64>], b: usize) -> Result<Vec<Vec<f64>>> {
+pub(crate) fn sample_times(ts: &[Vec<f64>], b: usize) -> Result<Vec<Vec<f64>>> {
     let rows = match ts.len() {
         1 => vec![ts[0].clone(); b],
         n if n == b => ts.to_vec(),
@@ -466,24 +519,36 @@ fn first_steps<F: BatchField + ?Sized>(
 }
 
 /// The stages, the propagated states and the error estimate of one batch step.
-struct BatchStep {
+pub(crate) struct BatchStep {
     k: Vec<Tensor>,
-    y1: Tensor,
+    pub(crate) y1: Tensor,
     err: Tensor,
 }
 
+/// A batch step with what its dense output needs: from `t` to `t1` (`h = t1 − t`) from `y`,
+/// and `f(t1, y1)` where the method's interpolant uses it.
+pub(crate) struct DenseStep<'a> {
+    pub(crate) tab: &'a ButcherTableau,
+    pub(crate) t: &'a [f64],
+    pub(crate) t1: &'a [f64],
+    pub(crate) hs: &'a [f64],
+    pub(crate) y: &'a Tensor,
+    pub(crate) step: &'a BatchStep,
+    pub(crate) f1: Option<&'a Tensor>,
+}
+
 /// The field with its counts, and the batch's shapes for per-sample columns.
-struct Evaluator<'a, F: ?Sized> {
+pub(crate) struct Evaluator<'a, F: ?Sized> {
     f: &'a F,
-    shape: Shape,
-    dtype: DType,
-    device: Device,
-    nfe: Cell<usize>,
-    reads: Cell<usize>,
+    pub(crate) shape: Shape,
+    pub(crate) dtype: DType,
+    pub(crate) device: Device,
+    pub(crate) nfe: Cell<usize>,
+    pub(crate) reads: Cell<usize>,
 }
 
 impl<'a, F: BatchField + ?Sized> Evaluator<'a, F> {
-    fn new(f: &'a F, y0: &Tensor) -> Self {
+    pub(crate) fn new(f: &'a F, y0: &Tensor) -> Self {
         Self {
             f,
             shape: y0.shape().clone(),
@@ -495,7 +560,7 @@ impl<'a, F: BatchField + ?Sized> Evaluator<'a, F> {
     }
 
     /// `f(t, y)` at the samples' times `t`, its shape checked.
-    fn eval(&self, t: &[f64], y: &Tensor) -> Result<Tensor> {
+    pub(crate) fn eval(&self, t: &[f64], y: &Tensor) -> Result<Tensor> {
         let tt = Tensor::from_slice(t, t.len(), &self.device)?.to_dtype(self.dtype)?;
         let k = self.f.eval(&tt, y)?;
         self.nfe.set(self.nfe.get() + 1);
@@ -520,13 +585,13 @@ impl<'a, F: BatchField + ?Sized> Evaluator<'a, F> {
         Ok(k)
     }
 
-    fn read(&self, t: &Tensor) -> Result<Vec<f64>> {
+    pub(crate) fn read(&self, t: &Tensor) -> Result<Vec<f64>> {
         self.reads.set(self.reads.get() + 1);
         read_to_host(t)
     }
 
     /// Per-sample values as a `[B, 1, …, 1]` column that broadcasts against the state.
-    fn column(&self, v: &[f64]) -> Result<Tensor> {
+    pub(crate) fn column(&self, v: &[f64]) -> Result<Tensor> {
         let mut dims = vec![1; self.shape.rank()];
         dims[0] = v.len();
         Tensor::from_slice(v, v.len(), &self.device)?
@@ -534,8 +599,15 @@ impl<'a, F: BatchField + ?Sized> Evaluator<'a, F> {
             .reshape(dims)
     }
 
+    /// A `[B]` tensor as a `[B, 1, …, 1]` column that broadcasts against the state.
+    pub(crate) fn column_of(&self, v: &Tensor) -> Result<Tensor> {
+        let mut dims = vec![1; self.shape.rank()];
+        dims[0] = self.shape.dims()[0];
+        v.reshape(dims)
+    }
+
     /// A state-shaped mask: the rows of the samples where `on` holds.
-    fn mask(&self, on: &[bool]) -> Result<Tensor> {
+    pub(crate) fn mask(&self, on: &[bool]) -> Result<Tensor> {
         let v: Vec<u8> = on.iter().map(|&a| u8::from(a)).collect();
         let mut dims = vec![1; self.shape.rank()];
         dims[0] = v.len();
@@ -579,6 +651,45 @@ impl<'a, F: BatchField + ?Sized> Evaluator<'a, F> {
             .zip(k)
             .map(|(c, kj)| (hs.iter().map(|h| h * c).collect(), kj))
             .collect()
+    }
+
+    /// The dense output of `d`'s step for each sample at its time `at[i]` in `(t, t1]`
+    /// (`t1` itself exactly); the rows of the samples without one are `y`'s.
+    pub(crate) fn dense(&self, d: &DenseStep<'_>, at: &[Option<f64>]) -> Result<Tensor> {
+        let b = at.len();
+        let s = d.tab.stages();
+        // Weights `h_b w_j(θ_b)` per stage (and for f1), one per sample.
+        let mut w = vec![vec![0.0; b]; s + 1];
+        let mut at_end = vec![false; b];
+        let mut buf = vec![0.0; s + 1];
+        for (i, a) in at.iter().enumerate() {
+            let Some(tn) = *a else { continue };
+            if tn == d.t1[i] {
+                at_end[i] = true;
+                continue;
+            }
+            d.tab.dense_weights((tn - d.t[i]) / d.hs[i], &mut buf);
+            for (j, wj) in buf.iter().enumerate() {
+                w[j][i] = d.hs[i] * wj;
+            }
+        }
+        let f1_used = w[s].iter().any(|&x| x != 0.0);
+        let f1 = match (f1_used, d.f1) {
+            (false, _) => None,
+            (true, Some(f1)) => Some(f1),
+            (true, None) => candle_core::bail!("dense output: f(t1, y1) is needed and missing"),
+        };
+        let extra = w.pop().unwrap_or_default();
+        let mut terms: Vec<(Vec<f64>, &Tensor)> = w.into_iter().zip(&d.step.k).collect();
+        if let Some(f1) = f1 {
+            terms.push((extra, f1));
+        }
+        let interp = self.combine(Some(d.y), &terms)?;
+        if at_end.iter().any(|&e| e) {
+            self.mask(&at_end)?.where_cond(&d.step.y1, &interp)
+        } else {
+            Ok(interp)
+        }
     }
 
     /// One explicit Runge–Kutta step of every sample: from `t` to `t1` (`h = t1 − t`, zero
@@ -642,69 +753,36 @@ impl Outputs {
 
     /// The dense output of the accepted samples at their `wanted` times in `(t, t1]` (the
     /// step's end itself exactly), filed under their next output indices.
-    #[allow(clippy::too_many_arguments)]
     fn emit<F: BatchField + ?Sized>(
         &mut self,
-        tab: &ButcherTableau,
-        t: &[f64],
-        t1: &[f64],
-        hs: &[f64],
-        y: &Tensor,
-        step: &BatchStep,
-        f1: Option<&Tensor>,
+        dense: &DenseStep<'_>,
         wanted: &[Vec<f64>],
         next: &mut [usize],
         ev: &Evaluator<'_, F>,
     ) -> Result<()> {
-        let b = t.len();
-        let s = tab.stages();
         let rounds = wanted.iter().map(Vec::len).max().unwrap_or(0);
         for r in 0..rounds {
-            // Weights `h_b w_j(θ_b)` per stage (and for f1), one per sample; zero where a
-            // sample has no r-th output in this step (its row is not filed).
-            let mut w = vec![vec![0.0; b]; s + 1];
-            let mut at_end = vec![false; b];
-            let mut buf = vec![0.0; s + 1];
-            for i in 0..b {
-                let Some(&tn) = wanted[i].get(r) else {
-                    continue;
-                };
-                if tn == t1[i] {
-                    at_end[i] = true;
-                    continue;
-                }
-                tab.dense_weights((tn - t[i]) / hs[i], &mut buf);
-                for (j, wj) in buf.iter().enumerate() {
-                    w[j][i] = hs[i] * wj;
-                }
-            }
-            let f1_used = w[s].iter().any(|&x| x != 0.0);
-            let f1 = match (f1_used, f1) {
-                (false, _) => None,
-                (true, Some(f1)) => Some(f1),
-                (true, None) => candle_core::bail!("dense output: f(t1, y1) is needed and missing"),
-            };
-            let extra = w.pop().unwrap_or_default();
-            let mut terms: Vec<(Vec<f64>, &Tensor)> = w.into_iter().zip(&step.k).collect();
-            if let Some(f1) = f1 {
-                terms.push((extra, f1));
-            }
-            let interp = ev.combine(Some(y), &terms)?;
-            let piece = if at_end.iter().any(|&e| e) {
-                ev.mask(&at_end)?.where_cond(&step.y1, &interp)?
-            } else {
-                interp
-            };
+            let at: Vec<Option<f64>> = wanted.iter().map(|w| w.get(r).copied()).collect();
             let p = self.pieces.len();
-            self.pieces.push(piece);
-            for i in 0..b {
-                if wanted[i].get(r).is_some() {
+            self.pieces.push(ev.dense(dense, &at)?);
+            for (i, a) in at.iter().enumerate() {
+                if a.is_some() {
                     self.slot[next[i]][i] = p;
                     next[i] += 1;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Files each found event's state as its sample's next output, which ends the sample.
+    fn file(&mut self, located: Located, next: &mut [usize]) {
+        let base = self.pieces.len();
+        self.pieces.extend(located.pieces);
+        for &(i, p) in &located.found {
+            self.slot[next[i]][i] = base + p;
+            next[i] = self.slot.len();
+        }
     }
 
     /// `[T, B, …]`: one gather from the pieces.

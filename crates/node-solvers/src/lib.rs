@@ -12,6 +12,7 @@ mod fused;
 pub mod hyper;
 mod implicit;
 pub mod independent;
+pub mod independent_event;
 pub mod method;
 pub mod options;
 pub mod problems;
@@ -38,6 +39,10 @@ pub use field::{Split, VectorField, WithJacobian};
 pub use hyper::{hyper_residuals, odeint_hyper, Correction, Residuals};
 pub use independent::{
     odeint_independent, BatchField, IndependentSolution, SampleStats, TimeInvariant,
+};
+pub use independent_event::{
+    independent_event_gradients, locate_independent_event, odeint_independent_event,
+    BatchEventFunction, IndependentEventSolution, LocatedIndependentEvent,
 };
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};

@@ -1,0 +1,672 @@
+//! `odeint_independent_event`: a batch of independent problems, each solved until its own
+//! event.
+//!
+//! [`crate::odeint_event`] stops a whole solve at the first crossing anywhere in its state:
+//! on a batch, the first sample to hit its surface stops them all. Here every sample (a row
+//! of the state's leading dimension) has its own time span, steps ([`crate::odeint_independent`])
+//! and event: the solve watches the sign of each sample's row of `g(t, y)` after each of its
+//! accepted steps, locates a crossing on that sample's dense output, and stops that sample
+//! there while the others go on. A batch of bouncing balls dropped from different heights
+//! lands each at its own time in one batched solve.
+//!
+//! `g(t1, y1)` comes back with the step's error ratios, so a step still reads the device
+//! once; locating reads once per iteration, for every sample that is locating at once.
+//! Each event time is differentiable by the implicit function theorem, sample by sample, as
+//! in [`crate::event`]: [`independent_event_gradients`].
+
+use crate::error::SolverError;
+use crate::event::{Crossing, EventOptions};
+use crate::independent::{
+    batch_size, check_method, in_sample, run, BatchField, DenseStep, Evaluator, SampleStats,
+};
+use crate::options::SolveOptions;
+use crate::solve::check_state;
+use candle_core::{DType, Result, Tensor, Var};
+
+/// An event function over a batch of independent problems: `g(t, y)` with `y` of shape
+/// `[B, …]` and `t` of shape `[B]` (each sample's own time, in `y`'s dtype), returning a
+/// float tensor of shape `[B]` or `[B, …]` on `y`'s device: each sample's row holds its
+/// conditions (the sample stops at the first crossing of zero of any of them), and may depend
+/// only on `t[b]` and `y[b]`. The number of conditions per sample must not change during a
+/// solve.
+///
+/// Any closure `Fn(&Tensor, &Tensor) -> Result<Tensor>` is one. To be differentiated, it must
+/// be built from Candle ops on `y` (and its own parameters, which then receive gradients).
+pub trait BatchEventFunction {
+    /// Evaluates `g(t, y)`.
+    fn eval(&self, t: &Tensor, y: &Tensor) -> Result<Tensor>;
+}
+
+impl<G> BatchEventFunction for G
+where
+    G: Fn(&Tensor, &Tensor) -> Result<Tensor>,
+{
+    fn eval(&self, t: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self(t, y)
+    }
+}
+
+/// Where each sample of [`locate_independent_event`] stopped, before the event times are made
+/// differentiable.
+#[derive(Clone, Debug)]
+pub struct LocatedIndependentEvent {
+    /// Each sample's event time, or the end of its span when it had none.
+    pub t: Vec<f64>,
+    /// The states at those times, `[B, …]` (differentiable by backprop through the solver,
+    /// the times held fixed).
+    pub y: Tensor,
+    /// Which of each sample's conditions (in its row's flattened order) crossed zero; `None`
+    /// for a sample that reached the end of its span first.
+    pub event: Vec<Option<usize>>,
+    /// Each sample's steps.
+    pub samples: Vec<SampleStats>,
+    /// Steps of the batch (see [`crate::IndependentSolution::batch_steps`]).
+    pub batch_steps: usize,
+    /// Evaluations of the field, each on the whole batch.
+    pub nfe: usize,
+    /// Reads back to the host: those of [`crate::odeint_independent`] (each step's read
+    /// brings `g` back with the error ratios), one of `g(t0, y0)` and one per iteration that
+    /// locates crossings (for all the samples locating in that step at once).
+    pub host_reads: usize,
+}
+
+/// The result of [`odeint_independent_event`].
+#[derive(Clone, Debug)]
+pub struct IndependentEventSolution {
+    /// Each sample's event time, or the end of its span when it had none.
+    pub t: Vec<f64>,
+    /// `t` as a tensor of shape `[B]` (the state's dtype and device) that carries each event
+    /// time's gradient (to `y0`, the field's and the event function's parameters); constant
+    /// for the samples without an event.
+    pub time: Tensor,
+    /// The states at `t`, `[B, …]`, differentiable, their gradients including the event
+    /// times' dependence.
+    pub y: Tensor,
+    /// Which of each sample's conditions crossed zero; `None` for a sample without an event.
+    pub event: Vec<Option<usize>>,
+    /// Each sample's steps.
+    pub samples: Vec<SampleStats>,
+    /// Steps of the batch.
+    pub batch_steps: usize,
+    /// Evaluations of the field, the gradient's one included.
+    pub nfe: usize,
+    /// Reads back to the host: those of [`LocatedIndependentEvent::host_reads`], and one for
+    /// the gradients' rates when they are needed.
+    pub host_reads: usize,
+}
+
+/// Solves a batch of independent problems `dy/dt = f(t, y)` (the rows of `y0`), each from its
+/// own start time towards its own end time and with its own steps, as
+/// [`crate::odeint_independent`], and stops each sample where its row of `g(t, y)` first
+/// crosses zero (as [`crate::odeint_event`] would on that sample alone).
+///
+/// `spans` holds one `[t0, t_max]` per sample, or one that every sample shares (each in
+/// either direction). The event semantics are [`crate::odeint_event`]'s, per sample: a
+/// condition exactly zero at `t0` starts watching once it becomes non-zero; the returned time
+/// is the last one located on the side the crossing starts from, within
+/// `ev_opts.time_tol`; two crossings of one condition within one step cancel (`max_step`
+/// bounds what can be missed). A sample that stops rides along the batch's later steps
+/// unchanged.
+///
+/// Gradients flow into [`IndependentEventSolution::time`] and
+/// [`IndependentEventSolution::y`] by backprop through the solver and through each event time
+/// by the implicit function theorem ([`independent_event_gradients`]); for constant memory,
+/// `node_adjoint::odeint_independent_event_adjoint` solves the same problem with the
+/// adjoint.
+///
+/// # Shapes
+/// - `y0`: `[B, …]`; `f(t, y)`: `y`'s shape, `t` of shape `[B]`; `g(t, y)`: `[B]` or
+///   `[B, …]`.
+/// - result: `time` `[B]`, `y` `[B, …]`.
+///
+/// # Errors
+/// Those of [`crate::odeint_independent`] (explicit adaptive methods only; a sample's step
+/// underflow, non-finite state or too many steps, naming the sample);
+/// [`SolverError::InvalidTimes`] for a wrong number of spans or an empty one;
+/// [`SolverError::OutputMismatch`] for an event function whose output has no batch dimension
+/// of `B`, no condition, a changing number of them, another device or an integer dtype;
+/// [`SolverError::NonFinite`] if a sample's `g` is NaN or infinite at its start or after an
+/// accepted step; and [`SolverError::EventNotTransversal`] when gradients are needed but a
+/// sample's `g` does not change along its solution at its event.
+///
+/// # Example
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use node_solvers::{odeint_independent_event, EventOptions, SolveOptions};
+/// # fn main() -> candle_core::Result<()> {
+/// // Balls dropped from 1, 2 and 5 m: y = [height, velocity], each lands at √(2·h/9.81).
+/// let dev = Device::Cpu;
+/// let field = |_t: &Tensor, y: &Tensor| {
+///     let v = y.narrow(1, 1, 1)?;
+///     Tensor::cat(&[v.clone(), (v.zeros_like()? - 9.81)?], 1)
+/// };
+/// let height = |_t: &Tensor, y: &Tensor| y.narrow(1, 0, 1);
+/// let y0 = Tensor::new(&[[1.0f64, 0.0], [2.0, 0.0], [5.0, 0.0]], &dev)?;
+/// let sol = odeint_independent_event(
+///     &field,
+///     &y0,
+///     &[[0.0, 10.0]],
+///     &height,
+///     &SolveOptions::default(),
+///     &EventOptions::default(),
+/// )?;
+/// for (t, h) in sol.t.iter().zip([1.0f64, 2.0, 5.0]) {
+///     assert!((t - (2.0 * h / 9.81).sqrt()).abs() < 1e-10);
+/// }
+/// assert_eq!(sol.event, vec![Some(0); 3]);
+/// # Ok(()) }
+/// ```
+pub fn odeint_independent_event<F, G>(
+    f: &F,
+    y0: &Tensor,
+    spans: &[[f64; 2]],
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+) -> Result<IndependentEventSolution>
+where
+    F: BatchField + ?Sized,
+    G: BatchEventFunction,
+{
+    let found = locate_independent_event(f, y0, spans, g, opts, ev_opts)?;
+    let (time, y, nfe, reads) = reroute(f, g, &found.t, &found.event, &found.y)?;
+    Ok(IndependentEventSolution {
+        t: found.t,
+        time,
+        y,
+        event: found.event,
+        samples: found.samples,
+        batch_steps: found.batch_steps,
+        nfe: found.nfe + nfe,
+        host_reads: found.host_reads + reads,
+    })
+}
+
+/// [`odeint_independent_event`] without the event times' gradients: the located times and
+/// states, `y` differentiable only with the times held fixed. For callers that differentiate
+/// by other means (the adjoint) and then call [`independent_event_gradients`].
+///
+/// # Errors
+/// As [`odeint_independent_event`], except [`SolverError::EventNotTransversal`].
+pub fn locate_independent_event<F, G>(
+    f: &F,
+    y0: &Tensor,
+    spans: &[[f64; 2]],
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+) -> Result<LocatedIndependentEvent>
+where
+    F: BatchField + ?Sized,
+    G: BatchEventFunction,
+{
+    opts.validate()?;
+    check_state(y0, opts)?;
+    let tab = check_method(opts)?;
+    let b = batch_size(y0)?;
+    if !(ev_opts.time_tol.is_finite() && ev_opts.time_tol >= 0.0) {
+        return Err(SolverError::InvalidOptions(format!(
+            "event time_tol must be finite and >= 0, got {}",
+            ev_opts.time_tol
+        ))
+        .into());
+    }
+    let ts: Vec<Vec<f64>> = match spans.len() {
+        1 => vec![spans[0].to_vec(); b],
+        n if n == b => spans.iter().map(|s| s.to_vec()).collect(),
+        n => {
+            return Err(SolverError::InvalidTimes(format!(
+                "{n} spans for {b} samples (one per sample, or one shared)"
+            ))
+            .into())
+        }
+    };
+    let ends: Vec<f64> = ts.iter().map(|r| r[1]).collect();
+    let mut watch = BatchWatch::new(g, ev_opts, b);
+    let sol = run(f, y0, ts, opts, tab, Some(&mut watch))?;
+    Ok(LocatedIndependentEvent {
+        t: (0..b)
+            .map(|i| watch.found[i].map_or(ends[i], |(t, _)| t))
+            .collect(),
+        y: sol.ys.get(1)?,
+        event: watch.found.iter().map(|f| f.map(|(_, e)| e)).collect(),
+        samples: sol.samples,
+        batch_steps: sol.batch_steps,
+        nfe: sol.nfe,
+        host_reads: sol.host_reads,
+    })
+}
+
+/// Makes located events differentiable, sample by sample: returns `(time, y)` with the values
+/// `t` and `y` and the gradients of the implicit function theorem ([`crate::event`]'s module
+/// docs) for the samples with an event (`event[b]`, the condition that crossed); the others
+/// keep `y`'s gradient and a constant time. `y` is the batch's state at `t` with the times
+/// held fixed (from backprop through the solver or from the adjoint).
+///
+/// Each sample's rate `D_b = ∂g_b/∂t + ∂g_b/∂y_b · f_b(t_b, y_b)`: the second term by one
+/// Candle backward pass over the batch, the first by a central difference in `t`; one
+/// evaluation of `f` and one host read. Nothing is computed when no sample has an event or
+/// nothing needs a gradient.
+///
+/// # Shapes
+/// `t`, `event`: `B` each; `y`: `[B, …]`; `time`: `[B]`, of `y`'s dtype and device.
+///
+/// # Errors
+/// [`SolverError::EventNotTransversal`] for a sample whose `D` is zero or not finite (named in
+/// the context); `t` or `event` of the wrong length, or a condition out of range; errors of
+/// `f` and `g`.
+pub fn independent_event_gradients<F, G>(
+    f: &F,
+    g: &G,
+    t: &[f64],
+    event: &[Option<usize>],
+    y: &Tensor,
+) -> Result<(Tensor, Tensor)>
+where
+    F: BatchField + ?Sized,
+    G: BatchEventFunction,
+{
+    reroute(f, g, t, event, y).map(|(time, y, _, _)| (time, y))
+}
+
+/// `out`'s condition `event[b]` of each sample (the first where there is none): `[B]`.
+fn pick(out: &Tensor, event: &[Option<usize>]) -> Result<Tensor> {
+    let b = event.len();
+    let rows = out.reshape((b, ()))?;
+    let k = rows.dim(1)?;
+    if let Some((i, e)) = event
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| e.filter(|&e| e >= k).map(|e| (i, e)))
+    {
+        return Err(SolverError::InvalidOptions(format!(
+            "event condition {e} of sample {i} out of range: the event function has {k} a sample"
+        ))
+        .into());
+    }
+    let idx: Vec<u32> = event.iter().map(|e| e.unwrap_or(0) as u32).collect();
+    let idx = Tensor::from_vec(idx, (b, 1), out.device())?;
+    rows.gather(&idx, 1)?.squeeze(1)
+}
+
+/// [`independent_event_gradients`], also returning its evaluations of `f` and host reads.
+fn reroute<F, G>(
+    f: &F,
+    g: &G,
+    t: &[f64],
+    event: &[Option<usize>],
+    y: &Tensor,
+) -> Result<(Tensor, Tensor, usize, usize)>
+where
+    F: BatchField + ?Sized,
+    G: BatchEventFunction,
+{
+    let b = batch_size(y)?;
+    if t.len() != b || event.len() != b {
+        return Err(SolverError::InvalidOptions(format!(
+            "{} event times and {} event indices for a batch of {b}",
+            t.len(),
+            event.len()
+        ))
+        .into());
+    }
+    let dev = y.device();
+    let times = |v: &[f64]| Tensor::from_slice(v, b, dev)?.to_dtype(y.dtype());
+    let constant = times(t)?;
+    if event.iter().all(Option::is_none) {
+        return Ok((constant, y.clone(), 0, 0));
+    }
+    let c = pick(&g.eval(&constant, y)?, event)?;
+    if !(y.track_op() || c.track_op()) {
+        return Ok((constant, y.clone(), 0, 0));
+    }
+    let ev = Evaluator::new(f, y);
+    let yd = y.detach();
+    let fy = ev.eval(t, &yd)?.detach();
+    // ∂g_b/∂y_b · f_b for every sample from one backward pass over the batch (each sample's
+    // condition depends on its own row only); a fresh leaf, the returned store dropped.
+    let leaf = Var::from_tensor(&yd)?;
+    let cy = pick(&g.eval(&constant, leaf.as_tensor())?, event)?;
+    let along_f = match cy.sum_all()?.backward()?.get(leaf.as_tensor()) {
+        Some(dy) => (dy.to_dtype(DType::F64)? * fy.to_dtype(DType::F64)?)?
+            .reshape((b, ()))?
+            .sum(1)?,
+        None => Tensor::zeros(b, DType::F64, dev)?,
+    };
+    // ∂g/∂t by central differences, each sample's step balancing truncation and rounding.
+    let eps = match y.dtype() {
+        DType::F64 => f64::EPSILON,
+        DType::F32 => f32::EPSILON as f64,
+        _ => 2f64.powi(-8),
+    };
+    let delta: Vec<f64> = t.iter().map(|t| eps.cbrt() * t.abs().max(1.0)).collect();
+    let shifted = |sign: f64| -> Result<Tensor> {
+        let ts: Vec<f64> = t.iter().zip(&delta).map(|(t, d)| t + sign * d).collect();
+        pick(&g.eval(&times(&ts)?, &yd)?, event)?
+            .detach()
+            .to_dtype(DType::F64)
+    };
+    let parts = ev.read(&Tensor::cat(&[along_f, shifted(1.0)?, shifted(-1.0)?], 0)?)?;
+    let mut slope = vec![0.0; b];
+    for i in 0..b {
+        if event[i].is_none() {
+            continue;
+        }
+        let rate = parts[i] + (parts[b + i] - parts[2 * b + i]) / (2.0 * delta[i]);
+        if !(rate.is_finite() && rate != 0.0) {
+            return Err(in_sample(
+                SolverError::EventNotTransversal { t: t[i], rate },
+                i,
+            ));
+        }
+        slope[i] = -1.0 / rate;
+    }
+    // Values t and y exactly (c − c.detach() is 0); gradients −∂c/∂θ / D and f · dt/dθ.
+    let time = (&c - c.detach())?
+        .to_dtype(y.dtype())?
+        .mul(&times(&slope)?)?
+        .add(&constant)?;
+    let moved = fy.broadcast_mul(&ev.column_of(&(&time - time.detach())?)?)?;
+    let y_event = (y + moved)?;
+    Ok((time, y_event, ev.nfe.get(), ev.reads.get()))
+}
+
+/// Watches the sign of each sample's conditions across its accepted steps and locates
+/// crossings; used by [`crate::independent`]'s solve loop.
+pub(crate) struct BatchWatch<'a> {
+    g: &'a dyn BatchEventFunction,
+    opts: EventOptions,
+    b: usize,
+    /// Conditions per sample, once known.
+    k: usize,
+    /// `g` at the start of each sample's current step, `[B·K]`.
+    last: Vec<f64>,
+    /// The sign (±1) of each condition's last non-zero value; 0 while it has been zero.
+    sign: Vec<f64>,
+    /// Each sample's event time and condition, once found.
+    found: Vec<Option<(f64, usize)>>,
+}
+
+/// The states at the events found in one step: pieces `[B, …]`, and for each sample with an
+/// event the piece whose row holds its state there.
+pub(crate) struct Located {
+    pub(crate) pieces: Vec<Tensor>,
+    pub(crate) found: Vec<(usize, usize)>,
+}
+
+/// One crossing being located by the Illinois method on `[a, b]` (a sample's step).
+struct Job {
+    e: usize,
+    a: f64,
+    ga: f64,
+    /// The piece whose row holds the state at `a`.
+    a_piece: usize,
+    b: f64,
+    gb: f64,
+    /// Which end moved last: +1 for `a`, −1 for `b`.
+    side: i8,
+    iters: usize,
+}
+
+impl<'a> BatchWatch<'a> {
+    fn new(g: &'a dyn BatchEventFunction, opts: &EventOptions, b: usize) -> Self {
+        Self {
+            g,
+            opts: *opts,
+            b,
+            k: 0,
+            last: vec![],
+            sign: vec![],
+            found: vec![None; b],
+        }
+    }
+
+    /// `g(t, y)` flattened to f64 (`[B·K]`), checked, for reading with the step's error
+    /// ratios.
+    pub(crate) fn values<F: BatchField + ?Sized>(
+        &self,
+        ev: &Evaluator<'_, F>,
+        t: &[f64],
+        y: &Tensor,
+    ) -> Result<Tensor> {
+        let tt = Tensor::from_slice(t, t.len(), &ev.device)?.to_dtype(ev.dtype)?;
+        let v = self.g.eval(&tt, y)?;
+        if !v.dtype().is_float() || !v.device().same_device(&ev.device) {
+            return Err(SolverError::OutputMismatch(format!(
+                "the event function returned dtype {:?} on {:?}; it must be a float tensor on \
+                 the state's device",
+                v.dtype(),
+                v.device().location()
+            ))
+            .into());
+        }
+        let n = v.elem_count();
+        let per = n / self.b;
+        if v.dims().first() != Some(&self.b) || per == 0 || (self.k != 0 && per != self.k) {
+            return Err(SolverError::OutputMismatch(format!(
+                "the event function returned shape {:?} for a batch of {}: it must be [B] or \
+                 [B, …] with as many conditions for every sample{}",
+                v.dims(),
+                self.b,
+                if self.k != 0 {
+                    format!(" ({} a sample before)", self.k)
+                } else {
+                    String::new()
+                }
+            ))
+            .into());
+        }
+        v.flatten_all()?.detach().to_dtype(DType::F64)
+    }
+
+    /// Reads `g(t0, y0)` (one read) and starts watching.
+    pub(crate) fn start<F: BatchField + ?Sized>(
+        &mut self,
+        ev: &Evaluator<'_, F>,
+        t0: &[f64],
+        y0: &Tensor,
+    ) -> Result<()> {
+        let g0 = ev.read(&self.values(ev, t0, y0)?)?;
+        self.k = g0.len() / self.b;
+        if let Some(p) = g0.iter().position(|v| !v.is_finite()) {
+            let i = p / self.k;
+            return Err(in_sample(SolverError::NonFinite { t: t0[i] }, i));
+        }
+        self.sign = g0.iter().map(|v| sign(*v)).collect();
+        self.last = g0;
+        Ok(())
+    }
+
+    /// The conditions of each accepted sample that crossed zero in its step to `t1` (its
+    /// `g(t1, y1)` in `g1`), in order; empty for the others.
+    pub(crate) fn crossings(
+        &self,
+        accepted: &[bool],
+        t1: &[f64],
+        g1: &[f64],
+    ) -> Result<Vec<Vec<usize>>> {
+        let k = self.k;
+        let mut out = vec![Vec::new(); self.b];
+        for (i, hits) in out.iter_mut().enumerate() {
+            if !accepted[i] {
+                continue;
+            }
+            for e in 0..k {
+                let (s0, v1) = (self.sign[i * k + e], g1[i * k + e]);
+                if !v1.is_finite() {
+                    return Err(in_sample(SolverError::NonFinite { t: t1[i] }, i));
+                }
+                let wanted = match self.opts.crossing {
+                    Crossing::Either => true,
+                    Crossing::Rising => s0 < 0.0,
+                    Crossing::Falling => s0 > 0.0,
+                };
+                if s0 != 0.0 && sign(v1) != s0 && wanted {
+                    hits.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// After an accepted step: `g(t1, y1)` becomes each accepted sample's `last`.
+    pub(crate) fn advance(&mut self, accepted: &[bool], g1: &[f64]) {
+        let k = self.k;
+        for (i, _) in accepted.iter().enumerate().filter(|(_, &a)| a) {
+            let row = i * k..(i + 1) * k;
+            for ((last, sgn), &v) in self.last[row.clone()]
+                .iter_mut()
+                .zip(&mut self.sign[row.clone()])
+                .zip(&g1[row])
+            {
+                *last = v;
+                if v != 0.0 {
+                    *sgn = sign(v);
+                }
+            }
+        }
+    }
+
+    /// Locates every crossing of `crossings` on its sample's dense output, all samples' at
+    /// once (one evaluation of `g` and one read per iteration), and records each sample's
+    /// first.
+    pub(crate) fn locate<F: BatchField + ?Sized>(
+        &mut self,
+        ev: &Evaluator<'_, F>,
+        d: &DenseStep<'_>,
+        crossings: &[Vec<usize>],
+        g1: &[f64],
+    ) -> Result<Located> {
+        let (b, k) = (self.b, self.k);
+        // Pieces 0 and 1: the step's start and end.
+        let mut pieces = vec![d.y.clone(), d.step.y1.clone()];
+        let mut queue: Vec<std::collections::VecDeque<usize>> = crossings
+            .iter()
+            .map(|c| c.iter().copied().collect())
+            .collect();
+        let mut jobs: Vec<Option<Job>> = (0..b).map(|_| None).collect();
+        // Each sample's earliest crossing so far: time, piece, condition.
+        let mut best: Vec<Option<(f64, usize, usize)>> = vec![None; b];
+        let dir = |i: usize| if d.t1[i] > d.t[i] { 1.0 } else { -1.0 };
+        let record = |best: &mut Vec<Option<(f64, usize, usize)>>, i: usize, hit| {
+            let (tc, _, _) = hit;
+            if best[i].is_none_or(|(tb, _, _)| (tc - tb) * dir(i) < 0.0) {
+                best[i] = Some(hit);
+            }
+        };
+        loop {
+            let mut at: Vec<Option<f64>> = vec![None; b];
+            for i in 0..b {
+                loop {
+                    if jobs[i].is_none() {
+                        let Some(e) = queue[i].pop_front() else { break };
+                        let gb = g1[i * k + e];
+                        if gb == 0.0 {
+                            record(&mut best, i, (d.t1[i], 1, e));
+                            continue;
+                        }
+                        jobs[i] = Some(Job {
+                            e,
+                            a: d.t[i],
+                            ga: self.last[i * k + e],
+                            a_piece: 0,
+                            b: d.t1[i],
+                            gb,
+                            side: 0,
+                            iters: 0,
+                        });
+                    }
+                    let job = jobs[i].as_ref().expect("a job was just set");
+                    let tol = self
+                        .opts
+                        .time_tol
+                        .max(4.0 * f64::EPSILON * job.a.abs().max(job.b.abs()));
+                    let (a, bb) = (job.a, job.b);
+                    let inside = |x: f64| (x - a) * (x - bb) < 0.0;
+                    let secant = bb - job.gb * (bb - a) / (job.gb - job.ga);
+                    let mid = 0.5 * (a + bb);
+                    let tm = if job.iters >= 200 || (bb - a).abs() <= tol {
+                        None
+                    } else if secant.is_finite() && inside(secant) {
+                        Some(secant)
+                    } else if inside(mid) {
+                        Some(mid)
+                    } else {
+                        None
+                    };
+                    match tm {
+                        Some(tm) => {
+                            at[i] = Some(tm);
+                            break;
+                        }
+                        None => {
+                            record(&mut best, i, (job.a, job.a_piece, job.e));
+                            jobs[i] = None;
+                        }
+                    }
+                }
+            }
+            if at.iter().all(Option::is_none) {
+                break;
+            }
+            let ym = ev.dense(d, &at)?;
+            let tm: Vec<f64> = (0..b).map(|i| at[i].unwrap_or(d.t[i])).collect();
+            let gm = ev.read(&self.values(ev, &tm, &ym)?)?;
+            let p = pieces.len();
+            pieces.push(ym);
+            for i in 0..b {
+                let (Some(t), Some(job)) = (at[i], jobs[i].as_mut()) else {
+                    continue;
+                };
+                let v = gm[i * k + job.e];
+                if !v.is_finite() {
+                    return Err(in_sample(SolverError::NonFinite { t }, i));
+                }
+                job.iters += 1;
+                if v == 0.0 {
+                    record(&mut best, i, (t, p, job.e));
+                    jobs[i] = None;
+                } else if sign(v) == self.sign[i * k + job.e] {
+                    (job.a, job.ga, job.a_piece) = (t, v, p);
+                    if job.side == 1 {
+                        job.gb *= 0.5;
+                    }
+                    job.side = 1;
+                } else {
+                    (job.b, job.gb) = (t, v);
+                    if job.side == -1 {
+                        job.ga *= 0.5;
+                    }
+                    job.side = -1;
+                }
+            }
+        }
+        // Keep only the pieces that hold an event, renumbered.
+        let mut keep: Vec<Option<usize>> = vec![None; pieces.len()];
+        let mut kept = Vec::new();
+        let mut found = Vec::new();
+        for (i, hit) in best.iter().enumerate() {
+            let Some((tc, p, e)) = *hit else { continue };
+            self.found[i] = Some((tc, e));
+            let q = *keep[p].get_or_insert_with(|| {
+                kept.push(pieces[p].clone());
+                kept.len() - 1
+            });
+            found.push((i, q));
+        }
+        Ok(Located {
+            pieces: kept,
+            found,
+        })
+    }
+}
+
+fn sign(v: f64) -> f64 {
+    if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
