@@ -22,8 +22,9 @@ use crate::field::ParamVectorField;
 use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Shape, Tensor, Var};
 use node_solvers::{
-    odeint_independent, BatchField, ButcherTableau, IndependentSolution, SolveOptions, SolverError,
-    SolverStats, StepSize, TimeInvariant,
+    independent_event_gradients, locate_independent_event, odeint_independent, BatchEventFunction,
+    BatchField, ButcherTableau, EventOptions, IndependentSolution, SampleStats, SolveOptions,
+    SolverError, SolverStats, StepSize, TimeInvariant,
 };
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -99,53 +100,167 @@ pub fn odeint_independent_adjoint<F>(
 where
     F: ParamBatchField + Clone + Send + Sync + 'static,
 {
-    let params = f.params();
-    let sources: Vec<Tensor> = params.iter().map(|p| p.as_tensor().clone()).collect();
-    check_param_list(&params, &sources, y0)?;
-    adjoint_opts.validate()?;
-    // What the reverse solve will refuse, refused now rather than in `backward()`.
-    let tab = match adjoint_opts.method.tableau() {
-        Some(tab)
-            if tab.is_adaptive()
-                && !(tab.is_implicit() || tab.is_rosenbrock() || tab.is_imex())
-                && matches!(adjoint_opts.step, StepSize::Adaptive) =>
-        {
-            tab
-        }
-        _ => {
-            return Err(SolverError::InvalidOptions(format!(
-                "the adjoint's reverse solve takes an explicit Runge–Kutta method with adaptive \
-                 steps (as odeint_independent), not `{}` with {:?}",
-                adjoint_opts.method, adjoint_opts.step
-            ))
-            .into())
-        }
-    };
-    let y0d = y0.detach();
-    let sol = odeint_independent(&Detached(f), &y0d, ts, opts)?;
-    let stats = AdjointStats::default();
-    stats.lock().0 = counts(&sol);
+    let tab = reverse_tableau(adjoint_opts)?;
+    check_param_list(&f.params(), &sources(f), y0)?;
+    let sol = odeint_independent(&Detached(f), &y0.detach(), ts, opts)?;
     let b = y0.dim(0)?;
     let ts = if ts.len() == 1 {
         vec![ts[0].clone(); b]
     } else {
         ts.to_vec()
     };
+    anchored(f, y0, tab, ts, &sol.ys, counts(&sol), adjoint_opts)
+}
+
+fn sources<F: ParamBatchField>(f: &F) -> Vec<Tensor> {
+    f.params().iter().map(|p| p.as_tensor().clone()).collect()
+}
+
+/// The reverse solve's method, checked now rather than in `backward()`.
+fn reverse_tableau(adjoint_opts: &SolveOptions) -> Result<&'static ButcherTableau> {
+    adjoint_opts.validate()?;
+    match adjoint_opts.method.tableau() {
+        Some(tab)
+            if tab.is_adaptive()
+                && !(tab.is_implicit() || tab.is_rosenbrock() || tab.is_imex())
+                && matches!(adjoint_opts.step, StepSize::Adaptive) =>
+        {
+            Ok(tab)
+        }
+        _ => Err(SolverError::InvalidOptions(format!(
+            "the adjoint's reverse solve takes an explicit Runge–Kutta method with adaptive \
+             steps (as odeint_independent), not `{}` with {:?}",
+            adjoint_opts.method, adjoint_opts.step
+        ))
+        .into()),
+    }
+}
+
+/// The adjoint op on a forward solve already done: `ys` (`[T, B, …]`, detached) at each
+/// sample's times `ts`, the op's outputs equal to `ys` and its backward pass the reverse
+/// solve.
+fn anchored<F>(
+    f: &F,
+    y0: &Tensor,
+    tab: &'static ButcherTableau,
+    ts: Vec<Vec<f64>>,
+    ys: &Tensor,
+    forward: SolverStats,
+    adjoint_opts: &SolveOptions,
+) -> Result<AdjointSolution>
+where
+    F: ParamBatchField + Clone + Send + Sync + 'static,
+{
+    let params = f.params();
+    let stats = AdjointStats::default();
+    stats.lock().0 = forward;
     let op = SolveOp(Arc::new(Inner {
         f: f.clone(),
         params,
         tab,
         shape: y0.shape().clone(),
         ts,
-        ys: sol.ys.detach().contiguous()?,
+        ys: ys.detach().contiguous()?,
         opts: adjoint_opts.clone(),
         stats: stats.clone(),
     }));
-    let ys = match flat_params(&sources)? {
+    let ys = match flat_params(&sources(f))? {
         None => y0.apply_op1(op)?,
         Some(theta) => y0.apply_op2(&theta, op)?,
     };
     Ok(AdjointSolution { ys, stats })
+}
+
+/// The result of [`odeint_independent_event_adjoint`].
+#[derive(Clone, Debug)]
+pub struct AdjointIndependentEventSolution {
+    /// Each sample's event time, or the end of its span when it had none.
+    pub t: Vec<f64>,
+    /// `t` as a `[B]` tensor that carries each event time's gradient (see
+    /// [`node_solvers::IndependentEventSolution::time`]).
+    pub time: Tensor,
+    /// The states at `t`, `[B, …]`; their gradients reach `y0` and the field's parameters
+    /// through the adjoint, and include the event times' dependence.
+    pub y: Tensor,
+    /// Which of each sample's conditions crossed zero; `None` for a sample without an event.
+    pub event: Vec<Option<usize>>,
+    /// Each sample's steps in the solve that located the events.
+    pub samples: Vec<SampleStats>,
+    /// Counts of the solve that located the events (the samples' steps summed), then of the
+    /// reverse solve.
+    pub stats: AdjointStats,
+}
+
+/// [`node_solvers::odeint_independent_event`] with gradients by the adjoint method: a batch
+/// of independent problems (the rows of `y0`), each solved over its own span with its own
+/// steps until its row of `g(t, y)` crosses zero, in memory independent of the number of
+/// steps.
+///
+/// The forward solve runs once, detached, and locates each sample's event; the adjoint op is
+/// anchored on the states at each sample's start and event (its reverse solve runs each
+/// sample back from its own event time, with its own steps), and each event time gets its
+/// gradient by the implicit function theorem
+/// ([`node_solvers::independent_event_gradients`]). A sample whose event lies at its start
+/// (within the precision of time) keeps `y0` there.
+///
+/// # Shapes
+/// `y0`: `[B, …]`; `g(t, y)`: `[B]` or `[B, …]`; result `time` `[B]`, `y` `[B, …]`.
+///
+/// # Errors
+/// Those of [`node_solvers::odeint_independent_event`] and of
+/// [`odeint_independent_adjoint`] (an explicit adaptive method in both options).
+pub fn odeint_independent_event_adjoint<F, G>(
+    f: &F,
+    y0: &Tensor,
+    spans: &[[f64; 2]],
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    adjoint_opts: &SolveOptions,
+) -> Result<AdjointIndependentEventSolution>
+where
+    F: ParamBatchField + Clone + Send + Sync + 'static,
+    G: BatchEventFunction,
+{
+    let tab = reverse_tableau(adjoint_opts)?;
+    check_param_list(&f.params(), &sources(f), y0)?;
+    let found = locate_independent_event(&Detached(f), &y0.detach(), spans, g, opts, ev_opts)?;
+    let b = y0.dim(0)?;
+    let forward = SolverStats {
+        nfe: found.nfe,
+        accepted_steps: found.samples.iter().map(|s| s.accepted_steps).sum(),
+        rejected_steps: found.samples.iter().map(|s| s.rejected_steps).sum(),
+        host_reads: found.host_reads,
+        ..SolverStats::default()
+    };
+    // Each sample's interval, from its start to its event (or end). A sample stopped at its
+    // start (its crossing within the time's precision of it) has none: the op runs it over
+    // a few ulps past its start, which leaves its state and gradient as they are to
+    // round-off (the field cannot be run on the other samples alone: it may hold a tensor
+    // per sample).
+    let ts = (0..b)
+        .map(|i| {
+            let [t0, t_max] = spans[if spans.len() == 1 { 0 } else { i }];
+            let t = found.t[i];
+            let end = if t == t0 {
+                t0 + (t_max - t0).signum() * 4.0 * f64::EPSILON * t0.abs().max(1.0)
+            } else {
+                t
+            };
+            vec![t0, end]
+        })
+        .collect();
+    let ys = Tensor::stack(&[y0.detach(), found.y.detach()], 0)?;
+    let sol = anchored(f, y0, tab, ts, &ys, forward, adjoint_opts)?;
+    let (time, y) = independent_event_gradients(f, g, &found.t, &found.event, &sol.ys.get(1)?)?;
+    Ok(AdjointIndependentEventSolution {
+        t: found.t,
+        time,
+        y,
+        event: found.event,
+        samples: found.samples,
+        stats: sol.stats,
+    })
 }
 
 /// A batch solve's counts as [`SolverStats`]: the samples' steps summed.

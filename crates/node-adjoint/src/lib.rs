@@ -30,7 +30,8 @@ pub use field::{
     has_tensor_params, sorted_vars, with_params, ParamVectorField, TensorParam, WithParams,
 };
 pub use independent::{
-    odeint_independent_adjoint, with_batch_params, ParamBatchField, WithBatchParams,
+    odeint_independent_adjoint, odeint_independent_event_adjoint, with_batch_params,
+    AdjointIndependentEventSolution, ParamBatchField, WithBatchParams,
 };
 pub use options::{
     AdjointNorm, AdjointOptions, AdjointState, CheckpointOptions, ReversibleOptions,
