@@ -7,6 +7,12 @@
 //! against their closed form; the last one's gradient with respect to all seven parameters
 //! (by backprop through the solver or by the adjoint, through every event) against central
 //! differences.
+//!
+//! `--balls N` bounces N balls at once, dropped from heights of their own, in one batched
+//! solve per flight (`odeint_independent_event`: each ball lands at its own time and carries
+//! on from there), checks them against their closed form and against the balls bounced one
+//! by one, and the gradient of the sum of their last bounce times against central
+//! differences.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -18,10 +24,13 @@ use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
 use common::{pick_device, CheckpointArgs, DeviceArg, GradientArg};
 use node_adjoint::{
-    odeint_event_adjoint, odeint_event_checkpointed, with_params, AdjointOptions,
-    CheckpointOptions, WithParams,
+    odeint_event_adjoint, odeint_event_checkpointed, odeint_independent_event_adjoint,
+    with_batch_params, with_params, AdjointOptions, CheckpointOptions, WithBatchParams, WithParams,
 };
-use node_solvers::{odeint, odeint_event, Crossing, EventOptions, SolveOptions};
+use node_solvers::{
+    odeint, odeint_event, odeint_independent_event, BatchField, Crossing, EventOptions,
+    SolveOptions,
+};
 use plot::{bounds, Canvas, Panel, LEARNED_COLOR, TRUE_COLOR};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -72,6 +81,12 @@ struct Args {
     /// Write no plot.
     #[arg(long)]
     no_plot: bool,
+    /// Bounce this many balls at once, ball `i` dropped from `height · (1 + i/N)`, in one
+    /// batched solve per flight, each ball with its own steps and landing times (backprop or
+    /// adjoint gradients); the balls are bounced one by one too, for comparison. Writes no
+    /// plot.
+    #[arg(long, default_value_t = 1)]
+    balls: usize,
 }
 
 const NAMES: [&str; 7] = [
@@ -183,6 +198,89 @@ impl Ball {
         }
         Ok(out)
     }
+
+    /// The flight of a batch of balls, `y = [pos, vel]` per row.
+    fn batch_field(
+        &self,
+    ) -> WithBatchParams<
+        impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Clone + Send + Sync,
+    > {
+        let (gravity, drag) = (self.vars[2].clone(), self.vars[6].clone());
+        let (g, k) = (gravity.clone(), drag.clone());
+        with_batch_params(
+            move |_t: &Tensor, y: &Tensor| {
+                let v = y.narrow(1, 1, 1)?;
+                let acc = v.broadcast_mul(&k)?.broadcast_add(g.as_tensor())?.neg()?;
+                Tensor::cat(&[v, acc], 1)
+            },
+            vec![gravity, drag],
+        )
+    }
+
+    /// [`Ball::bounces`] for `balls` balls at once, ball `i` dropped from
+    /// `height · (1 + i/balls)`: one batched solve per flight, every ball landing at its own
+    /// time. Each bounce's times, as host numbers and as a `[balls]` tensor.
+    fn batch_bounces(
+        &self,
+        balls: usize,
+        n: usize,
+        mode: GradientArg,
+        tol: f64,
+    ) -> Result<Vec<(Vec<f64>, Tensor)>> {
+        let dev = self.var(0).device();
+        let field = self.batch_field();
+        let log_radius = self.var(3).clone();
+        let ground =
+            move |_t: &Tensor, y: &Tensor| y.narrow(1, 0, 1)?.broadcast_sub(&log_radius.exp()?);
+        let opts = SolveOptions::default().tolerances(tol, tol);
+        let ev = EventOptions::default().crossing(Crossing::Falling);
+        let spread: Vec<f64> = (0..balls).map(|i| 1.0 + i as f64 / balls as f64).collect();
+        let heights = self
+            .var(0)
+            .broadcast_mul(&Tensor::from_vec(spread, (balls, 1), dev)?)?;
+        let mut y = Tensor::cat(&[heights, self.var(1).broadcast_as((balls, 1))?], 1)?;
+        let mut t = vec![self.var(5).to_vec1::<f64>()?[0]; balls];
+        let mut time = self.var(5).broadcast_as(balls)?;
+        let mut out = Vec::with_capacity(n);
+        for k in 0..n {
+            // Each ball's start time carries its gradient, as `differentiable_start` does for
+            // one: y − f(t, y)·(t − t.detach()), row by row.
+            let f0 = field
+                .eval(&Tensor::from_slice(&t, balls, dev)?, &y)?
+                .detach();
+            let shift = (&time - time.detach())?.reshape((balls, 1))?;
+            let y0 = (&y - f0.broadcast_mul(&shift)?)?;
+            let spans: Vec<[f64; 2]> = t.iter().map(|t| [*t, t + 1e3]).collect();
+            let (te, time_e, ye, event) = match mode {
+                GradientArg::Backprop => {
+                    let s = odeint_independent_event(&field, &y0, &spans, &ground, &opts, &ev)?;
+                    (s.t, s.time, s.y, s.event)
+                }
+                GradientArg::Adjoint => {
+                    let s = odeint_independent_event_adjoint(
+                        &field, &y0, &spans, &ground, &opts, &ev, &opts,
+                    )?;
+                    (s.t, s.time, s.y, s.event)
+                }
+                other => bail!(
+                    "--balls takes --gradient backprop or adjoint (the batched event solve has no {other:?} mode)"
+                ),
+            };
+            if let Some(i) = event.iter().position(Option::is_none) {
+                bail!(
+                    "bounce {}: ball {i} did not reach the ground before t = {}",
+                    k + 1,
+                    spans[i][1]
+                );
+            }
+            let keep = self.var(4).affine(-1.0, 1.0)?;
+            let vel = ye.narrow(1, 1, 1)?.neg()?.broadcast_mul(&keep)?;
+            y = Tensor::cat(&[ye.narrow(1, 0, 1)?, vel], 1)?;
+            out.push((te.clone(), time_e.clone()));
+            (t, time) = (te, time_e);
+        }
+        Ok(out)
+    }
 }
 
 /// The bounce times in closed form: the fall to `pos = r` takes `(v0 + s)/G` with
@@ -228,7 +326,13 @@ fn main() -> Result<()> {
     if !(args.tol > 0.0 && args.tol.is_finite()) {
         bail!("--tol must be a positive number");
     }
+    if args.balls == 0 {
+        bail!("--balls must be at least 1");
+    }
     let dev = pick_device(args.device)?;
+    if args.balls > 1 {
+        return many_balls(&args, p, &dev);
+    }
     println!(
         "bouncing ball: {} bounces, {:?} gradients, tolerance {:e}, device {:?}",
         args.bounces, args.gradient, args.tol, dev
@@ -322,6 +426,120 @@ fn main() -> Result<()> {
     }
     if args.drag == 0.0 {
         println!("\nbounce times match their closed form (worst {worst:.1e})");
+    }
+    println!("gradient check passed");
+    Ok(())
+}
+
+/// `--balls N`: the balls bounced in batched solves, against their closed form, against the
+/// balls bounced one by one, and the gradient of the sum of their last bounce times against
+/// central differences.
+fn many_balls(args: &Args, p: [f64; 7], dev: &Device) -> Result<()> {
+    let (balls, n) = (args.balls, args.bounces);
+    if !matches!(args.gradient, GradientArg::Backprop | GradientArg::Adjoint) {
+        bail!("--balls takes --gradient backprop or adjoint");
+    }
+    println!(
+        "bouncing balls: {balls} balls from heights {} to {}, {n} bounces, {:?} gradients, \
+         tolerance {:e}, device {dev:?}",
+        args.height,
+        args.height * (2.0 - 1.0 / balls as f64),
+        args.gradient,
+        args.tol
+    );
+    let ball = Ball::new(p, dev)?;
+    let start = Instant::now();
+    let bounces = ball.batch_bounces(balls, n, args.gradient, args.tol)?;
+    let batched_ms = start.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    let last = &bounces.last().expect("at least one bounce").1;
+    let grads = last.sum_all()?.backward()?;
+    let backward_ms = start.elapsed().as_secs_f64() * 1e3;
+
+    // Each ball alone, as the single-ball program bounces it.
+    let start = Instant::now();
+    let mut alone = Vec::with_capacity(balls);
+    for i in 0..balls {
+        let mut q = p;
+        q[0] = p[0] * (1.0 + i as f64 / balls as f64);
+        let b = Ball::new(q, dev)?;
+        let times = b.bounces(
+            n,
+            GradientArg::Backprop,
+            CheckpointOptions::default(),
+            args.tol,
+        )?;
+        alone.push(times.into_iter().map(|(t, _)| t).collect::<Vec<_>>());
+    }
+    let alone_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut worst_alone: f64 = 0.0;
+    let mut worst_exact: f64 = 0.0;
+    for i in 0..balls {
+        let mut q = p;
+        q[0] = p[0] * (1.0 + i as f64 / balls as f64);
+        let exact = exact_bounces(q, n);
+        for (k, (times, _)) in bounces.iter().enumerate() {
+            worst_alone = worst_alone.max((times[i] - alone[i][k]).abs());
+            worst_exact = worst_exact.max((times[i] - exact[k]).abs());
+        }
+    }
+    let lasts = &bounces.last().expect("at least one bounce").0;
+    println!(
+        "\nlast bounce times: {:.6} (ball 0) to {:.6} (ball {})",
+        lasts[0],
+        lasts[balls - 1],
+        balls - 1
+    );
+    println!(
+        "batched: {batched_ms:.1} ms for the flights, backward {backward_ms:.1} ms; the balls \
+         one by one: {alone_ms:.1} ms (without gradients' backward)"
+    );
+    println!("largest difference from the balls bounced one by one: {worst_alone:.1e}");
+    if args.drag == 0.0 {
+        println!("largest difference from the closed form: {worst_exact:.1e}");
+    }
+
+    println!("\ngradient of the sum of the last bounce times:");
+    println!("\n parameter  |    autograd | central diff. | difference");
+    let eps = 1e-5;
+    let mut failed = false;
+    for (i, name) in NAMES.iter().enumerate() {
+        let got = match grads.get(ball.var(i)) {
+            Some(g) => g.to_dtype(DType::F64)?.to_vec1::<f64>()?[0],
+            None => 0.0,
+        };
+        let at = |d: f64| -> Result<f64> {
+            let mut q = p;
+            if i == 3 {
+                q[3] = (q[3].ln() + d).exp();
+            } else {
+                q[i] += d;
+            }
+            let b = Ball::new(q, dev)?;
+            let out = b.batch_bounces(balls, n, GradientArg::Backprop, args.tol)?;
+            Ok(out.last().expect("at least one bounce").0.iter().sum())
+        };
+        let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
+        let diff = (got - fd).abs();
+        let ok = diff <= 1e-5 * fd.abs().max(1.0);
+        failed |= !ok;
+        let label = if i == 3 { "log radius" } else { name };
+        println!(
+            " {label:<10} | {got:>11.6} | {fd:>13.6} | {diff:>10.1e}{}",
+            if ok { "" } else { "  MISMATCH" }
+        );
+    }
+    if worst_alone > 1e-9 {
+        bail!("a ball's bounce time is {worst_alone:e} away from the same ball bounced alone");
+    }
+    if args.drag == 0.0 && worst_exact > 1e-6 {
+        bail!("a bounce time is {worst_exact:e} away from its closed form");
+    }
+    if failed {
+        bail!("gradient check failed");
+    }
+    if args.drag == 0.0 {
+        println!("\nbounce times match their closed form (worst {worst_exact:.1e})");
     }
     println!("gradient check passed");
     Ok(())

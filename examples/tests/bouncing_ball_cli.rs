@@ -1,6 +1,6 @@
 //! The bouncing ball end to end: in every gradient mode it finds the bounces at their closed
-//! form and passes its own gradient check (its exit status says so), writes its plot, and
-//! refuses bad options.
+//! form and passes its own gradient check (its exit status says so), writes its plot, bounces
+//! many balls at once as each alone, and refuses bad options.
 
 mod common;
 
@@ -54,6 +54,39 @@ fn bounces_and_gradients_check_out_in_every_mode() {
     assert_eq!(&png[1..4], b"PNG");
 }
 
+/// `--balls`: the balls bounced in batched solves land where each bounced alone does (the
+/// program fails otherwise), at their closed form, and pass the gradient check, by backprop
+/// and by the adjoint.
+#[test]
+fn many_balls_bounce_as_each_alone() {
+    for extra in [
+        &["--balls", "6", "5"][..],
+        &[
+            "--balls",
+            "5",
+            "--gradient",
+            "adjoint",
+            "--drag",
+            "0.5",
+            "4",
+        ][..],
+    ] {
+        let o = run(extra);
+        ok(&o);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("gradient check passed"), "{out}");
+        assert!(
+            out.contains("largest difference from the balls bounced one by one: 0.0e0"),
+            "{out}"
+        );
+        assert_eq!(
+            out.contains("match their closed form"),
+            !extra.contains(&"--drag"),
+            "{out}"
+        );
+    }
+}
+
 #[test]
 fn bad_options_are_refused() {
     for (args, says) in [
@@ -63,6 +96,11 @@ fn bad_options_are_refused() {
         (&["0"][..], "--bounces"),
         (&["--tol", "0"][..], "--tol"),
         (&["--gradient", "reversible"][..], "does not locate events"),
+        (&["--balls", "0"][..], "--balls"),
+        (
+            &["--balls", "4", "--gradient", "checkpoint"][..],
+            "--balls takes --gradient backprop or adjoint",
+        ),
     ] {
         let o = run(args);
         assert!(!o.status.success(), "{args:?} was accepted");
