@@ -16,7 +16,7 @@
 //! choice of steps is not differentiated, as in every adaptive solve).
 
 use crate::error::SolverError;
-use crate::independent_event::{BatchWatch, Located};
+use crate::independent_event::BatchWatch;
 use crate::options::{ErrorNorm, SolveOptions, StepSize};
 use crate::rk::read_to_host;
 use crate::solve::{
@@ -26,6 +26,7 @@ use crate::tableau::ButcherTableau;
 use crate::VectorField;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use std::cell::Cell;
+use std::rc::Rc;
 
 /// A vector field over a batch of independent problems: `f(t, y)` with `y` of shape
 /// `[B, …]` and `t` of shape `[B]`, each sample's own time, in `y`'s dtype and on its device.
@@ -166,7 +167,7 @@ pub(crate) fn run<F: BatchField + ?Sized>(
     y0: &Tensor,
     ts: Vec<Vec<f64>>,
     opts: &SolveOptions,
-    tab: &ButcherTableau,
+    tab: &'static ButcherTableau,
     mut watch: Option<&mut BatchWatch<'_>>,
 ) -> Result<IndependentSolution> {
     let b = ts.len();
@@ -202,12 +203,32 @@ pub(crate) fn run<F: BatchField + ?Sized>(
     let mut prev_ratio = vec![1.0f64; b];
     let mut batch_steps = 0;
     while s.next.iter().any(|&n| n < n_out) {
+        // The searches for crossings: each searching sample's next trial time and its state
+        // there; the samples whose search has ended are filed, which ends them.
+        let (at, trial) = match watch.as_deref_mut() {
+            Some(w) => {
+                let at = w.propose()?;
+                out.file(w.take_found(), &mut s.next);
+                let trial = w.trial_states(&ev, &at)?;
+                (at, trial)
+            }
+            None => (vec![None; b], None),
+        };
+        let searching: Vec<bool> = at.iter().map(Option::is_some).collect();
+        if (0..b).all(|i| s.next[i] >= n_out || searching[i]) {
+            // Only searches are left: g at their trial states, one read.
+            if let (Some(w), Some(trial)) = (watch.as_deref_mut(), trial) {
+                let g = ev.read(&w.values(&ev, &trial_times(&at, &s.t), &trial)?)?;
+                w.update(&at, &g, &trial)?;
+            }
+            continue;
+        }
         batch_steps += 1;
         let mut t1 = s.t.clone();
         let mut ends = Vec::with_capacity(b);
         for i in 0..b {
             let steps = s.stats[i].accepted_steps + s.stats[i].rejected_steps;
-            if s.next[i] >= n_out {
+            if s.next[i] >= n_out || searching[i] {
                 ends.push(None);
                 continue;
             }
@@ -232,16 +253,27 @@ pub(crate) fn run<F: BatchField + ?Sized>(
         let step = ev.step(tab, &s.t, &t1, &hs, &y, &f0)?;
         let scale = error_scale(&y, Some(&step.y1), opts.rtol, &atol)?;
         let ratios_sq = per_sample_rms_sq(&step.err, &scale)?;
-        // With events, g(t1, y1) comes back with the error ratios: still one read a step.
+        // With events, g comes back with the error ratios, still one read a step: at the
+        // step's end for the stepping samples, at their trial states for the searching ones.
         let (ratios, g1) = match watch.as_deref() {
             None => (ev.read(&ratios_sq)?, Vec::new()),
             Some(w) => {
-                let g1 = w.values(&ev, &t1, &step.y1)?;
+                let g1 = match &trial {
+                    Some(tr) => w.values(
+                        &ev,
+                        &trial_times(&at, &t1),
+                        &ev.mask(&searching)?.where_cond(tr, &step.y1)?,
+                    )?,
+                    None => w.values(&ev, &t1, &step.y1)?,
+                };
                 let mut all = ev.read(&Tensor::cat(&[ratios_sq.to_dtype(DType::F64)?, g1], 0)?)?;
                 let g1 = all.split_off(b);
                 (all, g1)
             }
         };
+        if let (Some(w), Some(tr)) = (watch.as_deref_mut(), &trial) {
+            w.update(&at, &g1, tr)?;
+        }
         let mut accepted = vec![false; b];
         for i in 0..b {
             let Some(end) = &ends[i] else { continue };
@@ -296,6 +328,7 @@ pub(crate) fn run<F: BatchField + ?Sized>(
             .collect();
         let finished = (0..b).all(|i| {
             s.next[i] >= n_out
+                || searching[i]
                 || (accepted[i]
                     && (!crossings[i].is_empty() || s.next[i] + wanted[i].len() >= n_out))
         });
@@ -317,17 +350,22 @@ pub(crate) fn run<F: BatchField + ?Sized>(
             None
         };
         if let (true, Some(w)) = (any_crossing, watch.as_deref_mut()) {
-            let dense = DenseStep {
+            // The samples that crossed search this step's dense output from the next
+            // iteration on, their trials read with the later steps' error ratios.
+            let kept = Rc::new(StoredStep {
                 tab,
-                t: &s.t,
-                t1: &t1,
-                hs: &hs,
-                y: &y,
-                step: &step,
-                f1: f_new.as_ref(),
-            };
-            let located = w.locate(&ev, &dense, &crossings, &g1)?;
-            out.file(located, &mut s.next);
+                t: s.t.clone(),
+                t1: t1.clone(),
+                hs: hs.clone(),
+                y: y.clone(),
+                step: step.clone(),
+                f1: f_new.clone(),
+            });
+            for (i, c) in crossings.iter().enumerate() {
+                if !c.is_empty() {
+                    w.begin(i, c, &kept, &g1);
+                }
+            }
         }
         if let Some(w) = watch.as_deref_mut() {
             w.advance(&accepted, &g1);
@@ -358,6 +396,14 @@ pub(crate) fn run<F: BatchField + ?Sized>(
         nfe: ev.nfe.get(),
         host_reads: ev.reads.get(),
     })
+}
+
+/// Each sample's trial time where it has one, else its `default`.
+fn trial_times(at: &[Option<f64>], default: &[f64]) -> Vec<f64> {
+    at.iter()
+        .zip(default)
+        .map(|(a, d)| a.unwrap_or(*d))
+        .collect()
 }
 
 /// The per-sample bookkeeping, on the host.
@@ -519,6 +565,7 @@ fn first_steps<F: BatchField + ?Sized>(
 }
 
 /// The stages, the propagated states and the error estimate of one batch step.
+#[derive(Clone)]
 pub(crate) struct BatchStep {
     k: Vec<Tensor>,
     pub(crate) y1: Tensor,
@@ -535,6 +582,31 @@ pub(crate) struct DenseStep<'a> {
     pub(crate) y: &'a Tensor,
     pub(crate) step: &'a BatchStep,
     pub(crate) f1: Option<&'a Tensor>,
+}
+
+/// A batch step kept for its dense output after the solve has moved on.
+pub(crate) struct StoredStep {
+    tab: &'static ButcherTableau,
+    t: Vec<f64>,
+    t1: Vec<f64>,
+    hs: Vec<f64>,
+    y: Tensor,
+    step: BatchStep,
+    f1: Option<Tensor>,
+}
+
+impl StoredStep {
+    pub(crate) fn view(&self) -> DenseStep<'_> {
+        DenseStep {
+            tab: self.tab,
+            t: &self.t,
+            t1: &self.t1,
+            hs: &self.hs,
+            y: &self.y,
+            step: &self.step,
+            f1: self.f1.as_ref(),
+        }
+    }
 }
 
 /// The field with its counts, and the batch's shapes for per-sample columns.
@@ -733,10 +805,13 @@ impl<'a, F: BatchField + ?Sized> Evaluator<'a, F> {
     }
 }
 
-/// The outputs as they come: pieces of `[B, …]` and, for each output index and sample, the
-/// piece that holds it; stacked and gathered into `[T, B, …]` at the end.
+/// The outputs as they come: the rows filed, in pieces (`[r, …]`, only the rows that are
+/// outputs, so memory grows with the outputs and not with the batch times the steps that
+/// have any), and for each output index and sample its row among all; gathered into
+/// `[T, B, …]` at the end.
 struct Outputs {
     pieces: Vec<Tensor>,
+    rows: usize,
     slot: Vec<Vec<usize>>,
 }
 
@@ -744,11 +819,31 @@ impl Outputs {
     fn new(y0: &Tensor, n_out: usize) -> Self {
         let b = y0.dim(0).unwrap_or(0);
         let mut slot = vec![vec![usize::MAX; b]; n_out];
-        slot[0] = vec![0; b];
+        slot[0] = (0..b).collect();
         Self {
             pieces: vec![y0.clone()],
+            rows: b,
             slot,
         }
+    }
+
+    /// Files the rows of `piece` (`[B, …]`) of the samples in `at` under their next output
+    /// indices.
+    fn file_rows(&mut self, piece: &Tensor, at: &[bool], next: &mut [usize]) -> Result<()> {
+        let which: Vec<u32> = (0..at.len()).filter(|&i| at[i]).map(|i| i as u32).collect();
+        let rows = if which.len() == at.len() {
+            piece.clone()
+        } else {
+            piece.index_select(&Tensor::new(which.as_slice(), piece.device())?, 0)?
+        };
+        for (r, &i) in which.iter().enumerate() {
+            let i = i as usize;
+            self.slot[next[i]][i] = self.rows + r;
+            next[i] += 1;
+        }
+        self.rows += which.len();
+        self.pieces.push(rows);
+        Ok(())
     }
 
     /// The dense output of the accepted samples at their `wanted` times in `(t, t1]` (the
@@ -763,49 +858,32 @@ impl Outputs {
         let rounds = wanted.iter().map(Vec::len).max().unwrap_or(0);
         for r in 0..rounds {
             let at: Vec<Option<f64>> = wanted.iter().map(|w| w.get(r).copied()).collect();
-            let p = self.pieces.len();
-            self.pieces.push(ev.dense(dense, &at)?);
-            for (i, a) in at.iter().enumerate() {
-                if a.is_some() {
-                    self.slot[next[i]][i] = p;
-                    next[i] += 1;
-                }
-            }
+            let filed: Vec<bool> = at.iter().map(Option::is_some).collect();
+            self.file_rows(&ev.dense(dense, &at)?, &filed, next)?;
         }
         Ok(())
     }
 
-    /// Files each found event's state as its sample's next output, which ends the sample.
-    fn file(&mut self, located: Located, next: &mut [usize]) {
-        let base = self.pieces.len();
-        self.pieces.extend(located.pieces);
-        for &(i, p) in &located.found {
-            self.slot[next[i]][i] = base + p;
+    /// Files each found event's state (a row `[1, …]`) as its sample's next output, which
+    /// ends the sample.
+    fn file(&mut self, found: Vec<(usize, Tensor)>, next: &mut [usize]) {
+        for (i, row) in found {
+            self.slot[next[i]][i] = self.rows;
+            self.rows += 1;
+            self.pieces.push(row);
             next[i] = self.slot.len();
         }
     }
 
-    /// `[T, B, …]`: one gather from the pieces.
+    /// `[T, B, …]`: one gather from the rows.
     fn finish(self, y0: &Tensor) -> Result<Tensor> {
         let b = y0.dim(0)?;
         let n_out = self.slot.len();
-        let stacked = Tensor::stack(&self.pieces, 0)?;
-        let mut rest = y0.dims()[1..].to_vec();
-        let mut flat = vec![self.pieces.len() * b];
-        flat.extend_from_slice(&rest);
-        let stacked = stacked.reshape(flat)?;
-        let idx: Vec<u32> = self
-            .slot
-            .iter()
-            .flat_map(|row| {
-                row.iter()
-                    .enumerate()
-                    .map(move |(i, &p)| (p * b + i) as u32)
-            })
-            .collect();
+        let all = Tensor::cat(&self.pieces, 0)?;
+        let idx: Vec<u32> = self.slot.iter().flatten().map(|&r| r as u32).collect();
         let idx = Tensor::from_vec(idx, n_out * b, y0.device())?;
         let mut dims = vec![n_out, b];
-        dims.append(&mut rest);
-        stacked.index_select(&idx, 0)?.reshape(dims)
+        dims.extend_from_slice(&y0.dims()[1..]);
+        all.index_select(&idx, 0)?.reshape(dims)
     }
 }

@@ -10,18 +10,24 @@
 //! lands each at its own time in one batched solve.
 //!
 //! `g(t1, y1)` comes back with the step's error ratios, so a step still reads the device
-//! once; locating reads once per iteration, for every sample that is locating at once.
+//! once. A sample whose conditions changed sign stops stepping and searches that step's
+//! dense output (kept) by the Illinois method, one trial a batch step: the trial's `g` is
+//! evaluated with the stepping samples' `g(t1, y1)` and comes back in the same read. Only
+//! the searches left when no sample steps any more read on their own, once an iteration
+//! for all of them.
 //! Each event time is differentiable by the implicit function theorem, sample by sample, as
 //! in [`crate::event`]: [`independent_event_gradients`].
 
 use crate::error::SolverError;
 use crate::event::{Crossing, EventOptions};
 use crate::independent::{
-    batch_size, check_method, in_sample, run, BatchField, DenseStep, Evaluator, SampleStats,
+    batch_size, check_method, in_sample, run, BatchField, Evaluator, SampleStats, StoredStep,
 };
 use crate::options::SolveOptions;
 use crate::solve::check_state;
 use candle_core::{DType, Result, Tensor, Var};
+use std::collections::VecDeque;
+use std::rc::Rc;
 
 /// An event function over a batch of independent problems: `g(t, y)` with `y` of shape
 /// `[B, …]` and `t` of shape `[B]` (each sample's own time, in `y`'s dtype), returning a
@@ -65,8 +71,8 @@ pub struct LocatedIndependentEvent {
     /// Evaluations of the field, each on the whole batch.
     pub nfe: usize,
     /// Reads back to the host: those of [`crate::odeint_independent`] (each step's read
-    /// brings `g` back with the error ratios), one of `g(t0, y0)` and one per iteration that
-    /// locates crossings (for all the samples locating in that step at once).
+    /// brings `g` back with the error ratios, and the searching samples' trials), one of
+    /// `g(t0, y0)`, and one per iteration of the searches left when no sample steps any more.
     pub host_reads: usize,
 }
 
@@ -105,8 +111,8 @@ pub struct IndependentEventSolution {
 /// condition exactly zero at `t0` starts watching once it becomes non-zero; the returned time
 /// is the last one located on the side the crossing starts from, within
 /// `ev_opts.time_tol`; two crossings of one condition within one step cancel (`max_step`
-/// bounds what can be missed). A sample that stops rides along the batch's later steps
-/// unchanged.
+/// bounds what can be missed). A sample that has crossed rides along the batch's later steps
+/// unchanged while it searches for the crossing (module docs), and after.
 ///
 /// Gradients flow into [`IndependentEventSolution::time`] and
 /// [`IndependentEventSolution::y`] by backprop through the solver and through each event time
@@ -371,8 +377,13 @@ where
     Ok((time, y_event, ev.nfe.get(), ev.reads.get()))
 }
 
-/// Watches the sign of each sample's conditions across its accepted steps and locates
+/// Watches the sign of each sample's conditions across its accepted steps and searches
 /// crossings; used by [`crate::independent`]'s solve loop.
+///
+/// A sample whose conditions changed sign in a step stops stepping and searches that step's
+/// dense output (kept, [`StoredStep`]) by the Illinois method, one trial a batch iteration:
+/// its trial's `g` is evaluated with the stepping samples' `g(t1, y1)` and read with their
+/// error ratios, so the search adds no reads while other samples still step.
 pub(crate) struct BatchWatch<'a> {
     g: &'a dyn BatchEventFunction,
     opts: EventOptions,
@@ -385,27 +396,137 @@ pub(crate) struct BatchWatch<'a> {
     sign: Vec<f64>,
     /// Each sample's event time and condition, once found.
     found: Vec<Option<(f64, usize)>>,
+    /// Each searching sample's search.
+    searches: Vec<Option<Search>>,
+    /// Samples whose search has ended, with their state at the event (`[1, …]`), to be filed.
+    done: Vec<(usize, Tensor)>,
 }
 
-/// The states at the events found in one step: pieces `[B, …]`, and for each sample with an
-/// event the piece whose row holds its state there.
-pub(crate) struct Located {
-    pub(crate) pieces: Vec<Tensor>,
-    pub(crate) found: Vec<(usize, usize)>,
+/// A sample's search of the step in which some of its conditions changed sign.
+struct Search {
+    /// The sample, and the direction of its step.
+    i: usize,
+    dir: f64,
+    step: Rc<StoredStep>,
+    /// The conditions still to locate, in order, and the one being located.
+    queue: VecDeque<usize>,
+    job: Option<Job>,
+    /// `g` at the step's start and end (this sample's row).
+    g_start: Vec<f64>,
+    g_end: Vec<f64>,
+    /// The sign of each condition before the step.
+    sign: Vec<f64>,
+    /// The earliest crossing located so far: time, state (`[1, …]`), condition.
+    best: Option<(f64, Tensor, usize)>,
 }
 
-/// One crossing being located by the Illinois method on `[a, b]` (a sample's step).
+/// One crossing being located by the Illinois method on `[a, b]` (within a sample's step).
 struct Job {
     e: usize,
     a: f64,
     ga: f64,
-    /// The piece whose row holds the state at `a`.
-    a_piece: usize,
+    /// The sample's state at `a`, `[1, …]`.
+    ya: Tensor,
     b: f64,
     gb: f64,
     /// Which end moved last: +1 for `a`, −1 for `b`.
     side: i8,
     iters: usize,
+}
+
+/// Row `i` of `t` as a tensor of its own (`[1, …]`), so it does not hold the batch's storage.
+fn row(t: &Tensor, i: usize) -> Result<Tensor> {
+    t.index_select(&Tensor::new(&[i as u32], t.device())?, 0)
+}
+
+impl Search {
+    /// Records a located crossing if it is this sample's earliest.
+    fn record(&mut self, t: f64, y: Tensor, e: usize) {
+        let dir = self.dir;
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|(tb, _, _)| (t - tb) * dir < 0.0)
+        {
+            self.best = Some((t, y, e));
+        }
+    }
+
+    /// The next trial time of this search, starting the next condition's job when one ends;
+    /// `None` when every condition is located.
+    fn propose(&mut self, time_tol: f64) -> Result<Option<f64>> {
+        let i = self.i;
+        loop {
+            if self.job.is_none() {
+                let Some(e) = self.queue.pop_front() else {
+                    return Ok(None);
+                };
+                let d = self.step.view();
+                let gb = self.g_end[e];
+                if gb == 0.0 {
+                    let y1 = row(&d.step.y1, i)?;
+                    self.record(d.t1[i], y1, e);
+                    continue;
+                }
+                self.job = Some(Job {
+                    e,
+                    a: d.t[i],
+                    ga: self.g_start[e],
+                    ya: row(d.y, i)?,
+                    b: d.t1[i],
+                    gb,
+                    side: 0,
+                    iters: 0,
+                });
+            }
+            let job = self.job.as_ref().expect("a job was just set");
+            let (a, b) = (job.a, job.b);
+            let tol = time_tol.max(4.0 * f64::EPSILON * a.abs().max(b.abs()));
+            let inside = |x: f64| (x - a) * (x - b) < 0.0;
+            let secant = b - job.gb * (b - a) / (job.gb - job.ga);
+            let mid = 0.5 * (a + b);
+            if job.iters < 200 && (b - a).abs() > tol {
+                if secant.is_finite() && inside(secant) {
+                    return Ok(Some(secant));
+                }
+                if inside(mid) {
+                    return Ok(Some(mid));
+                }
+            }
+            let job = self.job.take().expect("a job is running");
+            self.record(job.a, job.ya, job.e);
+        }
+    }
+
+    /// Takes `g`'s value `v` at the trial `(t, y_t)` into the running job.
+    fn update(&mut self, t: f64, v: f64, y_t: &Tensor) -> Result<()> {
+        let i = self.i;
+        let Some(job) = self.job.as_mut() else {
+            return Ok(());
+        };
+        if !v.is_finite() {
+            return Err(in_sample(SolverError::NonFinite { t }, i));
+        }
+        job.iters += 1;
+        if v == 0.0 {
+            let (e, y) = (job.e, row(y_t, i)?);
+            self.job = None;
+            self.record(t, y, e);
+        } else if sign(v) == self.sign[job.e] {
+            (job.a, job.ga, job.ya) = (t, v, row(y_t, i)?);
+            if job.side == 1 {
+                job.gb *= 0.5;
+            }
+            job.side = 1;
+        } else {
+            (job.b, job.gb) = (t, v);
+            if job.side == -1 {
+                job.ga *= 0.5;
+            }
+            job.side = -1;
+        }
+        Ok(())
+    }
 }
 
 impl<'a> BatchWatch<'a> {
@@ -418,6 +539,8 @@ impl<'a> BatchWatch<'a> {
             last: vec![],
             sign: vec![],
             found: vec![None; b],
+            searches: (0..b).map(|_| None).collect(),
+            done: Vec::new(),
         }
     }
 
@@ -527,137 +650,102 @@ impl<'a> BatchWatch<'a> {
         }
     }
 
-    /// Locates every crossing of `crossings` on its sample's dense output, all samples' at
-    /// once (one evaluation of `g` and one read per iteration), and records each sample's
-    /// first.
-    pub(crate) fn locate<F: BatchField + ?Sized>(
-        &mut self,
+    /// Starts sample `i`'s search of the step `kept`, in which its conditions `crossed`
+    /// changed sign (`g1`: every sample's `g` at the step's end). Before [`Self::advance`].
+    pub(crate) fn begin(&mut self, i: usize, crossed: &[usize], kept: &Rc<StoredStep>, g1: &[f64]) {
+        let k = self.k;
+        let row = i * k..(i + 1) * k;
+        let d = kept.view();
+        self.searches[i] = Some(Search {
+            i,
+            dir: if d.t1[i] > d.t[i] { 1.0 } else { -1.0 },
+            step: Rc::clone(kept),
+            queue: crossed.iter().copied().collect(),
+            job: None,
+            g_start: self.last[row.clone()].to_vec(),
+            g_end: g1[row.clone()].to_vec(),
+            sign: self.sign[row].to_vec(),
+            best: None,
+        });
+    }
+
+    /// Each searching sample's next trial time (`None` for the others). A search whose
+    /// conditions are all located ends: its sample's event is recorded, to be filed
+    /// ([`Self::take_found`]).
+    pub(crate) fn propose(&mut self) -> Result<Vec<Option<f64>>> {
+        let mut at = vec![None; self.b];
+        for i in 0..self.b {
+            let Some(search) = self.searches[i].as_mut() else {
+                continue;
+            };
+            match search.propose(self.opts.time_tol)? {
+                Some(t) => at[i] = Some(t),
+                None => {
+                    let search = self.searches[i].take().expect("a search");
+                    let (t, y, e) = search.best.expect("a search locates a crossing");
+                    self.found[i] = Some((t, e));
+                    self.done.push((i, y));
+                }
+            }
+        }
+        Ok(at)
+    }
+
+    /// The samples whose search has ended, with their states at their events (`[1, …]`).
+    pub(crate) fn take_found(&mut self) -> Vec<(usize, Tensor)> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// The searching samples' states at their trial times `at`, `[B, …]` (the other rows
+    /// unspecified): one dense output per kept step that a search is on.
+    pub(crate) fn trial_states<F: BatchField + ?Sized>(
+        &self,
         ev: &Evaluator<'_, F>,
-        d: &DenseStep<'_>,
-        crossings: &[Vec<usize>],
-        g1: &[f64],
-    ) -> Result<Located> {
-        let (b, k) = (self.b, self.k);
-        // Pieces 0 and 1: the step's start and end.
-        let mut pieces = vec![d.y.clone(), d.step.y1.clone()];
-        let mut queue: Vec<std::collections::VecDeque<usize>> = crossings
-            .iter()
-            .map(|c| c.iter().copied().collect())
-            .collect();
-        let mut jobs: Vec<Option<Job>> = (0..b).map(|_| None).collect();
-        // Each sample's earliest crossing so far: time, piece, condition.
-        let mut best: Vec<Option<(f64, usize, usize)>> = vec![None; b];
-        let dir = |i: usize| if d.t1[i] > d.t[i] { 1.0 } else { -1.0 };
-        let record = |best: &mut Vec<Option<(f64, usize, usize)>>, i: usize, hit| {
-            let (tc, _, _) = hit;
-            if best[i].is_none_or(|(tb, _, _)| (tc - tb) * dir(i) < 0.0) {
-                best[i] = Some(hit);
+        at: &[Option<f64>],
+    ) -> Result<Option<Tensor>> {
+        let mut merged: Option<Tensor> = None;
+        let mut seen: Vec<*const StoredStep> = Vec::new();
+        for search in self.searches.iter().flatten() {
+            let p = Rc::as_ptr(&search.step);
+            if seen.contains(&p) {
+                continue;
             }
-        };
-        loop {
-            let mut at: Vec<Option<f64>> = vec![None; b];
-            for i in 0..b {
-                loop {
-                    if jobs[i].is_none() {
-                        let Some(e) = queue[i].pop_front() else { break };
-                        let gb = g1[i * k + e];
-                        if gb == 0.0 {
-                            record(&mut best, i, (d.t1[i], 1, e));
-                            continue;
-                        }
-                        jobs[i] = Some(Job {
-                            e,
-                            a: d.t[i],
-                            ga: self.last[i * k + e],
-                            a_piece: 0,
-                            b: d.t1[i],
-                            gb,
-                            side: 0,
-                            iters: 0,
-                        });
-                    }
-                    let job = jobs[i].as_ref().expect("a job was just set");
-                    let tol = self
-                        .opts
-                        .time_tol
-                        .max(4.0 * f64::EPSILON * job.a.abs().max(job.b.abs()));
-                    let (a, bb) = (job.a, job.b);
-                    let inside = |x: f64| (x - a) * (x - bb) < 0.0;
-                    let secant = bb - job.gb * (bb - a) / (job.gb - job.ga);
-                    let mid = 0.5 * (a + bb);
-                    let tm = if job.iters >= 200 || (bb - a).abs() <= tol {
-                        None
-                    } else if secant.is_finite() && inside(secant) {
-                        Some(secant)
-                    } else if inside(mid) {
-                        Some(mid)
-                    } else {
-                        None
-                    };
-                    match tm {
-                        Some(tm) => {
-                            at[i] = Some(tm);
-                            break;
-                        }
-                        None => {
-                            record(&mut best, i, (job.a, job.a_piece, job.e));
-                            jobs[i] = None;
-                        }
-                    }
-                }
-            }
-            if at.iter().all(Option::is_none) {
-                break;
-            }
-            let ym = ev.dense(d, &at)?;
-            let tm: Vec<f64> = (0..b).map(|i| at[i].unwrap_or(d.t[i])).collect();
-            let gm = ev.read(&self.values(ev, &tm, &ym)?)?;
-            let p = pieces.len();
-            pieces.push(ym);
-            for i in 0..b {
-                let (Some(t), Some(job)) = (at[i], jobs[i].as_mut()) else {
-                    continue;
-                };
-                let v = gm[i * k + job.e];
-                if !v.is_finite() {
-                    return Err(in_sample(SolverError::NonFinite { t }, i));
-                }
-                job.iters += 1;
-                if v == 0.0 {
-                    record(&mut best, i, (t, p, job.e));
-                    jobs[i] = None;
-                } else if sign(v) == self.sign[i * k + job.e] {
-                    (job.a, job.ga, job.a_piece) = (t, v, p);
-                    if job.side == 1 {
-                        job.gb *= 0.5;
-                    }
-                    job.side = 1;
-                } else {
-                    (job.b, job.gb) = (t, v);
-                    if job.side == -1 {
-                        job.ga *= 0.5;
-                    }
-                    job.side = -1;
-                }
-            }
-        }
-        // Keep only the pieces that hold an event, renumbered.
-        let mut keep: Vec<Option<usize>> = vec![None; pieces.len()];
-        let mut kept = Vec::new();
-        let mut found = Vec::new();
-        for (i, hit) in best.iter().enumerate() {
-            let Some((tc, p, e)) = *hit else { continue };
-            self.found[i] = Some((tc, e));
-            let q = *keep[p].get_or_insert_with(|| {
-                kept.push(pieces[p].clone());
-                kept.len() - 1
+            seen.push(p);
+            let on: Vec<bool> = (0..self.b)
+                .map(|i| {
+                    at[i].is_some()
+                        && self.searches[i]
+                            .as_ref()
+                            .is_some_and(|s| Rc::ptr_eq(&s.step, &search.step))
+                })
+                .collect();
+            let mine: Vec<Option<f64>> = (0..self.b).map(|i| at[i].filter(|_| on[i])).collect();
+            let dense = ev.dense(&search.step.view(), &mine)?;
+            merged = Some(match merged {
+                None => dense,
+                Some(m) => ev.mask(&on)?.where_cond(&dense, &m)?,
             });
-            found.push((i, q));
         }
-        Ok(Located {
-            pieces: kept,
-            found,
-        })
+        Ok(merged)
+    }
+
+    /// Takes `g` at the trial states (`values`, `[B·K]`; the searching samples' rows) into
+    /// their searches.
+    pub(crate) fn update(
+        &mut self,
+        at: &[Option<f64>],
+        values: &[f64],
+        trial: &Tensor,
+    ) -> Result<()> {
+        let k = self.k;
+        for (i, t) in at.iter().enumerate() {
+            let (Some(t), Some(search)) = (t, self.searches[i].as_mut()) else {
+                continue;
+            };
+            let e = search.job.as_ref().map_or(0, |j| j.e);
+            search.update(*t, values[i * k + e], trial)?;
+        }
+        Ok(())
     }
 }
 
