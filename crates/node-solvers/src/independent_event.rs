@@ -674,18 +674,16 @@ impl<'a> BatchWatch<'a> {
     /// ([`Self::take_found`]).
     pub(crate) fn propose(&mut self) -> Result<Vec<Option<f64>>> {
         let mut at = vec![None; self.b];
-        for i in 0..self.b {
+        for (i, slot) in at.iter_mut().enumerate() {
             let Some(search) = self.searches[i].as_mut() else {
                 continue;
             };
-            match search.propose(self.opts.time_tol)? {
-                Some(t) => at[i] = Some(t),
-                None => {
-                    let search = self.searches[i].take().expect("a search");
-                    let (t, y, e) = search.best.expect("a search locates a crossing");
-                    self.found[i] = Some((t, e));
-                    self.done.push((i, y));
-                }
+            *slot = search.propose(self.opts.time_tol)?;
+            if slot.is_none() {
+                let search = self.searches[i].take().expect("a search");
+                let (t, y, e) = search.best.expect("a search locates a crossing");
+                self.found[i] = Some((t, e));
+                self.done.push((i, y));
             }
         }
         Ok(at)
