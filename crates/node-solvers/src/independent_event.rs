@@ -416,8 +416,9 @@ struct Search {
     g_end: Vec<f64>,
     /// The sign of each condition before the step.
     sign: Vec<f64>,
-    /// The earliest crossing located so far: time, state (`[1, …]`), condition.
-    best: Option<(f64, Tensor, usize)>,
+    /// The earliest crossing located so far: time, condition, and a batch state whose row
+    /// `i` is the sample's state there.
+    best: Option<(f64, usize, Tensor)>,
 }
 
 /// One crossing being located by the Illinois method on `[a, b]` (within a sample's step).
@@ -425,7 +426,9 @@ struct Job {
     e: usize,
     a: f64,
     ga: f64,
-    /// The sample's state at `a`, `[1, …]`.
+    /// A batch state whose row `i` is the sample's state at `a` (the step's start, or the
+    /// trial tensor of the iteration that moved `a`: shared by the searches of that
+    /// iteration, and held only while `a` stays there).
     ya: Tensor,
     b: f64,
     gb: f64,
@@ -441,14 +444,13 @@ fn row(t: &Tensor, i: usize) -> Result<Tensor> {
 
 impl Search {
     /// Records a located crossing if it is this sample's earliest.
-    fn record(&mut self, t: f64, y: Tensor, e: usize) {
-        let dir = self.dir;
+    fn record(&mut self, t: f64, e: usize, y: Tensor) {
         if self
             .best
             .as_ref()
-            .is_none_or(|(tb, _, _)| (t - tb) * dir < 0.0)
+            .is_none_or(|(tb, _, _)| (t - tb) * self.dir < 0.0)
         {
-            self.best = Some((t, y, e));
+            self.best = Some((t, e, y));
         }
     }
 
@@ -464,15 +466,15 @@ impl Search {
                 let d = self.step.view();
                 let gb = self.g_end[e];
                 if gb == 0.0 {
-                    let y1 = row(&d.step.y1, i)?;
-                    self.record(d.t1[i], y1, e);
+                    let y1 = d.step.y1.clone();
+                    self.record(d.t1[i], e, y1);
                     continue;
                 }
                 self.job = Some(Job {
                     e,
                     a: d.t[i],
                     ga: self.g_start[e],
-                    ya: row(d.y, i)?,
+                    ya: d.y.clone(),
                     b: d.t1[i],
                     gb,
                     side: 0,
@@ -494,12 +496,13 @@ impl Search {
                 }
             }
             let job = self.job.take().expect("a job is running");
-            self.record(job.a, job.ya, job.e);
+            self.record(job.a, job.e, job.ya);
         }
     }
 
-    /// Takes `g`'s value `v` at the trial `(t, y_t)` into the running job.
-    fn update(&mut self, t: f64, v: f64, y_t: &Tensor) -> Result<()> {
+    /// Takes `g`'s value `v` at the trial `(t, trial)` into the running job (`trial` the
+    /// batch's trial states, this sample's row at `t`).
+    fn update(&mut self, t: f64, v: f64, trial: &Tensor) -> Result<()> {
         let i = self.i;
         let Some(job) = self.job.as_mut() else {
             return Ok(());
@@ -509,11 +512,11 @@ impl Search {
         }
         job.iters += 1;
         if v == 0.0 {
-            let (e, y) = (job.e, row(y_t, i)?);
+            let e = job.e;
             self.job = None;
-            self.record(t, y, e);
+            self.record(t, e, trial.clone());
         } else if sign(v) == self.sign[job.e] {
-            (job.a, job.ga, job.ya) = (t, v, row(y_t, i)?);
+            (job.a, job.ga, job.ya) = (t, v, trial.clone());
             if job.side == 1 {
                 job.gb *= 0.5;
             }
@@ -681,9 +684,9 @@ impl<'a> BatchWatch<'a> {
             *slot = search.propose(self.opts.time_tol)?;
             if slot.is_none() {
                 let search = self.searches[i].take().expect("a search");
-                let (t, y, e) = search.best.expect("a search locates a crossing");
+                let (t, e, y) = search.best.expect("a search locates a crossing");
                 self.found[i] = Some((t, e));
-                self.done.push((i, y));
+                self.done.push((i, row(&y, i)?));
             }
         }
         Ok(at)
