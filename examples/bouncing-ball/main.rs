@@ -374,45 +374,19 @@ fn main() -> Result<()> {
         "\nsolves {solve_ms:.1} ms, backward {backward_ms:.1} ms; gradient of the last bounce \
          time ({last:.6}):"
     );
-    println!("\n parameter  |    autograd | central diff. | difference");
-    // Central differences of the whole simulation, each parameter in turn (the radius as
-    // log r, as it is a parameter).
-    let eps = 1e-5;
-    let mut failed = false;
-    for (i, name) in NAMES.iter().enumerate() {
-        let got = match grads.get(ball.var(i)) {
-            Some(g) => g.to_dtype(DType::F64)?.to_vec1::<f64>()?[0],
-            None => 0.0,
-        };
-        let at = |d: f64| -> Result<f64> {
-            let mut q = p;
-            if i == 3 {
-                q[3] = (q[3].ln() + d).exp();
-            } else {
-                q[i] += d;
-            }
-            let b = Ball::new(q, &dev)?;
-            Ok(b.bounces(
-                args.bounces,
-                GradientArg::Backprop,
-                args.checkpoint.options(),
-                args.tol,
-            )?
-            .last()
-            .expect("at least one bounce")
-            .0)
-        };
-        let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
-        let diff = (got - fd).abs();
-        // Solver errors ~tol over a difference step of 1e-5: 1e-5·|fd| leaves room for that.
-        let ok = diff <= 1e-5 * fd.abs().max(1.0);
-        failed |= !ok;
-        let label = if i == 3 { "log radius" } else { name };
-        println!(
-            " {label:<10} | {got:>11.6} | {fd:>13.6} | {diff:>10.1e}{}",
-            if ok { "" } else { "  MISMATCH" }
-        );
-    }
+    // Central differences of the whole simulation.
+    let failed = gradient_check(&ball, &grads, p, |q| {
+        let b = Ball::new(q, &dev)?;
+        Ok(b.bounces(
+            args.bounces,
+            GradientArg::Backprop,
+            args.checkpoint.options(),
+            args.tol,
+        )?
+        .last()
+        .expect("at least one bounce")
+        .0)
+    })?;
 
     if !args.no_plot {
         draw(&ball, &bounces, p, args.tol, &args.plot)?;
@@ -429,6 +403,46 @@ fn main() -> Result<()> {
     }
     println!("gradient check passed");
     Ok(())
+}
+
+/// Prints each parameter's gradient in `grads` beside the central difference of `value`
+/// (the whole simulation run with the parameters `q`; the radius differenced as its log)
+/// and returns whether any of them disagree.
+fn gradient_check(
+    ball: &Ball,
+    grads: &candle_core::backprop::GradStore,
+    p: [f64; 7],
+    value: impl Fn([f64; 7]) -> Result<f64>,
+) -> Result<bool> {
+    println!("\n parameter  |    autograd | central diff. | difference");
+    let eps = 1e-5;
+    let mut failed = false;
+    for (i, name) in NAMES.iter().enumerate() {
+        let got = match grads.get(ball.var(i)) {
+            Some(g) => g.to_dtype(DType::F64)?.to_vec1::<f64>()?[0],
+            None => 0.0,
+        };
+        let at = |d: f64| -> Result<f64> {
+            let mut q = p;
+            if i == 3 {
+                q[3] = (q[3].ln() + d).exp();
+            } else {
+                q[i] += d;
+            }
+            value(q)
+        };
+        let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
+        let diff = (got - fd).abs();
+        // Solver errors ~tol over a difference step of 1e-5: 1e-5·|fd| leaves room for that.
+        let ok = diff <= 1e-5 * fd.abs().max(1.0);
+        failed |= !ok;
+        let label = if i == 3 { "log radius" } else { name };
+        println!(
+            " {label:<10} | {got:>11.6} | {fd:>13.6} | {diff:>10.1e}{}",
+            if ok { "" } else { "  MISMATCH" }
+        );
+    }
+    Ok(failed)
 }
 
 /// `--balls N`: the balls bounced in batched solves, against their closed form, against the
@@ -500,35 +514,11 @@ fn many_balls(args: &Args, p: [f64; 7], dev: &Device) -> Result<()> {
     }
 
     println!("\ngradient of the sum of the last bounce times:");
-    println!("\n parameter  |    autograd | central diff. | difference");
-    let eps = 1e-5;
-    let mut failed = false;
-    for (i, name) in NAMES.iter().enumerate() {
-        let got = match grads.get(ball.var(i)) {
-            Some(g) => g.to_dtype(DType::F64)?.to_vec1::<f64>()?[0],
-            None => 0.0,
-        };
-        let at = |d: f64| -> Result<f64> {
-            let mut q = p;
-            if i == 3 {
-                q[3] = (q[3].ln() + d).exp();
-            } else {
-                q[i] += d;
-            }
-            let b = Ball::new(q, dev)?;
-            let out = b.batch_bounces(balls, n, GradientArg::Backprop, args.tol)?;
-            Ok(out.last().expect("at least one bounce").0.iter().sum())
-        };
-        let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
-        let diff = (got - fd).abs();
-        let ok = diff <= 1e-5 * fd.abs().max(1.0);
-        failed |= !ok;
-        let label = if i == 3 { "log radius" } else { name };
-        println!(
-            " {label:<10} | {got:>11.6} | {fd:>13.6} | {diff:>10.1e}{}",
-            if ok { "" } else { "  MISMATCH" }
-        );
-    }
+    let failed = gradient_check(&ball, &grads, p, |q| {
+        let b = Ball::new(q, dev)?;
+        let out = b.batch_bounces(balls, n, GradientArg::Backprop, args.tol)?;
+        Ok(out.last().expect("at least one bounce").0.iter().sum())
+    })?;
     if worst_alone > 1e-9 {
         bail!("a ball's bounce time is {worst_alone:e} away from the same ball bounced alone");
     }

@@ -67,6 +67,18 @@ pub struct EventOptions {
 }
 
 impl EventOptions {
+    /// Checks `time_tol`.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(self.time_tol.is_finite() && self.time_tol >= 0.0) {
+            return Err(SolverError::InvalidOptions(format!(
+                "event time_tol must be finite and >= 0, got {}",
+                self.time_tol
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     /// Sets [`EventOptions::crossing`].
     pub fn crossing(mut self, c: Crossing) -> Self {
         self.crossing = c;
@@ -363,13 +375,7 @@ where
     let ts = [t0, t_max];
     let dir = check_times(&ts)?;
     check_state(y0, opts)?;
-    if !(ev_opts.time_tol.is_finite() && ev_opts.time_tol >= 0.0) {
-        return Err(SolverError::InvalidOptions(format!(
-            "event time_tol must be finite and >= 0, got {}",
-            ev_opts.time_tol
-        ))
-        .into());
-    }
+    ev_opts.validate()?;
     let ev = Evaluator::new(f);
     let mut watch = EventWatch::new(g, ev_opts, y0, terminal);
     let g0 = ev.read(&watch.values(t0, y0)?)?;
@@ -585,6 +591,17 @@ where
     reroute(f, g, t, which, y).map(|(time, y, _)| (time, y))
 }
 
+/// The step of a central difference in `t` of a function of a `dtype` state: it balances
+/// truncation (`δ²`) and rounding (`ε/δ`).
+pub(crate) fn time_difference_step(t: f64, dtype: DType) -> f64 {
+    let eps = match dtype {
+        DType::F64 => f64::EPSILON,
+        DType::F32 => f32::EPSILON as f64,
+        _ => 2f64.powi(-8),
+    };
+    eps.cbrt() * t.abs().max(1.0)
+}
+
 fn constant_time(t: f64, y: &Tensor) -> Result<Tensor> {
     Tensor::new(t, y.device())?.to_dtype(y.dtype())
 }
@@ -627,13 +644,7 @@ where
         Some(dy) => (dy.to_dtype(DType::F64)? * fy.to_dtype(DType::F64)?)?.sum_all()?,
         None => Tensor::new(0.0f64, y.device())?,
     };
-    // ∂g/∂t by a central difference; the step balances truncation (δ²) and rounding (ε/δ).
-    let eps = match y.dtype() {
-        DType::F64 => f64::EPSILON,
-        DType::F32 => f32::EPSILON as f64,
-        _ => 2f64.powi(-8),
-    };
-    let delta = eps.cbrt() * t.abs().max(1.0);
+    let delta = time_difference_step(t, y.dtype());
     let up = element(&g.eval(t + delta, &yd)?, which)?.detach();
     let down = element(&g.eval(t - delta, &yd)?, which)?.detach();
     let parts = ev.read(&Tensor::stack(
@@ -854,7 +865,7 @@ impl<'a> EventWatch<'a> {
     }
 }
 
-fn sign(v: f64) -> f64 {
+pub(crate) fn sign(v: f64) -> f64 {
     if v > 0.0 {
         1.0
     } else if v < 0.0 {

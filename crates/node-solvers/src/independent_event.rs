@@ -19,7 +19,7 @@
 //! in [`crate::event`]: [`independent_event_gradients`].
 
 use crate::error::SolverError;
-use crate::event::{Crossing, EventOptions};
+use crate::event::{sign, time_difference_step, Crossing, EventOptions};
 use crate::independent::{
     batch_size, check_method, in_sample, run, BatchField, Evaluator, SampleStats, StoredStep,
 };
@@ -210,13 +210,7 @@ where
     check_state(y0, opts)?;
     let tab = check_method(opts)?;
     let b = batch_size(y0)?;
-    if !(ev_opts.time_tol.is_finite() && ev_opts.time_tol >= 0.0) {
-        return Err(SolverError::InvalidOptions(format!(
-            "event time_tol must be finite and >= 0, got {}",
-            ev_opts.time_tol
-        ))
-        .into());
-    }
+    ev_opts.validate()?;
     let ts: Vec<Vec<f64>> = match spans.len() {
         1 => vec![spans[0].to_vec(); b],
         n if n == b => spans.iter().map(|s| s.to_vec()).collect(),
@@ -339,13 +333,11 @@ where
             .sum(1)?,
         None => Tensor::zeros(b, DType::F64, dev)?,
     };
-    // ∂g/∂t by central differences, each sample's step balancing truncation and rounding.
-    let eps = match y.dtype() {
-        DType::F64 => f64::EPSILON,
-        DType::F32 => f32::EPSILON as f64,
-        _ => 2f64.powi(-8),
-    };
-    let delta: Vec<f64> = t.iter().map(|t| eps.cbrt() * t.abs().max(1.0)).collect();
+    // ∂g/∂t by central differences, a step for each sample.
+    let delta: Vec<f64> = t
+        .iter()
+        .map(|t| time_difference_step(*t, y.dtype()))
+        .collect();
     let shifted = |sign: f64| -> Result<Tensor> {
         let ts: Vec<f64> = t.iter().zip(&delta).map(|(t, d)| t + sign * d).collect();
         pick(&g.eval(&times(&ts)?, &yd)?, event)?
@@ -747,15 +739,5 @@ impl<'a> BatchWatch<'a> {
             search.update(*t, values[i * k + e], trial)?;
         }
         Ok(())
-    }
-}
-
-fn sign(v: f64) -> f64 {
-    if v > 0.0 {
-        1.0
-    } else if v < 0.0 {
-        -1.0
-    } else {
-        0.0
     }
 }

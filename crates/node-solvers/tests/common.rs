@@ -3,6 +3,13 @@
 
 use candle_core::{DType, Tensor};
 
+/// The solver error inside `e` (panics when there is none).
+pub fn solver_error(e: &candle_core::Error) -> node_solvers::SolverError {
+    node_solvers::SolverError::find(e)
+        .unwrap_or_else(|| panic!("not a solver error: {e}"))
+        .clone()
+}
+
 /// max |a - b| as f64.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     Ok((a - b)?

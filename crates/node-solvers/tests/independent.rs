@@ -7,7 +7,7 @@ mod common;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
-use common::max_abs_diff;
+use common::{max_abs_diff, solver_error};
 use node_solvers::{odeint, odeint_independent, Method, SolveOptions, SolverError, TimeInvariant};
 
 /// A time-dependent, nonlinear field on `[B, 2]` with a rate `λ` per sample (`[B, 1]`):
@@ -256,12 +256,6 @@ fn gradients(dev: &Device) -> Result<()> {
 }
 
 candle_core::test_device!(gradients, gradients_cpu, gradients_cuda, gradients_metal);
-
-fn solver_error(e: &candle_core::Error) -> SolverError {
-    SolverError::find(e)
-        .unwrap_or_else(|| panic!("not a solver error: {e}"))
-        .clone()
-}
 
 #[test]
 fn errors() -> Result<()> {

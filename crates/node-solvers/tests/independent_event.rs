@@ -7,7 +7,7 @@ mod common;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
-use common::max_abs_diff;
+use common::{max_abs_diff, solver_error};
 use node_solvers::{
     independent_event_gradients, locate_independent_event, odeint_event, odeint_independent_event,
     Crossing, EventOptions, Method, SolveOptions, SolverError,
@@ -60,16 +60,26 @@ fn balls() -> Balls {
     }
 }
 
+impl Balls {
+    /// `y0` (`[5, 2]`), the drags and the speed limits (`[5, 1]` each) as tensors.
+    fn tensors(&self, dev: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+        let flat: Vec<f64> = self.y0.iter().flatten().copied().collect();
+        Ok((
+            Tensor::from_vec(flat, (self.y0.len(), 2), dev)?,
+            column(&self.k, dev)?,
+            column(&self.vmax, dev)?,
+        ))
+    }
+}
+
 fn column(v: &[f64], dev: &Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(v, (v.len(), 1), dev)?)
 }
 
 fn matches_event_alone(dev: &Device) -> Result<()> {
     let p = balls();
-    let flat: Vec<f64> = p.y0.iter().flatten().copied().collect();
-    let y0 = Var::from_tensor(&Tensor::from_vec(flat, (5, 2), dev)?)?;
-    let k = Var::from_tensor(&column(&p.k, dev)?)?;
-    let vmax = column(&p.vmax, dev)?;
+    let (y0, k, vmax) = p.tensors(dev)?;
+    let (y0, k) = (Var::from_tensor(&y0)?, Var::from_tensor(&k)?);
     let f = |_t: &Tensor, y: &Tensor| drag(y, k.as_tensor());
     let g = |_t: &Tensor, y: &Tensor| conditions(y, &vmax);
     let ev = EventOptions::default();
@@ -321,12 +331,9 @@ candle_core::test_device!(
 fn counts() -> Result<()> {
     let dev = &Device::Cpu;
     let p = balls();
-    let k = column(&p.k, dev)?;
-    let vmax = column(&p.vmax, dev)?;
+    let (y0, k, vmax) = p.tensors(dev)?;
     let f = |_t: &Tensor, y: &Tensor| drag(y, &k);
     let g = |_t: &Tensor, y: &Tensor| conditions(y, &vmax);
-    let flat: Vec<f64> = p.y0.iter().flatten().copied().collect();
-    let y0 = Tensor::from_vec(flat, (5, 2), dev)?;
     let opts = SolveOptions::default().max_step(0.05).first_step(0.05);
     let ev = EventOptions::default();
     let found = locate_independent_event(&f, &y0, &p.spans, &g, &opts, &ev)?;
@@ -400,22 +407,13 @@ fn counts() -> Result<()> {
     Ok(())
 }
 
-fn solver_error(e: &candle_core::Error) -> SolverError {
-    SolverError::find(e)
-        .unwrap_or_else(|| panic!("not a solver error: {e}"))
-        .clone()
-}
-
 #[test]
 fn errors() -> Result<()> {
     let dev = &Device::Cpu;
     let p = balls();
-    let k = column(&p.k, dev)?;
-    let vmax = column(&p.vmax, dev)?;
+    let (y0, k, vmax) = p.tensors(dev)?;
     let f = |_t: &Tensor, y: &Tensor| drag(y, &k);
     let g = |_t: &Tensor, y: &Tensor| conditions(y, &vmax);
-    let flat: Vec<f64> = p.y0.iter().flatten().copied().collect();
-    let y0 = Tensor::from_vec(flat, (5, 2), dev)?;
     let opts = SolveOptions::default();
     let ev = EventOptions::default();
     let err = |r: candle_core::Result<node_solvers::IndependentEventSolution>| {

@@ -12,7 +12,7 @@ mod common;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
-use common::fitted_slope;
+use common::{fitted_slope, solver_error};
 use node_solvers::{
     sdeint, BrownianPath, Calculus, Noise, SdeField, SdeMethod, SdeOptions, SolverError,
     VirtualBrownianTree,
@@ -28,12 +28,6 @@ fn mean_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
 
 fn host(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-}
-
-fn solver_error(e: &candle_core::Error) -> SolverError {
-    SolverError::find(e)
-        .unwrap_or_else(|| panic!("not a solver error: {e}"))
-        .clone()
 }
 
 /// Mean and variance of a sample.
