@@ -202,7 +202,9 @@ pub(crate) fn run<F: BatchField + ?Sized>(
     s.h = first_steps(&ev, &s, &y, &f0, opts, &atol, tab.error_exponent())?;
     let mut prev_ratio = vec![1.0f64; b];
     let mut batch_steps = 0;
-    while s.next.iter().any(|&n| n < n_out) {
+    // Samples that record their crossings and go on (non-terminal events) step on after them.
+    let goes_on = watch.as_deref().is_some_and(|w| !w.terminal);
+    loop {
         // The searches for crossings: each searching sample's next trial time and its state
         // there; the samples whose search has ended are filed, which ends them.
         let (at, trial) = match watch.as_deref_mut() {
@@ -215,6 +217,9 @@ pub(crate) fn run<F: BatchField + ?Sized>(
             None => (vec![None; b], None),
         };
         let searching: Vec<bool> = at.iter().map(Option::is_some).collect();
+        if (0..b).all(|i| s.next[i] >= n_out) && !searching.iter().any(|&x| x) {
+            break;
+        }
         if (0..b).all(|i| s.next[i] >= n_out || searching[i]) {
             // Only searches are left: g at their trial states, one read.
             if let (Some(w), Some(trial)) = (watch.as_deref_mut(), trial) {
@@ -316,7 +321,7 @@ pub(crate) fn run<F: BatchField + ?Sized>(
         let wanted: Vec<Vec<f64>> = (0..b)
             .map(|i| {
                 let mut v = Vec::new();
-                if accepted[i] && crossings[i].is_empty() {
+                if accepted[i] && (goes_on || crossings[i].is_empty()) {
                     while s.next[i] + v.len() < n_out
                         && (ts[i][s.next[i] + v.len()] - t1[i]) * dirs[i] <= 0.0
                     {
@@ -330,7 +335,8 @@ pub(crate) fn run<F: BatchField + ?Sized>(
             s.next[i] >= n_out
                 || searching[i]
                 || (accepted[i]
-                    && (!crossings[i].is_empty() || s.next[i] + wanted[i].len() >= n_out))
+                    && ((!goes_on && !crossings[i].is_empty())
+                        || s.next[i] + wanted[i].len() >= n_out))
         });
         let any_output = wanted.iter().any(|v| !v.is_empty());
         let mut t_new = s.t.clone();

@@ -19,12 +19,13 @@
 //! in [`crate::event`]: [`independent_event_gradients`].
 
 use crate::error::SolverError;
-use crate::event::{sign, time_difference_step, Crossing, EventOptions};
+use crate::event::{sign, time_difference_step, Crossing, EventOptions, RecordedEvent};
 use crate::independent::{
     batch_size, check_method, in_sample, run, BatchField, Evaluator, SampleStats, StoredStep,
 };
 use crate::options::SolveOptions;
 use crate::solve::check_state;
+use crate::tableau::ButcherTableau;
 use candle_core::{DType, Result, Tensor, Var};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -206,21 +207,8 @@ where
     F: BatchField + ?Sized,
     G: BatchEventFunction,
 {
-    opts.validate()?;
-    check_state(y0, opts)?;
-    let tab = check_method(opts)?;
-    let b = batch_size(y0)?;
-    ev_opts.validate()?;
-    let ts: Vec<Vec<f64>> = match spans.len() {
-        1 => vec![spans[0].to_vec(); b],
-        n if n == b => spans.iter().map(|s| s.to_vec()).collect(),
-        n => {
-            return Err(SolverError::InvalidTimes(format!(
-                "{n} spans for {b} samples (one per sample, or one shared)"
-            ))
-            .into())
-        }
-    };
+    let (tab, ts) = prepare(y0, spans, opts, ev_opts)?;
+    let b = ts.len();
     let ends: Vec<f64> = ts.iter().map(|r| r[1]).collect();
     let mut watch = BatchWatch::new(g, ev_opts, b);
     let sol = run(f, y0, ts, opts, tab, Some(&mut watch))?;
@@ -234,6 +222,156 @@ where
         batch_steps: sol.batch_steps,
         nfe: sol.nfe,
         host_reads: sol.host_reads,
+    })
+}
+
+/// The checks of an event solve; its method and one `[t0, t_max]` row per sample.
+fn prepare(
+    y0: &Tensor,
+    spans: &[[f64; 2]],
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+) -> Result<(&'static ButcherTableau, Vec<Vec<f64>>)> {
+    opts.validate()?;
+    check_state(y0, opts)?;
+    let tab = check_method(opts)?;
+    let b = batch_size(y0)?;
+    ev_opts.validate()?;
+    let ts = match spans.len() {
+        1 => vec![spans[0].to_vec(); b],
+        n if n == b => spans.iter().map(|s| s.to_vec()).collect(),
+        n => {
+            return Err(SolverError::InvalidTimes(format!(
+                "{n} spans for {b} samples (one per sample, or one shared)"
+            ))
+            .into())
+        }
+    };
+    Ok((tab, ts))
+}
+
+/// The result of [`odeint_independent_events`].
+#[derive(Clone, Debug)]
+pub struct IndependentEventsSolution {
+    /// Each sample's crossings from its `t0` to its `t_max`, in time order; each `time` (0-d)
+    /// and `y` (the sample's state, `[1, …]`) carries its gradient as
+    /// [`IndependentEventSolution`]'s do.
+    pub events: Vec<Vec<RecordedEvent>>,
+    /// The states at each sample's `t_max`, `[B, …]`.
+    pub y: Tensor,
+    /// Each sample's steps: those [`crate::odeint_independent`] takes on it to `t_max`.
+    pub samples: Vec<SampleStats>,
+    /// Steps of the batch.
+    pub batch_steps: usize,
+    /// Evaluations of the field, the gradients' included (one a round of events).
+    pub nfe: usize,
+    /// Reads back to the host (see [`LocatedIndependentEvent::host_reads`]), and one a round
+    /// of events for the gradients' rates.
+    pub host_reads: usize,
+}
+
+/// Solves a batch of independent problems (the rows of `y0`) over their own spans with their
+/// own steps, as [`crate::odeint_independent`], and records every time a sample's row of
+/// `g(t, y)` crosses zero on the way, without stopping: [`crate::odeint_events`] for each
+/// sample, in one batched solve.
+///
+/// Each sample's crossings are located as [`odeint_independent_event`] locates its first
+/// (its search of the step riding on the batch's later steps, the sample resuming its steps
+/// after), with [`EventOptions`] choosing the directions that count; crossings of several
+/// conditions in one step are each located and recorded in time order. Each sample takes the
+/// steps `odeint_independent` takes on it: watching adds reads, not steps. A condition exactly
+/// zero at a step's end counts as crossing there.
+///
+/// Gradients: each event's `time` and `y` by backprop through the solver and the implicit
+/// function theorem ([`independent_event_gradients`], one call per round: the first events
+/// of every sample, then the second, …), and the final `y` by backprop.
+///
+/// # Shapes
+/// `y0`: `[B, …]`; `g(t, y)`: `[B]` or `[B, …]`; result `y` `[B, …]`, each event's `time`
+/// 0-d and `y` `[1, …]`.
+///
+/// # Errors
+/// As [`odeint_independent_event`].
+///
+/// # Example
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use node_solvers::{odeint_independent_events, EventOptions, SolveOptions};
+/// # fn main() -> candle_core::Result<()> {
+/// // Oscillators y = (cos ωt, −sin ωt) with ω = 1 and 3: cos ωt crosses zero at
+/// // (k + 1/2)π/ω, 3 times before t = 10 for ω = 1 and 9 times for ω = 3.
+/// let dev = Device::Cpu;
+/// let w = Tensor::new(&[[1.0f64], [3.0]], &dev)?;
+/// let field = |_t: &Tensor, y: &Tensor| {
+///     let (a, b) = (y.narrow(1, 0, 1)?, y.narrow(1, 1, 1)?);
+///     Tensor::cat(&[b.broadcast_mul(&w)?, a.broadcast_mul(&w)?.neg()?], 1)
+/// };
+/// let g = |_t: &Tensor, y: &Tensor| y.narrow(1, 0, 1);
+/// let y0 = Tensor::new(&[[1.0f64, 0.0], [1.0, 0.0]], &dev)?;
+/// let opts = SolveOptions::default().tolerances(1e-10, 1e-10);
+/// let sol = odeint_independent_events(&field, &y0, &[[0.0, 10.0]], &g, &opts, &EventOptions::default())?;
+/// assert_eq!((sol.events[0].len(), sol.events[1].len()), (3, 10));
+/// for (k, e) in sol.events[1].iter().enumerate() {
+///     let want = (k as f64 + 0.5) * std::f64::consts::PI / 3.0;
+///     assert!((e.t - want).abs() < 1e-8);
+/// }
+/// # Ok(()) }
+/// ```
+pub fn odeint_independent_events<F, G>(
+    f: &F,
+    y0: &Tensor,
+    spans: &[[f64; 2]],
+    g: &G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+) -> Result<IndependentEventsSolution>
+where
+    F: BatchField + ?Sized,
+    G: BatchEventFunction,
+{
+    let (tab, ts) = prepare(y0, spans, opts, ev_opts)?;
+    let b = ts.len();
+    let ends: Vec<f64> = ts.iter().map(|r| r[1]).collect();
+    let mut watch = BatchWatch::new(g, ev_opts, b);
+    watch.terminal = false;
+    let sol = run(f, y0, ts, opts, tab, Some(&mut watch))?;
+    let y = sol.ys.get(1)?;
+    let all = std::mem::take(&mut watch.all);
+    let (mut nfe, mut reads) = (sol.nfe, sol.host_reads);
+    let mut events: Vec<Vec<RecordedEvent>> = vec![Vec::new(); b];
+    let rounds = all.iter().map(Vec::len).max().unwrap_or(0);
+    for r in 0..rounds {
+        // The r-th event of every sample that has one; the others stand in with their end.
+        let t: Vec<f64> = (0..b)
+            .map(|i| all[i].get(r).map_or(ends[i], |e| e.0))
+            .collect();
+        let which: Vec<Option<usize>> = (0..b).map(|i| all[i].get(r).map(|e| e.1)).collect();
+        let rows = (0..b)
+            .map(|i| match all[i].get(r) {
+                Some(e) => Ok(e.2.clone()),
+                None => y.narrow(0, i, 1),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (time, ye, n, rd) = reroute(f, g, &t, &which, &Tensor::cat(&rows, 0)?)?;
+        (nfe, reads) = (nfe + n, reads + rd);
+        for (i, e) in which.iter().enumerate() {
+            if let Some(e) = e {
+                events[i].push(RecordedEvent {
+                    t: t[i],
+                    time: time.get(i)?,
+                    y: ye.narrow(0, i, 1)?,
+                    event: *e,
+                });
+            }
+        }
+    }
+    Ok(IndependentEventsSolution {
+        events,
+        y,
+        samples: sol.samples,
+        batch_steps: sol.batch_steps,
+        nfe,
+        host_reads: reads,
     })
 }
 
@@ -392,6 +530,10 @@ pub(crate) struct BatchWatch<'a> {
     searches: Vec<Option<Search>>,
     /// Samples whose search has ended, with their state at the event (`[1, …]`), to be filed.
     done: Vec<(usize, Tensor)>,
+    /// Whether a sample stops at its first crossing; otherwise it records every crossing in
+    /// `all` (time, condition, state `[1, …]`) and goes on.
+    pub(crate) terminal: bool,
+    all: Vec<Vec<(f64, usize, Tensor)>>,
 }
 
 /// A sample's search of the step in which some of its conditions changed sign.
@@ -408,9 +550,9 @@ struct Search {
     g_end: Vec<f64>,
     /// The sign of each condition before the step.
     sign: Vec<f64>,
-    /// The earliest crossing located so far: time, condition, and a batch state whose row
-    /// `i` is the sample's state there.
-    best: Option<(f64, usize, Tensor)>,
+    /// The crossings located so far: time, condition, and a batch state whose row `i` is
+    /// the sample's state there.
+    located: Vec<(f64, usize, Tensor)>,
 }
 
 /// One crossing being located by the Illinois method on `[a, b]` (within a sample's step).
@@ -437,13 +579,15 @@ fn row(t: &Tensor, i: usize) -> Result<Tensor> {
 impl Search {
     /// Records a located crossing if it is this sample's earliest.
     fn record(&mut self, t: f64, e: usize, y: Tensor) {
-        if self
-            .best
-            .as_ref()
-            .is_none_or(|(tb, _, _)| (t - tb) * self.dir < 0.0)
-        {
-            self.best = Some((t, e, y));
-        }
+        self.located.push((t, e, y));
+    }
+
+    /// The crossings in time order (those at one time by condition).
+    fn in_order(mut self) -> Vec<(f64, usize, Tensor)> {
+        let dir = self.dir;
+        self.located
+            .sort_by(|a, b| ((a.0 - b.0) * dir).total_cmp(&0.0).then(a.1.cmp(&b.1)));
+        self.located
     }
 
     /// The next trial time of this search, starting the next condition's job when one ends;
@@ -536,6 +680,8 @@ impl<'a> BatchWatch<'a> {
             found: vec![None; b],
             searches: (0..b).map(|_| None).collect(),
             done: Vec::new(),
+            terminal: true,
+            all: vec![Vec::new(); b],
         }
     }
 
@@ -660,7 +806,7 @@ impl<'a> BatchWatch<'a> {
             g_start: self.last[row.clone()].to_vec(),
             g_end: g1[row.clone()].to_vec(),
             sign: self.sign[row].to_vec(),
-            best: None,
+            located: Vec::new(),
         });
     }
 
@@ -676,9 +822,22 @@ impl<'a> BatchWatch<'a> {
             *slot = search.propose(self.opts.time_tol)?;
             if slot.is_none() {
                 let search = self.searches[i].take().expect("a search");
-                let (t, e, y) = search.best.expect("a search locates a crossing");
-                self.found[i] = Some((t, e));
-                self.done.push((i, row(&y, i)?));
+                let (g_end, old) = (search.g_end.clone(), search.sign.clone());
+                let located = search.in_order();
+                if self.terminal {
+                    let (t, e, y) = located.into_iter().next().expect("a crossing");
+                    self.found[i] = Some((t, e));
+                    self.done.push((i, row(&y, i)?));
+                } else {
+                    for (t, e, y) in located {
+                        // Recorded at the step's end, where it is exactly zero: its next
+                        // crossing is back.
+                        if g_end[e] == 0.0 {
+                            self.sign[i * self.k + e] = -old[e];
+                        }
+                        self.all[i].push((t, e, row(&y, i)?));
+                    }
+                }
             }
         }
         Ok(at)

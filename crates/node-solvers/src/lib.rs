@@ -42,7 +42,8 @@ pub use independent::{
 };
 pub use independent_event::{
     independent_event_gradients, locate_independent_event, odeint_independent_event,
-    BatchEventFunction, IndependentEventSolution, LocatedIndependentEvent,
+    odeint_independent_events, BatchEventFunction, IndependentEventSolution,
+    IndependentEventsSolution, LocatedIndependentEvent,
 };
 pub use method::{Method, UnknownMethod};
 pub use options::{Atol, ErrorNorm, Jacobian, SolveOptions, StepController, StepSize};

@@ -539,3 +539,100 @@ fn errors() -> Result<()> {
     ));
     Ok(())
 }
+
+/// Every crossing of every sample (`odeint_independent_events`): damped oscillators with a
+/// frequency, damping and span of their own (one backwards), watched on both components:
+/// each sample's crossings (times, conditions, states), its state at `t_max` and its steps
+/// are `odeint_events`' on it alone, bit for bit, and so are the gradients of the sum of
+/// every event time and state to `y0` and the frequencies.
+fn every_crossing_alone(dev: &Device) -> Result<()> {
+    let omega = Var::new(&[[1.0f64], [2.5], [7.0], [0.7]], dev)?;
+    let damp = Tensor::new(&[[0.1f64], [0.0], [0.3], [0.05]], dev)?;
+    let y0 = Var::new(&[[1.0f64, 0.0], [0.5, 0.5], [0.0, 1.0], [-1.0, 0.2]], dev)?;
+    let spans = [[0.0, 10.0], [1.0, 6.0], [0.0, -4.0], [2.0, 9.0]];
+    let field = |y: &Tensor, w: &Tensor, c: &Tensor| -> candle_core::Result<Tensor> {
+        let (a, b) = (y.narrow(1, 0, 1)?, y.narrow(1, 1, 1)?);
+        let da = b.broadcast_mul(w)?;
+        let db = (a.broadcast_mul(w)?.neg()? - b.broadcast_mul(c)?)?;
+        Tensor::cat(&[da, db], 1)
+    };
+    let f = |_t: &Tensor, y: &Tensor| field(y, omega.as_tensor(), &damp);
+    let g = |_t: &Tensor, y: &Tensor| Ok(y.clone());
+    let opts = SolveOptions::default().tolerances(1e-9, 1e-11);
+    let ev = EventOptions::default();
+    let sol = node_solvers::odeint_independent_events(&f, y0.as_tensor(), &spans, &g, &opts, &ev)?;
+    let counts: Vec<usize> = sol.events.iter().map(Vec::len).collect();
+    assert!(counts.iter().all(|&n| n >= 3), "{counts:?}");
+    let loss = |events: &[node_solvers::RecordedEvent], y: &Tensor| -> Result<Tensor> {
+        let mut l = y.sum_all()?;
+        for (k, e) in events.iter().enumerate() {
+            l = (l + e.time.affine(1.0 + 0.1 * k as f64, 0.0)? + e.y.sum_all()?)?;
+        }
+        Ok(l)
+    };
+    let mut total = sol.y.sum_all()?.zeros_like()?;
+    for (i, events) in sol.events.iter().enumerate() {
+        total = (total + loss(events, &sol.y.narrow(0, i, 1)?)?)?;
+    }
+    let grads = total.backward()?;
+    // Alone: odeint_events on each sample.
+    let own = sol.samples.clone();
+    let plain = node_solvers::odeint_independent(
+        &f,
+        &y0.as_tensor().detach(),
+        &spans.iter().map(|s| s.to_vec()).collect::<Vec<_>>(),
+        &opts,
+    )?;
+    assert_eq!(own, plain.samples, "watching adds no steps");
+    for i in 0..4 {
+        let wi = Var::from_tensor(&omega.as_tensor().narrow(0, i, 1)?.detach())?;
+        let ci = damp.narrow(0, i, 1)?;
+        let yi = Var::from_tensor(&y0.as_tensor().narrow(0, i, 1)?.detach())?;
+        let fi = |_t: f64, y: &Tensor| field(y, wi.as_tensor(), &ci);
+        let gi = |_t: f64, y: &Tensor| Ok(y.clone());
+        let [t0, t_max] = spans[i];
+        let one = node_solvers::odeint_events(&fi, yi.as_tensor(), t0, t_max, &gi, &opts, &ev)?;
+        assert_eq!(one.events.len(), counts[i], "sample {i}: its crossings");
+        for (a, b) in sol.events[i].iter().zip(&one.events) {
+            assert_eq!((a.t, a.event), (b.t, b.event), "sample {i}");
+            assert_eq!(
+                a.y.to_vec2::<f64>()?,
+                b.y.to_vec2::<f64>()?,
+                "sample {i} at {}",
+                a.t
+            );
+            assert_eq!(a.time.to_scalar::<f64>()?, b.t);
+        }
+        assert_eq!(
+            sol.y.narrow(0, i, 1)?.to_vec2::<f64>()?,
+            one.y.to_vec2::<f64>()?
+        );
+        let g1 = loss(&one.events, &one.y)?.backward()?;
+        for (batch, alone, what) in [
+            (
+                grads.get(y0.as_tensor()).map(|g| g.narrow(0, i, 1)),
+                g1.get(yi.as_tensor()),
+                "y0",
+            ),
+            (
+                grads.get(omega.as_tensor()).map(|g| g.narrow(0, i, 1)),
+                g1.get(wi.as_tensor()),
+                "ω",
+            ),
+        ] {
+            let d = max_abs_diff(
+                &batch.expect("a batch gradient")?,
+                alone.expect("a gradient alone"),
+            )?;
+            assert!(d < 1e-11, "sample {i}: {what}'s gradient {d} off");
+        }
+    }
+    Ok(())
+}
+
+candle_core::test_device!(
+    every_crossing_alone,
+    every_crossing_alone_cpu,
+    every_crossing_alone_cuda,
+    every_crossing_alone_metal
+);
