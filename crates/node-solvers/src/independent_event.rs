@@ -21,7 +21,8 @@
 use crate::error::SolverError;
 use crate::event::{sign, time_difference_step, Crossing, EventOptions, RecordedEvent};
 use crate::independent::{
-    batch_size, check_method, in_sample, run, BatchField, Evaluator, SampleStats, StoredStep,
+    batch_size, check_method, in_sample, run, BatchField, Evaluator, IndependentSolution,
+    SampleStats, StoredStep,
 };
 use crate::options::SolveOptions;
 use crate::solve::check_state;
@@ -207,11 +208,8 @@ where
     F: BatchField + ?Sized,
     G: BatchEventFunction,
 {
-    let (tab, ts) = prepare(y0, spans, opts, ev_opts)?;
-    let b = ts.len();
-    let ends: Vec<f64> = ts.iter().map(|r| r[1]).collect();
-    let mut watch = BatchWatch::new(g, ev_opts, b);
-    let sol = run(f, y0, ts, opts, tab, Some(&mut watch))?;
+    let (sol, watch, ends) = watched(f, y0, spans, g, opts, ev_opts, true)?;
+    let b = ends.len();
     Ok(LocatedIndependentEvent {
         t: (0..b)
             .map(|i| watch.found[i].map_or(ends[i], |(t, _)| t))
@@ -223,6 +221,29 @@ where
         nfe: sol.nfe,
         host_reads: sol.host_reads,
     })
+}
+
+/// The batch solve watched by `g`, terminal or not: the solution, the watch (what it found)
+/// and each sample's `t_max`.
+fn watched<'g, F, G>(
+    f: &F,
+    y0: &Tensor,
+    spans: &[[f64; 2]],
+    g: &'g G,
+    opts: &SolveOptions,
+    ev_opts: &EventOptions,
+    terminal: bool,
+) -> Result<(IndependentSolution, BatchWatch<'g>, Vec<f64>)>
+where
+    F: BatchField + ?Sized,
+    G: BatchEventFunction,
+{
+    let (tab, ts) = prepare(y0, spans, opts, ev_opts)?;
+    let ends: Vec<f64> = ts.iter().map(|r| r[1]).collect();
+    let mut watch = BatchWatch::new(g, ev_opts, ts.len());
+    watch.terminal = terminal;
+    let sol = run(f, y0, ts, opts, tab, Some(&mut watch))?;
+    Ok((sol, watch, ends))
 }
 
 /// The checks of an event solve; its method and one `[t0, t_max]` row per sample.
@@ -329,12 +350,8 @@ where
     F: BatchField + ?Sized,
     G: BatchEventFunction,
 {
-    let (tab, ts) = prepare(y0, spans, opts, ev_opts)?;
-    let b = ts.len();
-    let ends: Vec<f64> = ts.iter().map(|r| r[1]).collect();
-    let mut watch = BatchWatch::new(g, ev_opts, b);
-    watch.terminal = false;
-    let sol = run(f, y0, ts, opts, tab, Some(&mut watch))?;
+    let (sol, mut watch, ends) = watched(f, y0, spans, g, opts, ev_opts, false)?;
+    let b = ends.len();
     let y = sol.ys.get(1)?;
     let all = std::mem::take(&mut watch.all);
     let (mut nfe, mut reads) = (sol.nfe, sol.host_reads);
