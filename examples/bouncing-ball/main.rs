@@ -234,7 +234,7 @@ impl Ball {
             move |_t: &Tensor, y: &Tensor| y.narrow(1, 0, 1)?.broadcast_sub(&log_radius.exp()?);
         let opts = SolveOptions::default().tolerances(tol, tol);
         let ev = EventOptions::default().crossing(Crossing::Falling);
-        let spread: Vec<f64> = (0..balls).map(|i| 1.0 + i as f64 / balls as f64).collect();
+        let spread: Vec<f64> = (0..balls).map(|i| spread(i, balls)).collect();
         let heights = self
             .var(0)
             .broadcast_mul(&Tensor::from_vec(spread, (balls, 1), dev)?)?;
@@ -281,6 +281,11 @@ impl Ball {
         }
         Ok(out)
     }
+}
+
+/// Ball `i` of `balls` starts at this multiple of `--height`.
+fn spread(i: usize, balls: usize) -> f64 {
+    1.0 + i as f64 / balls as f64
 }
 
 /// The bounce times in closed form: the fall to `pos = r` takes `(v0 + s)/G` with
@@ -470,13 +475,18 @@ fn many_balls(args: &Args, p: [f64; 7], dev: &Device) -> Result<()> {
     let grads = last.sum_all()?.backward()?;
     let backward_ms = start.elapsed().as_secs_f64() * 1e3;
 
-    // Each ball alone, as the single-ball program bounces it.
+    // Each ball alone, as the single-ball program bounces it: the same height, to the bit.
+    let each: Vec<[f64; 7]> = (0..balls)
+        .map(|i| {
+            let mut q = p;
+            q[0] = p[0] * spread(i, balls);
+            q
+        })
+        .collect();
     let start = Instant::now();
     let mut alone = Vec::with_capacity(balls);
-    for i in 0..balls {
-        let mut q = p;
-        q[0] = p[0] * (1.0 + i as f64 / balls as f64);
-        let b = Ball::new(q, dev)?;
+    for q in &each {
+        let b = Ball::new(*q, dev)?;
         let times = b.bounces(
             n,
             GradientArg::Backprop,
@@ -488,10 +498,8 @@ fn many_balls(args: &Args, p: [f64; 7], dev: &Device) -> Result<()> {
     let alone_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut worst_alone: f64 = 0.0;
     let mut worst_exact: f64 = 0.0;
-    for i in 0..balls {
-        let mut q = p;
-        q[0] = p[0] * (1.0 + i as f64 / balls as f64);
-        let exact = exact_bounces(q, n);
+    for (i, q) in each.iter().enumerate() {
+        let exact = exact_bounces(*q, n);
         for (k, (times, _)) in bounces.iter().enumerate() {
             worst_alone = worst_alone.max((times[i] - alone[i][k]).abs());
             worst_exact = worst_exact.max((times[i] - exact[k]).abs());

@@ -226,13 +226,7 @@ where
     check_param_list(&f.params(), &sources(f), y0)?;
     let found = locate_independent_event(&Detached(f), &y0.detach(), spans, g, opts, ev_opts)?;
     let b = y0.dim(0)?;
-    let forward = SolverStats {
-        nfe: found.nfe,
-        accepted_steps: found.samples.iter().map(|s| s.accepted_steps).sum(),
-        rejected_steps: found.samples.iter().map(|s| s.rejected_steps).sum(),
-        host_reads: found.host_reads,
-        ..SolverStats::default()
-    };
+    let forward = summed(&found.samples, found.nfe, found.host_reads);
     // Each sample's interval, from its start to its event (or end). A sample stopped at its
     // start (its crossing within the time's precision of it) has none: the op runs it over
     // a few ulps past its start, which leaves its state and gradient as they are to
@@ -265,11 +259,16 @@ where
 
 /// A batch solve's counts as [`SolverStats`]: the samples' steps summed.
 fn counts(sol: &IndependentSolution) -> SolverStats {
+    summed(&sol.samples, sol.nfe, sol.host_reads)
+}
+
+/// A batch solve's counts with its samples' steps summed.
+fn summed(samples: &[SampleStats], nfe: usize, host_reads: usize) -> SolverStats {
     SolverStats {
-        nfe: sol.nfe,
-        accepted_steps: sol.samples.iter().map(|s| s.accepted_steps).sum(),
-        rejected_steps: sol.samples.iter().map(|s| s.rejected_steps).sum(),
-        host_reads: sol.host_reads,
+        nfe,
+        accepted_steps: samples.iter().map(|s| s.accepted_steps).sum(),
+        rejected_steps: samples.iter().map(|s| s.rejected_steps).sum(),
+        host_reads,
         ..SolverStats::default()
     }
 }

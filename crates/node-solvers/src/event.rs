@@ -715,15 +715,7 @@ impl<'a> EventWatch<'a> {
     /// `g(t, y)` flattened to f64, checked, for reading with the step's error ratio.
     pub(crate) fn values(&self, t: f64, y: &Tensor) -> Result<Tensor> {
         let v = self.g.eval(t, y)?;
-        if !v.dtype().is_float() || !v.device().same_device(&self.device) {
-            return Err(SolverError::OutputMismatch(format!(
-                "the event function returned dtype {:?} on {:?}; it must be a float tensor on \
-                 the state's device (at t = {t})",
-                v.dtype(),
-                v.device()
-            ))
-            .into());
-        }
+        check_event_output(&v, &self.device, &format!(" (at t = {t})"))?;
         let n = v.elem_count();
         if n == 0 || (self.len != 0 && n != self.len) {
             return Err(SolverError::OutputMismatch(format!(
@@ -766,14 +758,7 @@ impl<'a> EventWatch<'a> {
         let dir = if t1 > t { 1.0 } else { -1.0 };
         let mut hits: Vec<(f64, Tensor, usize)> = vec![];
         for (i, &v1) in g1.iter().enumerate() {
-            let s0 = self.sign[i];
-            let crossed = s0 != 0.0 && sign(v1) != s0;
-            let wanted = match self.opts.crossing {
-                Crossing::Either => true,
-                Crossing::Rising => s0 < 0.0,
-                Crossing::Falling => s0 > 0.0,
-            };
-            if !(crossed && wanted) {
+            if !self.opts.crossing.counts(self.sign[i], v1) {
                 continue;
             }
             let (tc, yc) = self.locate(i, t, t1, y, v1, dense, read)?;
@@ -815,30 +800,9 @@ impl<'a> EventWatch<'a> {
         if v1 == 0.0 {
             return Ok((t1, dense(t1)?));
         }
-        let old = self.sign[i];
-        let (mut a, mut ga, mut ya) = (t, self.last[i], y.clone());
-        let (mut b, mut gb) = (t1, v1);
-        // Which end moved last: +1 for a, −1 for b; two moves of one end halve the other's
-        // value (Illinois), so the stale end cannot hold the iteration to a linear rate.
-        let mut side = 0;
-        for _ in 0..200 {
-            let tol = self
-                .opts
-                .time_tol
-                .max(4.0 * f64::EPSILON * a.abs().max(b.abs()));
-            if (b - a).abs() <= tol {
-                break;
-            }
-            let mid = 0.5 * (a + b);
-            let secant = b - gb * (b - a) / (gb - ga);
-            let inside = |x: f64| (x - a) * (x - b) < 0.0;
-            let tm = if secant.is_finite() && inside(secant) {
-                secant
-            } else if inside(mid) {
-                mid
-            } else {
-                break;
-            };
+        let mut bracket = Illinois::new(t, self.last[i], t1, v1);
+        let mut ya = y.clone();
+        while let Some(tm) = bracket.trial(self.opts.time_tol) {
             let ym = dense(tm)?;
             let gm = read(&self.values(tm, &ym)?)?[i];
             if !gm.is_finite() {
@@ -847,21 +811,110 @@ impl<'a> EventWatch<'a> {
             if gm == 0.0 {
                 return Ok((tm, ym));
             }
-            if sign(gm) == old {
-                (a, ga, ya) = (tm, gm, ym);
-                if side == 1 {
-                    gb *= 0.5;
-                }
-                side = 1;
-            } else {
-                (b, gb) = (tm, gm);
-                if side == -1 {
-                    ga *= 0.5;
-                }
-                side = -1;
+            if bracket.take(tm, gm, self.sign[i]) {
+                ya = ym;
             }
         }
-        Ok((a, ya))
+        Ok((bracket.a, ya))
+    }
+}
+
+/// An event function's output must be a float tensor on the state's `device`; `at` is added
+/// to the error.
+pub(crate) fn check_event_output(v: &Tensor, device: &candle_core::Device, at: &str) -> Result<()> {
+    if !v.dtype().is_float() || !v.device().same_device(device) {
+        return Err(SolverError::OutputMismatch(format!(
+            "the event function returned dtype {:?} on {:?}; it must be a float tensor on the \
+             state's device{at}",
+            v.dtype(),
+            v.device().location()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+impl Crossing {
+    /// Whether a condition whose last non-zero value had the sign `s0` (0 while it has been
+    /// zero, so not yet watched) crosses zero in reaching `v1`, in a direction that counts.
+    pub(crate) fn counts(self, s0: f64, v1: f64) -> bool {
+        let wanted = match self {
+            Crossing::Either => true,
+            Crossing::Rising => s0 < 0.0,
+            Crossing::Falling => s0 > 0.0,
+        };
+        s0 != 0.0 && sign(v1) != s0 && wanted
+    }
+}
+
+/// The Illinois method (regula falsi that halves the stale end's value) on a bracket
+/// `[a, b]` of a crossing: `g` has its old sign (or is zero) at `a`, the other sign at `b`.
+/// Shared by the event watches of [`crate::odeint_event`] and
+/// [`crate::odeint_independent_event`], so both locate a crossing through the same trials.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Illinois {
+    pub(crate) a: f64,
+    ga: f64,
+    b: f64,
+    gb: f64,
+    /// Which end moved last: +1 for `a`, −1 for `b`; two moves of one end halve the other's
+    /// value, so the stale end cannot hold the iteration to a linear rate.
+    side: i8,
+    iters: usize,
+}
+
+impl Illinois {
+    pub(crate) fn new(a: f64, ga: f64, b: f64, gb: f64) -> Self {
+        Self {
+            a,
+            ga,
+            b,
+            gb,
+            side: 0,
+            iters: 0,
+        }
+    }
+
+    /// The next trial time strictly inside the bracket (the secant's, else the midpoint), or
+    /// `None` once the bracket is within `time_tol` (at least a few ulps of `t`), after 200
+    /// trials, or when no time lies inside.
+    pub(crate) fn trial(&self, time_tol: f64) -> Option<f64> {
+        let (a, b) = (self.a, self.b);
+        let tol = time_tol.max(4.0 * f64::EPSILON * a.abs().max(b.abs()));
+        if self.iters >= 200 || (b - a).abs() <= tol {
+            return None;
+        }
+        let inside = |x: f64| (x - a) * (x - b) < 0.0;
+        let secant = b - self.gb * (b - a) / (self.gb - self.ga);
+        let mid = 0.5 * (a + b);
+        if secant.is_finite() && inside(secant) {
+            Some(secant)
+        } else if inside(mid) {
+            Some(mid)
+        } else {
+            None
+        }
+    }
+
+    /// Takes `g`'s non-zero value `v` at the trial `t`; `old` is the sign on `a`'s side.
+    /// Returns whether `a` moved to `t`.
+    pub(crate) fn take(&mut self, t: f64, v: f64, old: f64) -> bool {
+        self.iters += 1;
+        if sign(v) == old {
+            (self.a, self.ga) = (t, v);
+            if self.side == 1 {
+                self.gb *= 0.5;
+            }
+            self.side = 1;
+            true
+        } else {
+            (self.b, self.gb) = (t, v);
+            if self.side == -1 {
+                self.ga *= 0.5;
+            }
+            self.side = -1;
+            false
+        }
     }
 }
 

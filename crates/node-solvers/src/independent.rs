@@ -160,8 +160,9 @@ pub fn odeint_independent<F: BatchField + ?Sized>(
 }
 
 /// The solve loop of [`odeint_independent`], with the options and `ts` checked, watching an
-/// event function per sample when `watch` is given (a sample whose event is found stops
-/// there, its state filed as its last output).
+/// event function per sample when `watch` is given (with a terminal watch, a sample whose
+/// event is found stops there, its state filed as its last output; otherwise its crossings
+/// are recorded and it steps on).
 pub(crate) fn run<F: BatchField + ?Sized>(
     f: &F,
     y0: &Tensor,
@@ -311,7 +312,7 @@ pub(crate) fn run<F: BatchField + ?Sized>(
         let mask = ev.mask(&accepted)?;
         let y_new = mask.where_cond(&step.y1, &y)?;
         // The elements of g whose sign changed in each accepted sample's step: that sample
-        // stops at the first of them.
+        // searches the step for them (and, with a terminal watch, stops at the first).
         let crossings = match watch.as_deref() {
             Some(w) => w.crossings(&accepted, &t1, &g1)?,
             None => vec![Vec::new(); b],

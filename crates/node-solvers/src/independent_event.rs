@@ -19,7 +19,9 @@
 //! in [`crate::event`]: [`independent_event_gradients`].
 
 use crate::error::SolverError;
-use crate::event::{sign, time_difference_step, Crossing, EventOptions, RecordedEvent};
+use crate::event::{
+    check_event_output, sign, time_difference_step, EventOptions, Illinois, RecordedEvent,
+};
 use crate::independent::{
     batch_size, check_method, in_sample, run, BatchField, Evaluator, IndependentSolution,
     SampleStats, StoredStep,
@@ -572,20 +574,14 @@ struct Search {
     located: Vec<(f64, usize, Tensor)>,
 }
 
-/// One crossing being located by the Illinois method on `[a, b]` (within a sample's step).
+/// One condition's crossing being located by the Illinois method (within a sample's step).
 struct Job {
     e: usize,
-    a: f64,
-    ga: f64,
-    /// A batch state whose row `i` is the sample's state at `a` (the step's start, or the
-    /// trial tensor of the iteration that moved `a`: shared by the searches of that
-    /// iteration, and held only while `a` stays there).
+    bracket: Illinois,
+    /// A batch state whose row `i` is the sample's state at the bracket's `a` (the step's
+    /// start, or the trial tensor of the iteration that moved `a`: shared by the searches of
+    /// that iteration, and held only while `a` stays there).
     ya: Tensor,
-    b: f64,
-    gb: f64,
-    /// Which end moved last: +1 for `a`, −1 for `b`.
-    side: i8,
-    iters: usize,
 }
 
 /// Row `i` of `t` as a tensor of its own (`[1, …]`), so it does not hold the batch's storage.
@@ -594,7 +590,7 @@ fn row(t: &Tensor, i: usize) -> Result<Tensor> {
 }
 
 impl Search {
-    /// Records a located crossing if it is this sample's earliest.
+    /// Records a located crossing.
     fn record(&mut self, t: f64, e: usize, y: Tensor) {
         self.located.push((t, e, y));
     }
@@ -625,31 +621,16 @@ impl Search {
                 }
                 self.job = Some(Job {
                     e,
-                    a: d.t[i],
-                    ga: self.g_start[e],
+                    bracket: Illinois::new(d.t[i], self.g_start[e], d.t1[i], gb),
                     ya: d.y.clone(),
-                    b: d.t1[i],
-                    gb,
-                    side: 0,
-                    iters: 0,
                 });
             }
             let job = self.job.as_ref().expect("a job was just set");
-            let (a, b) = (job.a, job.b);
-            let tol = time_tol.max(4.0 * f64::EPSILON * a.abs().max(b.abs()));
-            let inside = |x: f64| (x - a) * (x - b) < 0.0;
-            let secant = b - job.gb * (b - a) / (job.gb - job.ga);
-            let mid = 0.5 * (a + b);
-            if job.iters < 200 && (b - a).abs() > tol {
-                if secant.is_finite() && inside(secant) {
-                    return Ok(Some(secant));
-                }
-                if inside(mid) {
-                    return Ok(Some(mid));
-                }
+            if let Some(t) = job.bracket.trial(time_tol) {
+                return Ok(Some(t));
             }
             let job = self.job.take().expect("a job is running");
-            self.record(job.a, job.e, job.ya);
+            self.record(job.bracket.a, job.e, job.ya);
         }
     }
 
@@ -663,23 +644,12 @@ impl Search {
         if !v.is_finite() {
             return Err(in_sample(SolverError::NonFinite { t }, i));
         }
-        job.iters += 1;
         if v == 0.0 {
             let e = job.e;
             self.job = None;
             self.record(t, e, trial.clone());
-        } else if sign(v) == self.sign[job.e] {
-            (job.a, job.ga, job.ya) = (t, v, trial.clone());
-            if job.side == 1 {
-                job.gb *= 0.5;
-            }
-            job.side = 1;
-        } else {
-            (job.b, job.gb) = (t, v);
-            if job.side == -1 {
-                job.ga *= 0.5;
-            }
-            job.side = -1;
+        } else if job.bracket.take(t, v, self.sign[job.e]) {
+            job.ya = trial.clone();
         }
         Ok(())
     }
@@ -712,15 +682,7 @@ impl<'a> BatchWatch<'a> {
     ) -> Result<Tensor> {
         let tt = Tensor::from_slice(t, t.len(), &ev.device)?.to_dtype(ev.dtype)?;
         let v = self.g.eval(&tt, y)?;
-        if !v.dtype().is_float() || !v.device().same_device(&ev.device) {
-            return Err(SolverError::OutputMismatch(format!(
-                "the event function returned dtype {:?} on {:?}; it must be a float tensor on \
-                 the state's device",
-                v.dtype(),
-                v.device().location()
-            ))
-            .into());
-        }
+        check_event_output(&v, &ev.device, "")?;
         let n = v.elem_count();
         let per = n / self.b;
         if v.dims().first() != Some(&self.b) || per == 0 || (self.k != 0 && per != self.k) {
@@ -777,12 +739,7 @@ impl<'a> BatchWatch<'a> {
                 if !v1.is_finite() {
                     return Err(in_sample(SolverError::NonFinite { t: t1[i] }, i));
                 }
-                let wanted = match self.opts.crossing {
-                    Crossing::Either => true,
-                    Crossing::Rising => s0 < 0.0,
-                    Crossing::Falling => s0 > 0.0,
-                };
-                if s0 != 0.0 && sign(v1) != s0 && wanted {
+                if self.opts.crossing.counts(s0, v1) {
                     hits.push(e);
                 }
             }
