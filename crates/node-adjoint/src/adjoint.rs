@@ -374,6 +374,7 @@ where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
     check_params(f, y0)?;
+    check_not_empty(y0)?;
     let (ys, forward_stats, backward) = match adj.state {
         AdjointState::Backsolve => {
             let (ys, stats) = match forward {
@@ -448,6 +449,19 @@ pub(crate) fn detached_event<G: EventFunction + ?Sized>(
 /// their sources ([`ParamVectorField::param_sources`]) must match them one for one.
 pub(crate) fn check_params<F: ParamVectorField>(f: &F, y0: &Tensor) -> Result<()> {
     check_param_list(&f.params(), &f.param_sources(), y0)
+}
+
+/// Refuses a state without components for a reverse solve, which measures its error on the
+/// adjoint of `y` (backprop through such a solve works, and gives no gradients).
+pub(crate) fn check_not_empty(y0: &Tensor) -> Result<()> {
+    if y0.elem_count() == 0 {
+        return Err(SolverError::InvalidOptions(format!(
+            "the adjoint needs a state with at least one component, got shape {:?}",
+            y0.shape()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// [`check_params`] on a parameter list and its sources.

@@ -21,7 +21,9 @@
 //! the network) and the reverse one (two state-sized vectors a stage), not the graph of
 //! every stage.
 
-use crate::adjoint::{check_param_list, flat_grad, flat_params, AdjointSolution, AdjointStats};
+use crate::adjoint::{
+    check_not_empty, check_param_list, flat_grad, flat_params, AdjointSolution, AdjointStats,
+};
 use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Shape, Tensor, Var};
 use node_solvers::delay::{breakpoints, ddeint, DelayField, History};
@@ -116,6 +118,7 @@ where
     let params = f.params();
     let sources: Vec<Tensor> = params.iter().map(|p| p.as_tensor().clone()).collect();
     check_param_list(&params, &sources, y0)?;
+    check_not_empty(y0)?;
     adjoint_opts.validate()?;
     let y0d = y0.detach();
     let detached = Detached(f);

@@ -17,7 +17,9 @@
 //! not), takes one more product per step, and a step rejected for some samples one more
 //! per stage to take theirs back out ([`BatchField::begin_step`], [`BatchField::end_step`]).
 
-use crate::adjoint::{check_param_list, flat_grad, flat_params, AdjointSolution, AdjointStats};
+use crate::adjoint::{
+    check_not_empty, check_param_list, flat_grad, flat_params, AdjointSolution, AdjointStats,
+};
 use crate::field::ParamVectorField;
 use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Shape, Tensor, Var};
@@ -102,6 +104,7 @@ where
 {
     let tab = reverse_tableau(adjoint_opts)?;
     check_param_list(&f.params(), &sources(f), y0)?;
+    check_not_empty(y0)?;
     let sol = odeint_independent(&Detached(f), &y0.detach(), ts, opts)?;
     let b = y0.dim(0)?;
     let ts = if ts.len() == 1 {
@@ -224,6 +227,7 @@ where
 {
     let tab = reverse_tableau(adjoint_opts)?;
     check_param_list(&f.params(), &sources(f), y0)?;
+    check_not_empty(y0)?;
     let found = locate_independent_event(&Detached(f), &y0.detach(), spans, g, opts, ev_opts)?;
     let b = y0.dim(0)?;
     let forward = summed(&found.samples, found.nfe, found.host_reads);

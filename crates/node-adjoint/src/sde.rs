@@ -15,7 +15,7 @@
 //! the reverse solve, which falls with the step.
 
 use crate::adjoint::GradientStats;
-use crate::adjoint::{check_param_list, flat_grad, flat_params, VjpSeed};
+use crate::adjoint::{check_not_empty, check_param_list, flat_grad, flat_params, VjpSeed};
 use crate::field::WithParams;
 use crate::op::{Precomputed, SolveOp};
 use candle_core::{Result, Shape, Tensor, Var};
@@ -237,6 +237,7 @@ where
     let params = sde.params();
     let sources = sde.param_sources();
     check_param_list(&params, &sources, y0)?;
+    check_not_empty(y0)?;
     // The forward solve builds no graph.
     let sol = sdeint(&DetachedSde(sde), &y0.detach(), ts, bm, opts)?;
     let walk_back = match (opts.method, sol.reversible) {

@@ -423,13 +423,21 @@ pub(crate) fn adaptive<F: VectorField + ?Sized>(
             }
             pick
         };
-        if ratio > 1.0 {
+        // A NaN ratio (a non-finite step) is a rejection, never an acceptance.
+        if ratio.is_nan() || ratio > 1.0 {
             stats.rejected_steps += 1;
             let (o, r) = best(false);
             // At least the safety factor shorter, so that a retry at a lower order whose
             // estimate passed does not repeat the same step.
             h_abs = Controller::for_exponent(opts, o as f64)
-                .retry(t, dir, h_try, r.max(1.0), at_min_step, opts.min_step)?
+                .retry(
+                    t,
+                    dir,
+                    h_try,
+                    if r.is_nan() { r } else { r.max(1.0) },
+                    at_min_step,
+                    opts.min_step,
+                )?
                 .min(opts.max_step);
             q = o;
             continue;

@@ -71,8 +71,10 @@ pub(crate) fn lincomb_rows(
         .chain(terms.iter().map(|(_, x)| *x))
         .collect();
     let rows = first.dims().first().copied().unwrap_or(0);
+    // Rows without components (a `[B, 0]` state) are left to Candle's ops.
     let qualifies = first.device().is_cpu()
         && rows > 0
+        && first.elem_count() > 0
         && terms.iter().all(|(w, _)| w.len() == rows)
         && all.iter().all(|t| {
             t.device().is_cpu()

@@ -20,7 +20,8 @@ use crate::independent_event::BatchWatch;
 use crate::options::{ErrorNorm, SolveOptions, StepSize};
 use crate::rk::read_to_host;
 use crate::solve::{
-    check_state, check_times, error_scale, prepare_atol_with, Controller, PreparedAtol, StepEnd,
+    check_state, check_times, error_scale, for_norm, prepare_atol_with, Controller, PreparedAtol,
+    StepEnd,
 };
 use crate::tableau::ButcherTableau;
 use crate::VectorField;
@@ -507,7 +508,10 @@ pub(crate) fn sample_times(ts: &[Vec<f64>], b: usize) -> Result<Vec<Vec<f64>>> {
 /// `mean((x / scale)²)` over each sample's components: `[B]`.
 fn per_sample_rms_sq(x: &Tensor, scale: &Tensor) -> Result<Tensor> {
     let b = x.dim(0)?;
-    (x / scale)?.sqr()?.reshape((b, ()))?.mean(1)
+    if x.elem_count() == 0 {
+        return Tensor::zeros(b, scale.dtype(), scale.device());
+    }
+    (for_norm(x)? / scale)?.sqr()?.reshape((b, ()))?.mean(1)
 }
 
 /// Hairer's initial step for each sample, as [`crate::odeint`] chooses it for one problem

@@ -502,17 +502,22 @@ fn implicit_stages<F: VectorField + ?Sized>(
             )?,
             None => lincomb(Some(y), implicit_terms)?,
         };
-        let guess = lincomb(
-            Some(&base),
-            imp.predictor[i - 1]
-                .iter()
-                .zip(&k)
-                .map(|(a, kj)| (hg * a, kj)),
-        )?;
-        let Some(yi) = newton.solve_stage(f, stage_time(i), &base, hg, guess)? else {
+        // The predicted increment over `base`.
+        let predicted: Vec<(f64, &Tensor)> = imp.predictor[i - 1]
+            .iter()
+            .zip(&k)
+            .filter(|(a, _)| **a != 0.0)
+            .map(|(a, kj)| (hg * a, kj))
+            .collect();
+        let guess = if predicted.is_empty() {
+            base.zeros_like()?
+        } else {
+            lincomb(None, predicted)?
+        };
+        let Some((yi, w)) = newton.solve_stage(f, stage_time(i), &base, hg, guess)? else {
             return Ok(None);
         };
-        k.push(lincomb(None, [(1.0 / hg, &yi), (-1.0 / hg, &base)])?);
+        k.push(w.affine(1.0 / hg, 0.0)?);
         if explicit.is_some() {
             ke.push(f.eval_part(Part::Explicit, stage_time(i), &yi)?);
         }

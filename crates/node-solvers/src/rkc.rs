@@ -86,8 +86,8 @@ use crate::field::VectorField;
 use crate::options::SolveOptions;
 use crate::rk::{lincomb, Evaluator, Step};
 use crate::solve::{
-    error_scale, first_step, fixed_grid, read_ratios, scaled_norm_sq, Controller, PreparedAtol,
-    SolverStats, StepEnd, Stops,
+    dtype_epsilon, error_scale, first_step, fixed_grid, for_norm, read_ratios, scaled_norm_sq,
+    Controller, PreparedAtol, SolverStats, StepEnd, Stops,
 };
 use crate::tableau::{ButcherTableau, Interpolant};
 use crate::trace::Recorder;
@@ -366,7 +366,7 @@ impl SpectralRadius {
         }
         // Nothing of the estimate belongs in a graph that backprop walks.
         let (y, f0) = (&y.detach(), &f0.detach());
-        let sqrt_u = unit_roundoff(y.dtype()).sqrt();
+        let sqrt_u = dtype_epsilon(y.dtype()).sqrt();
         if self.direction.is_none() {
             // A first direction with a part along every eigenvector (neither `y` nor
             // `f(t, y)`, which may lie along one, as a smooth initial profile of diffusion).
@@ -443,27 +443,13 @@ fn spread(y: &Tensor) -> Result<Tensor> {
 
 /// `‖x‖²` as an f32 or f64 device scalar (half precisions summed in f32).
 fn sq_norm(x: &Tensor) -> Result<Tensor> {
-    let x = match x.dtype() {
-        DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
-        _ => x.clone(),
-    };
-    x.sqr()?.sum_all()
-}
-
-/// The unit round-off of a float dtype.
-fn unit_roundoff(dtype: DType) -> f64 {
-    match dtype {
-        DType::F16 => 9.765625e-4,
-        DType::BF16 => 7.8125e-3,
-        DType::F32 => f32::EPSILON as f64,
-        _ => f64::EPSILON,
-    }
+    for_norm(x)?.sqr()?.sum_all()
 }
 
 /// The most stages a step may take at relative tolerance `rtol` in `dtype`: `√(rtol / (10 u))`,
 /// at least 2 (RKC's bound on the growth of round-off).
 pub fn max_stages(rtol: f64, dtype: DType) -> usize {
-    ((rtol / (10.0 * unit_roundoff(dtype))).sqrt().round() as usize).max(2)
+    ((rtol / (10.0 * dtype_epsilon(dtype))).sqrt().round() as usize).max(2)
 }
 
 /// The first step of an adaptive solve: `opts.first_step`, or RKC's rule from the spectral
@@ -677,7 +663,8 @@ fn adaptive<F: VectorField + ?Sized>(
         let ratio_sq = scaled_norm_sq(&err, &scale, opts.norm)?;
         let (ratios, g1) = read_ratios(ev, &[ratio_sq], watch.as_deref(), t1, &y1)?;
         let ratio = ratios[0];
-        if ratio > 1.0 {
+        // A NaN ratio (a non-finite step) is a rejection, never an acceptance.
+        if ratio.is_nan() || ratio > 1.0 {
             stats.rejected_steps += 1;
             h_abs = control
                 .retry(t, dir, h_try, ratio, at_min_step, opts.min_step)?

@@ -19,7 +19,7 @@ use crate::brownian::BrownianPath;
 use crate::error::SolverError;
 use crate::method::{find_named, names_of};
 use crate::rk::read_to_host;
-use crate::solve::{check_times, finite_rows, steps_over, Controller};
+use crate::solve::{check_times, finite_rows, for_norm, steps_over, Controller};
 use candle_core::{Result, Shape, Tensor};
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -1208,7 +1208,10 @@ fn adaptive_steps(
 /// (NaN when either is not finite): `lower` the whole step's result when steps are doubled,
 /// the embedded step's otherwise.
 fn error_ratio(lower: &Tensor, y1: &Tensor, a: &SdeAdaptive) -> Result<f64> {
-    let (lower, y1) = (lower.detach(), y1.detach());
+    if y1.elem_count() == 0 {
+        return Ok(0.0);
+    }
+    let (lower, y1) = (for_norm(&lower.detach())?, for_norm(&y1.detach())?);
     let scale = lower.abs()?.maximum(&y1.abs()?)?.affine(a.rtol, a.atol)?;
     let ms = ((lower - y1)? / scale)?.sqr()?.mean_all()?;
     Ok(read_to_host(&ms)?[0].sqrt())

@@ -178,6 +178,23 @@ pub(crate) fn check_state(y0: &Tensor, opts: &SolveOptions) -> Result<()> {
         ))
         .into());
     }
+    // Half precisions resolve relative changes of about 1e-3 (f16) and 1e-2 (bf16): asked for
+    // more, an adaptive solve takes steps whose updates round away and returns a state that
+    // has hardly moved (measured: bf16 at rtol 1e-7, dopri5 took y' = −y from 1 to 0.988 by
+    // t = 1, not e⁻¹ = 0.368; Rodas5P in f16 at 1e-5 to 0.9995), or shrinks them until
+    // `max_steps`. f32 and f64 only run out of steps first.
+    let eps = dtype_epsilon(y0.dtype());
+    if matches!(y0.dtype(), DType::F16 | DType::BF16)
+        && matches!(opts.step, StepSize::Adaptive)
+        && opts.rtol < eps
+    {
+        return Err(SolverError::InvalidOptions(format!(
+            "rtol {:e} is finer than a {:?} state resolves (its epsilon is {eps:e}): the steps' updates would round away; solve in f32 (`y0.to_dtype(DType::F32)`) or set rtol >= {eps:e}",
+            opts.rtol,
+            y0.dtype()
+        ))
+        .into());
+    }
     if let ErrorNorm::RmsPrefix(len) = opts.norm {
         if len == 0 || len > y0.elem_count() {
             return Err(SolverError::InvalidOptions(format!(
@@ -455,7 +472,7 @@ pub(crate) fn prepare_atol_with(
         Atol::PerComponent(t) => {
             let t = t
                 .to_device(y0.device())?
-                .to_dtype(y0.dtype())?
+                .to_dtype(norm_dtype(y0.dtype()))?
                 .broadcast_as(y0.shape())
                 .map_err(|_| {
                     SolverError::InvalidOptions(format!(
@@ -478,9 +495,38 @@ pub(crate) fn prepare_atol_with(
     }
 }
 
-/// `‖x / scale‖` under `norm`, as a device scalar.
+/// The machine epsilon of a float dtype (the spacing of its numbers at 1).
+pub(crate) fn dtype_epsilon(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::EPSILON,
+        DType::F32 => f32::EPSILON as f64,
+        DType::F16 => 9.765625e-4,
+        _ => 7.8125e-3,
+    }
+}
+
+/// The dtype error norms are measured in: a half-precision state's in f32, whose range
+/// holds what the norm computes (the default `atol`, 1e-9, is 0 in f16, and scaled errors
+/// pass f16's largest value, 65504, long before a step is rejected). Other dtypes keep theirs.
+pub(crate) fn norm_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
+/// `x` in [`norm_dtype`].
+pub(crate) fn for_norm(x: &Tensor) -> Result<Tensor> {
+    x.to_dtype(norm_dtype(x.dtype()))
+}
+
+/// `‖x / scale‖` under `norm`, as a device scalar; 0 for a state without components (as
+/// diffrax's RMS norm), whose steps then grow as fast as the controller lets them.
 pub(crate) fn scaled_norm_sq(x: &Tensor, scale: &Tensor, norm: ErrorNorm) -> Result<Tensor> {
-    let r = (x / scale)?;
+    if x.elem_count() == 0 {
+        return Tensor::zeros((), scale.dtype(), scale.device());
+    }
+    let r = (for_norm(x)? / scale)?;
     match norm {
         ErrorNorm::Rms => r.sqr()?.mean_all(),
         ErrorNorm::RmsPrefix(len) => r.flatten_all()?.narrow(0, 0, len)?.sqr()?.mean_all(),
@@ -493,10 +539,10 @@ pub(crate) fn error_scale(
     rtol: f64,
     atol: &PreparedAtol,
 ) -> Result<Tensor> {
-    let m = match y1 {
+    let m = for_norm(&match y1 {
         Some(y1) => y0.abs()?.maximum(&y1.abs()?)?,
         None => y0.abs()?,
-    };
+    })?;
     match atol {
         PreparedAtol::Scalar(a) => m.affine(rtol, *a),
         PreparedAtol::Tensor(a) => m.affine(rtol, 0.0)? + a,
@@ -516,7 +562,8 @@ pub(crate) fn first_non_finite<F: VectorField + ?Sized>(
 /// One value per row of `ys` (its first dimension), finite exactly when the row is: the
 /// sum of `x − x`, which is 0 for finite `x` and NaN otherwise, and cannot overflow.
 pub(crate) fn finite_rows(ys: &Tensor) -> Result<Tensor> {
-    ys.sub(ys)?.flatten_from(1)?.sum(1)
+    // A reshape, not `flatten_from(1)`: rows of a scalar state have no dimension to flatten.
+    ys.sub(ys)?.reshape((ys.dim(0)?, ()))?.sum(1)
 }
 
 /// The fewest equal steps of at most `h` over `span`. A relative slack keeps rounding from
@@ -948,7 +995,12 @@ pub(crate) fn shrink(
     min_step: f64,
 ) -> Result<f64> {
     let too_small = at_min_step || t + dir * h_try * factor == t;
-    if too_small || h_try * factor <= 4.0 * f64::EPSILON * t.abs() {
+    // Below the smallest normal float a step's products with the tableau's coefficients
+    // underflow to zero (near t = 0 the relative test alone lets a step shrink that far).
+    if too_small
+        || h_try * factor <= 4.0 * f64::EPSILON * t.abs()
+        || h_try * factor < f64::MIN_POSITIVE
+    {
         return Err(if non_finite {
             SolverError::NonFinite { t }
         } else {
