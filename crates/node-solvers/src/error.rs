@@ -23,7 +23,9 @@ pub enum SolverError {
     MaxStepsExceeded {
         /// Time reached.
         t: f64,
-        /// Steps taken.
+        /// Steps taken. A fixed-step solve whose grid would need more than `max_steps` is
+        /// refused before any work, with the steps it needs here (at most `usize::MAX`) and
+        /// its start as `t`.
         steps: usize,
     },
     /// The state or its derivative became NaN or infinite at (or, for fixed steps, before) `t`.

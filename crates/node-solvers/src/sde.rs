@@ -897,10 +897,13 @@ where
 /// interval's ends included): exactly the times [`sdeint`] steps to.
 ///
 /// # Errors
-/// Invalid times or step.
+/// Invalid times or step; [`SolverError::MaxStepsExceeded`] for more steps than
+/// [`SdeOptions`]'s default `max_steps`, as [`sdeint`] refuses them.
 pub fn step_times(ts: &[f64], dt: f64) -> Result<Vec<Vec<f64>>> {
     check_times(ts)?;
-    SdeOptions::default().dt(dt).validate()?;
+    let opts = SdeOptions::default().dt(dt);
+    opts.validate()?;
+    fixed_step_counts(ts, &opts)?;
     Ok(ts
         .windows(2)
         .map(|w| {
@@ -1078,6 +1081,25 @@ type Increment<'a> = dyn Fn(f64, f64) -> Result<PathStep> + 'a;
 /// embedded estimate, the lower-order step's.
 type Step<'a> = dyn FnMut(f64, f64, &Tensor, &PathStep) -> Result<(Tensor, Option<Tensor>)> + 'a;
 
+/// The steps of each interval between output times, each cut into the fewest equal steps
+/// of at most `opts.dt`; more than `opts.max_steps` in all is refused.
+fn fixed_step_counts(ts: &[f64], opts: &SdeOptions) -> Result<Vec<usize>> {
+    let counts: Vec<usize> = ts
+        .windows(2)
+        .map(|w| interval_steps(w[0], w[1], opts.dt))
+        .collect();
+    // Saturating: a tiny step over a long span needs more steps than a usize holds.
+    let total = counts.iter().fold(0usize, |a, &c| a.saturating_add(c));
+    if total > opts.max_steps {
+        return Err(SolverError::MaxStepsExceeded {
+            t: ts[0],
+            steps: total,
+        }
+        .into());
+    }
+    Ok(counts)
+}
+
 /// Fixed steps: each interval cut into the fewest equal steps of at most `opts.dt`, all
 /// counted before the first is taken. Returns the outputs.
 fn fixed_steps(
@@ -1087,18 +1109,7 @@ fn fixed_steps(
     increment: &Increment<'_>,
     step: &mut Step<'_>,
 ) -> Result<(Vec<Tensor>, Counts)> {
-    let counts: Vec<usize> = ts
-        .windows(2)
-        .map(|w| interval_steps(w[0], w[1], opts.dt))
-        .collect();
-    let total: usize = counts.iter().sum();
-    if total > opts.max_steps {
-        return Err(SolverError::MaxStepsExceeded {
-            t: ts[0],
-            steps: total,
-        }
-        .into());
-    }
+    let counts = fixed_step_counts(ts, opts)?;
     let mut out = Vec::with_capacity(ts.len());
     out.push(y0.clone());
     let mut y = y0.clone();
@@ -1115,7 +1126,7 @@ fn fixed_steps(
     Ok((
         out,
         Counts {
-            steps: total,
+            steps: counts.iter().sum(),
             ..Counts::default()
         },
     ))

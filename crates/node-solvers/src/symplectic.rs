@@ -281,7 +281,8 @@ impl SymplecticOptions {
             .windows(2)
             .map(|w| steps_over((w[1] - w[0]).abs(), self.step_size))
             .collect();
-        let total: usize = counts.iter().sum();
+        // Saturating: a tiny step over a long span needs more steps than a usize holds.
+        let total = counts.iter().fold(0usize, |a, &c| a.saturating_add(c));
         if total > self.max_steps {
             return Err(SolverError::MaxStepsExceeded {
                 t: ts[0],

@@ -4,7 +4,11 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use node_solvers::{odeint, odeint_dense, odeint_independent, Method, SolveOptions, SolverError};
+use node_solvers::symplectic::Separable;
+use node_solvers::{
+    odeint, odeint_dense, odeint_independent, odeint_symplectic, sdeint, step_times, Method,
+    SdeOptions, SolveOptions, SolverError, SymplecticOptions, VirtualBrownianTree,
+};
 
 mod common;
 use common::solver_error;
@@ -201,6 +205,51 @@ fn non_finite_steps(dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// A fixed step far too small for its span is refused before any work, with the steps it
+/// needs (saturated at `usize::MAX`): with two intervals the symplectic and SDE solvers' sum
+/// of the intervals' counts overflowed, a panic in debug builds, and `step_times` tried to
+/// allocate the grid.
+fn tiny_fixed_steps(dev: &Device) -> Result<()> {
+    let y0 = Tensor::ones(3, DType::F64, dev)?;
+    let ts = [0.0, 0.5, 1.0];
+    let limit =
+        |r: candle_core::Result<()>, want: usize, what: &str| match solver_error(&r.unwrap_err()) {
+            SolverError::MaxStepsExceeded { t, steps } => {
+                assert_eq!((t, steps), (0.0, usize::MAX), "{what}: over {want}")
+            }
+            e => panic!("{what}: expected MaxStepsExceeded, got {e}"),
+        };
+    let rk4 = SolveOptions::default()
+        .method(Method::Rk4)
+        .step_size(1e-300);
+    limit(odeint(&decay, &y0, &ts, &rk4).map(|_| ()), 100_000, "rk4");
+    let sep = Separable {
+        velocity: |_t: f64, p: &Tensor| Ok(p.clone()),
+        force: |_t: f64, q: &Tensor| q.neg(),
+    };
+    let opts = SymplecticOptions::new(1e-300);
+    let max = opts.max_steps;
+    limit(
+        odeint_symplectic(&sep, &y0, &y0, &ts, &opts).map(|_| ()),
+        max,
+        "symplectic",
+    );
+    let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-3, 3, 0, DType::F64, dev)?;
+    let sde = (
+        |_t: f64, y: &Tensor| y.neg(),
+        |_t: f64, y: &Tensor| y.affine(0.1, 0.0),
+    );
+    let opts = SdeOptions::default().dt(1e-300);
+    let max = opts.max_steps;
+    limit(
+        sdeint(&sde, &y0, &ts, &bm, &opts).map(|_| ()),
+        max,
+        "sdeint",
+    );
+    limit(step_times(&ts, 1e-300).map(|_| ()), max, "step_times");
+    Ok(())
+}
+
 candle_core::test_device!(
     empty_states,
     empty_states_cpu,
@@ -230,4 +279,10 @@ candle_core::test_device!(
     non_finite_steps_cpu,
     non_finite_steps_cuda,
     non_finite_steps_metal
+);
+candle_core::test_device!(
+    tiny_fixed_steps,
+    tiny_fixed_steps_cpu,
+    tiny_fixed_steps_cuda,
+    tiny_fixed_steps_metal
 );
