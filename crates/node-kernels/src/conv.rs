@@ -174,6 +174,24 @@ fn own_params(
     time: Option<f64>,
 ) -> Result<Option<Params>> {
     let (x, kernel) = (tensors[0], tensors[1]);
+    let params = Params {
+        padding,
+        stride,
+        dilation,
+        time,
+    };
+    // The sizes are checked for every dtype and device, also where Candle's convolution runs
+    // (it panics on a zero stride or a kernel larger than the padded input), group by group.
+    if groups == 0 || x.dims().get(1).is_some_and(|&c| c % groups != 0) {
+        candle_core::bail!("conv2d: {groups} groups for input {:?}", x.dims());
+    }
+    let per_group: Vec<usize> = x
+        .dims()
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if i == 1 { d / groups } else { d })
+        .collect();
+    Geometry::new(&per_group, kernel.dims(), params)?;
     let dev = x.device();
     let fast = (dev.is_cpu()
         || (cfg!(feature = "cuda") && dev.is_cuda() && crate::util::own_cuda_kernel("conv")))
@@ -183,13 +201,6 @@ fn own_params(
     if !fast {
         return Ok(None);
     }
-    let params = Params {
-        padding,
-        stride,
-        dilation,
-        time,
-    };
-    Geometry::new(x.dims(), kernel.dims(), params)?;
     if x.dtype() != kernel.dtype() {
         candle_core::bail!(
             "conv2d: input is {:?} but kernel is {:?}",

@@ -427,6 +427,35 @@ fn conv2d_rejects_bad_shapes() -> Result<()> {
         node_kernels::conv2d(&x, &k, 1, 1, 1, 1)?.dims(),
         [2, 4, 1, 1]
     );
+    // Where Candle's convolution runs (f16 here, and groups), the same checks come first: it
+    // panicked on a zero stride (a division by zero) and on a kernel larger than the padded
+    // input (a subtraction below zero), in all three functions.
+    let xh = x.to_dtype(DType::F16)?;
+    let k3 = Tensor::zeros((4, 3, 3, 3), DType::F16, dev)?;
+    let k7 = Tensor::zeros((4, 3, 7, 7), DType::F16, dev)?;
+    let kt = Tensor::zeros((4, 4, 7, 7), DType::F16, dev)?;
+    let bias = Tensor::zeros(4, DType::F16, dev)?;
+    let msg = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+    assert!(msg(node_kernels::conv2d(&xh, &k3, 0, 0, 1, 1)).contains("stride"));
+    assert!(msg(node_kernels::conv2d(&xh, &k7, 0, 1, 1, 1)).contains("does not fit"));
+    let with_bias = node_kernels::conv2d_bias(&xh, &k7, &bias, 0, 1, 1, 1);
+    assert!(msg(with_bias).contains("does not fit"));
+    let timed = node_kernels::conv2d_time(&xh, 0.5, &kt, Some(&bias), 0, 1, 1);
+    assert!(msg(timed).contains("does not fit"));
+    assert_eq!(
+        node_kernels::conv2d(&xh, &k7, 1, 1, 1, 1)?.dims(),
+        [2, 4, 1, 1]
+    );
+    // Groups: the kernel's channels are the input's per group.
+    let x4 = Tensor::zeros((2, 4, 5, 5), DType::F32, dev)?;
+    let kg = Tensor::zeros((4, 2, 7, 7), DType::F32, dev)?;
+    assert!(msg(node_kernels::conv2d(&x4, &kg, 0, 1, 1, 2)).contains("does not fit"));
+    assert!(msg(node_kernels::conv2d(&x4, &kg, 1, 1, 1, 3)).contains("groups"));
+    assert!(msg(node_kernels::conv2d(&x4, &kg, 1, 1, 1, 0)).contains("groups"));
+    assert_eq!(
+        node_kernels::conv2d(&x4, &kg, 1, 1, 1, 2)?.dims(),
+        [2, 4, 1, 1]
+    );
     Ok(())
 }
 
