@@ -374,7 +374,6 @@ where
     F: ParamVectorField + Clone + Send + Sync + 'static,
 {
     check_params(f, y0)?;
-    check_not_empty(y0)?;
     let (ys, forward_stats, backward) = match adj.state {
         AdjointState::Backsolve => {
             let (ys, stats) = match forward {
@@ -866,6 +865,11 @@ impl<F: ParamVectorField> Inner<F> {
         let p: usize = self.params.iter().map(|v| v.elem_count()).sum();
         let dev = self.ys.device();
         let dtype = self.ys.dtype();
+        if n == 0 {
+            // Nothing to carry back: `a` has no components, so neither has `aᵀ∂f/∂θ` any.
+            let g_theta = (p > 0).then(|| Tensor::zeros(p, dtype, dev)).transpose()?;
+            return Ok((g.get(0)?.zeros_like()?, g_theta, SolverStats::default()));
+        }
         let span = (ts[last] - ts[0]).abs();
         let mut ropts = adj.reverse_solve_options(&self.opts, span);
         let mut stats = SolverStats::default();
