@@ -61,7 +61,15 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     }
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank ≥ 1") = n;
-    let m = x.elem_count() / k.max(1);
+    if k == 0 {
+        // A product over no inputs: the bias alone (it failed reshaping the empty input).
+        let zeros = Tensor::zeros(out_dims.as_slice(), x.dtype(), x.device())?;
+        return match bias {
+            Some(b) => zeros.broadcast_add(b),
+            None => Ok(zeros),
+        };
+    }
+    let m = x.elem_count() / k;
     let x2 = x.reshape((m, k))?;
     let cpu = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
     let y = match (cpu, bias) {

@@ -106,3 +106,29 @@ fn linear_rejects_bad_shapes() -> Result<()> {
     assert!(err(&x, &w.to_dtype(DType::F64)?, None).contains("F64"));
     Ok(())
 }
+
+/// Empty sizes: no rows give `[0, n]`; no inputs give the bias alone (as `torch.nn.Linear`),
+/// and its gradient (the empty input failed to reshape); no outputs give `[m, 0]`.
+#[test]
+fn linear_handles_empty_sizes() -> Result<()> {
+    let dev = &Device::Cpu;
+    for dtype in [DType::F32, DType::F64, DType::F16] {
+        let zeros = |s: &[usize]| Tensor::zeros(s, dtype, dev);
+        let bias = candle_core::Var::from_tensor(
+            &Tensor::new(&[1.0f64, 2.0, 3.0], dev)?.to_dtype(dtype)?,
+        )?;
+        let y = node_kernels::linear(&zeros(&[0, 4])?, &zeros(&[3, 4])?, Some(bias.as_tensor()))?;
+        assert_eq!(y.dims(), &[0, 3]);
+        let x = zeros(&[2, 5, 0])?;
+        let y = node_kernels::linear(&x, &zeros(&[3, 0])?, Some(bias.as_tensor()))?;
+        assert_eq!(y.dims(), &[2, 5, 3]);
+        let got = y.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        assert_eq!(got, [1.0, 2.0, 3.0].repeat(10), "{dtype:?}");
+        let g = y.sum_all()?.backward()?;
+        let gb = g.get(bias.as_tensor()).expect("the bias's gradient");
+        assert_eq!(gb.to_dtype(DType::F64)?.to_vec1::<f64>()?, vec![10.0; 3]);
+        let y = node_kernels::linear(&zeros(&[2, 4])?, &zeros(&[0, 4])?, None)?;
+        assert_eq!(y.dims(), &[2, 0]);
+    }
+    Ok(())
+}
