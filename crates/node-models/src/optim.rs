@@ -59,7 +59,19 @@ impl SgdMomentum {
 impl Optimizer for SgdMomentum {
     type Config = SgdConfig;
 
+    /// # Errors
+    /// A learning rate, momentum or weight decay that is negative or not finite (PyTorch
+    /// refuses the negative ones; a NaN or infinite one would turn the parameters NaN, to be
+    /// found later as a failing solve).
     fn new(vars: Vec<Var>, config: SgdConfig) -> Result<Self> {
+        check_settings(
+            "SGD",
+            &[
+                ("learning rate", config.lr),
+                ("momentum", config.momentum),
+                ("weight decay", config.weight_decay),
+            ],
+        )?;
         let buffers = vec![None; vars.len()];
         Ok(Self {
             vars,
@@ -101,6 +113,16 @@ impl Optimizer for SgdMomentum {
     fn set_learning_rate(&mut self, lr: f64) {
         self.config.lr = lr;
     }
+}
+
+/// Refuses a negative or non-finite setting of the optimizer `what`.
+fn check_settings(what: &str, settings: &[(&str, f64)]) -> Result<()> {
+    for &(name, v) in settings {
+        if !(v.is_finite() && v >= 0.0) {
+            candle_core::bail!("{what}: the {name} must be finite and ≥ 0, got {v}");
+        }
+    }
+    Ok(())
 }
 
 /// Settings of [`Adam`]; the defaults are PyTorch's.
@@ -241,7 +263,23 @@ fn check_buffers(buffers: &[Option<Tensor>], vars: &[Var]) -> Result<()> {
 impl Optimizer for Adam {
     type Config = AdamConfig;
 
+    /// # Errors
+    /// A learning rate, ε or weight decay that is negative or not finite, a β outside
+    /// `[0, 1)` (PyTorch's checks, NaN and infinity refused too).
     fn new(vars: Vec<Var>, config: AdamConfig) -> Result<Self> {
+        check_settings(
+            "Adam",
+            &[
+                ("learning rate", config.lr),
+                ("eps", config.eps),
+                ("weight decay", config.weight_decay),
+            ],
+        )?;
+        for (name, beta) in [("beta1", config.beta1), ("beta2", config.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                candle_core::bail!("Adam: {name} must be in [0, 1), got {beta}");
+            }
+        }
         let n = vars.len();
         Ok(Self {
             vars,
@@ -454,5 +492,59 @@ mod tests {
         }
         assert_eq!(PiecewiseSchedule::scaled(0.1, 160), s);
         assert_eq!(PiecewiseSchedule::scaled(0.1, 8).boundaries, vec![3, 5, 7]);
+    }
+
+    /// Settings that would turn the parameters NaN, or that PyTorch refuses, are refused
+    /// when the optimizer is made (`train-mnist --lr nan` trained a step and then failed in
+    /// the ODE solve, "non-finite value at t = 0").
+    #[test]
+    fn refuses_bad_settings() -> Result<()> {
+        let v = || -> Result<Vec<Var>> { Ok(vec![Var::new(&[1.0f64], &Device::Cpu)?]) };
+        for lr in [f64::NAN, f64::INFINITY, -0.1] {
+            let cfg = SgdConfig {
+                lr,
+                ..SgdConfig::default()
+            };
+            assert!(SgdMomentum::new(v()?, cfg).is_err(), "SGD lr {lr}");
+            let cfg = AdamConfig {
+                lr,
+                ..AdamConfig::default()
+            };
+            assert!(Adam::new(v()?, cfg).is_err(), "Adam lr {lr}");
+        }
+        let cfg = SgdConfig {
+            momentum: -0.9,
+            ..SgdConfig::default()
+        };
+        assert!(SgdMomentum::new(v()?, cfg).is_err());
+        let cfg = SgdConfig {
+            weight_decay: f64::NAN,
+            ..SgdConfig::default()
+        };
+        assert!(SgdMomentum::new(v()?, cfg).is_err());
+        for (beta1, beta2) in [(1.0, 0.999), (0.9, -0.1), (f64::NAN, 0.999)] {
+            let cfg = AdamConfig {
+                beta1,
+                beta2,
+                ..AdamConfig::default()
+            };
+            assert!(Adam::new(v()?, cfg).is_err(), "betas {beta1} {beta2}");
+        }
+        // The edges PyTorch allows: no learning rate, no momentum.
+        let cfg = SgdConfig {
+            lr: 0.0,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
+        SgdMomentum::new(v()?, cfg)?;
+        Adam::new(
+            v()?,
+            AdamConfig {
+                lr: 0.0,
+                beta1: 0.0,
+                ..AdamConfig::default()
+            },
+        )?;
+        Ok(())
     }
 }
