@@ -178,6 +178,10 @@ fn refuses_other_checkpoints_and_bad_options() -> Result<()> {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!err.contains("panicked"), "{err}");
     }
+    // Refused by name before any work (NaN noise made NaN points, found as a failing solve).
+    for flag in ["--noise", "--lr", "--jacobian"] {
+        fails_saying(&train(out.path(), &[flag, "nan"]), flag);
+    }
     Ok(())
 }
 

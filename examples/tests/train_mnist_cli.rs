@@ -234,6 +234,24 @@ fn missing_or_corrupt_data_gives_a_clear_error() -> Result<()> {
 }
 
 /// `--cuda-graph` needs a CUDA device, and a fixed-step, backprop ODE block: clear errors.
+/// Settings that would turn the parameters NaN are refused by name before any work
+/// (`--lr nan` trained a step, then failed in the ODE solve as "non-finite value at t = 0").
+#[test]
+fn refuses_bad_numbers() -> Result<()> {
+    let data = tmp("data-numbers");
+    dataset(&data)?;
+    for (flag, value) in [
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--lr", "0"),
+        ("--momentum", "nan"),
+        ("--checkpoint-minutes", "nan"),
+    ] {
+        fails_saying(&train(&data, &tmp("out-numbers"), &[flag, value]), flag);
+    }
+    Ok(())
+}
+
 #[test]
 fn cuda_graph_is_refused_where_it_cannot_record() -> Result<()> {
     let data = tmp("data-graph");

@@ -213,6 +213,9 @@ fn main() -> Result<ExitCode> {
     if !(weight(args.kinetic) && weight(args.jacobian)) {
         bail!("--kinetic and --jacobian must be numbers ≥ 0");
     }
+    if !weight(args.noise) {
+        bail!("--noise must be a standard deviation ≥ 0");
+    }
     let regularize = args.kinetic > 0.0 || args.jacobian > 0.0;
     let wrong_model = match args.model {
         ModelArg::Planar => vec![

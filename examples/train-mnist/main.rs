@@ -279,6 +279,12 @@ fn main() -> Result<ExitCode> {
     {
         bail!("--batch-size, --test-batch-size, --epochs and --schedule-epochs must be positive");
     }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        bail!("--lr must be a positive number");
+    }
+    if !(args.momentum.is_finite() && args.momentum >= 0.0) {
+        bail!("--momentum must be a number ≥ 0");
+    }
     if !(args.checkpoint_minutes >= 0.0 && args.checkpoint_minutes.is_finite()) {
         bail!("--checkpoint-minutes must be a number of minutes ≥ 0");
     }
