@@ -322,6 +322,9 @@ fn main() -> Result<()> {
     if !(args.gravity > 0.0 && args.radius > 0.0 && args.height > args.radius) {
         bail!("need gravity > 0, radius > 0 and height > radius (the ball starts in the air)");
     }
+    if !p.iter().all(|v| v.is_finite()) {
+        bail!("--height, --velocity, --gravity, --radius, --t0 and --drag must be finite numbers");
+    }
     if !(args.drag >= 0.0 && args.drag.is_finite()) {
         bail!("--drag must be a finite number >= 0");
     }

@@ -108,6 +108,12 @@ fn main() -> Result<()> {
     if args.batch_time < 2 || args.batch_time > args.data_size {
         bail!("--batch-time must be in 2..=--data-size");
     }
+    if args.batch_size == 0 || args.test_freq == 0 {
+        bail!("--batch-size and --test-freq must be at least 1");
+    }
+    if !(args.lr.is_finite() && args.lr >= 0.0) {
+        bail!("--lr must be a finite number >= 0");
+    }
     let dev = pick_device(args.device)?;
     node_kernels::skip_unused_cuda_events(&dev);
     let mut opts = SolveOptions::default()

@@ -95,6 +95,7 @@ fn bad_options_are_refused() {
         (&["--drag=-1"][..], "--drag"),
         (&["0"][..], "--bounces"),
         (&["--tol", "0"][..], "--tol"),
+        (&["--velocity", "nan"][..], "--velocity"),
         (&["--gradient", "reversible"][..], "does not locate events"),
         (&["--balls", "0"][..], "--balls"),
         (
