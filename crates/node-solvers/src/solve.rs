@@ -103,14 +103,17 @@ impl Solution {
 /// through the solver, the paper's RK-Net); step-size decisions are not differentiated.
 ///
 /// # Shapes
-/// - `y0`: any shape `S`, float dtype (f32, f64, f16, bf16), any device.
+/// - `y0`: any shape `S` (a scalar, or one without components), float dtype (f32, f64, f16,
+///   bf16), any device. Error norms of f16 and bf16 states are measured in f32.
 /// - `f.eval(t, y)`: same shape, dtype and device as `y`.
 /// - result `ys`: `[ts.len(), ...S]`, `ys[0] = y0`.
 ///
 /// # Errors
 /// [`SolverError`] (inside `candle_core::Error`, see [`SolverError::find`]) for invalid options
 /// or times, a field output of the wrong shape, dtype or device, a non-finite state,
-/// step-size underflow and too many steps; errors of `f` are passed through.
+/// step-size underflow and too many steps; errors of `f` are passed through. With an f16 or
+/// bf16 state, [`SolverError::InvalidOptions`] for adaptive steps at an `rtol` below the
+/// dtype's epsilon (their updates would round away) and for the implicit methods.
 ///
 /// # Example
 /// ```
