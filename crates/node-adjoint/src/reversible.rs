@@ -24,8 +24,8 @@ use crate::adjoint::{apply_op, check_params, detached, AdjointSolution, Inner, T
 use crate::checkpoint::ParamGrads;
 use crate::field::ParamVectorField;
 use crate::options::ReversibleOptions;
-use candle_core::{Result, Tensor, Var};
-use node_solvers::{odeint_reversible, ReversibleTrace, SolveOptions, SolverStats};
+use candle_core::{DType, Result, Tensor, Var};
+use node_solvers::{odeint_reversible, ReversibleTrace, SolveOptions, SolverError, SolverStats};
 
 /// Solves `dy/dt = f(t, y; θ)` from `y(ts[0]) = y0` with the reversible form of
 /// `opts.method` ([`node_solvers::odeint_reversible`]), with the exact gradients of that
@@ -230,6 +230,7 @@ impl<F: ParamVectorField> Inner<F> {
                 a_y = (a_y + part)?;
             }
         }
+        check_walk_back(&self.ys.get(0)?, &y, &z, l, trace.steps())?;
         // y_0 = z_0 = the input: both adjoints reach it.
         let a0 = match a_z {
             Some(a_z) => (a_y + a_z)?,
@@ -238,8 +239,33 @@ impl<F: ParamVectorField> Inner<F> {
         let stats = SolverStats {
             nfe: 2 * trace.steps() * trace.increment_nfe() + dense_steps * trace.dense_nfe(),
             accepted_steps: trace.steps(),
+            // The check of the walked-back start.
+            host_reads: 1,
             ..SolverStats::default()
         };
         Ok((a0.detach(), g_params.flat()?, stats))
     }
+}
+
+/// The walk back reconstructs the start: `y_0 = z_0 = y0`. Each step back divides by the
+/// coupling `λ`, and its round-off can grow with every step when `λ` is far from 1: measured
+/// on a damped rotation over 10 time units, λ = 0.9 under RK4 (1000 steps) and λ = 0.1 under
+/// dopri5 gave NaN gradients, λ = 1e-8 a gradient of 3.5e14 for 0.59, all silently. A start
+/// missed by more than `√ε` of the state's size (with λ = 0.999 it was missed by at most
+/// 5e-14 in f64 and 7e-6 in f32) means the gradients were taken at other states: an error.
+fn check_walk_back(y0: &Tensor, y: &Tensor, z: &Tensor, coupling: f64, steps: usize) -> Result<()> {
+    let size = y0.abs()?.flatten_all()?.max(0)?;
+    let off = |w: &Tensor| (w - y0)?.abs()?.flatten_all()?.max(0);
+    let v = Tensor::stack(&[off(y)?, off(z)?, size], 0)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    let missed = v[0].max(v[1]) / v[2].max(f64::MIN_POSITIVE);
+    let eps = node_solvers::dtype_epsilon(y0.dtype());
+    if v.iter().all(|x| x.is_finite()) && missed <= eps.sqrt() {
+        return Ok(());
+    }
+    Err(SolverError::InvalidOptions(format!(
+        "the reversible solve's walk back lost the forward states over its {steps} steps (its start missed by {missed:e} of the state's size): the coupling λ = {coupling} is too far from 1 for this solve; use one closer to 1 (the default is 0.999)"
+    ))
+    .into())
 }

@@ -53,7 +53,7 @@ pub use sde::{
     Detached as DetachedSde, Noise, ReversibleHeunState, SdeAdaptive, SdeErrorEstimate, SdeField,
     SdeIncrement, SdeMethod, SdeOptions, SdeSolution, SdeStats,
 };
-pub use solve::{odeint, Solution, SolverStats};
+pub use solve::{dtype_epsilon, odeint, Solution, SolverStats};
 pub use steady::{odeint_steady_state, SteadyStateOptions, SteadyStateSolution};
 pub use symplectic::{
     odeint_symplectic, Separable, SeparableField, Substep, SymplecticMethod, SymplecticOptions,

@@ -498,8 +498,9 @@ pub(crate) fn prepare_atol_with(
     }
 }
 
-/// The machine epsilon of a float dtype (the spacing of its numbers at 1).
-pub(crate) fn dtype_epsilon(dtype: DType) -> f64 {
+/// The machine epsilon of a float dtype (the spacing of its numbers at 1): the finest `rtol`
+/// an adaptive solve of a half-precision state takes. Non-float dtypes get f64's.
+pub fn dtype_epsilon(dtype: DType) -> f64 {
     match dtype {
         DType::F64 => f64::EPSILON,
         DType::F32 => f32::EPSILON as f64,
