@@ -3,7 +3,8 @@
 //! Each implicit stage solves `z = base + hγ f(t_i, z)` (`f` the implicit part of a split
 //! field under an IMEX method). The iteration is simplified Newton
 //! (as Hairer & Wanner's RADAU5 and diffrax's `VeryChord`):
-//! `(I − hγJ) δ = −(z − base − hγ f(t_i, z))`, `z ← z + δ`, with the field's Jacobian
+//! `(I − hγJ) δ = −(z − base − hγ f(t_i, z))`, `z ← z + δ` (carried as the increment
+//! `w = z − base`, see [`Newton::solve_stage`]), with the field's Jacobian
 //! ([`VectorField::jacobian`]) or else a finite-difference one `J ≈ ∂f/∂y`, built at the
 //! start of a step and kept for the following steps while the iterations converge well, and
 //! the LU factors of `I − hγJ` kept while `hγ` is unchanged.
