@@ -215,7 +215,7 @@ impl Method {
     /// True for the implicit methods (for stiff problems): their stages solve equations in
     /// the state by Newton's method, or linear systems for the Rosenbrock methods, see
     /// [`crate::SolveOptions::jacobian`]. False for `implicit_adams`, whose corrector is
-    /// applied once.
+    /// applied once. They take f32 and f64 states, not half-precision ones.
     pub fn is_implicit(self) -> bool {
         self.tableau().is_some_and(ButcherTableau::is_implicit)
     }
