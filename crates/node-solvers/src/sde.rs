@@ -19,7 +19,7 @@ use crate::brownian::BrownianPath;
 use crate::error::SolverError;
 use crate::method::{find_named, names_of};
 use crate::rk::read_to_host;
-use crate::solve::{check_times, finite_rows, for_norm, steps_over, Controller};
+use crate::solve::{check_resolvable, check_times, finite_rows, for_norm, steps_over, Controller};
 use candle_core::{Result, Shape, Tensor};
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -820,6 +820,10 @@ where
     B: BrownianPath + ?Sized,
 {
     opts.validate()?;
+    if let Some(a) = &opts.adaptive {
+        // As `odeint`: a half-precision state resolves no finer rtol than its epsilon.
+        check_resolvable(y0.dtype(), a.rtol)?;
+    }
     let ev = SdeEvaluator::new(sde, y0, bm.shape(), opts.noise)?;
     if opts.method == SdeMethod::ReversibleHeun {
         return reversible_heun(&ev, y0, ts, bm, opts);

@@ -181,22 +181,8 @@ pub(crate) fn check_state(y0: &Tensor, opts: &SolveOptions) -> Result<()> {
         ))
         .into());
     }
-    // Half precisions resolve relative changes of about 1e-3 (f16) and 1e-2 (bf16): asked for
-    // more, an adaptive solve takes steps whose updates round away and returns a state that
-    // has hardly moved (measured: bf16 at rtol 1e-7, dopri5 took y' = −y from 1 to 0.988 by
-    // t = 1, not e⁻¹ = 0.368; Rodas5P in f16 at 1e-5 to 0.9995), or shrinks them until
-    // `max_steps`. f32 and f64 only run out of steps first.
-    let eps = dtype_epsilon(y0.dtype());
-    if matches!(y0.dtype(), DType::F16 | DType::BF16)
-        && matches!(opts.step, StepSize::Adaptive)
-        && opts.rtol < eps
-    {
-        return Err(SolverError::InvalidOptions(format!(
-            "rtol {:e} is finer than a {:?} state resolves (its epsilon is {eps:e}): the steps' updates would round away; solve in f32 (`y0.to_dtype(DType::F32)`) or set rtol >= {eps:e}",
-            opts.rtol,
-            y0.dtype()
-        ))
-        .into());
+    if matches!(opts.step, StepSize::Adaptive) {
+        check_resolvable(y0.dtype(), opts.rtol)?;
     }
     if let ErrorNorm::RmsPrefix(len) = opts.norm {
         if len == 0 || len > y0.elem_count() {
@@ -206,6 +192,23 @@ pub(crate) fn check_state(y0: &Tensor, opts: &SolveOptions) -> Result<()> {
             ))
             .into());
         }
+    }
+    Ok(())
+}
+
+/// Half precisions resolve relative changes of about 1e-3 (f16) and 1e-2 (bf16): asked for
+/// more, an adaptive solve takes steps whose updates round away and returns a state that has
+/// hardly moved (measured: bf16 at rtol 1e-7, dopri5 took y' = −y from 1 to 0.988 by t = 1,
+/// not e⁻¹ = 0.368; Rodas5P in f16 at 1e-5 to 0.9995), or shrinks them until `max_steps`.
+/// f32 and f64 only run out of steps first. An error for an adaptive solve of a `dtype`
+/// state at an `rtol` below the dtype's epsilon.
+pub(crate) fn check_resolvable(dtype: DType, rtol: f64) -> Result<()> {
+    let eps = dtype_epsilon(dtype);
+    if matches!(dtype, DType::F16 | DType::BF16) && rtol < eps {
+        return Err(SolverError::InvalidOptions(format!(
+            "rtol {rtol:e} is finer than a {dtype:?} state resolves (its epsilon is {eps:e}): the steps' updates would round away; solve in f32 (`y0.to_dtype(DType::F32)`) or set rtol >= {eps:e}"
+        ))
+        .into());
     }
     Ok(())
 }

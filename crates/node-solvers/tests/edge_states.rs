@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Tensor};
 use node_solvers::symplectic::Separable;
 use node_solvers::{
     odeint, odeint_dense, odeint_independent, odeint_symplectic, sdeint, step_times, Method,
-    SdeOptions, SolveOptions, SolverError, SymplecticOptions, VirtualBrownianTree,
+    SdeAdaptive, SdeMethod, SdeOptions, SolveOptions, SolverError, SymplecticOptions,
+    VirtualBrownianTree,
 };
 
 mod common;
@@ -127,6 +128,26 @@ fn half_precision(dev: &Device) -> Result<()> {
         // At the dtype's epsilon it solves; fixed steps take no tolerance.
         odeint(&decay, &y0, &[0.0, 1.0], &fine.clone().rtol(eps))?;
         odeint(&decay, &y0, &[0.0, 1.0], &options(Method::Rk4))?;
+        // So do adaptive SDE steps.
+        let bm = VirtualBrownianTree::new(0.0, 1.0, 1e-3, (2, 3), 0, dtype, dev)?;
+        let sde = (
+            |_t: f64, y: &Tensor| y.neg(),
+            |_t: f64, y: &Tensor| y.affine(0.1, 0.0),
+        );
+        let sde_opts = |rtol| {
+            SdeOptions::default()
+                .method(SdeMethod::Heun)
+                .dt(0.1)
+                .adaptive(SdeAdaptive::new(rtol, 1e-3))
+        };
+        match solver_error(&sdeint(&sde, &y0, &[0.0, 1.0], &bm, &sde_opts(eps / 2.0)).unwrap_err())
+        {
+            SolverError::InvalidOptions(msg) => {
+                assert!(msg.contains(&format!("{dtype:?}")), "{msg}")
+            }
+            e => panic!("{dtype:?} sdeint: expected InvalidOptions, got {e}"),
+        }
+        sdeint(&sde, &y0, &[0.0, 1.0], &bm, &sde_opts(rtol))?;
         for m in [Method::Kvaerno5, Method::Rodas5P, Method::KenCarp4] {
             let opts = SolveOptions::default().method(m).tolerances(2e-2, 1e-4);
             match solver_error(&odeint(&decay, &y0, &[0.0, 1.0], &opts).unwrap_err()) {
