@@ -18,8 +18,12 @@
 use crate::brownian::BrownianPath;
 use crate::error::SolverError;
 use crate::method::{find_named, names_of};
+use crate::options::ErrorNorm;
 use crate::rk::read_to_host;
-use crate::solve::{check_resolvable, check_times, finite_rows, for_norm, steps_over, Controller};
+use crate::solve::{
+    check_resolvable, check_times, error_scale, finite_rows, for_norm, scaled_norm_sq, steps_over,
+    Controller, PreparedAtol,
+};
 use candle_core::{Result, Shape, Tensor};
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -1223,12 +1227,11 @@ fn adaptive_steps(
 /// (NaN when either is not finite): `lower` the whole step's result when steps are doubled,
 /// the embedded step's otherwise.
 fn error_ratio(lower: &Tensor, y1: &Tensor, a: &SdeAdaptive) -> Result<f64> {
-    if y1.elem_count() == 0 {
-        return Ok(0.0);
-    }
+    // The ODE solvers' scale and norm (0 for a state without components), the difference
+    // taken in the norm's dtype.
     let (lower, y1) = (for_norm(&lower.detach())?, for_norm(&y1.detach())?);
-    let scale = lower.abs()?.maximum(&y1.abs()?)?.affine(a.rtol, a.atol)?;
-    let ms = ((lower - y1)? / scale)?.sqr()?.mean_all()?;
+    let scale = error_scale(&lower, Some(&y1), a.rtol, &PreparedAtol::Scalar(a.atol))?;
+    let ms = scaled_norm_sq(&(lower - y1)?, &scale, ErrorNorm::Rms)?;
     Ok(read_to_host(&ms)?[0].sqrt())
 }
 
