@@ -41,8 +41,8 @@ use crate::method::Method;
 use crate::options::SolveOptions;
 use crate::rk::{lincomb, rk_step, Evaluator, Step};
 use crate::solve::{
-    dense_at, error_scale, first_step, fixed_grid, read_ratios, scaled_norm_sq, Controller,
-    PreparedAtol, SolverStats, StepEnd, Stops,
+    accepts, dense_at, error_scale, first_step, fixed_grid, read_ratios, scaled_norm_sq,
+    Controller, PreparedAtol, SolverStats, StepEnd, Stops,
 };
 use crate::tableau::{self, ButcherTableau};
 use candle_core::{Result, Tensor};
@@ -423,8 +423,7 @@ pub(crate) fn adaptive<F: VectorField + ?Sized>(
             }
             pick
         };
-        // A NaN ratio (a non-finite step) is a rejection, never an acceptance.
-        if ratio.is_nan() || ratio > 1.0 {
+        if !accepts(ratio) {
             stats.rejected_steps += 1;
             let (o, r) = best(false);
             // At least the safety factor shorter, so that a retry at a lower order whose

@@ -20,8 +20,8 @@ use crate::independent_event::BatchWatch;
 use crate::options::{ErrorNorm, SolveOptions, StepSize};
 use crate::rk::read_to_host;
 use crate::solve::{
-    check_state, check_times, error_scale, for_norm, prepare_atol_with, Controller, PreparedAtol,
-    StepEnd,
+    accepts, check_state, check_times, error_scale, for_norm, prepare_atol_with, Controller,
+    PreparedAtol, StepEnd,
 };
 use crate::tableau::ButcherTableau;
 use crate::VectorField;
@@ -286,7 +286,7 @@ pub(crate) fn run<F: BatchField + ?Sized>(
             let Some(end) = &ends[i] else { continue };
             let ratio = ratios[i].sqrt();
             let h_try = hs[i].abs();
-            if ratio <= 1.0 {
+            if accepts(ratio) {
                 accepted[i] = true;
                 s.stats[i].accepted_steps += 1;
                 s.h[i] = h_try * control.grow(ratio, prev_ratio[i]);

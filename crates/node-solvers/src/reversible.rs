@@ -50,8 +50,9 @@ use crate::method::Method;
 use crate::options::{SolveOptions, StepSize};
 use crate::rk::{lincomb, Evaluator};
 use crate::solve::{
-    check_state, check_times, error_scale, first_non_finite, first_step, fixed_grid, interpolate,
-    needs_f1, prepare_atol, scaled_norm_sq, Controller, Solution, SolverStats, StepEnd, Stops,
+    accepts, check_state, check_times, error_scale, first_non_finite, first_step, fixed_grid,
+    interpolate, needs_f1, prepare_atol, scaled_norm_sq, Controller, Solution, SolverStats,
+    StepEnd, Stops,
 };
 use crate::tableau::ButcherTableau;
 use candle_core::{Result, Tensor};
@@ -567,7 +568,7 @@ impl<F: VectorField + ?Sized> Run<'_, F> {
             let v: Vec<f64> = self.ev.read(&errors)?.iter().map(|e| e.sqrt()).collect();
             let (ratio, gap) = (v[0], v[1]);
             let ratio = if gap.is_nan() { f64::NAN } else { ratio };
-            if ratio <= 1.0 {
+            if accepts(ratio) {
                 self.dense_outputs(t, t1, &y, &z, &inc, ts, dir)?;
                 self.record(t1, &y1, ts);
                 (t, y, z) = (t1, y1, z1);

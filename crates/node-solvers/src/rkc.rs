@@ -86,8 +86,8 @@ use crate::field::VectorField;
 use crate::options::SolveOptions;
 use crate::rk::{lincomb, Evaluator, Step};
 use crate::solve::{
-    dtype_epsilon, error_scale, first_step, fixed_grid, for_norm, read_ratios, scaled_norm_sq,
-    Controller, PreparedAtol, SolverStats, StepEnd, Stops,
+    accepts, dtype_epsilon, error_scale, first_step, fixed_grid, for_norm, read_ratios,
+    scaled_norm_sq, Controller, PreparedAtol, SolverStats, StepEnd, Stops,
 };
 use crate::tableau::{ButcherTableau, Interpolant};
 use crate::trace::Recorder;
@@ -663,8 +663,7 @@ fn adaptive<F: VectorField + ?Sized>(
         let ratio_sq = scaled_norm_sq(&err, &scale, opts.norm)?;
         let (ratios, g1) = read_ratios(ev, &[ratio_sq], watch.as_deref(), t1, &y1)?;
         let ratio = ratios[0];
-        // A NaN ratio (a non-finite step) is a rejection, never an acceptance.
-        if ratio.is_nan() || ratio > 1.0 {
+        if !accepts(ratio) {
             stats.rejected_steps += 1;
             h_abs = control
                 .retry(t, dir, h_try, ratio, at_min_step, opts.min_step)?

@@ -21,8 +21,8 @@ use crate::method::{find_named, names_of};
 use crate::options::ErrorNorm;
 use crate::rk::read_to_host;
 use crate::solve::{
-    check_resolvable, check_times, error_scale, finite_rows, for_norm, scaled_norm_sq, steps_over,
-    Controller, PreparedAtol,
+    accepts, check_resolvable, check_times, error_scale, finite_rows, for_norm, scaled_norm_sq,
+    steps_over, Controller, PreparedAtol,
 };
 use candle_core::{Result, Shape, Tensor};
 use std::cell::{Cell, RefCell};
@@ -1205,7 +1205,7 @@ fn adaptive_steps(
             };
             counts.host_reads += 1;
             let ratio = error_ratio(&lower, &y1, a)?;
-            if ratio <= 1.0 {
+            if accepts(ratio) {
                 counts.steps += 1;
                 y = y1;
                 t = t1;

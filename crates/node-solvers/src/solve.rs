@@ -508,7 +508,8 @@ pub fn dtype_epsilon(dtype: DType) -> f64 {
         DType::F64 => f64::EPSILON,
         DType::F32 => f32::EPSILON as f64,
         DType::F16 => 9.765625e-4,
-        _ => 7.8125e-3,
+        DType::BF16 => 7.8125e-3,
+        _ => f64::EPSILON,
     }
 }
 
@@ -843,7 +844,7 @@ fn adaptive<F: VectorField + ?Sized>(
             .iter()
             .copied()
             .fold(0.0, |a, r| if r.is_nan() || r > a { r } else { a });
-        if ratio <= 1.0 {
+        if accepts(ratio) {
             stats.accepted_steps += 1;
             if clipped && is_stop {
                 next_stop += 1;
@@ -980,6 +981,12 @@ impl Controller {
             min_step,
         )
     }
+}
+
+/// Whether a step with error ratio `ratio` is accepted: at most 1. A NaN ratio (a step that
+/// met a non-finite value) is a rejection, which `ratio > 1.0` alone would let through.
+pub(crate) fn accepts(ratio: f64) -> bool {
+    ratio <= 1.0
 }
 
 /// How much an implicit step shrinks when its Newton iterations fail (RADAU5's choice).
